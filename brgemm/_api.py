@@ -1,0 +1,123 @@
+"""The kernel-level Python API: thin signatures over brgemm._core, which validates every
+argument (naming it in the error) and releases the GIL while C++ computes."""
+
+import operator
+
+import numpy as np
+
+from . import _core
+
+_BATCH_KINDS = ("stride", "offset", "address")
+
+
+def _index(value, name, allow_none=False):
+    if value is None and allow_none:
+        return -1
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+
+
+def _real(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def ukernels():
+    """Every microkernel of this build, reference first: a list of dicts with name, dtype,
+    isa, mr, nr and available (whether this CPU and build can run it)."""
+    return _core.ukernels()
+
+
+class Kernel:
+    """A batch-reduce GEMM dispatched once: ``C = beta·C + Σ_i A_i·B_i`` with A_i (m×k, row
+    stride lda), B_i (k×n, row stride ldb) and C (m×n, row stride ldc), all float32.
+
+    Describing the same kernel twice returns the same cached C++ kernel (``handle``).
+    ``ukernel`` forces one microkernel by name (see :func:`ukernels`); by default the best
+    one for the active ISA is chosen. ``name`` tells which one runs.
+
+    Calling it depends on ``batch``; A, B and C are C-contiguous float32 buffers (any shape)
+    addressed with the leading dimensions:
+
+    - ``"stride"``: ``kernel(A, B, C, count, stride_a=m*lda, stride_b=k*ldb)``:
+      A_i = A + i·stride_a, B_i = B + i·stride_b (in elements).
+    - ``"offset"``: ``kernel(A, B, C, offsets_a, offsets_b)``: A_i = A + offsets_a[i].
+    - ``"address"``: ``kernel(A_blocks, B_blocks, C)``: lists of arrays, one block each.
+
+    Every call returns C. beta = 0 never reads C (it may hold NaN).
+    """
+
+    def __init__(self, m, n, k, *, dtype="f32", batch="stride", lda=None, ldb=None, ldc=None,
+                 beta=0.0, ukernel=None):
+        if not isinstance(dtype, str):
+            dtype = np.dtype(dtype).name
+        if not isinstance(batch, str):
+            raise TypeError(f"batch must be one of {_BATCH_KINDS}, got {type(batch).__name__}")
+        if ukernel is not None and not isinstance(ukernel, str):
+            raise TypeError(f"ukernel must be a name (str), got {type(ukernel).__name__}")
+        self._k = _core._Kernel(
+            _index(m, "m"), _index(n, "n"), _index(k, "k"), dtype, batch,
+            _index(lda, "lda", True), _index(ldb, "ldb", True), _index(ldc, "ldc", True),
+            _real(beta, "beta"), ukernel)
+        self._run = getattr(self._k, "run_" + batch)
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def _call(self, *args, **kwargs):
+        batch = self._k.batch
+        if batch == "stride":
+            return self._stride(*args, **kwargs)
+        if batch == "offset":
+            return self._offset(*args, **kwargs)
+        return self._address(*args, **kwargs)
+
+    def _stride(self, A, B, C, count, stride_a=None, stride_b=None):
+        return self._run(A, B, C, _index(count, "count"),
+                         None if stride_a is None else _index(stride_a, "stride_a"),
+                         None if stride_b is None else _index(stride_b, "stride_b"))
+
+    def _offset(self, A, B, C, offsets_a, offsets_b):
+        return self._run(A, B, C, np.asarray(offsets_a), np.asarray(offsets_b))
+
+    def _address(self, A_blocks, B_blocks, C):
+        return self._run(A_blocks, B_blocks, C)
+
+    name = property(lambda self: self._k.name, doc="The microkernel that runs, e.g. ukernel_f32_6x64__avx512.")
+    isa = property(lambda self: self._k.isa, doc="The ISA of that microkernel.")
+    mr = property(lambda self: self._k.mr)
+    nr = property(lambda self: self._k.nr)
+    m = property(lambda self: self._k.m)
+    n = property(lambda self: self._k.n)
+    k = property(lambda self: self._k.k)
+    lda = property(lambda self: self._k.lda)
+    ldb = property(lambda self: self._k.ldb)
+    ldc = property(lambda self: self._k.ldc)
+    beta = property(lambda self: self._k.beta)
+    batch = property(lambda self: self._k.batch)
+    dtype = property(lambda self: "f32")
+    handle = property(lambda self: self._k.handle, doc="Identity of the cached C++ kernel.")
+
+    def __repr__(self):
+        return (f"Kernel(m={self.m}, n={self.n}, k={self.k}, batch={self.batch!r}, lda={self.lda}, "
+                f"ldb={self.ldb}, ldc={self.ldc}, beta={self.beta}) -> {self.name}")
+
+
+def batch_reduce(A, B, C=None, *, beta=0.0):
+    """``C = beta·C + Σ_i A[i] @ B[i]`` for float32 A (batch, M, K) and B (batch, K, N).
+
+    Rows must be contiguous; their strides (leading dimensions) and the batch strides are
+    taken from the arrays, so slices of larger arrays work without copies. Writes into C
+    (M, N) when given (it must not overlap A or B), else returns a new array (beta must be 0).
+    """
+    return _core.batch_reduce(A, B, C, _real(beta, "beta"))
+
+
+def gemm(A, B, C=None, *, beta=0.0):
+    """``C = beta·C + A @ B`` for float32 A (M, K) and B (K, N), on the BRGEMM with OpenMP
+    over tiles of C (``set_num_threads``). Rows must be contiguous; row strides may exceed
+    the width. Writes into C when given, else returns a new array (beta must be 0)."""
+    return _core.gemm(A, B, C, _real(beta, "beta"))

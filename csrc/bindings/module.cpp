@@ -1,0 +1,525 @@
+// PYBIND11_MODULE(_core): validate every argument (naming it in the exception), release the
+// GIL, call the core or a layer driver. The only place that turns status codes into Python
+// exceptions; the core below never throws.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "brgemm/brgemm.h"
+#include "../../layers/gemm.h"
+
+namespace py = pybind11;
+using namespace brgemm;
+
+namespace {
+
+std::string str(py::handle h) { return py::str(h).cast<std::string>(); }
+
+[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
+[[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
+
+std::string available_list() {
+  std::string s;
+  for (int i = 0; i < isa_count; ++i)
+    if (isa_available((isa)i)) s += (s.empty() ? "" : ", ") + std::string(isa_name((isa)i));
+  return s;
+}
+
+// --- arrays --------------------------------------------------------------------------------
+
+// A float32 array in native byte order and aligned; anything else is refused, never converted.
+py::array f32_array(py::handle h, const char* name) {
+  if (!py::isinstance<py::array>(h))
+    type_error(std::string(name) + " must be a numpy array of float32, got " +
+               str(py::type::of(h).attr("__name__")));
+  auto arr = py::reinterpret_borrow<py::array>(h);
+  const py::dtype dt = arr.dtype();
+  if (dt.kind() != 'f' || dt.itemsize() != 4 || dt.byteorder() == '>')
+    type_error(std::string(name) + " must have dtype float32, got " + str(dt));
+  if ((reinterpret_cast<uintptr_t>(arr.data()) % alignof(float)) != 0)
+    value_error(std::string(name) + " is not aligned to its 4-byte elements");
+  for (py::ssize_t i = 0; i < arr.ndim(); ++i)
+    if (arr.shape(i) > 1 && arr.strides(i) % 4 != 0)
+      value_error(std::string(name) + " has a stride that is not a multiple of its element size");
+  return arr;
+}
+
+void require_writeable(const py::array& arr, const char* name) {
+  if (!arr.writeable()) value_error(std::string(name) + " is read-only");
+}
+
+void require_nonempty(const py::array& arr, const char* name) {
+  if (arr.size() == 0)
+    value_error(std::string(name) + " has a zero-size dimension (shape " + str(arr.attr("shape")) +
+                "); sizes must be at least 1");
+}
+
+// The byte range an array's elements span (strides may be negative).
+struct span {
+  uintptr_t lo, hi;
+};
+span extent(const py::array& arr) {
+  auto lo = reinterpret_cast<uintptr_t>(arr.data()), hi = lo;
+  for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
+    const py::ssize_t step = (arr.shape(i) - 1) * arr.strides(i);
+    (step < 0 ? lo : hi) += step;
+  }
+  return {lo, hi + (uintptr_t)arr.itemsize()};
+}
+bool overlaps(span a, span b) { return a.lo < b.hi && b.lo < a.hi; }
+
+void require_disjoint(const py::array& c, const py::array& x, const char* cname, const char* xname) {
+  if (overlaps(extent(c), extent(x)))
+    value_error(std::string(cname) + " overlaps " + xname + " in memory; the output must not alias an input");
+}
+
+// Leading dimension (in elements) of a 2-D view given by (rows, row stride); rows are
+// required to run forward with contiguous elements.
+int64_t leading_dim(const py::array& arr, int row_axis, int64_t width, const char* name) {
+  const int64_t rows = arr.shape(row_axis);
+  if (width > 1 && arr.strides(row_axis + 1) != 4)
+    value_error(std::string(name) + " must have contiguous rows (last-axis stride of 4 bytes, got " +
+                std::to_string(arr.strides(row_axis + 1)) + ")");
+  if (rows == 1) return width;
+  const int64_t ld = arr.strides(row_axis) / 4;
+  if (ld < width)
+    value_error(std::string(name) + " rows must not overlap or run backwards: row stride is " +
+                std::to_string(ld) + " elements for rows of " + std::to_string(width));
+  return ld;
+}
+
+// a·b + c with overflow reported as "too large" for the named argument.
+int64_t checked_madd(int64_t a, int64_t b, int64_t c, const char* name) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r) || __builtin_add_overflow(r, c, &r))
+    value_error(std::string(name) + ": sizes overflow a 64-bit element count");
+  return r;
+}
+
+void check_status(status s) {
+  switch (s) {
+    case status::ok: return;
+    case status::isa_not_built:
+    case status::isa_not_supported:
+      value_error(std::string(status_message(s)) + " (active: " + isa_name(active_isa()) +
+                  "; available: " + available_list() + ")");
+    default: value_error(status_message(s));
+  }
+}
+
+void check_beta(double beta) {
+  if (!std::isfinite(beta)) value_error("beta must be finite, got " + std::to_string(beta));
+}
+
+// --- the Kernel class ----------------------------------------------------------------------
+
+batch_kind batch_from_name(const std::string& s) {
+  if (s == "stride") return batch_kind::stride;
+  if (s == "offset") return batch_kind::offset;
+  if (s == "address") return batch_kind::address;
+  value_error("batch must be 'stride', 'offset' or 'address', got '" + s + "'");
+}
+const char* batch_name(batch_kind b) {
+  return b == batch_kind::stride ? "stride" : b == batch_kind::offset ? "offset" : "address";
+}
+
+dtype dtype_from_name(const std::string& s) {
+  if (s == "f32" || s == "float32") return dtype::f32;
+  value_error("dtype must be 'f32', got '" + s + "'");
+}
+
+struct py_kernel {
+  const kernel* kr;
+
+  py_kernel(int64_t m, int64_t n, int64_t k, const std::string& dt, const std::string& batch,
+            int64_t lda, int64_t ldb, int64_t ldc, double beta, py::object ukernel) {
+    desc d;
+    d.type = dtype_from_name(dt);
+    d.batch = batch_from_name(batch);
+    auto positive = [](int64_t v, const char* name) {
+      if (v < 1) value_error(std::string(name) + " must be at least 1, got " + std::to_string(v));
+    };
+    positive(m, "m");
+    positive(n, "n");
+    positive(k, "k");
+    d.m = m;
+    d.n = n;
+    d.k = k;
+    d.lda = lda < 0 ? k : lda;
+    d.ldb = ldb < 0 ? n : ldb;
+    d.ldc = ldc < 0 ? n : ldc;
+    if (d.lda < k) value_error("lda must be at least k = " + std::to_string(k) + ", got " + std::to_string(d.lda));
+    if (d.ldb < n) value_error("ldb must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldb));
+    if (d.ldc < n) value_error("ldc must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldc));
+    check_beta(beta);
+    d.beta = (float)beta;
+    std::string uk_name;
+    if (!ukernel.is_none()) {
+      uk_name = ukernel.cast<std::string>();
+      const ukernel_info* u = find_ukernel(uk_name.c_str());
+      if (!u) value_error("ukernel '" + uk_name + "' does not exist in this build; see brgemm.ukernels()");
+      if (u->type != d.type) value_error("ukernel '" + uk_name + "' is not for dtype " + dt);
+      if ((int)u->level > (int)active_isa())
+        value_error("ukernel '" + uk_name + "' needs ISA " + isa_name(u->level) + "; active: " +
+                    isa_name(active_isa()) + ", available: " + available_list());
+    }
+    const status s = dispatch(d, &kr, uk_name.empty() ? nullptr : uk_name.c_str());
+    if (s == status::bad_lda) value_error("lda is too large: lda*m overflows");
+    if (s == status::bad_ldb) value_error("ldb is too large: ldb*k overflows");
+    if (s == status::bad_ldc) value_error("ldc is too large: ldc*m overflows");
+    check_status(s);
+  }
+
+  const desc& d() const { return kr->d; }
+
+  // Elements one block of A, B and C spans.
+  int64_t a_extent() const { return checked_madd(d().m - 1, d().lda, d().k, "A"); }
+  int64_t b_extent() const { return checked_madd(d().k - 1, d().ldb, d().n, "B"); }
+  int64_t c_extent() const { return checked_madd(d().m - 1, d().ldc, d().n, "C"); }
+
+  // A flat buffer: float32, C-contiguous, at least `need` elements.
+  py::array buffer(py::handle h, const char* name, int64_t need) const {
+    py::array arr = f32_array(h, name);
+    if (!(arr.flags() & py::array::c_style))
+      value_error(std::string(name) + " must be C-contiguous (it is used as a flat buffer with leading dimensions)");
+    if (arr.size() < need)
+      value_error(std::string(name) + " is too small: the kernel reads " + std::to_string(need) +
+                  " elements of it, it has " + std::to_string(arr.size()));
+    return arr;
+  }
+
+  py::array output(py::handle h) const {
+    py::array c = buffer(h, "C", c_extent());
+    require_writeable(c, "C");
+    return c;
+  }
+
+  void require_batch_kind(batch_kind want) const {
+    if (d().batch != want)
+      value_error(std::string("this kernel was dispatched with batch='") + batch_name(d().batch) +
+                  "', not '" + batch_name(want) + "'");
+  }
+
+  py::array run_stride(py::handle A, py::handle B, py::handle C, int64_t count, py::object stride_a,
+                       py::object stride_b) {
+    require_batch_kind(batch_kind::stride);
+    if (count < 0) value_error("count must be at least 0, got " + std::to_string(count));
+    const int64_t sa = stride_a.is_none() ? d().m * d().lda : stride_a.cast<int64_t>();
+    const int64_t sb = stride_b.is_none() ? d().k * d().ldb : stride_b.cast<int64_t>();
+    if (sa < 0) value_error("stride_a must be at least 0, got " + std::to_string(sa));
+    if (sb < 0) value_error("stride_b must be at least 0, got " + std::to_string(sb));
+    const int64_t last = count > 0 ? count - 1 : 0;
+    py::array a = buffer(A, "A", checked_madd(last, sa, a_extent(), "stride_a"));
+    py::array b = buffer(B, "B", checked_madd(last, sb, b_extent(), "stride_b"));
+    py::array c = output(C);
+    require_disjoint(c, a, "C", "A");
+    require_disjoint(c, b, "C", "B");
+    batch_ref batch;
+    batch.count = count;
+    batch.a = a.data();
+    batch.b = b.data();
+    batch.stride_a = sa;
+    batch.stride_b = sb;
+    void* cp = c.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      execute(*kr, batch, cp);
+    }
+    return c;
+  }
+
+  static py::array_t<int64_t> offsets(py::handle h, const char* name) {
+    if (!py::isinstance<py::array>(h)) type_error(std::string(name) + " must be a numpy array of integers");
+    auto arr = py::reinterpret_borrow<py::array>(h);
+    if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')
+      type_error(std::string(name) + " must have an integer dtype, got " + str(arr.dtype()));
+    if (arr.ndim() != 1) value_error(std::string(name) + " must be 1-D, got ndim " + std::to_string(arr.ndim()));
+    return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  }
+
+  static void check_offsets(const py::array_t<int64_t>& offs, int64_t extent, int64_t size, const char* name,
+                            const char* array) {
+    const int64_t* o = offs.data();
+    for (py::ssize_t i = 0; i < offs.size(); ++i)
+      if (o[i] < 0 || o[i] > size - extent)
+        value_error(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(o[i]) +
+                    " puts a block outside " + array + " (valid: 0.." + std::to_string(size - extent) + ")");
+  }
+
+  py::array run_offset(py::handle A, py::handle B, py::handle C, py::handle offs_a, py::handle offs_b) {
+    require_batch_kind(batch_kind::offset);
+    auto oa = offsets(offs_a, "offsets_a"), ob = offsets(offs_b, "offsets_b");
+    if (oa.size() != ob.size())
+      value_error("offsets_a and offsets_b differ in length: " + std::to_string(oa.size()) + " and " +
+                  std::to_string(ob.size()));
+    py::array a = buffer(A, "A", a_extent()), b = buffer(B, "B", b_extent());
+    py::array c = output(C);
+    require_disjoint(c, a, "C", "A");
+    require_disjoint(c, b, "C", "B");
+    check_offsets(oa, a_extent(), a.size(), "offsets_a", "A");
+    check_offsets(ob, b_extent(), b.size(), "offsets_b", "B");
+    batch_ref batch;
+    batch.count = oa.size();
+    batch.a = a.data();
+    batch.b = b.data();
+    batch.offs_a = oa.data();
+    batch.offs_b = ob.data();
+    void* cp = c.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      execute(*kr, batch, cp);
+    }
+    return c;
+  }
+
+  py::array run_address(py::handle As, py::handle Bs, py::handle C) {
+    require_batch_kind(batch_kind::address);
+    auto seq = [](py::handle h, const char* name) {
+      if (!py::isinstance<py::sequence>(h) || py::isinstance<py::array>(h) || py::isinstance<py::str>(h))
+        type_error(std::string(name) + " must be a list or tuple of float32 arrays");
+      return py::reinterpret_borrow<py::sequence>(h);
+    };
+    py::sequence as = seq(As, "A"), bs = seq(Bs, "B");
+    if (as.size() != bs.size())
+      value_error("A and B differ in length: " + std::to_string(as.size()) + " and " + std::to_string(bs.size()) +
+                  " blocks");
+    py::array c = output(C);
+    const span cs = extent(c);
+    std::vector<py::array> keep;  // holds the blocks alive while C++ reads them
+    std::vector<const void*> pa(as.size()), pb(bs.size());
+    keep.reserve(2 * as.size());
+    for (size_t i = 0; i < as.size(); ++i) {
+      const std::string na = "A[" + std::to_string(i) + "]", nb = "B[" + std::to_string(i) + "]";
+      py::array a = buffer(as[i], na.c_str(), a_extent()), b = buffer(bs[i], nb.c_str(), b_extent());
+      if (overlaps(cs, extent(a))) value_error("C overlaps " + na + " in memory; the output must not alias an input");
+      if (overlaps(cs, extent(b))) value_error("C overlaps " + nb + " in memory; the output must not alias an input");
+      pa[i] = a.data();
+      pb[i] = b.data();
+      keep.push_back(std::move(a));
+      keep.push_back(std::move(b));
+    }
+    batch_ref batch;
+    batch.count = (int64_t)pa.size();
+    batch.addr_a = pa.data();
+    batch.addr_b = pb.data();
+    void* cp = c.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      execute(*kr, batch, cp);
+    }
+    return c;
+  }
+};
+
+// --- whole-array entry points ----------------------------------------------------------------
+
+// C given or allocated; validated against (m, n).
+py::array output_matrix(py::object C, int64_t m, int64_t n, double beta, int64_t* ldc) {
+  if (C.is_none()) {
+    if (beta != 0.0) value_error("beta = " + std::to_string(beta) + " needs C to be given");
+    *ldc = n;
+    return py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
+  }
+  py::array c = f32_array(C, "C");
+  if (c.ndim() != 2) value_error("C must be 2-D (M, N), got ndim " + std::to_string(c.ndim()));
+  if (c.shape(0) != m || c.shape(1) != n)
+    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " +
+                std::to_string(n) + ")");
+  require_writeable(c, "C");
+  *ldc = leading_dim(c, 0, n, "C");
+  return c;
+}
+
+py::array batch_reduce(py::handle A, py::handle B, py::object C, double beta) {
+  py::array a = f32_array(A, "A"), b = f32_array(B, "B");
+  if (a.ndim() != 3) value_error("A must be 3-D (batch, M, K), got ndim " + std::to_string(a.ndim()));
+  if (b.ndim() != 3) value_error("B must be 3-D (batch, K, N), got ndim " + std::to_string(b.ndim()));
+  require_nonempty(a, "A");
+  require_nonempty(b, "B");
+  const int64_t count = a.shape(0), m = a.shape(1), k = a.shape(2), n = b.shape(2);
+  if (b.shape(0) != count)
+    value_error("A and B disagree on the batch: " + std::to_string(count) + " and " + std::to_string(b.shape(0)));
+  if (b.shape(1) != k)
+    value_error("A and B disagree on K: A is " + str(a.attr("shape")) + ", B is " + str(b.attr("shape")));
+  check_beta(beta);
+  desc d;
+  d.m = m;
+  d.n = n;
+  d.k = k;
+  d.lda = leading_dim(a, 1, k, "A");
+  d.ldb = leading_dim(b, 1, n, "B");
+  py::array c = output_matrix(C, m, n, beta, &d.ldc);
+  if (!C.is_none()) {
+    require_disjoint(c, a, "C", "A");
+    require_disjoint(c, b, "C", "B");
+  }
+  d.beta = (float)beta;
+  const kernel* kr;
+  check_status(dispatch(d, &kr));
+  batch_ref batch;
+  batch.count = count;
+  batch.a = a.data();
+  batch.b = b.data();
+  batch.stride_a = count > 1 ? a.strides(0) / 4 : 0;
+  batch.stride_b = count > 1 ? b.strides(0) / 4 : 0;
+  void* cp = c.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    execute(*kr, batch, cp);
+  }
+  return c;
+}
+
+py::array gemm(py::handle A, py::handle B, py::object C, double beta) {
+  py::array a = f32_array(A, "A"), b = f32_array(B, "B");
+  if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
+  if (b.ndim() != 2) value_error("B must be 2-D (K, N), got ndim " + std::to_string(b.ndim()));
+  require_nonempty(a, "A");
+  require_nonempty(b, "B");
+  const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
+  if (b.shape(0) != k)
+    value_error("A and B disagree on K: A is " + str(a.attr("shape")) + ", B is " + str(b.attr("shape")));
+  check_beta(beta);
+  const int64_t lda = leading_dim(a, 0, k, "A"), ldb = leading_dim(b, 0, n, "B");
+  int64_t ldc;
+  py::array c = output_matrix(C, m, n, beta, &ldc);
+  if (!C.is_none()) {
+    require_disjoint(c, a, "C", "A");
+    require_disjoint(c, b, "C", "B");
+  }
+  const float* ap = (const float*)a.data();
+  const float* bp = (const float*)b.data();
+  float* cp = (float*)c.mutable_data();
+  status s;
+  {
+    py::gil_scoped_release nogil;
+    s = layers::gemm_f32(m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta);
+  }
+  check_status(s);
+  return c;
+}
+
+// --- ISA, threads, introspection ---------------------------------------------------------------
+
+isa isa_arg(const std::string& name) {
+  isa level;
+  if (!isa_from_name(name.c_str(), &level))
+    value_error("unknown ISA '" + name + "'; levels are scalar, avx2, avx512, avx512_vnni, avx512_bf16 "
+                "(available here: " + available_list() + ")");
+  return level;
+}
+
+void set_isa(py::object name) {
+  if (name.is_none()) return clear_isa_cap();
+  if (!py::isinstance<py::str>(name)) type_error("set_isa expects an ISA name (str) or None");
+  const std::string s = name.cast<std::string>();
+  const isa level = isa_arg(s);
+  const status st = set_isa_cap(level);
+  if (st == status::isa_not_built)
+    value_error("ISA '" + s + "' was left out of this build (the compiler lacked its flags); available: " +
+                available_list());
+  if (st != status::ok)
+    value_error("ISA '" + s + "' is not supported by this CPU (detected: " + isa_name(detected_isa()) +
+                "); available: " + available_list());
+}
+
+py::list available_isas() {
+  py::list out;
+  for (int i = 0; i < isa_count; ++i)
+    if (isa_available((isa)i)) out.append(isa_name((isa)i));
+  return out;
+}
+
+py::list ukernels() {
+  py::list out;
+  for (int i = 0; i < ukernel_count(); ++i) {
+    const ukernel_info* u = ukernel_at(i);
+    py::dict e;
+    e["name"] = u->name;
+    e["dtype"] = "f32";
+    e["isa"] = isa_name(u->level);
+    e["mr"] = u->mr;
+    e["nr"] = u->nr;
+    e["available"] = isa_available(u->level);
+    out.append(e);
+  }
+  return out;
+}
+
+#ifndef BRGEMM_BUILD_FLAGS
+#define BRGEMM_BUILD_FLAGS "{}"
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "brgemm's C++ core: ISA dispatch, the batch-reduce GEMM and its layer drivers";
+
+  m.def("isa", [] { return std::string(isa_name(active_isa())); }, "The active ISA level.");
+  m.def("detected_isa", [] { return std::string(isa_name(detected_isa())); },
+        "The best ISA level this CPU and OS support.");
+  m.def("available_isas", &available_isas, "Levels this CPU and build support, ascending.");
+  m.def("built_isas", [] {
+    py::list out;
+    for (int i = 0; i < isa_count; ++i)
+      if (isa_built((isa)i)) out.append(isa_name((isa)i));
+    return out;
+  });
+  m.def("set_isa", &set_isa, py::arg("name"), "Cap the ISA level (None removes the cap).");
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) value_error("n must be at least 1, got " + std::to_string(n));
+    set_num_threads(n);
+  }, py::arg("n"));
+  m.def("get_num_threads", [] { return num_threads(); });
+  m.def("ukernels", &ukernels, "Every microkernel of this build, reference first.");
+  m.def("build_flags", [] { return std::string(BRGEMM_BUILD_FLAGS); }, "JSON: compiler flags per ISA.");
+
+  py::class_<py_kernel>(m, "_Kernel")
+      .def(py::init<int64_t, int64_t, int64_t, const std::string&, const std::string&, int64_t, int64_t,
+                    int64_t, double, py::object>(),
+           py::arg("m"), py::arg("n"), py::arg("k"), py::arg("dtype"), py::arg("batch"), py::arg("lda"),
+           py::arg("ldb"), py::arg("ldc"), py::arg("beta"), py::arg("ukernel"))
+      .def_property_readonly("name", [](const py_kernel& k) { return std::string(k.kr->uk->name); })
+      .def_property_readonly("isa", [](const py_kernel& k) { return std::string(isa_name(k.kr->uk->level)); })
+      .def_property_readonly("mr", [](const py_kernel& k) { return k.kr->uk->mr; })
+      .def_property_readonly("nr", [](const py_kernel& k) { return k.kr->uk->nr; })
+      .def_property_readonly("m", [](const py_kernel& k) { return k.d().m; })
+      .def_property_readonly("n", [](const py_kernel& k) { return k.d().n; })
+      .def_property_readonly("k", [](const py_kernel& k) { return k.d().k; })
+      .def_property_readonly("lda", [](const py_kernel& k) { return k.d().lda; })
+      .def_property_readonly("ldb", [](const py_kernel& k) { return k.d().ldb; })
+      .def_property_readonly("ldc", [](const py_kernel& k) { return k.d().ldc; })
+      .def_property_readonly("beta", [](const py_kernel& k) { return (double)k.d().beta; })
+      .def_property_readonly("batch", [](const py_kernel& k) { return std::string(batch_name(k.d().batch)); })
+      .def_property_readonly("handle", [](const py_kernel& k) { return (uintptr_t)k.kr; },
+                             "Identity of the cached kernel: equal descriptors give equal handles.")
+      .def("run_stride", &py_kernel::run_stride)
+      .def("run_offset", &py_kernel::run_offset)
+      .def("run_address", &py_kernel::run_address);
+
+  m.def("batch_reduce", &batch_reduce, py::arg("A"), py::arg("B"), py::arg("C") = py::none(),
+        py::arg("beta") = 0.0);
+  m.def("gemm", &gemm, py::arg("A"), py::arg("B"), py::arg("C") = py::none(), py::arg("beta") = 0.0);
+  m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
+
+  m.def("measure_peak", [](const std::string& op, int threads, double seconds) {
+    peak_op o;
+    if (op == "fma_f32") o = peak_op::fma_f32;
+    else if (op == "dot_bf16") o = peak_op::dot_bf16;
+    else if (op == "dot_u8s8") o = peak_op::dot_u8s8;
+    else value_error("op must be 'fma_f32', 'dot_bf16' or 'dot_u8s8', got '" + op + "'");
+    if (threads < 1) value_error("threads must be at least 1");
+    py::gil_scoped_release nogil;
+    return measure_peak(o, threads, seconds);
+  }, py::arg("op"), py::arg("threads"), py::arg("seconds") = 0.2);
+  m.def("measure_bandwidth", [](int threads, int64_t bytes, int repeats) {
+    if (threads < 1) value_error("threads must be at least 1");
+    if (bytes < 4096) value_error("bytes must be at least 4096");
+    py::gil_scoped_release nogil;
+    return measure_bandwidth(threads, bytes, repeats);
+  }, py::arg("threads"), py::arg("bytes") = int64_t(64) << 20, py::arg("repeats") = 5);
+}

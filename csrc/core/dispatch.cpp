@@ -1,0 +1,158 @@
+// The dispatch table (reference first, built from the .inc lists), the thread-safe kernel
+// cache, and execute(): the tile loop that calls a ukernel on every MR × NR tile of C.
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include "brgemm/brgemm.h"
+#include "../kernels/ukernels.h"
+
+namespace brgemm {
+
+namespace {
+
+// An ISA left out of the build contributes no table entries.
+#define BRGEMM_IF_BUILT_scalar(...) __VA_ARGS__
+#ifdef BRGEMM_BUILT_AVX2
+#define BRGEMM_IF_BUILT_avx2(...) __VA_ARGS__
+#else
+#define BRGEMM_IF_BUILT_avx2(...)
+#endif
+#ifdef BRGEMM_BUILT_AVX512
+#define BRGEMM_IF_BUILT_avx512(...) __VA_ARGS__
+#else
+#define BRGEMM_IF_BUILT_avx512(...)
+#endif
+
+#define BRGEMM_UKERNEL_F32(MR, NR, ISA)                                              \
+  BRGEMM_IF_BUILT_##ISA({"ukernel_f32_" #MR "x" #NR "__" #ISA, dtype::f32, isa::ISA, \
+                         MR, NR, kernels::ukernel_f32_##MR##x##NR##__##ISA}, )
+const ukernel_info table[] = {
+#include "../kernels/ukernels_f32.inc"
+};
+#undef BRGEMM_UKERNEL_F32
+constexpr int table_size = sizeof(table) / sizeof(table[0]);
+
+struct key {
+  desc d;
+  const ukernel_info* uk;
+  bool operator==(const key& o) const {
+    return uk == o.uk && d.type == o.d.type && d.m == o.d.m && d.n == o.d.n && d.k == o.d.k &&
+           d.lda == o.d.lda && d.ldb == o.d.ldb && d.ldc == o.d.ldc && d.batch == o.d.batch &&
+           std::memcmp(&d.beta, &o.d.beta, sizeof(float)) == 0;
+  }
+};
+struct key_hash {
+  size_t operator()(const key& k) const {
+    uint32_t beta;
+    std::memcpy(&beta, &k.d.beta, sizeof beta);
+    const uint64_t parts[] = {(uint64_t)k.d.type, (uint64_t)k.d.m,   (uint64_t)k.d.n,
+                              (uint64_t)k.d.k,    (uint64_t)k.d.lda, (uint64_t)k.d.ldb,
+                              (uint64_t)k.d.ldc,  (uint64_t)k.d.batch, beta,
+                              (uint64_t)(uintptr_t)k.uk};
+    uint64_t h = 1469598103934665603ull;
+    for (uint64_t p : parts) h = (h ^ p) * 1099511628211ull;
+    return (size_t)h;
+  }
+};
+
+std::mutex cache_mutex;
+std::unordered_map<key, std::unique_ptr<kernel>, key_hash> cache;
+
+bool fits(int64_t rows, int64_t ld) {  // rows·ld stays far from int64 overflow
+  int64_t r;
+  return !__builtin_mul_overflow(rows, ld, &r) && r < (int64_t(1) << 60);
+}
+
+status validate(const desc& d) {
+  if (d.type != dtype::f32) return status::bad_dtype;
+  if (d.batch != batch_kind::stride && d.batch != batch_kind::offset &&
+      d.batch != batch_kind::address)
+    return status::bad_batch_kind;
+  if (d.m < 1 || !fits(d.m, 1)) return status::bad_m;
+  if (d.n < 1 || !fits(d.n, 1)) return status::bad_n;
+  if (d.k < 1 || !fits(d.k, 1)) return status::bad_k;
+  if (d.lda < d.k || !fits(d.m, d.lda)) return status::bad_lda;
+  if (d.ldb < d.n || !fits(d.k, d.ldb)) return status::bad_ldb;
+  if (d.ldc < d.n || !fits(d.m, d.ldc)) return status::bad_ldc;
+  if (!std::isfinite(d.beta)) return status::bad_beta;
+  return status::ok;
+}
+
+}  // namespace
+
+const char* status_message(status s) {
+  switch (s) {
+    case status::ok: return "ok";
+    case status::bad_m: return "m must be at least 1";
+    case status::bad_n: return "n must be at least 1";
+    case status::bad_k: return "k must be at least 1";
+    case status::bad_lda: return "lda must be at least k (and lda*m must not overflow)";
+    case status::bad_ldb: return "ldb must be at least n (and ldb*k must not overflow)";
+    case status::bad_ldc: return "ldc must be at least n (and ldc*m must not overflow)";
+    case status::bad_beta: return "beta must be finite";
+    case status::bad_dtype: return "unsupported dtype";
+    case status::bad_batch_kind: return "batch must be 'stride', 'offset' or 'address'";
+    case status::bad_ukernel: return "no such microkernel for this dtype";
+    case status::isa_not_built: return "this ISA was left out of the build";
+    case status::isa_not_supported: return "this CPU does not support the ISA (or it is above the active cap)";
+  }
+  return "unknown status";
+}
+
+int ukernel_count() { return table_size; }
+const ukernel_info* ukernel_at(int i) { return i >= 0 && i < table_size ? &table[i] : nullptr; }
+const ukernel_info* find_ukernel(const char* name) {
+  for (const ukernel_info& u : table)
+    if (std::strcmp(u.name, name) == 0) return &u;
+  return nullptr;
+}
+
+status dispatch(const desc& d, const kernel** out, const char* ukernel_name) {
+  *out = nullptr;
+  if (status s = validate(d); s != status::ok) return s;
+  const ukernel_info* uk = nullptr;
+  const isa active = active_isa();
+  if (ukernel_name) {
+    uk = find_ukernel(ukernel_name);
+    if (!uk || uk->type != d.type) return status::bad_ukernel;
+    if ((int)uk->level > (int)active) return status::isa_not_supported;
+  } else {
+    for (const ukernel_info& u : table)  // the first entry of the highest usable level
+      if (u.type == d.type && (int)u.level <= (int)active && (!uk || u.level > uk->level)) uk = &u;
+    if (!uk) return status::bad_dtype;
+  }
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  std::unique_ptr<kernel>& slot = cache[key{d, uk}];
+  if (!slot) slot.reset(new kernel{d, uk});
+  *out = slot.get();
+  return status::ok;
+}
+
+void execute(const kernel& kr, const batch_ref& batch, void* c) {
+  const desc& d = kr.d;
+  const ukernel_info& uk = *kr.uk;
+  const int64_t elem = 4;
+  ukernel_args p;
+  p.batch = &batch;
+  p.kind = d.batch;
+  p.k = d.k;
+  p.lda = d.lda;
+  p.ldb = d.ldb;
+  p.ldc = d.ldc;
+  p.beta = d.beta;
+  // N outside, M inside: one NR-wide panel of every B_i is reused by all row tiles.
+  for (int64_t n0 = 0; n0 < d.n; n0 += uk.nr) {
+    p.n = (int)(d.n - n0 < uk.nr ? d.n - n0 : uk.nr);
+    for (int64_t m0 = 0; m0 < d.m; m0 += uk.mr) {
+      p.m = (int)(d.m - m0 < uk.mr ? d.m - m0 : uk.mr);
+      p.a_off = m0 * d.lda;
+      p.b_off = n0;
+      p.c = (char*)c + (m0 * d.ldc + n0) * elem;
+      uk.fn(p);
+    }
+  }
+}
+
+}  // namespace brgemm

@@ -1,0 +1,117 @@
+// The public, ISA-neutral API of the batch-reduce GEMM core (csrc/). Layers and the Python
+// bindings include only this header; nothing here knows what a layer is.
+//
+//   C[M×N] = beta·C + Σ_{i<count} A_i[M×K] · B_i[K×N]
+//
+// Row-major, leading dimensions (lda, ldb, ldc) in elements. Use: describe the kernel once
+// (desc) → dispatch() returns a cached kernel → execute() it as often as needed with a batch.
+// The core reports errors as status codes and never throws; the bindings turn them into
+// Python exceptions that name the argument.
+#pragma once
+#include <cstdint>
+
+namespace brgemm {
+
+// Ordered: each level includes everything below it.
+enum class isa : int { scalar = 0, avx2, avx512, avx512_vnni, avx512_bf16 };
+constexpr int isa_count = 5;
+
+enum class dtype : int { f32 = 0 };
+enum class batch_kind : int { stride = 0, offset, address };
+
+enum class status : int {
+  ok = 0,
+  bad_m, bad_n, bad_k, bad_lda, bad_ldb, bad_ldc, bad_beta, bad_dtype, bad_batch_kind,
+  bad_ukernel,         // no such microkernel name, or not for this dtype
+  isa_not_built,       // the build left this ISA out (compiler lacked its flags)
+  isa_not_supported,   // the CPU (or OS, for the zmm state) lacks it
+};
+const char* status_message(status s);
+
+// --- ISA detection and capping (csrc/core/isa.cpp) --------------------------------------
+const char* isa_name(isa level);
+bool isa_from_name(const char* name, isa* out);
+isa detected_isa();                 // best level the CPU + OS support (CPUID, XGETBV), cached
+bool isa_built(isa level);          // compiled into this build
+bool isa_available(isa level);      // built and supported
+isa active_isa();                   // what dispatch uses now
+status set_isa_cap(isa level);      // cap the level; fails if not available
+void clear_isa_cap();
+
+// --- Threads used by the layer drivers ---------------------------------------------------
+void set_num_threads(int n);        // n ≥ 1
+int num_threads();
+
+// --- Describing and dispatching a kernel ------------------------------------------------
+struct desc {
+  dtype type = dtype::f32;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  batch_kind batch = batch_kind::stride;
+  float beta = 0.0f;  // 0: C is written, never read (it may hold NaN); otherwise beta·C is added
+};
+
+// How the i-th A and B blocks are found. Offsets and strides are in elements; only the fields
+// of the kernel's batch kind are read.
+struct batch_ref {
+  int64_t count = 0;                                // number of (A_i, B_i) pairs, ≥ 0
+  const void* a = nullptr;                          // stride, offset: base addresses
+  const void* b = nullptr;
+  int64_t stride_a = 0, stride_b = 0;               // stride: A_i = a + i·stride_a
+  const int64_t* offs_a = nullptr;                  // offset: A_i = a + offs_a[i]
+  const int64_t* offs_b = nullptr;
+  const void* const* addr_a = nullptr;              // address: A_i = addr_a[i]
+  const void* const* addr_b = nullptr;
+};
+
+// The microkernel contract. A ukernel computes one register tile of C:
+//   C[m×n] = beta·C + Σ_i A_i[m×k]·B_i[k×n],  1 ≤ m ≤ MR, 1 ≤ n ≤ NR,
+// where A_i = block_i(a) + a_off and B_i = block_i(b) + b_off. Edge tiles (m < MR, n < NR) are
+// the ukernel's own job (smaller instances in M, masks in N). beta = 0 must never read C;
+// count = 0 gives beta·C. It reads exactly the m×k, k×n and m×n elements named above.
+struct ukernel_args {
+  const batch_ref* batch;
+  batch_kind kind;
+  int64_t a_off, b_off;
+  int64_t k, lda, ldb, ldc;
+  void* c;
+  int m, n;
+  float beta;
+};
+using ukernel_fn = void (*)(const ukernel_args&);
+
+// One entry of the dispatch table (csrc/core/dispatch.cpp): the kernel and its geometry
+// travel together so they cannot drift apart.
+struct ukernel_info {
+  const char* name;  // ukernel_<dtype>_<MR>x<NR>__<isa>
+  dtype type;
+  isa level;
+  int mr, nr;
+  ukernel_fn fn;
+};
+int ukernel_count();                     // every entry of this build, reference first
+const ukernel_info* ukernel_at(int i);
+const ukernel_info* find_ukernel(const char* name);
+
+struct kernel {
+  desc d;
+  const ukernel_info* uk;
+};
+
+// Returns the cached kernel for d (thread-safe; the same desc and ukernel give the same
+// kernel). ukernel_name = nullptr picks the best microkernel for the active ISA.
+status dispatch(const desc& d, const kernel** out, const char* ukernel_name = nullptr);
+
+// Runs the kernel: tiles C by the ukernel's MR × NR and calls it on every tile. The caller
+// guarantees that every block the batch names is inside its array (the bindings check it).
+void execute(const kernel& kr, const batch_ref& batch, void* c);
+
+// --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
+enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8 };
+// Runs the op's register-only loop on `threads` threads for about `seconds`; returns
+// GFLOP/s (GOP/s), or a negative value when this build or CPU lacks the op.
+double measure_peak(peak_op op, int threads, double seconds);
+// Triad a = b + s·c over arrays of `bytes_per_array`; returns GB/s (3 arrays counted).
+double measure_bandwidth(int threads, int64_t bytes_per_array, int repeats);
+
+}  // namespace brgemm

@@ -1,0 +1,76 @@
+// AVX2+FMA f32 microkernel: the fallback for CPUs without AVX-512. Same scheme as the AVX-512
+// one with ymm registers (16 of them: 12 accumulators, 2 B vectors, 1 broadcast). Edge tiles:
+// M by smaller-MR instances, N by vmaskmov on the last vector (plain loads when it is full).
+#include <immintrin.h>
+#include "../ukernels.h"
+#include "../batch_block.h"
+
+namespace brgemm::kernels {
+namespace avx2_f32 {
+
+template <int MR, int NV, bool FULL>
+static void tile(const ukernel_args& p) {
+  const int64_t K = p.k, lda = p.lda, ldb = p.ldb;
+  const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(p.n - 8 * (NV - 1)),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256 acc[MR][NV];
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_setzero_ps();
+
+  for (int64_t i = 0; i < p.batch->count; ++i) {
+    const float* a = (const float*)brgemm_block_a(p, i, 4);
+    const float* b = (const float*)brgemm_block_b(p, i, 4);
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < K; ++k) {
+      __m256 bv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV - 1; ++v) bv[v] = _mm256_loadu_ps(b + 8 * v);
+      bv[NV - 1] = FULL ? _mm256_loadu_ps(b + 8 * (NV - 1)) : _mm256_maskload_ps(b + 8 * (NV - 1), last);
+#pragma GCC unroll 32
+      for (int m = 0; m < MR; ++m) {
+        const __m256 am = _mm256_broadcast_ss(a + m * lda);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_fmadd_ps(am, bv[v], acc[m][v]);
+      }
+      a += 1;
+      b += ldb;
+    }
+  }
+
+  const __m256 beta = _mm256_set1_ps(p.beta);
+  const __m256i all = _mm256_set1_epi32(-1);
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m) {
+    float* c = (float*)p.c + m * p.ldc;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __m256i mask = (v == NV - 1 && !FULL) ? last : all;
+      __m256 r = acc[m][v];
+      if (p.beta == 1.0f) r = _mm256_add_ps(r, _mm256_maskload_ps(c + 8 * v, mask));
+      else if (p.beta != 0.0f) r = _mm256_fmadd_ps(beta, _mm256_maskload_ps(c + 8 * v, mask), r);
+      _mm256_maskstore_ps(c + 8 * v, mask, r);
+    }
+  }
+}
+
+template <int M, int NV>
+static void pick_n(const ukernel_args& p) {
+  if constexpr (NV > 1)
+    if ((p.n + 7) / 8 < NV) return pick_n<M, NV - 1>(p);
+  if (p.n == 8 * NV) tile<M, NV, true>(p);
+  else tile<M, NV, false>(p);
+}
+template <int M, int NV>
+static void pick(const ukernel_args& p) {
+  if constexpr (M > 1)
+    if (p.m < M) return pick<M - 1, NV>(p);
+  pick_n<M, NV>(p);
+}
+
+}  // namespace avx2_f32
+
+void ukernel_f32_6x16__avx2(const ukernel_args& p) { avx2_f32::pick<6, 2>(p); }
+
+}  // namespace brgemm::kernels

@@ -1,0 +1,76 @@
+// AVX-512 f32 microkernels: an MR × NR tile of C lives in MR·NR/16 zmm accumulators for the
+// whole batch; per k, NR/16 rows of B are loaded and each A element is broadcast.
+// Edge tiles: M by smaller-MR instances, N by a mask on the last vector.
+#include <immintrin.h>
+#include "../ukernels.h"
+#include "../batch_block.h"
+
+namespace brgemm::kernels {
+namespace avx512_f32 {
+
+template <int MR, int NV>
+static void tile(const ukernel_args& p) {
+  const int64_t K = p.k, lda = p.lda, ldb = p.ldb;
+  const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
+  __m512 acc[MR][NV];
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
+
+  for (int64_t i = 0; i < p.batch->count; ++i) {
+    const float* a = (const float*)brgemm_block_a(p, i, 4);
+    const float* b = (const float*)brgemm_block_b(p, i, 4);
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < K; ++k) {
+      __m512 bv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
+      bv[NV - 1] = _mm512_maskz_loadu_ps(last, b + 16 * (NV - 1));
+#pragma GCC unroll 32
+      for (int m = 0; m < MR; ++m) {
+        const __m512 am = _mm512_set1_ps(a[m * lda]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(am, bv[v], acc[m][v]);
+      }
+      a += 1;
+      b += ldb;
+    }
+  }
+
+  const __m512 beta = _mm512_set1_ps(p.beta);
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m) {
+    float* c = (float*)p.c + m * p.ldc;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 mask = v == NV - 1 ? last : (__mmask16)0xFFFF;
+      __m512 r = acc[m][v];
+      if (p.beta == 1.0f) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, c + 16 * v));
+      else if (p.beta != 0.0f) r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, c + 16 * v), r);
+      _mm512_mask_storeu_ps(c + 16 * v, mask, r);
+    }
+  }
+}
+
+// Picks the instance for this tile's m (1..MR) and vector count (1..NV).
+template <int M, int NV>
+static void pick_n(const ukernel_args& p) {
+  if constexpr (NV > 1)
+    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1>(p);
+  tile<M, NV>(p);
+}
+template <int M, int NV>
+static void pick(const ukernel_args& p) {
+  if constexpr (M > 1)
+    if (p.m < M) return pick<M - 1, NV>(p);
+  pick_n<M, NV>(p);
+}
+
+}  // namespace avx512_f32
+
+void ukernel_f32_6x64__avx512(const ukernel_args& p) { avx512_f32::pick<6, 4>(p); }
+void ukernel_f32_8x48__avx512(const ukernel_args& p) { avx512_f32::pick<8, 3>(p); }
+void ukernel_f32_14x32__avx512(const ukernel_args& p) { avx512_f32::pick<14, 2>(p); }
+
+}  // namespace brgemm::kernels

@@ -1,0 +1,19 @@
+// Declarations of every microkernel and peak loop, generated from the .inc lists. Included by
+// the ISA translation units (to define them) and by csrc/core (to put them in the table).
+#pragma once
+#include "brgemm/brgemm.h"
+
+namespace brgemm::kernels {
+
+#define BRGEMM_UKERNEL_F32(MR, NR, ISA) void ukernel_f32_##MR##x##NR##__##ISA(const ukernel_args& p);
+#include "ukernels_f32.inc"
+#undef BRGEMM_UKERNEL_F32
+
+// Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
+// floating-point (or integer) operations performed.
+double peak_fma_f32__avx2(int64_t iters);
+double peak_fma_f32__avx512(int64_t iters);
+double peak_dot_u8s8__avx512vnni(int64_t iters);
+double peak_dot_bf16__avx512bf16(int64_t iters);
+
+}  // namespace brgemm::kernels

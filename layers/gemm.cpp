@@ -1,0 +1,107 @@
+// gemm_f32: an ordinary matrix product built on the BRGEMM.
+//
+// C is cut into work items of (mc rows × bn columns), spread over OpenMP threads. Each item
+// walks K in chunks of kc: it copies the kc × bn panel of B into a thread-local buffer
+// (contiguous rows, so every row tile of the item reuses it from L2 without the cache-set
+// conflicts of a large ldb), then one BRGEMM call accumulates A[mc×kc]·panel into C
+// (beta for the first chunk, 1 after). Small M skips the copy: each panel would be used once.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include "gemm.h"
+
+namespace brgemm::layers {
+
+namespace {
+
+std::atomic<int64_t> tuned_bn{0}, tuned_kc{0};
+constexpr int64_t default_bn = 64, default_kc = 512;
+
+struct free_deleter {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// A per-thread buffer that only grows: no allocation once warm.
+float* thread_buffer(int64_t floats) {
+  static thread_local std::unique_ptr<float, free_deleter> buf;
+  static thread_local int64_t cap = 0;
+  if (floats > cap) {
+    int64_t bytes = (floats * (int64_t)sizeof(float) + 63) / 64 * 64;
+    buf.reset((float*)std::aligned_alloc(64, (size_t)bytes));
+    cap = buf ? floats : 0;
+  }
+  return buf.get();
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+void set_gemm_blocking(int64_t bn, int64_t kc) {
+  tuned_bn.store(bn > 0 ? bn : 0);
+  tuned_kc.store(kc > 0 ? kc : 0);
+}
+
+status gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                int64_t ldb, float* c, int64_t ldc, float beta) {
+  const int64_t bn = tuned_bn.load() ? tuned_bn.load() : default_bn;
+  const int64_t kc = std::min(k, tuned_kc.load() ? tuned_kc.load() : default_kc);
+
+  // Probe the row tile of the kernel dispatch will pick, to size row chunks in whole tiles.
+  const kernel* probe;
+  if (status s = dispatch(desc{dtype::f32, 1, 1, 1, 1, 1, 1, batch_kind::stride, 0.0f}, &probe);
+      s != status::ok)
+    return s;
+  const int64_t mr = probe->uk->mr;
+
+  // Threads: a tiny product is not worth waking the team.
+  int threads = num_threads();
+  const double flops = 2.0 * (double)m * (double)n * (double)k;
+  if (flops < 4e6) threads = 1;
+
+  // Work items: whole columns of C where that gives every thread enough items, else split M.
+  const int64_t n_tiles = ceil_div(n, bn);
+  int64_t m_chunks = 1;
+  while (n_tiles * m_chunks < 4 * threads && ceil_div(m, m_chunks * 2) >= 4 * mr) m_chunks *= 2;
+  const int64_t mc = ceil_div(ceil_div(m, m_chunks), mr) * mr;
+  m_chunks = ceil_div(m, mc);
+  const int64_t items = n_tiles * m_chunks;
+  const bool pack = mc >= 4 * mr;
+
+  status result = status::ok;
+#pragma omp parallel num_threads(threads)
+  {
+    float* panel = pack ? thread_buffer(kc * bn) : nullptr;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n0 = (item / m_chunks) * bn, m0 = (item % m_chunks) * mc;
+      const int64_t nc = std::min(bn, n - n0), mcur = std::min(mc, m - m0);
+      for (int64_t p = 0; p < k; p += kc) {
+        const int64_t kcur = std::min(kc, k - p);
+        batch_ref batch;
+        batch.count = 1;
+        batch.a = a + m0 * lda + p;
+        desc d{dtype::f32, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
+        if (panel) {
+          for (int64_t r = 0; r < kcur; ++r)
+            std::memcpy(panel + r * bn, b + (p + r) * ldb + n0, (size_t)nc * sizeof(float));
+          batch.b = panel;
+          d.ldb = bn;
+        } else {
+          batch.b = b + p * ldb + n0;
+        }
+        const kernel* kr;
+        if (status s = dispatch(d, &kr); s != status::ok) {
+          result = s;  // cannot happen after the probe; kept so a failure is never silent
+          continue;
+        }
+        execute(*kr, batch, c + m0 * ldc + n0);
+      }
+    }
+  }
+  return result;
+}
+
+}  // namespace brgemm::layers

@@ -1,0 +1,70 @@
+"""Builds brgemm._core: the ISA-neutral core and bindings as one pybind11 extension, and each
+ISA's kernels as a static library with that ISA's flags (build_clib). An ISA whose flags the
+compiler rejects is left out of the build, and the dispatcher never selects it."""
+
+import json
+import os
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+
+# Level → (kernel folder, flags, a line that only compiles when the flags work).
+ISAS = [
+    ("avx2", "avx2", ["-mavx2", "-mfma"],
+     "__m256 f(__m256 a) { return _mm256_fmadd_ps(a, a, a); }"),
+    ("avx512", "avx512", ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+     "__m512 f(__m512 a) { return _mm512_maskz_loadu_ps(3, &a); }"),
+    ("avx512_vnni", "avx512vnni",
+     ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"],
+     "__m512i f(__m512i a) { return _mm512_dpbusd_epi32(a, a, a); }"),
+    ("avx512_bf16", "avx512bf16",
+     ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
+      "-mavx512bf16"],
+     "__m512 f(__m512 a, __m512bh b) { return _mm512_dpbf16_ps(a, b, b); }"),
+]
+COMMON = ["-std=c++17", "-O3", "-fPIC"]
+INCLUDE = ["csrc/include"]
+
+
+def compiler_accepts(flags, line):
+    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        with open(src, "w") as f:
+            f.write("#include <immintrin.h>\n" + line + "\n")
+        cmd = cxx + ["-c", src, "-o", os.path.join(tmp, "probe.o")] + flags
+        return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+libraries = [("brgemm_kernels_scalar",
+              {"sources": sorted(glob("csrc/kernels/ref/*.cpp")), "include_dirs": INCLUDE, "cflags": COMMON})]
+macros, flags_by_isa = [], {"scalar": COMMON}
+for level, folder, flags, probe in ISAS:
+    if not compiler_accepts(flags, probe):
+        print(f"brgemm: the compiler rejects {' '.join(flags)}; leaving {level} out of the build")
+        break  # levels are cumulative: nothing above a missing level can be used
+    libraries.append((f"brgemm_kernels_{folder}",
+                      {"sources": sorted(glob(f"csrc/kernels/{folder}/*.cpp")),
+                       "include_dirs": INCLUDE, "cflags": COMMON + flags}))
+    macros.append((f"BRGEMM_BUILT_{level.upper()}", "1"))
+    flags_by_isa[level] = COMMON + flags
+
+# The flags travel into the module as a C string literal holding JSON (`python -m brgemm info`).
+macros.append(("BRGEMM_BUILD_FLAGS", json.dumps(json.dumps(flags_by_isa))))
+
+core = Pybind11Extension(
+    "brgemm._core",
+    sources=sorted(glob("csrc/core/*.cpp")) + sorted(glob("layers/*.cpp")) + ["csrc/bindings/module.cpp"],
+    include_dirs=INCLUDE,
+    define_macros=macros,
+    extra_compile_args=["-O3", "-fopenmp"],
+    extra_link_args=["-fopenmp"],
+    cxx_std=17,
+)
+
+setup(libraries=libraries, ext_modules=[core])
