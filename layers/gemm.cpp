@@ -37,6 +37,20 @@ float* thread_buffer(int64_t floats) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Copies rows × cols of B (row stride ldb) into dst (row stride ld). Rows of a large B lie on
+// different pages, where the hardware prefetcher does not follow, so the copy prefetches the
+// rows it will need a few iterations ahead itself.
+void pack_panel(float* dst, int64_t ld, const float* src, int64_t ldb, int64_t rows, int64_t cols) {
+  constexpr int64_t ahead = 8;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r + ahead < rows) {
+      const char* next = (const char*)(src + (r + ahead) * ldb);
+      for (int64_t byte = 0; byte < cols * (int64_t)sizeof(float); byte += 64) __builtin_prefetch(next + byte);
+    }
+    std::memcpy(dst + r * ld, src + r * ldb, (size_t)cols * sizeof(float));
+  }
+}
+
 }  // namespace
 
 void set_gemm_blocking(int64_t bn, int64_t kc) {
@@ -85,8 +99,7 @@ status gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
         batch.a = a + m0 * lda + p;
         desc d{dtype::f32, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
         if (panel) {
-          for (int64_t r = 0; r < kcur; ++r)
-            std::memcpy(panel + r * bn, b + (p + r) * ldb + n0, (size_t)nc * sizeof(float));
+          pack_panel(panel, bn, b + p * ldb + n0, ldb, kcur, nc);
           batch.b = panel;
           d.ldb = bn;
         } else {
