@@ -1,0 +1,226 @@
+"""`python -m brgemm bench`: brgemm against numpy (OpenBLAS) and PyTorch on the same shapes and
+thread counts, in the same run, as GFLOP/s, % of the measured peak, % of the roofline bound
+and the ratio to each peer (peer time / brgemm time: above 1 means brgemm is faster).
+
+Each case is timed in rounds; in every round each library runs a block of calls after a
+short pause, so that the spinning worker threads one library leaves behind (OpenMP,
+OpenBLAS) do not steal the cores from the next. Reported: medians over rounds."""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import _core, gemm, Kernel, set_num_threads, get_num_threads, ukernels
+from .peak import get_peak, fp32_peak, thread_counts
+
+GEMM_SHAPES = [(64, 64, 64), (1024, 1024, 1024), (256, 1024, 1024), (64, 4096, 4096)]  # (M, K, N)
+KERNEL_SHAPE = (64, 64, 64, 32)  # M, N, K, batch
+
+
+class Peers:
+    """numpy and (when installed) torch, with their thread counts pinned like brgemm's."""
+
+    def __init__(self):
+        self.torch = None
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+            self.torch = torch
+        self.limits = None
+        if importlib.util.find_spec("threadpoolctl") is not None:
+            import threadpoolctl
+            self.limits = threadpoolctl.threadpool_limits
+        self._ctx = None
+
+    def set_threads(self, n):
+        set_num_threads(n)
+        if self.torch is not None:
+            self.torch.set_num_threads(n)
+        if self.limits is not None:
+            if self._ctx is not None:
+                self._ctx.unregister()
+            self._ctx = self.limits(limits=n, user_api="blas")
+
+
+def _per_call(fn, min_seconds):
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / n
+
+
+def compare(fns, rounds, min_seconds=0.03):
+    """fns: {library: callable}. Returns {library: median seconds per call} and
+    {library: median over rounds of (its time / brgemm's time)}."""
+    names = list(fns)
+    for f in fns.values():
+        f()  # first touch, dispatch, thread start-up
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            time.sleep(0.02)
+            fns[name]()
+            times[name].append(_per_call(fns[name], min_seconds))
+    base = np.array(times[names[0]])
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    ratios = {name: float(np.median(np.array(t) / base)) for name, t in times.items()}
+    return medians, ratios
+
+
+def _row(case, threads, flops, nbytes, medians, ratios, peak):
+    bw = get_peak()["bandwidth"]
+    bandwidth = bw.get(str(threads)) or bw["1"]
+    bound = max(flops / (peak * 1e9), nbytes / (bandwidth * 1e9)) if peak else None
+    row = {"case": case, "threads": threads, "flops": flops, "bytes": nbytes, "peak_gflops": peak}
+    for lib, t in medians.items():
+        row[f"{lib}_gflops"] = flops / t * 1e-9
+        if lib != "brgemm":
+            row[f"ratio_vs_{lib}"] = ratios[lib]
+    row["percent_of_peak"] = 100 * row["brgemm_gflops"] / peak if peak else None
+    row["percent_of_roofline"] = 100 * bound / medians["brgemm"] if bound else None
+    return row
+
+
+def run(rounds=7, threads_list=None, shapes=None, log=print):
+    peers = Peers()
+    threads_list = threads_list or thread_counts()
+    rng = np.random.default_rng(0)
+    rows = []
+
+    # The microkernel bar: one BRGEMM call, stride batch, one thread, every available ukernel.
+    m, n, k, b = KERNEL_SHAPE
+    A = rng.standard_normal((b, m, k), dtype=np.float32)
+    B = rng.standard_normal((b, k, n), dtype=np.float32)
+    C = np.empty((m, n), np.float32)
+    A2 = np.ascontiguousarray(A.transpose(1, 0, 2).reshape(m, b * k))  # the same sum as one GEMM
+    B2 = B.reshape(b * k, n)
+    peers.set_threads(1)
+    peak1 = fp32_peak(1)
+    for uk in ukernels():
+        if not uk["available"]:
+            log(f"  skipped {uk['name']}: this CPU lacks {uk['isa']}")
+            continue
+        kern = Kernel(m, n, k, ukernel=uk["name"])
+        fns = {"brgemm": lambda: kern(A, B, C, b), "numpy": lambda: np.matmul(A2, B2, out=C)}
+        if peers.torch is not None:
+            tA, tB, tC = (peers.torch.from_numpy(x) for x in (A2, B2, C))
+            fns["torch"] = lambda: peers.torch.mm(tA, tB, out=tC)
+        med, rat = compare(fns, rounds)
+        rows.append(_row(f"brgemm {m}x{n}x{k} b{b} {uk['name']}", 1, 2 * m * n * k * b,
+                         4 * (b * m * k + b * k * n + m * n), med, rat, peak1))
+        log(_format(rows[-1]))
+
+    # gemm: an ordinary matrix product against the peers' best.
+    for threads in threads_list:
+        peers.set_threads(threads)
+        peak = fp32_peak(threads)
+        for M, K, N in shapes or GEMM_SHAPES:
+            A = rng.standard_normal((M, K), dtype=np.float32)
+            B = rng.standard_normal((K, N), dtype=np.float32)
+            C = np.empty((M, N), np.float32)
+            fns = {"brgemm": lambda: gemm(A, B, C), "numpy": lambda: np.matmul(A, B, out=C)}
+            if peers.torch is not None:
+                tA, tB, tC = (peers.torch.from_numpy(x) for x in (A, B, C))
+                fns["torch"] = lambda: peers.torch.mm(tA, tB, out=tC)
+            med, rat = compare(fns, rounds)
+            rows.append(_row(f"gemm {M}x{K}x{N}", threads, 2 * M * N * K, 4 * (M * K + K * N + M * N),
+                             med, rat, peak))
+            log(_format(rows[-1]))
+    peers.set_threads(get_num_threads())
+    return rows
+
+
+HEADER = (f"{'case':52} {'thr':>3} {'GFLOP/s':>8} {'%peak':>6} {'%roof':>6} "
+          f"{'numpy':>7} {'x numpy':>7} {'torch':>7} {'x torch':>7}")
+
+
+def _format(row):
+    def num(key, fmt):
+        v = row.get(key)
+        return format(v, fmt) if v is not None else "-"
+    return (f"{row['case']:52} {row['threads']:>3} {num('brgemm_gflops', '8.1f')} "
+            f"{num('percent_of_peak', '6.1f')} {num('percent_of_roofline', '6.1f')} "
+            f"{num('numpy_gflops', '7.1f')} {num('ratio_vs_numpy', '7.2f')} "
+            f"{num('torch_gflops', '7.1f')} {num('ratio_vs_torch', '7.2f')}")
+
+
+def plot(rows, path):
+    """A roofline chart: the fp32 roofs for each thread count and every measured point."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peak = get_peak()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ai = np.logspace(-1, 3, 200)
+    for t in sorted({r["threads"] for r in rows}):
+        p, bw = fp32_peak(t), peak["bandwidth"].get(str(t)) or peak["bandwidth"]["1"]
+        ax.plot(ai, np.minimum(p, ai * bw), "--", color="gray" if t == 1 else "black",
+                label=f"roofline, {t} thread{'s' * (t > 1)}")
+    markers = {"brgemm": "o", "numpy": "s", "torch": "^"}
+    for lib, marker in markers.items():
+        pts = [(r["flops"] / r["bytes"], r[f"{lib}_gflops"], r["threads"]) for r in rows if f"{lib}_gflops" in r]
+        for t, color in ((1, "tab:blue"), (2, "tab:orange")):
+            xs = [x for x, _, th in pts if (th == 1) == (t == 1)]
+            ys = [y for _, y, th in pts if (th == 1) == (t == 1)]
+            if xs:
+                ax.scatter(xs, ys, marker=marker, color=color if lib == "brgemm" else "none",
+                           edgecolors=color, label=f"{lib}, {'1 thread' if t == 1 else 'all threads'}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"brgemm fp32 on {peak['cpu']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m brgemm bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7, help="timing rounds per case (median reported)")
+    parser.add_argument("--threads", type=str, default=None, help="comma-separated thread counts (default: 1 and all cores)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")
+    args = parser.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install matplotlib")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    threads = None
+    if args.threads:
+        try:
+            threads = [int(t) for t in args.threads.split(",")]
+        except ValueError:
+            parser.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+        if min(threads) < 1:
+            parser.error("--threads must be at least 1")
+
+    peak = get_peak()
+    print(f"brgemm {_core.isa()} on {peak['cpu']}; fp32 peak "
+          + ", ".join(f"{peak['fma_f32'][str(t)]:.0f} GFLOP/s on {t} core{'s' * (t > 1)}" for t in peak["threads"])
+          + f"; bandwidth {peak['bandwidth'][str(peak['threads'][-1])]:.0f} GB/s")
+    peers = Peers()
+    if peers.torch is None:
+        print("(PyTorch not installed: no torch column. pip install torch==2.13.0)")
+    if peers.limits is None:
+        print("(threadpoolctl not installed: numpy's thread count is not pinned)")
+    print("ratios are peer time / brgemm time, medians over rounds; %roof is % of the roofline bound\n")
+    print(HEADER)
+    start = time.perf_counter()
+    rows = run(rounds=args.rounds, threads_list=threads)
+    print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak": peak, "rows": rows}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"roofline chart: {os.path.abspath(args.plot)}")
+    return 0
