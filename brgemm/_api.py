@@ -31,7 +31,7 @@ def ukernels():
     return _core.ukernels()
 
 
-class Kernel:
+class Kernel(_core._Kernel):
     """A batch-reduce GEMM dispatched once: ``C = beta·C + Σ_i A_i·B_i`` with A_i (m×k, row
     stride lda), B_i (k×n, row stride ldb) and C (m×n, row stride ldc), all float32.
 
@@ -47,7 +47,8 @@ class Kernel:
     - ``"offset"``: ``kernel(A, B, C, offsets_a, offsets_b)``: A_i = A + offsets_a[i].
     - ``"address"``: ``kernel(A_blocks, B_blocks, C)``: lists of arrays, one block each.
 
-    Every call returns C. beta = 0 never reads C (it may hold NaN).
+    Every call returns C. beta = 0 never reads C (it may hold NaN). The call goes straight to
+    C++ (validation, then the GIL is released while it computes).
     """
 
     def __init__(self, m, n, k, *, dtype="f32", batch="stride", lda=None, ldb=None, ldc=None,
@@ -58,48 +59,12 @@ class Kernel:
             raise TypeError(f"batch must be one of {_BATCH_KINDS}, got {type(batch).__name__}")
         if ukernel is not None and not isinstance(ukernel, str):
             raise TypeError(f"ukernel must be a name (str), got {type(ukernel).__name__}")
-        self._k = _core._Kernel(
+        super().__init__(
             _index(m, "m"), _index(n, "n"), _index(k, "k"), dtype, batch,
             _index(lda, "lda", True), _index(ldb, "ldb", True), _index(ldc, "ldc", True),
             _real(beta, "beta"), ukernel)
-        self._run = getattr(self._k, "run_" + batch)
 
-    def __call__(self, *args, **kwargs):
-        return self._call(*args, **kwargs)
-
-    def _call(self, *args, **kwargs):
-        batch = self._k.batch
-        if batch == "stride":
-            return self._stride(*args, **kwargs)
-        if batch == "offset":
-            return self._offset(*args, **kwargs)
-        return self._address(*args, **kwargs)
-
-    def _stride(self, A, B, C, count, stride_a=None, stride_b=None):
-        return self._run(A, B, C, _index(count, "count"),
-                         None if stride_a is None else _index(stride_a, "stride_a"),
-                         None if stride_b is None else _index(stride_b, "stride_b"))
-
-    def _offset(self, A, B, C, offsets_a, offsets_b):
-        return self._run(A, B, C, np.asarray(offsets_a), np.asarray(offsets_b))
-
-    def _address(self, A_blocks, B_blocks, C):
-        return self._run(A_blocks, B_blocks, C)
-
-    name = property(lambda self: self._k.name, doc="The microkernel that runs, e.g. ukernel_f32_6x64__avx512.")
-    isa = property(lambda self: self._k.isa, doc="The ISA of that microkernel.")
-    mr = property(lambda self: self._k.mr)
-    nr = property(lambda self: self._k.nr)
-    m = property(lambda self: self._k.m)
-    n = property(lambda self: self._k.n)
-    k = property(lambda self: self._k.k)
-    lda = property(lambda self: self._k.lda)
-    ldb = property(lambda self: self._k.ldb)
-    ldc = property(lambda self: self._k.ldc)
-    beta = property(lambda self: self._k.beta)
-    batch = property(lambda self: self._k.batch)
     dtype = property(lambda self: "f32")
-    handle = property(lambda self: self._k.handle, doc="Identity of the cached C++ kernel.")
 
     def __repr__(self):
         return (f"Kernel(m={self.m}, n={self.n}, k={self.k}, batch={self.batch!r}, lda={self.lda}, "

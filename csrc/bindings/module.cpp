@@ -111,6 +111,44 @@ void check_status(status s) {
   }
 }
 
+int64_t index_arg(py::handle h, const char* name) {
+  if (!PyIndex_Check(h.ptr()))
+    type_error(std::string(name) + " must be an integer, got " + str(py::type::of(h).attr("__name__")));
+  const Py_ssize_t v = PyNumber_AsSsize_t(h.ptr(), PyExc_OverflowError);
+  if (v == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    value_error(std::string(name) + " does not fit in 64 bits");
+  }
+  return v;
+}
+
+// Binds a call's positional and keyword arguments to `names` (the first `required` must be
+// given), the way a Python signature would.
+std::vector<py::object> bind_args(const py::args& args, const py::kwargs& kw, std::initializer_list<const char*> names,
+                                  size_t required, const char* signature) {
+  std::vector<const char*> nm(names);
+  if (args.size() > nm.size())
+    type_error(std::string("too many arguments; the call is ") + signature);
+  std::vector<py::object> out(nm.size(), py::none());
+  std::vector<bool> given(nm.size(), false);
+  for (size_t i = 0; i < args.size(); ++i) {
+    out[i] = args[i];
+    given[i] = true;
+  }
+  for (auto item : kw) {
+    const std::string key = py::cast<std::string>(item.first);
+    size_t i = 0;
+    while (i < nm.size() && key != nm[i]) ++i;
+    if (i == nm.size()) type_error("unexpected argument '" + key + "'; the call is " + signature);
+    if (given[i]) type_error("argument '" + key + "' given twice; the call is " + signature);
+    out[i] = py::reinterpret_borrow<py::object>(item.second);
+    given[i] = true;
+  }
+  for (size_t i = 0; i < required; ++i)
+    if (!given[i]) type_error(std::string("missing argument '") + nm[i] + "'; the call is " + signature);
+  return out;
+}
+
 void check_beta(double beta) {
   if (!std::isfinite(beta)) value_error("beta must be finite, got " + std::to_string(beta));
 }
@@ -204,12 +242,32 @@ struct py_kernel {
                   "', not '" + batch_name(want) + "'");
   }
 
+  // kernel(...): the arguments depend on the batch kind the kernel was dispatched with.
+  py::array call(const py::args& args, const py::kwargs& kw) {
+    switch (d().batch) {
+      case batch_kind::stride: {
+        auto a = bind_args(args, kw, {"A", "B", "C", "count", "stride_a", "stride_b"}, 4,
+                           "kernel(A, B, C, count, stride_a=None, stride_b=None)");
+        return run_stride(a[0], a[1], a[2], index_arg(a[3], "count"), a[4], a[5]);
+      }
+      case batch_kind::offset: {
+        auto a = bind_args(args, kw, {"A", "B", "C", "offsets_a", "offsets_b"}, 5,
+                           "kernel(A, B, C, offsets_a, offsets_b)");
+        return run_offset(a[0], a[1], a[2], a[3], a[4]);
+      }
+      default: {
+        auto a = bind_args(args, kw, {"A", "B", "C"}, 3, "kernel(A_blocks, B_blocks, C)");
+        return run_address(a[0], a[1], a[2]);
+      }
+    }
+  }
+
   py::array run_stride(py::handle A, py::handle B, py::handle C, int64_t count, py::object stride_a,
                        py::object stride_b) {
     require_batch_kind(batch_kind::stride);
     if (count < 0) value_error("count must be at least 0, got " + std::to_string(count));
-    const int64_t sa = stride_a.is_none() ? d().m * d().lda : stride_a.cast<int64_t>();
-    const int64_t sb = stride_b.is_none() ? d().k * d().ldb : stride_b.cast<int64_t>();
+    const int64_t sa = stride_a.is_none() ? d().m * d().lda : index_arg(stride_a, "stride_a");
+    const int64_t sb = stride_b.is_none() ? d().k * d().ldb : index_arg(stride_b, "stride_b");
     if (sa < 0) value_error("stride_a must be at least 0, got " + std::to_string(sa));
     if (sb < 0) value_error("stride_b must be at least 0, got " + std::to_string(sb));
     const int64_t last = count > 0 ? count - 1 : 0;
@@ -233,8 +291,8 @@ struct py_kernel {
   }
 
   static py::array_t<int64_t> offsets(py::handle h, const char* name) {
-    if (!py::isinstance<py::array>(h)) type_error(std::string(name) + " must be a numpy array of integers");
-    auto arr = py::reinterpret_borrow<py::array>(h);
+    py::array arr = py::isinstance<py::array>(h) ? py::reinterpret_borrow<py::array>(h)
+                                                  : py::module_::import("numpy").attr("asarray")(h);
     if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')
       type_error(std::string(name) + " must have an integer dtype, got " + str(arr.dtype()));
     if (arr.ndim() != 1) value_error(std::string(name) + " must be 1-D, got ndim " + std::to_string(arr.ndim()));
@@ -478,7 +536,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("ukernels", &ukernels, "Every microkernel of this build, reference first.");
   m.def("build_flags", [] { return std::string(BRGEMM_BUILD_FLAGS); }, "JSON: compiler flags per ISA.");
 
-  py::class_<py_kernel>(m, "_Kernel")
+  py::class_<py_kernel>(m, "_Kernel", py::dynamic_attr())
       .def(py::init<int64_t, int64_t, int64_t, const std::string&, const std::string&, int64_t, int64_t,
                     int64_t, double, py::object>(),
            py::arg("m"), py::arg("n"), py::arg("k"), py::arg("dtype"), py::arg("batch"), py::arg("lda"),
@@ -497,6 +555,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("batch", [](const py_kernel& k) { return std::string(batch_name(k.d().batch)); })
       .def_property_readonly("handle", [](const py_kernel& k) { return (uintptr_t)k.kr; },
                              "Identity of the cached kernel: equal descriptors give equal handles.")
+      .def("__call__", &py_kernel::call)
       .def("run_stride", &py_kernel::run_stride)
       .def("run_offset", &py_kernel::run_offset)
       .def("run_address", &py_kernel::run_address);
