@@ -20,6 +20,8 @@ def _index(value, name, allow_none=False):
 
 
 def _real(value, name):
+    if type(value) is float:  # the common case, checked first: this is on every call's path
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     return float(value)

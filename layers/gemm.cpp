@@ -4,7 +4,8 @@
 // walks K in chunks of kc: it copies the kc × bn panel of B into a thread-local buffer
 // (contiguous rows, so every row tile of the item reuses it from L2 without the cache-set
 // conflicts of a large ldb), then one BRGEMM call accumulates A[mc×kc]·panel into C
-// (beta for the first chunk, 1 after). Small M skips the copy: each panel would be used once.
+// (beta for the first chunk, 1 after). Small M or a narrow B skips the copy: a panel used
+// once, or rows already close together, gain nothing from it.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -82,39 +83,48 @@ status gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
   const int64_t mc = ceil_div(ceil_div(m, m_chunks), mr) * mr;
   m_chunks = ceil_div(m, mc);
   const int64_t items = n_tiles * m_chunks;
-  const bool pack = mc >= 4 * mr;
+  // Packing pays when each panel serves several row tiles and B's rows are far apart
+  // (ldb of 1 KiB or more: rows collide in the same cache sets).
+  const bool pack = mc >= 4 * mr && ldb >= 256;
 
-  status result = status::ok;
+  std::atomic<int> result{(int)status::ok};
+  auto run_item = [&](int64_t item, float* panel) {
+    const int64_t n0 = (item / m_chunks) * bn, m0 = (item % m_chunks) * mc;
+    const int64_t nc = std::min(bn, n - n0), mcur = std::min(mc, m - m0);
+    for (int64_t p = 0; p < k; p += kc) {
+      const int64_t kcur = std::min(kc, k - p);
+      batch_ref batch;
+      batch.count = 1;
+      batch.a = a + m0 * lda + p;
+      desc d{dtype::f32, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
+      if (panel) {
+        pack_panel(panel, bn, b + p * ldb + n0, ldb, kcur, nc);
+        batch.b = panel;
+        d.ldb = bn;
+      } else {
+        batch.b = b + p * ldb + n0;
+      }
+      const kernel* kr;
+      if (status s = dispatch(d, &kr); s != status::ok) {
+        result = (int)s;  // cannot happen after the probe; kept so a failure is never silent
+        continue;
+      }
+      execute(*kr, batch, c + m0 * ldc + n0);
+    }
+  };
+
+  if (threads == 1) {  // no parallel region at all: small products are dominated by overheads
+    float* panel = pack ? thread_buffer(kc * bn) : nullptr;
+    for (int64_t item = 0; item < items; ++item) run_item(item, panel);
+    return (status)result.load();
+  }
 #pragma omp parallel num_threads(threads)
   {
     float* panel = pack ? thread_buffer(kc * bn) : nullptr;
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t n0 = (item / m_chunks) * bn, m0 = (item % m_chunks) * mc;
-      const int64_t nc = std::min(bn, n - n0), mcur = std::min(mc, m - m0);
-      for (int64_t p = 0; p < k; p += kc) {
-        const int64_t kcur = std::min(kc, k - p);
-        batch_ref batch;
-        batch.count = 1;
-        batch.a = a + m0 * lda + p;
-        desc d{dtype::f32, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
-        if (panel) {
-          pack_panel(panel, bn, b + p * ldb + n0, ldb, kcur, nc);
-          batch.b = panel;
-          d.ldb = bn;
-        } else {
-          batch.b = b + p * ldb + n0;
-        }
-        const kernel* kr;
-        if (status s = dispatch(d, &kr); s != status::ok) {
-          result = s;  // cannot happen after the probe; kept so a failure is never silent
-          continue;
-        }
-        execute(*kr, batch, c + m0 * ldc + n0);
-      }
-    }
+    for (int64_t item = 0; item < items; ++item) run_item(item, panel);
   }
-  return result;
+  return (status)result.load();
 }
 
 }  // namespace brgemm::layers
