@@ -14,9 +14,14 @@ def _index(value, name, allow_none=False):
     if value is None and allow_none:
         return -1
     try:
-        return operator.index(value)
+        v = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if not -(1 << 63) <= v < (1 << 63):
+        raise ValueError(f"{name} does not fit in 64 bits")
+    if allow_none and v < 0:  # -1 is the core's "default"; an explicit negative is an error
+        raise ValueError(f"{name} must be at least {'k' if name == 'lda' else 'n'}, got {v}")
+    return v
 
 
 def _real(value, name):
@@ -31,6 +36,22 @@ def ukernels():
     """Every microkernel of this build, reference first: a list of dicts with name, dtype,
     isa, mr, nr and available (whether this CPU and build can run it)."""
     return _core.ukernels()
+
+
+def _kernel_args(m, n, k, dtype, batch, lda, ldb, ldc, beta, ukernel):
+    """Kernel's arguments checked for type and converted for _core._Kernel."""
+    if not isinstance(dtype, str):
+        try:
+            dtype = np.dtype(dtype).name
+        except TypeError:
+            raise TypeError(f"dtype must be 'f32' or numpy.float32, got {dtype!r}") from None
+    if not isinstance(batch, str):
+        raise TypeError(f"batch must be one of {_BATCH_KINDS}, got {type(batch).__name__}")
+    if ukernel is not None and not isinstance(ukernel, str):
+        raise TypeError(f"ukernel must be a name (str), got {type(ukernel).__name__}")
+    return (_index(m, "m"), _index(n, "n"), _index(k, "k"), dtype, batch,
+            _index(lda, "lda", True), _index(ldb, "ldb", True), _index(ldc, "ldc", True),
+            _real(beta, "beta"), ukernel)
 
 
 class Kernel(_core._Kernel):
@@ -55,16 +76,13 @@ class Kernel(_core._Kernel):
 
     def __init__(self, m, n, k, *, dtype="f32", batch="stride", lda=None, ldb=None, ldc=None,
                  beta=0.0, ukernel=None):
-        if not isinstance(dtype, str):
-            dtype = np.dtype(dtype).name
-        if not isinstance(batch, str):
-            raise TypeError(f"batch must be one of {_BATCH_KINDS}, got {type(batch).__name__}")
-        if ukernel is not None and not isinstance(ukernel, str):
-            raise TypeError(f"ukernel must be a name (str), got {type(ukernel).__name__}")
-        super().__init__(
-            _index(m, "m"), _index(n, "n"), _index(k, "k"), dtype, batch,
-            _index(lda, "lda", True), _index(ldb, "ldb", True), _index(ldc, "ldc", True),
-            _real(beta, "beta"), ukernel)
+        try:
+            super().__init__(*_kernel_args(m, n, k, dtype, batch, lda, ldb, ldc, beta, ukernel))
+        except BaseException:
+            # The C++ object is not constructed: touching it (repr in a traceback printer or
+            # a debugger) would crash, so the traceback's frame must not keep it.
+            del self
+            raise
 
     dtype = property(lambda self: "f32")
 

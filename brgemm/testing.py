@@ -194,11 +194,13 @@ class Problem:
         """Keyword arguments for brgemm.Kernel describing this problem (no ukernel)."""
         return dict(batch=self.batch, lda=self.lda, ldb=self.ldb, ldc=self.ldc, beta=self.beta)
 
-    def run(self, kernel):
-        """Calls ``kernel`` on this problem's operands; returns what it returns."""
+    def run(self, kernel, c=None):
+        """Calls ``kernel`` on this problem's operands, writing into ``c`` (default: the
+        problem's own C buffer); returns what the kernel returns."""
+        c = self.c if c is None else c
         if self.batch == "address":
-            return kernel(self.a, self.b, self.c)
-        return kernel(self.a, self.b, self.c, *self.args, **self.kwargs)
+            return kernel(self.a, self.b, c)
+        return kernel(self.a, self.b, c, *self.args, **self.kwargs)
 
     def c_window(self, c=None):
         """The m×n result inside the flat C buffer."""

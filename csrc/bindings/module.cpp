@@ -116,7 +116,10 @@ int64_t index_arg(py::handle h, const char* name) {
     type_error(std::string(name) + " must be an integer, got " + str(py::type::of(h).attr("__name__")));
   const Py_ssize_t v = PyNumber_AsSsize_t(h.ptr(), PyExc_OverflowError);
   if (v == -1 && PyErr_Occurred()) {
+    const bool overflow = PyErr_ExceptionMatches(PyExc_OverflowError);
     PyErr_Clear();
+    if (!overflow)  // e.g. an array of several elements: __index__ exists but refuses
+      type_error(std::string(name) + " must be an integer, got " + str(py::type::of(h).attr("__name__")));
     value_error(std::string(name) + " does not fit in 64 bits");
   }
   return v;
@@ -150,7 +153,11 @@ std::vector<py::object> bind_args(const py::args& args, const py::kwargs& kw, st
 }
 
 void check_beta(double beta) {
-  if (!std::isfinite(beta)) value_error("beta must be finite, got " + std::to_string(beta));
+  if (!std::isfinite(beta)) value_error("beta must be finite, got " + str(py::repr(py::float_(beta))));
+  // The kernels compute with float32: a double beyond its range is checked here, before
+  // any work, not by dispatch (gemm would already have added K chunks into C by then).
+  if (!std::isfinite((float)beta))
+    value_error("beta must be finite as a float32, got " + str(py::repr(py::float_(beta))));
 }
 
 // --- the Kernel class ----------------------------------------------------------------------
@@ -180,6 +187,7 @@ struct py_kernel {
     d.batch = batch_from_name(batch);
     auto positive = [](int64_t v, const char* name) {
       if (v < 1) value_error(std::string(name) + " must be at least 1, got " + std::to_string(v));
+      if (v >= (int64_t(1) << 60)) value_error(std::string(name) + " must be below 2^60, got " + std::to_string(v));
     };
     positive(m, "m");
     positive(n, "n");
@@ -293,6 +301,7 @@ struct py_kernel {
   static py::array_t<int64_t> offsets(py::handle h, const char* name) {
     py::array arr = py::isinstance<py::array>(h) ? py::reinterpret_borrow<py::array>(h)
                                                   : py::module_::import("numpy").attr("asarray")(h);
+    if (arr.size() == 0) arr = py::array_t<int64_t>(0);  // [] becomes float64 in numpy: still an empty batch
     if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')
       type_error(std::string(name) + " must have an integer dtype, got " + str(arr.dtype()));
     if (arr.ndim() != 1) value_error(std::string(name) + " must be 1-D, got ndim " + std::to_string(arr.ndim()));
@@ -378,7 +387,7 @@ struct py_kernel {
 // C given or allocated; validated against (m, n).
 py::array output_matrix(py::object C, int64_t m, int64_t n, double beta, int64_t* ldc) {
   if (C.is_none()) {
-    if (beta != 0.0) value_error("beta = " + std::to_string(beta) + " needs C to be given");
+    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
     *ldc = n;
     return py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
   }

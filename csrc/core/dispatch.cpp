@@ -85,9 +85,9 @@ status validate(const desc& d) {
 const char* status_message(status s) {
   switch (s) {
     case status::ok: return "ok";
-    case status::bad_m: return "m must be at least 1";
-    case status::bad_n: return "n must be at least 1";
-    case status::bad_k: return "k must be at least 1";
+    case status::bad_m: return "m must be at least 1 and below 2^60";
+    case status::bad_n: return "n must be at least 1 and below 2^60";
+    case status::bad_k: return "k must be at least 1 and below 2^60";
     case status::bad_lda: return "lda must be at least k (and lda*m must not overflow)";
     case status::bad_ldb: return "ldb must be at least n (and ldb*k must not overflow)";
     case status::bad_ldc: return "ldc must be at least n (and ldc*m must not overflow)";
