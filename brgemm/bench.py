@@ -56,6 +56,11 @@ def _per_call(fn, min_seconds):
             return elapsed / n
 
 
+# OpenBLAS's workers spin for about 0.1 s after a call (measured: a 0.05 s pause left brgemm
+# on 2 threads 3x slower right after numpy), so each library's block starts after this pause.
+PAUSE = 0.2
+
+
 def compare(fns, rounds, min_seconds=0.03):
     """fns: {library: callable}. Returns {library: median seconds per call} and
     {library: median over rounds of (its time / brgemm's time)}."""
@@ -65,7 +70,7 @@ def compare(fns, rounds, min_seconds=0.03):
     times = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-            time.sleep(0.02)
+            time.sleep(PAUSE)
             fns[name]()
             times[name].append(_per_call(fns[name], min_seconds))
     base = np.array(times[names[0]])
@@ -88,7 +93,7 @@ def _row(case, threads, flops, nbytes, medians, ratios, peak):
     return row
 
 
-def run(rounds=7, threads_list=None, shapes=None, log=print):
+def run(rounds=5, threads_list=None, shapes=None, log=print):
     peers = Peers()
     threads_list = threads_list or thread_counts()
     rng = np.random.default_rng(0)
@@ -185,7 +190,7 @@ def plot(rows, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m brgemm bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7, help="timing rounds per case (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds per case (median reported)")
     parser.add_argument("--threads", type=str, default=None, help="comma-separated thread counts (default: 1 and all cores)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")

@@ -1,0 +1,124 @@
+"""brgemm.gemm against its peers on the same shapes and thread counts, in the same run
+(the benchmark side of the gemm tests in tests/test_batch_reduce_gemm.py). Absolute times
+drift on a shared machine; GemmVsPeers times brgemm and one peer back to back in one
+process and reports their ratio, which does not.
+
+Hot cache: the same A, B and C every call. Peers: numpy (its bundled OpenBLAS) and torch
+(oneDNN / MKL on CPU). Every library in the process is pinned to the row's thread count.
+"""
+
+import numpy as np
+
+import brgemm
+
+from .common import (SEED_A, SEED_B, SEED_C, ThreadPin, import_torch, median_seconds,
+                     median_seconds_one, percent_of_peak, random_f32, threadpoolctl)
+
+# M x K x N. A capped grid: a tiny product (call overhead; brgemm runs it on one thread
+# whatever the row says), a short-and-wide one, a square one, and a GEMV-like one whose
+# 64 MiB B streams from memory. `asv run --python=same --quick` stays under ~3 minutes.
+SHAPES = {
+    "64x64x64":       (64, 64, 64),
+    "256x1024x1024":  (256, 1024, 1024),
+    "1024x1024x1024": (1024, 1024, 1024),
+    "64x4096x4096":   (64, 4096, 4096),
+}
+THREADS = [1, 2]
+LIBRARIES = ["brgemm", "numpy", "torch"]
+
+
+def _unavailable(library):
+    """Why ``library`` cannot run here, or None. Imports torch when asked about it."""
+    if library == "torch" and import_torch() is None:
+        return "torch is not importable"
+    if library == "numpy" and threadpoolctl is None:
+        # Without threadpoolctl numpy's BLAS cannot be pinned, so its row would run on
+        # every core whatever its thread count says; a mislabelled number is worse than none.
+        return "threadpoolctl is not importable: numpy's BLAS threads cannot be pinned"
+    return None
+
+
+def _matmul(library, A, B, C):
+    """A zero-argument callable computing C = A @ B with ``library``, writing into the
+    preallocated C (no allocation inside the timing)."""
+    if library == "brgemm":
+        return lambda: brgemm.gemm(A, B, C)
+    if library == "numpy":
+        return lambda: np.matmul(A, B, out=C)
+    torch = import_torch()
+    tA, tB, tC = (torch.from_numpy(x) for x in (A, B, C))  # views, no copies
+    return lambda: torch.mm(tA, tB, out=tC)
+
+
+def _setup_row(obj, shape, threads, libraries):
+    """Shared setup: skip if a library cannot run, pin threads, make seeded A, B and a
+    preallocated C, and one callable per library."""
+    for lib in libraries:
+        why = _unavailable(lib)  # before pinning: it imports torch, which pinning then sees
+        if why:
+            raise NotImplementedError(why)
+    obj.pin = ThreadPin(threads)
+    M, K, N = SHAPES[shape]
+    A = random_f32((M, K), SEED_A)
+    B = random_f32((K, N), SEED_B)
+    C = random_f32((M, N), SEED_C)  # overwritten: every library computes beta = 0
+    obj.flops = 2.0 * M * N * K
+    obj.run = {lib: _matmul(lib, A, B, C) for lib in libraries}
+
+
+def _teardown_row(obj):
+    if hasattr(obj, "pin"):  # asv calls teardown after a skipped setup too
+        obj.pin.restore()
+
+
+class Gemm:
+    """One library per row: its time, rate and share of the machine's measured peak."""
+
+    params = [list(SHAPES), THREADS, LIBRARIES]
+    param_names = ["shape", "threads", "library"]
+    timeout = 180
+
+    def setup(self, shape, threads, library):
+        _setup_row(self, shape, threads, [library])
+        self.fn = self.run[library]
+
+    def teardown(self, shape, threads, library):
+        _teardown_row(self)
+
+    def time_gemm(self, shape, threads, library):
+        self.fn()
+
+    def track_gflops(self, shape, threads, library):
+        return self.flops / median_seconds_one(self.fn) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+    def track_percent_of_peak(self, shape, threads, library):
+        # Against the measured FMA peak at this row's thread count, for every library;
+        # timed first, so that the peak loop's threads are not still spinning.
+        gflops = self.flops / median_seconds_one(self.fn) / 1e9
+        return percent_of_peak(gflops, threads)
+
+    track_percent_of_peak.unit = "%"
+
+
+class GemmVsPeers:
+    """t_peer / t_brgemm, both measured now in this process, rounds interleaved:
+    > 1 means brgemm is faster. A class of its own rather than a method of Gemm, so that
+    no process is spent on rows (numpy, torch) for which a ratio to brgemm means nothing."""
+
+    params = [list(SHAPES), THREADS, ["numpy", "torch"]]
+    param_names = ["shape", "threads", "peer"]
+    timeout = 180
+
+    def setup(self, shape, threads, peer):
+        _setup_row(self, shape, threads, ["brgemm", peer])
+
+    def teardown(self, shape, threads, peer):
+        _teardown_row(self)
+
+    def track_ratio(self, shape, threads, peer):
+        t = median_seconds({"brgemm": self.run["brgemm"], peer: self.run[peer]})
+        return t[peer] / t["brgemm"]
+
+    track_ratio.unit = "x"
