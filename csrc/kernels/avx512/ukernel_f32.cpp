@@ -21,6 +21,13 @@ static void tile(const ukernel_args& p) {
   for (int64_t i = 0; i < p.batch->count; ++i) {
     const float* a = (const float*)brgemm_block_a(p, i, 4);
     const float* b = (const float*)brgemm_block_b(p, i, 4);
+    if (i + 1 < p.batch->count) {
+      // The next A block's rows are far apart: fetch their first lines while this one runs.
+      const char* next = (const char*)brgemm_block_a(p, i + 1, 4);
+#pragma GCC unroll 32
+      for (int m = 0; m < MR; ++m)
+        for (int64_t byte = 0; byte < K * 4 && byte < 256; byte += 64) _mm_prefetch(next + m * lda * 4 + byte, _MM_HINT_T0);
+    }
 #pragma GCC unroll 2
     for (int64_t k = 0; k < K; ++k) {
       __m512 bv[NV];
