@@ -57,21 +57,24 @@ def _per_call(fn, min_seconds):
 
 
 # OpenBLAS's workers spin for about 0.1 s after a call (measured: a 0.05 s pause left brgemm
-# on 2 threads 3x slower right after numpy), so each library's block starts after this pause.
-PAUSE = 0.2
+# on 2 threads 3x slower right after numpy), so with several threads each library's block
+# starts after this pause, and then runs untimed for a while: right after an idle pause the
+# first 50 ms run some 10 % slow (clocks and caches coming back).
+PAUSE, WARM_AFTER_PAUSE = 0.2, 0.06
 
 
-def compare(fns, rounds, min_seconds=0.03):
+def compare(fns, rounds, threads, min_seconds=0.05):
     """fns: {library: callable}. Returns {library: median seconds per call} and
     {library: median over rounds of (its time / brgemm's time)}."""
+    pause, warm = (PAUSE, WARM_AFTER_PAUSE) if threads > 1 else (0.0, 0.005)
     names = list(fns)
     for f in fns.values():
         f()  # first touch, dispatch, thread start-up
     times = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-            time.sleep(PAUSE)
-            fns[name]()
+            time.sleep(pause)
+            _per_call(fns[name], warm)
             times[name].append(_per_call(fns[name], min_seconds))
     base = np.array(times[names[0]])
     medians = {name: float(np.median(t)) for name, t in times.items()}
@@ -117,7 +120,7 @@ def run(rounds=5, threads_list=None, shapes=None, log=print):
         if peers.torch is not None:
             tA, tB, tC = (peers.torch.from_numpy(x) for x in (A2, B2, C))
             fns["torch"] = lambda: peers.torch.mm(tA, tB, out=tC)
-        med, rat = compare(fns, rounds)
+        med, rat = compare(fns, rounds, 1)
         rows.append(_row(f"brgemm {m}x{n}x{k} b{b} {uk['name']}", 1, 2 * m * n * k * b,
                          4 * (b * m * k + b * k * n + m * n), med, rat, peak1))
         log(_format(rows[-1]))
@@ -134,7 +137,7 @@ def run(rounds=5, threads_list=None, shapes=None, log=print):
             if peers.torch is not None:
                 tA, tB, tC = (peers.torch.from_numpy(x) for x in (A, B, C))
                 fns["torch"] = lambda: peers.torch.mm(tA, tB, out=tC)
-            med, rat = compare(fns, rounds)
+            med, rat = compare(fns, rounds, threads)
             rows.append(_row(f"gemm {M}x{K}x{N}", threads, 2 * M * N * K, 4 * (M * K + K * N + M * N),
                              med, rat, peak))
             log(_format(rows[-1]))
