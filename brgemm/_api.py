@@ -84,21 +84,77 @@ class Kernel(_core._Kernel):
             del self
             raise
 
-    dtype = property(lambda self: "f32")
-
     def __repr__(self):
         return (f"Kernel(m={self.m}, n={self.n}, k={self.k}, batch={self.batch!r}, lda={self.lda}, "
                 f"ldb={self.ldb}, ldc={self.ldc}, beta={self.beta}) -> {self.name}")
 
 
-def batch_reduce(A, B, C=None, *, beta=0.0):
-    """``C = beta·C + Σ_i A[i] @ B[i]`` for float32 A (batch, M, K) and B (batch, K, N).
+#: Kernel dtype by A's numpy dtype name.
+_DTYPE_OF_A = {"float32": "f32", "bfloat16": "bf16", "uint8": "u8s8"}
 
-    Rows must be contiguous; their strides (leading dimensions) and the batch strides are
-    taken from the arrays, so slices of larger arrays work without copies. Writes into C
-    (M, N) when given (it must not overlap A or B), else returns a new array (beta must be 0).
+
+class PackedB:
+    """B packed once into a kernel's layout (see :func:`pack_b`). Attributes: ``data`` (the
+    packed numpy array), ``dtype`` ("f32", "bf16", "u8s8"), ``k`` and ``n`` (the unpacked
+    sizes: K is zero-padded to whole pairs / quads in ``data``), ``batch`` (None for a single
+    matrix), ``ldb`` (packed columns), ``kp`` (rows interleaved per packed row: 1, 2, 4) and,
+    for int8, ``colsum`` (int32 column sums of B, per block)."""
+
+    __slots__ = ("data", "dtype", "k", "n", "batch", "ldb", "kp", "colsum")
+
+    def __init__(self, data, dtype, k, n, batch, ldb, kp, colsum):
+        self.data, self.dtype, self.k, self.n = data, dtype, k, n
+        self.batch, self.ldb, self.kp, self.colsum = batch, ldb, kp, colsum
+
+    def __repr__(self):
+        batch = "" if self.batch is None else f"batch={self.batch}, "
+        return f"PackedB({batch}k={self.k}, n={self.n}, dtype={self.dtype!r}, ldb={self.ldb}, kp={self.kp})"
+
+
+def pack_b(B, dtype, *, ldb=None):
+    """Pack B (K, N) or (batch, K, N) for a kernel of ``dtype``: "bf16" (B bfloat16, VNNI-2:
+    element (k, n) at ((k/2)·ldb + n)·2 + k%2), "u8s8" (B int8, VNNI-4, with column sums) or
+    "f32" (a copy with row length ldb). Odd K is zero-padded, never rejected. Pack weights
+    once and reuse the result: every call of batch_reduce with a plain B packs it again."""
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be 'f32', 'bf16' or 'u8s8', got {type(dtype).__name__}")
+    data, colsum = _core.pack_b(B, dtype, -1 if ldb is None else _index(ldb, "ldb"))
+    k, n = B.shape[-2], B.shape[-1]
+    kp = {"f32": 1, "float32": 1, "bf16": 2, "bfloat16": 2, "u8s8": 4}[dtype]
+    return PackedB(data, {"float32": "f32", "bfloat16": "bf16"}.get(dtype, dtype), k, n,
+                   B.shape[0] if B.ndim == 3 else None, data.shape[-2] if kp > 1 else data.shape[-1], kp, colsum)
+
+
+def batch_reduce(A, B, C=None, *, beta=0.0):
+    """``C = beta·C + Σ_i A[i] @ B[i]`` for A (batch, M, K) and B (batch, K, N).
+
+    The kernel follows A's dtype: float32 (B float32, C float32), ml_dtypes.bfloat16 (B
+    bfloat16, C float32) or uint8 (B int8, C int32, exact; beta 0 or 1). B may be a plain
+    array or, for bf16 and int8, a batched :class:`PackedB` from :func:`pack_b` (a plain one
+    is packed on every call). Rows must be contiguous; their strides (leading dimensions) and
+    the batch strides are taken from the arrays, so slices of larger arrays work without
+    copies. Writes into C (M, N) when given (it must not overlap A or B), else returns a new
+    array (beta must be 0).
     """
-    return _core.batch_reduce(A, B, C, _real(beta, "beta"))
+    beta = _real(beta, "beta")
+    dtype = _DTYPE_OF_A.get(getattr(getattr(A, "dtype", None), "name", None))
+    if dtype == "f32" and not isinstance(B, PackedB):
+        return _core.batch_reduce(A, B, C, beta)
+    if dtype is None:
+        if not isinstance(A, np.ndarray):
+            raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
+        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes) or uint8, got {A.dtype}")
+    if not isinstance(B, PackedB):
+        if not isinstance(B, np.ndarray):
+            raise TypeError(f"B must be a numpy array or a PackedB, got {type(B).__name__}")
+        if B.ndim != 3:
+            raise ValueError(f"B must be 3-D (batch, K, N), got ndim {B.ndim}")
+        B = pack_b(B, dtype)
+    if B.dtype != dtype:
+        raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
+    if B.batch is None:
+        raise ValueError("B must be a batched PackedB (packed from a (batch, K, N) array)")
+    return _core.batch_reduce_packed(A, B.data, B.k, B.n, C, beta, dtype)
 
 
 def gemm(A, B, C=None, *, beta=0.0):

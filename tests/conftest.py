@@ -17,7 +17,8 @@ import brgemm
 from brgemm import _core
 
 ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16")
-UKERNELS = brgemm.ukernels()
+ALL_UKERNELS = brgemm.ukernels()
+UKERNELS = [u for u in ALL_UKERNELS if u["dtype"] == "f32"]  # the f32 family (test_ukernels_f32.py)
 
 
 def restore_isa():

@@ -31,22 +31,50 @@ std::string available_list() {
 
 // --- arrays --------------------------------------------------------------------------------
 
-// A float32 array in native byte order and aligned; anything else is refused, never converted.
-py::array f32_array(py::handle h, const char* name) {
+// Element types the bindings accept. bf16 is ml_dtypes.bfloat16 (numpy kind 'V', 2 bytes).
+enum class elem { f32, bf16, u8, s8, s32 };
+const char* elem_name(elem e) {
+  switch (e) {
+    case elem::f32: return "float32";
+    case elem::bf16: return "bfloat16 (ml_dtypes)";
+    case elem::u8: return "uint8";
+    case elem::s8: return "int8";
+    default: return "int32";
+  }
+}
+bool elem_matches(const py::dtype& dt, elem e) {
+  if (dt.byteorder() == '>') return false;
+  switch (e) {
+    case elem::f32: return dt.kind() == 'f' && dt.itemsize() == 4;
+    case elem::bf16: return dt.itemsize() == 2 && str(dt.attr("name")) == "bfloat16";
+    case elem::u8: return dt.kind() == 'u' && dt.itemsize() == 1;
+    case elem::s8: return dt.kind() == 'i' && dt.itemsize() == 1;
+    default: return dt.kind() == 'i' && dt.itemsize() == 4;
+  }
+}
+// What each kernel dtype reads and writes.
+elem a_elem(dtype t) { return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::u8 : elem::f32; }
+elem b_elem(dtype t) { return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::s8 : elem::f32; }
+elem c_elem(dtype t) { return t == dtype::u8s8 ? elem::s32 : elem::f32; }
+
+// An array of element type e in native byte order and aligned; anything else is refused,
+// never converted.
+py::array typed_array(py::handle h, const char* name, elem e) {
   if (!py::isinstance<py::array>(h))
-    type_error(std::string(name) + " must be a numpy array of float32, got " +
+    type_error(std::string(name) + " must be a numpy array of " + elem_name(e) + ", got " +
                str(py::type::of(h).attr("__name__")));
   auto arr = py::reinterpret_borrow<py::array>(h);
-  const py::dtype dt = arr.dtype();
-  if (dt.kind() != 'f' || dt.itemsize() != 4 || dt.byteorder() == '>')
-    type_error(std::string(name) + " must have dtype float32, got " + str(dt));
-  if ((reinterpret_cast<uintptr_t>(arr.data()) % alignof(float)) != 0)
-    value_error(std::string(name) + " is not aligned to its 4-byte elements");
+  if (!elem_matches(arr.dtype(), e))
+    type_error(std::string(name) + " must have dtype " + elem_name(e) + ", got " + str(arr.dtype()));
+  const py::ssize_t size = arr.itemsize();
+  if ((reinterpret_cast<uintptr_t>(arr.data()) % size) != 0)
+    value_error(std::string(name) + " is not aligned to its " + std::to_string(size) + "-byte elements");
   for (py::ssize_t i = 0; i < arr.ndim(); ++i)
-    if (arr.shape(i) > 1 && arr.strides(i) % 4 != 0)
+    if (arr.shape(i) > 1 && arr.strides(i) % size != 0)
       value_error(std::string(name) + " has a stride that is not a multiple of its element size");
   return arr;
 }
+py::array f32_array(py::handle h, const char* name) { return typed_array(h, name, elem::f32); }
 
 void require_writeable(const py::array& arr, const char* name) {
   if (!arr.writeable()) value_error(std::string(name) + " is read-only");
@@ -81,11 +109,12 @@ void require_disjoint(const py::array& c, const py::array& x, const char* cname,
 // required to run forward with contiguous elements.
 int64_t leading_dim(const py::array& arr, int row_axis, int64_t width, const char* name) {
   const int64_t rows = arr.shape(row_axis);
-  if (width > 1 && arr.strides(row_axis + 1) != 4)
-    value_error(std::string(name) + " must have contiguous rows (last-axis stride of 4 bytes, got " +
-                std::to_string(arr.strides(row_axis + 1)) + ")");
+  const int64_t item = arr.itemsize();
+  if (width > 1 && arr.strides(row_axis + 1) != item)
+    value_error(std::string(name) + " must have contiguous rows (last-axis stride of " + std::to_string(item) +
+                " bytes, got " + std::to_string(arr.strides(row_axis + 1)) + ")");
   if (rows == 1) return width;
-  const int64_t ld = arr.strides(row_axis) / 4;
+  const int64_t ld = arr.strides(row_axis) / item;
   if (ld < width)
     value_error(std::string(name) + " rows must not overlap or run backwards: row stride is " +
                 std::to_string(ld) + " elements for rows of " + std::to_string(width));
@@ -174,7 +203,9 @@ const char* batch_name(batch_kind b) {
 
 dtype dtype_from_name(const std::string& s) {
   if (s == "f32" || s == "float32") return dtype::f32;
-  value_error("dtype must be 'f32', got '" + s + "'");
+  if (s == "bf16" || s == "bfloat16") return dtype::bf16;
+  if (s == "u8s8") return dtype::u8s8;
+  value_error("dtype must be 'f32', 'bf16' or 'u8s8', got '" + s + "'");
 }
 
 struct py_kernel {
@@ -202,13 +233,17 @@ struct py_kernel {
     if (d.ldb < n) value_error("ldb must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldb));
     if (d.ldc < n) value_error("ldc must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldc));
     check_beta(beta);
+    if (d.type == dtype::u8s8 && beta != 0.0 && beta != 1.0)
+      value_error("beta must be 0 or 1 for u8s8 (it applies to the s32 accumulator), got " +
+                  str(py::repr(py::float_(beta))));
     d.beta = (float)beta;
     std::string uk_name;
     if (!ukernel.is_none()) {
       uk_name = ukernel.cast<std::string>();
       const ukernel_info* u = find_ukernel(uk_name.c_str());
       if (!u) value_error("ukernel '" + uk_name + "' does not exist in this build; see brgemm.ukernels()");
-      if (u->type != d.type) value_error("ukernel '" + uk_name + "' is not for dtype " + dt);
+      if (u->type != d.type)
+        value_error("ukernel '" + uk_name + "' is for dtype " + dtype_name(u->type) + ", not " + dtype_name(d.type));
       if ((int)u->level > (int)active_isa())
         value_error("ukernel '" + uk_name + "' needs ISA " + isa_name(u->level) + "; active: " +
                     isa_name(active_isa()) + ", available: " + available_list());
@@ -222,14 +257,18 @@ struct py_kernel {
 
   const desc& d() const { return kr->d; }
 
-  // Elements one block of A, B and C spans.
+  // Elements one block of A, B and C spans (B in its packed layout: ceil(k/KP) rows of ldb·KP).
   int64_t a_extent() const { return checked_madd(d().m - 1, d().lda, d().k, "A"); }
-  int64_t b_extent() const { return checked_madd(d().k - 1, d().ldb, d().n, "B"); }
+  int64_t b_extent() const {
+    const int64_t kp = dtype_kpack(d().type), rows = (d().k + kp - 1) / kp;
+    return checked_madd(rows - 1, d().ldb * kp, d().n * kp, "B");
+  }
   int64_t c_extent() const { return checked_madd(d().m - 1, d().ldc, d().n, "C"); }
 
-  // A flat buffer: float32, C-contiguous, at least `need` elements.
+  // A flat buffer of the operand's element type, C-contiguous, at least `need` elements.
   py::array buffer(py::handle h, const char* name, int64_t need) const {
-    py::array arr = f32_array(h, name);
+    const elem e = name[0] == 'A' ? a_elem(d().type) : name[0] == 'B' ? b_elem(d().type) : c_elem(d().type);
+    py::array arr = typed_array(h, name, e);
     if (!(arr.flags() & py::array::c_style))
       value_error(std::string(name) + " must be C-contiguous (it is used as a flat buffer with leading dimensions)");
     if (arr.size() < need)
@@ -441,6 +480,104 @@ py::array batch_reduce(py::handle A, py::handle B, py::object C, double beta) {
   return c;
 }
 
+// pack_b(B, dtype, ldb): B (K, N) or (batch, K, N) → (packed, colsum). packed is
+// (batch?, ceil(K/KP), ldb, KP) for bf16 and u8s8, (batch?, K, ldb) for f32; colsum (batch?, N)
+// int32 for u8s8, else None.
+py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
+  const dtype t = dtype_from_name(dt);
+  py::array b = typed_array(B, "B", b_elem(t));
+  if (b.ndim() != 2 && b.ndim() != 3)
+    value_error("B must be 2-D (K, N) or 3-D (batch, K, N), got ndim " + std::to_string(b.ndim()));
+  require_nonempty(b, "B");
+  const bool batched = b.ndim() == 3;
+  const int64_t count = batched ? b.shape(0) : 1, k = b.shape(b.ndim() - 2), n = b.shape(b.ndim() - 1);
+  if (ldb < 0) ldb = n;
+  if (ldb < n) value_error("ldb must be at least N = " + std::to_string(n) + ", got " + std::to_string(ldb));
+  const int64_t ld_src = leading_dim(b, (int)b.ndim() - 2, n, "B");
+  const int64_t kp = dtype_kpack(t), rows = (k + kp - 1) / kp, per_block = packed_b_elements(t, k, ldb);
+  const py::ssize_t item = b.itemsize();
+  std::vector<py::ssize_t> shape;
+  if (batched) shape.push_back(count);
+  shape.push_back(t == dtype::f32 ? k : rows);
+  shape.push_back(ldb);
+  if (t != dtype::f32) shape.push_back(kp);
+  py::array out(b.dtype(), shape);
+  py::object colsum = py::none();
+  int32_t* cs = nullptr;
+  if (t == dtype::u8s8) {
+    std::vector<py::ssize_t> cshape;
+    if (batched) cshape.push_back(count);
+    cshape.push_back(n);
+    py::array_t<int32_t> c(cshape);
+    cs = c.mutable_data();
+    colsum = c;
+  }
+  const char* src = (const char*)b.data();
+  char* dst = (char*)out.mutable_data();
+  const int64_t src_stride = batched ? b.strides(0) : 0;
+  {
+    py::gil_scoped_release nogil;
+    for (int64_t i = 0; i < count; ++i)
+      pack_b(t, src + i * src_stride, k, n, ld_src, dst + i * per_block * item, ldb, cs ? cs + i * n : nullptr);
+  }
+  return py::make_tuple(out, colsum);
+}
+
+// batch_reduce for packed B: A (batch, M, K) of the dtype's A type, B the packed array from
+// pack_b, k and n the unpacked sizes.
+py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
+                              const std::string& dt) {
+  const dtype t = dtype_from_name(dt);
+  py::array a = typed_array(A, "A", a_elem(t)), b = typed_array(B, "B", b_elem(t));
+  if (a.ndim() != 3) value_error("A must be 3-D (batch, M, K), got ndim " + std::to_string(a.ndim()));
+  require_nonempty(a, "A");
+  const int64_t count = a.shape(0), m = a.shape(1), kp = dtype_kpack(t), rows = (k + kp - 1) / kp;
+  if (a.shape(2) != k)
+    value_error("A and B disagree on K: A is " + str(a.attr("shape")) + ", B was packed with K = " + std::to_string(k));
+  if (b.ndim() != 4 || b.shape(0) != count || b.shape(1) != rows || b.shape(3) != kp || b.shape(2) < n)
+    value_error("B must be packed for " + std::string(dtype_name(t)) + " as (batch, ceil(K/" + std::to_string(kp) +
+                "), ldb, " + std::to_string(kp) + ") = (" + std::to_string(count) + ", " + std::to_string(rows) +
+                ", >=" + std::to_string(n) + ", " + std::to_string(kp) + "), got " + str(b.attr("shape")));
+  if (!(b.flags() & py::array::c_style)) value_error("B (packed) must be C-contiguous");
+  check_beta(beta);
+  if (t == dtype::u8s8 && beta != 0.0 && beta != 1.0)
+    value_error("beta must be 0 or 1 for u8s8, got " + str(py::repr(py::float_(beta))));
+  desc d;
+  d.type = t;
+  d.m = m;
+  d.n = n;
+  d.k = k;
+  d.lda = leading_dim(a, 1, k, "A");
+  d.ldb = b.shape(2);
+  if (C.is_none()) {
+    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
+    C = t == dtype::u8s8 ? (py::object)py::array_t<int32_t>({(py::ssize_t)m, (py::ssize_t)n})
+                         : (py::object)py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
+  }
+  py::array c = typed_array(C, "C", c_elem(t));
+  if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
+    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
+  require_writeable(c, "C");
+  d.ldc = leading_dim(c, 0, n, "C");
+  require_disjoint(c, a, "C", "A");
+  require_disjoint(c, b, "C", "B");
+  d.beta = (float)beta;
+  const kernel* kr;
+  check_status(dispatch(d, &kr));
+  batch_ref batch;
+  batch.count = count;
+  batch.a = a.data();
+  batch.b = b.data();
+  batch.stride_a = count > 1 ? a.strides(0) / a.itemsize() : 0;
+  batch.stride_b = rows * d.ldb * kp;
+  void* cp = c.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    execute(*kr, batch, cp);
+  }
+  return c;
+}
+
 py::array gemm(py::handle A, py::handle B, py::object C, double beta) {
   py::array a = f32_array(A, "A"), b = f32_array(B, "B");
   if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
@@ -507,7 +644,8 @@ py::list ukernels() {
     const ukernel_info* u = ukernel_at(i);
     py::dict e;
     e["name"] = u->name;
-    e["dtype"] = "f32";
+    e["dtype"] = dtype_name(u->type);
+    e["kp"] = u->kp;
     e["isa"] = isa_name(u->level);
     e["mr"] = u->mr;
     e["nr"] = u->nr;
@@ -554,6 +692,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("isa", [](const py_kernel& k) { return std::string(isa_name(k.kr->uk->level)); })
       .def_property_readonly("mr", [](const py_kernel& k) { return k.kr->uk->mr; })
       .def_property_readonly("nr", [](const py_kernel& k) { return k.kr->uk->nr; })
+      .def_property_readonly("kp", [](const py_kernel& k) { return k.kr->uk->kp; })
+      .def_property_readonly("dtype", [](const py_kernel& k) { return std::string(dtype_name(k.d().type)); })
       .def_property_readonly("m", [](const py_kernel& k) { return k.d().m; })
       .def_property_readonly("n", [](const py_kernel& k) { return k.d().n; })
       .def_property_readonly("k", [](const py_kernel& k) { return k.d().k; })
@@ -571,6 +711,9 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("batch_reduce", &batch_reduce, py::arg("A"), py::arg("B"), py::arg("C") = py::none(),
         py::arg("beta") = 0.0);
+  m.def("pack_b", &pack_b_py, py::arg("B"), py::arg("dtype"), py::arg("ldb") = -1);
+  m.def("batch_reduce_packed", &batch_reduce_packed, py::arg("A"), py::arg("B"), py::arg("k"), py::arg("n"),
+        py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16");
   m.def("gemm", &gemm, py::arg("A"), py::arg("B"), py::arg("C") = py::none(), py::arg("beta") = 0.0);
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
 

@@ -24,14 +24,34 @@ namespace {
 #else
 #define BRGEMM_IF_BUILT_avx512(...)
 #endif
+#ifdef BRGEMM_BUILT_AVX512_VNNI
+#define BRGEMM_IF_BUILT_avx512_vnni(...) __VA_ARGS__
+#else
+#define BRGEMM_IF_BUILT_avx512_vnni(...)
+#endif
+#ifdef BRGEMM_BUILT_AVX512_BF16
+#define BRGEMM_IF_BUILT_avx512_bf16(...) __VA_ARGS__
+#else
+#define BRGEMM_IF_BUILT_avx512_bf16(...)
+#endif
 
 #define BRGEMM_UKERNEL_F32(MR, NR, ISA)                                              \
   BRGEMM_IF_BUILT_##ISA({"ukernel_f32_" #MR "x" #NR "__" #ISA, dtype::f32, isa::ISA, \
-                         MR, NR, kernels::ukernel_f32_##MR##x##NR##__##ISA}, )
+                         MR, NR, 1, kernels::ukernel_f32_##MR##x##NR##__##ISA}, )
+#define BRGEMM_UKERNEL_BF16(MR, NR, SUFFIX, LEVEL)                                                   \
+  BRGEMM_IF_BUILT_##LEVEL({"ukernel_bf16_f32_" #MR "x" #NR "c2__" #SUFFIX, dtype::bf16, isa::LEVEL, \
+                           MR, NR, 2, kernels::ukernel_bf16_f32_##MR##x##NR##c2__##SUFFIX}, )
+#define BRGEMM_UKERNEL_U8S8(MR, NR, SUFFIX, LEVEL)                                                   \
+  BRGEMM_IF_BUILT_##LEVEL({"ukernel_u8s8_s32_" #MR "x" #NR "c4__" #SUFFIX, dtype::u8s8, isa::LEVEL, \
+                           MR, NR, 4, kernels::ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX}, )
 const ukernel_info table[] = {
 #include "../kernels/ukernels_f32.inc"
+#include "../kernels/ukernels_bf16.inc"
+#include "../kernels/ukernels_u8s8.inc"
 };
 #undef BRGEMM_UKERNEL_F32
+#undef BRGEMM_UKERNEL_BF16
+#undef BRGEMM_UKERNEL_U8S8
 constexpr int table_size = sizeof(table) / sizeof(table[0]);
 
 struct key {
@@ -66,7 +86,7 @@ bool fits(int64_t rows, int64_t ld) {  // rows·ld stays far from int64 overflow
 }
 
 status validate(const desc& d) {
-  if (d.type != dtype::f32) return status::bad_dtype;
+  if ((int)d.type < 0 || (int)d.type >= dtype_count) return status::bad_dtype;
   if (d.batch != batch_kind::stride && d.batch != batch_kind::offset &&
       d.batch != batch_kind::address)
     return status::bad_batch_kind;
@@ -74,13 +94,20 @@ status validate(const desc& d) {
   if (d.n < 1 || !fits(d.n, 1)) return status::bad_n;
   if (d.k < 1 || !fits(d.k, 1)) return status::bad_k;
   if (d.lda < d.k || !fits(d.m, d.lda)) return status::bad_lda;
-  if (d.ldb < d.n || !fits(d.k, d.ldb)) return status::bad_ldb;
+  if (d.ldb < d.n || !fits(d.k + 3, d.ldb * dtype_kpack(d.type))) return status::bad_ldb;
   if (d.ldc < d.n || !fits(d.m, d.ldc)) return status::bad_ldc;
   if (!std::isfinite(d.beta)) return status::bad_beta;
+  if (d.type == dtype::u8s8 && d.beta != 0.0f && d.beta != 1.0f) return status::bad_beta;
   return status::ok;
 }
 
 }  // namespace
+
+int dtype_kpack(dtype t) { return t == dtype::bf16 ? 2 : t == dtype::u8s8 ? 4 : 1; }
+int dtype_a_bytes(dtype t) { return t == dtype::bf16 ? 2 : t == dtype::u8s8 ? 1 : 4; }
+int dtype_b_bytes(dtype t) { return dtype_a_bytes(t); }
+int dtype_c_bytes(dtype) { return 4; }
+const char* dtype_name(dtype t) { return t == dtype::bf16 ? "bf16" : t == dtype::u8s8 ? "u8s8" : "f32"; }
 
 const char* status_message(status s) {
   switch (s) {
@@ -91,7 +118,7 @@ const char* status_message(status s) {
     case status::bad_lda: return "lda must be at least k (and lda*m must not overflow)";
     case status::bad_ldb: return "ldb must be at least n (and ldb*k must not overflow)";
     case status::bad_ldc: return "ldc must be at least n (and ldc*m must not overflow)";
-    case status::bad_beta: return "beta must be finite";
+    case status::bad_beta: return "beta must be finite (and 0 or 1 for u8s8)";
     case status::bad_dtype: return "unsupported dtype";
     case status::bad_batch_kind: return "batch must be 'stride', 'offset' or 'address'";
     case status::bad_ukernel: return "no such microkernel for this dtype";
@@ -133,7 +160,7 @@ status dispatch(const desc& d, const kernel** out, const char* ukernel_name) {
 void execute(const kernel& kr, const batch_ref& batch, void* c) {
   const desc& d = kr.d;
   const ukernel_info& uk = *kr.uk;
-  const int64_t elem = 4;
+  const int64_t elem = dtype_c_bytes(d.type);
   ukernel_args p;
   p.batch = &batch;
   p.kind = d.batch;
@@ -148,7 +175,7 @@ void execute(const kernel& kr, const batch_ref& batch, void* c) {
     for (int64_t m0 = 0; m0 < d.m; m0 += uk.mr) {
       p.m = (int)(d.m - m0 < uk.mr ? d.m - m0 : uk.mr);
       p.a_off = m0 * d.lda;
-      p.b_off = n0;
+      p.b_off = n0 * uk.kp;
       p.c = (char*)c + (m0 * d.ldc + n0) * elem;
       uk.fn(p);
     }

@@ -8,6 +8,14 @@ namespace brgemm::kernels {
 #define BRGEMM_UKERNEL_F32(MR, NR, ISA) void ukernel_f32_##MR##x##NR##__##ISA(const ukernel_args& p);
 #include "ukernels_f32.inc"
 #undef BRGEMM_UKERNEL_F32
+#define BRGEMM_UKERNEL_BF16(MR, NR, SUFFIX, LEVEL) \
+  void ukernel_bf16_f32_##MR##x##NR##c2__##SUFFIX(const ukernel_args& p);
+#include "ukernels_bf16.inc"
+#undef BRGEMM_UKERNEL_BF16
+#define BRGEMM_UKERNEL_U8S8(MR, NR, SUFFIX, LEVEL) \
+  void ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX(const ukernel_args& p);
+#include "ukernels_u8s8.inc"
+#undef BRGEMM_UKERNEL_U8S8
 
 // Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
 // floating-point (or integer) operations performed.

@@ -16,7 +16,19 @@ namespace brgemm {
 enum class isa : int { scalar = 0, avx2, avx512, avx512_vnni, avx512_bf16 };
 constexpr int isa_count = 5;
 
-enum class dtype : int { f32 = 0 };
+// What a kernel multiplies, and what it accumulates into (C's type without an epilogue):
+//   f32  : A f32  × B f32           → f32
+//   bf16 : A bf16 × B bf16, VNNI-2  → f32   B element (k, n) at ((k/2)·ldb + n)·2 + k%2
+//   u8s8 : A u8   × B s8,   VNNI-4  → s32   B element (k, n) at ((k/4)·ldb + n)·4 + k%4
+// In the packed (VNNI) layouts ldb counts columns, K is padded with zeros to whole pairs /
+// quads (the packer does it), and A is read only for its k real columns.
+enum class dtype : int { f32 = 0, bf16, u8s8 };
+constexpr int dtype_count = 3;
+int dtype_kpack(dtype t);          // 1, 2, 4: rows of B interleaved per packed row
+int dtype_a_bytes(dtype t);        // element sizes of A, B and C
+int dtype_b_bytes(dtype t);
+int dtype_c_bytes(dtype t);
+const char* dtype_name(dtype t);   // f32, bf16, u8s8
 enum class batch_kind : int { stride = 0, offset, address };
 
 enum class status : int {
@@ -49,6 +61,7 @@ struct desc {
   int64_t lda = 0, ldb = 0, ldc = 0;
   batch_kind batch = batch_kind::stride;
   float beta = 0.0f;  // 0: C is written, never read (it may hold NaN); otherwise beta·C is added
+                      // (u8s8: 0 or 1 only, on the s32 accumulator)
 };
 
 // How the i-th A and B blocks are found. Offsets and strides are in elements; only the fields
@@ -57,8 +70,9 @@ struct batch_ref {
   int64_t count = 0;                                // number of (A_i, B_i) pairs, ≥ 0
   const void* a = nullptr;                          // stride, offset: base addresses
   const void* b = nullptr;
-  int64_t stride_a = 0, stride_b = 0;               // stride: A_i = a + i·stride_a
-  const int64_t* offs_a = nullptr;                  // offset: A_i = a + offs_a[i]
+  int64_t stride_a = 0, stride_b = 0;               // stride: A_i = a + i·stride_a (elements
+  const int64_t* offs_a = nullptr;                  //   of A's / B's storage type); offset:
+                                                    //   A_i = a + offs_a[i]
   const int64_t* offs_b = nullptr;
   const void* const* addr_a = nullptr;              // address: A_i = addr_a[i]
   const void* const* addr_b = nullptr;
@@ -66,9 +80,11 @@ struct batch_ref {
 
 // The microkernel contract. A ukernel computes one register tile of C:
 //   C[m×n] = beta·C + Σ_i A_i[m×k]·B_i[k×n],  1 ≤ m ≤ MR, 1 ≤ n ≤ NR,
-// where A_i = block_i(a) + a_off and B_i = block_i(b) + b_off. Edge tiles (m < MR, n < NR) are
-// the ukernel's own job (smaller instances in M, masks in N). beta = 0 must never read C;
-// count = 0 gives beta·C. It reads exactly the m×k, k×n and m×n elements named above.
+// where A_i = block_i(a) + a_off and B_i = block_i(b) + b_off (offsets in elements of A's and
+// B's storage; B's columns start at b_off = n0·KP in a packed layout). Edge tiles (m < MR,
+// n < NR) are the ukernel's own job (smaller instances in M, masks in N). beta = 0 must never
+// read C; count = 0 gives beta·C. It reads exactly the m×k elements of A, the ceil(k/KP)
+// packed rows × n columns of B, and the m×n elements of C named above.
 struct ukernel_args {
   const batch_ref* batch;
   batch_kind kind;
@@ -83,10 +99,10 @@ using ukernel_fn = void (*)(const ukernel_args&);
 // One entry of the dispatch table (csrc/core/dispatch.cpp): the kernel and its geometry
 // travel together so they cannot drift apart.
 struct ukernel_info {
-  const char* name;  // ukernel_<dtype>_<MR>x<NR>__<isa>
+  const char* name;  // ukernel_<dtype>_<MR>x<NR>[c<KP>]__<isa>
   dtype type;
   isa level;
-  int mr, nr;
+  int mr, nr, kp;
   ukernel_fn fn;
 };
 int ukernel_count();                     // every entry of this build, reference first
@@ -105,6 +121,15 @@ status dispatch(const desc& d, const kernel** out, const char* ukernel_name = nu
 // Runs the kernel: tiles C by the ukernel's MR × NR and calls it on every tile. The caller
 // guarantees that every block the batch names is inside its array (the bindings check it).
 void execute(const kernel& kr, const batch_ref& batch, void* c);
+
+// --- Packing B (csrc/core/pack.cpp) ---------------------------------------------------
+// Writes B (k × n, row stride ld_src, in B's storage type) into the kernel's layout for t:
+// ceil(k/KP) rows of ldb ≥ n columns × KP, zero-padded in K and past n. For u8s8 also
+// writes colsum[j] = Σ_k B[k][j] (what a zero point or the s8 → u8 shift subtracts), unless
+// colsum is null.
+status pack_b(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, void* dst, int64_t ldb,
+              int32_t* colsum);
+int64_t packed_b_elements(dtype t, int64_t k, int64_t ldb);  // size of dst in B elements
 
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8 };
