@@ -158,7 +158,31 @@ def batch_reduce(A, B, C=None, *, beta=0.0):
 
 
 def gemm(A, B, C=None, *, beta=0.0):
-    """``C = beta·C + A @ B`` for float32 A (M, K) and B (K, N), on the BRGEMM with OpenMP
-    over tiles of C (``set_num_threads``). Rows must be contiguous; row strides may exceed
-    the width. Writes into C when given, else returns a new array (beta must be 0)."""
-    return _core.gemm(A, B, C, _real(beta, "beta"))
+    """``C = beta·C + A @ B`` on the BRGEMM with OpenMP over tiles of C (``set_num_threads``).
+
+    The kernel follows A's dtype, as in :func:`batch_reduce`: float32, bfloat16 (C float32)
+    or uint8 × int8 (C int32, exact; beta 0 or 1). For bf16 and int8, pass B packed once with
+    :func:`pack_b` (a 2-D PackedB): a plain B is packed again on every call. Rows must be
+    contiguous; row strides may exceed the width. Writes into C when given, else returns a
+    new array (beta must be 0)."""
+    beta = _real(beta, "beta")
+    dtype = _DTYPE_OF_A.get(getattr(getattr(A, "dtype", None), "name", None))
+    if dtype == "f32" and not isinstance(B, PackedB):
+        return _core.gemm(A, B, C, beta)
+    if dtype is None:
+        if not isinstance(A, np.ndarray):
+            raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
+        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes) or uint8, got {A.dtype}")
+    if not isinstance(B, PackedB):
+        if not isinstance(B, np.ndarray):
+            raise TypeError(f"B must be a numpy array or a PackedB, got {type(B).__name__}")
+        if B.ndim != 2:
+            raise ValueError(f"B must be 2-D (K, N), got ndim {B.ndim}")
+        B = pack_b(B, dtype)
+    if B.dtype != dtype:
+        raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
+    if B.batch is not None:
+        raise ValueError("B must be a single packed matrix (packed from a (K, N) array), not a batch")
+    if dtype == "f32":
+        return _core.gemm(A, B.data[:, :B.n], C, beta)
+    return _core.gemm_packed(A, B.data, B.k, B.n, C, beta, dtype)

@@ -25,30 +25,31 @@ struct free_deleter {
 };
 
 // A per-thread buffer that only grows: no allocation once warm.
-float* thread_buffer(int64_t floats) {
+char* thread_buffer(int64_t bytes) {
   static thread_local std::unique_ptr<float, free_deleter> buf;
   static thread_local int64_t cap = 0;
-  if (floats > cap) {
-    int64_t bytes = (floats * (int64_t)sizeof(float) + 63) / 64 * 64;
+  if (bytes > cap) {
+    bytes = (bytes + 63) / 64 * 64;
     buf.reset((float*)std::aligned_alloc(64, (size_t)bytes));
-    cap = buf ? floats : 0;
+    cap = buf ? bytes : 0;
   }
-  return buf.get();
+  return (char*)buf.get();
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Copies rows × cols of B (row stride ldb) into dst (row stride ld). Rows of a large B lie on
-// different pages, where the hardware prefetcher does not follow, so the copy prefetches the
-// rows it will need a few iterations ahead itself.
-void pack_panel(float* dst, int64_t ld, const float* src, int64_t ldb, int64_t rows, int64_t cols) {
+// Copies `rows` rows of `row_bytes` (row stride src_stride) into dst (row stride dst_stride).
+// Rows of a large B lie on different pages, where the hardware prefetcher does not follow, so
+// the copy prefetches the rows it will need a few iterations ahead itself.
+void pack_panel(char* dst, int64_t dst_stride, const char* src, int64_t src_stride, int64_t rows,
+                int64_t row_bytes) {
   constexpr int64_t ahead = 8;
   for (int64_t r = 0; r < rows; ++r) {
     if (r + ahead < rows) {
-      const char* next = (const char*)(src + (r + ahead) * ldb);
-      for (int64_t byte = 0; byte < cols * (int64_t)sizeof(float); byte += 64) __builtin_prefetch(next + byte);
+      const char* next = src + (r + ahead) * src_stride;
+      for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(next + byte);
     }
-    std::memcpy(dst + r * ld, src + r * ldb, (size_t)cols * sizeof(float));
+    std::memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)row_bytes);
   }
 }
 
@@ -59,15 +60,20 @@ void set_gemm_blocking(int64_t bn, int64_t kc) {
   tuned_kc.store(kc > 0 ? kc : 0);
 }
 
-status gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                int64_t ldb, float* c, int64_t ldc, float beta) {
+status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t lda, const void* b_,
+            int64_t ldb, void* c_, int64_t ldc, float beta) {
   const int64_t bn = tuned_bn.load() ? tuned_bn.load() : default_bn;
-  const int64_t kc = std::min(k, tuned_kc.load() ? tuned_kc.load() : default_kc);
+  const int64_t kp = dtype_kpack(t);
+  // K chunks stay whole packed rows (a multiple of KP) so each chunk starts on a packed row.
+  const int64_t kc = std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc) / kp * kp);
+  const char* a = (const char*)a_;
+  const char* b = (const char*)b_;
+  char* c = (char*)c_;
+  const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
 
   // Probe the row tile of the kernel dispatch will pick, to size row chunks in whole tiles.
   const kernel* probe;
-  if (status s = dispatch(desc{dtype::f32, 1, 1, 1, 1, 1, 1, batch_kind::stride, 0.0f}, &probe);
-      s != status::ok)
+  if (status s = dispatch(desc{t, 1, 1, 1, 1, 1, 1, batch_kind::stride, 0.0f}, &probe); s != status::ok)
     return s;
   const int64_t mr = probe->uk->mr;
 
@@ -85,42 +91,44 @@ status gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
   const int64_t items = n_tiles * m_chunks;
   // Packing pays when each panel serves several row tiles and B's rows are far apart
   // (ldb of 1 KiB or more: rows collide in the same cache sets).
-  const bool pack = mc >= 4 * mr && ldb >= 256;
+  const bool pack = mc >= 4 * mr && ldb * kp * bb >= 1024;
+  const int64_t panel_bytes = ceil_div(kc, kp) * bn * kp * bb;
 
   std::atomic<int> result{(int)status::ok};
-  auto run_item = [&](int64_t item, float* panel) {
+  auto run_item = [&](int64_t item, char* panel) {
     const int64_t n0 = (item / m_chunks) * bn, m0 = (item % m_chunks) * mc;
     const int64_t nc = std::min(bn, n - n0), mcur = std::min(mc, m - m0);
     for (int64_t p = 0; p < k; p += kc) {
       const int64_t kcur = std::min(kc, k - p);
       batch_ref batch;
       batch.count = 1;
-      batch.a = a + m0 * lda + p;
-      desc d{dtype::f32, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
+      batch.a = a + (m0 * lda + p) * ab;
+      desc d{t, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
+      const char* bsrc = b + ((p / kp) * ldb + n0) * kp * bb;  // packed row p/KP, column n0
       if (panel) {
-        pack_panel(panel, bn, b + p * ldb + n0, ldb, kcur, nc);
+        pack_panel(panel, bn * kp * bb, bsrc, ldb * kp * bb, ceil_div(kcur, kp), nc * kp * bb);
         batch.b = panel;
         d.ldb = bn;
       } else {
-        batch.b = b + p * ldb + n0;
+        batch.b = bsrc;
       }
       const kernel* kr;
       if (status s = dispatch(d, &kr); s != status::ok) {
         result = (int)s;  // cannot happen after the probe; kept so a failure is never silent
         continue;
       }
-      execute(*kr, batch, c + m0 * ldc + n0);
+      execute(*kr, batch, c + (m0 * ldc + n0) * cb);
     }
   };
 
   if (threads == 1) {  // no parallel region at all: small products are dominated by overheads
-    float* panel = pack ? thread_buffer(kc * bn) : nullptr;
+    char* panel = pack ? thread_buffer(panel_bytes) : nullptr;
     for (int64_t item = 0; item < items; ++item) run_item(item, panel);
     return (status)result.load();
   }
 #pragma omp parallel num_threads(threads)
   {
-    float* panel = pack ? thread_buffer(kc * bn) : nullptr;
+    char* panel = pack ? thread_buffer(panel_bytes) : nullptr;
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) run_item(item, panel);
   }

@@ -578,6 +578,50 @@ py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, 
   return c;
 }
 
+// gemm for packed B: A (M, K) of the dtype's A type, B the packed 2-D array from pack_b
+// ((ceil(K/KP), ldb, KP)), k and n the unpacked sizes.
+py::array gemm_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
+                      const std::string& dt) {
+  const dtype t = dtype_from_name(dt);
+  py::array a = typed_array(A, "A", a_elem(t)), b = typed_array(B, "B", b_elem(t));
+  if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
+  require_nonempty(a, "A");
+  const int64_t m = a.shape(0), kp = dtype_kpack(t), rows = (k + kp - 1) / kp;
+  if (a.shape(1) != k)
+    value_error("A and B disagree on K: A is " + str(a.attr("shape")) + ", B was packed with K = " + std::to_string(k));
+  if (b.ndim() != 3 || b.shape(0) != rows || b.shape(2) != kp || b.shape(1) < n)
+    value_error("B must be packed for " + std::string(dtype_name(t)) + " as (ceil(K/" + std::to_string(kp) +
+                "), ldb, " + std::to_string(kp) + ") = (" + std::to_string(rows) + ", >=" + std::to_string(n) + ", " +
+                std::to_string(kp) + "), got " + str(b.attr("shape")));
+  if (!(b.flags() & py::array::c_style)) value_error("B (packed) must be C-contiguous");
+  check_beta(beta);
+  if (t == dtype::u8s8 && beta != 0.0 && beta != 1.0)
+    value_error("beta must be 0 or 1 for u8s8, got " + str(py::repr(py::float_(beta))));
+  const int64_t lda = leading_dim(a, 0, k, "A"), ldb = b.shape(1);
+  if (C.is_none()) {
+    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
+    C = t == dtype::u8s8 ? (py::object)py::array_t<int32_t>({(py::ssize_t)m, (py::ssize_t)n})
+                         : (py::object)py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
+  }
+  py::array c = typed_array(C, "C", c_elem(t));
+  if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
+    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
+  require_writeable(c, "C");
+  const int64_t ldc = leading_dim(c, 0, n, "C");
+  require_disjoint(c, a, "C", "A");
+  require_disjoint(c, b, "C", "B");
+  const void* ap = a.data();
+  const void* bp = b.data();
+  void* cp = c.mutable_data();
+  status s;
+  {
+    py::gil_scoped_release nogil;
+    s = layers::gemm(t, m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta);
+  }
+  check_status(s);
+  return c;
+}
+
 py::array gemm(py::handle A, py::handle B, py::object C, double beta) {
   py::array a = f32_array(A, "A"), b = f32_array(B, "B");
   if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
@@ -601,7 +645,7 @@ py::array gemm(py::handle A, py::handle B, py::object C, double beta) {
   status s;
   {
     py::gil_scoped_release nogil;
-    s = layers::gemm_f32(m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta);
+    s = layers::gemm(dtype::f32, m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta);
   }
   check_status(s);
   return c;
@@ -713,6 +757,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("beta") = 0.0);
   m.def("pack_b", &pack_b_py, py::arg("B"), py::arg("dtype"), py::arg("ldb") = -1);
   m.def("batch_reduce_packed", &batch_reduce_packed, py::arg("A"), py::arg("B"), py::arg("k"), py::arg("n"),
+        py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16");
+  m.def("gemm_packed", &gemm_packed, py::arg("A"), py::arg("B"), py::arg("k"), py::arg("n"),
         py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16");
   m.def("gemm", &gemm, py::arg("A"), py::arg("B"), py::arg("C") = py::none(), py::arg("beta") = 0.0);
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
