@@ -15,10 +15,12 @@ import time
 
 import numpy as np
 
-from . import _core, gemm, Kernel, set_num_threads, get_num_threads, ukernels
-from .peak import get_peak, fp32_peak, thread_counts
+from . import _core, gemm, Kernel, pack_b, set_num_threads, get_num_threads, ukernels
+from .peak import get_peak, fp32_peak, thread_counts, peak_of
 
 GEMM_SHAPES = [(64, 64, 64), (1024, 1024, 1024), (256, 1024, 1024), (64, 4096, 4096)]  # (M, K, N)
+LOWP_GEMM_SHAPES = [(64, 1024, 1024), (256, 4096, 4096)]  # bf16 and int8, B packed once
+PEAK_OP = {"f32": "fma_f32", "bf16": "dot_bf16", "u8s8": "dot_u8s8"}
 KERNEL_SHAPE = (64, 64, 64, 32)  # M, N, K, batch
 
 
@@ -91,56 +93,122 @@ def _row(case, threads, flops, nbytes, medians, ratios, peak):
         row[f"{lib}_gflops"] = flops / t * 1e-9
         if lib != "brgemm":
             row[f"ratio_vs_{lib}"] = ratios[lib]
+    # Several torch paths (int8: _int_mm and quantized Linear per engine): the torch column
+    # shows the best of them, and says which.
+    torch_paths = [lib for lib in medians if lib.startswith("torch")]
+    if torch_paths:
+        best = min(torch_paths, key=lambda lib: medians[lib])
+        row["torch_gflops"], row["ratio_vs_torch"], row["torch_best"] = (
+            row[f"{best}_gflops"], ratios[best], best)
     row["percent_of_peak"] = 100 * row["brgemm_gflops"] / peak if peak else None
     row["percent_of_roofline"] = 100 * bound / medians["brgemm"] if bound else None
     return row
 
 
-def run(rounds=5, threads_list=None, shapes=None, log=print):
+def _kernel_operands(rng, dtype, m, n, k, b):
+    """A (b, m, k), packed B data, C and the numpy / torch operands of the same sum as one GEMM."""
+    import ml_dtypes
+    if dtype == "u8s8":
+        A = rng.integers(0, 256, (b, m, k), dtype=np.uint8)
+        B = rng.integers(-128, 128, (b, k, n), dtype=np.int8)
+        C = np.empty((m, n), np.int32)
+    else:
+        A = rng.standard_normal((b, m, k), dtype=np.float32)
+        B = rng.standard_normal((b, k, n), dtype=np.float32)
+        C = np.empty((m, n), np.float32)
+        if dtype == "bf16":
+            A, B = A.astype(ml_dtypes.bfloat16), B.astype(ml_dtypes.bfloat16)
+    A2 = np.ascontiguousarray(A.transpose(1, 0, 2).reshape(m, b * k))
+    B2 = np.ascontiguousarray(B.reshape(b * k, n))
+    Bk = B if dtype == "f32" else pack_b(B, dtype).data
+    return A, Bk, C, A2, B2
+
+
+def _torch_peers(torch, dtype, A2, B2, C):
+    """The same product in PyTorch: torch.mm (f32, bf16); for int8 torch._int_mm on s8 × s8
+    and a quantized Linear under each engine (u8 activations, s8 weights, u8 output)."""
+    if dtype == "f32":
+        tA, tB, tC = (torch.from_numpy(x) for x in (A2, B2, C))
+        return {"torch": lambda: torch.mm(tA, tB, out=tC)}
+    if dtype == "bf16":
+        tA = torch.from_numpy(A2.view(np.int16)).view(torch.bfloat16)
+        tB = torch.from_numpy(B2.view(np.int16)).view(torch.bfloat16)
+        tC = torch.empty((A2.shape[0], B2.shape[1]), dtype=torch.bfloat16)
+        return {"torch": lambda: torch.mm(tA, tB, out=tC)}
+    import warnings
+    warnings.filterwarnings("ignore", category=UserWarning)   # the deprecated quantized API
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    peers = {}
+    m, k = A2.shape
+    n = B2.shape[1]
+    if m > 16:  # torch._int_mm needs M > 16 on the CPU
+        tA = torch.from_numpy((A2.astype(np.int16) - 128).astype(np.int8))
+        tB = torch.from_numpy(B2)
+        peers["torch._int_mm"] = lambda: torch._int_mm(tA, tB)
+    x = torch.quantize_per_tensor(torch.from_numpy(A2.astype(np.float32)), 1.0, 0, torch.quint8)
+    w = torch.quantize_per_tensor(torch.from_numpy(np.ascontiguousarray(B2.T).astype(np.float32)), 1.0, 0, torch.qint8)
+    for engine in ("fbgemm", "onednn", "x86"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        q = torch.ao.nn.quantized.Linear(k, n)
+        q.set_weight_bias(w, None)
+        q.scale, q.zero_point = float(k) * 64.0, 0
+
+        def call(q=q, engine=engine):
+            torch.backends.quantized.engine = engine
+            return q(x)
+        peers[f"torch.qlinear[{engine}]"] = call
+    return peers
+
+
+def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8")):
     peers = Peers()
     threads_list = threads_list or thread_counts()
     rng = np.random.default_rng(0)
     rows = []
 
-    # The microkernel bar: one BRGEMM call, stride batch, one thread, every available ukernel.
+    # The microkernel bars: one BRGEMM call, stride batch, one thread, every available ukernel.
     m, n, k, b = KERNEL_SHAPE
-    A = rng.standard_normal((b, m, k), dtype=np.float32)
-    B = rng.standard_normal((b, k, n), dtype=np.float32)
-    C = np.empty((m, n), np.float32)
-    A2 = np.ascontiguousarray(A.transpose(1, 0, 2).reshape(m, b * k))  # the same sum as one GEMM
-    B2 = B.reshape(b * k, n)
     peers.set_threads(1)
-    peak1 = fp32_peak(1)
-    for uk in ukernels():
-        if not uk["available"]:
-            log(f"  skipped {uk['name']}: this CPU lacks {uk['isa']}")
-            continue
-        kern = Kernel(m, n, k, ukernel=uk["name"])
-        fns = {"brgemm": lambda: kern(A, B, C, b), "numpy": lambda: np.matmul(A2, B2, out=C)}
-        if peers.torch is not None:
-            tA, tB, tC = (peers.torch.from_numpy(x) for x in (A2, B2, C))
-            fns["torch"] = lambda: peers.torch.mm(tA, tB, out=tC)
-        med, rat = compare(fns, rounds, 1)
-        rows.append(_row(f"brgemm {m}x{n}x{k} b{b} {uk['name']}", 1, 2 * m * n * k * b,
-                         4 * (b * m * k + b * k * n + m * n), med, rat, peak1))
-        log(_format(rows[-1]))
+    for dtype in dtypes:
+        A, Bk, C, A2, B2 = _kernel_operands(rng, dtype, m, n, k, b)
+        peak1 = peak_of(PEAK_OP[dtype], 1)
+        for uk in ukernels():
+            if uk["dtype"] != dtype:
+                continue
+            if not uk["available"]:
+                log(f"  skipped {uk['name']}: this CPU lacks {uk['isa']}")
+                continue
+            kern = Kernel(m, n, k, dtype=dtype, ukernel=uk["name"])
+            fns = {"brgemm": lambda: kern(A, Bk, C, b)}
+            if dtype == "f32":
+                fns["numpy"] = lambda: np.matmul(A2, B2, out=C)
+            if peers.torch is not None:
+                fns.update(_torch_peers(peers.torch, dtype, A2, B2, C))
+            med, rat = compare(fns, rounds, 1)
+            nbytes = A.itemsize * (b * m * k + b * k * n) + 4 * m * n
+            rows.append(_row(f"brgemm {m}x{n}x{k} b{b} {uk['name']}", 1, 2 * m * n * k * b, nbytes, med, rat, peak1))
+            log(_format(rows[-1]))
 
     # gemm: an ordinary matrix product against the peers' best.
-    for threads in threads_list:
-        peers.set_threads(threads)
-        peak = fp32_peak(threads)
-        for M, K, N in shapes or GEMM_SHAPES:
-            A = rng.standard_normal((M, K), dtype=np.float32)
-            B = rng.standard_normal((K, N), dtype=np.float32)
-            C = np.empty((M, N), np.float32)
-            fns = {"brgemm": lambda: gemm(A, B, C), "numpy": lambda: np.matmul(A, B, out=C)}
-            if peers.torch is not None:
-                tA, tB, tC = (peers.torch.from_numpy(x) for x in (A, B, C))
-                fns["torch"] = lambda: peers.torch.mm(tA, tB, out=tC)
-            med, rat = compare(fns, rounds, threads)
-            rows.append(_row(f"gemm {M}x{K}x{N}", threads, 2 * M * N * K, 4 * (M * K + K * N + M * N),
-                             med, rat, peak))
-            log(_format(rows[-1]))
+    for dtype in dtypes:
+        for threads in threads_list:
+            peers.set_threads(threads)
+            peak = peak_of(PEAK_OP[dtype], threads)
+            for M, K, N in shapes or (GEMM_SHAPES if dtype == "f32" else LOWP_GEMM_SHAPES):
+                A, Bk, C, A2, B2 = _kernel_operands(rng, dtype, M, N, K, 1)
+                A, B = A[0], (B2 if dtype == "f32" else pack_b(B2, dtype))
+                fns = {"brgemm": lambda: gemm(A, B, C)}
+                if dtype == "f32":
+                    fns["numpy"] = lambda: np.matmul(A, B, out=C)
+                if peers.torch is not None:
+                    fns.update(_torch_peers(peers.torch, dtype, A2, B2, C))
+                med, rat = compare(fns, rounds, threads)
+                nbytes = A.itemsize * (M * K + K * N) + 4 * M * N
+                label = "gemm" if dtype == "f32" else f"gemm {dtype}"
+                rows.append(_row(f"{label} {M}x{K}x{N}", threads, 2 * M * N * K, nbytes, med, rat, peak))
+                log(_format(rows[-1]))
     peers.set_threads(get_num_threads())
     return rows
 
@@ -152,11 +220,12 @@ HEADER = (f"{'case':52} {'thr':>3} {'GFLOP/s':>8} {'%peak':>6} {'%roof':>6} "
 def _format(row):
     def num(key, fmt):
         v = row.get(key)
-        return format(v, fmt) if v is not None else "-"
+        return format(v, fmt) if v is not None else format("-", ">" + fmt.split(".")[0])
     return (f"{row['case']:52} {row['threads']:>3} {num('brgemm_gflops', '8.1f')} "
             f"{num('percent_of_peak', '6.1f')} {num('percent_of_roofline', '6.1f')} "
             f"{num('numpy_gflops', '7.1f')} {num('ratio_vs_numpy', '7.2f')} "
-            f"{num('torch_gflops', '7.1f')} {num('ratio_vs_torch', '7.2f')}")
+            f"{num('torch_gflops', '7.1f')} {num('ratio_vs_torch', '7.2f')}"
+            + (f"  ({row['torch_best']})" if row.get("torch_best", "torch") != "torch" else ""))
 
 
 def plot(rows, path):
@@ -195,6 +264,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m brgemm bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds per case (median reported)")
     parser.add_argument("--threads", type=str, default=None, help="comma-separated thread counts (default: 1 and all cores)")
+    parser.add_argument("--dtypes", type=str, default="f32,bf16,u8s8",
+                        help="comma-separated kernel dtypes to benchmark (f32, bf16, u8s8)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -223,7 +294,10 @@ def main(argv=None):
     print("ratios are peer time / brgemm time, medians over rounds; %roof is % of the roofline bound\n")
     print(HEADER)
     start = time.perf_counter()
-    rows = run(rounds=args.rounds, threads_list=threads)
+    dtypes = tuple(d.strip() for d in args.dtypes.split(","))
+    if not set(dtypes) <= set(PEAK_OP):
+        parser.error(f"--dtypes must name f32, bf16 or u8s8, got {args.dtypes!r}")
+    rows = run(rounds=args.rounds, threads_list=threads, dtypes=dtypes)
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -80,13 +80,17 @@ def get_peak(refresh=False):
     return result
 
 
-def fp32_peak(threads):
-    """GFLOP/s of fp32 FMA on `threads` cores: measured for 1 and all cores; in between,
-    scaled linearly from one core."""
-    p = get_peak()["fma_f32"]
+def peak_of(op, threads):
+    """GFLOP/s (GOP/s) of `op` on `threads` cores: measured for 1 and all cores; in between,
+    scaled linearly from one core; None where the CPU lacks the op."""
+    p = get_peak()[op]
     if str(threads) in p and p[str(threads)]:
         return p[str(threads)]
     return p["1"] * threads if p.get("1") else None
+
+
+def fp32_peak(threads):
+    return peak_of("fma_f32", threads)
 
 
 def report(result):
