@@ -1,10 +1,15 @@
-"""Every f32 microkernel, called directly through a stride-batch Kernel (mirrors
-tests/test_ukernels_f32.py): the parameter is the kernel's name, as brgemm.ukernels() and
+"""Every microkernel of every dtype, called directly through a stride-batch Kernel (mirrors
+tests/test_ukernels_<dtype>.py): the parameter is the kernel's name, as brgemm.ukernels() and
 the tests spell it, so one list drives both. Single thread: a Kernel call runs on the caller.
+bf16 and int8 kernels get B packed once (pack_b), as weights are; % of peak is against the
+measured peak of their own instruction (FMA, vdpbf16ps, vpdpbusd).
 
 Hot cache: the same A, B and C every call (weights reused across a minibatch). The largest
 case holds 2 x 512 KiB of A and B.
 """
+
+import ml_dtypes
+import numpy as np
 
 import brgemm
 
@@ -19,7 +24,23 @@ SHAPES = {
     "65x65x63_b8":  (65, 65, 63, 8),
 }
 
-UKERNELS = [u["name"] for u in brgemm.ukernels() if u["dtype"] == "f32"]
+UKERNELS = [u["name"] for u in brgemm.ukernels()]
+DTYPE = {u["name"]: u["dtype"] for u in brgemm.ukernels()}
+PEAK_OP = {"f32": "fma_f32", "bf16": "dot_bf16", "u8s8": "dot_u8s8"}
+
+
+def operands(dtype, m, n, k, count):
+    """Seeded A (count, m, k), B in the kernel's layout, and C."""
+    if dtype == "u8s8":
+        A = np.random.default_rng(SEED_A).integers(0, 256, (count, m, k), dtype=np.uint8)
+        B = np.random.default_rng(SEED_B).integers(-128, 128, (count, k, n), dtype=np.int8)
+        return A, brgemm.pack_b(B, dtype).data, np.zeros((m, n), np.int32)
+    A, B = random_f32((count, m, k), SEED_A), random_f32((count, k, n), SEED_B)
+    C = random_f32((m, n), SEED_C)  # beta = 0 overwrites it
+    if dtype == "bf16":
+        A = A.astype(ml_dtypes.bfloat16)
+        B = brgemm.pack_b(B.astype(ml_dtypes.bfloat16), dtype).data
+    return A, B, C
 
 
 def _runnable(name):
@@ -34,7 +55,7 @@ def _runnable(name):
     return None
 
 
-class UkernelF32:
+class Ukernel:
     params = [UKERNELS, list(SHAPES)]
     param_names = ["ukernel", "shape"]
 
@@ -44,11 +65,10 @@ class UkernelF32:
             raise NotImplementedError(why)
         self.pin = ThreadPin(1)
         m, n, k, count = SHAPES[shape]
-        self.kernel = brgemm.Kernel(m, n, k, batch="stride", ukernel=ukernel)
+        self.dtype = DTYPE[ukernel]
+        self.kernel = brgemm.Kernel(m, n, k, dtype=self.dtype, batch="stride", ukernel=ukernel)
         assert self.kernel.name == ukernel  # the forced kernel is the one that runs
-        self.A = random_f32((count, m, k), SEED_A)
-        self.B = random_f32((count, k, n), SEED_B)
-        self.C = random_f32((m, n), SEED_C)  # beta = 0 overwrites it
+        self.A, self.B, self.C = operands(self.dtype, m, n, k, count)
         self.count = count
         self.flops = 2.0 * m * n * k * count
 
@@ -65,12 +85,12 @@ class UkernelF32:
     def track_gflops(self, ukernel, shape):
         return self.flops / median_seconds_one(self._call) / 1e9
 
-    track_gflops.unit = "GFLOP/s"
+    track_gflops.unit = "GFLOP/s (GOP/s for int8)"
 
     def track_percent_of_peak(self, ukernel, shape):
-        # Against the measured 1-thread FMA peak (common.peak_gflops), not a datasheet;
-        # timed first, then the peak is measured.
+        # Against the measured 1-thread peak of the kernel's instruction (common.peak_gflops),
+        # not a datasheet; timed first, then the peak is measured.
         gflops = self.flops / median_seconds_one(self._call) / 1e9
-        return percent_of_peak(gflops, 1)
+        return percent_of_peak(gflops, 1, op=PEAK_OP[self.dtype])
 
     track_percent_of_peak.unit = "%"
