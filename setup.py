@@ -15,16 +15,16 @@ from setuptools import setup
 
 # Level → (kernel folder, flags, a line that only compiles when the flags work).
 ISAS = [
-    ("avx2", "avx2", ["-mavx2", "-mfma"],
-     "__m256 f(__m256 a) { return _mm256_fmadd_ps(a, a, a); }"),
-    ("avx512", "avx512", ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+    ("avx2", "avx2", ["-mavx2", "-mfma", "-mf16c"],
+     "__m256 f(__m256 a) { return _mm256_fmadd_ps(a, _mm256_cvtph_ps(_mm_setzero_si128()), a); }"),
+    ("avx512", "avx512", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
      "__m512 f(__m512 a) { return _mm512_maskz_loadu_ps(3, &a); }"),
     ("avx512_vnni", "avx512vnni",
-     ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"],
+     ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"],
      "__m512i f(__m512i a) { return _mm512_dpbusd_epi32(a, a, a); }"),
     ("avx512_bf16", "avx512bf16",
-     ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-      "-mavx512bf16"],
+     ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+      "-mavx512vnni", "-mavx512bf16"],
      "__m512 f(__m512 a, __m512bh b) { return _mm512_dpbf16_ps(a, b, b); }"),
 ]
 COMMON = ["-std=c++17", "-O3", "-fPIC"]

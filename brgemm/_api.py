@@ -113,16 +113,36 @@ class PackedB:
 
 def pack_b(B, dtype, *, ldb=None):
     """Pack B (K, N) or (batch, K, N) for a kernel of ``dtype``: "bf16" (B bfloat16, VNNI-2:
-    element (k, n) at ((k/2)·ldb + n)·2 + k%2), "u8s8" (B int8, VNNI-4, with column sums) or
-    "f32" (a copy with row length ldb). Odd K is zero-padded, never rejected. Pack weights
+    element (k, n) at ((k/2)·ldb + n)·2 + k%2), "u8s8" (B int8, VNNI-4, with column sums),
+    "f32f16" (B float16, or float32 rounded to float16 here: half-precision weights for
+    float32 activations) or "f32" (a copy with row length ldb). Odd K is zero-padded, never rejected. Pack weights
     once and reuse the result: every call of batch_reduce with a plain B packs it again."""
     if not isinstance(dtype, str):
-        raise TypeError(f"dtype must be 'f32', 'bf16' or 'u8s8', got {type(dtype).__name__}")
+        raise TypeError(f"dtype must be 'f32', 'bf16', 'u8s8' or 'f32f16', got {type(dtype).__name__}")
+    if dtype == "f32f16" and isinstance(B, np.ndarray) and B.dtype == np.float32:
+        B = B.astype(np.float16)  # f16 weights are made from f32 ones here, rounded to nearest
     data, colsum = _core.pack_b(B, dtype, -1 if ldb is None else _index(ldb, "ldb"))
     k, n = B.shape[-2], B.shape[-1]
-    kp = {"f32": 1, "float32": 1, "bf16": 2, "bfloat16": 2, "u8s8": 4}[dtype]
+    kp = {"bf16": 2, "bfloat16": 2, "u8s8": 4}.get(dtype, 1)
     return PackedB(data, {"float32": "f32", "bfloat16": "bf16"}.get(dtype, dtype), k, n,
                    B.shape[0] if B.ndim == 3 else None, data.shape[-2] if kp > 1 else data.shape[-1], kp, colsum)
+
+
+def _kernel_dtype(A, B):
+    """The kernel dtype of a call: A's element type, and f32f16 for float32 A on f16 weights."""
+    dtype = _DTYPE_OF_A.get(getattr(getattr(A, "dtype", None), "name", None))
+    if dtype == "f32" and isinstance(B, PackedB) and B.dtype == "f32f16":
+        return "f32f16"
+    if dtype is None:
+        if not isinstance(A, np.ndarray):
+            raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
+        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes) or uint8, got {A.dtype}")
+    return dtype
+
+
+def _packed_data(B):
+    """The packed array with its KP axis, as the core expects it (a view)."""
+    return B.data if B.kp > 1 else B.data[..., None]
 
 
 def batch_reduce(A, B, C=None, *, beta=0.0):
@@ -137,13 +157,9 @@ def batch_reduce(A, B, C=None, *, beta=0.0):
     array (beta must be 0).
     """
     beta = _real(beta, "beta")
-    dtype = _DTYPE_OF_A.get(getattr(getattr(A, "dtype", None), "name", None))
+    dtype = _kernel_dtype(A, B)
     if dtype == "f32" and not isinstance(B, PackedB):
         return _core.batch_reduce(A, B, C, beta)
-    if dtype is None:
-        if not isinstance(A, np.ndarray):
-            raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
-        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes) or uint8, got {A.dtype}")
     if not isinstance(B, PackedB):
         if not isinstance(B, np.ndarray):
             raise TypeError(f"B must be a numpy array or a PackedB, got {type(B).__name__}")
@@ -154,7 +170,7 @@ def batch_reduce(A, B, C=None, *, beta=0.0):
         raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
     if B.batch is None:
         raise ValueError("B must be a batched PackedB (packed from a (batch, K, N) array)")
-    return _core.batch_reduce_packed(A, B.data, B.k, B.n, C, beta, dtype)
+    return _core.batch_reduce_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype)
 
 
 def gemm(A, B, C=None, *, beta=0.0):
@@ -166,13 +182,9 @@ def gemm(A, B, C=None, *, beta=0.0):
     contiguous; row strides may exceed the width. Writes into C when given, else returns a
     new array (beta must be 0)."""
     beta = _real(beta, "beta")
-    dtype = _DTYPE_OF_A.get(getattr(getattr(A, "dtype", None), "name", None))
+    dtype = _kernel_dtype(A, B)
     if dtype == "f32" and not isinstance(B, PackedB):
         return _core.gemm(A, B, C, beta)
-    if dtype is None:
-        if not isinstance(A, np.ndarray):
-            raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
-        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes) or uint8, got {A.dtype}")
     if not isinstance(B, PackedB):
         if not isinstance(B, np.ndarray):
             raise TypeError(f"B must be a numpy array or a PackedB, got {type(B).__name__}")
@@ -185,4 +197,4 @@ def gemm(A, B, C=None, *, beta=0.0):
         raise ValueError("B must be a single packed matrix (packed from a (K, N) array), not a batch")
     if dtype == "f32":
         return _core.gemm(A, B.data[:, :B.n], C, beta)
-    return _core.gemm_packed(A, B.data, B.k, B.n, C, beta, dtype)
+    return _core.gemm_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype)

@@ -32,13 +32,14 @@ std::string available_list() {
 // --- arrays --------------------------------------------------------------------------------
 
 // Element types the bindings accept. bf16 is ml_dtypes.bfloat16 (numpy kind 'V', 2 bytes).
-enum class elem { f32, bf16, u8, s8, s32 };
+enum class elem { f32, bf16, u8, s8, s32, f16 };
 const char* elem_name(elem e) {
   switch (e) {
     case elem::f32: return "float32";
     case elem::bf16: return "bfloat16 (ml_dtypes)";
     case elem::u8: return "uint8";
     case elem::s8: return "int8";
+    case elem::f16: return "float16";
     default: return "int32";
   }
 }
@@ -49,12 +50,15 @@ bool elem_matches(const py::dtype& dt, elem e) {
     case elem::bf16: return dt.itemsize() == 2 && str(dt.attr("name")) == "bfloat16";
     case elem::u8: return dt.kind() == 'u' && dt.itemsize() == 1;
     case elem::s8: return dt.kind() == 'i' && dt.itemsize() == 1;
+    case elem::f16: return dt.kind() == 'f' && dt.itemsize() == 2;
     default: return dt.kind() == 'i' && dt.itemsize() == 4;
   }
 }
 // What each kernel dtype reads and writes.
 elem a_elem(dtype t) { return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::u8 : elem::f32; }
-elem b_elem(dtype t) { return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::s8 : elem::f32; }
+elem b_elem(dtype t) {
+  return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::s8 : t == dtype::f32f16 ? elem::f16 : elem::f32;
+}
 elem c_elem(dtype t) { return t == dtype::u8s8 ? elem::s32 : elem::f32; }
 
 // An array of element type e in native byte order and aligned; anything else is refused,
@@ -205,7 +209,8 @@ dtype dtype_from_name(const std::string& s) {
   if (s == "f32" || s == "float32") return dtype::f32;
   if (s == "bf16" || s == "bfloat16") return dtype::bf16;
   if (s == "u8s8") return dtype::u8s8;
-  value_error("dtype must be 'f32', 'bf16' or 'u8s8', got '" + s + "'");
+  if (s == "f32f16") return dtype::f32f16;
+  value_error("dtype must be 'f32', 'bf16', 'u8s8' or 'f32f16', got '" + s + "'");
 }
 
 struct py_kernel {
@@ -498,9 +503,9 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
   const py::ssize_t item = b.itemsize();
   std::vector<py::ssize_t> shape;
   if (batched) shape.push_back(count);
-  shape.push_back(t == dtype::f32 ? k : rows);
+  shape.push_back(rows);
   shape.push_back(ldb);
-  if (t != dtype::f32) shape.push_back(kp);
+  if (kp > 1) shape.push_back(kp);
   py::array out(b.dtype(), shape);
   py::object colsum = py::none();
   int32_t* cs = nullptr;

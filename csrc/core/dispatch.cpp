@@ -44,11 +44,16 @@ namespace {
 #define BRGEMM_UKERNEL_U8S8(MR, NR, SUFFIX, LEVEL)                                                   \
   BRGEMM_IF_BUILT_##LEVEL({"ukernel_u8s8_s32_" #MR "x" #NR "c4__" #SUFFIX, dtype::u8s8, isa::LEVEL, \
                            MR, NR, 4, kernels::ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX}, )
+#define BRGEMM_UKERNEL_F32F16(MR, NR, ISA)                                                 \
+  BRGEMM_IF_BUILT_##ISA({"ukernel_f32f16_" #MR "x" #NR "__" #ISA, dtype::f32f16, isa::ISA, \
+                         MR, NR, 1, kernels::ukernel_f32f16_##MR##x##NR##__##ISA}, )
 const ukernel_info table[] = {
 #include "../kernels/ukernels_f32.inc"
 #include "../kernels/ukernels_bf16.inc"
 #include "../kernels/ukernels_u8s8.inc"
+#include "../kernels/ukernels_f32f16.inc"
 };
+#undef BRGEMM_UKERNEL_F32F16
 #undef BRGEMM_UKERNEL_F32
 #undef BRGEMM_UKERNEL_BF16
 #undef BRGEMM_UKERNEL_U8S8
@@ -105,9 +110,16 @@ status validate(const desc& d) {
 
 int dtype_kpack(dtype t) { return t == dtype::bf16 ? 2 : t == dtype::u8s8 ? 4 : 1; }
 int dtype_a_bytes(dtype t) { return t == dtype::bf16 ? 2 : t == dtype::u8s8 ? 1 : 4; }
-int dtype_b_bytes(dtype t) { return dtype_a_bytes(t); }
+int dtype_b_bytes(dtype t) { return t == dtype::f32f16 ? 2 : dtype_a_bytes(t); }
 int dtype_c_bytes(dtype) { return 4; }
-const char* dtype_name(dtype t) { return t == dtype::bf16 ? "bf16" : t == dtype::u8s8 ? "u8s8" : "f32"; }
+const char* dtype_name(dtype t) {
+  switch (t) {
+    case dtype::bf16: return "bf16";
+    case dtype::u8s8: return "u8s8";
+    case dtype::f32f16: return "f32f16";
+    default: return "f32";
+  }
+}
 
 const char* status_message(status s) {
   switch (s) {

@@ -23,7 +23,7 @@ uint64_t xcr0() {
 isa detect() {
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return isa::scalar;
-  const bool fma = bit(c, 12), osxsave = bit(c, 27), avx = bit(c, 28);
+  const bool fma = bit(c, 12), osxsave = bit(c, 27), avx = bit(c, 28), f16c = bit(c, 29);
   if (!osxsave || !avx) return isa::scalar;
   const uint64_t xcr = xcr0();
   const bool os_ymm = (xcr & 0x6) == 0x6;     // SSE + AVX state
@@ -40,7 +40,7 @@ isa detect() {
     __cpuid_count(7, 1, a, b, c, d);
     bf16 = bit(a, 5);
   }
-  if (!avx2 || !fma) return isa::scalar;
+  if (!avx2 || !fma || !f16c) return isa::scalar;  // every AVX2 CPU has F16C; the level needs it
   if (!avx512 || !os_zmm) return isa::avx2;
   if (!vnni) return isa::avx512;
   if (!bf16) return isa::avx512_vnni;

@@ -31,6 +31,7 @@ status pack_b(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, vo
   switch (t) {
     case dtype::f32: interleave((const float*)src, k, n, ld_src, (float*)dst, ldb, 1); break;
     case dtype::bf16: interleave((const uint16_t*)src, k, n, ld_src, (uint16_t*)dst, ldb, 2); break;
+    case dtype::f32f16: interleave((const uint16_t*)src, k, n, ld_src, (uint16_t*)dst, ldb, 1); break;
     case dtype::u8s8:
       interleave((const int8_t*)src, k, n, ld_src, (int8_t*)dst, ldb, 4);
       if (colsum) {

@@ -16,6 +16,9 @@ namespace brgemm::kernels {
   void ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX(const ukernel_args& p);
 #include "ukernels_u8s8.inc"
 #undef BRGEMM_UKERNEL_U8S8
+#define BRGEMM_UKERNEL_F32F16(MR, NR, ISA) void ukernel_f32f16_##MR##x##NR##__##ISA(const ukernel_args& p);
+#include "ukernels_f32f16.inc"
+#undef BRGEMM_UKERNEL_F32F16
 
 // Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
 // floating-point (or integer) operations performed.

@@ -20,15 +20,17 @@ constexpr int isa_count = 5;
 //   f32  : A f32  × B f32           → f32
 //   bf16 : A bf16 × B bf16, VNNI-2  → f32   B element (k, n) at ((k/2)·ldb + n)·2 + k%2
 //   u8s8 : A u8   × B s8,   VNNI-4  → s32   B element (k, n) at ((k/4)·ldb + n)·4 + k%4
+//   f32f16: A f32 × B IEEE half     → f32   plain rows, widened in registers (memory-bound
+//          layers: half the weight traffic)
 // In the packed (VNNI) layouts ldb counts columns, K is padded with zeros to whole pairs /
 // quads (the packer does it), and A is read only for its k real columns.
-enum class dtype : int { f32 = 0, bf16, u8s8 };
-constexpr int dtype_count = 3;
+enum class dtype : int { f32 = 0, bf16, u8s8, f32f16 };
+constexpr int dtype_count = 4;
 int dtype_kpack(dtype t);          // 1, 2, 4: rows of B interleaved per packed row
 int dtype_a_bytes(dtype t);        // element sizes of A, B and C
 int dtype_b_bytes(dtype t);
 int dtype_c_bytes(dtype t);
-const char* dtype_name(dtype t);   // f32, bf16, u8s8
+const char* dtype_name(dtype t);   // f32, bf16, u8s8, f32f16
 enum class batch_kind : int { stride = 0, offset, address };
 
 enum class status : int {
