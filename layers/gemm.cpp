@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <omp.h>
 #include "gemm.h"
 
 namespace brgemm::layers {
@@ -53,6 +54,55 @@ void pack_panel(char* dst, int64_t dst_stride, const char* src, int64_t src_stri
   }
 }
 
+// Few rows of A (GEMV-like): the product is bound by reading B once, so B must stream in
+// order. Each thread owns a range of columns and walks K in short chunks, sweeping every
+// column tile of its range per chunk: the rows of B it reads are then consecutive runs of
+// its whole range, which the hardware prefetcher follows (a column-panel walk down K would
+// jump a whole row of B at every step). C (a few rows) stays in cache between chunks.
+status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, int64_t lda, const char* b,
+                     int64_t ldb, char* c, int64_t ldc, float beta, int threads) {
+  constexpr int64_t bn = 64, kc_rows = 32;
+  const int64_t kp = dtype_kpack(t), kc = std::max(kp, kc_rows / kp * kp);
+  const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
+  const int64_t n_tiles = ceil_div(n, bn);
+  threads = (int)std::min<int64_t>(threads, n_tiles);
+  std::atomic<int> result{(int)status::ok};
+  auto run_range = [&](int64_t t0, int64_t t1) {
+    // The few kernels this range needs: full or last column tile × full or last K chunk ×
+    // first chunk (beta) or later (1).
+    const kernel* kr[2][2][2] = {};
+    for (int64_t p = 0; p < k; p += kc) {
+      const int64_t kcur = std::min(kc, k - p);
+      for (int64_t tile = t0; tile < t1; ++tile) {
+        const int64_t n0 = tile * bn, nc = std::min(bn, n - n0);
+        const kernel*& slot = kr[nc == bn][kcur == kc][p == 0];
+        if (!slot) {
+          desc d{t, m, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
+          if (status s = dispatch(d, &slot); s != status::ok) {
+            result = (int)s;
+            return;
+          }
+        }
+        batch_ref batch;
+        batch.count = 1;
+        batch.a = a + p * ab;
+        batch.b = b + ((p / kp) * ldb + n0) * kp * bb;
+        execute(*slot, batch, c + n0 * cb);
+      }
+    }
+  };
+  if (threads <= 1) {
+    run_range(0, n_tiles);
+  } else {
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+      run_range(n_tiles * id / nt, n_tiles * (id + 1) / nt);
+    }
+  }
+  return (status)result.load();
+}
+
 }  // namespace
 
 void set_gemm_blocking(int64_t bn, int64_t kc) {
@@ -81,6 +131,8 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   int threads = num_threads();
   const double flops = 2.0 * (double)m * (double)n * (double)k;
   if (flops < 4e6) threads = 1;
+  if (m < 4 * mr && n * k >= (int64_t(1) << 16))
+    return gemm_few_rows(t, m, n, k, a, lda, b, ldb, c, ldc, beta, threads);
 
   // Work items: whole columns of C where that gives every thread enough items, else split M.
   const int64_t n_tiles = ceil_div(n, bn);
