@@ -66,7 +66,8 @@ class Kernel(_core._Kernel):
     addressed with the leading dimensions:
 
     - ``"stride"``: ``kernel(A, B, C, count, stride_a=m*lda, stride_b=k*ldb)``:
-      A_i = A + i·stride_a, B_i = B + i·stride_b (in elements).
+      A_i = A + i·stride_a, B_i = B + i·stride_b (in elements; for packed B the default
+      stride_b is one packed block, ceil(k/KP)·ldb·KP).
     - ``"offset"``: ``kernel(A, B, C, offsets_a, offsets_b)``: A_i = A + offsets_a[i].
     - ``"address"``: ``kernel(A_blocks, B_blocks, C)``: lists of arrays, one block each.
 

@@ -43,11 +43,21 @@ const char* elem_name(elem e) {
     default: return "int32";
   }
 }
+// ml_dtypes.bfloat16 is a user-defined numpy type: recognised by name once, then by its type
+// number, unique per registered type (reading dtype.name costs about a microsecond per call).
+bool is_bf16(const py::dtype& dt) {
+  static int bf16_num = -1;  // written under the GIL
+  if (dt.itemsize() != 2) return false;
+  if (bf16_num >= 0) return dt.num() == bf16_num;
+  if (str(dt.attr("name")) != "bfloat16") return false;
+  bf16_num = dt.num();
+  return true;
+}
 bool elem_matches(const py::dtype& dt, elem e) {
   if (dt.byteorder() == '>') return false;
   switch (e) {
     case elem::f32: return dt.kind() == 'f' && dt.itemsize() == 4;
-    case elem::bf16: return dt.itemsize() == 2 && str(dt.attr("name")) == "bfloat16";
+    case elem::bf16: return is_bf16(dt);
     case elem::u8: return dt.kind() == 'u' && dt.itemsize() == 1;
     case elem::s8: return dt.kind() == 'i' && dt.itemsize() == 1;
     case elem::f16: return dt.kind() == 'f' && dt.itemsize() == 2;
@@ -319,7 +329,9 @@ struct py_kernel {
     require_batch_kind(batch_kind::stride);
     if (count < 0) value_error("count must be at least 0, got " + std::to_string(count));
     const int64_t sa = stride_a.is_none() ? d().m * d().lda : index_arg(stride_a, "stride_a");
-    const int64_t sb = stride_b.is_none() ? d().k * d().ldb : index_arg(stride_b, "stride_b");
+    // Default B stride: one whole block in B's layout (packed: ceil(k/KP) rows of ldb·KP, not k·ldb).
+    const int64_t sb =
+        stride_b.is_none() ? packed_b_elements(d().type, d().k, d().ldb) : index_arg(stride_b, "stride_b");
     if (sa < 0) value_error("stride_a must be at least 0, got " + std::to_string(sa));
     if (sb < 0) value_error("stride_b must be at least 0, got " + std::to_string(sb));
     const int64_t last = count > 0 ? count - 1 : 0;
