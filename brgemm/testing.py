@@ -314,3 +314,252 @@ def next_prime_above(x):
     while p < 2 or any(p % d == 0 for d in range(2, int(p ** 0.5) + 1)):
         p += 1
     return p
+
+
+# --- bf16 ------------------------------------------------------------------------------------
+#
+# The bf16 kernels (dtype "bf16") multiply A bfloat16 (m×k, row stride lda) by B bfloat16 packed
+# VNNI-2 (element (k, n) at ((k/2)·ldb + n)·2 + k%2, K zero-padded to even) into float32 C. The
+# oracle works on the *logical* blocks (A_i m×k, B_i k×n, both bfloat16): the float64
+# :func:`reference` of the values the kernel was given, never the packed buffer, so that a
+# packing mistake shows up as a wrong result.
+#
+# Tolerance: the f32 bound, TOL_C·(K_total + 2)·u·(Σ_i|A_i||B_i| + |beta·C0|), unchanged.
+#   - The inputs are exact in f32 (a bf16 is the top half of an f32), and the product of two
+#     bf16 values has at most 8 + 8 = 16 significant bits, so it is exact in f32: the kernel
+#     sums K_total exact products in f32, which is the situation TOL_C was derived for.
+#   - The FMA kernels (scalar, avx2, avx512: widened to f32) round once per multiply-add.
+#     vdpbf16ps adds two products per 32-bit lane to the accumulator: as two f32 additions
+#     with one rounding each (Intel's definition) or fused with fewer; either way no term goes
+#     through more roundings than in a chain of single FMAs, so d <= K_total + 2 still holds.
+#     The zero that pads odd K adds nothing and is exact.
+#   - vdpbf16ps differs from an FMA in two ways that matter here: it always rounds to nearest
+#     even (so does the FMA under the default MXCSR), and it treats subnormal inputs as zero
+#     and flushes subnormal results to zero (DAZ/FTZ), which the relative bound does not
+#     cover. It cannot happen when every nonzero input has |x| >= 2**-44: x (8 significant
+#     bits) is then a multiple of 2**-51, so every product is a multiple of 2**-102, hence of
+#     2**-125. A sum of two multiples of 2**-125 is one too, and rounding it to f32 keeps it
+#     one (below 2**-102 in magnitude it has at most 23 significant bits and is exact; from
+#     2**-102 up, the f32 spacing is a multiple of 2**-125). By induction every partial sum is
+#     a multiple of 2**-125: zero or a normal f32 (>= 2**-126), never subnormal.
+#     :func:`error_bound_bf16` checks this condition instead of assuming it;
+#     :func:`random_bf16` produces no such tiny values.
+#     (Overflow is excluded the same way as for f32: by inputs of modest size.)
+# So bf16 needs no looser tolerance than f32; it must not be raised to make a test pass.
+
+#: Smallest nonzero |input| for which vdpbf16ps's DAZ/FTZ cannot change a result (see above).
+BF16_MIN_INPUT = 2.0 ** -44
+
+
+def _bf16_dtype():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def random_bf16(shape, rng):
+    """Standard normal values rounded to bfloat16; magnitudes below BF16_MIN_INPUT (about
+    one in 10**13) are replaced by 1."""
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x[np.abs(x) < BF16_MIN_INPUT] = 1.0
+    return x.astype(_bf16_dtype())
+
+
+def raw(x):
+    """The raw bits of an array (uint16 for bfloat16, uint32 for float32) as a flat copy, for
+    bit-identical (NaN-aware) comparison of inputs and untouched outputs."""
+    x = np.ascontiguousarray(x)
+    return x.view({2: np.uint16, 4: np.uint32, 1: np.uint8}[x.itemsize]).reshape(-1).copy()
+
+
+def _require_bf16(blocks, name):
+    bf16 = _bf16_dtype()
+    for i, b in enumerate(blocks):
+        if np.asarray(b).dtype != bf16:
+            raise TypeError(f"{name}[{i}] must be bfloat16 (the values the kernel was given), "
+                            f"got {np.asarray(b).dtype}")
+
+
+def _check_bf16_domain(blocks, name):
+    for i, b in enumerate(blocks):
+        mag = np.abs(_f64(b))
+        tiny = (mag > 0) & (mag < BF16_MIN_INPUT)
+        if tiny.any():
+            raise ValueError(f"{name}[{i}] holds |x| = {mag[tiny].min():.3g} < 2**-44: vdpbf16ps's "
+                             "flush to zero is outside the bound there (see BF16_MIN_INPUT)")
+
+
+def reference_bf16(a_blocks, b_blocks, c0=None, beta=0.0):
+    """float64 ``beta·C0 + Σ_i A_i @ B_i`` for bfloat16 blocks A_i (m×k) and *unpacked* B_i
+    (k×n); beta = 0 ignores C0 (it may hold NaN)."""
+    _require_bf16(a_blocks, "a_blocks")
+    _require_bf16(b_blocks, "b_blocks")
+    return reference(a_blocks, b_blocks, c0, beta)
+
+
+def error_bound_bf16(a_blocks, b_blocks, c0=None, beta=0.0):
+    """Elementwise bound on |C - reference_bf16|: the f32 bound of :func:`error_bound` (see the
+    derivation at the top of this section). Refuses inputs outside its domain (a nonzero
+    |x| < BF16_MIN_INPUT) rather than returning a bound that might not hold."""
+    _require_bf16(a_blocks, "a_blocks")
+    _require_bf16(b_blocks, "b_blocks")
+    _check_bf16_domain(a_blocks, "a_blocks")
+    _check_bf16_domain(b_blocks, "b_blocks")
+    return error_bound(a_blocks, b_blocks, c0, beta)
+
+
+def assert_close_bf16(C, a_blocks, b_blocks, c0=None, beta=0.0, *, what="C"):
+    """Asserts that the m×n float32 result ``C`` is within :func:`error_bound_bf16` of
+    :func:`reference_bf16` in every element (NaN or inf anywhere fails)."""
+    error_bound_bf16(a_blocks, b_blocks, c0, beta)  # the domain checks
+    assert_close(C, a_blocks, b_blocks, c0, beta, what=what)
+
+
+def assert_agree_bf16(C1, C2, a_blocks, b_blocks, c0=None, beta=0.0, *, what="results"):
+    """Two computed bf16-kernel results agree: each within the bound, so within twice it."""
+    error_bound_bf16(a_blocks, b_blocks, c0, beta)
+    assert_agree(C1, C2, a_blocks, b_blocks, c0, beta, what=what)
+
+
+def pack_vnni2(B, ldb=None):
+    """numpy VNNI-2 packing of one bfloat16 B (k×n): shape (ceil(k/2), ldb, 2), element
+    (k, n) at [k//2, n, k%2], zeros in the K padding and in the columns n..ldb."""
+    k, n = B.shape
+    ldb = n if ldb is None else ldb
+    out = np.zeros(((k + 1) // 2, ldb, 2), dtype=B.dtype)
+    for kk in range(k):
+        out[kk // 2, :n, kk % 2] = B[kk]
+    return out
+
+
+def unpack_vnni2(packed, k, n):
+    """The k×n B that a VNNI-2 array (ceil(k/2), ldb, 2) holds (its inverse of pack_vnni2)."""
+    rows = (k + 1) // 2
+    if packed.ndim != 3 or packed.shape[0] != rows or packed.shape[2] != 2 or packed.shape[1] < n:
+        raise ValueError(f"not a VNNI-2 array for k = {k}, n = {n}: shape {packed.shape}")
+    return packed[:, :n, :].transpose(0, 2, 1).reshape(2 * rows, n)[:k]
+
+
+def _nan_bf16(size):
+    return np.full(size, np.nan, dtype=_bf16_dtype())
+
+
+class ProblemBF16(Problem):
+    """A :class:`Problem` for a bf16 kernel. ``a`` holds bfloat16 A blocks and ``b`` the
+    *packed* B blocks (VNNI-2 with row length ldb, placed where the batch names them);
+    ``a_blocks`` / ``b_blocks`` are the logical bfloat16 blocks (B unpacked, k×n) the oracle
+    uses. Everything in the A and B buffers that the kernel must not read is NaN: A's
+    columns k..lda (so a kernel that reads A's pair past an odd k gets NaN·0 = NaN), the
+    packed columns n..ldb and the gaps between blocks. B's K padding is the packer's zero."""
+
+    def kernel_kwargs(self):
+        return dict(Problem.kernel_kwargs(self), dtype="bf16")
+
+    def check(self, c=None, what="C"):
+        """Result within the bf16 bound, C outside the m×n window bit-identical, A and B
+        unchanged."""
+        c = self.c if c is None else c
+        for name, now, before in (("A", self.a, self.a0), ("B", self.b, self.b0)):
+            now = now if isinstance(now, list) else [now]
+            before = before if isinstance(before, list) else [before]
+            if not all(np.array_equal(raw(x), raw(y)) for x, y in zip(now, before)):
+                raise AssertionError(f"{what}: the kernel modified its input {name}")
+        outside = ~window_mask(c.size, self.m, self.n, self.ldc)
+        if not np.array_equal(raw(c)[outside], raw(self.c0)[outside]):
+            raise AssertionError(f"{what}: the kernel wrote outside the m×n window (ldc = {self.ldc})")
+        assert_close_bf16(self.c_window(c), self.a_blocks, self.b_blocks, self.c0_window(), self.beta,
+                          what=what)
+
+
+def make_problem_bf16(m, n, k, *, rng, batch="stride", count=1, lda=None, ldb=None, ldc=None,
+                      beta=0.0, c_fill="random", stride_gap=0):
+    """Operands for one call of a Kernel(m, n, k, dtype="bf16", batch=..., lda, ldb, ldc, beta),
+    laid out as :func:`make_problem` does for f32, with B packed by brgemm.pack_b; offsets and
+    strides of B count packed elements (a block spans ceil(k/2) rows of ldb·2).
+
+    - stride: the default strides (None: m·lda and one packed block, ceil(k/2)·ldb·2) unless
+      ``stride_gap`` > 0: then m·lda + gap and ceil(k/2)·ldb·2 + 2·gap + 1 (B's blocks start
+      at odd elements: a pair straddles 4-byte words).
+    - offset: blocks in shuffled slots with gaps; with count >= 3 one A and one B block are
+      named twice.
+    - address: every block its own array, exactly as long as the kernel's extent.
+    """
+    from . import pack_b  # the packer under test is brgemm's own; the oracle never reads it
+
+    lda = k if lda is None else lda
+    ldb = n if ldb is None else ldb
+    ldc = n if ldc is None else ldc
+    rows = (k + 1) // 2
+    a_ext = (m - 1) * lda + k
+    b_ext = (rows - 1) * ldb * 2 + 2 * n  # what the kernel reads of one packed block
+    args, kwargs = (), {}
+
+    def new_a():
+        return random_bf16((m, k), rng)
+
+    def new_b():
+        return random_bf16((k, n), rng)
+
+    def put_a(buf, off, blk):
+        idx = off + np.arange(m)[:, None] * lda + np.arange(k)[None, :]
+        buf[idx] = blk
+
+    def put_b(buf, off, blk):
+        packed = pack_b(blk, "bf16", ldb=ldb).data.reshape(-1)[:b_ext].copy()
+        col = (np.arange(b_ext) // 2) % ldb
+        packed[col >= n] = np.nan  # the kernel never reads packed columns n..ldb
+        buf[off:off + b_ext] = packed
+
+    if batch in ("stride", "offset"):
+        if batch == "stride":
+            sa = m * lda + (stride_gap if stride_gap else 0)
+            sb = rows * ldb * 2 + (2 * stride_gap + 1 if stride_gap else 0)
+            offs_a = [i * sa for i in range(count)]
+            offs_b = [i * sb for i in range(count)]
+            size_a = max(count - 1, 0) * sa + a_ext
+            size_b = max(count - 1, 0) * sb + b_ext
+            args = (count,)
+            if stride_gap:
+                kwargs = dict(stride_a=sa, stride_b=sb)
+        else:
+            slot_a, slot_b = a_ext + 3, b_ext + 5
+            offs_a = rng.permutation(count).astype(np.int64) * slot_a
+            offs_b = rng.permutation(count).astype(np.int64) * slot_b
+            if count >= 3:
+                offs_a[2] = offs_a[0]
+                offs_b[1] = offs_b[count - 1]
+            size_a = max(count - 1, 0) * slot_a + a_ext
+            size_b = max(count - 1, 0) * slot_b + b_ext
+            args = (offs_a, offs_b)
+        a, b = _nan_bf16(size_a), _nan_bf16(size_b)
+        blocks_a = {int(o): new_a() for o in sorted(set(int(o) for o in offs_a))}
+        blocks_b = {int(o): new_b() for o in sorted(set(int(o) for o in offs_b))}
+        for o, blk in blocks_a.items():
+            put_a(a, o, blk)
+        for o, blk in blocks_b.items():
+            put_b(b, o, blk)
+        a_blocks = [blocks_a[int(o)] for o in offs_a]
+        b_blocks = [blocks_b[int(o)] for o in offs_b]
+    elif batch == "address":
+        a, b, a_blocks, b_blocks = [], [], [], []
+        for _ in range(count):
+            a_blocks.append(new_a())
+            b_blocks.append(new_b())
+            a.append(_nan_bf16(a_ext))
+            b.append(_nan_bf16(b_ext))
+            put_a(a[-1], 0, a_blocks[-1])
+            put_b(b[-1], 0, b_blocks[-1])
+    else:
+        raise ValueError(f"unknown batch kind {batch!r}")
+
+    c_size = (m - 1) * ldc + n + 3
+    c = random_f32(c_size, rng)
+    if c_fill == "nan":
+        c[window_mask(c_size, m, n, ldc)] = np.nan
+    elif c_fill != "random":
+        raise ValueError(f"unknown c_fill {c_fill!r}")
+    return ProblemBF16(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, beta=beta, batch=batch, count=count,
+                       a=a, b=b, c=c, c0=c.copy(), args=args, kwargs=kwargs,
+                       a_blocks=a_blocks, b_blocks=b_blocks,
+                       a0=[x.copy() for x in a] if isinstance(a, list) else a.copy(),
+                       b0=[x.copy() for x in b] if isinstance(b, list) else b.copy())
