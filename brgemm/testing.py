@@ -563,3 +563,255 @@ def make_problem_bf16(m, n, k, *, rng, batch="stride", count=1, lda=None, ldb=No
                        a_blocks=a_blocks, b_blocks=b_blocks,
                        a0=[x.copy() for x in a] if isinstance(a, list) else a.copy(),
                        b0=[x.copy() for x in b] if isinstance(b, list) else b.copy())
+
+
+# --- int8 ---
+# The u8s8 kernels: A uint8 (m×k, row stride lda) × B int8 packed VNNI-4 by brgemm.pack_b
+# (element (k, n) at ((k/4)·ldb + n)·4 + k%4, K zero-padded to whole quads) → C int32, with
+# beta 0 (C written, never read: it may hold any garbage) or 1 (C accumulated). Integer sums do
+# not depend on the order, so the oracle is exact (int64) and every kernel must equal it, bit
+# for bit, on every ISA; there is no tolerance.
+
+S32_MIN, S32_MAX = -(2 ** 31), 2 ** 31 - 1
+
+#: Largest K_total for which A = 255 and B = -128 (resp. 127) everywhere still fits in s32:
+#: K·255·128 <= 2^31 and K·255·127 <= 2^31 - 1. One more quad of k overflows.
+K_MAX_255_M128 = 2 ** 31 // (255 * 128)         # 65793: sum -2 147 450 880
+K_MAX_255_127 = (2 ** 31 - 1) // (255 * 127)    # 66311: sum  2 147 474 235
+
+
+def reference_u8s8(a_blocks, b_blocks, c0=None, beta=0.0):
+    """Exact int64 ``beta·C0 + Σ_i A_i @ B_i`` for lists of 2-D uint8 A_i (m×k) and int8
+    B_i (k×n), unpacked. beta must be 0 (C0 ignored, it may be None) or 1."""
+    if len(a_blocks) != len(b_blocks):
+        raise ValueError("a_blocks and b_blocks differ in length")
+    if beta not in (0, 1):
+        raise ValueError(f"u8s8 beta must be 0 or 1, got {beta!r}")
+    if a_blocks:
+        m, n = a_blocks[0].shape[0], b_blocks[0].shape[1]
+    elif c0 is not None:
+        m, n = np.shape(c0)
+    else:
+        raise ValueError("an empty batch needs c0 for the shape")
+    acc = np.zeros((m, n), dtype=np.int64)
+    for a, b in zip(a_blocks, b_blocks):
+        if np.asarray(a).dtype != np.uint8 or np.asarray(b).dtype != np.int8:
+            raise TypeError("the u8s8 oracle takes uint8 A and int8 B blocks")
+        acc += np.asarray(a, dtype=np.int64) @ np.asarray(b, dtype=np.int64)
+    if beta == 1:
+        acc += np.asarray(c0, dtype=np.int64)
+    return acc
+
+
+def assert_exact_s32(C, ref, *, what="C"):
+    """``C`` (int32) equals the int64 reference exactly, and the reference fits in int32 (a
+    test must never depend on wrap-around)."""
+    C = np.asarray(C)
+    if C.dtype != np.int32:
+        raise AssertionError(f"{what} has dtype {C.dtype}, expected int32")
+    if ref.size and (ref.min() < S32_MIN or ref.max() > S32_MAX):
+        raise AssertionError(f"the reference for {what} overflows int32: the test is wrong")
+    if C.shape != ref.shape:
+        raise AssertionError(f"{what} has shape {C.shape}, the reference {ref.shape}")
+    bad = C.astype(np.int64) != ref
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise AssertionError(f"{what}: {int(bad.sum())} of {C.size} elements differ from the exact "
+                             f"result; first at [{i}, {j}]: got {C[i, j]}, expected {ref[i, j]}")
+
+
+def vnni4_index(k, n, ldb):
+    """Flat indices (k×n) of the elements of B in a VNNI-4 packed block with ldb columns."""
+    kk = np.arange(k)[:, None]
+    j = np.arange(n)[None, :]
+    return ((kk // 4) * ldb + j) * 4 + kk % 4
+
+
+def packed_rows(k):
+    """Packed rows of a VNNI-4 block: K padded to whole quads."""
+    return (k + 3) // 4
+
+
+def packed_b_extent(k, n, ldb):
+    """Elements a kernel reads of one packed block: ceil(k/4) - 1 full rows of ldb·4, then n·4."""
+    return (packed_rows(k) - 1) * ldb * 4 + n * 4
+
+
+def unpack_vnni4(buf, offset, k, n, ldb):
+    """The k×n int8 B that the packed block at element ``offset`` of the flat buffer ``buf``
+    stands for, read with the layout's own index formula (fancy indexing: an index outside
+    the buffer raises)."""
+    idx = offset + vnni4_index(k, n, ldb)
+    flat = np.asarray(buf).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= flat.size):
+        raise IndexError(f"packed block at {offset} (k {k}, n {n}, ldb {ldb}) is outside a buffer of {flat.size}")
+    return flat[idx]
+
+
+def random_u8(shape, rng):
+    """Uniform uint8 over the whole range 0..255."""
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def random_s8(shape, rng):
+    """Uniform int8 over the whole range -128..127."""
+    return rng.integers(-128, 128, size=shape, dtype=np.int8)
+
+
+def random_s32(shape, rng, bound=2 ** 31):
+    """Uniform int32 in [-bound, bound) (the default: every int32, garbage for beta = 0)."""
+    return rng.integers(-bound, bound, size=shape, dtype=np.int64).astype(np.int32)
+
+
+@dataclass
+class ProblemU8S8:
+    """The operands of one u8s8 Kernel call and how the oracle reads them (see Problem).
+
+    ``a`` is a flat uint8 buffer (or a list of them, address); ``b`` a flat int8 buffer of
+    packed blocks (or a list of packed arrays); ``c`` the flat int32 output (row stride ldc)
+    and ``c0`` its copy. ``a_blocks`` are read back out of ``a`` with the oracle's own index
+    arithmetic, ``b_blocks`` unpacked out of ``b`` with :func:`unpack_vnni4`; ``b_plain`` are
+    the int8 matrices that were packed (the test checks both agree)."""
+
+    m: int
+    n: int
+    k: int
+    lda: int
+    ldb: int
+    ldc: int
+    beta: float
+    batch: str
+    count: int
+    a: object
+    b: object
+    c: np.ndarray
+    c0: np.ndarray
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    a_blocks: list = field(default_factory=list)
+    b_blocks: list = field(default_factory=list)
+    b_plain: list = field(default_factory=list)
+    a0: object = None
+    b0: object = None
+
+    def kernel_kwargs(self):
+        """Keyword arguments for brgemm.Kernel describing this problem (no ukernel)."""
+        return dict(dtype="u8s8", batch=self.batch, lda=self.lda, ldb=self.ldb, ldc=self.ldc, beta=self.beta)
+
+    def run(self, kernel, c=None):
+        c = self.c if c is None else c
+        if self.batch == "address":
+            return kernel(self.a, self.b, c)
+        return kernel(self.a, self.b, c, *self.args, **self.kwargs)
+
+    def c_window(self, c=None):
+        return block(self.c if c is None else c, 0, self.m, self.n, self.ldc)
+
+    def reference(self):
+        return reference_u8s8(self.a_blocks, self.b_blocks, block(self.c0, 0, self.m, self.n, self.ldc), self.beta)
+
+    def check(self, c=None, what="C"):
+        """Exactly the oracle's result in the m×n window, every other element of C unchanged,
+        A and B unchanged."""
+        c = self.c if c is None else c
+        for name, now, before in (("A", self.a, self.a0), ("B", self.b, self.b0)):
+            now = now if isinstance(now, list) else [now]
+            before = before if isinstance(before, list) else [before]
+            if not all(np.array_equal(x, y) for x, y in zip(now, before)):
+                raise AssertionError(f"{what}: the kernel modified its input {name}")
+        outside = ~window_mask(c.size, self.m, self.n, self.ldc)
+        if not np.array_equal(c[outside], self.c0[outside]):
+            raise AssertionError(f"{what}: the kernel wrote outside the m×n window (ldc = {self.ldc})")
+        assert_exact_s32(self.c_window(c), self.reference(), what=what)
+
+    def fresh_c(self):
+        return self.c0.copy()
+
+
+def _pack_u8s8(b, ldb):
+    from . import pack_b  # the package under test packs; the oracle unpacks on its own
+    return pack_b(b, "u8s8", ldb=ldb).data.reshape(-1)
+
+
+def make_problem_u8s8(m, n, k, *, rng, batch="stride", count=1, lda=None, ldb=None, ldc=None,
+                      beta=0.0, c_fill="random", stride_gap=0):
+    """Operands for one call of a Kernel(m, n, k, dtype="u8s8", batch=..., lda, ldb, ldc, beta),
+    laid out like :func:`make_problem` (stride: buffers exactly as large as the call needs,
+    explicit strides with gaps when ``stride_gap``; offset: shuffled slots with gaps and
+    repeated blocks; address: one array per block), B blocks packed with brgemm.pack_b and
+    placed at offsets / strides counted in packed elements. Gaps and padding hold random
+    bytes that a correct kernel never reads.
+
+    ``c_fill``: "random" (values in ±2^30, so that beta 1 cannot overflow) or "garbage"
+    (every element of C any int32, including the extremes; only with beta 0)."""
+    lda = k if lda is None else lda
+    ldb = n if ldb is None else ldb
+    ldc = n if ldc is None else ldc
+    rows = packed_rows(k)
+    a_ext = (m - 1) * lda + k
+    b_ext = packed_b_extent(k, n, ldb)
+    b_size = rows * ldb * 4  # one whole packed block
+    args, kwargs = (), {}
+
+    def place(buf, off, packed):  # a packed block, cut to what the kernel may read if it is last
+        take = min(packed.size, buf.size - off)
+        buf[off:off + take] = packed[:take]
+
+    b_plain = [random_s8((k, n), rng) for _ in range(count)]
+    if batch == "stride":
+        sa = m * lda + stride_gap
+        sb = b_size + (2 * stride_gap + 1 if stride_gap else 0)
+        last = max(count - 1, 0)
+        a = random_u8(last * sa + a_ext, rng)
+        b = random_s8(last * sb + b_ext, rng)
+        offs_a = [i * sa for i in range(count)]
+        offs_b = [i * sb for i in range(count)]
+        for o, bp in zip(offs_b, b_plain):
+            place(b, o, _pack_u8s8(bp, ldb))
+        args = (count,)
+        if stride_gap:
+            kwargs = dict(stride_a=sa, stride_b=sb)
+    elif batch == "offset":
+        slot_a, slot_b = a_ext + 3, b_size + 5
+        offs_a = rng.permutation(count).astype(np.int64) * slot_a
+        offs_b = rng.permutation(count).astype(np.int64) * slot_b
+        if count >= 3:  # repeated blocks are legal
+            offs_a[2] = offs_a[0]
+            offs_b[1] = offs_b[count - 1]
+        a = random_u8(max(count - 1, 0) * slot_a + a_ext, rng)
+        b = random_s8(max(count - 1, 0) * slot_b + b_ext, rng)
+        for o, bp in zip(offs_b, b_plain):  # a repeated slot keeps the last block written
+            place(b, int(o), _pack_u8s8(bp, ldb))
+        args = (offs_a, offs_b)
+    elif batch == "address":
+        a = [random_u8(a_ext, rng) for _ in range(count)]
+        b = [_pack_u8s8(bp, ldb)[:b_ext].copy() for bp in b_plain]
+        offs_a = offs_b = [0] * count
+    else:
+        raise ValueError(f"unknown batch kind {batch!r}")
+
+    if batch == "address":
+        a_blocks = [block(x, 0, m, k, lda) for x in a]
+        b_blocks = [unpack_vnni4(x, 0, k, n, ldb) for x in b]
+    else:
+        a_blocks = [block(a, int(o), m, k, lda) for o in offs_a]
+        b_blocks = [unpack_vnni4(b, int(o), k, n, ldb) for o in offs_b]
+        if batch == "offset" and count >= 3:
+            b_plain[1] = b_plain[count - 1]  # slot offs_b[1] == offs_b[count - 1] holds that one
+
+    c_size = (m - 1) * ldc + n + 3  # a short tail after the last row: it must stay untouched
+    if c_fill == "garbage":
+        if beta != 0:
+            raise ValueError("c_fill='garbage' is only meaningful with beta = 0")
+        c = random_s32(c_size, rng)
+        inside = window_mask(c_size, m, n, ldc).nonzero()[0]
+        c[inside[0]], c[inside[-1]] = S32_MIN, S32_MAX  # the extremes too
+    elif c_fill == "random":
+        c = random_s32(c_size, rng, bound=2 ** 30)
+    else:
+        raise ValueError(f"unknown c_fill {c_fill!r}")
+    return ProblemU8S8(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, beta=beta, batch=batch, count=count,
+                       a=a, b=b, c=c, c0=c.copy(), args=args, kwargs=kwargs,
+                       a_blocks=a_blocks, b_blocks=b_blocks, b_plain=b_plain,
+                       a0=[x.copy() for x in a] if isinstance(a, list) else a.copy(),
+                       b0=[x.copy() for x in b] if isinstance(b, list) else b.copy())
