@@ -209,6 +209,24 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
                 label = "gemm" if dtype == "f32" else f"gemm {dtype}"
                 rows.append(_row(f"{label} {M}x{K}x{N}", threads, 2 * M * N * K, nbytes, med, rat, peak))
                 log(_format(rows[-1]))
+    # GEMV with half-precision weights: memory-bound, so half the bytes should show. Compared
+    # with the same product on f32 weights (brgemm's own f32 path) and the peers on f32.
+    if "f32" in dtypes:
+        K = N = 4096
+        x = rng.standard_normal((1, K), dtype=np.float32)
+        W = rng.standard_normal((K, N), dtype=np.float32)
+        W16 = pack_b(W, "f32f16")
+        C = np.empty((1, N), np.float32)
+        for threads in threads_list:
+            peers.set_threads(threads)
+            fns = {"brgemm": lambda: gemm(x, W16, C), "brgemm_f32_weights": lambda: gemm(x, W, C),
+                   "numpy": lambda: np.matmul(x, W, out=C)}
+            if peers.torch is not None:
+                fns.update(_torch_peers(peers.torch, "f32", x, W, C))
+            med, rat = compare(fns, rounds, threads)
+            rows.append(_row(f"gemv f16 weights 1x{K}x{N}", threads, 2 * K * N, 2 * K * N + 4 * (K + N),
+                             med, rat, peak_of("fma_f32", threads)))
+            log(_format(rows[-1]) + f"  (x f32 weights {rat['brgemm_f32_weights']:.2f})")
     peers.set_threads(get_num_threads())
     return rows
 

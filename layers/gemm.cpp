@@ -61,7 +61,7 @@ void pack_panel(char* dst, int64_t dst_stride, const char* src, int64_t src_stri
 // jump a whole row of B at every step). C (a few rows) stays in cache between chunks.
 status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, int64_t lda, const char* b,
                      int64_t ldb, char* c, int64_t ldc, float beta, int threads) {
-  constexpr int64_t bn = 64, kc_rows = 32;
+  constexpr int64_t bn = 64, kc_rows = 8;
   const int64_t kp = dtype_kpack(t), kc = std::max(kp, kc_rows / kp * kp);
   const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
   const int64_t n_tiles = ceil_div(n, bn);
