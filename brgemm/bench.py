@@ -40,12 +40,14 @@ class Peers:
 
     def set_threads(self, n):
         set_num_threads(n)
-        if self.torch is not None:
-            self.torch.set_num_threads(n)
         if self.limits is not None:
             if self._ctx is not None:
                 self._ctx.unregister()
             self._ctx = self.limits(limits=n, user_api="blas")
+        # Last: restoring the previous BLAS limits (unregister) also resets the OpenMP
+        # default that torch reads its thread count from (measured: torch stayed at 1).
+        if self.torch is not None:
+            self.torch.set_num_threads(n)
 
 
 def _per_call(fn, min_seconds):

@@ -122,3 +122,57 @@ class GemmVsPeers:
         return t[peer] / t["brgemm"]
 
     track_ratio.unit = "x"
+
+
+# bf16 and int8 on weights packed once (pack_b), against PyTorch's paths for the same
+# product: torch.mm on bfloat16; for int8 torch._int_mm and a quantized Linear per engine
+# (the operands and peers are built by brgemm.bench, so both harnesses time the same thing).
+LOWP_SHAPES = {"64x1024x1024": (64, 1024, 1024), "256x4096x4096": (256, 4096, 4096)}
+PEAK_OP = {"bf16": "dot_bf16", "u8s8": "dot_u8s8"}
+
+
+class GemmLowPrecision:
+    """brgemm's rate and share of its instruction's peak, and t_best_torch / t_brgemm."""
+
+    params = [["bf16", "u8s8"], list(LOWP_SHAPES), THREADS]
+    param_names = ["dtype", "shape", "threads"]
+    timeout = 300
+
+    def setup(self, dtype, shape, threads):
+        from brgemm.bench import _kernel_operands
+        import_torch()  # before pinning, so that the pin reaches torch's threads too
+        self.pin = ThreadPin(threads)
+        M, K, N = LOWP_SHAPES[shape]
+        A, _, C, A2, B2 = _kernel_operands(np.random.default_rng(SEED_A), dtype, M, N, K, 1)
+        W = brgemm.pack_b(B2, dtype)
+        self.A2, self.B2, self.C = A2, B2, C
+        self.fn = lambda: brgemm.gemm(A2, W, C)
+        self.flops = 2.0 * M * N * K
+
+    def teardown(self, dtype, shape, threads):
+        _teardown_row(self)
+
+    def time_gemm(self, dtype, shape, threads):
+        self.fn()
+
+    def track_gops(self, dtype, shape, threads):
+        return self.flops / median_seconds_one(self.fn) / 1e9
+
+    track_gops.unit = "GFLOP/s (GOP/s for int8)"
+
+    def track_percent_of_peak(self, dtype, shape, threads):
+        gops = self.flops / median_seconds_one(self.fn) / 1e9
+        return percent_of_peak(gops, threads, op=PEAK_OP[dtype])
+
+    track_percent_of_peak.unit = "%"
+
+    def track_ratio_vs_best_torch(self, dtype, shape, threads):
+        torch = import_torch()
+        if torch is None:
+            return float("nan")
+        from brgemm.bench import _torch_peers
+        fns = {"brgemm": self.fn, **_torch_peers(torch, dtype, self.A2, self.B2, self.C)}
+        t = median_seconds(fns)
+        return min(t[lib] for lib in fns if lib != "brgemm") / t["brgemm"]
+
+    track_ratio_vs_best_torch.unit = "x"
