@@ -148,6 +148,24 @@ def _packed_data(B):
     return B.data if B.kp > 1 else B.data[..., None]
 
 
+def _as_packed(B, dtype, A, batched):
+    """B as a PackedB for ``dtype`` (a plain array is packed on the spot), checked against
+    the call: the same dtype, batched or single as the entry point needs."""
+    if not isinstance(B, PackedB):
+        if not isinstance(B, np.ndarray):
+            raise TypeError(f"B must be a numpy array or a PackedB, got {type(B).__name__}")
+        if B.ndim != (3 if batched else 2):
+            raise ValueError(f"B must be {'3-D (batch, K, N)' if batched else '2-D (K, N)'}, got ndim {B.ndim}")
+        B = pack_b(B, dtype)
+    if B.dtype != dtype:
+        raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
+    if batched and B.batch is None:
+        raise ValueError("B must be a batched PackedB (packed from a (batch, K, N) array)")
+    if not batched and B.batch is not None:
+        raise ValueError("B must be a single packed matrix (packed from a (K, N) array), not a batch")
+    return B
+
+
 def batch_reduce(A, B, C=None, *, beta=0.0):
     """``C = beta·C + Σ_i A[i] @ B[i]`` for A (batch, M, K) and B (batch, K, N).
 
@@ -163,16 +181,7 @@ def batch_reduce(A, B, C=None, *, beta=0.0):
     dtype = _kernel_dtype(A, B)
     if dtype == "f32" and not isinstance(B, PackedB):
         return _core.batch_reduce(A, B, C, beta)
-    if not isinstance(B, PackedB):
-        if not isinstance(B, np.ndarray):
-            raise TypeError(f"B must be a numpy array or a PackedB, got {type(B).__name__}")
-        if B.ndim != 3:
-            raise ValueError(f"B must be 3-D (batch, K, N), got ndim {B.ndim}")
-        B = pack_b(B, dtype)
-    if B.dtype != dtype:
-        raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
-    if B.batch is None:
-        raise ValueError("B must be a batched PackedB (packed from a (batch, K, N) array)")
+    B = _as_packed(B, dtype, A, batched=True)
     return _core.batch_reduce_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype)
 
 
@@ -188,16 +197,7 @@ def gemm(A, B, C=None, *, beta=0.0):
     dtype = _kernel_dtype(A, B)
     if dtype == "f32" and not isinstance(B, PackedB):
         return _core.gemm(A, B, C, beta)
-    if not isinstance(B, PackedB):
-        if not isinstance(B, np.ndarray):
-            raise TypeError(f"B must be a numpy array or a PackedB, got {type(B).__name__}")
-        if B.ndim != 2:
-            raise ValueError(f"B must be 2-D (K, N), got ndim {B.ndim}")
-        B = pack_b(B, dtype)
-    if B.dtype != dtype:
-        raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
-    if B.batch is not None:
-        raise ValueError("B must be a single packed matrix (packed from a (K, N) array), not a batch")
+    B = _as_packed(B, dtype, A, batched=False)
     if dtype == "f32":
         return _core.gemm(A, B.data[:, :B.n], C, beta)
     return _core.gemm_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype)

@@ -552,6 +552,32 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
   return py::make_tuple(out, colsum);
 }
 
+// beta for a kernel dtype: finite, and 0 or 1 on the s32 accumulator of u8s8.
+void check_beta_for(dtype t, double beta) {
+  check_beta(beta);
+  if (t == dtype::u8s8 && beta != 0.0 && beta != 1.0)
+    value_error("beta must be 0 or 1 for u8s8, got " + str(py::repr(py::float_(beta))));
+}
+
+// C of a product on packed B: given (its element type, shape (m, n), writeable, not
+// overlapping A or B: checked) or allocated here (then beta must be 0). Sets *ldc.
+py::array packed_output(py::object C, dtype t, int64_t m, int64_t n, double beta, const py::array& a,
+                        const py::array& b, int64_t* ldc) {
+  if (C.is_none()) {
+    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
+    C = t == dtype::u8s8 ? (py::object)py::array_t<int32_t>({(py::ssize_t)m, (py::ssize_t)n})
+                         : (py::object)py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
+  }
+  py::array c = typed_array(C, "C", c_elem(t));
+  if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
+    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
+  require_writeable(c, "C");
+  *ldc = leading_dim(c, 0, n, "C");
+  require_disjoint(c, a, "C", "A");
+  require_disjoint(c, b, "C", "B");
+  return c;
+}
+
 // batch_reduce for packed B: A (batch, M, K) of the dtype's A type, B the packed array from
 // pack_b, k and n the unpacked sizes.
 py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
@@ -568,9 +594,7 @@ py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, 
                 "), ldb, " + std::to_string(kp) + ") = (" + std::to_string(count) + ", " + std::to_string(rows) +
                 ", >=" + std::to_string(n) + ", " + std::to_string(kp) + "), got " + str(b.attr("shape")));
   if (!(b.flags() & py::array::c_style)) value_error("B (packed) must be C-contiguous");
-  check_beta(beta);
-  if (t == dtype::u8s8 && beta != 0.0 && beta != 1.0)
-    value_error("beta must be 0 or 1 for u8s8, got " + str(py::repr(py::float_(beta))));
+  check_beta_for(t, beta);
   desc d;
   d.type = t;
   d.m = m;
@@ -578,18 +602,7 @@ py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, 
   d.k = k;
   d.lda = leading_dim(a, 1, k, "A");
   d.ldb = b.shape(2);
-  if (C.is_none()) {
-    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
-    C = t == dtype::u8s8 ? (py::object)py::array_t<int32_t>({(py::ssize_t)m, (py::ssize_t)n})
-                         : (py::object)py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
-  }
-  py::array c = typed_array(C, "C", c_elem(t));
-  if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
-    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
-  require_writeable(c, "C");
-  d.ldc = leading_dim(c, 0, n, "C");
-  require_disjoint(c, a, "C", "A");
-  require_disjoint(c, b, "C", "B");
+  py::array c = packed_output(C, t, m, n, beta, a, b, &d.ldc);
   d.beta = (float)beta;
   const kernel* kr;
   check_status(dispatch(d, &kr));
@@ -623,22 +636,10 @@ py::array gemm_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::obje
                 "), ldb, " + std::to_string(kp) + ") = (" + std::to_string(rows) + ", >=" + std::to_string(n) + ", " +
                 std::to_string(kp) + "), got " + str(b.attr("shape")));
   if (!(b.flags() & py::array::c_style)) value_error("B (packed) must be C-contiguous");
-  check_beta(beta);
-  if (t == dtype::u8s8 && beta != 0.0 && beta != 1.0)
-    value_error("beta must be 0 or 1 for u8s8, got " + str(py::repr(py::float_(beta))));
+  check_beta_for(t, beta);
   const int64_t lda = leading_dim(a, 0, k, "A"), ldb = b.shape(1);
-  if (C.is_none()) {
-    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
-    C = t == dtype::u8s8 ? (py::object)py::array_t<int32_t>({(py::ssize_t)m, (py::ssize_t)n})
-                         : (py::object)py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
-  }
-  py::array c = typed_array(C, "C", c_elem(t));
-  if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
-    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
-  require_writeable(c, "C");
-  const int64_t ldc = leading_dim(c, 0, n, "C");
-  require_disjoint(c, a, "C", "A");
-  require_disjoint(c, b, "C", "B");
+  int64_t ldc;
+  py::array c = packed_output(C, t, m, n, beta, a, b, &ldc);
   const void* ap = a.data();
   const void* bp = b.data();
   void* cp = c.mutable_data();
