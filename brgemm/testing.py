@@ -154,6 +154,13 @@ def random_f32(shape, rng):
     return rng.standard_normal(shape, dtype=np.float32)
 
 
+def raw(x):
+    """The raw bits of an array (uint16 for bfloat16, uint32 for float32) as a flat copy, for
+    bit-identical (NaN-aware) comparison of inputs and untouched outputs."""
+    x = np.ascontiguousarray(x)
+    return x.view({2: np.uint16, 4: np.uint32, 1: np.uint8}[x.itemsize]).reshape(-1).copy()
+
+
 def bits(x):
     """The raw bits of a float32 array, for bit-identical (NaN-aware) comparison."""
     return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -211,19 +218,22 @@ class Problem:
         return block(self.c0, 0, self.m, self.n, self.ldc)
 
     def check(self, c=None, what="C"):
-        """Result within the bound of the reference, every element of C outside the m×n
-        window bit-identical to before the call, and A and B unchanged."""
+        """Result as the oracle says (:meth:`check_result`), every element of C outside the
+        m×n window bit-identical to before the call, and A and B unchanged."""
         c = self.c if c is None else c
         for name, now, before in (("A", self.a, self.a0), ("B", self.b, self.b0)):
             now = now if isinstance(now, list) else [now]
             before = before if isinstance(before, list) else [before]
-            if not all(np.array_equal(bits(x), bits(y)) for x, y in zip(now, before)):
+            if not all(np.array_equal(raw(x), raw(y)) for x, y in zip(now, before)):
                 raise AssertionError(f"{what}: the kernel modified its input {name}")
         outside = ~window_mask(c.size, self.m, self.n, self.ldc)
-        if not np.array_equal(bits(c)[outside], bits(self.c0)[outside]):
+        if not np.array_equal(raw(c)[outside], raw(self.c0)[outside]):
             raise AssertionError(f"{what}: the kernel wrote outside the m×n window (ldc = {self.ldc})")
-        assert_close(self.c_window(c), self.a_blocks, self.b_blocks, self.c0_window(), self.beta,
-                     what=what)
+        self.check_result(self.c_window(c), what)
+
+    def check_result(self, window, what):
+        """f32: within the bound of the float64 reference."""
+        assert_close(window, self.a_blocks, self.b_blocks, self.c0_window(), self.beta, what=what)
 
     def fresh_c(self):
         """A new copy of the C buffer as it was before any call."""
@@ -365,13 +375,6 @@ def random_bf16(shape, rng):
     return x.astype(_bf16_dtype())
 
 
-def raw(x):
-    """The raw bits of an array (uint16 for bfloat16, uint32 for float32) as a flat copy, for
-    bit-identical (NaN-aware) comparison of inputs and untouched outputs."""
-    x = np.ascontiguousarray(x)
-    return x.view({2: np.uint16, 4: np.uint32, 1: np.uint8}[x.itemsize]).reshape(-1).copy()
-
-
 def _require_bf16(blocks, name):
     bf16 = _bf16_dtype()
     for i, b in enumerate(blocks):
@@ -455,20 +458,9 @@ class ProblemBF16(Problem):
     def kernel_kwargs(self):
         return dict(Problem.kernel_kwargs(self), dtype="bf16")
 
-    def check(self, c=None, what="C"):
-        """Result within the bf16 bound, C outside the m×n window bit-identical, A and B
-        unchanged."""
-        c = self.c if c is None else c
-        for name, now, before in (("A", self.a, self.a0), ("B", self.b, self.b0)):
-            now = now if isinstance(now, list) else [now]
-            before = before if isinstance(before, list) else [before]
-            if not all(np.array_equal(raw(x), raw(y)) for x, y in zip(now, before)):
-                raise AssertionError(f"{what}: the kernel modified its input {name}")
-        outside = ~window_mask(c.size, self.m, self.n, self.ldc)
-        if not np.array_equal(raw(c)[outside], raw(self.c0)[outside]):
-            raise AssertionError(f"{what}: the kernel wrote outside the m×n window (ldc = {self.ldc})")
-        assert_close_bf16(self.c_window(c), self.a_blocks, self.b_blocks, self.c0_window(), self.beta,
-                          what=what)
+    def check_result(self, window, what):
+        """bf16: within the f32 bound of the float64 reference on the bf16 inputs."""
+        assert_close_bf16(window, self.a_blocks, self.b_blocks, self.c0_window(), self.beta, what=what)
 
 
 def make_problem_bf16(m, n, k, *, rng, batch="stride", count=1, lda=None, ldb=None, ldc=None,
@@ -664,68 +656,25 @@ def random_s32(shape, rng, bound=2 ** 31):
 
 
 @dataclass
-class ProblemU8S8:
-    """The operands of one u8s8 Kernel call and how the oracle reads them (see Problem).
+class ProblemU8S8(Problem):
+    """A :class:`Problem` for a u8s8 kernel. ``a`` is a flat uint8 buffer (or a list of them,
+    address); ``b`` a flat int8 buffer of packed blocks (or a list of packed arrays); ``c`` the
+    flat int32 output (row stride ldc) and ``c0`` its copy. ``a_blocks`` are read back out of
+    ``a`` with the oracle's own index arithmetic, ``b_blocks`` unpacked out of ``b`` with
+    :func:`unpack_vnni4`; ``b_plain`` are the int8 matrices that were packed (the test checks
+    both agree)."""
 
-    ``a`` is a flat uint8 buffer (or a list of them, address); ``b`` a flat int8 buffer of
-    packed blocks (or a list of packed arrays); ``c`` the flat int32 output (row stride ldc)
-    and ``c0`` its copy. ``a_blocks`` are read back out of ``a`` with the oracle's own index
-    arithmetic, ``b_blocks`` unpacked out of ``b`` with :func:`unpack_vnni4`; ``b_plain`` are
-    the int8 matrices that were packed (the test checks both agree)."""
-
-    m: int
-    n: int
-    k: int
-    lda: int
-    ldb: int
-    ldc: int
-    beta: float
-    batch: str
-    count: int
-    a: object
-    b: object
-    c: np.ndarray
-    c0: np.ndarray
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
-    a_blocks: list = field(default_factory=list)
-    b_blocks: list = field(default_factory=list)
     b_plain: list = field(default_factory=list)
-    a0: object = None
-    b0: object = None
 
     def kernel_kwargs(self):
-        """Keyword arguments for brgemm.Kernel describing this problem (no ukernel)."""
-        return dict(dtype="u8s8", batch=self.batch, lda=self.lda, ldb=self.ldb, ldc=self.ldc, beta=self.beta)
-
-    def run(self, kernel, c=None):
-        c = self.c if c is None else c
-        if self.batch == "address":
-            return kernel(self.a, self.b, c)
-        return kernel(self.a, self.b, c, *self.args, **self.kwargs)
-
-    def c_window(self, c=None):
-        return block(self.c if c is None else c, 0, self.m, self.n, self.ldc)
+        return dict(Problem.kernel_kwargs(self), dtype="u8s8")
 
     def reference(self):
-        return reference_u8s8(self.a_blocks, self.b_blocks, block(self.c0, 0, self.m, self.n, self.ldc), self.beta)
+        return reference_u8s8(self.a_blocks, self.b_blocks, self.c0_window(), self.beta)
 
-    def check(self, c=None, what="C"):
-        """Exactly the oracle's result in the m×n window, every other element of C unchanged,
-        A and B unchanged."""
-        c = self.c if c is None else c
-        for name, now, before in (("A", self.a, self.a0), ("B", self.b, self.b0)):
-            now = now if isinstance(now, list) else [now]
-            before = before if isinstance(before, list) else [before]
-            if not all(np.array_equal(x, y) for x, y in zip(now, before)):
-                raise AssertionError(f"{what}: the kernel modified its input {name}")
-        outside = ~window_mask(c.size, self.m, self.n, self.ldc)
-        if not np.array_equal(c[outside], self.c0[outside]):
-            raise AssertionError(f"{what}: the kernel wrote outside the m×n window (ldc = {self.ldc})")
-        assert_exact_s32(self.c_window(c), self.reference(), what=what)
-
-    def fresh_c(self):
-        return self.c0.copy()
+    def check_result(self, window, what):
+        """int8: exactly the oracle's result."""
+        assert_exact_s32(window, self.reference(), what=what)
 
 
 def _pack_u8s8(b, ldb):
