@@ -11,7 +11,7 @@ back to another path.
 import os as _os
 
 from . import _core
-from ._api import Kernel, PackedB, batch_reduce, gemm, pack_b, ukernels
+from ._api import Epilogue, Kernel, PackedB, batch_reduce, gemm, pack_b, ukernels
 from ._core import available_isas, get_num_threads, set_num_threads
 
 try:
@@ -44,6 +44,6 @@ if _env_isa:
         raise ValueError(f"BRGEMM_ISA={_env_isa!r}: {e}") from None
 
 __all__ = [
-    "Kernel", "PackedB", "batch_reduce", "gemm", "pack_b", "ukernels",
+    "Epilogue", "Kernel", "PackedB", "batch_reduce", "gemm", "pack_b", "ukernels",
     "isa", "set_isa", "available_isas", "set_num_threads", "get_num_threads",
 ]

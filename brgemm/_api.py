@@ -39,6 +39,128 @@ def ukernels():
     return _core.ukernels()
 
 
+#: Output types of an epilogue, by name: code of the core's out_type.
+_OUT_TYPES = {None: 0, "float32": 1, "bfloat16": 2, "uint8": 3, "int8": 4}
+_ACTIVATIONS = {None: 0, "relu": 1}
+
+
+def _out_dtype_name(out_dtype):
+    if out_dtype is None or isinstance(out_dtype, str):
+        name = {"f32": "float32", "bf16": "bfloat16", "u8": "uint8", "s8": "int8"}.get(out_dtype, out_dtype)
+    else:
+        try:
+            name = np.dtype(out_dtype).name
+        except TypeError:
+            raise TypeError(f"out_dtype must be a dtype or its name, got {type(out_dtype).__name__}") from None
+    if name not in _OUT_TYPES:
+        raise ValueError(f"out_dtype must be None (the accumulator's type), 'float32', 'bfloat16', 'uint8' or "
+                         f"'int8', got {out_dtype!r}")
+    return name
+
+
+def _vector(value, name, dtype):
+    """A 1-D array of dtype holding value (a number becomes one element). Arrays of the
+    right dtype and layout are kept (not copied), so in-place writes reach the kernel."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.dtype == dtype and value.ndim == 1 and value.flags.c_contiguous:
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be numbers, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        raise TypeError(f"{name} must be a number or a 1-D array, got {type(value).__name__}") from None
+    if arr.dtype.kind not in "iuf" or arr.ndim > 1:
+        raise TypeError(f"{name} must be a number or a 1-D array of numbers, got {arr.dtype} with ndim {arr.ndim}")
+    return np.ascontiguousarray(arr.reshape(-1), dtype=dtype)
+
+
+def _int_in(value, name, lo, hi):
+    v = _index(value, name)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {v}")
+    return v
+
+
+class Epilogue:
+    """What happens to a tile of C after its sum, fused before it is stored. Stages, in order:
+
+    1. ``v = acc + beta·C``; for int8 kernels the int32 sum is corrected for the zero points
+       (``Σ (a − a_zero_point)(b − b_zero_point)``, exact) and dequantized:
+       ``v = scale · Σ(...)`` with ``scale`` one value (per tensor) or n (per column);
+    2. ``v += bias`` (n values);
+    3. ``activation``: None or "relu" (NaN stays NaN);
+    4. stored as ``out_dtype``: None (the accumulator's: float32, or int32 for int8 kernels),
+       "float32", "bfloat16" (round to nearest even) or, requantized,
+       "uint8"/"int8": ``clip(round(v / out_scale) + out_zero_point)`` (ties to even).
+
+    x = scale·(x_q − zero_point) and x_q = clip(round(x/scale) + zero_point) are the usual
+    quantization formulas. Every stage is exact IEEE arithmetic in this order (no fused
+    multiply-add), so every ISA gives the same bits. With int8 A (signed activations) the
+    kernels compute on a + 128 and remove 128·Σ_k b again: invisible to the caller, but it
+    needs B's column sums, which :func:`pack_b` computes; a :class:`Kernel` call takes them as
+    ``b_colsum`` (summed over the batch). Arrays are kept by reference: writing into ``bias``
+    or ``scale`` in place changes later calls.
+    """
+
+    __slots__ = ("bias", "activation", "out_dtype", "scale", "a_zero_point", "b_zero_point",
+                 "out_scale", "out_zero_point", "b_colsum", "_out", "_act")
+
+    def __init__(self, *, bias=None, activation=None, out_dtype=None, scale=None, a_zero_point=0,
+                 b_zero_point=0, out_scale=None, out_zero_point=None, b_colsum=None):
+        if activation is not None and not isinstance(activation, str):
+            raise TypeError(f"activation must be None or a name, got {type(activation).__name__}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+        out = _out_dtype_name(out_dtype)
+        requant = out in ("uint8", "int8")
+        if not requant and (out_scale is not None or out_zero_point is not None):
+            raise ValueError("out_scale and out_zero_point requantize: they need out_dtype 'uint8' or 'int8'")
+        if out_scale is None:
+            out_scale = 1.0
+        out_scale = _real(out_scale, "out_scale")
+        if not (np.isfinite(out_scale) and out_scale > 0 and np.isfinite(np.float32(out_scale))
+                and np.float32(out_scale) > 0):
+            raise ValueError(f"out_scale must be a positive finite float32, got {out_scale!r}")
+        zlo, zhi = (0, 255) if out == "uint8" else (-128, 127)
+        out_zero_point = _int_in(0 if out_zero_point is None else out_zero_point, "out_zero_point", zlo, zhi)
+        b_colsum = None if b_colsum is None else _vector(b_colsum, "b_colsum", np.int32)
+        set_ = object.__setattr__
+        set_(self, "bias", _vector(bias, "bias", np.float32))
+        set_(self, "scale", _vector(scale, "scale", np.float32))
+        if self.scale is not None and not np.all(np.isfinite(self.scale)):
+            raise ValueError("scale must be finite")
+        set_(self, "activation", activation)
+        set_(self, "out_dtype", out)
+        set_(self, "a_zero_point", _int_in(a_zero_point, "a_zero_point", -128, 255))
+        set_(self, "b_zero_point", _int_in(b_zero_point, "b_zero_point", -128, 127))
+        set_(self, "out_scale", float(np.float32(out_scale)))
+        set_(self, "out_zero_point", out_zero_point)
+        set_(self, "b_colsum", b_colsum)
+        set_(self, "_out", _OUT_TYPES[out])
+        set_(self, "_act", _ACTIVATIONS[activation])
+
+    def __setattr__(self, name, value):
+        raise AttributeError("an Epilogue is immutable (its arrays may be written in place); make a new one")
+
+    def __repr__(self):
+        parts = [f"{k}={getattr(self, k)!r}" for k in ("activation", "out_dtype", "a_zero_point", "b_zero_point",
+                                                      "out_scale", "out_zero_point")
+                 if getattr(self, k) not in (None, 0, 1.0)]
+        parts += [f"{k}=<{getattr(self, k).size} values>" for k in ("bias", "scale", "b_colsum")
+                  if getattr(self, k) is not None]
+        return f"Epilogue({', '.join(parts)})"
+
+
+def _epilogue(ep):
+    if ep is None or isinstance(ep, Epilogue):
+        return ep
+    if isinstance(ep, dict):
+        return Epilogue(**ep)
+    raise TypeError(f"epilogue must be a brgemm.Epilogue, a dict of its arguments or None, got {type(ep).__name__}")
+
+
 def _kernel_args(m, n, k, dtype, batch, lda, ldb, ldc, beta, ukernel):
     """Kernel's arguments checked for type and converted for _core._Kernel."""
     if not isinstance(dtype, str):
@@ -56,8 +178,15 @@ def _kernel_args(m, n, k, dtype, batch, lda, ldb, ldc, beta, ukernel):
 
 
 class Kernel(_core._Kernel):
-    """A batch-reduce GEMM dispatched once: ``C = beta·C + Σ_i A_i·B_i`` with A_i (m×k, row
-    stride lda), B_i (k×n, row stride ldb) and C (m×n, row stride ldc), all float32.
+    """A batch-reduce GEMM dispatched once: ``C = epilogue(beta·C + Σ_i A_i·B_i)`` with A_i
+    (m×k, row stride lda), B_i (k×n, row stride ldb) and C (m×n, row stride ldc).
+
+    ``dtype`` names A × B → accumulator: "f32" (float32), "bf16" (bfloat16 × bfloat16 packed
+    VNNI-2 → float32), "u8s8" and "s8s8" (uint8 or int8 × int8 packed VNNI-4 → int32, exact),
+    "f32f16" (float32 × float16 → float32); B of the packed dtypes is laid out by
+    :func:`pack_b` (ldb counts packed columns). ``epilogue`` (an :class:`Epilogue`) sets C's
+    type and what is applied before each tile is stored; for "s8s8", or a nonzero
+    a_zero_point, it must carry ``b_colsum`` (B's column sums over the batch).
 
     Describing the same kernel twice returns the same cached C++ kernel (``handle``).
     ``ukernel`` forces one microkernel by name (see :func:`ukernels`); by default the best
@@ -77,9 +206,10 @@ class Kernel(_core._Kernel):
     """
 
     def __init__(self, m, n, k, *, dtype="f32", batch="stride", lda=None, ldb=None, ldc=None,
-                 beta=0.0, ukernel=None):
+                 beta=0.0, ukernel=None, epilogue=None):
         try:
-            super().__init__(*_kernel_args(m, n, k, dtype, batch, lda, ldb, ldc, beta, ukernel))
+            super().__init__(*_kernel_args(m, n, k, dtype, batch, lda, ldb, ldc, beta, ukernel),
+                             _epilogue(epilogue))
         except BaseException:
             # The C++ object is not constructed: touching it (repr in a traceback printer or
             # a debugger) would crash, so the traceback's frame must not keep it.
@@ -93,7 +223,10 @@ class Kernel(_core._Kernel):
 
 #: Kernel dtype by A's numpy dtype (keyed by the dtype itself: reading dtype.name costs some
 #: 4 us, as much as a whole 64³ product).
-_DTYPE_OF_A = {np.dtype(np.float32): "f32", np.dtype(ml_dtypes.bfloat16): "bf16", np.dtype(np.uint8): "u8s8"}
+_DTYPE_OF_A = {np.dtype(np.float32): "f32", np.dtype(ml_dtypes.bfloat16): "bf16", np.dtype(np.uint8): "u8s8",
+               np.dtype(np.int8): "s8s8"}
+#: Packings shared by several kernel dtypes: int8 B is packed the same for uint8 and int8 A.
+_PACKING = {"s8s8": "u8s8"}
 
 
 class PackedB:
@@ -101,7 +234,8 @@ class PackedB:
     packed numpy array), ``dtype`` ("f32", "bf16", "u8s8"), ``k`` and ``n`` (the unpacked
     sizes: K is zero-padded to whole pairs / quads in ``data``), ``batch`` (None for a single
     matrix), ``ldb`` (packed columns), ``kp`` (rows interleaved per packed row: 1, 2, 4) and,
-    for int8, ``colsum`` (int32 column sums of B, per block)."""
+    for int8, ``colsum`` (int32 column sums of B, per block). int8 B packs the same for uint8
+    and int8 A: ``dtype`` is "u8s8" for both."""
 
     __slots__ = ("data", "dtype", "k", "n", "batch", "ldb", "kp", "colsum")
 
@@ -124,6 +258,7 @@ def pack_b(B, dtype, *, ldb=None):
         raise TypeError(f"dtype must be 'f32', 'bf16', 'u8s8' or 'f32f16', got {type(dtype).__name__}")
     if dtype == "f32f16" and isinstance(B, np.ndarray) and B.dtype == np.float32:
         B = B.astype(np.float16)  # f16 weights are made from f32 ones here, rounded to nearest
+    dtype = _PACKING.get(dtype, dtype)
     data, colsum = _core.pack_b(B, dtype, -1 if ldb is None else _index(ldb, "ldb"))
     k, n = B.shape[-2], B.shape[-1]
     kp = {"bf16": 2, "bfloat16": 2, "u8s8": 4}.get(dtype, 1)
@@ -139,7 +274,7 @@ def _kernel_dtype(A, B):
     if dtype is None:
         if not isinstance(A, np.ndarray):
             raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
-        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes) or uint8, got {A.dtype}")
+        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes), uint8 or int8, got {A.dtype}")
     return dtype
 
 
@@ -157,7 +292,7 @@ def _as_packed(B, dtype, A, batched):
         if B.ndim != (3 if batched else 2):
             raise ValueError(f"B must be {'3-D (batch, K, N)' if batched else '2-D (K, N)'}, got ndim {B.ndim}")
         B = pack_b(B, dtype)
-    if B.dtype != dtype:
+    if B.dtype != _PACKING.get(dtype, dtype):
         raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
     if batched and B.batch is None:
         raise ValueError("B must be a batched PackedB (packed from a (batch, K, N) array)")
@@ -166,38 +301,45 @@ def _as_packed(B, dtype, A, batched):
     return B
 
 
-def batch_reduce(A, B, C=None, *, beta=0.0):
-    """``C = beta·C + Σ_i A[i] @ B[i]`` for A (batch, M, K) and B (batch, K, N).
+def batch_reduce(A, B, C=None, *, beta=0.0, epilogue=None):
+    """``C = epilogue(beta·C + Σ_i A[i] @ B[i])`` for A (batch, M, K) and B (batch, K, N).
 
-    The kernel follows A's dtype: float32 (B float32, C float32), ml_dtypes.bfloat16 (B
-    bfloat16, C float32) or uint8 (B int8, C int32, exact; beta 0 or 1). B may be a plain
-    array or, for bf16 and int8, a batched :class:`PackedB` from :func:`pack_b` (a plain one
-    is packed on every call). Rows must be contiguous; their strides (leading dimensions) and
-    the batch strides are taken from the arrays, so slices of larger arrays work without
-    copies. Writes into C (M, N) when given (it must not overlap A or B), else returns a new
-    array (beta must be 0).
+    The kernel follows A's dtype: float32 (B float32), ml_dtypes.bfloat16 (B bfloat16),
+    uint8 or int8 (B int8, exact int32 sums; beta 0 or 1). B may be a plain array or, for
+    the low-precision dtypes, a batched :class:`PackedB` from :func:`pack_b` (a plain one is
+    packed on every call). C is float32 (int32 for int8) unless the :class:`Epilogue` says
+    otherwise (``out_dtype``); zero points and the int8-A compensation use the PackedB's
+    column sums. Rows must be contiguous; their strides (leading dimensions) and the batch
+    strides are taken from the arrays, so slices of larger arrays work without copies.
+    Writes into C (M, N) when given (it must not overlap A or B), else returns a new array
+    (beta must be 0).
     """
     beta = _real(beta, "beta")
+    epilogue = _epilogue(epilogue)
     dtype = _kernel_dtype(A, B)
     if dtype == "f32" and not isinstance(B, PackedB):
-        return _core.batch_reduce(A, B, C, beta)
+        return _core.batch_reduce(A, B, C, beta, epilogue)
     B = _as_packed(B, dtype, A, batched=True)
-    return _core.batch_reduce_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype)
+    return _core.batch_reduce_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype, epilogue, B.colsum)
 
 
-def gemm(A, B, C=None, *, beta=0.0):
-    """``C = beta·C + A @ B`` on the BRGEMM with OpenMP over tiles of C (``set_num_threads``).
+def gemm(A, B, C=None, *, beta=0.0, epilogue=None):
+    """``C = epilogue(beta·C + A @ B)`` on the BRGEMM with OpenMP over tiles of C
+    (``set_num_threads``).
 
-    The kernel follows A's dtype, as in :func:`batch_reduce`: float32, bfloat16 (C float32)
-    or uint8 × int8 (C int32, exact; beta 0 or 1). For bf16 and int8, pass B packed once with
-    :func:`pack_b` (a 2-D PackedB): a plain B is packed again on every call. Rows must be
-    contiguous; row strides may exceed the width. Writes into C when given, else returns a
-    new array (beta must be 0)."""
+    The kernel follows A's dtype, as in :func:`batch_reduce`: float32, bfloat16, uint8 or
+    int8 (× int8, exact int32 sums; beta 0 or 1). For the low-precision dtypes pass B packed
+    once with :func:`pack_b` (a 2-D PackedB): a plain B is packed again on every call. The
+    :class:`Epilogue` (bias, ReLU, dequantization, bf16 or requantized uint8/int8 output) is
+    applied to each tile of C while it is in cache. Rows must be contiguous; row strides may
+    exceed the width. Writes into C when given, else returns a new array (beta must be 0)."""
     beta = _real(beta, "beta")
+    if epilogue is not None and not isinstance(epilogue, Epilogue):
+        epilogue = _epilogue(epilogue)
     dtype = _kernel_dtype(A, B)
     if dtype == "f32" and not isinstance(B, PackedB):
-        return _core.gemm(A, B, C, beta)
+        return _core.gemm(A, B, C, beta, epilogue)
     B = _as_packed(B, dtype, A, batched=False)
     if dtype == "f32":
-        return _core.gemm(A, B.data[:, :B.n], C, beta)
-    return _core.gemm_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype)
+        return _core.gemm(A, B.data[:, :B.n], C, beta, epilogue)
+    return _core.gemm_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype, epilogue, B.colsum)

@@ -22,19 +22,49 @@ std::atomic<int64_t> tuned_bn{0}, tuned_kc{0};
 constexpr int64_t default_bn = 64, default_kc = 512;
 
 struct free_deleter {
-  void operator()(float* p) const { std::free(p); }
+  void operator()(char* p) const { std::free(p); }
 };
 
-// A per-thread buffer that only grows: no allocation once warm.
-char* thread_buffer(int64_t bytes) {
-  static thread_local std::unique_ptr<float, free_deleter> buf;
-  static thread_local int64_t cap = 0;
-  if (bytes > cap) {
+// Per-thread buffers that only grow: no allocation once warm.
+enum buffer_slot { panel_slot = 0, acc_slot = 1 };
+char* thread_buffer(buffer_slot slot, int64_t bytes) {
+  static thread_local std::unique_ptr<char, free_deleter> buf[2];
+  static thread_local int64_t cap[2] = {0, 0};
+  if (bytes > cap[slot]) {
     bytes = (bytes + 63) / 64 * 64;
-    buf.reset((float*)std::aligned_alloc(64, (size_t)bytes));
-    cap = buf ? bytes : 0;
+    buf[slot].reset((char*)std::aligned_alloc(64, (size_t)bytes));
+    cap[slot] = buf[slot] ? bytes : 0;
   }
-  return (char*)buf.get();
+  return buf[slot].get();
+}
+
+// Where one K chunk of a block of C goes. Earlier chunks accumulate without the epilogue into
+// C when it holds the accumulator type, else into acc (a per-thread buffer, row stride ld_acc);
+// the last chunk runs the epilogue into C, adding what the earlier ones left (beta = 1).
+struct chunk_target {
+  const epilogue_desc& e;
+  const epilogue_args* ep;
+  dtype t;
+  bool c_is_acc;  // C holds the accumulator type
+
+  // Fills d's beta, epilogue and ldc, and returns the destination of the chunk; *args is
+  // the epilogue data for a block of C at (m0, n0) whose partial sums are at acc.
+  char* set(desc& d, bool first, bool last, float beta, char* c, int64_t ldc, char* acc, int64_t ld_acc, int64_t m0,
+            int64_t n0, epilogue_args* args) const {
+    d.beta = first ? beta : 1.0f;
+    d.ep = last ? e : epilogue_desc{};
+    d.ldc = c_is_acc || last ? ldc : ld_acc;
+    if (last) {
+      *args = ep ? ep->at(m0, n0, e.scale, t) : epilogue_args{};
+      args->acc_in = acc;
+      args->ld_acc_in = ld_acc;
+    }
+    return c_is_acc || last ? c : acc;
+  }
+};
+
+bool holds_accumulator(dtype t, const epilogue_desc& e) {
+  return e.out == out_type::acc || (e.out == out_type::f32 && !dtype_is_int8(t));
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -60,24 +90,32 @@ void pack_panel(char* dst, int64_t dst_stride, const char* src, int64_t src_stri
 // its whole range, which the hardware prefetcher follows (a column-panel walk down K would
 // jump a whole row of B at every step). C (a few rows) stays in cache between chunks.
 status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, int64_t lda, const char* b,
-                     int64_t ldb, char* c, int64_t ldc, float beta, int threads) {
+                     int64_t ldb, char* c, int64_t ldc, float beta, int threads, const chunk_target& target) {
   constexpr int64_t bn = 64, kc_rows = 8;
   const int64_t kp = dtype_kpack(t), kc = std::max(kp, kc_rows / kp * kp);
   const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
+  const int64_t ob = out_type_bytes(t, target.e.out);
   const int64_t n_tiles = ceil_div(n, bn);
   threads = (int)std::min<int64_t>(threads, n_tiles);
   std::atomic<int> result{(int)status::ok};
   auto run_range = [&](int64_t t0, int64_t t1) {
+    // Partial sums of the range's columns when C does not hold the accumulator type.
+    const int64_t ld_acc = (t1 - t0) * bn;
+    char* acc = target.c_is_acc || k <= kc ? nullptr : thread_buffer(acc_slot, m * ld_acc * cb);
     // The few kernels this range needs: full or last column tile × full or last K chunk ×
-    // first chunk (beta) or later (1).
-    const kernel* kr[2][2][2] = {};
+    // first chunk (beta) or later (1) × last chunk (epilogue) or not.
+    const kernel* kr[2][2][2][2] = {};
     for (int64_t p = 0; p < k; p += kc) {
       const int64_t kcur = std::min(kc, k - p);
+      const bool first = p == 0, last = p + kc >= k;
       for (int64_t tile = t0; tile < t1; ++tile) {
         const int64_t n0 = tile * bn, nc = std::min(bn, n - n0);
-        const kernel*& slot = kr[nc == bn][kcur == kc][p == 0];
+        desc d{t, m, nc, kcur, lda, ldb, ldc, batch_kind::stride};
+        epilogue_args args;
+        char* acc_tile = acc ? acc + (tile - t0) * bn * cb : nullptr;
+        char* dst = target.set(d, first, last, beta, c + n0 * ob, ldc, acc_tile, ld_acc, 0, n0, &args);
+        const kernel*& slot = kr[nc == bn][kcur == kc][first][last];
         if (!slot) {
-          desc d{t, m, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
           if (status s = dispatch(d, &slot); s != status::ok) {
             result = (int)s;
             return;
@@ -87,7 +125,7 @@ status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, in
         batch.count = 1;
         batch.a = a + p * ab;
         batch.b = b + ((p / kp) * ldb + n0) * kp * bb;
-        execute(*slot, batch, c + n0 * cb);
+        execute(*slot, batch, dst, last ? &args : nullptr);
       }
     }
   };
@@ -111,7 +149,7 @@ void set_gemm_blocking(int64_t bn, int64_t kc) {
 }
 
 status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t lda, const void* b_,
-            int64_t ldb, void* c_, int64_t ldc, float beta) {
+            int64_t ldb, void* c_, int64_t ldc, float beta, const epilogue_desc& e, const epilogue_args* ep) {
   const int64_t bn = tuned_bn.load() ? tuned_bn.load() : default_bn;
   const int64_t kp = dtype_kpack(t);
   // K chunks stay whole packed rows (a multiple of KP) so each chunk starts on a packed row.
@@ -120,6 +158,8 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   const char* b = (const char*)b_;
   char* c = (char*)c_;
   const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
+  const int64_t ob = out_type_bytes(t, e.out);
+  const chunk_target target{e, ep, t, holds_accumulator(t, e)};
 
   // Probe the row tile of the kernel dispatch will pick, to size row chunks in whole tiles.
   const kernel* probe;
@@ -132,7 +172,7 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   const double flops = 2.0 * (double)m * (double)n * (double)k;
   if (flops < 4e6) threads = 1;
   if (m < 4 * mr && n * k >= (int64_t(1) << 16))
-    return gemm_few_rows(t, m, n, k, a, lda, b, ldb, c, ldc, beta, threads);
+    return gemm_few_rows(t, m, n, k, a, lda, b, ldb, c, ldc, beta, threads, target);
 
   // Work items: whole columns of C where that gives every thread enough items, else split M.
   const int64_t n_tiles = ceil_div(n, bn);
@@ -147,7 +187,9 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   const int64_t panel_bytes = ceil_div(kc, kp) * bn * kp * bb;
 
   std::atomic<int> result{(int)status::ok};
-  auto run_item = [&](int64_t item, char* panel) {
+  // Partial sums of one item when C does not hold the accumulator type.
+  const int64_t acc_bytes = target.c_is_acc || k <= kc ? 0 : mc * bn * cb;
+  auto run_item = [&](int64_t item, char* panel, char* acc) {
     const int64_t n0 = (item / m_chunks) * bn, m0 = (item % m_chunks) * mc;
     const int64_t nc = std::min(bn, n - n0), mcur = std::min(mc, m - m0);
     for (int64_t p = 0; p < k; p += kc) {
@@ -155,7 +197,9 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
       batch_ref batch;
       batch.count = 1;
       batch.a = a + (m0 * lda + p) * ab;
-      desc d{t, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride, p == 0 ? beta : 1.0f};
+      desc d{t, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride};
+      epilogue_args args;
+      char* dst = target.set(d, p == 0, p + kc >= k, beta, c + (m0 * ldc + n0) * ob, ldc, acc, bn, m0, n0, &args);
       const char* bsrc = b + ((p / kp) * ldb + n0) * kp * bb;  // packed row p/KP, column n0
       if (panel) {
         pack_panel(panel, bn * kp * bb, bsrc, ldb * kp * bb, ceil_div(kcur, kp), nc * kp * bb);
@@ -169,20 +213,22 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
         result = (int)s;  // cannot happen after the probe; kept so a failure is never silent
         continue;
       }
-      execute(*kr, batch, c + (m0 * ldc + n0) * cb);
+      execute(*kr, batch, dst, d.ep.any() ? &args : nullptr);
     }
   };
 
   if (threads == 1) {  // no parallel region at all: small products are dominated by overheads
-    char* panel = pack ? thread_buffer(panel_bytes) : nullptr;
-    for (int64_t item = 0; item < items; ++item) run_item(item, panel);
+    char* panel = pack ? thread_buffer(panel_slot, panel_bytes) : nullptr;
+    char* acc = acc_bytes ? thread_buffer(acc_slot, acc_bytes) : nullptr;
+    for (int64_t item = 0; item < items; ++item) run_item(item, panel, acc);
     return (status)result.load();
   }
 #pragma omp parallel num_threads(threads)
   {
-    char* panel = pack ? thread_buffer(panel_bytes) : nullptr;
+    char* panel = pack ? thread_buffer(panel_slot, panel_bytes) : nullptr;
+    char* acc = acc_bytes ? thread_buffer(acc_slot, acc_bytes) : nullptr;
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) run_item(item, panel);
+    for (int64_t item = 0; item < items; ++item) run_item(item, panel, acc);
   }
   return (status)result.load();
 }

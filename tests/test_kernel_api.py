@@ -117,7 +117,7 @@ def test_kernel_beta_accepts_real_numbers(beta):
 
 
 @pytest.mark.parametrize("dtype, exc", [
-    ("f64", ValueError), ("float64", ValueError), (np.float64, ValueError), ("s8s8", ValueError),
+    ("f64", ValueError), ("float64", ValueError), (np.float64, ValueError), ("s8u8", ValueError),
     (np.int8, ValueError), ("", ValueError),
     (3, TypeError), (object(), TypeError),
 ])

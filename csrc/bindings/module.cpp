@@ -65,11 +65,36 @@ bool elem_matches(const py::dtype& dt, elem e) {
   }
 }
 // What each kernel dtype reads and writes.
-elem a_elem(dtype t) { return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::u8 : elem::f32; }
-elem b_elem(dtype t) {
-  return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::s8 : t == dtype::f32f16 ? elem::f16 : elem::f32;
+elem a_elem(dtype t) {
+  return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::u8 : t == dtype::s8s8 ? elem::s8 : elem::f32;
 }
-elem c_elem(dtype t) { return t == dtype::u8s8 ? elem::s32 : elem::f32; }
+elem b_elem(dtype t) {
+  return t == dtype::bf16 ? elem::bf16 : dtype_is_int8(t) ? elem::s8 : t == dtype::f32f16 ? elem::f16 : elem::f32;
+}
+elem c_elem(dtype t) { return dtype_is_int8(t) ? elem::s32 : elem::f32; }
+elem out_elem(dtype t, out_type o) {
+  switch (o) {
+    case out_type::f32: return elem::f32;
+    case out_type::bf16: return elem::bf16;
+    case out_type::u8: return elem::u8;
+    case out_type::s8: return elem::s8;
+    default: return c_elem(t);
+  }
+}
+// The numpy dtype of an element type (for allocating outputs).
+py::dtype elem_dtype(elem e) {
+  switch (e) {
+    case elem::bf16: {
+      static py::object* bf16 = new py::object(py::module_::import("ml_dtypes").attr("bfloat16"));  // never freed
+      return py::dtype::from_args(*bf16);
+    }
+    case elem::u8: return py::dtype::of<uint8_t>();
+    case elem::s8: return py::dtype::of<int8_t>();
+    case elem::s32: return py::dtype::of<int32_t>();
+    case elem::f16: return py::dtype("float16");
+    default: return py::dtype::of<float>();
+  }
+}
 
 // An array of element type e in native byte order and aligned; anything else is refused,
 // never converted.
@@ -203,6 +228,167 @@ void check_beta(double beta) {
     value_error("beta must be finite as a float32, got " + str(py::repr(py::float_(beta))));
 }
 
+// --- epilogues -------------------------------------------------------------------------------
+// A brgemm.Epilogue (Python) is read here: its structure once (what the kernel does, part of
+// its description), its data at every call (arrays may be written in place between calls).
+
+// The Epilogue's structure for a kernel dtype and beta, checked.
+struct epilogue_spec {
+  epilogue_desc e;
+  int32_t za = 0, zb = 0;  // zero points of A and B
+  int32_t za_shifted = 0;  // za, +128 for s8 A (the kernels see a + 128)
+};
+
+int32_t int_attr(py::handle obj, const char* name) { return obj.attr(name).cast<int32_t>(); }
+
+epilogue_spec epilogue_structure(py::handle obj, dtype t, double beta, int64_t n) {
+  epilogue_spec s;
+  if (obj.is_none()) {
+    if (t == dtype::s8s8) s.e.col_offset = true;  // the +128 shift is always compensated
+    s.za_shifted = t == dtype::s8s8 ? 128 : 0;
+    return s;
+  }
+  const int out = int_attr(obj, "_out"), act = int_attr(obj, "_act");
+  s.e.out = (out_type)out;
+  s.e.act = (activation)act;
+  s.e.bias = !obj.attr("bias").is_none();
+  py::object scale = obj.attr("scale");
+  const bool int8 = dtype_is_int8(t);
+  s.za = int_attr(obj, "a_zero_point");
+  s.zb = int_attr(obj, "b_zero_point");
+  if (!int8) {
+    if (!scale.is_none()) value_error("epilogue: scale is for int8 kernels (it dequantizes the int32 accumulator)");
+    if (s.za || s.zb) value_error("epilogue: zero points are for int8 kernels");
+  } else {
+    if (!scale.is_none()) {
+      const py::ssize_t size = py::reinterpret_borrow<py::array>(scale).size();
+      if (size != 1 && size != n)
+        value_error("epilogue: scale must hold 1 (per tensor) or n = " + std::to_string(n) +
+                    " (per column) values, got " + std::to_string(size));
+      s.e.scale = size == 1 ? scale_kind::tensor : scale_kind::column;
+    }
+    if (t == dtype::u8s8 && (s.za < 0 || s.za > 255))
+      value_error("epilogue: a_zero_point must be in 0..255 for uint8 A, got " + std::to_string(s.za));
+    if (t == dtype::s8s8 && (s.za < -128 || s.za > 127))
+      value_error("epilogue: a_zero_point must be in -128..127 for int8 A, got " + std::to_string(s.za));
+    s.za_shifted = s.za + (t == dtype::s8s8 ? 128 : 0);
+    s.e.col_offset = s.za_shifted != 0 || (s.za != 0 && s.zb != 0);
+    s.e.row_offset = s.zb != 0;
+    if (s.e.out == out_type::acc && (s.e.bias || s.e.act != activation::none || s.e.scale != scale_kind::none))
+      value_error("epilogue: bias, activation and scale need a float or requantized output: set out_dtype "
+                  "('float32', 'bfloat16', 'uint8' or 'int8'); the int32 output takes zero points only");
+  }
+  const bool holds_acc = s.e.out == out_type::acc || (s.e.out == out_type::f32 && !int8);
+  if (beta != 0.0 && !holds_acc)
+    value_error("beta must be 0 with this epilogue: its output (out_dtype) does not hold the accumulator, so "
+                "there is no previous sum to scale");
+  return s;
+}
+
+// Column sums of B for the zero-point and s8 compensations: int32 (n,) or (batch, n), summed
+// over the batch into out.
+void column_sums(py::handle h, int64_t n, std::vector<int64_t>& out) {
+  if (h.is_none())
+    value_error("epilogue: b_colsum (column sums of B over the batch, int32) is needed for a nonzero "
+                "a_zero_point or int8 A; pack B with brgemm.pack_b, which computes them");
+  py::array cs = typed_array(h, "b_colsum", elem::s32);
+  if ((cs.ndim() != 1 && cs.ndim() != 2) || cs.shape(cs.ndim() - 1) != n)
+    value_error("b_colsum must have n = " + std::to_string(n) + " columns, got shape " + str(cs.attr("shape")));
+  out.assign(n, 0);
+  const int64_t rows = cs.ndim() == 2 ? cs.shape(0) : 1, s0 = cs.ndim() == 2 ? cs.strides(0) : 0,
+                s1 = cs.strides(cs.ndim() - 1);
+  const char* base = (const char*)cs.data();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) out[j] += *(const int32_t*)(base + r * s0 + j * s1);
+}
+
+// Row sums of A over the batch (int8 values as the caller sees them: u8, or s8 for s8s8).
+void row_sums(dtype t, const batch_ref& b, batch_kind kind, int64_t m, int64_t k, int64_t lda,
+              std::vector<int64_t>& out) {
+  out.assign(m, 0);
+  for (int64_t i = 0; i < b.count; ++i) {
+    const char* a = kind == batch_kind::stride   ? (const char*)b.a + i * b.stride_a
+                    : kind == batch_kind::offset ? (const char*)b.a + b.offs_a[i]
+                                                 : (const char*)b.addr_a[i];
+    for (int64_t r = 0; r < m; ++r) {
+      int64_t s = 0;
+      if (t == dtype::s8s8)
+        for (int64_t c = 0; c < k; ++c) s += ((const int8_t*)a)[r * lda + c];
+      else
+        for (int64_t c = 0; c < k; ++c) s += ((const uint8_t*)a)[r * lda + c];
+      out[r] += s;
+    }
+  }
+}
+
+// The Epilogue's data for one call, checked against (m, n). colsum: B's column sums (from
+// PackedB, or the Epilogue's b_colsum when None). Offsets live in per-thread buffers (no
+// allocation once warm) that stay valid until this thread's next call.
+epilogue_args epilogue_data(py::handle obj, const epilogue_spec& s, dtype t, int64_t m, int64_t n, int64_t k,
+                            const batch_ref& batch, batch_kind kind, int64_t lda, py::handle colsum) {
+  epilogue_args args;
+  static thread_local std::vector<int64_t> sums;
+  static thread_local std::vector<int32_t> col, row;
+  if (!obj.is_none()) {
+    if (s.e.bias) {
+      py::array bias = typed_array(obj.attr("bias"), "bias", elem::f32);
+      if (bias.ndim() != 1 || bias.shape(0) != n)
+        value_error("bias must be 1-D with n = " + std::to_string(n) + " values, got shape " + str(bias.attr("shape")));
+      if (n > 1 && bias.strides(0) != 4) value_error("bias must be contiguous");
+      args.bias = (const float*)bias.data();
+    }
+    if (s.e.scale != scale_kind::none) {
+      py::array scale = typed_array(obj.attr("scale"), "scale", elem::f32);
+      const int64_t want = s.e.scale == scale_kind::tensor ? 1 : n;
+      if (scale.ndim() != 1 || scale.shape(0) != want || (want > 1 && scale.strides(0) != 4))
+        value_error("scale must be contiguous 1-D with " + std::to_string(want) + " values, got shape " +
+                    str(scale.attr("shape")));
+      args.scale = (const float*)scale.data();
+    }
+    args.out_scale = obj.attr("out_scale").cast<float>();
+    args.out_zero_point = int_attr(obj, "out_zero_point");
+  }
+  const int64_t k_total = k * batch.count;
+  if (s.e.col_offset) {
+    // −za'·colsum_j + K·za·zb, modulo 2^32 like the accumulator (za' = za, +128 for s8 A).
+    if (s.za_shifted != 0) {
+      py::object src = colsum.is_none() && !obj.is_none() ? obj.attr("b_colsum") : py::reinterpret_borrow<py::object>(colsum);
+      column_sums(src, n, sums);
+    }
+    else sums.assign(n, 0);
+    col.resize(n);
+    const uint64_t both = (uint64_t)k_total * (uint64_t)(int64_t)s.za * (uint64_t)(int64_t)s.zb;
+    for (int64_t j = 0; j < n; ++j) col[j] = (int32_t)(uint32_t)((uint64_t)(-(int64_t)s.za_shifted * sums[j]) + both);
+    args.col_offset = col.data();
+  }
+  if (s.e.row_offset) {
+    row_sums(t, batch, kind, m, k, lda, sums);
+    row.resize(m);
+    for (int64_t i = 0; i < m; ++i) row[i] = (int32_t)(uint32_t)(uint64_t)(-(int64_t)s.zb * sums[i]);
+    args.row_offset = row.data();
+  }
+  return args;
+}
+
+// C given (checked: element type, shape (m, n), writeable, not overlapping A or B) or
+// allocated here (then beta must be 0). Sets *ldc.
+py::array result_matrix(py::object C, elem e, int64_t m, int64_t n, double beta, const py::array& a,
+                        const py::array& b, int64_t* ldc) {
+  if (C.is_none()) {
+    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
+    *ldc = n;
+    return py::array(elem_dtype(e), std::vector<py::ssize_t>{(py::ssize_t)m, (py::ssize_t)n});
+  }
+  py::array c = typed_array(C, "C", e);
+  if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
+    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
+  require_writeable(c, "C");
+  *ldc = leading_dim(c, 0, n, "C");
+  require_disjoint(c, a, "C", "A");
+  require_disjoint(c, b, "C", "B");
+  return c;
+}
+
 // --- the Kernel class ----------------------------------------------------------------------
 
 batch_kind batch_from_name(const std::string& s) {
@@ -219,15 +405,19 @@ dtype dtype_from_name(const std::string& s) {
   if (s == "f32" || s == "float32") return dtype::f32;
   if (s == "bf16" || s == "bfloat16") return dtype::bf16;
   if (s == "u8s8") return dtype::u8s8;
+  if (s == "s8s8") return dtype::s8s8;
   if (s == "f32f16") return dtype::f32f16;
-  value_error("dtype must be 'f32', 'bf16', 'u8s8' or 'f32f16', got '" + s + "'");
+  value_error("dtype must be 'f32', 'bf16', 'u8s8', 's8s8' or 'f32f16', got '" + s + "'");
 }
 
 struct py_kernel {
   const kernel* kr;
+  py::object ep_obj;  // the Epilogue (or None): its arrays are read at every call
+  epilogue_spec spec;
 
   py_kernel(int64_t m, int64_t n, int64_t k, const std::string& dt, const std::string& batch,
-            int64_t lda, int64_t ldb, int64_t ldc, double beta, py::object ukernel) {
+            int64_t lda, int64_t ldb, int64_t ldc, double beta, py::object ukernel, py::object epilogue)
+      : ep_obj(epilogue) {
     desc d;
     d.type = dtype_from_name(dt);
     d.batch = batch_from_name(batch);
@@ -248,10 +438,12 @@ struct py_kernel {
     if (d.ldb < n) value_error("ldb must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldb));
     if (d.ldc < n) value_error("ldc must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldc));
     check_beta(beta);
-    if (d.type == dtype::u8s8 && beta != 0.0 && beta != 1.0)
-      value_error("beta must be 0 or 1 for u8s8 (it applies to the s32 accumulator), got " +
-                  str(py::repr(py::float_(beta))));
+    if (dtype_is_int8(d.type) && beta != 0.0 && beta != 1.0)
+      value_error("beta must be 0 or 1 for " + std::string(dtype_name(d.type)) +
+                  " (it applies to the s32 accumulator), got " + str(py::repr(py::float_(beta))));
     d.beta = (float)beta;
+    spec = epilogue_structure(ep_obj, d.type, beta, n);
+    d.ep = spec.e;
     std::string uk_name;
     if (!ukernel.is_none()) {
       uk_name = ukernel.cast<std::string>();
@@ -282,7 +474,9 @@ struct py_kernel {
 
   // A flat buffer of the operand's element type, C-contiguous, at least `need` elements.
   py::array buffer(py::handle h, const char* name, int64_t need) const {
-    const elem e = name[0] == 'A' ? a_elem(d().type) : name[0] == 'B' ? b_elem(d().type) : c_elem(d().type);
+    const elem e = name[0] == 'A'   ? a_elem(d().type)
+                   : name[0] == 'B' ? b_elem(d().type)
+                                    : out_elem(d().type, d().ep.out);
     py::array arr = typed_array(h, name, e);
     if (!(arr.flags() & py::array::c_style))
       value_error(std::string(name) + " must be C-contiguous (it is used as a flat buffer with leading dimensions)");
@@ -296,6 +490,16 @@ struct py_kernel {
     py::array c = buffer(h, "C", c_extent());
     require_writeable(c, "C");
     return c;
+  }
+
+  static void* cp_of(py::array& c) { return c.mutable_data(); }
+
+  // Binds the epilogue's data (GIL held), then computes without the GIL.
+  void run(const batch_ref& batch, void* cp) {
+    epilogue_args args;
+    if (d().ep.any()) args = epilogue_data(ep_obj, spec, d().type, d().m, d().n, d().k, batch, d().batch, d().lda, py::none());
+    py::gil_scoped_release nogil;
+    execute(*kr, batch, cp, &args);
   }
 
   void require_batch_kind(batch_kind want) const {
@@ -346,11 +550,7 @@ struct py_kernel {
     batch.b = b.data();
     batch.stride_a = sa;
     batch.stride_b = sb;
-    void* cp = c.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      execute(*kr, batch, cp);
-    }
+    run(batch, cp_of(c));
     return c;
   }
 
@@ -391,11 +591,7 @@ struct py_kernel {
     batch.b = b.data();
     batch.offs_a = oa.data();
     batch.offs_b = ob.data();
-    void* cp = c.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      execute(*kr, batch, cp);
-    }
+    run(batch, cp_of(c));
     return c;
   }
 
@@ -429,35 +625,33 @@ struct py_kernel {
     batch.count = (int64_t)pa.size();
     batch.addr_a = pa.data();
     batch.addr_b = pb.data();
-    void* cp = c.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      execute(*kr, batch, cp);
-    }
+    run(batch, cp_of(c));
     return c;
   }
 };
 
 // --- whole-array entry points ----------------------------------------------------------------
 
-// C given or allocated; validated against (m, n).
-py::array output_matrix(py::object C, int64_t m, int64_t n, double beta, int64_t* ldc) {
-  if (C.is_none()) {
-    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
-    *ldc = n;
-    return py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
-  }
-  py::array c = f32_array(C, "C");
-  if (c.ndim() != 2) value_error("C must be 2-D (M, N), got ndim " + std::to_string(c.ndim()));
-  if (c.shape(0) != m || c.shape(1) != n)
-    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " +
-                std::to_string(n) + ")");
-  require_writeable(c, "C");
-  *ldc = leading_dim(c, 0, n, "C");
-  return c;
+// beta for a kernel dtype: finite, and 0 or 1 on the s32 accumulator of int8.
+void check_beta_for(dtype t, double beta) {
+  check_beta(beta);
+  if (dtype_is_int8(t) && beta != 0.0 && beta != 1.0)
+    value_error("beta must be 0 or 1 for " + std::string(dtype_name(t)) + ", got " + str(py::repr(py::float_(beta))));
 }
 
-py::array batch_reduce(py::handle A, py::handle B, py::object C, double beta) {
+// Dispatches d (with the epilogue's structure), binds the epilogue's data and runs the batch
+// without the GIL.
+void run_batch(desc d, const batch_ref& batch, void* cp, py::handle ep, const epilogue_spec& s, py::handle colsum) {
+  d.ep = s.e;
+  const kernel* kr;
+  check_status(dispatch(d, &kr));
+  epilogue_args args;
+  if (s.e.any()) args = epilogue_data(ep, s, d.type, d.m, d.n, d.k, batch, d.batch, d.lda, colsum);
+  py::gil_scoped_release nogil;
+  execute(*kr, batch, cp, &args);
+}
+
+py::array batch_reduce(py::handle A, py::handle B, py::object C, double beta, py::object ep) {
   py::array a = f32_array(A, "A"), b = f32_array(B, "B");
   if (a.ndim() != 3) value_error("A must be 3-D (batch, M, K), got ndim " + std::to_string(a.ndim()));
   if (b.ndim() != 3) value_error("B must be 3-D (batch, K, N), got ndim " + std::to_string(b.ndim()));
@@ -469,31 +663,22 @@ py::array batch_reduce(py::handle A, py::handle B, py::object C, double beta) {
   if (b.shape(1) != k)
     value_error("A and B disagree on K: A is " + str(a.attr("shape")) + ", B is " + str(b.attr("shape")));
   check_beta(beta);
+  const epilogue_spec s = epilogue_structure(ep, dtype::f32, beta, n);
   desc d;
   d.m = m;
   d.n = n;
   d.k = k;
   d.lda = leading_dim(a, 1, k, "A");
   d.ldb = leading_dim(b, 1, n, "B");
-  py::array c = output_matrix(C, m, n, beta, &d.ldc);
-  if (!C.is_none()) {
-    require_disjoint(c, a, "C", "A");
-    require_disjoint(c, b, "C", "B");
-  }
+  py::array c = result_matrix(C, out_elem(dtype::f32, s.e.out), m, n, beta, a, b, &d.ldc);
   d.beta = (float)beta;
-  const kernel* kr;
-  check_status(dispatch(d, &kr));
   batch_ref batch;
   batch.count = count;
   batch.a = a.data();
   batch.b = b.data();
   batch.stride_a = count > 1 ? a.strides(0) / 4 : 0;
   batch.stride_b = count > 1 ? b.strides(0) / 4 : 0;
-  void* cp = c.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    execute(*kr, batch, cp);
-  }
+  run_batch(d, batch, c.mutable_data(), ep, s, py::none());
   return c;
 }
 
@@ -533,7 +718,7 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
   py::array out(b.dtype(), shape, strides, aligned, raw);
   py::object colsum = py::none();
   int32_t* cs = nullptr;
-  if (t == dtype::u8s8) {
+  if (dtype_is_int8(t)) {
     std::vector<py::ssize_t> cshape;
     if (batched) cshape.push_back(count);
     cshape.push_back(n);
@@ -552,36 +737,11 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
   return py::make_tuple(out, colsum);
 }
 
-// beta for a kernel dtype: finite, and 0 or 1 on the s32 accumulator of u8s8.
-void check_beta_for(dtype t, double beta) {
-  check_beta(beta);
-  if (t == dtype::u8s8 && beta != 0.0 && beta != 1.0)
-    value_error("beta must be 0 or 1 for u8s8, got " + str(py::repr(py::float_(beta))));
-}
-
-// C of a product on packed B: given (its element type, shape (m, n), writeable, not
-// overlapping A or B: checked) or allocated here (then beta must be 0). Sets *ldc.
-py::array packed_output(py::object C, dtype t, int64_t m, int64_t n, double beta, const py::array& a,
-                        const py::array& b, int64_t* ldc) {
-  if (C.is_none()) {
-    if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
-    C = t == dtype::u8s8 ? (py::object)py::array_t<int32_t>({(py::ssize_t)m, (py::ssize_t)n})
-                         : (py::object)py::array_t<float>({(py::ssize_t)m, (py::ssize_t)n});
-  }
-  py::array c = typed_array(C, "C", c_elem(t));
-  if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
-    value_error("C has shape " + str(c.attr("shape")) + ", expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
-  require_writeable(c, "C");
-  *ldc = leading_dim(c, 0, n, "C");
-  require_disjoint(c, a, "C", "A");
-  require_disjoint(c, b, "C", "B");
-  return c;
-}
 
 // batch_reduce for packed B: A (batch, M, K) of the dtype's A type, B the packed array from
-// pack_b, k and n the unpacked sizes.
+// pack_b, k and n the unpacked sizes; colsum: B's column sums (batch, n) for int8, or None.
 py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
-                              const std::string& dt) {
+                              const std::string& dt, py::object ep, py::object colsum) {
   const dtype t = dtype_from_name(dt);
   py::array a = typed_array(A, "A", a_elem(t)), b = typed_array(B, "B", b_elem(t));
   if (a.ndim() != 3) value_error("A must be 3-D (batch, M, K), got ndim " + std::to_string(a.ndim()));
@@ -595,6 +755,7 @@ py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, 
                 ", >=" + std::to_string(n) + ", " + std::to_string(kp) + "), got " + str(b.attr("shape")));
   if (!(b.flags() & py::array::c_style)) value_error("B (packed) must be C-contiguous");
   check_beta_for(t, beta);
+  const epilogue_spec s = epilogue_structure(ep, t, beta, n);
   desc d;
   d.type = t;
   d.m = m;
@@ -602,28 +763,48 @@ py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, 
   d.k = k;
   d.lda = leading_dim(a, 1, k, "A");
   d.ldb = b.shape(2);
-  py::array c = packed_output(C, t, m, n, beta, a, b, &d.ldc);
+  py::array c = result_matrix(C, out_elem(t, s.e.out), m, n, beta, a, b, &d.ldc);
   d.beta = (float)beta;
-  const kernel* kr;
-  check_status(dispatch(d, &kr));
   batch_ref batch;
   batch.count = count;
   batch.a = a.data();
   batch.b = b.data();
   batch.stride_a = count > 1 ? a.strides(0) / a.itemsize() : 0;
   batch.stride_b = rows * d.ldb * kp;
+  run_batch(d, batch, c.mutable_data(), ep, s, colsum);
+  return c;
+}
+
+// layers::gemm with the epilogue bound; A (m × k, row stride lda) as a one-block batch for
+// the row sums a B zero point needs.
+py::array run_gemm(dtype t, const py::array& a, const py::array& b, int64_t m, int64_t n, int64_t k, int64_t lda,
+                   int64_t ldb, py::object C, double beta, py::object ep, py::object colsum) {
+  const epilogue_spec s = epilogue_structure(ep, t, beta, n);
+  int64_t ldc;
+  py::array c = result_matrix(C, out_elem(t, s.e.out), m, n, beta, a, b, &ldc);
+  epilogue_args args;
+  if (s.e.any()) {
+    batch_ref one;
+    one.count = 1;
+    one.a = a.data();
+    args = epilogue_data(ep, s, t, m, n, k, one, batch_kind::stride, lda, colsum);
+  }
+  const void* ap = a.data();
+  const void* bp = b.data();
   void* cp = c.mutable_data();
+  status st;
   {
     py::gil_scoped_release nogil;
-    execute(*kr, batch, cp);
+    st = layers::gemm(t, m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta, s.e, s.e.any() ? &args : nullptr);
   }
+  check_status(st);
   return c;
 }
 
 // gemm for packed B: A (M, K) of the dtype's A type, B the packed 2-D array from pack_b
-// ((ceil(K/KP), ldb, KP)), k and n the unpacked sizes.
+// ((ceil(K/KP), ldb, KP)), k and n the unpacked sizes; colsum (n,) for int8, or None.
 py::array gemm_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
-                      const std::string& dt) {
+                      const std::string& dt, py::object ep, py::object colsum) {
   const dtype t = dtype_from_name(dt);
   py::array a = typed_array(A, "A", a_elem(t)), b = typed_array(B, "B", b_elem(t));
   if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
@@ -637,22 +818,10 @@ py::array gemm_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::obje
                 std::to_string(kp) + "), got " + str(b.attr("shape")));
   if (!(b.flags() & py::array::c_style)) value_error("B (packed) must be C-contiguous");
   check_beta_for(t, beta);
-  const int64_t lda = leading_dim(a, 0, k, "A"), ldb = b.shape(1);
-  int64_t ldc;
-  py::array c = packed_output(C, t, m, n, beta, a, b, &ldc);
-  const void* ap = a.data();
-  const void* bp = b.data();
-  void* cp = c.mutable_data();
-  status s;
-  {
-    py::gil_scoped_release nogil;
-    s = layers::gemm(t, m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta);
-  }
-  check_status(s);
-  return c;
+  return run_gemm(t, a, b, m, n, k, leading_dim(a, 0, k, "A"), b.shape(1), C, beta, ep, colsum);
 }
 
-py::array gemm(py::handle A, py::handle B, py::object C, double beta) {
+py::array gemm(py::handle A, py::handle B, py::object C, double beta, py::object ep) {
   py::array a = f32_array(A, "A"), b = f32_array(B, "B");
   if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
   if (b.ndim() != 2) value_error("B must be 2-D (K, N), got ndim " + std::to_string(b.ndim()));
@@ -662,23 +831,8 @@ py::array gemm(py::handle A, py::handle B, py::object C, double beta) {
   if (b.shape(0) != k)
     value_error("A and B disagree on K: A is " + str(a.attr("shape")) + ", B is " + str(b.attr("shape")));
   check_beta(beta);
-  const int64_t lda = leading_dim(a, 0, k, "A"), ldb = leading_dim(b, 0, n, "B");
-  int64_t ldc;
-  py::array c = output_matrix(C, m, n, beta, &ldc);
-  if (!C.is_none()) {
-    require_disjoint(c, a, "C", "A");
-    require_disjoint(c, b, "C", "B");
-  }
-  const float* ap = (const float*)a.data();
-  const float* bp = (const float*)b.data();
-  float* cp = (float*)c.mutable_data();
-  status s;
-  {
-    py::gil_scoped_release nogil;
-    s = layers::gemm(dtype::f32, m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta);
-  }
-  check_status(s);
-  return c;
+  return run_gemm(dtype::f32, a, b, m, n, k, leading_dim(a, 0, k, "A"), leading_dim(b, 0, n, "B"), C, beta, ep,
+                  py::none());
 }
 
 // --- ISA, threads, introspection ---------------------------------------------------------------
@@ -759,9 +913,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<py_kernel>(m, "_Kernel", py::dynamic_attr())
       .def(py::init<int64_t, int64_t, int64_t, const std::string&, const std::string&, int64_t, int64_t,
-                    int64_t, double, py::object>(),
+                    int64_t, double, py::object, py::object>(),
            py::arg("m"), py::arg("n"), py::arg("k"), py::arg("dtype"), py::arg("batch"), py::arg("lda"),
-           py::arg("ldb"), py::arg("ldc"), py::arg("beta"), py::arg("ukernel"))
+           py::arg("ldb"), py::arg("ldc"), py::arg("beta"), py::arg("ukernel"), py::arg("epilogue") = py::none())
       .def_property_readonly("name", [](const py_kernel& k) { return std::string(k.kr->uk->name); })
       .def_property_readonly("isa", [](const py_kernel& k) { return std::string(isa_name(k.kr->uk->level)); })
       .def_property_readonly("mr", [](const py_kernel& k) { return k.kr->uk->mr; })
@@ -776,6 +930,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("ldc", [](const py_kernel& k) { return k.d().ldc; })
       .def_property_readonly("beta", [](const py_kernel& k) { return (double)k.d().beta; })
       .def_property_readonly("batch", [](const py_kernel& k) { return std::string(batch_name(k.d().batch)); })
+      .def_property_readonly("epilogue", [](const py_kernel& k) { return k.ep_obj; })
       .def_property_readonly("handle", [](const py_kernel& k) { return (uintptr_t)k.kr; },
                              "Identity of the cached kernel: equal descriptors give equal handles.")
       .def("__call__", &py_kernel::call)
@@ -784,13 +939,16 @@ PYBIND11_MODULE(_core, m) {
       .def("run_address", &py_kernel::run_address);
 
   m.def("batch_reduce", &batch_reduce, py::arg("A"), py::arg("B"), py::arg("C") = py::none(),
-        py::arg("beta") = 0.0);
+        py::arg("beta") = 0.0, py::arg("epilogue") = py::none());
   m.def("pack_b", &pack_b_py, py::arg("B"), py::arg("dtype"), py::arg("ldb") = -1);
   m.def("batch_reduce_packed", &batch_reduce_packed, py::arg("A"), py::arg("B"), py::arg("k"), py::arg("n"),
-        py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16");
+        py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16",
+        py::arg("epilogue") = py::none(), py::arg("colsum") = py::none());
   m.def("gemm_packed", &gemm_packed, py::arg("A"), py::arg("B"), py::arg("k"), py::arg("n"),
-        py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16");
-  m.def("gemm", &gemm, py::arg("A"), py::arg("B"), py::arg("C") = py::none(), py::arg("beta") = 0.0);
+        py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16",
+        py::arg("epilogue") = py::none(), py::arg("colsum") = py::none());
+  m.def("gemm", &gemm, py::arg("A"), py::arg("B"), py::arg("C") = py::none(), py::arg("beta") = 0.0,
+        py::arg("epilogue") = py::none());
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
 
   m.def("measure_peak", [](const std::string& op, int threads, double seconds) {

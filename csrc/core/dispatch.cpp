@@ -1,5 +1,6 @@
 // The dispatch table (reference first, built from the .inc lists), the thread-safe kernel
-// cache, and execute(): the tile loop that calls a ukernel on every MR × NR tile of C.
+// cache, and execute(): the tile loop that calls a ukernel on every MR × NR tile of C, and the
+// epilogue on each tile while it is in L1.
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -41,9 +42,11 @@ namespace {
 #define BRGEMM_UKERNEL_BF16(MR, NR, SUFFIX, LEVEL)                                                   \
   BRGEMM_IF_BUILT_##LEVEL({"ukernel_bf16_f32_" #MR "x" #NR "c2__" #SUFFIX, dtype::bf16, isa::LEVEL, \
                            MR, NR, 2, kernels::ukernel_bf16_f32_##MR##x##NR##c2__##SUFFIX}, )
-#define BRGEMM_UKERNEL_U8S8(MR, NR, SUFFIX, LEVEL)                                                   \
-  BRGEMM_IF_BUILT_##LEVEL({"ukernel_u8s8_s32_" #MR "x" #NR "c4__" #SUFFIX, dtype::u8s8, isa::LEVEL, \
-                           MR, NR, 4, kernels::ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX}, )
+#define BRGEMM_UKERNEL_U8S8(MR, NR, SUFFIX, LEVEL)                                                     \
+  BRGEMM_IF_BUILT_##LEVEL({"ukernel_u8s8_s32_" #MR "x" #NR "c4__" #SUFFIX, dtype::u8s8, isa::LEVEL,   \
+                           MR, NR, 4, kernels::ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX},            \
+                          {"ukernel_s8s8_s32_" #MR "x" #NR "c4__" #SUFFIX, dtype::s8s8, isa::LEVEL,   \
+                           MR, NR, 4, kernels::ukernel_s8s8_s32_##MR##x##NR##c4__##SUFFIX}, )
 #define BRGEMM_UKERNEL_F32F16(MR, NR, ISA)                                                 \
   BRGEMM_IF_BUILT_##ISA({"ukernel_f32f16_" #MR "x" #NR "__" #ISA, dtype::f32f16, isa::ISA, \
                          MR, NR, 1, kernels::ukernel_f32f16_##MR##x##NR##__##ISA}, )
@@ -62,10 +65,13 @@ constexpr int table_size = sizeof(table) / sizeof(table[0]);
 struct key {
   desc d;
   const ukernel_info* uk;
+  epilogue_fn ep;  // follows the active ISA, which may change between two dispatches
   bool operator==(const key& o) const {
-    return uk == o.uk && d.type == o.d.type && d.m == o.d.m && d.n == o.d.n && d.k == o.d.k &&
+    const epilogue_desc &e = d.ep, &f = o.d.ep;
+    return uk == o.uk && ep == o.ep && d.type == o.d.type && d.m == o.d.m && d.n == o.d.n && d.k == o.d.k &&
            d.lda == o.d.lda && d.ldb == o.d.ldb && d.ldc == o.d.ldc && d.batch == o.d.batch &&
-           std::memcmp(&d.beta, &o.d.beta, sizeof(float)) == 0;
+           std::memcmp(&d.beta, &o.d.beta, sizeof(float)) == 0 && e.out == f.out && e.act == f.act &&
+           e.bias == f.bias && e.scale == f.scale && e.row_offset == f.row_offset && e.col_offset == f.col_offset;
   }
 };
 struct key_hash {
@@ -75,7 +81,10 @@ struct key_hash {
     const uint64_t parts[] = {(uint64_t)k.d.type, (uint64_t)k.d.m,   (uint64_t)k.d.n,
                               (uint64_t)k.d.k,    (uint64_t)k.d.lda, (uint64_t)k.d.ldb,
                               (uint64_t)k.d.ldc,  (uint64_t)k.d.batch, beta,
-                              (uint64_t)(uintptr_t)k.uk};
+                              (uint64_t)(uintptr_t)k.uk,
+                              (uint64_t)k.d.ep.out | (uint64_t)k.d.ep.act << 8 | (uint64_t)k.d.ep.bias << 16 |
+                                  (uint64_t)k.d.ep.scale << 17 | (uint64_t)k.d.ep.row_offset << 20 |
+                                  (uint64_t)k.d.ep.col_offset << 21};
     uint64_t h = 1469598103934665603ull;
     for (uint64_t p : parts) h = (h ^ p) * 1099511628211ull;
     return (size_t)h;
@@ -102,21 +111,54 @@ status validate(const desc& d) {
   if (d.ldb < d.n || !fits(d.k + 3, d.ldb * dtype_kpack(d.type))) return status::bad_ldb;
   if (d.ldc < d.n || !fits(d.m, d.ldc)) return status::bad_ldc;
   if (!std::isfinite(d.beta)) return status::bad_beta;
-  if (d.type == dtype::u8s8 && d.beta != 0.0f && d.beta != 1.0f) return status::bad_beta;
+  if (dtype_is_int8(d.type) && d.beta != 0.0f && d.beta != 1.0f) return status::bad_beta;
+  const epilogue_desc& e = d.ep;
+  if ((int)e.out < 0 || (int)e.out > (int)out_type::s8 || (int)e.act < 0 || (int)e.act > (int)activation::relu ||
+      (int)e.scale < 0 || (int)e.scale > (int)scale_kind::column)
+    return status::bad_epilogue;
+  if (dtype_is_int8(d.type)) {
+    // The s32 output takes integer stages only.
+    if (e.out == out_type::acc && (e.scale != scale_kind::none || e.bias || e.act != activation::none))
+      return status::bad_epilogue;
+  } else if (e.scale != scale_kind::none || e.row_offset || e.col_offset) {
+    return status::bad_epilogue;  // scales and offsets belong to the integer pipeline
+  }
   return status::ok;
+}
+
+// The active ISA's epilogue (kernels of the VNNI and BF16 levels use AVX-512's).
+epilogue_fn pick_epilogue(isa level) {
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::epilogue__avx512;
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::epilogue__avx2;
+#endif
+  (void)level;
+  return kernels::epilogue__scalar;
 }
 
 }  // namespace
 
-int dtype_kpack(dtype t) { return t == dtype::bf16 ? 2 : t == dtype::u8s8 ? 4 : 1; }
-int dtype_a_bytes(dtype t) { return t == dtype::bf16 ? 2 : t == dtype::u8s8 ? 1 : 4; }
+bool dtype_is_int8(dtype t) { return t == dtype::u8s8 || t == dtype::s8s8; }
+int dtype_kpack(dtype t) { return t == dtype::bf16 ? 2 : dtype_is_int8(t) ? 4 : 1; }
+int dtype_a_bytes(dtype t) { return t == dtype::bf16 ? 2 : dtype_is_int8(t) ? 1 : 4; }
 int dtype_b_bytes(dtype t) { return t == dtype::f32f16 ? 2 : dtype_a_bytes(t); }
 int dtype_c_bytes(dtype) { return 4; }
+int out_type_bytes(dtype t, out_type o) {
+  switch (o) {
+    case out_type::bf16: return 2;
+    case out_type::u8:
+    case out_type::s8: return 1;
+    default: return dtype_c_bytes(t);
+  }
+}
 const char* dtype_name(dtype t) {
   switch (t) {
     case dtype::bf16: return "bf16";
     case dtype::u8s8: return "u8s8";
     case dtype::f32f16: return "f32f16";
+    case dtype::s8s8: return "s8s8";
     default: return "f32";
   }
 }
@@ -130,7 +172,10 @@ const char* status_message(status s) {
     case status::bad_lda: return "lda must be at least k (and lda*m must not overflow)";
     case status::bad_ldb: return "ldb must be at least n (and ldb*k must not overflow)";
     case status::bad_ldc: return "ldc must be at least n (and ldc*m must not overflow)";
-    case status::bad_beta: return "beta must be finite (and 0 or 1 for u8s8)";
+    case status::bad_beta: return "beta must be finite (and 0 or 1 for int8)";
+    case status::bad_epilogue:
+      return "this epilogue does not fit the dtype (scales and offsets are for int8; an int32 output takes "
+             "offsets only)";
     case status::bad_dtype: return "unsupported dtype";
     case status::bad_batch_kind: return "batch must be 'stride', 'offset' or 'address'";
     case status::bad_ukernel: return "no such microkernel for this dtype";
@@ -162,14 +207,45 @@ status dispatch(const desc& d, const kernel** out, const char* ukernel_name) {
       if (u.type == d.type && (int)u.level <= (int)active && (!uk || u.level > uk->level)) uk = &u;
     if (!uk) return status::bad_dtype;
   }
+  const epilogue_fn ep = d.ep.any() ? pick_epilogue(active) : nullptr;
   std::lock_guard<std::mutex> lock(cache_mutex);
-  std::unique_ptr<kernel>& slot = cache[key{d, uk}];
-  if (!slot) slot.reset(new kernel{d, uk});
+  std::unique_ptr<kernel>& slot = cache[key{d, uk, ep}];
+  if (!slot) slot.reset(new kernel{d, uk, ep});
   *out = slot.get();
   return status::ok;
 }
 
-void execute(const kernel& kr, const batch_ref& batch, void* c) {
+namespace {
+
+// The epilogue's view of the tile at (m0, n0): its data offset to the tile, and prev (for beta)
+// read from C when C holds the accumulator type, else from acc_in.
+epilogue_tile tile_view(const kernel& kr, const epilogue_args& ep, epilogue_args& shifted, int64_t m0, int64_t n0,
+                        void* c, int64_t ldc) {
+  const desc& d = kr.d;
+  shifted = ep.at(m0, n0, d.ep.scale, d.type);
+  const int64_t ob = out_type_bytes(d.type, d.ep.out);
+  epilogue_tile t;
+  t.out = (char*)c + (m0 * ldc + n0) * ob;
+  t.ldc = ldc;
+  t.beta = d.beta;
+  const bool c_is_acc = d.ep.out == out_type::acc || (d.ep.out == out_type::f32 && !dtype_is_int8(d.type));
+  if (d.beta == 0.0f) {
+    t.prev = nullptr;
+    t.ld_prev = 0;
+  } else if (c_is_acc) {
+    t.prev = t.out;
+    t.ld_prev = ldc;
+  } else {
+    t.prev = shifted.acc_in;
+    t.ld_prev = ep.ld_acc_in;
+  }
+  t.ep = &shifted;
+  return t;
+}
+
+}  // namespace
+
+void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_args* ep) {
   const desc& d = kr.d;
   const ukernel_info& uk = *kr.uk;
   const int64_t elem = dtype_c_bytes(d.type);
@@ -181,6 +257,32 @@ void execute(const kernel& kr, const batch_ref& batch, void* c) {
   p.ldb = d.ldb;
   p.ldc = d.ldc;
   p.beta = d.beta;
+  if (kr.epilogue) {
+    // Each tile goes to a scratch tile (beta 0; the epilogue adds prev), then through the
+    // epilogue into C while it is in L1.
+    alignas(64) unsigned char scratch[16 * 64 * 4];  // every table entry has MR ≤ 16, NR ≤ 64 (tested)
+    const epilogue_args none;
+    epilogue_args shifted;
+    p.beta = 0.0f;
+    p.ldc = uk.nr;
+    p.c = scratch;
+    for (int64_t n0 = 0; n0 < d.n; n0 += uk.nr) {
+      p.n = (int)(d.n - n0 < uk.nr ? d.n - n0 : uk.nr);
+      for (int64_t m0 = 0; m0 < d.m; m0 += uk.mr) {
+        p.m = (int)(d.m - m0 < uk.mr ? d.m - m0 : uk.mr);
+        p.a_off = m0 * d.lda;
+        p.b_off = n0 * uk.kp;
+        uk.fn(p);
+        epilogue_tile t = tile_view(kr, ep ? *ep : none, shifted, m0, n0, c, d.ldc);
+        t.acc = scratch;
+        t.ld_acc = uk.nr;
+        t.m = p.m;
+        t.n = p.n;
+        kr.epilogue(d.ep, d.type, t);
+      }
+    }
+    return;
+  }
   // N outside, M inside: one NR-wide panel of every B_i is reused by all row tiles.
   for (int64_t n0 = 0; n0 < d.n; n0 += uk.nr) {
     p.n = (int)(d.n - n0 < uk.nr ? d.n - n0 : uk.nr);
@@ -191,6 +293,21 @@ void execute(const kernel& kr, const batch_ref& batch, void* c) {
       p.c = (char*)c + (m0 * d.ldc + n0) * elem;
       uk.fn(p);
     }
+  }
+}
+
+void apply_epilogue(const kernel& kr, const void* acc, int64_t ld_acc, int64_t m, int64_t n, void* c,
+                    const epilogue_args& ep) {
+  if (!kr.epilogue) return;
+  const int64_t cb = dtype_c_bytes(kr.d.type), rows = 16;  // row blocks keep the per-row offsets in range
+  epilogue_args shifted;
+  for (int64_t m0 = 0; m0 < m; m0 += rows) {
+    epilogue_tile t = tile_view(kr, ep, shifted, m0, 0, c, kr.d.ldc);
+    t.acc = (const char*)acc + m0 * ld_acc * cb;
+    t.ld_acc = ld_acc;
+    t.m = m - m0 < rows ? m - m0 : rows;
+    t.n = n;
+    kr.epilogue(kr.d.ep, kr.d.type, t);
   }
 }
 

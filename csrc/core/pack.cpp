@@ -33,6 +33,7 @@ status pack_b(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, vo
     case dtype::bf16: interleave((const uint16_t*)src, k, n, ld_src, (uint16_t*)dst, ldb, 2); break;
     case dtype::f32f16: interleave((const uint16_t*)src, k, n, ld_src, (uint16_t*)dst, ldb, 1); break;
     case dtype::u8s8:
+    case dtype::s8s8:
       interleave((const int8_t*)src, k, n, ld_src, (int8_t*)dst, ldb, 4);
       if (colsum) {
         for (int64_t j = 0; j < n; ++j) colsum[j] = 0;

@@ -12,13 +12,19 @@ namespace brgemm::kernels {
   void ukernel_bf16_f32_##MR##x##NR##c2__##SUFFIX(const ukernel_args& p);
 #include "ukernels_bf16.inc"
 #undef BRGEMM_UKERNEL_BF16
-#define BRGEMM_UKERNEL_U8S8(MR, NR, SUFFIX, LEVEL) \
-  void ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX(const ukernel_args& p);
+#define BRGEMM_UKERNEL_U8S8(MR, NR, SUFFIX, LEVEL)                          \
+  void ukernel_u8s8_s32_##MR##x##NR##c4__##SUFFIX(const ukernel_args& p); \
+  void ukernel_s8s8_s32_##MR##x##NR##c4__##SUFFIX(const ukernel_args& p);
 #include "ukernels_u8s8.inc"
 #undef BRGEMM_UKERNEL_U8S8
 #define BRGEMM_UKERNEL_F32F16(MR, NR, ISA) void ukernel_f32f16_##MR##x##NR##__##ISA(const ukernel_args& p);
 #include "ukernels_f32f16.inc"
 #undef BRGEMM_UKERNEL_F32F16
+
+// The epilogue (brgemm.h) per ISA: scalar is the twin; the VNNI and BF16 levels use avx512's.
+void epilogue__scalar(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
+void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
+void epilogue__avx512(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
 
 // Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
 // floating-point (or integer) operations performed.

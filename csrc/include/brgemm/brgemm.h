@@ -20,22 +20,28 @@ constexpr int isa_count = 5;
 //   f32  : A f32  × B f32           → f32
 //   bf16 : A bf16 × B bf16, VNNI-2  → f32   B element (k, n) at ((k/2)·ldb + n)·2 + k%2
 //   u8s8 : A u8   × B s8,   VNNI-4  → s32   B element (k, n) at ((k/4)·ldb + n)·4 + k%4
+//   s8s8 : A s8   × B s8,   VNNI-4  → s32   the u8s8 kernels on A + 128 (each A byte XOR 0x80,
+//          which vpdpbusd needs unsigned): the ukernel's sum is Σ (a+128)·b, and execute()
+//          subtracts 128·colsum(B) through the epilogue's column offsets (see epilogue_args),
+//          so the caller of execute() must supply them; the result is the exact Σ a·b
 //   f32f16: A f32 × B IEEE half     → f32   plain rows, widened in registers (memory-bound
 //          layers: half the weight traffic)
 // In the packed (VNNI) layouts ldb counts columns, K is padded with zeros to whole pairs /
 // quads (the packer does it), and A is read only for its k real columns.
-enum class dtype : int { f32 = 0, bf16, u8s8, f32f16 };
-constexpr int dtype_count = 4;
+enum class dtype : int { f32 = 0, bf16, u8s8, f32f16, s8s8 };
+constexpr int dtype_count = 5;
+bool dtype_is_int8(dtype t);       // u8s8 or s8s8: s32 accumulator
 int dtype_kpack(dtype t);          // 1, 2, 4: rows of B interleaved per packed row
 int dtype_a_bytes(dtype t);        // element sizes of A, B and C
 int dtype_b_bytes(dtype t);
 int dtype_c_bytes(dtype t);
-const char* dtype_name(dtype t);   // f32, bf16, u8s8, f32f16
+const char* dtype_name(dtype t);   // f32, bf16, u8s8, f32f16, s8s8
 enum class batch_kind : int { stride = 0, offset, address };
 
 enum class status : int {
   ok = 0,
   bad_m, bad_n, bad_k, bad_lda, bad_ldb, bad_ldc, bad_beta, bad_dtype, bad_batch_kind,
+  bad_epilogue,        // an epilogue this dtype cannot have (see epilogue_desc)
   bad_ukernel,         // no such microkernel name, or not for this dtype
   isa_not_built,       // the build left this ISA out (compiler lacked its flags)
   isa_not_supported,   // the CPU (or OS, for the zmm state) lacks it
@@ -56,6 +62,62 @@ void clear_isa_cap();
 void set_num_threads(int n);        // n ≥ 1
 int num_threads();
 
+// --- Epilogues -----------------------------------------------------------------------------
+// Stages applied to each tile's accumulator before it is stored, in this order (a stage
+// that is off is skipped):
+//   1. v = acc + beta·prev              prev: the accumulator so far (C itself, or
+//                                       epilogue_args::acc_in when C has another type)
+//   2. int8 only: v = scale · (v + row_offset[i] + col_offset[j])   s32 → f32 (exact sum,
+//                                       then one rounding to f32, then the product)
+//   3. v = v + bias[j]                  f32
+//   4. v = activation(v)                relu: max(v, 0), NaN stays NaN
+//   5. store as out:  f32 | bf16 (round to nearest even, NaN stays NaN)
+//                     | u8/s8: q = clip(nearbyint(v / out_scale) + out_zero_point)  (ties to
+//                       even, saturating; NaN → the lower bound)
+//                     | acc (f32, or s32 for int8: stages 2–4 must be off, offsets allowed)
+// Every stage is an exact IEEE operation (no fused multiply-add), so every ISA's epilogue
+// gives bit-identical results to the scalar twin for the same accumulator.
+enum class out_type : int { acc = 0, f32, bf16, u8, s8 };
+enum class activation : int { none = 0, relu };
+enum class scale_kind : int { none = 0, tensor, column };
+int out_type_bytes(dtype t, out_type o);
+
+// What the epilogue does: part of the kernel's description (and its cache key).
+struct epilogue_desc {
+  out_type out = out_type::acc;
+  activation act = activation::none;
+  bool bias = false;
+  scale_kind scale = scale_kind::none;   // int8 only
+  bool row_offset = false, col_offset = false;  // int8 only; s8s8 needs col_offset
+  bool any() const {
+    return out != out_type::acc || act != activation::none || bias || scale != scale_kind::none || row_offset ||
+           col_offset;
+  }
+};
+
+// The epilogue's data for one execute() call, indexed from C's first row and column.
+struct epilogue_args {
+  const float* bias = nullptr;          // n
+  const float* scale = nullptr;         // 1 (tensor) or n (column)
+  const int32_t* row_offset = nullptr;  // m, e.g. −zero_point(B)·rowsum(A) + k·zp(A)·zp(B)
+  const int32_t* col_offset = nullptr;  // n, e.g. −zero_point(A)·colsum(B); s8s8: −128·colsum(B) more
+  float out_scale = 1.0f;               // u8/s8 output
+  int32_t out_zero_point = 0;
+  const void* acc_in = nullptr;         // prev for beta when C's type is not the accumulator's
+  int64_t ld_acc_in = 0;                // (elements of the accumulator type)
+
+  // The same data seen from C's element (m0, n0), for a sub-block of C.
+  epilogue_args at(int64_t m0, int64_t n0, scale_kind scale, dtype t) const {
+    epilogue_args s = *this;
+    if (bias) s.bias = bias + n0;
+    if (scale == scale_kind::column) s.scale = this->scale + n0;
+    if (row_offset) s.row_offset = row_offset + m0;
+    if (col_offset) s.col_offset = col_offset + n0;
+    if (acc_in) s.acc_in = (const char*)acc_in + (m0 * ld_acc_in + n0) * dtype_c_bytes(t);
+    return s;
+  }
+};
+
 // --- Describing and dispatching a kernel ------------------------------------------------
 struct desc {
   dtype type = dtype::f32;
@@ -63,7 +125,9 @@ struct desc {
   int64_t lda = 0, ldb = 0, ldc = 0;
   batch_kind batch = batch_kind::stride;
   float beta = 0.0f;  // 0: C is written, never read (it may hold NaN); otherwise beta·C is added
-                      // (u8s8: 0 or 1 only, on the s32 accumulator)
+                      // (int8: 0 or 1 only, on the s32 accumulator; with an output type
+                      // other than the accumulator's, prev is epilogue_args::acc_in)
+  epilogue_desc ep;   // ldc counts elements of the output type
 };
 
 // How the i-th A and B blocks are found. Offsets and strides are in elements; only the fields
@@ -111,22 +175,46 @@ int ukernel_count();                     // every entry of this build, reference
 const ukernel_info* ukernel_at(int i);
 const ukernel_info* find_ukernel(const char* name);
 
+// One tile of the epilogue: an m×n accumulator (m ≤ MR, any n) into the output, with the
+// epilogue_args already offset to the tile's first row and column.
+struct epilogue_tile {
+  const void* acc;
+  int64_t ld_acc;
+  const void* prev;      // null when beta = 0
+  int64_t ld_prev;
+  float beta;
+  void* out;
+  int64_t ldc;
+  int64_t m, n;
+  const epilogue_args* ep;
+};
+using epilogue_fn = void (*)(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
+
 struct kernel {
   desc d;
   const ukernel_info* uk;
+  epilogue_fn epilogue;  // the active ISA's epilogue, or null when d.ep has no stage
 };
 
 // Returns the cached kernel for d (thread-safe; the same desc and ukernel give the same
 // kernel). ukernel_name = nullptr picks the best microkernel for the active ISA.
 status dispatch(const desc& d, const kernel** out, const char* ukernel_name = nullptr);
 
-// Runs the kernel: tiles C by the ukernel's MR × NR and calls it on every tile. The caller
-// guarantees that every block the batch names is inside its array (the bindings check it).
-void execute(const kernel& kr, const batch_ref& batch, void* c);
+// Runs the kernel: tiles C by the ukernel's MR × NR and calls it on every tile; with an
+// epilogue, each tile is computed into a scratch tile and the epilogue stores it into C while
+// it is in L1. The caller guarantees that every block the batch names is inside its array and
+// that ep holds every array the kernel's epilogue_desc names (the bindings check both).
+void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_args* ep = nullptr);
+
+// The epilogue of kernel kr alone, on an m×n accumulator (row stride ld_acc, the dtype's
+// accumulator type) into c: for drivers that accumulate in stages (beta and acc_in of ep apply
+// as in execute()). Uses the same per-ISA code as execute().
+void apply_epilogue(const kernel& kr, const void* acc, int64_t ld_acc, int64_t m, int64_t n, void* c,
+                    const epilogue_args& ep);
 
 // --- Packing B (csrc/core/pack.cpp) ---------------------------------------------------
 // Writes B (k × n, row stride ld_src, in B's storage type) into the kernel's layout for t:
-// ceil(k/KP) rows of ldb ≥ n columns × KP, zero-padded in K and past n. For u8s8 also
+// ceil(k/KP) rows of ldb ≥ n columns × KP, zero-padded in K and past n. For int8 also
 // writes colsum[j] = Σ_k B[k][j] (what a zero point or the s8 → u8 shift subtracts), unless
 // colsum is null.
 status pack_b(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, void* dst, int64_t ldb,

@@ -10,6 +10,8 @@
 // B vectors are split once (2·NR/16 zmm). 10×32: 20 accumulators + 4 B + 2 A + 2 products,
 // no spills (12×32 spills one accumulator). Splitting A in-register per quad instead measured
 // 5 % slower on Zen 4 (and costs two more ALU ops per row and quad on any CPU).
+// s8 A (SIGNED): split_a XORs A's bytes with 0x80 (a + 128 as u8): the sum is Σ (a+128)·b, and
+// execute() removes 128·colsum(B) in the epilogue, as for the VNNI kernels.
 // Edge tiles: M by smaller-MR instances, N by a mask on the last vector; K not a multiple of 4
 // by masked byte loads of A in split_a (A is never read past its k columns; B is zero-padded).
 #include <immintrin.h>
@@ -25,7 +27,7 @@ constexpr int QC = 64;
 // Rows of the A block, k bytes [k0, k0 + kc), as 16-bit lanes ready for vpmaddwd:
 // e[m][q] = (a[4q], a[4q+2]), o[m][q] = (a[4q+1], a[4q+3]) zero-extended to 16 bits each.
 // Bytes past kc read as zero (masked loads): A is never read past its k columns.
-template <int MR>
+template <int MR, bool SIGNED>
 static inline void split_a(const uint8_t* a, int64_t lda, int64_t kc, int32_t (*e)[QC], int32_t (*o)[QC]) {
   const __m512i low = _mm512_set1_epi16(0x00FF);
 #pragma GCC unroll 32
@@ -33,13 +35,14 @@ static inline void split_a(const uint8_t* a, int64_t lda, int64_t kc, int32_t (*
     for (int64_t j = 0; j < kc; j += 64) {
       const int64_t left = kc - j;
       const __mmask64 mask = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
-      const __m512i x = _mm512_maskz_loadu_epi8(mask, a + m * lda + j);
+      __m512i x = _mm512_maskz_loadu_epi8(mask, a + m * lda + j);
+      if constexpr (SIGNED) x = _mm512_xor_si512(x, _mm512_set1_epi8((char)0x80));
       _mm512_store_si512(&e[m][j / 4], _mm512_and_si512(x, low));
       _mm512_store_si512(&o[m][j / 4], _mm512_srli_epi16(x, 8));
     }
 }
 
-template <int MR, int NV>
+template <int MR, int NV, bool SIGNED>
 static void tile(const ukernel_args& p) {
   const int64_t lda = p.lda, ldb4 = p.ldb * 4;
   const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
@@ -62,7 +65,7 @@ static void tile(const ukernel_args& p) {
     }
     for (int64_t k0 = 0; k0 < p.k; k0 += 4 * QC) {
       const int64_t kc = p.k - k0 < 4 * QC ? p.k - k0 : 4 * QC;
-      split_a<MR>(a + k0, lda, kc, ae, ao);
+      split_a<MR, SIGNED>(a + k0, lda, kc, ae, ao);
       const int64_t quads = (kc + 3) / 4;  // B is zero-padded to whole quads
       for (int64_t q = 0; q < quads; ++q) {
         __m512i be[NV], bo[NV];
@@ -101,22 +104,24 @@ static void tile(const ukernel_args& p) {
 }
 
 // Picks the instance for this tile's m (1..MR) and vector count (1..NV).
-template <int M, int NV>
+template <int M, int NV, bool SIGNED>
 static void pick_n(const ukernel_args& p) {
   if constexpr (NV > 1)
-    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1>(p);
-  tile<M, NV>(p);
+    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1, SIGNED>(p);
+  tile<M, NV, SIGNED>(p);
 }
-template <int M, int NV>
+template <int M, int NV, bool SIGNED = false>
 static void pick(const ukernel_args& p) {
   if constexpr (M > 1)
-    if (p.m < M) return pick<M - 1, NV>(p);
-  pick_n<M, NV>(p);
+    if (p.m < M) return pick<M - 1, NV, SIGNED>(p);
+  pick_n<M, NV, SIGNED>(p);
 }
 
 }  // namespace avx512_u8s8
 
 void ukernel_u8s8_s32_10x32c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<10, 2>(p); }
 void ukernel_u8s8_s32_6x48c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<6, 3>(p); }
+void ukernel_s8s8_s32_10x32c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<10, 2, true>(p); }
+void ukernel_s8s8_s32_6x48c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<6, 3, true>(p); }
 
 }  // namespace brgemm::kernels

@@ -3,6 +3,8 @@
 // loaded (16 columns × 4 k each) and each row's 4 A bytes are broadcast as one 32-bit lane;
 // vpdpbusd adds the four u8·s8 products of a lane into its s32 accumulator without any
 // intermediate saturation (unlike vpmaddubsw), so the sums are exact.
+// s8 A (SIGNED): each broadcast quad is XORed with 0x80 bytes, i.e. a + 128 as u8; the sum is
+// Σ (a+128)·b and execute() removes 128·colsum(B) in the epilogue (see brgemm.h).
 // Edge tiles: M by smaller-MR instances, N by a mask on the last vector; K not a multiple of 4
 // by a last quad built from the remaining A bytes (never reading A past its k columns).
 #include <immintrin.h>
@@ -27,7 +29,14 @@ static inline int32_t tail_quad(const uint8_t* a, int64_t r) {
   return (int32_t)v;
 }
 
-template <int MR, int NV>
+// A's quad broadcast to every lane, shifted to u8 when A is signed.
+template <bool SIGNED>
+static inline __m512i bcast(int32_t q) {
+  if constexpr (SIGNED) return _mm512_xor_si512(_mm512_set1_epi32(q), _mm512_set1_epi32((int)0x80808080u));
+  return _mm512_set1_epi32(q);
+}
+
+template <int MR, int NV, bool SIGNED>
 static void tile(const ukernel_args& p) {
   const int64_t quads = p.k / 4, rem = p.k % 4, lda = p.lda, ldb4 = p.ldb * 4;
   const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
@@ -55,7 +64,7 @@ static void tile(const ukernel_args& p) {
       bv[NV - 1] = _mm512_maskz_loadu_epi32(last, b + 64 * (NV - 1));
 #pragma GCC unroll 32
       for (int m = 0; m < MR; ++m) {
-        const __m512i am = _mm512_set1_epi32(quad(a + m * lda));
+        const __m512i am = bcast<SIGNED>(quad(a + m * lda));
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], am, bv[v]);
       }
@@ -69,7 +78,7 @@ static void tile(const ukernel_args& p) {
       bv[NV - 1] = _mm512_maskz_loadu_epi32(last, b + 64 * (NV - 1));
 #pragma GCC unroll 32
       for (int m = 0; m < MR; ++m) {
-        const __m512i am = _mm512_set1_epi32(tail_quad(a + m * lda, rem));
+        const __m512i am = bcast<SIGNED>(tail_quad(a + m * lda, rem));
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], am, bv[v]);
       }
@@ -92,17 +101,17 @@ static void tile(const ukernel_args& p) {
 }
 
 // Picks the instance for this tile's m (1..MR) and vector count (1..NV).
-template <int M, int NV>
+template <int M, int NV, bool SIGNED>
 static void pick_n(const ukernel_args& p) {
   if constexpr (NV > 1)
-    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1>(p);
-  tile<M, NV>(p);
+    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1, SIGNED>(p);
+  tile<M, NV, SIGNED>(p);
 }
-template <int M, int NV>
+template <int M, int NV, bool SIGNED = false>
 static void pick(const ukernel_args& p) {
   if constexpr (M > 1)
-    if (p.m < M) return pick<M - 1, NV>(p);
-  pick_n<M, NV>(p);
+    if (p.m < M) return pick<M - 1, NV, SIGNED>(p);
+  pick_n<M, NV, SIGNED>(p);
 }
 
 }  // namespace avx512vnni_u8s8
@@ -110,5 +119,8 @@ static void pick(const ukernel_args& p) {
 void ukernel_u8s8_s32_6x64c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<6, 4>(p); }
 void ukernel_u8s8_s32_8x48c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<8, 3>(p); }
 void ukernel_u8s8_s32_14x32c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<14, 2>(p); }
+void ukernel_s8s8_s32_6x64c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<6, 4, true>(p); }
+void ukernel_s8s8_s32_8x48c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<8, 3, true>(p); }
+void ukernel_s8s8_s32_14x32c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<14, 2, true>(p); }
 
 }  // namespace brgemm::kernels

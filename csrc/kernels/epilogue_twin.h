@@ -1,0 +1,63 @@
+// The epilogue stages one element at a time (see the stage list in brgemm.h): the scalar twin
+// every ISA's vector epilogue must match bit for bit, and the tail of those that have no masks.
+// Static, so each ISA translation unit keeps its own copy (see batch_block.h).
+#pragma once
+#include <cmath>
+#include <cstring>
+#include "brgemm/brgemm.h"
+
+// max and min as the x86 instructions define them (the second operand when either is NaN),
+// so that the vector epilogues, which use those instructions, agree with this twin on NaN.
+static inline float brgemm_maxps(float a, float b) { return a > b ? a : b; }
+static inline float brgemm_minps(float a, float b) { return a < b ? a : b; }
+
+// f32 → bf16 bits, round to nearest even; NaN stays a (quiet) NaN, subnormals are kept.
+static inline uint16_t brgemm_bf16_rne(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  if (v != v) return (uint16_t)((u >> 16) | 0x40);
+  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Columns [j0, n) of every row of the tile.
+static inline void brgemm_epilogue_twin(const brgemm::epilogue_desc& d, brgemm::dtype t,
+                                        const brgemm::epilogue_tile& tl, int64_t j0) {
+  using namespace brgemm;
+  const epilogue_args& ep = *tl.ep;
+  const bool int8 = dtype_is_int8(t);
+  const float lo = d.out == out_type::u8 ? 0.0f : -128.0f, hi = d.out == out_type::u8 ? 255.0f : 127.0f;
+  for (int64_t i = 0; i < tl.m; ++i)
+    for (int64_t j = j0; j < tl.n; ++j) {
+      float v;
+      if (int8) {
+        // Integer stages wrap modulo 2^32, as the vector adds do (unsigned: no overflow UB).
+        uint32_t s = (uint32_t)((const int32_t*)tl.acc)[i * tl.ld_acc + j];
+        if (tl.prev) s += (uint32_t)((const int32_t*)tl.prev)[i * tl.ld_prev + j];
+        if (d.row_offset) s += (uint32_t)ep.row_offset[i];
+        if (d.col_offset) s += (uint32_t)ep.col_offset[j];
+        if (d.out == out_type::acc) {
+          ((int32_t*)tl.out)[i * tl.ldc + j] = (int32_t)s;
+          continue;
+        }
+        v = (float)(int32_t)s;
+        if (d.scale != scale_kind::none) v = v * ep.scale[d.scale == scale_kind::column ? j : 0];
+      } else {
+        v = ((const float*)tl.acc)[i * tl.ld_acc + j];
+        if (tl.prev) v = v + tl.beta * ((const float*)tl.prev)[i * tl.ld_prev + j];
+      }
+      if (d.bias) v = v + ep.bias[j];
+      if (d.act == activation::relu) v = brgemm_maxps(0.0f, v);
+      switch (d.out) {
+        case out_type::bf16: ((uint16_t*)tl.out)[i * tl.ldc + j] = brgemm_bf16_rne(v); break;
+        case out_type::u8:
+        case out_type::s8: {
+          float q = std::nearbyint(v / ep.out_scale) + (float)ep.out_zero_point;
+          q = brgemm_minps(brgemm_maxps(q, lo), hi);
+          if (d.out == out_type::u8) ((uint8_t*)tl.out)[i * tl.ldc + j] = (uint8_t)(int32_t)q;
+          else ((int8_t*)tl.out)[i * tl.ldc + j] = (int8_t)(int32_t)q;
+          break;
+        }
+        default: ((float*)tl.out)[i * tl.ldc + j] = v; break;
+      }
+    }
+}
