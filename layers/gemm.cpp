@@ -19,7 +19,11 @@ namespace brgemm::layers {
 namespace {
 
 std::atomic<int64_t> tuned_bn{0}, tuned_kc{0};
-constexpr int64_t default_bn = 64, default_kc = 512;
+constexpr int64_t default_bn = 64;
+// K chunk in bytes of B per column: 512 rows of f32, 1024 of bf16, 2048 of int8 (a panel of
+// 128 KiB for 64 columns, within L2). Measured on Zen 4, 2 threads: int8 (256, 4096, 4096)
+// 739 → 765 GOP/s and bf16 382 → 399 GFLOP/s going from 512 rows to this.
+constexpr int64_t default_kc_bytes = 2048;
 
 struct free_deleter {
   void operator()(char* p) const { std::free(p); }
@@ -153,7 +157,7 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   const int64_t bn = tuned_bn.load() ? tuned_bn.load() : default_bn;
   const int64_t kp = dtype_kpack(t);
   // K chunks stay whole packed rows (a multiple of KP) so each chunk starts on a packed row.
-  const int64_t kc = std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc) / kp * kp);
+  const int64_t kc = std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc_bytes / dtype_b_bytes(t)) / kp * kp);
   const char* a = (const char*)a_;
   const char* b = (const char*)b_;
   char* c = (char*)c_;

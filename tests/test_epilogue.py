@@ -389,7 +389,10 @@ def test_epilogue_errors_against_the_call(rng):
         brgemm.gemm(Au.view(np.int8), P, np.zeros((4, 5), np.int32), beta=0.5)
     # s8s8 through the Kernel API needs B's column sums, of the right length.
     with pytest.raises(ValueError, match="^epilogue: b_colsum .column sums of B"):
-        brgemm.Kernel(4, 5, 6, dtype="s8s8")(Au.view(np.int8), P.data, np.zeros((4, 5), np.int32), 1)
-    k = brgemm.Kernel(4, 5, 6, dtype="s8s8", epilogue=brgemm.Epilogue(b_colsum=np.zeros(4, np.int32)))
+        brgemm.Kernel(4, 5, 6, dtype="s8s8")
+    with pytest.raises(ValueError, match="^epilogue: b_colsum .column sums of B"):
+        brgemm.Kernel(4, 5, 6, dtype="u8s8", epilogue=brgemm.Epilogue(a_zero_point=3))
     with pytest.raises(ValueError, match="^b_colsum must have n = 5 columns"):
-        k(Au.view(np.int8), P.data, np.zeros((4, 5), np.int32), 1)
+        brgemm.Kernel(4, 5, 6, dtype="s8s8", epilogue=brgemm.Epilogue(b_colsum=np.zeros(4, np.int32)))
+    # Without zero points, u8 A needs no column sums.
+    brgemm.Kernel(4, 5, 6, dtype="u8s8", epilogue=brgemm.Epilogue(out_dtype="float32", scale=0.5))

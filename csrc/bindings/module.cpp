@@ -285,21 +285,50 @@ epilogue_spec epilogue_structure(py::handle obj, dtype t, double beta, int64_t n
   return s;
 }
 
-// Column sums of B for the zero-point and s8 compensations: int32 (n,) or (batch, n), summed
-// over the batch into out.
-void column_sums(py::handle h, int64_t n, std::vector<int64_t>& out) {
-  if (h.is_none())
-    value_error("epilogue: b_colsum (column sums of B over the batch, int32) is needed for a nonzero "
-                "a_zero_point or int8 A; pack B with brgemm.pack_b, which computes them");
-  py::array cs = typed_array(h, "b_colsum", elem::s32);
-  if ((cs.ndim() != 1 && cs.ndim() != 2) || cs.shape(cs.ndim() - 1) != n)
-    value_error("b_colsum must have n = " + std::to_string(n) + " columns, got shape " + str(cs.attr("shape")));
-  out.assign(n, 0);
-  const int64_t rows = cs.ndim() == 2 ? cs.shape(0) : 1, s0 = cs.ndim() == 2 ? cs.strides(0) : 0,
-                s1 = cs.strides(cs.ndim() - 1);
-  const char* base = (const char*)cs.data();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < n; ++j) out[j] += *(const int32_t*)(base + r * s0 + j * s1);
+// The Epilogue's arrays and values, checked against n; kept by reference (in-place writes
+// reach later calls). colsum: B's column sums (int32 (n,) or (batch, n)) when the PackedB
+// has them, else the Epilogue's b_colsum; needed only when the zero point of A (+128 for s8 A)
+// is not 0.
+struct epilogue_arrays {
+  epilogue_args args;
+  py::object bias, scale, colsum;
+};
+
+epilogue_arrays epilogue_arrays_of(py::handle obj, const epilogue_spec& s, int64_t n, py::handle colsum) {
+  epilogue_arrays ea;
+  if (!obj.is_none()) {
+    if (s.e.bias) {
+      py::array bias = typed_array(obj.attr("bias"), "bias", elem::f32);
+      if (bias.ndim() != 1 || bias.shape(0) != n)
+        value_error("bias must be 1-D with n = " + std::to_string(n) + " values, got shape " + str(bias.attr("shape")));
+      if (n > 1 && bias.strides(0) != 4) value_error("bias must be contiguous");
+      ea.args.bias = (const float*)bias.data();
+      ea.bias = bias;
+    }
+    if (s.e.scale != scale_kind::none) {
+      py::array scale = typed_array(obj.attr("scale"), "scale", elem::f32);
+      const int64_t want = s.e.scale == scale_kind::tensor ? 1 : n;
+      if (scale.ndim() != 1 || scale.shape(0) != want || (want > 1 && scale.strides(0) != 4))
+        value_error("scale must be contiguous 1-D with " + std::to_string(want) + " values, got shape " +
+                    str(scale.attr("shape")));
+      ea.args.scale = (const float*)scale.data();
+      ea.scale = scale;
+    }
+    ea.args.out_scale = obj.attr("out_scale").cast<float>();
+    ea.args.out_zero_point = int_attr(obj, "out_zero_point");
+  }
+  if (s.za_shifted != 0) {
+    py::object src = colsum.is_none() && !obj.is_none() ? obj.attr("b_colsum") : py::reinterpret_borrow<py::object>(colsum);
+    if (src.is_none())
+      value_error("epilogue: b_colsum (column sums of B over the batch, int32) is needed for a nonzero "
+                  "a_zero_point or int8 A; pack B with brgemm.pack_b, which computes them");
+    py::array cs = typed_array(src, "b_colsum", elem::s32);
+    if ((cs.ndim() != 1 && cs.ndim() != 2) || cs.shape(cs.ndim() - 1) != n)
+      value_error("b_colsum must have n = " + std::to_string(n) + " columns, got shape " + str(cs.attr("shape")));
+    if (!(cs.flags() & py::array::c_style)) value_error("b_colsum must be C-contiguous");
+    ea.colsum = cs;
+  }
+  return ea;
 }
 
 // Row sums of A over the batch (int8 values as the caller sees them: u8, or s8 for s8s8).
@@ -321,41 +350,23 @@ void row_sums(dtype t, const batch_ref& b, batch_kind kind, int64_t m, int64_t k
   }
 }
 
-// The Epilogue's data for one call, checked against (m, n). colsum: B's column sums (from
-// PackedB, or the Epilogue's b_colsum when None). Offsets live in per-thread buffers (no
-// allocation once warm) that stay valid until this thread's next call.
-epilogue_args epilogue_data(py::handle obj, const epilogue_spec& s, dtype t, int64_t m, int64_t n, int64_t k,
-                            const batch_ref& batch, batch_kind kind, int64_t lda, py::handle colsum) {
-  epilogue_args args;
+// The epilogue's data for one call: the arrays, and the int8 offsets of this batch in
+// per-thread buffers (no allocation once warm; valid until this thread's next call).
+epilogue_args epilogue_data(const epilogue_spec& s, const epilogue_arrays& ea, dtype t, int64_t m, int64_t n,
+                            int64_t k, const batch_ref& batch, batch_kind kind, int64_t lda) {
+  epilogue_args args = ea.args;
   static thread_local std::vector<int64_t> sums;
   static thread_local std::vector<int32_t> col, row;
-  if (!obj.is_none()) {
-    if (s.e.bias) {
-      py::array bias = typed_array(obj.attr("bias"), "bias", elem::f32);
-      if (bias.ndim() != 1 || bias.shape(0) != n)
-        value_error("bias must be 1-D with n = " + std::to_string(n) + " values, got shape " + str(bias.attr("shape")));
-      if (n > 1 && bias.strides(0) != 4) value_error("bias must be contiguous");
-      args.bias = (const float*)bias.data();
-    }
-    if (s.e.scale != scale_kind::none) {
-      py::array scale = typed_array(obj.attr("scale"), "scale", elem::f32);
-      const int64_t want = s.e.scale == scale_kind::tensor ? 1 : n;
-      if (scale.ndim() != 1 || scale.shape(0) != want || (want > 1 && scale.strides(0) != 4))
-        value_error("scale must be contiguous 1-D with " + std::to_string(want) + " values, got shape " +
-                    str(scale.attr("shape")));
-      args.scale = (const float*)scale.data();
-    }
-    args.out_scale = obj.attr("out_scale").cast<float>();
-    args.out_zero_point = int_attr(obj, "out_zero_point");
-  }
   const int64_t k_total = k * batch.count;
   if (s.e.col_offset) {
     // −za'·colsum_j + K·za·zb, modulo 2^32 like the accumulator (za' = za, +128 for s8 A).
+    sums.assign(n, 0);
     if (s.za_shifted != 0) {
-      py::object src = colsum.is_none() && !obj.is_none() ? obj.attr("b_colsum") : py::reinterpret_borrow<py::object>(colsum);
-      column_sums(src, n, sums);
+      const py::array cs = py::reinterpret_borrow<py::array>(ea.colsum);
+      const int32_t* p = (const int32_t*)cs.data();
+      for (int64_t r = 0, rows = cs.size() / n; r < rows; ++r)
+        for (int64_t j = 0; j < n; ++j) sums[j] += p[r * n + j];
     }
-    else sums.assign(n, 0);
     col.resize(n);
     const uint64_t both = (uint64_t)k_total * (uint64_t)(int64_t)s.za * (uint64_t)(int64_t)s.zb;
     for (int64_t j = 0; j < n; ++j) col[j] = (int32_t)(uint32_t)((uint64_t)(-(int64_t)s.za_shifted * sums[j]) + both);
@@ -412,8 +423,9 @@ dtype dtype_from_name(const std::string& s) {
 
 struct py_kernel {
   const kernel* kr;
-  py::object ep_obj;  // the Epilogue (or None): its arrays are read at every call
+  py::object ep_obj;  // the Epilogue (or None)
   epilogue_spec spec;
+  epilogue_arrays arrays;  // its arrays, by reference
 
   py_kernel(int64_t m, int64_t n, int64_t k, const std::string& dt, const std::string& batch,
             int64_t lda, int64_t ldb, int64_t ldc, double beta, py::object ukernel, py::object epilogue)
@@ -443,6 +455,7 @@ struct py_kernel {
                   " (it applies to the s32 accumulator), got " + str(py::repr(py::float_(beta))));
     d.beta = (float)beta;
     spec = epilogue_structure(ep_obj, d.type, beta, n);
+    arrays = epilogue_arrays_of(ep_obj, spec, n, py::none());
     d.ep = spec.e;
     std::string uk_name;
     if (!ukernel.is_none()) {
@@ -497,7 +510,7 @@ struct py_kernel {
   // Binds the epilogue's data (GIL held), then computes without the GIL.
   void run(const batch_ref& batch, void* cp) {
     epilogue_args args;
-    if (d().ep.any()) args = epilogue_data(ep_obj, spec, d().type, d().m, d().n, d().k, batch, d().batch, d().lda, py::none());
+    if (d().ep.any()) args = epilogue_data(spec, arrays, d().type, d().m, d().n, d().k, batch, d().batch, d().lda);
     py::gil_scoped_release nogil;
     execute(*kr, batch, cp, &args);
   }
@@ -646,7 +659,11 @@ void run_batch(desc d, const batch_ref& batch, void* cp, py::handle ep, const ep
   const kernel* kr;
   check_status(dispatch(d, &kr));
   epilogue_args args;
-  if (s.e.any()) args = epilogue_data(ep, s, d.type, d.m, d.n, d.k, batch, d.batch, d.lda, colsum);
+  epilogue_arrays ea;
+  if (s.e.any()) {
+    ea = epilogue_arrays_of(ep, s, d.n, colsum);
+    args = epilogue_data(s, ea, d.type, d.m, d.n, d.k, batch, d.batch, d.lda);
+  }
   py::gil_scoped_release nogil;
   execute(*kr, batch, cp, &args);
 }
@@ -783,11 +800,13 @@ py::array run_gemm(dtype t, const py::array& a, const py::array& b, int64_t m, i
   int64_t ldc;
   py::array c = result_matrix(C, out_elem(t, s.e.out), m, n, beta, a, b, &ldc);
   epilogue_args args;
+  epilogue_arrays ea;
   if (s.e.any()) {
     batch_ref one;
     one.count = 1;
     one.a = a.data();
-    args = epilogue_data(ep, s, t, m, n, k, one, batch_kind::stride, lda, colsum);
+    ea = epilogue_arrays_of(ep, s, n, colsum);
+    args = epilogue_data(s, ea, t, m, n, k, one, batch_kind::stride, lda);
   }
   const void* ap = a.data();
   const void* bp = b.data();
