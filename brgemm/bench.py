@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import _core, gemm, Kernel, pack_b, set_num_threads, get_num_threads, ukernels
+from . import _core, gemm, Epilogue, Kernel, pack_b, set_num_threads, get_num_threads, ukernels
 from .peak import get_peak, fp32_peak, thread_counts, peak_of
 
 GEMM_SHAPES = [(64, 64, 64), (1024, 1024, 1024), (256, 1024, 1024), (64, 4096, 4096)]  # (M, K, N)
@@ -164,6 +164,22 @@ def _torch_peers(torch, dtype, A2, B2, C):
     return peers
 
 
+#: Extra int8 gemm rows: variant → (case label, peers it is compared with, output bytes).
+VARIANT_ROWS = {"brgemm_s8": ("gemm s8s8", "torch._int_mm", 4),
+                "brgemm_requant": ("gemm u8s8 -> u8 (requantized)", "torch.qlinear", 1)}
+
+
+def _int8_variants(A, B, M, N, K):
+    """The same int8 product with int8 activations (the +128 shift inside) and with a fused
+    requantization to uint8 (per-column scale, bias, ReLU), as brgemm callables."""
+    As = (A.astype(np.int16) - 128).astype(np.int8)
+    C32, C8 = np.empty((M, N), np.int32), np.empty((M, N), np.uint8)
+    scale = np.full(N, 1.0 / 64, np.float32)
+    ep = Epilogue(out_dtype="uint8", scale=scale, bias=np.zeros(N, np.float32), activation="relu",
+                  out_scale=float(K), out_zero_point=0)
+    return {"brgemm_s8": lambda: gemm(As, B, C32), "brgemm_requant": lambda: gemm(A, B, C8, epilogue=ep)}
+
+
 def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8")):
     peers = Peers()
     threads_list = threads_list or thread_counts()
@@ -204,13 +220,27 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
                 fns = {"brgemm": lambda: gemm(A, B, C)}
                 if dtype == "f32":
                     fns["numpy"] = lambda: np.matmul(A, B, out=C)
+                variants = _int8_variants(A, B, M, N, K) if dtype == "u8s8" else {}
+                fns.update(variants)
                 if peers.torch is not None:
                     fns.update(_torch_peers(peers.torch, dtype, A2, B2, C))
                 med, rat = compare(fns, rounds, threads)
                 nbytes = A.itemsize * (M * K + K * N) + 4 * M * N
                 label = "gemm" if dtype == "f32" else f"gemm {dtype}"
-                rows.append(_row(f"{label} {M}x{K}x{N}", threads, 2 * M * N * K, nbytes, med, rat, peak))
+                plain = {lib: t for lib, t in med.items() if lib not in variants}
+                rows.append(_row(f"{label} {M}x{K}x{N}", threads, 2 * M * N * K, nbytes, plain, rat, peak))
                 log(_format(rows[-1]))
+                # Like for like: int8 A against torch._int_mm (s8 x s8), and a requantized uint8
+                # output against the quantized Linear engines (which requantize too).
+                for variant, (label, peer_prefix, out_bytes) in VARIANT_ROWS.items():
+                    if variant not in med:
+                        continue
+                    sub = {"brgemm": med[variant]}
+                    sub.update({lib: t for lib, t in med.items() if lib.startswith(peer_prefix)})
+                    sub_rat = {lib: rat[lib] / rat[variant] for lib in sub if lib != "brgemm"}
+                    rows.append(_row(f"{label} {M}x{K}x{N}", threads, 2 * M * N * K,
+                                     M * K + K * N + out_bytes * M * N, sub, sub_rat, peak))
+                    log(_format(rows[-1]))
     # GEMV with half-precision weights: memory-bound, so half the bytes should show. Compared
     # with the same product on f32 weights (brgemm's own f32 path) and the peers on f32.
     if "f32" in dtypes:
