@@ -176,3 +176,59 @@ class GemmLowPrecision:
         return min(t[lib] for lib in fns if lib != "brgemm") / t["brgemm"]
 
     track_ratio_vs_best_torch.unit = "x"
+
+
+class GemmEpilogue:
+    """What a fused epilogue costs: t_with / t_without on the same product (1.0 = free), and
+    the like-for-like int8 rows against torch (int8 activations against torch._int_mm, a
+    requantized uint8 output against the quantized Linear engines, which requantize too)."""
+
+    params = [["f32_bias_relu", "bf16_to_bf16_out", "u8s8_to_u8", "s8s8"], list(LOWP_SHAPES), THREADS]
+    param_names = ["case", "shape", "threads"]
+    timeout = 300
+
+    def setup(self, case, shape, threads):
+        import ml_dtypes
+        from brgemm.bench import _int8_variants, _kernel_operands
+        import_torch()
+        self.pin = ThreadPin(threads)
+        M, K, N = LOWP_SHAPES[shape]
+        dtype = {"s8s8": "u8s8"}.get(case.split("_")[0], case.split("_")[0])  # s8s8: A shifted below
+        A, _, C, A2, B2 = _kernel_operands(np.random.default_rng(SEED_A), dtype, M, N, K, 1)
+        W = B2 if dtype == "f32" else brgemm.pack_b(B2, dtype)
+        bias = np.zeros(N, np.float32)
+        self.A2, self.B2, self.C = A2, B2, C
+        self.plain = lambda: brgemm.gemm(A2, W, C)
+        if dtype == "f32":
+            ep = brgemm.Epilogue(bias=bias, activation="relu")
+            self.fused = lambda: brgemm.gemm(A2, W, C, epilogue=ep)
+        elif dtype == "bf16":
+            ep, Cb = brgemm.Epilogue(bias=bias, out_dtype="bfloat16"), np.empty((M, N), ml_dtypes.bfloat16)
+            self.fused = lambda: brgemm.gemm(A2, W, Cb, epilogue=ep)
+        else:
+            variants = _int8_variants(A2, W, M, N, K)
+            self.fused = variants["brgemm_requant" if case == "u8s8_to_u8" else "brgemm_s8"]
+        self.peer = {"u8s8_to_u8": "torch.qlinear", "s8s8": "torch._int_mm"}.get(case)
+
+    def teardown(self, case, shape, threads):
+        _teardown_row(self)
+
+    def track_cost_of_epilogue(self, case, shape, threads):
+        t = median_seconds({"plain": self.plain, "fused": self.fused})
+        return t["fused"] / t["plain"]
+
+    track_cost_of_epilogue.unit = "x"
+
+    def track_ratio_vs_torch(self, case, shape, threads):
+        torch = import_torch()
+        if torch is None or self.peer is None:
+            return float("nan")
+        from brgemm.bench import _torch_peers
+        peers = {lib: fn for lib, fn in _torch_peers(torch, "u8s8", self.A2, self.B2, self.C).items()
+                 if lib.startswith(self.peer)}
+        if not peers:
+            return float("nan")
+        t = median_seconds({"brgemm": self.fused, **peers})
+        return min(t[lib] for lib in peers) / t["brgemm"]
+
+    track_ratio_vs_torch.unit = "x"
