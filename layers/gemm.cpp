@@ -80,7 +80,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // the copy prefetches the rows it will need a few iterations ahead itself.
 void pack_panel(char* dst, int64_t dst_stride, const char* src, int64_t src_stride, int64_t rows,
                 int64_t row_bytes) {
-  constexpr int64_t ahead = 32;
+  constexpr int64_t ahead = 8;
   for (int64_t r = 0; r < rows; ++r) {
     if (r + ahead < rows) {
       const char* next = src + (r + ahead) * src_stride;
