@@ -243,6 +243,23 @@ epilogue_tile tile_view(const kernel& kr, const epilogue_args& ep, epilogue_args
   return t;
 }
 
+// Sets p's tile (m, n, a_off, b_off) for every MR × NR tile of C in turn and calls
+// body(m0, n0). N outside, M inside: one NR-wide panel of every B_i is reused by all row tiles.
+template <typename Body>
+inline void for_each_tile(const kernel& kr, ukernel_args& p, Body body) {
+  const desc& d = kr.d;
+  const ukernel_info& uk = *kr.uk;
+  for (int64_t n0 = 0; n0 < d.n; n0 += uk.nr) {
+    p.n = (int)(d.n - n0 < uk.nr ? d.n - n0 : uk.nr);
+    for (int64_t m0 = 0; m0 < d.m; m0 += uk.mr) {
+      p.m = (int)(d.m - m0 < uk.mr ? d.m - m0 : uk.mr);
+      p.a_off = m0 * d.lda;
+      p.b_off = n0 * uk.kp;
+      body(m0, n0);
+    }
+  }
+}
+
 }  // namespace
 
 void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_args* ep) {
@@ -277,36 +294,23 @@ void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_a
       t.n = pending_n;
       kr.epilogue(d.ep, d.type, t);
     };
-    for (int64_t n0 = 0; n0 < d.n; n0 += uk.nr) {
-      p.n = (int)(d.n - n0 < uk.nr ? d.n - n0 : uk.nr);
-      for (int64_t m0 = 0; m0 < d.m; m0 += uk.mr) {
-        p.m = (int)(d.m - m0 < uk.mr ? d.m - m0 : uk.mr);
-        p.a_off = m0 * d.lda;
-        p.b_off = n0 * uk.kp;
-        p.c = scratch[slot];
-        uk.fn(p);
-        if (pending_m0 >= 0) finish(slot ^ 1);
-        pending_m0 = m0;
-        pending_n0 = n0;
-        pending_m = p.m;
-        pending_n = p.n;
-        slot ^= 1;
-      }
-    }
+    for_each_tile(kr, p, [&](int64_t m0, int64_t n0) {
+      p.c = scratch[slot];
+      uk.fn(p);
+      if (pending_m0 >= 0) finish(slot ^ 1);
+      pending_m0 = m0;
+      pending_n0 = n0;
+      pending_m = p.m;
+      pending_n = p.n;
+      slot ^= 1;
+    });
     finish(slot ^ 1);
     return;
   }
-  // N outside, M inside: one NR-wide panel of every B_i is reused by all row tiles.
-  for (int64_t n0 = 0; n0 < d.n; n0 += uk.nr) {
-    p.n = (int)(d.n - n0 < uk.nr ? d.n - n0 : uk.nr);
-    for (int64_t m0 = 0; m0 < d.m; m0 += uk.mr) {
-      p.m = (int)(d.m - m0 < uk.mr ? d.m - m0 : uk.mr);
-      p.a_off = m0 * d.lda;
-      p.b_off = n0 * uk.kp;
-      p.c = (char*)c + (m0 * d.ldc + n0) * elem;
-      uk.fn(p);
-    }
-  }
+  for_each_tile(kr, p, [&](int64_t m0, int64_t n0) {
+    p.c = (char*)c + (m0 * d.ldc + n0) * elem;
+    uk.fn(p);
+  });
 }
 
 void apply_epilogue(const kernel& kr, const void* acc, int64_t ld_acc, int64_t m, int64_t n, void* c,
