@@ -313,19 +313,4 @@ void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_a
   });
 }
 
-void apply_epilogue(const kernel& kr, const void* acc, int64_t ld_acc, int64_t m, int64_t n, void* c,
-                    const epilogue_args& ep) {
-  if (!kr.epilogue) return;
-  const int64_t cb = dtype_c_bytes(kr.d.type), rows = 16;  // row blocks keep the per-row offsets in range
-  epilogue_args shifted;
-  for (int64_t m0 = 0; m0 < m; m0 += rows) {
-    epilogue_tile t = tile_view(kr, ep, shifted, m0, 0, c, kr.d.ldc);
-    t.acc = (const char*)acc + m0 * ld_acc * cb;
-    t.ld_acc = ld_acc;
-    t.m = m - m0 < rows ? m - m0 : rows;
-    t.n = n;
-    kr.epilogue(kr.d.ep, kr.d.type, t);
-  }
-}
-
 }  // namespace brgemm

@@ -206,12 +206,6 @@ status dispatch(const desc& d, const kernel** out, const char* ukernel_name = nu
 // that ep holds every array the kernel's epilogue_desc names (the bindings check both).
 void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_args* ep = nullptr);
 
-// The epilogue of kernel kr alone, on an m×n accumulator (row stride ld_acc, the dtype's
-// accumulator type) into c: for drivers that accumulate in stages (beta and acc_in of ep apply
-// as in execute()). Uses the same per-ISA code as execute().
-void apply_epilogue(const kernel& kr, const void* acc, int64_t ld_acc, int64_t m, int64_t n, void* c,
-                    const epilogue_args& ep);
-
 // --- Packing B (csrc/core/pack.cpp) ---------------------------------------------------
 // Writes B (k × n, row stride ld_src, in B's storage type) into the kernel's layout for t:
 // ceil(k/KP) rows of ldb ≥ n columns × KP, zero-padded in K and past n. For int8 also
