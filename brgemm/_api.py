@@ -235,35 +235,48 @@ class PackedB:
     sizes: K is zero-padded to whole pairs / quads in ``data``), ``batch`` (None for a single
     matrix), ``ldb`` (packed columns), ``kp`` (rows interleaved per packed row: 1, 2, 4) and,
     for int8, ``colsum`` (int32 column sums of B, per block). int8 B packs the same for uint8
-    and int8 A: ``dtype`` is "u8s8" for both."""
+    and int8 A: ``dtype`` is "u8s8" for both. ``layout`` is "rows" or "panels" (see
+    :func:`pack_b`)."""
 
-    __slots__ = ("data", "dtype", "k", "n", "batch", "ldb", "kp", "colsum")
+    __slots__ = ("data", "dtype", "k", "n", "batch", "ldb", "kp", "colsum", "layout")
 
-    def __init__(self, data, dtype, k, n, batch, ldb, kp, colsum):
+    def __init__(self, data, dtype, k, n, batch, ldb, kp, colsum, layout="rows"):
         self.data, self.dtype, self.k, self.n = data, dtype, k, n
-        self.batch, self.ldb, self.kp, self.colsum = batch, ldb, kp, colsum
+        self.batch, self.ldb, self.kp, self.colsum, self.layout = batch, ldb, kp, colsum, layout
 
     def __repr__(self):
         batch = "" if self.batch is None else f"batch={self.batch}, "
-        return f"PackedB({batch}k={self.k}, n={self.n}, dtype={self.dtype!r}, ldb={self.ldb}, kp={self.kp})"
+        return (f"PackedB({batch}k={self.k}, n={self.n}, dtype={self.dtype!r}, layout={self.layout!r}, "
+                f"ldb={self.ldb}, kp={self.kp})")
 
 
-def pack_b(B, dtype, *, ldb=None):
+def pack_b(B, dtype, *, ldb=None, layout="rows"):
     """Pack B (K, N) or (batch, K, N) for a kernel of ``dtype``: "bf16" (B bfloat16, VNNI-2:
     element (k, n) at ((k/2)·ldb + n)·2 + k%2), "u8s8" (B int8, VNNI-4, with column sums),
     "f32f16" (B float16, or float32 rounded to float16 here: half-precision weights for
-    float32 activations) or "f32" (a copy with row length ldb). Odd K is zero-padded, never rejected. Pack weights
-    once and reuse the result: every call of batch_reduce with a plain B packs it again."""
+    float32 activations) or "f32" (a copy with row length ldb). Odd K is zero-padded, never
+    rejected. Pack weights once and reuse the result: every call with a plain B packs it again.
+
+    ``layout="rows"`` (the default) is the layout above, for :class:`Kernel`,
+    :func:`batch_reduce` and :func:`gemm`. ``layout="panels"`` (a 2-D B, for :func:`gemm`)
+    cuts it into panels of 64 columns, each its own packed matrix with ldb = 64, one after
+    the other (``data`` shaped (ceil(N/64), ceil(K/KP), 64, KP); columns past N are zero):
+    gemm then reads each column tile of B as one contiguous block instead of copying it out
+    of the rows first, which measured 8 % faster on large int8 products."""
     if not isinstance(dtype, str):
         raise TypeError(f"dtype must be 'f32', 'bf16', 'u8s8' or 'f32f16', got {type(dtype).__name__}")
+    if layout not in ("rows", "panels"):
+        raise ValueError(f"layout must be 'rows' or 'panels', got {layout!r}")
     if dtype == "f32f16" and isinstance(B, np.ndarray) and B.dtype == np.float32:
         B = B.astype(np.float16)  # f16 weights are made from f32 ones here, rounded to nearest
     dtype = _PACKING.get(dtype, dtype)
-    data, colsum = _core.pack_b(B, dtype, -1 if ldb is None else _index(ldb, "ldb"))
+    panels = layout == "panels"
+    data, colsum = _core.pack_b(B, dtype, -1 if ldb is None else _index(ldb, "ldb"), panels)
     k, n = B.shape[-2], B.shape[-1]
     kp = {"bf16": 2, "bfloat16": 2, "u8s8": 4}.get(dtype, 1)
     return PackedB(data, {"float32": "f32", "bfloat16": "bf16"}.get(dtype, dtype), k, n,
-                   B.shape[0] if B.ndim == 3 else None, data.shape[-2] if kp > 1 else data.shape[-1], kp, colsum)
+                   B.shape[0] if B.ndim == 3 else None, data.shape[-2] if kp > 1 else data.shape[-1], kp, colsum,
+                   layout)
 
 
 def _kernel_dtype(A, B):
@@ -294,6 +307,8 @@ def _as_packed(B, dtype, A, batched):
         B = pack_b(B, dtype)
     if B.dtype != _PACKING.get(dtype, dtype):
         raise ValueError(f"B was packed for {B.dtype!r}, but A ({A.dtype}) needs {dtype!r}")
+    if batched and B.layout != "rows":
+        raise ValueError("B was packed in panels, a layout for gemm; batch_reduce needs layout='rows'")
     if batched and B.batch is None:
         raise ValueError("B must be a batched PackedB (packed from a (batch, K, N) array)")
     if not batched and B.batch is not None:
@@ -329,7 +344,8 @@ def gemm(A, B, C=None, *, beta=0.0, epilogue=None):
 
     The kernel follows A's dtype, as in :func:`batch_reduce`: float32, bfloat16, uint8 or
     int8 (× int8, exact int32 sums; beta 0 or 1). For the low-precision dtypes pass B packed
-    once with :func:`pack_b` (a 2-D PackedB): a plain B is packed again on every call. The
+    once with :func:`pack_b` (a 2-D PackedB, fastest in ``layout="panels"``): a plain B is
+    packed again on every call. The
     :class:`Epilogue` (bias, ReLU, dequantization, bf16 or requantized uint8/int8 output) is
     applied to each tile of C while it is in cache. Rows must be contiguous; row strides may
     exceed the width. Writes into C when given, else returns a new array (beta must be 0)."""
@@ -340,6 +356,7 @@ def gemm(A, B, C=None, *, beta=0.0, epilogue=None):
     if dtype == "f32" and not isinstance(B, PackedB):
         return _core.gemm(A, B, C, beta, epilogue)
     B = _as_packed(B, dtype, A, batched=False)
-    if dtype == "f32":
+    if dtype == "f32" and B.layout == "rows":
         return _core.gemm(A, B.data[:, :B.n], C, beta, epilogue)
-    return _core.gemm_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype, epilogue, B.colsum)
+    return _core.gemm_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype, epilogue, B.colsum,
+                             B.layout == "panels")

@@ -216,7 +216,8 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
             peak = peak_of(PEAK_OP[dtype], threads)
             for M, K, N in shapes or (GEMM_SHAPES if dtype == "f32" else LOWP_GEMM_SHAPES):
                 A, Bk, C, A2, B2 = _kernel_operands(rng, dtype, M, N, K, 1)
-                A, B = A[0], (B2 if dtype == "f32" else pack_b(B2, dtype))
+                # Weights packed once, in column panels (what gemm reads fastest).
+                A, B = A[0], (B2 if dtype == "f32" else pack_b(B2, dtype, layout="panels"))
                 fns = {"brgemm": lambda: gemm(A, B, C)}
                 if dtype == "f32":
                     fns["numpy"] = lambda: np.matmul(A, B, out=C)
@@ -242,16 +243,17 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
                                      M * K + K * N + out_bytes * M * N, sub, sub_rat, peak))
                     log(_format(rows[-1]))
     # GEMV with half-precision weights: memory-bound, so half the bytes should show. Compared
-    # with the same product on f32 weights (brgemm's own f32 path) and the peers on f32.
+    # with the same product on f32 weights packed the same way (brgemm's fastest f32 path) and
+    # the peers on f32.
     if "f32" in dtypes:
         K = N = 4096
         x = rng.standard_normal((1, K), dtype=np.float32)
         W = rng.standard_normal((K, N), dtype=np.float32)
-        W16 = pack_b(W, "f32f16")
+        W32, W16 = pack_b(W, "f32", layout="panels"), pack_b(W, "f32f16", layout="panels")
         C = np.empty((1, N), np.float32)
         for threads in threads_list:
             peers.set_threads(threads)
-            fns = {"brgemm": lambda: gemm(x, W16, C), "brgemm_f32_weights": lambda: gemm(x, W, C),
+            fns = {"brgemm": lambda: gemm(x, W16, C), "brgemm_f32_weights": lambda: gemm(x, W32, C),
                    "numpy": lambda: np.matmul(x, W, out=C)}
             if peers.torch is not None:
                 fns.update(_torch_peers(peers.torch, "f32", x, W, C))

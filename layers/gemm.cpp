@@ -5,7 +5,9 @@
 // (contiguous rows, so every row tile of the item reuses it from L2 without the cache-set
 // conflicts of a large ldb), then one BRGEMM call accumulates A[mc×kc]·panel into C
 // (beta for the first chunk, 1 after). Small M or a narrow B skips the copy: a panel used
-// once, or rows already close together, gain nothing from it.
+// once, or rows already close together, gain nothing from it. B packed in column panels
+// (pack_b_panels) is already laid out that way and is never copied (measured on Zen 4, int8
+// (256, 4096, 4096): the copy was 8 % of the time on 1 and 2 threads).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -75,6 +77,19 @@ bool holds_accumulator(dtype t, const epilogue_desc& e) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Where the K rows [p, p + kc) of B's columns from n0 on start, in either layout, and the
+// leading dimension a kernel reading them there needs.
+struct b_source {
+  const char* b;
+  int64_t ldb, kp, bb;
+  int64_t panel_bytes;  // 0: rows layout
+  const char* at(int64_t n0, int64_t p) const {
+    if (panel_bytes) return b + n0 / panel_width * panel_bytes + (p / kp) * panel_width * kp * bb;
+    return b + ((p / kp) * ldb + n0) * kp * bb;
+  }
+  int64_t ld() const { return panel_bytes ? panel_width : ldb; }
+};
+
 // Copies `rows` rows of `row_bytes` (row stride src_stride) into dst (row stride dst_stride).
 // Rows of a large B lie on different pages, where the hardware prefetcher does not follow, so
 // the copy prefetches the rows it will need a few iterations ahead itself.
@@ -95,11 +110,12 @@ void pack_panel(char* dst, int64_t dst_stride, const char* src, int64_t src_stri
 // column tile of its range per chunk: the rows of B it reads are then consecutive runs of
 // its whole range, which the hardware prefetcher follows (a column-panel walk down K would
 // jump a whole row of B at every step). C (a few rows) stays in cache between chunks.
-status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, int64_t lda, const char* b,
-                     int64_t ldb, char* c, int64_t ldc, float beta, int threads, const chunk_target& target) {
-  constexpr int64_t bn = 64, kc_rows = 8;
-  const int64_t kp = dtype_kpack(t), kc = std::max(kp, kc_rows / kp * kp);
-  const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
+// B in column panels is read in order by a walk down each panel instead, in one K chunk.
+status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, int64_t lda, const b_source& b,
+                     char* c, int64_t ldc, float beta, int threads, const chunk_target& target) {
+  constexpr int64_t bn = panel_width, kc_rows = 8;
+  const int64_t kp = dtype_kpack(t), kc = b.panel_bytes ? k : std::max(kp, kc_rows / kp * kp);
+  const int64_t ab = dtype_a_bytes(t), cb = dtype_c_bytes(t);
   const int64_t ob = out_type_bytes(t, target.e.out);
   const int64_t n_tiles = ceil_div(n, bn);
   threads = (int)std::min<int64_t>(threads, n_tiles);
@@ -116,7 +132,7 @@ status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, in
       const bool first = p == 0, last = p + kc >= k;
       for (int64_t tile = t0; tile < t1; ++tile) {
         const int64_t n0 = tile * bn, nc = std::min(bn, n - n0);
-        desc d{t, m, nc, kcur, lda, ldb, ldc, batch_kind::stride};
+        desc d{t, m, nc, kcur, lda, b.ld(), ldc, batch_kind::stride};
         epilogue_args args;
         char* acc_tile = acc ? acc + (tile - t0) * bn * cb : nullptr;
         char* dst = target.set(d, first, last, beta, c + n0 * ob, ldc, acc_tile, ld_acc, 0, n0, &args);
@@ -130,7 +146,7 @@ status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, in
         batch_ref batch;
         batch.count = 1;
         batch.a = a + p * ab;
-        batch.b = b + ((p / kp) * ldb + n0) * kp * bb;
+        batch.b = b.at(n0, p);
         execute(*slot, batch, dst, last ? &args : nullptr);
       }
     }
@@ -155,7 +171,8 @@ void set_gemm_blocking(int64_t bn, int64_t kc) {
 }
 
 status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t lda, const void* b_,
-            int64_t ldb, void* c_, int64_t ldc, float beta, const epilogue_desc& e, const epilogue_args* ep) {
+            int64_t ldb, void* c_, int64_t ldc, float beta, const epilogue_desc& e, const epilogue_args* ep,
+            b_layout layout) {
   if (t == dtype::s8s8) {
     // int8 A is shifted to uint8 once here (a XOR 0x80 = a + 128), rather than at every
     // broadcast inside the s8s8 kernels (measured: 6 % of a (64, 1024, 1024) product); the
@@ -176,16 +193,17 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
       }
       for (; j < k; ++j) out[j] = (uint8_t)(row[j] ^ 0x80u);
     }
-    return gemm(dtype::u8s8, m, n, k, dst, k, b_, ldb, c_, ldc, beta, e, ep);
+    return gemm(dtype::u8s8, m, n, k, dst, k, b_, ldb, c_, ldc, beta, e, ep, layout);
   }
-  const int64_t bn = tuned_bn.load() ? tuned_bn.load() : default_bn;
+  const bool panels = layout == b_layout::panels;
+  const int64_t bn = panels ? panel_width : tuned_bn.load() ? tuned_bn.load() : default_bn;
   const int64_t kp = dtype_kpack(t);
   // K chunks stay whole packed rows (a multiple of KP) so each chunk starts on a packed row.
   const int64_t kc = std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc_bytes(t) / dtype_b_bytes(t)) / kp * kp);
   const char* a = (const char*)a_;
-  const char* b = (const char*)b_;
   char* c = (char*)c_;
   const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
+  const b_source b{(const char*)b_, ldb, kp, bb, panels ? panel_elements(t, k) * bb : 0};
   const int64_t ob = out_type_bytes(t, e.out);
   const chunk_target target{e, ep, t, holds_accumulator(t, e)};
 
@@ -200,7 +218,7 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   const double flops = 2.0 * (double)m * (double)n * (double)k;
   if (flops < 4e6) threads = 1;
   if (m < 4 * mr && n * k >= (int64_t(1) << 16))
-    return gemm_few_rows(t, m, n, k, a, lda, b, ldb, c, ldc, beta, threads, target);
+    return gemm_few_rows(t, m, n, k, a, lda, b, c, ldc, beta, threads, target);
 
   // Work items: whole columns of C where that gives every thread enough items, else split M.
   const int64_t n_tiles = ceil_div(n, bn);
@@ -211,7 +229,7 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   const int64_t items = n_tiles * m_chunks;
   // Packing pays when each panel serves several row tiles and B's rows are far apart
   // (ldb of 1 KiB or more: rows collide in the same cache sets).
-  const bool pack = mc >= 4 * mr && ldb * kp * bb >= 1024;
+  const bool pack = !panels && mc >= 4 * mr && ldb * kp * bb >= 1024;
   const int64_t panel_bytes = ceil_div(kc, kp) * bn * kp * bb;
 
   std::atomic<int> result{(int)status::ok};
@@ -225,10 +243,10 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
       batch_ref batch;
       batch.count = 1;
       batch.a = a + (m0 * lda + p) * ab;
-      desc d{t, mcur, nc, kcur, lda, ldb, ldc, batch_kind::stride};
+      desc d{t, mcur, nc, kcur, lda, b.ld(), ldc, batch_kind::stride};
       epilogue_args args;
       char* dst = target.set(d, p == 0, p + kc >= k, beta, c + (m0 * ldc + n0) * ob, ldc, acc, bn, m0, n0, &args);
-      const char* bsrc = b + ((p / kp) * ldb + n0) * kp * bb;  // packed row p/KP, column n0
+      const char* bsrc = b.at(n0, p);
       if (panel) {
         pack_panel(panel, bn * kp * bb, bsrc, ldb * kp * bb, ceil_div(kcur, kp), nc * kp * bb);
         batch.b = panel;

@@ -90,22 +90,23 @@ FLOAT_EPILOGUES = {
 GEMM_SHAPES = [(1, 1, 1), (7, 13, 17), (37, 70, 45), (64, 64, 64), (29, 1100, 70), (3, 1030, 200), (1, 300, 257)]
 
 
-def _float_operands(dtype, m, k, n, rng):
+def _float_operands(dtype, m, k, n, rng, layout="rows"):
     A = rng.standard_normal((m, k)).astype(np.float32)
     B = rng.standard_normal((k, n)).astype(np.float32)
     if dtype == "bf16":
-        return A.astype(BF16), brgemm.pack_b(B.astype(BF16), "bf16")
-    if dtype == "f32f16":
-        return A, brgemm.pack_b(B, "f32f16")
+        return A.astype(BF16), brgemm.pack_b(B.astype(BF16), "bf16", layout=layout)
+    if dtype == "f32f16" or layout == "panels":
+        return A, brgemm.pack_b(B, dtype, layout=layout)
     return A, B
 
 
 @pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "m{}_k{}_n{}".format(*s))
 @pytest.mark.parametrize("name", list(FLOAT_EPILOGUES))
-@pytest.mark.parametrize("dtype", ["f32", "bf16", "f32f16"])
-def test_gemm_float_epilogue_is_its_twin(isa, dtype, name, shape, rng):
+@pytest.mark.parametrize("dtype, layout", [("f32", "rows"), ("bf16", "rows"), ("f32f16", "rows"),
+                                           ("f32", "panels"), ("bf16", "panels"), ("f32f16", "panels")])
+def test_gemm_float_epilogue_is_its_twin(isa, dtype, layout, name, shape, rng):
     m, k, n = shape
-    A, B = _float_operands(dtype, m, k, n, rng)
+    A, B = _float_operands(dtype, m, k, n, rng, layout)
     spec = dict(FLOAT_EPILOGUES[name])
     bias = rng.standard_normal(n).astype(np.float32) if spec.pop("bias", False) else None
     acc = brgemm.gemm(A, B)
@@ -219,11 +220,12 @@ def _int8_epilogue(spec, n, rng, za, zb):
 @pytest.mark.parametrize("name", list(INT8_EPILOGUES))
 @pytest.mark.parametrize("signed, za, zb", [(False, 0, 0), (False, 128, 0), (False, 7, -5), (True, 0, 0),
                                             (True, -20, 3)], ids=["u8", "u8_za128", "u8_za_zb", "s8", "s8_za_zb"])
-def test_gemm_int8_epilogue_is_its_twin(isa, signed, za, zb, name, shape, rng):
+@pytest.mark.parametrize("layout", ["rows", "panels"])
+def test_gemm_int8_epilogue_is_its_twin(isa, layout, signed, za, zb, name, shape, rng):
     m, k, n = shape
     A, B = _int8_operands(signed, m, k, n, rng)
     ep, spec = _int8_epilogue(INT8_EPILOGUES[name], n, rng, za, zb)
-    got = brgemm.gemm(A, brgemm.pack_b(B, "u8s8"), epilogue=ep)
+    got = brgemm.gemm(A, brgemm.pack_b(B, "u8s8", layout=layout), epilogue=ep)
     want = twin(_exact(A, B, za, zb), int8=True, **spec)
     assert_same(got, want)
 

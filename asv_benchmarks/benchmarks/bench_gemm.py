@@ -124,8 +124,8 @@ class GemmVsPeers:
     track_ratio.unit = "x"
 
 
-# bf16 and int8 on weights packed once (pack_b), against PyTorch's paths for the same
-# product: torch.mm on bfloat16; for int8 torch._int_mm and a quantized Linear per engine
+# bf16 and int8 on weights packed once (pack_b, in column panels), against PyTorch's paths
+# for the same product: torch.mm on bfloat16; for int8 torch._int_mm and a quantized Linear per engine
 # (the operands and peers are built by brgemm.bench, so both harnesses time the same thing).
 LOWP_SHAPES = {"64x1024x1024": (64, 1024, 1024), "256x4096x4096": (256, 4096, 4096)}
 PEAK_OP = {"bf16": "dot_bf16", "u8s8": "dot_u8s8"}
@@ -144,7 +144,7 @@ class GemmLowPrecision:
         self.pin = ThreadPin(threads)
         M, K, N = LOWP_SHAPES[shape]
         A, _, C, A2, B2 = _kernel_operands(np.random.default_rng(SEED_A), dtype, M, N, K, 1)
-        W = brgemm.pack_b(B2, dtype)
+        W = brgemm.pack_b(B2, dtype, layout="panels")
         self.A2, self.B2, self.C = A2, B2, C
         self.fn = lambda: brgemm.gemm(A2, W, C)
         self.flops = 2.0 * M * N * K
@@ -195,7 +195,7 @@ class GemmEpilogue:
         M, K, N = LOWP_SHAPES[shape]
         dtype = {"s8s8": "u8s8"}.get(case.split("_")[0], case.split("_")[0])  # s8s8: A shifted below
         A, _, C, A2, B2 = _kernel_operands(np.random.default_rng(SEED_A), dtype, M, N, K, 1)
-        W = B2 if dtype == "f32" else brgemm.pack_b(B2, dtype)
+        W = B2 if dtype == "f32" else brgemm.pack_b(B2, dtype, layout="panels")
         bias = np.zeros(N, np.float32)
         self.A2, self.B2, self.C = A2, B2, C
         self.plain = lambda: brgemm.gemm(A2, W, C)
@@ -230,5 +230,48 @@ class GemmEpilogue:
             return float("nan")
         t = median_seconds({"brgemm": self.fused, **peers})
         return min(t[lib] for lib in peers) / t["brgemm"]
+
+    track_ratio_vs_torch.unit = "x"
+
+
+class GemvHalfWeights:
+    """x (1, 4096) @ W (4096, 4096) with W in IEEE half, widened in registers: the product is
+    bound by reading W, so half the bytes should nearly halve the time. t_f32 / t_f16 against
+    brgemm's own f32 weights packed the same way (the bar: >= 1.5), and t_torch / t_f16."""
+
+    params = [THREADS]
+    param_names = ["threads"]
+
+    def setup(self, threads):
+        import_torch()
+        self.pin = ThreadPin(threads)
+        rng = np.random.default_rng(SEED_A)
+        x = rng.standard_normal((1, 4096), dtype=np.float32)
+        W = rng.standard_normal((4096, 4096), dtype=np.float32)
+        W32, W16 = brgemm.pack_b(W, "f32", layout="panels"), brgemm.pack_b(W, "f32f16", layout="panels")
+        C = np.empty((1, 4096), np.float32)
+        self.f16 = lambda: brgemm.gemm(x, W16, C)
+        self.f32 = lambda: brgemm.gemm(x, W32, C)
+        self.x, self.W, self.C = x, W, C
+
+    def teardown(self, threads):
+        _teardown_row(self)
+
+    def time_gemv_f16_weights(self, threads):
+        self.f16()
+
+    def track_speedup_over_f32_weights(self, threads):
+        t = median_seconds({"f16": self.f16, "f32": self.f32})
+        return t["f32"] / t["f16"]
+
+    track_speedup_over_f32_weights.unit = "x"
+
+    def track_ratio_vs_torch(self, threads):
+        torch = import_torch()
+        if torch is None:
+            return float("nan")
+        tx, tW, tC = (torch.from_numpy(a) for a in (self.x, self.W, self.C))
+        t = median_seconds({"f16": self.f16, "torch": lambda: torch.mm(tx, tW, out=tC)})
+        return t["torch"] / t["f16"]
 
     track_ratio_vs_torch.unit = "x"

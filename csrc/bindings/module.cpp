@@ -720,10 +720,11 @@ py::object packed_storage(py::ssize_t bytes, void** data) {
   return py::capsule(p, [](void* q) { std::free(q); });
 }
 
-// pack_b(B, dtype, ldb): B (K, N) or (batch, K, N) → (packed, colsum). packed is
-// (batch?, ceil(K/KP), ldb, KP) for bf16 and u8s8, (batch?, K, ldb) for f32; colsum (batch?, N)
-// int32 for u8s8, else None.
-py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
+// pack_b(B, dtype, ldb, panels): B (K, N) or (batch, K, N) → (packed, colsum). packed is
+// (batch?, ceil(K/KP), ldb, KP) for bf16 and u8s8, (batch?, K, ldb) for f32 and f32f16; in
+// column panels (2-D B only) it is (ceil(N/64), ceil(K/KP), 64, KP) or (ceil(N/64), K, 64).
+// colsum (batch?, N) int32 for u8s8, else None.
+py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb, bool panels) {
   const dtype t = dtype_from_name(dt);
   py::array b = typed_array(B, "B", b_elem(t));
   if (b.ndim() != 2 && b.ndim() != 3)
@@ -731,15 +732,22 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
   require_nonempty(b, "B");
   const bool batched = b.ndim() == 3;
   const int64_t count = batched ? b.shape(0) : 1, k = b.shape(b.ndim() - 2), n = b.shape(b.ndim() - 1);
+  if (panels && batched)
+    value_error("layout='panels' packs one (K, N) matrix for gemm; B is 3-D " + str(b.attr("shape")) +
+                " (batch_reduce takes layout='rows')");
+  if (panels && ldb >= 0) value_error("ldb does not apply to layout='panels' (panels are 64 columns wide)");
   if (ldb < 0) ldb = n;
   if (ldb < n) value_error("ldb must be at least N = " + std::to_string(n) + ", got " + std::to_string(ldb));
   const int64_t ld_src = leading_dim(b, (int)b.ndim() - 2, n, "B");
-  const int64_t kp = dtype_kpack(t), rows = (k + kp - 1) / kp, per_block = packed_b_elements(t, k, ldb);
+  const int64_t kp = dtype_kpack(t), rows = (k + kp - 1) / kp;
+  const int64_t n_panels = (n + panel_width - 1) / panel_width;
+  const int64_t per_block = panels ? n_panels * panel_elements(t, k) : packed_b_elements(t, k, ldb);
   const py::ssize_t item = b.itemsize();
   std::vector<py::ssize_t> shape;
   if (batched) shape.push_back(count);
+  if (panels) shape.push_back(n_panels);
   shape.push_back(rows);
-  shape.push_back(ldb);
+  shape.push_back(panels ? panel_width : ldb);
   if (kp > 1) shape.push_back(kp);
   py::ssize_t total = item * per_block * count;
   void* aligned;
@@ -766,8 +774,11 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb) {
   const int64_t src_stride = batched ? b.strides(0) : 0;
   {
     py::gil_scoped_release nogil;
-    for (int64_t i = 0; i < count; ++i)
-      pack_b(t, src + i * src_stride, k, n, ld_src, dst + i * per_block * item, ldb, cs ? cs + i * n : nullptr);
+    if (panels)
+      pack_b_panels(t, src, k, n, ld_src, dst, cs);
+    else
+      for (int64_t i = 0; i < count; ++i)
+        pack_b(t, src + i * src_stride, k, n, ld_src, dst + i * per_block * item, ldb, cs ? cs + i * n : nullptr);
   }
   return py::make_tuple(out, colsum);
 }
@@ -813,7 +824,8 @@ py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, 
 // layers::gemm with the epilogue bound; A (m × k, row stride lda) as a one-block batch for
 // the row sums a B zero point needs.
 py::array run_gemm(dtype t, const py::array& a, const py::array& b, int64_t m, int64_t n, int64_t k, int64_t lda,
-                   int64_t ldb, py::object C, double beta, py::object ep, py::object colsum) {
+                   int64_t ldb, py::object C, double beta, py::object ep, py::object colsum,
+                   b_layout layout = b_layout::rows) {
   const epilogue_spec s = epilogue_structure(ep, t, beta, n);
   int64_t ldc;
   py::array c = result_matrix(C, out_elem(t, s.e.out), m, n, beta, a, b, &ldc);
@@ -832,16 +844,17 @@ py::array run_gemm(dtype t, const py::array& a, const py::array& b, int64_t m, i
   status st;
   {
     py::gil_scoped_release nogil;
-    st = layers::gemm(t, m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta, s.e, s.e.any() ? &args : nullptr);
+    st = layers::gemm(t, m, n, k, ap, lda, bp, ldb, cp, ldc, (float)beta, s.e, s.e.any() ? &args : nullptr, layout);
   }
   check_status(st);
   return c;
 }
 
-// gemm for packed B: A (M, K) of the dtype's A type, B the packed 2-D array from pack_b
-// ((ceil(K/KP), ldb, KP)), k and n the unpacked sizes; colsum (n,) for int8, or None.
+// gemm for packed B: A (M, K) of the dtype's A type, B the packed array from pack_b
+// ((ceil(K/KP), ldb, KP), or in panels (ceil(N/64), ceil(K/KP), 64, KP)), k and n the
+// unpacked sizes; colsum (n,) for int8, or None.
 py::array gemm_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
-                      const std::string& dt, py::object ep, py::object colsum) {
+                      const std::string& dt, py::object ep, py::object colsum, bool panels) {
   const dtype t = dtype_from_name(dt);
   py::array a = typed_array(A, "A", a_elem(t)), b = typed_array(B, "B", b_elem(t));
   if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
@@ -849,6 +862,18 @@ py::array gemm_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::obje
   const int64_t m = a.shape(0), kp = dtype_kpack(t), rows = (k + kp - 1) / kp;
   if (a.shape(1) != k)
     value_error("A and B disagree on K: A is " + str(a.attr("shape")) + ", B was packed with K = " + std::to_string(k));
+  if (panels) {
+    const int64_t n_panels = (n + panel_width - 1) / panel_width;
+    if (b.ndim() != 4 || b.shape(0) != n_panels || b.shape(1) != rows || b.shape(2) != panel_width ||
+        b.shape(3) != kp)
+      value_error("B must be packed for " + std::string(dtype_name(t)) + " in panels as (ceil(N/64), ceil(K/" +
+                  std::to_string(kp) + "), 64, " + std::to_string(kp) + ") = (" + std::to_string(n_panels) + ", " +
+                  std::to_string(rows) + ", 64, " + std::to_string(kp) + "), got " + str(b.attr("shape")));
+    if (!(b.flags() & py::array::c_style)) value_error("B (packed) must be C-contiguous");
+    check_beta_for(t, beta);
+    return run_gemm(t, a, b, m, n, k, leading_dim(a, 0, k, "A"), panel_width, C, beta, ep, colsum,
+                    b_layout::panels);
+  }
   if (b.ndim() != 3 || b.shape(0) != rows || b.shape(2) != kp || b.shape(1) < n)
     value_error("B must be packed for " + std::string(dtype_name(t)) + " as (ceil(K/" + std::to_string(kp) +
                 "), ldb, " + std::to_string(kp) + ") = (" + std::to_string(rows) + ", >=" + std::to_string(n) + ", " +
@@ -977,13 +1002,13 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("batch_reduce", &batch_reduce, py::arg("A"), py::arg("B"), py::arg("C") = py::none(),
         py::arg("beta") = 0.0, py::arg("epilogue") = py::none());
-  m.def("pack_b", &pack_b_py, py::arg("B"), py::arg("dtype"), py::arg("ldb") = -1);
+  m.def("pack_b", &pack_b_py, py::arg("B"), py::arg("dtype"), py::arg("ldb") = -1, py::arg("panels") = false);
   m.def("batch_reduce_packed", &batch_reduce_packed, py::arg("A"), py::arg("B"), py::arg("k"), py::arg("n"),
         py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16",
         py::arg("epilogue") = py::none(), py::arg("colsum") = py::none());
   m.def("gemm_packed", &gemm_packed, py::arg("A"), py::arg("B"), py::arg("k"), py::arg("n"),
         py::arg("C") = py::none(), py::arg("beta") = 0.0, py::arg("dtype") = "bf16",
-        py::arg("epilogue") = py::none(), py::arg("colsum") = py::none());
+        py::arg("epilogue") = py::none(), py::arg("colsum") = py::none(), py::arg("panels") = false);
   m.def("gemm", &gemm, py::arg("A"), py::arg("B"), py::arg("C") = py::none(), py::arg("beta") = 0.0,
         py::arg("epilogue") = py::none());
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));

@@ -48,4 +48,18 @@ status pack_b(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, vo
   return status::ok;
 }
 
+int64_t panel_elements(dtype t, int64_t k) { return packed_b_elements(t, k, panel_width); }
+
+status pack_b_panels(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, void* dst, int32_t* colsum) {
+  if (n < 1) return status::bad_n;
+  const int64_t eb = dtype_b_bytes(t), per_panel = panel_elements(t, k) * eb;
+  for (int64_t j = 0; j < n; j += panel_width) {
+    const int64_t cols = n - j < panel_width ? n - j : panel_width;
+    const status s = pack_b(t, (const char*)src + j * eb, k, cols, ld_src, (char*)dst + j / panel_width * per_panel,
+                            panel_width, colsum ? colsum + j : nullptr);
+    if (s != status::ok) return s;
+  }
+  return status::ok;
+}
+
 }  // namespace brgemm

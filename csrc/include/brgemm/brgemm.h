@@ -215,6 +215,15 @@ status pack_b(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, vo
               int32_t* colsum);
 int64_t packed_b_elements(dtype t, int64_t k, int64_t ldb);  // size of dst in B elements
 
+// The same packing cut into column panels of panel_width: panel p holds columns
+// [p·panel_width, (p+1)·panel_width) as its own packed matrix with ldb = panel_width (columns
+// past n zero), and the panels follow each other. A gemm column tile then reads one
+// contiguous block instead of a row-strided panel it would have to copy first.
+constexpr int64_t panel_width = 64;
+enum class b_layout : int { rows = 0, panels };
+status pack_b_panels(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, void* dst, int32_t* colsum);
+int64_t panel_elements(dtype t, int64_t k);  // one panel, in B elements
+
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8 };
 // Runs the op's register-only loop on `threads` threads for about `seconds`; returns
