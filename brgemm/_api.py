@@ -41,7 +41,8 @@ def ukernels():
 
 #: Output types of an epilogue, by name: code of the core's out_type.
 _OUT_TYPES = {None: 0, "float32": 1, "bfloat16": 2, "uint8": 3, "int8": 4}
-_ACTIVATIONS = {None: 0, "relu": 1}
+_ACTIVATIONS = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "swish": 5, "ktanh": 6, "ksigmoid": 7,
+                "kgelu": 8, "kswish": 9}
 
 
 def _out_dtype_name(out_dtype):
@@ -90,7 +91,9 @@ class Epilogue:
        (``Σ (a − a_zero_point)(b − b_zero_point)``, exact) and dequantized:
        ``v = scale · Σ(...)`` with ``scale`` one value (per tensor) or n (per column);
     2. ``v += bias`` (n values);
-    3. ``activation``: None or "relu" (NaN stays NaN);
+    3. ``activation``: None, "relu" (NaN stays NaN), the exact "tanh", "sigmoid", "gelu"
+       (erf form), "swish", or the K-TanH family "ktanh", "ksigmoid", "kgelu", "kswish"
+       (see :mod:`brgemm.nn.functional`);
     4. stored as ``out_dtype``: None (the accumulator's: float32, or int32 for int8 kernels),
        "float32", "bfloat16" (round to nearest even) or, requantized,
        "uint8"/"int8": ``clip(round(v / out_scale) + out_zero_point)`` (ties to even).
@@ -112,7 +115,8 @@ class Epilogue:
         if activation is not None and not isinstance(activation, str):
             raise TypeError(f"activation must be None or a name, got {type(activation).__name__}")
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+            raise ValueError(f"activation must be None or one of {', '.join(a for a in _ACTIVATIONS if a)}, "
+                             f"got {activation!r}")
         out = _out_dtype_name(out_dtype)
         requant = out in ("uint8", "int8")
         if not requant and (out_scale is not None or out_zero_point is not None):

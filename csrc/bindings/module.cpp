@@ -14,6 +14,8 @@
 
 #include "brgemm/brgemm.h"
 #include "../../layers/gemm.h"
+#include "../../layers/eltwise.h"
+#include "../kernels/ktanh_table.h"
 
 namespace py = pybind11;
 using namespace brgemm;
@@ -897,6 +899,129 @@ py::array gemm(py::handle A, py::handle B, py::object C, double beta, py::object
                   py::none());
 }
 
+// --- Element-wise functions ----------------------------------------------------------------
+
+// A contiguous float32 or bfloat16 array (which one is reported through *bf16).
+py::array eltwise_array(py::handle h, const char* name, bool* bf16) {
+  if (!py::isinstance<py::array>(h))
+    type_error(std::string(name) + " must be a numpy array of float32 or bfloat16 (ml_dtypes), got " +
+               str(py::type::of(h).attr("__name__")));
+  auto arr = py::reinterpret_borrow<py::array>(h);
+  *bf16 = is_bf16(arr.dtype());
+  if (!*bf16 && !elem_matches(arr.dtype(), elem::f32))
+    type_error(std::string(name) + " must have dtype float32 or bfloat16 (ml_dtypes), got " + str(arr.dtype()));
+  typed_array(h, name, *bf16 ? elem::bf16 : elem::f32);
+  if (!(arr.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
+  return arr;
+}
+
+// out: None (a new array) or an array of x's dtype and shape, x itself or disjoint from the inputs.
+py::array eltwise_out(py::object out, const py::array& x, const std::vector<py::array>& inputs) {
+  if (out.is_none()) return py::array(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  bool bf16;
+  py::array o = eltwise_array(out, "out", &bf16);
+  if (!o.dtype().is(x.dtype())) type_error("out must have dtype " + str(x.dtype()) + ", got " + str(o.dtype()));
+  if (!o.attr("shape").equal(x.attr("shape")))
+    value_error("out must have shape " + str(x.attr("shape")) + ", got " + str(o.attr("shape")));
+  require_writeable(o, "out");
+  for (const py::array& in : inputs)
+    if (o.data() != in.data() && overlaps(extent(o), extent(in)))
+      value_error("out partly overlaps an input; it may be the input itself, or disjoint from it");
+  return o;
+}
+
+activation activation_arg(const std::string& name) {
+  static const char* names[] = {"none", "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu",
+                                "kswish"};
+  for (int i = 1; i < activation_count; ++i)
+    if (name == names[i]) return (activation)i;
+  value_error("activation must be one of relu, tanh, sigmoid, gelu, swish, ktanh, ksigmoid, kgelu, kswish; got '" +
+              name + "'");
+}
+
+py::array activation_py(py::handle X, const std::string& name, py::object out) {
+  const activation a = activation_arg(name);
+  bool bf16;
+  py::array x = eltwise_array(X, "x", &bf16);
+  py::array y = eltwise_out(out, x, {x});
+  const void* xp = x.data();
+  void* yp = y.mutable_data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    layers::activation(a, bf16, xp, yp, n);
+  }
+  return y;
+}
+
+// grad_x = grad_y·f'(·) in float32; x (the input) or y (the output) as activation_backward_needs_x says.
+py::array activation_backward_py(const std::string& name, py::handle G, py::object X, py::object Y, py::object out) {
+  const activation a = activation_arg(name);
+  py::array g = typed_array(G, "grad_y", elem::f32);
+  if (!(g.flags() & py::array::c_style)) value_error("grad_y must be C-contiguous");
+  const bool need_x = activation_backward_needs_x(a);
+  py::object src = need_x ? X : Y;
+  const char* src_name = need_x ? "x" : "y";
+  if (src.is_none()) value_error(std::string("the backward pass of ") + name + " needs " + src_name);
+  py::array v = typed_array(src, src_name, elem::f32);
+  if (!(v.flags() & py::array::c_style)) value_error(std::string(src_name) + " must be C-contiguous");
+  if (!v.attr("shape").equal(g.attr("shape")))
+    value_error(std::string(src_name) + " must have grad_y's shape " + str(g.attr("shape")) + ", got " +
+                str(v.attr("shape")));
+  py::array o = eltwise_out(out, g, {g, v});
+  const float* gp = g.data() ? (const float*)g.data() : nullptr;
+  const float* vp = (const float*)v.data();
+  float* op = (float*)o.mutable_data();
+  const int64_t n = g.size();
+  {
+    py::gil_scoped_release nogil;
+    layers::activation_backward(a, gp, need_x ? vp : nullptr, need_x ? nullptr : vp, op, n);
+  }
+  return o;
+}
+
+// Softmax over the last axis of a C-contiguous array; order 0 = exact, else Taylor of that order.
+py::array softmax_py(py::handle X, int order, py::object out) {
+  bool bf16;
+  py::array x = eltwise_array(X, "x", &bf16);
+  if (x.ndim() < 1 || x.size() == 0) value_error("x must have at least one element along the softmax axis");
+  py::array y = eltwise_out(out, x, {x});
+  const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
+  const void* xp = x.data();
+  void* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    layers::softmax(order, bf16, xp, yp, rows, cols);
+  }
+  return y;
+}
+
+py::array softmax_backward_py(int order, py::object Z, py::handle Y, py::handle G) {
+  py::array y = typed_array(Y, "y", elem::f32), g = typed_array(G, "grad_y", elem::f32);
+  for (auto* a : {&y, &g})
+    if (!(a->flags() & py::array::c_style)) value_error("y and grad_y must be C-contiguous");
+  if (y.ndim() < 1 || y.size() == 0) value_error("y must have at least one element along the softmax axis");
+  if (!y.attr("shape").equal(g.attr("shape")))
+    value_error("grad_y must have y's shape " + str(y.attr("shape")) + ", got " + str(g.attr("shape")));
+  py::array z;
+  if (order > 0) {
+    z = typed_array(Z, "x", elem::f32);
+    if (!(z.flags() & py::array::c_style)) value_error("x must be C-contiguous");
+    if (!z.attr("shape").equal(y.attr("shape")))
+      value_error("x must have y's shape " + str(y.attr("shape")) + ", got " + str(z.attr("shape")));
+  }
+  py::array out = eltwise_out(py::none(), y, {});
+  const int64_t cols = y.shape(y.ndim() - 1), rows = y.size() / cols;
+  const float *zp = order > 0 ? (const float*)z.data() : nullptr, *yp = (const float*)y.data(),
+              *gp = (const float*)g.data();
+  float* op = (float*)out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    layers::softmax_backward(order, zp, yp, gp, op, rows, cols);
+  }
+  return out;
+}
+
 // --- ISA, threads, introspection ---------------------------------------------------------------
 
 isa isa_arg(const std::string& name) {
@@ -1011,6 +1136,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("epilogue") = py::none(), py::arg("colsum") = py::none(), py::arg("panels") = false);
   m.def("gemm", &gemm, py::arg("A"), py::arg("B"), py::arg("C") = py::none(), py::arg("beta") = 0.0,
         py::arg("epilogue") = py::none());
+  m.def("activation", &activation_py, py::arg("x"), py::arg("name"), py::arg("out") = py::none());
+  m.def("activation_backward", &activation_backward_py, py::arg("name"), py::arg("grad_y"), py::arg("x") = py::none(),
+        py::arg("y") = py::none(), py::arg("out") = py::none());
+  m.def("softmax", &softmax_py, py::arg("x"), py::arg("order"), py::arg("out") = py::none());
+  m.def("softmax_backward", &softmax_backward_py, py::arg("order"), py::arg("x"), py::arg("y"), py::arg("grad_y"));
+  m.def("ktanh_table", [] {
+    py::list e, sh, b;
+    for (int i = 0; i < 32; ++i) {
+      e.append(ktanh::exponent[i]);
+      sh.append(ktanh::shift[i]);
+      b.append(ktanh::bias[i]);
+    }
+    return py::make_tuple(e, sh, b, ktanh::low_exp, ktanh::high_exp);
+  }, "The K-TanH tables compiled in: (exponent, shift, bias, low_exp, high_exp).");
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
 
   m.def("measure_peak", [](const std::string& op, int threads, double seconds) {

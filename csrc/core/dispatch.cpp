@@ -113,7 +113,7 @@ status validate(const desc& d) {
   if (!std::isfinite(d.beta)) return status::bad_beta;
   if (dtype_is_int8(d.type) && d.beta != 0.0f && d.beta != 1.0f) return status::bad_beta;
   const epilogue_desc& e = d.ep;
-  if ((int)e.out < 0 || (int)e.out > (int)out_type::s8 || (int)e.act < 0 || (int)e.act > (int)activation::relu ||
+  if ((int)e.out < 0 || (int)e.out > (int)out_type::s8 || (int)e.act < 0 || (int)e.act >= activation_count ||
       (int)e.scale < 0 || (int)e.scale > (int)scale_kind::column)
     return status::bad_epilogue;
   if (dtype_is_int8(d.type)) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include "brgemm/brgemm.h"
+#include "eltwise_twin.h"
 
 // max and min as the x86 instructions define them (the second operand when either is NaN),
 // so that the vector epilogues, which use those instructions, agree with this twin on NaN.
@@ -46,7 +47,7 @@ static inline void brgemm_epilogue_twin(const brgemm::epilogue_desc& d, brgemm::
         if (tl.prev) v = v + tl.beta * ((const float*)tl.prev)[i * tl.ld_prev + j];
       }
       if (d.bias) v = v + ep.bias[j];
-      if (d.act == activation::relu) v = brgemm_maxps(0.0f, v);
+      if (d.act != activation::none) v = brgemm_activation(d.act, v);
       switch (d.out) {
         case out_type::bf16: ((uint16_t*)tl.out)[i * tl.ldc + j] = brgemm_bf16_rne(v); break;
         case out_type::u8:

@@ -70,7 +70,8 @@ int num_threads();
 //   2. int8 only: v = scale · (v + row_offset[i] + col_offset[j])   s32 → f32 (exact sum,
 //                                       then one rounding to f32, then the product)
 //   3. v = v + bias[j]                  f32
-//   4. v = activation(v)                relu: max(v, 0), NaN stays NaN
+//   4. v = activation(v)                relu: max(v, 0), NaN stays NaN; or one of the
+//                                       element-wise functions below
 //   5. store as out:  f32 | bf16 (round to nearest even, NaN stays NaN)
 //                     | u8/s8: q = clip(nearbyint(v / out_scale) + out_zero_point)  (ties to
 //                       even, saturating; NaN → the lower bound)
@@ -78,7 +79,8 @@ int num_threads();
 // Every stage is an exact IEEE operation (no fused multiply-add), so every ISA's epilogue
 // gives bit-identical results to the scalar twin for the same accumulator.
 enum class out_type : int { acc = 0, f32, bf16, u8, s8 };
-enum class activation : int { none = 0, relu };
+enum class activation : int { none = 0, relu, tanh, sigmoid, gelu, swish, ktanh, ksigmoid, kgelu, kswish };
+constexpr int activation_count = 10;
 enum class scale_kind : int { none = 0, tensor, column };
 int out_type_bytes(dtype t, out_type o);
 
@@ -223,6 +225,26 @@ constexpr int64_t panel_width = 64;
 enum class b_layout : int { rows = 0, panels };
 status pack_b_panels(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, void* dst, int32_t* colsum);
 int64_t panel_elements(dtype t, int64_t k);  // one panel, in B elements
+
+// --- Element-wise functions (csrc/kernels/eltwise_twin.h, per-ISA eltwise.cpp) ----------
+// The activations of the epilogue's stage 4, over whole arrays, on the active ISA:
+//   tanh, sigmoid = 1/(1 + e^-x), gelu = x/2·(1 + erf(x/√2)), swish = x·sigmoid(x): libm,
+//     element by element (the exact references);
+//   ktanh: K-TanH (Kundu et al., arXiv 1909.07729) on the bf16 bit fields of x (f32 is
+//     truncated to bf16 first): integer operations and a 32-entry table (ktanh_table.h);
+//     |error| ≤ 0.00893 for every finite bf16 input (≤ 0.0118 for f32 ones, truncation
+//     included); ±inf → ±1; NaN stays NaN;
+//   ksigmoid = (1 + ktanh(x/2))/2, kswish = x·ksigmoid(x),
+//   kgelu = x/2·(1 + ktanh(√(2/π)·(x + 0.044715·x³))).
+// IEEE operations in a fixed order, so every ISA gives the scalar twin's bits. bf16 arrays are
+// their uint16 bits; a bf16 result is rounded to nearest even from the f32 one.
+void activation_f32(activation a, const float* x, float* y, int64_t n);
+void activation_bf16(activation a, const uint16_t* x, uint16_t* y, int64_t n);
+// grad_x = grad_y · f'(x): from the output y for relu, tanh, sigmoid, ktanh and ksigmoid
+// (1 − y², y·(1 − y)), from the input x for gelu, swish and the k-versions of them.
+void activation_backward_f32(activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
+                             int64_t n);
+bool activation_backward_needs_x(activation a);
 
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8 };

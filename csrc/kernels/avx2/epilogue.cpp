@@ -1,34 +1,17 @@
 // The AVX2 epilogue: the stages of brgemm.h on 8 columns at a time; the columns past the
 // last whole vector go through the scalar twin (epilogue_twin.h), which computes the same
 // IEEE operations in the same order, so every column is bit-identical to it.
-#include <immintrin.h>
 #include "../ukernels.h"
 #include "../epilogue_twin.h"
+#include "activation.h"
 
 namespace brgemm::kernels {
-
-namespace {
-
-// f32 → bf16 bits in the low half of each 32-bit lane: round to nearest even, NaN quieted.
-inline __m256i bf16_rne(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-  return _mm256_blendv_epi8(rounded, quiet, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-}
-
-// The 8 low 16-bit (or 8-bit) halves of 32-bit lanes holding values that fit them.
-inline __m128i narrow16(__m256i x) {
-  return _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
-}
-
-}  // namespace
 
 void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
   const epilogue_args& ep = *tl.ep;
   const bool int8 = dtype_is_int8(t);
-  const __m256 beta = _mm256_set1_ps(tl.beta), zero = _mm256_setzero_ps();
+  const __m256 beta = _mm256_set1_ps(tl.beta);
+  const ktanh_table8 table;
   const __m256 lo = _mm256_set1_ps(d.out == out_type::u8 ? 0.0f : -128.0f);
   const __m256 hi = _mm256_set1_ps(d.out == out_type::u8 ? 255.0f : 127.0f);
   const __m256 out_scale = _mm256_set1_ps(ep.out_scale), out_zp = _mm256_set1_ps((float)ep.out_zero_point);
@@ -56,7 +39,7 @@ void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
         if (tl.prev) v = _mm256_add_ps(v, _mm256_mul_ps(beta, _mm256_loadu_ps((const float*)tl.prev + i * tl.ld_prev + j)));
       }
       if (d.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(ep.bias + j));
-      if (d.act == activation::relu) v = _mm256_max_ps(zero, v);
+      if (d.act != activation::none) v = activation8(d.act, v, table);
       switch (d.out) {
         case out_type::bf16:
           _mm_storeu_si128((__m128i*)((uint16_t*)tl.out + i * tl.ldc + j), narrow16(bf16_rne(v)));

@@ -1,28 +1,16 @@
 // The AVX-512 epilogue: the stages of brgemm.h on 16 columns at a time, the last vector of a
 // row masked. The same IEEE operations in the same order as the scalar twin
 // (epilogue_twin.h), so results are bit-identical to it; also used by the VNNI and BF16 levels.
-#include <immintrin.h>
 #include "../ukernels.h"
+#include "activation.h"
 
 namespace brgemm::kernels {
-
-namespace {
-
-// f32 → bf16 bits in the low half of each 32-bit lane: round to nearest even, NaN quieted.
-inline __m512i bf16_rne(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, quiet);
-}
-
-}  // namespace
 
 void epilogue__avx512(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
   const epilogue_args& ep = *tl.ep;
   const bool int8 = dtype_is_int8(t);
-  const __m512 beta = _mm512_set1_ps(tl.beta), zero = _mm512_setzero_ps();
+  const __m512 beta = _mm512_set1_ps(tl.beta);
+  const ktanh_table16 table;
   const __m512 lo = _mm512_set1_ps(d.out == out_type::u8 ? 0.0f : -128.0f);
   const __m512 hi = _mm512_set1_ps(d.out == out_type::u8 ? 255.0f : 127.0f);
   const __m512 out_scale = _mm512_set1_ps(ep.out_scale), out_zp = _mm512_set1_ps((float)ep.out_zero_point);
@@ -50,7 +38,7 @@ void epilogue__avx512(const epilogue_desc& d, dtype t, const epilogue_tile& tl) 
           v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(k, (const float*)tl.prev + i * tl.ld_prev + j)));
       }
       if (d.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, ep.bias + j));
-      if (d.act == activation::relu) v = _mm512_max_ps(zero, v);
+      if (d.act != activation::none) v = activation16(d.act, v, table);
       switch (d.out) {
         case out_type::bf16:
           _mm256_mask_storeu_epi16((uint16_t*)tl.out + i * tl.ldc + j, k, _mm512_cvtepi32_epi16(bf16_rne(v)));

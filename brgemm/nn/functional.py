@@ -1,0 +1,158 @@
+"""Element-wise functions on numpy arrays (float32 or ml_dtypes.bfloat16), computed by the C++
+core on the active ISA and spread over ``brgemm.set_num_threads`` threads for large arrays.
+
+The K-TanH family (Kundu et al., "K-TanH: Efficient TanH for Deep Learning", arXiv 1909.07729):
+
+- ``ktanh(x)``: tanh from the bfloat16 bit fields of x with integer operations and a 32-entry
+  table (float32 x is truncated to bfloat16 first). |x| < 1/4 returns x, |x| ≥ 4 returns ±1,
+  in between the two low exponent bits and three high mantissa bits pick an (exponent, shift,
+  bias) entry and the mantissa becomes (M >> shift) + bias. The table is derived in
+  ``brgemm/_ktanh_fit.py`` by exhaustive search per interval; the absolute error is at most
+  0.00892 over every finite bfloat16 input; for float32 inputs, which add the truncation, at
+  most 0.0118 (the supremum over each bfloat16 step, approached just below x = 0.5625).
+  ±inf → ±1, NaN → NaN, the function is odd. Each table interval is fitted on its own, so
+  it is not quite monotone: at 7 interval edges the next value steps back (by ≤ 0.0079).
+- ``ksigmoid(x) = (1 + ktanh(x/2))/2``, ``kswish(x) = x·ksigmoid(x)``,
+  ``kgelu(x) = x/2·(1 + ktanh(√(2/π)(x + 0.044715x³)))`` (the tanh form of GELU).
+- exact counterparts ``tanh``, ``sigmoid``, ``swish`` and ``gelu`` (x·Φ(x), the erf form) use
+  the C library's functions, element by element.
+
+Every ISA returns the same bits. ``out=`` may be x itself (in place) or a separate array of
+x's dtype and shape. Backward passes are float32: ``activation_backward(name, grad_y, x=, y=)``
+takes the derivative from the output y where that suffices (tanh and ktanh: 1 − y²;
+sigmoid and ksigmoid: y(1 − y); relu) and from the input x otherwise (gelu, swish, kgelu,
+kswish).
+
+Softmax: ``taylor_softmax(x, axis=-1, order=2)`` (Banerjee et al., "Exploring Alternatives to
+Softmax Function", arXiv 2011.11538) is P_n(z_i) / Σ_j P_n(z_j) with P_n the order-n Taylor
+polynomial of e^z, n even (P_n > 0 only for even n). Unlike softmax it is **not**
+shift-invariant: f(z + c) ≠ f(z), so do not subtract the maximum first; and its outputs tend
+to 1/len for large |z| instead of to a one-hot vector. ``softmax`` is the exact, max-subtracted
+one.
+"""
+
+import numpy as np
+
+from .. import _core
+
+_ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
+_FROM_INPUT = ("gelu", "swish", "kgelu", "kswish")
+
+
+def ktanh(x, out=None):
+    """K-TanH of x (float32 or bfloat16), same dtype and shape."""
+    return _core.activation(x, "ktanh", out)
+
+
+def ksigmoid(x, out=None):
+    """(1 + ktanh(x/2)) / 2."""
+    return _core.activation(x, "ksigmoid", out)
+
+
+def kswish(x, out=None):
+    """x · ksigmoid(x)."""
+    return _core.activation(x, "kswish", out)
+
+
+def kgelu(x, out=None):
+    """x/2 · (1 + ktanh(√(2/π)·(x + 0.044715·x³)))."""
+    return _core.activation(x, "kgelu", out)
+
+
+def tanh(x, out=None):
+    """Exact tanh (the C library's), for comparison with ktanh."""
+    return _core.activation(x, "tanh", out)
+
+
+def sigmoid(x, out=None):
+    """Exact 1 / (1 + e^-x)."""
+    return _core.activation(x, "sigmoid", out)
+
+
+def swish(x, out=None):
+    """Exact x · sigmoid(x)."""
+    return _core.activation(x, "swish", out)
+
+
+def gelu(x, out=None):
+    """Exact GELU, x · Φ(x) = x/2 · (1 + erf(x/√2))."""
+    return _core.activation(x, "gelu", out)
+
+
+def relu(x, out=None):
+    """max(x, 0); NaN stays NaN."""
+    return _core.activation(x, "relu", out)
+
+
+def activation(x, name, out=None):
+    """One of the functions above by name (``brgemm.Epilogue`` takes the same names)."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"name must be one of {', '.join(_ACTIVATIONS)}; got {name!r}")
+    return _core.activation(x, name, out)
+
+
+def activation_backward(name, grad_y, *, x=None, y=None, out=None):
+    """grad_x = grad_y · f'(·) for the activation ``name`` (float32 arrays of one shape): from
+    the output ``y`` for relu, tanh, sigmoid, ktanh, ksigmoid; from the input ``x`` for gelu,
+    swish, kgelu, kswish. ktanh's derivative is the exact tanh's applied to its output,
+    1 − y², as in the K-TanH paper."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"name must be one of {', '.join(_ACTIVATIONS)}; got {name!r}")
+    return _core.activation_backward(name, grad_y, x, y, out)
+
+
+def _order(order):
+    if isinstance(order, (bool, np.bool_)) or not isinstance(order, (int, np.integer)):
+        raise TypeError(f"order must be an integer, got {type(order).__name__}")
+    if order < 2 or order % 2:
+        raise ValueError(f"order must be an even integer >= 2 (an odd-order Taylor polynomial of e^z "
+                         f"is negative for some z, so the 'probabilities' could be negative), got {order}")
+    return int(order)
+
+
+def _rows(x, axis, name="x"):
+    """x with ``axis`` moved last, C-contiguous (a copy only when it has to be)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis} is out of range for {name} with {x.ndim} dimensions")
+    axis %= x.ndim
+    return np.ascontiguousarray(np.moveaxis(x, axis, -1)), axis
+
+
+def taylor_softmax(x, axis=-1, order=2):
+    """P_n(x_i) / Σ_j P_n(x_j) along ``axis``, with P_n(z) = Σ_{k≤n} z^k / k!, n = ``order``
+    even (odd orders raise ValueError). float32 or bfloat16 in, the same out (computed in
+    float32, row sums in float64). Not shift-invariant (see the module's notes)."""
+    order = _order(order)
+    z, axis = _rows(x, axis)
+    return np.moveaxis(_core.softmax(z, order), -1, axis)
+
+
+def taylor_softmax_backward(grad_y, x, axis=-1, order=2):
+    """grad_x of taylor_softmax at x (float32), given grad_y: since P_n' = P_{n−1},
+    grad_x_j = P_{n−1}(x_j) / Σ P_n · (grad_y_j − Σ_i grad_y_i y_i)."""
+    order = _order(order)
+    z, axis = _rows(x, axis)
+    g, _ = _rows(grad_y, axis, "grad_y")
+    if z.dtype != np.float32:
+        raise TypeError(f"x must have dtype float32 for the backward pass, got {z.dtype}")
+    y = _core.softmax(z, order)
+    return np.moveaxis(_core.softmax_backward(order, z, y, g), -1, axis)
+
+
+def softmax(x, axis=-1):
+    """The exact softmax, e^(x − max x) / Σ, along ``axis`` (float32 or bfloat16)."""
+    z, axis = _rows(x, axis)
+    return np.moveaxis(_core.softmax(z, 0), -1, axis)
+
+
+def softmax_backward(grad_y, y, axis=-1):
+    """grad_x of softmax from its output y (float32): y·(grad_y − Σ grad_y·y)."""
+    yr, axis = _rows(y, axis, "y")
+    g, _ = _rows(grad_y, axis, "grad_y")
+    return np.moveaxis(_core.softmax_backward(0, None, yr, g), -1, axis)

@@ -1,0 +1,41 @@
+// The element-wise functions of brgemm.h: each call goes to the active ISA's array kernel
+// (the VNNI and BF16 levels use AVX-512's); the backward pass is the scalar one everywhere.
+#include "brgemm/brgemm.h"
+#include "../kernels/ukernels.h"
+
+namespace brgemm {
+
+void activation_f32(activation a, const float* x, float* y, int64_t n) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::activation_f32__avx512(a, x, y, n);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::activation_f32__avx2(a, x, y, n);
+#endif
+  (void)level;
+  kernels::activation_f32__scalar(a, x, y, n);
+}
+
+void activation_bf16(activation a, const uint16_t* x, uint16_t* y, int64_t n) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::activation_bf16__avx512(a, x, y, n);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::activation_bf16__avx2(a, x, y, n);
+#endif
+  (void)level;
+  kernels::activation_bf16__scalar(a, x, y, n);
+}
+
+void activation_backward_f32(activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
+                             int64_t n) {
+  kernels::activation_backward_f32__scalar(a, grad_y, x, y, grad_x, n);
+}
+
+bool activation_backward_needs_x(activation a) {
+  return a == activation::gelu || a == activation::swish || a == activation::kgelu || a == activation::kswish;
+}
+
+}  // namespace brgemm
