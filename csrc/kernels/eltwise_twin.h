@@ -19,6 +19,16 @@ static constexpr brgemm_ktanh_entries brgemm_ktanh_packed = [] {
   return t;
 }();
 
+// The same as 16-bit entries for the 32-lane version: exponent·128 + bias (shift is as is).
+struct brgemm_ktanh_entries16 {
+  int16_t v[32];
+};
+static constexpr brgemm_ktanh_entries16 brgemm_ktanh_add16 = [] {
+  brgemm_ktanh_entries16 t{};
+  for (int i = 0; i < 32; ++i) t.v[i] = (int16_t)(brgemm::ktanh::exponent[i] * 128 + brgemm::ktanh::bias[i]);
+  return t;
+}();
+
 // Constants of the composite functions, as float (the vector versions broadcast these).
 static constexpr float brgemm_gelu_c = 0.7978845608028654f;  // √(2/π)
 static constexpr float brgemm_gelu_a = 0.044715f;

@@ -55,6 +55,34 @@ inline __m512 activation16_of_number(activation a, __m512 v, const ktanh_table16
   }
 }
 
+// K-TanH on 32 bf16 values in 16-bit lanes, each table one register (vpermw); NaN lanes
+// are left to the caller.
+struct ktanh_table32 {
+  __m512i add = _mm512_loadu_si512(brgemm_ktanh_add16.v), shift = _mm512_loadu_si512(ktanh::shift);
+};
+
+inline __m512i ktanh_bits32(__m512i h, const ktanh_table32& t) {
+  const __m512i a = _mm512_and_si512(h, _mm512_set1_epi16(0x7FFF));
+  const __m512i sign = _mm512_xor_si512(h, a);
+  const __m512i idx = _mm512_srli_epi16(a, 4);  // vpermw reads bits 0..4
+  const __m512i mant = _mm512_srlv_epi16(_mm512_and_si512(a, _mm512_set1_epi16(0x7F)),
+                                         _mm512_permutexvar_epi16(idx, t.shift));
+  __m512i r = _mm512_or_si512(sign, _mm512_add_epi16(_mm512_permutexvar_epi16(idx, t.add), mant));
+  r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(a, _mm512_set1_epi16(ktanh::low_exp << 7)), h);
+  return _mm512_mask_mov_epi16(r, _mm512_cmpge_epu16_mask(a, _mm512_set1_epi16(ktanh::high_exp << 7)),
+                               _mm512_or_si512(sign, _mm512_set1_epi16(0x3F80)));
+}
+
+// ktanh of two f32 vectors at once: their bf16 halves packed into one register and back
+// (vpackusdw and vpunpck{l,h}wd pair lanes the same way, so the order survives).
+inline void ktanh2x16(__m512 x0, __m512 x1, const ktanh_table32& t, __m512* y0, __m512* y1) {
+  const __m512i h = _mm512_packus_epi32(_mm512_srli_epi32(_mm512_castps_si512(x0), 16),
+                                        _mm512_srli_epi32(_mm512_castps_si512(x1), 16));
+  const __m512i r = ktanh_bits32(h, t);
+  *y0 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), r));
+  *y1 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), r));
+}
+
 // A NaN lane comes back as it went in, as in the twin.
 inline __m512 activation16(activation a, __m512 v, const ktanh_table16& t) {
   return _mm512_mask_mov_ps(activation16_of_number(a, v, t), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
