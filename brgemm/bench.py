@@ -261,6 +261,24 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
             rows.append(_row(f"gemv f16 weights 1x{K}x{N}", threads, 2 * K * N, 2 * K * N + 4 * (K + N),
                              med, rat, peak_of("fma_f32", threads)))
             log(_format(rows[-1]) + f"  (x f32 weights {rat['brgemm_f32_weights']:.2f})")
+    # K-TanH on one thread (its bar): against numpy's vectorised tanh, torch.tanh and a plain
+    # copy of the same array (the memory floor). The rate column counts G elements/s.
+    if "f32" in dtypes:
+        from .nn import functional
+        peers.set_threads(1)
+        for n in (10 ** 6, 10 ** 7):
+            x = (rng.standard_normal(n) * 2).astype(np.float32)
+            y = np.empty_like(x)
+            fns = {"brgemm": lambda: functional.ktanh(x, out=y), "numpy": lambda: np.tanh(x, out=y),
+                   "copy": lambda: np.copyto(y, x)}
+            if peers.torch is not None:
+                tx, ty = peers.torch.from_numpy(x), peers.torch.from_numpy(y)
+                fns["torch"] = lambda: peers.torch.tanh(tx, out=ty)
+            med, rat = compare(fns, rounds, 1)
+            plain = {lib: t for lib, t in med.items() if lib != "copy"}
+            rows.append(_row(f"ktanh f32 {n:.0e} (rate: G elements/s)", 1, n, 8 * n, plain, rat, None))
+            rows[-1]["ratio_vs_copy"] = rat["copy"]
+            log(_format(rows[-1]) + f"  (a copy: {rat['copy']:.2f}x ktanh's time)")
     peers.set_threads(get_num_threads())
     return rows
 

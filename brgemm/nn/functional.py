@@ -107,6 +107,8 @@ def _order(order):
     if order < 2 or order % 2:
         raise ValueError(f"order must be an even integer >= 2 (an odd-order Taylor polynomial of e^z "
                          f"is negative for some z, so the 'probabilities' could be negative), got {order}")
+    if order > 16:
+        raise ValueError(f"order must be at most 16 (beyond it, use softmax itself), got {order}")
     return int(order)
 
 

@@ -982,6 +982,7 @@ py::array activation_backward_py(const std::string& name, py::handle G, py::obje
 
 // Softmax over the last axis of a C-contiguous array; order 0 = exact, else Taylor of that order.
 py::array softmax_py(py::handle X, int order, py::object out) {
+  if (order < 0 || order > 16 || order % 2) value_error("order must be 0 (exact) or even, 2 to 16");
   bool bf16;
   py::array x = eltwise_array(X, "x", &bf16);
   if (x.ndim() < 1 || x.size() == 0) value_error("x must have at least one element along the softmax axis");
@@ -997,6 +998,7 @@ py::array softmax_py(py::handle X, int order, py::object out) {
 }
 
 py::array softmax_backward_py(int order, py::object Z, py::handle Y, py::handle G) {
+  if (order < 0 || order > 16 || order % 2) value_error("order must be 0 (exact) or even, 2 to 16");
   py::array y = typed_array(Y, "y", elem::f32), g = typed_array(G, "grad_y", elem::f32);
   for (auto* a : {&y, &g})
     if (!(a->flags() & py::array::c_style)) value_error("y and grad_y must be C-contiguous");
