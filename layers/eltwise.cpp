@@ -4,7 +4,6 @@
 #include "eltwise.h"
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 #include <omp.h>
 
@@ -14,19 +13,6 @@ namespace {
 
 // Threads for n elements: one per 64 Ki elements at least, so small arrays stay on one.
 int threads_for(int64_t n) { return (int)std::max<int64_t>(1, std::min<int64_t>(num_threads(), n >> 16)); }
-
-float bf16_to_f32(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float v;
-  std::memcpy(&v, &u, sizeof v);
-  return v;
-}
-uint16_t f32_to_bf16(float v) {  // round to nearest even, NaN kept
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  if (v != v) return (uint16_t)((u >> 16) | 0x40);
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 constexpr int max_order = 16;
 
@@ -120,11 +106,9 @@ void softmax(int order, bool bf16, const void* x, void* y, int64_t rows, int64_t
         softmax_row(order, (const float*)x + r * cols, (float*)y + r * cols, cols);
         continue;
       }
-      const uint16_t* in = (const uint16_t*)x + r * cols;
-      uint16_t* out = (uint16_t*)y + r * cols;
-      for (int64_t j = 0; j < cols; ++j) zin[j] = bf16_to_f32(in[j]);
+      bf16_to_f32((const uint16_t*)x + r * cols, zin.data(), cols);
       softmax_row(order, zin.data(), zout.data(), cols);
-      for (int64_t j = 0; j < cols; ++j) out[j] = f32_to_bf16(zout[j]);
+      f32_to_bf16(zout.data(), (uint16_t*)y + r * cols, cols);
     }
   }
 }

@@ -969,7 +969,7 @@ py::array activation_backward_py(const std::string& name, py::handle G, py::obje
     value_error(std::string(src_name) + " must have grad_y's shape " + str(g.attr("shape")) + ", got " +
                 str(v.attr("shape")));
   py::array o = eltwise_out(out, g, {g, v});
-  const float* gp = g.data() ? (const float*)g.data() : nullptr;
+  const float* gp = (const float*)g.data();
   const float* vp = (const float*)v.data();
   float* op = (float*)o.mutable_data();
   const int64_t n = g.size();

@@ -2,6 +2,7 @@
 // (the VNNI and BF16 levels use AVX-512's); the backward pass is the scalar one everywhere.
 #include "brgemm/brgemm.h"
 #include "../kernels/ukernels.h"
+#include "../kernels/epilogue_twin.h"
 
 namespace brgemm {
 
@@ -32,6 +33,14 @@ void activation_bf16(activation a, const uint16_t* x, uint16_t* y, int64_t n) {
 void activation_backward_f32(activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
                              int64_t n) {
   kernels::activation_backward_f32__scalar(a, grad_y, x, y, grad_x, n);
+}
+
+void bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = brgemm_from_bits((uint32_t)x[i] << 16);
+}
+
+void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = brgemm_bf16_rne(x[i]);
 }
 
 bool activation_backward_needs_x(activation a) {

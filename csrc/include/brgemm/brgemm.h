@@ -245,6 +245,9 @@ void activation_bf16(activation a, const uint16_t* x, uint16_t* y, int64_t n);
 void activation_backward_f32(activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
                              int64_t n);
 bool activation_backward_needs_x(activation a);
+// bf16 bits ↔ f32 arrays (f32 → bf16 rounds to nearest even, NaN stays NaN), as the epilogue does.
+void bf16_to_f32(const uint16_t* x, float* y, int64_t n);
+void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
 
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8 };

@@ -1,7 +1,8 @@
-// The element-wise functions of brgemm.h on 16 floats in a zmm register, shared by the AVX-512
-// epilogue and array kernels. The same IEEE operations in the same order as the scalar twin
-// (eltwise_twin.h); K-TanH is integer work on the bf16 fields, its table one lookup into two
-// registers (vpermi2d), and the libm functions go through the twin lane by lane.
+// The element-wise functions of brgemm.h with AVX-512, shared by the epilogue (one vector at a
+// time) and the array kernels (two). The same IEEE operations in the same order as the scalar
+// twin (eltwise_twin.h). K-TanH is integer work on bf16 fields in 16-bit lanes: the bf16 halves
+// of two f32 vectors share one register and each table is one vpermw. The libm functions go
+// through the twin lane by lane.
 #pragma once
 #include <immintrin.h>
 #include "../eltwise_twin.h"
@@ -9,58 +10,11 @@
 namespace brgemm::kernels {
 namespace {
 
-struct ktanh_table16 {
-  __m512i lo = _mm512_loadu_si512(brgemm_ktanh_packed.v), hi = _mm512_loadu_si512(brgemm_ktanh_packed.v + 16);
-};
-
-inline __m512 ktanh16(__m512 x, const ktanh_table16& t) {
-  const __m512i h = _mm512_srli_epi32(_mm512_castps_si512(x), 16);  // bf16 bits (truncated)
-  const __m512i a = _mm512_and_si512(h, _mm512_set1_epi32(0x7FFF));
-  const __m512i sign = _mm512_and_si512(h, _mm512_set1_epi32(0x8000));
-  const __m512i entry = _mm512_permutex2var_epi32(t.lo, _mm512_srli_epi32(a, 4), t.hi);  // index: bits 0..4
-  const __m512i mant = _mm512_srlv_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0x7F)), _mm512_srli_epi32(entry, 16));
-  __m512i r = _mm512_or_si512(sign, _mm512_add_epi32(_mm512_and_si512(entry, _mm512_set1_epi32(0xFFFF)), mant));
-  r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32(ktanh::low_exp << 7)), h);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(ktanh::high_exp << 7)),
-                            _mm512_or_si512(sign, _mm512_set1_epi32(0x3F80)));
-  const __m512 y = _mm512_castsi512_ps(_mm512_slli_epi32(r, 16));
-  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);  // NaN stays NaN
-}
-
-inline __m512 ksigmoid16(__m512 x, const ktanh_table16& t) {
-  const __m512 half = _mm512_set1_ps(0.5f);
-  return _mm512_mul_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), ktanh16(_mm512_mul_ps(x, half), t)), half);
-}
-
-inline __m512 activation16_of_number(activation a, __m512 v, const ktanh_table16& t) {
-  switch (a) {
-    case activation::none: return v;
-    case activation::relu: return _mm512_max_ps(_mm512_setzero_ps(), v);
-    case activation::ktanh: return ktanh16(v, t);
-    case activation::ksigmoid: return ksigmoid16(v, t);
-    case activation::kswish: return _mm512_mul_ps(v, ksigmoid16(v, t));
-    case activation::kgelu: {
-      const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-      const __m512 inner = _mm512_mul_ps(_mm512_set1_ps(brgemm_gelu_c),
-                                         _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(brgemm_gelu_a), cube)));
-      return _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.5f)),
-                           _mm512_add_ps(_mm512_set1_ps(1.0f), ktanh16(inner, t)));
-    }
-    default: {  // the libm functions
-      alignas(64) float lane[16];
-      _mm512_store_ps(lane, v);
-      for (float& x : lane) x = brgemm_activation(a, x);
-      return _mm512_load_ps(lane);
-    }
-  }
-}
-
-// K-TanH on 32 bf16 values in 16-bit lanes, each table one register (vpermw); NaN lanes
-// are left to the caller.
 struct ktanh_table32 {
   __m512i add = _mm512_loadu_si512(brgemm_ktanh_add16.v), shift = _mm512_loadu_si512(ktanh::shift);
 };
 
+// K-TanH on 32 bf16 values; NaN lanes are left to the caller.
 inline __m512i ktanh_bits32(__m512i h, const ktanh_table32& t) {
   const __m512i a = _mm512_and_si512(h, _mm512_set1_epi16(0x7FFF));
   const __m512i sign = _mm512_xor_si512(h, a);
@@ -83,9 +37,59 @@ inline void ktanh2x16(__m512 x0, __m512 x1, const ktanh_table32& t, __m512* y0, 
   *y1 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), r));
 }
 
-// A NaN lane comes back as it went in, as in the twin.
-inline __m512 activation16(activation a, __m512 v, const ktanh_table16& t) {
-  return _mm512_mask_mov_ps(activation16_of_number(a, v, t), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+// The K-TanH family on two f32 vectors, NaN lanes returned as they came.
+template <activation A>
+inline void k_family32(__m512 x0, __m512 x1, const ktanh_table32& t, __m512* y0, __m512* y1) {
+  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+  __m512 u0 = x0, u1 = x1;
+  if (A == activation::ksigmoid || A == activation::kswish) {
+    u0 = _mm512_mul_ps(x0, half);
+    u1 = _mm512_mul_ps(x1, half);
+  } else if (A == activation::kgelu) {
+    const __m512 c = _mm512_set1_ps(brgemm_gelu_c), k = _mm512_set1_ps(brgemm_gelu_a);
+    u0 = _mm512_mul_ps(c, _mm512_add_ps(x0, _mm512_mul_ps(k, _mm512_mul_ps(_mm512_mul_ps(x0, x0), x0))));
+    u1 = _mm512_mul_ps(c, _mm512_add_ps(x1, _mm512_mul_ps(k, _mm512_mul_ps(_mm512_mul_ps(x1, x1), x1))));
+  }
+  ktanh2x16(u0, u1, t, y0, y1);
+  if (A == activation::ksigmoid || A == activation::kswish) {
+    *y0 = _mm512_mul_ps(_mm512_add_ps(one, *y0), half);
+    *y1 = _mm512_mul_ps(_mm512_add_ps(one, *y1), half);
+    if (A == activation::kswish) {
+      *y0 = _mm512_mul_ps(x0, *y0);
+      *y1 = _mm512_mul_ps(x1, *y1);
+    }
+  } else if (A == activation::kgelu) {
+    *y0 = _mm512_mul_ps(_mm512_mul_ps(x0, half), _mm512_add_ps(one, *y0));
+    *y1 = _mm512_mul_ps(_mm512_mul_ps(x1, half), _mm512_add_ps(one, *y1));
+  }
+  *y0 = _mm512_mask_mov_ps(*y0, _mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q), x0);
+  *y1 = _mm512_mask_mov_ps(*y1, _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q), x1);
+}
+
+// One vector (the epilogue's): the K-TanH family through k_family32 with the vector twice
+// (the compiler folds the identical second half).
+template <activation A>
+inline __m512 k_family16(__m512 v, const ktanh_table32& t) {
+  __m512 y, unused;
+  k_family32<A>(v, v, t, &y, &unused);
+  return y;
+}
+
+inline __m512 activation16(activation a, __m512 v, const ktanh_table32& t) {
+  switch (a) {
+    case activation::none: return v;
+    case activation::relu: return _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays: the 2nd operand
+    case activation::ktanh: return k_family16<activation::ktanh>(v, t);
+    case activation::ksigmoid: return k_family16<activation::ksigmoid>(v, t);
+    case activation::kswish: return k_family16<activation::kswish>(v, t);
+    case activation::kgelu: return k_family16<activation::kgelu>(v, t);
+    default: {  // the libm functions (the twin returns a NaN as it came)
+      alignas(64) float lane[16];
+      _mm512_store_ps(lane, v);
+      for (float& x : lane) x = brgemm_activation(a, x);
+      return _mm512_load_ps(lane);
+    }
+  }
 }
 
 // f32 → bf16 bits in the low half of each 32-bit lane: round to nearest even, NaN quieted.

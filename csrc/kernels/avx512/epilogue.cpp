@@ -10,7 +10,7 @@ void epilogue__avx512(const epilogue_desc& d, dtype t, const epilogue_tile& tl) 
   const epilogue_args& ep = *tl.ep;
   const bool int8 = dtype_is_int8(t);
   const __m512 beta = _mm512_set1_ps(tl.beta);
-  const ktanh_table16 table;
+  const ktanh_table32 table;
   const __m512 lo = _mm512_set1_ps(d.out == out_type::u8 ? 0.0f : -128.0f);
   const __m512 hi = _mm512_set1_ps(d.out == out_type::u8 ? 255.0f : 127.0f);
   const __m512 out_scale = _mm512_set1_ps(ep.out_scale), out_zp = _mm512_set1_ps((float)ep.out_zero_point);
