@@ -1,5 +1,6 @@
 """Layers on the BRGEMM (brgemm.nn) and their element-wise functions (brgemm.nn.functional)."""
 
 from . import functional
+from .linear import MLP, Linear
 
-__all__ = ["functional"]
+__all__ = ["functional", "Linear", "MLP"]

@@ -1,5 +1,6 @@
 // The element-wise functions of brgemm.h: each call goes to the active ISA's array kernel
 // (the VNNI and BF16 levels use AVX-512's); the backward pass is the scalar one everywhere.
+#include <cstring>
 #include "brgemm/brgemm.h"
 #include "../kernels/ukernels.h"
 #include "../kernels/epilogue_twin.h"
@@ -41,6 +42,27 @@ void bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
 
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = brgemm_bf16_rne(x[i]);
+}
+
+// Unbiased rounding: a uniform 16-bit number added below the kept bits, then truncation, rounds
+// up with probability (the dropped bits)/2¹⁶. The number is a hash of (seed, position), so the
+// result does not depend on how the array is split between threads.
+void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t seed, uint64_t first) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &x[i], 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {  // NaN: kept, made quiet
+      y[i] = (uint16_t)((bits >> 16) | 0x40);
+      continue;
+    }
+    uint64_t h = seed + (first + (uint64_t)i) * 0x9e3779b97f4a7c15ull;  // splitmix64
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    const uint32_t r = bits + (uint32_t)(h & 0xffff);
+    // Past the largest finite bf16 the sum can reach infinity's bits, as rounding up does.
+    y[i] = (uint16_t)(r >> 16);
+  }
 }
 
 bool activation_backward_needs_x(activation a) {

@@ -248,6 +248,10 @@ bool activation_backward_needs_x(activation a);
 // bf16 bits ↔ f32 arrays (f32 → bf16 rounds to nearest even, NaN stays NaN), as the epilogue does.
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n);
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
+// f32 → bf16 rounded stochastically: up with probability (the 16 dropped bits)/2¹⁶, so the
+// expected result is x (Gupta et al., "Deep Learning with Limited Numerical Precision", 2015).
+// The random bits are a hash of (seed, first + i): reproducible, whatever the threading.
+void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t seed, uint64_t first);
 
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8 };

@@ -1,0 +1,255 @@
+"""Fully-connected layers on the BRGEMM: :class:`Linear` and :class:`MLP`, numpy in and out.
+
+Parameters follow PyTorch's conventions (``weight`` shaped (out, in), ``bias`` (out,)) and are
+plain float32 numpy arrays that the layer owns: write them in place (``layer.weight[...] = w``)
+or assign new ones, and the next forward packs them again (an exact comparison with what was
+packed last finds the change). Gradients accumulate into ``weight_grad`` and ``bias_grad``, as
+in PyTorch, until :meth:`zero_grad`.
+
+Between the layers of an MLP the activations stay blocked, ``[N/bn][C/bc][bn][bc]``; plain
+(N, features) arrays exist only at its input and output. Each product is one BRGEMM call per
+block of its result (layers/linear.cpp).
+"""
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+from .. import _core
+
+ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
+DTYPES = ("float32", "bfloat16")
+
+
+def _positive_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{name} must be at least 1, got {v}")
+    return int(v)
+
+
+def _activation_arg(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(str, ACTIVATIONS))}; got {activation!r}")
+    return activation
+
+
+def _dtype_arg(dtype):
+    if not isinstance(dtype, str):
+        try:
+            dtype = {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16"}.get(np.dtype(dtype))
+        except TypeError:
+            pass
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    return dtype
+
+
+def _rows_arg(x, name, features):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of float32 or bfloat16, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != features:
+        raise ValueError(f"{name} must have shape (N, {features}), got {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must have at least one row")
+    return x
+
+
+def _out_arg(out, shape, dtype, name="out"):
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype:
+        raise ValueError(f"{name} must be a {np.dtype(dtype).name} array of shape {shape}")
+    return out
+
+
+class _Chain:
+    """The blocked buffers of a chain of layers for one batch size: activations acts[i] (input of
+    layer i, output of layer i−1), pre-activations zs[i] where a derivative needs them, and the
+    f32 gradients of every activation."""
+
+    def __init__(self, layers, n):
+        self.n = n
+        self.bn = _core.fc_row_block(n)
+        self.sizes = [layers[0].in_features] + [l.out_features for l in layers]
+        self.blocks = [layers[0]._fc.bc] + [l._fc.bk for l in layers]
+        act_dtype = layers[0]._act_dtype
+        self.acts = [np.empty(self._elems(i), act_dtype) for i in range(len(self.sizes))]
+        self.zs = [np.empty(self._elems(i + 1), np.float32) if l._fc.needs_z else None for i, l in enumerate(layers)]
+        self.grads = [np.empty(self._elems(i), np.float32) for i in range(len(self.sizes))]
+        self.ready = False  # a training forward has filled acts and zs
+
+    def _elems(self, i):
+        bn, b = self.bn, self.blocks[i]
+        return -(-self.n // bn) * bn * (-(-self.sizes[i] // b) * b)
+
+    def forward(self, layers, x, out, training):
+        _core.fc_to_blocked(x, self.acts[0], self.bn, self.blocks[0])
+        for i, layer in enumerate(layers):
+            layer._fc.refresh(layer.weight, layer.bias)
+            layer._fc.forward(self.n, self.bn, self.acts[i], self.acts[i + 1], self.zs[i] if training else None)
+        _core.fc_from_blocked(self.acts[-1], self.bn, self.blocks[-1], out)
+        self.ready = training
+        return out
+
+    def backward(self, layers, grad_out, out):
+        if not self.ready:
+            raise RuntimeError("backward needs a forward of the same batch size in training mode first")
+        _core.fc_to_blocked(grad_out, self.grads[-1], self.bn, self.blocks[-1])
+        for i in reversed(range(len(layers))):
+            layer = layers[i]
+            layer._fc.backward(self.n, self.bn, self.grads[i + 1], self.acts[i + 1], self.zs[i], self.acts[i],
+                               self.grads[i] if i > 0 or out is not None else None, layer.weight_grad,
+                               layer.bias_grad)
+        if out is not None:
+            _core.fc_from_blocked(self.grads[0], self.bn, self.blocks[0], out)
+        return out
+
+
+class _Trainable:
+    """What Linear and MLP share: the chain of layers, modes, gradients and the SGD step."""
+
+    training = True
+
+    def _chain_for(self, n):
+        if self._chain is None or self._chain.n != n:
+            self._chain = _Chain(self._layers, n)
+        return self._chain
+
+    def forward(self, x, out=None):
+        """y = the layers applied to x, an (N, in_features) float32 or bfloat16 array. The result
+        has the layers' dtype (float32 or ml_dtypes.bfloat16); ``out`` may give its array."""
+        first, last = self._layers[0], self._layers[-1]
+        x = _rows_arg(x, "x", first.in_features)
+        out = _out_arg(out, (x.shape[0], last.out_features), first._act_dtype)
+        return self._chain_for(x.shape[0]).forward(self._layers, x, out, self.training)
+
+    __call__ = forward
+
+    def backward(self, grad_out, input_grad=True, out=None):
+        """From grad_out = ∂loss/∂y (N, out_features), float32 or bfloat16, of the last forward:
+        accumulates every ``weight_grad`` and ``bias_grad`` and returns ∂loss/∂x (float32), or None
+        when ``input_grad`` is False (the input needs no gradient: one product fewer)."""
+        last = self._layers[-1]
+        grad_out = _rows_arg(grad_out, "grad_out", last.out_features)
+        chain = self._chain
+        if chain is None or chain.n != grad_out.shape[0]:
+            raise RuntimeError("backward needs a forward of the same batch size in training mode first")
+        if input_grad:
+            out = _out_arg(out, (chain.n, self._layers[0].in_features), np.float32)
+        return chain.backward(self._layers, grad_out, out if input_grad else None)
+
+    def train(self, mode=True):
+        """Training mode (the default) keeps what backward needs; eval mode fuses every activation
+        into the product's epilogue."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for layer in self._layers:
+            layer.weight_grad.fill(0)
+            if layer.bias_grad is not None:
+                layer.bias_grad.fill(0)
+
+    def apply_sgd(self, lr, stochastic_rounding=False):
+        """One SGD step on the f32 master parameters, ``p −= lr · p_grad``, then the packed copies
+        are rebuilt. For bfloat16 layers ``stochastic_rounding=True`` rounds the bf16 copies of
+        the weights up or down at random with the probabilities that make the rounding unbiased,
+        so that updates smaller than a bf16 step still move the weights on average (the default
+        rounds to nearest even)."""
+        lr = float(lr)
+        if not math.isfinite(lr):
+            raise ValueError(f"lr must be finite, got {lr}")
+        if stochastic_rounding and self._layers[0].dtype != "bfloat16":
+            raise ValueError("stochastic_rounding applies to bfloat16 layers; this one is float32")
+        for layer in self._layers:
+            layer._steps += 1
+            layer._fc.sgd(layer.weight, layer.bias, layer.weight_grad, layer.bias_grad, lr,
+                          bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
+
+
+class Linear(_Trainable):
+    """y = activation(x · weightᵀ + bias) on the BRGEMM, bias and activation fused into its epilogue.
+
+    ``activation``: None, "relu", exact "tanh", "sigmoid", "gelu", "swish", or the K-TanH based
+    "ktanh", "ksigmoid", "kgelu", "kswish" (:mod:`brgemm.nn.functional`). ``dtype``: "float32", or
+    "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
+    weights and gradients). Initialised as PyTorch does: U(−1/√in, 1/√in), from ``seed``.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, activation=None, dtype="float32", seed=None):
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        self.activation = _activation_arg(activation)
+        self.dtype = _dtype_arg(dtype)
+        self._act_dtype = np.float32 if self.dtype == "float32" else ml_dtypes.bfloat16
+        self._fc = _core._Linear(self.dtype, self.in_features, self.out_features, activation or "none")
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self._weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(np.float32)
+        self._bias = rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None
+        self.weight_grad = np.zeros_like(self._weight)
+        self.bias_grad = np.zeros_like(self._bias) if bias else None
+        self._seed, self._steps = int(rng.integers(1 << 62)), 0
+        self._layers, self._chain = [self], None
+
+    @property
+    def weight(self):
+        """float32 (out_features, in_features); in-place writes take effect at the next forward."""
+        return self._weight
+
+    @weight.setter
+    def weight(self, value):
+        self._weight = self._param(value, (self.out_features, self.in_features), "weight")
+
+    @property
+    def bias(self):
+        """float32 (out_features,), or None for a layer without bias."""
+        return self._bias
+
+    @bias.setter
+    def bias(self, value):
+        if self._bias is None:
+            raise ValueError("this layer was built with bias=False")
+        self._bias = self._param(value, (self.out_features,), "bias")
+
+    @staticmethod
+    def _param(value, shape, name):
+        value = np.asarray(value)
+        if value.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+        if not np.issubdtype(value.dtype, np.floating) and value.dtype != ml_dtypes.bfloat16:
+            raise TypeError(f"{name} must be a floating-point array, got {value.dtype}")
+        return np.array(value, dtype=np.float32, order="C")
+
+    def __repr__(self):
+        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self._bias is not None}, activation={self.activation!r}, dtype={self.dtype!r})")
+
+
+class MLP(_Trainable):
+    """Linear layers of widths ``sizes`` (in, hidden…, out), ``activation`` after every layer
+    but the last, activations blocked from the first layer to the last.
+
+    >>> mlp = MLP([1024, 1024, 1024, 1024], activation="relu")
+    >>> y = mlp(x); mlp.backward(dy, input_grad=False); mlp.apply_sgd(0.01); mlp.zero_grad()
+    """
+
+    def __init__(self, sizes, activation="relu", dtype="float32", bias=True, seed=None):
+        sizes = [_positive_int(s, "sizes[]") for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must name at least an input and an output width, got {sizes}")
+        _activation_arg(activation)
+        rng = np.random.default_rng(seed)
+        self.layers = [Linear(sizes[i], sizes[i + 1], bias, activation if i + 2 < len(sizes) else None, dtype,
+                              seed=int(rng.integers(1 << 62))) for i in range(len(sizes) - 1)]
+        self.sizes, self.activation, self.dtype = sizes, activation, self.layers[0].dtype
+        self._layers, self._chain = self.layers, None
+
+    def __repr__(self):
+        return f"MLP(sizes={self.sizes}, activation={self.activation!r}, dtype={self.dtype!r})"
