@@ -23,7 +23,7 @@ int threads_for(double flops) { return flops < 4e6 ? 1 : num_threads(); }
 
 // A per-thread f32 scratch block that only grows.
 float* scratch(int slot, int64_t elems) {
-  static thread_local std::vector<float> buf[2];
+  static thread_local std::vector<float> buf[3];
   if ((int64_t)buf[slot].size() < elems) buf[slot].resize((size_t)elems);
   return buf[slot].data();
 }
@@ -36,6 +36,52 @@ void convert(const void* src, bool src_bf16, void* dst, bool dst_bf16, int64_t w
     bf16_to_f32((const uint16_t*)src, (float*)dst, w);
   else
     f32_to_bf16((const float*)src, (uint16_t*)dst, w);
+}
+
+// dst (cols × rows, row stride ld_dst) = srcᵀ (src: rows × cols, row stride ld_src). 32-bit
+// elements go 4 × 4 at a time through vector shuffles (GCC/Clang vector extensions, plain
+// SSE2: measured 4× faster than element copies), the rest element by element.
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
+#if defined(__clang__)
+#define SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define SHUFFLE(a, b, i, j, k, l) __builtin_shuffle(a, b, u32x4{i, j, k, l})
+#endif
+template <class T>
+void transpose(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
+  int64_t r0 = 0;
+  if constexpr (sizeof(T) == 4) {
+    for (; r0 + 4 <= rows; r0 += 4) {
+      int64_t c = 0;
+      for (; c + 4 <= cols; c += 4) {
+        u32x4 v[4];
+        for (int i = 0; i < 4; ++i) std::memcpy(&v[i], src + (r0 + i) * ld_src + c, 16);
+        const u32x4 lo01 = SHUFFLE(v[0], v[1], 0, 4, 1, 5), hi01 = SHUFFLE(v[0], v[1], 2, 6, 3, 7);
+        const u32x4 lo23 = SHUFFLE(v[2], v[3], 0, 4, 1, 5), hi23 = SHUFFLE(v[2], v[3], 2, 6, 3, 7);
+        const u32x4 out[4] = {SHUFFLE(lo01, lo23, 0, 1, 4, 5), SHUFFLE(lo01, lo23, 2, 3, 6, 7),
+                              SHUFFLE(hi01, hi23, 0, 1, 4, 5), SHUFFLE(hi01, hi23, 2, 3, 6, 7)};
+        for (int i = 0; i < 4; ++i) std::memcpy(dst + (c + i) * ld_dst + r0, &out[i], 16);
+      }
+      for (; c < cols; ++c)
+        for (int64_t r = r0; r < r0 + 4; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
+    }
+  }
+  for (; r0 < rows; r0 += 8) {
+    const int64_t r1 = std::min(rows, r0 + 8);
+    for (int64_t c = 0; c < cols; ++c)
+      for (int64_t r = r0; r < r1; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
+  }
+}
+#undef SHUFFLE
+
+// The VNNI-2 form of a row-major block (rows even): rows 2p and 2p+1 interleaved element by
+// element into row p.
+void interleave_pairs(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst) {
+  for (int64_t p = 0; p < rows / 2; ++p)
+    for (int64_t c = 0; c < cols; ++c) {
+      dst[(p * cols + c) * 2] = src[2 * p * cols + c];
+      dst[(p * cols + c) * 2 + 1] = src[(2 * p + 1) * cols + c];
+    }
 }
 
 char* aligned(std::vector<char>& v, int64_t bytes) {
@@ -94,45 +140,45 @@ void fc_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t
 fc_layer::fc_layer(dtype t, int64_t in, int64_t out, brgemm::activation act)
     : t_(t), c_(in), k_(out), bc_(fc_block(in)), bk_(fc_block(out)), act_(act) {}
 
-void fc_layer::pack(const float* w, bool stochastic, uint64_t seed) {
-  const int64_t kp = dtype_kpack(t_), eb = dtype_b_bytes(t_);  // kp = 2 for bf16, else 1
+void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed) {
   const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
-  const int64_t fblk = round_up(bc_, kp) * bk_ * eb, bblk = round_up(bk_, kp) * bc_ * eb;  // block bytes
-  char* fwd = aligned(fwd_, kb * cb * fblk);
-  char* bwd = aligned(bwd_, kb * cb * bblk);
+  const int64_t eb = dtype_b_bytes(t_), blk_bytes = bk_ * bc_ * eb;  // bk, bc even: no K padding
+  char* fwd = aligned(fwd_, kb * cb * blk_bytes);
+  char* bwd = aligned(bwd_, kb * cb * blk_bytes);
   const bool bf16 = t_ == dtype::bf16;
-  // One block row of W per iteration: it owns forward blocks [kb][*] and backward blocks [*][kb].
+  if (bf16) seen_w_.resize((size_t)(k_ * c_));  // f32 keeps its copy in the backward blocks
+  // One block row of W per iteration (it owns forward blocks [i][*] and backward blocks [*][i]):
+  // update and snapshot its rows, then each block, while the rows are in cache.
 #pragma omp parallel for num_threads(threads_for(8.0 * k_ * c_)) schedule(static)
   for (int64_t i = 0; i < kb; ++i) {
+    const int64_t rows = std::min(bk_, k_ - i * bk_);
+    float* wi = w + i * bk_ * c_;
+    if (wg)
+      for (int64_t e = 0; e < rows * c_; ++e) wi[e] -= lr * wg[i * bk_ * c_ + e];
+    if (bf16) std::memcpy(seen_w_.data() + i * bk_ * c_, wi, (size_t)(rows * c_ * 4));
+    // t: the W block (bk × bc) in the weights' type, zero-padded.
+    char* t = (char*)scratch(0, bk_ * bc_);
     for (int64_t j = 0; j < cb; ++j) {
-      std::memset(fwd + (i * cb + j) * fblk, 0, (size_t)fblk);
-      std::memset(bwd + (j * kb + i) * bblk, 0, (size_t)bblk);
-    }
-    uint16_t* seg16 = (uint16_t*)scratch(0, bc_);
-    for (int64_t j = 0; j < cb; ++j) {
-      char* fb = fwd + (i * cb + j) * fblk;
-      char* bb = bwd + (j * kb + i) * bblk;
       const int64_t width = std::min(bc_, c_ - j * bc_);
-      for (int64_t r = 0; r < std::min(bk_, k_ - i * bk_); ++r) {
-        const int64_t k = i * bk_ + r;
-        const float* wr = w + k * c_ + j * bc_;
-        // forward block (bc × bk) holds element (q, r); backward block (bk × bc) holds (r, q)
-        if (bf16) {
-          if (stochastic)
-            f32_to_bf16_stochastic(wr, seg16, width, seed, (uint64_t)(k * c_ + j * bc_));
-          else
-            f32_to_bf16(wr, seg16, width);
-          uint16_t *f = (uint16_t*)fb + r * 2, *b = (uint16_t*)bb + (r / 2) * bc_ * 2 + r % 2;
-          for (int64_t q = 0; q < width; ++q) {
-            f[(q / 2) * bk_ * 2 + q % 2] = seg16[q];
-            b[q * 2] = seg16[q];
-          }
-        } else {
-          float *f = (float*)fb + r, *b = (float*)bb + r * bc_;
-          for (int64_t q = 0; q < width; ++q) f[q * bk_] = wr[q];
-          std::memcpy(b, wr, (size_t)width * 4);
-        }
+      char* fb = fwd + (i * cb + j) * blk_bytes;
+      char* bb = bwd + (j * kb + i) * blk_bytes;
+      if (rows < bk_ || width < bc_) std::memset(bf16 ? t : bb, 0, (size_t)blk_bytes);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* src = wi + r * c_ + j * bc_;
+        const int64_t first = (i * bk_ + r) * c_ + j * bc_;
+        if (!bf16)
+          std::memcpy(bb + r * bc_ * 4, src, (size_t)width * 4);
+        else if (stochastic)
+          f32_to_bf16_stochastic(src, (uint16_t*)t + r * bc_, width, seed, (uint64_t)first);
+        else
+          f32_to_bf16(src, (uint16_t*)t + r * bc_, width);
       }
+      // The backward block is t (f32) or t's VNNI-2 row pairs (bf16); the forward block is its
+      // transpose in 32-bit units: f32 elements, or the bf16 pairs (q, q+1) VNNI-2 wants.
+      if (bf16) interleave_pairs((const uint16_t*)t, bk_, bc_, (uint16_t*)bb);
+      const uint32_t* t32 = (const uint32_t*)(bf16 ? t : bb);
+      const int64_t units = bc_ * eb / 4;
+      transpose(t32, bk_, units, units, (uint32_t*)fb, bk_);
     }
   }
   packed_ = true;
@@ -145,32 +191,43 @@ void fc_layer::set_bias(const float* b) {
   if (b) std::copy(b, b + k_, bias_.begin());
 }
 
-bool fc_layer::refresh(const float* w, const float* b) {
-  const bool w_same = packed_ && same_bytes(w, seen_w_.data(), k_ * c_ * 4);
-  const bool b_same = packed_ && (b != nullptr) == has_bias_ && (!b || same_bytes(b, seen_b_.data(), k_ * 4));
-  if (!w_same) {
-    seen_w_.assign(w, w + k_ * c_);
-    pack(w, false, 0);
+// Whether w holds what was packed last: the snapshot for bf16; for f32 the backward blocks,
+// which are W's own rows.
+bool fc_layer::same_weights(const float* w) const {
+  if (t_ == dtype::bf16) return same_bytes(w, seen_w_.data(), k_ * c_ * 4);
+  const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
+  const float* bwd = (const float*)aligned(const_cast<std::vector<char>&>(bwd_), 0);
+  std::atomic<bool> same{true};
+#pragma omp parallel for num_threads(threads_for(k_ * c_)) schedule(static)
+  for (int64_t k = 0; k < k_; ++k) {
+    if (!same.load(std::memory_order_relaxed)) continue;
+    for (int64_t j = 0; j < cb; ++j) {
+      const float* blk = bwd + ((j * kb + k / bk_) * bk_ + k % bk_) * bc_;
+      if (std::memcmp(w + k * c_ + j * bc_, blk, (size_t)std::min(bc_, c_ - j * bc_) * 4)) same = false;
+    }
   }
+  return same;
+}
+
+bool fc_layer::refresh(const float* w, const float* b) {
+  const bool w_same = packed_ && same_weights(w);
+  const bool b_same = packed_ && (b != nullptr) == has_bias_ && (!b || same_bytes(b, seen_b_.data(), k_ * 4));
+  if (!w_same) pack(const_cast<float*>(w), nullptr, 0.0f, false, 0);  // no gradient: w is only read
   if (!b_same) set_bias(b);
   return !(w_same && b_same);
 }
 
 void fc_layer::sgd(float* w, float* b, const float* wg, const float* bg, float lr, bool stochastic, uint64_t seed) {
-  const int64_t wn = k_ * c_;
-#pragma omp parallel for num_threads(threads_for(4.0 * wn)) schedule(static)
-  for (int64_t i = 0; i < wn; ++i) w[i] -= lr * wg[i];
+  pack(w, wg, lr, stochastic && t_ == dtype::bf16, seed);
   if (b)
     for (int64_t i = 0; i < k_; ++i) b[i] -= lr * bg[i];
-  seen_w_.assign(w, w + wn);
-  pack(w, stochastic && t_ == dtype::bf16, seed);
   set_bias(b);
 }
 
 status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float* zb) {
   const int64_t nb = ceil_div(n, bn), cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
   const int64_t kp = dtype_kpack(t_), ab = dtype_a_bytes(t_), ob = t_ == dtype::bf16 ? 2 : 4;
-  const int64_t fblk = round_up(bc_, kp) * bk_;  // in B elements
+  const int64_t fblk = bc_ * bk_;  // a weight block, in B elements (bc, bk even)
   const bool bf16 = t_ == dtype::bf16;
   // With zb the epilogue stops at the bias (into zb) and the activation follows on the block
   // while it is in cache; without, it is all one epilogue.
@@ -214,7 +271,7 @@ status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float*
 }
 
 status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* yb, const float* zb, const void* xb,
-                          float* gxb, float* wg, float* bg) {
+                          float* gxb, float* wg, float* bg, bool accumulate) {
   const int64_t nb = ceil_div(n, bn), cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
   const int64_t kp = dtype_kpack(t_), ab = dtype_a_bytes(t_);
   const bool bf16 = t_ == dtype::bf16;
@@ -224,48 +281,42 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
   // dZ = dY ⊙ act'(·), blocked as dY (the A of backward data) and transposed (the A of the
   // weight gradient), in the kernel's A type; the bias gradient is its column sums.
   const bool dz_is_dy = !bf16 && act_ == activation::none;
-  char* dz = dz_is_dy ? nullptr : aligned(dy_, nb * kb * blk * ab);
+  char* dz = dz_is_dy ? (char*)gyb : aligned(dy_, nb * kb * blk * ab);
   char* dzt = aligned(dyt_, nb * kb * blk * ab);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t j = 0; j < kb; ++j) {
     const int64_t cols = std::min(bk_, k_ - j * bk_);
+    float* sum = scratch(1, bk_);
+    std::fill(sum, sum + bk_, 0.0f);
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t at = (i * kb + j) * blk;
-      const float* g = gyb + at;
-      float* d = scratch(0, blk);
-      if (act_ == activation::none) {
-        std::memcpy(d, g, (size_t)blk * 4);
-      } else {
+      const float* d = gyb + at;
+      if (act_ != activation::none) {
+        float* out = bf16 ? scratch(0, blk) : (float*)dz + at;
         const float* y = nullptr;
-        if (!needs_z()) {
-          if (bf16) {
-            float* y32 = scratch(1, blk);
-            bf16_to_f32((const uint16_t*)yb + at, y32, blk);
-            y = y32;
-          } else {
-            y = (const float*)yb + at;
-          }
+        if (!needs_z() && bf16) {
+          float* y32 = scratch(2, blk);
+          bf16_to_f32((const uint16_t*)yb + at, y32, blk);
+          y = y32;
+        } else if (!needs_z()) {
+          y = (const float*)yb + at;
         }
-        activation_backward_f32(act_, g, needs_z() ? zb + at : nullptr, y, d, blk);
+        activation_backward_f32(act_, d, needs_z() ? zb + at : nullptr, y, out, blk);
+        d = out;
       }
-      if (bg) {
-        const int64_t rows = std::min(bn, n - i * bn);
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t q = 0; q < cols; ++q) bg[j * bk_ + q] += d[r * bk_ + q];
-      }
-      // The transposed block: (bk × bn), row q holds column q of d.
+      for (int64_t r = 0; r < std::min(bn, n - i * bn); ++r)
+        for (int64_t q = 0; q < cols; ++q) sum[q] += d[r * bk_ + q];
       char* t = dzt + (j * nb + i) * blk * ab;
       if (bf16) {
-        uint16_t* d16 = (uint16_t*)(dz + at * ab);
+        uint16_t* d16 = (uint16_t*)dz + at;
         f32_to_bf16(d, d16, blk);
-        for (int64_t q = 0; q < bk_; ++q)
-          for (int64_t r = 0; r < bn; ++r) ((uint16_t*)t)[q * bn + r] = d16[r * bk_ + q];
+        transpose(d16, bn, bk_, bk_, (uint16_t*)t, bn);
       } else {
-        if (dz) std::memcpy(dz + at * ab, d, (size_t)blk * 4);
-        for (int64_t q = 0; q < bk_; ++q)
-          for (int64_t r = 0; r < bn; ++r) ((float*)t)[q * bn + r] = d[r * bk_ + q];
+        transpose(d, bn, bk_, bk_, (float*)t, bn);
       }
     }
+    if (bg)
+      for (int64_t q = 0; q < cols; ++q) bg[j * bk_ + q] = (accumulate ? bg[j * bk_ + q] : 0.0f) + sum[q];
   }
 
   // The weight gradient reduces over rows of X, so bf16 X goes into VNNI-2 pairs of rows.
@@ -273,12 +324,8 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
   if (bf16) {
     char* xv = aligned(xv_, nb * cb * bn * bc_ * 2);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t blkno = 0; blkno < nb * cb; ++blkno) {
-      const uint16_t* src = (const uint16_t*)xb + blkno * bn * bc_;
-      uint16_t* dst = (uint16_t*)xv + blkno * bn * bc_;
-      for (int64_t r = 0; r < bn; ++r)
-        for (int64_t q = 0; q < bc_; ++q) dst[((r / 2) * bc_ + q) * 2 + r % 2] = src[r * bc_ + q];
-    }
+    for (int64_t b = 0; b < nb * cb; ++b)
+      interleave_pairs((const uint16_t*)xb + b * bn * bc_, bn, bc_, (uint16_t*)xv + b * bn * bc_);
     xw = xv;
   }
 
@@ -291,27 +338,31 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
   const int64_t m_edge = k_ - (kb - 1) * bk_, n_edge = c_ - (cb - 1) * bc_;
   for (int fm = 0; fm < (kb > 1 ? 2 : 1); ++fm)
     for (int fn = 0; fn < (cb > 1 ? 2 : 1); ++fn) {
-      desc d{t_, fm ? bk_ : m_edge, fn ? bc_ : n_edge, bn, bn, bc_, c_, batch_kind::stride, 1.0f};
+      desc d{t_, fm ? bk_ : m_edge, fn ? bc_ : n_edge, bn, bn, bc_, c_, batch_kind::stride, accumulate ? 1.0f : 0.0f};
       if (status s = dispatch(d, &kw[fm][fn]); s != status::ok) return s;
     }
 
-  const int64_t data_items = gxb ? nb * cb : 0, items = data_items + kb * cb;
   const char* bwd = aligned(bwd_, 0);
-  const int64_t bblk = round_up(bk_, kp) * bc_;  // backward weight block, in B elements
-  const char* a_dz = dz_is_dy ? (const char*)gyb : dz;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t item = 0; item < items; ++item) {
+  const int64_t bblk = bk_ * bc_;
+  // Two loops of equal work per thread (an item of backward data is kb times larger).
+#pragma omp parallel num_threads(threads)
+  {
     batch_ref batch;
-    if (item < data_items) {
-      const int64_t i = item / cb, j = item % cb;
-      batch.count = kb;
-      batch.a = a_dz + i * kb * blk * ab;
-      batch.stride_a = blk;
-      batch.b = bwd + j * kb * bblk * dtype_b_bytes(t_);
-      batch.stride_b = bblk;
-      execute(*kd, batch, gxb + (i * cb + j) * bn * bc_);
-    } else {
-      const int64_t j = (item - data_items) / cb, q = (item - data_items) % cb;
+    if (gxb) {
+#pragma omp for schedule(static) nowait
+      for (int64_t item = 0; item < nb * cb; ++item) {
+        const int64_t i = item % nb, j = item / nb;  // N fastest: a thread's items share weight blocks
+        batch.count = kb;
+        batch.a = dz + i * kb * blk * ab;
+        batch.stride_a = blk;
+        batch.b = bwd + j * kb * bblk * dtype_b_bytes(t_);
+        batch.stride_b = bblk;
+        execute(*kd, batch, gxb + (i * cb + j) * bn * bc_);
+      }
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t item = 0; item < kb * cb; ++item) {
+      const int64_t j = item / cb, q = item % cb;
       batch.count = nb;
       batch.a = dzt + j * nb * blk * ab;
       batch.stride_a = blk;

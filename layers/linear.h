@@ -53,19 +53,22 @@ class fc_layer {
   // blocked like yb).
   status forward(int64_t n, int64_t bn, const void* xb, void* yb, float* zb);
   // From gyb (f32, blocked like yb) and what forward saw: gxb (f32, blocked like xb; null to
-  // skip) and wg += dWᵀ·…, bg += Σ rows (f32, plain; accumulated as PyTorch does).
+  // skip), and the gradients dW = dZᵀ·X, db = Σ_rows dZ (f32, plain) added to wg and bg when
+  // `accumulate` (as PyTorch does), else written over them.
   status backward(int64_t n, int64_t bn, const float* gyb, const void* yb, const float* zb, const void* xb,
-                  float* gxb, float* wg, float* bg);
+                  float* gxb, float* wg, float* bg, bool accumulate);
 
  private:
-  void pack(const float* w, bool stochastic, uint64_t seed);
+  // Packs w (after w −= lr·wg when wg is given); bf16 keeps a copy of w in seen_w_.
+  void pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed);
   void set_bias(const float* b);
+  bool same_weights(const float* w) const;
 
   dtype t_;
   int64_t c_, k_, bc_, bk_;
   brgemm::activation act_;
   bool has_bias_ = false, packed_ = false;
-  std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last; the bias padded to K/bk blocks
+  std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last (bf16); the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // the packed weights (64-byte aligned inside)
   std::vector<char> dy_, dyt_, xv_;            // backward scratch: grown, never shrunk
 };

@@ -101,8 +101,9 @@ class _Chain:
         for i in reversed(range(len(layers))):
             layer = layers[i]
             layer._fc.backward(self.n, self.bn, self.grads[i + 1], self.acts[i + 1], self.zs[i], self.acts[i],
-                               self.grads[i] if i > 0 or out is not None else None, layer.weight_grad,
-                               layer.bias_grad)
+                               self.grads[i] if i > 0 or out is not None else None, layer._weight_grad,
+                               layer._bias_grad, not layer._grad_zero)
+            layer._grad_zero = False
         if out is not None:
             _core.fc_from_blocked(self.grads[0], self.bn, self.blocks[0], out)
         return out
@@ -151,10 +152,10 @@ class _Trainable:
         return self.train(False)
 
     def zero_grad(self):
+        """Sets the gradients to zero. Lazily: the next backward writes them instead of adding to
+        them, and reading them before that fills them with zeros."""
         for layer in self._layers:
-            layer.weight_grad.fill(0)
-            if layer.bias_grad is not None:
-                layer.bias_grad.fill(0)
+            layer._grad_zero = True
 
     def apply_sgd(self, lr, stochastic_rounding=False):
         """One SGD step on the f32 master parameters, ``p −= lr · p_grad``, then the packed copies
@@ -193,8 +194,9 @@ class Linear(_Trainable):
         bound = 1.0 / math.sqrt(self.in_features)
         self._weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(np.float32)
         self._bias = rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None
-        self.weight_grad = np.zeros_like(self._weight)
-        self.bias_grad = np.zeros_like(self._bias) if bias else None
+        self._weight_grad = np.zeros_like(self._weight)
+        self._bias_grad = np.zeros_like(self._bias) if bias else None
+        self._grad_zero = False  # zero_grad() was called and no backward since
         self._seed, self._steps = int(rng.integers(1 << 62)), 0
         self._layers, self._chain = [self], None
 
@@ -206,6 +208,26 @@ class Linear(_Trainable):
     @weight.setter
     def weight(self, value):
         self._weight = self._param(value, (self.out_features, self.in_features), "weight")
+
+    @property
+    def weight_grad(self):
+        """float32 (out_features, in_features): ∂loss/∂weight summed over every backward since the
+        last zero_grad()."""
+        self._materialize_zero_grad()
+        return self._weight_grad
+
+    @property
+    def bias_grad(self):
+        """float32 (out_features,), or None without bias."""
+        self._materialize_zero_grad()
+        return self._bias_grad
+
+    def _materialize_zero_grad(self):
+        if self._grad_zero:
+            self._weight_grad.fill(0)
+            if self._bias_grad is not None:
+                self._bias_grad.fill(0)
+            self._grad_zero = False
 
     @property
     def bias(self):

@@ -1154,7 +1154,7 @@ struct py_linear {
   }
 
   void backward(int64_t n, int64_t bn, py::handle gyb, py::handle yb, py::handle zb, py::handle xb, py::handle gxb,
-                py::handle wg, py::handle bg) {
+                py::handle wg, py::handle bg, bool accumulate) {
     rows(n, bn);
     const int64_t ye = blocked_elems(n, fc.out(), bn, fc.bk()), xe = blocked_elems(n, fc.in(), bn, fc.bc());
     const float* gy = (const float*)exact_array(gyb, "grad_out", elem::f32, ye, false).data();
@@ -1167,7 +1167,7 @@ struct py_linear {
     status s;
     {
       py::gil_scoped_release nogil;
-      s = fc.backward(n, bn, gy, y, z, x, gx, w, b);
+      s = fc.backward(n, bn, gy, y, z, x, gx, w, b, accumulate);
     }
     check_status(s);
   }
@@ -1319,7 +1319,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("lr"), py::arg("stochastic"), py::arg("seed"))
       .def("forward", &py_linear::forward, py::arg("n"), py::arg("bn"), py::arg("xb"), py::arg("yb"), py::arg("zb"))
       .def("backward", &py_linear::backward, py::arg("n"), py::arg("bn"), py::arg("grad_out"), py::arg("yb"),
-           py::arg("zb"), py::arg("xb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"));
+           py::arg("zb"), py::arg("xb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"),
+           py::arg("accumulate"));
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
 
   m.def("measure_peak", [](const std::string& op, int threads, double seconds) {
