@@ -1045,6 +1045,8 @@ py::array plain_rows(py::handle h, const char* name, bool* bf16) {
                str(py::type::of(h).attr("__name__")));
   auto arr = py::reinterpret_borrow<py::array>(h);
   *bf16 = is_bf16(arr.dtype());
+  if (!*bf16 && !elem_matches(arr.dtype(), elem::f32))
+    type_error(std::string(name) + " must have dtype float32 or bfloat16 (ml_dtypes), got " + str(arr.dtype()));
   typed_array(h, name, *bf16 ? elem::bf16 : elem::f32);
   if (arr.ndim() != 2) value_error(std::string(name) + " must be 2-D (rows, features), got " + std::to_string(arr.ndim()) + "-D");
   require_nonempty(arr, name);
