@@ -180,7 +180,107 @@ def _int8_variants(A, B, M, N, K):
     return {"brgemm_s8": lambda: gemm(As, B, C32), "brgemm_requant": lambda: gemm(A, B, C8, epilogue=ep)}
 
 
-def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8")):
+MLP_SIZES, MLP_BATCH = [1024, 1024, 1024, 1024], 256
+LINEAR_SHAPES = [(256, 1024, 1024), (256, 4096, 4096)]  # (N, in, out)
+
+
+def _torch_mlp(torch, sizes, dtype, x, g):
+    """PyTorch's side of the MLP rows: the same layers, ReLU between them, plain SGD; bf16 as
+    autocast (f32 master weights, bf16 products), like brgemm's bf16 layers."""
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers += [torch.nn.Linear(sizes[i], sizes[i + 1])] + ([torch.nn.ReLU()] if i + 2 < len(sizes) else [])
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    xt, gt = torch.from_numpy(x), torch.from_numpy(g)
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else torch.no_grad
+
+    def forward():
+        with torch.no_grad(), cast():
+            model(xt)
+
+    def step():
+        opt.zero_grad()
+        if dtype == "bfloat16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = model(xt)
+        else:
+            y = model(xt)
+        y.backward(gt.to(y.dtype))
+        opt.step()
+    return forward, step
+
+
+def run_mlp(peers, rng, rounds, threads_list, log):
+    """Linear forward and the 3-layer MLP (forward, training step) against PyTorch, f32 and bf16.
+    A training step is forward, backward without the input's gradient (PyTorch skips it too,
+    x needing none), and an SGD update: 8 products of 2·N·in·out FLOP for 3 layers."""
+    import ml_dtypes
+    from .nn import MLP, Linear
+    rows = []
+    bf16 = ml_dtypes.bfloat16
+    for threads in threads_list:
+        peers.set_threads(threads)
+        for dtype, peak_op in (("float32", "fma_f32"), ("bfloat16", "dot_bf16")):
+            peak = peak_of(peak_op, threads)
+            # Linear forward (eval: bias fused into the epilogue), out= on both sides.
+            for n, c, k in LINEAR_SHAPES:
+                lin = Linear(c, k, dtype=dtype, seed=0).eval()
+                x = rng.standard_normal((n, c), dtype=np.float32)
+                xin = x if dtype == "float32" else x.astype(bf16)
+                y = np.empty((n, k), np.float32 if dtype == "float32" else bf16)
+                fns = {"brgemm": lambda: lin.forward(xin, out=y)}
+                if dtype == "float32" and (n, c, k) == LINEAR_SHAPES[-1]:
+                    # the bf16 bar is against our own f32 layer: keep that one for the bf16 row
+                    f32_lin, f32_x, f32_y = lin, x, y
+                if dtype == "bfloat16" and (n, c, k) == LINEAR_SHAPES[-1]:
+                    fns["brgemm_float32"] = lambda: f32_lin.forward(f32_x, out=f32_y)
+                if peers.torch is not None:
+                    torch = peers.torch
+                    tdt = torch.float32 if dtype == "float32" else torch.bfloat16
+                    tw = torch.from_numpy(lin.weight).to(tdt)
+                    tb, tx = torch.from_numpy(lin.bias).to(tdt), torch.from_numpy(x).to(tdt)
+                    ty = torch.empty((n, k), dtype=tdt)
+                    fns["torch"] = lambda: torch.addmm(tb, tx, tw.t(), out=ty)
+                med, rat = compare(fns, rounds, threads)
+                plain = {lib: t for lib, t in med.items() if lib != "brgemm_float32"}
+                rows.append(_row(f"Linear {dtype} fwd {n}x{c}x{k}", threads, 2 * n * c * k,
+                                 (2 if dtype == "bfloat16" else 4) * (n * c + c * k + n * k), plain, rat, peak))
+                extra = ""
+                if "brgemm_float32" in rat:
+                    rows[-1]["ratio_vs_brgemm_float32"] = rat["brgemm_float32"]
+                    extra = f"  ({rat['brgemm_float32']:.2f}x our float32)"
+                log(_format(rows[-1]) + extra)
+            # The 3-layer MLP, 1024 wide, N = 256: forward (eval) and a training step.
+            n = MLP_BATCH
+            x = rng.standard_normal((n, MLP_SIZES[0]), dtype=np.float32)
+            g = (rng.standard_normal((n, MLP_SIZES[-1]), dtype=np.float32) * 1e-3)
+            mlp = MLP(MLP_SIZES, activation="relu", dtype=dtype, seed=0)
+            y = np.empty((n, MLP_SIZES[-1]), np.float32 if dtype == "float32" else bf16)
+            layer_flops = sum(2 * n * MLP_SIZES[i] * MLP_SIZES[i + 1] for i in range(len(MLP_SIZES) - 1))
+            first = 2 * n * MLP_SIZES[0] * MLP_SIZES[1]
+
+            def infer():
+                mlp.eval().forward(x, out=y)
+
+            def step():
+                mlp.train().forward(x, out=y)
+                mlp.backward(g, input_grad=False)
+                mlp.apply_sgd(1e-6)
+                mlp.zero_grad()
+            for case, fn, flops, torch_fn in (("fwd", infer, layer_flops, 0), ("train step", step, 3 * layer_flops - first, 1)):
+                fns = {"brgemm": fn}
+                if peers.torch is not None:
+                    fns["torch"] = _torch_mlp(peers.torch, MLP_SIZES, dtype, x, g)[torch_fn]
+                med, rat = compare(fns, rounds, threads)
+                params = sum(MLP_SIZES[i] * MLP_SIZES[i + 1] for i in range(len(MLP_SIZES) - 1))
+                rows.append(_row(f"MLP 3x1024 N={n} {dtype} {case}", threads, flops,
+                                 4 * (params + n * sum(MLP_SIZES)), med, rat, peak))
+                log(_format(rows[-1]))
+    return rows
+
+
+def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True):
     peers = Peers()
     threads_list = threads_list or thread_counts()
     rng = np.random.default_rng(0)
@@ -279,6 +379,8 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
             rows.append(_row(f"ktanh f32 {n:.0e} (rate: G elements/s)", 1, n, 8 * n, plain, rat, None))
             rows[-1]["ratio_vs_copy"] = rat["copy"]
             log(_format(rows[-1]) + f"  (a copy: {rat['copy']:.2f}x ktanh's time)")
+    if mlp:
+        rows += run_mlp(peers, rng, rounds, threads_list, log)
     peers.set_threads(get_num_threads())
     return rows
 
@@ -336,6 +438,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=str, default=None, help="comma-separated thread counts (default: 1 and all cores)")
     parser.add_argument("--dtypes", type=str, default="f32,bf16,u8s8",
                         help="comma-separated kernel dtypes to benchmark (f32, bf16, u8s8)")
+    parser.add_argument("--mlp", action="store_true",
+                        help="only the fully-connected cases: Linear forward, 3-layer MLP forward and training step")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -367,7 +471,10 @@ def main(argv=None):
     dtypes = tuple(d.strip() for d in args.dtypes.split(","))
     if not set(dtypes) <= set(PEAK_OP):
         parser.error(f"--dtypes must name f32, bf16 or u8s8, got {args.dtypes!r}")
-    rows = run(rounds=args.rounds, threads_list=threads, dtypes=dtypes)
+    if args.mlp:
+        rows = run_mlp(Peers(), np.random.default_rng(0), args.rounds, threads or thread_counts(), print)
+    else:
+        rows = run(rounds=args.rounds, threads_list=threads, dtypes=dtypes)
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
