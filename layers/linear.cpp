@@ -226,7 +226,7 @@ void fc_layer::sgd(float* w, float* b, const float* wg, const float* bg, float l
 
 status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float* zb) {
   const int64_t nb = ceil_div(n, bn), cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
-  const int64_t kp = dtype_kpack(t_), ab = dtype_a_bytes(t_), ob = t_ == dtype::bf16 ? 2 : 4;
+  const int64_t ab = dtype_a_bytes(t_), ob = t_ == dtype::bf16 ? 2 : 4;
   const int64_t fblk = bc_ * bk_;  // a weight block, in B elements (bc, bk even)
   const bool bf16 = t_ == dtype::bf16;
   // With zb the epilogue stops at the bias (into zb) and the activation follows on the block
@@ -273,7 +273,7 @@ status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float*
 status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* yb, const float* zb, const void* xb,
                           float* gxb, float* wg, float* bg, bool accumulate) {
   const int64_t nb = ceil_div(n, bn), cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
-  const int64_t kp = dtype_kpack(t_), ab = dtype_a_bytes(t_);
+  const int64_t ab = dtype_a_bytes(t_);
   const bool bf16 = t_ == dtype::bf16;
   const int64_t blk = bn * bk_;
   const int threads = threads_for(4.0 * n * c_ * k_);

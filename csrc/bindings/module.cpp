@@ -902,8 +902,8 @@ py::array gemm(py::handle A, py::handle B, py::object C, double beta, py::object
 
 // --- Element-wise functions ----------------------------------------------------------------
 
-// A contiguous float32 or bfloat16 array (which one is reported through *bf16).
-py::array eltwise_array(py::handle h, const char* name, bool* bf16) {
+// A float32 or bfloat16 array (which one is reported through *bf16), any strides.
+py::array float_array(py::handle h, const char* name, bool* bf16) {
   if (!py::isinstance<py::array>(h))
     type_error(std::string(name) + " must be a numpy array of float32 or bfloat16 (ml_dtypes), got " +
                str(py::type::of(h).attr("__name__")));
@@ -911,7 +911,12 @@ py::array eltwise_array(py::handle h, const char* name, bool* bf16) {
   *bf16 = is_bf16(arr.dtype());
   if (!*bf16 && !elem_matches(arr.dtype(), elem::f32))
     type_error(std::string(name) + " must have dtype float32 or bfloat16 (ml_dtypes), got " + str(arr.dtype()));
-  typed_array(h, name, *bf16 ? elem::bf16 : elem::f32);
+  return typed_array(h, name, *bf16 ? elem::bf16 : elem::f32);
+}
+
+// The same, C-contiguous.
+py::array eltwise_array(py::handle h, const char* name, bool* bf16) {
+  py::array arr = float_array(h, name, bf16);
   if (!(arr.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
   return arr;
 }
@@ -1038,16 +1043,9 @@ py::array exact_array(py::handle h, const char* name, elem e, int64_t elems, boo
   return a;
 }
 
-// Plain (n, c) rows, f32 or bf16, with contiguous rows.
+// Plain (n, c) rows, f32 or bf16 (leading_dim checks the rows are contiguous).
 py::array plain_rows(py::handle h, const char* name, bool* bf16) {
-  if (!py::isinstance<py::array>(h))
-    type_error(std::string(name) + " must be a numpy array of float32 or bfloat16 (ml_dtypes), got " +
-               str(py::type::of(h).attr("__name__")));
-  auto arr = py::reinterpret_borrow<py::array>(h);
-  *bf16 = is_bf16(arr.dtype());
-  if (!*bf16 && !elem_matches(arr.dtype(), elem::f32))
-    type_error(std::string(name) + " must have dtype float32 or bfloat16 (ml_dtypes), got " + str(arr.dtype()));
-  typed_array(h, name, *bf16 ? elem::bf16 : elem::f32);
+  py::array arr = float_array(h, name, bf16);
   if (arr.ndim() != 2) value_error(std::string(name) + " must be 2-D (rows, features), got " + std::to_string(arr.ndim()) + "-D");
   require_nonempty(arr, name);
   return arr;
