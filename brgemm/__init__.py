@@ -10,7 +10,7 @@ back to another path.
 
 import os as _os
 
-from . import _core, nn
+from . import _core, layout, nn
 from ._api import Epilogue, Kernel, PackedB, batch_reduce, gemm, pack_b, ukernels
 from ._core import available_isas, get_num_threads, set_num_threads
 

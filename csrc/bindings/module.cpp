@@ -15,6 +15,7 @@
 #include "brgemm/brgemm.h"
 #include "../../layers/gemm.h"
 #include "../../layers/eltwise.h"
+#include "../../layers/conv.h"
 #include "../../layers/linear.h"
 #include "../kernels/ktanh_table.h"
 
@@ -1173,6 +1174,136 @@ struct py_linear {
   }
 };
 
+// --- Convolution (brgemm.nn.Conv2d drives this) -------------------------------------------
+
+// A C-contiguous float32/bfloat16 array of exactly `ndim` dimensions.
+py::array dense_array(py::handle h, const char* name, int ndim, bool* bf16) {
+  py::array a = eltwise_array(h, name, bf16);
+  if (a.ndim() != ndim)
+    value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " + std::to_string(a.ndim()) + "-D");
+  require_nonempty(a, name);
+  return a;
+}
+
+// x (N, C, H, W) → xb (N, C/bc, H, W, bc), either dtype on either side.
+void conv_to_blocked_py(py::handle X, py::handle XB) {
+  bool xbf, bbf;
+  py::array x = dense_array(X, "x", 4, &xbf);
+  py::array xb = dense_array(XB, "xb", 5, &bbf);
+  const int64_t n = x.shape(0), c = x.shape(1), hw = checked_madd(x.shape(2), x.shape(3), 0, "x");
+  const int64_t bc = xb.shape(4);
+  if (xb.shape(0) != n || xb.shape(1) != (c + bc - 1) / bc || xb.shape(2) != x.shape(2) || xb.shape(3) != x.shape(3))
+    value_error("xb must have shape (N, ceil(C/bc), H, W, bc) for x of shape " + str(x.attr("shape")) + ", got " +
+                str(xb.attr("shape")));
+  require_writeable(xb, "xb");
+  require_disjoint(xb, x, "xb", "x");
+  const void* xp = x.data();
+  void* bp = xb.mutable_data();
+  py::gil_scoped_release nogil;
+  layers::conv_to_blocked(xp, xbf, n, c, hw, bp, bbf, bc);
+}
+
+void conv_from_blocked_py(py::handle XB, py::handle X) {
+  bool xbf, bbf;
+  py::array xb = dense_array(XB, "xb", 5, &bbf);
+  py::array x = dense_array(X, "out", 4, &xbf);
+  const int64_t n = x.shape(0), c = x.shape(1), hw = checked_madd(x.shape(2), x.shape(3), 0, "out");
+  const int64_t bc = xb.shape(4);
+  if (xb.shape(0) != n || xb.shape(1) != (c + bc - 1) / bc || xb.shape(2) != x.shape(2) || xb.shape(3) != x.shape(3))
+    value_error("xb must have shape (N, ceil(C/bc), H, W, bc) for out of shape " + str(x.attr("shape")) + ", got " +
+                str(xb.attr("shape")));
+  require_writeable(x, "out");
+  require_disjoint(x, xb, "out", "xb");
+  const void* bp = xb.data();
+  void* xp = x.mutable_data();
+  py::gil_scoped_release nogil;
+  layers::conv_from_blocked(bp, bbf, n, c, hw, bc, xp, xbf);
+}
+
+// The C++ layer, with every array argument checked against its geometry.
+struct py_conv {
+  layers::conv_layer cv;
+  py_conv(const std::string& dt, const layers::conv_geometry& g, const std::string& act)
+      : cv(py_linear::dtype_arg(dt), checked(g), act == "none" ? activation::none : activation_arg(act)) {}
+
+  static const layers::conv_geometry& checked(const layers::conv_geometry& g) {
+    for (auto [v, name] : {std::pair{g.c, "in_channels"}, {g.k, "out_channels"}, {g.r, "kernel rows"},
+                           {g.s, "kernel columns"}, {g.stride_h, "stride"}, {g.stride_w, "stride"},
+                           {g.dil_h, "dilation"}, {g.dil_w, "dilation"}})
+      if (v < 1) value_error(std::string(name) + " must be at least 1, got " + std::to_string(v));
+    for (int64_t p : {g.pad_t, g.pad_b, g.pad_l, g.pad_r})
+      if (p < 0) value_error("padding must not be negative, got " + std::to_string(p));
+    return g;
+  }
+  elem act_elem() const { return cv.bf16() ? elem::bf16 : elem::f32; }
+  int64_t weights() const { return cv.geometry().k * cv.geometry().c * cv.geometry().r * cv.geometry().s; }
+  // Elements of a blocked activation of `channels` in blocks of b for n images of h × w.
+  static int64_t blocked(int64_t n, int64_t channels, int64_t b, int64_t h, int64_t w) {
+    return checked_madd(checked_madd(n, (channels + b - 1) / b * b, 0, "activation"), checked_madd(h, w, 0, "activation"),
+                        0, "activation");
+  }
+  void sizes(int64_t n, int64_t h, int64_t w) const {
+    if (n < 1 || h < 1 || w < 1) value_error("n, h and w must be at least 1");
+    if (cv.geometry().out_h(h) < 1 || cv.geometry().out_w(w) < 1)
+      value_error("the dilated kernel is larger than the padded input (" + std::to_string(h) + " x " +
+                  std::to_string(w) + ")");
+  }
+
+  bool refresh(py::handle w, py::handle b) {
+    const float* wp = (const float*)exact_array(w, "weight", elem::f32, weights(), false).data();
+    const float* bp = b.is_none() ? nullptr : (const float*)exact_array(b, "bias", elem::f32, cv.geometry().k, false).data();
+    py::gil_scoped_release nogil;
+    return cv.refresh(wp, bp);
+  }
+
+  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle zb) {
+    sizes(n, h, w);
+    const auto& g = cv.geometry();
+    const int64_t oh = g.out_h(h), ow = g.out_w(w);
+    const void* xp = exact_array(xb, "xb", act_elem(), blocked(n, g.c, cv.bc(), h, w), false).data();
+    py::array y = exact_array(yb, "yb", act_elem(), blocked(n, g.k, cv.bk(), oh, ow), true);
+    void* yp = y.mutable_data();
+    float* zp = nullptr;
+    if (!zb.is_none()) {
+      py::array z = exact_array(zb, "zb", elem::f32, blocked(n, g.k, cv.bk(), oh, ow), true);
+      require_disjoint(z, y, "zb", "yb");
+      zp = (float*)z.mutable_data();
+    }
+    require_disjoint(y, py::reinterpret_borrow<py::array>(xb), "yb", "xb");
+    status s;
+    {
+      py::gil_scoped_release nogil;
+      s = cv.forward(n, h, w, xp, yp, zp);
+    }
+    check_status(s);
+  }
+
+  void backward(int64_t n, int64_t h, int64_t w, py::handle gyb, py::handle yb, py::handle zb, py::handle xb,
+                py::handle gxb, py::handle wg, py::handle bg, bool accumulate) {
+    sizes(n, h, w);
+    const auto& g = cv.geometry();
+    const int64_t ye = blocked(n, g.k, cv.bk(), g.out_h(h), g.out_w(w)), xe = blocked(n, g.c, cv.bc(), h, w);
+    const float* gy = (const float*)exact_array(gyb, "grad_out", elem::f32, ye, false).data();
+    const void* y = cv.needs_z() ? nullptr : exact_array(yb, "yb", act_elem(), ye, false).data();
+    const float* z = cv.needs_z() ? (const float*)exact_array(zb, "zb", elem::f32, ye, false).data() : nullptr;
+    const void* x = exact_array(xb, "xb", act_elem(), xe, false).data();
+    float* gx = nullptr;
+    if (!gxb.is_none()) {
+      py::array gxa = exact_array(gxb, "grad_in", elem::f32, xe, true);
+      require_disjoint(gxa, py::reinterpret_borrow<py::array>(gyb), "grad_in", "grad_out");
+      gx = (float*)gxa.mutable_data();
+    }
+    float* wgp = (float*)exact_array(wg, "weight_grad", elem::f32, weights(), true).mutable_data();
+    float* bgp = bg.is_none() ? nullptr : (float*)exact_array(bg, "bias_grad", elem::f32, g.k, true).mutable_data();
+    status s;
+    {
+      py::gil_scoped_release nogil;
+      s = cv.backward(n, h, w, gy, y, z, x, gx, wgp, bgp, accumulate);
+    }
+    check_status(s);
+  }
+};
+
 // --- ISA, threads, introspection ---------------------------------------------------------------
 
 isa isa_arg(const std::string& name) {
@@ -1321,6 +1452,35 @@ PYBIND11_MODULE(_core, m) {
       .def("backward", &py_linear::backward, py::arg("n"), py::arg("bn"), py::arg("grad_out"), py::arg("yb"),
            py::arg("zb"), py::arg("xb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"),
            py::arg("accumulate"));
+  m.def("conv_to_blocked", &conv_to_blocked_py, py::arg("x"), py::arg("xb"));
+  m.def("conv_from_blocked", &conv_from_blocked_py, py::arg("xb"), py::arg("out"));
+  m.def("conv_block", [](int64_t channels) {
+    if (channels < 1) value_error("channels must be at least 1, got " + std::to_string(channels));
+    return layers::conv_block(channels);
+  }, py::arg("channels"));
+  py::class_<py_conv>(m, "_Conv2d")
+      .def(py::init([](const std::string& dt, int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw,
+                       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act) {
+             layers::conv_geometry g;
+             g.c = c, g.k = k, g.r = r, g.s = s, g.stride_h = sh, g.stride_w = sw, g.pad_t = pt, g.pad_b = pb;
+             g.pad_l = pl, g.pad_r = pr, g.dil_h = dh, g.dil_w = dw;
+             return new py_conv(dt, g, act);
+           }),
+           py::arg("dtype"), py::arg("in_channels"), py::arg("out_channels"), py::arg("r"), py::arg("s"),
+           py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_t"), py::arg("pad_b"), py::arg("pad_l"),
+           py::arg("pad_r"), py::arg("dil_h"), py::arg("dil_w"), py::arg("activation"))
+      .def_property_readonly("bc", [](const py_conv& l) { return l.cv.bc(); })
+      .def_property_readonly("bk", [](const py_conv& l) { return l.cv.bk(); })
+      .def_property_readonly("needs_z", [](const py_conv& l) { return l.cv.needs_z(); })
+      .def("out_size", [](const py_conv& l, int64_t h, int64_t w) {
+        return py::make_tuple(l.cv.geometry().out_h(h), l.cv.geometry().out_w(w));
+      }, py::arg("h"), py::arg("w"))
+      .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
+      .def("forward", &py_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
+           py::arg("zb"))
+      .def("backward", &py_conv::backward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("grad_out"),
+           py::arg("yb"), py::arg("zb"), py::arg("xb"), py::arg("grad_in"), py::arg("weight_grad"),
+           py::arg("bias_grad"), py::arg("accumulate"));
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
 
   m.def("measure_peak", [](const std::string& op, int threads, double seconds) {

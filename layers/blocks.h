@@ -1,0 +1,99 @@
+// Helpers the layer drivers share: block arithmetic, thread counts, per-thread scratch, and
+// the copies that move blocks between layouts (conversions, transposes, VNNI-2 pairs).
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#include "brgemm/brgemm.h"
+
+namespace brgemm::layers {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Threads for a product of `flops`: small ones are not worth waking the team.
+inline int threads_for(double flops) { return flops < 4e6 ? 1 : num_threads(); }
+
+// A per-thread f32 scratch block that only grows.
+inline float* scratch(int slot, int64_t elems) {
+  static thread_local std::vector<float> buf[3];
+  if ((int64_t)buf[slot].size() < elems) buf[slot].resize((size_t)elems);
+  return buf[slot].data();
+}
+
+// Copies `w` values from src (f32 or bf16) to dst (f32 or bf16).
+inline void convert(const void* src, bool src_bf16, void* dst, bool dst_bf16, int64_t w) {
+  if (src_bf16 == dst_bf16)
+    std::memcpy(dst, src, (size_t)(w * (src_bf16 ? 2 : 4)));
+  else if (src_bf16)
+    bf16_to_f32((const uint16_t*)src, (float*)dst, w);
+  else
+    f32_to_bf16((const float*)src, (uint16_t*)dst, w);
+}
+
+// dst (cols × rows, row stride ld_dst) = srcᵀ (src: rows × cols, row stride ld_src). 32-bit
+// elements go 4 × 4 at a time through vector shuffles (GCC/Clang vector extensions, plain
+// SSE2: measured 4× faster than element copies), the rest element by element.
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
+#if defined(__clang__)
+#define SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define SHUFFLE(a, b, i, j, k, l) __builtin_shuffle(a, b, u32x4{i, j, k, l})
+#endif
+template <class T>
+inline void transpose(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
+  int64_t r0 = 0;
+  if constexpr (sizeof(T) == 4) {
+    for (; r0 + 4 <= rows; r0 += 4) {
+      int64_t c = 0;
+      for (; c + 4 <= cols; c += 4) {
+        u32x4 v[4];
+        for (int i = 0; i < 4; ++i) std::memcpy(&v[i], src + (r0 + i) * ld_src + c, 16);
+        const u32x4 lo01 = SHUFFLE(v[0], v[1], 0, 4, 1, 5), hi01 = SHUFFLE(v[0], v[1], 2, 6, 3, 7);
+        const u32x4 lo23 = SHUFFLE(v[2], v[3], 0, 4, 1, 5), hi23 = SHUFFLE(v[2], v[3], 2, 6, 3, 7);
+        const u32x4 out[4] = {SHUFFLE(lo01, lo23, 0, 1, 4, 5), SHUFFLE(lo01, lo23, 2, 3, 6, 7),
+                              SHUFFLE(hi01, hi23, 0, 1, 4, 5), SHUFFLE(hi01, hi23, 2, 3, 6, 7)};
+        for (int i = 0; i < 4; ++i) std::memcpy(dst + (c + i) * ld_dst + r0, &out[i], 16);
+      }
+      for (; c < cols; ++c)
+        for (int64_t r = r0; r < r0 + 4; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
+    }
+  }
+  for (; r0 < rows; r0 += 8) {
+    const int64_t r1 = std::min(rows, r0 + 8);
+    for (int64_t c = 0; c < cols; ++c)
+      for (int64_t r = r0; r < r1; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
+  }
+}
+#undef SHUFFLE
+
+// The VNNI-2 form of a row-major block (rows even): rows 2p and 2p+1 interleaved element by
+// element into row p.
+inline void interleave_pairs(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst) {
+  for (int64_t p = 0; p < rows / 2; ++p)
+    for (int64_t c = 0; c < cols; ++c) {
+      dst[(p * cols + c) * 2] = src[2 * p * cols + c];
+      dst[(p * cols + c) * 2 + 1] = src[(2 * p + 1) * cols + c];
+    }
+}
+
+inline char* aligned(std::vector<char>& v, int64_t bytes) {
+  if ((int64_t)v.size() < bytes + 64) v.resize((size_t)(bytes + 64));
+  return (char*)(((uintptr_t)v.data() + 63) & ~(uintptr_t)63);
+}
+
+// True when [a, a + n) and [b, b + n) hold the same bytes; compared in parallel chunks.
+inline bool same_bytes(const void* a, const void* b, int64_t n) {
+  const int threads = n < (int64_t(1) << 20) ? 1 : num_threads();
+  std::atomic<bool> same{true};
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t part = 0; part < threads; ++part) {
+    const int64_t lo = n * part / threads, hi = n * (part + 1) / threads;
+    if (std::memcmp((const char*)a + lo, (const char*)b + lo, (size_t)(hi - lo))) same = false;
+  }
+  return same;
+}
+
+}  // namespace brgemm::layers

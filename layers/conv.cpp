@@ -1,0 +1,444 @@
+// Direct convolution driver (conv.h). Each output row of a block of output channels is a few
+// BRGEMM calls, one per run of output columns that see the same kernel taps:
+//   forward          Y[n][kb][oh][ow…] = act(Σ_{cb,r,s} X[n][cb][ih][iw…] · Wf[kb][cb][r][s] + b)
+//   backward data    dX[n][cb][ih][iw…] = Σ_{kb,r,s} dZ[n][kb][oh][ow…] · Wb[cb][kb][r][s]
+//   weight gradient  dWᵀ[kb][cb][r][s] = Σ_{n,oh} dZᵀ[n][kb][·][oh, ow…] · X[n][cb][ih][iw…]
+// with ih = oh·stride − pad + r·dilation (iw likewise). Padding is never materialised: a border
+// row or column has fewer taps in its batch (an empty batch writes zeros, then the epilogue).
+// For stride > 1, backward data walks its results in stride classes (iw ≡ q mod stride), each
+// run writing every stride-th column.
+#include "conv.h"
+#include "blocks.h"
+
+namespace brgemm::layers {
+
+namespace {
+
+// A tap of a run: its index along the axis, and the source position it reads for the run's
+// first result (sources then advance by the axis' source step per result).
+struct tap {
+  int64_t t, src;
+};
+struct run {
+  int64_t p0, m;
+  std::vector<tap> taps;
+};
+
+// The source position result p reads through tap t, or −1 when it reads none.
+struct forward_axis {  // results are outputs: src = p·stride − pad + t·dil, inside the input
+  int64_t in, stride, pad, dil;
+  int64_t operator()(int64_t p, int64_t t) const {
+    const int64_t q = p * stride - pad + t * dil;
+    return q >= 0 && q < in ? q : -1;
+  }
+};
+struct backward_axis {  // results are inputs: the output that read input p through tap t
+  int64_t out, stride, pad, dil;
+  int64_t operator()(int64_t p, int64_t t) const {
+    const int64_t q = p + pad - t * dil;
+    if (q < 0 || q % stride) return -1;
+    return q / stride < out ? q / stride : -1;
+  }
+};
+
+template <class Axis>
+std::vector<tap> taps_at(int64_t p, int64_t taps, const Axis& src) {
+  std::vector<tap> out;
+  for (int64_t t = 0; t < taps; ++t)
+    if (const int64_t q = src(p, t); q >= 0) out.push_back({t, q});
+  return out;
+}
+
+// The results 0..n−1 of an axis, class by class (p ≡ q mod step), cut into runs of consecutive
+// class members that see the same taps, each tap's source advancing by src_step.
+template <class Axis>
+std::vector<run> make_runs(int64_t n, int64_t step, int64_t src_step, int64_t taps, const Axis& src) {
+  std::vector<run> runs;
+  for (int64_t q = 0; q < step; ++q) {
+    bool open = false;  // runs.back() is of this class
+    for (int64_t p = q; p < n; p += step) {
+      std::vector<tap> here = taps_at(p, taps, src);
+      if (open) {
+        run& r = runs.back();
+        bool same = r.taps.size() == here.size();
+        for (size_t i = 0; same && i < here.size(); ++i)
+          same = here[i].t == r.taps[i].t && here[i].src == r.taps[i].src + r.m * src_step;
+        if (same) {
+          ++r.m;
+          continue;
+        }
+      }
+      runs.push_back({p, 1, std::move(here)});
+      open = true;
+    }
+  }
+  return runs;
+}
+
+// A 1×1, stride-1, unpadded convolution reads each image as one long row, so g rows (g dividing
+// h, g·w ≤ 128) become one: the kernel sees runs of g·w columns instead of w.
+void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w) {
+  if (g.r != 1 || g.s != 1 || g.stride_h != 1 || g.stride_w != 1 || g.pad_t || g.pad_b || g.pad_l || g.pad_r)
+    return;
+  int64_t rows = 1;
+  for (int64_t d = 2; d <= h; ++d)
+    if (h % d == 0 && d * w <= 128) rows = d;
+  h /= rows;
+  w *= rows;
+}
+
+// Per-thread batch offsets that only grow.
+int64_t* offsets(int slot, int64_t n) {
+  static thread_local std::vector<int64_t> buf[2];
+  if ((int64_t)buf[slot].size() < n) buf[slot].resize((size_t)n);
+  return buf[slot].data();
+}
+
+// One kernel per run (runs differ only in M).
+status run_kernels(const std::vector<run>& runs, desc d, std::vector<const kernel*>& out) {
+  out.resize(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    d.m = runs[i].m;
+    if (status s = dispatch(d, &out[i]); s != status::ok) return s;
+  }
+  return status::ok;
+}
+
+void transpose_elems(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
+                     bool bf16) {
+  if (bf16)
+    transpose((const uint16_t*)src, rows, cols, ld_src, (uint16_t*)dst, ld_dst);
+  else
+    transpose((const uint32_t*)src, rows, cols, ld_src, (uint32_t*)dst, ld_dst);
+}
+
+}  // namespace
+
+int64_t conv_block(int64_t channels) {
+  if (channels < 16) return round_up(channels, 4);
+  int64_t best = 64;
+  for (int64_t b : {32, 16})
+    if (round_up(channels, b) < round_up(channels, best)) best = b;
+  return best;
+}
+
+void conv_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t hw, void* xb, bool xb_bf16,
+                     int64_t bc) {
+  const int64_t cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+#pragma omp parallel for collapse(2) num_threads(threads_for(16.0 * n * c * hw)) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cb; ++j) {
+      const int64_t ch = std::min(bc, c - j * bc);
+      const void* src = (const char*)x + (i * c + j * bc) * hw * xs;
+      char* dst = (char*)xb + (i * cb + j) * hw * bc * bs;
+      if (x_bf16 != xb_bf16) {  // convert the channels' planes first, then transpose
+        void* t = scratch(0, ch * hw);
+        convert(src, x_bf16, t, xb_bf16, ch * hw);
+        src = t;
+      }
+      transpose_elems(src, ch, hw, hw, dst, bc, xb_bf16);
+      if (ch < bc)
+        for (int64_t p = 0; p < hw; ++p) std::memset(dst + (p * bc + ch) * bs, 0, (size_t)((bc - ch) * bs));
+    }
+}
+
+void conv_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
+                       bool x_bf16) {
+  const int64_t cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+#pragma omp parallel for collapse(2) num_threads(threads_for(16.0 * n * c * hw)) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cb; ++j) {
+      const int64_t ch = std::min(bc, c - j * bc);
+      const char* src = (const char*)xb + (i * cb + j) * hw * bc * bs;
+      char* dst = (char*)x + (i * c + j * bc) * hw * xs;
+      if (x_bf16 == xb_bf16) {
+        transpose_elems(src, hw, ch, bc, dst, hw, x_bf16);
+      } else {
+        void* t = scratch(0, ch * hw);
+        transpose_elems(src, hw, ch, bc, t, hw, xb_bf16);
+        convert(t, xb_bf16, dst, x_bf16, ch * hw);
+      }
+    }
+}
+
+conv_layer::conv_layer(dtype t, const conv_geometry& g, brgemm::activation act)
+    : t_(t), g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act) {}
+
+void conv_layer::pack(const float* w) {
+  const int64_t cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_), taps = g_.r * g_.s;
+  const int64_t blk = bc_ * bk_, bytes = blk * dtype_b_bytes(t_);  // bc, bk even: VNNI-2 adds nothing
+  char* fwd = aligned(fwd_, kb * cb * taps * bytes);
+  char* bwd = aligned(bwd_, kb * cb * taps * bytes);
+  const bool bf16 = t_ == dtype::bf16;
+#pragma omp parallel for collapse(2) num_threads(threads_for(8.0 * g_.k * g_.c * taps)) schedule(static)
+  for (int64_t i = 0; i < kb; ++i)
+    for (int64_t j = 0; j < cb; ++j) {
+      float* f = scratch(0, blk);     // the tap as plain (bc × bk) f32 …
+      float* b16 = scratch(1, blk);   // … and in bf16 when that is the weights' type
+      const int64_t ks = std::min(bk_, g_.k - i * bk_), cs = std::min(bc_, g_.c - j * bc_);
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        std::fill(f, f + blk, 0.0f);
+        for (int64_t kk = 0; kk < ks; ++kk)
+          for (int64_t cc = 0; cc < cs; ++cc) f[cc * bk_ + kk] = w[((i * bk_ + kk) * g_.c + j * bc_ + cc) * taps + tap];
+        for (int side = 0; side < 2; ++side) {  // forward block (bc × bk), then its transpose (bk × bc)
+          const float* src = f;
+          if (side == 1) {
+            transpose(f, bc_, bk_, bk_, b16, bc_);
+            std::copy(b16, b16 + blk, f);
+          }
+          const void* s = src;
+          if (bf16) {
+            f32_to_bf16(src, (uint16_t*)b16, blk);
+            s = b16;
+          }
+          const int64_t rows = side ? bk_ : bc_, cols = side ? bc_ : bk_;
+          char* dst = side ? bwd + ((j * kb + i) * taps + tap) * bytes : fwd + ((i * cb + j) * taps + tap) * bytes;
+          pack_b(t_, s, rows, cols, cols, dst, cols, nullptr);
+        }
+      }
+    }
+  packed_ = true;
+}
+
+bool conv_layer::refresh(const float* w, const float* b) {
+  const int64_t we = g_.k * g_.c * g_.r * g_.s;
+  const bool w_same = packed_ && same_bytes(w, seen_w_.data(), we * 4);
+  const bool b_same = packed_ && (b != nullptr) == has_bias_ && (!b || same_bytes(b, seen_b_.data(), g_.k * 4));
+  if (!w_same) {
+    pack(w);
+    seen_w_.assign(w, w + we);
+  }
+  if (!b_same) {
+    has_bias_ = b != nullptr;
+    if (b) seen_b_.assign(b, b + g_.k);
+    bias_.assign((size_t)round_up(g_.k, bk_), 0.0f);
+    if (b) std::copy(b, b + g_.k, bias_.begin());
+  }
+  return !(w_same && b_same);
+}
+
+status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb) {
+  merge_rows(g_, h, w);
+  const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
+  const bool bf16 = t_ == dtype::bf16;
+  std::vector<std::vector<tap>> rows(oh);
+  const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
+  for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g_.r, along_h);
+  const std::vector<run> runs = make_runs(ow, 1, g_.stride_w, g_.s, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w});
+  // With zb the epilogue stops at the bias (into zb) and the activation follows on the run
+  // while it is in cache; without, it is all one epilogue.
+  epilogue_desc e;
+  e.bias = has_bias_;
+  e.act = zb ? activation::none : act_;
+  e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
+  std::vector<const kernel*> kr;
+  if (status s = run_kernels(runs, desc{t_, 0, bk_, bc_, g_.stride_w * bc_, bk_, bk_, batch_kind::offset, 0.0f, e}, kr);
+      s != status::ok)
+    return s;
+  const char* fwd = aligned(fwd_, 0);
+  const int64_t plane_x = h * w * bc_, plane_y = oh * ow * bk_, blk = bc_ * bk_, ob = e.out == out_type::bf16 ? 2 : 4;
+  const int64_t items = kb * n * oh, most = cb * g_.r * g_.s;
+  // Items walk output rows fastest, then images: a thread's consecutive items share one
+  // column of weight blocks.
+#pragma omp parallel for num_threads(threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s)) schedule(static)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t j = item / (n * oh), i = item / oh % n, o = item % oh;
+    int64_t* oa = offsets(0, most);
+    int64_t* obw = offsets(1, most);
+    epilogue_args args;
+    args.bias = bias_.data() + j * bk_;
+    for (size_t q = 0; q < runs.size(); ++q) {
+      const run& u = runs[q];
+      int64_t count = 0;
+      for (int64_t c = 0; c < cb; ++c)
+        for (const tap& tr : rows[o])
+          for (const tap& ts : u.taps) {
+            oa[count] = (i * cb + c) * plane_x + (tr.src * w + ts.src) * bc_;
+            obw[count++] = (((j * cb + c) * g_.r + tr.t) * g_.s + ts.t) * blk;
+          }
+      batch_ref batch;
+      batch.count = count;
+      batch.a = xb;
+      batch.b = fwd;
+      batch.offs_a = oa;
+      batch.offs_b = obw;
+      const int64_t at = (i * kb + j) * plane_y + (o * ow + u.p0) * bk_;
+      if (!zb) {
+        execute(*kr[q], batch, (char*)yb + at * ob, &args);
+        continue;
+      }
+      float* z = zb + at;
+      execute(*kr[q], batch, z, &args);
+      if (!bf16) {
+        activation_f32(act_, z, (float*)yb + at, u.m * bk_);
+      } else {
+        float* y = scratch(0, u.m * bk_);
+        activation_f32(act_, z, y, u.m * bk_);
+        f32_to_bf16(y, (uint16_t*)yb + at, u.m * bk_);
+      }
+    }
+  }
+  return status::ok;
+}
+
+status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
+                            const void* xb, float* gxb, float* wg, float* bg, bool accumulate) {
+  merge_rows(g_, h, w);
+  const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
+  const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_x = h * w * bc_, plane_y = pix * bk_, blk = bc_ * bk_;
+  const bool bf16 = t_ == dtype::bf16;
+  const int threads = threads_for(2.0 * n * pix * g_.k * g_.c * taps);
+
+  // dZ = dY ⊙ act'(·) plane by plane: the A of backward data (in the kernel's A type), its
+  // transpose (f32, the A of the weight gradient) and its per-plane column sums (the bias).
+  const bool dz_is_dy = !bf16 && act_ == activation::none;
+  const int64_t dz_bytes = n * kb * plane_y * (bf16 ? 2 : 4), sums = n * kb * bk_;
+  char* dz = dz_is_dy ? (char*)gyb : aligned(dz_, round_up(dz_bytes, 64) + sums * 4);
+  float* colsum = dz_is_dy ? (float*)aligned(dz_, sums * 4) : (float*)(dz + round_up(dz_bytes, 64));
+  float* dzt = (float*)aligned(dzt_, n * kb * plane_y * 4);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t pl = 0; pl < n * kb; ++pl) {
+    const int64_t at = pl * plane_y;
+    const float* d = gyb + at;
+    if (act_ != activation::none) {
+      float* out = bf16 ? scratch(0, plane_y) : (float*)dz + at;
+      const float* y = nullptr;
+      if (!needs_z() && bf16) {
+        float* y32 = scratch(1, plane_y);
+        bf16_to_f32((const uint16_t*)yb + at, y32, plane_y);
+        y = y32;
+      } else if (!needs_z()) {
+        y = (const float*)yb + at;
+      }
+      activation_backward_f32(act_, d, needs_z() ? zb + at : nullptr, y, out, plane_y);
+      d = out;
+    }
+    if (bf16) f32_to_bf16(d, (uint16_t*)dz + at, plane_y);
+    float* sum = colsum + pl * bk_;
+    std::fill(sum, sum + bk_, 0.0f);
+    for (int64_t p = 0; p < pix; ++p)
+      for (int64_t q = 0; q < bk_; ++q) sum[q] += d[p * bk_ + q];
+    transpose(d, pix, bk_, bk_, dzt + at, pix);
+  }
+  if (bg)
+    for (int64_t k = 0; k < g_.k; ++k) {
+      float s = 0.0f;
+      for (int64_t i = 0; i < n; ++i) s += colsum[(i * kb + k / bk_) * bk_ + k % bk_];
+      bg[k] = (accumulate ? bg[k] : 0.0f) + s;
+    }
+
+  // Backward data: results are input rows and stride classes of input columns.
+  if (gxb) {
+    std::vector<std::vector<tap>> rows(h);
+    const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
+    for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
+    const std::vector<run> runs =
+        make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w});
+    std::vector<const kernel*> kr;
+    if (status s = run_kernels(runs, desc{t_, 0, bc_, bk_, bk_, bc_, g_.stride_w * bc_, batch_kind::offset, 0.0f}, kr);
+        s != status::ok)
+      return s;
+    const char* bwd = aligned(bwd_, 0);
+    const int64_t most = kb * taps;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t item = 0; item < cb * n * h; ++item) {
+      const int64_t j = item / (n * h), i = item / h % n, ih = item % h;
+      int64_t* oa = offsets(0, most);
+      int64_t* ob = offsets(1, most);
+      for (size_t q = 0; q < runs.size(); ++q) {
+        const run& u = runs[q];
+        int64_t count = 0;
+        for (int64_t k = 0; k < kb; ++k)
+          for (const tap& tr : rows[ih])
+            for (const tap& ts : u.taps) {
+              oa[count] = (i * kb + k) * plane_y + (tr.src * ow + ts.src) * bk_;
+              ob[count++] = (((j * kb + k) * g_.r + tr.t) * g_.s + ts.t) * blk;
+            }
+        batch_ref batch;
+        batch.count = count;
+        batch.a = dz;
+        batch.b = bwd;
+        batch.offs_a = oa;
+        batch.offs_b = ob;
+        execute(*kr[q], batch, gxb + (i * cb + j) * plane_x + (ih * w + u.p0) * bc_);
+      }
+    }
+  }
+
+  // Weight gradient, in f32 (bf16 X widened: the products are exact in f32 either way). Each
+  // tap (r, s) is one block product reducing over output rows; the rows are cut into `splits`
+  // parts summed afterwards, so that small layers still give every thread work.
+  const float* x = (const float*)xb;
+  if (bf16) {
+    float* x32 = (float*)aligned(x32_, n * cb * plane_x * 4);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t pl = 0; pl < n * cb; ++pl)
+      bf16_to_f32((const uint16_t*)xb + pl * plane_x, x32 + pl * plane_x, plane_x);
+    x = x32;
+  }
+  std::vector<int64_t> lo(g_.s), len(g_.s);  // the output columns tap s reads inside the input
+  std::vector<const kernel*> kw(g_.s, nullptr);
+  const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
+  for (int64_t s = 0; s < g_.s; ++s) {
+    lo[s] = 0;
+    while (lo[s] < ow && along_w(lo[s], s) < 0) ++lo[s];
+    len[s] = 0;
+    while (lo[s] + len[s] < ow && along_w(lo[s] + len[s], s) >= 0) ++len[s];
+    if (len[s] > 0)
+      if (status st = dispatch(desc{dtype::f32, bk_, bc_, len[s], pix, g_.stride_w * bc_, bc_, batch_kind::offset, 0.0f},
+                               &kw[s]);
+          st != status::ok)
+        return st;
+  }
+  const int64_t blocks = kb * cb * taps, rows_total = n * oh;
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
+  float* part = (float*)aligned(part_, splits * blocks * blk * 4);
+  const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < blocks * splits; ++item) {
+      const int64_t b = item / splits, sp = item % splits;
+      const int64_t k = b / (cb * taps), c = b / taps % cb, r = b % taps / g_.s, s = b % g_.s;
+      float* out = part + item * blk;
+      if (!kw[s]) {
+        std::fill(out, out + blk, 0.0f);
+        continue;
+      }
+      const int64_t first = rows_total * sp / splits, last = rows_total * (sp + 1) / splits;
+      int64_t* oa = offsets(0, last - first);
+      int64_t* ob = offsets(1, last - first);
+      int64_t count = 0;
+      for (int64_t row = first; row < last; ++row) {
+        const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
+        if (ih < 0) continue;
+        oa[count] = (i * kb + k) * plane_y + o * ow + lo[s];
+        ob[count++] = (i * cb + c) * plane_x + (ih * w + along_w(lo[s], s)) * bc_;
+      }
+      batch_ref batch;
+      batch.count = count;
+      batch.a = dzt;
+      batch.b = x;
+      batch.offs_a = oa;
+      batch.offs_b = ob;
+      execute(*kw[s], batch, out);
+    }
+    // Sum the parts into the plain (K, C, R, S) gradient.
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k0 = b / (cb * taps) * bk_, c0 = b / taps % cb * bc_, tap = b % taps;
+      const int64_t ks = std::min(bk_, g_.k - k0), cs = std::min(bc_, g_.c - c0);
+      const float* p = part + b * splits * blk;
+      for (int64_t kk = 0; kk < ks; ++kk)
+        for (int64_t cc = 0; cc < cs; ++cc) {
+          float v = 0.0f;
+          for (int64_t sp = 0; sp < splits; ++sp) v += p[sp * blk + kk * bc_ + cc];
+          float& g = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
+          g = (accumulate ? g : 0.0f) + v;
+        }
+    }
+  }
+  return status::ok;
+}
+
+}  // namespace brgemm::layers

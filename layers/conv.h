@@ -1,0 +1,77 @@
+// Direct 2-D convolution driver: y = act(conv(x, W) + b) and its backward pass, on blocked
+// arrays; every contraction is one BRGEMM call over a batch of (channel block, tap) pairs
+// named by offsets.
+//
+// Layouts (blocks row-major, channels past the real counts zero):
+//   activations  [N][C/bc][H][W][bc]          f32 or bf16 (uint16 bits)
+//   W forward    [K/bk][C/bc][R][S] blocks of (bc × bk) in the kernel's B layout
+//                (bf16: VNNI-2, i.e. [bc/2][bk][2])
+//   W backward   [C/bc][K/bk][R][S] blocks of (bk × bc), the same taps transposed
+// W itself (K, C, R, S) as PyTorch holds it, its gradient and the bias stay plain f32.
+#pragma once
+#include <cstdint>
+#include <vector>
+#include "brgemm/brgemm.h"
+
+namespace brgemm::layers {
+
+struct conv_geometry {
+  int64_t c = 1, k = 1, r = 1, s = 1;           // input and output channels, kernel rows and columns
+  int64_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  int64_t pad_t = 0, pad_b = 0, pad_l = 0, pad_r = 0;
+  // Output size for an input of h × w (≤ 0 when the dilated kernel exceeds the padded input).
+  int64_t out_h(int64_t h) const { return (h + pad_t + pad_b - dil_h * (r - 1) - 1) / stride_h + 1; }
+  int64_t out_w(int64_t w) const { return (w + pad_l + pad_r - dil_w * (s - 1) - 1) / stride_w + 1; }
+};
+
+// The channel block for `channels`: below 16 the count rounded up to 4 (an RGB input wastes
+// one lane in four, not thirteen in sixteen); otherwise 64, 32 or 16, whichever pads least
+// (ties to the larger block, which keeps the kernel's 64-wide tiles full).
+int64_t conv_block(int64_t channels);
+
+// Plain NCHW (n × c × hw, either f32 or bf16) ↔ blocked [n][c/bc][hw][bc] (either type);
+// to_blocked zeroes the padded channels. f32 → bf16 rounds to nearest even.
+void conv_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t hw, void* xb, bool xb_bf16,
+                     int64_t bc);
+void conv_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
+                       bool x_bf16);
+
+class conv_layer {
+ public:
+  // t is f32 or bf16 (bf16 activations and packed weights, f32 accumulation, master weights and
+  // gradients).
+  conv_layer(dtype t, const conv_geometry& g, brgemm::activation act);
+
+  const conv_geometry& geometry() const { return g_; }
+  int64_t bc() const { return bc_; }
+  int64_t bk() const { return bk_; }
+  bool bf16() const { return t_ == dtype::bf16; }
+  bool needs_z() const { return activation_backward_needs_x(act_); }
+
+  // Packs w (K, C, R, S) and b (K, or null) when they differ from what was packed last (an
+  // exact comparison with a snapshot: in-place writes are seen). Returns whether it packed.
+  bool refresh(const float* w, const float* b);
+
+  // yb = act(conv(xb) + b) for n images of h × w (yb: [n][K/bk][OH][OW][bk]). With zb (a
+  // training forward of an activation whose derivative needs its input) the pre-activation
+  // goes there too (f32, blocked like yb).
+  status forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb);
+  // From gyb (f32, blocked like yb) and what forward saw: gxb (f32, blocked like xb; null to
+  // skip), and dW (K, C, R, S), db (K) added to wg, bg when `accumulate`, else written.
+  status backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
+                  const void* xb, float* gxb, float* wg, float* bg, bool accumulate);
+
+ private:
+  void pack(const float* w);
+
+  dtype t_;
+  conv_geometry g_;
+  int64_t bc_, bk_;
+  brgemm::activation act_;
+  bool has_bias_ = false, packed_ = false;
+  std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last; the bias padded to K/bk
+  std::vector<char> fwd_, bwd_;                // packed weights (64-byte aligned inside)
+  std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
+};
+
+}  // namespace brgemm::layers
