@@ -104,6 +104,109 @@ status run_kernels(const std::vector<run>& runs, desc d, std::vector<const kerne
   return status::ok;
 }
 
+// One direct-convolution pass over blocked arrays (forward, or backward data):
+//   res[n][j][row][col…] = epilogue(Σ_{q, taps} src[n][q][src row][src col…] · wts[j][q][r][s])
+// Result rows come in groups per item; the reduction blocks q in chunks whose weight blocks
+// (for one j) fit in L2, so that each chunk is reused by every row of the group: with a small
+// image (7 × 7) one row alone reuses a weight block five times, too few to outrun L3.
+// Partial sums go to the result itself (f32) or to a per-thread f32 tile (bf16 results).
+struct direct_pass {
+  dtype t;
+  int64_t n, red, res, taps_r, taps_s;     // images, reduction and result blocks, kernel taps
+  int64_t bi, bo;                          // channel blocks of the source and of the result
+  int64_t src_rows, src_cols, src_step;    // source columns advance src_step per result column
+  int64_t res_rows, res_cols, res_step;    // a run writes every res_step-th column
+  const std::vector<std::vector<tap>>* rows;
+  const std::vector<run>* runs;
+  const void* src;
+  const char* wts;
+  epilogue_desc e;
+  const float* bias;                       // per result channel, or null
+  void* out;
+  float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
+  brgemm::activation act = activation::none;
+  int threads;
+};
+
+status run_pass(const direct_pass& p) {
+  const int64_t blk = p.bi * p.bo, taps = p.taps_r * p.taps_s;
+  const int64_t per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, p.red);
+  const int64_t chunks = ceil_div(p.red, per);
+  int64_t group = p.res_rows;
+  if (chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
+  while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
+  const int64_t groups = ceil_div(p.res_rows, group);
+  const bool bf16_out = p.e.out == out_type::bf16, tile = bf16_out && chunks > 1;
+  const std::vector<run>& runs = *p.runs;
+  const int64_t ldc = p.res_step * p.bo;
+
+  // Kernels per run: the last chunk's (with the epilogue), the first and middle chunks'.
+  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, ldc, batch_kind::offset, chunks > 1 ? 1.0f : 0.0f, p.e};
+  std::vector<const kernel*> k_last, k_first, k_mid;
+  if (status s = run_kernels(runs, d, k_last); s != status::ok) return s;
+  d.ep = epilogue_desc{};
+  d.beta = 0.0f;
+  if (chunks > 1)
+    if (status s = run_kernels(runs, d, k_first); s != status::ok) return s;
+  d.beta = 1.0f;
+  if (chunks > 2)
+    if (status s = run_kernels(runs, d, k_mid); s != status::ok) return s;
+
+  const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
+  const int64_t ob = p.z || !bf16_out ? 4 : 2;
+  char* final_out = p.z ? (char*)p.z : (char*)p.out;
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (int64_t item = 0; item < p.res * p.n * groups; ++item) {
+    const int64_t j = item / (p.n * groups), i = item / groups % p.n, o0 = item % groups * group;
+    const int64_t o1 = std::min(p.res_rows, o0 + group);
+    float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;
+    int64_t* oa = offsets(0, per * taps);
+    int64_t* ow = offsets(1, per * taps);
+    epilogue_args args;
+    args.bias = p.bias ? p.bias + j * p.bo : nullptr;
+    args.ld_acc_in = ldc;
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const bool last = ch + 1 == chunks;
+      const std::vector<const kernel*>& kr = last ? k_last : ch == 0 ? k_first : k_mid;
+      for (int64_t o = o0; o < o1; ++o)
+        for (size_t u = 0; u < runs.size(); ++u) {
+          int64_t count = 0;
+          for (int64_t q = ch * per; q < std::min(p.red, (ch + 1) * per); ++q)
+            for (const tap& tr : (*p.rows)[o])
+              for (const tap& ts : runs[u].taps) {
+                oa[count] = (i * p.red + q) * src_plane + (tr.src * p.src_cols + ts.src) * p.bi;
+                ow[count++] = (((j * p.red + q) * p.taps_r + tr.t) * p.taps_s + ts.t) * blk;
+              }
+          batch_ref batch;
+          batch.count = count;
+          batch.a = p.src;
+          batch.b = p.wts;
+          batch.offs_a = oa;
+          batch.offs_b = ow;
+          const int64_t at = (i * p.res + j) * res_plane + (o * p.res_cols + runs[u].p0) * p.bo;
+          float* acc = tile ? part + ((o - o0) * p.res_cols + runs[u].p0) * p.bo : (float*)(final_out + at * ob);
+          if (!last) {
+            execute(*kr[u], batch, acc);
+          } else {
+            args.acc_in = acc;
+            execute(*kr[u], batch, final_out + at * ob, &args);
+          }
+        }
+    }
+    if (p.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
+      const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
+      if (!bf16_out) {
+        activation_f32(p.act, p.z + at, (float*)p.out + at, len);
+      } else {
+        float* y = scratch(0, len);
+        activation_f32(p.act, p.z + at, y, len);
+        f32_to_bf16(y, (uint16_t*)p.out + at, len);
+      }
+    }
+  }
+  return status::ok;
+}
+
 void transpose_elems(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
                      bool bf16) {
   if (bf16)
@@ -225,60 +328,18 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
   const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
   for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g_.r, along_h);
   const std::vector<run> runs = make_runs(ow, 1, g_.stride_w, g_.s, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w});
-  // With zb the epilogue stops at the bias (into zb) and the activation follows on the run
-  // while it is in cache; without, it is all one epilogue.
-  epilogue_desc e;
-  e.bias = has_bias_;
-  e.act = zb ? activation::none : act_;
-  e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
-  std::vector<const kernel*> kr;
-  if (status s = run_kernels(runs, desc{t_, 0, bk_, bc_, g_.stride_w * bc_, bk_, bk_, batch_kind::offset, 0.0f, e}, kr);
-      s != status::ok)
-    return s;
-  const char* fwd = aligned(fwd_, 0);
-  const int64_t plane_x = h * w * bc_, plane_y = oh * ow * bk_, blk = bc_ * bk_, ob = e.out == out_type::bf16 ? 2 : 4;
-  const int64_t items = kb * n * oh, most = cb * g_.r * g_.s;
-  // Items walk output rows fastest, then images: a thread's consecutive items share one
-  // column of weight blocks.
-#pragma omp parallel for num_threads(threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s)) schedule(static)
-  for (int64_t item = 0; item < items; ++item) {
-    const int64_t j = item / (n * oh), i = item / oh % n, o = item % oh;
-    int64_t* oa = offsets(0, most);
-    int64_t* obw = offsets(1, most);
-    epilogue_args args;
-    args.bias = bias_.data() + j * bk_;
-    for (size_t q = 0; q < runs.size(); ++q) {
-      const run& u = runs[q];
-      int64_t count = 0;
-      for (int64_t c = 0; c < cb; ++c)
-        for (const tap& tr : rows[o])
-          for (const tap& ts : u.taps) {
-            oa[count] = (i * cb + c) * plane_x + (tr.src * w + ts.src) * bc_;
-            obw[count++] = (((j * cb + c) * g_.r + tr.t) * g_.s + ts.t) * blk;
-          }
-      batch_ref batch;
-      batch.count = count;
-      batch.a = xb;
-      batch.b = fwd;
-      batch.offs_a = oa;
-      batch.offs_b = obw;
-      const int64_t at = (i * kb + j) * plane_y + (o * ow + u.p0) * bk_;
-      if (!zb) {
-        execute(*kr[q], batch, (char*)yb + at * ob, &args);
-        continue;
-      }
-      float* z = zb + at;
-      execute(*kr[q], batch, z, &args);
-      if (!bf16) {
-        activation_f32(act_, z, (float*)yb + at, u.m * bk_);
-      } else {
-        float* y = scratch(0, u.m * bk_);
-        activation_f32(act_, z, y, u.m * bk_);
-        f32_to_bf16(y, (uint16_t*)yb + at, u.m * bk_);
-      }
-    }
-  }
-  return status::ok;
+  // With zb the epilogue stops at the bias (into zb) and the activation follows on the rows
+  // while they are in cache; without, it is all one epilogue.
+  direct_pass p{t_, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, &rows, &runs, xb, aligned(fwd_, 0)};
+  p.e.bias = has_bias_;
+  p.e.act = zb ? activation::none : act_;
+  p.e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
+  p.bias = has_bias_ ? bias_.data() : nullptr;
+  p.out = yb;
+  p.z = zb;
+  p.act = act_;
+  p.threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
+  return run_pass(p);
 }
 
 status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
@@ -334,35 +395,11 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
     const std::vector<run> runs =
         make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w});
-    std::vector<const kernel*> kr;
-    if (status s = run_kernels(runs, desc{t_, 0, bc_, bk_, bk_, bc_, g_.stride_w * bc_, batch_kind::offset, 0.0f}, kr);
-        s != status::ok)
-      return s;
-    const char* bwd = aligned(bwd_, 0);
-    const int64_t most = kb * taps;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t item = 0; item < cb * n * h; ++item) {
-      const int64_t j = item / (n * h), i = item / h % n, ih = item % h;
-      int64_t* oa = offsets(0, most);
-      int64_t* ob = offsets(1, most);
-      for (size_t q = 0; q < runs.size(); ++q) {
-        const run& u = runs[q];
-        int64_t count = 0;
-        for (int64_t k = 0; k < kb; ++k)
-          for (const tap& tr : rows[ih])
-            for (const tap& ts : u.taps) {
-              oa[count] = (i * kb + k) * plane_y + (tr.src * ow + ts.src) * bk_;
-              ob[count++] = (((j * kb + k) * g_.r + tr.t) * g_.s + ts.t) * blk;
-            }
-        batch_ref batch;
-        batch.count = count;
-        batch.a = dz;
-        batch.b = bwd;
-        batch.offs_a = oa;
-        batch.offs_b = ob;
-        execute(*kr[q], batch, gxb + (i * cb + j) * plane_x + (ih * w + u.p0) * bc_);
-      }
-    }
+    direct_pass p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, &rows, &runs, dz, aligned(bwd_, 0)};
+    p.bias = nullptr;
+    p.out = gxb;
+    p.threads = threads;
+    if (status s = run_pass(p); s != status::ok) return s;
   }
 
   // Weight gradient, in f32 (bf16 X widened: the products are exact in f32 either way). Each
