@@ -280,7 +280,131 @@ def run_mlp(peers, rng, rounds, threads_list, log):
     return rows
 
 
-def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True):
+#: ResNet-50's convolutions: (C, K, H = W, R = S, stride), padding R // 2.
+CONV_LAYERS = [(64, 64, 56, 3, 1), (64, 256, 56, 1, 1), (128, 128, 28, 3, 1), (256, 256, 14, 3, 1),
+               (512, 512, 7, 3, 1), (3, 64, 224, 7, 2)]
+CONV_BATCHES = (1, 16)
+
+
+def _conv_label(c, k, h, r, stride):
+    return f"{c}->{k} {h}x{h} {r}x{r}/{stride}"
+
+
+def _torch_conv(torch, x, conv, dtype, g):
+    """PyTorch's forward (NCHW and channels_last: the faster counts) and backward (input and
+    weight gradients, by aten's convolution_backward so that no forward is timed)."""
+    tdt = torch.float32 if dtype == "float32" else torch.bfloat16
+    xt = torch.from_numpy(x).to(tdt)
+    wt = torch.from_numpy(conv.weight).to(tdt)
+    bt = torch.from_numpy(conv.bias).to(tdt)
+    stride, pad = list(conv.stride), [conv.padding[0], conv.padding[2]]
+    xc, wc = xt.contiguous(memory_format=torch.channels_last), wt.contiguous(memory_format=torch.channels_last)
+    F = torch.nn.functional
+
+    def fwd(x_, w_):
+        def call():
+            with torch.no_grad():
+                F.conv2d(x_, w_, bt, stride, pad)
+        return call
+    peers = {"torch": fwd(xt, wt), "torch[channels_last]": fwd(xc, wc)}
+    if g is None:
+        return peers
+    gt = torch.from_numpy(g)
+    gc = gt.contiguous(memory_format=torch.channels_last)
+
+    def bwd(g_, x_, w_):
+        return lambda: torch.ops.aten.convolution_backward(g_, x_, w_, [w_.shape[0]], stride, pad, [1, 1], False,
+                                                           [0, 0], 1, [True, True, True])
+    return {"torch": bwd(gt, xt, wt), "torch[channels_last]": bwd(gc, xc, wc)}, peers
+
+
+def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
+    """ResNet-50's convolutions: forward f32 and bf16 (bf16 also against our f32), backward
+    (input and weight gradients) f32, against PyTorch's faster layout. Our side runs blocked
+    arrays in and out (as a chain of layers does), outputs pre-allocated; PyTorch's conv2d has
+    no out=. FLOPs: 2·N·K·C·R·S·OH·OW per product (backward: two)."""
+    import ml_dtypes
+    from . import layout
+    from .nn import Conv2d
+    rows = []
+    for threads in threads_list:
+        peers.set_threads(threads)
+        for n in batches:
+            for c, k, h, r, stride in CONV_LAYERS:
+                label = _conv_label(c, k, h, r, stride)
+                x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+                ours = {}
+                for dtype, peak_op in (("float32", "fma_f32"), ("bfloat16", "dot_bf16")):
+                    conv = Conv2d(c, k, r, stride, r // 2, dtype=dtype, seed=0)
+                    oh, ow = conv.output_size(h, h)
+                    xb = layout.to_blocked(x, dtype=conv._act_dtype)
+                    yb = np.empty((n, -(-k // conv.bk), oh, ow, conv.bk), conv._act_dtype)
+                    flops = 2 * n * k * c * r * r * oh * ow
+                    elem = 4 if dtype == "float32" else 2
+                    nbytes = elem * (n * c * h * h + n * k * oh * ow + k * c * r * r)
+                    conv.eval()
+                    fns = {"brgemm": lambda conv=conv, xb=xb, yb=yb: conv.forward(xb, out=yb)}
+                    if dtype == "bfloat16":
+                        fns["brgemm_float32"] = ours["float32"]
+                    g = rng.standard_normal((n, k, oh, ow), dtype=np.float32) if dtype == "float32" else None
+                    torch_bwd = None
+                    if peers.torch is not None:
+                        got = _torch_conv(peers.torch, x, conv, dtype, g)
+                        torch_bwd, torch_fwd = got if g is not None else (None, got)
+                        fns.update(torch_fwd)
+                    ours[dtype] = fns["brgemm"]
+                    med, rat = compare(fns, rounds, threads)
+                    plain = {lib: t for lib, t in med.items() if lib != "brgemm_float32"}
+                    rows.append(_row(f"Conv {label} N={n} {dtype} fwd", threads, flops, nbytes, plain, rat,
+                                     peak_of(peak_op, threads)))
+                    extra = ""
+                    if "brgemm_float32" in rat:
+                        rows[-1]["ratio_vs_brgemm_float32"] = rat["brgemm_float32"]
+                        extra = f"  ({rat['brgemm_float32']:.2f}x our float32)"
+                    log(_format(rows[-1]) + extra)
+                    if dtype != "float32":
+                        continue
+                    # Backward: input and weight (and bias) gradients of the last training forward.
+                    conv.train().forward(xb, out=yb)
+                    gb = layout.to_blocked(g)
+                    gx = np.empty(xb.shape, np.float32)
+                    fns = {"brgemm": lambda conv=conv, gb=gb, gx=gx: conv.backward(gb, out=gx)}
+                    if torch_bwd is not None:
+                        fns.update(torch_bwd)
+                    med, rat = compare(fns, rounds, threads)
+                    rows.append(_row(f"Conv {label} N={n} float32 bwd", threads, 2 * flops, 3 * nbytes, med, rat,
+                                     peak_of(peak_op, threads)))
+                    log(_format(rows[-1]))
+    return rows
+
+
+def conv_summary(rows, log):
+    """The issue's bars, from the rows: geomeans over the six layers and the named layers."""
+    def ratio(case, key="ratio_vs_torch"):
+        return [r.get(key) for r in rows if r["case"] == case[0] and r["threads"] == case[1]]
+
+    def geo(kind, n, threads, key="ratio_vs_torch"):
+        vals = []
+        for layer in CONV_LAYERS:
+            for r in rows:
+                if r["case"] == f"Conv {_conv_label(*layer)} N={n} {kind}" and r["threads"] == threads and key in r:
+                    vals.append(r[key])
+        return (float(np.exp(np.mean(np.log(vals)))), min(vals)) if len(vals) == len(CONV_LAYERS) else None
+    threads = max(r["threads"] for r in rows)
+    for title, kind, n, t, key in (("f32 fwd N=16 vs torch", "float32 fwd", 16, threads, "ratio_vs_torch"),
+                                   ("bf16 fwd N=16 vs torch", "bfloat16 fwd", 16, threads, "ratio_vs_torch"),
+                                   ("bf16 fwd N=16 vs our f32", "bfloat16 fwd", 16, threads, "ratio_vs_brgemm_float32"),
+                                   ("f32 bwd N=16 vs torch", "float32 bwd", 16, threads, "ratio_vs_torch")):
+        got = geo(kind, n, t, key)
+        if got:
+            log(f"  {title}, {t} threads: geomean {got[0]:.2f}x, lowest {got[1]:.2f}x")
+    for layer in (CONV_LAYERS[4], CONV_LAYERS[3]):
+        got = ratio((f"Conv {_conv_label(*layer)} N=1 float32 fwd", 1))
+        if got and got[0] is not None:
+            log(f"  f32 fwd N=1 1 thread {_conv_label(*layer)}: {got[0]:.2f}x torch")
+
+
+def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True, conv=True):
     peers = Peers()
     threads_list = threads_list or thread_counts()
     rng = np.random.default_rng(0)
@@ -381,6 +505,10 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
             log(_format(rows[-1]) + f"  (a copy: {rat['copy']:.2f}x ktanh's time)")
     if mlp:
         rows += run_mlp(peers, rng, rounds, threads_list, log)
+    if conv:
+        conv_rows = run_conv(peers, rng, rounds, threads_list, log)
+        conv_summary(conv_rows, log)
+        rows += conv_rows
     peers.set_threads(get_num_threads())
     return rows
 
@@ -440,6 +568,8 @@ def main(argv=None):
                         help="comma-separated kernel dtypes to benchmark (f32, bf16, u8s8)")
     parser.add_argument("--mlp", action="store_true",
                         help="only the fully-connected cases: Linear forward, 3-layer MLP forward and training step")
+    parser.add_argument("--conv", action="store_true",
+                        help="only the convolution cases: ResNet-50 layers, forward f32/bf16 and backward f32, N = 1 and 16")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -471,8 +601,14 @@ def main(argv=None):
     dtypes = tuple(d.strip() for d in args.dtypes.split(","))
     if not set(dtypes) <= set(PEAK_OP):
         parser.error(f"--dtypes must name f32, bf16 or u8s8, got {args.dtypes!r}")
-    if args.mlp:
-        rows = run_mlp(Peers(), np.random.default_rng(0), args.rounds, threads or thread_counts(), print)
+    if args.mlp or args.conv:
+        peers, rng, tl = Peers(), np.random.default_rng(0), threads or thread_counts()
+        rows = run_mlp(peers, rng, args.rounds, tl, print) if args.mlp else []
+        if args.conv:
+            conv_rows = run_conv(peers, rng, args.rounds, tl, print)
+            conv_summary(conv_rows, print)
+            rows += conv_rows
+        peers.set_threads(get_num_threads())
     else:
         rows = run(rounds=args.rounds, threads_list=threads, dtypes=dtypes)
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
