@@ -380,9 +380,6 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
 
 def conv_summary(rows, log):
     """The issue's bars, from the rows: geomeans over the six layers and the named layers."""
-    def ratio(case, key="ratio_vs_torch"):
-        return [r.get(key) for r in rows if r["case"] == case[0] and r["threads"] == case[1]]
-
     def geo(kind, n, threads, key="ratio_vs_torch"):
         vals = []
         for layer in CONV_LAYERS:
@@ -399,9 +396,9 @@ def conv_summary(rows, log):
         if got:
             log(f"  {title}, {t} threads: geomean {got[0]:.2f}x, lowest {got[1]:.2f}x")
     for layer in (CONV_LAYERS[4], CONV_LAYERS[3]):
-        got = ratio((f"Conv {_conv_label(*layer)} N=1 float32 fwd", 1))
-        if got and got[0] is not None:
-            log(f"  f32 fwd N=1 1 thread {_conv_label(*layer)}: {got[0]:.2f}x torch")
+        for r in rows:
+            if r["case"] == f"Conv {_conv_label(*layer)} N=1 float32 fwd" and r["threads"] == 1 and "ratio_vs_torch" in r:
+                log(f"  f32 fwd N=1 1 thread {_conv_label(*layer)}: {r['ratio_vs_torch']:.2f}x torch")
 
 
 def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True, conv=True):

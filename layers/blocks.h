@@ -96,4 +96,23 @@ inline bool same_bytes(const void* a, const void* b, int64_t n) {
   return same;
 }
 
+// dZ = dY ⊙ act'(·) for the `len` values at offset `at` of blocked dY (f32) and of what forward
+// kept: z (the pre-activation, f32) when the derivative needs it, else y (f32, or bf16 widened
+// into scratch `slot`). Writes `out` and returns it; with no activation returns dY itself.
+inline const float* activation_grad(brgemm::activation act, const float* gy, const void* y, bool y_bf16,
+                                    const float* z, int64_t at, int64_t len, float* out, int slot) {
+  if (act == brgemm::activation::none) return gy + at;
+  const bool from_x = activation_backward_needs_x(act);
+  const float* yv = nullptr;
+  if (!from_x && y_bf16) {
+    float* y32 = scratch(slot, len);
+    bf16_to_f32((const uint16_t*)y + at, y32, len);
+    yv = y32;
+  } else if (!from_x) {
+    yv = (const float*)y + at;
+  }
+  activation_backward_f32(act, gy + at, from_x ? z + at : nullptr, yv, out, len);
+  return out;
+}
+
 }  // namespace brgemm::layers

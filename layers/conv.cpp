@@ -276,22 +276,19 @@ void conv_layer::pack(const float* w) {
 #pragma omp parallel for collapse(2) num_threads(threads_for(8.0 * g_.k * g_.c * taps)) schedule(static)
   for (int64_t i = 0; i < kb; ++i)
     for (int64_t j = 0; j < cb; ++j) {
-      float* f = scratch(0, blk);     // the tap as plain (bc × bk) f32 …
-      float* b16 = scratch(1, blk);   // … and in bf16 when that is the weights' type
+      float* f = scratch(0, blk);     // the tap as plain (bc × bk) f32,
+      float* ft = scratch(1, blk);    // its transpose (bk × bc),
+      float* b16 = scratch(2, blk);   // either in bf16 when that is the weights' type
       const int64_t ks = std::min(bk_, g_.k - i * bk_), cs = std::min(bc_, g_.c - j * bc_);
       for (int64_t tap = 0; tap < taps; ++tap) {
         std::fill(f, f + blk, 0.0f);
         for (int64_t kk = 0; kk < ks; ++kk)
           for (int64_t cc = 0; cc < cs; ++cc) f[cc * bk_ + kk] = w[((i * bk_ + kk) * g_.c + j * bc_ + cc) * taps + tap];
-        for (int side = 0; side < 2; ++side) {  // forward block (bc × bk), then its transpose (bk × bc)
-          const float* src = f;
-          if (side == 1) {
-            transpose(f, bc_, bk_, bk_, b16, bc_);
-            std::copy(b16, b16 + blk, f);
-          }
-          const void* s = src;
+        transpose(f, bc_, bk_, bk_, ft, bc_);
+        for (int side = 0; side < 2; ++side) {  // the forward block, then the backward one
+          const void* s = side ? ft : f;
           if (bf16) {
-            f32_to_bf16(src, (uint16_t*)b16, blk);
+            f32_to_bf16(side ? ft : f, (uint16_t*)b16, blk);
             s = b16;
           }
           const int64_t rows = side ? bk_ : bc_, cols = side ? bc_ : bk_;
@@ -360,20 +357,8 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
-    const float* d = gyb + at;
-    if (act_ != activation::none) {
-      float* out = bf16 ? scratch(0, plane_y) : (float*)dz + at;
-      const float* y = nullptr;
-      if (!needs_z() && bf16) {
-        float* y32 = scratch(1, plane_y);
-        bf16_to_f32((const uint16_t*)yb + at, y32, plane_y);
-        y = y32;
-      } else if (!needs_z()) {
-        y = (const float*)yb + at;
-      }
-      activation_backward_f32(act_, d, needs_z() ? zb + at : nullptr, y, out, plane_y);
-      d = out;
-    }
+    const float* d =
+        activation_grad(act_, gyb, yb, bf16, zb, at, plane_y, bf16 ? scratch(0, plane_y) : (float*)dz + at, 1);
     if (bf16) f32_to_bf16(d, (uint16_t*)dz + at, plane_y);
     float* sum = colsum + pl * bk_;
     std::fill(sum, sum + bk_, 0.0f);

@@ -197,20 +197,7 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
     std::fill(sum, sum + bk_, 0.0f);
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t at = (i * kb + j) * blk;
-      const float* d = gyb + at;
-      if (act_ != activation::none) {
-        float* out = bf16 ? scratch(0, blk) : (float*)dz + at;
-        const float* y = nullptr;
-        if (!needs_z() && bf16) {
-          float* y32 = scratch(2, blk);
-          bf16_to_f32((const uint16_t*)yb + at, y32, blk);
-          y = y32;
-        } else if (!needs_z()) {
-          y = (const float*)yb + at;
-        }
-        activation_backward_f32(act_, d, needs_z() ? zb + at : nullptr, y, out, blk);
-        d = out;
-      }
+      const float* d = activation_grad(act_, gyb, yb, bf16, zb, at, blk, bf16 ? scratch(0, blk) : (float*)dz + at, 2);
       for (int64_t r = 0; r < std::min(bn, n - i * bn); ++r)
         for (int64_t q = 0; q < cols; ++q) sum[q] += d[r * bk_ + q];
       char* t = dzt + (j * nb + i) * blk * ab;

@@ -11,12 +11,11 @@ BRGEMM call over a batch of (channel block, tap) pairs (layers/conv.cpp); paddin
 materialised.
 """
 
-import math
-
 import ml_dtypes
 import numpy as np
 
 from .. import _core
+from ._parameters import Parameters
 from .linear import _activation_arg, _dtype_arg, _positive_int
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -57,7 +56,7 @@ def _padding_arg(padding, r, s, dilation):
     return vals
 
 
-class Conv2d:
+class Conv2d(Parameters):
     """y = activation(conv2d(x, weight) + bias), groups = 1, bias and activation fused into the
     BRGEMM's epilogue.
 
@@ -93,64 +92,11 @@ class Conv2d:
                                  activation or "none")
         self.bc, self.bk = self._cv.bc, self._cv.bk
         rng = np.random.default_rng(seed)
-        bound = 1.0 / math.sqrt(self.in_channels * r * s)
-        self._weight = rng.uniform(-bound, bound, (self.out_channels, self.in_channels, r, s)).astype(np.float32)
-        self._bias = rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None
-        self._weight_grad = np.zeros_like(self._weight)
-        self._bias_grad = np.zeros_like(self._bias) if bias else None
-        self._grad_zero = False
+        self._init_parameters(rng, (self.out_channels, self.in_channels, r, s), self.in_channels * r * s, bias)
         self._buffers = {}   # blocked scratch arrays by (name, n, h, w)
         self._saved = None   # what the last training forward keeps for backward
 
-    # --- parameters and gradients ------------------------------------------------------
-
-    @property
-    def weight(self):
-        """float32 (K, C, R, S); in-place writes take effect at the next forward."""
-        return self._weight
-
-    @weight.setter
-    def weight(self, value):
-        self._weight = self._param(value, self._weight.shape, "weight")
-
-    @property
-    def bias(self):
-        """float32 (K,), or None for a layer without bias."""
-        return self._bias
-
-    @bias.setter
-    def bias(self, value):
-        if self._bias is None:
-            raise ValueError("this layer was built with bias=False")
-        self._bias = self._param(value, self._bias.shape, "bias")
-
-    @staticmethod
-    def _param(value, shape, name):
-        value = np.asarray(value)
-        if value.shape != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
-        if not np.issubdtype(value.dtype, np.floating) and value.dtype != _BF16:
-            raise TypeError(f"{name} must be a floating-point array, got {value.dtype}")
-        return np.array(value, dtype=np.float32, order="C")
-
-    @property
-    def weight_grad(self):
-        """float32 (K, C, R, S): ∂loss/∂weight summed over every backward since zero_grad()."""
-        self._materialize_zero_grad()
-        return self._weight_grad
-
-    @property
-    def bias_grad(self):
-        """float32 (K,), or None without bias."""
-        self._materialize_zero_grad()
-        return self._bias_grad
-
-    def _materialize_zero_grad(self):
-        if self._grad_zero:
-            self._weight_grad.fill(0)
-            if self._bias_grad is not None:
-                self._bias_grad.fill(0)
-            self._grad_zero = False
+    # --- modes and sizes ------------------------------------------------------------------
 
     def zero_grad(self):
         """Sets the gradients to zero (lazily: the next backward writes instead of adding)."""

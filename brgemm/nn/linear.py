@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import _core
+from ._parameters import Parameters
 
 ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
 DTYPES = ("float32", "bfloat16")
@@ -174,7 +175,7 @@ class _Trainable:
                           bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
 
 
-class Linear(_Trainable):
+class Linear(_Trainable, Parameters):
     """y = activation(x · weightᵀ + bias) on the BRGEMM, bias and activation fused into its epilogue.
 
     ``activation``: None, "relu", exact "tanh", "sigmoid", "gelu", "swish", or the K-TanH based
@@ -191,63 +192,9 @@ class Linear(_Trainable):
         self._act_dtype = np.float32 if self.dtype == "float32" else ml_dtypes.bfloat16
         self._fc = _core._Linear(self.dtype, self.in_features, self.out_features, activation or "none")
         rng = np.random.default_rng(seed)
-        bound = 1.0 / math.sqrt(self.in_features)
-        self._weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(np.float32)
-        self._bias = rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None
-        self._weight_grad = np.zeros_like(self._weight)
-        self._bias_grad = np.zeros_like(self._bias) if bias else None
-        self._grad_zero = False  # zero_grad() was called and no backward since
+        self._init_parameters(rng, (self.out_features, self.in_features), self.in_features, bias)
         self._seed, self._steps = int(rng.integers(1 << 62)), 0
         self._layers, self._chain = [self], None
-
-    @property
-    def weight(self):
-        """float32 (out_features, in_features); in-place writes take effect at the next forward."""
-        return self._weight
-
-    @weight.setter
-    def weight(self, value):
-        self._weight = self._param(value, (self.out_features, self.in_features), "weight")
-
-    @property
-    def weight_grad(self):
-        """float32 (out_features, in_features): ∂loss/∂weight summed over every backward since the
-        last zero_grad()."""
-        self._materialize_zero_grad()
-        return self._weight_grad
-
-    @property
-    def bias_grad(self):
-        """float32 (out_features,), or None without bias."""
-        self._materialize_zero_grad()
-        return self._bias_grad
-
-    def _materialize_zero_grad(self):
-        if self._grad_zero:
-            self._weight_grad.fill(0)
-            if self._bias_grad is not None:
-                self._bias_grad.fill(0)
-            self._grad_zero = False
-
-    @property
-    def bias(self):
-        """float32 (out_features,), or None for a layer without bias."""
-        return self._bias
-
-    @bias.setter
-    def bias(self, value):
-        if self._bias is None:
-            raise ValueError("this layer was built with bias=False")
-        self._bias = self._param(value, (self.out_features,), "bias")
-
-    @staticmethod
-    def _param(value, shape, name):
-        value = np.asarray(value)
-        if value.shape != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
-        if not np.issubdtype(value.dtype, np.floating) and value.dtype != ml_dtypes.bfloat16:
-            raise TypeError(f"{name} must be a floating-point array, got {value.dtype}")
-        return np.array(value, dtype=np.float32, order="C")
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "

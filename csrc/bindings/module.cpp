@@ -1185,16 +1185,23 @@ py::array dense_array(py::handle h, const char* name, int ndim, bool* bf16) {
   return a;
 }
 
+// The block bc of xb, checked to be (N, ceil(C/bc), H, W, bc) for x (N, C, H, W).
+int64_t blocks_of(const py::array& x, const py::array& xb, const char* xname) {
+  const int64_t bc = xb.shape(4);
+  if (xb.shape(0) != x.shape(0) || xb.shape(1) != (x.shape(1) + bc - 1) / bc || xb.shape(2) != x.shape(2) ||
+      xb.shape(3) != x.shape(3))
+    value_error("xb must have shape (N, ceil(C/bc), H, W, bc) for " + std::string(xname) + " of shape " +
+                str(x.attr("shape")) + ", got " + str(xb.attr("shape")));
+  return bc;
+}
+
 // x (N, C, H, W) → xb (N, C/bc, H, W, bc), either dtype on either side.
 void conv_to_blocked_py(py::handle X, py::handle XB) {
   bool xbf, bbf;
   py::array x = dense_array(X, "x", 4, &xbf);
   py::array xb = dense_array(XB, "xb", 5, &bbf);
   const int64_t n = x.shape(0), c = x.shape(1), hw = checked_madd(x.shape(2), x.shape(3), 0, "x");
-  const int64_t bc = xb.shape(4);
-  if (xb.shape(0) != n || xb.shape(1) != (c + bc - 1) / bc || xb.shape(2) != x.shape(2) || xb.shape(3) != x.shape(3))
-    value_error("xb must have shape (N, ceil(C/bc), H, W, bc) for x of shape " + str(x.attr("shape")) + ", got " +
-                str(xb.attr("shape")));
+  const int64_t bc = blocks_of(x, xb, "x");
   require_writeable(xb, "xb");
   require_disjoint(xb, x, "xb", "x");
   const void* xp = x.data();
@@ -1208,10 +1215,7 @@ void conv_from_blocked_py(py::handle XB, py::handle X) {
   py::array xb = dense_array(XB, "xb", 5, &bbf);
   py::array x = dense_array(X, "out", 4, &xbf);
   const int64_t n = x.shape(0), c = x.shape(1), hw = checked_madd(x.shape(2), x.shape(3), 0, "out");
-  const int64_t bc = xb.shape(4);
-  if (xb.shape(0) != n || xb.shape(1) != (c + bc - 1) / bc || xb.shape(2) != x.shape(2) || xb.shape(3) != x.shape(3))
-    value_error("xb must have shape (N, ceil(C/bc), H, W, bc) for out of shape " + str(x.attr("shape")) + ", got " +
-                str(xb.attr("shape")));
+  const int64_t bc = blocks_of(x, xb, "out");
   require_writeable(x, "out");
   require_disjoint(x, xb, "out", "xb");
   const void* bp = xb.data();
