@@ -318,14 +318,43 @@ def _torch_conv(torch, x, conv, dtype, g):
     return {"torch": bwd(gt, xt, wt), "torch[channels_last]": bwd(gc, xc, wc)}, peers
 
 
+def _torch_qconv(torch, x_q, conv, scale, zero, out_scale):
+    """PyTorch's quantized Conv2d under each engine (quint8 channels_last input, qint8 weights
+    per output channel, quint8 output), from the same integers as ours."""
+    import warnings
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    xt = torch.from_numpy((x_q.astype(np.float32) - zero) * scale)
+    qx = torch.quantize_per_tensor(xt, scale, zero, torch.quint8).contiguous(memory_format=torch.channels_last)
+    qw = torch.quantize_per_channel(torch.from_numpy(conv.weight.astype(np.float32) * conv.weight_scale[:, None, None, None]),
+                                    torch.from_numpy(conv.weight_scale.astype(np.float64)),
+                                    torch.zeros(conv.out_channels, dtype=torch.long), 0, torch.qint8)
+    k, c, r, s = conv.weight.shape
+    peers = {}
+    for engine in ("fbgemm", "onednn", "x86"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        q = torch.ao.nn.quantized.Conv2d(c, k, (r, s), conv.stride, (conv.padding[0], conv.padding[2]))
+        q.set_weight_bias(qw, torch.from_numpy(conv.bias))
+        q.scale, q.zero_point = out_scale, 0
+
+        def call(q=q, engine=engine):
+            torch.backends.quantized.engine = engine
+            return q(qx)
+        peers[f"torch.qconv[{engine}]"] = call
+    return peers
+
+
 def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
     """ResNet-50's convolutions: forward f32 and bf16 (bf16 also against our f32), backward
-    (input and weight gradients) f32, against PyTorch's faster layout. Our side runs blocked
+    (input and weight gradients) f32, against PyTorch's faster layout; int8 inference (uint8
+    in and out) against PyTorch's best quantized engine. Our side runs blocked
     arrays in and out (as a chain of layers does), outputs pre-allocated; PyTorch's conv2d has
     no out=. FLOPs: 2·N·K·C·R·S·OH·OW per product (backward: two)."""
     import ml_dtypes
     from . import layout
-    from .nn import Conv2d
+    from .nn import Conv2d, QuantizedConv2d
     rows = []
     for threads in threads_list:
         peers.set_threads(threads)
@@ -375,6 +404,19 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
                     rows.append(_row(f"Conv {label} N={n} float32 bwd", threads, 2 * flops, 3 * nbytes, med, rat,
                                      peak_of(peak_op, threads)))
                     log(_format(rows[-1]))
+                    # int8 inference: the f32 layer quantized, uint8 in, requantized uint8 out.
+                    scale, zero, out_scale = 0.05, 128, 0.05 * float(np.sqrt(c * r * r))
+                    qconv = QuantizedConv2d.from_float(conv, scale, zero, out_scale)
+                    x_q = np.clip(np.rint(x / scale) + zero, 0, 255).astype(np.uint8)
+                    xb_q = layout.to_blocked(x_q)
+                    yb_q = np.empty((n, -(-k // qconv.bk), oh, ow, qconv.bk), np.uint8)
+                    fns = {"brgemm": lambda q=qconv, xb=xb_q, yb=yb_q: q.forward(xb, out=yb)}
+                    if peers.torch is not None:
+                        fns.update(_torch_qconv(peers.torch, x_q, qconv, scale, zero, out_scale))
+                    med, rat = compare(fns, rounds, threads)
+                    rows.append(_row(f"Conv {label} N={n} int8 fwd", threads, flops, nbytes // 4, med, rat,
+                                     peak_of("dot_u8s8", threads)))
+                    log(_format(rows[-1]))
     return rows
 
 
@@ -391,7 +433,8 @@ def conv_summary(rows, log):
     for title, kind, n, t, key in (("f32 fwd N=16 vs torch", "float32 fwd", 16, threads, "ratio_vs_torch"),
                                    ("bf16 fwd N=16 vs torch", "bfloat16 fwd", 16, threads, "ratio_vs_torch"),
                                    ("bf16 fwd N=16 vs our f32", "bfloat16 fwd", 16, threads, "ratio_vs_brgemm_float32"),
-                                   ("f32 bwd N=16 vs torch", "float32 bwd", 16, threads, "ratio_vs_torch")):
+                                   ("f32 bwd N=16 vs torch", "float32 bwd", 16, threads, "ratio_vs_torch"),
+                                   ("int8 fwd N=16 vs torch quantized", "int8 fwd", 16, threads, "ratio_vs_torch")):
         got = geo(kind, n, t, key)
         if got:
             log(f"  {title}, {t} threads: geomean {got[0]:.2f}x, lowest {got[1]:.2f}x")

@@ -35,7 +35,8 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
     """x in PyTorch's layout → blocked.
 
     ``layout="NCHW"``: activations (N, C, H, W) → (N, ⌈C/bc⌉, H, W, bc); ``block`` is bc (default
-    :func:`block_size` (C)); ``dtype`` float32 or bfloat16 (default x's).
+    :func:`block_size` (C)); ``dtype`` float32 or bfloat16 (default x's), or uint8 for a
+    uint8 x (int8 inference: :class:`brgemm.nn.QuantizedConv2d`).
     ``layout="KCRS"``: weights (K, C, R, S) → (⌈K/bk⌉, ⌈C/bc⌉, R, S, bc/v, bk, v) with v = 1 for
     float32 (then the last axis is dropped), 2 for bfloat16, 4 for int8; ``block`` is (bc, bk)
     (default the block sizes of C and K); ``dtype`` float32, bfloat16 or int8 (an int8 x must
@@ -51,9 +52,12 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
         bc = block_size(x.shape[1]) if block is None else int(block)
         if bc < 1:
             raise ValueError(f"block must be at least 1, got {block}")
-        if dtype not in (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16)):
-            raise ValueError(f"dtype must be float32 or bfloat16 for activations, got {dtype}")
-        if x.dtype not in (np.float32, ml_dtypes.bfloat16):
+        if dtype == np.uint8:
+            if x.dtype != np.uint8:
+                raise ValueError(f"uint8 activations must be given as uint8 (quantize them first), got {x.dtype}")
+        elif dtype not in (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16)):
+            raise ValueError(f"dtype must be float32, bfloat16 or uint8 for activations, got {dtype}")
+        elif x.dtype not in (np.float32, ml_dtypes.bfloat16):
             x = x.astype(np.float32)
         n, c, h, w = x.shape
         xb = np.empty((n, -(-c // bc), h, w, bc), dtype)

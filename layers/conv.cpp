@@ -9,6 +9,7 @@
 // run writing every stride-th column.
 #include "conv.h"
 #include "blocks.h"
+#include <cmath>
 
 namespace brgemm::layers {
 
@@ -109,7 +110,9 @@ status run_kernels(const std::vector<run>& runs, desc d, std::vector<const kerne
 // Result rows come in groups per item; the reduction blocks q in chunks whose weight blocks
 // (for one j) fit in L2, so that each chunk is reused by every row of the group: with a small
 // image (7 × 7) one row alone reuses a weight block five times, too few to outrun L3.
-// Partial sums go to the result itself (f32) or to a per-thread f32 tile (bf16 results).
+// Partial sums go to the result itself (f32) or to a per-thread accumulator tile (bf16
+// results, int8). An int8 source with a zero point z reads real zeros as z where the padding
+// is: the epilogue subtracts z·Σ W over the taps each run reads (col_offset).
 struct direct_pass {
   dtype t;
   int64_t n, red, res, taps_r, taps_s;     // images, reduction and result blocks, kernel taps
@@ -121,7 +124,9 @@ struct direct_pass {
   const void* src;
   const char* wts;
   epilogue_desc e;
-  const float* bias;                       // per result channel, or null
+  epilogue_args ea;                        // from result channel 0 (bias, int8 scale, u8 output)
+  const int32_t* tapsum = nullptr;         // int8 with a zero point: [res][taps_r][taps_s][bo]
+  int32_t zero = 0;                        //   Σ_c W of each tap, and the source's zero point
   void* out;
   float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
   brgemm::activation act = activation::none;
@@ -136,7 +141,8 @@ status run_pass(const direct_pass& p) {
   if (chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
   while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
   const int64_t groups = ceil_div(p.res_rows, group);
-  const bool bf16_out = p.e.out == out_type::bf16, tile = bf16_out && chunks > 1;
+  const bool c_is_acc = p.e.out == out_type::acc || (p.e.out == out_type::f32 && !dtype_is_int8(p.t));
+  const bool tile = !c_is_acc && chunks > 1;
   const std::vector<run>& runs = *p.runs;
   const int64_t ldc = p.res_step * p.bo;
 
@@ -153,17 +159,18 @@ status run_pass(const direct_pass& p) {
     if (status s = run_kernels(runs, d, k_mid); s != status::ok) return s;
 
   const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
-  const int64_t ob = p.z || !bf16_out ? 4 : 2;
+  const int64_t ob = p.z ? 4 : out_type_bytes(p.t, p.e.out);
   char* final_out = p.z ? (char*)p.z : (char*)p.out;
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t item = 0; item < p.res * p.n * groups; ++item) {
     const int64_t j = item / (p.n * groups), i = item / groups % p.n, o0 = item % groups * group;
     const int64_t o1 = std::min(p.res_rows, o0 + group);
-    float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;
+    float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;  // f32 or s32
     int64_t* oa = offsets(0, per * taps);
     int64_t* ow = offsets(1, per * taps);
-    epilogue_args args;
-    args.bias = p.bias ? p.bias + j * p.bo : nullptr;
+    int32_t* col = p.tapsum ? (int32_t*)scratch(1, p.bo) : nullptr;
+    epilogue_args args = p.ea.at(0, j * p.bo, p.e.scale, p.t);
+    args.col_offset = col;
     args.ld_acc_in = ldc;
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const bool last = ch + 1 == chunks;
@@ -188,6 +195,14 @@ status run_pass(const direct_pass& p) {
           if (!last) {
             execute(*kr[u], batch, acc);
           } else {
+            if (col) {  // −z·Σ W over the taps of this row and run
+              std::fill(col, col + p.bo, 0);
+              for (const tap& tr : (*p.rows)[o])
+                for (const tap& ts : runs[u].taps) {
+                  const int32_t* t = p.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
+                  for (int64_t x = 0; x < p.bo; ++x) col[x] -= p.zero * t[x];
+                }
+            }
             args.acc_in = acc;
             execute(*kr[u], batch, final_out + at * ob, &args);
           }
@@ -195,7 +210,7 @@ status run_pass(const direct_pass& p) {
     }
     if (p.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
       const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
-      if (!bf16_out) {
+      if (p.e.out != out_type::bf16) {
         activation_f32(p.act, p.z + at, (float*)p.out + at, len);
       } else {
         float* y = scratch(0, len);
@@ -207,12 +222,28 @@ status run_pass(const direct_pass& p) {
   return status::ok;
 }
 
+int64_t element_bytes(element e) { return e == element::f32 ? 4 : e == element::bf16 ? 2 : 1; }
+
 void transpose_elems(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
-                     bool bf16) {
-  if (bf16)
+                     element e) {
+  if (e == element::f32)
+    transpose((const uint32_t*)src, rows, cols, ld_src, (uint32_t*)dst, ld_dst);
+  else if (e == element::bf16)
     transpose((const uint16_t*)src, rows, cols, ld_src, (uint16_t*)dst, ld_dst);
   else
-    transpose((const uint32_t*)src, rows, cols, ld_src, (uint32_t*)dst, ld_dst);
+    transpose((const uint8_t*)src, rows, cols, ld_src, (uint8_t*)dst, ld_dst);
+}
+
+// w values from src to dst, src and dst f32 or bf16, or f32 → u8 quantized (as the epilogue's
+// u8 output: the quotient rounded to nearest even, then the zero point, saturated; NaN → 0).
+void convert_elems(const void* src, element st, void* dst, element dt, int64_t w, float scale, int32_t zero) {
+  if (dt != element::u8) return convert(src, st == element::bf16, dst, dt == element::bf16, w);
+  const float* x = (const float*)src;
+  uint8_t* q = (uint8_t*)dst;
+  for (int64_t i = 0; i < w; ++i) {
+    const float v = std::nearbyint(x[i] / scale) + (float)zero;
+    q[i] = v >= 255.0f ? 255 : v > 0.0f ? (uint8_t)v : 0;
+  }
 }
 
 }  // namespace
@@ -225,41 +256,41 @@ int64_t conv_block(int64_t channels) {
   return best;
 }
 
-void conv_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t hw, void* xb, bool xb_bf16,
-                     int64_t bc) {
-  const int64_t cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw, void* xb, element bt, int64_t bc,
+                     float scale, int32_t zero_point) {
+  const int64_t cb = ceil_div(c, bc), xs = element_bytes(xt), bs = element_bytes(bt);
 #pragma omp parallel for collapse(2) num_threads(threads_for(16.0 * n * c * hw)) schedule(static)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < cb; ++j) {
       const int64_t ch = std::min(bc, c - j * bc);
       const void* src = (const char*)x + (i * c + j * bc) * hw * xs;
       char* dst = (char*)xb + (i * cb + j) * hw * bc * bs;
-      if (x_bf16 != xb_bf16) {  // convert the channels' planes first, then transpose
+      if (xt != bt) {  // convert the channels' planes first, then transpose
         void* t = scratch(0, ch * hw);
-        convert(src, x_bf16, t, xb_bf16, ch * hw);
+        convert_elems(src, xt, t, bt, ch * hw, scale, zero_point);
         src = t;
       }
-      transpose_elems(src, ch, hw, hw, dst, bc, xb_bf16);
+      transpose_elems(src, ch, hw, hw, dst, bc, bt);
       if (ch < bc)
         for (int64_t p = 0; p < hw; ++p) std::memset(dst + (p * bc + ch) * bs, 0, (size_t)((bc - ch) * bs));
     }
 }
 
-void conv_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
-                       bool x_bf16) {
-  const int64_t cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
+                       element xt) {
+  const int64_t cb = ceil_div(c, bc), xs = element_bytes(xt), bs = element_bytes(bt);
 #pragma omp parallel for collapse(2) num_threads(threads_for(16.0 * n * c * hw)) schedule(static)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < cb; ++j) {
       const int64_t ch = std::min(bc, c - j * bc);
       const char* src = (const char*)xb + (i * cb + j) * hw * bc * bs;
       char* dst = (char*)x + (i * c + j * bc) * hw * xs;
-      if (x_bf16 == xb_bf16) {
-        transpose_elems(src, hw, ch, bc, dst, hw, x_bf16);
+      if (xt == bt) {
+        transpose_elems(src, hw, ch, bc, dst, hw, xt);
       } else {
         void* t = scratch(0, ch * hw);
-        transpose_elems(src, hw, ch, bc, t, hw, xb_bf16);
-        convert(t, xb_bf16, dst, x_bf16, ch * hw);
+        transpose_elems(src, hw, ch, bc, t, hw, bt);
+        convert_elems(t, bt, dst, xt, ch * hw, 1.0f, 0);
       }
     }
 }
@@ -331,7 +362,7 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
   p.e.bias = has_bias_;
   p.e.act = zb ? activation::none : act_;
   p.e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
-  p.bias = has_bias_ ? bias_.data() : nullptr;
+  p.ea.bias = has_bias_ ? bias_.data() : nullptr;
   p.out = yb;
   p.z = zb;
   p.act = act_;
@@ -381,7 +412,6 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     const std::vector<run> runs =
         make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w});
     direct_pass p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, &rows, &runs, dz, aligned(bwd_, 0)};
-    p.bias = nullptr;
     p.out = gxb;
     p.threads = threads;
     if (status s = run_pass(p); s != status::ok) return s;
@@ -461,6 +491,83 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     }
   }
   return status::ok;
+}
+
+qconv_layer::qconv_layer(const conv_geometry& g, brgemm::activation act, out_type out)
+    : g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act), out_(out) {}
+
+bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b, const conv_quant& q) {
+  const int64_t we = g_.k * g_.c * g_.r * g_.s, kp = round_up(g_.k, bk_);
+  const bool w_same = packed_ && same_bytes(w, seen_w_.data(), we);
+  const bool rest_same = packed_ && same_bytes(w_scale, seen_ws_.data(), g_.k * 4) && (b != nullptr) == has_bias_ &&
+                         (!b || same_bytes(b, seen_b_.data(), g_.k * 4)) && same_bytes(&q, &q_, sizeof q);
+  if (w_same && rest_same) return false;
+  if (!w_same) {
+    const int64_t cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_), taps = g_.r * g_.s, blk = bc_ * bk_;
+    char* fwd = aligned(fwd_, kb * cb * taps * blk);
+    tapsum_.assign((size_t)(kb * taps * bk_), 0);
+#pragma omp parallel for num_threads(threads_for(8.0 * g_.k * g_.c * taps)) schedule(static)
+    for (int64_t i = 0; i < kb; ++i) {
+      int8_t* f = (int8_t*)scratch(0, blk / 4);  // one tap as plain (bc × bk) s8
+      std::vector<int32_t> colsum((size_t)bk_);
+      const int64_t ks = std::min(bk_, g_.k - i * bk_);
+      for (int64_t j = 0; j < cb; ++j) {
+        const int64_t cs = std::min(bc_, g_.c - j * bc_);
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          std::fill(f, f + blk, (int8_t)0);
+          for (int64_t kk = 0; kk < ks; ++kk)
+            for (int64_t cc = 0; cc < cs; ++cc) f[cc * bk_ + kk] = w[((i * bk_ + kk) * g_.c + j * bc_ + cc) * taps + tap];
+          pack_b(dtype::u8s8, f, bc_, bk_, bk_, fwd + ((i * cb + j) * taps + tap) * blk, bk_, colsum.data());
+          int32_t* sum = tapsum_.data() + (i * taps + tap) * bk_;
+          for (int64_t x = 0; x < bk_; ++x) sum[x] += colsum[x];
+        }
+      }
+    }
+    seen_w_.assign(w, w + we);
+  }
+  seen_ws_.assign(w_scale, w_scale + g_.k);
+  has_bias_ = b != nullptr;
+  if (b) seen_b_.assign(b, b + g_.k);
+  q_ = q;
+  // A u8 output through no activation or ReLU (which commutes with a positive factor) folds
+  // 1/y_scale into the scale and the bias: the epilogue then skips its division.
+  fold_ = out_ == out_type::u8 && (act_ == activation::none || act_ == activation::relu);
+  const float div = fold_ ? q.y_scale : 1.0f;
+  bias_.assign((size_t)kp, 0.0f);
+  scale_.assign((size_t)kp, 0.0f);
+  for (int64_t k = 0; k < g_.k; ++k) {
+    scale_[k] = fold_ ? q.x_scale * w_scale[k] / div : q.x_scale * w_scale[k];
+    if (b) bias_[k] = fold_ ? b[k] / div : b[k];
+  }
+  packed_ = true;
+  return true;
+}
+
+status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb) {
+  merge_rows(g_, h, w);
+  const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
+  std::vector<std::vector<tap>> rows(oh);
+  const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
+  for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g_.r, along_h);
+  const std::vector<run> runs = make_runs(ow, 1, g_.stride_w, g_.s, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w});
+  direct_pass p{dtype::u8s8, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, &rows, &runs, xb,
+                aligned(fwd_, 0)};
+  p.e.out = out_;
+  p.e.act = act_;
+  p.e.bias = has_bias_;
+  p.e.scale = scale_kind::column;
+  p.e.col_offset = q_.x_zero != 0;
+  p.ea.bias = has_bias_ ? bias_.data() : nullptr;
+  p.ea.scale = scale_.data();
+  p.ea.out_scale = fold_ ? 1.0f : q_.y_scale;
+  p.ea.out_zero_point = q_.y_zero;
+  if (q_.x_zero) {
+    p.tapsum = tapsum_.data();
+    p.zero = q_.x_zero;
+  }
+  p.out = yb;
+  p.threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
+  return run_pass(p);
 }
 
 }  // namespace brgemm::layers

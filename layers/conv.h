@@ -29,12 +29,17 @@ struct conv_geometry {
 // (ties to the larger block, which keeps the kernel's 64-wide tiles full).
 int64_t conv_block(int64_t channels);
 
-// Plain NCHW (n × c × hw, either f32 or bf16) ↔ blocked [n][c/bc][hw][bc] (either type);
-// to_blocked zeroes the padded channels. f32 → bf16 rounds to nearest even.
-void conv_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t hw, void* xb, bool xb_bf16,
-                     int64_t bc);
-void conv_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
-                       bool x_bf16);
+// The element types of activations: f32 and bf16 (uint16 bits) for training, u8 for int8
+// inference.
+enum class element : int { f32 = 0, bf16, u8 };
+
+// Plain NCHW (n × c × hw) ↔ blocked [n][c/bc][hw][bc]; to_blocked zeroes the padded channels.
+// Either side f32 or bf16 (f32 → bf16 rounds to nearest even), u8 on both sides, or f32 → u8
+// quantized: clip(nearbyint(x / scale) + zero_point, 0, 255), ties to even, NaN → 0.
+void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw, void* xb, element bt, int64_t bc,
+                     float scale = 1.0f, int32_t zero_point = 0);
+void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
+                       element xt);
 
 class conv_layer {
  public:
@@ -72,6 +77,53 @@ class conv_layer {
   std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last; the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // packed weights (64-byte aligned inside)
   std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
+};
+
+// The quantization of an int8 layer: real x = x_scale·(x_q − x_zero) for the u8 input;
+// y_q = clip(nearbyint(y / y_scale) + y_zero, 0, 255) for a u8 output.
+struct conv_quant {
+  float x_scale = 1.0f, y_scale = 1.0f;
+  int32_t x_zero = 0, y_zero = 0;
+};
+
+// int8 inference: u8 activations × s8 weights with one scale per output channel (zero point
+// 0), exact s32 sums, then the epilogue
+//   y = act(x_scale·w_scale[k]·Σ (x_q − x_zero)·w_q + b[k])
+// stored as f32 (dequantized) or requantized u8: clip(nearbyint(y / y_scale) + y_zero). With no
+// activation or ReLU the u8 output is computed as fbgemm does, in one multiply-add:
+//   clip(nearbyint(act(m[k]·Σ (x_q − x_zero)·w_q + b[k]/y_scale)) + y_zero),
+//   m[k] = (x_scale·w_scale[k])/y_scale (each step one f32 rounding).
+// Padding is real zero, i.e. x_q = x_zero: the sums skip the padded taps and subtract
+// x_zero·Σ w_q over the taps each run reads.
+//   W forward   [K/bk][C/bc][R][S] blocks of (bc × bk), VNNI-4 ([bc/4][bk][4]); bc is a
+//               multiple of 4 (conv_block).
+class qconv_layer {
+ public:
+  // out is out_type::f32 or out_type::u8.
+  qconv_layer(const conv_geometry& g, brgemm::activation act, out_type out);
+
+  const conv_geometry& geometry() const { return g_; }
+  int64_t bc() const { return bc_; }
+  int64_t bk() const { return bk_; }
+  out_type out() const { return out_; }
+
+  // Packs w (K, C, R, S) s8 with w_scale (K) and b (K, or null) under q when anything differs
+  // from what was packed last (exact comparisons). Returns whether it packed.
+  bool refresh(const int8_t* w, const float* w_scale, const float* b, const conv_quant& q);
+  // yb = the epilogue above for n u8 images of h × w (yb: [n][K/bk][OH][OW][bk], f32 or u8).
+  status forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb);
+
+ private:
+  conv_geometry g_;
+  int64_t bc_, bk_;
+  brgemm::activation act_;
+  out_type out_;
+  conv_quant q_;
+  bool packed_ = false, has_bias_ = false, fold_ = false;
+  std::vector<int8_t> seen_w_;
+  std::vector<float> seen_ws_, seen_b_, bias_, scale_;  // the epilogue's bias and scale, padded to K/bk
+  std::vector<int32_t> tapsum_;                         // [K/bk][R][S][bk]: Σ_c w_q of each tap
+  std::vector<char> fwd_;
 };
 
 }  // namespace brgemm::layers
