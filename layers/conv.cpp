@@ -10,6 +10,7 @@
 #include "conv.h"
 #include "blocks.h"
 #include <cmath>
+#include <omp.h>
 
 namespace brgemm::layers {
 
@@ -378,13 +379,19 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   const bool bf16 = t_ == dtype::bf16;
   const int threads = threads_for(2.0 * n * pix * g_.k * g_.c * taps);
 
-  // dZ = dY ⊙ act'(·) plane by plane: the A of backward data (in the kernel's A type), its
-  // transpose (f32, the A of the weight gradient) and its per-plane column sums (the bias).
+  // The weight gradient's block product is dWᵀ (bk × bc) = dZᵀ·X, or, when the input channels
+  // are few (bc < 16 would fill a fraction of the kernel's 16-lane columns), dW (bc × bk) =
+  // Xᵀ·dZ: X transposed by stride phase is then the A, dZ itself the B.
+  const bool narrow = bc_ < 16;
+
+  // dZ = dY ⊙ act'(·) plane by plane: the A of backward data (in the kernel's A type), in f32
+  // for the weight gradient (transposed, or as it is when narrow) and its per-plane column sums
+  // (the bias).
   const bool dz_is_dy = !bf16 && act_ == activation::none;
   const int64_t dz_bytes = n * kb * plane_y * (bf16 ? 2 : 4), sums = n * kb * bk_;
   char* dz = dz_is_dy ? (char*)gyb : aligned(dz_, round_up(dz_bytes, 64) + sums * 4);
   float* colsum = dz_is_dy ? (float*)aligned(dz_, sums * 4) : (float*)(dz + round_up(dz_bytes, 64));
-  float* dzt = (float*)aligned(dzt_, n * kb * plane_y * 4);
+  float* dzt = narrow && !bf16 ? (float*)dz : (float*)aligned(dzt_, n * kb * plane_y * 4);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
@@ -395,7 +402,10 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     std::fill(sum, sum + bk_, 0.0f);
     for (int64_t p = 0; p < pix; ++p)
       for (int64_t q = 0; q < bk_; ++q) sum[q] += d[p * bk_ + q];
-    transpose(d, pix, bk_, bk_, dzt + at, pix);
+    if (!narrow)
+      transpose(d, pix, bk_, bk_, dzt + at, pix);
+    else if (bf16)
+      std::copy(d, d + plane_y, dzt + at);
   }
   if (bg)
     for (int64_t k = 0; k < g_.k; ++k) {
@@ -420,71 +430,114 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // Weight gradient, in f32 (bf16 X widened: the products are exact in f32 either way). Each
   // tap (r, s) is one block product reducing over output rows; the rows are cut into `splits`
   // parts summed afterwards, so that small layers still give every thread work.
+  // Narrow: Xᵀ by stride phase, xt[n][cb][ih][q][bc][wq] = X[n][cb][ih][j·stride + q][bc], so that
+  // the columns a tap reads (every stride-th) are consecutive in one row of each channel.
+  const int64_t sw = g_.stride_w, wq = ceil_div(w, sw), row_t = sw * bc_ * wq;
+  const int64_t wide = bf16 ? n * cb * plane_x : 0, trans = narrow ? n * cb * h * row_t : 0;
+  float* buf = (float*)aligned(x32_, (wide + trans) * 4);
   const float* x = (const float*)xb;
   if (bf16) {
-    float* x32 = (float*)aligned(x32_, n * cb * plane_x * 4);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t pl = 0; pl < n * cb; ++pl)
-      bf16_to_f32((const uint16_t*)xb + pl * plane_x, x32 + pl * plane_x, plane_x);
-    x = x32;
+      bf16_to_f32((const uint16_t*)xb + pl * plane_x, buf + pl * plane_x, plane_x);
+    x = buf;
+  }
+  if (narrow) {
+    float* xt = buf + wide;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t row = 0; row < n * cb * h; ++row)
+      for (int64_t q = 0; q < std::min(sw, w); ++q)
+        transpose(x + row * w * bc_ + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xt + row * row_t + q * bc_ * wq, wq);
+    x = xt;
   }
   std::vector<int64_t> lo(g_.s), len(g_.s);  // the output columns tap s reads inside the input
-  std::vector<const kernel*> kw(g_.s, nullptr);
+  std::vector<const kernel*> kw(g_.s, nullptr), kw_add(g_.s, nullptr);  // beta 0 and 1
   const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
   for (int64_t s = 0; s < g_.s; ++s) {
     lo[s] = 0;
     while (lo[s] < ow && along_w(lo[s], s) < 0) ++lo[s];
     len[s] = 0;
     while (lo[s] + len[s] < ow && along_w(lo[s] + len[s], s) >= 0) ++len[s];
-    if (len[s] > 0)
-      if (status st = dispatch(desc{dtype::f32, bk_, bc_, len[s], pix, g_.stride_w * bc_, bc_, batch_kind::offset, 0.0f},
-                               &kw[s]);
-          st != status::ok)
-        return st;
+    desc d = narrow ? desc{dtype::f32, bc_, bk_, len[s], wq, bk_, bk_, batch_kind::offset, 0.0f}
+                    : desc{dtype::f32, bk_, bc_, len[s], pix, sw * bc_, bc_, batch_kind::offset, 0.0f};
+    if (len[s] > 0) {
+      if (status st = dispatch(d, &kw[s]); st != status::ok) return st;
+      d.beta = 1.0f;
+      if (status st = dispatch(d, &kw_add[s]); st != status::ok) return st;
+    }
   }
+  // Two orders. Few blocks (all of dW fits in L2 per thread): each thread takes chunks of output
+  // rows and runs every block over them while their dZ and X rows are in cache, summing into its
+  // own dW (beta 1 after its first chunk); otherwise each (block, part of the rows) is an item,
+  // so that dW blocks stay in cache. Either way the parts are summed at the end.
   const int64_t blocks = kb * cb * taps, rows_total = n * oh;
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
+  const bool rows_outer = blocks * blk * 4 <= (256 << 10);
+  const int64_t row_bytes = (kb * ow * bk_ + cb * g_.stride_h * w * bc_) * 4;
+  const int64_t chunk = std::clamp<int64_t>((512 << 10) / row_bytes, 1, ceil_div(rows_total, threads));
+  const int64_t splits = rows_outer ? threads
+                                    : std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
   float* part = (float*)aligned(part_, splits * blocks * blk * 4);
+  auto part_at = [&](int64_t b, int64_t sp) { return part + (rows_outer ? sp * blocks + b : b * splits + sp) * blk; };
   const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
+  // One block's product over output rows [first, last) into out (adding when `add`).
+  auto block_product = [&](int64_t b, int64_t first, int64_t last, float* out, bool add) {
+    const int64_t k = b / (cb * taps), c = b / taps % cb, r = b % taps / g_.s, s = b % g_.s;
+    if (!kw[s]) {
+      if (!add) std::fill(out, out + blk, 0.0f);
+      return;
+    }
+    int64_t* oa = offsets(0, last - first);
+    int64_t* ob = offsets(1, last - first);
+    int64_t count = 0;
+    const int64_t iw = along_w(lo[s], s);
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
+      if (ih < 0) continue;
+      if (narrow) {  // A: the tap's phase row of Xᵀ; B: dZ's row from its first valid column
+        oa[count] = ((i * cb + c) * h + ih) * row_t + iw % sw * bc_ * wq + iw / sw;
+        ob[count++] = (i * kb + k) * plane_y + (o * ow + lo[s]) * bk_;
+      } else {
+        oa[count] = (i * kb + k) * plane_y + o * ow + lo[s];
+        ob[count++] = (i * cb + c) * plane_x + (ih * w + iw) * bc_;
+      }
+    }
+    batch_ref batch;
+    batch.count = count;
+    batch.a = narrow ? x : dzt;
+    batch.b = narrow ? dzt : x;
+    batch.offs_a = oa;
+    batch.offs_b = ob;
+    execute(add ? *kw_add[s] : *kw[s], batch, out);
+  };
 #pragma omp parallel num_threads(threads)
   {
+    if (rows_outer) {
+      const int tid = omp_get_thread_num();
+      bool add = false;
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < blocks * splits; ++item) {
-      const int64_t b = item / splits, sp = item % splits;
-      const int64_t k = b / (cb * taps), c = b / taps % cb, r = b % taps / g_.s, s = b % g_.s;
-      float* out = part + item * blk;
-      if (!kw[s]) {
-        std::fill(out, out + blk, 0.0f);
-        continue;
+      for (int64_t ch = 0; ch < ceil_div(rows_total, chunk); ++ch) {
+        for (int64_t b = 0; b < blocks; ++b)
+          block_product(b, ch * chunk, std::min(rows_total, (ch + 1) * chunk), part_at(b, tid), add);
+        add = true;
       }
-      const int64_t first = rows_total * sp / splits, last = rows_total * (sp + 1) / splits;
-      int64_t* oa = offsets(0, last - first);
-      int64_t* ob = offsets(1, last - first);
-      int64_t count = 0;
-      for (int64_t row = first; row < last; ++row) {
-        const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
-        if (ih < 0) continue;
-        oa[count] = (i * kb + k) * plane_y + o * ow + lo[s];
-        ob[count++] = (i * cb + c) * plane_x + (ih * w + along_w(lo[s], s)) * bc_;
+      if (!add) std::fill(part_at(0, tid), part_at(0, tid) + blocks * blk, 0.0f);  // no chunk came here
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < blocks * splits; ++item) {
+        const int64_t b = item / splits, sp = item % splits;
+        block_product(b, rows_total * sp / splits, rows_total * (sp + 1) / splits, part_at(b, sp), false);
       }
-      batch_ref batch;
-      batch.count = count;
-      batch.a = dzt;
-      batch.b = x;
-      batch.offs_a = oa;
-      batch.offs_b = ob;
-      execute(*kw[s], batch, out);
     }
     // Sum the parts into the plain (K, C, R, S) gradient.
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t k0 = b / (cb * taps) * bk_, c0 = b / taps % cb * bc_, tap = b % taps;
       const int64_t ks = std::min(bk_, g_.k - k0), cs = std::min(bc_, g_.c - c0);
-      const float* p = part + b * splits * blk;
       for (int64_t kk = 0; kk < ks; ++kk)
         for (int64_t cc = 0; cc < cs; ++cc) {
           float v = 0.0f;
-          for (int64_t sp = 0; sp < splits; ++sp) v += p[sp * blk + kk * bc_ + cc];
+          const int64_t at = narrow ? cc * bk_ + kk : kk * bc_ + cc;
+          for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[at];
           float& g = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
           g = (accumulate ? g : 0.0f) + v;
         }

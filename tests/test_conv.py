@@ -33,8 +33,11 @@ CASES = [
     (6, 10, 9, 8, (2, 3), (1, 2), (0, 1, 2, 0), 1),  # rectangular, asymmetric padding
     (20, 20, 13, 13, 3, 3, 2, 2),           # stride 3 with dilation: three stride classes
     (192, 130, 5, 5, 3, 1, 1, 1),           # several reduction chunks both ways
+    (7, 9, 11, 10, 3, 3, 2, 2),             # C < 16 (Xᵀ·dZ weight gradient) in three stride phases
+    (12, 20, 6, 5, 1, 1, 0, 1),             # C < 16, 1 × 1 with rows merged
 ]
-IDS = ["c3k5", "stride2", "hw1", "hw1_k3", "dil2", "1x1", "1x1s2", "7x7s2", "rect_asym", "s3d2", "chunks"]
+IDS = ["c3k5", "stride2", "hw1", "hw1_k3", "dil2", "1x1", "1x1s2", "7x7s2", "rect_asym", "s3d2", "chunks",
+       "narrow_s3d2", "narrow_1x1"]
 
 
 def bf16_round(a):
