@@ -17,6 +17,7 @@
 #include "../../layers/eltwise.h"
 #include "../../layers/conv.h"
 #include "../../layers/linear.h"
+#include "../../layers/rnn.h"
 #include "../kernels/ktanh_table.h"
 
 namespace py = pybind11;
@@ -1396,6 +1397,111 @@ struct py_qconv {
   }
 };
 
+// --- Recurrent layers (brgemm.nn.LSTM and GRU drive this, one per layer and direction) ---------
+
+struct py_rnn {
+  layers::rnn_layer l;
+  int64_t steps = 0, rows = 0;  // of the last training forward
+  bool trained = false;
+  py_rnn(const std::string& cell, const std::string& dt, int64_t input, int64_t hidden, bool reverse, bool ktanh)
+      : l(cell_arg(cell), py_linear::dtype_arg(dt), positive(input, "input_size"), positive(hidden, "hidden_size"),
+          reverse, ktanh) {}
+  static layers::rnn_cell cell_arg(const std::string& c) {
+    if (c == "lstm") return layers::rnn_cell::lstm;
+    if (c != "gru") value_error("cell must be 'lstm' or 'gru', got '" + c + "'");
+    return layers::rnn_cell::gru;
+  }
+  static int64_t positive(int64_t v, const char* name) {
+    if (v < 1) value_error(std::string(name) + " must be at least 1, got " + std::to_string(v));
+    return v;
+  }
+  int64_t gh() const { return l.gates() * l.hidden(); }
+
+  bool refresh(py::handle wih, py::handle whh, py::handle bih, py::handle bhh) {
+    const float* a = (const float*)exact_array(wih, "weight_ih", elem::f32, gh() * l.input(), false).data();
+    const float* b = (const float*)exact_array(whh, "weight_hh", elem::f32, gh() * l.hidden(), false).data();
+    if (bih.is_none() != bhh.is_none()) value_error("bias_ih and bias_hh must both be given or both be None");
+    const float* c = bih.is_none() ? nullptr : (const float*)exact_array(bih, "bias_ih", elem::f32, gh(), false).data();
+    const float* d = bhh.is_none() ? nullptr : (const float*)exact_array(bhh, "bias_hh", elem::f32, gh(), false).data();
+    py::gil_scoped_release nogil;
+    return l.refresh(a, b, c, d);
+  }
+
+  // (T, N, cols) float32 with this direction's H columns at col; returns its data at col.
+  float* columns(py::handle h, const char* name, int64_t T, int64_t N, int64_t col, bool write, int64_t* ld) {
+    py::array a = typed_array(h, name, elem::f32);
+    if (a.ndim() != 3 || a.shape(0) != T || a.shape(1) != N || col < 0 || col + l.hidden() > a.shape(2))
+      value_error(std::string(name) + " must be (T, N, ≥ col + hidden_size) float32, got " + str(a.attr("shape")));
+    if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
+    if (write) require_writeable(a, name);
+    *ld = a.shape(2);
+    return (float*)a.data() + col;
+  }
+  const float* state(py::handle h, const char* name, int64_t N) {
+    if (h.is_none()) return nullptr;
+    return (const float*)exact_array(h, name, elem::f32, N * l.hidden(), false).data();
+  }
+  float* state_out(py::handle h, const char* name, int64_t N) {
+    if (h.is_none()) return nullptr;
+    return (float*)exact_array(h, name, elem::f32, N * l.hidden(), true).mutable_data();
+  }
+
+  void forward(int64_t T, int64_t N, py::handle x, py::handle lengths, py::handle h0, py::handle c0, py::handle y,
+               int64_t col, py::handle hT, py::handle cT, bool train) {
+    positive(T, "T");
+    positive(N, "N");
+    const void* xp =
+        exact_array(x, "x", l.bf16() ? elem::bf16 : elem::f32, checked_madd(T * N, l.input(), 0, "x"), false).data();
+    std::vector<int64_t> len;
+    if (!lengths.is_none()) {
+      py::array_t<int64_t, py::array::c_style | py::array::forcecast> a(py::reinterpret_borrow<py::object>(lengths));
+      if (a.ndim() != 1 || a.shape(0) != N) value_error("lengths must hold N = " + std::to_string(N) + " values");
+      len.assign(a.data(), a.data() + N);
+      for (int64_t i = 0; i < N; ++i)
+        if (len[i] < 1 || len[i] > T || (i && len[i] > len[i - 1]))
+          value_error("lengths must be sorted in decreasing order, each in [1, T = " + std::to_string(T) + "]");
+    }
+    int64_t ldy;
+    float* yp = columns(y, "y", T, N, col, true, &ldy);
+    const float* h0p = state(h0, "h0", N);
+    const float* c0p = state(c0, "c0", N);
+    float* hTp = state_out(hT, "hT", N);
+    float* cTp = state_out(cT, "cT", N);
+    if (!hTp) value_error("hT must be given");
+    status s;
+    {
+      py::gil_scoped_release nogil;
+      s = l.forward(T, N, xp, len.empty() ? nullptr : len.data(), h0p, c0p, yp, ldy, hTp, cTp, train);
+    }
+    check_status(s);
+    steps = T, rows = N, trained = train;
+  }
+
+  void backward(py::handle dy, int64_t col, py::handle dhT, py::handle dcT, py::handle dx, bool dx_add, py::handle dh0,
+                py::handle dc0, py::handle gwih, py::handle gwhh, py::handle gbih, py::handle gbhh, bool accumulate) {
+    if (!trained) throw std::runtime_error("backward needs a training forward first");
+    const int64_t T = steps, N = rows;
+    int64_t ldy = 0;
+    const float* dyp = dy.is_none() ? nullptr : columns(dy, "grad_y", T, N, col, false, &ldy);
+    const float* dhTp = state(dhT, "grad_hT", N);
+    const float* dcTp = state(dcT, "grad_cT", N);
+    float* dxp = dx.is_none() ? nullptr
+                              : (float*)exact_array(dx, "grad_x", elem::f32, T * N * l.input(), true).mutable_data();
+    float* dh0p = state_out(dh0, "grad_h0", N);
+    float* dc0p = state_out(dc0, "grad_c0", N);
+    float* a = (float*)exact_array(gwih, "weight_ih_grad", elem::f32, gh() * l.input(), true).mutable_data();
+    float* b = (float*)exact_array(gwhh, "weight_hh_grad", elem::f32, gh() * l.hidden(), true).mutable_data();
+    float* c = gbih.is_none() ? nullptr : (float*)exact_array(gbih, "bias_ih_grad", elem::f32, gh(), true).mutable_data();
+    float* d = gbhh.is_none() ? nullptr : (float*)exact_array(gbhh, "bias_hh_grad", elem::f32, gh(), true).mutable_data();
+    status s;
+    {
+      py::gil_scoped_release nogil;
+      s = l.backward(dyp, ldy, dhTp, dcTp, dxp, dx_add, dh0p, dc0p, a, b, c, d, accumulate);
+    }
+    check_status(s);
+  }
+};
+
 // --- ISA, threads, introspection ---------------------------------------------------------------
 
 isa isa_arg(const std::string& name) {
@@ -1590,6 +1696,16 @@ PYBIND11_MODULE(_core, m) {
       .def("refresh", &py_qconv::refresh, py::arg("weight"), py::arg("weight_scale"), py::arg("bias"),
            py::arg("input_scale"), py::arg("input_zero_point"), py::arg("output_scale"), py::arg("output_zero_point"))
       .def("forward", &py_qconv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"));
+  py::class_<py_rnn>(m, "_RNN")
+      .def(py::init<const std::string&, const std::string&, int64_t, int64_t, bool, bool>(), py::arg("cell"),
+           py::arg("dtype"), py::arg("input_size"), py::arg("hidden_size"), py::arg("reverse"), py::arg("ktanh"))
+      .def("refresh", &py_rnn::refresh, py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
+           py::arg("bias_hh"))
+      .def("forward", &py_rnn::forward, py::arg("T"), py::arg("N"), py::arg("x"), py::arg("lengths"), py::arg("h0"),
+           py::arg("c0"), py::arg("y"), py::arg("col"), py::arg("hT"), py::arg("cT"), py::arg("train"))
+      .def("backward", &py_rnn::backward, py::arg("grad_y"), py::arg("col"), py::arg("grad_hT"), py::arg("grad_cT"),
+           py::arg("grad_x"), py::arg("dx_add"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("weight_ih_grad"),
+           py::arg("weight_hh_grad"), py::arg("bias_ih_grad"), py::arg("bias_hh_grad"), py::arg("accumulate"));
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
 
   m.def("measure_peak", [](const std::string& op, int threads, double seconds) {

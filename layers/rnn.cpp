@@ -1,0 +1,429 @@
+// Recurrent layer driver (rnn.h). Forward, per step s and (row block, hidden block):
+//   tile = h_s[rows] · W_hhᵀ[:, block's gates]          one BRGEMM call (kernel per row count)
+//   gates = f(Gx[t][rows, block's gates] + tile)       while the tile is in L1
+// Backward, per step from the last, per (row block, block of 64 hidden units):
+//   dh[rows, units] += dGh_{s+1}[rows, :] · W_hh[:, units]     one BRGEMM call (beta 1)
+//   dG_s[rows, units' gates] from dh + dy, the saved gates and the cell state
+// then three large products for the weight gradients and dx, after the time loop.
+#include "rnn.h"
+#include <cmath>
+#include <omp.h>
+#include "blocks.h"
+#include "gemm.h"
+
+namespace brgemm::layers {
+
+namespace {
+
+// e^x for the gates: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts), e^r by its degree-7
+// Taylor polynomial (truncation below 2⁻²⁴ relative there), 2^n from the exponent bits; plain
+// float operations, so the compiler vectorizes the gate loops. x is clamped to ±87 (e^87
+// is finite); NaN stays NaN.
+inline float exp_gate(float x) {
+  x = x < -87.0f ? -87.0f : x > 87.0f ? 87.0f : x;
+  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860677e-6f;
+  const float p =
+      1.0f + r * (1.0f + r * (0.5f + r * (1.66666672e-1f + r * (4.16666679e-2f + r * (8.33333377e-3f +
+                                                                   r * (1.38888892e-3f + r * 1.98412701e-4f))))));
+  const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+  float s;
+  std::memcpy(&s, &bits, 4);
+  return p * s;
+}
+inline float sigmoid_gate(float x) { return 1.0f / (1.0f + exp_gate(-x)); }
+inline float tanh_gate(float x) { return 2.0f / (1.0f + exp_gate(-2.0f * x)) - 1.0f; }
+
+// y = sigmoid or tanh of x (n values), exact-path polynomials or the K-TanH family.
+void sigmoid_n(bool k, const float* x, float* y, int64_t n) {
+  if (k) return activation_f32(activation::ksigmoid, x, y, n);
+  for (int64_t j = 0; j < n; ++j) y[j] = sigmoid_gate(x[j]);
+}
+void tanh_n(bool k, const float* x, float* y, int64_t n) {
+  if (k) return activation_f32(activation::ktanh, x, y, n);
+  for (int64_t j = 0; j < n; ++j) y[j] = tanh_gate(x[j]);
+}
+
+// f32 values rounded through bf16 (the weights a bf16 layer multiplies).
+void round_bf16(float* v, int64_t n) {
+  std::vector<uint16_t> b((size_t)n);
+  f32_to_bf16(v, b.data(), n);
+  bf16_to_f32(b.data(), v, n);
+}
+
+// dst (cols × rows) = srcᵀ (rows × cols, row-major), in parallel over row chunks.
+void transpose_parallel(const float* src, int64_t rows, int64_t cols, float* dst, int threads) {
+  const int64_t chunk = 64;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk)
+    transpose(src + r0 * cols, std::min(chunk, rows - r0), cols, cols, dst + r0, rows);
+}
+
+}  // namespace
+
+rnn_layer::rnn_layer(rnn_cell cell, dtype t, int64_t input, int64_t hidden, bool reverse, bool ktanh)
+    : cell_(cell), t_(t), in_(input), h_(hidden), hp_(round_up(hidden, bh)), g_(gates()), reverse_(reverse),
+      ktanh_(ktanh) {}
+
+bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh) {
+  const int64_t nih = g_ * h_ * in_, nhh = g_ * h_ * h_, nb = g_ * h_, ghp = g_ * hp_;
+  const bool bias = b_ih != nullptr;
+  if (packed_ && bias == has_bias_ && same_bytes(w_ih, seen_.data(), nih * 4) &&
+      same_bytes(w_hh, seen_.data() + nih, nhh * 4) &&
+      (!bias || (same_bytes(b_ih, seen_.data() + nih + nhh, nb * 4) &&
+                 same_bytes(b_hh, seen_.data() + nih + nhh + nb, nb * 4))))
+    return false;
+  seen_.assign((size_t)(nih + nhh + 2 * nb), 0.0f);
+  std::copy(w_ih, w_ih + nih, seen_.begin());
+  std::copy(w_hh, w_hh + nhh, seen_.begin() + nih);
+  if (bias) {
+    std::copy(b_ih, b_ih + nb, seen_.begin() + nih + nhh);
+    std::copy(b_hh, b_hh + nb, seen_.begin() + nih + nhh + nb);
+  }
+  has_bias_ = bias;
+  const bool b16 = t_ == dtype::bf16;
+
+  // Backward copies first (f32, in internal gate order; rounded through bf16 for bf16).
+  wih_b_.assign((size_t)(ghp * in_), 0.0f);
+  whh_b_.assign((size_t)(ghp * hp_), 0.0f);
+  for (int64_t g = 0; g < g_; ++g)
+    for (int64_t u = 0; u < h_; ++u) {
+      std::copy(w_ih + (g * h_ + u) * in_, w_ih + (g * h_ + u + 1) * in_, wih_b_.begin() + col(g, u) * in_);
+      std::copy(w_hh + (g * h_ + u) * h_, w_hh + (g * h_ + u + 1) * h_, whh_b_.begin() + col(g, u) * hp_);
+    }
+  if (b16) {
+    round_bf16(wih_b_.data(), ghp * in_);
+    round_bf16(whh_b_.data(), ghp * hp_);
+  }
+
+  // Forward: W_ihᵀ (I × G·Hp) for the input projection, and per hidden block the (Hp × G·bh)
+  // slice of W_hhᵀ, each in the kernel's B layout.
+  std::vector<float> b((size_t)(in_ * ghp));
+  transpose(wih_b_.data(), ghp, in_, in_, b.data(), ghp);
+  std::vector<uint16_t> b16v;
+  if (!b16) {
+    std::memcpy(aligned(wih_, in_ * ghp * 4), b.data(), (size_t)(in_ * ghp * 4));
+  } else {
+    b16v.resize(b.size());
+    f32_to_bf16(b.data(), b16v.data(), in_ * ghp);
+    pack_b(t_, b16v.data(), in_, ghp, ghp, aligned(wih_, packed_b_elements(t_, in_, ghp) * 2), ghp, nullptr);
+  }
+  const int64_t wb = g_ * bh, blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_), blocks = hp_ / bh;
+  char* whh = aligned(whh_, blocks * blk_bytes);
+  std::vector<float> slice((size_t)(hp_ * wb));
+  std::vector<uint16_t> slice16(b16 ? slice.size() : 0);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    // rows v, columns g·bh + j: W_hh[g·H + u][v] for u = blk·bh + j (internal row col(g, u))
+    transpose(whh_b_.data() + blk * wb * hp_, wb, hp_, hp_, slice.data(), wb);
+    if (!b16) {
+      std::memcpy(whh + blk * blk_bytes, slice.data(), (size_t)(hp_ * wb * 4));
+    } else {
+      f32_to_bf16(slice.data(), slice16.data(), hp_ * wb);
+      pack_b(t_, slice16.data(), hp_, wb, wb, whh + blk * blk_bytes, wb, nullptr);
+    }
+  }
+
+  bias_.assign((size_t)ghp, 0.0f);
+  bhn_.assign((size_t)hp_, 0.0f);
+  if (bias)
+    for (int64_t g = 0; g < g_; ++g)
+      for (int64_t u = 0; u < h_; ++u) {
+        const bool recurrent_inside = cell_ == rnn_cell::gru && g == 2;  // r ⊙ (W_hn·h + b_hn)
+        bias_[col(g, u)] = b_ih[g * h_ + u] + (recurrent_inside ? 0.0f : b_hh[g * h_ + u]);
+        if (recurrent_inside) bhn_[u] = b_hh[g * h_ + u];
+      }
+  packed_ = true;
+  return true;
+}
+
+void rnn_layer::gates_forward(int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, float* y,
+                              int64_t ldy, bool train) {
+  const int64_t n = rows_, ghp = g_ * hp_, wb = g_ * bh, u0 = blk * bh;
+  const bool lstm = cell_ == rnn_cell::lstm;
+  const int64_t uh = std::min(bh, h_ - u0);  // real units of the block
+  float pre[4 * bh], a[4 * bh], tc[bh];
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t i = r0 + r, t = time_of(s, i);
+    const float* gx = gx_.data() + (t * n + i) * ghp + blk * wb;
+    const float* gh = tile + r * wb;
+    const float* hp = hs_.data() + (s * n + i) * hp_ + u0;
+    float* h = hs_.data() + ((s + 1) * n + i) * hp_ + u0;
+    float* act = train ? act_.data() + (s * n + i) * 4 * hp_ + blk * 4 * bh : a;
+    if (lstm) {
+      for (int64_t j = 0; j < wb; ++j) pre[j] = gx[j] + gh[j];
+      sigmoid_n(ktanh_, pre, act, 2 * bh);                        // i, f
+      tanh_n(ktanh_, pre + 2 * bh, act + 2 * bh, bh);              // g
+      sigmoid_n(ktanh_, pre + 3 * bh, act + 3 * bh, bh);           // o
+      const float* cp = cs_.data() + (s * n + i) * hp_ + u0;
+      float* c = cs_.data() + ((s + 1) * n + i) * hp_ + u0;
+      for (int64_t j = 0; j < bh; ++j) c[j] = act[bh + j] * cp[j] + act[j] * act[2 * bh + j];
+      tanh_n(ktanh_, c, tc, bh);
+      for (int64_t j = 0; j < bh; ++j) h[j] = act[3 * bh + j] * tc[j];
+    } else {
+      for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
+      sigmoid_n(ktanh_, pre, act, 2 * bh);                                   // r, z
+      float* hn = act + 3 * bh;
+      for (int64_t j = 0; j < bh; ++j) hn[j] = gh[2 * bh + j] + bhn_[u0 + j];  // W_hn·h + b_hn
+      for (int64_t j = 0; j < bh; ++j) pre[2 * bh + j] = gx[2 * bh + j] + act[j] * hn[j];
+      tanh_n(ktanh_, pre + 2 * bh, act + 2 * bh, bh);                        // n
+      for (int64_t j = 0; j < bh; ++j) h[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
+    }
+    if (t_ == dtype::bf16) f32_to_bf16(h, h16_.data() + (((s + 1) % 2) * n + i) * hp_ + u0, bh);
+    std::copy(h, h + uh, y + (t * n + i) * ldy + u0);
+  }
+}
+
+status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0,
+                          const float* c0, float* y, int64_t ldy, float* hT, float* cT, bool train) {
+  steps_ = T, rows_ = N, x_ = x;
+  lengths_.assign(lengths ? lengths : nullptr, lengths ? lengths + N : nullptr);
+  used_ = lengths ? lengths[0] : T;
+  active_.assign((size_t)used_, N);
+  if (lengths)
+    for (int64_t s = 0; s < used_; ++s) {
+      int64_t a = 0;
+      while (a < N && lengths[a] > s) ++a;
+      active_[s] = a;
+    }
+  const int64_t ghp = g_ * hp_, wb = g_ * bh, blocks = hp_ / bh, rb = std::min<int64_t>(N, 64);
+  const bool lstm = cell_ == rnn_cell::lstm, b16 = t_ == dtype::bf16;
+  const int threads = threads_for(2.0 * T * N * ghp * (in_ + hp_));
+
+  // The input projection for every step, biases included.
+  gx_.resize((size_t)(T * N * ghp));
+  epilogue_desc e;
+  e.bias = true;
+  e.out = out_type::f32;
+  epilogue_args ea;
+  ea.bias = bias_.data();
+  if (status st = gemm(t_, T * N, ghp, in_, x, in_, aligned(wih_, 0), ghp, gx_.data(), ghp, 0.0f, e, &ea);
+      st != status::ok)
+    return st;
+
+  // States before each step; rows that have ended keep zeros past their end (read as A with
+  // zero dG in backward).
+  hs_.resize((size_t)((used_ + 1) * N * hp_));
+  if (lengths) std::fill(hs_.begin(), hs_.end(), 0.0f);
+  if (lstm) {
+    cs_.resize(hs_.size());
+    if (lengths) std::fill(cs_.begin(), cs_.end(), 0.0f);
+  }
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t u = 0; u < hp_; ++u) {
+      hs_[i * hp_ + u] = h0 && u < h_ ? h0[i * h_ + u] : 0.0f;
+      if (lstm) cs_[i * hp_ + u] = c0 && u < h_ ? c0[i * h_ + u] : 0.0f;
+    }
+  if (b16) {
+    h16_.resize((size_t)(2 * N * hp_));
+    f32_to_bf16(hs_.data(), h16_.data(), N * hp_);
+  }
+  if (train) act_.resize((size_t)(used_ * N * 4 * hp_));
+
+  std::vector<const kernel*> k((size_t)rb);
+  for (int64_t m = 1; m <= rb; ++m)
+    if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f}, &k[m - 1]); st != status::ok)
+      return st;
+  const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
+  const char* whh = aligned(whh_, 0);
+#pragma omp parallel num_threads(threads)
+  for (int64_t s = 0; s < used_; ++s) {
+    const int64_t n = active_[s];
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < ceil_div(n, rb) * blocks; ++item) {
+      const int64_t r0 = item / blocks * rb, blk = item % blocks, m = std::min(rb, n - r0);
+      float* tile = scratch(0, m * wb);
+      batch_ref batch;
+      batch.count = 1;
+      batch.a = b16 ? (const void*)(h16_.data() + ((s % 2) * N + r0) * hp_) : hs_.data() + (s * N + r0) * hp_;
+      batch.b = whh + blk * blk_bytes;
+      execute(*k[m - 1], batch, tile);
+      gates_forward(s, r0, m, blk, tile, y, ldy, train);
+    }
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t end = lengths ? lengths[i] : T;
+    std::copy(hs_.data() + (end * N + i) * hp_, hs_.data() + (end * N + i) * hp_ + h_, hT + i * h_);
+    if (lstm && cT) std::copy(cs_.data() + (end * N + i) * hp_, cs_.data() + (end * N + i) * hp_ + h_, cT + i * h_);
+  }
+  trained_ = train;
+  return status::ok;
+}
+
+void rnn_layer::gates_backward(int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un, const float* dy,
+                               int64_t ldy) {
+  const int64_t n = rows_, ghp = g_ * hp_, wb = g_ * bh;
+  const bool lstm = cell_ == rnn_cell::lstm;
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t i = r0 + r, t = time_of(s, i);
+    for (int64_t b0 = u0; b0 < u0 + un; b0 += bh) {
+      const int64_t blk = b0 / bh, uh = std::max<int64_t>(0, std::min(bh, h_ - b0));
+      const float* act = act_.data() + (s * n + i) * 4 * hp_ + blk * 4 * bh;
+      float* dh = dh_.data() + i * hp_ + b0;
+      float* gx = dgx_.data() + (t * n + i) * ghp + blk * wb;
+      float* gh = dgh_.data() + (s * n + i) * ghp + blk * wb;
+      float d[bh];
+      for (int64_t j = 0; j < bh; ++j) d[j] = dh[j];
+      if (dy)
+        for (int64_t j = 0; j < uh; ++j) d[j] += dy[(t * n + i) * ldy + b0 + j];
+      if (lstm) {
+        const float *ig = act, *fg = act + bh, *gg = act + 2 * bh, *og = act + 3 * bh;
+        const float* c = cs_.data() + ((s + 1) * n + i) * hp_ + b0;
+        const float* cp = cs_.data() + (s * n + i) * hp_ + b0;
+        float* dc = dc_.data() + i * hp_ + b0;
+        float tc[bh];
+        tanh_n(ktanh_, c, tc, bh);
+        for (int64_t j = 0; j < bh; ++j) {
+          const float dct = dc[j] + d[j] * og[j] * (1.0f - tc[j] * tc[j]);
+          gx[j] = dct * gg[j] * ig[j] * (1.0f - ig[j]);                  // i
+          gx[bh + j] = dct * cp[j] * fg[j] * (1.0f - fg[j]);             // f
+          gx[2 * bh + j] = dct * ig[j] * (1.0f - gg[j] * gg[j]);         // g
+          gx[3 * bh + j] = d[j] * tc[j] * og[j] * (1.0f - og[j]);        // o
+          dc[j] = dct * fg[j];
+          dh[j] = 0.0f;
+        }
+        std::copy(gx, gx + wb, gh);
+      } else {
+        const float *rg = act, *zg = act + bh, *ng = act + 2 * bh, *hn = act + 3 * bh;
+        const float* hp = hs_.data() + (s * n + i) * hp_ + b0;
+        for (int64_t j = 0; j < bh; ++j) {
+          const float dn = d[j] * (1.0f - zg[j]) * (1.0f - ng[j] * ng[j]);
+          gx[j] = dn * hn[j] * rg[j] * (1.0f - rg[j]);                   // r
+          gx[bh + j] = d[j] * (hp[j] - ng[j]) * zg[j] * (1.0f - zg[j]);  // z
+          gx[2 * bh + j] = dn;                                           // n (input side)
+          gh[j] = gx[j];
+          gh[bh + j] = gx[bh + j];
+          gh[2 * bh + j] = dn * rg[j];                                   // n (recurrent side)
+          dh[j] = d[j] * zg[j];
+        }
+      }
+    }
+  }
+}
+
+status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
+                           float* dh0, float* dc0, float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh,
+                           bool accumulate) {
+  const int64_t T = steps_, N = rows_, ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), ub = std::min<int64_t>(hp_, 64);
+  const int64_t ublocks = ceil_div(hp_, ub);
+  const bool lstm = cell_ == rnn_cell::lstm, ragged = !lengths_.empty();
+  const int threads = threads_for(4.0 * T * N * ghp * (in_ + hp_));
+
+  dgx_.resize((size_t)(T * N * ghp));
+  dgh_.resize((size_t)(used_ * N * ghp));
+  if (ragged) {  // entries past a row's end stay zero
+    std::fill(dgx_.begin(), dgx_.end(), 0.0f);
+    std::fill(dgh_.begin(), dgh_.end(), 0.0f);
+  }
+  dh_.assign((size_t)(N * hp_), 0.0f);
+  if (lstm) dc_.assign((size_t)(N * hp_), 0.0f);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t u = 0; u < h_; ++u) {
+      if (dhT) dh_[i * hp_ + u] = dhT[i * h_ + u];
+      if (lstm && dcT) dc_[i * hp_ + u] = dcT[i * h_ + u];
+    }
+
+  // dh[rows, units] += dGh[rows, :] · W_hh[:, units]: kernels per row count and unit width.
+  std::vector<const kernel*> k((size_t)(2 * rb));
+  for (int64_t m = 1; m <= rb; ++m)
+    for (int64_t w : {ub, hp_ % ub}) {
+      if (w == 0) continue;
+      const int64_t slot = (m - 1) * 2 + (w == ub ? 0 : 1);
+      if (status st = dispatch(desc{dtype::f32, m, w, ghp, ghp, hp_, hp_, batch_kind::stride, 1.0f}, &k[slot]);
+          st != status::ok)
+        return st;
+    }
+  auto recurrent = [&](int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un) {  // from step s's dGh
+    batch_ref batch;
+    batch.count = 1;
+    batch.a = dgh_.data() + (s * N + r0) * ghp;
+    batch.b = whh_b_.data() + u0;
+    execute(*k[(m - 1) * 2 + (un == ub ? 0 : 1)], batch, dh_.data() + r0 * hp_ + u0);
+  };
+#pragma omp parallel num_threads(threads)
+  {
+    for (int64_t s = used_ - 1; s >= 0; --s) {
+      const int64_t n = active_[s], n1 = s + 1 < used_ ? active_[s + 1] : 0;
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < ceil_div(n, rb) * ublocks; ++item) {
+        const int64_t r0 = item / ublocks * rb, u0 = item % ublocks * ub, un = std::min(ub, hp_ - u0);
+        const int64_t m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
+        if (m1 > 0) recurrent(s + 1, r0, m1, u0, un);
+        gates_backward(s, r0, m, u0, un, dy, ldy);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < ceil_div(active_[0], rb) * ublocks; ++item) {
+      const int64_t r0 = item / ublocks * rb, u0 = item % ublocks * ub;
+      recurrent(0, r0, std::min(rb, active_[0] - r0), u0, std::min(ub, hp_ - u0));
+    }
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    if (dh0) std::copy(dh_.data() + i * hp_, dh_.data() + i * hp_ + h_, dh0 + i * h_);
+    if (lstm && dc0) std::copy(dc_.data() + i * hp_, dc_.data() + i * hp_ + h_, dc0 + i * h_);
+  }
+
+  // dx = dGx · W_ih, then the weight gradients dW = dGᵀ · (X or h), one product each.
+  if (dx)
+    if (status st = gemm(dtype::f32, T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_,
+                         dx_add ? 1.0f : 0.0f);
+        st != status::ok)
+      return st;
+  const float* x = (const float*)x_;
+  if (t_ == dtype::bf16) {
+    x32_.resize((size_t)(T * N * in_));
+    bf16_to_f32((const uint16_t*)x_, x32_.data(), T * N * in_);
+    x = x32_.data();
+  }
+  const int64_t rows_x = T * N, rows_h = used_ * N;
+  tmp_.resize((size_t)(ghp * std::max(rows_x, rows_h)));
+  tmp2_.resize((size_t)(ghp * std::max(in_, hp_)));
+  transpose_parallel(dgx_.data(), rows_x, ghp, tmp_.data(), threads);
+  if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
+      st != status::ok)
+    return st;
+  for (int64_t g = 0; g < g_; ++g)
+    for (int64_t u = 0; u < h_; ++u)
+      for (int64_t c = 0; c < in_; ++c) {
+        float& w = gw_ih[(g * h_ + u) * in_ + c];
+        w = (accumulate ? w : 0.0f) + tmp2_[col(g, u) * in_ + c];
+      }
+  transpose_parallel(dgh_.data(), rows_h, ghp, tmp_.data(), threads);
+  const float* hs = hs_.data();
+  if (t_ == dtype::bf16) {  // the h the forward products multiplied
+    hr_.assign(hs_.begin(), hs_.begin() + rows_h * hp_);
+    round_bf16(hr_.data(), rows_h * hp_);
+    hs = hr_.data();
+  }
+  if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), rows_h, hs, hp_, tmp2_.data(), hp_, 0.0f);
+      st != status::ok)
+    return st;
+  for (int64_t g = 0; g < g_; ++g)
+    for (int64_t u = 0; u < h_; ++u)
+      for (int64_t v = 0; v < h_; ++v) {
+        float& w = gw_hh[(g * h_ + u) * h_ + v];
+        w = (accumulate ? w : 0.0f) + tmp2_[col(g, u) * hp_ + v];
+      }
+  if (gb_ih) {
+    // Column sums of dGx (b_ih) and dGh (b_hh; the same but for GRU's n gate), 16 columns a
+    // task (one cache line a row).
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c0 = 0; c0 < ghp; c0 += 16) {
+      double sx[16] = {}, sh[16] = {};
+      for (int64_t r = 0; r < rows_x; ++r)
+        for (int64_t c = 0; c < 16; ++c) sx[c] += dgx_[r * ghp + c0 + c];
+      for (int64_t r = 0; r < rows_h; ++r)
+        for (int64_t c = 0; c < 16; ++c) sh[c] += dgh_[r * ghp + c0 + c];
+      for (int64_t c = 0; c < 16; ++c) {
+        const int64_t ic = c0 + c, g = ic / bh % g_, u = ic / (g_ * bh) * bh + ic % bh;  // col(g, u) = ic
+        if (u >= h_) continue;
+        float& bi = gb_ih[g * h_ + u];
+        float& bhh = gb_hh[g * h_ + u];
+        bi = (accumulate ? bi : 0.0f) + (float)sx[c];
+        bhh = (accumulate ? bhh : 0.0f) + (float)sh[c];
+      }
+    }
+  }
+  return status::ok;
+}
+
+}  // namespace brgemm::layers

@@ -1,0 +1,84 @@
+// Recurrent layer driver: one direction of one LSTM or GRU layer, forward and backward
+// through time (Banerjee et al., "Optimizing deep learning RNN topologies on Intel
+// architecture", Supercomputing Frontiers and Innovations, 2019, for the scheme):
+//   the input projection Gx = X·W_ihᵀ + b for every time step is one large product;
+//   each step's recurrent product h·W_hhᵀ is one BRGEMM call per (row block, hidden block),
+//   and the gate math of that block (sigmoid, tanh, the cell update) runs on its tile while
+//   it is in L1, instead of in a separate pass over the step's gates.
+//
+// Gate columns are kept hidden block by hidden block: column (b·G + g)·bh + j holds gate g of
+// hidden unit b·bh + j (bh = 16, G = 4 for LSTM (i, f, g, o), 3 for GRU (r, z, n)), so a
+// block's gates are adjacent and one kernel call computes them all. The hidden size is padded
+// to whole blocks with zero weights; padded units stay exactly zero.
+//
+// Row-major arrays throughout: x (T, N, I), y (T, N, ldy) with this direction's H columns
+// from its pointer, states (N, H). Sequences may end early (lengths sorted descending): past
+// its end a row's state stays as it was and its outputs are not written.
+#pragma once
+#include <cstdint>
+#include <vector>
+#include "brgemm/brgemm.h"
+
+namespace brgemm::layers {
+
+enum class rnn_cell : int { lstm = 0, gru };
+
+class rnn_layer {
+ public:
+  // t: f32, or bf16 (bf16 x, h and weights in the products, f32 gates, cell state and
+  // accumulation; backward in f32 on the bf16-rounded weights). ktanh: K-TanH for tanh and
+  // sigmoid in the gates.
+  rnn_layer(rnn_cell cell, dtype t, int64_t input, int64_t hidden, bool reverse, bool ktanh);
+
+  int64_t gates() const { return cell_ == rnn_cell::lstm ? 4 : 3; }
+  int64_t input() const { return in_; }
+  int64_t hidden() const { return h_; }
+  bool bf16() const { return t_ == dtype::bf16; }
+
+  // Packs PyTorch's w_ih (G·H, I), w_hh (G·H, H), b_ih, b_hh (G·H, or null) when they differ
+  // from what was packed last (exact comparisons). Returns whether it packed.
+  bool refresh(const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh);
+
+  // T steps of N rows: x (T, N, I) (f32, or bf16 for a bf16 layer), lengths (N, descending,
+  // 1..T) or null for all T, h0/c0 (N, H) or null for zeros → y (T, N, ldy) from column 0 of
+  // the pointer, hT/cT (N, H): each row's state after its last step. c0, cT: LSTM only.
+  // With train, keeps what backward needs (x must stay alive until then).
+  status forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0, const float* c0,
+                 float* y, int64_t ldy, float* hT, float* cT, bool train);
+  // From dy (T, N, ldy) (null: zero), dhT, dcT (N, H) (null: zero) of the last training
+  // forward: dx (T, N, I) written, or added to when dx_add; dh0, dc0 (N, H); the weight and
+  // bias gradients (PyTorch's shapes) added to when `accumulate`, else written.
+  status backward(const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
+                  float* dh0, float* dc0, float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh, bool accumulate);
+
+ private:
+  int64_t col(int64_t g, int64_t u) const { return (u / bh * g_ + g) * bh + u % bh; }  // internal gate column
+  void gates_forward(int64_t step, int64_t r0, int64_t m, int64_t b, const float* tile, float* y, int64_t ldy,
+                     bool train);
+  void gates_backward(int64_t step, int64_t r0, int64_t m, int64_t u0, int64_t un, const float* dy, int64_t ldy);
+  int64_t time_of(int64_t step, int64_t row) const {
+    return reverse_ ? len(row) - 1 - step : step;
+  }
+  int64_t len(int64_t row) const { return lengths_.empty() ? steps_ : lengths_[row]; }
+
+  static constexpr int64_t bh = 16;
+  rnn_cell cell_;
+  dtype t_;
+  int64_t in_, h_, hp_, g_;
+  bool reverse_, ktanh_;
+  bool packed_ = false, has_bias_ = false;
+  std::vector<float> seen_;                  // w_ih, w_hh, b_ih, b_hh as packed last
+  std::vector<char> wih_, whh_;              // forward: (I × G·Hp), per hidden block (Hp × G·bh)
+  std::vector<float> wih_b_, whh_b_;         // backward, f32: (G·Hp × I), (G·Hp × Hp)
+  std::vector<float> bias_, bhn_;            // (G·Hp): b_ih + b_hh (GRU: b_hh of r, z only); GRU's b_hn (Hp)
+  // The last forward: its sizes and what backward reads.
+  int64_t steps_ = 0, rows_ = 0, used_ = 0;  // T, N, steps any row takes
+  const void* x_ = nullptr;
+  bool trained_ = false;
+  std::vector<int64_t> lengths_, active_;    // active_[s]: rows still running at step s
+  std::vector<float> gx_, hs_, cs_, act_;    // Gx; h and c before each step and after the last; gates
+  std::vector<uint16_t> h16_;                // bf16 copies of h for the next product (two steps)
+  std::vector<float> dgx_, dgh_, dh_, dc_, tmp_, tmp2_, x32_, hr_;
+};
+
+}  // namespace brgemm::layers
