@@ -15,11 +15,24 @@ namespace brgemm::layers {
 
 namespace {
 
+// What the gate math reads and writes, for the per-ISA copies below.
+struct gate_view {
+  int64_t n, h, hp, g, steps;
+  bool lstm, k, bf16, reverse;
+  const int64_t* lengths;  // or null
+  const float *gx, *bhn;
+  float *hs, *cs, *act, *dgx, *dgh, *dh, *dc;
+  uint16_t* h16;
+  int64_t time(int64_t s, int64_t i) const { return reverse ? (lengths ? lengths[i] : steps) - 1 - s : s; }
+};
+constexpr int64_t bh = 16;
+
 // e^x for the gates: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts), e^r by its degree-7
 // Taylor polynomial (truncation below 2⁻²⁴ relative there), 2^n from the exponent bits; plain
 // float operations, so the compiler vectorizes the gate loops. x is clamped to ±87 (e^87
 // is finite); NaN stays NaN.
-inline float exp_gate(float x) {
+#define GATE_INLINE inline __attribute__((always_inline))
+GATE_INLINE float exp_gate(float x) {
   x = x < -87.0f ? -87.0f : x > 87.0f ? 87.0f : x;
   const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
   const float r = (x - n * 0.693145751953125f) - n * 1.42860677e-6f;
@@ -31,18 +44,123 @@ inline float exp_gate(float x) {
   std::memcpy(&s, &bits, 4);
   return p * s;
 }
-inline float sigmoid_gate(float x) { return 1.0f / (1.0f + exp_gate(-x)); }
-inline float tanh_gate(float x) { return 2.0f / (1.0f + exp_gate(-2.0f * x)) - 1.0f; }
+GATE_INLINE float sigmoid_gate(float x) { return 1.0f / (1.0f + exp_gate(-x)); }
+GATE_INLINE float tanh_gate(float x) { return 2.0f / (1.0f + exp_gate(-2.0f * x)) - 1.0f; }
 
 // y = sigmoid or tanh of x (n values), exact-path polynomials or the K-TanH family.
-void sigmoid_n(bool k, const float* x, float* y, int64_t n) {
+GATE_INLINE void sigmoid_n(bool k, const float* x, float* y, int64_t n) {
   if (k) return activation_f32(activation::ksigmoid, x, y, n);
   for (int64_t j = 0; j < n; ++j) y[j] = sigmoid_gate(x[j]);
 }
-void tanh_n(bool k, const float* x, float* y, int64_t n) {
+GATE_INLINE void tanh_n(bool k, const float* x, float* y, int64_t n) {
   if (k) return activation_f32(activation::ktanh, x, y, n);
   for (int64_t j = 0; j < n; ++j) y[j] = tanh_gate(x[j]);
 }
+
+GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile,
+                              float* y, int64_t ldy, bool train) {
+  const int64_t n = v.n, ghp = v.g * v.hp, wb = v.g * bh, u0 = blk * bh;
+  const bool lstm = v.lstm;
+  const int64_t uh = std::min(bh, v.h - u0);  // real units of the block
+  float pre[4 * bh], a[4 * bh], tc[bh];
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t i = r0 + r, t = v.time(s, i);
+    const float* gx = v.gx + (t * n + i) * ghp + blk * wb;
+    const float* gh = tile + r * wb;
+    const float* hp = v.hs + (s * n + i) * v.hp + u0;
+    float* h = v.hs + ((s + 1) * n + i) * v.hp + u0;
+    float* act = train ? v.act + (s * n + i) * 4 * v.hp + blk * 4 * bh : a;
+    if (lstm) {
+      for (int64_t j = 0; j < wb; ++j) pre[j] = gx[j] + gh[j];
+      sigmoid_n(v.k, pre, act, 2 * bh);                        // i, f
+      tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);              // g
+      sigmoid_n(v.k, pre + 3 * bh, act + 3 * bh, bh);           // o
+      const float* cp = v.cs + (s * n + i) * v.hp + u0;
+      float* c = v.cs + ((s + 1) * n + i) * v.hp + u0;
+      for (int64_t j = 0; j < bh; ++j) c[j] = act[bh + j] * cp[j] + act[j] * act[2 * bh + j];
+      tanh_n(v.k, c, tc, bh);
+      for (int64_t j = 0; j < bh; ++j) h[j] = act[3 * bh + j] * tc[j];
+    } else {
+      for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
+      sigmoid_n(v.k, pre, act, 2 * bh);                                   // r, z
+      float* hn = act + 3 * bh;
+      for (int64_t j = 0; j < bh; ++j) hn[j] = gh[2 * bh + j] + v.bhn[u0 + j];  // W_hn·h + b_hn
+      for (int64_t j = 0; j < bh; ++j) pre[2 * bh + j] = gx[2 * bh + j] + act[j] * hn[j];
+      tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);                        // n
+      for (int64_t j = 0; j < bh; ++j) h[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
+    }
+    if (v.bf16) f32_to_bf16(h, v.h16 + (((s + 1) % 2) * n + i) * v.hp + u0, bh);
+    std::copy(h, h + uh, y + (t * n + i) * ldy + u0);
+  }
+}
+
+GATE_INLINE void backward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un,
+                               const float* dy, int64_t ldy) {
+  const int64_t n = v.n, ghp = v.g * v.hp, wb = v.g * bh;
+  const bool lstm = v.lstm;
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t i = r0 + r, t = v.time(s, i);
+    for (int64_t b0 = u0; b0 < u0 + un; b0 += bh) {
+      const int64_t blk = b0 / bh, uh = std::max<int64_t>(0, std::min(bh, v.h - b0));
+      const float* act = v.act + (s * n + i) * 4 * v.hp + blk * 4 * bh;
+      float* dh = v.dh + i * v.hp + b0;
+      float* gx = v.dgx + (t * n + i) * ghp + blk * wb;
+      float* gh = v.dgh + (s * n + i) * ghp + blk * wb;
+      float d[bh];
+      for (int64_t j = 0; j < bh; ++j) d[j] = dh[j];
+      if (dy)
+        for (int64_t j = 0; j < uh; ++j) d[j] += dy[(t * n + i) * ldy + b0 + j];
+      if (lstm) {
+        const float *ig = act, *fg = act + bh, *gg = act + 2 * bh, *og = act + 3 * bh;
+        const float* c = v.cs + ((s + 1) * n + i) * v.hp + b0;
+        const float* cp = v.cs + (s * n + i) * v.hp + b0;
+        float* dc = v.dc + i * v.hp + b0;
+        float tc[bh];
+        tanh_n(v.k, c, tc, bh);
+        for (int64_t j = 0; j < bh; ++j) {
+          const float dct = dc[j] + d[j] * og[j] * (1.0f - tc[j] * tc[j]);
+          gx[j] = dct * gg[j] * ig[j] * (1.0f - ig[j]);                  // i
+          gx[bh + j] = dct * cp[j] * fg[j] * (1.0f - fg[j]);             // f
+          gx[2 * bh + j] = dct * ig[j] * (1.0f - gg[j] * gg[j]);         // g
+          gx[3 * bh + j] = d[j] * tc[j] * og[j] * (1.0f - og[j]);        // o
+          dc[j] = dct * fg[j];
+          dh[j] = 0.0f;
+        }
+        std::copy(gx, gx + wb, gh);
+      } else {
+        const float *rg = act, *zg = act + bh, *ng = act + 2 * bh, *hn = act + 3 * bh;
+        const float* hp = v.hs + (s * n + i) * v.hp + b0;
+        for (int64_t j = 0; j < bh; ++j) {
+          const float dn = d[j] * (1.0f - zg[j]) * (1.0f - ng[j] * ng[j]);
+          gx[j] = dn * hn[j] * rg[j] * (1.0f - rg[j]);                   // r
+          gx[bh + j] = d[j] * (hp[j] - ng[j]) * zg[j] * (1.0f - zg[j]);  // z
+          gx[2 * bh + j] = dn;                                           // n (input side)
+          gh[j] = gx[j];
+          gh[bh + j] = gx[bh + j];
+          gh[2 * bh + j] = dn * rg[j];                                   // n (recurrent side)
+          dh[j] = d[j] * zg[j];
+        }
+      }
+    }
+  }
+}
+
+
+// The gate loops compiled for each vector width (the compiler vectorizes the 16-unit loops),
+// picked by the active ISA so that forcing a level forces them too.
+#define GATE_CLONES(SUFFIX, TARGET)                                                                           \
+  TARGET void forward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk,       \
+                                    const float* tile, float* y, int64_t ldy, bool train) {                   \
+    forward_rows(v, s, r0, m, blk, tile, y, ldy, train);                                                      \
+  }                                                                                                           \
+  TARGET void backward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0,        \
+                                     int64_t un, const float* dy, int64_t ldy) {                              \
+    backward_rows(v, s, r0, m, u0, un, dy, ldy);                                                              \
+  }
+GATE_CLONES(base, )
+GATE_CLONES(avx2, __attribute__((target("avx2"))))
+GATE_CLONES(avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))))
+#undef GATE_CLONES
 
 // f32 values rounded through bf16 (the weights a bf16 layer multiplies).
 void round_bf16(float* v, int64_t n) {
@@ -136,42 +254,14 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
   return true;
 }
 
-void rnn_layer::gates_forward(int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, float* y,
-                              int64_t ldy, bool train) {
-  const int64_t n = rows_, ghp = g_ * hp_, wb = g_ * bh, u0 = blk * bh;
-  const bool lstm = cell_ == rnn_cell::lstm;
-  const int64_t uh = std::min(bh, h_ - u0);  // real units of the block
-  float pre[4 * bh], a[4 * bh], tc[bh];
-  for (int64_t r = 0; r < m; ++r) {
-    const int64_t i = r0 + r, t = time_of(s, i);
-    const float* gx = gx_.data() + (t * n + i) * ghp + blk * wb;
-    const float* gh = tile + r * wb;
-    const float* hp = hs_.data() + (s * n + i) * hp_ + u0;
-    float* h = hs_.data() + ((s + 1) * n + i) * hp_ + u0;
-    float* act = train ? act_.data() + (s * n + i) * 4 * hp_ + blk * 4 * bh : a;
-    if (lstm) {
-      for (int64_t j = 0; j < wb; ++j) pre[j] = gx[j] + gh[j];
-      sigmoid_n(ktanh_, pre, act, 2 * bh);                        // i, f
-      tanh_n(ktanh_, pre + 2 * bh, act + 2 * bh, bh);              // g
-      sigmoid_n(ktanh_, pre + 3 * bh, act + 3 * bh, bh);           // o
-      const float* cp = cs_.data() + (s * n + i) * hp_ + u0;
-      float* c = cs_.data() + ((s + 1) * n + i) * hp_ + u0;
-      for (int64_t j = 0; j < bh; ++j) c[j] = act[bh + j] * cp[j] + act[j] * act[2 * bh + j];
-      tanh_n(ktanh_, c, tc, bh);
-      for (int64_t j = 0; j < bh; ++j) h[j] = act[3 * bh + j] * tc[j];
-    } else {
-      for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
-      sigmoid_n(ktanh_, pre, act, 2 * bh);                                   // r, z
-      float* hn = act + 3 * bh;
-      for (int64_t j = 0; j < bh; ++j) hn[j] = gh[2 * bh + j] + bhn_[u0 + j];  // W_hn·h + b_hn
-      for (int64_t j = 0; j < bh; ++j) pre[2 * bh + j] = gx[2 * bh + j] + act[j] * hn[j];
-      tanh_n(ktanh_, pre + 2 * bh, act + 2 * bh, bh);                        // n
-      for (int64_t j = 0; j < bh; ++j) h[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
-    }
-    if (t_ == dtype::bf16) f32_to_bf16(h, h16_.data() + (((s + 1) % 2) * n + i) * hp_ + u0, bh);
-    std::copy(h, h + uh, y + (t * n + i) * ldy + u0);
-  }
-}
+// The gate math's view of a layer, and its copy for the active ISA.
+#define RNN_VIEW                                                                                          \
+  gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_,      \
+              lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_.data(), cs_.data(), \
+              act_.data(), dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data()};                  \
+  const isa level = active_isa();                                                                          \
+  auto* fwd_rows = level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
+  auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base;
 
 status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0,
                           const float* c0, float* y, int64_t ldy, float* hT, float* cT, bool train) {
@@ -219,6 +309,8 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   }
   if (train) act_.resize((size_t)(used_ * N * 4 * hp_));
 
+  RNN_VIEW
+  (void)bwd_rows;
   std::vector<const kernel*> k((size_t)rb);
   for (int64_t m = 1; m <= rb; ++m)
     if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f}, &k[m - 1]); st != status::ok)
@@ -237,7 +329,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
       batch.a = b16 ? (const void*)(h16_.data() + ((s % 2) * N + r0) * hp_) : hs_.data() + (s * N + r0) * hp_;
       batch.b = whh + blk * blk_bytes;
       execute(*k[m - 1], batch, tile);
-      gates_forward(s, r0, m, blk, tile, y, ldy, train);
+      fwd_rows(v, s, r0, m, blk, tile, y, ldy, train);
     }
   }
   for (int64_t i = 0; i < N; ++i) {
@@ -247,57 +339,6 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   }
   trained_ = train;
   return status::ok;
-}
-
-void rnn_layer::gates_backward(int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un, const float* dy,
-                               int64_t ldy) {
-  const int64_t n = rows_, ghp = g_ * hp_, wb = g_ * bh;
-  const bool lstm = cell_ == rnn_cell::lstm;
-  for (int64_t r = 0; r < m; ++r) {
-    const int64_t i = r0 + r, t = time_of(s, i);
-    for (int64_t b0 = u0; b0 < u0 + un; b0 += bh) {
-      const int64_t blk = b0 / bh, uh = std::max<int64_t>(0, std::min(bh, h_ - b0));
-      const float* act = act_.data() + (s * n + i) * 4 * hp_ + blk * 4 * bh;
-      float* dh = dh_.data() + i * hp_ + b0;
-      float* gx = dgx_.data() + (t * n + i) * ghp + blk * wb;
-      float* gh = dgh_.data() + (s * n + i) * ghp + blk * wb;
-      float d[bh];
-      for (int64_t j = 0; j < bh; ++j) d[j] = dh[j];
-      if (dy)
-        for (int64_t j = 0; j < uh; ++j) d[j] += dy[(t * n + i) * ldy + b0 + j];
-      if (lstm) {
-        const float *ig = act, *fg = act + bh, *gg = act + 2 * bh, *og = act + 3 * bh;
-        const float* c = cs_.data() + ((s + 1) * n + i) * hp_ + b0;
-        const float* cp = cs_.data() + (s * n + i) * hp_ + b0;
-        float* dc = dc_.data() + i * hp_ + b0;
-        float tc[bh];
-        tanh_n(ktanh_, c, tc, bh);
-        for (int64_t j = 0; j < bh; ++j) {
-          const float dct = dc[j] + d[j] * og[j] * (1.0f - tc[j] * tc[j]);
-          gx[j] = dct * gg[j] * ig[j] * (1.0f - ig[j]);                  // i
-          gx[bh + j] = dct * cp[j] * fg[j] * (1.0f - fg[j]);             // f
-          gx[2 * bh + j] = dct * ig[j] * (1.0f - gg[j] * gg[j]);         // g
-          gx[3 * bh + j] = d[j] * tc[j] * og[j] * (1.0f - og[j]);        // o
-          dc[j] = dct * fg[j];
-          dh[j] = 0.0f;
-        }
-        std::copy(gx, gx + wb, gh);
-      } else {
-        const float *rg = act, *zg = act + bh, *ng = act + 2 * bh, *hn = act + 3 * bh;
-        const float* hp = hs_.data() + (s * n + i) * hp_ + b0;
-        for (int64_t j = 0; j < bh; ++j) {
-          const float dn = d[j] * (1.0f - zg[j]) * (1.0f - ng[j] * ng[j]);
-          gx[j] = dn * hn[j] * rg[j] * (1.0f - rg[j]);                   // r
-          gx[bh + j] = d[j] * (hp[j] - ng[j]) * zg[j] * (1.0f - zg[j]);  // z
-          gx[2 * bh + j] = dn;                                           // n (input side)
-          gh[j] = gx[j];
-          gh[bh + j] = gx[bh + j];
-          gh[2 * bh + j] = dn * rg[j];                                   // n (recurrent side)
-          dh[j] = d[j] * zg[j];
-        }
-      }
-    }
-  }
 }
 
 status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
@@ -332,6 +373,8 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
           st != status::ok)
         return st;
     }
+  RNN_VIEW
+  (void)fwd_rows;
   auto recurrent = [&](int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un) {  // from step s's dGh
     batch_ref batch;
     batch.count = 1;
@@ -348,7 +391,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
         const int64_t r0 = item / ublocks * rb, u0 = item % ublocks * ub, un = std::min(ub, hp_ - u0);
         const int64_t m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
         if (m1 > 0) recurrent(s + 1, r0, m1, u0, un);
-        gates_backward(s, r0, m, u0, un, dy, ldy);
+        bwd_rows(v, s, r0, m, u0, un, dy, ldy);
       }
     }
 #pragma omp for schedule(static)

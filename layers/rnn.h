@@ -53,14 +53,6 @@ class rnn_layer {
 
  private:
   int64_t col(int64_t g, int64_t u) const { return (u / bh * g_ + g) * bh + u % bh; }  // internal gate column
-  void gates_forward(int64_t step, int64_t r0, int64_t m, int64_t b, const float* tile, float* y, int64_t ldy,
-                     bool train);
-  void gates_backward(int64_t step, int64_t r0, int64_t m, int64_t u0, int64_t un, const float* dy, int64_t ldy);
-  int64_t time_of(int64_t step, int64_t row) const {
-    return reverse_ ? len(row) - 1 - step : step;
-  }
-  int64_t len(int64_t row) const { return lengths_.empty() ? steps_ : lengths_[row]; }
-
   static constexpr int64_t bh = 16;
   rnn_cell cell_;
   dtype t_;
