@@ -444,7 +444,114 @@ def conv_summary(rows, log):
                 log(f"  f32 fwd N=1 1 thread {_conv_label(*layer)}: {r['ratio_vs_torch']:.2f}x torch")
 
 
-def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True, conv=True):
+RNN_SIZES, RNN_BATCHES, RNN_STEPS = (256, 512, 1024), (1, 16, 64), 50
+
+
+def _torch_rnn(torch, cell, h, dtype, x):
+    """PyTorch's module (bf16: the module and input in bfloat16) under no_grad."""
+    m = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(h, h)
+    xt = torch.from_numpy(x.astype(np.float32))
+    if dtype == "bfloat16":
+        m, xt = m.to(torch.bfloat16), xt.to(torch.bfloat16)
+
+    def call():
+        with torch.no_grad():
+            m(xt)
+    return call
+
+
+def run_rnn(peers, rng, rounds, threads_list, log):
+    """LSTM and GRU forward (I = H, T = 50) in f32 and bf16 against torch.nn.LSTM / GRU (bf16
+    also against our f32), and a training step (forward + backward through time) at
+    I = H = 512, N = 64 against PyTorch autograd. FLOPs per step: LSTM 8·H·(I+H)·N, GRU 6·…
+    (training: three times that)."""
+    import ml_dtypes
+    from .nn import GRU, LSTM
+    rows = []
+    for threads in threads_list:
+        peers.set_threads(threads)
+        for cell, cls, gates in (("lstm", LSTM, 4), ("gru", GRU, 3)):
+            for h in RNN_SIZES:
+                for n in RNN_BATCHES:
+                    x = rng.standard_normal((RNN_STEPS, n, h), dtype=np.float32)
+                    flops = 2 * gates * h * 2 * h * n * RNN_STEPS
+                    ours = None
+                    for dtype, peak_op in (("float32", "fma_f32"), ("bfloat16", "dot_bf16")):
+                        m = cls(h, h, dtype=dtype, seed=0).eval()
+                        xi = x if dtype == "float32" else x.astype(ml_dtypes.bfloat16)
+                        fns = {"brgemm": lambda m=m, xi=xi: m(xi)}
+                        if ours is not None:
+                            fns["brgemm_float32"] = ours
+                        if peers.torch is not None:
+                            fns["torch"] = _torch_rnn(peers.torch, cell, h, dtype, x)
+                        ours = ours or fns["brgemm"]
+                        med, rat = compare(fns, rounds, threads)
+                        plain = {lib: t for lib, t in med.items() if lib != "brgemm_float32"}
+                        rows.append(_row(f"{cell.upper()} H={h} N={n} {dtype} fwd", threads, flops,
+                                         (4 if dtype == "float32" else 2) * (2 * gates * h * h), plain, rat,
+                                         peak_of(peak_op, threads)))
+                        extra = ""
+                        if "brgemm_float32" in rat:
+                            rows[-1]["ratio_vs_brgemm_float32"] = rat["brgemm_float32"]
+                            extra = f"  ({rat['brgemm_float32']:.2f}x our float32)"
+                        log(_format(rows[-1]) + extra)
+            # Training step: forward + backward through time, gradients of everything.
+            h, n = 512, 64
+            x = rng.standard_normal((RNN_STEPS, n, h), dtype=np.float32)
+            g = rng.standard_normal((RNN_STEPS, n, h), dtype=np.float32)
+            m = cls(h, h, seed=0)
+
+            def step(m=m, x=x, g=g):
+                m(x)
+                m.backward(g)
+            fns = {"brgemm": step}
+            if peers.torch is not None:
+                torch = peers.torch
+                tm = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(h, h)
+                xt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(g)
+
+                def tstep(tm=tm, xt=xt, gt=gt):
+                    y, _ = tm(xt)
+                    y.backward(gt)
+                fns["torch"] = tstep
+            med, rat = compare(fns, rounds, threads)
+            rows.append(_row(f"{cell.upper()} H={h} N={n} float32 training step", threads,
+                             3 * 2 * gates * h * 2 * h * n * RNN_STEPS, 8 * gates * h * h, med, rat,
+                             peak_of("fma_f32", threads)))
+            log(_format(rows[-1]))
+    return rows
+
+
+def rnn_summary(rows, log):
+    """The issue's bars, from the rows."""
+    def ratio(case, threads, key="ratio_vs_torch"):
+        for r in rows:
+            if r["case"] == case and r["threads"] == threads and key in r:
+                return r[key]
+        return None
+
+    def geo(vals):
+        vals = [v for v in vals if v is not None]
+        return float(np.exp(np.mean(np.log(vals)))) if vals else float("nan")
+    grid = [(h, n) for h in RNN_SIZES for n in (16, 64)]
+    lstm_grid = geo(ratio(f"LSTM H={h} N={n} float32 fwd", 1) for h, n in grid)
+    n1 = ", ".join(f"{ratio(f'LSTM H={h} N=1 float32 fwd', 1) or 0:.2f}x" for h in (256, 512))
+    log(f"  LSTM f32 fwd 1 thread, N 16/64: geomean {lstm_grid:.2f}x torch; N=1 H<=512: {n1}")
+    threads = max(r["threads"] for r in rows)
+    for t in sorted({r["threads"] for r in rows}):
+        log(f"  GRU f32 fwd {t} thread(s): geomean over the grid "
+            f"{geo(ratio(f'GRU H={h} N={n} float32 fwd', t) for h in RNN_SIZES for n in RNN_BATCHES):.2f}x torch")
+    for cell in ("LSTM", "GRU"):
+        r = ratio(f"{cell} H=512 N=64 float32 training step", threads)
+        if r:
+            log(f"  {cell} training step (512, N=64), {threads} threads: {r:.2f}x torch")
+    r = [ratio(f"LSTM H={h} N=64 bfloat16 fwd", t, "ratio_vs_brgemm_float32") for h in RNN_SIZES
+         for t in sorted({r["threads"] for r in rows})]
+    log(f"  LSTM bf16 fwd N=64: {', '.join(f'{v:.2f}x' for v in r if v)} our f32")
+
+
+def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True, conv=True,
+        rnn=True):
     peers = Peers()
     threads_list = threads_list or thread_counts()
     rng = np.random.default_rng(0)
@@ -549,6 +656,10 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
         conv_rows = run_conv(peers, rng, rounds, threads_list, log)
         conv_summary(conv_rows, log)
         rows += conv_rows
+    if rnn:
+        rnn_rows = run_rnn(peers, rng, rounds, threads_list, log)
+        rnn_summary(rnn_rows, log)
+        rows += rnn_rows
     peers.set_threads(get_num_threads())
     return rows
 
@@ -610,6 +721,8 @@ def main(argv=None):
                         help="only the fully-connected cases: Linear forward, 3-layer MLP forward and training step")
     parser.add_argument("--conv", action="store_true",
                         help="only the convolution cases: ResNet-50 layers, forward f32/bf16 and backward f32, N = 1 and 16")
+    parser.add_argument("--rnn", action="store_true",
+                        help="only the recurrent cases: LSTM and GRU forward f32/bf16, training steps")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -641,13 +754,17 @@ def main(argv=None):
     dtypes = tuple(d.strip() for d in args.dtypes.split(","))
     if not set(dtypes) <= set(PEAK_OP):
         parser.error(f"--dtypes must name f32, bf16 or u8s8, got {args.dtypes!r}")
-    if args.mlp or args.conv:
+    if args.mlp or args.conv or args.rnn:
         peers, rng, tl = Peers(), np.random.default_rng(0), threads or thread_counts()
         rows = run_mlp(peers, rng, args.rounds, tl, print) if args.mlp else []
         if args.conv:
             conv_rows = run_conv(peers, rng, args.rounds, tl, print)
             conv_summary(conv_rows, print)
             rows += conv_rows
+        if args.rnn:
+            rnn_rows = run_rnn(peers, rng, args.rounds, tl, print)
+            rnn_summary(rnn_rows, print)
+            rows += rnn_rows
         peers.set_threads(get_num_threads())
     else:
         rows = run(rounds=args.rounds, threads_list=threads, dtypes=dtypes)
