@@ -214,6 +214,15 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
     round_bf16(whh_b_.data(), ghp * hp_);
   }
 
+  // Backward's recurrent product reads W_hh 64 units at a time: those columns as contiguous
+  // panels (G·Hp × 64), which the prefetcher follows (rows 4·Hp bytes apart did not).
+  whh_p_.resize((size_t)(ghp * hp_));
+  for (int64_t u0 = 0; u0 < hp_; u0 += 64) {
+    const int64_t un = std::min<int64_t>(64, hp_ - u0);
+    for (int64_t r = 0; r < ghp; ++r)
+      std::copy(whh_b_.data() + r * hp_ + u0, whh_b_.data() + r * hp_ + u0 + un, whh_p_.data() + u0 * ghp + r * un);
+  }
+
   // Forward: W_ihᵀ (I × G·Hp) for the input projection, and per hidden block the (Hp × G·bh)
   // slice of W_hhᵀ, each in the kernel's B layout.
   std::vector<float> b((size_t)(in_ * ghp));
@@ -369,7 +378,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     for (int64_t w : {ub, hp_ % ub}) {
       if (w == 0) continue;
       const int64_t slot = (m - 1) * 2 + (w == ub ? 0 : 1);
-      if (status st = dispatch(desc{dtype::f32, m, w, ghp, ghp, hp_, hp_, batch_kind::stride, 1.0f}, &k[slot]);
+      if (status st = dispatch(desc{dtype::f32, m, w, ghp, ghp, w, hp_, batch_kind::stride, 1.0f}, &k[slot]);
           st != status::ok)
         return st;
     }
@@ -379,7 +388,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     batch_ref batch;
     batch.count = 1;
     batch.a = dgh_.data() + (s * N + r0) * ghp;
-    batch.b = whh_b_.data() + u0;
+    batch.b = whh_p_.data() + u0 * ghp;
     execute(*k[(m - 1) * 2 + (un == ub ? 0 : 1)], batch, dh_.data() + r0 * hp_ + u0);
   };
 #pragma omp parallel num_threads(threads)
@@ -424,6 +433,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
       st != status::ok)
     return st;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
   for (int64_t g = 0; g < g_; ++g)
     for (int64_t u = 0; u < h_; ++u)
       for (int64_t c = 0; c < in_; ++c) {
@@ -440,6 +450,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), rows_h, hs, hp_, tmp2_.data(), hp_, 0.0f);
       st != status::ok)
     return st;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
   for (int64_t g = 0; g < g_; ++g)
     for (int64_t u = 0; u < h_; ++u)
       for (int64_t v = 0; v < h_; ++v) {

@@ -61,7 +61,7 @@ class rnn_layer {
   bool packed_ = false, has_bias_ = false;
   std::vector<float> seen_;                  // w_ih, w_hh, b_ih, b_hh as packed last
   std::vector<char> wih_, whh_;              // forward: (I × G·Hp), per hidden block (Hp × G·bh)
-  std::vector<float> wih_b_, whh_b_;         // backward, f32: (G·Hp × I), (G·Hp × Hp)
+  std::vector<float> wih_b_, whh_b_, whh_p_;  // backward, f32: (G·Hp × I), (G·Hp × Hp), its 64-unit panels
   std::vector<float> bias_, bhn_;            // (G·Hp): b_ih + b_hh (GRU: b_hh of r, z only); GRU's b_hn (Hp)
   // The last forward: its sizes and what backward reads.
   int64_t steps_ = 0, rows_ = 0, used_ = 0;  // T, N, steps any row takes
