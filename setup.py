@@ -10,8 +10,9 @@ import sysconfig
 import tempfile
 from glob import glob
 
+from Cython.Build import cythonize
 from pybind11.setup_helpers import Pybind11Extension
-from setuptools import setup
+from setuptools import Extension, setup
 
 # Level → (kernel folder, flags, a line that only compiles when the flags work).
 ISAS = [
@@ -69,4 +70,7 @@ core = Pybind11Extension(
     cxx_std=17,
 )
 
-setup(libraries=libraries, ext_modules=[core])
+# The quantization toolkit's histogram search (brgemm.quant): a per-range loop, in Cython.
+l2search = Extension("brgemm._l2search", ["brgemm/_l2search.pyx"], extra_compile_args=["-O3"])
+
+setup(libraries=libraries, ext_modules=[core] + cythonize([l2search], quiet=True))

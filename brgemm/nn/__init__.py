@@ -2,8 +2,8 @@
 
 from . import functional
 from .conv import Conv2d, QuantizedConv2d, quantize_per_channel
-from .linear import MLP, Linear
+from .linear import MLP, Linear, QuantizedLinear
 from .rnn import GRU, LSTM, bucket_by_length
 
-__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "MLP", "LSTM", "GRU", "bucket_by_length",
+__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "MLP", "LSTM", "GRU", "bucket_by_length",
            "quantize_per_channel"]

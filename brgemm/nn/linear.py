@@ -222,3 +222,134 @@ class MLP(_Trainable):
 
     def __repr__(self):
         return f"MLP(sizes={self.sizes}, activation={self.activation!r}, dtype={self.dtype!r})"
+
+
+class QuantizedLinear:
+    """int8 inference: y = activation(input_scale·weight_scale[k]·Σ (x_q − input_zero_point)·w_q
+    + bias[k]) for uint8 activations x_q (N, in) and int8 ``weight`` (out, in) with one
+    float32 ``weight_scale`` per output feature (zero point 0), exact int32 sums, the rest in
+    the BRGEMM's epilogue, which stores float32 or, with ``out_dtype="uint8"``, requantizes:
+    clip(round(y / output_scale) + output_zero_point) (no activation or ReLU: 1/output_scale
+    folded into the scale and bias, one multiply-add per value, as fbgemm does). So consecutive
+    quantized layers pass uint8 arrays without a float round-trip.
+
+    ``out_dtype`` defaults to "uint8" when ``output_scale`` is given, else "float32".
+    Weights, scales, bias and the quantization attributes may change at any time (in place
+    too): the next forward packs again when they differ from what it packed.
+    :meth:`from_float` quantizes a trained :class:`Linear` per output channel."""
+
+    def __init__(self, in_features, out_features, bias=True, activation=None, *, input_scale=1.0,
+                 input_zero_point=0, output_scale=None, output_zero_point=0, out_dtype=None, seed=None):
+        from .conv import quantize_per_channel
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        self.activation = _activation_arg(activation)
+        if out_dtype is None:
+            out_dtype = "uint8" if output_scale is not None else "float32"
+        if out_dtype not in ("uint8", "float32"):
+            raise ValueError(f"out_dtype must be 'uint8' or 'float32', got {out_dtype!r}")
+        if out_dtype == "uint8" and output_scale is None:
+            raise ValueError("out_dtype='uint8' needs output_scale")
+        self.out_dtype = out_dtype
+        self.input_scale, self.input_zero_point = input_scale, input_zero_point
+        self.output_scale = 1.0 if output_scale is None else output_scale
+        self.output_zero_point = output_zero_point
+        bound = 1.0 / math.sqrt(self.in_features)
+        rng = np.random.default_rng(seed)
+        self.weight, self.weight_scale = quantize_per_channel(
+            rng.uniform(-bound, bound, (self.out_features, self.in_features)))
+        self.bias = rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None
+        self._packed = self._seen = self._epilogue = None
+
+    @classmethod
+    def from_float(cls, linear, input_scale, input_zero_point=0, output_scale=None, output_zero_point=0,
+                   out_dtype=None):
+        """The int8 version of a float :class:`Linear` (its weights quantized per output
+        feature, its bias and activation kept) with the given input and output quantization."""
+        from .conv import quantize_per_channel
+        if not isinstance(linear, Linear):
+            raise TypeError(f"linear must be a brgemm.nn.Linear, got {type(linear).__name__}")
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.activation,
+                input_scale=input_scale, input_zero_point=input_zero_point, output_scale=output_scale,
+                output_zero_point=output_zero_point, out_dtype=out_dtype)
+        q.weight, q.weight_scale = quantize_per_channel(linear.weight)
+        if linear.bias is not None:
+            q.bias = linear.bias.copy()
+        return q
+
+    def _refresh(self):
+        """Packs the weights and builds the epilogue when anything changed."""
+        k, c = self.out_features, self.in_features
+        w, ws, b = self.weight, self.weight_scale, self.bias
+        for name, v, shape, dt in (("weight", w, (k, c), np.int8), ("weight_scale", ws, (k,), np.float32),
+                                   ("bias", b, (k,), np.float32)):
+            if v is None and name == "bias":
+                continue
+            if not isinstance(v, np.ndarray) or v.dtype != dt:
+                raise TypeError(f"{name} must be a numpy array of {np.dtype(dt).name}")
+            if v.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
+        if not (np.all(np.isfinite(ws)) and np.all(ws > 0)):
+            raise ValueError("weight_scale must be positive and finite")
+        for name in ("input_scale", "output_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be positive and finite, got {v}")
+        for name in ("input_zero_point", "output_zero_point"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+            if not 0 <= v <= 255:
+                raise ValueError(f"{name} must be in [0, 255] for uint8, got {v}")
+        key = (float(self.input_scale), int(self.input_zero_point), float(self.output_scale),
+               int(self.output_zero_point))
+        seen = self._seen
+        if seen is None or not np.array_equal(seen[0], w):
+            from .._api import pack_b
+            self._packed = pack_b(np.ascontiguousarray(w.T), "u8s8", layout="panels")
+        if (seen is None or not np.array_equal(seen[0], w) or not np.array_equal(seen[1], ws)
+                or (seen[2] is None) != (b is None) or (b is not None and not np.array_equal(seen[2], b))
+                or seen[3] != key):
+            from .._api import Epilogue
+            xs, xz, ys, yz = key
+            scale = np.float32(xs) * ws
+            bias = b
+            fold = self.out_dtype == "uint8" and self.activation in (None, "relu")
+            if fold:
+                scale = scale / np.float32(ys)
+                bias = None if b is None else b / np.float32(ys)
+            requant = self.out_dtype == "uint8"
+            self._epilogue = Epilogue(scale=scale.astype(np.float32), bias=bias, activation=self.activation,
+                                      out_dtype=self.out_dtype, a_zero_point=xz,
+                                      out_scale=(1.0 if fold else ys) if requant else None,
+                                      out_zero_point=yz if requant else None)
+            self._seen = (w.copy(), ws.copy(), None if b is None else b.copy(), key)
+
+    def forward(self, x, out=None):
+        """y for x (N, in_features) uint8, or float32 (quantized with input_scale and
+        input_zero_point first); y is (N, out_features) of out_dtype. ``out`` may give it."""
+        from .. import quant
+        from .._api import gemm
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x must be a (N, {self.in_features}) numpy array, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        self._refresh()
+        if x.dtype == np.float32:
+            x = quant.quantize(x, quant.QParams(self.input_scale, int(self.input_zero_point)))
+        elif x.dtype != np.uint8:
+            raise TypeError(f"x must have dtype uint8 or float32, got {x.dtype}")
+        shape = (x.shape[0], self.out_features)
+        if out is not None and (not isinstance(out, np.ndarray) or out.shape != shape
+                                or out.dtype != np.dtype(self.out_dtype)):
+            raise ValueError(f"out must be a {self.out_dtype} array of shape {shape}")
+        y = out if out is not None else np.empty(shape, self.out_dtype)
+        gemm(np.ascontiguousarray(x), self._packed, y, epilogue=self._epilogue)
+        return y
+
+    __call__ = forward
+
+    def __repr__(self):
+        return (f"QuantizedLinear({self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+                f"activation={self.activation!r}, out_dtype={self.out_dtype!r})")

@@ -1,0 +1,239 @@
+"""Quantization: parameters, quantize / dequantize, and choosing the parameters from data.
+
+The formulas are the usual affine ones: x ≈ scale·(x_q − zero_point), and
+x_q = clip(round(x / scale) + zero_point) with round to nearest even, in float32, and clip to
+the dtype's range (uint8 0..255, int8 −128..127). The range a scale covers always contains 0
+exactly (zero_point is an integer), so zero padding and ReLU zeros quantize without error.
+
+- :class:`QParams`: scale and zero point, per tensor or per channel (``axis``).
+- :func:`choose_qparams`: from data, by min–max, a percentile, or the range whose expected
+  squared error over the data's histogram is least ("l2", searched in Cython).
+- Observers collect statistics over calibration batches: :class:`MinMaxObserver` (per tensor
+  or per channel) and :class:`HistogramObserver` (a histogram whose range grows as it sees
+  data; its :meth:`~HistogramObserver.qparams` takes the same methods).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._l2search import l2_search
+
+DTYPES = {"uint8": (0, 255), "int8": (-128, 127)}
+METHODS = ("minmax", "l2", "percentile")
+
+
+@dataclass(frozen=True)
+class QParams:
+    """scale (float32, () or (channels,)), zero_point (int32, same shape), dtype "uint8" or
+    "int8", axis: None (per tensor) or the channel axis of the arrays it quantizes."""
+    scale: np.ndarray
+    zero_point: np.ndarray
+    dtype: str = "uint8"
+    axis: int = None
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'uint8' or 'int8', got {self.dtype!r}")
+        scale = np.asarray(self.scale, np.float32)
+        zp = np.asarray(self.zero_point)
+        if not np.issubdtype(zp.dtype, np.integer):
+            raise TypeError(f"zero_point must be integers, got {zp.dtype}")
+        if scale.shape != zp.shape or (self.axis is None) != (scale.ndim == 0) or scale.ndim > 1:
+            raise ValueError(f"scale and zero_point must both be scalars (axis None) or 1-D of the channel count, "
+                             f"got shapes {scale.shape} and {zp.shape} with axis {self.axis}")
+        if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            raise ValueError("scale must be positive and finite")
+        lo, hi = DTYPES[self.dtype]
+        if np.any(zp < lo) or np.any(zp > hi):
+            raise ValueError(f"zero_point must be in [{lo}, {hi}] for {self.dtype}")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "zero_point", zp.astype(np.int32))
+
+    def _shaped(self, x):
+        """scale and zero point broadcast against x."""
+        if self.axis is None:
+            return self.scale, self.zero_point
+        axis = self.axis % x.ndim
+        if x.shape[axis] != self.scale.size:
+            raise ValueError(f"x has {x.shape[axis]} channels on axis {self.axis}, these parameters {self.scale.size}")
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        return self.scale.reshape(shape), self.zero_point.reshape(shape)
+
+    def quantize(self, x):
+        return quantize(x, self)
+
+    def dequantize(self, q):
+        return dequantize(q, self)
+
+
+def quantize(x, qp):
+    """clip(round(x / scale) + zero_point) as qp.dtype (NaN → the zero point)."""
+    x = np.asarray(x, np.float32)
+    scale, zp = qp._shaped(x)
+    lo, hi = DTYPES[qp.dtype]
+    q = np.rint(x / scale) + zp.astype(np.float32)
+    q = np.where(np.isnan(q), zp, q)
+    return np.clip(q, lo, hi).astype(qp.dtype)
+
+
+def dequantize(q, qp):
+    """scale·(q − zero_point) as float32."""
+    q = np.asarray(q)
+    scale, zp = qp._shaped(q)
+    return ((q.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+def _from_range(lo, hi, symmetric, signed):
+    """QParams arrays for ranges [lo, hi] (numpy arrays), widened to contain 0."""
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    qmin, qmax = DTYPES["int8" if signed else "uint8"]
+    if symmetric:
+        amax = np.maximum(-lo, hi)
+        if signed:  # ±127 (−128 unused), zero point 0
+            scale = amax / 127.0
+            zp = np.zeros_like(amax, dtype=np.int64)
+        else:       # unsigned symmetric: the range 0..amax (the data are expected ≥ 0)
+            scale = amax / 255.0
+            zp = np.zeros_like(amax, dtype=np.int64)
+    else:
+        scale = (hi - lo) / float(qmax - qmin)
+        safe = np.where(scale > 0, scale, 1.0)
+        zp = np.clip(np.rint(qmin - lo / safe), qmin, qmax).astype(np.int64)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero input: any scale
+    scale = np.maximum(scale, np.finfo(np.float32).tiny)
+    return scale, zp
+
+
+def _make(scale, zp, signed, axis):
+    return QParams(scale if axis is not None else scale.reshape(()), zp if axis is not None else zp.reshape(()),
+                   "int8" if signed else "uint8", axis)
+
+
+def choose_qparams(x, *, symmetric=False, signed=False, axis=None, method="minmax", percentile=99.99, bins=2048):
+    """QParams for the values of x.
+
+    ``method``: "minmax" (the full range of x), "percentile" (the range between the
+    (100 − p)-th and p-th percentiles, p = ``percentile``), or "l2" (the range whose expected
+    squared quantization error over a ``bins``-bin histogram of x is least: clipping the tails
+    costs their distance, the range's width costs its rounding noise Δ²/12). ``symmetric``:
+    a range ±max|x| (zero point 0); ``signed``: int8, else uint8. ``axis``: per-channel
+    parameters along that axis (min–max only, as weights use)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    x = np.asarray(x, np.float32)
+    if x.size == 0:
+        raise ValueError("x is empty")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x holds NaN or infinity")
+    if axis is not None:
+        if method != "minmax":
+            raise ValueError("per-channel parameters (axis) are chosen by 'minmax'")
+        axis = int(axis) % x.ndim
+        flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+        scale, zp = _from_range(flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64),
+                                symmetric, signed)
+        return _make(scale, zp, signed, axis)
+    if method == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+    elif method == "percentile":
+        if not 50 < percentile <= 100:
+            raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+        lo, hi = (float(v) for v in np.percentile(x, [100 - percentile, percentile]))
+    else:
+        obs = HistogramObserver(bins=bins, symmetric=symmetric, signed=signed)
+        obs.observe(x)
+        return obs.qparams("l2")
+    scale, zp = _from_range(np.array(lo), np.array(hi), symmetric, signed)
+    return _make(scale, zp, signed, None)
+
+
+class MinMaxObserver:
+    """The running min and max of everything observed (per channel along ``axis`` when given),
+    and the QParams of that range."""
+
+    def __init__(self, *, symmetric=False, signed=False, axis=None):
+        self.symmetric, self.signed, self.axis = bool(symmetric), bool(signed), axis
+        self.min = self.max = None
+
+    def observe(self, x):
+        x = np.asarray(x, np.float32)
+        if x.size == 0 or not np.all(np.isfinite(x)):
+            raise ValueError("x must be non-empty and finite")
+        if self.axis is None:
+            lo, hi = np.float64(x.min()), np.float64(x.max())
+        else:
+            flat = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+            lo, hi = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+            if self.min is not None and self.min.shape != lo.shape:
+                raise ValueError(f"x has {lo.size} channels on axis {self.axis}, earlier batches {self.min.size}")
+        self.min = lo if self.min is None else np.minimum(self.min, lo)
+        self.max = hi if self.max is None else np.maximum(self.max, hi)
+        return self
+
+    def qparams(self):
+        if self.min is None:
+            raise RuntimeError("observe some data first")
+        scale, zp = _from_range(np.asarray(self.min), np.asarray(self.max), self.symmetric, self.signed)
+        return _make(scale, zp, self.signed, None if self.axis is None else self.axis)
+
+
+class HistogramObserver:
+    """A histogram of everything observed, over a range that grows to cover new data (the old
+    counts are moved to the new bins by their centres). :meth:`qparams` chooses the range by
+    "l2" (least expected squared error, the default), "percentile" or "minmax"."""
+
+    def __init__(self, *, bins=2048, symmetric=False, signed=False):
+        if int(bins) < 2:
+            raise ValueError(f"bins must be at least 2, got {bins}")
+        self.bins, self.symmetric, self.signed = int(bins), bool(symmetric), bool(signed)
+        self.counts = np.zeros(self.bins)
+        self.lo = self.hi = None
+
+    def observe(self, x):
+        x = np.asarray(x, np.float64).ravel()
+        if x.size == 0 or not np.all(np.isfinite(x)):
+            raise ValueError("x must be non-empty and finite")
+        lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
+        if self.symmetric:
+            lo, hi = -max(-lo, hi), max(-lo, hi)
+        if hi == lo:
+            hi = lo + 1e-12
+        if self.lo is None:
+            self.lo, self.hi = lo, hi
+        elif lo < self.lo or hi > self.hi:  # widen, and move the old counts
+            lo, hi = min(lo, self.lo), max(hi, self.hi)
+            centres = self.lo + (np.arange(self.bins) + 0.5) * (self.hi - self.lo) / self.bins
+            moved = np.histogram(centres, bins=self.bins, range=(lo, hi), weights=self.counts)[0]
+            self.counts, self.lo, self.hi = moved, lo, hi
+        self.counts += np.histogram(x, bins=self.bins, range=(self.lo, self.hi))[0]
+        return self
+
+    @property
+    def edges(self):
+        return np.linspace(self.lo, self.hi, self.bins + 1)
+
+    def l2_range(self):
+        """(lo, hi, expected squared error) of the best range (brgemm/_l2search.pyx)."""
+        if self.lo is None:
+            raise RuntimeError("observe some data first")
+        levels = 255 if self.symmetric and self.signed else 256
+        return l2_search(np.ascontiguousarray(self.counts, np.float64), self.edges, levels, self.symmetric)
+
+    def qparams(self, method="l2", percentile=99.99):
+        if self.lo is None:
+            raise RuntimeError("observe some data first")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == "minmax":
+            lo, hi = self.lo, self.hi
+        elif method == "l2":
+            lo, hi, _ = self.l2_range()
+        else:
+            cdf = np.cumsum(self.counts) / self.counts.sum()
+            e = self.edges
+            lo = e[np.searchsorted(cdf, (100 - percentile) / 100)]
+            hi = e[min(self.bins, np.searchsorted(cdf, percentile / 100) + 1)]
+        scale, zp = _from_range(np.array(lo), np.array(hi), self.symmetric, self.signed)
+        return _make(scale, zp, self.signed, None)

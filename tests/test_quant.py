@@ -1,0 +1,170 @@
+"""brgemm.quant and brgemm.nn.QuantizedLinear: the round-trip bound |x − deq(q(x))| ≤ scale/2
+inside the range, saturation, symmetric / asymmetric / signed / unsigned, per-channel axes;
+the Cython L2 search against a brute-force numpy search; observers over several batches;
+QuantizedLinear exact against an integer reference."""
+
+import numpy as np
+import pytest
+
+from brgemm import quant
+from brgemm.nn import Linear, QuantizedLinear, functional
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("signed", [False, True])
+def test_round_trip_within_half_a_step(rng, symmetric, signed):
+    x = (rng.standard_normal(5000) * 3 + (0 if signed or symmetric else 1)).astype(np.float32)
+    if not signed and symmetric:
+        x = np.abs(x)
+    qp = quant.choose_qparams(x, symmetric=symmetric, signed=signed)
+    q = quant.quantize(x, qp)
+    assert q.dtype == (np.int8 if signed else np.uint8)
+    d = quant.dequantize(q, qp)
+    assert np.all(np.abs(d - x) <= qp.scale / 2 * (1 + 1e-5) + 1e-7)
+    assert quant.dequantize(quant.quantize(np.zeros(1), qp), qp)[0] == 0  # zero is exact
+    if symmetric:
+        assert qp.zero_point == 0
+
+
+def test_saturation_and_nan():
+    qp = quant.QParams(0.1, 10, "uint8")
+    q = quant.quantize(np.array([-5.0, 100.0, np.nan, 0.05, 0.15], np.float32), qp)
+    np.testing.assert_array_equal(q, [0, 255, 10, 10, 12])  # 0.5 and 1.5 round to even
+    qs = quant.QParams(0.5, 0, "int8")
+    np.testing.assert_array_equal(quant.quantize(np.array([-100.0, 100.0]), qs), [-128, 127])
+
+
+def test_per_channel_axes(rng):
+    w = rng.standard_normal((6, 4, 3)).astype(np.float32) * np.arange(1, 7)[:, None, None]
+    for axis in (0, 1, -1):
+        qp = quant.choose_qparams(w, symmetric=True, signed=True, axis=axis)
+        assert qp.scale.shape == (w.shape[axis],)
+        d = quant.dequantize(quant.quantize(w, qp), qp)
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        assert np.all(np.abs(d - w) <= qp.scale.reshape(shape) / 2 * (1 + 1e-5))
+    obs = quant.MinMaxObserver(symmetric=True, signed=True, axis=0)
+    obs.observe(w[:, :2]).observe(w[:, 2:])
+    np.testing.assert_array_equal(obs.qparams().scale, quant.choose_qparams(w, symmetric=True, signed=True,
+                                                                            axis=0).scale)
+
+
+def brute_l2(counts, edges, levels, symmetric):
+    """Every range, its error computed bin by bin."""
+    c = (edges[:-1] + edges[1:]) / 2
+    best = (np.inf, None, None)
+    b = len(counts)
+    for i in range(b):
+        for j in range(i + 1, b + 1):
+            if symmetric and i + j != b:
+                continue
+            lo, hi = edges[i], edges[j]
+            d = (hi - lo) / (levels - 1)
+            err = np.where(c < lo, (lo - c) ** 2, np.where(c > hi, (c - hi) ** 2, d * d / 12))
+            e = float((counts * err).sum())
+            if e < best[0]:
+                best = (e, lo, hi)
+    return best
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_l2_search_matches_brute_force(rng, symmetric):
+    x = np.concatenate([rng.standard_normal(2000), rng.standard_normal(20) * 15])
+    obs = quant.HistogramObserver(bins=40, symmetric=symmetric, signed=symmetric)
+    obs.observe(x)
+    lo, hi, err = obs.l2_range()
+    levels = 255 if symmetric else 256
+    e, blo, bhi = brute_l2(obs.counts, obs.edges, levels, symmetric)
+    assert err == pytest.approx(e, rel=1e-9) and lo == blo and hi == bhi
+
+
+def test_histogram_grows_and_l2_beats_minmax_on_heavy_tails(rng):
+    obs = quant.HistogramObserver(bins=512)
+    batches = [rng.standard_t(2, 4000) * s for s in (0.5, 1, 3)]  # the range widens batch by batch
+    for b in batches:
+        obs.observe(b)
+    assert obs.counts.sum() == pytest.approx(sum(b.size for b in batches))
+    x = np.concatenate(batches).astype(np.float32)
+
+    def mse(qp):
+        return float(np.mean((quant.dequantize(quant.quantize(x, qp), qp) - x) ** 2))
+    assert mse(obs.qparams("l2")) < mse(obs.qparams("minmax"))
+    assert mse(quant.choose_qparams(x, method="l2")) < mse(quant.choose_qparams(x, method="minmax"))
+    pq = obs.qparams("percentile", percentile=99.0)
+    assert pq.scale < obs.qparams("minmax").scale
+
+
+def test_qparams_errors():
+    with pytest.raises(ValueError, match="dtype must be"):
+        quant.QParams(1.0, 0, "int4")
+    with pytest.raises(ValueError, match="zero_point must be in"):
+        quant.QParams(1.0, 300, "uint8")
+    with pytest.raises(ValueError, match="scale must be positive"):
+        quant.QParams(0.0, 0)
+    with pytest.raises(ValueError, match="method must be"):
+        quant.choose_qparams(np.ones(3), method="kl")
+    with pytest.raises(ValueError, match="NaN"):
+        quant.choose_qparams(np.array([np.nan]))
+    with pytest.raises(RuntimeError, match="observe"):
+        quant.HistogramObserver().qparams()
+
+
+def int_reference(x_q, q):
+    acc = (x_q.astype(np.int64) - q.input_zero_point) @ q.weight.T.astype(np.int64)
+    scale = np.float32(q.input_scale) * q.weight_scale
+    bias = q.bias if q.bias is not None else np.zeros(q.out_features, np.float32)
+    fold = q.out_dtype == "uint8" and q.activation in (None, "relu")
+    if fold:
+        scale, bias = scale / np.float32(q.output_scale), bias / np.float32(q.output_scale)
+    v = acc.astype(np.float32) * scale
+    if q.bias is not None:
+        v = v + bias
+    if q.activation == "relu":
+        v = np.maximum(v, np.float32(0))
+    elif q.activation is not None:
+        v = functional.activation(np.ascontiguousarray(v), q.activation)
+    if q.out_dtype == "float32":
+        return v
+    if not fold:
+        v = v / np.float32(q.output_scale)
+    return np.clip(np.rint(v) + q.output_zero_point, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("act", [None, "relu", "gelu"])
+@pytest.mark.parametrize("out", ["float32", "uint8"])
+@pytest.mark.parametrize("shape", [(1, 3, 5), (9, 37, 50), (70, 130, 66)])
+def test_quantized_linear_is_exact(isa, rng, act, out, shape):
+    n, c, k = shape
+    q = QuantizedLinear(c, k, activation=act, input_scale=0.05, input_zero_point=7, output_scale=0.02,
+                        output_zero_point=3, out_dtype=out, seed=1)
+    q.weight = rng.integers(-127, 128, (k, c)).astype(np.int8)
+    q.weight_scale = rng.uniform(1e-3, 1e-2, k).astype(np.float32)
+    q.bias = rng.standard_normal(k).astype(np.float32)
+    x = rng.integers(0, 256, (n, c)).astype(np.uint8)
+    np.testing.assert_array_equal(q(x), int_reference(x, q))
+
+
+def test_quantized_linear_from_float_and_changes(rng):
+    lin = Linear(40, 24, activation="relu", seed=2)
+    q = QuantizedLinear.from_float(lin, 0.05, 100, 0.1, 0)
+    x = rng.standard_normal((5, 40)).astype(np.float32)
+    xq = quant.quantize(x, quant.QParams(0.05, 100))
+    np.testing.assert_array_equal(q(x), q(xq))              # float input quantized the same way
+    y = quant.dequantize(q(xq), quant.QParams(0.1, 0))
+    ref = lin.eval()(quant.dequantize(xq, quant.QParams(0.05, 100)))
+    assert np.abs(y - ref).max() <= 0.1 / 2 + 0.05          # half an output step + weight rounding
+    q.weight[0] = -q.weight[0]                               # in place
+    np.testing.assert_array_equal(q(xq), int_reference(xq, q))
+    q.output_zero_point = 9
+    np.testing.assert_array_equal(q(xq), int_reference(xq, q))
+    with pytest.raises(ValueError, match=r"x must be a \(N, 40\)"):
+        q(np.zeros((2, 41), np.uint8))
+    with pytest.raises(TypeError, match="x must have dtype uint8 or float32"):
+        q(np.zeros((2, 40), np.int8))
+    q.input_zero_point = 256
+    with pytest.raises(ValueError, match="input_zero_point must be in"):
+        q(xq)
+    q.input_zero_point = 100
+    q.weight = q.weight.astype(np.int16)
+    with pytest.raises(TypeError, match="weight must be a numpy array of int8"):
+        q(xq)
