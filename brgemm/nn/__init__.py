@@ -4,6 +4,7 @@ from . import functional
 from .conv import Conv2d, QuantizedConv2d, quantize_per_channel
 from .linear import MLP, Linear, QuantizedLinear
 from .rnn import GRU, LSTM, bucket_by_length
+from .sequential import Flatten, Sequential
 
-__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "MLP", "LSTM", "GRU", "bucket_by_length",
-           "quantize_per_channel"]
+__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "MLP", "LSTM", "GRU",
+           "bucket_by_length", "Sequential", "Flatten", "quantize_per_channel"]

@@ -51,6 +51,16 @@ class Parameters:
         self._materialize_zero_grad()
         return self._bias_grad
 
+    def apply_sgd(self, lr):
+        """One SGD step, p −= lr·p_grad for weight and bias (the next forward repacks)."""
+        lr = float(lr)
+        if not math.isfinite(lr):
+            raise ValueError(f"lr must be finite, got {lr}")
+        self._materialize_zero_grad()
+        self._weight -= np.float32(lr) * self._weight_grad
+        if self._bias is not None:
+            self._bias -= np.float32(lr) * self._bias_grad
+
     def _materialize_zero_grad(self):
         if self._grad_zero:
             self._weight_grad.fill(0)

@@ -158,3 +158,24 @@ def softmax_backward(grad_y, y, axis=-1):
     yr, axis = _rows(y, axis, "y")
     g, _ = _rows(grad_y, axis, "grad_y")
     return np.moveaxis(_core.softmax_backward(0, None, yr, g), -1, axis)
+
+
+def cross_entropy(logits, labels):
+    """The mean cross-entropy of (N, classes) logits against integer labels, and its gradient:
+    (loss, grad_logits) with grad = (softmax(logits) − onehot(labels)) / N, float32. Computed
+    in float64 from log-softmax (shifted by each row's max), so large logits do not overflow."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels)
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (N, classes), got shape {z.shape}")
+    if y.shape != (z.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be {z.shape[0]} integers, got {y!r}")
+    if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
+        raise ValueError(f"labels must be in [0, {z.shape[1]})")
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    n = z.shape[0]
+    loss = -logp[np.arange(n), y].mean()
+    grad = np.exp(logp)
+    grad[np.arange(n), y] -= 1.0
+    return float(loss), (grad / n).astype(np.float32)

@@ -100,6 +100,16 @@ class _RNN:
         """Sets the gradients to zero (lazily: the next backward writes instead of adding)."""
         self._grad_zero = True
 
+    def apply_sgd(self, lr):
+        """One SGD step on every parameter, p −= lr·p_grad (the next forward repacks)."""
+        lr = float(lr)
+        if not math.isfinite(lr):
+            raise ValueError(f"lr must be finite, got {lr}")
+        if self._grad_zero:
+            return
+        for name, p in self._params.items():
+            p -= np.float32(lr) * self._grads[name]
+
     def train(self, mode=True):
         self.training = bool(mode)
         return self
