@@ -329,3 +329,48 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
         if mode is not None and hasattr(layer, "train"):
             layer.train(mode)
     return Sequential(*out_layers), report
+
+
+def split_outliers(w, *, outlier_fraction=None, threshold=None):
+    """Outlier-aware int8 weights: the entries of w (out, in) with |w| > threshold (or the
+    largest ``outlier_fraction`` of them by magnitude) are kept in float32 as a sparse set,
+    and the rest is quantized per output row, symmetric, so the few large values no longer
+    stretch every row's scale. Returns (w_q int8 (out, in) with the outliers' places zero,
+    scale (out,), rows, cols, values): w ≈ scale[:, None]·w_q + the sparse part."""
+    from .nn.conv import quantize_per_channel
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"w must be (out, in), got shape {w.shape}")
+    if (outlier_fraction is None) == (threshold is None):
+        raise ValueError("give exactly one of outlier_fraction and threshold")
+    a = np.abs(w)
+    if threshold is None:
+        if not 0 <= outlier_fraction < 1:
+            raise ValueError(f"outlier_fraction must be in [0, 1), got {outlier_fraction}")
+        count = int(round(outlier_fraction * w.size))
+        threshold = np.inf if count == 0 else np.partition(a.ravel(), w.size - count)[w.size - count] - 0.0
+        mask = a >= threshold if count else np.zeros_like(a, bool)
+    else:
+        mask = a > float(threshold)
+    rows, cols = np.nonzero(mask)
+    values = w[rows, cols].copy()
+    dense = np.where(mask, 0.0, w).astype(np.float32)
+    w_q, scale = quantize_per_channel(dense)
+    return w_q, scale, rows.astype(np.int64), cols.astype(np.int64), values
+
+
+def outlier_error(w, x, **split):
+    """The relative error ‖x·Wᵀ − x·Ŵᵀ‖/‖x·Wᵀ‖ of plain per-row int8 weights and of the
+    outlier split (``split``: outlier_fraction= or threshold=), on float inputs x (N, in):
+    {"int8": …, "split": …, "outliers": count}."""
+    from .nn.conv import quantize_per_channel
+    w, x = np.asarray(w, np.float64), np.asarray(x, np.float64)
+    ref = x @ w.T
+    q, s = quantize_per_channel(w)
+    plain = x @ (q * s[:, None].astype(np.float64)).T
+    q2, s2, rows, cols, values = split_outliers(w, **split)
+    dense = q2 * s2[:, None].astype(np.float64)
+    dense[rows, cols] += values
+    norm = np.linalg.norm(ref)
+    return {"int8": float(np.linalg.norm(ref - plain) / norm), "split": float(np.linalg.norm(ref - x @ dense.T) / norm),
+            "outliers": int(rows.size)}

@@ -253,3 +253,25 @@ def test_quantize_model_chains_uint8_and_keeps_float_layers(rng):
         quant.quantize_model([model], cal)
     with pytest.raises(ValueError, match="empty"):
         quant.quantize_model(model, [])
+
+
+def test_outlier_split_reduces_the_error(rng):
+    w = rng.standard_normal((64, 128)).astype(np.float32) * 0.05
+    w[rng.integers(0, 64, 20), rng.integers(0, 128, 20)] = 3.0        # a few large weights
+    x = rng.standard_normal((32, 128)).astype(np.float32)
+    err = quant.outlier_error(w, x, outlier_fraction=0.005)
+    assert err["outliers"] == round(0.005 * w.size)
+    assert err["split"] < err["int8"] / 5, err
+    q2, s2, rows, cols, values = quant.split_outliers(w, threshold=1.0)
+    assert np.all(np.abs(values) > 1.0) and not q2[rows, cols].any()
+    # QuantizedLinear with the split: the int8 product plus the float32 correction
+    lin = Linear(128, 64, seed=0)
+    lin.weight = w
+    xq = rng.integers(0, 256, (32, 128)).astype(np.uint8)
+    xf = quant.dequantize(xq, quant.QParams(0.02, 128))
+    ref = lin.eval()(xf)
+    plain = QuantizedLinear.from_float(lin, 0.02, 128)(xq)
+    split = QuantizedLinear.from_float(lin, 0.02, 128, outlier_threshold=1.0)(xq)
+    assert np.abs(split - ref).max() < np.abs(plain - ref).max() / 5
+    with pytest.raises(ValueError, match="exactly one"):
+        quant.split_outliers(w)

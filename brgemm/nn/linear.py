@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import _core
+from . import functional
 from ._parameters import Parameters
 
 ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
@@ -261,18 +262,29 @@ class QuantizedLinear:
         self.bias = rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None
         self._packed = self._seen = self._epilogue = None
 
+    outliers = None  # (rows, cols, values): float32 weights added to the int8 product
+
     @classmethod
     def from_float(cls, linear, input_scale, input_zero_point=0, output_scale=None, output_zero_point=0,
-                   out_dtype=None):
+                   out_dtype=None, *, outlier_fraction=None, outlier_threshold=None):
         """The int8 version of a float :class:`Linear` (its weights quantized per output
-        feature, its bias and activation kept) with the given input and output quantization."""
+        feature, its bias and activation kept) with the given input and output quantization.
+        With ``outlier_fraction`` or ``outlier_threshold`` the largest weights stay in float32
+        as a sparse correction (:func:`brgemm.quant.split_outliers`): the int8 product, then
+        the correction, then bias-free activation and requantization in numpy."""
         from .conv import quantize_per_channel
         if not isinstance(linear, Linear):
             raise TypeError(f"linear must be a brgemm.nn.Linear, got {type(linear).__name__}")
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.activation,
                 input_scale=input_scale, input_zero_point=input_zero_point, output_scale=output_scale,
                 output_zero_point=output_zero_point, out_dtype=out_dtype)
-        q.weight, q.weight_scale = quantize_per_channel(linear.weight)
+        if outlier_fraction is None and outlier_threshold is None:
+            q.weight, q.weight_scale = quantize_per_channel(linear.weight)
+        else:
+            from ..quant import split_outliers
+            q.weight, q.weight_scale, *sparse = split_outliers(linear.weight, outlier_fraction=outlier_fraction,
+                                                               threshold=outlier_threshold)
+            q.outliers = tuple(sparse)
         if linear.bias is not None:
             q.bias = linear.bias.copy()
         return q
@@ -345,7 +357,23 @@ class QuantizedLinear:
                                 or out.dtype != np.dtype(self.out_dtype)):
             raise ValueError(f"out must be a {self.out_dtype} array of shape {shape}")
         y = out if out is not None else np.empty(shape, self.out_dtype)
-        gemm(np.ascontiguousarray(x), self._packed, y, epilogue=self._epilogue)
+        if self.outliers is None:
+            gemm(np.ascontiguousarray(x), self._packed, y, epilogue=self._epilogue)
+            return y
+        # int8 product dequantized (+ bias), the float32 outliers' share, then the rest.
+        from .._api import Epilogue
+        z = gemm(np.ascontiguousarray(x), self._packed, np.empty(shape, np.float32),
+                 epilogue=Epilogue(scale=(np.float32(self.input_scale) * self.weight_scale).astype(np.float32),
+                                   bias=self.bias, a_zero_point=int(self.input_zero_point), out_dtype="float32"))
+        rows, cols, values = self.outliers
+        xf = (x.astype(np.float32) - np.float32(self.input_zero_point)) * np.float32(self.input_scale)
+        np.add.at(z.T, rows, (xf[:, cols] * values).T)
+        if self.activation is not None:
+            z = functional.activation(z, self.activation)
+        if self.out_dtype == "float32":
+            y[...] = z
+        else:
+            y[...] = quant.quantize(z, quant.QParams(self.output_scale, int(self.output_zero_point)))
         return y
 
     __call__ = forward
