@@ -15,6 +15,7 @@
 #include "brgemm/brgemm.h"
 #include "../../layers/gemm.h"
 #include "../../layers/eltwise.h"
+#include "../../layers/blocks.h"
 #include "../../layers/conv.h"
 #include "../../layers/linear.h"
 #include "../../layers/rnn.h"
@@ -1706,6 +1707,18 @@ PYBIND11_MODULE(_core, m) {
       .def("backward", &py_rnn::backward, py::arg("grad_y"), py::arg("col"), py::arg("grad_hT"), py::arg("grad_cT"),
            py::arg("grad_x"), py::arg("dx_add"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("weight_ih_grad"),
            py::arg("weight_hh_grad"), py::arg("bias_ih_grad"), py::arg("bias_hh_grad"), py::arg("accumulate"));
+  // The layers' exact change check (parallel memcmp), for the Python layers that keep a snapshot.
+  m.def("same_bytes", [](py::handle a, py::handle b) {
+    if (!py::isinstance<py::array>(a) || !py::isinstance<py::array>(b)) type_error("same_bytes compares numpy arrays");
+    auto x = py::reinterpret_borrow<py::array>(a), y = py::reinterpret_borrow<py::array>(b);
+    if (!(x.flags() & py::array::c_style) || !(y.flags() & py::array::c_style))
+      value_error("same_bytes needs C-contiguous arrays");
+    if (x.nbytes() != y.nbytes()) return false;
+    const void *p = x.data(), *q = y.data();
+    const int64_t n = (int64_t)x.nbytes();
+    py::gil_scoped_release nogil;
+    return layers::same_bytes(p, q, n);
+  }, py::arg("a"), py::arg("b"));
   m.def("_set_gemm_blocking", &layers::set_gemm_blocking, py::arg("bn"), py::arg("kc"));
 
   m.def("measure_peak", [](const std::string& op, int threads, double seconds) {
