@@ -290,6 +290,15 @@ def _conv_label(c, k, h, r, stride):
     return f"{c}->{k} {h}x{h} {r}x{r}/{stride}"
 
 
+def _log_vs_float32(row, ratios, log):
+    """Logs a bf16 row, with its ratio to our own float32 layer when that was timed too."""
+    extra = ""
+    if "brgemm_float32" in ratios:
+        row["ratio_vs_brgemm_float32"] = ratios["brgemm_float32"]
+        extra = f"  ({ratios['brgemm_float32']:.2f}x our float32)"
+    log(_format(row) + extra)
+
+
 def _torch_conv(torch, x, conv, dtype, g):
     """PyTorch's forward (NCHW and channels_last: the faster counts) and backward (input and
     weight gradients, by aten's convolution_backward so that no forward is timed)."""
@@ -386,11 +395,7 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
                     plain = {lib: t for lib, t in med.items() if lib != "brgemm_float32"}
                     rows.append(_row(f"Conv {label} N={n} {dtype} fwd", threads, flops, nbytes, plain, rat,
                                      peak_of(peak_op, threads)))
-                    extra = ""
-                    if "brgemm_float32" in rat:
-                        rows[-1]["ratio_vs_brgemm_float32"] = rat["brgemm_float32"]
-                        extra = f"  ({rat['brgemm_float32']:.2f}x our float32)"
-                    log(_format(rows[-1]) + extra)
+                    _log_vs_float32(rows[-1], rat, log)
                     if dtype != "float32":
                         continue
                     # Backward: input and weight (and bias) gradients of the last training forward.
@@ -490,11 +495,7 @@ def run_rnn(peers, rng, rounds, threads_list, log):
                         rows.append(_row(f"{cell.upper()} H={h} N={n} {dtype} fwd", threads, flops,
                                          (4 if dtype == "float32" else 2) * (2 * gates * h * h), plain, rat,
                                          peak_of(peak_op, threads)))
-                        extra = ""
-                        if "brgemm_float32" in rat:
-                            rows[-1]["ratio_vs_brgemm_float32"] = rat["brgemm_float32"]
-                            extra = f"  ({rat['brgemm_float32']:.2f}x our float32)"
-                        log(_format(rows[-1]) + extra)
+                        _log_vs_float32(rows[-1], rat, log)
             # Training step: forward + backward through time, gradients of everything.
             h, n = 512, 64
             x = rng.standard_normal((RNN_STEPS, n, h), dtype=np.float32)

@@ -25,7 +25,7 @@ struct gate_view {
   uint16_t* h16;
   int64_t time(int64_t s, int64_t i) const { return reverse ? (lengths ? lengths[i] : steps) - 1 - s : s; }
 };
-constexpr int64_t bh = 16;
+constexpr int64_t bh = rnn_layer::bh;
 
 // e^x for the gates: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts), e^r by its degree-7
 // Taylor polynomial (truncation below 2⁻²⁴ relative there), 2^n from the exponent bits; plain
@@ -426,6 +426,16 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     bf16_to_f32((const uint16_t*)x_, x32_.data(), T * N * in_);
     x = x32_.data();
   }
+  // gw (G·H × cols, PyTorch's gate order) (+)= tmp2 (G·Hp × ld, internal order), real units only.
+  auto add_gradient = [&](float* gw, int64_t cols, int64_t ld) {
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int64_t g = 0; g < g_; ++g)
+      for (int64_t u = 0; u < h_; ++u)
+        for (int64_t c = 0; c < cols; ++c) {
+          float& w = gw[(g * h_ + u) * cols + c];
+          w = (accumulate ? w : 0.0f) + tmp2_[col(g, u) * ld + c];
+        }
+  };
   const int64_t rows_x = T * N, rows_h = used_ * N;
   tmp_.resize((size_t)(ghp * std::max(rows_x, rows_h)));
   tmp2_.resize((size_t)(ghp * std::max(in_, hp_)));
@@ -433,13 +443,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
       st != status::ok)
     return st;
-#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
-  for (int64_t g = 0; g < g_; ++g)
-    for (int64_t u = 0; u < h_; ++u)
-      for (int64_t c = 0; c < in_; ++c) {
-        float& w = gw_ih[(g * h_ + u) * in_ + c];
-        w = (accumulate ? w : 0.0f) + tmp2_[col(g, u) * in_ + c];
-      }
+  add_gradient(gw_ih, in_, in_);
   transpose_parallel(dgh_.data(), rows_h, ghp, tmp_.data(), threads);
   const float* hs = hs_.data();
   if (t_ == dtype::bf16) {  // the h the forward products multiplied
@@ -450,13 +454,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), rows_h, hs, hp_, tmp2_.data(), hp_, 0.0f);
       st != status::ok)
     return st;
-#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
-  for (int64_t g = 0; g < g_; ++g)
-    for (int64_t u = 0; u < h_; ++u)
-      for (int64_t v = 0; v < h_; ++v) {
-        float& w = gw_hh[(g * h_ + u) * h_ + v];
-        w = (accumulate ? w : 0.0f) + tmp2_[col(g, u) * hp_ + v];
-      }
+  add_gradient(gw_hh, h_, hp_);
   if (gb_ih) {
     // Column sums of dGx (b_ih) and dGh (b_hh; the same but for GRU's n gate), 16 columns a
     // task (one cache line a row).

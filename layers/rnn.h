@@ -25,6 +25,8 @@ enum class rnn_cell : int { lstm = 0, gru };
 
 class rnn_layer {
  public:
+  static constexpr int64_t bh = 16;  // hidden units per block (one zmm of each gate)
+
   // t: f32, or bf16 (bf16 x, h and weights in the products, f32 gates, cell state and
   // accumulation; backward in f32 on the bf16-rounded weights). ktanh: K-TanH for tanh and
   // sigmoid in the gates.
@@ -53,7 +55,6 @@ class rnn_layer {
 
  private:
   int64_t col(int64_t g, int64_t u) const { return (u / bh * g_ + g) * bh + u % bh; }  // internal gate column
-  static constexpr int64_t bh = 16;
   rnn_cell cell_;
   dtype t_;
   int64_t in_, h_, hp_, g_;

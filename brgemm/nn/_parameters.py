@@ -76,3 +76,38 @@ class Parameters:
         if not np.issubdtype(value.dtype, np.floating) and value.dtype != ml_dtypes.bfloat16:
             raise TypeError(f"{name} must be a floating-point array, got {value.dtype}")
         return np.array(value, dtype=np.float32, order="C")
+
+
+class QuantizedIO:
+    """The input and output quantization the int8 layers share: real x = input_scale·(x_q −
+    input_zero_point) for their uint8 input, and a float32 output or a uint8 one requantized
+    with output_scale and output_zero_point. Plain attributes, checked at every forward."""
+
+    def _init_quantization(self, input_scale, input_zero_point, output_scale, output_zero_point, out_dtype):
+        if out_dtype is None:
+            out_dtype = "uint8" if output_scale is not None else "float32"
+        if out_dtype not in ("uint8", "float32"):
+            raise ValueError(f"out_dtype must be 'uint8' or 'float32', got {out_dtype!r}")
+        if out_dtype == "uint8" and output_scale is None:
+            raise ValueError("out_dtype='uint8' needs output_scale")
+        self.out_dtype = out_dtype
+        self.input_scale, self.input_zero_point = input_scale, input_zero_point
+        self.output_scale = 1.0 if output_scale is None else output_scale
+        self.output_zero_point = output_zero_point
+
+    def _quantization(self):
+        """(input_scale, input_zero_point, output_scale, output_zero_point) as float, int, float,
+        int; TypeError or ValueError naming the attribute that is wrong."""
+        out = []
+        for name, real in (("input_scale", True), ("input_zero_point", False), ("output_scale", True),
+                           ("output_zero_point", False)):
+            v = getattr(self, name)
+            kinds = (int, float, np.integer, np.floating) if real else (int, np.integer)
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                raise TypeError(f"{name} must be {'a real number' if real else 'an integer'}, got {type(v).__name__}")
+            if real and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be positive and finite, got {v}")
+            if not real and not 0 <= v <= 255:
+                raise ValueError(f"{name} must be in [0, 255] for uint8, got {v}")
+            out.append(float(v) if real else int(v))
+        return tuple(out)

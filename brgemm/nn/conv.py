@@ -21,7 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import _core
-from ._parameters import Parameters
+from ._parameters import Parameters, QuantizedIO
 from .linear import _activation_arg, _dtype_arg, _positive_int
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -271,7 +271,7 @@ def quantize_per_channel(weight):
     return q, scale
 
 
-class QuantizedConv2d(_Convolution):
+class QuantizedConv2d(_Convolution, QuantizedIO):
     """int8 inference: y = activation(input_scale·weight_scale[k]·conv2d(x_q − input_zero_point,
     weight) + bias), with uint8 activations x_q, int8 ``weight`` (K, C, R, S) and one float32
     ``weight_scale`` per output channel (zero point 0). The int32 sums are exact; dequantization,
@@ -298,17 +298,8 @@ class QuantizedConv2d(_Convolution):
                  out_dtype=None, seed=None):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self.activation = _activation_arg(activation)
-        if out_dtype is None:
-            out_dtype = "uint8" if output_scale is not None else "float32"
-        if out_dtype not in ("uint8", "float32"):
-            raise ValueError(f"out_dtype must be 'uint8' or 'float32', got {out_dtype!r}")
-        if out_dtype == "uint8" and output_scale is None:
-            raise ValueError("out_dtype='uint8' needs output_scale")
-        self.out_dtype = out_dtype
-        self.input_scale, self.input_zero_point = input_scale, input_zero_point
-        self.output_scale = 1.0 if output_scale is None else output_scale
-        self.output_zero_point = output_zero_point
-        self._cv = _core._QuantizedConv2d(*self._geometry_args(), activation or "none", out_dtype)
+        self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
+        self._cv = _core._QuantizedConv2d(*self._geometry_args(), activation or "none", self.out_dtype)
         self.bc, self.bk = self._cv.bc, self._cv.bk
         r, s = self.kernel_size
         bound = 1.0 / np.sqrt(self.in_channels * r * s)
@@ -343,18 +334,14 @@ class QuantizedConv2d(_Convolution):
             v = getattr(self, name)
             if isinstance(v, np.ndarray) and v.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
-        self._cv.refresh(self.weight, self.weight_scale, self.bias, _real_arg(self.input_scale, "input_scale"),
-                         _int_arg(self.input_zero_point, "input_zero_point"),
-                         _real_arg(self.output_scale, "output_scale"),
-                         _int_arg(self.output_zero_point, "output_zero_point"))
+        self._cv.refresh(self.weight, self.weight_scale, self.bias, *self._quantization())
 
     def forward(self, x, out=None):
         """y for x: uint8 or float32 (N, C, H, W), or blocked uint8 (N, C/bc, H, W, bc). y is
         out_dtype, of x's kind. ``out`` may give its array."""
         self._refresh()
-        xb, blocked = self._input(x, "x", self.in_channels, self.bc, _U8, (_U8, _F32),
-                                  scale=_real_arg(self.input_scale, "input_scale"),
-                                  zero_point=_int_arg(self.input_zero_point, "input_zero_point"))
+        xs, xz, _, _ = self._quantization()
+        xb, blocked = self._input(x, "x", self.in_channels, self.bc, _U8, (_U8, _F32), scale=xs, zero_point=xz)
         n, _, h, w, _ = xb.shape
         yb, plain_shape = self._output(n, h, w, out, blocked, np.dtype(self.out_dtype))
         self._cv.forward(n, h, w, xb, yb)
@@ -366,14 +353,3 @@ class QuantizedConv2d(_Convolution):
         return (f"QuantizedConv2d({self._geometry_repr()}, bias={self.bias is not None}, "
                 f"activation={self.activation!r}, out_dtype={self.out_dtype!r})")
 
-
-def _int_arg(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-    return int(v)
-
-
-def _real_arg(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    return float(v)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _core
 from . import functional
-from ._parameters import Parameters
+from ._parameters import Parameters, QuantizedIO
 
 ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
 DTYPES = ("float32", "bfloat16")
@@ -225,7 +225,7 @@ class MLP(_Trainable):
         return f"MLP(sizes={self.sizes}, activation={self.activation!r}, dtype={self.dtype!r})"
 
 
-class QuantizedLinear:
+class QuantizedLinear(QuantizedIO):
     """int8 inference: y = activation(input_scale·weight_scale[k]·Σ (x_q − input_zero_point)·w_q
     + bias[k]) for uint8 activations x_q (N, in) and int8 ``weight`` (out, in) with one
     float32 ``weight_scale`` per output feature (zero point 0), exact int32 sums, the rest in
@@ -245,16 +245,7 @@ class QuantizedLinear:
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
         self.activation = _activation_arg(activation)
-        if out_dtype is None:
-            out_dtype = "uint8" if output_scale is not None else "float32"
-        if out_dtype not in ("uint8", "float32"):
-            raise ValueError(f"out_dtype must be 'uint8' or 'float32', got {out_dtype!r}")
-        if out_dtype == "uint8" and output_scale is None:
-            raise ValueError("out_dtype='uint8' needs output_scale")
-        self.out_dtype = out_dtype
-        self.input_scale, self.input_zero_point = input_scale, input_zero_point
-        self.output_scale = 1.0 if output_scale is None else output_scale
-        self.output_zero_point = output_zero_point
+        self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
         bound = 1.0 / math.sqrt(self.in_features)
         rng = np.random.default_rng(seed)
         self.weight, self.weight_scale = quantize_per_channel(
@@ -303,20 +294,7 @@ class QuantizedLinear:
                 raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
         if not (np.all(np.isfinite(ws)) and np.all(ws > 0)):
             raise ValueError("weight_scale must be positive and finite")
-        for name in ("input_scale", "output_scale"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-            if not (np.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be positive and finite, got {v}")
-        for name in ("input_zero_point", "output_zero_point"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-            if not 0 <= v <= 255:
-                raise ValueError(f"{name} must be in [0, 255] for uint8, got {v}")
-        key = (float(self.input_scale), int(self.input_zero_point), float(self.output_scale),
-               int(self.output_zero_point))
+        key = self._quantization()
         seen = self._seen
         same = _core.same_bytes  # exact, in parallel, without a temporary
         w_same = seen is not None and w.flags.c_contiguous and same(seen[0], w)

@@ -1255,6 +1255,14 @@ void conv_from_blocked_py(py::handle XB, py::handle X) {
   layers::conv_from_blocked(bp, bt, n, c, hw, bc, xp, xt);
 }
 
+layers::conv_geometry geometry(int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw, int64_t pt,
+                               int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  layers::conv_geometry g;
+  g.c = c, g.k = k, g.r = r, g.s = s, g.stride_h = sh, g.stride_w = sw, g.pad_t = pt, g.pad_b = pb;
+  g.pad_l = pl, g.pad_r = pr, g.dil_h = dh, g.dil_w = dw;
+  return g;
+}
+
 // The C++ layer, with every array argument checked against its geometry.
 struct py_conv {
   layers::conv_layer cv;
@@ -1661,10 +1669,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<py_conv>(m, "_Conv2d")
       .def(py::init([](const std::string& dt, int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw,
                        int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act) {
-             layers::conv_geometry g;
-             g.c = c, g.k = k, g.r = r, g.s = s, g.stride_h = sh, g.stride_w = sw, g.pad_t = pt, g.pad_b = pb;
-             g.pad_l = pl, g.pad_r = pr, g.dil_h = dh, g.dil_w = dw;
-             return new py_conv(dt, g, act);
+             return new py_conv(dt, geometry(c, k, r, s, sh, sw, pt, pb, pl, pr, dh, dw), act);
            }),
            py::arg("dtype"), py::arg("in_channels"), py::arg("out_channels"), py::arg("r"), py::arg("s"),
            py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_t"), py::arg("pad_b"), py::arg("pad_l"),
@@ -1684,10 +1689,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<py_qconv>(m, "_QuantizedConv2d")
       .def(py::init([](int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                        int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act, const std::string& out) {
-             layers::conv_geometry g;
-             g.c = c, g.k = k, g.r = r, g.s = s, g.stride_h = sh, g.stride_w = sw, g.pad_t = pt, g.pad_b = pb;
-             g.pad_l = pl, g.pad_r = pr, g.dil_h = dh, g.dil_w = dw;
-             return new py_qconv(g, act, out);
+             return new py_qconv(geometry(c, k, r, s, sh, sw, pt, pb, pl, pr, dh, dw), act, out);
            }),
            py::arg("in_channels"), py::arg("out_channels"), py::arg("r"), py::arg("s"), py::arg("stride_h"),
            py::arg("stride_w"), py::arg("pad_t"), py::arg("pad_b"), py::arg("pad_l"), py::arg("pad_r"),
