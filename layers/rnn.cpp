@@ -266,14 +266,17 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
 // The gate math's view of a layer, and its copy for the active ISA.
 #define RNN_VIEW                                                                                          \
   gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_,      \
-              lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_.data(), cs_.data(), \
-              act_.data(), dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data()};                  \
+              lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
+              dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data()};                  \
   const isa level = active_isa();                                                                          \
   auto* fwd_rows = level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base;
 
-status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0,
-                          const float* c0, float* y, int64_t ldy, float* hT, float* cT, bool train) {
+int64_t rnn_layer::workspace_size(int64_t T, int64_t N) const {
+  return ((cell_ == rnn_cell::lstm ? 2 : 1) * (T + 1) + 4 * T) * N * hp_;
+}
+
+void rnn_layer::set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws) {
   steps_ = T, rows_ = N, x_ = x;
   lengths_.assign(lengths ? lengths : nullptr, lengths ? lengths + N : nullptr);
   used_ = lengths ? lengths[0] : T;
@@ -284,6 +287,23 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
       while (a < N && lengths[a] > s) ++a;
       active_[s] = a;
     }
+  const bool lstm = cell_ == rnn_cell::lstm;
+  const int64_t states = (used_ + 1) * N * hp_;
+  if (ws) {  // hs, cs, act at the offsets workspace_size counts
+    hs_p_ = ws;
+    cs_p_ = lstm ? ws + (T + 1) * N * hp_ : nullptr;
+    act_p_ = ws + (lstm ? 2 : 1) * (T + 1) * N * hp_;
+  } else {
+    hs_.resize((size_t)states);
+    if (lstm) cs_.resize((size_t)states);
+    act_.resize((size_t)(used_ * N * 4 * hp_));
+    hs_p_ = hs_.data(), cs_p_ = lstm ? cs_.data() : nullptr, act_p_ = act_.data();
+  }
+}
+
+status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0,
+                          const float* c0, float* y, int64_t ldy, float* hT, float* cT, bool train, float* ws) {
+  set_sequence(T, N, x, lengths, ws);
   const int64_t ghp = g_ * hp_, wb = g_ * bh, blocks = hp_ / bh, rb = std::min<int64_t>(N, 64);
   const bool lstm = cell_ == rnn_cell::lstm, b16 = t_ == dtype::bf16;
   const int threads = threads_for(2.0 * T * N * ghp * (in_ + hp_));
@@ -301,22 +321,20 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
 
   // States before each step; rows that have ended keep zeros past their end (read as A with
   // zero dG in backward).
-  hs_.resize((size_t)((used_ + 1) * N * hp_));
-  if (lengths) std::fill(hs_.begin(), hs_.end(), 0.0f);
-  if (lstm) {
-    cs_.resize(hs_.size());
-    if (lengths) std::fill(cs_.begin(), cs_.end(), 0.0f);
+  const int64_t states = (used_ + 1) * N * hp_;
+  if (lengths) {
+    std::fill(hs_p_, hs_p_ + states, 0.0f);
+    if (lstm) std::fill(cs_p_, cs_p_ + states, 0.0f);
   }
   for (int64_t i = 0; i < N; ++i)
     for (int64_t u = 0; u < hp_; ++u) {
-      hs_[i * hp_ + u] = h0 && u < h_ ? h0[i * h_ + u] : 0.0f;
-      if (lstm) cs_[i * hp_ + u] = c0 && u < h_ ? c0[i * h_ + u] : 0.0f;
+      hs_p_[i * hp_ + u] = h0 && u < h_ ? h0[i * h_ + u] : 0.0f;
+      if (lstm) cs_p_[i * hp_ + u] = c0 && u < h_ ? c0[i * h_ + u] : 0.0f;
     }
   if (b16) {
     h16_.resize((size_t)(2 * N * hp_));
-    f32_to_bf16(hs_.data(), h16_.data(), N * hp_);
+    f32_to_bf16(hs_p_, h16_.data(), N * hp_);
   }
-  if (train) act_.resize((size_t)(used_ * N * 4 * hp_));
 
   RNN_VIEW
   (void)bwd_rows;
@@ -335,7 +353,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
       float* tile = scratch(0, m * wb);
       batch_ref batch;
       batch.count = 1;
-      batch.a = b16 ? (const void*)(h16_.data() + ((s % 2) * N + r0) * hp_) : hs_.data() + (s * N + r0) * hp_;
+      batch.a = b16 ? (const void*)(h16_.data() + ((s % 2) * N + r0) * hp_) : hs_p_ + (s * N + r0) * hp_;
       batch.b = whh + blk * blk_bytes;
       execute(*k[m - 1], batch, tile);
       fwd_rows(v, s, r0, m, blk, tile, y, ldy, train);
@@ -343,11 +361,19 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   }
   for (int64_t i = 0; i < N; ++i) {
     const int64_t end = lengths ? lengths[i] : T;
-    std::copy(hs_.data() + (end * N + i) * hp_, hs_.data() + (end * N + i) * hp_ + h_, hT + i * h_);
-    if (lstm && cT) std::copy(cs_.data() + (end * N + i) * hp_, cs_.data() + (end * N + i) * hp_ + h_, cT + i * h_);
+    std::copy(hs_p_ + (end * N + i) * hp_, hs_p_ + (end * N + i) * hp_ + h_, hT + i * h_);
+    if (lstm && cT) std::copy(cs_p_ + (end * N + i) * hp_, cs_p_ + (end * N + i) * hp_ + h_, cT + i * h_);
   }
   trained_ = train;
   return status::ok;
+}
+
+status rnn_layer::backward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* ws,
+                           const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
+                           float* dh0, float* dc0, float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh,
+                           bool accumulate) {
+  set_sequence(T, N, x, lengths, const_cast<float*>(ws));  // the backward only reads it
+  return backward(dy, ldy, dhT, dcT, dx, dx_add, dh0, dc0, gw_ih, gw_hh, gb_ih, gb_hh, accumulate);
 }
 
 status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
@@ -445,9 +471,9 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     return st;
   add_gradient(gw_ih, in_, in_);
   transpose_parallel(dgh_.data(), rows_h, ghp, tmp_.data(), threads);
-  const float* hs = hs_.data();
+  const float* hs = hs_p_;
   if (t_ == dtype::bf16) {  // the h the forward products multiplied
-    hr_.assign(hs_.begin(), hs_.begin() + rows_h * hp_);
+    hr_.assign(hs_p_, hs_p_ + rows_h * hp_);
     round_bf16(hr_.data(), rows_h * hp_);
     hs = hr_.data();
   }

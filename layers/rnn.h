@@ -44,16 +44,23 @@ class rnn_layer {
   // T steps of N rows: x (T, N, I) (f32, or bf16 for a bf16 layer), lengths (N, descending,
   // 1..T) or null for all T, h0/c0 (N, H) or null for zeros → y (T, N, ldy) from column 0 of
   // the pointer, hT/cT (N, H): each row's state after its last step. c0, cT: LSTM only.
-  // With train, keeps what backward needs (x must stay alive until then).
+  // With train, keeps what backward needs (x must stay alive until then): in the layer, or in
+  // `ws` (workspace_size(T, N) floats) when given, so that the forward's caller can keep it.
   status forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0, const float* c0,
-                 float* y, int64_t ldy, float* hT, float* cT, bool train);
+                 float* y, int64_t ldy, float* hT, float* cT, bool train, float* ws = nullptr);
+  int64_t workspace_size(int64_t T, int64_t N) const;
   // From dy (T, N, ldy) (null: zero), dhT, dcT (N, H) (null: zero) of the last training
   // forward: dx (T, N, I) written, or added to when dx_add; dh0, dc0 (N, H); the weight and
   // bias gradients (PyTorch's shapes) added to when `accumulate`, else written.
   status backward(const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
                   float* dh0, float* dc0, float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh, bool accumulate);
+  // The same from a forward that kept its state in ws, given its T, N, x and lengths again.
+  status backward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* ws, const float* dy,
+                  int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add, float* dh0, float* dc0,
+                  float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh, bool accumulate);
 
  private:
+  void set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws);
   int64_t col(int64_t g, int64_t u) const { return (u / bh * g_ + g) * bh + u % bh; }  // internal gate column
   rnn_cell cell_;
   dtype t_;
@@ -70,6 +77,7 @@ class rnn_layer {
   bool trained_ = false;
   std::vector<int64_t> lengths_, active_;    // active_[s]: rows still running at step s
   std::vector<float> gx_, hs_, cs_, act_;    // Gx; h and c before each step and after the last; gates
+  float *hs_p_ = nullptr, *cs_p_ = nullptr, *act_p_ = nullptr;  // hs_, cs_, act_ or a caller's workspace
   std::vector<uint16_t> h16_;                // bf16 copies of h for the next product (two steps)
   std::vector<float> dgx_, dgh_, dh_, dc_, tmp_, tmp2_, x32_, hr_;
 };

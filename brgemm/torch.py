@@ -1,0 +1,855 @@
+"""brgemm inside PyTorch: the kernels as operators in the ``torch.ops.brgemm`` namespace (with
+autograd and fake implementations, so ``torch.compile`` and ``opcheck`` see through them),
+drop-in modules, and :func:`convert`, which swaps a model's layers for them.
+
+This is the only module of the package that imports torch (``import brgemm`` does not).
+
+Operators (each calls the pybind11 core on the tensors' memory: CPU, made contiguous when they
+are not; bfloat16 tensors are viewed as ml_dtypes.bfloat16, not converted):
+
+- ``gemm(A, B)``, ``batch_reduce(A, B)`` (Σ_i A[i] @ B[i]): float32 or bfloat16.
+- ``linear(input, weight, bias=None, activation="none")`` and ``conv2d(input, weight,
+  bias=None, stride=1, padding=[0, 0], dilation=1, groups=1, activation="none")`` in
+  ``torch.nn.functional``'s argument order, with ``linear_backward`` and ``conv2d_backward``;
+  ``activation="relu"`` fuses a ReLU into the product's epilogue. The input's dtype picks the
+  path (float32, or bfloat16 products with float32 accumulation); weights are float32 masters
+  (bfloat16 ones are widened).
+- ``lstm``, ``gru``: one layer and one direction each, returning a workspace tensor that
+  their backward operators (``lstm_backward``, ``gru_backward``) read.
+- ``ktanh(x)``, ``taylor_softmax(x, dim=-1, order=2)`` and their backward operators.
+- ``quantized_linear``, ``quantized_conv2d``: uint8 activations × int8 weights with one
+  scale per output channel (inference only).
+
+The C++ layers that pack weights are kept per (geometry, weight tensor): a call repacks only
+when the weights' bytes differ from what was packed last (one parallel comparison), so
+training steps and in-place edits are always seen.
+"""
+
+import collections
+import copy
+import math
+import threading
+
+import ml_dtypes
+import numpy as np
+import torch
+from torch import nn
+
+from . import _api, _core
+from .nn import functional as _fn
+from .nn.conv import QuantizedConv2d as _NpQuantizedConv2d
+from .nn.linear import QuantizedLinear as _NpQuantizedLinear
+
+__all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "convert", "ConversionReport"]
+
+_F32, _BF16 = torch.float32, torch.bfloat16
+_FLOATS = (_F32, _BF16)
+_FUSED = ("none", "relu")   # activations an operator's epilogue applies (backward from the output)
+
+
+# --- tensors ↔ the core -------------------------------------------------------------------------
+
+def _tensor(t, name, dtypes, ndim=None):
+    """t detached and contiguous, after checking type, device, dtype and rank (naming t)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got a tensor on {t.device}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {t.dtype}")
+    if ndim is not None and t.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t.detach().contiguous()
+
+
+def _np(t):
+    """The memory of a contiguous CPU tensor as a numpy array (bfloat16 via ml_dtypes), no copy."""
+    if t.dtype == _BF16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _master(t, name, shape):
+    """A float32 parameter (bfloat16 ones widened, exactly) of the given shape, or None."""
+    if t is None:
+        return None
+    t = _tensor(t, name, _FLOATS)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    return t if t.dtype == _F32 else t.float()
+
+
+def _dtype_name(t):
+    return "float32" if t.dtype == _F32 else "bfloat16"
+
+
+def _activation(activation):
+    if activation not in _FUSED:
+        raise ValueError(f"activation must be 'none' or 'relu', got {activation!r}")
+    return activation
+
+
+# --- the C++ layers, kept per geometry and weight tensor -----------------------------------------
+
+class _Built:
+    """A C++ layer, the lock that serialises its use, and its scratch arrays."""
+
+    def __init__(self, layer):
+        self.layer, self.lock, self._buffers = layer, threading.Lock(), {}
+
+    def buffer(self, name, shape, dtype):
+        key = (name, shape)
+        buf = self._buffers.get(key)
+        if buf is None or buf.dtype != dtype:
+            if len(self._buffers) > 8:  # a few batch shapes in rotation, not every shape ever seen
+                self._buffers.clear()
+            buf = self._buffers[key] = np.empty(shape, dtype)
+        return buf
+
+
+_built, _built_lock = collections.OrderedDict(), threading.Lock()
+
+
+def _layer(key, make):
+    with _built_lock:
+        entry = _built.get(key)
+        if entry is None:
+            entry = _built[key] = _Built(make())
+            if len(_built) > 256:
+                _built.popitem(last=False)
+        else:
+            _built.move_to_end(key)
+    return entry
+
+
+def _op(name, schema):
+    return torch.library.custom_op(f"brgemm::{name}", mutates_args=(), schema=schema)
+
+
+# --- gemm and batch_reduce -----------------------------------------------------------------------
+
+def _matmul_dtype(a, b, an, bn):
+    a = _tensor(a, an, _FLOATS)
+    b = _tensor(b, bn, _FLOATS)
+    if a.dtype != b.dtype:
+        raise TypeError(f"{an} and {bn} must have the same dtype, got {a.dtype} and {b.dtype}")
+    return a, b
+
+
+def _product_epilogue(t):
+    return None if t.dtype == _F32 else _api.Epilogue(out_dtype="bfloat16")
+
+
+@_op("gemm", "(Tensor A, Tensor B) -> Tensor")
+def _gemm(A, B):
+    a, b = _matmul_dtype(A, B, "A", "B")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"A (M, K) and B (K, N) must be 2-D with matching K, got {tuple(a.shape)} and {tuple(b.shape)}")
+    out = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    if out.numel():
+        if a.shape[1] == 0:
+            return out.zero_()
+        _api.gemm(_np(a), _np(b), _np(out), epilogue=_product_epilogue(a))
+    return out
+
+
+@_gemm.register_fake
+def _(A, B):
+    return A.new_empty((A.shape[0], B.shape[1]))
+
+
+def _gemm_backward(ctx, grad):
+    A, B = ctx.saved_tensors
+    grad = grad.to(A.dtype)
+    gA = _gemm(grad, B.t().contiguous()) if ctx.needs_input_grad[0] else None
+    gB = _gemm(A.t().contiguous(), grad) if ctx.needs_input_grad[1] else None
+    return gA, gB
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+_gemm.register_autograd(_gemm_backward, setup_context=_save_inputs)
+
+
+@_op("batch_reduce", "(Tensor A, Tensor B) -> Tensor")
+def _batch_reduce(A, B):
+    a, b = _matmul_dtype(A, B, "A", "B")
+    if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ValueError(f"A (batch, M, K) and B (batch, K, N) must be 3-D with matching batch and K, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    out = torch.empty((a.shape[1], b.shape[2]), dtype=a.dtype)
+    if out.numel():
+        if a.shape[0] == 0 or a.shape[2] == 0:
+            return out.zero_()
+        _api.batch_reduce(_np(a), _np(b), _np(out), epilogue=_product_epilogue(a))
+    return out
+
+
+@_batch_reduce.register_fake
+def _(A, B):
+    return A.new_empty((A.shape[1], B.shape[2]))
+
+
+def _batch_reduce_backward(ctx, grad):
+    # Each gradient is one product: dA[i] = dC·B[i]ᵀ for every i at once is dC times the
+    # (N, batch·K) matrix of the B[i]ᵀ side by side; dB[i] = A[i]ᵀ·dC stacks the A[i]ᵀ.
+    A, B = ctx.saved_tensors
+    grad = grad.to(A.dtype)
+    b, m, k = A.shape
+    gA = gB = None
+    if ctx.needs_input_grad[0]:
+        bt = B.permute(2, 0, 1).reshape(B.shape[2], b * k).contiguous()
+        gA = _gemm(grad, bt).reshape(m, b, k).permute(1, 0, 2).contiguous()
+    if ctx.needs_input_grad[1]:
+        at = A.permute(0, 2, 1).reshape(b * k, m).contiguous()
+        gB = _gemm(at, grad).reshape(b, k, -1)
+    return gA, gB
+
+
+_batch_reduce.register_autograd(_batch_reduce_backward, setup_context=_save_inputs)
+
+
+# --- linear --------------------------------------------------------------------------------------
+
+def _linear_layer(dt, weight, activation):
+    out_f, in_f = weight.shape
+    return _layer(("linear", dt, in_f, out_f, activation, weight.data_ptr()),
+                  lambda: _core._Linear(dt, in_f, out_f, activation))
+
+
+def _linear_args(input, weight, bias):
+    x = _tensor(input, "input", _FLOATS)
+    if x.dim() < 1:
+        raise ValueError("input must have at least one dimension")
+    w = _tensor(weight, "weight", _FLOATS, ndim=2)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"input has {x.shape[-1]} features, weight {tuple(w.shape)} expects {w.shape[1]}")
+    return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],))
+
+
+@_op("linear", '(Tensor input, Tensor weight, Tensor? bias=None, str activation="none") -> Tensor')
+def _linear(input, weight, bias=None, activation="none"):
+    x, w, b = _linear_args(input, weight, bias)
+    act = _activation(activation)
+    out_f, in_f = w.shape
+    x2 = x.reshape(-1, in_f)
+    n = x2.shape[0]
+    out = torch.empty((n, out_f), dtype=x.dtype)
+    if n:
+        e = _linear_layer(_dtype_name(x), w, act)
+        with e.lock:
+            fc = e.layer
+            bn = _core.fc_row_block(n)
+            xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16)
+            yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), xb.dtype)
+            fc.refresh(_np(w), None if b is None else _np(b))
+            _core.fc_to_blocked(_np(x2), xb, bn, fc.bc)
+            fc.forward(n, bn, xb, yb, None)
+            _core.fc_from_blocked(yb, bn, fc.bk, _np(out))
+    return out.reshape(*x.shape[:-1], out_f)
+
+
+def _blocks(n, bn, features, block):
+    return (-(-n // bn) * bn * (-(-features // block) * block),)
+
+
+@_linear.register_fake
+def _(input, weight, bias=None, activation="none"):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@_op("linear_backward", "(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, Tensor output, "
+                        "str activation, bool input_grad) -> (Tensor, Tensor, Tensor)")
+def _linear_backward(grad_output, input, weight, bias, output, activation, input_grad):
+    """(∂input or an empty tensor, ∂weight, ∂bias or an empty tensor) of linear."""
+    x, w, b = _linear_args(input, weight, bias)
+    has_bias = b is not None
+    act = _activation(activation)
+    out_f, in_f = w.shape
+    x2 = x.reshape(-1, in_f)
+    n = x2.shape[0]
+    g = _tensor(grad_output, "grad_output", _FLOATS).reshape(n, out_f)
+    y = _tensor(output, "output", _FLOATS).reshape(n, out_f)
+    gw = torch.zeros((out_f, in_f))
+    gb = torch.zeros((out_f,) if has_bias else (0,))
+    gx = torch.empty(x.shape if input_grad else (0,))
+    if n:
+        e = _linear_layer(_dtype_name(x), w, act)
+        with e.lock:
+            fc = e.layer
+            bn = _core.fc_row_block(n)
+            dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
+            xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), dt)
+            yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), dt)
+            gyb = e.buffer("gy", _blocks(n, bn, out_f, fc.bk), np.float32)
+            gxb = e.buffer("gx", _blocks(n, bn, in_f, fc.bc), np.float32) if input_grad else None
+            fc.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
+            _core.fc_to_blocked(_np(x2), xb, bn, fc.bc)
+            if act != "none":
+                _core.fc_to_blocked(_np(y.to(x.dtype)), yb, bn, fc.bk)  # the ReLU mask
+            _core.fc_to_blocked(_np(g), gyb, bn, fc.bk)
+            fc.backward(n, bn, gyb, yb, None, xb, gxb, _np(gw), _np(gb) if has_bias else None, False)
+            if input_grad:
+                _core.fc_from_blocked(gxb, bn, fc.bc, _np(gx).reshape(n, in_f))
+    return gx, gw, gb
+
+
+@_linear_backward.register_fake
+def _(grad_output, input, weight, bias, output, activation, input_grad):
+    return (input.new_empty(input.shape if input_grad else (0,), dtype=_F32), weight.new_empty(weight.shape, dtype=_F32),
+            weight.new_empty((weight.shape[0],) if bias is not None else (0,), dtype=_F32))
+
+
+def _setup_product(ctx, inputs, output):
+    input, weight, bias = inputs[:3]
+    ctx.save_for_backward(input, weight, bias, output)
+    ctx.args = inputs[3:]
+
+
+def _linear_grad(ctx, grad):
+    input, weight, bias, output = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gx, gw, gb = _linear_backward(grad, input, weight, bias, output, ctx.args[0], need[0])
+    return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None)
+
+
+_linear.register_autograd(_linear_grad, setup_context=_setup_product)
+
+
+# --- conv2d --------------------------------------------------------------------------------------
+
+def _pads(padding):
+    """(top, bottom, left, right) from [rows, columns] or [top, bottom, left, right]."""
+    p = [int(v) for v in padding]
+    if len(p) not in (1, 2, 4) or min(p) < 0:
+        raise ValueError(f"padding must be 1, 2 or 4 non-negative integers, got {list(padding)}")
+    if len(p) == 1:
+        p = p * 2
+    return (p[0], p[0], p[1], p[1]) if len(p) == 2 else tuple(p)
+
+
+def _pair(v, name):
+    v = [int(e) for e in v] if isinstance(v, (list, tuple)) else [int(v)]
+    if len(v) == 1:
+        v = v * 2
+    if len(v) != 2 or min(v) < 1:
+        raise ValueError(f"{name} must be one or two positive integers, got {v}")
+    return tuple(v)
+
+
+def _conv_out(h, w, r, s, stride, pads, dilation):
+    oh = (h + pads[0] + pads[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    ow = (w + pads[2] + pads[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+def _conv_args(input, weight, bias, stride, padding, dilation, groups):
+    x = _tensor(input, "input", _FLOATS, ndim=4)
+    w = _tensor(weight, "weight", _FLOATS, ndim=4)
+    if groups != 1:
+        raise ValueError(f"groups must be 1 (grouped and depthwise convolutions are not supported), got {groups}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {w.shape[1]}")
+    geo = (_pair(stride, "stride"), _pads(padding), _pair(dilation, "dilation"))
+    oh, ow = _conv_out(x.shape[2], x.shape[3], w.shape[2], w.shape[3], *geo)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"the kernel {tuple(w.shape[2:])} (dilation {geo[2]}) is larger than the padded input "
+                         f"{tuple(x.shape[2:])} (padding {geo[1]})")
+    return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],)), geo, (oh, ow)
+
+
+def _conv_layer(dt, weight, geo, activation):
+    k, c, r, s = weight.shape
+    (sh, sw), pads, (dh, dw) = geo
+    args = (dt, c, k, r, s, sh, sw, *pads, dh, dw, activation)
+    return _layer(("conv",) + args + (weight.data_ptr(),), lambda: _core._Conv2d(*args))
+
+
+def _conv_blocked(e, name, n, channels, block, h, w, dtype):
+    return e.buffer(name, (n, -(-channels // block), h, w, block), dtype)
+
+
+_CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[] padding=[0, 0], "
+                'int[2] dilation=1, int groups=1, str activation="none") -> Tensor')
+
+
+@_op("conv2d", _CONV_SCHEMA)
+def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none"):
+    x, w, b, geo, (oh, ow) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
+    act = _activation(activation)
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    out = torch.empty((n, k, oh, ow), dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    e = _conv_layer(_dtype_name(x), w, geo, act)
+    dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
+    with e.lock:
+        cv = e.layer
+        xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
+        yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
+        cv.refresh(_np(w), None if b is None else _np(b))
+        _core.conv_to_blocked(_np(x), xb)
+        cv.forward(n, h, wd, xb, yb, None)
+        _core.conv_from_blocked(yb, _np(out))
+    return out
+
+
+@_conv2d.register_fake
+def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none"):
+    oh, ow = _conv_out(input.shape[2], input.shape[3], weight.shape[2], weight.shape[3], _pair(stride, "stride"),
+                       _pads(padding), _pair(dilation, "dilation"))
+    return input.new_empty((input.shape[0], weight.shape[0], oh, ow))
+
+
+@_op("conv2d_backward", "(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, Tensor output, int[2] stride, "
+                        "int[] padding, int[2] dilation, str activation, bool input_grad) -> (Tensor, Tensor, Tensor)")
+def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
+    """(∂input or an empty tensor, ∂weight, ∂bias or an empty tensor) of conv2d, in float32."""
+    x, w, b, geo, (oh, ow) = _conv_args(input, weight, bias, stride, padding, dilation, 1)
+    act = _activation(activation)
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    g = _tensor(grad_output, "grad_output", _FLOATS, ndim=4)
+    if tuple(g.shape) != (n, k, oh, ow):
+        raise ValueError(f"grad_output must have the output's shape {(n, k, oh, ow)}, got {tuple(g.shape)}")
+    gw = torch.zeros(w.shape)
+    gb = torch.zeros((k,) if b is not None else (0,))
+    gx = torch.empty(x.shape if input_grad else (0,))
+    if n == 0:
+        return gx.zero_(), gw, gb
+    e = _conv_layer(_dtype_name(x), w, geo, act)
+    dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
+    with e.lock:
+        cv = e.layer
+        xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
+        yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
+        gyb = _conv_blocked(e, "gy", n, k, cv.bk, oh, ow, np.float32)
+        gxb = _conv_blocked(e, "gx", n, c, cv.bc, h, wd, np.float32) if input_grad else None
+        cv.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
+        _core.conv_to_blocked(_np(x), xb)
+        if act != "none":
+            _core.conv_to_blocked(_np(_tensor(output, "output", (x.dtype,), ndim=4)), yb)  # the ReLU mask
+        _core.conv_to_blocked(_np(g), gyb)
+        cv.backward(n, h, wd, gyb, yb, None, xb, gxb, _np(gw), None if b is None else _np(gb), False)
+        if input_grad:
+            _core.conv_from_blocked(gxb, _np(gx))
+    return gx, gw, gb
+
+
+@_conv2d_backward.register_fake
+def _(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
+    return (input.new_empty(input.shape if input_grad else (0,), dtype=_F32), weight.new_empty(weight.shape, dtype=_F32),
+            weight.new_empty((weight.shape[0],) if bias is not None else (0,), dtype=_F32))
+
+
+def _conv2d_grad(ctx, grad):
+    input, weight, bias, output = ctx.saved_tensors
+    stride, padding, dilation, _, activation = ctx.args
+    need = ctx.needs_input_grad
+    gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, activation, need[0])
+    return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None)
+
+
+_conv2d.register_autograd(_conv2d_grad, setup_context=_setup_product)
+
+
+# --- lstm and gru: one layer, one direction ------------------------------------------------------
+
+_RNN_GATES = {"lstm": 4, "gru": 3}
+
+
+def _rnn_workspace_size(cell, t, n, hidden):
+    """Floats the C++ driver keeps for backward (rnn_layer::workspace_size): h (and c) before
+    every step and after the last, and the gates of every step, at the padded hidden size."""
+    hp = -(-hidden // 16) * 16
+    return ((2 if cell == "lstm" else 1) * (t + 1) + 4 * t) * n * hp
+
+
+def _rnn_args(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, activation):
+    x = _tensor(input, "input", _FLOATS, ndim=3)
+    t, n, i = x.shape
+    g = _RNN_GATES[cell]
+    w_hh = _tensor(weight_hh, "weight_hh", _FLOATS, ndim=2)
+    h = w_hh.shape[1]
+    if w_hh.shape[0] != g * h:
+        raise ValueError(f"weight_hh must be ({g}·hidden, hidden), got {tuple(w_hh.shape)}")
+    w_ih = _master(weight_ih, "weight_ih", (g * h, i))
+    w_hh = _master(w_hh, "weight_hh", (g * h, h))
+    if (bias_ih is None) != (bias_hh is None):
+        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+    b_ih, b_hh = _master(bias_ih, "bias_ih", (g * h,)), _master(bias_hh, "bias_hh", (g * h,))
+    states = [_master(s, name, (n, h)) for s, name in ((h0, "h0"), (c0, "c0"))]
+    if lengths is not None:
+        lengths = _tensor(lengths, "lengths", (torch.int64,), ndim=1)
+        if lengths.shape[0] != n:
+            raise ValueError(f"lengths must hold one length per sequence ({n}), got {lengths.shape[0]}")
+    if activation not in ("exact", "ktanh"):
+        raise ValueError(f"activation must be 'exact' or 'ktanh', got {activation!r}")
+    return x, w_ih, w_hh, b_ih, b_hh, states, lengths
+
+
+def _rnn_layer(cell, x, w_ih, reverse, activation):
+    i, h = x.shape[2], w_ih.shape[0] // _RNN_GATES[cell]
+    args = (cell, _dtype_name(x), i, h, bool(reverse), activation == "ktanh")
+    return _layer(("rnn",) + args + (w_ih.data_ptr(),), lambda: _core._RNN(*args))
+
+
+def _rnn_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, activation, train):
+    x, w_ih, w_hh, b_ih, b_hh, (h0, c0), ln = _rnn_args(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                                         lengths, activation)
+    t, n, _ = x.shape
+    h = w_hh.shape[1]
+    y = (torch.zeros if ln is not None else torch.empty)((t, n, h))
+    hT = torch.empty((n, h))
+    cT = torch.empty((n, h)) if cell == "lstm" else None
+    ws = torch.empty((_rnn_workspace_size(cell, t, n, h),) if train else (0,))
+    if t and n:
+        e = _rnn_layer(cell, x, w_ih, reverse, activation)
+        with e.lock:
+            drv = e.layer
+            drv.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
+            drv.forward(t, n, _np(x), None if ln is None else _np(ln), None if h0 is None else _np(h0),
+                        None if c0 is None else _np(c0), _np(y), 0, _np(hT), None if cT is None else _np(cT), train,
+                        _np(ws) if train else None)
+    return y.to(x.dtype), hT, cT, ws
+
+
+def _rnn_backward(cell, grad_output, grad_hn, grad_cn, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                  workspace, reverse, activation):
+    x, w_ih, w_hh, b_ih, b_hh, _, ln = _rnn_args(cell, input, None, None, weight_ih, weight_hh, bias_ih, bias_hh,
+                                                 lengths, activation)
+    t, n, i = x.shape
+    h = w_hh.shape[1]
+    ws = _tensor(workspace, "workspace", (_F32,), ndim=1)
+    if ws.shape[0] != _rnn_workspace_size(cell, t, n, h):
+        raise ValueError("workspace is not the one a training forward of these shapes returned")
+    dy = _tensor(grad_output, "grad_output", _FLOATS, ndim=3).float()
+    dhT = _master(grad_hn, "grad_hn", (n, h))
+    dcT = _master(grad_cn, "grad_cn", (n, h)) if cell == "lstm" else None
+    dx = torch.empty((t, n, i))
+    dh0 = torch.empty((n, h))
+    dc0 = torch.empty((n, h) if cell == "lstm" else (0,))
+    grads = [torch.empty(w_ih.shape), torch.empty(w_hh.shape)]
+    grads += [torch.empty(b_ih.shape), torch.empty(b_hh.shape)] if b_ih is not None else [torch.empty(0), torch.empty(0)]
+    e = _rnn_layer(cell, x, w_ih, reverse, activation)
+    with e.lock:
+        drv = e.layer
+        drv.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
+        drv.backward_from(t, n, _np(x), None if ln is None else _np(ln), _np(ws), _np(dy), 0, _np(dhT),
+                          None if dcT is None else _np(dcT), _np(dx), False, _np(dh0),
+                          _np(dc0) if cell == "lstm" else None, _np(grads[0]), _np(grads[1]),
+                          *((_np(grads[2]), _np(grads[3])) if b_ih is not None else (None, None)), False)
+    return (dx, dh0) + ((dc0,) if cell == "lstm" else ()) + tuple(grads)
+
+
+_RNN_ARGS = ("Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths=None, "
+             'bool reverse=False, str activation="exact", bool train=True')
+
+
+@_op("lstm", f"(Tensor input, Tensor? h0, Tensor? c0, {_RNN_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
+def _lstm(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths=None, reverse=False, activation="exact",
+          train=True):
+    """(output (T, N, H) in input's dtype, h_n, c_n (N, H) float32, workspace for lstm_backward)."""
+    return _rnn_forward("lstm", input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, activation,
+                        train)
+
+
+@_op("gru", f"(Tensor input, Tensor? h0, {_RNN_ARGS}) -> (Tensor, Tensor, Tensor)")
+def _gru(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths=None, reverse=False, activation="exact",
+         train=True):
+    """(output (T, N, H) in input's dtype, h_n (N, H) float32, workspace for gru_backward)."""
+    y, hT, _, ws = _rnn_forward("gru", input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse,
+                                activation, train)
+    return y, hT, ws
+
+
+def _rnn_fake(cell, input, weight_hh, train):
+    t, n, _ = input.shape
+    h = weight_hh.shape[1]
+    ws = input.new_empty((_rnn_workspace_size(cell, t, n, h) if train else 0,), dtype=_F32)
+    return input.new_empty((t, n, h)), input.new_empty((n, h), dtype=_F32), ws
+
+
+@_lstm.register_fake
+def _(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths=None, reverse=False, activation="exact",
+      train=True):
+    y, hT, ws = _rnn_fake("lstm", input, weight_hh, train)
+    return y, hT, hT.new_empty(hT.shape), ws
+
+
+@_gru.register_fake
+def _(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths=None, reverse=False, activation="exact", train=True):
+    return _rnn_fake("gru", input, weight_hh, train)
+
+
+_RNN_BACKWARD_ARGS = ("Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
+                      "Tensor? lengths, Tensor workspace, bool reverse, str activation")
+
+
+@_op("lstm_backward", f"(Tensor grad_output, Tensor grad_hn, Tensor grad_cn, {_RNN_BACKWARD_ARGS}) -> "
+                      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _lstm_backward(grad_output, grad_hn, grad_cn, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths, workspace,
+                   reverse, activation):
+    """(∂input, ∂h0, ∂c0, ∂weight_ih, ∂weight_hh, ∂bias_ih, ∂bias_hh), float32 (empty bias gradients
+    without biases), by backpropagation through time from lstm's workspace."""
+    return _rnn_backward("lstm", grad_output, grad_hn, grad_cn, input, weight_ih, weight_hh, bias_ih, bias_hh,
+                         lengths, workspace, reverse, activation)
+
+
+@_op("gru_backward", f"(Tensor grad_output, Tensor grad_hn, {_RNN_BACKWARD_ARGS}) -> "
+                     "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _gru_backward(grad_output, grad_hn, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths, workspace, reverse,
+                  activation):
+    """(∂input, ∂h0, ∂weight_ih, ∂weight_hh, ∂bias_ih, ∂bias_hh), float32, from gru's workspace."""
+    return _rnn_backward("gru", grad_output, grad_hn, None, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                         workspace, reverse, activation)
+
+
+def _rnn_backward_fake(cell, input, weight_ih, weight_hh, bias_ih):
+    t, n, i = input.shape
+    h = weight_hh.shape[1]
+    f = dict(dtype=_F32)
+    out = [input.new_empty((t, n, i), **f), input.new_empty((n, h), **f)]
+    if cell == "lstm":
+        out.append(input.new_empty((n, h), **f))
+    out += [input.new_empty(weight_ih.shape, **f), input.new_empty(weight_hh.shape, **f)]
+    nb = (weight_hh.shape[0],) if bias_ih is not None else (0,)
+    return tuple(out + [input.new_empty(nb, **f), input.new_empty(nb, **f)])
+
+
+@_lstm_backward.register_fake
+def _(grad_output, grad_hn, grad_cn, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths, workspace, reverse,
+      activation):
+    return _rnn_backward_fake("lstm", input, weight_ih, weight_hh, bias_ih)
+
+
+@_gru_backward.register_fake
+def _(grad_output, grad_hn, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths, workspace, reverse, activation):
+    return _rnn_backward_fake("gru", input, weight_ih, weight_hh, bias_ih)
+
+
+def _setup_rnn(ctx, inputs, output):
+    lstm = len(output) == 4
+    x, h0 = inputs[0], inputs[1]
+    c0 = inputs[2] if lstm else None
+    w_ih, w_hh, b_ih, b_hh, lengths, reverse, activation, train = inputs[3 if lstm else 2:]
+    if not train:
+        ctx.untrained = True
+        return
+    ctx.untrained = False
+    ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, lengths, output[-1])
+    ctx.meta = (reverse, activation, h0 is not None, c0 is not None)
+
+
+def _rnn_grad(ctx, cell, grads):
+    if ctx.untrained:
+        raise RuntimeError(f"brgemm::{cell} was called with train=False, which keeps nothing for backward")
+    x, w_ih, w_hh, b_ih, b_hh, lengths, ws = ctx.saved_tensors
+    reverse, activation, has_h0, has_c0 = ctx.meta
+    gy, ghT = grads[0], grads[1]
+    if cell == "lstm":
+        dx, dh0, dc0, *gw = _lstm_backward(gy, ghT, grads[2], x, w_ih, w_hh, b_ih, b_hh, lengths, ws, reverse,
+                                           activation)
+        states = (dh0 if has_h0 else None, dc0 if has_c0 else None)
+    else:
+        dx, dh0, *gw = _gru_backward(gy, ghT, x, w_ih, w_hh, b_ih, b_hh, lengths, ws, reverse, activation)
+        states = (dh0 if has_h0 else None,)
+    params = (w_ih, w_hh, b_ih, b_hh)
+    gw = [None if p is None else g.to(p.dtype) for g, p in zip(gw, params)]
+    return (dx.to(x.dtype),) + states + tuple(gw) + (None, None, None, None)
+
+
+_lstm.register_autograd(lambda ctx, *g: _rnn_grad(ctx, "lstm", g), setup_context=_setup_rnn)
+_gru.register_autograd(lambda ctx, *g: _rnn_grad(ctx, "gru", g), setup_context=_setup_rnn)
+
+
+# --- K-TanH and Taylor softmax -------------------------------------------------------------------
+
+@_op("ktanh", "(Tensor x) -> Tensor")
+def _ktanh(x):
+    """tanh by K-TanH (brgemm.nn.functional.ktanh): float32 or bfloat16, same out."""
+    x = _tensor(x, "x", _FLOATS)
+    out = torch.empty_like(x)
+    if x.numel():
+        _fn.ktanh(_np(x), out=_np(out))
+    return out
+
+
+_ktanh.register_fake(lambda x: torch.empty_like(x))
+
+
+@_op("ktanh_backward", "(Tensor grad_output, Tensor output) -> Tensor")
+def _ktanh_backward(grad_output, output):
+    """grad · (1 − y²) from K-TanH's output y, as the K-TanH paper does (float32)."""
+    y = _tensor(output, "output", _FLOATS).float()
+    g = _tensor(grad_output, "grad_output", _FLOATS).float()
+    if g.shape != y.shape:
+        raise ValueError(f"grad_output must have output's shape {tuple(y.shape)}, got {tuple(g.shape)}")
+    out = torch.empty_like(y)
+    if y.numel():
+        _fn.activation_backward("ktanh", _np(g), y=_np(y), out=_np(out))
+    return out
+
+
+_ktanh_backward.register_fake(lambda grad_output, output: torch.empty_like(output, dtype=_F32))
+
+
+def _setup_output(ctx, inputs, output):
+    ctx.save_for_backward(output)
+    ctx.dtype = inputs[0].dtype
+
+
+_ktanh.register_autograd(lambda ctx, g: _ktanh_backward(g, ctx.saved_tensors[0]).to(ctx.dtype),
+                         setup_context=_setup_output)
+
+
+def _softmax_rows(x, dim, name="x"):
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim {dim} is out of range for {name} with {x.dim()} dimensions")
+    return dim % x.dim()
+
+
+@_op("taylor_softmax", "(Tensor x, int dim=-1, int order=2) -> Tensor")
+def _taylor_softmax(x, dim=-1, order=2):
+    """P_n(x_i) / Σ_j P_n(x_j) along dim (brgemm.nn.functional.taylor_softmax; n = order, even)."""
+    x = _tensor(x, "x", _FLOATS)
+    d = _softmax_rows(x, dim)
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    y = _fn.taylor_softmax(_np(x), axis=d, order=order)
+    return torch.from_numpy(np.ascontiguousarray(y).view(np.int16)).view(_BF16) if x.dtype == _BF16 else \
+        torch.from_numpy(np.ascontiguousarray(y))
+
+
+_taylor_softmax.register_fake(lambda x, dim=-1, order=2: torch.empty_like(x))
+
+
+@_op("taylor_softmax_backward", "(Tensor grad_output, Tensor x, int dim, int order) -> Tensor")
+def _taylor_softmax_backward(grad_output, x, dim, order):
+    """∂x of taylor_softmax at x given ∂y (float32)."""
+    x = _tensor(x, "x", _FLOATS).float()
+    g = _tensor(grad_output, "grad_output", _FLOATS).float()
+    d = _softmax_rows(x, dim)
+    if g.shape != x.shape:
+        raise ValueError(f"grad_output must have x's shape {tuple(x.shape)}, got {tuple(g.shape)}")
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    return torch.from_numpy(np.ascontiguousarray(_fn.taylor_softmax_backward(_np(g), _np(x), axis=d, order=order)))
+
+
+_taylor_softmax_backward.register_fake(lambda grad_output, x, dim, order: torch.empty_like(x, dtype=_F32))
+
+
+def _setup_softmax(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.args = inputs[1:]
+
+
+_taylor_softmax.register_autograd(
+    lambda ctx, g: (_taylor_softmax_backward(g, ctx.saved_tensors[0], *ctx.args).to(ctx.saved_tensors[0].dtype),
+                    None, None), setup_context=_setup_softmax)
+
+
+# --- int8 inference ------------------------------------------------------------------------------
+
+_QUANT = ("float input_scale, int input_zero_point, float output_scale=1.0, int output_zero_point=0, "
+          'str out_dtype="float32", str activation="none"')
+
+
+def _quantized_input(input, ndim):
+    return _tensor(input, "input", (torch.uint8, _F32), ndim=ndim)
+
+
+def _quantized_weights(weight, weight_scale, bias, ndim):
+    w = _tensor(weight, "weight", (torch.int8,), ndim=ndim)
+    ws = _tensor(weight_scale, "weight_scale", (_F32,), ndim=1)
+    if ws.shape[0] != w.shape[0]:
+        raise ValueError(f"weight_scale must hold one scale per output channel ({w.shape[0]}), got {ws.shape[0]}")
+    return w, ws, _master(bias, "bias", (w.shape[0],))
+
+
+def _quantized_layer(e, weight, weight_scale, bias, input_scale, input_zero_point, output_scale, output_zero_point):
+    q = e.layer
+    q.weight, q.weight_scale, q.bias = _np(weight), _np(weight_scale), None if bias is None else _np(bias)
+    q.input_scale, q.input_zero_point = input_scale, input_zero_point
+    q.output_scale, q.output_zero_point = output_scale, output_zero_point
+    return q
+
+
+def _out_dtype(out_dtype):
+    if out_dtype not in ("float32", "uint8"):
+        raise ValueError(f"out_dtype must be 'float32' or 'uint8', got {out_dtype!r}")
+    return torch.float32 if out_dtype == "float32" else torch.uint8
+
+
+@_op("quantized_linear", f"(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias, {_QUANT}) -> Tensor")
+def _quantized_linear(input, weight, weight_scale, bias, input_scale, input_zero_point, output_scale=1.0,
+                      output_zero_point=0, out_dtype="float32", activation="none"):
+    """brgemm.nn.QuantizedLinear: uint8 (or float32, quantized first) input (*, in) × int8 weight
+    (out, in) with per-channel weight_scale → out_dtype (*, out)."""
+    x = _quantized_input(input, None)
+    w, ws, b = _quantized_weights(weight, weight_scale, bias, 2)
+    if x.dim() < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"input must be (*, {w.shape[1]}), got {tuple(x.shape)}")
+    odt = _out_dtype(out_dtype)
+    act = _activation(activation)
+    x2 = x.reshape(-1, w.shape[1])
+    out = torch.empty((x2.shape[0], w.shape[0]), dtype=odt)
+    if x2.shape[0]:
+        e = _layer(("qlinear", w.shape[1], w.shape[0], b is not None, act, out_dtype, w.data_ptr()),
+                   lambda: _NpQuantizedLinear(w.shape[1], w.shape[0], b is not None, None if act == "none" else act,
+                                              output_scale=1.0, out_dtype=out_dtype))
+        with e.lock:
+            q = _quantized_layer(e, w, ws, b, input_scale, input_zero_point, output_scale, output_zero_point)
+            q.forward(_np(x2), out=_np(out))
+    return out.reshape(*x.shape[:-1], w.shape[0])
+
+
+@_quantized_linear.register_fake
+def _(input, weight, weight_scale, bias, input_scale, input_zero_point, output_scale=1.0, output_zero_point=0,
+      out_dtype="float32", activation="none"):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]), dtype=_out_dtype(out_dtype))
+
+
+@_op("quantized_conv2d", "(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias, int[2] stride, int[] padding, "
+                         f"int[2] dilation, {_QUANT}) -> Tensor")
+def _quantized_conv2d(input, weight, weight_scale, bias, stride, padding, dilation, input_scale, input_zero_point,
+                      output_scale=1.0, output_zero_point=0, out_dtype="float32", activation="none"):
+    """brgemm.nn.QuantizedConv2d: uint8 (or float32, quantized first) NCHW input × int8 weight
+    (K, C, R, S) with per-channel weight_scale → out_dtype NCHW."""
+    x = _quantized_input(input, 4)
+    w, ws, b = _quantized_weights(weight, weight_scale, bias, 4)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {w.shape[1]}")
+    geo = (_pair(stride, "stride"), _pads(padding), _pair(dilation, "dilation"))
+    oh, ow = _conv_out(x.shape[2], x.shape[3], w.shape[2], w.shape[3], *geo)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"the kernel {tuple(w.shape[2:])} is larger than the padded input {tuple(x.shape[2:])}")
+    odt = _out_dtype(out_dtype)
+    act = _activation(activation)
+    out = torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=odt)
+    if out.numel():
+        k, c, r, s = w.shape
+        key = ("qconv", c, k, r, s, geo, b is not None, act, out_dtype, w.data_ptr())
+        e = _layer(key, lambda: _NpQuantizedConv2d(c, k, (r, s), geo[0], geo[1], geo[2], b is not None,
+                                                   None if act == "none" else act, output_scale=1.0,
+                                                   out_dtype=out_dtype))
+        with e.lock:
+            q = _quantized_layer(e, w, ws, b, input_scale, input_zero_point, output_scale, output_zero_point)
+            q.forward(_np(x), out=_np(out))
+    return out
+
+
+@_quantized_conv2d.register_fake
+def _(input, weight, weight_scale, bias, stride, padding, dilation, input_scale, input_zero_point, output_scale=1.0,
+      output_zero_point=0, out_dtype="float32", activation="none"):
+    oh, ow = _conv_out(input.shape[2], input.shape[3], weight.shape[2], weight.shape[3], _pair(stride, "stride"),
+                       _pads(padding), _pair(dilation, "dilation"))
+    return input.new_empty((input.shape[0], weight.shape[0], oh, ow), dtype=_out_dtype(out_dtype))
