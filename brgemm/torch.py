@@ -853,3 +853,357 @@ def _(input, weight, weight_scale, bias, stride, padding, dilation, input_scale,
     oh, ow = _conv_out(input.shape[2], input.shape[3], weight.shape[2], weight.shape[3], _pair(stride, "stride"),
                        _pads(padding), _pair(dilation, "dilation"))
     return input.new_empty((input.shape[0], weight.shape[0], oh, ow), dtype=_out_dtype(out_dtype))
+
+
+# --- modules -------------------------------------------------------------------------------------
+
+def _compute_dtype_arg(dtype):
+    if dtype is None:
+        return None
+    names = {"float32": _F32, "bfloat16": _BF16, _F32: _F32, _BF16: _BF16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
+    return names[dtype]
+
+
+def _dtypes(module, x):
+    """(dtype of the products, dtype of the result) for input x: under CPU autocast to bfloat16
+    both are bfloat16, as for PyTorch's own layers; else the module's compute_dtype (None: x's),
+    and the result comes back in x's dtype."""
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16:
+        return _BF16, _BF16
+    return (module.compute_dtype or x.dtype), x.dtype
+
+
+def _fused_arg(activation):
+    if activation not in (None, "none", "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    return "relu" if activation == "relu" else "none"
+
+
+class _Swap:
+    """What the drop-in modules share: from_torch, which builds one on the PyTorch module's own
+    parameters (the same Parameter objects, so optimizers and state_dict keys are unchanged)."""
+
+    _torch_class = None
+
+    @staticmethod
+    def _unsupported(module):
+        return None
+
+    @classmethod
+    def from_torch(cls, module, dtype=None):
+        """This class's version of ``module`` (a ``torch.nn`` instance of the matching class),
+        sharing its parameters. ``dtype``: compute in "bfloat16" whatever the input (None:
+        the input's dtype, or bfloat16 under CPU autocast)."""
+        if not isinstance(module, cls._torch_class):
+            raise TypeError(f"module must be a {cls._torch_class.__module__}.{cls._torch_class.__name__}, "
+                            f"got {type(module).__name__}")
+        reason = cls._unsupported(module)
+        if reason:
+            raise ValueError(f"cannot convert {type(module).__name__}: {reason}")
+        new = cls.__new__(cls)
+        new.__dict__.update(module.__dict__)
+        for name in ("_parameters", "_buffers", "_modules"):
+            new.__dict__[name] = type(module.__dict__[name])(module.__dict__[name])
+        new._init_brgemm(dtype)
+        return new
+
+    def _init_brgemm(self, dtype, activation=None):
+        self.compute_dtype = _compute_dtype_arg(dtype)
+        self.activation = _fused_arg(activation)
+
+
+def _conv_unsupported(m):
+    if m.groups != 1:
+        return f"groups={m.groups} (only groups=1)"
+    if m.padding_mode != "zeros":
+        return f"padding_mode={m.padding_mode!r} (only 'zeros')"
+    return None
+
+
+class Conv2d(_Swap, nn.Conv2d):
+    """``torch.nn.Conv2d`` (same arguments, parameters and state_dict) computed by
+    ``torch.ops.brgemm.conv2d``, groups = 1 and zero padding only. Extra keywords:
+    ``activation="relu"`` fuses a ReLU into the epilogue (convert does it for Conv2d → ReLU
+    in a Sequential); ``compute_dtype="bfloat16"`` computes in bf16 whatever the input."""
+
+    _torch_class = nn.Conv2d
+    _unsupported = staticmethod(_conv_unsupported)
+
+    def __init__(self, *args, activation=None, compute_dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        reason = _conv_unsupported(self)
+        if reason:
+            raise ValueError(reason)
+        self._init_brgemm(compute_dtype, activation)
+
+    def _padding4(self):
+        if isinstance(self.padding, str):  # 'same' puts an odd extra row/column at the bottom/right
+            if self.padding == "valid":
+                return [0, 0, 0, 0]
+            th, tw = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+            return [th // 2, th - th // 2, tw // 2, tw - tw // 2]
+        return list(self.padding)
+
+    def forward(self, input):
+        dt, out_dt = _dtypes(self, input)
+        batched = input.dim() == 4
+        x = (input if batched else input.unsqueeze(0)).to(dt)
+        y = torch.ops.brgemm.conv2d(x, self.weight, self.bias, list(self.stride), self._padding4(),
+                                    list(self.dilation), 1, self.activation)
+        return (y if batched else y.squeeze(0)).to(out_dt)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", activation={self.activation!r}, compute_dtype={self.compute_dtype}"
+
+
+class Linear(_Swap, nn.Linear):
+    """``torch.nn.Linear`` computed by ``torch.ops.brgemm.linear``; extra keywords as :class:`Conv2d`."""
+
+    _torch_class = nn.Linear
+
+    def __init__(self, *args, activation=None, compute_dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_brgemm(compute_dtype, activation)
+
+    def forward(self, input):
+        dt, out_dt = _dtypes(self, input)
+        return torch.ops.brgemm.linear(input.to(dt), self.weight, self.bias, self.activation).to(out_dt)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", activation={self.activation!r}, compute_dtype={self.compute_dtype}"
+
+
+def _rnn_unsupported(m):
+    if getattr(m, "proj_size", 0):
+        return f"proj_size={m.proj_size} (projections are not supported)"
+    return None
+
+
+class _Recurrent(_Swap):
+    _cell = None
+    _unsupported = staticmethod(_rnn_unsupported)
+
+    def __init__(self, *args, activation="exact", compute_dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        reason = _rnn_unsupported(self)
+        if reason:
+            raise ValueError(reason)
+        self._init_brgemm(compute_dtype)
+        self.activation = self._gate_arg(activation)
+
+    def _init_brgemm(self, dtype, activation=None):
+        super()._init_brgemm(dtype)
+        self.activation = "exact"
+
+    @staticmethod
+    def _gate_arg(activation):
+        if activation not in ("exact", "ktanh"):
+            raise ValueError(f"activation must be 'exact' or 'ktanh' (the gates' tanh and sigmoid), got {activation!r}")
+        return activation
+
+    def forward(self, input, hx=None):
+        from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+        packed = isinstance(input, PackedSequence)
+        lengths = sorted_idx = unsorted_idx = None
+        if packed:  # the packed data is sorted by decreasing length already: pad it in that order
+            sorted_idx, unsorted_idx = input.sorted_indices, input.unsorted_indices
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))
+            batched = True
+        else:
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)
+            if self.batch_first and batched:
+                x = x.transpose(0, 1)
+        lstm = self._cell == "lstm"
+        dirs = 2 if self.bidirectional else 1
+        h0 = c0 = None
+        if hx is not None:
+            h0, c0 = hx if lstm else (hx, None)
+            if not batched:
+                h0, c0 = h0.unsqueeze(1), None if c0 is None else c0.unsqueeze(1)
+            if sorted_idx is not None:
+                h0, c0 = h0.index_select(1, sorted_idx), None if c0 is None else c0.index_select(1, sorted_idx)
+        dt, out_dt = _dtypes(self, x)
+        x = x.to(dt).contiguous()
+        train = self.training and torch.is_grad_enabled()
+        hs, cs = [], []
+        for k in range(self.num_layers):
+            outs = []
+            for d in range(dirs):
+                idx = k * dirs + d
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+                w = [getattr(self, f"weight_ih{sfx}"), getattr(self, f"weight_hh{sfx}")]
+                w += [getattr(self, f"bias_ih{sfx}"), getattr(self, f"bias_hh{sfx}")] if self.bias else [None, None]
+                hi = None if h0 is None else h0[idx]
+                if lstm:
+                    y, h, c, _ = torch.ops.brgemm.lstm(x, hi, None if c0 is None else c0[idx], *w, lengths, bool(d),
+                                                       self.activation, train)
+                    cs.append(c)
+                else:
+                    y, h, _ = torch.ops.brgemm.gru(x, hi, *w, lengths, bool(d), self.activation, train)
+                outs.append(y)
+                hs.append(h)
+            x = outs[0] if dirs == 1 else torch.cat(outs, 2)
+            if self.dropout and self.training and k + 1 < self.num_layers:
+                x = nn.functional.dropout(x, self.dropout, True)
+        h_n = torch.stack(hs).to(out_dt)
+        c_n = torch.stack(cs).to(out_dt) if lstm else None
+        y = x.to(out_dt)
+        if packed:
+            y = pack_padded_sequence(y, lengths)
+            y = PackedSequence(y.data, y.batch_sizes, sorted_idx, unsorted_idx)
+            if unsorted_idx is not None:
+                h_n = h_n.index_select(1, unsorted_idx)
+                c_n = None if c_n is None else c_n.index_select(1, unsorted_idx)
+        elif not batched:
+            y, h_n, c_n = y.squeeze(1), h_n.squeeze(1), None if c_n is None else c_n.squeeze(1)
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, ((h_n, c_n) if lstm else h_n)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", activation={self.activation!r}, compute_dtype={self.compute_dtype}"
+
+
+class LSTM(_Recurrent, nn.LSTM):
+    """``torch.nn.LSTM`` (same arguments, parameters and state_dict; no proj_size) computed by
+    ``torch.ops.brgemm.lstm``, one operator per layer and direction. Accepts batch_first,
+    unbatched input and PackedSequence. Extra keywords: ``activation="ktanh"`` computes the
+    gates' tanh and sigmoid by K-TanH; ``compute_dtype`` as :class:`Conv2d`."""
+
+    _torch_class, _cell = nn.LSTM, "lstm"
+
+
+class GRU(_Recurrent, nn.GRU):
+    """``torch.nn.GRU`` computed by ``torch.ops.brgemm.gru``; as :class:`LSTM`."""
+
+    _torch_class, _cell = nn.GRU, "gru"
+
+
+class KTanh(nn.Module):
+    """tanh by K-TanH (``torch.ops.brgemm.ktanh``), in place of ``torch.nn.Tanh``: absolute error
+    ≤ 0.0118 for float32 input (brgemm.nn.functional)."""
+
+    _torch_class = nn.Tanh
+
+    def forward(self, input):
+        return torch.ops.brgemm.ktanh(input)
+
+    @classmethod
+    def from_torch(cls, module, dtype=None):
+        if not isinstance(module, nn.Tanh):
+            raise TypeError(f"module must be a torch.nn.Tanh, got {type(module).__name__}")
+        return cls()
+
+
+class TaylorSoftmax(nn.Module):
+    """Taylor softmax of even ``order`` along ``dim`` (``torch.ops.brgemm.taylor_softmax``), in
+    place of ``torch.nn.Softmax(dim)``; not shift-invariant (brgemm.nn.functional)."""
+
+    _torch_class = nn.Softmax
+
+    def __init__(self, dim=None, order=2):
+        super().__init__()
+        self.dim, self.order = dim, order
+        _fn._order(order)
+
+    def forward(self, input):
+        dim = self.dim
+        if dim is None:  # torch.nn.Softmax's implicit choice
+            dim = 0 if input.dim() in (0, 1, 3) else 1
+        return torch.ops.brgemm.taylor_softmax(input, dim, self.order)
+
+    @classmethod
+    def from_torch(cls, module, dtype=None, order=2):
+        if not isinstance(module, nn.Softmax):
+            raise TypeError(f"module must be a torch.nn.Softmax, got {type(module).__name__}")
+        return cls(module.dim, order)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, order={self.order}"
+
+
+# --- convert -------------------------------------------------------------------------------------
+
+_EXACT = (Conv2d, Linear, LSTM, GRU)
+_APPROXIMATE = (KTanh, TaylorSoftmax)
+
+
+class ConversionReport:
+    """What :func:`convert` did: ``swapped`` (name, from, to), ``fused`` (name of the ReLU, the
+    layer whose epilogue now applies it) and ``kept`` (name, type, why it was left alone)."""
+
+    def __init__(self):
+        self.swapped, self.fused, self.kept = [], [], []
+
+    def __str__(self):
+        lines = [f"swapped {len(self.swapped)} module(s), fused {len(self.fused)} ReLU(s), kept {len(self.kept)}"]
+        lines += [f"  swapped  {n or '(model)'}: {a} -> {b}" for n, a, b in self.swapped]
+        lines += [f"  fused    {n} into {into}" for n, into in self.fused]
+        lines += [f"  kept     {n}: {t} ({why})" for n, t, why in self.kept]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _target(module, approximate):
+    """(brgemm class, None) for a module convert swaps, else (None, why not)."""
+    if isinstance(module, _EXACT + _APPROXIMATE):
+        return None, "already a brgemm module"
+    for cls in _EXACT + (_APPROXIMATE if approximate else ()):
+        if type(module) is cls._torch_class:
+            reason = cls._unsupported(module) if hasattr(cls, "_unsupported") else None
+            return (None, reason) if reason else (cls, None)
+    if type(module) in (nn.Tanh, nn.Softmax):
+        return None, "exact function kept; approximate=True swaps in K-TanH / Taylor softmax"
+    for cls in _EXACT:
+        if isinstance(module, cls._torch_class):
+            return None, f"a subclass of {cls._torch_class.__name__} (its forward may differ)"
+    return None, "no brgemm counterpart"
+
+
+def convert(model, dtype=None, *, approximate=False, fuse=True):
+    """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
+    the same parameters (Conv2d with groups = 1 and zero padding, Linear, LSTM without
+    projections, GRU; with ``approximate=True`` also Tanh → KTanh and Softmax → TaylorSoftmax)
+    and returns a :class:`ConversionReport`. ``dtype="bfloat16"`` makes the swapped layers
+    compute in bf16 (f32 master weights; results in the input's dtype). ``fuse``: a ReLU that
+    directly follows a swapped Conv2d or Linear in a Sequential moves into its epilogue (the
+    ReLU becomes Identity). A model that is itself supported is converted by changing its class."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _compute_dtype_arg(dtype)
+    report = ConversionReport()
+
+    def visit(module, prefix):
+        for name, child in list(module.named_children()):
+            full = f"{prefix}.{name}" if prefix else name
+            cls, why = _target(child, approximate)
+            if cls is not None:
+                setattr(module, name, cls.from_torch(child, dtype))
+                report.swapped.append((full, type(child).__name__, f"brgemm.torch.{cls.__name__}"))
+            elif len(child._modules) and why == "no brgemm counterpart":
+                visit(child, full)
+            else:
+                report.kept.append((full, type(child).__name__, why))
+        if fuse and isinstance(module, nn.Sequential):
+            kids = list(module.named_children())
+            for (a, first), (b, second) in zip(kids, kids[1:]):
+                if isinstance(first, (Conv2d, Linear)) and first.activation == "none" and type(second) is nn.ReLU:
+                    first.activation = "relu"
+                    setattr(module, b, nn.Identity())
+                    full = f"{prefix}.{b}" if prefix else b
+                    report.fused.append((full, f"{prefix}.{a}" if prefix else a))
+                    report.kept = [k for k in report.kept if k[0] != full]
+
+    cls, _ = _target(model, approximate)
+    if cls is not None and cls in _EXACT:
+        swapped = cls.from_torch(model, dtype)
+        model.__class__ = cls
+        model.__dict__.update(swapped.__dict__)
+        report.swapped.append(("", cls._torch_class.__name__, f"brgemm.torch.{cls.__name__}"))
+    else:
+        visit(model, "")
+    return report
