@@ -507,7 +507,9 @@ def _rnn_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, le
     y = (torch.zeros if ln is not None else torch.empty)((t, n, h))
     hT = torch.empty((n, h))
     cT = torch.empty((n, h)) if cell == "lstm" else None
-    ws = torch.empty((_rnn_workspace_size(cell, t, n, h),) if train else (0,))
+    # With lengths, the steps past a row's end are never written: zeros keep the workspace a
+    # pure function of the inputs (AOT tracing compares it).
+    ws = (torch.zeros if ln is not None else torch.empty)((_rnn_workspace_size(cell, t, n, h),) if train else (0,))
     if t and n:
         e = _rnn_layer(cell, x, w_ih, reverse, activation)
         with e.lock:
@@ -981,21 +983,44 @@ def _rnn_unsupported(m):
     return None
 
 
-class _Recurrent(_Swap):
-    _cell = None
+class _Recurrent(nn.Module):
+    """The recurrent modules hold PyTorch's module's parameters, names and attributes but are not
+    instances of torch.nn.LSTM / GRU: torch.compile refuses to trace those (it would graph-break
+    around our operators)."""
+
+    _torch_class = _cell = None
     _unsupported = staticmethod(_rnn_unsupported)
+    _ATTRIBUTES = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+                   "proj_size")
 
     def __init__(self, *args, activation="exact", compute_dtype=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        reason = _rnn_unsupported(self)
-        if reason:
-            raise ValueError(reason)
-        self._init_brgemm(compute_dtype)
+        super().__init__()
+        self._adopt(self._torch_class(*args, **kwargs))  # PyTorch's checks and initialisation
+        self.compute_dtype = _compute_dtype_arg(compute_dtype)
         self.activation = self._gate_arg(activation)
 
-    def _init_brgemm(self, dtype, activation=None):
-        super()._init_brgemm(dtype)
-        self.activation = "exact"
+    def _adopt(self, module):
+        reason = _rnn_unsupported(module)
+        if reason:
+            raise ValueError(f"cannot convert {type(module).__name__}: {reason}")
+        for name in self._ATTRIBUTES:
+            setattr(self, name, getattr(module, name, 0))
+        for name, p in module.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        self.train(module.training)
+
+    @classmethod
+    def from_torch(cls, module, dtype=None):
+        """This class's version of ``module`` (a torch.nn.LSTM or GRU without projections) on its
+        own Parameter objects; ``dtype`` as :meth:`Conv2d.from_torch`."""
+        if not isinstance(module, cls._torch_class):
+            raise TypeError(f"module must be a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new._adopt(module)
+        new.compute_dtype = _compute_dtype_arg(dtype)
+        new.activation = "exact"
+        return new
 
     @staticmethod
     def _gate_arg(activation):
@@ -1064,11 +1089,13 @@ class _Recurrent(_Swap):
         return y, ((h_n, c_n) if lstm else h_n)
 
     def extra_repr(self):
-        return super().extra_repr() + f", activation={self.activation!r}, compute_dtype={self.compute_dtype}"
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
+                f"batch_first={self.batch_first}, dropout={self.dropout}, bidirectional={self.bidirectional}, "
+                f"activation={self.activation!r}, compute_dtype={self.compute_dtype}")
 
 
-class LSTM(_Recurrent, nn.LSTM):
-    """``torch.nn.LSTM`` (same arguments, parameters and state_dict; no proj_size) computed by
+class LSTM(_Recurrent):
+    """``torch.nn.LSTM``'s arguments, parameters and state_dict (no proj_size), computed by
     ``torch.ops.brgemm.lstm``, one operator per layer and direction. Accepts batch_first,
     unbatched input and PackedSequence. Extra keywords: ``activation="ktanh"`` computes the
     gates' tanh and sigmoid by K-TanH; ``compute_dtype`` as :class:`Conv2d`."""
@@ -1076,7 +1103,7 @@ class LSTM(_Recurrent, nn.LSTM):
     _torch_class, _cell = nn.LSTM, "lstm"
 
 
-class GRU(_Recurrent, nn.GRU):
+class GRU(_Recurrent):
     """``torch.nn.GRU`` computed by ``torch.ops.brgemm.gru``; as :class:`LSTM`."""
 
     _torch_class, _cell = nn.GRU, "gru"
