@@ -1,4 +1,5 @@
-"""`python -m brgemm info | peak | bench`."""
+"""`python -m brgemm info | peak | bench | demo` (demo: a CNN and an LSTM trained on scikit-learn's
+digits in plain PyTorch and converted to brgemm, then the CNN in int8; brgemm/demo.py)."""
 
 import argparse
 import importlib.util
@@ -36,7 +37,7 @@ def info():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m brgemm")
-    parser.add_argument("command", choices=["info", "peak", "bench"])
+    parser.add_argument("command", choices=["info", "peak", "bench", "demo"])
     parser.add_argument("--refresh", action="store_true", help="peak: measure again instead of using the cache")
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
@@ -46,6 +47,9 @@ def main(argv=None):
         print(report(get_peak(refresh=args.refresh)))
         print(f"\n(cached in {_cache_file()}; --refresh measures again)")
         return 0
+    if args.command == "demo":
+        from .demo import main as demo_main
+        return demo_main(rest)
     from .bench import main as bench_main
     return bench_main(rest)
 
