@@ -551,8 +551,166 @@ def rnn_summary(rows, log):
     log(f"  LSTM bf16 fwd N=64: {', '.join(f'{v:.2f}x' for v in r if v)} our f32")
 
 
+# PyTorch models through brgemm.torch.convert: the same model built twice, once left in plain
+# PyTorch and once a deep copy converted, timed in the same run on the same inputs. Shared with
+# asv's bench_torch.py, so that both measure the same thing.
+
+#: The ResNet-style stack: (C, K, R = S) convolutions, padding R // 2, each followed by a ReLU
+#: (which convert fuses into the convolution's epilogue), then global average pooling and a
+#: Linear to TORCH_CLASSES. Input (N, C, H = W) = TORCH_CONV_INPUT: a training step takes
+#: 80–190 ms on this project's 2-core machine (either library, 1 or 2 threads).
+TORCH_CONV_STACK = [(64, 64, 1), (64, 64, 3), (64, 256, 1), (256, 64, 1), (64, 64, 3), (64, 256, 1)]
+TORCH_CONV_INPUT = (16, 64, 28)
+#: The LSTM tagger: (T, N, input, hidden), one nn.LSTM layer, a Linear on every step's output.
+TORCH_LSTM = (50, 64, 256, 512)
+TORCH_CLASSES = 10
+TORCH_MODELS = ("resnet", "lstm")
+TORCH_PASSES = ("train step", "inference")
+TORCH_LR = 1e-4  # small: the weights change every step (so ours repack) but stay near their start
+
+
+def torch_model(torch, name, seed=0):
+    """(model, input, target, forward FLOPs, bytes, label) of one --torch model in plain PyTorch,
+    float32, the same weights and data for the same seed (PyTorch's global RNG is left as it
+    was). FLOPs count the convolutions or the LSTM, 2 per multiply-add, not the small head;
+    bytes are 4 × (parameters + input + every layer's output)."""
+    nn = torch.nn
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "resnet":
+            n, c0, hw = TORCH_CONV_INPUT
+            layers, flops, acts = [], 0, n * c0 * hw * hw
+            for c, k, r in TORCH_CONV_STACK:
+                layers += [nn.Conv2d(c, k, r, padding=r // 2), nn.ReLU()]
+                flops += 2 * n * k * c * r * r * hw * hw
+                acts += n * k * hw * hw
+            k = TORCH_CONV_STACK[-1][1]
+            model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(k, TORCH_CLASSES))
+            x = torch.randn(n, c0, hw, hw)
+            target = torch.randint(0, TORCH_CLASSES, (n,))
+            label = f"ResNet-style {len(TORCH_CONV_STACK)} convs {n}x{c0}x{hw}x{hw}"
+        elif name == "lstm":
+            t, n, i, h = TORCH_LSTM
+
+            class Tagger(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.lstm, self.head = nn.LSTM(i, h), nn.Linear(h, TORCH_CLASSES)
+
+                def forward(self, x):
+                    return self.head(self.lstm(x)[0])
+            model = Tagger()
+            x = torch.randn(t, n, i)
+            target = torch.randint(0, TORCH_CLASSES, (t, n))
+            flops = 8 * h * (i + h) * n * t
+            acts = t * n * (i + h + TORCH_CLASSES)
+            label = f"LSTM tagger T={t} N={n} {i}->{h}"
+        else:
+            raise ValueError(f"model must be one of {TORCH_MODELS}, got {name!r}")
+    params = sum(p.numel() for p in model.parameters())
+    return model, x, target, flops, 4 * (params + acts), label
+
+
+def _torch_model_call(torch, model, x, target, pass_):
+    """The callable timed for one pass: a training step (forward, cross-entropy, backward, plain
+    SGD) or inference (eval, no_grad)."""
+    if pass_ == "inference":
+        model.eval()
+
+        def infer():
+            with torch.no_grad():
+                model(x)
+        return infer
+    if pass_ != "train step":
+        raise ValueError(f"pass must be one of {TORCH_PASSES}, got {pass_!r}")
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=TORCH_LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        y = model(x)
+        loss_fn(y.reshape(-1, TORCH_CLASSES), target.reshape(-1)).backward()
+        opt.step()
+    return step
+
+
+def torch_model_fns(torch, name, pass_, seed=0):
+    """({"brgemm": converted model's call, "torch": plain model's call}, FLOPs, bytes, label) for
+    one model and pass. The converted model is a deep copy of the plain one (same starting
+    weights, its own parameters and optimizer); both read the same input and target. A
+    training step counts 3× the forward's FLOPs, less the first convolution's input gradient,
+    which neither side computes (the input needs none)."""
+    import copy
+    from . import torch as bt  # here, not at the top: import brgemm must not import torch
+    model, x, target, flops, nbytes, label = torch_model(torch, name, seed)
+    ours = copy.deepcopy(model)
+    bt.convert(ours)
+    fns = {"brgemm": _torch_model_call(torch, ours, x, target, pass_),
+           "torch": _torch_model_call(torch, model, x, target, pass_)}
+    if pass_ == "train step":
+        first = 0
+        if name == "resnet":
+            n, _, hw = TORCH_CONV_INPUT
+            c, k, r = TORCH_CONV_STACK[0]
+            first = 2 * n * k * c * r * r * hw * hw
+        flops, nbytes = 3 * flops - first, 3 * nbytes
+    return fns, flops, nbytes, f"{label} float32 {pass_}"
+
+
+TORCH_HEADER = (f"{'model: brgemm.torch.convert vs plain PyTorch':58} {'thr':>3} {'brgemm ms':>9} {'torch ms':>9} "
+                f"{'x torch':>7} {'GFLOP/s':>8} {'%peak':>6}")
+
+
+def _format_model(row):
+    return (f"{row['case']:58} {row['threads']:>3} {1e3 * row['brgemm_seconds']:9.1f} "
+            f"{1e3 * row['torch_seconds']:9.1f} {row['ratio_vs_torch']:7.2f} {row['brgemm_gflops']:8.1f} "
+            f"{row['percent_of_peak'] or float('nan'):6.1f}")
+
+
+def run_torch(peers, rounds, threads_list, log):
+    """The two --torch models (TORCH_CONV_STACK, TORCH_LSTM), training step and inference,
+    float32, converted by brgemm.torch.convert against the same model in plain PyTorch; both
+    libraries' threads pinned to the row's count. Logs its own table (milliseconds per call).
+
+    Both sides allocate their outputs on every call, so page faults count: on this project's VM
+    one costs ~1.4 µs, and whether glibc hands freed memory back (so the next call faults again)
+    depends on what the process allocated before. Measured: plain PyTorch's ResNet-style
+    inference on 1 thread faulted 18,752 times per call inside this loop (87 ms) and not at all
+    alone (42 ms). MALLOC_TRIM_THRESHOLD_=-1 MALLOC_MMAP_THRESHOLD_=1000000000 in the
+    environment removes the faults on both sides."""
+    if peers.torch is None:
+        log("  skipped the PyTorch models: torch is not installed")
+        return []
+    rows = []
+    log("\n" + TORCH_HEADER)
+    for threads in threads_list:
+        peers.set_threads(threads)
+        for name in TORCH_MODELS:
+            for pass_ in TORCH_PASSES:
+                fns, flops, nbytes, case = torch_model_fns(peers.torch, name, pass_)
+                med, rat = compare(fns, rounds, threads)
+                rows.append(_row(case, threads, flops, nbytes, med, rat, peak_of("fma_f32", threads)))
+                rows[-1].update({f"{lib}_seconds": t for lib, t in med.items()})
+                log(_format_model(rows[-1]))
+    return rows
+
+
+TORCH_BAR = 1.2  # the issue's bar: a converted model's training step, float32, 2 threads
+
+
+def torch_summary(rows, log):
+    """The bar, from the rows: each model's training step at 2 threads."""
+    steps = [r for r in rows if r["threads"] == 2 and r["case"].endswith("train step")]
+    if rows and not steps:
+        log(f"  the bar (training step, 2 threads, >= {TORCH_BAR}x plain PyTorch) needs --threads with 2")
+    for r in steps:
+        verdict = "meets" if r["ratio_vs_torch"] >= TORCH_BAR else "below"
+        log(f"  {r['case']}, 2 threads: {r['ratio_vs_torch']:.2f}x plain PyTorch ({verdict} the bar, >= {TORCH_BAR}x)")
+
+
 def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True, conv=True,
-        rnn=True):
+        rnn=True, torch=True):
     peers = Peers()
     threads_list = threads_list or thread_counts()
     rng = np.random.default_rng(0)
@@ -661,6 +819,10 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
         rnn_rows = run_rnn(peers, rng, rounds, threads_list, log)
         rnn_summary(rnn_rows, log)
         rows += rnn_rows
+    if torch:
+        torch_rows = run_torch(peers, rounds, threads_list, log)
+        torch_summary(torch_rows, log)
+        rows += torch_rows
     peers.set_threads(get_num_threads())
     return rows
 
@@ -724,6 +886,9 @@ def main(argv=None):
                         help="only the convolution cases: ResNet-50 layers, forward f32/bf16 and backward f32, N = 1 and 16")
     parser.add_argument("--rnn", action="store_true",
                         help="only the recurrent cases: LSTM and GRU forward f32/bf16, training steps")
+    parser.add_argument("--torch", action="store_true",
+                        help="only the PyTorch models (a ResNet-style conv stack, an LSTM tagger), training step and "
+                             "inference, converted by brgemm.torch.convert against plain PyTorch")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -749,13 +914,16 @@ def main(argv=None):
         print("(PyTorch not installed: no torch column. pip install torch==2.13.0)")
     if peers.limits is None:
         print("(threadpoolctl not installed: numpy's thread count is not pinned)")
-    print("ratios are peer time / brgemm time, medians over rounds; %roof is % of the roofline bound\n")
-    print(HEADER)
+    if args.torch and peers.torch is None:
+        parser.error("--torch needs PyTorch: pip install torch==2.13.0")
+    print("ratios are peer time / brgemm time, medians over rounds; %roof is % of the roofline bound")
+    if not (args.torch and not (args.mlp or args.conv or args.rnn)):  # --torch alone prints its own table
+        print("\n" + HEADER)
     start = time.perf_counter()
     dtypes = tuple(d.strip() for d in args.dtypes.split(","))
     if not set(dtypes) <= set(PEAK_OP):
         parser.error(f"--dtypes must name f32, bf16 or u8s8, got {args.dtypes!r}")
-    if args.mlp or args.conv or args.rnn:
+    if args.mlp or args.conv or args.rnn or args.torch:
         peers, rng, tl = Peers(), np.random.default_rng(0), threads or thread_counts()
         rows = run_mlp(peers, rng, args.rounds, tl, print) if args.mlp else []
         if args.conv:
@@ -766,6 +934,10 @@ def main(argv=None):
             rnn_rows = run_rnn(peers, rng, args.rounds, tl, print)
             rnn_summary(rnn_rows, print)
             rows += rnn_rows
+        if args.torch:
+            torch_rows = run_torch(peers, args.rounds, tl, print)
+            torch_summary(torch_rows, print)
+            rows += torch_rows
         peers.set_threads(get_num_threads())
     else:
         rows = run(rounds=args.rounds, threads_list=threads, dtypes=dtypes)

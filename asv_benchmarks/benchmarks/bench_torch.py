@@ -1,0 +1,52 @@
+"""PyTorch models through brgemm.torch (the benchmark side of tests/test_torch.py): two models
+built once in plain PyTorch and once as a deep copy converted by brgemm.torch.convert (the
+ReLUs fused into the convolutions' epilogues), float32, 1 and 2 threads (torch's and ours):
+a ResNet-style stack of 1×1 and 3×3 convolutions at N = 16, 64 channels, 28×28, with global
+average pooling and a Linear head; and an LSTM tagger (input 256, hidden 512, T = 50, N = 64)
+with a Linear on every step's output. Each as a training step (forward, cross-entropy,
+backward, plain SGD) and inference (eval, no_grad). The models are brgemm.bench's, as
+`python -m brgemm bench --torch` runs them.
+
+Tracked: the converted model's time, the ratio (plain PyTorch time / converted time, the same
+inputs in the same process) and % of the measured fp32 peak, counting the convolutions' or the
+LSTM's FLOPs (2 per multiply-add; a training step 3× the forward). The bar: training step,
+2 threads, ≥ 1.2× plain PyTorch for both models.
+"""
+
+from brgemm.bench import TORCH_MODELS, TORCH_PASSES, torch_model_fns
+
+from .common import ThreadPin, import_torch, median_seconds, percent_of_peak
+
+# The bar is set at 2 threads, whatever the machine; ThreadPin skips 2 on a 1-CPU machine.
+THREADS = [1, 2]
+
+
+class TorchModel:
+    params = [list(TORCH_MODELS), list(TORCH_PASSES), THREADS]
+    param_names = ["model", "pass", "threads"]
+    timeout = 120  # a training step of the LSTM takes up to 0.5 s on one thread, and ratios time both
+
+    def setup(self, model, pass_, threads):
+        torch = import_torch()
+        if torch is None:
+            raise NotImplementedError("PyTorch is not installed")
+        self.pin = ThreadPin(threads)  # after importing torch, so that it is pinned too
+        self.fns, self.flops, _, _ = torch_model_fns(torch, model, pass_)
+
+    def teardown(self, model, pass_, threads):
+        self.pin.restore()
+
+    def time_brgemm(self, model, pass_, threads):
+        self.fns["brgemm"]()
+
+    def track_percent_of_peak(self, model, pass_, threads):
+        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
+        return percent_of_peak(self.flops / t * 1e-9, threads, "fma_f32")
+
+    track_percent_of_peak.unit = "%"
+
+    def track_ratio_vs_torch(self, model, pass_, threads):
+        t = median_seconds(self.fns)
+        return t["torch"] / t["brgemm"]
+
+    track_ratio_vs_torch.unit = "x"
