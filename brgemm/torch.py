@@ -91,11 +91,27 @@ def _activation(activation):
 
 # --- the C++ layers, kept per geometry and weight tensor -----------------------------------------
 
+def _identity(t):
+    """What tells a tensor's contents apart while it is alive: its memory, shape, dtype and
+    version counter (bumped by every in-place change; autograd checks saved tensors the same way)."""
+    return (t.data_ptr(), t._version, tuple(t.shape), t.dtype)
+
+
 class _Built:
-    """A C++ layer, the lock that serialises its use, and its scratch arrays."""
+    """A C++ layer, the lock that serialises its use, and its scratch arrays. ``holds`` maps a
+    scratch array's name to the identity of the tensor whose blocked copy it holds, so that a
+    backward finds the forward's blocked input and output instead of converting them again."""
 
     def __init__(self, layer):
-        self.layer, self.lock, self._buffers = layer, threading.Lock(), {}
+        self.layer, self.lock, self._buffers, self.holds = layer, threading.Lock(), {}, {}
+
+    def block(self, name, t, buf, convert):
+        """Fills buf with the blocked copy of t (convert(t, buf)) unless it holds it already."""
+        key = _identity(t)
+        if self.holds.get(name) != key:
+            self.holds[name] = None  # while converting
+            convert(t, buf)
+            self.holds[name] = key
 
     def buffer(self, name, shape, dtype):
         key = (name, shape)
@@ -103,7 +119,9 @@ class _Built:
         if buf is None or buf.dtype != dtype:
             if len(self._buffers) > 8:  # a few batch shapes in rotation, not every shape ever seen
                 self._buffers.clear()
+                self.holds.clear()
             buf = self._buffers[key] = np.empty(shape, dtype)
+            self.holds.pop(name, None)
         return buf
 
 
@@ -245,10 +263,13 @@ def _linear(input, weight, bias=None, activation="none"):
             xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16)
             yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), xb.dtype)
             fc.refresh(_np(w), None if b is None else _np(b))
-            _core.fc_to_blocked(_np(x2), xb, bn, fc.bc)
+            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc))
             fc.forward(n, bn, xb, yb, None)
             _core.fc_from_blocked(yb, bn, fc.bk, _np(out))
-    return out.reshape(*x.shape[:-1], out_f)
+    out = out.reshape(*x.shape[:-1], out_f)
+    if n:
+        e.holds["y"] = _identity(out)  # as the backward will see it
+    return out
 
 
 def _blocks(n, bn, features, block):
@@ -286,9 +307,9 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
             gyb = e.buffer("gy", _blocks(n, bn, out_f, fc.bk), np.float32)
             gxb = e.buffer("gx", _blocks(n, bn, in_f, fc.bc), np.float32) if input_grad else None
             fc.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
-            _core.fc_to_blocked(_np(x2), xb, bn, fc.bc)
-            if act != "none":
-                _core.fc_to_blocked(_np(y.to(x.dtype)), yb, bn, fc.bk)  # the ReLU mask
+            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc))
+            if act != "none":  # the ReLU mask
+                e.block("y", output, yb, lambda t, buf: _core.fc_to_blocked(_np(y.to(x.dtype)), buf, bn, fc.bk))
             _core.fc_to_blocked(_np(g), gyb, bn, fc.bk)
             fc.backward(n, bn, gyb, yb, None, xb, gxb, _np(gw), _np(gb) if has_bias else None, False)
             if input_grad:
@@ -392,9 +413,10 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
         xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
         yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
         cv.refresh(_np(w), None if b is None else _np(b))
-        _core.conv_to_blocked(_np(x), xb)
+        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf))
         cv.forward(n, h, wd, xb, yb, None)
         _core.conv_from_blocked(yb, _np(out))
+        e.holds["y"] = _identity(out)
     return out
 
 
@@ -430,9 +452,10 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
         gyb = _conv_blocked(e, "gy", n, k, cv.bk, oh, ow, np.float32)
         gxb = _conv_blocked(e, "gx", n, c, cv.bc, h, wd, np.float32) if input_grad else None
         cv.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
-        _core.conv_to_blocked(_np(x), xb)
-        if act != "none":
-            _core.conv_to_blocked(_np(_tensor(output, "output", (x.dtype,), ndim=4)), yb)  # the ReLU mask
+        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf))
+        if act != "none":  # the ReLU mask
+            e.block("y", output, yb,
+                    lambda t, buf: _core.conv_to_blocked(_np(_tensor(t, "output", (x.dtype,), ndim=4)), buf))
         _core.conv_to_blocked(_np(g), gyb)
         cv.backward(n, h, wd, gyb, yb, None, xb, gxb, _np(gw), None if b is None else _np(gb), False)
         if input_grad:
@@ -530,7 +553,10 @@ def _rnn_backward(cell, grad_output, grad_hn, grad_cn, input, weight_ih, weight_
     ws = _tensor(workspace, "workspace", (_F32,), ndim=1)
     if ws.shape[0] != _rnn_workspace_size(cell, t, n, h):
         raise ValueError("workspace is not the one a training forward of these shapes returned")
-    dy = _tensor(grad_output, "grad_output", _FLOATS, ndim=3).float()
+    # None: that output took no part in the loss (zero gradient)
+    dy = None if grad_output is None else _tensor(grad_output, "grad_output", _FLOATS, ndim=3).float()
+    if dy is not None and tuple(dy.shape) != (t, n, h):
+        raise ValueError(f"grad_output must have the output's shape {(t, n, h)}, got {tuple(dy.shape)}")
     dhT = _master(grad_hn, "grad_hn", (n, h))
     dcT = _master(grad_cn, "grad_cn", (n, h)) if cell == "lstm" else None
     dx = torch.empty((t, n, i))
@@ -542,8 +568,8 @@ def _rnn_backward(cell, grad_output, grad_hn, grad_cn, input, weight_ih, weight_
     with e.lock:
         drv = e.layer
         drv.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
-        drv.backward_from(t, n, _np(x), None if ln is None else _np(ln), _np(ws), _np(dy), 0, _np(dhT),
-                          None if dcT is None else _np(dcT), _np(dx), False, _np(dh0),
+        drv.backward_from(t, n, _np(x), None if ln is None else _np(ln), _np(ws), None if dy is None else _np(dy), 0,
+                          None if dhT is None else _np(dhT), None if dcT is None else _np(dcT), _np(dx), False, _np(dh0),
                           _np(dc0) if cell == "lstm" else None, _np(grads[0]), _np(grads[1]),
                           *((_np(grads[2]), _np(grads[3])) if b_ih is not None else (None, None)), False)
     return (dx, dh0) + ((dc0,) if cell == "lstm" else ()) + tuple(grads)
@@ -593,7 +619,7 @@ _RNN_BACKWARD_ARGS = ("Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor?
                       "Tensor? lengths, Tensor workspace, bool reverse, str activation")
 
 
-@_op("lstm_backward", f"(Tensor grad_output, Tensor grad_hn, Tensor grad_cn, {_RNN_BACKWARD_ARGS}) -> "
+@_op("lstm_backward", f"(Tensor? grad_output, Tensor? grad_hn, Tensor? grad_cn, {_RNN_BACKWARD_ARGS}) -> "
                       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 def _lstm_backward(grad_output, grad_hn, grad_cn, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths, workspace,
                    reverse, activation):
@@ -603,7 +629,7 @@ def _lstm_backward(grad_output, grad_hn, grad_cn, input, weight_ih, weight_hh, b
                          lengths, workspace, reverse, activation)
 
 
-@_op("gru_backward", f"(Tensor grad_output, Tensor grad_hn, {_RNN_BACKWARD_ARGS}) -> "
+@_op("gru_backward", f"(Tensor? grad_output, Tensor? grad_hn, {_RNN_BACKWARD_ARGS}) -> "
                      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 def _gru_backward(grad_output, grad_hn, input, weight_ih, weight_hh, bias_ih, bias_hh, lengths, workspace, reverse,
                   activation):
@@ -644,6 +670,10 @@ def _setup_rnn(ctx, inputs, output):
         ctx.untrained = True
         return
     ctx.untrained = False
+    # The workspace has no gradient, and an output nobody used gets None instead of a zero-filled
+    # tensor (the workspace alone would be tens of MB of zeros a step).
+    ctx.mark_non_differentiable(output[-1])
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, lengths, output[-1])
     ctx.meta = (reverse, activation, h0 is not None, c0 is not None)
 
