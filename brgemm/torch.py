@@ -105,10 +105,13 @@ class _Built:
     def __init__(self, layer):
         self.layer, self.lock, self._buffers, self.holds = layer, threading.Lock(), {}, {}
 
-    def block(self, name, t, buf, convert):
-        """Fills buf with the blocked copy of t (convert(t, buf)) unless it holds it already."""
+    def block(self, name, t, buf, convert, reuse):
+        """Fills buf with the blocked copy of t (convert(t, buf)), unless ``reuse`` and it holds
+        it already. Only a backward may reuse: its tensors were saved by the forward that
+        recorded them and lived since, so no other tensor can have had their identity; a
+        forward's input may sit where a freed one was, with the same shape and version."""
         key = _identity(t)
-        if self.holds.get(name) != key:
+        if not reuse or self.holds.get(name) != key:
             self.holds[name] = None  # while converting
             convert(t, buf)
             self.holds[name] = key
@@ -263,7 +266,7 @@ def _linear(input, weight, bias=None, activation="none"):
             xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16)
             yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), xb.dtype)
             fc.refresh(_np(w), None if b is None else _np(b))
-            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc))
+            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc), reuse=False)
             fc.forward(n, bn, xb, yb, None)
             _core.fc_from_blocked(yb, bn, fc.bk, _np(out))
     out = out.reshape(*x.shape[:-1], out_f)
@@ -307,9 +310,10 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
             gyb = e.buffer("gy", _blocks(n, bn, out_f, fc.bk), np.float32)
             gxb = e.buffer("gx", _blocks(n, bn, in_f, fc.bc), np.float32) if input_grad else None
             fc.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
-            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc))
+            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc), reuse=True)
             if act != "none":  # the ReLU mask
-                e.block("y", output, yb, lambda t, buf: _core.fc_to_blocked(_np(y.to(x.dtype)), buf, bn, fc.bk))
+                e.block("y", output, yb, lambda t, buf: _core.fc_to_blocked(_np(y.to(x.dtype)), buf, bn, fc.bk),
+                        reuse=True)
             _core.fc_to_blocked(_np(g), gyb, bn, fc.bk)
             fc.backward(n, bn, gyb, yb, None, xb, gxb, _np(gw), _np(gb) if has_bias else None, False)
             if input_grad:
@@ -413,7 +417,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
         xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
         yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
         cv.refresh(_np(w), None if b is None else _np(b))
-        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf))
+        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf), reuse=False)
         cv.forward(n, h, wd, xb, yb, None)
         _core.conv_from_blocked(yb, _np(out))
         e.holds["y"] = _identity(out)
@@ -452,10 +456,11 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
         gyb = _conv_blocked(e, "gy", n, k, cv.bk, oh, ow, np.float32)
         gxb = _conv_blocked(e, "gx", n, c, cv.bc, h, wd, np.float32) if input_grad else None
         cv.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
-        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf))
+        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf), reuse=True)
         if act != "none":  # the ReLU mask
             e.block("y", output, yb,
-                    lambda t, buf: _core.conv_to_blocked(_np(_tensor(t, "output", (x.dtype,), ndim=4)), buf))
+                    lambda t, buf: _core.conv_to_blocked(_np(_tensor(t, "output", (x.dtype,), ndim=4)), buf),
+                    reuse=True)
         _core.conv_to_blocked(_np(g), gyb)
         cv.backward(n, h, wd, gyb, yb, None, xb, gxb, _np(gw), None if b is None else _np(gb), False)
         if input_grad:

@@ -458,3 +458,16 @@ def test_recurrent_gradient_from_the_final_state_alone():
     want = torch.autograd.grad(ref(x)[1].sum(), list(ref.parameters()))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_never_trusts_a_held_identity():
+    """A new batch often lands where a freed one was, with the same shape and version 0, so a
+    forward must always convert its input. Writes through .data keep the address and the
+    version counter: the same situation, made deterministic."""
+    for m in (bt.Conv2d(2, 4, 3, padding=1, activation="relu"), bt.Linear(6, 3, activation="relu")):
+        x = torch.randn((2, 2, 5, 5) if isinstance(m, bt.Conv2d) else (4, 6), requires_grad=True)
+        m(x).sum().backward()  # the backward reuses (and so holds) x's blocked copy
+        x.data.copy_(torch.randn_like(x))
+        want = nn.functional.relu(nn.functional.conv2d(x, m.weight, m.bias, padding=1) if isinstance(m, bt.Conv2d)
+                                  else nn.functional.linear(x, m.weight, m.bias))
+        torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
