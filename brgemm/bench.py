@@ -564,7 +564,7 @@ TORCH_CONV_INPUT = (16, 64, 28)
 #: The LSTM tagger: (T, N, input, hidden), one nn.LSTM layer, a Linear on every step's output.
 TORCH_LSTM = (50, 64, 256, 512)
 TORCH_CLASSES = 10
-TORCH_MODELS = ("resnet", "lstm")
+TORCH_MODELS = ("resnet", "resnet_blocked", "lstm")  # resnet_blocked: convert(blocked=True), the same model
 TORCH_PASSES = ("train step", "inference")
 TORCH_LR = 1e-4  # small: the weights change every step (so ours repack) but stay near their start
 
@@ -577,7 +577,7 @@ def torch_model(torch, name, seed=0):
     nn = torch.nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "resnet":
+        if name in ("resnet", "resnet_blocked"):
             n, c0, hw = TORCH_CONV_INPUT
             layers, flops, acts = [], 0, n * c0 * hw * hw
             for c, k, r in TORCH_CONV_STACK:
@@ -588,7 +588,8 @@ def torch_model(torch, name, seed=0):
             model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(k, TORCH_CLASSES))
             x = torch.randn(n, c0, hw, hw)
             target = torch.randint(0, TORCH_CLASSES, (n,))
-            label = f"ResNet-style {len(TORCH_CONV_STACK)} convs {n}x{c0}x{hw}x{hw}"
+            label = f"ResNet-style {len(TORCH_CONV_STACK)} convs {n}x{c0}x{hw}x{hw}" + (
+                " blocked" if name == "resnet_blocked" else "")
         elif name == "lstm":
             t, n, i, h = TORCH_LSTM
 
@@ -645,12 +646,12 @@ def torch_model_fns(torch, name, pass_, seed=0):
     from . import torch as bt  # here, not at the top: import brgemm must not import torch
     model, x, target, flops, nbytes, label = torch_model(torch, name, seed)
     ours = copy.deepcopy(model)
-    bt.convert(ours)
+    bt.convert(ours, blocked=name == "resnet_blocked")
     fns = {"brgemm": _torch_model_call(torch, ours, x, target, pass_),
            "torch": _torch_model_call(torch, model, x, target, pass_)}
     if pass_ == "train step":
         first = 0
-        if name == "resnet":
+        if name in ("resnet", "resnet_blocked"):
             n, _, hw = TORCH_CONV_INPUT
             c, k, r = TORCH_CONV_STACK[0]
             first = 2 * n * k * c * r * r * hw * hw

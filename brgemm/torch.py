@@ -372,18 +372,29 @@ def _conv_out(h, w, r, s, stride, pads, dilation):
 
 
 def _conv_args(input, weight, bias, stride, padding, dilation, groups):
-    x = _tensor(input, "input", _FLOATS, ndim=4)
+    """(x, weight f32, bias f32, geometry, (OH, OW), (N, H, W)) for a plain (N, C, H, W) or a
+    blocked (N, C/bc, H, W, bc) input."""
+    x = _tensor(input, "input", _FLOATS, ndim=(4, 5))
     w = _tensor(weight, "weight", _FLOATS, ndim=4)
     if groups != 1:
         raise ValueError(f"groups must be 1 (grouped and depthwise convolutions are not supported), got {groups}")
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {w.shape[1]}")
+    c = w.shape[1]
+    if x.dim() == 5:
+        bc = _core.conv_block(c)
+        if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
+            raise ValueError(f"input is blocked as {tuple(x.shape)}; weight {tuple(w.shape)} needs blocks of {bc}: "
+                             f"(N, {-(-c // bc)}, H, W, {bc})")
+        n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    else:
+        if x.shape[1] != c:
+            raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {c}")
+        n, h, wd = x.shape[0], x.shape[2], x.shape[3]
     geo = (_pair(stride, "stride"), _pads(padding), _pair(dilation, "dilation"))
-    oh, ow = _conv_out(x.shape[2], x.shape[3], w.shape[2], w.shape[3], *geo)
+    oh, ow = _conv_out(h, wd, w.shape[2], w.shape[3], *geo)
     if oh < 1 or ow < 1:
         raise ValueError(f"the kernel {tuple(w.shape[2:])} (dilation {geo[2]}) is larger than the padded input "
-                         f"{tuple(x.shape[2:])} (padding {geo[1]})")
-    return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],)), geo, (oh, ow)
+                         f"{(h, wd)} (padding {geo[1]})")
+    return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],)), geo, (oh, ow), (n, h, wd)
 
 
 def _conv_layer(dt, weight, geo, activation):
@@ -397,51 +408,66 @@ def _conv_blocked(e, name, n, channels, block, h, w, dtype):
     return e.buffer(name, (n, -(-channels // block), h, w, block), dtype)
 
 
+def _conv_output_shape(n, k, oh, ow, blocked):
+    if blocked:
+        bk = _core.conv_block(k)
+        return (n, -(-k // bk), oh, ow, bk)
+    return (n, k, oh, ow)
+
+
 _CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[] padding=[0, 0], "
-                'int[2] dilation=1, int groups=1, str activation="none") -> Tensor')
+                'int[2] dilation=1, int groups=1, str activation="none", bool blocked_output=False) -> Tensor')
 
 
 @_op("conv2d", _CONV_SCHEMA)
-def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none"):
-    x, w, b, geo, (oh, ow) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
+def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
+            blocked_output=False):
+    """input: plain (N, C, H, W) or blocked (N, C/bc, H, W, bc); the output is plain, or blocked
+    with blocked_output (what a following brgemm conv2d takes without converting)."""
+    x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
     act = _activation(activation)
-    n, c, h, wd = x.shape
-    k = w.shape[0]
-    out = torch.empty((n, k, oh, ow), dtype=x.dtype)
+    c, k = w.shape[1], w.shape[0]
+    out = torch.empty(_conv_output_shape(n, k, oh, ow, blocked_output), dtype=x.dtype)
     if out.numel() == 0:
         return out
     e = _conv_layer(_dtype_name(x), w, geo, act)
     dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
     with e.lock:
         cv = e.layer
-        xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
-        yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
         cv.refresh(_np(w), None if b is None else _np(b))
-        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf), reuse=False)
+        if x.dim() == 5:
+            xb = _np(x)
+        else:
+            xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
+            e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf), reuse=False)
+        yb = _np(out) if blocked_output else _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
         cv.forward(n, h, wd, xb, yb, None)
-        _core.conv_from_blocked(yb, _np(out))
-        e.holds["y"] = _identity(out)
+        if not blocked_output:
+            _core.conv_from_blocked(yb, _np(out))
+            e.holds["y"] = _identity(out)
     return out
 
 
 @_conv2d.register_fake
-def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none"):
+def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
+      blocked_output=False):
     oh, ow = _conv_out(input.shape[2], input.shape[3], weight.shape[2], weight.shape[3], _pair(stride, "stride"),
                        _pads(padding), _pair(dilation, "dilation"))
-    return input.new_empty((input.shape[0], weight.shape[0], oh, ow))
+    return input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, blocked_output))
 
 
 @_op("conv2d_backward", "(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, Tensor output, int[2] stride, "
                         "int[] padding, int[2] dilation, str activation, bool input_grad) -> (Tensor, Tensor, Tensor)")
 def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
-    """(∂input or an empty tensor, ∂weight, ∂bias or an empty tensor) of conv2d, in float32."""
-    x, w, b, geo, (oh, ow) = _conv_args(input, weight, bias, stride, padding, dilation, 1)
+    """(∂input or an empty tensor, ∂weight, ∂bias or an empty tensor) of conv2d, in float32;
+    grad_output has the output's layout, ∂input the input's (plain or blocked)."""
+    x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, 1)
     act = _activation(activation)
-    n, c, h, wd = x.shape
-    k = w.shape[0]
-    g = _tensor(grad_output, "grad_output", _FLOATS, ndim=4)
-    if tuple(g.shape) != (n, k, oh, ow):
-        raise ValueError(f"grad_output must have the output's shape {(n, k, oh, ow)}, got {tuple(g.shape)}")
+    c, k = w.shape[1], w.shape[0]
+    g = _tensor(grad_output, "grad_output", _FLOATS, ndim=(4, 5))
+    want = _conv_output_shape(n, k, oh, ow, g.dim() == 5)
+    if tuple(g.shape) != want:
+        raise ValueError(f"grad_output must have the output's shape {want}, got {tuple(g.shape)}")
     gw = torch.zeros(w.shape)
     gb = torch.zeros((k,) if b is not None else (0,))
     gx = torch.empty(x.shape if input_grad else (0,))
@@ -451,19 +477,32 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
     with e.lock:
         cv = e.layer
-        xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
-        yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
-        gyb = _conv_blocked(e, "gy", n, k, cv.bk, oh, ow, np.float32)
-        gxb = _conv_blocked(e, "gx", n, c, cv.bc, h, wd, np.float32) if input_grad else None
         cv.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
-        e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf), reuse=True)
+        if x.dim() == 5:
+            xb = _np(x)
+        else:
+            xb = _conv_blocked(e, "x", n, c, cv.bc, h, wd, dt)
+            e.block("x", x, xb, lambda t, buf: _core.conv_to_blocked(_np(t), buf), reuse=True)
+        yb = None
         if act != "none":  # the ReLU mask
-            e.block("y", output, yb,
-                    lambda t, buf: _core.conv_to_blocked(_np(_tensor(t, "output", (x.dtype,), ndim=4)), buf),
-                    reuse=True)
-        _core.conv_to_blocked(_np(g), gyb)
-        cv.backward(n, h, wd, gyb, yb, None, xb, gxb, _np(gw), None if b is None else _np(gb), False)
+            y = _tensor(output, "output", (x.dtype,), ndim=(4, 5))
+            if y.dim() == 5:
+                yb = _np(y)
+            else:
+                yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)
+                e.block("y", y, yb, lambda t, buf: _core.conv_to_blocked(_np(t), buf), reuse=True)
+        if g.dim() == 5:
+            gyb = _np(g if g.dtype == _F32 else g.float())
+        else:
+            gyb = _conv_blocked(e, "gy", n, k, cv.bk, oh, ow, np.float32)
+            _core.conv_to_blocked(_np(g), gyb)
+        gxb = None
         if input_grad:
+            gxb = _np(gx) if x.dim() == 5 else _conv_blocked(e, "gx", n, c, cv.bc, h, wd, np.float32)
+        if yb is None:
+            yb = _conv_blocked(e, "y", n, k, cv.bk, oh, ow, dt)  # not read without an activation
+        cv.backward(n, h, wd, gyb, yb, None, xb, gxb, _np(gw), None if b is None else _np(gb), False)
+        if input_grad and x.dim() == 4:
             _core.conv_from_blocked(gxb, _np(gx))
     return gx, gw, gb
 
@@ -476,11 +515,11 @@ def _(grad_output, input, weight, bias, output, stride, padding, dilation, activ
 
 def _conv2d_grad(ctx, grad):
     input, weight, bias, output = ctx.saved_tensors
-    stride, padding, dilation, _, activation = ctx.args
+    stride, padding, dilation, _, activation, _ = ctx.args
     need = ctx.needs_input_grad
     gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, activation, need[0])
     return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
-            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None)
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None)
 
 
 _conv2d.register_autograd(_conv2d_grad, setup_context=_setup_product)
@@ -983,16 +1022,22 @@ class Conv2d(_Swap, nn.Conv2d):
             return [th // 2, th - th // 2, tw // 2, tw - tw // 2]
         return list(self.padding)
 
+    #: Return the blocked layout (N, K/bk, OH, OW, bk), which the next brgemm Conv2d takes without
+    #: converting; convert(model, blocked=True) sets it inside chains of convolutions.
+    blocked_output = False
+
     def forward(self, input):
+        """input: (N, C, H, W), unbatched (C, H, W), or blocked (N, C/bc, H, W, bc)."""
         dt, out_dt = _dtypes(self, input)
-        batched = input.dim() == 4
-        x = (input if batched else input.unsqueeze(0)).to(dt)
+        unbatched = input.dim() == 3
+        x = (input.unsqueeze(0) if unbatched else input).to(dt)
         y = torch.ops.brgemm.conv2d(x, self.weight, self.bias, list(self.stride), self._padding4(),
-                                    list(self.dilation), 1, self.activation)
-        return (y if batched else y.squeeze(0)).to(out_dt)
+                                    list(self.dilation), 1, self.activation, self.blocked_output and not unbatched)
+        return (y.squeeze(0) if unbatched else y).to(out_dt)
 
     def extra_repr(self):
-        return super().extra_repr() + f", activation={self.activation!r}, compute_dtype={self.compute_dtype}"
+        return (super().extra_repr() + f", activation={self.activation!r}, compute_dtype={self.compute_dtype}"
+                + (", blocked_output=True" if self.blocked_output else ""))
 
 
 class Linear(_Swap, nn.Linear):
@@ -1195,15 +1240,17 @@ _APPROXIMATE = (KTanh, TaylorSoftmax)
 
 class ConversionReport:
     """What :func:`convert` did: ``swapped`` (name, from, to), ``fused`` (name of the ReLU, the
-    layer whose epilogue now applies it) and ``kept`` (name, type, why it was left alone)."""
+    layer whose epilogue now applies it), ``blocked`` (pairs of convolutions that pass the
+    blocked layout) and ``kept`` (name, type, why it was left alone)."""
 
     def __init__(self):
-        self.swapped, self.fused, self.kept = [], [], []
+        self.swapped, self.fused, self.kept, self.blocked = [], [], [], []
 
     def __str__(self):
         lines = [f"swapped {len(self.swapped)} module(s), fused {len(self.fused)} ReLU(s), kept {len(self.kept)}"]
         lines += [f"  swapped  {n or '(model)'}: {a} -> {b}" for n, a, b in self.swapped]
         lines += [f"  fused    {n} into {into}" for n, into in self.fused]
+        lines += [f"  blocked  {a} -> {b}" for a, b in self.blocked]
         lines += [f"  kept     {n}: {t} ({why})" for n, t, why in self.kept]
         return "\n".join(lines)
 
@@ -1226,14 +1273,18 @@ def _target(module, approximate):
     return None, "no brgemm counterpart"
 
 
-def convert(model, dtype=None, *, approximate=False, fuse=True):
+def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
     """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
     the same parameters (Conv2d with groups = 1 and zero padding, Linear, LSTM without
     projections, GRU; with ``approximate=True`` also Tanh → KTanh and Softmax → TaylorSoftmax)
     and returns a :class:`ConversionReport`. ``dtype="bfloat16"`` makes the swapped layers
     compute in bf16 (f32 master weights; results in the input's dtype). ``fuse``: a ReLU that
     directly follows a swapped Conv2d or Linear in a Sequential moves into its epilogue (the
-    ReLU becomes Identity). A model that is itself supported is converted by changing its class."""
+    ReLU becomes Identity). ``blocked=True``: a swapped Conv2d whose next module in a Sequential
+    (Identity modules skipped) is another swapped Conv2d returns the blocked layout
+    (N, K/bk, OH, OW, bk), so the pair skips a conversion each way in forward and backward; the
+    tensors between them are then 5-D, which matters only to code that looks at them (hooks).
+    A model that is itself supported is converted by changing its class."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _compute_dtype_arg(dtype)
@@ -1259,6 +1310,13 @@ def convert(model, dtype=None, *, approximate=False, fuse=True):
                     full = f"{prefix}.{b}" if prefix else b
                     report.fused.append((full, f"{prefix}.{a}" if prefix else a))
                     report.kept = [k for k in report.kept if k[0] != full]
+        if blocked and isinstance(module, nn.Sequential):
+            kids = [(n, c) for n, c in module.named_children() if not isinstance(c, nn.Identity)]
+            for (a, first), (b, second) in zip(kids, kids[1:]):
+                if (isinstance(first, Conv2d) and isinstance(second, Conv2d) and first.compute_dtype == second.compute_dtype
+                        and first.out_channels == second.in_channels):
+                    first.blocked_output = True
+                    report.blocked.append(tuple(f"{prefix}.{n}" if prefix else n for n in (a, b)))
 
     cls, _ = _target(model, approximate)
     if cls is not None and cls in _EXACT:

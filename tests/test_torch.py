@@ -71,7 +71,8 @@ OPCHECK = {
                (_r(1, 33), _r(17, 33), _r(17), "relu")],
     "conv2d": [(_r(2, 3, 9, 7), _r(5, 3, 3, 3), _r(5), [1, 1], [1, 1], [1, 1], 1, "relu"),
                (_r(1, 17, 6, 6), _r(20, 17, 1, 1), None, [2, 2], [0, 0], [1, 1]),
-               (_r(2, 4, 8, 9), _r(4, 4, 3, 2), _r(4), [1, 2], [0, 2, 1, 0], [2, 1])],
+               (_r(2, 4, 8, 9), _r(4, 4, 3, 2), _r(4), [1, 2], [0, 2, 1, 0], [2, 1]),
+               (_r(2, 1, 6, 6, 16), _r(20, 16, 3, 3), _r(20), [1, 1], [1, 1], [1, 1], 1, "relu", True)],  # blocked
     "lstm": [(_r(4, 3, 5), _r(3, 7), _r(3, 7), *_lstm_params(5, 7)),
              (_r(3, 2, 6), None, None, *_lstm_params(6, 20, bias=False), None, True, "ktanh"),
              (_r(5, 3, 4), None, None, *_lstm_params(4, 9), torch.tensor([5, 3, 2]))],
@@ -471,3 +472,25 @@ def test_forward_never_trusts_a_held_identity():
         want = nn.functional.relu(nn.functional.conv2d(x, m.weight, m.bias, padding=1) if isinstance(m, bt.Conv2d)
                                   else nn.functional.linear(x, m.weight, m.bias))
         torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_blocked_chains_match_the_plain_conversion(dtype):
+    """convert(blocked=True): consecutive convolutions pass the blocked layout (5-D tensors
+    between them) and give the same outputs and gradients, bit for bit, as the plain conversion."""
+    ref = nn.Sequential(nn.Conv2d(3, 20, 3, padding=1), nn.ReLU(), nn.Conv2d(20, 20, 1), nn.Conv2d(20, 36, 3, stride=2),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(36 * 16, 3))
+    plain, chained = copy.deepcopy(ref), copy.deepcopy(ref)
+    bt.convert(plain, dtype)
+    report = bt.convert(chained, dtype, blocked=True)
+    assert report.blocked == [("0", "2"), ("2", "3")] and "blocked  0 -> 2" in str(report)
+    assert chained[1](chained[0](torch.randn(1, 3, 9, 9))).dim() == 5
+    x = torch.randn(2, 3, 9, 9)
+    results = []
+    for m in (plain, chained):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.square().sum().backward()
+        results.append([y, xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
