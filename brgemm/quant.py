@@ -245,7 +245,8 @@ def _sqnr_db(ref, got):
     return float("inf") if noise == 0 else float(10 * np.log10(float((ref ** 2).sum()) / noise))
 
 
-def quantize_model(model, calibration_batches, *, method="l2", per_channel=True, keep_float=()):
+def quantize_model(model, calibration_batches, *, method="l2", per_channel=True, keep_float=(), auto_precision=False,
+                   max_accuracy_drop=0.01, eval_data=None):
     """An int8 copy of a float :class:`brgemm.nn.Sequential` of Conv2d / Linear / Flatten
     layers, and a per-layer report.
 
@@ -257,9 +258,21 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
     one's input parameters), the first quantizes the float input and the last returns float32.
     ``keep_float``: indices of layers left in float (their neighbours then hand over float32).
 
-    Returns (model, report): report is one dict per layer with its type, the input and output
-    scale and zero point, and the signal-to-quantization-noise ratio (dB) of its output on the
-    calibration data given the float input."""
+    ``auto_precision``: keep in float32 the layers whose quantization costs most accuracy, as
+    few as it takes for the int8 model's top-1 accuracy to stay within ``max_accuracy_drop``
+    (a fraction) of the float model's on ``eval_data`` = (inputs, integer labels); without
+    eval_data, on the calibration batches against the float model's own predictions. Each
+    layer's sensitivity is the accuracy lost with that layer alone quantized; the most
+    sensitive are kept first (a first convolution often is, seeing raw inputs).
+
+    Returns (model, report): report is one dict per quantized layer with its type, the input
+    and output scale and zero point, and the signal-to-quantization-noise ratio (dB) of its
+    output on the calibration data given the float input. With auto_precision every Conv2d /
+    Linear has a row with "precision" ("int8" or "float32") and "accuracy_drop_alone", and
+    the last row, {"layer": None, ...}, gives the float and final accuracies."""
+    if auto_precision:
+        return _auto_precision(model, calibration_batches, method, per_channel, tuple(keep_float),
+                               max_accuracy_drop, eval_data)
     from .nn import Conv2d, Linear, QuantizedConv2d, QuantizedLinear, Sequential
     from .nn.conv import quantize_per_channel
     if method not in METHODS:
@@ -329,6 +342,57 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
         if mode is not None and hasattr(layer, "train"):
             layer.train(mode)
     return Sequential(*out_layers), report
+
+
+def _auto_precision(model, calibration_batches, method, per_channel, keep, max_drop, eval_data):
+    """quantize_model's auto_precision: sensitivities, then a greedy choice (module docstring)."""
+    from .nn import Conv2d, Linear
+    max_drop = float(max_drop)
+    if not 0 <= max_drop <= 1:
+        raise ValueError(f"max_accuracy_drop must be a fraction in [0, 1], got {max_drop}")
+    batches = [np.asarray(b, np.float32) for b in calibration_batches]
+    if not batches:
+        raise ValueError("calibration_batches is empty")
+    model.eval()
+    if eval_data is None:
+        x_eval = np.concatenate(batches)
+        labels = np.asarray(model(x_eval)).argmax(1)
+    else:
+        x_eval, labels = (np.asarray(v) for v in eval_data)
+        x_eval = x_eval.astype(np.float32)
+        if labels.shape != (len(x_eval),) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError("eval_data must be (inputs, one integer label per input)")
+
+    def accuracy(m):
+        return float((np.asarray(m(x_eval), np.float32).argmax(1) == labels).mean())
+
+    def build(kept):
+        return quantize_model(model, batches, method=method, per_channel=per_channel, keep_float=kept)
+
+    candidates = [i for i, layer in enumerate(model.layers)
+                  if isinstance(layer, (Conv2d, Linear)) and layer.dtype == "float32" and i not in keep]
+    float_acc = accuracy(model)
+    alone = {i: float_acc - accuracy(build(keep + tuple(j for j in candidates if j != i))[0]) for i in candidates}
+    kept = list(keep)
+    order = sorted(candidates, key=lambda i: -alone[i])
+    qmodel, report = build(tuple(kept))
+    acc = accuracy(qmodel)
+    for i in order:  # most sensitive first, until the drop is within bounds
+        if float_acc - acc <= max_drop:
+            break
+        kept.append(i)
+        qmodel, report = build(tuple(kept))
+        acc = accuracy(qmodel)
+    rows = {r["layer"]: dict(r, precision="int8") for r in report}
+    out = []
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, (Conv2d, Linear)):
+            r = rows.get(i, {"layer": i, "type": type(layer).__name__, "precision": "float32"})
+            r["accuracy_drop_alone"] = alone.get(i)
+            out.append(r)
+    out.append({"layer": None, "float_accuracy": float_acc, "accuracy": acc,
+                "kept_float": sorted(i for i in kept if i in candidates), "within_bound": float_acc - acc <= max_drop})
+    return qmodel, out
 
 
 def split_outliers(w, *, outlier_fraction=None, threshold=None):

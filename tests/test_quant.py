@@ -275,3 +275,33 @@ def test_outlier_split_reduces_the_error(rng):
     assert np.abs(split - ref).max() < np.abs(plain - ref).max() / 5
     with pytest.raises(ValueError, match="exactly one"):
         quant.split_outliers(w)
+
+
+def test_auto_precision_keeps_the_sensitive_layer_in_float():
+    """A trained digits MLP whose first layer gets one huge weight per output row (its
+    per-channel scale then rounds the row's other weights to zero): int8 everywhere loses a
+    lot; auto_precision must find that layer (the most sensitive alone), keep it in float32,
+    and end within the allowed drop, while the other layers stay int8."""
+    x, y, train, test = _digits()
+    name, shape, build = _models()[0]
+    model = _train(build("float32"), x, y, train, shape)
+    w = model.layers[0].weight
+    w[:, 0] = 50.0 * np.abs(w).max()   # pixel 0 of digits is always 0: the float model is unchanged
+    assert np.all(x[:, 0] == 0)
+    cal = [x[train[i:i + 256]] for i in range(0, 1024, 256)]
+    evaluation = (x[test], y[test])
+    full, _ = quant.quantize_model(model, cal, method="minmax")
+    float_acc = float((model(x[test]).argmax(1) == y[test]).mean())
+    full_acc = float((full(x[test]).argmax(1) == y[test]).mean())
+    assert float_acc - full_acc > 0.05  # so the choice below has something to fix
+    q, report = quant.quantize_model(model, cal, method="minmax", auto_precision=True, max_accuracy_drop=0.01,
+                                     eval_data=evaluation)
+    summary = report[-1]
+    assert summary["kept_float"] == [0] and summary["within_bound"]
+    assert [r["precision"] for r in report[:-1]] == ["float32", "int8"]
+    assert report[0]["accuracy_drop_alone"] > report[1]["accuracy_drop_alone"]
+    acc = float((q(x[test]).argmax(1) == y[test]).mean())
+    assert acc == summary["accuracy"] and float_acc - acc <= 0.01
+    assert isinstance(q.layers[0], Linear) and type(q.layers[1]).__name__ == "QuantizedLinear"
+    with pytest.raises(ValueError, match="max_accuracy_drop"):
+        quant.quantize_model(model, cal, auto_precision=True, max_accuracy_drop=2)
