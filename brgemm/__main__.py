@@ -36,9 +36,13 @@ def info():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m brgemm")
+    # No help option here: `bench --help` and `demo --help` reach their own parsers.
+    parser = argparse.ArgumentParser(prog="python -m brgemm", add_help=False)
     parser.add_argument("command", choices=["info", "peak", "bench", "demo"])
     parser.add_argument("--refresh", action="store_true", help="peak: measure again instead of using the cache")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         return info()

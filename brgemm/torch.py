@@ -161,17 +161,22 @@ def _product_epilogue(t):
     return None if t.dtype == _F32 else _api.Epilogue(out_dtype="bfloat16")
 
 
+def _product(fn, a, b, shape, reduces_nothing):
+    """fn(a, b) into a new (shape) tensor of a's dtype; zeros when the sum has no terms."""
+    out = torch.empty(shape, dtype=a.dtype)
+    if out.numel():
+        if reduces_nothing:
+            return out.zero_()
+        fn(_np(a), _np(b), _np(out), epilogue=_product_epilogue(a))
+    return out
+
+
 @_op("gemm", "(Tensor A, Tensor B) -> Tensor")
 def _gemm(A, B):
     a, b = _matmul_dtype(A, B, "A", "B")
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"A (M, K) and B (K, N) must be 2-D with matching K, got {tuple(a.shape)} and {tuple(b.shape)}")
-    out = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    if out.numel():
-        if a.shape[1] == 0:
-            return out.zero_()
-        _api.gemm(_np(a), _np(b), _np(out), epilogue=_product_epilogue(a))
-    return out
+    return _product(_api.gemm, a, b, (a.shape[0], b.shape[1]), a.shape[1] == 0)
 
 
 @_gemm.register_fake
@@ -200,12 +205,7 @@ def _batch_reduce(A, B):
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise ValueError(f"A (batch, M, K) and B (batch, K, N) must be 3-D with matching batch and K, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
-    out = torch.empty((a.shape[1], b.shape[2]), dtype=a.dtype)
-    if out.numel():
-        if a.shape[0] == 0 or a.shape[2] == 0:
-            return out.zero_()
-        _api.batch_reduce(_np(a), _np(b), _np(out), epilogue=_product_epilogue(a))
-    return out
+    return _product(_api.batch_reduce, a, b, (a.shape[1], b.shape[2]), a.shape[0] == 0 or a.shape[2] == 0)
 
 
 @_batch_reduce.register_fake
