@@ -11,7 +11,7 @@ from brgemm import layout
 from brgemm.bench import CONV_LAYERS, _conv_label, _torch_qconv
 from brgemm.nn import Conv2d, Linear, QuantizedConv2d, QuantizedLinear
 
-from .common import SEED_A, ThreadPin, cpu_count, import_torch, median_seconds, percent_of_peak
+from .common import PeerTimed, SEED_A, ThreadPin, cpu_count, import_torch
 
 THREADS = sorted({1, cpu_count()})
 LINEAR_SHAPES = {"64x1024x1024": (64, 1024, 1024), "256x4096x4096": (256, 4096, 4096)}
@@ -43,29 +43,8 @@ def _torch_qlinear(torch, x_q, q, scale, zero, out_scale):
     return fns
 
 
-class _Base:
-    def teardown(self, *args):
-        self.pin.restore()
-
-    def time_brgemm(self, *args):
-        self.fns["brgemm"]()
-
-    def track_percent_of_peak(self, *args):
-        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
-        return percent_of_peak(self.flops / t * 1e-9, args[-1], "dot_u8s8")
-
-    track_percent_of_peak.unit = "%"
-
-    def track_ratio_vs_torch(self, *args):
-        if len(self.fns) < 2:
-            return float("nan")
-        t = median_seconds(self.fns)
-        return min(v for lib, v in t.items() if lib != "brgemm") / t["brgemm"]
-
-    track_ratio_vs_torch.unit = "x"
-
-
-class QuantizedLinearForward(_Base):
+class QuantizedLinearForward(PeerTimed):
+    peak_op = "dot_u8s8"
     params = [list(LINEAR_SHAPES), THREADS]
     param_names = ["shape", "threads"]
 
@@ -84,7 +63,8 @@ class QuantizedLinearForward(_Base):
             self.fns.update(_torch_qlinear(torch, x_q, q, scale, zero, out_scale))
 
 
-class QuantizedConv2dForward(_Base):
+class QuantizedConv2dForward(PeerTimed):
+    peak_op = "dot_u8s8"
     params = [list(CONV3X3), THREADS]
     param_names = ["layer", "threads"]
 

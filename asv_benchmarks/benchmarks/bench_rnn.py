@@ -14,38 +14,13 @@ import numpy as np
 from brgemm.bench import RNN_STEPS, _torch_rnn
 from brgemm.nn import GRU, LSTM
 
-from .common import SEED_A, ThreadPin, cpu_count, import_torch, median_seconds, percent_of_peak
+from .common import PeerTimed, SEED_A, ThreadPin, cpu_count, import_torch
 
 THREADS = sorted({1, cpu_count()})
 CELLS = {"lstm": (LSTM, 4), "gru": (GRU, 3)}
 
 
-class _Timed:
-    """What both classes track: self.fns (brgemm and, when installed, torch), self.flops and
-    self.peak_op, set by setup; the thread count is the last parameter."""
-
-    def teardown(self, *args):
-        self.pin.restore()
-
-    def time_brgemm(self, *args):
-        self.fns["brgemm"]()
-
-    def track_percent_of_peak(self, *args):
-        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
-        return percent_of_peak(self.flops / t * 1e-9, args[-1], self.peak_op)
-
-    track_percent_of_peak.unit = "%"
-
-    def track_ratio_vs_torch(self, *args):
-        if "torch" not in self.fns:
-            return float("nan")
-        t = median_seconds(self.fns)
-        return t["torch"] / t["brgemm"]
-
-    track_ratio_vs_torch.unit = "x"
-
-
-class RNNForward(_Timed):
+class RNNForward(PeerTimed):
     params = [["lstm", "gru"], [256, 512, 1024], [1, 16, 64], ["float32", "bfloat16"], THREADS]
     param_names = ["cell", "hidden", "n", "dtype", "threads"]
 
@@ -64,7 +39,7 @@ class RNNForward(_Timed):
 
 
 
-class RNNTrainingStep(_Timed):
+class RNNTrainingStep(PeerTimed):
     params = [["lstm", "gru"], THREADS]
     param_names = ["cell", "threads"]
 
@@ -78,7 +53,6 @@ class RNNTrainingStep(_Timed):
         g = rng.standard_normal((RNN_STEPS, n, h), dtype=np.float32)
         m = cls(h, h, seed=SEED_A)
         self.flops = 3 * 2 * gates * h * 2 * h * n * RNN_STEPS
-        self.peak_op = "fma_f32"
 
         def step():
             m(x)

@@ -15,13 +15,13 @@ LSTM's FLOPs (2 per multiply-add; a training step 3× the forward). The bar: tra
 
 from brgemm.bench import TORCH_MODELS, TORCH_PASSES, torch_model_fns
 
-from .common import ThreadPin, import_torch, median_seconds, percent_of_peak
+from .common import PeerTimed, ThreadPin, import_torch
 
 # The bar is set at 2 threads, whatever the machine; ThreadPin skips 2 on a 1-CPU machine.
 THREADS = [1, 2]
 
 
-class TorchModel:
+class TorchModel(PeerTimed):
     params = [list(TORCH_MODELS), list(TORCH_PASSES), THREADS]
     param_names = ["model", "pass", "threads"]
     timeout = 120  # a training step of the LSTM takes up to 0.5 s on one thread, and ratios time both
@@ -32,21 +32,3 @@ class TorchModel:
             raise NotImplementedError("PyTorch is not installed")
         self.pin = ThreadPin(threads)  # after importing torch, so that it is pinned too
         self.fns, self.flops, _, _ = torch_model_fns(torch, model, pass_)
-
-    def teardown(self, model, pass_, threads):
-        self.pin.restore()
-
-    def time_brgemm(self, model, pass_, threads):
-        self.fns["brgemm"]()
-
-    def track_percent_of_peak(self, model, pass_, threads):
-        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
-        return percent_of_peak(self.flops / t * 1e-9, threads, "fma_f32")
-
-    track_percent_of_peak.unit = "%"
-
-    def track_ratio_vs_torch(self, model, pass_, threads):
-        t = median_seconds(self.fns)
-        return t["torch"] / t["brgemm"]
-
-    track_ratio_vs_torch.unit = "x"

@@ -154,3 +154,32 @@ class ThreadPin:
         if self._limits is not None:
             self._limits.restore_original_limits()
             self._limits = None
+
+
+class PeerTimed:
+    """What the layer benchmarks track, the thread count being their last parameter: setup sets
+    self.pin (a ThreadPin), self.fns ({"brgemm": fn, peer name: fn, ...}), self.flops and
+    self.peak_op (the instruction whose peak the % is of)."""
+
+    peak_op = "fma_f32"
+
+    def teardown(self, *args):
+        self.pin.restore()
+
+    def time_brgemm(self, *args):
+        self.fns["brgemm"]()
+
+    def track_percent_of_peak(self, *args):
+        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
+        return percent_of_peak(self.flops / t * 1e-9, args[-1], self.peak_op)
+
+    track_percent_of_peak.unit = "%"
+
+    def track_ratio_vs_torch(self, *args):
+        """The fastest peer's time over ours (NaN without a peer, e.g. torch not installed)."""
+        if len(self.fns) < 2:
+            return float("nan")
+        t = median_seconds(self.fns)
+        return min(v for lib, v in t.items() if lib != "brgemm") / t["brgemm"]
+
+    track_ratio_vs_torch.unit = "x"
