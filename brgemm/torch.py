@@ -296,8 +296,9 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
     n = x2.shape[0]
     g = _tensor(grad_output, "grad_output", _FLOATS).reshape(n, out_f)
     y = _tensor(output, "output", _FLOATS).reshape(n, out_f)
-    gw = torch.zeros((out_f, in_f))
-    gb = torch.zeros((out_f,) if has_bias else (0,))
+    # The kernels write every gradient entry (accumulate=False): no zero-fill but for no rows.
+    gw = (torch.empty if n else torch.zeros)((out_f, in_f))
+    gb = (torch.empty if n else torch.zeros)((out_f,) if has_bias else (0,))
     gx = torch.empty(x.shape if input_grad else (0,))
     if n:
         e = _linear_layer(_dtype_name(x), w, act)
@@ -468,8 +469,9 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     want = _conv_output_shape(n, k, oh, ow, g.dim() == 5)
     if tuple(g.shape) != want:
         raise ValueError(f"grad_output must have the output's shape {want}, got {tuple(g.shape)}")
-    gw = torch.zeros(w.shape)
-    gb = torch.zeros((k,) if b is not None else (0,))
+    # The kernels write every gradient entry (accumulate=False): no zero-fill but for no images.
+    gw = (torch.empty if n else torch.zeros)(w.shape)
+    gb = (torch.empty if n else torch.zeros)((k,) if b is not None else (0,))
     gx = torch.empty(x.shape if input_grad else (0,))
     if n == 0:
         return gx.zero_(), gw, gb

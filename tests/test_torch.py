@@ -423,8 +423,12 @@ def test_errors_name_the_argument():
 
 
 def test_empty_batches():
-    assert ops.linear(torch.ones(0, 3), torch.ones(4, 3)).shape == (0, 4)
-    assert ops.conv2d(torch.ones(0, 3, 5, 5), torch.ones(2, 3, 3, 3)).shape == (0, 2, 3, 3)
+    """No rows: empty outputs, and zero (not uninitialised) parameter gradients."""
+    for m, x in ((bt.Linear(3, 4), torch.ones(0, 3)), (bt.Conv2d(3, 2, 3), torch.ones(0, 3, 5, 5))):
+        y = m(x)
+        assert y.shape[0] == 0
+        y.sum().backward()
+        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in m.parameters())
 
 
 def test_import_brgemm_does_not_import_torch():
