@@ -83,6 +83,11 @@ def _dtype_name(t):
     return "float32" if t.dtype == _F32 else "bfloat16"
 
 
+def _np_dtype(t):
+    """The numpy dtype the core sees for a float32 or bfloat16 tensor."""
+    return np.dtype(np.float32) if t.dtype == _F32 else np.dtype(ml_dtypes.bfloat16)
+
+
 def _activation(activation):
     if activation not in _FUSED:
         raise ValueError(f"activation must be 'none' or 'relu', got {activation!r}")
@@ -263,7 +268,7 @@ def _linear(input, weight, bias=None, activation="none"):
         with e.lock:
             fc = e.layer
             bn = _core.fc_row_block(n)
-            xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16)
+            xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), _np_dtype(x))
             yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), xb.dtype)
             fc.refresh(_np(w), None if b is None else _np(b))
             e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc), reuse=False)
@@ -295,7 +300,7 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
     x2 = x.reshape(-1, in_f)
     n = x2.shape[0]
     g = _tensor(grad_output, "grad_output", _FLOATS).reshape(n, out_f)
-    y = _tensor(output, "output", _FLOATS).reshape(n, out_f)
+    y = _tensor(output, "output", (x.dtype,)).reshape(n, out_f)
     # The kernels write every gradient entry (accumulate=False): no zero-fill but for no rows.
     gw = (torch.empty if n else torch.zeros)((out_f, in_f))
     gb = (torch.empty if n else torch.zeros)((out_f,) if has_bias else (0,))
@@ -305,7 +310,7 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
         with e.lock:
             fc = e.layer
             bn = _core.fc_row_block(n)
-            dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
+            dt = _np_dtype(x)
             xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), dt)
             yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), dt)
             gyb = e.buffer("gy", _blocks(n, bn, out_f, fc.bk), np.float32)
@@ -313,7 +318,7 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
             fc.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
             e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc), reuse=True)
             if act != "none":  # the ReLU mask
-                e.block("y", output, yb, lambda t, buf: _core.fc_to_blocked(_np(y.to(x.dtype)), buf, bn, fc.bk),
+                e.block("y", output, yb, lambda t, buf: _core.fc_to_blocked(_np(y), buf, bn, fc.bk),
                         reuse=True)
             _core.fc_to_blocked(_np(g), gyb, bn, fc.bk)
             fc.backward(n, bn, gyb, yb, None, xb, gxb, _np(gw), _np(gb) if has_bias else None, False)
@@ -322,10 +327,15 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
     return gx, gw, gb
 
 
-@_linear_backward.register_fake
-def _(grad_output, input, weight, bias, output, activation, input_grad):
+def _product_grads_fake(input, weight, bias, input_grad):
+    """The float32 (∂input or empty, ∂weight, ∂bias or empty) of linear_backward and conv2d_backward."""
     return (input.new_empty(input.shape if input_grad else (0,), dtype=_F32), weight.new_empty(weight.shape, dtype=_F32),
             weight.new_empty((weight.shape[0],) if bias is not None else (0,), dtype=_F32))
+
+
+@_linear_backward.register_fake
+def _(grad_output, input, weight, bias, output, activation, input_grad):
+    return _product_grads_fake(input, weight, bias, input_grad)
 
 
 def _setup_product(ctx, inputs, output):
@@ -432,7 +442,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     if out.numel() == 0:
         return out
     e = _conv_layer(_dtype_name(x), w, geo, act)
-    dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
+    dt = _np_dtype(x)
     with e.lock:
         cv = e.layer
         cv.refresh(_np(w), None if b is None else _np(b))
@@ -476,7 +486,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     if n == 0:
         return gx.zero_(), gw, gb
     e = _conv_layer(_dtype_name(x), w, geo, act)
-    dt = np.float32 if x.dtype == _F32 else ml_dtypes.bfloat16
+    dt = _np_dtype(x)
     with e.lock:
         cv = e.layer
         cv.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
@@ -511,8 +521,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
 
 @_conv2d_backward.register_fake
 def _(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
-    return (input.new_empty(input.shape if input_grad else (0,), dtype=_F32), weight.new_empty(weight.shape, dtype=_F32),
-            weight.new_empty((weight.shape[0],) if bias is not None else (0,), dtype=_F32))
+    return _product_grads_fake(input, weight, bias, input_grad)
 
 
 def _conv2d_grad(ctx, grad):
