@@ -659,20 +659,21 @@ def torch_model_fns(torch, name, pass_, seed=0):
     return fns, flops, nbytes, f"{label} float32 {pass_}"
 
 
-TORCH_HEADER = (f"{'model: brgemm.torch.convert vs plain PyTorch':58} {'thr':>3} {'brgemm ms':>9} {'torch ms':>9} "
+TORCH_HEADER = (f"{'model: brgemm.torch.convert vs plain PyTorch':60} {'thr':>3} {'brgemm ms':>9} {'torch ms':>9} "
                 f"{'x torch':>7} {'GFLOP/s':>8} {'%peak':>6}")
 
 
 def _format_model(row):
-    return (f"{row['case']:58} {row['threads']:>3} {1e3 * row['brgemm_seconds']:9.1f} "
+    return (f"{row['case']:60} {row['threads']:>3} {1e3 * row['brgemm_seconds']:9.1f} "
             f"{1e3 * row['torch_seconds']:9.1f} {row['ratio_vs_torch']:7.2f} {row['brgemm_gflops']:8.1f} "
             f"{row['percent_of_peak'] or float('nan'):6.1f}")
 
 
 def run_torch(peers, rounds, threads_list, log):
-    """The two --torch models (TORCH_CONV_STACK, TORCH_LSTM), training step and inference,
-    float32, converted by brgemm.torch.convert against the same model in plain PyTorch; both
-    libraries' threads pinned to the row's count. Logs its own table (milliseconds per call).
+    """The --torch models (TORCH_CONV_STACK, plainly converted and with blocked=True, and
+    TORCH_LSTM), training step and inference, float32, converted by brgemm.torch.convert
+    against the same model in plain PyTorch; both libraries' threads pinned to the row's count.
+    Logs its own table (milliseconds per call).
 
     Both sides allocate their outputs on every call, so page faults count: on this project's VM
     one costs ~1.4 µs, and whether glibc hands freed memory back (so the next call faults again)
