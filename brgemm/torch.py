@@ -240,6 +240,8 @@ _batch_reduce.register_autograd(_batch_reduce_backward, setup_context=_save_inpu
 # --- linear --------------------------------------------------------------------------------------
 
 def _linear_layer(dt, weight, activation):
+    """weight: the caller's tensor (a bfloat16 one's float32 copy is new every call, so it
+    cannot be the key)."""
     out_f, in_f = weight.shape
     return _layer(("linear", dt, in_f, out_f, activation, weight.data_ptr()),
                   lambda: _core._Linear(dt, in_f, out_f, activation))
@@ -264,7 +266,7 @@ def _linear(input, weight, bias=None, activation="none"):
     n = x2.shape[0]
     out = torch.empty((n, out_f), dtype=x.dtype)
     if n:
-        e = _linear_layer(_dtype_name(x), w, act)
+        e = _linear_layer(_dtype_name(x), weight, act)
         with e.lock:
             fc = e.layer
             bn = _core.fc_row_block(n)
@@ -306,7 +308,7 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
     gb = (torch.empty if n else torch.zeros)((out_f,) if has_bias else (0,))
     gx = torch.empty(x.shape if input_grad else (0,))
     if n:
-        e = _linear_layer(_dtype_name(x), w, act)
+        e = _linear_layer(_dtype_name(x), weight, act)
         with e.lock:
             fc = e.layer
             bn = _core.fc_row_block(n)
@@ -408,7 +410,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
     return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],)), geo, (oh, ow), (n, h, wd)
 
 
-def _conv_layer(dt, weight, geo, activation):
+def _conv_layer(dt, weight, geo, activation):  # weight: the caller's tensor, as _linear_layer
     k, c, r, s = weight.shape
     (sh, sw), pads, (dh, dw) = geo
     args = (dt, c, k, r, s, sh, sw, *pads, dh, dw, activation)
@@ -441,7 +443,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     out = torch.empty(_conv_output_shape(n, k, oh, ow, blocked_output), dtype=x.dtype)
     if out.numel() == 0:
         return out
-    e = _conv_layer(_dtype_name(x), w, geo, act)
+    e = _conv_layer(_dtype_name(x), weight, geo, act)
     dt = _np_dtype(x)
     with e.lock:
         cv = e.layer
@@ -485,7 +487,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     gx = torch.empty(x.shape if input_grad else (0,))
     if n == 0:
         return gx.zero_(), gw, gb
-    e = _conv_layer(_dtype_name(x), w, geo, act)
+    e = _conv_layer(_dtype_name(x), weight, geo, act)
     dt = _np_dtype(x)
     with e.lock:
         cv = e.layer
@@ -571,7 +573,7 @@ def _rnn_args(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengt
     return x, w_ih, w_hh, b_ih, b_hh, states, lengths
 
 
-def _rnn_layer(cell, x, w_ih, reverse, activation):
+def _rnn_layer(cell, x, w_ih, reverse, activation):  # w_ih: the caller's tensor, as _linear_layer
     i, h = x.shape[2], w_ih.shape[0] // _RNN_GATES[cell]
     args = (cell, _dtype_name(x), i, h, bool(reverse), activation == "ktanh")
     return _layer(("rnn",) + args + (w_ih.data_ptr(),), lambda: _core._RNN(*args))
@@ -589,7 +591,7 @@ def _rnn_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, le
     # pure function of the inputs (AOT tracing compares it).
     ws = (torch.zeros if ln is not None else torch.empty)((_rnn_workspace_size(cell, t, n, h),) if train else (0,))
     if t and n:
-        e = _rnn_layer(cell, x, w_ih, reverse, activation)
+        e = _rnn_layer(cell, x, weight_ih, reverse, activation)
         with e.lock:
             drv = e.layer
             drv.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
@@ -619,7 +621,7 @@ def _rnn_backward(cell, grad_output, grad_hn, grad_cn, input, weight_ih, weight_
     dc0 = torch.empty((n, h) if cell == "lstm" else (0,))
     grads = [torch.empty(w_ih.shape), torch.empty(w_hh.shape)]
     grads += [torch.empty(b_ih.shape), torch.empty(b_hh.shape)] if b_ih is not None else [torch.empty(0), torch.empty(0)]
-    e = _rnn_layer(cell, x, w_ih, reverse, activation)
+    e = _rnn_layer(cell, x, weight_ih, reverse, activation)
     with e.lock:
         drv = e.layer
         drv.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))

@@ -498,3 +498,18 @@ def test_blocked_chains_match_the_plain_conversion(dtype):
         results.append([y, xi.grad] + [p.grad for p in m.parameters()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_bfloat16_weights_keep_one_packed_layer():
+    """bfloat16 parameters are widened to float32 masters on every call; the packed layer is
+    still found by the caller's weight tensor, not rebuilt (and kept) once per call."""
+    x, w = torch.randn(4, 3, 6, 6), torch.randn(5, 3, 3, 3).to(torch.bfloat16)
+    xl, wl = torch.randn(4, 8), torch.randn(6, 8).to(torch.bfloat16)
+    ops.conv2d(x, w)
+    ops.linear(xl, wl)
+    before = len(bt._built)
+    for _ in range(5):
+        y = ops.conv2d(x, w)
+        yl = ops.linear(xl, wl)
+    assert len(bt._built) == before
+    assert torch.equal(y, ops.conv2d(x, w.float())) and torch.equal(yl, ops.linear(xl, wl.float()))
