@@ -34,6 +34,7 @@ import ml_dtypes
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _api, _core
 from .nn import functional as _fn
@@ -1122,7 +1123,6 @@ class _Recurrent(nn.Module):
         return activation
 
     def forward(self, input, hx=None):
-        from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
         packed = isinstance(input, PackedSequence)
         lengths = sorted_idx = unsorted_idx = None
         if packed:  # the packed data is sorted by decreasing length already: pad it in that order

@@ -276,7 +276,7 @@ int64_t rnn_layer::workspace_size(int64_t T, int64_t N) const {
   return ((cell_ == rnn_cell::lstm ? 2 : 1) * (T + 1) + 4 * T) * N * hp_;
 }
 
-void rnn_layer::set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws) {
+void rnn_layer::set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws, bool train) {
   steps_ = T, rows_ = N, x_ = x;
   lengths_.assign(lengths ? lengths : nullptr, lengths ? lengths + N : nullptr);
   used_ = lengths ? lengths[0] : T;
@@ -296,14 +296,14 @@ void rnn_layer::set_sequence(int64_t T, int64_t N, const void* x, const int64_t*
   } else {
     hs_.resize((size_t)states);
     if (lstm) cs_.resize((size_t)states);
-    act_.resize((size_t)(used_ * N * 4 * hp_));
+    if (train) act_.resize((size_t)(used_ * N * 4 * hp_));  // the gates only backward reads
     hs_p_ = hs_.data(), cs_p_ = lstm ? cs_.data() : nullptr, act_p_ = act_.data();
   }
 }
 
 status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0,
                           const float* c0, float* y, int64_t ldy, float* hT, float* cT, bool train, float* ws) {
-  set_sequence(T, N, x, lengths, ws);
+  set_sequence(T, N, x, lengths, ws, train);
   const int64_t ghp = g_ * hp_, wb = g_ * bh, blocks = hp_ / bh, rb = std::min<int64_t>(N, 64);
   const bool lstm = cell_ == rnn_cell::lstm, b16 = t_ == dtype::bf16;
   const int threads = threads_for(2.0 * T * N * ghp * (in_ + hp_));
@@ -372,7 +372,7 @@ status rnn_layer::backward(int64_t T, int64_t N, const void* x, const int64_t* l
                            const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
                            float* dh0, float* dc0, float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh,
                            bool accumulate) {
-  set_sequence(T, N, x, lengths, const_cast<float*>(ws));  // the backward only reads it
+  set_sequence(T, N, x, lengths, const_cast<float*>(ws), true);  // the backward only reads it
   return backward(dy, ldy, dhT, dcT, dx, dx_add, dh0, dc0, gw_ih, gw_hh, gb_ih, gb_hh, accumulate);
 }
 

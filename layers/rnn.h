@@ -60,7 +60,7 @@ class rnn_layer {
                   float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh, bool accumulate);
 
  private:
-  void set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws);
+  void set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws, bool train);
   int64_t col(int64_t g, int64_t u) const { return (u / bh * g_ + g) * bh + u % bh; }  // internal gate column
   rnn_cell cell_;
   dtype t_;
