@@ -243,16 +243,19 @@ epilogue_tile tile_view(const kernel& kr, const epilogue_args& ep, epilogue_args
   return t;
 }
 
-// Sets p's tile (m, n, a_off, b_off) for every MR × NR tile of C in turn and calls
-// body(m0, n0). N outside, M inside: one NR-wide panel of every B_i is reused by all row tiles.
+// Sets p's tile (m, n, a_off, b_off) for every tile of C in turn and calls body(m0, n0). N
+// outside, M inside: one NR-wide panel of every B_i is reused by all row tiles. The rows are
+// shared out evenly, ceil(M / MR) tiles of near-equal height: a short tile has too few
+// accumulators to hide the FMA latency (7 rows as 6 + 1 ran at 90 GFLOP/s, as 4 + 3 at 104).
 template <typename Body>
 inline void for_each_tile(const kernel& kr, ukernel_args& p, Body body) {
   const desc& d = kr.d;
   const ukernel_info& uk = *kr.uk;
+  const int64_t tiles = (d.m + uk.mr - 1) / uk.mr, rows = d.m / tiles, taller = d.m % tiles;
   for (int64_t n0 = 0; n0 < d.n; n0 += uk.nr) {
     p.n = (int)(d.n - n0 < uk.nr ? d.n - n0 : uk.nr);
-    for (int64_t m0 = 0; m0 < d.m; m0 += uk.mr) {
-      p.m = (int)(d.m - m0 < uk.mr ? d.m - m0 : uk.mr);
+    for (int64_t t = 0, m0 = 0; t < tiles; m0 += p.m, ++t) {
+      p.m = (int)(rows + (t < taller));
       p.a_off = m0 * d.lda;
       p.b_off = n0 * uk.kp;
       body(m0, n0);
