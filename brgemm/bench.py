@@ -86,7 +86,10 @@ def compare(fns, rounds, threads, min_seconds=0.05):
     return medians, ratios
 
 
-def _row(case, threads, flops, nbytes, medians, ratios, peak):
+def _row(case, threads, flops, nbytes, medians, ratios, peak, work=None):
+    """One result row. ``work``: the FLOPs actually needed when fewer than ``flops`` (a padded
+    convolution's border taps read zeros, and neither library multiplies them); it bounds
+    ``ceiling_vs_torch``, the ratio brgemm would reach at 100 % of the measured peak."""
     bw = get_peak()["bandwidth"]
     bandwidth = bw.get(str(threads)) or bw["1"]
     bound = max(flops / (peak * 1e9), nbytes / (bandwidth * 1e9)) if peak else None
@@ -102,9 +105,34 @@ def _row(case, threads, flops, nbytes, medians, ratios, peak):
         best = min(torch_paths, key=lambda lib: medians[lib])
         row["torch_gflops"], row["ratio_vs_torch"], row["torch_best"] = (
             row[f"{best}_gflops"], ratios[best], best)
+        if peak:
+            row["ceiling_vs_torch"] = medians[best] * peak * 1e9 / (work or flops)
     row["percent_of_peak"] = 100 * row["brgemm_gflops"] / peak if peak else None
     row["percent_of_roofline"] = 100 * bound / medians["brgemm"] if bound else None
     return row
+
+
+def geomean(values):
+    values = [v for v in values if v is not None]
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def bar_line(title, rows, bar=None, lowest=False):
+    """A bar's summary line from its rows: the ratio to PyTorch (the geomean when several rows),
+    and what the ratio would be with brgemm at 100 % of the measured peak. A bar above that
+    ceiling cannot be met on this machine, whatever the code does."""
+    if not rows or any("ratio_vs_torch" not in r for r in rows):
+        return f"  {title}: no PyTorch rows"
+    got = geomean(r["ratio_vs_torch"] for r in rows)
+    ceiling = geomean(r.get("ceiling_vs_torch") for r in rows)
+    what = "geomean " if len(rows) > 1 else ""
+    line = f"  {title}: {what}{got:.2f}x (at the peak: {ceiling:.2f}x)"
+    if lowest and len(rows) > 1:
+        low = min(rows, key=lambda r: r["ratio_vs_torch"])
+        line += f", lowest {low['ratio_vs_torch']:.2f}x (at the peak: {low.get('ceiling_vs_torch', float('nan')):.2f}x)"
+    if bar:
+        line += f"; bar {bar}x" + ("" if ceiling >= bar else ", above the ceiling")
+    return line
 
 
 def _kernel_operands(rng, dtype, m, n, k, b):
@@ -280,10 +308,32 @@ def run_mlp(peers, rng, rounds, threads_list, log):
     return rows
 
 
+def mlp_summary(rows, log):
+    """The issue's bars, from the rows, with their ceilings (see bar_line)."""
+    threads = max(r["threads"] for r in rows)
+    for r in rows:
+        if r["threads"] == threads and r["case"] == f"MLP 3x1024 N={MLP_BATCH} float32 train step":
+            log(bar_line(f"MLP training step f32, {threads} threads", [r], 1.5))
+    n, c, k = LINEAR_SHAPES[-1]
+    for r in rows:
+        if r["case"] == f"Linear bfloat16 fwd {n}x{c}x{k}" and "ratio_vs_brgemm_float32" in r:
+            log(f"  Linear bf16 fwd {n}x{c}x{k}, {r['threads']} thread(s): "
+                f"{r['ratio_vs_brgemm_float32']:.2f}x our f32; bar 1.7x")
+
+
 #: ResNet-50's convolutions: (C, K, H = W, R = S, stride), padding R // 2.
 CONV_LAYERS = [(64, 64, 56, 3, 1), (64, 256, 56, 1, 1), (128, 128, 28, 3, 1), (256, 256, 14, 3, 1),
                (512, 512, 7, 3, 1), (3, 64, 224, 7, 2)]
 CONV_BATCHES = (1, 16)
+
+
+def conv_work(n, c, k, h, r, stride, pad):
+    """The FLOPs of a square convolution counting only the taps that read the image (2 per
+    multiply-add): a border output skips the kernel rows and columns that fall in the padding."""
+    def taps(size):
+        out = (size + 2 * pad - r) // stride + 1
+        return sum(sum(0 <= o * stride - pad + t < size for t in range(r)) for o in range(out))
+    return 2 * n * k * c * taps(h) ** 2
 
 
 def _conv_label(c, k, h, r, stride):
@@ -377,7 +427,7 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
                     oh, ow = conv.output_size(h, h)
                     xb = layout.to_blocked(x, dtype=conv._act_dtype)
                     yb = np.empty((n, -(-k // conv.bk), oh, ow, conv.bk), conv._act_dtype)
-                    flops = 2 * n * k * c * r * r * oh * ow
+                    flops, work = 2 * n * k * c * r * r * oh * ow, conv_work(n, c, k, h, r, stride, r // 2)
                     elem = 4 if dtype == "float32" else 2
                     nbytes = elem * (n * c * h * h + n * k * oh * ow + k * c * r * r)
                     conv.eval()
@@ -394,7 +444,7 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
                     med, rat = compare(fns, rounds, threads)
                     plain = {lib: t for lib, t in med.items() if lib != "brgemm_float32"}
                     rows.append(_row(f"Conv {label} N={n} {dtype} fwd", threads, flops, nbytes, plain, rat,
-                                     peak_of(peak_op, threads)))
+                                     peak_of(peak_op, threads), work))
                     _log_vs_float32(rows[-1], rat, log)
                     if dtype != "float32":
                         continue
@@ -407,7 +457,7 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
                         fns.update(torch_bwd)
                     med, rat = compare(fns, rounds, threads)
                     rows.append(_row(f"Conv {label} N={n} float32 bwd", threads, 2 * flops, 3 * nbytes, med, rat,
-                                     peak_of(peak_op, threads)))
+                                     peak_of(peak_op, threads), 2 * work))
                     log(_format(rows[-1]))
                     # int8 inference: the f32 layer quantized, uint8 in, requantized uint8 out.
                     scale, zero, out_scale = 0.05, 128, 0.05 * float(np.sqrt(c * r * r))
@@ -420,33 +470,37 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
                         fns.update(_torch_qconv(peers.torch, x_q, qconv, scale, zero, out_scale))
                     med, rat = compare(fns, rounds, threads)
                     rows.append(_row(f"Conv {label} N={n} int8 fwd", threads, flops, nbytes // 4, med, rat,
-                                     peak_of("dot_u8s8", threads)))
+                                     peak_of("dot_u8s8", threads), work))
                     log(_format(rows[-1]))
     return rows
 
 
 def conv_summary(rows, log):
-    """The issue's bars, from the rows: geomeans over the six layers and the named layers."""
-    def geo(kind, n, threads, key="ratio_vs_torch"):
-        vals = []
-        for layer in CONV_LAYERS:
-            for r in rows:
-                if r["case"] == f"Conv {_conv_label(*layer)} N={n} {kind}" and r["threads"] == threads and key in r:
-                    vals.append(r[key])
-        return (float(np.exp(np.mean(np.log(vals)))), min(vals)) if len(vals) == len(CONV_LAYERS) else None
+    """The issue's bars, from the rows: geomeans over the six layers and the named layers, each
+    with its ceiling (the ratio at 100 % of the peak; see bar_line)."""
+    def pick(kind, n, threads, layers=CONV_LAYERS):
+        got = [r for layer in layers for r in rows
+               if r["case"] == f"Conv {_conv_label(*layer)} N={n} {kind}" and r["threads"] == threads]
+        return got if len(got) == len(layers) else None
     threads = max(r["threads"] for r in rows)
-    for title, kind, n, t, key in (("f32 fwd N=16 vs torch", "float32 fwd", 16, threads, "ratio_vs_torch"),
-                                   ("bf16 fwd N=16 vs torch", "bfloat16 fwd", 16, threads, "ratio_vs_torch"),
-                                   ("bf16 fwd N=16 vs our f32", "bfloat16 fwd", 16, threads, "ratio_vs_brgemm_float32"),
-                                   ("f32 bwd N=16 vs torch", "float32 bwd", 16, threads, "ratio_vs_torch"),
-                                   ("int8 fwd N=16 vs torch quantized", "int8 fwd", 16, threads, "ratio_vs_torch")):
-        got = geo(kind, n, t, key)
+    for title, kind, bar in (("f32 fwd N=16 vs torch", "float32 fwd", 1.1), ("bf16 fwd N=16 vs torch", "bfloat16 fwd", 1.1),
+                             ("f32 bwd N=16 vs torch", "float32 bwd", 1.0),
+                             ("int8 fwd N=16 vs torch quantized", "int8 fwd", None)):
+        got = pick(kind, 16, threads)
         if got:
-            log(f"  {title}, {t} threads: geomean {got[0]:.2f}x, lowest {got[1]:.2f}x")
-    for layer in (CONV_LAYERS[4], CONV_LAYERS[3]):
-        for r in rows:
-            if r["case"] == f"Conv {_conv_label(*layer)} N=1 float32 fwd" and r["threads"] == 1 and "ratio_vs_torch" in r:
-                log(f"  f32 fwd N=1 1 thread {_conv_label(*layer)}: {r['ratio_vs_torch']:.2f}x torch")
+            log(bar_line(f"{title}, {threads} threads", got, bar, lowest=True))
+    got = pick("int8 fwd", 16, threads, [layer for layer in CONV_LAYERS if layer[3] == 3])
+    if got:
+        log(bar_line(f"int8 fwd N=16 3x3 layers vs torch quantized, {threads} threads", got, 1.1))
+    got = pick("bfloat16 fwd", 16, threads)
+    if got and all("ratio_vs_brgemm_float32" in r for r in got):
+        log(f"  bf16 fwd N=16 vs our f32, {threads} threads: geomean "
+            f"{geomean(r['ratio_vs_brgemm_float32'] for r in got):.2f}x, "
+            f"lowest {min(r['ratio_vs_brgemm_float32'] for r in got):.2f}x; bar 1.7x")
+    for layer, bar in ((CONV_LAYERS[4], 2.0), (CONV_LAYERS[3], 1.1)):
+        got = pick("float32 fwd", 1, 1, [layer])
+        if got:
+            log(bar_line(f"f32 fwd N=1 1 thread {_conv_label(*layer)}", got, bar))
 
 
 RNN_SIZES, RNN_BATCHES, RNN_STEPS = (256, 512, 1024), (1, 16, 64), 50
@@ -524,31 +578,28 @@ def run_rnn(peers, rng, rounds, threads_list, log):
 
 
 def rnn_summary(rows, log):
-    """The issue's bars, from the rows."""
-    def ratio(case, threads, key="ratio_vs_torch"):
-        for r in rows:
-            if r["case"] == case and r["threads"] == threads and key in r:
-                return r[key]
-        return None
+    """The issue's bars, from the rows, each with its ceiling (see bar_line)."""
+    def pick(case, threads):
+        return [r for r in rows if r["case"] == case and r["threads"] == threads]
 
-    def geo(vals):
-        vals = [v for v in vals if v is not None]
-        return float(np.exp(np.mean(np.log(vals)))) if vals else float("nan")
-    grid = [(h, n) for h in RNN_SIZES for n in (16, 64)]
-    lstm_grid = geo(ratio(f"LSTM H={h} N={n} float32 fwd", 1) for h, n in grid)
-    n1 = ", ".join(f"{ratio(f'LSTM H={h} N=1 float32 fwd', 1) or 0:.2f}x" for h in (256, 512))
-    log(f"  LSTM f32 fwd 1 thread, N 16/64: geomean {lstm_grid:.2f}x torch; N=1 H<=512: {n1}")
-    threads = max(r["threads"] for r in rows)
-    for t in sorted({r["threads"] for r in rows}):
-        log(f"  GRU f32 fwd {t} thread(s): geomean over the grid "
-            f"{geo(ratio(f'GRU H={h} N={n} float32 fwd', t) for h in RNN_SIZES for n in RNN_BATCHES):.2f}x torch")
-    for cell in ("LSTM", "GRU"):
-        r = ratio(f"{cell} H=512 N=64 float32 training step", threads)
-        if r:
-            log(f"  {cell} training step (512, N=64), {threads} threads: {r:.2f}x torch")
-    r = [ratio(f"LSTM H={h} N=64 bfloat16 fwd", t, "ratio_vs_brgemm_float32") for h in RNN_SIZES
-         for t in sorted({r["threads"] for r in rows})]
-    log(f"  LSTM bf16 fwd N=64: {', '.join(f'{v:.2f}x' for v in r if v)} our f32")
+    def grid(cell, threads, batches):
+        got = [r for h in RNN_SIZES for n in batches for r in pick(f"{cell} H={h} N={n} float32 fwd", threads)]
+        return got if len(got) == len(RNN_SIZES) * len(batches) else []
+    thread_list = sorted({r["threads"] for r in rows})
+    if 1 in thread_list:
+        log(bar_line("LSTM f32 fwd 1 thread, N 16/64", grid("LSTM", 1, (16, 64)), 1.2))
+        for h in (256, 512):
+            log(bar_line(f"LSTM f32 fwd 1 thread, N=1 H={h}", pick(f"LSTM H={h} N=1 float32 fwd", 1), 2.0))
+    for t in thread_list:
+        log(bar_line(f"GRU f32 fwd {t} thread(s), the grid", grid("GRU", t, RNN_BATCHES), 2.0))
+    threads = thread_list[-1]
+    for cell, bar in (("LSTM", 1.2), ("GRU", 2.0)):
+        got = pick(f"{cell} H=512 N=64 float32 training step", threads)
+        if got:
+            log(bar_line(f"{cell} training step (512, N=64), {threads} threads", got, bar))
+    r = [x.get("ratio_vs_brgemm_float32") for h in RNN_SIZES for t in thread_list
+         for x in pick(f"LSTM H={h} N=64 bfloat16 fwd", t)]
+    log(f"  LSTM bf16 fwd N=64: {', '.join(f'{v:.2f}x' for v in r if v)} our f32; bar 1.7x")
 
 
 # PyTorch models through brgemm.torch.convert: the same model built twice, once left in plain
@@ -659,6 +710,16 @@ def torch_model_fns(torch, name, pass_, seed=0):
     return fns, flops, nbytes, f"{label} float32 {pass_}"
 
 
+def torch_model_work(name, pass_):
+    """The FLOPs torch_model_fns counts, but only the convolution taps that read the image (the
+    bound for the ceiling; see conv_work). None for the LSTM tagger: its count is exact."""
+    if name not in ("resnet", "resnet_blocked"):
+        return None
+    n, _, hw = TORCH_CONV_INPUT
+    works = [conv_work(n, c, k, hw, r, 1, r // 2) for c, k, r in TORCH_CONV_STACK]
+    return 3 * sum(works) - works[0] if pass_ == "train step" else sum(works)
+
+
 TORCH_HEADER = (f"{'model: brgemm.torch.convert vs plain PyTorch':60} {'thr':>3} {'brgemm ms':>9} {'torch ms':>9} "
                 f"{'x torch':>7} {'GFLOP/s':>8} {'%peak':>6}")
 
@@ -692,7 +753,8 @@ def run_torch(peers, rounds, threads_list, log):
             for pass_ in TORCH_PASSES:
                 fns, flops, nbytes, case = torch_model_fns(peers.torch, name, pass_)
                 med, rat = compare(fns, rounds, threads)
-                rows.append(_row(case, threads, flops, nbytes, med, rat, peak_of("fma_f32", threads)))
+                rows.append(_row(case, threads, flops, nbytes, med, rat, peak_of("fma_f32", threads),
+                                 torch_model_work(name, pass_)))
                 rows[-1].update({f"{lib}_seconds": t for lib, t in med.items()})
                 log(_format_model(rows[-1]))
     return rows
@@ -707,8 +769,7 @@ def torch_summary(rows, log):
     if rows and not steps:
         log(f"  the bar (training step, 2 threads, >= {TORCH_BAR}x plain PyTorch) needs --threads with 2")
     for r in steps:
-        verdict = "meets" if r["ratio_vs_torch"] >= TORCH_BAR else "below"
-        log(f"  {r['case']}, 2 threads: {r['ratio_vs_torch']:.2f}x plain PyTorch ({verdict} the bar, >= {TORCH_BAR}x)")
+        log(bar_line(f"{r['case']}, 2 threads, vs plain PyTorch", [r], TORCH_BAR))
 
 
 def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf16", "u8s8"), mlp=True, conv=True,
@@ -774,6 +835,10 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
                     rows.append(_row(f"{label} {M}x{K}x{N}", threads, 2 * M * N * K,
                                      M * K + K * N + out_bytes * M * N, sub, sub_rat, peak))
                     log(_format(rows[-1]))
+    # QuantizedLinear's bar is on its product: the requantized uint8 gemm above, all threads.
+    for r in rows:
+        if r["case"].startswith(VARIANT_ROWS["brgemm_requant"][0]) and r["threads"] == max(threads_list):
+            log(bar_line(f"{r['case']}, {r['threads']} threads (QuantizedLinear)", [r], 1.2))
     # GEMV with half-precision weights: memory-bound, so half the bytes should show. Compared
     # with the same product on f32 weights packed the same way (brgemm's fastest f32 path) and
     # the peers on f32.
@@ -812,7 +877,9 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
             rows[-1]["ratio_vs_copy"] = rat["copy"]
             log(_format(rows[-1]) + f"  (a copy: {rat['copy']:.2f}x ktanh's time)")
     if mlp:
-        rows += run_mlp(peers, rng, rounds, threads_list, log)
+        mlp_rows = run_mlp(peers, rng, rounds, threads_list, log)
+        mlp_summary(mlp_rows, log)
+        rows += mlp_rows
     if conv:
         conv_rows = run_conv(peers, rng, rounds, threads_list, log)
         conv_summary(conv_rows, log)
@@ -928,6 +995,8 @@ def main(argv=None):
     if args.mlp or args.conv or args.rnn or args.torch:
         peers, rng, tl = Peers(), np.random.default_rng(0), threads or thread_counts()
         rows = run_mlp(peers, rng, args.rounds, tl, print) if args.mlp else []
+        if rows:
+            mlp_summary(rows, print)
         if args.conv:
             conv_rows = run_conv(peers, rng, args.rounds, tl, print)
             conv_summary(conv_rows, print)
