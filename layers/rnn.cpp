@@ -70,6 +70,10 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
     const float* hp = v.hs + (s * n + i) * v.hp + u0;
     float* h = v.hs + ((s + 1) * n + i) * v.hp + u0;
     float* act = train ? v.act + (s * n + i) * 4 * v.hp + blk * 4 * bh : a;
+    // `omp simd` on the loops whose results a vector loop reads next: left to itself GCC
+    // unrolled them into scalar code (it cannot rule out aliasing), and the vector load after
+    // them waited on 16 scalar stores (GRU forward at H = 256: the gate math 14 % of the time,
+    // now 6 %).
     if (lstm) {
       for (int64_t j = 0; j < wb; ++j) pre[j] = gx[j] + gh[j];
       sigmoid_n(v.k, pre, act, 2 * bh);                        // i, f
@@ -77,16 +81,22 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
       sigmoid_n(v.k, pre + 3 * bh, act + 3 * bh, bh);           // o
       const float* cp = v.cs + (s * n + i) * v.hp + u0;
       float* c = v.cs + ((s + 1) * n + i) * v.hp + u0;
+#pragma omp simd
       for (int64_t j = 0; j < bh; ++j) c[j] = act[bh + j] * cp[j] + act[j] * act[2 * bh + j];
       tanh_n(v.k, c, tc, bh);
+#pragma omp simd
       for (int64_t j = 0; j < bh; ++j) h[j] = act[3 * bh + j] * tc[j];
     } else {
       for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
       sigmoid_n(v.k, pre, act, 2 * bh);                                   // r, z
       float* hn = act + 3 * bh;
-      for (int64_t j = 0; j < bh; ++j) hn[j] = gh[2 * bh + j] + v.bhn[u0 + j];  // W_hn·h + b_hn
-      for (int64_t j = 0; j < bh; ++j) pre[2 * bh + j] = gx[2 * bh + j] + act[j] * hn[j];
+#pragma omp simd
+      for (int64_t j = 0; j < bh; ++j) {
+        hn[j] = gh[2 * bh + j] + v.bhn[u0 + j];                           // W_hn·h + b_hn
+        pre[2 * bh + j] = gx[2 * bh + j] + act[j] * hn[j];
+      }
       tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);                        // n
+#pragma omp simd
       for (int64_t j = 0; j < bh; ++j) h[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
     }
     if (v.bf16) f32_to_bf16(h, v.h16 + (((s + 1) % 2) * n + i) * v.hp + u0, bh);
