@@ -41,7 +41,8 @@ from .nn import functional as _fn
 from .nn.conv import QuantizedConv2d as _NpQuantizedConv2d
 from .nn.linear import QuantizedLinear as _NpQuantizedLinear
 
-__all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "convert", "ConversionReport"]
+__all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "AdaptiveAvgPool2d", "convert",
+           "ConversionReport"]
 
 _F32, _BF16 = torch.float32, torch.bfloat16
 _FLOATS = (_F32, _BF16)
@@ -1054,6 +1055,31 @@ class Conv2d(_Swap, nn.Conv2d):
                 + (", blocked_output=True" if self.blocked_output else ""))
 
 
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``torch.nn.AdaptiveAvgPool2d`` that also takes the blocked layout (N, C/bc, H, W, bc) when
+    its output is 1 × 1 (global average pooling): the channels' means, (N, C, 1, 1), straight
+    from the blocks, so the Conv2d before it can return blocked output (``convert(model,
+    blocked=True)`` pairs them) and neither pass converts the layout. Any other input goes to
+    PyTorch's pooling. ``channels``: C (the blocks may pad it), set when paired."""
+
+    channels = None
+
+    def forward(self, input):
+        if input.dim() != 5:
+            return super().forward(input)
+        if self.channels is None or not _global(self.output_size):
+            raise ValueError("a blocked (5-D) input needs output_size 1 and the channel count (channels): "
+                             "convert(model, blocked=True) sets both")
+        n = input.shape[0]
+        means = input.mean(dim=(2, 3)).reshape(n, -1)
+        if means.shape[1] < self.channels:
+            raise ValueError(f"the blocked input holds {means.shape[1]} channels, fewer than channels={self.channels}")
+        return means[:, :self.channels].reshape(n, self.channels, 1, 1)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.channels is None else f", channels={self.channels}")
+
+
 class Linear(_Swap, nn.Linear):
     """``torch.nn.Linear`` computed by ``torch.ops.brgemm.linear``; extra keywords as :class:`Conv2d`."""
 
@@ -1286,6 +1312,12 @@ def _target(module, approximate):
     return None, "no brgemm counterpart"
 
 
+def _global(output_size):
+    """Whether an AdaptiveAvgPool2d output size is 1 × 1."""
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    return size == (1, 1)
+
+
 def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
     """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
     the same parameters (Conv2d with groups = 1 and zero padding, Linear, LSTM without
@@ -1294,9 +1326,11 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
     compute in bf16 (f32 master weights; results in the input's dtype). ``fuse``: a ReLU that
     directly follows a swapped Conv2d or Linear in a Sequential moves into its epilogue (the
     ReLU becomes Identity). ``blocked=True``: a swapped Conv2d whose next module in a Sequential
-    (Identity modules skipped) is another swapped Conv2d returns the blocked layout
-    (N, K/bk, OH, OW, bk), so the pair skips a conversion each way in forward and backward; the
-    tensors between them are then 5-D, which matters only to code that looks at them (hooks).
+    (Identity modules skipped) is another swapped Conv2d, or a global average pooling
+    (``AdaptiveAvgPool2d(1)``, which becomes :class:`AdaptiveAvgPool2d`), returns the blocked
+    layout (N, K/bk, OH, OW, bk), so the pair skips a conversion each way in forward and
+    backward; the tensors between them are then 5-D, which matters only to code that looks at
+    them (hooks).
     A model that is itself supported is converted by changing its class."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -1326,10 +1360,19 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
         if blocked and isinstance(module, nn.Sequential):
             kids = [(n, c) for n, c in module.named_children() if not isinstance(c, nn.Identity)]
             for (a, first), (b, second) in zip(kids, kids[1:]):
-                if (isinstance(first, Conv2d) and isinstance(second, Conv2d) and first.compute_dtype == second.compute_dtype
+                if not isinstance(first, Conv2d):
+                    continue
+                if (isinstance(second, Conv2d) and first.compute_dtype == second.compute_dtype
                         and first.out_channels == second.in_channels):
                     first.blocked_output = True
-                    report.blocked.append(tuple(f"{prefix}.{n}" if prefix else n for n in (a, b)))
+                elif type(second) in (nn.AdaptiveAvgPool2d, AdaptiveAvgPool2d) and _global(second.output_size):
+                    pool = AdaptiveAvgPool2d(second.output_size)
+                    pool.channels = first.out_channels
+                    setattr(module, b, pool)
+                    first.blocked_output = True
+                else:
+                    continue
+                report.blocked.append(tuple(f"{prefix}.{n}" if prefix else n for n in (a, b)))
 
     cls, _ = _target(model, approximate)
     if cls is not None and cls in _EXACT:

@@ -500,6 +500,47 @@ def test_blocked_chains_match_the_plain_conversion(dtype):
         assert torch.equal(a, b)
 
 
+def test_blocked_chain_ends_in_global_average_pooling():
+    """convert(blocked=True) pairs a convolution with a global average pooling after it: the
+    convolution returns blocks, the pooling (brgemm.torch.AdaptiveAvgPool2d) averages them in
+    place of PyTorch's, and outputs and gradients match the plain conversion but for the order
+    of the mean's sum (bounded below: HW additions of values below max|y|, a 2⁻²⁴ rounding each)."""
+    ref = nn.Sequential(nn.Conv2d(3, 20, 3, padding=1), nn.ReLU(), nn.Conv2d(20, 36, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(36, 3))
+    plain, chained = copy.deepcopy(ref), copy.deepcopy(ref)
+    bt.convert(plain)
+    report = bt.convert(chained, blocked=True)
+    assert report.blocked == [("0", "2"), ("2", "4")]
+    assert type(chained[4]) is bt.AdaptiveAvgPool2d and chained[4].channels == 36
+    x = torch.randn(2, 3, 9, 9)
+    features = chained[3](chained[2](chained[1](chained[0](x))))
+    assert features.dim() == 5
+    pooled, want = chained[4](features), plain[4](plain[3](plain[2](plain[1](plain[0](x)))))
+    bound = 81 * 2.0 ** -24 * float(features.abs().max())
+    assert pooled.shape == want.shape == (2, 36, 1, 1)
+    assert float((pooled - want).abs().max()) <= bound
+    results = []
+    for m in (plain, chained):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.square().sum().backward()
+        results.append([y, xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # A plain input is PyTorch's pooling; a blocked one needs output_size 1 and channels.
+    torch.testing.assert_close(chained[4](x), nn.functional.adaptive_avg_pool2d(x, 1))
+    with pytest.raises(ValueError, match="output_size 1"):
+        bt.AdaptiveAvgPool2d(1)(features)
+    two = bt.AdaptiveAvgPool2d(2)
+    two.channels = 36
+    with pytest.raises(ValueError, match="output_size 1"):
+        two(features)
+    more = bt.AdaptiveAvgPool2d(1)
+    more.channels = 100
+    with pytest.raises(ValueError, match="fewer than channels=100"):
+        more(features)
+
+
 def test_bfloat16_weights_keep_one_packed_layer():
     """bfloat16 parameters are widened to float32 masters on every call; the packed layer is
     still found by the caller's weight tensor, not rebuilt (and kept) once per call."""
