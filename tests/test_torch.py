@@ -465,6 +465,30 @@ def test_recurrent_gradient_from_the_final_state_alone():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_recurrent_workspaces_are_reused_only_once_free():
+    """The workspaces come from a pool and go back to it when autograd lets go of them: two
+    forwards before their backwards (gradient accumulation) must each keep their own, and the
+    gradients equal those of one step at a time; a finished step's workspace serves the next."""
+    ref = nn.LSTM(5, 7)
+    ours = copy.deepcopy(ref)
+    bt.convert(ours)
+    xs = [torch.randn(6, 3, 5), torch.randn(6, 3, 5)]  # same shapes: same workspace size
+    (ours(xs[0])[0].sin().sum() + ours(xs[1])[0].cos().sum()).backward()
+    together = [p.grad.clone() for p in ours.parameters()]
+    ours.zero_grad()
+    ours(xs[0])[0].sin().sum().backward()
+    ours(xs[1])[0].cos().sum().backward()
+    for a, b in zip(together, ours.parameters()):
+        torch.testing.assert_close(a, b.grad, rtol=1e-6, atol=1e-6)
+    (ref(xs[0])[0].sin().sum() + ref(xs[1])[0].cos().sum()).backward()
+    for a, b in zip(together, ref.parameters()):
+        torch.testing.assert_close(a, b.grad, rtol=1e-4, atol=1e-5)
+    held = len(bt._workspaces.buffers)
+    for _ in range(3):
+        ours(xs[0])[0].sum().backward()
+    assert len(bt._workspaces.buffers) == held
+
+
 def test_forward_never_trusts_a_held_identity():
     """A new batch often lands where a freed one was, with the same shape and version 0, so a
     forward must always convert its input. Writes through .data keep the address and the
