@@ -502,6 +502,14 @@ def test_forward_never_trusts_a_held_identity():
         torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
 
 
+def _step(model, x):
+    """The output, the input's and the parameters' gradients of one backward of a fixed loss."""
+    xi = x.clone().requires_grad_()
+    y = model(xi)
+    y.square().sum().backward()
+    return [y, xi.grad] + [p.grad for p in model.parameters()]
+
+
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
 def test_blocked_chains_match_the_plain_conversion(dtype):
     """convert(blocked=True): consecutive convolutions pass the blocked layout (5-D tensors
@@ -514,13 +522,7 @@ def test_blocked_chains_match_the_plain_conversion(dtype):
     assert report.blocked == [("0", "2"), ("2", "3")] and "blocked  0 -> 2" in str(report)
     assert chained[1](chained[0](torch.randn(1, 3, 9, 9))).dim() == 5
     x = torch.randn(2, 3, 9, 9)
-    results = []
-    for m in (plain, chained):
-        xi = x.clone().requires_grad_()
-        y = m(xi)
-        y.square().sum().backward()
-        results.append([y, xi.grad] + [p.grad for p in m.parameters()])
-    for a, b in zip(*results):
+    for a, b in zip(_step(plain, x), _step(chained, x)):
         assert torch.equal(a, b)
 
 
@@ -543,13 +545,7 @@ def test_blocked_chain_ends_in_global_average_pooling():
     bound = 81 * 2.0 ** -24 * float(features.abs().max())
     assert pooled.shape == want.shape == (2, 36, 1, 1)
     assert float((pooled - want).abs().max()) <= bound
-    results = []
-    for m in (plain, chained):
-        xi = x.clone().requires_grad_()
-        y = m(xi)
-        y.square().sum().backward()
-        results.append([y, xi.grad] + [p.grad for p in m.parameters()])
-    for a, b in zip(*results):
+    for a, b in zip(_step(plain, x), _step(chained, x)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # A plain input is PyTorch's pooling; a blocked one needs output_size 1 and channels.
     torch.testing.assert_close(chained[4](x), nn.functional.adaptive_avg_pool2d(x, 1))
