@@ -896,6 +896,83 @@ def run(rounds=5, threads_list=None, shapes=None, log=print, dtypes=("f32", "bf1
     return rows
 
 
+def _ceiling_cases(torch, rng):
+    """(bar, threads, peak op, FLOPs of the real work, bar ratio, PyTorch's callable) for the bars
+    that ask most of the machine: what run_ceilings times."""
+    cases = []
+
+    def rnn_fwd(h, n):
+        m, x = torch.nn.LSTM(h, h), torch.randn(RNN_STEPS, n, h)
+
+        def f():
+            with torch.no_grad():
+                m(x)
+        return f
+    for h in RNN_SIZES:
+        for n in (16, 64):
+            cases.append((f"LSTM f32 fwd H={h} N={n} (the grid's geomean bar)", 1, "fma_f32",
+                          2 * 4 * h * 2 * h * n * RNN_STEPS, 1.2, rnn_fwd(h, n)))
+    for cell, gates, bar in (("LSTM", 4, 1.2), ("GRU", 3, 2.0)):
+        h, n = 512, 64
+        m = (torch.nn.LSTM if cell == "LSTM" else torch.nn.GRU)(h, h)
+        x, g = torch.randn(RNN_STEPS, n, h).requires_grad_(), torch.randn(RNN_STEPS, n, h)
+
+        def step(m=m, x=x, g=g):
+            m(x)[0].backward(g)
+        cases.append((f"{cell} training step H=512 N=64", 2, "fma_f32", 3 * 2 * gates * h * 2 * h * n * RNN_STEPS,
+                      bar, step))
+    x = rng.standard_normal((MLP_BATCH, MLP_SIZES[0]), dtype=np.float32)
+    g = rng.standard_normal((MLP_BATCH, MLP_SIZES[-1]), dtype=np.float32)
+    products = [2 * MLP_BATCH * MLP_SIZES[i] * MLP_SIZES[i + 1] for i in range(len(MLP_SIZES) - 1)]
+    cases.append(("MLP 3x1024 N=256 f32 training step", 2, "fma_f32", 3 * sum(products) - products[0], 1.5,
+                  _torch_mlp(torch, MLP_SIZES, "float32", x, g)[1]))
+    fns, flops, _, _ = torch_model_fns(torch, "lstm", "train step")
+    cases.append(("LSTM tagger f32 training step (brgemm.torch)", 2, "fma_f32", flops, 1.2, fns["torch"]))
+    x, w = torch.randn(1, 512, 7, 7), torch.randn(512, 512, 3, 3)
+
+    def res5():
+        with torch.no_grad():
+            torch.nn.functional.conv2d(x, w, padding=1)
+    cases.append(("Conv 512->512 7x7 3x3 N=1 f32 fwd", 1, "fma_f32", conv_work(1, 512, 512, 7, 3, 1, 1), 2.0, res5))
+    m, k, n = 256, 4096, 4096
+    A = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    B = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    engines = _torch_peers(torch, "u8s8", A, B, None)
+    for name, fn in engines.items():
+        if name.startswith("torch.qlinear"):
+            cases.append((f"QuantizedLinear 256x4096x4096, {name}", 2, "dot_u8s8", 2 * m * n * k, 1.2, fn))
+    return cases
+
+
+def run_ceilings(peers, rounds, log):
+    """PyTorch alone on the cases of the bars that ask most of the machine: its best time over
+    the rounds, as % of the measured peak, and the % of the peak brgemm would need to be the
+    bar's ratio faster (above 100: no implementation meets the bar on this machine)."""
+    if peers.torch is None:
+        log("  --ceilings needs PyTorch: pip install torch==2.13.0")
+        return []
+    rows = []
+    log(f"\n{'bar case: PyTorch alone, best of the rounds':54} {'thr':>3} {'ms':>9} {'%peak':>6} {'bar':>5} "
+        f"{'needs':>7}")
+    for name, threads, op, work, bar, fn in _ceiling_cases(peers.torch, np.random.default_rng(0)):
+        peers.set_threads(threads)
+        fn()
+        best = min(_per_call(fn, 0.2) for _ in range(rounds))
+        pct = 100 * work / best / (peak_of(op, threads) * 1e9)
+        rows.append({"case": name, "threads": threads, "torch_seconds": best, "torch_percent_of_peak": pct,
+                     "bar": bar, "needs_percent_of_peak": bar * pct})
+        log(f"{name:54} {threads:>3} {1e3 * best:9.2f} {pct:6.1f} {bar:5.1f} {bar * pct:6.1f}%"
+            + ("  (above the peak)" if bar * pct > 100 else ""))
+    # Bars on a geomean, or on PyTorch's best engine: what they need as a whole.
+    grid = [r["needs_percent_of_peak"] for r in rows if r["case"].startswith("LSTM f32 fwd")]
+    engines = [r["needs_percent_of_peak"] for r in rows if r["case"].startswith("QuantizedLinear")]
+    for what, need in (("the LSTM grid's geomean bar needs (geomean)", geomean(grid) if grid else None),
+                       ("the QuantizedLinear bar, against the best engine, needs", max(engines) if engines else None)):
+        if need:
+            log(f"  {what}: {need:.1f} % of the peak" + (" (above the peak)" if need > 100 else ""))
+    return rows
+
+
 HEADER = (f"{'case':52} {'thr':>3} {'GFLOP/s':>8} {'%peak':>6} {'%roof':>6} "
           f"{'numpy':>7} {'x numpy':>7} {'torch':>7} {'x torch':>7}")
 
@@ -958,6 +1035,11 @@ def main(argv=None):
     parser.add_argument("--torch", action="store_true",
                         help="only the PyTorch models (a ResNet-style conv stack, an LSTM tagger), training step and "
                              "inference, converted by brgemm.torch.convert against plain PyTorch")
+    parser.add_argument("--ceilings", action="store_true",
+                        help="only PyTorch, on the cases of the bars that ask most of the machine: its best time "
+                             "and the %% of the peak brgemm would need to meet each bar (run it on a quiet machine; "
+                             "MALLOC_TRIM_THRESHOLD_=-1 MALLOC_MMAP_THRESHOLD_=1000000000 spares PyTorch the page "
+                             "faults of fresh allocations)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a roofline chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -986,13 +1068,18 @@ def main(argv=None):
     if args.torch and peers.torch is None:
         parser.error("--torch needs PyTorch: pip install torch==2.13.0")
     print("ratios are peer time / brgemm time, medians over rounds; %roof is % of the roofline bound")
-    if not (args.torch and not (args.mlp or args.conv or args.rnn)):  # --torch alone prints its own table
+    if not (args.ceilings or args.torch and not (args.mlp or args.conv or args.rnn)):  # those print their own
         print("\n" + HEADER)
     start = time.perf_counter()
     dtypes = tuple(d.strip() for d in args.dtypes.split(","))
     if not set(dtypes) <= set(PEAK_OP):
         parser.error(f"--dtypes must name f32, bf16 or u8s8, got {args.dtypes!r}")
-    if args.mlp or args.conv or args.rnn or args.torch:
+    if args.ceilings:
+        if peers.torch is None:
+            parser.error("--ceilings needs PyTorch: pip install torch==2.13.0")
+        rows = run_ceilings(peers, args.rounds, print)
+        peers.set_threads(get_num_threads())
+    elif args.mlp or args.conv or args.rnn or args.torch:
         peers, rng, tl = Peers(), np.random.default_rng(0), threads or thread_counts()
         rows = run_mlp(peers, rng, args.rounds, tl, print) if args.mlp else []
         if rows:
