@@ -6,7 +6,8 @@
 // with ih = oh·stride − pad + r·dilation (iw likewise). Padding is never materialised: a border
 // row or column has fewer taps in its batch (an empty batch writes zeros, then the epilogue).
 // For stride > 1, backward data walks its results in stride classes (iw ≡ q mod stride), each
-// run writing every stride-th column.
+// run writing every stride-th column. A run narrower than the rows sharing its row taps (a
+// border column) is computed down the column instead (run_pass).
 #include "conv.h"
 #include "blocks.h"
 #include <cmath>
@@ -252,7 +253,7 @@ status run_pass(const direct_pass& p) {
       const std::vector<const kernel*>& kc = last ? c_last : ch == 0 ? c_first : c_mid;
       for (const auto& [first, rows] : stacks[gi])
         for (size_t u = 0; u < runs.size(); ++u)
-          if (runs[u].m < rows && columns)
+          if (runs[u].m < rows)  // then narrowest < rows <= tallest: kc[rows] was made
             for (int64_t c = 0; c < runs[u].m; ++c) call(*kc[rows], first, runs[u], c, p.res_cols * p.bo);
           else
             for (int64_t o = first; o < first + rows; ++o) call(*kr[u], o, runs[u], 0, ldc);
