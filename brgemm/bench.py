@@ -10,7 +10,6 @@ import argparse
 import importlib.util
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -212,6 +211,13 @@ MLP_SIZES, MLP_BATCH = [1024, 1024, 1024, 1024], 256
 LINEAR_SHAPES = [(256, 1024, 1024), (256, 4096, 4096)]  # (N, in, out)
 
 
+def mlp_flops(train):
+    """FLOPs of the MLP rows: the layers' products, 2·N·in·out each; a training step is three
+    times that less the first layer's input gradient (the input needs none)."""
+    products = [2 * MLP_BATCH * MLP_SIZES[i] * MLP_SIZES[i + 1] for i in range(len(MLP_SIZES) - 1)]
+    return 3 * sum(products) - products[0] if train else sum(products)
+
+
 def _torch_mlp(torch, sizes, dtype, x, g):
     """PyTorch's side of the MLP rows: the same layers, ReLU between them, plain SGD; bf16 as
     autocast (f32 master weights, bf16 products), like brgemm's bf16 layers."""
@@ -285,8 +291,6 @@ def run_mlp(peers, rng, rounds, threads_list, log):
             g = (rng.standard_normal((n, MLP_SIZES[-1]), dtype=np.float32) * 1e-3)
             mlp = MLP(MLP_SIZES, activation="relu", dtype=dtype, seed=0)
             y = np.empty((n, MLP_SIZES[-1]), np.float32 if dtype == "float32" else bf16)
-            layer_flops = sum(2 * n * MLP_SIZES[i] * MLP_SIZES[i + 1] for i in range(len(MLP_SIZES) - 1))
-            first = 2 * n * MLP_SIZES[0] * MLP_SIZES[1]
 
             def infer():
                 mlp.eval().forward(x, out=y)
@@ -296,7 +300,8 @@ def run_mlp(peers, rng, rounds, threads_list, log):
                 mlp.backward(g, input_grad=False)
                 mlp.apply_sgd(1e-6)
                 mlp.zero_grad()
-            for case, fn, flops, torch_fn in (("fwd", infer, layer_flops, 0), ("train step", step, 3 * layer_flops - first, 1)):
+            for case, fn, flops, torch_fn in (("fwd", infer, mlp_flops(False), 0),
+                                              ("train step", step, mlp_flops(True), 1)):
                 fns = {"brgemm": fn}
                 if peers.torch is not None:
                     fns["torch"] = _torch_mlp(peers.torch, MLP_SIZES, dtype, x, g)[torch_fn]
@@ -411,7 +416,6 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
     in and out) against PyTorch's best quantized engine. Our side runs blocked
     arrays in and out (as a chain of layers does), outputs pre-allocated; PyTorch's conv2d has
     no out=. FLOPs: 2·N·K·C·R·S·OH·OW per product (backward: two)."""
-    import ml_dtypes
     from . import layout
     from .nn import Conv2d, QuantizedConv2d
     rows = []
@@ -483,7 +487,8 @@ def conv_summary(rows, log):
                if r["case"] == f"Conv {_conv_label(*layer)} N={n} {kind}" and r["threads"] == threads]
         return got if len(got) == len(layers) else None
     threads = max(r["threads"] for r in rows)
-    for title, kind, bar in (("f32 fwd N=16 vs torch", "float32 fwd", 1.1), ("bf16 fwd N=16 vs torch", "bfloat16 fwd", 1.1),
+    for title, kind, bar in (("f32 fwd N=16 vs torch", "float32 fwd", 1.1),
+                             ("bf16 fwd N=16 vs torch", "bfloat16 fwd", 1.1),
                              ("f32 bwd N=16 vs torch", "float32 bwd", 1.0),
                              ("int8 fwd N=16 vs torch quantized", "int8 fwd", None)):
         got = pick(kind, 16, threads)
@@ -923,8 +928,7 @@ def _ceiling_cases(torch, rng):
                       bar, step))
     x = rng.standard_normal((MLP_BATCH, MLP_SIZES[0]), dtype=np.float32)
     g = rng.standard_normal((MLP_BATCH, MLP_SIZES[-1]), dtype=np.float32)
-    products = [2 * MLP_BATCH * MLP_SIZES[i] * MLP_SIZES[i + 1] for i in range(len(MLP_SIZES) - 1)]
-    cases.append(("MLP 3x1024 N=256 f32 training step", 2, "fma_f32", 3 * sum(products) - products[0], 1.5,
+    cases.append(("MLP 3x1024 N=256 f32 training step", 2, "fma_f32", mlp_flops(True), 1.5,
                   _torch_mlp(torch, MLP_SIZES, "float32", x, g)[1]))
     fns, flops, _, _ = torch_model_fns(torch, "lstm", "train step")
     cases.append(("LSTM tagger f32 training step (brgemm.torch)", 2, "fma_f32", flops, 1.2, fns["torch"]))

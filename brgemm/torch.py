@@ -26,8 +26,6 @@ training steps and in-place edits are always seen.
 """
 
 import collections
-import copy
-import math
 import sys
 import threading
 
@@ -438,11 +436,9 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
         if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
             raise ValueError(f"input is blocked as {tuple(x.shape)}; weight {tuple(w.shape)} needs blocks of {bc}: "
                              f"(N, {-(-c // bc)}, H, W, {bc})")
-        n, h, wd = x.shape[0], x.shape[2], x.shape[3]
-    else:
-        if x.shape[1] != c:
-            raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {c}")
-        n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    elif x.shape[1] != c:
+        raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {c}")
+    n, h, wd = x.shape[0], x.shape[2], x.shape[3]
     geo = (_pair(stride, "stride"), _pads(padding), _pair(dilation, "dilation"))
     oh, ow = _conv_out(h, wd, w.shape[2], w.shape[3], *geo)
     if oh < 1 or ow < 1:
@@ -1318,8 +1314,9 @@ _APPROXIMATE = (KTanh, TaylorSoftmax)
 
 class ConversionReport:
     """What :func:`convert` did: ``swapped`` (name, from, to), ``fused`` (name of the ReLU, the
-    layer whose epilogue now applies it), ``blocked`` (pairs of convolutions that pass the
-    blocked layout) and ``kept`` (name, type, why it was left alone)."""
+    layer whose epilogue now applies it), ``blocked`` (pairs that pass the blocked layout: a
+    convolution and the convolution or global average pooling after it) and ``kept`` (name,
+    type, why it was left alone)."""
 
     def __init__(self):
         self.swapped, self.fused, self.kept, self.blocked = [], [], [], []

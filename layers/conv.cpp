@@ -97,15 +97,24 @@ int64_t* offsets(int slot, int64_t n) {
   return buf[slot].data();
 }
 
-// One kernel per run (runs differ only in M).
-status run_kernels(const std::vector<run>& runs, desc d, std::vector<const kernel*>& out) {
-  out.resize(runs.size());
-  for (size_t i = 0; i < runs.size(); ++i) {
-    d.m = runs[i].m;
-    if (status s = dispatch(d, &out[i]); s != status::ok) return s;
+// The kernels of one call shape over a reduction in chunks: the last chunk's (with the
+// epilogue; beta 1 after earlier chunks), the first's (beta 0) and the middle ones' (beta 1).
+struct chunk_kernels {
+  const kernel *last = nullptr, *first = nullptr, *mid = nullptr;
+  status make(desc d, int64_t chunks) {
+    d.beta = chunks > 1 ? 1.0f : 0.0f;
+    if (status s = dispatch(d, &last); s != status::ok) return s;
+    d.ep = epilogue_desc{};
+    d.beta = 0.0f;
+    if (chunks > 1)
+      if (status s = dispatch(d, &first); s != status::ok) return s;
+    d.beta = 1.0f;
+    if (chunks > 2)
+      if (status s = dispatch(d, &mid); s != status::ok) return s;
+    return status::ok;
   }
-  return status::ok;
-}
+  const kernel& at(int64_t ch, int64_t chunks) const { return ch + 1 == chunks ? *last : ch == 0 ? *first : *mid; }
+};
 
 // One direct-convolution pass over blocked arrays (forward, or backward data):
 //   res[n][j][row][col…] = epilogue(Σ_{q, taps} src[n][q][src row][src col…] · wts[j][q][r][s])
@@ -148,18 +157,13 @@ status run_pass(const direct_pass& p) {
   const std::vector<run>& runs = *p.runs;
   const int64_t ldc = p.res_step * p.bo;
 
-  // Kernels per run: the last chunk's (with the epilogue), the first and middle chunks'.
-  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, ldc, batch_kind::offset, chunks > 1 ? 1.0f : 0.0f, p.e};
-  std::vector<const kernel*> k_last, k_first, k_mid;
-  if (status s = run_kernels(runs, d, k_last); s != status::ok) return s;
-  desc d0 = d, d1 = d;
-  d0.ep = d1.ep = epilogue_desc{};
-  d0.beta = 0.0f;
-  d1.beta = 1.0f;
-  if (chunks > 1)
-    if (status s = run_kernels(runs, d0, k_first); s != status::ok) return s;
-  if (chunks > 2)
-    if (status s = run_kernels(runs, d1, k_mid); s != status::ok) return s;
+  // Kernels per run (runs differ only in M).
+  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, ldc, batch_kind::offset, 0.0f, p.e};
+  std::vector<chunk_kernels> kr(runs.size());
+  for (size_t u = 0; u < runs.size(); ++u) {
+    d.m = runs[u].m;
+    if (status s = kr[u].make(d, chunks); s != status::ok) return s;
+  }
 
   // Column runs. A run narrower than the stack of result rows that share its row taps (the
   // border columns of a padded image are one result wide) goes down the column instead: one
@@ -185,21 +189,13 @@ status run_pass(const direct_pass& p) {
       else
         stacks[gi].push_back({o, 1});
     }
-  const bool columns = narrowest < tallest;
-  std::vector<const kernel*> c_last(tallest + 1), c_first(tallest + 1), c_mid(tallest + 1);
-  if (columns)
-    for (int64_t m = narrowest + 1; m <= tallest; ++m) {
-      for (desc* x : {&d, &d0, &d1}) {
-        x->m = m;
-        x->lda = p.src_row_step * p.src_cols * p.bi;
-        x->ldc = p.res_cols * p.bo;
-      }
-      if (status s = dispatch(d, &c_last[m]); s != status::ok) return s;
-      if (chunks > 1)
-        if (status s = dispatch(d0, &c_first[m]); s != status::ok) return s;
-      if (chunks > 2)
-        if (status s = dispatch(d1, &c_mid[m]); s != status::ok) return s;
-    }
+  std::vector<chunk_kernels> kc(tallest + 1);  // by the stack's height
+  d.lda = p.src_row_step * p.src_cols * p.bi;
+  d.ldc = p.res_cols * p.bo;
+  for (int64_t m = narrowest + 1; m <= tallest; ++m) {
+    d.m = m;
+    if (status s = kc[m].make(d, chunks); s != status::ok) return s;
+  }
 
   const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
   const int64_t ob = p.z ? 4 : out_type_bytes(p.t, p.e.out);
@@ -249,14 +245,12 @@ status run_pass(const direct_pass& p) {
         args.ld_acc_in = ld;
         execute(kr, batch, final_out + at * ob, &args);
       };
-      const std::vector<const kernel*>& kr = last ? k_last : ch == 0 ? k_first : k_mid;
-      const std::vector<const kernel*>& kc = last ? c_last : ch == 0 ? c_first : c_mid;
       for (const auto& [first, rows] : stacks[gi])
         for (size_t u = 0; u < runs.size(); ++u)
           if (runs[u].m < rows)  // then narrowest < rows <= tallest: kc[rows] was made
-            for (int64_t c = 0; c < runs[u].m; ++c) call(*kc[rows], first, runs[u], c, p.res_cols * p.bo);
+            for (int64_t c = 0; c < runs[u].m; ++c) call(kc[rows].at(ch, chunks), first, runs[u], c, p.res_cols * p.bo);
           else
-            for (int64_t o = first; o < first + rows; ++o) call(*kr[u], o, runs[u], 0, ldc);
+            for (int64_t o = first; o < first + rows; ++o) call(kr[u].at(ch, chunks), o, runs[u], 0, ldc);
     }
     if (p.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
       const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
