@@ -208,6 +208,8 @@ status run_pass(const direct_pass& p) {
     int64_t* oa = offsets(0, per * taps);
     int64_t* ow = offsets(1, per * taps);
     int32_t* col = p.tapsum ? (int32_t*)scratch(1, p.bo) : nullptr;
+    static thread_local std::vector<const int32_t*> sums;  // the tap sums a run reads
+    if (col) sums.resize(taps);
     epilogue_args args = p.ea.at(0, j * p.bo, p.e.scale, p.t);
     args.col_offset = col;
     for (int64_t ch = 0; ch < chunks; ++ch) {
@@ -233,13 +235,11 @@ status run_pass(const direct_pass& p) {
         const int64_t at = (i * p.res + j) * res_plane + (o * p.res_cols + rc) * p.bo;
         float* acc = tile ? part + ((o - o0) * p.res_cols + rc) * p.bo : (float*)(final_out + at * ob);
         if (!last) return execute(kr, batch, acc);
-        if (col) {  // −z·Σ W over the taps of this row and run
-          std::fill(col, col + p.bo, 0);
+        if (col) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
+          int64_t read = 0;
           for (const tap& tr : (*p.rows)[o])
-            for (const tap& ts : r.taps) {
-              const int32_t* t = p.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
-              for (int64_t x = 0; x < p.bo; ++x) col[x] -= p.zero * t[x];
-            }
+            for (const tap& ts : r.taps) sums[read++] = p.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
+          zero_point_col_offsets(p.t, zero_points{p.zero, 0}, 0, sums.data(), read, p.bo, col);
         }
         args.acc_in = acc;
         args.ld_acc_in = ld;
@@ -265,8 +265,6 @@ status run_pass(const direct_pass& p) {
   }
   return status::ok;
 }
-
-int64_t element_bytes(element e) { return e == element::f32 ? 4 : e == element::bf16 ? 2 : 1; }
 
 void transpose_elems(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
                      element e) {

@@ -29,11 +29,8 @@ struct conv_geometry {
 // (ties to the larger block, which keeps the kernel's 64-wide tiles full).
 int64_t conv_block(int64_t channels);
 
-// The element types of activations: f32 and bf16 (uint16 bits) for training, u8 for int8
-// inference.
-enum class element : int { f32 = 0, bf16, u8 };
-
 // Plain NCHW (n × c × hw) ↔ blocked [n][c/bc][hw][bc]; to_blocked zeroes the padded channels.
+// Element types (brgemm/types.h): f32 and bf16 for training, u8 for int8 inference.
 // Either side f32 or bf16 (f32 → bf16 rounds to nearest even), u8 on both sides, or f32 → u8
 // quantized: clip(nearbyint(x / scale) + zero_point, 0, 255), ties to even, NaN → 0.
 void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw, void* xb, element bt, int64_t bc,

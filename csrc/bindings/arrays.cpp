@@ -21,13 +21,13 @@ std::string available_list() {
 
 // --- element types and arrays ----------------------------------------------------------------
 
-const char* elem_name(elem e) {
+const char* numpy_name(element e) {
   switch (e) {
-    case elem::f32: return "float32";
-    case elem::bf16: return "bfloat16 (ml_dtypes)";
-    case elem::u8: return "uint8";
-    case elem::s8: return "int8";
-    case elem::f16: return "float16";
+    case element::f32: return "float32";
+    case element::bf16: return "bfloat16 (ml_dtypes)";
+    case element::u8: return "uint8";
+    case element::s8: return "int8";
+    case element::f16: return "float16";
     default: return "int32";
   }
 }
@@ -41,58 +41,41 @@ bool is_bf16(const py::dtype& dt) {
   bf16_num = dt.num();
   return true;
 }
-bool elem_matches(const py::dtype& dt, elem e) {
+bool numpy_matches(const py::dtype& dt, element e) {
   if (dt.byteorder() == '>') return false;
   switch (e) {
-    case elem::f32: return dt.kind() == 'f' && dt.itemsize() == 4;
-    case elem::bf16: return is_bf16(dt);
-    case elem::u8: return dt.kind() == 'u' && dt.itemsize() == 1;
-    case elem::s8: return dt.kind() == 'i' && dt.itemsize() == 1;
-    case elem::f16: return dt.kind() == 'f' && dt.itemsize() == 2;
+    case element::f32: return dt.kind() == 'f' && dt.itemsize() == 4;
+    case element::bf16: return is_bf16(dt);
+    case element::u8: return dt.kind() == 'u' && dt.itemsize() == 1;
+    case element::s8: return dt.kind() == 'i' && dt.itemsize() == 1;
+    case element::f16: return dt.kind() == 'f' && dt.itemsize() == 2;
     default: return dt.kind() == 'i' && dt.itemsize() == 4;
   }
 }
-// What each kernel dtype reads and writes.
-elem a_elem(dtype t) {
-  return t == dtype::bf16 ? elem::bf16 : t == dtype::u8s8 ? elem::u8 : t == dtype::s8s8 ? elem::s8 : elem::f32;
-}
-elem b_elem(dtype t) {
-  return t == dtype::bf16 ? elem::bf16 : dtype_is_int8(t) ? elem::s8 : t == dtype::f32f16 ? elem::f16 : elem::f32;
-}
-elem c_elem(dtype t) { return dtype_is_int8(t) ? elem::s32 : elem::f32; }
-elem out_elem(dtype t, out_type o) {
-  switch (o) {
-    case out_type::f32: return elem::f32;
-    case out_type::bf16: return elem::bf16;
-    case out_type::u8: return elem::u8;
-    case out_type::s8: return elem::s8;
-    default: return c_elem(t);
-  }
-}
 // The numpy dtype of an element type (for allocating outputs).
-py::dtype elem_dtype(elem e) {
+py::dtype numpy_dtype(element e) {
   switch (e) {
-    case elem::bf16: {
+    case element::bf16: {
       static py::object* bf16 = new py::object(py::module_::import("ml_dtypes").attr("bfloat16"));  // never freed
       return py::dtype::from_args(*bf16);
     }
-    case elem::u8: return py::dtype::of<uint8_t>();
-    case elem::s8: return py::dtype::of<int8_t>();
-    case elem::s32: return py::dtype::of<int32_t>();
-    case elem::f16: return py::dtype("float16");
+    case element::u8: return py::dtype::of<uint8_t>();
+    case element::s8: return py::dtype::of<int8_t>();
+    case element::s32: return py::dtype::of<int32_t>();
+    case element::f16: return py::dtype("float16");
     default: return py::dtype::of<float>();
   }
 }
 
 // An array of element type e in native byte order and aligned; anything else is refused,
 // never converted.
-py::array typed_array(py::handle h, const char* name, elem e) {
+py::array typed_array(py::handle h, const char* name, element e) {
   if (!py::isinstance<py::array>(h))
-    type_error(std::string(name) + " must be a numpy array of " + elem_name(e) + ", got " +
+    type_error(std::string(name) + " must be a numpy array of " + numpy_name(e) + ", got " +
                str(py::type::of(h).attr("__name__")));
   auto arr = py::reinterpret_borrow<py::array>(h);
-  if (!elem_matches(arr.dtype(), e))
-    type_error(std::string(name) + " must have dtype " + elem_name(e) + ", got " + str(arr.dtype()));
+  if (!numpy_matches(arr.dtype(), e))
+    type_error(std::string(name) + " must have dtype " + numpy_name(e) + ", got " + str(arr.dtype()));
   const py::ssize_t size = arr.itemsize();
   if ((reinterpret_cast<uintptr_t>(arr.data()) % size) != 0)
     value_error(std::string(name) + " is not aligned to its " + std::to_string(size) + "-byte elements");
@@ -101,7 +84,7 @@ py::array typed_array(py::handle h, const char* name, elem e) {
       value_error(std::string(name) + " has a stride that is not a multiple of its element size");
   return arr;
 }
-py::array f32_array(py::handle h, const char* name) { return typed_array(h, name, elem::f32); }
+py::array f32_array(py::handle h, const char* name) { return typed_array(h, name, element::f32); }
 
 void require_writeable(const py::array& arr, const char* name) {
   if (!arr.writeable()) value_error(std::string(name) + " is read-only");
@@ -198,9 +181,9 @@ py::array float_array(py::handle h, const char* name, bool* bf16) {
                str(py::type::of(h).attr("__name__")));
   auto arr = py::reinterpret_borrow<py::array>(h);
   *bf16 = is_bf16(arr.dtype());
-  if (!*bf16 && !elem_matches(arr.dtype(), elem::f32))
+  if (!*bf16 && !numpy_matches(arr.dtype(), element::f32))
     type_error(std::string(name) + " must have dtype float32 or bfloat16 (ml_dtypes), got " + str(arr.dtype()));
-  return typed_array(h, name, *bf16 ? elem::bf16 : elem::f32);
+  return typed_array(h, name, *bf16 ? element::bf16 : element::f32);
 }
 
 // The same, C-contiguous.
@@ -211,7 +194,7 @@ py::array eltwise_array(py::handle h, const char* name, bool* bf16) {
 }
 
 // A C-contiguous, writeable-if-asked array of element type e holding exactly `elems` elements.
-py::array exact_array(py::handle h, const char* name, elem e, int64_t elems, bool write) {
+py::array exact_array(py::handle h, const char* name, element e, int64_t elems, bool write) {
   py::array a = typed_array(h, name, e);
   if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
   if (a.size() != elems)

@@ -24,29 +24,23 @@ std::string str(py::handle h);
 std::string available_list();     // the ISA levels available here, for error messages
 void check_status(status s);      // ok, or a ValueError with the core's message
 
-// --- element types -----------------------------------------------------------------------------
-// Element types the bindings accept. bf16 is ml_dtypes.bfloat16 (numpy kind 'V', 2 bytes).
-enum class elem { f32, bf16, u8, s8, s32, f16 };
-const char* elem_name(elem e);
+// --- element types (brgemm/types.h) as numpy sees them ----------------------------------------
+// bf16 is ml_dtypes.bfloat16 (numpy kind 'V', 2 bytes), f16 numpy's float16.
+const char* numpy_name(element e);                  // for messages: float32, bfloat16 (ml_dtypes), …
 bool is_bf16(const py::dtype& dt);
-bool elem_matches(const py::dtype& dt, elem e);
-// What each kernel dtype reads and writes.
-elem a_elem(dtype t);
-elem b_elem(dtype t);
-elem c_elem(dtype t);
-elem out_elem(dtype t, out_type o);
-py::dtype elem_dtype(elem e);     // the numpy dtype (for allocating outputs)
+bool numpy_matches(const py::dtype& dt, element e);  // native byte order only
+py::dtype numpy_dtype(element e);                   // for allocating outputs
 
 // --- arrays ------------------------------------------------------------------------------------
 // An array of element type e in native byte order and aligned; anything else is refused.
-py::array typed_array(py::handle h, const char* name, elem e);
+py::array typed_array(py::handle h, const char* name, element e);
 py::array f32_array(py::handle h, const char* name);
 // A float32 or bfloat16 array (which one is reported through *bf16), any strides.
 py::array float_array(py::handle h, const char* name, bool* bf16);
 // The same, C-contiguous.
 py::array eltwise_array(py::handle h, const char* name, bool* bf16);
 // A C-contiguous, writeable-if-asked array of element type e holding exactly `elems` elements.
-py::array exact_array(py::handle h, const char* name, elem e, int64_t elems, bool write);
+py::array exact_array(py::handle h, const char* name, element e, int64_t elems, bool write);
 
 void require_writeable(const py::array& arr, const char* name);
 void require_nonempty(const py::array& arr, const char* name);

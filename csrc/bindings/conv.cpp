@@ -10,19 +10,21 @@ namespace brgemm::bindings {
 namespace {
 
 // A C-contiguous float32, bfloat16 or uint8 array of exactly `ndim` dimensions, non-empty.
-py::array dense_array(py::handle h, const char* name, int ndim, layers::element* e) {
+py::array dense_array(py::handle h, const char* name, int ndim, element* e) {
   if (!py::isinstance<py::array>(h))
     type_error(std::string(name) + " must be a numpy array, got " + str(py::type::of(h).attr("__name__")));
   const py::dtype dt = py::reinterpret_borrow<py::array>(h).dtype();
-  const elem k = elem_matches(dt, elem::u8) ? elem::u8 : elem_matches(dt, elem::bf16) ? elem::bf16 : elem::f32;
-  if (!elem_matches(dt, k))
+  const element k = numpy_matches(dt, element::u8)     ? element::u8
+                    : numpy_matches(dt, element::bf16) ? element::bf16
+                                                       : element::f32;
+  if (!numpy_matches(dt, k))
     type_error(std::string(name) + " must have dtype float32, bfloat16 or uint8, got " + str(dt));
   py::array a = typed_array(h, name, k);
   if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
   if (a.ndim() != ndim)
     value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " + std::to_string(a.ndim()) + "-D");
   require_nonempty(a, name);
-  *e = k == elem::u8 ? layers::element::u8 : k == elem::bf16 ? layers::element::bf16 : layers::element::f32;
+  *e = k;
   return a;
 }
 
@@ -49,11 +51,11 @@ int32_t u8_zero_arg(int64_t v, const char* name) {
 // x (N, C, H, W) → xb (N, C/bc, H, W, bc): float32/bfloat16 to either, uint8 to uint8, or
 // float32 to uint8 quantized with scale and zero_point.
 void conv_to_blocked_py(py::handle X, py::handle XB, py::object scale, int64_t zero_point) {
-  layers::element xt, bt;
+  element xt, bt;
   py::array x = dense_array(X, "x", 4, &xt);
   py::array xb = dense_array(XB, "xb", 5, &bt);
-  const bool quantize = bt == layers::element::u8 && xt != layers::element::u8;
-  if ((xt == layers::element::u8) != (bt == layers::element::u8) && !(quantize && xt == layers::element::f32))
+  const bool quantize = bt == element::u8 && xt != element::u8;
+  if ((xt == element::u8) != (bt == element::u8) && !(quantize && xt == element::f32))
     type_error("x (" + str(x.dtype()) + ") cannot be blocked as " + str(xb.dtype()) +
                ": uint8 goes to uint8, float32 to uint8 quantizes, and float32/bfloat16 go to either of them");
   if (quantize && scale.is_none()) value_error("quantizing float32 x into uint8 xb needs a scale");
@@ -70,10 +72,10 @@ void conv_to_blocked_py(py::handle X, py::handle XB, py::object scale, int64_t z
 }
 
 void conv_from_blocked_py(py::handle XB, py::handle X) {
-  layers::element xt, bt;
+  element xt, bt;
   py::array xb = dense_array(XB, "xb", 5, &bt);
   py::array x = dense_array(X, "out", 4, &xt);
-  if ((xt == layers::element::u8) != (bt == layers::element::u8))
+  if ((xt == element::u8) != (bt == element::u8))
     type_error("xb (" + str(xb.dtype()) + ") cannot be unblocked into " + str(x.dtype()) +
                ": uint8 goes to uint8, float32/bfloat16 to either of them");
   const int64_t n = x.shape(0), c = x.shape(1), hw = checked_madd(x.shape(2), x.shape(3), 0, "out");
@@ -109,7 +111,7 @@ struct py_conv {
       if (p < 0) value_error("padding must not be negative, got " + std::to_string(p));
     return g;
   }
-  elem act_elem() const { return cv.bf16() ? elem::bf16 : elem::f32; }
+  element act_elem() const { return cv.bf16() ? element::bf16 : element::f32; }
   int64_t weights() const { return cv.geometry().k * cv.geometry().c * cv.geometry().r * cv.geometry().s; }
   // Elements of a blocked activation of `channels` in blocks of b for n images of h × w.
   static int64_t blocked(int64_t n, int64_t channels, int64_t b, int64_t h, int64_t w) {
@@ -124,8 +126,8 @@ struct py_conv {
   }
 
   bool refresh(py::handle w, py::handle b) {
-    const float* wp = (const float*)exact_array(w, "weight", elem::f32, weights(), false).data();
-    const float* bp = b.is_none() ? nullptr : (const float*)exact_array(b, "bias", elem::f32, cv.geometry().k, false).data();
+    const float* wp = (const float*)exact_array(w, "weight", element::f32, weights(), false).data();
+    const float* bp = b.is_none() ? nullptr : (const float*)exact_array(b, "bias", element::f32, cv.geometry().k, false).data();
     py::gil_scoped_release nogil;
     return cv.refresh(wp, bp);
   }
@@ -139,7 +141,7 @@ struct py_conv {
     void* yp = y.mutable_data();
     float* zp = nullptr;
     if (!zb.is_none()) {
-      py::array z = exact_array(zb, "zb", elem::f32, blocked(n, g.k, cv.bk(), oh, ow), true);
+      py::array z = exact_array(zb, "zb", element::f32, blocked(n, g.k, cv.bk(), oh, ow), true);
       require_disjoint(z, y, "zb", "yb");
       zp = (float*)z.mutable_data();
     }
@@ -157,18 +159,18 @@ struct py_conv {
     sizes(n, h, w);
     const auto& g = cv.geometry();
     const int64_t ye = blocked(n, g.k, cv.bk(), g.out_h(h), g.out_w(w)), xe = blocked(n, g.c, cv.bc(), h, w);
-    const float* gy = (const float*)exact_array(gyb, "grad_out", elem::f32, ye, false).data();
+    const float* gy = (const float*)exact_array(gyb, "grad_out", element::f32, ye, false).data();
     const void* y = cv.needs_z() ? nullptr : exact_array(yb, "yb", act_elem(), ye, false).data();
-    const float* z = cv.needs_z() ? (const float*)exact_array(zb, "zb", elem::f32, ye, false).data() : nullptr;
+    const float* z = cv.needs_z() ? (const float*)exact_array(zb, "zb", element::f32, ye, false).data() : nullptr;
     const void* x = exact_array(xb, "xb", act_elem(), xe, false).data();
     float* gx = nullptr;
     if (!gxb.is_none()) {
-      py::array gxa = exact_array(gxb, "grad_in", elem::f32, xe, true);
+      py::array gxa = exact_array(gxb, "grad_in", element::f32, xe, true);
       require_disjoint(gxa, py::reinterpret_borrow<py::array>(gyb), "grad_in", "grad_out");
       gx = (float*)gxa.mutable_data();
     }
-    float* wgp = (float*)exact_array(wg, "weight_grad", elem::f32, weights(), true).mutable_data();
-    float* bgp = bg.is_none() ? nullptr : (float*)exact_array(bg, "bias_grad", elem::f32, g.k, true).mutable_data();
+    float* wgp = (float*)exact_array(wg, "weight_grad", element::f32, weights(), true).mutable_data();
+    float* bgp = bg.is_none() ? nullptr : (float*)exact_array(bg, "bias_grad", element::f32, g.k, true).mutable_data();
     status s;
     {
       py::gil_scoped_release nogil;
@@ -202,10 +204,10 @@ struct py_qconv {
 
   bool refresh(py::handle w, py::handle ws, py::handle b, double xs, int64_t xz, double ys, int64_t yz) {
     const int64_t k = cv.geometry().k;
-    const int8_t* wp = (const int8_t*)exact_array(w, "weight", elem::s8, weights(), false).data();
-    const float* wsp = (const float*)exact_array(ws, "weight_scale", elem::f32, k, false).data();
+    const int8_t* wp = (const int8_t*)exact_array(w, "weight", element::s8, weights(), false).data();
+    const float* wsp = (const float*)exact_array(ws, "weight_scale", element::f32, k, false).data();
     for (int64_t i = 0; i < k; ++i) scale_arg(wsp[i], "weight_scale");
-    const float* bp = b.is_none() ? nullptr : (const float*)exact_array(b, "bias", elem::f32, k, false).data();
+    const float* bp = b.is_none() ? nullptr : (const float*)exact_array(b, "bias", element::f32, k, false).data();
     layers::conv_quant q;
     q.x_scale = scale_arg(xs, "input_scale");
     q.x_zero = u8_zero_arg(xz, "input_zero_point");
@@ -223,8 +225,8 @@ struct py_qconv {
       value_error("the dilated kernel is larger than the padded input (" + std::to_string(h) + " x " +
                   std::to_string(w) + ")");
     const uint8_t* xp =
-        (const uint8_t*)exact_array(xb, "xb", elem::u8, py_conv::blocked(n, g.c, cv.bc(), h, w), false).data();
-    const elem ye = cv.out() == out_type::u8 ? elem::u8 : elem::f32;
+        (const uint8_t*)exact_array(xb, "xb", element::u8, py_conv::blocked(n, g.c, cv.bc(), h, w), false).data();
+    const element ye = cv.out() == out_type::u8 ? element::u8 : element::f32;
     py::array y = exact_array(yb, "yb", ye, py_conv::blocked(n, g.k, cv.bk(), oh, ow), true);
     require_disjoint(y, py::reinterpret_borrow<py::array>(xb), "yb", "xb");
     void* yp = y.mutable_data();

@@ -4,7 +4,7 @@
 #include "arrays.h"
 
 #include "../../layers/eltwise.h"
-#include "../kernels/ktanh_table.h"
+#include "brgemm/ktanh_table.h"
 
 namespace brgemm::bindings {
 
@@ -43,13 +43,13 @@ py::array activation_py(py::handle X, const std::string& name, py::object out) {
 // grad_x = grad_y·f'(·) in float32; x (the input) or y (the output) as activation_backward_needs_x says.
 py::array activation_backward_py(const std::string& name, py::handle G, py::object X, py::object Y, py::object out) {
   const activation a = activation_arg(name);
-  py::array g = typed_array(G, "grad_y", elem::f32);
+  py::array g = typed_array(G, "grad_y", element::f32);
   if (!(g.flags() & py::array::c_style)) value_error("grad_y must be C-contiguous");
   const bool need_x = activation_backward_needs_x(a);
   py::object src = need_x ? X : Y;
   const char* src_name = need_x ? "x" : "y";
   if (src.is_none()) value_error(std::string("the backward pass of ") + name + " needs " + src_name);
-  py::array v = typed_array(src, src_name, elem::f32);
+  py::array v = typed_array(src, src_name, element::f32);
   if (!(v.flags() & py::array::c_style)) value_error(std::string(src_name) + " must be C-contiguous");
   if (!v.attr("shape").equal(g.attr("shape")))
     value_error(std::string(src_name) + " must have grad_y's shape " + str(g.attr("shape")) + ", got " +
@@ -85,7 +85,7 @@ py::array softmax_py(py::handle X, int order, py::object out) {
 
 py::array softmax_backward_py(int order, py::object Z, py::handle Y, py::handle G) {
   if (order < 0 || order > 16 || order % 2) value_error("order must be 0 (exact) or even, 2 to 16");
-  py::array y = typed_array(Y, "y", elem::f32), g = typed_array(G, "grad_y", elem::f32);
+  py::array y = typed_array(Y, "y", element::f32), g = typed_array(G, "grad_y", element::f32);
   for (auto* a : {&y, &g})
     if (!(a->flags() & py::array::c_style)) value_error("y and grad_y must be C-contiguous");
   if (y.ndim() < 1 || y.size() == 0) value_error("y must have at least one element along the softmax axis");
@@ -93,7 +93,7 @@ py::array softmax_backward_py(int order, py::object Z, py::handle Y, py::handle 
     value_error("grad_y must have y's shape " + str(y.attr("shape")) + ", got " + str(g.attr("shape")));
   py::array z;
   if (order > 0) {
-    z = typed_array(Z, "x", elem::f32);
+    z = typed_array(Z, "x", element::f32);
     if (!(z.flags() & py::array::c_style)) value_error("x must be C-contiguous");
     if (!z.attr("shape").equal(y.attr("shape")))
       value_error("x must have y's shape " + str(y.attr("shape")) + ", got " + str(z.attr("shape")));

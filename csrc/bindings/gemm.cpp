@@ -17,12 +17,12 @@ namespace {
 
 // C given (checked: element type, shape (m, n), writeable, not overlapping A or B) or
 // allocated here (then beta must be 0). Sets *ldc.
-py::array result_matrix(py::object C, elem e, int64_t m, int64_t n, double beta, const py::array& a,
+py::array result_matrix(py::object C, element e, int64_t m, int64_t n, double beta, const py::array& a,
                         const py::array& b, int64_t* ldc) {
   if (C.is_none()) {
     if (beta != 0.0) value_error("beta = " + str(py::repr(py::float_(beta))) + " needs C to be given");
     *ldc = n;
-    return py::array(elem_dtype(e), std::vector<py::ssize_t>{(py::ssize_t)m, (py::ssize_t)n});
+    return py::array(numpy_dtype(e), std::vector<py::ssize_t>{(py::ssize_t)m, (py::ssize_t)n});
   }
   py::array c = typed_array(C, "C", e);
   if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n)
@@ -69,7 +69,7 @@ py::array batch_reduce(py::handle A, py::handle B, py::object C, double beta, py
   d.k = k;
   d.lda = leading_dim(a, 1, k, "A");
   d.ldb = leading_dim(b, 1, n, "B");
-  py::array c = result_matrix(C, out_elem(dtype::f32, s.e.out), m, n, beta, a, b, &d.ldc);
+  py::array c = result_matrix(C, out_element(dtype::f32, s.e.out), m, n, beta, a, b, &d.ldc);
   d.beta = (float)beta;
   batch_ref batch;
   batch.count = count;
@@ -105,7 +105,7 @@ py::object packed_storage(py::ssize_t bytes, void** data) {
 // colsum (batch?, N) int32 for u8s8, else None.
 py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb, bool panels) {
   const dtype t = dtype_from_name(dt);
-  py::array b = typed_array(B, "B", b_elem(t));
+  py::array b = typed_array(B, "B", dtype_b(t));
   if (b.ndim() != 2 && b.ndim() != 3)
     value_error("B must be 2-D (K, N) or 3-D (batch, K, N), got ndim " + std::to_string(b.ndim()));
   require_nonempty(b, "B");
@@ -168,7 +168,7 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb, bool panel
 py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
                               const std::string& dt, py::object ep, py::object colsum) {
   const dtype t = dtype_from_name(dt);
-  py::array a = typed_array(A, "A", a_elem(t)), b = typed_array(B, "B", b_elem(t));
+  py::array a = typed_array(A, "A", dtype_a(t)), b = typed_array(B, "B", dtype_b(t));
   if (a.ndim() != 3) value_error("A must be 3-D (batch, M, K), got ndim " + std::to_string(a.ndim()));
   require_nonempty(a, "A");
   const int64_t count = a.shape(0), m = a.shape(1), kp = dtype_kpack(t), rows = (k + kp - 1) / kp;
@@ -188,7 +188,7 @@ py::array batch_reduce_packed(py::handle A, py::handle B, int64_t k, int64_t n, 
   d.k = k;
   d.lda = leading_dim(a, 1, k, "A");
   d.ldb = b.shape(2);
-  py::array c = result_matrix(C, out_elem(t, s.e.out), m, n, beta, a, b, &d.ldc);
+  py::array c = result_matrix(C, out_element(t, s.e.out), m, n, beta, a, b, &d.ldc);
   d.beta = (float)beta;
   batch_ref batch;
   batch.count = count;
@@ -207,7 +207,7 @@ py::array run_gemm(dtype t, const py::array& a, const py::array& b, int64_t m, i
                    b_layout layout = b_layout::rows) {
   const epilogue_spec s = epilogue_structure(ep, t, beta, n);
   int64_t ldc;
-  py::array c = result_matrix(C, out_elem(t, s.e.out), m, n, beta, a, b, &ldc);
+  py::array c = result_matrix(C, out_element(t, s.e.out), m, n, beta, a, b, &ldc);
   epilogue_args args;
   epilogue_arrays ea;
   if (s.e.any()) {
@@ -235,7 +235,7 @@ py::array run_gemm(dtype t, const py::array& a, const py::array& b, int64_t m, i
 py::array gemm_packed(py::handle A, py::handle B, int64_t k, int64_t n, py::object C, double beta,
                       const std::string& dt, py::object ep, py::object colsum, bool panels) {
   const dtype t = dtype_from_name(dt);
-  py::array a = typed_array(A, "A", a_elem(t)), b = typed_array(B, "B", b_elem(t));
+  py::array a = typed_array(A, "A", dtype_a(t)), b = typed_array(B, "B", dtype_b(t));
   if (a.ndim() != 2) value_error("A must be 2-D (M, K), got ndim " + std::to_string(a.ndim()));
   require_nonempty(a, "A");
   const int64_t m = a.shape(0), kp = dtype_kpack(t), rows = (k + kp - 1) / kp;

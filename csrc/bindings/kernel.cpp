@@ -111,9 +111,9 @@ struct py_kernel {
 
   // A flat buffer of the operand's element type, C-contiguous, at least `need` elements.
   py::array buffer(py::handle h, const char* name, int64_t need) const {
-    const elem e = name[0] == 'A'   ? a_elem(d().type)
-                   : name[0] == 'B' ? b_elem(d().type)
-                                    : out_elem(d().type, d().ep.out);
+    const element e = name[0] == 'A'   ? dtype_a(d().type)
+                   : name[0] == 'B' ? dtype_b(d().type)
+                                    : out_element(d().type, d().ep.out);
     py::array arr = typed_array(h, name, e);
     if (!(arr.flags() & py::array::c_style))
       value_error(std::string(name) + " must be C-contiguous (it is used as a flat buffer with leading dimensions)");

@@ -33,7 +33,7 @@ void fc_to_blocked_py(py::handle X, py::handle XB, int64_t bn, int64_t bc) {
   py::array x = plain_rows(X, "x", &xbf);
   const int64_t n = x.shape(0), c = x.shape(1), ld = leading_dim(x, 0, c, "x");
   py::array xb = eltwise_array(XB, "xb", &bbf);
-  exact_array(XB, "xb", bbf ? elem::bf16 : elem::f32, blocked_elems(n, c, bn, bc), true);
+  exact_array(XB, "xb", bbf ? element::bf16 : element::f32, blocked_elems(n, c, bn, bc), true);
   require_disjoint(xb, x, "xb", "x");
   const void* xp = x.data();
   void* bp = xb.mutable_data();
@@ -48,7 +48,7 @@ void fc_from_blocked_py(py::handle XB, int64_t bn, int64_t bc, py::handle X) {
   require_writeable(x, "out");
   const int64_t n = x.shape(0), c = x.shape(1), ld = leading_dim(x, 0, c, "out");
   py::array xb = eltwise_array(XB, "xb", &bbf);
-  exact_array(XB, "xb", bbf ? elem::bf16 : elem::f32, blocked_elems(n, c, bn, bc), false);
+  exact_array(XB, "xb", bbf ? element::bf16 : element::f32, blocked_elems(n, c, bn, bc), false);
   require_disjoint(x, xb, "out", "xb");
   const void* bp = xb.data();
   void* xp = x.mutable_data();
@@ -67,12 +67,12 @@ struct py_linear {
     if (v < 1) value_error(std::string(name) + " must be at least 1, got " + std::to_string(v));
     return v;
   }
-  elem act_elem() const { return fc.bf16() ? elem::bf16 : elem::f32; }
+  element act_elem() const { return fc.bf16() ? element::bf16 : element::f32; }
   const float* weight(py::handle w, bool write) {
-    return (const float*)exact_array(w, "weight", elem::f32, fc.out() * fc.in(), write).data();
+    return (const float*)exact_array(w, "weight", element::f32, fc.out() * fc.in(), write).data();
   }
   const float* bias(py::handle b, bool write) {
-    return b.is_none() ? nullptr : (const float*)exact_array(b, "bias", elem::f32, fc.out(), write).data();
+    return b.is_none() ? nullptr : (const float*)exact_array(b, "bias", element::f32, fc.out(), write).data();
   }
   void rows(int64_t n, int64_t bn) {
     if (n < 1) value_error("n must be at least 1");
@@ -89,8 +89,8 @@ struct py_linear {
   void sgd(py::handle w, py::handle b, py::handle wg, py::handle bg, double lr, bool stochastic, uint64_t seed) {
     float* wp = (float*)weight(w, true);
     float* bp = (float*)bias(b, true);
-    const float* wgp = (const float*)exact_array(wg, "weight_grad", elem::f32, fc.out() * fc.in(), false).data();
-    const float* bgp = bp ? (const float*)exact_array(bg, "bias_grad", elem::f32, fc.out(), false).data() : nullptr;
+    const float* wgp = (const float*)exact_array(wg, "weight_grad", element::f32, fc.out() * fc.in(), false).data();
+    const float* bgp = bp ? (const float*)exact_array(bg, "bias_grad", element::f32, fc.out(), false).data() : nullptr;
     py::gil_scoped_release nogil;
     fc.sgd(wp, bp, wgp, bgp, (float)lr, stochastic, seed);
   }
@@ -102,7 +102,7 @@ struct py_linear {
     void* yp = y.mutable_data();
     float* zp = nullptr;
     if (!zb.is_none()) {
-      py::array z = exact_array(zb, "zb", elem::f32, blocked_elems(n, fc.out(), bn, fc.bk()), true);
+      py::array z = exact_array(zb, "zb", element::f32, blocked_elems(n, fc.out(), bn, fc.bk()), true);
       require_disjoint(z, y, "zb", "yb");
       zp = (float*)z.mutable_data();
     }
@@ -119,13 +119,13 @@ struct py_linear {
                 py::handle wg, py::handle bg, bool accumulate) {
     rows(n, bn);
     const int64_t ye = blocked_elems(n, fc.out(), bn, fc.bk()), xe = blocked_elems(n, fc.in(), bn, fc.bc());
-    const float* gy = (const float*)exact_array(gyb, "grad_out", elem::f32, ye, false).data();
+    const float* gy = (const float*)exact_array(gyb, "grad_out", element::f32, ye, false).data();
     const void* y = fc.needs_z() ? nullptr : exact_array(yb, "yb", act_elem(), ye, false).data();
-    const float* z = fc.needs_z() ? (const float*)exact_array(zb, "zb", elem::f32, ye, false).data() : nullptr;
+    const float* z = fc.needs_z() ? (const float*)exact_array(zb, "zb", element::f32, ye, false).data() : nullptr;
     const void* x = exact_array(xb, "xb", act_elem(), xe, false).data();
-    float* gx = gxb.is_none() ? nullptr : (float*)exact_array(gxb, "grad_in", elem::f32, xe, true).mutable_data();
-    float* w = (float*)exact_array(wg, "weight_grad", elem::f32, fc.out() * fc.in(), true).mutable_data();
-    float* b = bg.is_none() ? nullptr : (float*)exact_array(bg, "bias_grad", elem::f32, fc.out(), true).mutable_data();
+    float* gx = gxb.is_none() ? nullptr : (float*)exact_array(gxb, "grad_in", element::f32, xe, true).mutable_data();
+    float* w = (float*)exact_array(wg, "weight_grad", element::f32, fc.out() * fc.in(), true).mutable_data();
+    float* b = bg.is_none() ? nullptr : (float*)exact_array(bg, "bias_grad", element::f32, fc.out(), true).mutable_data();
     status s;
     {
       py::gil_scoped_release nogil;

@@ -5,13 +5,14 @@
 #include "arrays.h"
 
 namespace brgemm::bindings {
-void register_isa(py::module_& m);      // isa.cpp: ISA levels, threads, ukernels, build, peak
-void register_kernel(py::module_& m);   // kernel.cpp: _Kernel
-void register_gemm(py::module_& m);     // gemm.cpp: pack_b, batch_reduce, gemm
-void register_eltwise(py::module_& m);  // eltwise.cpp: activations, softmax, K-TanH table
-void register_linear(py::module_& m);   // linear.cpp: _Linear, fc layout copies, same_bytes
-void register_conv(py::module_& m);     // conv.cpp: _Conv2d, _QuantizedConv2d, conv layout copies
-void register_rnn(py::module_& m);      // rnn.cpp: _RNN
+void register_isa(py::module_& m);       // isa.cpp: ISA levels, threads, ukernels, build, peak
+void register_kernel(py::module_& m);    // kernel.cpp: _Kernel
+void register_gemm(py::module_& m);      // gemm.cpp: pack_b, batch_reduce, gemm
+void register_epilogue(py::module_& m);  // epilogue.cpp: _zero_point_offsets (for the tests)
+void register_eltwise(py::module_& m);   // eltwise.cpp: activations, softmax, K-TanH table
+void register_linear(py::module_& m);    // linear.cpp: _Linear, fc layout copies, same_bytes
+void register_conv(py::module_& m);      // conv.cpp: _Conv2d, _QuantizedConv2d, conv layout copies
+void register_rnn(py::module_& m);       // rnn.cpp: _RNN
 }  // namespace brgemm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -20,6 +21,7 @@ PYBIND11_MODULE(_core, m) {
   register_isa(m);
   register_kernel(m);
   register_gemm(m);
+  register_epilogue(m);
   register_eltwise(m);
   register_linear(m);
   register_conv(m);

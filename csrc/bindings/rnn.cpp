@@ -29,18 +29,18 @@ struct py_rnn {
   int64_t gh() const { return l.gates() * l.hidden(); }
 
   bool refresh(py::handle wih, py::handle whh, py::handle bih, py::handle bhh) {
-    const float* a = (const float*)exact_array(wih, "weight_ih", elem::f32, gh() * l.input(), false).data();
-    const float* b = (const float*)exact_array(whh, "weight_hh", elem::f32, gh() * l.hidden(), false).data();
+    const float* a = (const float*)exact_array(wih, "weight_ih", element::f32, gh() * l.input(), false).data();
+    const float* b = (const float*)exact_array(whh, "weight_hh", element::f32, gh() * l.hidden(), false).data();
     if (bih.is_none() != bhh.is_none()) value_error("bias_ih and bias_hh must both be given or both be None");
-    const float* c = bih.is_none() ? nullptr : (const float*)exact_array(bih, "bias_ih", elem::f32, gh(), false).data();
-    const float* d = bhh.is_none() ? nullptr : (const float*)exact_array(bhh, "bias_hh", elem::f32, gh(), false).data();
+    const float* c = bih.is_none() ? nullptr : (const float*)exact_array(bih, "bias_ih", element::f32, gh(), false).data();
+    const float* d = bhh.is_none() ? nullptr : (const float*)exact_array(bhh, "bias_hh", element::f32, gh(), false).data();
     py::gil_scoped_release nogil;
     return l.refresh(a, b, c, d);
   }
 
   // (T, N, cols) float32 with this direction's H columns at col; returns its data at col.
   float* columns(py::handle h, const char* name, int64_t T, int64_t N, int64_t col, bool write, int64_t* ld) {
-    py::array a = typed_array(h, name, elem::f32);
+    py::array a = typed_array(h, name, element::f32);
     if (a.ndim() != 3 || a.shape(0) != T || a.shape(1) != N || col < 0 || col + l.hidden() > a.shape(2))
       value_error(std::string(name) + " must be (T, N, ≥ col + hidden_size) float32, got " + str(a.attr("shape")));
     if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
@@ -50,17 +50,17 @@ struct py_rnn {
   }
   const float* state(py::handle h, const char* name, int64_t N) {
     if (h.is_none()) return nullptr;
-    return (const float*)exact_array(h, name, elem::f32, N * l.hidden(), false).data();
+    return (const float*)exact_array(h, name, element::f32, N * l.hidden(), false).data();
   }
   float* state_out(py::handle h, const char* name, int64_t N) {
     if (h.is_none()) return nullptr;
-    return (float*)exact_array(h, name, elem::f32, N * l.hidden(), true).mutable_data();
+    return (float*)exact_array(h, name, element::f32, N * l.hidden(), true).mutable_data();
   }
 
   const void* input(py::handle x, int64_t T, int64_t N) {
     positive(T, "T");
     positive(N, "N");
-    return exact_array(x, "x", l.bf16() ? elem::bf16 : elem::f32, checked_madd(T * N, l.input(), 0, "x"), false).data();
+    return exact_array(x, "x", l.bf16() ? element::bf16 : element::f32, checked_madd(T * N, l.input(), 0, "x"), false).data();
   }
   static std::vector<int64_t> lengths_arg(py::handle lengths, int64_t T, int64_t N) {
     std::vector<int64_t> len;
@@ -75,7 +75,7 @@ struct py_rnn {
   }
   float* workspace(py::handle ws, int64_t T, int64_t N, bool write) {
     if (ws.is_none()) return nullptr;
-    return (float*)exact_array(ws, "workspace", elem::f32, l.workspace_size(T, N), write).mutable_data();
+    return (float*)exact_array(ws, "workspace", element::f32, l.workspace_size(T, N), write).mutable_data();
   }
 
   // With a workspace (workspace_size(T, N) float32), what backward needs is kept there, for
@@ -114,13 +114,13 @@ struct py_rnn {
     g.dhT = state(dhT, "grad_hT", N);
     g.dcT = state(dcT, "grad_cT", N);
     g.dx = dx.is_none() ? nullptr
-                        : (float*)exact_array(dx, "grad_x", elem::f32, T * N * l.input(), true).mutable_data();
+                        : (float*)exact_array(dx, "grad_x", element::f32, T * N * l.input(), true).mutable_data();
     g.dh0 = state_out(dh0, "grad_h0", N);
     g.dc0 = state_out(dc0, "grad_c0", N);
-    g.a = (float*)exact_array(gwih, "weight_ih_grad", elem::f32, gh() * l.input(), true).mutable_data();
-    g.b = (float*)exact_array(gwhh, "weight_hh_grad", elem::f32, gh() * l.hidden(), true).mutable_data();
-    g.c = gbih.is_none() ? nullptr : (float*)exact_array(gbih, "bias_ih_grad", elem::f32, gh(), true).mutable_data();
-    g.d = gbhh.is_none() ? nullptr : (float*)exact_array(gbhh, "bias_hh_grad", elem::f32, gh(), true).mutable_data();
+    g.a = (float*)exact_array(gwih, "weight_ih_grad", element::f32, gh() * l.input(), true).mutable_data();
+    g.b = (float*)exact_array(gwhh, "weight_hh_grad", element::f32, gh() * l.hidden(), true).mutable_data();
+    g.c = gbih.is_none() ? nullptr : (float*)exact_array(gbih, "bias_ih_grad", element::f32, gh(), true).mutable_data();
+    g.d = gbhh.is_none() ? nullptr : (float*)exact_array(gbhh, "bias_hh_grad", element::f32, gh(), true).mutable_data();
     return g;
   }
 
