@@ -32,11 +32,6 @@ ISAS = [
 # twin does (the kernels' FMAs are explicit intrinsics and stay).
 COMMON = ["-std=c++17", "-O3", "-fPIC", "-ffp-contract=off"]
 INCLUDE = ["csrc/include"]
-# setuptools compares objects with their sources only: without the headers as dependencies, a
-# changed header would leave stale objects (and, for an inline helper, an unresolved symbol).
-KERNEL_HEADERS = sorted(glob("csrc/include/brgemm/*.h") + glob("csrc/kernels/*.h") + glob("csrc/kernels/*.inc") +
-                        glob("csrc/kernels/*/*.h"))
-CORE_HEADERS = KERNEL_HEADERS + sorted(glob("layers/*.h") + glob("csrc/bindings/*.h"))
 
 
 def compiler_accepts(flags, line):
@@ -50,8 +45,7 @@ def compiler_accepts(flags, line):
 
 
 libraries = [("brgemm_kernels_scalar",
-              {"sources": sorted(glob("csrc/kernels/ref/*.cpp")), "include_dirs": INCLUDE, "cflags": COMMON,
-               "obj_deps": {"": KERNEL_HEADERS}})]
+              {"sources": sorted(glob("csrc/kernels/ref/*.cpp")), "include_dirs": INCLUDE, "cflags": COMMON})]
 macros, flags_by_isa = [], {"scalar": COMMON}
 for level, folder, flags, probe in ISAS:
     if not compiler_accepts(flags, probe):
@@ -59,7 +53,7 @@ for level, folder, flags, probe in ISAS:
         break  # levels are cumulative: nothing above a missing level can be used
     libraries.append((f"brgemm_kernels_{folder}",
                       {"sources": sorted(glob(f"csrc/kernels/{folder}/*.cpp")),
-                       "include_dirs": INCLUDE, "cflags": COMMON + flags, "obj_deps": {"": KERNEL_HEADERS}}))
+                       "include_dirs": INCLUDE, "cflags": COMMON + flags}))
     macros.append((f"BRGEMM_BUILT_{level.upper()}", "1"))
     flags_by_isa[level] = COMMON + flags
 
@@ -70,7 +64,6 @@ core = Pybind11Extension(
     "brgemm._core",
     sources=sorted(glob("csrc/core/*.cpp")) + sorted(glob("layers/*.cpp")) + sorted(glob("csrc/bindings/*.cpp")),
     include_dirs=INCLUDE,
-    depends=CORE_HEADERS,
     define_macros=macros,
     extra_compile_args=["-O3", "-fopenmp"],
     extra_link_args=["-fopenmp"],
