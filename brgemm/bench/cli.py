@@ -150,7 +150,8 @@ def main(argv=None):
         peers.set_threads(get_num_threads())
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
     if args.json:
-        write_json(args.json, peak, rows, groups=args.groups or ["headline"], rounds=args.rounds)
+        write_json(args.json, peak, rows, groups=args.groups or ["headline"], rounds=args.rounds,
+                   threads=sorted({r["threads"] for r in rows}))
     if args.plot:
         from .plot import plot
         plot(rows, args.plot)

@@ -116,7 +116,10 @@ def mlp_summary(rows):
     lines = []
     for t in sorted({r["threads"] for r in rows}):
         mine = [r for r in rows if r["threads"] == t]
-        lines.append(ratio_summary(f"Linear and MLP, {t} thread(s), vs PyTorch", mine))
+        for dtype in ("float32", "bfloat16"):
+            got = [r for r in mine if f" {dtype} " in r["case"]]
+            if got:
+                lines.append(ratio_summary(f"Linear and MLP {dtype}, {t} thread(s), vs PyTorch", got))
         lines += [f"  {r['case']}, {t} thread(s): {r['ratio_vs_brgemm_float32']:.2f}x our float32"
                   for r in mine if "ratio_vs_brgemm_float32" in r]
     return lines
