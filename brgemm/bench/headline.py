@@ -16,10 +16,11 @@ from .rnn import RNN_STEPS, forward_case as rnn_forward_case
 HEADLINE_GEMM = (1024, 1024, 1024)                   # (M, K, N), every dtype
 HEADLINE_CONVS = (CONV_LAYERS[0], CONV_LAYERS[1])    # ResNet-50's 3x3 and 1x1 at 56x56
 HEADLINE_CONV_BATCH = 1
-HEADLINE_RNN = (512, 16)                             # (H = I, N), T = RNN_STEPS
+HEADLINE_RNN = (256, 16)                             # (H = I, N), T = RNN_STEPS: a row of --rnn's grid
 HEADLINE_MODEL = "resnet_blocked"                    # convert(blocked=True): its fast path
 # Three rounds: a median still, and with the pauses between libraries (harness.PAUSE) the
-# headline stays near a minute on 2 busy cores (measured: 86 s with five, 55-60 s with three).
+# headline stays near a minute on 2 busy cores (measured with a fresh peak, load ~6: 86 s with
+# five rounds and H = 512 recurrent rows, 70 s with three).
 HEADLINE_ROUNDS = 3
 
 

@@ -130,16 +130,34 @@ def torch_model_work(name, pass_):
     return 3 * sum(works) - works[0] if pass_ == "train step" else sum(works)
 
 
+#: The runtimes model_peers runs an ONNX export on: module → the name the notes use.
+RUNTIMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
-#: The runtimes model_peers knows: (module, label in the rows, what the note calls it).
-RUNTIMES = (("onnxruntime", "onnxruntime", "ONNX Runtime"), ("openvino", "openvino", "OpenVINO"))
+
+def _onnx_runtime(path, xn, threads):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"x": xn})
+
+
+def _openvino(path, xn, threads):
+    import openvino as ov
+    # f32 said explicitly: on CPUs with bf16 instructions OpenVINO would compute in bf16.
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: xn})
 
 
 def model_peers(torch, model, x, threads, log):
     """The plain model's other ways to run inference, pinned to ``threads``: PyTorch eager in
     channels_last (4-D inputs), and ONNX Runtime and OpenVINO on one ONNX export of it
     (``torch.onnx.export(dynamo=False)``: the TorchScript exporter, quick and without extra
-    dependencies). A runtime that is not installed is skipped with a note."""
+    dependencies). A runtime that is not installed, or that fails on the model, is skipped with
+    a note: a peer's trouble must not stop the benchmark."""
     model.eval()
     peers = {}
     if x.dim() == 4:
@@ -150,33 +168,28 @@ def model_peers(torch, model, x, threads, log):
             with torch.no_grad():
                 model_cl(x_cl)
         peers["torch[channels_last]"] = channels_last
-    wanted = [rt for rt in RUNTIMES if installed(rt[0])]
-    for module, _, name in RUNTIMES:
+    for module, name in RUNTIMES.items():
         if not installed(module):
             log.note(f"{name} is not installed: the model rows skip it (pip install {module})")
+    wanted = [module for module in RUNTIMES if installed(module)]
     if not wanted:
         return peers
     xn = x.numpy()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"])
-        if installed("onnxruntime"):
-            import onnxruntime as ort
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            options.log_severity_level = 3
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            peers["onnxruntime"] = lambda: session.run(None, {"x": xn})
-        if installed("openvino"):
-            import openvino as ov
-            # f32 said explicitly: on CPUs with bf16 instructions OpenVINO would compute in bf16.
-            compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                             "INFERENCE_PRECISION_HINT": "f32",
-                                                             "PERFORMANCE_HINT": "LATENCY"})
-            request = compiled.create_infer_request()
-            peers["openvino"] = lambda: request.infer({0: xn})
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"])
+        except Exception as e:  # e.g. the exporter needs the onnx package
+            log.note(f"torch.onnx.export failed ({type(e).__name__}: {e}): the model rows skip "
+                     + " and ".join(RUNTIMES[m] for m in wanted))
+            return peers
+        for module in wanted:
+            try:
+                peers[module] = (_onnx_runtime if module == "onnxruntime" else _openvino)(path, xn, threads)
+            except Exception as e:
+                log.note(f"{RUNTIMES[module]} could not load the model ({type(e).__name__}: {e}): skipped")
     return peers
 
 
