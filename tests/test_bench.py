@@ -116,7 +116,9 @@ def test_options_parse_and_bad_values_name_the_option():
     assert (args.threads, args.dtypes) == ([1, 2], ("bf16",))
     assert cli.parse_args(["--rnn", "--conv", "--rounds", "2"]).groups == ["conv", "rnn"]
     assert cli.parse_args(["--ceilings"]).groups == ["ceilings"]
+    assert cli.parse_args(["--torch", "--compile"]).compile
     for argv, option in ((["--threads", "two"], "--threads"), (["--threads", "0"], "--threads"),
+                         (["--compile"], "--compile"), (["--conv", "--compile"], "--compile"),
                          (["--dtypes", "f64"], "--dtypes"), (["--rounds", "0"], "--rounds")):
         with pytest.raises(ValueError, match=option):
             cli.parse_args(argv)
@@ -181,3 +183,20 @@ def test_the_headline_prints_its_table_and_writes_the_same_rows_as_json(fake_pea
     # stderr: one progress line per case, counted.
     assert [line for line in err.splitlines() if "[9/9]" in line]
     assert sum(bool(re.search(r"\[\d/9\]", line)) for line in err.splitlines()) == 9
+
+
+def test_without_pytorch_the_headline_notes_it_and_skips_the_model(fake_peak, tiny_headline, capsys, monkeypatch):
+    class NoTorch(bench.Peers):
+        def __init__(self):
+            super().__init__()
+            self.torch = None
+    monkeypatch.setattr(cli, "Peers", NoTorch)
+    assert bench.main(["--rounds", "1", "--threads", "1", "--dtypes", "bf16"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: PyTorch is not installed" in out
+    rows = [line for line in out.splitlines() if re.match(r"(ukernel|gemm|Conv|LSTM|GRU|ResNet)", line)]
+    assert len(rows) == headline.headline_cases(("bf16",), [1], with_torch=False) == 6
+    assert not any(line.startswith("ResNet") for line in rows)
+    # No peer computes bf16 or runs these layers without PyTorch: the peer columns say so.
+    assert all(line.split()[-2:] == ["-", "-"] for line in rows)
+    assert "Traceback" not in err

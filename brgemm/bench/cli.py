@@ -36,7 +36,7 @@ GROUPS = {
             lambda p, rng, a, tl, log: run_rnn(p, rng, a.rounds, tl, log), format_table, rnn_summary),
     "torch": ("PyTorch models (a ResNet-style stack, an LSTM tagger) converted by brgemm.torch.convert, "
               "training step and inference, against plain PyTorch, ONNX Runtime and OpenVINO",
-              lambda p, rng, a, tl, log: run_torch(p, a.rounds, tl, log), format_models, torch_summary),
+              lambda p, rng, a, tl, log: run_torch(p, a.rounds, tl, log, a.compile), format_models, torch_summary),
     "ceilings": ("PyTorch alone on the cases that ask most of the machine: the %% of the measured peak it "
                  "reaches (not part of --full)",
                  lambda p, rng, a, tl, log: run_ceilings(p, a.rounds, log), format_ceilings, None),
@@ -70,6 +70,9 @@ def make_parser():
     parser.add_argument("--full", action="store_true", help="every group below except --ceilings (many minutes)")
     for name, (what, _, _, _) in GROUPS.items():
         parser.add_argument(f"--{name}", action="store_true", help=what)
+    parser.add_argument("--compile", action="store_true",
+                        help="--torch: also torch.compile as a peer on the inference rows (compiling the "
+                             "ResNet-style stack takes some 20 s per thread count)")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"timing rounds per case, the median reported (default: {HEADLINE_ROUNDS} for the "
                              f"headline, {GROUP_ROUNDS} for the groups)")
@@ -93,6 +96,8 @@ def parse_args(argv=None):
     if args.plot and not installed("matplotlib"):
         raise ValueError("--plot needs matplotlib: pip install matplotlib")
     args.groups = [g for g in GROUPS if getattr(args, g) or (args.full and g in FULL)]
+    if args.compile and "torch" not in args.groups:
+        raise ValueError("--compile adds a peer to the --torch rows: give it with --torch or --full")
     if args.rounds is None:
         args.rounds = GROUP_ROUNDS if args.groups else HEADLINE_ROUNDS
     return args

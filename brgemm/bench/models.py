@@ -152,14 +152,36 @@ def _openvino(path, xn, threads):
     return lambda: request.infer({0: xn})
 
 
-def model_peers(torch, model, x, threads, log):
+def _compiled(torch, model, x, log):
+    """torch.compile's inductor on a copy of the model, compiled now (tens of seconds for the
+    ResNet-style stack), or None with a note when it fails."""
+    # Inductor writes the thread count into the code it generates: start afresh for each count.
+    torch._dynamo.reset()
+    compiled = torch.compile(copy.deepcopy(model))
+
+    def call():
+        with torch.no_grad():
+            compiled(x)
+    try:
+        call()
+    except Exception as e:
+        log.note(f"torch.compile failed ({type(e).__name__}: {e}): the model rows skip it")
+        return None
+    return call
+
+
+def model_peers(torch, model, x, threads, log, compile=False):
     """The plain model's other ways to run inference, pinned to ``threads``: PyTorch eager in
-    channels_last (4-D inputs), and ONNX Runtime and OpenVINO on one ONNX export of it
-    (``torch.onnx.export(dynamo=False)``: the TorchScript exporter, quick and without extra
-    dependencies). A runtime that is not installed, or that fails on the model, is skipped with
-    a note: a peer's trouble must not stop the benchmark."""
+    channels_last (4-D inputs), ``compile``: torch.compile, and ONNX Runtime and OpenVINO on
+    one ONNX export of it (``torch.onnx.export(dynamo=False)``: the TorchScript exporter, quick
+    and without extra dependencies). A runtime that is not installed, or that fails on the
+    model, is skipped with a note: a peer's trouble must not stop the benchmark."""
     model.eval()
     peers = {}
+    if compile:
+        call = _compiled(torch, model, x, log)
+        if call is not None:
+            peers["torch.compile"] = call
     if x.dim() == 4:
         model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -193,34 +215,43 @@ def model_peers(torch, model, x, threads, log):
     return peers
 
 
-def model_case(torch, name, pass_, threads, log, seed=0):
-    """torch_model_fns, plus model_peers for inference: (callables, FLOPs, bytes, case, work)."""
+def model_case(torch, name, pass_, threads, log, seed=0, compile=False, cache=None):
+    """torch_model_fns, plus model_peers for inference: (callables, FLOPs, bytes, case, work).
+    ``cache``: a dict that keeps the peers across calls, so that the two ResNet-style rows
+    (the same plain model, converted two ways) export and compile it once per thread count."""
     fns, flops, nbytes, case = torch_model_fns(torch, name, pass_, seed)
     if pass_ == "inference":
-        model, x = torch_model(torch, name, seed)[:2]
-        fns.update(model_peers(torch, model, x, threads, log))
+        key = (name.replace("_blocked", ""), threads, seed)
+        if cache is None or key not in cache:
+            model, x = torch_model(torch, name, seed)[:2]
+            got = model_peers(torch, model, x, threads, log, compile)
+            if cache is None:
+                return {**fns, **got}, flops, nbytes, case, torch_model_work(name, pass_)
+            cache[key] = got
+        fns.update(cache[key])
     return fns, flops, nbytes, case, torch_model_work(name, pass_)
 
 
 def format_models(rows):
-    """The model table: milliseconds per call, against plain PyTorch and the fastest peer."""
+    """The model table: milliseconds per call, against PyTorch's fastest path (eager in either
+    layout, torch.compile with --compile) and against the fastest peer of all."""
     width = max([44] + [len(r["case"]) for r in rows])
     lines = [f"{'model: brgemm.torch.convert vs peers':{width}} {'thr':>3} {'brgemm ms':>9} {'torch ms':>9} "
              f"{'x torch':>7} {'fastest peer':>20} {'x peer':>6} {'GFLOP/s':>8} {'%peak':>6}"]
     for r in rows:
         lines.append(f"{r['case']:{width}} {r['threads']:>3} {1e3 * r['brgemm_seconds']:9.1f} "
-                     f"{1e3 * r['torch_seconds'] if 'torch_seconds' in r else float('nan'):9.1f} "
+                     f"{1e3 * r.get(r.get('torch_best', 'torch') + '_seconds', float('nan')):9.1f} "
                      f"{r.get('ratio_vs_torch', float('nan')):7.2f} {r.get('best_peer', '-'):>20} "
                      f"{r.get('ratio_vs_best_peer', float('nan')):6.2f} {r['brgemm_gflops']:8.1f} "
                      f"{r['percent_of_peak'] or float('nan'):6.1f}")
     return "\n".join(lines)
 
 
-def run_torch(peers, rounds, threads_list, log):
+def run_torch(peers, rounds, threads_list, log, compile=False):
     """The --torch models (TORCH_CONV_STACK, plainly converted and with blocked=True, and
     TORCH_LSTM), training step and inference, float32, converted by brgemm.torch.convert
-    against the same model in plain PyTorch (inference: also model_peers); every library's
-    threads pinned to the row's count.
+    against the same model in plain PyTorch (inference: also model_peers, with torch.compile
+    when ``compile``); every library's threads pinned to the row's count.
 
     Both sides allocate their outputs on every call, so page faults count: on this project's VM
     one costs ~1.4 µs, and whether glibc hands freed memory back (so the next call faults again)
@@ -231,12 +262,13 @@ def run_torch(peers, rounds, threads_list, log):
     if peers.torch is None:
         log.note("PyTorch is not installed: no model rows (pip install torch)")
         return []
-    rows = []
+    rows, cache = [], {}
     for threads in threads_list:
         peers.set_threads(threads)
         for name in TORCH_MODELS:
             for pass_ in TORCH_PASSES:
-                fns, flops, nbytes, case, work = model_case(peers.torch, name, pass_, threads, log)
+                fns, flops, nbytes, case, work = model_case(peers.torch, name, pass_, threads, log, compile=compile,
+                                                            cache=cache)
                 med, rat = compare(fns, rounds, threads)
                 rows.append(_row(case, threads, flops, nbytes, med, rat, peak_of("fma_f32", threads), work))
                 rows[-1].update({f"{lib}_seconds": t for lib, t in med.items()})
