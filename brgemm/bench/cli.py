@@ -119,6 +119,7 @@ def main(argv=None):
     except ValueError as e:
         make_parser().error(str(e))
     start = time.perf_counter()
+    threads_before = get_num_threads()
     peers = Peers()
     log = Log()
     if not os.path.exists(_cache_file()):
@@ -126,8 +127,8 @@ def main(argv=None):
     peak = get_peak()
     print(f"brgemm {__version__}, ISA {_core.isa()}, on {peak['cpu']} ({os.cpu_count()} cores)")
     print(_peak_line(peak))
-    print(f"x peer: peer time / brgemm time (above 1: brgemm is faster); medians over {args.rounds} rounds; "
-          "%peak: of the measured peak; %roof: of the roofline bound, max(FLOPs / peak, bytes / bandwidth); "
+    print(f"x <peer>: the peer's time / brgemm's time (above 1: brgemm is faster), medians over {args.rounds} rounds")
+    print("%peak: of the measured peak; %roof: of the roofline bound max(FLOPs / peak, bytes / bandwidth); "
           "int8 rows count GOP/s")
     if peers.torch is None:
         log.note("PyTorch is not installed: no PyTorch peer (pip install torch)")
@@ -149,10 +150,9 @@ def main(argv=None):
             for row in got:
                 row["group"] = group
             rows += got
-            if got:
-                _print_table(fmt(got), summary(got) if summary else [], log)
+            _print_table(fmt(got) if got else None, summary(got) if summary and got else [], log)
     finally:
-        peers.set_threads(get_num_threads())
+        peers.set_threads(threads_before)
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
     if args.json:
         write_json(args.json, peak, rows, groups=args.groups or ["headline"], rounds=args.rounds,
@@ -165,8 +165,10 @@ def main(argv=None):
 
 
 def _print_table(table, summary, log):
-    """A group's table on stdout, its summary lines, and the notes gathered so far (once)."""
-    print("\n" + table, flush=True)
+    """A group's table on stdout (None: the group had nothing to run), its summary lines, and the
+    notes gathered so far (each once)."""
+    if table:
+        print("\n" + table, flush=True)
     for line in summary:
         print(line)
     for note in log.new_notes():
