@@ -82,6 +82,14 @@ def test_summaries_are_geomeans_of_measured_ratios():
     assert bench.geomean([2.0, 8.0, None]) == pytest.approx(4.0)
 
 
+def test_json_round_trips_the_rows_and_the_peak(tmp_path):
+    rows = [_grid_row("gemm f32 8x8x8", 1), _grid_row("ktanh f32 1e+06", 1, percent_of_peak=None)]
+    path = tmp_path / "rows.json"
+    bench.write_json(path, FAKE_PEAK, rows, groups=["kernels"], rounds=2, threads=[1])
+    assert json.loads(path.read_text()) == {"peak": FAKE_PEAK, "groups": ["kernels"], "rounds": 2, "threads": [1],
+                                            "rows": rows}
+
+
 def _grid_row(case, threads=2, **extra):
     return {"case": case, "threads": threads, "flops": 1e9, "bytes": 1e6, "brgemm_seconds": 0.01,
             "brgemm_gflops": 100.0, "percent_of_peak": 50.0, "percent_of_roofline": 50.0,
