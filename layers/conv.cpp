@@ -279,7 +279,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
 
   // The per-thread tiles, grown here rather than by the first items.
   const int64_t rows_blk = group * p.res_cols * p.bo;
-  reserve_scratch(p.threads, {{0, p.z && p.e.out == out_type::bf16 ? rows_blk : 0},
+  reserve_scratch(p.threads, {{0, p.z && p.t == dtype::bf16 ? rows_blk : 0},
                               {1, dtype_is_int8(p.t) ? p.bo : 0},
                               {2, pl.tile ? rows_blk : 0}});
   return status::ok;
@@ -345,8 +345,10 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
             for (int64_t o = first; o < first + rows; ++o) call(pl.kr[u].at(ch, chunks), o, u, 0, ldc);
     }
     if (x.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
+      // The epilogue's output is z's f32 here, so the output's type is the layer's: bf16
+      // results are rounded from f32 (asking the epilogue wrote f32 into bf16 y).
       const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
-      if (p.e.out != out_type::bf16) {
+      if (p.t != dtype::bf16) {
         activation_f32(x.act, x.z + at, (float*)x.out + at, len);
       } else {
         float* y = scratch(0, len);
