@@ -91,13 +91,6 @@ void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w) {
   w *= rows;
 }
 
-// Per-thread batch offsets that only grow (the weight gradient's; plans reserve them).
-int64_t* offsets(int slot, int64_t n) {
-  static thread_local std::vector<int64_t> buf[2];
-  if ((int64_t)buf[slot].size() < n) buf[slot].resize((size_t)n);
-  return buf[slot].data();
-}
-
 // The kernels of one call shape over a reduction in chunks: the last chunk's (with the
 // epilogue; beta 1 after earlier chunks), the first's (beta 0) and the middle ones' (beta 1).
 struct chunk_kernels {
@@ -178,10 +171,15 @@ struct conv_pass_plan {
 // Backward: the data pass (when dX is asked for), and for the weight gradient per kernel column
 // tap s the output columns it reads inside the input, [lo, lo + len), and its kernels (beta 0
 // and beta 1; null when the tap reads nothing).
+// row_a[r], row_b[r]: the weight gradient's batch offsets (the rows' part) for kernel row r,
+// one entry per output row that reads inside the input through r; row_at[r][row]: how many of
+// the output rows before `row` do, so rows [first, last) are entries [row_at[first],
+// row_at[last]).
 struct conv_backward_plan {
   conv_pass_plan data;
   std::vector<int64_t> lo, len;
   std::vector<const kernel*> kw, kw_add;
+  std::vector<std::vector<int64_t>> row_a, row_b, row_at;
 };
 
 namespace {
@@ -581,13 +579,29 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
             if (status st = dispatch(d, &pl.kw_add[s]); st != status::ok) return st;
           }
         }
-        // Per-thread scratch: dZ of a plane (bf16), the batch offsets of a block product.
+        // The weight gradient's batch offsets, per kernel row r: over the output rows (n·oh of
+        // them, image by image) that read an input row through r, the rows' part of the A and B
+        // offsets (the block's part is added to the base addresses).
+        const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
+        const int64_t row_t = sw * bc_ * wq;
+        pl.row_a.assign(g_.r, {});
+        pl.row_b.assign(g_.r, {});
+        pl.row_at.assign(g_.r, std::vector<int64_t>((size_t)(n * oh + 1), 0));
+        for (int64_t r = 0; r < g_.r; ++r)
+          for (int64_t row = 0; row < n * oh; ++row) {
+            const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
+            pl.row_at[r][row + 1] = pl.row_at[r][row] + (ih >= 0);
+            if (ih < 0) continue;
+            if (narrow) {
+              pl.row_a[r].push_back((i * cb * h + ih) * row_t);
+              pl.row_b[r].push_back(i * kb * plane_y + o * ow * bk_);
+            } else {
+              pl.row_a[r].push_back(i * kb * plane_y + o * ow);
+              pl.row_b[r].push_back(i * cb * plane_x + ih * w * bc_);
+            }
+          }
+        // Per-thread scratch: dZ of a plane (bf16).
         reserve_scratch(threads, {{0, bf16 ? plane_y : 0}, {1, bf16 ? plane_y : 0}});
-#pragma omp parallel num_threads(threads)
-        {
-          offsets(0, n * oh);
-          offsets(1, n * oh);
-        }
         return status::ok;
       });
       st != status::ok)
@@ -668,7 +682,6 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
                                     : std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
   float* part = (float*)aligned(part_, splits * blocks * blk * 4);
   auto part_at = [&](int64_t b, int64_t sp) { return part + (rows_outer ? sp * blocks + b : b * splits + sp) * blk; };
-  const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
   // One block's product over output rows [first, last) into out (adding when `add`).
   auto block_product = [&](int64_t b, int64_t first, int64_t last, float* out, bool add) {
     const int64_t k = b / (cb * taps), c = b / taps % cb, r = b % taps / g_.s, s = b % g_.s;
@@ -676,27 +689,21 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
       if (!add) std::fill(out, out + blk, 0.0f);
       return;
     }
-    int64_t* oa = offsets(0, last - first);
-    int64_t* ob = offsets(1, last - first);
-    int64_t count = 0;
+    // The rows' part of the offsets is the plan's table for kernel row r; the block's part
+    // (its k, c and column tap) goes into the base addresses.
     const int64_t iw = along_w(lo[s], s);
-    for (int64_t row = first; row < last; ++row) {
-      const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
-      if (ih < 0) continue;
-      if (narrow) {  // A: the tap's phase row of Xᵀ; B: dZ's row from its first valid column
-        oa[count] = ((i * cb + c) * h + ih) * row_t + iw % sw * bc_ * wq + iw / sw;
-        ob[count++] = (i * kb + k) * plane_y + (o * ow + lo[s]) * bk_;
-      } else {
-        oa[count] = (i * kb + k) * plane_y + o * ow + lo[s];
-        ob[count++] = (i * cb + c) * plane_x + (ih * w + iw) * bc_;
-      }
-    }
+    const std::vector<int64_t>& at = plan->row_at[r];
     batch_ref batch;
-    batch.count = count;
-    batch.a = narrow ? x : dzt;
-    batch.b = narrow ? dzt : x;
-    batch.offs_a = oa;
-    batch.offs_b = ob;
+    batch.count = at[last] - at[first];
+    if (narrow) {  // A: the tap's phase row of Xᵀ; B: dZ's row from its first valid column
+      batch.a = x + c * h * row_t + iw % sw * bc_ * wq + iw / sw;
+      batch.b = dzt + k * plane_y + lo[s] * bk_;
+    } else {
+      batch.a = dzt + k * plane_y + lo[s];
+      batch.b = x + c * plane_x + iw * bc_;
+    }
+    batch.offs_a = plan->row_a[r].data() + at[first];
+    batch.offs_b = plan->row_b[r].data() + at[first];
     execute(add ? *kw_add[s] : *kw[s], batch, out);
   };
 #pragma omp parallel num_threads(threads)
