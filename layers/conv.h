@@ -10,8 +10,10 @@
 // W itself (K, C, R, S) as PyTorch holds it, its gradient and the bias stay plain f32.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "plan.h"
 
 namespace brgemm::layers {
 
@@ -40,6 +42,17 @@ void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw
                      float scale = 1.0f, int32_t zero_point = 0);
 void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
                        element xt);
+
+// Plans (conv.cpp): one direct-convolution pass set up for a call shape (its kernels, runs and
+// offset tables), and a backward pass's (its data pass and the weight gradient's kernels).
+struct conv_pass_plan;
+struct conv_backward_plan;
+// What a plan depends on besides the layer: the call's size, the ISA its kernels were
+// dispatched for, the threads it splits the work for, and the epilogue's optional stages.
+struct conv_plan_key {
+  int64_t n, h, w;
+  int32_t level, threads, bias, z, zero, data;
+};
 
 class conv_layer {
  public:
@@ -77,6 +90,8 @@ class conv_layer {
   std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last; the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // packed weights (64-byte aligned inside)
   std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
+  plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
+  plan_cache<conv_plan_key, conv_backward_plan> bwd_plans_;
 };
 
 // The quantization of an int8 layer: real x = x_scale·(x_q − x_zero) for the u8 input;
@@ -124,6 +139,7 @@ class qconv_layer {
   std::vector<float> seen_ws_, seen_b_, bias_, scale_;  // the epilogue's bias and scale, padded to K/bk
   std::vector<int32_t> tapsum_;                         // [K/bk][R][S][bk]: Σ_c w_q of each tap
   std::vector<char> fwd_;
+  plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
 };
 
 }  // namespace brgemm::layers

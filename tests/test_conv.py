@@ -363,3 +363,19 @@ def test_private_driver_refuses_wrong_sizes():
         cv.refresh(np.zeros(3, np.float32), None)
     with pytest.raises(ValueError, match="in_channels"):
         _core._Conv2d("float32", 0, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, "none")
+
+
+@pytest.mark.parametrize("act", ["gelu", "swish", "kgelu"])
+def test_bfloat16_training_forward_of_an_activation_that_keeps_its_input(rng, act):
+    """bfloat16 training with an activation whose derivative needs its input: the epilogue
+    stops at the bias (f32, kept for backward) and the activation follows, rounded to the
+    layer's bfloat16 output, exactly as the fused eval-mode epilogue does. (It used to write
+    f32 values into the bfloat16 output: twice its size.)"""
+    conv = Conv2d(16, 16, 3, padding=1, activation=act, dtype="bfloat16", seed=1)
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    conv.eval()
+    y_eval = conv(x)
+    conv.train()
+    y_train = conv(x)
+    np.testing.assert_array_equal(np.asarray(y_train, np.float32), np.asarray(y_eval, np.float32))
+    conv.backward(np.ones(y_train.shape, np.float32))
