@@ -21,8 +21,9 @@ import ml_dtypes
 import numpy as np
 
 from .. import _core
+from .._args import activation_arg, dtype_arg, positive_int
+from .._quantize import quantize_per_channel
 from ._parameters import Parameters, QuantizedIO
-from .linear import _activation_arg, _dtype_arg, _positive_int
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
@@ -34,8 +35,8 @@ def _pair(v, name):
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
-        return _positive_int(v[0], name), _positive_int(v[1], name)
-    v = _positive_int(v, name)
+        return positive_int(v[0], name), positive_int(v[1], name)
+    v = positive_int(v, name)
     return v, v
 
 
@@ -68,8 +69,8 @@ class _Convolution:
     """What the convolution layers share: geometry, output sizes, cached buffers, layouts."""
 
     def _init_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation):
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.dilation = _pair(dilation, "dilation")
@@ -183,8 +184,8 @@ class Conv2d(_Convolution, Parameters):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, dtype="float32", seed=None):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        self.activation = _activation_arg(activation)
-        self.dtype = _dtype_arg(dtype)
+        self.activation = activation_arg(activation)
+        self.dtype = dtype_arg(dtype)
         self._act_dtype = _F32 if self.dtype == "float32" else _BF16
         self._cv = _core._Conv2d(self.dtype, *self._geometry_args(), activation or "none")
         self.bc, self.bk = self._cv.bc, self._cv.bk
@@ -256,21 +257,6 @@ class Conv2d(_Convolution, Parameters):
                 f"dtype={self.dtype!r})")
 
 
-def quantize_per_channel(weight):
-    """Symmetric int8 quantization of float weights (K, ...) with one scale per output channel:
-    (w_q int8, scale float32 (K,)) with scale = max|w|/127 and w_q = clip(round(w/scale), ±127)
-    (ties to even); a channel of zeros gets scale 1."""
-    w = np.asarray(weight, np.float32)
-    if w.ndim < 2:
-        raise ValueError(f"weight must be at least 2-D (out_channels, ...), got {w.ndim}-D")
-    if not np.isfinite(w).all():
-        raise ValueError("weight holds NaN or infinity")
-    amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
-    return q, scale
-
-
 class QuantizedConv2d(_Convolution, QuantizedIO):
     """int8 inference: y = activation(input_scale·weight_scale[k]·conv2d(x_q − input_zero_point,
     weight) + bias), with uint8 activations x_q, int8 ``weight`` (K, C, R, S) and one float32
@@ -297,7 +283,7 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
                  activation=None, *, input_scale=1.0, input_zero_point=0, output_scale=None, output_zero_point=0,
                  out_dtype=None, seed=None):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        self.activation = _activation_arg(activation)
+        self.activation = activation_arg(activation)
         self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
         self._cv = _core._QuantizedConv2d(*self._geometry_args(), activation or "none", self.out_dtype)
         self.bc, self.bk = self._cv.bc, self._cv.bk

@@ -17,36 +17,11 @@ import ml_dtypes
 import numpy as np
 
 from .. import _core
+from .._args import activation_arg, dtype_arg, positive_int
+from .._api import Epilogue, gemm, pack_b
+from .._quantize import QParams, quantize, quantize_per_channel, split_outliers
 from . import functional
 from ._parameters import Parameters, QuantizedIO
-
-ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
-DTYPES = ("float32", "bfloat16")
-
-
-def _positive_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name} must be at least 1, got {v}")
-    return int(v)
-
-
-def _activation_arg(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(map(str, ACTIVATIONS))}; got {activation!r}")
-    return activation
-
-
-def _dtype_arg(dtype):
-    if not isinstance(dtype, str):
-        try:
-            dtype = {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16"}.get(np.dtype(dtype))
-        except TypeError:
-            pass
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    return dtype
 
 
 def _rows_arg(x, name, features):
@@ -186,10 +161,10 @@ class Linear(_Trainable, Parameters):
     """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, dtype="float32", seed=None):
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.activation = _activation_arg(activation)
-        self.dtype = _dtype_arg(dtype)
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.activation = activation_arg(activation)
+        self.dtype = dtype_arg(dtype)
         self._act_dtype = np.float32 if self.dtype == "float32" else ml_dtypes.bfloat16
         self._fc = _core._Linear(self.dtype, self.in_features, self.out_features, activation or "none")
         rng = np.random.default_rng(seed)
@@ -211,10 +186,10 @@ class MLP(_Trainable):
     """
 
     def __init__(self, sizes, activation="relu", dtype="float32", bias=True, seed=None):
-        sizes = [_positive_int(s, "sizes[]") for s in sizes]
+        sizes = [positive_int(s, "sizes[]") for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"sizes must name at least an input and an output width, got {sizes}")
-        _activation_arg(activation)
+        activation_arg(activation)
         rng = np.random.default_rng(seed)
         self.layers = [Linear(sizes[i], sizes[i + 1], bias, activation if i + 2 < len(sizes) else None, dtype,
                               seed=int(rng.integers(1 << 62))) for i in range(len(sizes) - 1)]
@@ -241,10 +216,9 @@ class QuantizedLinear(QuantizedIO):
 
     def __init__(self, in_features, out_features, bias=True, activation=None, *, input_scale=1.0,
                  input_zero_point=0, output_scale=None, output_zero_point=0, out_dtype=None, seed=None):
-        from .conv import quantize_per_channel
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.activation = _activation_arg(activation)
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.activation = activation_arg(activation)
         self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
         bound = 1.0 / math.sqrt(self.in_features)
         rng = np.random.default_rng(seed)
@@ -263,7 +237,6 @@ class QuantizedLinear(QuantizedIO):
         With ``outlier_fraction`` or ``outlier_threshold`` the largest weights stay in float32
         as a sparse correction (:func:`brgemm.quant.split_outliers`): the int8 product, then
         the correction, then bias-free activation and requantization in numpy."""
-        from .conv import quantize_per_channel
         if not isinstance(linear, Linear):
             raise TypeError(f"linear must be a brgemm.nn.Linear, got {type(linear).__name__}")
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.activation,
@@ -272,7 +245,6 @@ class QuantizedLinear(QuantizedIO):
         if outlier_fraction is None and outlier_threshold is None:
             q.weight, q.weight_scale = quantize_per_channel(linear.weight)
         else:
-            from ..quant import split_outliers
             q.weight, q.weight_scale, *sparse = split_outliers(linear.weight, outlier_fraction=outlier_fraction,
                                                                threshold=outlier_threshold)
             q.outliers = tuple(sparse)
@@ -299,11 +271,9 @@ class QuantizedLinear(QuantizedIO):
         same = _core.same_bytes  # exact, in parallel, without a temporary
         w_same = seen is not None and w.flags.c_contiguous and same(seen[0], w)
         if not w_same:
-            from .._api import pack_b
             self._packed = pack_b(np.ascontiguousarray(w.T), "u8s8", layout="panels")
         if (not w_same or not same(seen[1], np.ascontiguousarray(ws)) or (seen[2] is None) != (b is None)
                 or (b is not None and not same(seen[2], np.ascontiguousarray(b))) or seen[3] != key):
-            from .._api import Epilogue
             xs, xz, ys, yz = key
             scale = np.float32(xs) * ws
             bias = b
@@ -321,14 +291,12 @@ class QuantizedLinear(QuantizedIO):
     def forward(self, x, out=None):
         """y for x (N, in_features) uint8, or float32 (quantized with input_scale and
         input_zero_point first); y is (N, out_features) of out_dtype. ``out`` may give it."""
-        from .. import quant
-        from .._api import gemm
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x must be a (N, {self.in_features}) numpy array, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         self._refresh()
         if x.dtype == np.float32:
-            x = quant.quantize(x, quant.QParams(self.input_scale, int(self.input_zero_point)))
+            x = quantize(x, QParams(self.input_scale, int(self.input_zero_point)))
         elif x.dtype != np.uint8:
             raise TypeError(f"x must have dtype uint8 or float32, got {x.dtype}")
         shape = (x.shape[0], self.out_features)
@@ -340,7 +308,6 @@ class QuantizedLinear(QuantizedIO):
             gemm(np.ascontiguousarray(x), self._packed, y, epilogue=self._epilogue)
             return y
         # int8 product dequantized (+ bias), the float32 outliers' share, then the rest.
-        from .._api import Epilogue
         z = gemm(np.ascontiguousarray(x), self._packed, np.empty(shape, np.float32),
                  epilogue=Epilogue(scale=(np.float32(self.input_scale) * self.weight_scale).astype(np.float32),
                                    bias=self.bias, a_zero_point=int(self.input_zero_point), out_dtype="float32"))
@@ -352,7 +319,7 @@ class QuantizedLinear(QuantizedIO):
         if self.out_dtype == "float32":
             y[...] = z
         else:
-            y[...] = quant.quantize(z, quant.QParams(self.output_scale, int(self.output_zero_point)))
+            y[...] = quantize(z, QParams(self.output_scale, int(self.output_zero_point)))
         return y
 
     __call__ = forward

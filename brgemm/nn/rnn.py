@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import _core
-from .linear import _dtype_arg, _positive_int
+from .._args import dtype_arg, positive_int
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
@@ -34,15 +34,15 @@ class _RNN:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False, activation="exact",
                  dtype="float32", seed=None):
-        self.input_size = _positive_int(input_size, "input_size")
-        self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        self.num_layers = _positive_int(num_layers, "num_layers")
+        self.input_size = positive_int(input_size, "input_size")
+        self.hidden_size = positive_int(hidden_size, "hidden_size")
+        self.num_layers = positive_int(num_layers, "num_layers")
         self.bias = bool(bias)
         self.bidirectional = bool(bidirectional)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be 'exact' or 'ktanh', got {activation!r}")
         self.activation = activation
-        self.dtype = _dtype_arg(dtype)
+        self.dtype = dtype_arg(dtype)
         self._dirs = 2 if self.bidirectional else 1
         h, g = self.hidden_size, self._gates * self.hidden_size
         bound = 1.0 / math.sqrt(h)
@@ -268,7 +268,7 @@ def bucket_by_length(lengths, batch_size, *, shuffle=False, seed=None):
         raise ValueError("lengths must be a non-empty 1-D sequence of integers")
     if ln.min() < 1:
         raise ValueError(f"lengths must be positive, got {ln.min()}")
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
 
     def padding(batches):
         return int(sum(len(b) * ln[b].max() - ln[b].sum() for b in batches))
