@@ -71,13 +71,17 @@ class ConvGeometry(namedtuple("ConvGeometry", "in_channels out_channels kernel_s
 
     def out_size(self, h, w):
         """(OH, OW) for an input of h × w; ValueError when the kernel does not fit."""
-        (r, s), (sh, sw), (dh, dw), (pt, pb, pl, pr) = self.kernel_size, self.stride, self.dilation, self.padding
-        oh = (int(h) + pt + pb - dh * (r - 1) - 1) // sh + 1
-        ow = (int(w) + pl + pr - dw * (s - 1) - 1) // sw + 1
+        oh, ow = out_size(int(h), int(w), self.kernel_size, self.stride, self.padding, self.dilation)
         if oh < 1 or ow < 1:
             raise ValueError(f"the kernel {self.kernel_size} (dilation {self.dilation}) is larger than the padded "
                              f"input ({h} x {w} with padding {self.padding})")
         return oh, ow
+
+
+def out_size(h, w, kernel, stride, padding, dilation):
+    """(OH, OW), unchecked: plain arithmetic, so that torch's fake tensors' symbolic sizes pass."""
+    (r, s), (sh, sw), (dh, dw), (pt, pb, pl, pr) = kernel, stride, dilation, padding
+    return (h + pt + pb - dh * (r - 1) - 1) // sh + 1, (w + pl + pr - dw * (s - 1) - 1) // sw + 1
 
 
 def blocked_shape(n, channels, block, h, w):

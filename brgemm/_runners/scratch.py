@@ -18,7 +18,7 @@ class Scratch:
         key = (name, shape, np.dtype(dtype))
         a = self._arrays.get(key)
         if a is None:
-            if len(self._arrays) >= self._limit:
+            if len(self._arrays) > self._limit:
                 self._arrays.clear()
                 self.holds.clear()
             a = self._arrays[key] = np.empty(shape, dtype)

@@ -1,13 +1,14 @@
 """brgemm.torch's side of the bridge: the checks that turn an operator's tensor arguments into
 contiguous CPU tensors of the expected dtype (naming the argument when they are not), their
-memory as numpy arrays for the core, and the C++ layers kept per geometry and weight tensor.
+memory as numpy arrays, and the runners (brgemm/_runners, shared with brgemm.nn) kept per
+geometry and weight tensor. The operators hand the runners those numpy views; nothing here
+or in them talks to _core's layer objects directly.
 """
 
 import collections
 import threading
 
 import ml_dtypes
-import numpy as np
 import torch
 
 _F32, _BF16 = torch.float32, torch.bfloat16
@@ -49,11 +50,6 @@ def _dtype_name(t):
     return "float32" if t.dtype == _F32 else "bfloat16"
 
 
-def _np_dtype(t):
-    """The numpy dtype the core sees for a float32 or bfloat16 tensor."""
-    return np.dtype(np.float32) if t.dtype == _F32 else np.dtype(ml_dtypes.bfloat16)
-
-
 def _activation(activation):
     if activation not in _FUSED:
         raise ValueError(f"activation must be 'none' or 'relu', got {activation!r}")
@@ -61,54 +57,25 @@ def _activation(activation):
 
 
 
-
-# --- the C++ layers, kept per geometry and weight tensor -----------------------------------------
+# --- the runners (brgemm/_runners), kept per geometry and weight tensor ---------------------------
 
 def _identity(t):
     """What tells a tensor's contents apart while it is alive: its memory, shape, dtype and
-    version counter (bumped by every in-place change; autograd checks saved tensors the same way)."""
+    version counter (bumped by every in-place change; autograd checks saved tensors the same way).
+    The runners' scratch arrays remember it for the blocked copies they hold (Scratch.fill)."""
     return (t.data_ptr(), t._version, tuple(t.shape), t.dtype)
-
-
-class _Built:
-    """A C++ layer, the lock that serialises its use, and its scratch arrays. ``holds`` maps a
-    scratch array's name to the identity of the tensor whose blocked copy it holds, so that a
-    backward finds the forward's blocked input and output instead of converting them again."""
-
-    def __init__(self, layer):
-        self.layer, self.lock, self._buffers, self.holds = layer, threading.Lock(), {}, {}
-
-    def block(self, name, t, buf, convert, reuse):
-        """Fills buf with the blocked copy of t (convert(t, buf)), unless ``reuse`` and it holds
-        it already. Only a backward may reuse: its tensors were saved by the forward that
-        recorded them and lived since, so no other tensor can have had their identity; a
-        forward's input may sit where a freed one was, with the same shape and version."""
-        key = _identity(t)
-        if not reuse or self.holds.get(name) != key:
-            self.holds[name] = None  # while converting
-            convert(t, buf)
-            self.holds[name] = key
-
-    def buffer(self, name, shape, dtype):
-        key = (name, shape)
-        buf = self._buffers.get(key)
-        if buf is None or buf.dtype != dtype:
-            if len(self._buffers) > 8:  # a few batch shapes in rotation, not every shape ever seen
-                self._buffers.clear()
-                self.holds.clear()
-            buf = self._buffers[key] = np.empty(shape, dtype)
-            self.holds.pop(name, None)
-        return buf
 
 
 _built, _built_lock = collections.OrderedDict(), threading.Lock()
 
 
 def _layer(key, make):
+    """The runner for ``key`` (its geometry, dtype, activation and the caller's weight tensor's
+    address), made by make() the first time; the 256 used last are kept."""
     with _built_lock:
         entry = _built.get(key)
         if entry is None:
-            entry = _built[key] = _Built(make())
+            entry = _built[key] = make()
             if len(_built) > 256:
                 _built.popitem(last=False)
         else:

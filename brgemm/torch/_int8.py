@@ -2,10 +2,9 @@
 
 import torch
 
-from ..nn.conv import QuantizedConv2d as _NpQuantizedConv2d
-from ..nn.linear import QuantizedLinear as _NpQuantizedLinear
+from .._runners.quantized import QuantizedConvRunner, QuantizedLinearRunner, quantization_arg
 from ._bridge import _F32, _activation, _layer, _master, _np, _op, _tensor
-from ._conv import _conv_out, _pads, _pair
+from ._conv import _fake_out_size, _geometry
 
 
 _QUANT = ("float input_scale, int input_zero_point, float output_scale=1.0, int output_zero_point=0, "
@@ -22,14 +21,6 @@ def _quantized_weights(weight, weight_scale, bias, ndim):
     if ws.shape[0] != w.shape[0]:
         raise ValueError(f"weight_scale must hold one scale per output channel ({w.shape[0]}), got {ws.shape[0]}")
     return w, ws, _master(bias, "bias", (w.shape[0],))
-
-
-def _quantized_layer(e, weight, weight_scale, bias, input_scale, input_zero_point, output_scale, output_zero_point):
-    q = e.layer
-    q.weight, q.weight_scale, q.bias = _np(weight), _np(weight_scale), None if bias is None else _np(bias)
-    q.input_scale, q.input_zero_point = input_scale, input_zero_point
-    q.output_scale, q.output_zero_point = output_scale, output_zero_point
-    return q
 
 
 def _out_dtype(out_dtype):
@@ -52,12 +43,11 @@ def _quantized_linear(input, weight, weight_scale, bias, input_scale, input_zero
     x2 = x.reshape(-1, w.shape[1])
     out = torch.empty((x2.shape[0], w.shape[0]), dtype=odt)
     if x2.shape[0]:
-        e = _layer(("qlinear", w.shape[1], w.shape[0], b is not None, act, out_dtype, w.data_ptr()),
-                   lambda: _NpQuantizedLinear(w.shape[1], w.shape[0], b is not None, None if act == "none" else act,
-                                              output_scale=1.0, out_dtype=out_dtype))
+        q = quantization_arg(input_scale, input_zero_point, output_scale, output_zero_point)
+        e = _layer(("qlinear", w.shape[1], w.shape[0], w.data_ptr()), lambda: QuantizedLinearRunner(*w.shape[::-1]))
         with e.lock:
-            q = _quantized_layer(e, w, ws, b, input_scale, input_zero_point, output_scale, output_zero_point)
-            q.forward(_np(x2), out=_np(out))
+            e.refresh(_np(w), _np(ws), None if b is None else _np(b), q, None if act == "none" else act, out_dtype)
+            e.forward(_np(x2), _np(out), q)
     return out.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -77,30 +67,24 @@ def _quantized_conv2d(input, weight, weight_scale, bias, stride, padding, dilati
     w, ws, b = _quantized_weights(weight, weight_scale, bias, 4)
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {w.shape[1]}")
-    geo = (_pair(stride, "stride"), _pads(padding), _pair(dilation, "dilation"))
-    oh, ow = _conv_out(x.shape[2], x.shape[3], w.shape[2], w.shape[3], *geo)
-    if oh < 1 or ow < 1:
-        raise ValueError(f"the kernel {tuple(w.shape[2:])} is larger than the padded input {tuple(x.shape[2:])}")
+    geo = _geometry(w, stride, padding, dilation)
+    oh, ow = geo.out_size(x.shape[2], x.shape[3])
     odt = _out_dtype(out_dtype)
     act = _activation(activation)
     out = torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=odt)
     if out.numel():
-        k, c, r, s = w.shape
-        key = ("qconv", c, k, r, s, geo, b is not None, act, out_dtype, w.data_ptr())
-        e = _layer(key, lambda: _NpQuantizedConv2d(c, k, (r, s), geo[0], geo[1], geo[2], b is not None,
-                                                   None if act == "none" else act, output_scale=1.0,
-                                                   out_dtype=out_dtype))
+        q = quantization_arg(input_scale, input_zero_point, output_scale, output_zero_point)
+        e = _layer(("qconv", geo, act, out_dtype, w.data_ptr()), lambda: QuantizedConvRunner(geo, act, out_dtype, scratch=8))
         with e.lock:
-            q = _quantized_layer(e, w, ws, b, input_scale, input_zero_point, output_scale, output_zero_point)
-            q.forward(_np(x), out=_np(out))
+            e.refresh(_np(w), _np(ws), None if b is None else _np(b), q)
+            e.forward(_np(x), _np(out), q[0], q[1])
     return out
 
 
 @_quantized_conv2d.register_fake
 def _(input, weight, weight_scale, bias, stride, padding, dilation, input_scale, input_zero_point, output_scale=1.0,
       output_zero_point=0, out_dtype="float32", activation="none"):
-    oh, ow = _conv_out(input.shape[2], input.shape[3], weight.shape[2], weight.shape[3], _pair(stride, "stride"),
-                       _pads(padding), _pair(dilation, "dilation"))
+    oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
     return input.new_empty((input.shape[0], weight.shape[0], oh, ow), dtype=_out_dtype(out_dtype))
 
 

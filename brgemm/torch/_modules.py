@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .._runners.conv import padding_arg
 from ..nn import functional as _fn
 from ._bridge import _BF16, _F32
 
@@ -90,13 +91,8 @@ class Conv2d(_Swap, nn.Conv2d):
             raise ValueError(reason)
         self._init_brgemm(compute_dtype, activation)
 
-    def _padding4(self):
-        if isinstance(self.padding, str):  # 'same' puts an odd extra row/column at the bottom/right
-            if self.padding == "valid":
-                return [0, 0, 0, 0]
-            th, tw = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
-            return [th // 2, th - th // 2, tw // 2, tw - tw // 2]
-        return list(self.padding)
+    def _padding4(self):  # "same" puts an odd extra row/column at the bottom/right, as PyTorch does
+        return list(padding_arg(self.padding, self.kernel_size, self.dilation))
 
     #: Return the blocked layout (N, K/bk, OH, OW, bk), which the next brgemm Conv2d takes without
     #: converting; convert(model, blocked=True) sets it inside chains of convolutions.

@@ -1,11 +1,10 @@
 """The product operators: ``gemm``, ``batch_reduce`` and ``linear`` (with ``linear_backward``)."""
 
-import numpy as np
 import torch
 
-from .. import _api, _core
-from ._bridge import (_F32, _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _np_dtype,
-                      _op, _tensor)
+from .. import _api
+from .._runners.linear import LinearRunner
+from ._bridge import _F32, _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor
 
 
 def _matmul_dtype(a, b, an, bn):
@@ -98,7 +97,7 @@ def _linear_layer(dt, weight, activation):
     cannot be the key)."""
     out_f, in_f = weight.shape
     return _layer(("linear", dt, in_f, out_f, activation, weight.data_ptr()),
-                  lambda: _core._Linear(dt, in_f, out_f, activation))
+                  lambda: LinearRunner(dt, in_f, out_f, activation, scratch=8))
 
 
 def _linear_args(input, weight, bias):
@@ -122,22 +121,12 @@ def _linear(input, weight, bias=None, activation="none"):
     if n:
         e = _linear_layer(_dtype_name(x), weight, act)
         with e.lock:
-            fc = e.layer
-            bn = _core.fc_row_block(n)
-            xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), _np_dtype(x))
-            yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), xb.dtype)
-            fc.refresh(_np(w), None if b is None else _np(b))
-            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc), reuse=False)
-            fc.forward(n, bn, xb, yb, None)
-            _core.fc_from_blocked(yb, bn, fc.bk, _np(out))
-    out = out.reshape(*x.shape[:-1], out_f)
-    if n:
-        e.holds["y"] = _identity(out)  # as the backward will see it
-    return out
-
-
-def _blocks(n, bn, features, block):
-    return (-(-n // bn) * bn * (-(-features // block) * block),)
+            e.refresh(_np(w), None if b is None else _np(b))
+            e.forward(_np(x2), _np(out), x_key=_identity(x))
+            out = out.reshape(*x.shape[:-1], out_f)
+            e.scratch.holds["y"] = _identity(out)  # as the backward will see it
+        return out
+    return out.reshape(*x.shape[:-1], out_f)
 
 
 @_linear.register_fake
@@ -164,22 +153,10 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
     if n:
         e = _linear_layer(_dtype_name(x), weight, act)
         with e.lock:
-            fc = e.layer
-            bn = _core.fc_row_block(n)
-            dt = _np_dtype(x)
-            xb = e.buffer("x", _blocks(n, bn, in_f, fc.bc), dt)
-            yb = e.buffer("y", _blocks(n, bn, out_f, fc.bk), dt)
-            gyb = e.buffer("gy", _blocks(n, bn, out_f, fc.bk), np.float32)
-            gxb = e.buffer("gx", _blocks(n, bn, in_f, fc.bc), np.float32) if input_grad else None
-            fc.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
-            e.block("x", x, xb, lambda t, buf: _core.fc_to_blocked(_np(x2), buf, bn, fc.bc), reuse=True)
-            if act != "none":  # the ReLU mask
-                e.block("y", output, yb, lambda t, buf: _core.fc_to_blocked(_np(y), buf, bn, fc.bk),
-                        reuse=True)
-            _core.fc_to_blocked(_np(g), gyb, bn, fc.bk)
-            fc.backward(n, bn, gyb, yb, None, xb, gxb, _np(gw), _np(gb) if has_bias else None, False)
-            if input_grad:
-                _core.fc_from_blocked(gxb, bn, fc.bc, _np(gx).reshape(n, in_f))
+            e.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
+            e.backward(_np(x2), _np(y) if act != "none" else None, _np(g),
+                       _np(gx).reshape(n, in_f) if input_grad else None, _np(gw), _np(gb) if has_bias else None,
+                       x_key=_identity(x), y_key=_identity(output))
     return gx, gw, gb
 
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import torch
 
-from .. import _core
+from .._runners.rnn import RNNRunner
 from ._bridge import _F32, _FLOATS, _dtype_name, _layer, _master, _np, _op, _tensor
 
 
@@ -85,7 +85,7 @@ def _rnn_args(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengt
 def _rnn_layer(cell, x, w_ih, reverse, activation):  # w_ih: the caller's tensor, as _linear_layer
     i, h = x.shape[2], w_ih.shape[0] // _RNN_GATES[cell]
     args = (cell, _dtype_name(x), i, h, bool(reverse), activation == "ktanh")
-    return _layer(("rnn",) + args + (w_ih.data_ptr(),), lambda: _core._RNN(*args))
+    return _layer(("rnn",) + args + (w_ih.data_ptr(),), lambda: RNNRunner(*args))
 
 
 def _rnn_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, activation, train):
@@ -102,11 +102,10 @@ def _rnn_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, le
     if t and n:
         e = _rnn_layer(cell, x, weight_ih, reverse, activation)
         with e.lock:
-            drv = e.layer
-            drv.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
-            drv.forward(t, n, _np(x), None if ln is None else _np(ln), None if h0 is None else _np(h0),
-                        None if c0 is None else _np(c0), _np(y), 0, _np(hT), None if cT is None else _np(cT), train,
-                        _np(ws) if train else None)
+            e.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
+            e.rnn.forward(t, n, _np(x), None if ln is None else _np(ln), None if h0 is None else _np(h0),
+                          None if c0 is None else _np(c0), _np(y), 0, _np(hT), None if cT is None else _np(cT), train,
+                          _np(ws) if train else None)
     return y.to(x.dtype), hT, cT, ws
 
 
@@ -132,12 +131,11 @@ def _rnn_backward(cell, grad_output, grad_hn, grad_cn, input, weight_ih, weight_
     grads += [torch.empty(b_ih.shape), torch.empty(b_hh.shape)] if b_ih is not None else [torch.empty(0), torch.empty(0)]
     e = _rnn_layer(cell, x, weight_ih, reverse, activation)
     with e.lock:
-        drv = e.layer
-        drv.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
-        drv.backward_from(t, n, _np(x), None if ln is None else _np(ln), _np(ws), None if dy is None else _np(dy), 0,
-                          None if dhT is None else _np(dhT), None if dcT is None else _np(dcT), _np(dx), False, _np(dh0),
-                          _np(dc0) if cell == "lstm" else None, _np(grads[0]), _np(grads[1]),
-                          *((_np(grads[2]), _np(grads[3])) if b_ih is not None else (None, None)), False)
+        e.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
+        e.rnn.backward_from(t, n, _np(x), None if ln is None else _np(ln), _np(ws), None if dy is None else _np(dy),
+                            0, None if dhT is None else _np(dhT), None if dcT is None else _np(dcT), _np(dx), False,
+                            _np(dh0), _np(dc0) if cell == "lstm" else None, _np(grads[0]), _np(grads[1]),
+                            *((_np(grads[2]), _np(grads[3])) if b_ih is not None else (None, None)), False)
     return (dx, dh0) + ((dc0,) if cell == "lstm" else ()) + tuple(grads)
 
 
