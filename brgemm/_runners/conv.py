@@ -2,6 +2,7 @@
 ConvRunner, which owns a float32/bfloat16 ``_core._Conv2d``, its packed weights, its scratch
 arrays and the plain (N, C, H, W) ↔ blocked (N, C/bc, H, W, bc) conversions."""
 
+import functools
 import threading
 from collections import namedtuple
 
@@ -35,8 +36,7 @@ def padding_arg(padding, kernel, dilation):
         if padding == "valid":
             return 0, 0, 0, 0
         if padding == "same":
-            th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
-            return th // 2, th - th // 2, tw // 2, tw - tw // 2
+            return _core.conv_same_padding(*kernel, *dilation)
         raise ValueError(f"padding must be an integer, a pair, a 4-tuple, 'valid' or 'same', got {padding!r}")
     vals = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,)
     if len(vals) not in (1, 2, 4):
@@ -70,16 +70,19 @@ class ConvGeometry(namedtuple("ConvGeometry", "in_channels out_channels kernel_s
         return (self.in_channels, self.out_channels, *self.kernel_size, *self.stride, *self.padding, *self.dilation)
 
     def out_size(self, h, w):
-        """(OH, OW) for an input of h × w; ValueError when the kernel does not fit."""
-        oh, ow = out_size(int(h), int(w), self.kernel_size, self.stride, self.padding, self.dilation)
-        if oh < 1 or ow < 1:
-            raise ValueError(f"the kernel {self.kernel_size} (dilation {self.dilation}) is larger than the padded "
-                             f"input ({h} x {w} with padding {self.padding})")
-        return oh, ow
+        """(OH, OW) for an input of h × w, as the C++ layer computes it (layers/conv.h);
+        ValueError when the kernel does not fit."""
+        return _out_size(self, int(h), int(w))
+
+
+@functools.lru_cache(maxsize=1024)
+def _out_size(geometry, h, w):  # remembered: a call into C++ per layer call would cost ~1 µs
+    return _core.conv_out_size(h, w, *geometry.core_args()[2:])
 
 
 def out_size(h, w, kernel, stride, padding, dilation):
-    """(OH, OW), unchecked: plain arithmetic, so that torch's fake tensors' symbolic sizes pass."""
+    """(OH, OW), unchecked: layers/conv.h's formula on sizes that may be symbolic (torch's fake
+    tensors), which cannot cross into C++; tests/test_conv.py checks it against the core's."""
     (r, s), (sh, sw), (dh, dw), (pt, pb, pl, pr) = kernel, stride, dilation, padding
     return (h + pt + pb - dh * (r - 1) - 1) // sh + 1, (w + pl + pr - dw * (s - 1) - 1) // sw + 1
 
@@ -117,17 +120,25 @@ class ConvRunner:
         self.scratch.fill(name, xb, lambda b: _core.conv_to_blocked(x, b), key, reuse)
         return xb
 
-    def forward(self, x, y, keep_z=False, x_key=None):
-        """y ← the convolution of x. x: contiguous plain (N, C, H, W) float32 or bfloat16, or
-        blocked of the runner's dtype; y: the plain or blocked output array of the runner's
-        dtype. ``keep_z``: keep the pre-activation when backward needs it (training). Returns
-        the blocked (x, y, z) a backward takes (z None when not kept)."""
+    def forward(self, x, y, weight, bias, keep_z=False, x_key=None):
+        """y ← the convolution of x by weight and bias (packed again if they changed). x:
+        contiguous plain (N, C, H, W) float32 or bfloat16, or blocked of the runner's dtype; y:
+        the plain or blocked output array of the runner's dtype. ``keep_z``: keep the
+        pre-activation when backward needs it (training). Returns the blocked (x, y, z) a
+        backward takes (z None when not kept)."""
         n, h, w = x.shape[0], x.shape[2], x.shape[3]
-        oh, ow = self.geometry.out_size(h, w)
+        oh, ow = y.shape[2:4]
         yshape = blocked_shape(n, self.geometry.out_channels, self.bk, oh, ow)
-        xb = self.blocked("x", x, self.bc, self.act_dtype, x_key)
         yb = y if y.ndim == 5 else self.scratch.get("y", yshape, self.act_dtype)
         zb = self.scratch.get("z", yshape, F32) if keep_z and self.needs_z else None
+        if x.ndim == 4 and y.ndim == 4:  # one call: block, compute, unblock (and refresh)
+            xb = self.scratch.get("x", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), self.act_dtype)
+            self.scratch.holds["x"] = None
+            self.cv.forward_plain(x, xb, yb, y, zb, weight, bias)
+            self.scratch.holds["x"] = x_key
+            return xb, yb, zb
+        self.refresh(weight, bias)
+        xb = self.blocked("x", x, self.bc, self.act_dtype, x_key)
         self.cv.forward(n, h, w, xb, yb, zb)
         if y.ndim == 4:
             _core.conv_from_blocked(yb, y)

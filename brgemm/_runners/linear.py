@@ -5,8 +5,6 @@ and drives their ``fc`` itself)."""
 
 import threading
 
-import numpy as np
-
 from .. import _core
 from .conv import BF16, F32
 from .scratch import Scratch
@@ -41,15 +39,22 @@ class LinearRunner:
         self.scratch.fill(name, b, lambda a: _core.fc_to_blocked(rows, a, bn, block), key, reuse)
         return b
 
-    def forward(self, x, y, x_key=None):
-        """y (N, out) ← the layer on x (N, in), both plain and of the runner's dtype (x may be
-        either float dtype)."""
+    def forward(self, x, y, weight, bias, x_key=None, buffers=None):
+        """y (N, out) ← the layer on x (N, in) by weight and bias (packed again if they changed),
+        both plain and of the runner's dtype (x may be either float dtype), in one call into C++.
+        ``buffers``: (xb, yb, zb) blocked arrays to fill instead of the scratch ones (an MLP's
+        chain keeps them for backward; zb, None or the pre-activation's, only in training)."""
         n = x.shape[0]
         bn = _core.fc_row_block(n)
-        xb = self._blocked("x", x, bn, self.bc, self.act_dtype, x_key)
-        yb = self.scratch.get("y", (blocked_size(n, bn, self.out_features, self.bk),), self.act_dtype)
-        self.fc.forward(n, bn, xb, yb, None)
-        _core.fc_from_blocked(yb, bn, self.bk, y)
+        if buffers is None:
+            xb = self.scratch.get("x", (blocked_size(n, bn, self.in_features, self.bc),), self.act_dtype)
+            yb = self.scratch.get("y", (blocked_size(n, bn, self.out_features, self.bk),), self.act_dtype)
+            zb = None
+        else:
+            xb, yb, zb = buffers
+        self.scratch.holds["x"] = None
+        self.fc.forward_plain(x, bn, xb, yb, y, zb, weight, bias)
+        self.scratch.holds["x"] = x_key
 
     def backward(self, x, y, grad_y, grad_x, weight_grad, bias_grad, x_key=None, y_key=None):
         """Writes weight_grad, bias_grad (or None) and, when grad_x is not None, ∂x (float32 (N,
@@ -62,10 +67,10 @@ class LinearRunner:
             yb = self.scratch.get("y", (blocked_size(n, bn, self.out_features, self.bk),), self.act_dtype)
         else:
             yb = self._blocked("y", y, bn, self.bk, self.act_dtype, y_key, reuse=True)
-        gyb = self._blocked("gy", grad_y, bn, self.bk, np.float32)
+        gyb = self._blocked("gy", grad_y, bn, self.bk, F32)
         gxb = None
         if grad_x is not None:
-            gxb = self.scratch.get("gx", (blocked_size(n, bn, self.in_features, self.bc),), np.float32)
+            gxb = self.scratch.get("gx", (blocked_size(n, bn, self.in_features, self.bc),), F32)
         self.fc.backward(n, bn, gyb, yb, None, xb, gxb, weight_grad, bias_grad, False)
         if grad_x is not None:
             _core.fc_from_blocked(gxb, bn, self.bc, grad_x)

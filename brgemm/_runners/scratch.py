@@ -14,8 +14,8 @@ class Scratch:
         self._limit = limit   # a few shapes in rotation, not every shape ever seen
 
     def get(self, name, shape, dtype):
-        """The array called ``name`` of this shape and dtype (contents undefined)."""
-        key = (name, shape, np.dtype(dtype))
+        """The array called ``name`` of this shape and np.dtype (contents undefined)."""
+        key = (name, shape, dtype)
         a = self._arrays.get(key)
         if a is None:
             if len(self._arrays) > self._limit:

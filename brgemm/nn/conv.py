@@ -137,8 +137,7 @@ class Conv2d(_Convolution, Parameters):
         x, blocked = self._checked(x, "x", self.in_channels, self.bc, self._act_dtype, (_F32, _BF16))
         n, _, h, w = x.shape[:4]
         y = self._output(x, blocked, out, self.out_channels, self.bk, *self.output_size(h, w), self._act_dtype)
-        self._runner.refresh(self._weight, self._bias)
-        xb, yb, zb = self._runner.forward(x, y, keep_z=self.training)
+        xb, yb, zb = self._runner.forward(x, y, self._weight, self._bias, keep_z=self.training)
         self._saved = (xb, yb, zb, n, h, w) if self.training else None
         return y
 

@@ -64,6 +64,12 @@ class _Chain:
         return -(-self.n // bn) * bn * (-(-self.sizes[i] // b) * b)
 
     def forward(self, layers, x, out, training):
+        if len(layers) == 1:  # one call into C++ (Linear): block, compute, unblock
+            layer = layers[0]
+            layer._runner.forward(x, out, layer.weight, layer.bias,
+                                  buffers=(self.acts[0], self.acts[1], self.zs[0] if training else None))
+            self.ready = training
+            return out
         _core.fc_to_blocked(x, self.acts[0], self.bn, self.blocks[0])
         for i, layer in enumerate(layers):
             layer._runner.refresh(layer.weight, layer.bias)

@@ -1,10 +1,9 @@
 """The convolution operators: ``conv2d`` and ``conv2d_backward``, plain or blocked layout."""
 
-import numpy as np
 import torch
 
 from .. import _core
-from .._runners.conv import ConvGeometry, ConvRunner, blocked_shape, out_size
+from .._runners.conv import F32, ConvGeometry, ConvRunner, blocked_shape, out_size
 from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor
 from ._products import _product_grads_fake, _setup_product
 
@@ -66,8 +65,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
         return out
     e = _conv_layer(_dtype_name(x), weight, geo, act)
     with e.lock:
-        e.refresh(_np(w), None if b is None else _np(b))
-        e.forward(_np(x), _np(out), x_key=_identity(x))
+        e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x))
         if not blocked_output:
             e.scratch.holds["y"] = _identity(out)
     return out
@@ -108,7 +106,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
             yb = e.blocked("y", _np(y), e.bk, dt, _identity(y), reuse=True)
         else:  # not read without an activation
             yb = e.scratch.get("y", blocked_shape(n, k, e.bk, oh, ow), dt)
-        gyb = e.blocked("gy", _np(g), e.bk, np.float32)
+        gyb = e.blocked("gy", _np(g), e.bk, F32)
         e.backward(n, h, wd, gyb, yb, None, xb, _np(gx) if input_grad else None, _np(gw),
                    None if b is None else _np(gb), False)
     return gx, gw, gb
