@@ -22,8 +22,7 @@ def pair_arg(v, name):
     if isinstance(v, (tuple, list)):
         if len(v) not in (1, 2):
             raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
-        v = tuple(v) * (3 - len(v))
-        return positive_int(v[0], name), positive_int(v[1], name)
+        return positive_int(v[0], name), positive_int(v[-1], name)
     v = positive_int(v, name)
     return v, v
 
@@ -131,7 +130,7 @@ class ConvRunner:
         yshape = blocked_shape(n, self.geometry.out_channels, self.bk, oh, ow)
         yb = y if y.ndim == 5 else self.scratch.get("y", yshape, self.act_dtype)
         zb = self.scratch.get("z", yshape, F32) if keep_z and self.needs_z else None
-        if x.ndim == 4 and y.ndim == 4:  # one call: block, compute, unblock (and refresh)
+        if x.ndim == 4 and y.ndim == 4:  # one call: refresh (as PackedWeights would), block, compute, unblock
             xb = self.scratch.get("x", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), self.act_dtype)
             self.scratch.holds["x"] = None
             self.cv.forward_plain(x, xb, yb, y, zb, weight, bias)

@@ -20,11 +20,12 @@ are not; bfloat16 tensors are viewed as ml_dtypes.bfloat16, not converted):
 - ``quantized_linear``, ``quantized_conv2d``: uint8 activations × int8 weights with one
   scale per output channel (inference only).
 
-The C++ layers that pack weights are kept per (geometry, weight tensor): a call repacks only
-when the weights' bytes differ from what was packed last (one parallel comparison), so
+The operators check their tensors and hand numpy views of them to the runners brgemm.nn uses
+too (brgemm/_runners: one per layer kind), kept per (geometry, weight tensor): a call repacks
+only when the weights' bytes differ from what was packed last (one parallel comparison), so
 training steps and in-place edits are always seen.
 
-Files: ``_bridge`` (tensor checks, numpy views, the C++ layers per weight tensor), the operators
+Files: ``_bridge`` (tensor checks, numpy views, the runners per weight tensor), the operators
 by family (``_products``: gemm, batch_reduce, linear; ``_conv``; ``_rnn``; ``_approx``: K-TanH
 and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``.
 """
