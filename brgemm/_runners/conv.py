@@ -130,8 +130,10 @@ class ConvRunner:
         yshape = blocked_shape(n, self.geometry.out_channels, self.bk, oh, ow)
         yb = y if y.ndim == 5 else self.scratch.get("y", yshape, self.act_dtype)
         zb = self.scratch.get("z", yshape, F32) if keep_z and self.needs_z else None
-        if x.ndim == 4 and y.ndim == 4:  # one call: refresh (as PackedWeights would), block, compute, unblock
-            xb = self.scratch.get("x", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), self.act_dtype)
+        self.scratch.holds.pop("y", None)  # overwritten: the caller says whose blocked copy it then holds
+        if x.ndim == 4 and y.ndim == 4:  # one call: refresh (as PackedWeights does), block, compute, unblock
+            xshape = blocked_shape(n, self.geometry.in_channels, self.bc, h, w)
+            xb = self.scratch.get("x", xshape, self.act_dtype)
             self.scratch.holds["x"] = None
             self.cv.forward_plain(x, xb, yb, y, zb, weight, bias)
             self.scratch.holds["x"] = x_key

@@ -53,6 +53,7 @@ class LinearRunner:
         else:
             xb, yb, zb = buffers
         self.scratch.holds["x"] = None
+        self.scratch.holds.pop("y", None)  # overwritten: the caller says whose blocked copy it then holds
         self.fc.forward_plain(x, bn, xb, yb, y, zb, weight, bias)
         self.scratch.holds["x"] = x_key
 

@@ -55,7 +55,8 @@ class _Chain:
         self.blocks = [layers[0]._runner.bc] + [l._runner.bk for l in layers]
         act_dtype = layers[0]._act_dtype
         self.acts = [np.empty(self._elems(i), act_dtype) for i in range(len(self.sizes))]
-        self.zs = [np.empty(self._elems(i + 1), np.float32) if l._runner.needs_z else None for i, l in enumerate(layers)]
+        self.zs = [np.empty(self._elems(i + 1), np.float32) if l._runner.needs_z else None
+                   for i, l in enumerate(layers)]
         self.grads = [np.empty(self._elems(i), np.float32) for i in range(len(self.sizes))]
         self.ready = False  # a training forward has filled acts and zs
 
@@ -85,8 +86,8 @@ class _Chain:
         for i in reversed(range(len(layers))):
             layer = layers[i]
             layer._runner.fc.backward(self.n, self.bn, self.grads[i + 1], self.acts[i + 1], self.zs[i], self.acts[i],
-                               self.grads[i] if i > 0 or out is not None else None, layer._weight_grad,
-                               layer._bias_grad, not layer._grad_zero)
+                                      self.grads[i] if i > 0 or out is not None else None, layer._weight_grad,
+                                      layer._bias_grad, not layer._grad_zero)
             layer._grad_zero = False
         if out is not None:
             _core.fc_from_blocked(self.grads[0], self.bn, self.blocks[0], out)
@@ -155,7 +156,7 @@ class _Trainable:
         for layer in self._layers:
             layer._steps += 1
             layer._runner.fc.sgd(layer.weight, layer.bias, layer.weight_grad, layer.bias_grad, lr,
-                          bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
+                                 bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
 
 
 class Linear(_Trainable, Parameters):

@@ -37,3 +37,9 @@ from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, Taylo
 
 __all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "AdaptiveAvgPool2d", "convert",
            "ConversionReport"]
+
+# The public classes say they are brgemm.torch's, as before the package was split: models pickled
+# with torch.save then load again, and reprs and type checks by module name stay the same.
+for _cls in (Conv2d, Linear, LSTM, GRU, KTanh, TaylorSoftmax, AdaptiveAvgPool2d, ConversionReport):
+    _cls.__module__ = __name__
+del _cls

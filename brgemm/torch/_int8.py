@@ -44,7 +44,8 @@ def _quantized_linear(input, weight, weight_scale, bias, input_scale, input_zero
     out = torch.empty((x2.shape[0], w.shape[0]), dtype=odt)
     if x2.shape[0]:
         q = quantization_arg(input_scale, input_zero_point, output_scale, output_zero_point)
-        e = _layer(("qlinear", w.shape[1], w.shape[0], w.data_ptr()), lambda: QuantizedLinearRunner(*w.shape[::-1]))
+        e = _layer(("qlinear", w.shape[1], w.shape[0], w.data_ptr()),
+                   lambda: QuantizedLinearRunner(w.shape[1], w.shape[0]))
         with e.lock:
             e.refresh(_np(w), _np(ws), None if b is None else _np(b), q, None if act == "none" else act, out_dtype)
             e.forward(_np(x2), _np(out), q)
@@ -74,7 +75,8 @@ def _quantized_conv2d(input, weight, weight_scale, bias, stride, padding, dilati
     out = torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=odt)
     if out.numel():
         q = quantization_arg(input_scale, input_zero_point, output_scale, output_zero_point)
-        e = _layer(("qconv", geo, act, out_dtype, w.data_ptr()), lambda: QuantizedConvRunner(geo, act, out_dtype, scratch=8))
+        e = _layer(("qconv", geo, act, out_dtype, w.data_ptr()),
+                   lambda: QuantizedConvRunner(geo, act, out_dtype, scratch=8))
         with e.lock:
             e.refresh(_np(w), _np(ws), None if b is None else _np(b), q)
             e.forward(_np(x), _np(out), q[0], q[1])

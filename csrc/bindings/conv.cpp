@@ -180,11 +180,11 @@ struct py_conv {
     const auto& g = cv.geometry();
     const int64_t n = x.shape(0), h = x.shape(2), wd = x.shape(3);
     if (x.shape(1) != g.c)
-      value_error("x has " + std::to_string(x.shape(1)) + " channels, this layer " + std::to_string(g.c));
+      value_error("x has " + std::to_string(x.shape(1)) + " channels, this layer expects " + std::to_string(g.c));
     const auto [oh, ow] = out_size(g, h, wd);
     if (y.shape(0) != n || y.shape(1) != g.k || y.shape(2) != oh || y.shape(3) != ow)
-      value_error("y must have shape (" + std::to_string(n) + ", " + std::to_string(g.k) + ", " + std::to_string(oh) +
-                  ", " + std::to_string(ow) + "), got " + str(y.attr("shape")));
+      value_error("y must have shape (" + std::to_string(n) + ", " + std::to_string(g.k) + ", " +
+                  std::to_string(oh) + ", " + std::to_string(ow) + "), got " + str(y.attr("shape")));
     require_writeable(y, "y");
     py::array xba = exact_array(xb, "xb", act_elem(), blocked(n, g.c, cv.bc(), h, wd), true);
     py::array yba = exact_array(yb, "yb", act_elem(), blocked(n, g.k, cv.bk(), oh, ow), true);
