@@ -18,3 +18,9 @@ from ._model import quantize_model
 
 __all__ = ["QParams", "quantize", "dequantize", "choose_qparams", "MinMaxObserver", "HistogramObserver",
            "quantize_per_channel", "split_outliers", "outlier_error", "quantize_model", "DTYPES", "METHODS"]
+
+# The public names say they are brgemm.quant's, as before the module became a package: pickled
+# QParams and observers load again, and help() shows where to import them from.
+for _name in __all__[:-2]:
+    globals()[_name].__module__ = __name__
+del _name
