@@ -21,9 +21,20 @@ struct conv_geometry {
   int64_t c = 1, k = 1, r = 1, s = 1;           // input and output channels, kernel rows and columns
   int64_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int64_t pad_t = 0, pad_b = 0, pad_l = 0, pad_r = 0;
-  // Output size for an input of h × w (≤ 0 when the dilated kernel exceeds the padded input).
+  // Whether the dilated kernel fits an h × w input once padded (out_h and out_w are sizes only
+  // then: C++ division truncates, so a kernel one row too large still gives 1 at stride 2).
+  bool fits(int64_t h, int64_t w) const {
+    return h + pad_t + pad_b >= dil_h * (r - 1) + 1 && w + pad_l + pad_r >= dil_w * (s - 1) + 1;
+  }
+  // Output size for an input of h × w that fits.
   int64_t out_h(int64_t h) const { return (h + pad_t + pad_b - dil_h * (r - 1) - 1) / stride_h + 1; }
   int64_t out_w(int64_t w) const { return (w + pad_l + pad_r - dil_w * (s - 1) - 1) / stride_w + 1; }
+  // padding="same" (stride 1: the output keeps the input's size); an odd total puts the extra
+  // row or column at the bottom or right, as PyTorch does.
+  void pad_same() {
+    const int64_t th = dil_h * (r - 1), tw = dil_w * (s - 1);
+    pad_t = th / 2, pad_b = th - th / 2, pad_l = tw / 2, pad_r = tw - tw / 2;
+  }
 };
 
 // The channel block for `channels`: below 16 the count rounded up to 4 (an RGB input wastes
