@@ -96,6 +96,18 @@ layers::conv_geometry geometry(int64_t c, int64_t k, int64_t r, int64_t s, int64
   return g;
 }
 
+// The output size of an h × w input, or a ValueError when the dilated kernel does not fit the
+// padded input: the one output-size computation brgemm.nn and brgemm.torch use.
+std::pair<int64_t, int64_t> out_size(const layers::conv_geometry& g, int64_t h, int64_t w) {
+  if (h < 1 || w < 1) value_error("h and w must be at least 1");
+  if (!g.fits(h, w))
+    value_error("the kernel (" + std::to_string(g.r) + ", " + std::to_string(g.s) + ") (dilation (" +
+                std::to_string(g.dil_h) + ", " + std::to_string(g.dil_w) + ")) is larger than the padded input (" +
+                std::to_string(h) + " x " + std::to_string(w) + " with padding (" + std::to_string(g.pad_t) + ", " +
+                std::to_string(g.pad_b) + ", " + std::to_string(g.pad_l) + ", " + std::to_string(g.pad_r) + "))");
+  return {g.out_h(h), g.out_w(w)};
+}
+
 // The C++ layer, with every array argument checked against its geometry.
 struct py_conv {
   layers::conv_layer cv;
@@ -119,10 +131,8 @@ struct py_conv {
                         0, "activation");
   }
   void sizes(int64_t n, int64_t h, int64_t w) const {
-    if (n < 1 || h < 1 || w < 1) value_error("n, h and w must be at least 1");
-    if (cv.geometry().out_h(h) < 1 || cv.geometry().out_w(w) < 1)
-      value_error("the dilated kernel is larger than the padded input (" + std::to_string(h) + " x " +
-                  std::to_string(w) + ")");
+    if (n < 1) value_error("n must be at least 1");
+    out_size(cv.geometry(), h, w);
   }
 
   bool refresh(py::handle w, py::handle b) {
@@ -150,6 +160,57 @@ struct py_conv {
     {
       py::gil_scoped_release nogil;
       s = cv.forward(n, h, w, xp, yp, zp);
+    }
+    check_status(s);
+  }
+
+  // x (N, C, H, W) → y (N, K, OH, OW), both plain: blocked into the scratch xb, the product into
+  // the scratch yb (and the pre-activation into zb when given), then unblocked, all under one
+  // GIL release, after packing weight and bias if they changed (refresh) when weight is given.
+  // A plain-layout layer call crosses into C++ here once.
+  void forward_plain(py::handle X, py::handle xb, py::handle yb, py::handle Y, py::handle zb, py::handle w,
+                     py::handle b) {
+    element xt, yt;
+    py::array x = dense_array(X, "x", 4, &xt);
+    py::array y = dense_array(Y, "y", 4, &yt);
+    if (xt == element::u8 || yt == element::u8)
+      type_error("x and y must be float32 or bfloat16, got " + str(x.dtype()) + " and " + str(y.dtype()));
+    const auto& g = cv.geometry();
+    const int64_t n = x.shape(0), h = x.shape(2), wd = x.shape(3);
+    if (x.shape(1) != g.c)
+      value_error("x has " + std::to_string(x.shape(1)) + " channels, this layer expects " + std::to_string(g.c));
+    const auto [oh, ow] = out_size(g, h, wd);
+    if (y.shape(0) != n || y.shape(1) != g.k || y.shape(2) != oh || y.shape(3) != ow)
+      value_error("y must have shape (" + std::to_string(n) + ", " + std::to_string(g.k) + ", " +
+                  std::to_string(oh) + ", " + std::to_string(ow) + "), got " + str(y.attr("shape")));
+    require_writeable(y, "y");
+    py::array xba = exact_array(xb, "xb", act_elem(), blocked(n, g.c, cv.bc(), h, wd), true);
+    py::array yba = exact_array(yb, "yb", act_elem(), blocked(n, g.k, cv.bk(), oh, ow), true);
+    float* zp = nullptr;
+    if (!zb.is_none()) {
+      py::array z = exact_array(zb, "zb", element::f32, blocked(n, g.k, cv.bk(), oh, ow), true);
+      require_disjoint(z, yba, "zb", "yb");
+      require_disjoint(z, y, "zb", "y");
+      zp = (float*)z.mutable_data();
+    }
+    require_disjoint(xba, x, "xb", "x");
+    require_disjoint(yba, xba, "yb", "xb");
+    require_disjoint(y, yba, "y", "yb");
+    const float *wp = nullptr, *bp = nullptr;
+    if (!w.is_none()) {
+      wp = (const float*)exact_array(w, "weight", element::f32, weights(), false).data();
+      bp = b.is_none() ? nullptr : (const float*)exact_array(b, "bias", element::f32, g.k, false).data();
+    }
+    const element at = act_elem();
+    const void* xp = x.data();
+    void *xbp = xba.mutable_data(), *ybp = yba.mutable_data(), *yp = y.mutable_data();
+    status s;
+    {
+      py::gil_scoped_release nogil;
+      if (wp) cv.refresh(wp, bp);
+      layers::conv_to_blocked(xp, xt, n, g.c, h * wd, xbp, at, cv.bc(), 1.0f, 0);
+      s = cv.forward(n, h, wd, xbp, ybp, zp);
+      if (s == status::ok) layers::conv_from_blocked(ybp, at, n, g.k, oh * ow, cv.bk(), yp, yt);
     }
     check_status(s);
   }
@@ -218,12 +279,9 @@ struct py_qconv {
   }
 
   void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb) {
-    if (n < 1 || h < 1 || w < 1) value_error("n, h and w must be at least 1");
+    if (n < 1) value_error("n must be at least 1");
     const auto& g = cv.geometry();
-    const int64_t oh = g.out_h(h), ow = g.out_w(w);
-    if (oh < 1 || ow < 1)
-      value_error("the dilated kernel is larger than the padded input (" + std::to_string(h) + " x " +
-                  std::to_string(w) + ")");
+    const auto [oh, ow] = out_size(g, h, w);
     const uint8_t* xp =
         (const uint8_t*)exact_array(xb, "xb", element::u8, py_conv::blocked(n, g.c, cv.bc(), h, w), false).data();
     const element ye = cv.out() == out_type::u8 ? element::u8 : element::f32;
@@ -249,6 +307,18 @@ void register_conv(py::module_& m) {
     if (channels < 1) value_error("channels must be at least 1, got " + std::to_string(channels));
     return layers::conv_block(channels);
   }, py::arg("channels"));
+  // The core's geometry (layers/conv.h), so that Python computes no output size or padding of
+  // its own: (OH, OW) of an h × w input, and padding="same" as (top, bottom, left, right).
+  m.def("conv_out_size", [](int64_t h, int64_t w, int64_t r, int64_t s, int64_t sh, int64_t sw, int64_t pt,
+                            int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+    return out_size(py_conv::checked(geometry(1, 1, r, s, sh, sw, pt, pb, pl, pr, dh, dw)), h, w);
+  }, py::arg("h"), py::arg("w"), py::arg("r"), py::arg("s"), py::arg("stride_h"), py::arg("stride_w"),
+        py::arg("pad_t"), py::arg("pad_b"), py::arg("pad_l"), py::arg("pad_r"), py::arg("dil_h"), py::arg("dil_w"));
+  m.def("conv_same_padding", [](int64_t r, int64_t s, int64_t dh, int64_t dw) {
+    layers::conv_geometry g = py_conv::checked(geometry(1, 1, r, s, 1, 1, 0, 0, 0, 0, dh, dw));
+    g.pad_same();
+    return py::make_tuple(g.pad_t, g.pad_b, g.pad_l, g.pad_r);
+  }, py::arg("r"), py::arg("s"), py::arg("dil_h"), py::arg("dil_w"));
   py::class_<py_conv>(m, "_Conv2d")
       .def(py::init([](const std::string& dt, int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw,
                        int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act) {
@@ -260,12 +330,13 @@ void register_conv(py::module_& m) {
       .def_property_readonly("bc", [](const py_conv& l) { return l.cv.bc(); })
       .def_property_readonly("bk", [](const py_conv& l) { return l.cv.bk(); })
       .def_property_readonly("needs_z", [](const py_conv& l) { return l.cv.needs_z(); })
-      .def("out_size", [](const py_conv& l, int64_t h, int64_t w) {
-        return py::make_tuple(l.cv.geometry().out_h(h), l.cv.geometry().out_w(w));
-      }, py::arg("h"), py::arg("w"))
+      .def("out_size", [](const py_conv& l, int64_t h, int64_t w) { return out_size(l.cv.geometry(), h, w); },
+           py::arg("h"), py::arg("w"))
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
       .def("forward", &py_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
            py::arg("zb"))
+      .def("forward_plain", &py_conv::forward_plain, py::arg("x"), py::arg("xb"), py::arg("yb"), py::arg("y"),
+           py::arg("zb"), py::arg("weight"), py::arg("bias"))
       .def("backward", &py_conv::backward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("grad_out"),
            py::arg("yb"), py::arg("zb"), py::arg("xb"), py::arg("grad_in"), py::arg("weight_grad"),
            py::arg("bias_grad"), py::arg("accumulate"));

@@ -115,6 +115,50 @@ struct py_linear {
     check_status(s);
   }
 
+  // x (n, in) → y (n, out), both plain: blocked into the scratch xb (row block bn), the product
+  // into the scratch yb (the pre-activation into zb when given), then unblocked, under one GIL
+  // release, after packing weight and bias if they changed (refresh) when weight is given.
+  // A plain-layout layer call crosses into C++ here once.
+  void forward_plain(py::handle X, int64_t bn, py::handle xb, py::handle yb, py::handle Y, py::handle zb,
+                     py::handle w, py::handle b) {
+    bool xbf, ybf;
+    py::array x = plain_rows(X, "x", &xbf);
+    py::array y = plain_rows(Y, "y", &ybf);
+    require_writeable(y, "y");
+    const int64_t n = x.shape(0);
+    rows(n, bn);
+    if (x.shape(1) != fc.in()) value_error("x must have " + std::to_string(fc.in()) + " features");
+    if (y.shape(0) != n || y.shape(1) != fc.out())
+      value_error("y must have shape (" + std::to_string(n) + ", " + std::to_string(fc.out()) + ")");
+    const int64_t ldx = leading_dim(x, 0, fc.in(), "x"), ldy = leading_dim(y, 0, fc.out(), "y");
+    py::array xba = exact_array(xb, "xb", act_elem(), blocked_elems(n, fc.in(), bn, fc.bc()), true);
+    py::array yba = exact_array(yb, "yb", act_elem(), blocked_elems(n, fc.out(), bn, fc.bk()), true);
+    float* zp = nullptr;
+    if (!zb.is_none()) {
+      py::array z = exact_array(zb, "zb", element::f32, blocked_elems(n, fc.out(), bn, fc.bk()), true);
+      require_disjoint(z, yba, "zb", "yb");
+      require_disjoint(z, y, "zb", "y");
+      zp = (float*)z.mutable_data();
+    }
+    require_disjoint(xba, x, "xb", "x");
+    require_disjoint(yba, xba, "yb", "xb");
+    require_disjoint(y, yba, "y", "yb");
+    const float* wp = w.is_none() ? nullptr : weight(w, false);
+    const float* bp = w.is_none() ? nullptr : bias(b, false);
+    const bool bf = fc.bf16();
+    const void* xp = x.data();
+    void *xbp = xba.mutable_data(), *ybp = yba.mutable_data(), *yp = y.mutable_data();
+    status s;
+    {
+      py::gil_scoped_release nogil;
+      if (wp) fc.refresh(wp, bp);
+      layers::fc_to_blocked(xp, xbf, n, fc.in(), ldx, xbp, bf, bn, fc.bc());
+      s = fc.forward(n, bn, xbp, ybp, zp);
+      if (s == status::ok) layers::fc_from_blocked(ybp, bf, n, fc.out(), bn, fc.bk(), yp, ybf, ldy);
+    }
+    check_status(s);
+  }
+
   void backward(int64_t n, int64_t bn, py::handle gyb, py::handle yb, py::handle zb, py::handle xb, py::handle gxb,
                 py::handle wg, py::handle bg, bool accumulate) {
     rows(n, bn);
@@ -155,6 +199,8 @@ void register_linear(py::module_& m) {
       .def("sgd", &py_linear::sgd, py::arg("weight"), py::arg("bias"), py::arg("weight_grad"), py::arg("bias_grad"),
            py::arg("lr"), py::arg("stochastic"), py::arg("seed"))
       .def("forward", &py_linear::forward, py::arg("n"), py::arg("bn"), py::arg("xb"), py::arg("yb"), py::arg("zb"))
+      .def("forward_plain", &py_linear::forward_plain, py::arg("x"), py::arg("bn"), py::arg("xb"), py::arg("yb"),
+           py::arg("y"), py::arg("zb"), py::arg("weight"), py::arg("bias"))
       .def("backward", &py_linear::backward, py::arg("n"), py::arg("bn"), py::arg("grad_out"), py::arg("yb"),
            py::arg("zb"), py::arg("xb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"),
            py::arg("accumulate"));
