@@ -3,12 +3,15 @@
 // (block addresses, prefetch of the next A block), stores C with beta and the N mask, and
 // picks the instance for an edge tile. A ukernel file supplies only its k-loop, as a struct:
 //
-//   struct my_kloop {
-//     using ta = ...; using tb = ...;   // element types of A and of (packed) B
-//     using acc = __m256 or __m256i;    // f32 accumulators (beta: any float) or s32 (beta 0 / 1)
-//     template <int MR, int NV, bool FULL>  // FULL: the last vector is whole, load it plainly
-//     static BRGEMM_KLOOP void run(const ukernel_args& p, const ta* a, const tb* b,
-//                                  __m256i last, acc (&c)[MR][NV]);  // last: lanes that hold columns
+//   struct my_kloop {                   // in the ukernel file's own namespace
+//     using ta = ...;                   // element type of A
+//     using tb = ...;                   // element type of (packed) B
+//     using acc = __m256;               // f32 accumulators (any beta), or __m256i: s32 (beta 0 or 1)
+//     // c[m][v] += A_i[m, :]·B_i[:, 8v .. 8v+7] for one batch element; unless FULL, the last
+//     // vector's columns past n are never read (load it with vpmaskmov under `last`).
+//     template <int MR, int NV, bool FULL>
+//     static BRGEMM_KLOOP void run(const ukernel_args& p, const ta* a, const tb* b, __m256i last,
+//                                  acc (&c)[MR][NV]);
 //   };
 //   void ukernel_<name>(const ukernel_args& p) { ymm::pick<my_kloop, MR, NV>(p); }
 //

@@ -4,12 +4,15 @@
 // addresses, prefetch of the next A block), stores C with beta and the N mask, and picks the
 // instance for an edge tile. A ukernel file supplies only its k-loop, as a struct:
 //
-//   struct my_kloop {
-//     using ta = ...; using tb = ...;   // element types of A and of (packed) B
-//     using acc = __m512 or __m512i;    // f32 accumulators (beta: any float) or s32 (beta 0 / 1)
-//     template <int MR, int NV>         // acc[m][v] += block i's A rows · B, lanes of the last
-//     static BRGEMM_KLOOP void run(const ukernel_args& p, const ta* a, const tb* b,
-//                                  __mmask16 last, acc (&c)[MR][NV]);  // vector outside `last` zero
+//   struct my_kloop {                   // in the ukernel file's own namespace
+//     using ta = ...;                   // element type of A
+//     using tb = ...;                   // element type of (packed) B
+//     using acc = __m512;               // f32 accumulators (any beta), or __m512i: s32 (beta 0 or 1)
+//     // c[m][v] += A_i[m, :]·B_i[:, 16v .. 16v+15] for one batch element; the last vector's
+//     // columns past n are never read (load it under `last`).
+//     template <int MR, int NV>
+//     static BRGEMM_KLOOP void run(const ukernel_args& p, const ta* a, const tb* b, __mmask16 last,
+//                                  acc (&c)[MR][NV]);
 //   };
 //   void ukernel_<name>(const ukernel_args& p) { zmm::pick<my_kloop, MR, NV>(p); }
 //
