@@ -7,11 +7,12 @@
 //     using ta = ...;                   // element type of A
 //     using tb = ...;                   // element type of (packed) B
 //     using acc = __m256;               // f32 accumulators (any beta), or __m256i: s32 (beta 0 or 1)
+//     const int64_t lda, ...;           // per-tile constants: set once, invariant in the k-loop
+//     explicit my_kloop(const ukernel_args& p);
 //     // c[m][v] += A_i[m, :]·B_i[:, 8v .. 8v+7] for one batch element; unless FULL, the last
 //     // vector's columns past n are never read (load it with vpmaskmov under `last`).
 //     template <int MR, int NV, bool FULL>
-//     static BRGEMM_KLOOP void run(const ukernel_args& p, const ta* a, const tb* b, __m256i last,
-//                                  acc (&c)[MR][NV]);
+//     BRGEMM_KLOOP void run(const ta* a, const tb* b, __m256i last, acc (&c)[MR][NV]) const;
 //   };
 //   void ukernel_<name>(const ukernel_args& p) { ymm::pick<my_kloop, MR, NV>(p); }
 //
@@ -93,13 +94,14 @@ inline __attribute__((always_inline)) void prefetch_next_a(const ukernel_args& p
 }
 
 // One MR × 8·NV instance (p.m == MR, 8·(NV-1) < p.n ≤ 8·NV; FULL: p.n == 8·NV).
-template <class K, int MR, int NV, bool FULL>
+template <class Loop, int MR, int NV, bool FULL>
 void tile(const ukernel_args& p) {
-  using ta = typename K::ta;
-  using tb = typename K::tb;
+  using ta = typename Loop::ta;
+  using tb = typename Loop::tb;
+  const Loop loop(p);  // its per-tile constants, computed once as the k-loop's invariants
   const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(p.n - 8 * (NV - 1)),
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  typename K::acc acc[MR][NV];
+  typename Loop::acc acc[MR][NV];
 #pragma GCC unroll 32
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 8
@@ -109,24 +111,24 @@ void tile(const ukernel_args& p) {
     const ta* a = (const ta*)brgemm_block_a(p, i, sizeof(ta));
     const tb* b = (const tb*)brgemm_block_b(p, i, sizeof(tb));
     prefetch_next_a<MR>(p, i, sizeof(ta));
-    K::template run<MR, NV, FULL>(p, a, b, last, acc);
+    loop.template run<MR, NV, FULL>(a, b, last, acc);
   }
   store<MR, NV, FULL>(p, acc, last);
 }
 
 // Picks the instance for this tile's m (1..MR), vector count (1..NV) and full or masked last vector.
-template <class K, int M, int NV>
+template <class Loop, int M, int NV>
 void pick_n(const ukernel_args& p) {
   if constexpr (NV > 1)
-    if ((p.n + 7) / 8 < NV) return pick_n<K, M, NV - 1>(p);
-  if (p.n == 8 * NV) tile<K, M, NV, true>(p);
-  else tile<K, M, NV, false>(p);
+    if ((p.n + 7) / 8 < NV) return pick_n<Loop, M, NV - 1>(p);
+  if (p.n == 8 * NV) tile<Loop, M, NV, true>(p);
+  else tile<Loop, M, NV, false>(p);
 }
-template <class K, int M, int NV>
+template <class Loop, int M, int NV>
 void pick(const ukernel_args& p) {
   if constexpr (M > 1)
-    if (p.m < M) return pick<K, M - 1, NV>(p);
-  pick_n<K, M, NV>(p);
+    if (p.m < M) return pick<Loop, M - 1, NV>(p);
+  pick_n<Loop, M, NV>(p);
 }
 
 }  // namespace

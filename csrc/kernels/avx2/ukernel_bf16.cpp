@@ -40,12 +40,12 @@ struct kloop {
   using ta = uint16_t;
   using tb = uint16_t;
   using acc = __m256;
+  const int64_t K, lda, ldb2;  // per tile: loop-invariant registers of the k-loop
+  const __m256i zero;
+  explicit kloop(const ukernel_args& p) : K(p.k), lda(p.lda), ldb2(2 * p.ldb), zero(_mm256_setzero_si256()) {}
 
   template <int MR, int NV, bool FULL>
-  static BRGEMM_KLOOP void run(const ukernel_args& p, const uint16_t* a, const uint16_t* b, __m256i last,
-                               __m256 (&c)[MR][NV]) {
-    const int64_t K = p.k, lda = p.lda, ldb2 = 2 * p.ldb;
-    const __m256i zero = _mm256_setzero_si256();
+  BRGEMM_KLOOP void run(const uint16_t* a, const uint16_t* b, __m256i last, __m256 (&c)[MR][NV]) const {
     alignas(32) float buf[MR][KC];
     auto load_b = [&](const uint16_t* b, int v) {
       const __m256i* src = (const __m256i*)(b + 16 * v);

@@ -66,11 +66,11 @@ struct kloop {
   using ta = uint8_t;
   using tb = int8_t;
   using acc = __m256i;
+  const int64_t quads, rem, lda, ldb4;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : quads(p.k / 4), rem(p.k % 4), lda(p.lda), ldb4(p.ldb * 4) {}
 
   template <int MR, int NV, bool FULL>
-  static BRGEMM_KLOOP void run(const ukernel_args& p, const uint8_t* a, const int8_t* b, __m256i last,
-                               __m256i (&c)[MR][NV]) {
-    const int64_t quads = p.k / 4, rem = p.k % 4, lda = p.lda, ldb4 = p.ldb * 4;
+  BRGEMM_KLOOP void run(const uint8_t* a, const int8_t* b, __m256i last, __m256i (&c)[MR][NV]) const {
     for (int64_t q = 0; q < quads; ++q) {
       step<MR, NV, FULL, false, SIGNED>(c, a, lda, b, last, 0);
       a += 4;

@@ -8,11 +8,12 @@
 //     using ta = ...;                   // element type of A
 //     using tb = ...;                   // element type of (packed) B
 //     using acc = __m512;               // f32 accumulators (any beta), or __m512i: s32 (beta 0 or 1)
+//     const int64_t lda, ...;           // per-tile constants: set once, invariant in the k-loop
+//     explicit my_kloop(const ukernel_args& p);
 //     // c[m][v] += A_i[m, :]·B_i[:, 16v .. 16v+15] for one batch element; the last vector's
 //     // columns past n are never read (load it under `last`).
 //     template <int MR, int NV>
-//     static BRGEMM_KLOOP void run(const ukernel_args& p, const ta* a, const tb* b, __mmask16 last,
-//                                  acc (&c)[MR][NV]);
+//     BRGEMM_KLOOP void run(const ta* a, const tb* b, __mmask16 last, acc (&c)[MR][NV]) const;
 //   };
 //   void ukernel_<name>(const ukernel_args& p) { zmm::pick<my_kloop, MR, NV>(p); }
 //
@@ -91,12 +92,13 @@ inline __attribute__((always_inline)) void prefetch_next_a(const ukernel_args& p
 }
 
 // One MR × 16·NV instance (p.m == MR, 16·(NV-1) < p.n ≤ 16·NV).
-template <class K, int MR, int NV>
+template <class Loop, int MR, int NV>
 void tile(const ukernel_args& p) {
-  using ta = typename K::ta;
-  using tb = typename K::tb;
+  using ta = typename Loop::ta;
+  using tb = typename Loop::tb;
+  const Loop loop(p);  // its per-tile constants, computed once as the k-loop's invariants
   const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
-  typename K::acc acc[MR][NV];
+  typename Loop::acc acc[MR][NV];
 #pragma GCC unroll 32
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 8
@@ -106,23 +108,23 @@ void tile(const ukernel_args& p) {
     const ta* a = (const ta*)brgemm_block_a(p, i, sizeof(ta));
     const tb* b = (const tb*)brgemm_block_b(p, i, sizeof(tb));
     prefetch_next_a<MR>(p, i, sizeof(ta));
-    K::template run<MR, NV>(p, a, b, last, acc);
+    loop.template run<MR, NV>(a, b, last, acc);
   }
   store<MR, NV>(p, acc, last);
 }
 
 // Picks the instance for this tile's m (1..MR) and vector count (1..NV).
-template <class K, int M, int NV>
+template <class Loop, int M, int NV>
 void pick_n(const ukernel_args& p) {
   if constexpr (NV > 1)
-    if ((p.n + 15) / 16 < NV) return pick_n<K, M, NV - 1>(p);
-  tile<K, M, NV>(p);
+    if ((p.n + 15) / 16 < NV) return pick_n<Loop, M, NV - 1>(p);
+  tile<Loop, M, NV>(p);
 }
-template <class K, int M, int NV>
+template <class Loop, int M, int NV>
 void pick(const ukernel_args& p) {
   if constexpr (M > 1)
-    if (p.m < M) return pick<K, M - 1, NV>(p);
-  pick_n<K, M, NV>(p);
+    if (p.m < M) return pick<Loop, M - 1, NV>(p);
+  pick_n<Loop, M, NV>(p);
 }
 
 }  // namespace

@@ -40,12 +40,13 @@ struct kloop {
   using ta = uint16_t;
   using tb = uint16_t;
   using acc = __m512;
+  const int64_t K, lda, ldb2;  // per tile: loop-invariant registers of the k-loop
+  const __m512i hi;
+  explicit kloop(const ukernel_args& p)
+      : K(p.k), lda(p.lda), ldb2(2 * p.ldb), hi(_mm512_set1_epi32((int32_t)0xFFFF0000u)) {}
 
   template <int MR, int NV>
-  static BRGEMM_KLOOP void run(const ukernel_args& p, const uint16_t* a, const uint16_t* b, __mmask16 last,
-                               __m512 (&c)[MR][NV]) {
-    const int64_t K = p.k, lda = p.lda, ldb2 = 2 * p.ldb;
-    const __m512i hi = _mm512_set1_epi32((int32_t)0xFFFF0000u);
+  BRGEMM_KLOOP void run(const uint16_t* a, const uint16_t* b, __mmask16 last, __m512 (&c)[MR][NV]) const {
     alignas(64) float buf[MR][KC];
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int kc = (int)(K - k0 < KC ? K - k0 : KC);

@@ -20,11 +20,11 @@ struct kloop {
   using ta = float;
   using tb = TB;
   using acc = __m512;
+  const int64_t K, lda, ldb;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : K(p.k), lda(p.lda), ldb(p.ldb) {}
 
   template <int MR, int NV>
-  static BRGEMM_KLOOP void run(const ukernel_args& p, const float* a, const TB* b, __mmask16 last,
-                               __m512 (&c)[MR][NV]) {
-    const int64_t K = p.k, lda = p.lda, ldb = p.ldb;
+  BRGEMM_KLOOP void run(const float* a, const TB* b, __mmask16 last, __m512 (&c)[MR][NV]) const {
 #pragma GCC unroll 2
     for (int64_t k = 0; k < K; ++k) {
       if constexpr (MR <= 2) {

@@ -46,14 +46,14 @@ struct kloop {
   using ta = uint8_t;
   using tb = int8_t;
   using acc = __m512i;
+  const int64_t k, lda, ldb4;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : k(p.k), lda(p.lda), ldb4(p.ldb * 4) {}
 
   template <int MR, int NV>
-  static BRGEMM_KLOOP void run(const ukernel_args& p, const uint8_t* a, const int8_t* b, __mmask16 last,
-                               __m512i (&c)[MR][NV]) {
-    const int64_t lda = p.lda, ldb4 = p.ldb * 4;
+  BRGEMM_KLOOP void run(const uint8_t* a, const int8_t* b, __mmask16 last, __m512i (&c)[MR][NV]) const {
     alignas(64) int32_t ae[MR][QC], ao[MR][QC];
-    for (int64_t k0 = 0; k0 < p.k; k0 += 4 * QC) {
-      const int64_t kc = p.k - k0 < 4 * QC ? p.k - k0 : 4 * QC;
+    for (int64_t k0 = 0; k0 < k; k0 += 4 * QC) {
+      const int64_t kc = k - k0 < 4 * QC ? k - k0 : 4 * QC;
       split_a<MR, SIGNED>(a + k0, lda, kc, ae, ao);
       const int64_t quads = (kc + 3) / 4;  // B is zero-padded to whole quads
       for (int64_t q = 0; q < quads; ++q) {

@@ -24,11 +24,11 @@ struct kloop {
   using ta = uint16_t;
   using tb = uint16_t;
   using acc = __m512;
+  const int64_t K, pairs, lda, ldb2;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : K(p.k), pairs(p.k / 2), lda(p.lda), ldb2(2 * p.ldb) {}
 
   template <int MR, int NV>
-  static BRGEMM_KLOOP void run(const ukernel_args& p, const uint16_t* a, const uint16_t* b, __mmask16 last,
-                               __m512 (&c)[MR][NV]) {
-    const int64_t K = p.k, pairs = p.k / 2, lda = p.lda, ldb2 = 2 * p.ldb;
+  BRGEMM_KLOOP void run(const uint16_t* a, const uint16_t* b, __mmask16 last, __m512 (&c)[MR][NV]) const {
 #pragma GCC unroll 2
     for (int64_t kk = 0; kk < pairs; ++kk) {
       __m512bh bv[NV];

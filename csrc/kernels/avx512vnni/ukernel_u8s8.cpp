@@ -40,11 +40,11 @@ struct kloop {
   using ta = uint8_t;
   using tb = int8_t;
   using acc = __m512i;
+  const int64_t quads, rem, lda, ldb4;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : quads(p.k / 4), rem(p.k % 4), lda(p.lda), ldb4(p.ldb * 4) {}
 
   template <int MR, int NV>
-  static BRGEMM_KLOOP void run(const ukernel_args& p, const uint8_t* a, const int8_t* b, __mmask16 last,
-                               __m512i (&c)[MR][NV]) {
-    const int64_t quads = p.k / 4, rem = p.k % 4, lda = p.lda, ldb4 = p.ldb * 4;
+  BRGEMM_KLOOP void run(const uint8_t* a, const int8_t* b, __mmask16 last, __m512i (&c)[MR][NV]) const {
 #pragma GCC unroll 2
     for (int64_t q = 0; q < quads; ++q) {
       __m512i bv[NV];
