@@ -70,27 +70,6 @@ inline void store(const ukernel_args& p, const __m512i (&acc)[MR][NV], __mmask16
   }
 }
 
-// Before block i runs, the first lines (up to 256 bytes) of the MR rows of block i + 1 of A:
-// the rows are lda apart, too far for the hardware prefetcher. Always inlined: gcc counts a
-// prefetch as no side effect, so a function doing nothing else is found pure and its call
-// deleted before it could be inlined.
-template <int MR>
-inline __attribute__((always_inline)) void prefetch_next_a(const ukernel_args& p, int64_t i, int64_t elem) {
-  if (i + 1 >= p.batch->count) return;
-  const char* next = (const char*)brgemm_block_a(p, i + 1, elem);
-  const int64_t row = p.lda * elem, bytes = p.k * elem;
-  if (bytes >= 256) {  // the usual case, straight-line
-#pragma GCC unroll 32
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-      for (int line = 0; line < 4; ++line) _mm_prefetch(next + m * row + 64 * line, _MM_HINT_T0);
-  } else {
-#pragma GCC unroll 32
-    for (int m = 0; m < MR; ++m)
-      for (int64_t byte = 0; byte < bytes; byte += 64) _mm_prefetch(next + m * row + byte, _MM_HINT_T0);
-  }
-}
-
 // One MR × 16·NV instance (p.m == MR, 16·(NV-1) < p.n ≤ 16·NV).
 template <class Loop, int MR, int NV>
 void tile(const ukernel_args& p) {
@@ -107,7 +86,7 @@ void tile(const ukernel_args& p) {
   for (int64_t i = 0; i < p.batch->count; ++i) {
     const ta* a = (const ta*)brgemm_block_a(p, i, sizeof(ta));
     const tb* b = (const tb*)brgemm_block_b(p, i, sizeof(tb));
-    prefetch_next_a<MR>(p, i, sizeof(ta));
+    brgemm_prefetch_next_a<MR>(p, i, sizeof(ta));
     loop.template run<MR, NV>(a, b, last, acc);
   }
   store<MR, NV>(p, acc, last);
