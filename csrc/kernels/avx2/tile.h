@@ -78,6 +78,7 @@ void tile(const ukernel_args& p) {
   using ta = typename Loop::ta;
   using tb = typename Loop::tb;
   const Loop loop(p);  // its per-tile constants, computed once as the k-loop's invariants
+  const int64_t lda = p.lda;
   const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(p.n - 8 * (NV - 1)),
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   typename Loop::acc acc[MR][NV];
@@ -89,7 +90,17 @@ void tile(const ukernel_args& p) {
   for (int64_t i = 0; i < p.batch->count; ++i) {
     const ta* a = (const ta*)brgemm_block_a(p, i, sizeof(ta));
     const tb* b = (const tb*)brgemm_block_b(p, i, sizeof(tb));
-    brgemm_prefetch_next_a<MR>(p, i, sizeof(ta));
+    if (i + 1 < p.batch->count) {
+      // The next A block's rows are far apart: fetch their first lines while this one runs.
+      // Inline and in this form on purpose: in a function of its own gcc finds the prefetches
+      // side-effect free and deletes the call; this loop is what gcc turns into the straight-line
+      // prefetches the kernels were measured with.
+      const char* next = (const char*)brgemm_block_a(p, i + 1, sizeof(ta));
+#pragma GCC unroll 32
+      for (int m = 0; m < MR; ++m)
+        for (int64_t byte = 0; byte < p.k * (int64_t)sizeof(ta) && byte < 256; byte += 64)
+          _mm_prefetch(next + m * lda * (int64_t)sizeof(ta) + byte, _MM_HINT_T0);
+    }
     loop.template run<MR, NV, FULL>(a, b, last, acc);
   }
   store<MR, NV, FULL>(p, acc, last);

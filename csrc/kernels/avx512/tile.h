@@ -76,6 +76,7 @@ void tile(const ukernel_args& p) {
   using ta = typename Loop::ta;
   using tb = typename Loop::tb;
   const Loop loop(p);  // its per-tile constants, computed once as the k-loop's invariants
+  const int64_t lda = p.lda;
   const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
   typename Loop::acc acc[MR][NV];
 #pragma GCC unroll 32
@@ -86,7 +87,17 @@ void tile(const ukernel_args& p) {
   for (int64_t i = 0; i < p.batch->count; ++i) {
     const ta* a = (const ta*)brgemm_block_a(p, i, sizeof(ta));
     const tb* b = (const tb*)brgemm_block_b(p, i, sizeof(tb));
-    brgemm_prefetch_next_a<MR>(p, i, sizeof(ta));
+    if (i + 1 < p.batch->count) {
+      // The next A block's rows are far apart: fetch their first lines while this one runs.
+      // Inline and in this form on purpose: in a function of its own gcc finds the prefetches
+      // side-effect free and deletes the call; this loop is what gcc turns into the straight-line
+      // prefetches the kernels were measured with.
+      const char* next = (const char*)brgemm_block_a(p, i + 1, sizeof(ta));
+#pragma GCC unroll 32
+      for (int m = 0; m < MR; ++m)
+        for (int64_t byte = 0; byte < p.k * (int64_t)sizeof(ta) && byte < 256; byte += 64)
+          _mm_prefetch(next + m * lda * (int64_t)sizeof(ta) + byte, _MM_HINT_T0);
+    }
     loop.template run<MR, NV>(a, b, last, acc);
   }
   store<MR, NV>(p, acc, last);
