@@ -32,6 +32,11 @@ ISAS = [
 # twin does (the kernels' FMAs are explicit intrinsics and stay).
 COMMON = ["-std=c++17", "-O3", "-fPIC", "-ffp-contract=off"]
 INCLUDE = ["csrc/include"]
+# build_clib rebuilds a library only when a source is newer than its object: the headers the
+# kernels include (the tile skeletons, the .inc lists, the public header) are named here so
+# that editing one rebuilds them.
+KERNEL_DEPS = {"": sorted(glob("csrc/include/brgemm/*.h") + glob("csrc/kernels/**/*.h", recursive=True)
+                          + glob("csrc/kernels/*.inc"))}
 
 
 def compiler_accepts(flags, line):
@@ -45,7 +50,8 @@ def compiler_accepts(flags, line):
 
 
 libraries = [("brgemm_kernels_scalar",
-              {"sources": sorted(glob("csrc/kernels/ref/*.cpp")), "include_dirs": INCLUDE, "cflags": COMMON})]
+              {"sources": sorted(glob("csrc/kernels/ref/*.cpp")), "include_dirs": INCLUDE, "cflags": COMMON,
+               "obj_deps": KERNEL_DEPS})]
 macros, flags_by_isa = [], {"scalar": COMMON}
 for level, folder, flags, probe in ISAS:
     if not compiler_accepts(flags, probe):
@@ -53,7 +59,7 @@ for level, folder, flags, probe in ISAS:
         break  # levels are cumulative: nothing above a missing level can be used
     libraries.append((f"brgemm_kernels_{folder}",
                       {"sources": sorted(glob(f"csrc/kernels/{folder}/*.cpp")),
-                       "include_dirs": INCLUDE, "cflags": COMMON + flags}))
+                       "include_dirs": INCLUDE, "cflags": COMMON + flags, "obj_deps": KERNEL_DEPS}))
     macros.append((f"BRGEMM_BUILT_{level.upper()}", "1"))
     flags_by_isa[level] = COMMON + flags
 
@@ -68,6 +74,9 @@ core = Pybind11Extension(
     extra_compile_args=["-O3", "-fopenmp"],
     extra_link_args=["-fopenmp"],
     cxx_std=17,
+    # build_ext relinks only when a listed file is newer than the module: the kernel libraries'
+    # inputs are listed so that a kernel edit reaches the module.
+    depends=sorted(glob("csrc/kernels/**/*.cpp", recursive=True)) + KERNEL_DEPS[""],
 )
 
 # The quantization toolkit's histogram search (brgemm.quant): a per-range loop, in Cython.

@@ -9,11 +9,10 @@
 // every row and then k+1 for every row, so that 16 ymm hold MR·NR/8 accumulators, NR/8 B
 // vectors and an A broadcast: 5×16 is the largest tile gcc allocates without spilling.
 // Odd K: the last pair reads one A element and skips the (zero) second half of B.
-// Edge tiles: M by smaller-MR instances, N by vpmaskmovd on the last vector (plain loads when
-// it is full).
-#include <immintrin.h>
-#include "../ukernels.h"
-#include "../batch_block.h"
+// Zeroing, prefetch, the beta / masked store of C and the edge-tile instances (M by smaller
+// MR, N by vpmaskmovd on the last vector, plain loads when it is full) are the ymm skeleton's
+// (tile.h).
+#include "tile.h"
 
 namespace brgemm::kernels {
 namespace avx2_bf16w {
@@ -37,34 +36,21 @@ static void widen_a(const uint16_t* a, int64_t lda, int kc, float (*buf)[KC]) {
   }
 }
 
-template <int MR, int NV, bool FULL>
-static void tile(const ukernel_args& p) {
-  const int64_t K = p.k, lda = p.lda, ldb2 = 2 * p.ldb;
-  const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(p.n - 8 * (NV - 1)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m256i zero = _mm256_setzero_si256();
-  alignas(32) float buf[MR][KC];
-  __m256 acc[MR][NV];
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_setzero_ps();
+struct kloop {
+  using ta = uint16_t;
+  using tb = uint16_t;
+  using acc = __m256;
+  const int64_t K, lda, ldb2;  // per tile: loop-invariant registers of the k-loop
+  const __m256i zero;
+  explicit kloop(const ukernel_args& p) : K(p.k), lda(p.lda), ldb2(2 * p.ldb), zero(_mm256_setzero_si256()) {}
 
-  auto load_b = [&](const uint16_t* b, int v) {
-    const __m256i* src = (const __m256i*)(b + 16 * v);
-    return (v < NV - 1 || FULL) ? _mm256_loadu_si256(src) : _mm256_maskload_epi32((const int*)src, last);
-  };
-
-  for (int64_t i = 0; i < p.batch->count; ++i) {
-    const uint16_t* a = (const uint16_t*)brgemm_block_a(p, i, 2);
-    const uint16_t* b = (const uint16_t*)brgemm_block_b(p, i, 2);
-    if (i + 1 < p.batch->count) {
-      // The next A block's rows are far apart: fetch their first lines while this one runs.
-      const char* next = (const char*)brgemm_block_a(p, i + 1, 2);
-#pragma GCC unroll 32
-      for (int m = 0; m < MR; ++m)
-        for (int64_t byte = 0; byte < K * 2 && byte < 256; byte += 64) _mm_prefetch(next + m * lda * 2 + byte, _MM_HINT_T0);
-    }
+  template <int MR, int NV, bool FULL>
+  BRGEMM_KLOOP void run(const uint16_t* a, const uint16_t* b, __m256i last, __m256 (&c)[MR][NV]) const {
+    alignas(32) float buf[MR][KC];
+    auto load_b = [&](const uint16_t* b, int v) {
+      const __m256i* src = (const __m256i*)(b + 16 * v);
+      return (v < NV - 1 || FULL) ? _mm256_loadu_si256(src) : _mm256_maskload_epi32((const int*)src, last);
+    };
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int kc = (int)(K - k0 < KC ? K - k0 : KC);
       widen_a<MR>(a + k0, lda, kc, buf);
@@ -77,7 +63,7 @@ static void tile(const ukernel_args& p) {
         for (int m = 0; m < MR; ++m) {
           const __m256 am = _mm256_broadcast_ss(&buf[m][j]);
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_fmadd_ps(am, bv[v], acc[m][v]);
+          for (int v = 0; v < NV; ++v) c[m][v] = _mm256_fmadd_ps(am, bv[v], c[m][v]);
         }
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) bv[v] = _mm256_castsi256_ps(_mm256_blend_epi16(zero, load_b(b, v), 0xAA));
@@ -85,7 +71,7 @@ static void tile(const ukernel_args& p) {
         for (int m = 0; m < MR; ++m) {
           const __m256 am = _mm256_broadcast_ss(&buf[m][j + 1]);
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_fmadd_ps(am, bv[v], acc[m][v]);
+          for (int v = 0; v < NV; ++v) c[m][v] = _mm256_fmadd_ps(am, bv[v], c[m][v]);
         }
         b += ldb2;
       }
@@ -97,44 +83,15 @@ static void tile(const ukernel_args& p) {
         for (int m = 0; m < MR; ++m) {
           const __m256 am = _mm256_broadcast_ss(&buf[m][kc - 1]);
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_fmadd_ps(am, lo[v], acc[m][v]);
+          for (int v = 0; v < NV; ++v) c[m][v] = _mm256_fmadd_ps(am, lo[v], c[m][v]);
         }
       }
     }
   }
-
-  const __m256 beta = _mm256_set1_ps(p.beta);
-  const __m256i all = _mm256_set1_epi32(-1);
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m) {
-    float* c = (float*)p.c + m * p.ldc;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __m256i mask = (v == NV - 1 && !FULL) ? last : all;
-      __m256 r = acc[m][v];
-      if (p.beta == 1.0f) r = _mm256_add_ps(r, _mm256_maskload_ps(c + 8 * v, mask));
-      else if (p.beta != 0.0f) r = _mm256_fmadd_ps(beta, _mm256_maskload_ps(c + 8 * v, mask), r);
-      _mm256_maskstore_ps(c + 8 * v, mask, r);
-    }
-  }
-}
-
-template <int M, int NV>
-static void pick_n(const ukernel_args& p) {
-  if constexpr (NV > 1)
-    if ((p.n + 7) / 8 < NV) return pick_n<M, NV - 1>(p);
-  if (p.n == 8 * NV) tile<M, NV, true>(p);
-  else tile<M, NV, false>(p);
-}
-template <int M, int NV>
-static void pick(const ukernel_args& p) {
-  if constexpr (M > 1)
-    if (p.m < M) return pick<M - 1, NV>(p);
-  pick_n<M, NV>(p);
-}
+};
 
 }  // namespace avx2_bf16w
 
-void ukernel_bf16_f32_5x16c2__avx2(const ukernel_args& p) { avx2_bf16w::pick<5, 2>(p); }
+void ukernel_bf16_f32_5x16c2__avx2(const ukernel_args& p) { ymm::pick<avx2_bf16w::kloop, 5, 2>(p); }
 
 }  // namespace brgemm::kernels

@@ -12,12 +12,10 @@
 // 12 % slower here on Zen 4.
 // s8 A (SIGNED): each broadcast quad is XORed with 0x80 bytes (a + 128 as u8): the sum is
 // Σ (a+128)·b, and execute() removes 128·colsum(B) in the epilogue, as for the VNNI kernels.
-// Edge tiles: M by smaller-MR instances, N by vpmaskmovd on the last vector (plain loads when it
-// is full); K not a multiple of 4 by a last quad built from the remaining A bytes (never reading
-// A past its k columns).
-#include <immintrin.h>
-#include "../ukernels.h"
-#include "../batch_block.h"
+// K not a multiple of 4: a last quad built from the remaining A bytes (never reading A past its
+// k columns). Zeroing, prefetch, the store of C and the edge-tile instances (M by smaller MR, N
+// by vpmaskmovd on the last vector, plain loads when it is full) are the ymm skeleton's (tile.h).
+#include "tile.h"
 
 namespace brgemm::kernels {
 namespace avx2_u8s8 {
@@ -63,71 +61,30 @@ static inline void step(__m256i (&acc)[MR][NV], const uint8_t* a, int64_t lda, c
   }
 }
 
-template <int MR, int NV, bool FULL, bool SIGNED>
-static void tile(const ukernel_args& p) {
-  const int64_t quads = p.k / 4, rem = p.k % 4, lda = p.lda, ldb4 = p.ldb * 4;
-  const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(p.n - 8 * (NV - 1)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  __m256i acc[MR][NV];
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_setzero_si256();
+template <bool SIGNED>
+struct kloop {
+  using ta = uint8_t;
+  using tb = int8_t;
+  using acc = __m256i;
+  const int64_t quads, rem, lda, ldb4;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : quads(p.k / 4), rem(p.k % 4), lda(p.lda), ldb4(p.ldb * 4) {}
 
-  for (int64_t i = 0; i < p.batch->count; ++i) {
-    const uint8_t* a = (const uint8_t*)brgemm_block_a(p, i, 1);
-    const int8_t* b = (const int8_t*)brgemm_block_b(p, i, 1);
-    if (i + 1 < p.batch->count) {
-      // The next A block's rows are far apart: fetch their first lines while this one runs.
-      const char* next = (const char*)brgemm_block_a(p, i + 1, 1);
-#pragma GCC unroll 32
-      for (int m = 0; m < MR; ++m)
-        for (int64_t byte = 0; byte < p.k && byte < 256; byte += 64) _mm_prefetch(next + m * lda + byte, _MM_HINT_T0);
-    }
+  template <int MR, int NV, bool FULL>
+  BRGEMM_KLOOP void run(const uint8_t* a, const int8_t* b, __m256i last, __m256i (&c)[MR][NV]) const {
     for (int64_t q = 0; q < quads; ++q) {
-      step<MR, NV, FULL, false, SIGNED>(acc, a, lda, b, last, 0);
+      step<MR, NV, FULL, false, SIGNED>(c, a, lda, b, last, 0);
       a += 4;
       b += ldb4;
     }
-    if (rem) step<MR, NV, FULL, true, SIGNED>(acc, a, lda, b, last, rem);  // B is zero-padded to the quad
+    if (rem) step<MR, NV, FULL, true, SIGNED>(c, a, lda, b, last, rem);  // B is zero-padded to the quad
   }
-
-  // u8s8 beta is 0 (write, never read C) or 1 (add to C).
-  const bool accumulate = p.beta != 0.0f;
-  const __m256i all = _mm256_set1_epi32(-1);
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m) {
-    int* c = (int*)p.c + m * p.ldc;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __m256i mask = (v == NV - 1 && !FULL) ? last : all;
-      __m256i r = acc[m][v];
-      if (accumulate) r = _mm256_add_epi32(r, _mm256_maskload_epi32(c + 8 * v, mask));
-      _mm256_maskstore_epi32(c + 8 * v, mask, r);
-    }
-  }
-}
-
-// Picks the instance for this tile's m (1..MR), vector count (1..NV) and full or masked last vector.
-template <int M, int NV, bool SIGNED>
-static void pick_n(const ukernel_args& p) {
-  if constexpr (NV > 1)
-    if ((p.n + 7) / 8 < NV) return pick_n<M, NV - 1, SIGNED>(p);
-  if (p.n == 8 * NV) tile<M, NV, true, SIGNED>(p);
-  else tile<M, NV, false, SIGNED>(p);
-}
-template <int M, int NV, bool SIGNED = false>
-static void pick(const ukernel_args& p) {
-  if constexpr (M > 1)
-    if (p.m < M) return pick<M - 1, NV, SIGNED>(p);
-  pick_n<M, NV, SIGNED>(p);
-}
+};
 
 }  // namespace avx2_u8s8
 
-void ukernel_u8s8_s32_3x16c4__avx2(const ukernel_args& p) { avx2_u8s8::pick<3, 2>(p); }
-void ukernel_u8s8_s32_10x8c4__avx2(const ukernel_args& p) { avx2_u8s8::pick<10, 1>(p); }
-void ukernel_s8s8_s32_3x16c4__avx2(const ukernel_args& p) { avx2_u8s8::pick<3, 2, true>(p); }
-void ukernel_s8s8_s32_10x8c4__avx2(const ukernel_args& p) { avx2_u8s8::pick<10, 1, true>(p); }
+void ukernel_u8s8_s32_3x16c4__avx2(const ukernel_args& p) { ymm::pick<avx2_u8s8::kloop<false>, 3, 2>(p); }
+void ukernel_u8s8_s32_10x8c4__avx2(const ukernel_args& p) { ymm::pick<avx2_u8s8::kloop<false>, 10, 1>(p); }
+void ukernel_s8s8_s32_3x16c4__avx2(const ukernel_args& p) { ymm::pick<avx2_u8s8::kloop<true>, 3, 2>(p); }
+void ukernel_s8s8_s32_10x8c4__avx2(const ukernel_args& p) { ymm::pick<avx2_u8s8::kloop<true>, 10, 1>(p); }
 
 }  // namespace brgemm::kernels

@@ -8,14 +8,13 @@
 // 2·MR·NR/16 FMAs, in MR·NR/16 + 2·NR/16 + 2 zmm (accumulators, both halves of B, an A
 // broadcast and the mask: 30 for both tiles below, no spills in the inner loop).
 // Odd K: the last pair reads one A element and skips the (zero) second half of B.
-// Edge tiles: M by smaller-MR instances, N by a mask on the last vector.
+// Zeroing, prefetch, the beta / masked store of C and the edge-tile instances (M by smaller
+// MR, N by a mask on the last vector) are the zmm skeleton's (tile.h).
 //
 // Tiles: 5×64 first: on Zen 4 the conversions run beside the FMAs and it reaches the f32 FMA
 // peak (half the vdpbf16ps peak: the most a widening kernel can do). 12×32 spends fewer
 // conversions per FMA (1/12 against 1/5), for CPUs where they compete with the FMAs.
-#include <immintrin.h>
-#include "../ukernels.h"
-#include "../batch_block.h"
+#include "tile.h"
 
 namespace brgemm::kernels {
 namespace avx512_bf16w {
@@ -37,28 +36,18 @@ static void widen_a(const uint16_t* a, int64_t lda, int kc, float (*buf)[KC]) {
   }
 }
 
-template <int MR, int NV>
-static void tile(const ukernel_args& p) {
-  const int64_t K = p.k, lda = p.lda, ldb2 = 2 * p.ldb;
-  const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
-  const __m512i hi = _mm512_set1_epi32((int32_t)0xFFFF0000u);
-  alignas(64) float buf[MR][KC];
-  __m512 acc[MR][NV];
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
+struct kloop {
+  using ta = uint16_t;
+  using tb = uint16_t;
+  using acc = __m512;
+  const int64_t K, lda, ldb2;  // per tile: loop-invariant registers of the k-loop
+  const __m512i hi;
+  explicit kloop(const ukernel_args& p)
+      : K(p.k), lda(p.lda), ldb2(2 * p.ldb), hi(_mm512_set1_epi32((int32_t)0xFFFF0000u)) {}
 
-  for (int64_t i = 0; i < p.batch->count; ++i) {
-    const uint16_t* a = (const uint16_t*)brgemm_block_a(p, i, 2);
-    const uint16_t* b = (const uint16_t*)brgemm_block_b(p, i, 2);
-    if (i + 1 < p.batch->count) {
-      // The next A block's rows are far apart: fetch their first lines while this one runs.
-      const char* next = (const char*)brgemm_block_a(p, i + 1, 2);
-#pragma GCC unroll 32
-      for (int m = 0; m < MR; ++m)
-        for (int64_t byte = 0; byte < K * 2 && byte < 256; byte += 64) _mm_prefetch(next + m * lda * 2 + byte, _MM_HINT_T0);
-    }
+  template <int MR, int NV>
+  BRGEMM_KLOOP void run(const uint16_t* a, const uint16_t* b, __mmask16 last, __m512 (&c)[MR][NV]) const {
+    alignas(64) float buf[MR][KC];
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int kc = (int)(K - k0 < KC ? K - k0 : KC);
       widen_a<MR>(a + k0, lda, kc, buf);
@@ -74,9 +63,9 @@ static void tile(const ukernel_args& p) {
         for (int m = 0; m < MR; ++m) {
           const __m512 a0 = _mm512_set1_ps(buf[m][j]), a1 = _mm512_set1_ps(buf[m][j + 1]);
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a0, lo[v], acc[m][v]);
+          for (int v = 0; v < NV; ++v) c[m][v] = _mm512_fmadd_ps(a0, lo[v], c[m][v]);
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a1, up[v], acc[m][v]);
+          for (int v = 0; v < NV; ++v) c[m][v] = _mm512_fmadd_ps(a1, up[v], c[m][v]);
         }
         b += ldb2;
       }
@@ -91,44 +80,16 @@ static void tile(const ukernel_args& p) {
         for (int m = 0; m < MR; ++m) {
           const __m512 am = _mm512_set1_ps(buf[m][kc - 1]);
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(am, lo[v], acc[m][v]);
+          for (int v = 0; v < NV; ++v) c[m][v] = _mm512_fmadd_ps(am, lo[v], c[m][v]);
         }
       }
     }
   }
-
-  const __m512 beta = _mm512_set1_ps(p.beta);
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m) {
-    float* c = (float*)p.c + m * p.ldc;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 mask = v == NV - 1 ? last : (__mmask16)0xFFFF;
-      __m512 r = acc[m][v];
-      if (p.beta == 1.0f) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, c + 16 * v));
-      else if (p.beta != 0.0f) r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, c + 16 * v), r);
-      _mm512_mask_storeu_ps(c + 16 * v, mask, r);
-    }
-  }
-}
-
-// Picks the instance for this tile's m (1..MR) and vector count (1..NV).
-template <int M, int NV>
-static void pick_n(const ukernel_args& p) {
-  if constexpr (NV > 1)
-    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1>(p);
-  tile<M, NV>(p);
-}
-template <int M, int NV>
-static void pick(const ukernel_args& p) {
-  if constexpr (M > 1)
-    if (p.m < M) return pick<M - 1, NV>(p);
-  pick_n<M, NV>(p);
-}
+};
 
 }  // namespace avx512_bf16w
 
-void ukernel_bf16_f32_5x64c2__avx512(const ukernel_args& p) { avx512_bf16w::pick<5, 4>(p); }
-void ukernel_bf16_f32_12x32c2__avx512(const ukernel_args& p) { avx512_bf16w::pick<12, 2>(p); }
+void ukernel_bf16_f32_5x64c2__avx512(const ukernel_args& p) { zmm::pick<avx512_bf16w::kloop, 5, 4>(p); }
+void ukernel_bf16_f32_12x32c2__avx512(const ukernel_args& p) { zmm::pick<avx512_bf16w::kloop, 12, 2>(p); }
 
 }  // namespace brgemm::kernels

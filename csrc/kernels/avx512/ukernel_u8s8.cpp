@@ -12,11 +12,10 @@
 // 5 % slower on Zen 4 (and costs two more ALU ops per row and quad on any CPU).
 // s8 A (SIGNED): split_a XORs A's bytes with 0x80 (a + 128 as u8): the sum is Σ (a+128)·b, and
 // execute() removes 128·colsum(B) in the epilogue, as for the VNNI kernels.
-// Edge tiles: M by smaller-MR instances, N by a mask on the last vector; K not a multiple of 4
-// by masked byte loads of A in split_a (A is never read past its k columns; B is zero-padded).
-#include <immintrin.h>
-#include "../ukernels.h"
-#include "../batch_block.h"
+// K not a multiple of 4: masked byte loads of A in split_a (A is never read past its k columns;
+// B is zero-padded). Zeroing, prefetch, the store of C and the edge-tile instances (M by smaller
+// MR, N by a mask on the last vector) are the zmm skeleton's (tile.h).
+#include "tile.h"
 
 namespace brgemm::kernels {
 namespace avx512_u8s8 {
@@ -42,29 +41,19 @@ static inline void split_a(const uint8_t* a, int64_t lda, int64_t kc, int32_t (*
     }
 }
 
-template <int MR, int NV, bool SIGNED>
-static void tile(const ukernel_args& p) {
-  const int64_t lda = p.lda, ldb4 = p.ldb * 4;
-  const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
-  alignas(64) int32_t ae[MR][QC], ao[MR][QC];
-  __m512i acc[MR][NV];
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_si512();
+template <bool SIGNED>
+struct kloop {
+  using ta = uint8_t;
+  using tb = int8_t;
+  using acc = __m512i;
+  const int64_t k, lda, ldb4;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : k(p.k), lda(p.lda), ldb4(p.ldb * 4) {}
 
-  for (int64_t i = 0; i < p.batch->count; ++i) {
-    const uint8_t* a = (const uint8_t*)brgemm_block_a(p, i, 1);
-    const int8_t* b = (const int8_t*)brgemm_block_b(p, i, 1);
-    if (i + 1 < p.batch->count) {
-      // The next A block's rows are far apart: fetch their first lines while this one runs.
-      const char* next = (const char*)brgemm_block_a(p, i + 1, 1);
-#pragma GCC unroll 32
-      for (int m = 0; m < MR; ++m)
-        for (int64_t byte = 0; byte < p.k && byte < 256; byte += 64) _mm_prefetch(next + m * lda + byte, _MM_HINT_T0);
-    }
-    for (int64_t k0 = 0; k0 < p.k; k0 += 4 * QC) {
-      const int64_t kc = p.k - k0 < 4 * QC ? p.k - k0 : 4 * QC;
+  template <int MR, int NV>
+  BRGEMM_KLOOP void run(const uint8_t* a, const int8_t* b, __mmask16 last, __m512i (&c)[MR][NV]) const {
+    alignas(64) int32_t ae[MR][QC], ao[MR][QC];
+    for (int64_t k0 = 0; k0 < k; k0 += 4 * QC) {
+      const int64_t kc = k - k0 < 4 * QC ? k - k0 : 4 * QC;
       split_a<MR, SIGNED>(a + k0, lda, kc, ae, ao);
       const int64_t quads = (kc + 3) / 4;  // B is zero-padded to whole quads
       for (int64_t q = 0; q < quads; ++q) {
@@ -80,48 +69,20 @@ static void tile(const ukernel_args& p) {
           const __m512i e = _mm512_set1_epi32(ae[m][q]), o = _mm512_set1_epi32(ao[m][q]);
 #pragma GCC unroll 8
           for (int v = 0; v < NV; ++v)
-            acc[m][v] = _mm512_add_epi32(acc[m][v], _mm512_add_epi32(_mm512_madd_epi16(e, be[v]),
-                                                                     _mm512_madd_epi16(o, bo[v])));
+            c[m][v] = _mm512_add_epi32(c[m][v], _mm512_add_epi32(_mm512_madd_epi16(e, be[v]),
+                                                                 _mm512_madd_epi16(o, bo[v])));
         }
         b += ldb4;
       }
     }
   }
-
-  // u8s8 beta is 0 (write, never read C) or 1 (add to C).
-  const bool accumulate = p.beta != 0.0f;
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m) {
-    int32_t* c = (int32_t*)p.c + m * p.ldc;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 mask = v == NV - 1 ? last : (__mmask16)0xFFFF;
-      __m512i r = acc[m][v];
-      if (accumulate) r = _mm512_add_epi32(r, _mm512_maskz_loadu_epi32(mask, c + 16 * v));
-      _mm512_mask_storeu_epi32(c + 16 * v, mask, r);
-    }
-  }
-}
-
-// Picks the instance for this tile's m (1..MR) and vector count (1..NV).
-template <int M, int NV, bool SIGNED>
-static void pick_n(const ukernel_args& p) {
-  if constexpr (NV > 1)
-    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1, SIGNED>(p);
-  tile<M, NV, SIGNED>(p);
-}
-template <int M, int NV, bool SIGNED = false>
-static void pick(const ukernel_args& p) {
-  if constexpr (M > 1)
-    if (p.m < M) return pick<M - 1, NV, SIGNED>(p);
-  pick_n<M, NV, SIGNED>(p);
-}
+};
 
 }  // namespace avx512_u8s8
 
-void ukernel_u8s8_s32_10x32c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<10, 2>(p); }
-void ukernel_u8s8_s32_6x48c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<6, 3>(p); }
-void ukernel_s8s8_s32_10x32c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<10, 2, true>(p); }
-void ukernel_s8s8_s32_6x48c4__avx512(const ukernel_args& p) { avx512_u8s8::pick<6, 3, true>(p); }
+void ukernel_u8s8_s32_10x32c4__avx512(const ukernel_args& p) { zmm::pick<avx512_u8s8::kloop<false>, 10, 2>(p); }
+void ukernel_u8s8_s32_6x48c4__avx512(const ukernel_args& p) { zmm::pick<avx512_u8s8::kloop<false>, 6, 3>(p); }
+void ukernel_s8s8_s32_10x32c4__avx512(const ukernel_args& p) { zmm::pick<avx512_u8s8::kloop<true>, 10, 2>(p); }
+void ukernel_s8s8_s32_6x48c4__avx512(const ukernel_args& p) { zmm::pick<avx512_u8s8::kloop<true>, 6, 3>(p); }
 
 }  // namespace brgemm::kernels

@@ -5,11 +5,10 @@
 // intermediate saturation (unlike vpmaddubsw), so the sums are exact.
 // s8 A (SIGNED): each broadcast quad is XORed with 0x80 bytes, i.e. a + 128 as u8; the sum is
 // Σ (a+128)·b and execute() removes 128·colsum(B) in the epilogue (see brgemm.h).
-// Edge tiles: M by smaller-MR instances, N by a mask on the last vector; K not a multiple of 4
-// by a last quad built from the remaining A bytes (never reading A past its k columns).
-#include <immintrin.h>
-#include "../ukernels.h"
-#include "../batch_block.h"
+// K not a multiple of 4: a last quad built from the remaining A bytes (never reading A past its
+// k columns). Zeroing, prefetch, the store of C and the edge-tile instances (M by smaller MR, N
+// by a mask on the last vector) are the zmm skeleton's (../avx512/tile.h).
+#include "../avx512/tile.h"  // the zmm skeleton, compiled here with this level's flags
 
 namespace brgemm::kernels {
 namespace avx512vnni_u8s8 {
@@ -36,26 +35,16 @@ static inline __m512i bcast(int32_t q) {
   return _mm512_set1_epi32(q);
 }
 
-template <int MR, int NV, bool SIGNED>
-static void tile(const ukernel_args& p) {
-  const int64_t quads = p.k / 4, rem = p.k % 4, lda = p.lda, ldb4 = p.ldb * 4;
-  const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
-  __m512i acc[MR][NV];
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_si512();
+template <bool SIGNED>
+struct kloop {
+  using ta = uint8_t;
+  using tb = int8_t;
+  using acc = __m512i;
+  const int64_t quads, rem, lda, ldb4;  // per tile: loop-invariant registers of the k-loop
+  explicit kloop(const ukernel_args& p) : quads(p.k / 4), rem(p.k % 4), lda(p.lda), ldb4(p.ldb * 4) {}
 
-  for (int64_t i = 0; i < p.batch->count; ++i) {
-    const uint8_t* a = (const uint8_t*)brgemm_block_a(p, i, 1);
-    const int8_t* b = (const int8_t*)brgemm_block_b(p, i, 1);
-    if (i + 1 < p.batch->count) {
-      // The next A block's rows are far apart: fetch their first lines while this one runs.
-      const char* next = (const char*)brgemm_block_a(p, i + 1, 1);
-#pragma GCC unroll 32
-      for (int m = 0; m < MR; ++m)
-        for (int64_t byte = 0; byte < p.k && byte < 256; byte += 64) _mm_prefetch(next + m * lda + byte, _MM_HINT_T0);
-    }
+  template <int MR, int NV>
+  BRGEMM_KLOOP void run(const uint8_t* a, const int8_t* b, __mmask16 last, __m512i (&c)[MR][NV]) const {
 #pragma GCC unroll 2
     for (int64_t q = 0; q < quads; ++q) {
       __m512i bv[NV];
@@ -66,7 +55,7 @@ static void tile(const ukernel_args& p) {
       for (int m = 0; m < MR; ++m) {
         const __m512i am = bcast<SIGNED>(quad(a + m * lda));
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], am, bv[v]);
+        for (int v = 0; v < NV; ++v) c[m][v] = _mm512_dpbusd_epi32(c[m][v], am, bv[v]);
       }
       a += 4;
       b += ldb4;
@@ -80,47 +69,19 @@ static void tile(const ukernel_args& p) {
       for (int m = 0; m < MR; ++m) {
         const __m512i am = bcast<SIGNED>(tail_quad(a + m * lda, rem));
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], am, bv[v]);
+        for (int v = 0; v < NV; ++v) c[m][v] = _mm512_dpbusd_epi32(c[m][v], am, bv[v]);
       }
     }
   }
-
-  // u8s8 beta is 0 (write, never read C) or 1 (add to C).
-  const bool accumulate = p.beta != 0.0f;
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m) {
-    int32_t* c = (int32_t*)p.c + m * p.ldc;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 mask = v == NV - 1 ? last : (__mmask16)0xFFFF;
-      __m512i r = acc[m][v];
-      if (accumulate) r = _mm512_add_epi32(r, _mm512_maskz_loadu_epi32(mask, c + 16 * v));
-      _mm512_mask_storeu_epi32(c + 16 * v, mask, r);
-    }
-  }
-}
-
-// Picks the instance for this tile's m (1..MR) and vector count (1..NV).
-template <int M, int NV, bool SIGNED>
-static void pick_n(const ukernel_args& p) {
-  if constexpr (NV > 1)
-    if ((p.n + 15) / 16 < NV) return pick_n<M, NV - 1, SIGNED>(p);
-  tile<M, NV, SIGNED>(p);
-}
-template <int M, int NV, bool SIGNED = false>
-static void pick(const ukernel_args& p) {
-  if constexpr (M > 1)
-    if (p.m < M) return pick<M - 1, NV, SIGNED>(p);
-  pick_n<M, NV, SIGNED>(p);
-}
+};
 
 }  // namespace avx512vnni_u8s8
 
-void ukernel_u8s8_s32_6x64c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<6, 4>(p); }
-void ukernel_u8s8_s32_8x48c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<8, 3>(p); }
-void ukernel_u8s8_s32_14x32c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<14, 2>(p); }
-void ukernel_s8s8_s32_6x64c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<6, 4, true>(p); }
-void ukernel_s8s8_s32_8x48c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<8, 3, true>(p); }
-void ukernel_s8s8_s32_14x32c4__avx512vnni(const ukernel_args& p) { avx512vnni_u8s8::pick<14, 2, true>(p); }
+void ukernel_u8s8_s32_6x64c4__avx512vnni(const ukernel_args& p) { zmm::pick<avx512vnni_u8s8::kloop<false>, 6, 4>(p); }
+void ukernel_u8s8_s32_8x48c4__avx512vnni(const ukernel_args& p) { zmm::pick<avx512vnni_u8s8::kloop<false>, 8, 3>(p); }
+void ukernel_u8s8_s32_14x32c4__avx512vnni(const ukernel_args& p) { zmm::pick<avx512vnni_u8s8::kloop<false>, 14, 2>(p); }
+void ukernel_s8s8_s32_6x64c4__avx512vnni(const ukernel_args& p) { zmm::pick<avx512vnni_u8s8::kloop<true>, 6, 4>(p); }
+void ukernel_s8s8_s32_8x48c4__avx512vnni(const ukernel_args& p) { zmm::pick<avx512vnni_u8s8::kloop<true>, 8, 3>(p); }
+void ukernel_s8s8_s32_14x32c4__avx512vnni(const ukernel_args& p) { zmm::pick<avx512vnni_u8s8::kloop<true>, 14, 2>(p); }
 
 }  // namespace brgemm::kernels

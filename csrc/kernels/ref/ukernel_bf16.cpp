@@ -3,6 +3,7 @@
 #include <cstring>
 #include "../ukernels.h"
 #include "../batch_block.h"
+#include "tile.h"
 
 namespace brgemm::kernels {
 
@@ -29,12 +30,7 @@ void ukernel_bf16_f32_4x16c2__scalar(const ukernel_args& p) {
       }
     }
   }
-  float* c = (float*)p.c;
-  for (int m = 0; m < p.m; ++m)
-    for (int n = 0; n < p.n; ++n) {
-      float& cm = c[m * p.ldc + n];
-      cm = p.beta == 0.0f ? acc[m][n] : p.beta * cm + acc[m][n];
-    }
+  ref::store(p, acc);
 }
 
 }  // namespace brgemm::kernels

@@ -3,6 +3,7 @@
 #include <cstring>
 #include "../ukernels.h"
 #include "../batch_block.h"
+#include "tile.h"
 
 namespace brgemm::kernels {
 
@@ -18,12 +19,7 @@ void ukernel_f32_4x16__scalar(const ukernel_args& p) {
         for (int n = 0; n < p.n; ++n) acc[m][n] += am * b[k * p.ldb + n];
       }
   }
-  float* c = (float*)p.c;
-  for (int m = 0; m < p.m; ++m)
-    for (int n = 0; n < p.n; ++n) {
-      float& cm = c[m * p.ldc + n];
-      cm = p.beta == 0.0f ? acc[m][n] : p.beta * cm + acc[m][n];
-    }
+  ref::store(p, acc);
 }
 
 namespace {
@@ -64,12 +60,7 @@ void ukernel_f32f16_4x16__scalar(const ukernel_args& p) {
         for (int n = 0; n < p.n; ++n) acc[m][n] += am * widen_half(b[k * p.ldb + n]);
       }
   }
-  float* c = (float*)p.c;
-  for (int m = 0; m < p.m; ++m)
-    for (int n = 0; n < p.n; ++n) {
-      float& cm = c[m * p.ldc + n];
-      cm = p.beta == 0.0f ? acc[m][n] : p.beta * cm + acc[m][n];
-    }
+  ref::store(p, acc);
 }
 
 }  // namespace brgemm::kernels

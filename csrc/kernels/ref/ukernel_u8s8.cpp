@@ -4,6 +4,7 @@
 // execute() removes 128·colsum(B) in the epilogue.
 #include "../ukernels.h"
 #include "../batch_block.h"
+#include "tile.h"
 
 namespace brgemm::kernels {
 
@@ -23,12 +24,7 @@ void tile(const ukernel_args& p) {
       }
     }
   }
-  int32_t* c = (int32_t*)p.c;
-  for (int m = 0; m < p.m; ++m)
-    for (int n = 0; n < p.n; ++n) {
-      int32_t& cm = c[m * p.ldc + n];
-      cm = p.beta == 0.0f ? acc[m][n] : cm + acc[m][n];  // int8 beta is 0 or 1
-    }
+  ref::store(p, acc);
 }
 }  // namespace
 

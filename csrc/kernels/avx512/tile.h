@@ -1,0 +1,121 @@
+// The zmm microkernel skeleton, written once for the three AVX-512 levels (avx512/,
+// avx512vnni/, avx512bf16/ include it): an MR × NR tile of C held in MR·NV zmm accumulators
+// (NV = NR/16) for the whole batch. The skeleton zeroes them, walks the batch (block
+// addresses, prefetch of the next A block), stores C with beta and the N mask, and picks the
+// instance for an edge tile. A ukernel file supplies only its k-loop, as a struct:
+//
+//   struct my_kloop {                   // in the ukernel file's own namespace
+//     using ta = ...;                   // element type of A
+//     using tb = ...;                   // element type of (packed) B
+//     using acc = __m512;               // f32 accumulators (any beta), or __m512i: s32 (beta 0 or 1)
+//     const int64_t lda, ...;           // per-tile constants: set once, invariant in the k-loop
+//     explicit my_kloop(const ukernel_args& p);
+//     // c[m][v] += A_i[m, :]·B_i[:, 16v .. 16v+15] for one batch element; the last vector's
+//     // columns past n are never read (load it under `last`).
+//     template <int MR, int NV>
+//     BRGEMM_KLOOP void run(const ta* a, const tb* b, __mmask16 last, acc (&c)[MR][NV]) const;
+//   };
+//   void ukernel_<name>(const ukernel_args& p) { zmm::pick<my_kloop, MR, NV>(p); }
+//
+// Everything here is in an unnamed namespace: each translation unit that includes it gets its
+// own copy compiled with its own flags, so the linker can never merge an avx512vnni copy of a
+// helper into the avx512 library (or the other way round).
+// Edge tiles: M by smaller-MR instances, N by a mask on the last vector. beta = 0 never reads C.
+#pragma once
+#include <immintrin.h>
+#include "../ukernels.h"
+#include "../batch_block.h"
+
+// The k-loop is inlined into its tile so that the accumulators stay in registers.
+#define BRGEMM_KLOOP inline __attribute__((always_inline))
+
+namespace brgemm::kernels::zmm {
+namespace {
+
+inline void set_zero(__m512& x) { x = _mm512_setzero_ps(); }
+inline void set_zero(__m512i& x) { x = _mm512_setzero_si512(); }
+
+// f32: C = acc (beta 0, C not read), acc + C (beta 1), or acc + beta·C.
+template <int MR, int NV>
+inline void store(const ukernel_args& p, const __m512 (&acc)[MR][NV], __mmask16 last) {
+  const __m512 beta = _mm512_set1_ps(p.beta);
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m) {
+    float* c = (float*)p.c + m * p.ldc;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 mask = v == NV - 1 ? last : (__mmask16)0xFFFF;
+      __m512 r = acc[m][v];
+      if (p.beta == 1.0f) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, c + 16 * v));
+      else if (p.beta != 0.0f) r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, c + 16 * v), r);
+      _mm512_mask_storeu_ps(c + 16 * v, mask, r);
+    }
+  }
+}
+
+// s32: beta is 0 (write, never read C) or 1 (add to C).
+template <int MR, int NV>
+inline void store(const ukernel_args& p, const __m512i (&acc)[MR][NV], __mmask16 last) {
+  const bool accumulate = p.beta != 0.0f;
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m) {
+    int32_t* c = (int32_t*)p.c + m * p.ldc;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 mask = v == NV - 1 ? last : (__mmask16)0xFFFF;
+      __m512i r = acc[m][v];
+      if (accumulate) r = _mm512_add_epi32(r, _mm512_maskz_loadu_epi32(mask, c + 16 * v));
+      _mm512_mask_storeu_epi32(c + 16 * v, mask, r);
+    }
+  }
+}
+
+// One MR × 16·NV instance (p.m == MR, 16·(NV-1) < p.n ≤ 16·NV).
+template <class Loop, int MR, int NV>
+void tile(const ukernel_args& p) {
+  using ta = typename Loop::ta;
+  using tb = typename Loop::tb;
+  const Loop loop(p);  // its per-tile constants, computed once as the k-loop's invariants
+  const int64_t lda = p.lda;
+  const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
+  typename Loop::acc acc[MR][NV];
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) set_zero(acc[m][v]);
+
+  for (int64_t i = 0; i < p.batch->count; ++i) {
+    const ta* a = (const ta*)brgemm_block_a(p, i, sizeof(ta));
+    const tb* b = (const tb*)brgemm_block_b(p, i, sizeof(tb));
+    if (i + 1 < p.batch->count) {
+      // The next A block's rows are far apart: fetch their first lines while this one runs.
+      // Inline and in this form on purpose: in a function of its own gcc finds the prefetches
+      // side-effect free and deletes the call; this loop is what gcc turns into the straight-line
+      // prefetches the kernels were measured with.
+      const char* next = (const char*)brgemm_block_a(p, i + 1, sizeof(ta));
+#pragma GCC unroll 32
+      for (int m = 0; m < MR; ++m)
+        for (int64_t byte = 0; byte < p.k * (int64_t)sizeof(ta) && byte < 256; byte += 64)
+          _mm_prefetch(next + m * lda * (int64_t)sizeof(ta) + byte, _MM_HINT_T0);
+    }
+    loop.template run<MR, NV>(a, b, last, acc);
+  }
+  store<MR, NV>(p, acc, last);
+}
+
+// Picks the instance for this tile's m (1..MR) and vector count (1..NV).
+template <class Loop, int M, int NV>
+void pick_n(const ukernel_args& p) {
+  if constexpr (NV > 1)
+    if ((p.n + 15) / 16 < NV) return pick_n<Loop, M, NV - 1>(p);
+  tile<Loop, M, NV>(p);
+}
+template <class Loop, int M, int NV>
+void pick(const ukernel_args& p) {
+  if constexpr (M > 1)
+    if (p.m < M) return pick<Loop, M - 1, NV>(p);
+  pick_n<Loop, M, NV>(p);
+}
+
+}  // namespace
+}  // namespace brgemm::kernels::zmm
