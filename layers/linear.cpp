@@ -13,9 +13,10 @@ namespace brgemm::layers {
 int64_t fc_block(int64_t size) { return size >= 64 ? 64 : round_up(size, 16); }
 int64_t fc_row_block(int64_t n) { return round_up(ceil_div(n, ceil_div(n, 64)), 2); }
 
-void fc_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t ld, void* xb, bool xb_bf16, int64_t bn,
+void fc_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t ld, void* xb, element bt, int64_t bn,
                    int64_t bc) {
-  const int64_t nb = ceil_div(n, bn), cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+  const int64_t nb = ceil_div(n, bn), cb = ceil_div(c, bc), xs = element_bytes(xt), bs = element_bytes(bt);
+  const bool x_bf16 = xt == element::bf16, xb_bf16 = bt == element::bf16;
 #pragma omp parallel for collapse(2) num_threads(threads_for(16.0 * n * c)) schedule(static)
   for (int64_t i = 0; i < nb; ++i)
     for (int64_t j = 0; j < cb; ++j) {
@@ -34,9 +35,10 @@ void fc_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t ld,
     }
 }
 
-void fc_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, bool x_bf16,
+void fc_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, element xt,
                      int64_t ld) {
-  const int64_t cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+  const int64_t cb = ceil_div(c, bc), xs = element_bytes(xt), bs = element_bytes(bt);
+  const bool x_bf16 = xt == element::bf16, xb_bf16 = bt == element::bf16;
 #pragma omp parallel for num_threads(threads_for(16.0 * n * c)) schedule(static)
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < cb; ++j)

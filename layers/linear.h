@@ -23,11 +23,11 @@ int64_t fc_block(int64_t size);
 // gradient), and as little padding as that allows (65 rows → 2 blocks of 34).
 int64_t fc_row_block(int64_t n);
 
-// Plain rows (n × c, row stride ld) ↔ blocked [n/bn][c/bc][bn][bc]; either side f32 or bf16
-// (f32 → bf16 rounds to nearest even). to_blocked writes the padding with zeros.
-void fc_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t ld, void* xb, bool xb_bf16, int64_t bn,
+// Plain rows (n × c, row stride ld) ↔ blocked [n/bn][c/bc][bn][bc]; either side element::f32
+// or element::bf16 (f32 → bf16 rounds to nearest even). to_blocked writes the padding with zeros.
+void fc_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t ld, void* xb, element bt, int64_t bn,
                    int64_t bc);
-void fc_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, bool x_bf16,
+void fc_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, element xt,
                      int64_t ld);
 
 class fc_layer {
