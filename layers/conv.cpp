@@ -6,356 +6,17 @@
 // with ih = oh·stride − pad + r·dilation (iw likewise). Padding is never materialised: a border
 // row or column has fewer taps in its batch (an empty batch writes zeros, then the epilogue).
 // For stride > 1, backward data walks its results in stride classes (iw ≡ q mod stride), each
-// run writing every stride-th column. A run narrower than the rows sharing its row taps (a
-// border column) is computed down the column instead (run_pass).
+// run writing every stride-th column. The plans (runs, kernels, offset tables) and the loop
+// that runs them are conv_plan.cpp's; here are the layouts, the weights and the passes.
 #include "conv.h"
+#include "conv_plan.h"
 #include "blocks.h"
 #include <cmath>
-#include <map>
 #include <omp.h>
 
 namespace brgemm::layers {
 
 namespace {
-
-// A tap of a run: its index along the axis, and the source position it reads for the run's
-// first result (sources then advance by the axis' source step per result).
-struct tap {
-  int64_t t, src;
-};
-struct run {
-  int64_t p0, m;
-  std::vector<tap> taps;
-};
-
-// The source position result p reads through tap t, or −1 when it reads none.
-struct forward_axis {  // results are outputs: src = p·stride − pad + t·dil, inside the input
-  int64_t in, stride, pad, dil;
-  int64_t operator()(int64_t p, int64_t t) const {
-    const int64_t q = p * stride - pad + t * dil;
-    return q >= 0 && q < in ? q : -1;
-  }
-};
-struct backward_axis {  // results are inputs: the output that read input p through tap t
-  int64_t out, stride, pad, dil;
-  int64_t operator()(int64_t p, int64_t t) const {
-    const int64_t q = p + pad - t * dil;
-    if (q < 0 || q % stride) return -1;
-    return q / stride < out ? q / stride : -1;
-  }
-};
-
-template <class Axis>
-std::vector<tap> taps_at(int64_t p, int64_t taps, const Axis& src) {
-  std::vector<tap> out;
-  for (int64_t t = 0; t < taps; ++t)
-    if (const int64_t q = src(p, t); q >= 0) out.push_back({t, q});
-  return out;
-}
-
-// The results 0..n−1 of an axis, class by class (p ≡ q mod step), cut into runs of consecutive
-// class members that see the same taps, each tap's source advancing by src_step.
-template <class Axis>
-std::vector<run> make_runs(int64_t n, int64_t step, int64_t src_step, int64_t taps, const Axis& src) {
-  std::vector<run> runs;
-  for (int64_t q = 0; q < step; ++q) {
-    bool open = false;  // runs.back() is of this class
-    for (int64_t p = q; p < n; p += step) {
-      std::vector<tap> here = taps_at(p, taps, src);
-      if (open) {
-        run& r = runs.back();
-        bool same = r.taps.size() == here.size();
-        for (size_t i = 0; same && i < here.size(); ++i)
-          same = here[i].t == r.taps[i].t && here[i].src == r.taps[i].src + r.m * src_step;
-        if (same) {
-          ++r.m;
-          continue;
-        }
-      }
-      runs.push_back({p, 1, std::move(here)});
-      open = true;
-    }
-  }
-  return runs;
-}
-
-// A 1×1, stride-1, unpadded convolution reads each image as one long row, so g rows (g dividing
-// h, g·w ≤ 128) become one: the kernel sees runs of g·w columns instead of w.
-void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w) {
-  if (g.r != 1 || g.s != 1 || g.stride_h != 1 || g.stride_w != 1 || g.pad_t || g.pad_b || g.pad_l || g.pad_r)
-    return;
-  int64_t rows = 1;
-  for (int64_t d = 2; d <= h; ++d)
-    if (h % d == 0 && d * w <= 128) rows = d;
-  h /= rows;
-  w *= rows;
-}
-
-// The kernels of one call shape over a reduction in chunks: the last chunk's (with the
-// epilogue; beta 1 after earlier chunks), the first's (beta 0) and the middle ones' (beta 1).
-struct chunk_kernels {
-  const kernel *last = nullptr, *first = nullptr, *mid = nullptr;
-  status make(desc d, int64_t chunks) {
-    d.beta = chunks > 1 ? 1.0f : 0.0f;
-    if (status s = dispatch(d, &last); s != status::ok) return s;
-    d.ep = epilogue_desc{};
-    d.beta = 0.0f;
-    if (chunks > 1)
-      if (status s = dispatch(d, &first); s != status::ok) return s;
-    d.beta = 1.0f;
-    if (chunks > 2)
-      if (status s = dispatch(d, &mid); s != status::ok) return s;
-    return status::ok;
-  }
-  const kernel& at(int64_t ch, int64_t chunks) const { return ch + 1 == chunks ? *last : ch == 0 ? *first : *mid; }
-};
-
-// The shape of one direct-convolution pass (forward, or backward data):
-//   res[n][j][row][col…] = epilogue(Σ_{q, taps} src[n][q][src row][src col…] · wts[j][q][r][s])
-// everything its plan depends on, no pointers.
-struct pass_shape {
-  dtype t;
-  int64_t n, red, res, taps_r, taps_s;     // images, reduction and result blocks, kernel taps
-  int64_t bi, bo;                          // channel blocks of the source and of the result
-  int64_t src_rows, src_cols, src_step;    // source columns advance src_step per result column
-  int64_t res_rows, res_cols, res_step;    // a run writes every res_step-th column
-  int64_t src_row_step;                    // source rows per result row (0: not uniform)
-  epilogue_desc e;
-  bool z = false;                          // the activation runs after the epilogue (into z)
-  int threads;
-};
-
-// What one call of a pass reads and writes. An int8 source with a zero point z reads real zeros
-// as z where the padding is: the epilogue subtracts z·Σ W over the taps each run reads
-// (col_offset).
-struct pass_data {
-  const void* src;
-  const char* wts;
-  epilogue_args ea;                        // from result channel 0 (bias, int8 scale, u8 output)
-  const int32_t* tapsum = nullptr;         // int8 with a zero point: [res][taps_r][taps_s][bo]
-  int32_t zero = 0;                        //   Σ_c W of each tap, and the source's zero point
-  void* out;
-  float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
-  brgemm::activation act = activation::none;
-};
-
-}  // namespace
-
-// One direct-convolution pass set up for its shape (see run_pass). Result rows come in groups
-// per work item; the reduction blocks q in chunks whose weight blocks (for one j) fit in L2, so
-// that each chunk is reused by every row of the group: with a small image (7 × 7) one row alone
-// reuses a weight block five times, too few to outrun L3. Partial sums go to the result itself
-// (f32) or to a per-thread accumulator tile (bf16 results, int8).
-//
-// The batch offsets are tables built here, not per call: a batch's A offsets relative to its
-// image, first source row and column, and its B offsets relative to its result block j, depend
-// only on the row's taps (rows with the same taps at the same distances share a class), the run
-// and the chunk; the rest goes into the batch's base addresses.
-struct conv_pass_plan {
-  pass_shape p;
-  std::vector<std::vector<tap>> rows;      // taps of each result row
-  std::vector<run> runs;                   // runs of result columns that see the same taps
-  int64_t per, chunks, group, groups, ldc;
-  bool tile;                               // partial sums in a per-thread tile
-  std::vector<chunk_kernels> kr;           // per run (runs differ only in M)
-  std::vector<chunk_kernels> kc;           // down a column, by the stack's height
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks;  // per group: (first row, rows)
-  std::vector<int64_t> row_class, row_base;  // per result row: its class, its first tap's source row
-  std::vector<int64_t> offs_a, offs_w;     // the tables, one after another
-  std::vector<std::pair<int64_t, int64_t>> table;  // [(class·runs + run)·chunks + chunk]: (first, count)
-  const std::pair<int64_t, int64_t>& at(int64_t cls, size_t u, int64_t ch) const {
-    return table[(cls * (int64_t)runs.size() + (int64_t)u) * chunks + ch];
-  }
-};
-
-// Backward: the data pass (when dX is asked for), and for the weight gradient per kernel column
-// tap s the output columns it reads inside the input, [lo, lo + len), and its kernels (beta 0
-// and beta 1; null when the tap reads nothing).
-// row_a[r], row_b[r]: the weight gradient's batch offsets (the rows' part) for kernel row r,
-// one entry per output row that reads inside the input through r; row_at[r][row]: how many of
-// the output rows before `row` do, so rows [first, last) are entries [row_at[first],
-// row_at[last]).
-struct conv_backward_plan {
-  conv_pass_plan data;
-  std::vector<int64_t> lo, len;
-  std::vector<const kernel*> kw, kw_add;
-  std::vector<std::vector<int64_t>> row_a, row_b, row_at;
-};
-
-namespace {
-
-status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows_in,
-                  std::vector<run> runs_in) {
-  pl.p = p;
-  pl.rows = std::move(rows_in);
-  pl.runs = std::move(runs_in);
-  const std::vector<run>& runs = pl.runs;
-  const int64_t blk = p.bi * p.bo, taps = p.taps_r * p.taps_s;
-  pl.per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, p.red);
-  pl.chunks = ceil_div(p.red, pl.per);
-  int64_t group = p.res_rows;
-  if (pl.chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
-  while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
-  pl.group = group;
-  const bool c_is_acc = p.e.out == out_type::acc || (p.e.out == out_type::f32 && !dtype_is_int8(p.t));
-  pl.tile = !c_is_acc && pl.chunks > 1;
-  pl.ldc = p.res_step * p.bo;
-
-  // Kernels per run (runs differ only in M).
-  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, pl.ldc, batch_kind::offset, 0.0f, p.e};
-  pl.kr.resize(runs.size());
-  for (size_t u = 0; u < runs.size(); ++u) {
-    d.m = runs[u].m;
-    if (status s = pl.kr[u].make(d, pl.chunks); s != status::ok) return s;
-  }
-
-  // Column runs. A run narrower than the stack of result rows that share its row taps (the
-  // border columns of a padded image are one result wide) goes down the column instead: one
-  // call per column over those rows, whose sources lie src_row_step rows apart. A one-row tile
-  // cannot hide the FMA latency: at 7 × 7 the border columns were a fifth of the work at a third
-  // of the speed. Stacks: per group, the rows whose taps continue the previous row's.
-  pl.groups = ceil_div(p.res_rows, group);
-  pl.stacks.assign(pl.groups, {});
-  int64_t narrowest = INT64_MAX, tallest = 1;
-  for (const run& r : runs) narrowest = std::min(narrowest, r.m);
-  for (int64_t gi = 0; gi < pl.groups; ++gi)
-    for (int64_t o = gi * group; o < std::min(p.res_rows, (gi + 1) * group); ++o) {
-      const std::vector<tap>& here = pl.rows[o];
-      bool more = p.src_row_step > 0 && !pl.stacks[gi].empty();
-      if (more) {
-        const std::vector<tap>& prev = pl.rows[o - 1];
-        more = prev.size() == here.size();
-        for (size_t x = 0; more && x < here.size(); ++x)
-          more = prev[x].t == here[x].t && here[x].src == prev[x].src + p.src_row_step;
-      }
-      if (more)
-        tallest = std::max(tallest, ++pl.stacks[gi].back().second);
-      else
-        pl.stacks[gi].push_back({o, 1});
-    }
-  pl.kc.assign(tallest + 1, {});
-  d.lda = p.src_row_step * p.src_cols * p.bi;
-  d.ldc = p.res_cols * p.bo;
-  for (int64_t m = narrowest + 1; m <= tallest; ++m) {
-    d.m = m;
-    if (status s = pl.kc[m].make(d, pl.chunks); s != status::ok) return s;
-  }
-
-  // Row classes: the taps of a row as (tap, source row − the first tap's source row).
-  std::map<std::vector<std::pair<int64_t, int64_t>>, int64_t> classes;
-  std::vector<const std::vector<tap>*> class_taps;
-  pl.row_class.resize(p.res_rows);
-  pl.row_base.resize(p.res_rows);
-  for (int64_t o = 0; o < p.res_rows; ++o) {
-    const std::vector<tap>& taps_o = pl.rows[o];
-    const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
-    std::vector<std::pair<int64_t, int64_t>> shape;
-    for (const tap& tr : taps_o) shape.push_back({tr.t, tr.src - base});
-    auto [it, fresh] = classes.try_emplace(std::move(shape), (int64_t)class_taps.size());
-    if (fresh) class_taps.push_back(&taps_o);
-    pl.row_class[o] = it->second;
-    pl.row_base[o] = base;
-  }
-  // The tables, in the order the reduction has always summed: chunk's q, row tap, column tap.
-  const int64_t src_plane = p.src_rows * p.src_cols * p.bi;
-  pl.table.resize(class_taps.size() * runs.size() * pl.chunks);
-  for (size_t cls = 0; cls < class_taps.size(); ++cls) {
-    const std::vector<tap>& taps_o = *class_taps[cls];
-    const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
-    for (size_t u = 0; u < runs.size(); ++u)
-      for (int64_t ch = 0; ch < pl.chunks; ++ch) {
-        const int64_t first = (int64_t)pl.offs_a.size();
-        for (int64_t q = ch * pl.per; q < std::min(p.red, (ch + 1) * pl.per); ++q)
-          for (const tap& tr : taps_o)
-            for (const tap& ts : runs[u].taps) {
-              pl.offs_a.push_back(q * src_plane + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
-              pl.offs_w.push_back(((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
-            }
-        pl.table[(cls * runs.size() + u) * pl.chunks + ch] = {first, (int64_t)pl.offs_a.size() - first};
-      }
-  }
-
-  // The per-thread tiles, grown here rather than by the first items.
-  const int64_t rows_blk = group * p.res_cols * p.bo;
-  reserve_scratch(p.threads, {{0, p.z && p.t == dtype::bf16 ? rows_blk : 0},
-                              {1, dtype_is_int8(p.t) ? p.bo : 0},
-                              {2, pl.tile ? rows_blk : 0}});
-  return status::ok;
-}
-
-// Runs a planned pass on one call's data. Only invokes: every kernel, run and offset table is
-// the plan's.
-void run_pass(const conv_pass_plan& pl, const pass_data& x) {
-  const pass_shape& p = pl.p;
-  const std::vector<run>& runs = pl.runs;
-  const int64_t chunks = pl.chunks, group = pl.group, groups = pl.groups, ldc = pl.ldc;
-  const bool tile = pl.tile;
-  const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
-  const int64_t ob = x.z ? 4 : out_type_bytes(p.t, p.e.out);
-  const int64_t ab = dtype_a_bytes(p.t), wb = dtype_b_bytes(p.t), red_w = p.red * p.taps_r * p.taps_s * p.bi * p.bo;
-  char* final_out = x.z ? (char*)x.z : (char*)x.out;
-  const int64_t* offs_a = pl.offs_a.data();
-  const int64_t* offs_w = pl.offs_w.data();
-#pragma omp parallel for num_threads(p.threads) schedule(static)
-  for (int64_t item = 0; item < p.res * p.n * groups; ++item) {
-    const int64_t j = item / (p.n * groups), i = item / groups % p.n, gi = item % groups, o0 = gi * group;
-    const int64_t o1 = std::min(p.res_rows, o0 + group);
-    float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;  // f32 or s32
-    int32_t* col = x.tapsum ? (int32_t*)scratch(1, p.bo) : nullptr;
-    static thread_local std::vector<const int32_t*> sums;  // the tap sums a run reads
-    if (col) sums.resize(p.taps_r * p.taps_s);
-    epilogue_args args = x.ea.at(0, j * p.bo, p.e.scale, p.t);
-    args.col_offset = col;
-    const char* src_i = (const char*)x.src + i * p.red * src_plane * ab;
-    const char* wts_j = x.wts + j * red_w * wb;
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const bool last = ch + 1 == chunks;
-      // The product for the results of run u from row o, column c of the run on (just that
-      // column when down the column).
-      auto call = [&](const kernel& kr, int64_t o, size_t u, int64_t c, int64_t ld) {
-        const run& r = runs[u];
-        const auto& [first, count] = pl.at(pl.row_class[o], u, ch);
-        batch_ref batch;
-        batch.count = count;
-        batch.a = src_i + (pl.row_base[o] * p.src_cols + c * p.src_step) * p.bi * ab;
-        batch.b = wts_j;
-        batch.offs_a = offs_a + first;
-        batch.offs_b = offs_w + first;
-        const int64_t rc = r.p0 + c * p.res_step;
-        const int64_t at = (i * p.res + j) * res_plane + (o * p.res_cols + rc) * p.bo;
-        float* acc = tile ? part + ((o - o0) * p.res_cols + rc) * p.bo : (float*)(final_out + at * ob);
-        if (!last) return execute(kr, batch, acc);
-        if (col) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
-          int64_t read = 0;
-          for (const tap& tr : pl.rows[o])
-            for (const tap& ts : r.taps) sums[read++] = x.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
-          zero_point_col_offsets(p.t, zero_points{x.zero, 0}, 0, sums.data(), read, p.bo, col);
-        }
-        args.acc_in = acc;
-        args.ld_acc_in = ld;
-        execute(kr, batch, final_out + at * ob, &args);
-      };
-      for (const auto& [first, rows] : pl.stacks[gi])
-        for (size_t u = 0; u < runs.size(); ++u)
-          if (runs[u].m < rows)  // then narrowest < rows <= tallest: kc[rows] was made
-            for (int64_t c = 0; c < runs[u].m; ++c) call(pl.kc[rows].at(ch, chunks), first, u, c, p.res_cols * p.bo);
-          else
-            for (int64_t o = first; o < first + rows; ++o) call(pl.kr[u].at(ch, chunks), o, u, 0, ldc);
-    }
-    if (x.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
-      // The epilogue's output is z's f32 here, so the output's type is the layer's: bf16
-      // results are rounded from f32 (asking the epilogue wrote f32 into bf16 y).
-      const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
-      if (p.t != dtype::bf16) {
-        activation_f32(x.act, x.z + at, (float*)x.out + at, len);
-      } else {
-        float* y = scratch(0, len);
-        activation_f32(x.act, x.z + at, y, len);
-        f32_to_bf16(y, (uint16_t*)x.out + at, len);
-      }
-    }
-  }
-}
 
 void transpose_elems(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
                      element e) {
@@ -461,24 +122,16 @@ void conv_layer::pack(const float* w) {
         }
       }
     }
-  packed_ = true;
 }
 
 bool conv_layer::refresh(const float* w, const float* b) {
-  const int64_t we = g_.k * g_.c * g_.r * g_.s;
-  const bool w_same = packed_ && same_bytes(w, seen_w_.data(), we * 4);
-  const bool b_same = packed_ && (b != nullptr) == has_bias_ && (!b || same_bytes(b, seen_b_.data(), g_.k * 4));
-  if (!w_same) {
-    pack(w);
-    seen_w_.assign(w, w + we);
-  }
-  if (!b_same) {
+  const bool w_new = w_seen_.refresh({{w, g_.k * g_.c * g_.r * g_.s * 4}}, [&] { pack(w); });
+  const bool b_new = b_seen_.refresh({{b, g_.k * 4}}, [&] {
     has_bias_ = b != nullptr;
-    if (b) seen_b_.assign(b, b + g_.k);
     bias_.assign((size_t)round_up(g_.k, bk_), 0.0f);
     if (b) std::copy(b, b + g_.k, bias_.begin());
-  }
-  return !(w_same && b_same);
+  });
+  return w_new || b_new;
 }
 
 namespace {
@@ -745,12 +398,7 @@ qconv_layer::qconv_layer(const conv_geometry& g, brgemm::activation act, out_typ
     : g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act), out_(out) {}
 
 bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b, const conv_quant& q) {
-  const int64_t we = g_.k * g_.c * g_.r * g_.s, kp = round_up(g_.k, bk_);
-  const bool w_same = packed_ && same_bytes(w, seen_w_.data(), we);
-  const bool rest_same = packed_ && same_bytes(w_scale, seen_ws_.data(), g_.k * 4) && (b != nullptr) == has_bias_ &&
-                         (!b || same_bytes(b, seen_b_.data(), g_.k * 4)) && same_bytes(&q, &q_, sizeof q);
-  if (w_same && rest_same) return false;
-  if (!w_same) {
+  const bool w_new = w_seen_.refresh({{w, g_.k * g_.c * g_.r * g_.s}}, [&] {
     const int64_t cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_), taps = g_.r * g_.s, blk = bc_ * bk_;
     char* fwd = aligned(fwd_, kb * cb * taps * blk);
     tapsum_.assign((size_t)(kb * taps * bk_), 0);
@@ -771,24 +419,24 @@ bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b,
         }
       }
     }
-    seen_w_.assign(w, w + we);
-  }
-  seen_ws_.assign(w_scale, w_scale + g_.k);
-  has_bias_ = b != nullptr;
-  if (b) seen_b_.assign(b, b + g_.k);
-  q_ = q;
-  // A u8 output through no activation or ReLU (which commutes with a positive factor) folds
-  // 1/y_scale into the scale and the bias: the epilogue then skips its division.
-  fold_ = out_ == out_type::u8 && (act_ == activation::none || act_ == activation::relu);
-  const float div = fold_ ? q.y_scale : 1.0f;
-  bias_.assign((size_t)kp, 0.0f);
-  scale_.assign((size_t)kp, 0.0f);
-  for (int64_t k = 0; k < g_.k; ++k) {
-    scale_[k] = fold_ ? q.x_scale * w_scale[k] / div : q.x_scale * w_scale[k];
-    if (b) bias_[k] = fold_ ? b[k] / div : b[k];
-  }
-  packed_ = true;
-  return true;
+  });
+  // The epilogue's scale and bias follow from the rest (q compared bytewise: no padding in it).
+  const bool rest_new = rest_seen_.refresh({{w_scale, g_.k * 4}, {b, g_.k * 4}, {&q, sizeof q}}, [&] {
+    has_bias_ = b != nullptr;
+    q_ = q;
+    // A u8 output through no activation or ReLU (which commutes with a positive factor) folds
+    // 1/y_scale into the scale and the bias: the epilogue then skips its division.
+    fold_ = out_ == out_type::u8 && (act_ == activation::none || act_ == activation::relu);
+    const float div = fold_ ? q.y_scale : 1.0f;
+    const int64_t kp = round_up(g_.k, bk_);
+    bias_.assign((size_t)kp, 0.0f);
+    scale_.assign((size_t)kp, 0.0f);
+    for (int64_t k = 0; k < g_.k; ++k) {
+      scale_[k] = fold_ ? q.x_scale * w_scale[k] / div : q.x_scale * w_scale[k];
+      if (b) bias_[k] = fold_ ? b[k] / div : b[k];
+    }
+  });
+  return w_new || rest_new;
 }
 
 status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb) {

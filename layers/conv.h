@@ -13,6 +13,7 @@
 #include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "packed_weights.h"
 #include "plan.h"
 
 namespace brgemm::layers {
@@ -51,7 +52,7 @@ void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw
 void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
                        element xt);
 
-// Plans (conv.cpp): one direct-convolution pass set up for a call shape (its kernels, runs and
+// Plans (conv_plan.h): one direct-convolution pass set up for a call shape (its kernels, runs and
 // offset tables), and a backward pass's (its data pass and the weight gradient's kernels).
 struct conv_pass_plan;
 struct conv_backward_plan;
@@ -94,8 +95,9 @@ class conv_layer {
   conv_geometry g_;
   int64_t bc_, bk_;
   brgemm::activation act_;
-  bool has_bias_ = false, packed_ = false;
-  std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last; the bias padded to K/bk
+  bool has_bias_ = false;
+  packed_weights w_seen_, b_seen_;             // w and b as packed last
+  std::vector<float> bias_;                    // the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // packed weights (64-byte aligned inside)
   std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
@@ -108,6 +110,7 @@ struct conv_quant {
   float x_scale = 1.0f, y_scale = 1.0f;
   int32_t x_zero = 0, y_zero = 0;
 };
+static_assert(sizeof(conv_quant) == 16, "refresh compares a conv_quant bytewise: no padding");
 
 // int8 inference: u8 activations × s8 weights with one scale per output channel (zero point
 // 0), exact s32 sums, then the epilogue
@@ -142,9 +145,9 @@ class qconv_layer {
   brgemm::activation act_;
   out_type out_;
   conv_quant q_;
-  bool packed_ = false, has_bias_ = false, fold_ = false;
-  std::vector<int8_t> seen_w_;
-  std::vector<float> seen_ws_, seen_b_, bias_, scale_;  // the epilogue's bias and scale, padded to K/bk
+  bool has_bias_ = false, fold_ = false;
+  packed_weights w_seen_, rest_seen_;          // w; w_scale, b and q as packed last
+  std::vector<float> bias_, scale_;            // the epilogue's bias and scale, padded to K/bk
   std::vector<int32_t> tapsum_;                         // [K/bk][R][S][bk]: Σ_c w_q of each tap
   std::vector<char> fwd_;
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;

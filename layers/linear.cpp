@@ -13,9 +13,10 @@ namespace brgemm::layers {
 int64_t fc_block(int64_t size) { return size >= 64 ? 64 : round_up(size, 16); }
 int64_t fc_row_block(int64_t n) { return round_up(ceil_div(n, ceil_div(n, 64)), 2); }
 
-void fc_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t ld, void* xb, bool xb_bf16, int64_t bn,
+void fc_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t ld, void* xb, element bt, int64_t bn,
                    int64_t bc) {
-  const int64_t nb = ceil_div(n, bn), cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+  const int64_t nb = ceil_div(n, bn), cb = ceil_div(c, bc), xs = element_bytes(xt), bs = element_bytes(bt);
+  const bool x_bf16 = xt == element::bf16, xb_bf16 = bt == element::bf16;
 #pragma omp parallel for collapse(2) num_threads(threads_for(16.0 * n * c)) schedule(static)
   for (int64_t i = 0; i < nb; ++i)
     for (int64_t j = 0; j < cb; ++j) {
@@ -34,9 +35,10 @@ void fc_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t ld,
     }
 }
 
-void fc_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, bool x_bf16,
+void fc_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, element xt,
                      int64_t ld) {
-  const int64_t cb = ceil_div(c, bc), xs = x_bf16 ? 2 : 4, bs = xb_bf16 ? 2 : 4;
+  const int64_t cb = ceil_div(c, bc), xs = element_bytes(xt), bs = element_bytes(bt);
+  const bool x_bf16 = xt == element::bf16, xb_bf16 = bt == element::bf16;
 #pragma omp parallel for num_threads(threads_for(16.0 * n * c)) schedule(static)
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < cb; ++j)
@@ -53,7 +55,8 @@ void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64
   char* fwd = aligned(fwd_, kb * cb * blk_bytes);
   char* bwd = aligned(bwd_, kb * cb * blk_bytes);
   const bool bf16 = t_ == dtype::bf16;
-  if (bf16) seen_w_.resize((size_t)(k_ * c_));  // f32 keeps its copy in the backward blocks
+  // f32 keeps its copy in the backward blocks; bf16 snapshots w's rows as it goes.
+  float* seen = bf16 ? (float*)w_seen_.resize({{w, k_ * c_ * 4}}) : nullptr;
   // One block row of W per iteration (it owns forward blocks [i][*] and backward blocks [*][i]):
   // update and snapshot its rows, then each block, while the rows are in cache.
 #pragma omp parallel for num_threads(threads_for(8.0 * k_ * c_)) schedule(static)
@@ -62,7 +65,7 @@ void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64
     float* wi = w + i * bk_ * c_;
     if (wg)
       for (int64_t e = 0; e < rows * c_; ++e) wi[e] -= lr * wg[i * bk_ * c_ + e];
-    if (bf16) std::memcpy(seen_w_.data() + i * bk_ * c_, wi, (size_t)(rows * c_ * 4));
+    if (bf16) std::memcpy(seen + i * bk_ * c_, wi, (size_t)(rows * c_ * 4));
     // t: the W block (bk × bc) in the weights' type, zero-padded.
     char* t = (char*)scratch(0, bk_ * bc_);
     for (int64_t j = 0; j < cb; ++j) {
@@ -93,7 +96,7 @@ void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64
 
 void fc_layer::set_bias(const float* b) {
   has_bias_ = b != nullptr;
-  if (b) seen_b_.assign(b, b + k_);
+  b_seen_.take({{b, k_ * 4}});
   bias_.assign((size_t)round_up(k_, bk_), 0.0f);
   if (b) std::copy(b, b + k_, bias_.begin());
 }
@@ -101,7 +104,7 @@ void fc_layer::set_bias(const float* b) {
 // Whether w holds what was packed last: the snapshot for bf16; for f32 the backward blocks,
 // which are W's own rows.
 bool fc_layer::same_weights(const float* w) const {
-  if (t_ == dtype::bf16) return same_bytes(w, seen_w_.data(), k_ * c_ * 4);
+  if (t_ == dtype::bf16) return w_seen_.same({{w, k_ * c_ * 4}});
   const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
   const float* bwd = (const float*)aligned(const_cast<std::vector<char>&>(bwd_), 0);
   std::atomic<bool> same{true};
@@ -118,7 +121,7 @@ bool fc_layer::same_weights(const float* w) const {
 
 bool fc_layer::refresh(const float* w, const float* b) {
   const bool w_same = packed_ && same_weights(w);
-  const bool b_same = packed_ && (b != nullptr) == has_bias_ && (!b || same_bytes(b, seen_b_.data(), k_ * 4));
+  const bool b_same = b_seen_.same({{b, k_ * 4}});
   if (!w_same) pack(const_cast<float*>(w), nullptr, 0.0f, false, 0);  // no gradient: w is only read
   if (!b_same) set_bias(b);
   return !(w_same && b_same);

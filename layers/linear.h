@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "packed_weights.h"
 #include "plan.h"
 
 namespace brgemm::layers {
@@ -22,11 +23,11 @@ int64_t fc_block(int64_t size);
 // gradient), and as little padding as that allows (65 rows → 2 blocks of 34).
 int64_t fc_row_block(int64_t n);
 
-// Plain rows (n × c, row stride ld) ↔ blocked [n/bn][c/bc][bn][bc]; either side f32 or bf16
-// (f32 → bf16 rounds to nearest even). to_blocked writes the padding with zeros.
-void fc_to_blocked(const void* x, bool x_bf16, int64_t n, int64_t c, int64_t ld, void* xb, bool xb_bf16, int64_t bn,
+// Plain rows (n × c, row stride ld) ↔ blocked [n/bn][c/bc][bn][bc]; either side element::f32
+// or element::bf16 (f32 → bf16 rounds to nearest even). to_blocked writes the padding with zeros.
+void fc_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t ld, void* xb, element bt, int64_t bn,
                    int64_t bc);
-void fc_from_blocked(const void* xb, bool xb_bf16, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, bool x_bf16,
+void fc_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t bn, int64_t bc, void* x, element xt,
                      int64_t ld);
 
 class fc_layer {
@@ -61,7 +62,7 @@ class fc_layer {
                   float* gxb, float* wg, float* bg, bool accumulate);
 
  private:
-  // Packs w (after w −= lr·wg when wg is given); bf16 keeps a copy of w in seen_w_.
+  // Packs w (after w −= lr·wg when wg is given); bf16 keeps a copy of w in w_seen_.
   void pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed);
   void set_bias(const float* b);
   bool same_weights(const float* w) const;
@@ -92,7 +93,8 @@ class fc_layer {
   int64_t c_, k_, bc_, bk_;
   brgemm::activation act_;
   bool has_bias_ = false, packed_ = false;
-  std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last (bf16); the bias padded to K/bk
+  packed_weights w_seen_, b_seen_;             // w as packed last (bf16 only), b
+  std::vector<float> bias_;                    // the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // the packed weights (64-byte aligned inside)
   std::vector<char> dy_, dyt_, xv_;            // backward scratch: grown, never shrunk
   plan_cache<forward_key, forward_plan> fwd_plans_;

@@ -195,19 +195,11 @@ rnn_layer::rnn_layer(rnn_cell cell, dtype t, int64_t input, int64_t hidden, bool
 
 bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh) {
   const int64_t nih = g_ * h_ * in_, nhh = g_ * h_ * h_, nb = g_ * h_, ghp = g_ * hp_;
+  // One snapshot of all four: any change repacks everything (the biases are folded together).
+  const packed_weights::parts args{{w_ih, nih * 4}, {w_hh, nhh * 4}, {b_ih, nb * 4}, {b_hh, nb * 4}};
+  if (seen_.same(args)) return false;
+  seen_.take(args);
   const bool bias = b_ih != nullptr;
-  if (packed_ && bias == has_bias_ && same_bytes(w_ih, seen_.data(), nih * 4) &&
-      same_bytes(w_hh, seen_.data() + nih, nhh * 4) &&
-      (!bias || (same_bytes(b_ih, seen_.data() + nih + nhh, nb * 4) &&
-                 same_bytes(b_hh, seen_.data() + nih + nhh + nb, nb * 4))))
-    return false;
-  seen_.assign((size_t)(nih + nhh + 2 * nb), 0.0f);
-  std::copy(w_ih, w_ih + nih, seen_.begin());
-  std::copy(w_hh, w_hh + nhh, seen_.begin() + nih);
-  if (bias) {
-    std::copy(b_ih, b_ih + nb, seen_.begin() + nih + nhh);
-    std::copy(b_hh, b_hh + nb, seen_.begin() + nih + nhh + nb);
-  }
   has_bias_ = bias;
   const bool b16 = t_ == dtype::bf16;
 
@@ -269,7 +261,6 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
         bias_[col(g, u)] = b_ih[g * h_ + u] + (recurrent_inside ? 0.0f : b_hh[g * h_ + u]);
         if (recurrent_inside) bhn_[u] = b_hh[g * h_ + u];
       }
-  packed_ = true;
   return true;
 }
 

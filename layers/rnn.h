@@ -19,6 +19,7 @@
 #include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "packed_weights.h"
 #include "plan.h"
 
 namespace brgemm::layers {
@@ -82,8 +83,8 @@ class rnn_layer {
   dtype t_;
   int64_t in_, h_, hp_, g_;
   bool reverse_, ktanh_;
-  bool packed_ = false, has_bias_ = false;
-  std::vector<float> seen_;                  // w_ih, w_hh, b_ih, b_hh as packed last
+  bool has_bias_ = false;
+  packed_weights seen_;                      // w_ih, w_hh, b_ih, b_hh as packed last
   std::vector<char> wih_, whh_;              // forward: (I × G·Hp), per hidden block (Hp × G·bh)
   std::vector<float> wih_b_, whh_b_, whh_p_;  // backward, f32: (G·Hp × I), (G·Hp × Hp), its 64-unit panels
   std::vector<float> bias_, bhn_;            // (G·Hp): b_ih + b_hh (GRU: b_hh of r, z only); GRU's b_hn (Hp)

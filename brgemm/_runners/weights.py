@@ -3,8 +3,8 @@
 Weights are parameters the user may write at any time, in place or by assignment, so every
 call compares them with what was packed (exactly: no version counter sees a write through a
 numpy view). The C++ layers keep that snapshot beside the packed copy and compare with a
-parallel memcmp inside their ``refresh`` (the f32 Linear compares with its packed rows and
-keeps no copy), so for them ``pack`` is that ``refresh``; a packing done in Python (the int8
+parallel memcmp inside their ``refresh`` (one helper, layers/packed_weights.h; the f32 Linear
+compares with its packed rows and keeps no copy), so for them ``pack`` is that ``refresh``; a packing done in Python (the int8
 Linear's ``pack_b``) keeps its copies here and compares them with ``_core.same_bytes``.
 """
 

@@ -22,6 +22,9 @@ int64_t blocked_elems(int64_t n, int64_t c, int64_t bn, int64_t bc) {
   return checked_madd((n + bn - 1) / bn * bn, (c + bc - 1) / bc * bc, 0, "blocked array");
 }
 
+// The element type of a float array the binding helpers checked (bf16 flag from them).
+element float_element(bool bf16) { return bf16 ? element::bf16 : element::f32; }
+
 void check_blocks(int64_t bn, int64_t bc) {
   if (bn < 1 || bc < 1) value_error("block sizes must be at least 1");
 }
@@ -33,12 +36,12 @@ void fc_to_blocked_py(py::handle X, py::handle XB, int64_t bn, int64_t bc) {
   py::array x = plain_rows(X, "x", &xbf);
   const int64_t n = x.shape(0), c = x.shape(1), ld = leading_dim(x, 0, c, "x");
   py::array xb = eltwise_array(XB, "xb", &bbf);
-  exact_array(XB, "xb", bbf ? element::bf16 : element::f32, blocked_elems(n, c, bn, bc), true);
+  exact_array(XB, "xb", float_element(bbf), blocked_elems(n, c, bn, bc), true);
   require_disjoint(xb, x, "xb", "x");
   const void* xp = x.data();
   void* bp = xb.mutable_data();
   py::gil_scoped_release nogil;
-  layers::fc_to_blocked(xp, xbf, n, c, ld, bp, bbf, bn, bc);
+  layers::fc_to_blocked(xp, float_element(xbf), n, c, ld, bp, float_element(bbf), bn, bc);
 }
 
 void fc_from_blocked_py(py::handle XB, int64_t bn, int64_t bc, py::handle X) {
@@ -48,12 +51,12 @@ void fc_from_blocked_py(py::handle XB, int64_t bn, int64_t bc, py::handle X) {
   require_writeable(x, "out");
   const int64_t n = x.shape(0), c = x.shape(1), ld = leading_dim(x, 0, c, "out");
   py::array xb = eltwise_array(XB, "xb", &bbf);
-  exact_array(XB, "xb", bbf ? element::bf16 : element::f32, blocked_elems(n, c, bn, bc), false);
+  exact_array(XB, "xb", float_element(bbf), blocked_elems(n, c, bn, bc), false);
   require_disjoint(x, xb, "out", "xb");
   const void* bp = xb.data();
   void* xp = x.mutable_data();
   py::gil_scoped_release nogil;
-  layers::fc_from_blocked(bp, bbf, n, c, bn, bc, xp, xbf, ld);
+  layers::fc_from_blocked(bp, float_element(bbf), n, c, bn, bc, xp, float_element(xbf), ld);
 }
 
 // The C++ layer, with every array argument checked against its geometry.
@@ -67,7 +70,7 @@ struct py_linear {
     if (v < 1) value_error(std::string(name) + " must be at least 1, got " + std::to_string(v));
     return v;
   }
-  element act_elem() const { return fc.bf16() ? element::bf16 : element::f32; }
+  element act_elem() const { return float_element(fc.bf16()); }
   const float* weight(py::handle w, bool write) {
     return (const float*)exact_array(w, "weight", element::f32, fc.out() * fc.in(), write).data();
   }
@@ -145,16 +148,16 @@ struct py_linear {
     require_disjoint(y, yba, "y", "yb");
     const float* wp = w.is_none() ? nullptr : weight(w, false);
     const float* bp = w.is_none() ? nullptr : bias(b, false);
-    const bool bf = fc.bf16();
+    const element bt = act_elem();
     const void* xp = x.data();
     void *xbp = xba.mutable_data(), *ybp = yba.mutable_data(), *yp = y.mutable_data();
     status s;
     {
       py::gil_scoped_release nogil;
       if (wp) fc.refresh(wp, bp);
-      layers::fc_to_blocked(xp, xbf, n, fc.in(), ldx, xbp, bf, bn, fc.bc());
+      layers::fc_to_blocked(xp, float_element(xbf), n, fc.in(), ldx, xbp, bt, bn, fc.bc());
       s = fc.forward(n, bn, xbp, ybp, zp);
-      if (s == status::ok) layers::fc_from_blocked(ybp, bf, n, fc.out(), bn, fc.bk(), yp, ybf, ldy);
+      if (s == status::ok) layers::fc_from_blocked(ybp, bt, n, fc.out(), bn, fc.bk(), yp, float_element(ybf), ldy);
     }
     check_status(s);
   }

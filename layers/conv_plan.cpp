@@ -1,0 +1,195 @@
+// The direct convolution's plans (conv_plan.h): building a pass's kernels and offset tables
+// for a call shape, and running it. A run narrower than the rows sharing its row taps (a border
+// column) is computed down the column instead (run_pass).
+#include "conv_plan.h"
+#include "blocks.h"
+#include <map>
+
+namespace brgemm::layers {
+
+// A 1×1, stride-1, unpadded convolution reads each image as one long row, so g rows (g dividing
+// h, g·w ≤ 128) become one: the kernel sees runs of g·w columns instead of w.
+void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w) {
+  if (g.r != 1 || g.s != 1 || g.stride_h != 1 || g.stride_w != 1 || g.pad_t || g.pad_b || g.pad_l || g.pad_r)
+    return;
+  int64_t rows = 1;
+  for (int64_t d = 2; d <= h; ++d)
+    if (h % d == 0 && d * w <= 128) rows = d;
+  h /= rows;
+  w *= rows;
+}
+
+status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows_in,
+                  std::vector<run> runs_in) {
+  pl.p = p;
+  pl.rows = std::move(rows_in);
+  pl.runs = std::move(runs_in);
+  const std::vector<run>& runs = pl.runs;
+  const int64_t blk = p.bi * p.bo, taps = p.taps_r * p.taps_s;
+  pl.per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, p.red);
+  pl.chunks = ceil_div(p.red, pl.per);
+  int64_t group = p.res_rows;
+  if (pl.chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
+  while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
+  pl.group = group;
+  const bool c_is_acc = p.e.out == out_type::acc || (p.e.out == out_type::f32 && !dtype_is_int8(p.t));
+  pl.tile = !c_is_acc && pl.chunks > 1;
+  pl.ldc = p.res_step * p.bo;
+
+  // Kernels per run (runs differ only in M).
+  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, pl.ldc, batch_kind::offset, 0.0f, p.e};
+  pl.kr.resize(runs.size());
+  for (size_t u = 0; u < runs.size(); ++u) {
+    d.m = runs[u].m;
+    if (status s = pl.kr[u].make(d, pl.chunks); s != status::ok) return s;
+  }
+
+  // Column runs. A run narrower than the stack of result rows that share its row taps (the
+  // border columns of a padded image are one result wide) goes down the column instead: one
+  // call per column over those rows, whose sources lie src_row_step rows apart. A one-row tile
+  // cannot hide the FMA latency: at 7 × 7 the border columns were a fifth of the work at a third
+  // of the speed. Stacks: per group, the rows whose taps continue the previous row's.
+  pl.groups = ceil_div(p.res_rows, group);
+  pl.stacks.assign(pl.groups, {});
+  int64_t narrowest = INT64_MAX, tallest = 1;
+  for (const run& r : runs) narrowest = std::min(narrowest, r.m);
+  for (int64_t gi = 0; gi < pl.groups; ++gi)
+    for (int64_t o = gi * group; o < std::min(p.res_rows, (gi + 1) * group); ++o) {
+      const std::vector<tap>& here = pl.rows[o];
+      bool more = p.src_row_step > 0 && !pl.stacks[gi].empty();
+      if (more) {
+        const std::vector<tap>& prev = pl.rows[o - 1];
+        more = prev.size() == here.size();
+        for (size_t x = 0; more && x < here.size(); ++x)
+          more = prev[x].t == here[x].t && here[x].src == prev[x].src + p.src_row_step;
+      }
+      if (more)
+        tallest = std::max(tallest, ++pl.stacks[gi].back().second);
+      else
+        pl.stacks[gi].push_back({o, 1});
+    }
+  pl.kc.assign(tallest + 1, {});
+  d.lda = p.src_row_step * p.src_cols * p.bi;
+  d.ldc = p.res_cols * p.bo;
+  for (int64_t m = narrowest + 1; m <= tallest; ++m) {
+    d.m = m;
+    if (status s = pl.kc[m].make(d, pl.chunks); s != status::ok) return s;
+  }
+
+  // Row classes: the taps of a row as (tap, source row − the first tap's source row).
+  std::map<std::vector<std::pair<int64_t, int64_t>>, int64_t> classes;
+  std::vector<const std::vector<tap>*> class_taps;
+  pl.row_class.resize(p.res_rows);
+  pl.row_base.resize(p.res_rows);
+  for (int64_t o = 0; o < p.res_rows; ++o) {
+    const std::vector<tap>& taps_o = pl.rows[o];
+    const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
+    std::vector<std::pair<int64_t, int64_t>> shape;
+    for (const tap& tr : taps_o) shape.push_back({tr.t, tr.src - base});
+    auto [it, fresh] = classes.try_emplace(std::move(shape), (int64_t)class_taps.size());
+    if (fresh) class_taps.push_back(&taps_o);
+    pl.row_class[o] = it->second;
+    pl.row_base[o] = base;
+  }
+  // The tables, in the order the reduction has always summed: chunk's q, row tap, column tap.
+  const int64_t src_plane = p.src_rows * p.src_cols * p.bi;
+  pl.table.resize(class_taps.size() * runs.size() * pl.chunks);
+  for (size_t cls = 0; cls < class_taps.size(); ++cls) {
+    const std::vector<tap>& taps_o = *class_taps[cls];
+    const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
+    for (size_t u = 0; u < runs.size(); ++u)
+      for (int64_t ch = 0; ch < pl.chunks; ++ch) {
+        const int64_t first = (int64_t)pl.offs_a.size();
+        for (int64_t q = ch * pl.per; q < std::min(p.red, (ch + 1) * pl.per); ++q)
+          for (const tap& tr : taps_o)
+            for (const tap& ts : runs[u].taps) {
+              pl.offs_a.push_back(q * src_plane + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
+              pl.offs_w.push_back(((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
+            }
+        pl.table[(cls * runs.size() + u) * pl.chunks + ch] = {first, (int64_t)pl.offs_a.size() - first};
+      }
+  }
+
+  // The per-thread tiles, grown here rather than by the first items.
+  const int64_t rows_blk = group * p.res_cols * p.bo;
+  reserve_scratch(p.threads, {{0, p.z && p.t == dtype::bf16 ? rows_blk : 0},
+                              {1, dtype_is_int8(p.t) ? p.bo : 0},
+                              {2, pl.tile ? rows_blk : 0}});
+  return status::ok;
+}
+
+// Runs a planned pass on one call's data. Only invokes: every kernel, run and offset table is
+// the plan's.
+void run_pass(const conv_pass_plan& pl, const pass_data& x) {
+  const pass_shape& p = pl.p;
+  const std::vector<run>& runs = pl.runs;
+  const int64_t chunks = pl.chunks, group = pl.group, groups = pl.groups, ldc = pl.ldc;
+  const bool tile = pl.tile;
+  const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
+  const int64_t ob = x.z ? 4 : out_type_bytes(p.t, p.e.out);
+  const int64_t ab = dtype_a_bytes(p.t), wb = dtype_b_bytes(p.t), red_w = p.red * p.taps_r * p.taps_s * p.bi * p.bo;
+  char* final_out = x.z ? (char*)x.z : (char*)x.out;
+  const int64_t* offs_a = pl.offs_a.data();
+  const int64_t* offs_w = pl.offs_w.data();
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (int64_t item = 0; item < p.res * p.n * groups; ++item) {
+    const int64_t j = item / (p.n * groups), i = item / groups % p.n, gi = item % groups, o0 = gi * group;
+    const int64_t o1 = std::min(p.res_rows, o0 + group);
+    float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;  // f32 or s32
+    int32_t* col = x.tapsum ? (int32_t*)scratch(1, p.bo) : nullptr;
+    static thread_local std::vector<const int32_t*> sums;  // the tap sums a run reads
+    if (col) sums.resize(p.taps_r * p.taps_s);
+    epilogue_args args = x.ea.at(0, j * p.bo, p.e.scale, p.t);
+    args.col_offset = col;
+    const char* src_i = (const char*)x.src + i * p.red * src_plane * ab;
+    const char* wts_j = x.wts + j * red_w * wb;
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const bool last = ch + 1 == chunks;
+      // The product for the results of run u from row o, column c of the run on (just that
+      // column when down the column).
+      auto call = [&](const kernel& kr, int64_t o, size_t u, int64_t c, int64_t ld) {
+        const run& r = runs[u];
+        const auto& [first, count] = pl.at(pl.row_class[o], u, ch);
+        batch_ref batch;
+        batch.count = count;
+        batch.a = src_i + (pl.row_base[o] * p.src_cols + c * p.src_step) * p.bi * ab;
+        batch.b = wts_j;
+        batch.offs_a = offs_a + first;
+        batch.offs_b = offs_w + first;
+        const int64_t rc = r.p0 + c * p.res_step;
+        const int64_t at = (i * p.res + j) * res_plane + (o * p.res_cols + rc) * p.bo;
+        float* acc = tile ? part + ((o - o0) * p.res_cols + rc) * p.bo : (float*)(final_out + at * ob);
+        if (!last) return execute(kr, batch, acc);
+        if (col) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
+          int64_t read = 0;
+          for (const tap& tr : pl.rows[o])
+            for (const tap& ts : r.taps) sums[read++] = x.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
+          zero_point_col_offsets(p.t, zero_points{x.zero, 0}, 0, sums.data(), read, p.bo, col);
+        }
+        args.acc_in = acc;
+        args.ld_acc_in = ld;
+        execute(kr, batch, final_out + at * ob, &args);
+      };
+      for (const auto& [first, rows] : pl.stacks[gi])
+        for (size_t u = 0; u < runs.size(); ++u)
+          if (runs[u].m < rows)  // then narrowest < rows <= tallest: kc[rows] was made
+            for (int64_t c = 0; c < runs[u].m; ++c) call(pl.kc[rows].at(ch, chunks), first, u, c, p.res_cols * p.bo);
+          else
+            for (int64_t o = first; o < first + rows; ++o) call(pl.kr[u].at(ch, chunks), o, u, 0, ldc);
+    }
+    if (x.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
+      // The epilogue's output is z's f32 here, so the output's type is the layer's: bf16
+      // results are rounded from f32 (asking the epilogue wrote f32 into bf16 y).
+      const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
+      if (p.t != dtype::bf16) {
+        activation_f32(x.act, x.z + at, (float*)x.out + at, len);
+      } else {
+        float* y = scratch(0, len);
+        activation_f32(x.act, x.z + at, y, len);
+        f32_to_bf16(y, (uint16_t*)x.out + at, len);
+      }
+    }
+  }
+}
+
+}  // namespace brgemm::layers

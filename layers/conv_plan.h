@@ -1,0 +1,175 @@
+// The direct convolution's plans (private to conv.cpp and conv_plan.cpp): how a pass's result
+// columns split into runs that see the same taps, the kernels and offset tables built once per
+// call shape (build_pass), and the loop that only invokes them (run_pass).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+#include "conv.h"
+
+namespace brgemm::layers {
+
+// A tap of a run: its index along the axis, and the source position it reads for the run's
+// first result (sources then advance by the axis' source step per result).
+struct tap {
+  int64_t t, src;
+};
+struct run {
+  int64_t p0, m;
+  std::vector<tap> taps;
+};
+
+// The source position result p reads through tap t, or −1 when it reads none.
+struct forward_axis {  // results are outputs: src = p·stride − pad + t·dil, inside the input
+  int64_t in, stride, pad, dil;
+  int64_t operator()(int64_t p, int64_t t) const {
+    const int64_t q = p * stride - pad + t * dil;
+    return q >= 0 && q < in ? q : -1;
+  }
+};
+struct backward_axis {  // results are inputs: the output that read input p through tap t
+  int64_t out, stride, pad, dil;
+  int64_t operator()(int64_t p, int64_t t) const {
+    const int64_t q = p + pad - t * dil;
+    if (q < 0 || q % stride) return -1;
+    return q / stride < out ? q / stride : -1;
+  }
+};
+
+template <class Axis>
+std::vector<tap> taps_at(int64_t p, int64_t taps, const Axis& src) {
+  std::vector<tap> out;
+  for (int64_t t = 0; t < taps; ++t)
+    if (const int64_t q = src(p, t); q >= 0) out.push_back({t, q});
+  return out;
+}
+
+// The results 0..n−1 of an axis, class by class (p ≡ q mod step), cut into runs of consecutive
+// class members that see the same taps, each tap's source advancing by src_step.
+template <class Axis>
+std::vector<run> make_runs(int64_t n, int64_t step, int64_t src_step, int64_t taps, const Axis& src) {
+  std::vector<run> runs;
+  for (int64_t q = 0; q < step; ++q) {
+    bool open = false;  // runs.back() is of this class
+    for (int64_t p = q; p < n; p += step) {
+      std::vector<tap> here = taps_at(p, taps, src);
+      if (open) {
+        run& r = runs.back();
+        bool same = r.taps.size() == here.size();
+        for (size_t i = 0; same && i < here.size(); ++i)
+          same = here[i].t == r.taps[i].t && here[i].src == r.taps[i].src + r.m * src_step;
+        if (same) {
+          ++r.m;
+          continue;
+        }
+      }
+      runs.push_back({p, 1, std::move(here)});
+      open = true;
+    }
+  }
+  return runs;
+}
+
+// A 1×1, stride-1, unpadded convolution reads each image as one long row, so g rows (g dividing
+// h, g·w ≤ 128) become one: the kernel sees runs of g·w columns instead of w.
+void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w);
+
+// The kernels of one call shape over a reduction in chunks: the last chunk's (with the
+// epilogue; beta 1 after earlier chunks), the first's (beta 0) and the middle ones' (beta 1).
+struct chunk_kernels {
+  const kernel *last = nullptr, *first = nullptr, *mid = nullptr;
+  status make(desc d, int64_t chunks) {
+    d.beta = chunks > 1 ? 1.0f : 0.0f;
+    if (status s = dispatch(d, &last); s != status::ok) return s;
+    d.ep = epilogue_desc{};
+    d.beta = 0.0f;
+    if (chunks > 1)
+      if (status s = dispatch(d, &first); s != status::ok) return s;
+    d.beta = 1.0f;
+    if (chunks > 2)
+      if (status s = dispatch(d, &mid); s != status::ok) return s;
+    return status::ok;
+  }
+  const kernel& at(int64_t ch, int64_t chunks) const { return ch + 1 == chunks ? *last : ch == 0 ? *first : *mid; }
+};
+
+// The shape of one direct-convolution pass (forward, or backward data):
+//   res[n][j][row][col…] = epilogue(Σ_{q, taps} src[n][q][src row][src col…] · wts[j][q][r][s])
+// everything its plan depends on, no pointers.
+struct pass_shape {
+  dtype t;
+  int64_t n, red, res, taps_r, taps_s;     // images, reduction and result blocks, kernel taps
+  int64_t bi, bo;                          // channel blocks of the source and of the result
+  int64_t src_rows, src_cols, src_step;    // source columns advance src_step per result column
+  int64_t res_rows, res_cols, res_step;    // a run writes every res_step-th column
+  int64_t src_row_step;                    // source rows per result row (0: not uniform)
+  epilogue_desc e;
+  bool z = false;                          // the activation runs after the epilogue (into z)
+  int threads;
+};
+
+// What one call of a pass reads and writes. An int8 source with a zero point z reads real zeros
+// as z where the padding is: the epilogue subtracts z·Σ W over the taps each run reads
+// (col_offset).
+struct pass_data {
+  const void* src;
+  const char* wts;
+  epilogue_args ea;                        // from result channel 0 (bias, int8 scale, u8 output)
+  const int32_t* tapsum = nullptr;         // int8 with a zero point: [res][taps_r][taps_s][bo]
+  int32_t zero = 0;                        //   Σ_c W of each tap, and the source's zero point
+  void* out;
+  float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
+  brgemm::activation act = activation::none;
+};
+
+// One direct-convolution pass set up for its shape (see run_pass). Result rows come in groups
+// per work item; the reduction blocks q in chunks whose weight blocks (for one j) fit in L2, so
+// that each chunk is reused by every row of the group: with a small image (7 × 7) one row alone
+// reuses a weight block five times, too few to outrun L3. Partial sums go to the result itself
+// (f32) or to a per-thread accumulator tile (bf16 results, int8).
+//
+// The batch offsets are tables built here, not per call: a batch's A offsets relative to its
+// image, first source row and column, and its B offsets relative to its result block j, depend
+// only on the row's taps (rows with the same taps at the same distances share a class), the run
+// and the chunk; the rest goes into the batch's base addresses.
+struct conv_pass_plan {
+  pass_shape p;
+  std::vector<std::vector<tap>> rows;      // taps of each result row
+  std::vector<run> runs;                   // runs of result columns that see the same taps
+  int64_t per, chunks, group, groups, ldc;
+  bool tile;                               // partial sums in a per-thread tile
+  std::vector<chunk_kernels> kr;           // per run (runs differ only in M)
+  std::vector<chunk_kernels> kc;           // down a column, by the stack's height
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks;  // per group: (first row, rows)
+  std::vector<int64_t> row_class, row_base;  // per result row: its class, its first tap's source row
+  std::vector<int64_t> offs_a, offs_w;     // the tables, one after another
+  std::vector<std::pair<int64_t, int64_t>> table;  // [(class·runs + run)·chunks + chunk]: (first, count)
+  const std::pair<int64_t, int64_t>& at(int64_t cls, size_t u, int64_t ch) const {
+    return table[(cls * (int64_t)runs.size() + (int64_t)u) * chunks + ch];
+  }
+};
+
+// Backward: the data pass (when dX is asked for), and for the weight gradient per kernel column
+// tap s the output columns it reads inside the input, [lo, lo + len), and its kernels (beta 0
+// and beta 1; null when the tap reads nothing).
+// row_a[r], row_b[r]: the weight gradient's batch offsets (the rows' part) for kernel row r,
+// one entry per output row that reads inside the input through r; row_at[r][row]: how many of
+// the output rows before `row` do, so rows [first, last) are entries [row_at[first],
+// row_at[last]).
+struct conv_backward_plan {
+  conv_pass_plan data;
+  std::vector<int64_t> lo, len;
+  std::vector<const kernel*> kw, kw_add;
+  std::vector<std::vector<int64_t>> row_a, row_b, row_at;
+};
+
+// Builds pl for the pass p over result rows `rows` (their row taps) and column runs `runs`:
+// kernels, row classes, offset tables; grows the threads' scratch.
+status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows,
+                  std::vector<run> runs);
+// Runs a planned pass on one call's data. Only invokes: every kernel, run and offset table is
+// the plan's.
+void run_pass(const conv_pass_plan& pl, const pass_data& x);
+
+}  // namespace brgemm::layers
