@@ -13,6 +13,7 @@ exactly (zero_point is an integer), so zero padding and ReLU zeros quantize with
   data; its :meth:`~HistogramObserver.qparams` takes the same methods).
 """
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,11 +51,11 @@ class QParams:
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp.astype(np.int32))
 
-    def _shaped(self, x):
+    def _shaped(self, x, name="x"):
         """scale and zero point broadcast against x."""
         if self.axis is None:
             return self.scale, self.zero_point
-        axis = self.axis % x.ndim
+        axis = _axis_arg(self.axis, x.ndim, name)
         if x.shape[axis] != self.scale.size:
             raise ValueError(f"x has {x.shape[axis]} channels on axis {self.axis}, these parameters {self.scale.size}")
         shape = [1] * x.ndim
@@ -68,8 +69,28 @@ class QParams:
         return dequantize(q, self)
 
 
+def _axis_arg(axis, ndim, name):
+    """``axis`` as an index into the ndim axes of the array ``name``: a 0-d array has no
+    channel axis (``% ndim`` would divide by zero)."""
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"axis {a} is out of range for {name} with {ndim} dimensions "
+                         f"(per-channel parameters need an array with that axis)")
+    return a % ndim
+
+
+def _qparams_arg(qp):
+    if not isinstance(qp, QParams):
+        raise TypeError(f"qp must be a brgemm.quant.QParams, got {type(qp).__name__}")
+    return qp
+
+
 def quantize(x, qp):
     """clip(round(x / scale) + zero_point) as qp.dtype (NaN → the zero point)."""
+    qp = _qparams_arg(qp)
     x = np.asarray(x, np.float32)
     scale, zp = qp._shaped(x)
     lo, hi = DTYPES[qp.dtype]
@@ -80,8 +101,9 @@ def quantize(x, qp):
 
 def dequantize(q, qp):
     """scale·(q − zero_point) as float32."""
+    qp = _qparams_arg(qp)
     q = np.asarray(q)
-    scale, zp = qp._shaped(q)
+    scale, zp = qp._shaped(q, "q")
     return ((q.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32)
 
 
@@ -130,7 +152,7 @@ def choose_qparams(x, *, symmetric=False, signed=False, axis=None, method="minma
     if axis is not None:
         if method != "minmax":
             raise ValueError("per-channel parameters (axis) are chosen by 'minmax'")
-        axis = int(axis) % x.ndim
+        axis = _axis_arg(axis, x.ndim, "x")
         flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
         scale, zp = _from_range(flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64),
                                 symmetric, signed)
