@@ -176,6 +176,8 @@ class MinMaxObserver:
     and the QParams of that range."""
 
     def __init__(self, *, symmetric=False, signed=False, axis=None):
+        if axis is not None:
+            _axis_arg(axis, 1 << 62, "x")  # its type now; its range against each x observed
         self.symmetric, self.signed, self.axis = bool(symmetric), bool(signed), axis
         self.min = self.max = None
 
@@ -186,7 +188,8 @@ class MinMaxObserver:
         if self.axis is None:
             lo, hi = np.float64(x.min()), np.float64(x.max())
         else:
-            flat = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+            axis = _axis_arg(self.axis, x.ndim, "x")
+            flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
             lo, hi = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
             if self.min is not None and self.min.shape != lo.shape:
                 raise ValueError(f"x has {lo.size} channels on axis {self.axis}, earlier batches {self.min.size}")

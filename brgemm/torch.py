@@ -269,7 +269,7 @@ def _batch_reduce_backward(ctx, grad):
         gA = _gemm(grad, bt).reshape(m, b, k).permute(1, 0, 2).contiguous()
     if ctx.needs_input_grad[1]:
         at = A.permute(0, 2, 1).reshape(b * k, m).contiguous()
-        gB = _gemm(at, grad).reshape(b, k, -1)
+        gB = _gemm(at, grad).reshape(b, k, grad.shape[1])  # not -1: ambiguous when b·k = 0
     return gA, gB
 
 
@@ -291,6 +291,8 @@ def _linear_args(input, weight, bias):
     if x.dim() < 1:
         raise ValueError("input must have at least one dimension")
     w = _tensor(weight, "weight", _FLOATS, ndim=2)
+    if 0 in w.shape:  # as brgemm.nn.Linear: a layer has features in and out
+        raise ValueError(f"weight must be (out_features, in_features), both at least 1, got {tuple(w.shape)}")
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"input has {x.shape[-1]} features, weight {tuple(w.shape)} expects {w.shape[1]}")
     return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],))
@@ -774,7 +776,8 @@ def _setup_rnn(ctx, inputs, output):
 
 def _rnn_grad(ctx, cell, grads):
     if ctx.untrained:
-        raise RuntimeError(f"brgemm::{cell} was called with train=False, which keeps nothing for backward")
+        raise RuntimeError(f"brgemm::{cell} was called with train=False, which keeps nothing for backward: "
+                           "call it with train=True to differentiate it")
     x, w_ih, w_hh, b_ih, b_hh, lengths, ws = ctx.saved_tensors
     reverse, activation, has_h0, has_c0 = ctx.meta
     gy, ghT = grads[0], grads[1]
@@ -922,6 +925,8 @@ def _quantized_linear(input, weight, weight_scale, bias, input_scale, input_zero
     (out, in) with per-channel weight_scale → out_dtype (*, out)."""
     x = _quantized_input(input, None)
     w, ws, b = _quantized_weights(weight, weight_scale, bias, 2)
+    if 0 in w.shape:
+        raise ValueError(f"weight must be (out_features, in_features), both at least 1, got {tuple(w.shape)}")
     if x.dim() < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"input must be (*, {w.shape[1]}), got {tuple(x.shape)}")
     odt = _out_dtype(out_dtype)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _core
 from ._parameters import Parameters, QuantizedIO
-from .linear import _activation_arg, _dtype_arg, _positive_int
+from .linear import _MAX_SIZE, _activation_arg, _dtype_arg, _positive_int
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
@@ -54,8 +54,8 @@ def _padding_arg(padding, r, s, dilation):
     if len(vals) not in (1, 2, 4):
         raise ValueError(f"padding must be an integer, a pair, a 4-tuple, 'valid' or 'same', got {padding!r}")
     for p in vals:
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0:
-            raise ValueError(f"padding must hold non-negative integers, got {padding!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p <= _MAX_SIZE:
+            raise ValueError(f"padding must hold integers in 0..2**31 - 1, got {padding!r}")
     vals = tuple(int(p) for p in vals)
     if len(vals) == 1:
         return vals * 4
@@ -86,6 +86,7 @@ class _Convolution:
     def output_size(self, h, w):
         """(OH, OW) for an input of h × w; ValueError when the kernel does not fit."""
         (r, s), (sh, sw), (dh, dw), (pt, pb, pl, pr) = self.kernel_size, self.stride, self.dilation, self.padding
+        h, w = _positive_int(h, "h"), _positive_int(w, "w")  # int() would take 2.5 and fail on inf
         oh = (int(h) + pt + pb - dh * (r - 1) - 1) // sh + 1
         ow = (int(w) + pl + pr - dw * (s - 1) - 1) // sw + 1
         if oh < 1 or ow < 1:
@@ -263,6 +264,8 @@ def quantize_per_channel(weight):
     w = np.asarray(weight, np.float32)
     if w.ndim < 2:
         raise ValueError(f"weight must be at least 2-D (out_channels, ...), got {w.ndim}-D")
+    if w.size == 0:  # the reshape below could not infer its -1 (and a max of nothing has no value)
+        raise ValueError(f"weight has a zero-size dimension (shape {w.shape})")
     if not np.isfinite(w).all():
         raise ValueError("weight holds NaN or infinity")
     amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)

@@ -27,9 +27,14 @@ DTYPES = ("float32", "bfloat16")
 def _positive_int(v, name):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name} must be at least 1, got {v}")
+    if not 1 <= v <= _MAX_SIZE:
+        raise ValueError(f"{name} must be in 1..2**31 - 1, got {v}")
     return int(v)
+
+
+#: Largest layer size, kernel size or stride: larger ones could not be allocated, and their
+#: sums and products in the drivers' int64 arithmetic must not overflow.
+_MAX_SIZE = (1 << 31) - 1
 
 
 def _activation_arg(activation):
