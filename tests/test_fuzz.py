@@ -12,7 +12,7 @@ Coverage: ``SUBJECTS`` maps every public name (``brgemm.__all__``, ``brgemm.layo
 and each public method or settable property of the public classes) to the fuzzer that calls
 it; :func:`test_every_public_name_is_fuzzed` fails when a new name appears without one.
 
-Size: ``BRGEMM_FUZZ_EXAMPLES`` examples per fuzzer (default 100: more than 10⁴ calls in all,
+Size: ``BRGEMM_FUZZ_EXAMPLES`` examples per fuzzer (default 120: more than 10⁴ calls in all,
 asserted by :func:`test_zz_call_count`); 1000 gives more than 10⁵. Hypothesis runs
 derandomized without a database, so every run makes the same calls. Valid calls stay small:
 sizes are below 10 or so large (≥ 2⁶²) that any allocation of them overflows, which must be
@@ -39,7 +39,7 @@ import brgemm.quant as Q
 torch = pytest.importorskip("torch")
 import brgemm.torch  # noqa: E402  (registers torch.ops.brgemm.*)
 
-EXAMPLES = int(os.environ.get("BRGEMM_FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("BRGEMM_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
 
@@ -1330,7 +1330,7 @@ def test_fuzz(fuzzer, request):
 
 
 def test_zz_call_count(capsys):
-    """Every fuzzer ran and made at least 100 calls per example count: 10⁴ by default, 10⁵ with
+    """Every fuzzer ran and made at least 100 calls per example count: 12 000 by default, 10⁵ with
     BRGEMM_FUZZ_EXAMPLES=1000. Runs last (pytest keeps a file's order)."""
     total = sum(CALLS.values())
     with capsys.disabled():
