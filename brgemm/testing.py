@@ -8,13 +8,15 @@ The batch-reduce GEMM is
 
 and beta = 0 means C0 is never read (it may hold NaN): the reference then ignores it.
 
-Besides the reference, :func:`make_problem` builds the operands of one kernel call the way
-the kernel addresses them (flat float32 buffers with leading dimensions, stride / offset /
-address batches, padding that the kernel must leave alone) and :meth:`Problem.check`
-compares a result with the reference and checks that nothing outside the m×n window of C
-was written.
+Sections: the f32 reference and its bound; bf16 (why the same bound holds); int8 (exact
+int64, VNNI-4 index arithmetic); and :func:`make_problem`, one generator for every kernel
+dtype, which builds the operands of one kernel call the way the kernel addresses them (flat
+buffers with leading dimensions, B packed, stride / offset / address batches, padding the
+kernel must leave alone), with :meth:`Problem.check` comparing a result with the oracle and
+checking that nothing outside the m×n window of C was written.
 """
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -234,19 +236,16 @@ def random_bf16(shape, rng):
     return x.astype(_bf16_dtype())
 
 
-def _require_bf16(blocks, name):
-    bf16 = _bf16_dtype()
+def _bf16_blocks(blocks, name, domain=False):
+    """Checks that blocks are bfloat16 (the values the kernel was given) and, with ``domain``,
+    inside the bound's domain (no nonzero |x| < BF16_MIN_INPUT)."""
     for i, b in enumerate(blocks):
-        if np.asarray(b).dtype != bf16:
+        if np.asarray(b).dtype != _bf16_dtype():
             raise TypeError(f"{name}[{i}] must be bfloat16 (the values the kernel was given), "
                             f"got {np.asarray(b).dtype}")
-
-
-def _check_bf16_domain(blocks, name):
-    for i, b in enumerate(blocks):
         mag = np.abs(_f64(b))
         tiny = (mag > 0) & (mag < BF16_MIN_INPUT)
-        if tiny.any():
+        if domain and tiny.any():
             raise ValueError(f"{name}[{i}] holds |x| = {mag[tiny].min():.3g} < 2**-44: vdpbf16ps's "
                              "flush to zero is outside the bound there (see BF16_MIN_INPUT)")
 
@@ -254,8 +253,8 @@ def _check_bf16_domain(blocks, name):
 def reference_bf16(a_blocks, b_blocks, c0=None, beta=0.0):
     """float64 ``beta·C0 + Σ_i A_i @ B_i`` for bfloat16 blocks A_i (m×k) and *unpacked* B_i
     (k×n); beta = 0 ignores C0 (it may hold NaN)."""
-    _require_bf16(a_blocks, "a_blocks")
-    _require_bf16(b_blocks, "b_blocks")
+    _bf16_blocks(a_blocks, "a_blocks")
+    _bf16_blocks(b_blocks, "b_blocks")
     return reference(a_blocks, b_blocks, c0, beta)
 
 
@@ -263,10 +262,8 @@ def error_bound_bf16(a_blocks, b_blocks, c0=None, beta=0.0):
     """Elementwise bound on |C - reference_bf16|: the f32 bound of :func:`error_bound` (see the
     derivation at the top of this section). Refuses inputs outside its domain (a nonzero
     |x| < BF16_MIN_INPUT) rather than returning a bound that might not hold."""
-    _require_bf16(a_blocks, "a_blocks")
-    _require_bf16(b_blocks, "b_blocks")
-    _check_bf16_domain(a_blocks, "a_blocks")
-    _check_bf16_domain(b_blocks, "b_blocks")
+    _bf16_blocks(a_blocks, "a_blocks", domain=True)
+    _bf16_blocks(b_blocks, "b_blocks", domain=True)
     return error_bound(a_blocks, b_blocks, c0, beta)
 
 
@@ -357,14 +354,6 @@ def assert_exact_s32(C, ref, *, what="C"):
                              f"result; first at [{i}, {j}]: got {C[i, j]}, expected {ref[i, j]}")
 
 
-def vnni4_index(k, n, ldb, kp=4):
-    """Flat indices (k×n) of the elements of B in a packed block with ldb columns and ``kp``
-    rows interleaved (VNNI-4 by default; 2 is VNNI-2, 1 plain rows)."""
-    kk = np.arange(k)[:, None]
-    j = np.arange(n)[None, :]
-    return ((kk // kp) * ldb + j) * kp + kk % kp
-
-
 def packed_rows(k, kp=4):
     """Packed rows of a block: K padded to whole quads (pairs for kp = 2)."""
     return (k + kp - 1) // kp
@@ -377,9 +366,10 @@ def packed_b_extent(k, n, ldb, kp=4):
 
 def unpack_vnni4(buf, offset, k, n, ldb, kp=4):
     """The k×n B that the packed block at element ``offset`` of the flat buffer ``buf``
-    stands for, read with the layout's own index formula (fancy indexing: an index outside
-    the buffer raises)."""
-    idx = offset + vnni4_index(k, n, ldb, kp)
+    stands for (VNNI-4; ``kp`` = 2 is VNNI-2 and 1 plain rows), read with the layout's own
+    index formula (fancy indexing: an index outside the buffer raises)."""
+    kk, j = np.arange(k)[:, None], np.arange(n)[None, :]
+    idx = offset + ((kk // kp) * ldb + j) * kp + kk % kp  # element (k, n) of the packed layout
     flat = np.asarray(buf).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= flat.size):
         raise IndexError(f"packed block at {offset} (k {k}, n {n}, ldb {ldb}) is outside a buffer of {flat.size}")
@@ -599,32 +589,23 @@ def make_problem(m, n, k, *, rng, dtype="f32", batch="stride", count=1, lda=None
 
     c_size = (m - 1) * ldc + n + 3  # a short tail after the last row: it must stay untouched
     inside = window_mask(c_size, m, n, ldc)
-    if op.c_dtype == np.int32:
-        c = random_s32(c_size, rng, bound=2 ** 30)  # beta = 1 cannot overflow
+    fills = ("random", "garbage") if op.c_dtype == np.int32 else ("random", "nan")
+    if c_fill not in fills or c_fill == "garbage" and beta != 0:
+        raise ValueError(f"c_fill must be one of {fills} for {dtype} ('garbage' only with beta = 0), got {c_fill!r}")
+    if op.c_dtype == np.int32:  # "random" within ±2**30: beta = 1 cannot overflow
+        c = random_s32(c_size, rng, bound=2 ** 31 if c_fill == "garbage" else 2 ** 30)
         if c_fill == "garbage":
-            if beta != 0:
-                raise ValueError("c_fill='garbage' is only meaningful with beta = 0")
-            c = random_s32(c_size, rng)
             c[inside.nonzero()[0][[0, -1]]] = S32_MIN, S32_MAX  # the extremes too
-        elif c_fill != "random":
-            raise ValueError(f"unknown c_fill {c_fill!r} for {dtype}")
     else:
         c = random_f32(c_size, rng)
         if c_fill == "nan":
             c[inside] = np.nan
-        elif c_fill != "random":
-            raise ValueError(f"unknown c_fill {c_fill!r} for {dtype}")
     copy = lambda x: [y.copy() for y in x] if isinstance(x, list) else x.copy()  # noqa: E731
     return Problem(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, beta=beta, batch=batch, count=count,
                    a=a, b=b, c=c, c0=c.copy(), args=args, kwargs=kwargs, a_blocks=a_blocks, b_blocks=b_blocks,
                    a0=copy(a), b0=copy(b), dtype=dtype, b_plain=b_plain)
 
 
-def make_problem_bf16(m, n, k, **kw):
-    """:func:`make_problem` for dtype "bf16"."""
-    return make_problem(m, n, k, dtype="bf16", **kw)
-
-
-def make_problem_u8s8(m, n, k, **kw):
-    """:func:`make_problem` for dtype "u8s8"."""
-    return make_problem(m, n, k, dtype="u8s8", **kw)
+#: The generator for one dtype, by the names the kernel tests import.
+make_problem_bf16 = functools.partial(make_problem, dtype="bf16")
+make_problem_u8s8 = functools.partial(make_problem, dtype="u8s8")

@@ -27,8 +27,10 @@ DTYPES = ("float32", "bfloat16")
 def _positive_int(v, name):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-    if not 1 <= v <= _MAX_SIZE:
-        raise ValueError(f"{name} must be in 1..2**31 - 1, got {v}")
+    if v < 1:
+        raise ValueError(f"{name} must be at least 1, got {v}")
+    if v > _MAX_SIZE:
+        raise ValueError(f"{name} must be at most 2**31 - 1, got {v}")
     return int(v)
 
 
