@@ -1286,6 +1286,14 @@ def test_layer_sizes_are_bounded_before_anything_is_allocated():
         brgemm.nn.Conv2d(2, 2, 1).output_size(float("inf"), 3)  # was OverflowError from int()
 
 
+def test_quantize_per_channel_of_subnormal_weights():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was a division by a zero scale, then NaN cast to int8
+        q, scale = brgemm.nn.quantize_per_channel(np.array([[1e-45, 0.0], [1.0, -1.0]], np.float32))
+    assert np.all(scale > 0) and q[0].tolist() == [0, 0] and q[1].tolist() == [127, -127]
+
+
 def test_quantize_model_checks_the_model_first():
     with pytest.raises(TypeError, match="model must be a brgemm.nn.Sequential"):
         Q.quantize_model(None, [np.ones((2, 3), np.float32)], auto_precision=True)  # was AttributeError

@@ -270,6 +270,7 @@ def quantize_per_channel(weight):
         raise ValueError("weight holds NaN or infinity")
     amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
     scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    scale = np.maximum(scale, np.finfo(np.float32).tiny)  # subnormal amax / 127 rounds to 0: w / 0
     q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
     return q, scale
 
