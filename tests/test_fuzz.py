@@ -12,6 +12,12 @@ Coverage: ``SUBJECTS`` maps every public name (``brgemm.__all__``, ``brgemm.layo
 and each public method or settable property of the public classes) to the fuzzer that calls
 it; :func:`test_every_public_name_is_fuzzed` fails when a new name appears without one.
 
+Each example is "valid" (plausible arguments only, so that the computing paths run, on
+special values too), "one" (now and then a wrong argument or layout) or "wild" (many), drawn
+per example. Two exceptions besides the rule, both the language's or the framework's:
+``Sequential[i]`` past the end raises IndexError (the sequence protocol), and torch's argument
+parser rejects a value of the wrong type for an operator's schema with a RuntimeError.
+
 Size: ``BRGEMM_FUZZ_EXAMPLES`` examples per fuzzer (default 120: more than 10⁴ calls in all,
 asserted by :func:`test_zz_call_count`); 1000 gives more than 10⁵. Hypothesis runs
 derandomized without a database, so every run makes the same calls. Valid calls stay small:
@@ -36,10 +42,15 @@ import brgemm.nn
 import brgemm.nn.functional as F
 import brgemm.quant as Q
 
-torch = pytest.importorskip("torch")
-import brgemm.torch  # noqa: E402  (registers torch.ops.brgemm.*)
+try:  # PyTorch is optional: without it, its operators are not fuzzed
+    import torch
 
-EXAMPLES = int(os.environ.get("BRGEMM_FUZZ_EXAMPLES", "120"))
+    import brgemm.torch  # noqa: F401  (registers torch.ops.brgemm.*)
+except ImportError:
+    torch = None
+
+DEFAULT_EXAMPLES = 120
+EXAMPLES = int(os.environ.get("BRGEMM_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
 
@@ -978,9 +989,8 @@ def fuzz_quantize_per_channel(draw):
 
 # --- torch operators -------------------------------------------------------------------------------
 
-T_DTYPES = {np.dtype(np.float32): torch.float32, BF16: torch.bfloat16, np.dtype(np.uint8): torch.uint8,
-            np.dtype(np.int8): torch.int8, np.dtype(np.float64): torch.float64, np.dtype(np.int64): torch.int64,
-            np.dtype(np.int32): torch.int32, np.dtype(np.float16): torch.float16}
+#: numpy dtypes a tensor is made from (torch.from_numpy, bfloat16 through float32)
+T_DTYPES = [np.dtype(d) for d in (np.float32, BF16, np.uint8, np.int8, np.float64, np.int64, np.int32, np.float16)]
 
 
 @st.composite
@@ -1008,8 +1018,9 @@ def maybe_t(shape, good=(np.dtype(np.float32),)):
 
 
 def _op(name, *args, **kw):
-    # torch's own argument parser rejects values of the wrong type for the schema with a
-    # RuntimeError before our code runs; that is the framework's, and it names the argument.
+    """call() for an operator. torch's own argument parser rejects values of the wrong type for
+    the schema (a str for a Tensor, 2**63 for an int) with a RuntimeError, before our code
+    runs: that is the framework's, and its message names the argument."""
     fn = getattr(torch.ops.brgemm, name)
     CALLS[f"torch.ops.brgemm.{name}"] += 1
     try:
@@ -1021,8 +1032,7 @@ def _op(name, *args, **kw):
             WHY[f"torch.ops.brgemm.{name}"][str(e)[:90]] += 1
         return REJECTED
     except RuntimeError as e:
-        if "Expected a value of type" in str(e) or "expected " in str(e) and " but got" in str(e) or \
-                "failed to match any schema" in str(e) or "Expected argument" in str(e):
+        if str(e).startswith(f"brgemm::{name}() "):  # the parser: "brgemm::gemm() Expected a value of type ..."
             return REJECTED
         raise
     # The backward ops are not differentiated again, and the int8 ones are inference only (torch
@@ -1142,6 +1152,8 @@ def fuzz_op(name):
 
 
 def torch_op_names():
+    if torch is None:
+        return []
     return sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("brgemm::"))
 
 
@@ -1299,6 +1311,7 @@ def test_quantize_model_checks_the_model_first():
         Q.quantize_model(None, [np.ones((2, 3), np.float32)], auto_precision=True)  # was AttributeError
 
 
+@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 def test_torch_ops_on_empty_shapes():
     # reshape(-1, 0) is ambiguous in torch: these were RuntimeErrors from inside the operators
     A = torch.ones((2, 3, 0), requires_grad=True)
@@ -1312,6 +1325,7 @@ def test_torch_ops_on_empty_shapes():
                                           torch.ones(3), None, 1.0, 0)
 
 
+@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 def test_rnn_backward_without_train_says_what_to_call():
     x = torch.ones(2, 1, 3)
     w_ih, w_hh = torch.ones(8, 3, requires_grad=True), torch.ones(8, 2)
@@ -1338,7 +1352,7 @@ def test_fuzz(fuzzer, request):
 
 
 def test_zz_call_count(capsys):
-    """Every fuzzer ran and made at least 100 calls per example count: 12 000 by default, 10⁵ with
+    """Every fuzzer ran, and the calls add up: more than 10⁴ by default, about 10⁵ with
     BRGEMM_FUZZ_EXAMPLES=1000. Runs last (pytest keeps a file's order)."""
     total = sum(CALLS.values())
     with capsys.disabled():
@@ -1351,7 +1365,9 @@ def test_zz_call_count(capsys):
                     print(f"      {c:5d} {why}")
     if RUN != set(_IDS):
         pytest.skip("only part of the fuzz suite ran")
-    # about one call per example and subject (a few examples call several times, a few none)
-    assert total >= 100 * EXAMPLES, f"only {total} calls for {EXAMPLES} examples per subject"
+    # about 100 calls per example count (some examples call several times, a few none); the
+    # default must make the 10⁴ that CI promises
+    floor = max(80 * EXAMPLES, 10 ** 4 if EXAMPLES >= DEFAULT_EXAMPLES else 0)
+    assert total >= floor, f"only {total} calls for {EXAMPLES} examples per fuzzer"
     untouched = [n for n in SUBJECTS if not any(k == n or k.startswith(n + ".") for k in CALLS)]
     assert not untouched, f"subjects never called: {untouched}"
