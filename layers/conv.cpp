@@ -254,7 +254,7 @@ status run_pass(const direct_pass& p) {
     }
     if (p.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
       const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
-      if (p.e.out != out_type::bf16) {
+      if (p.t != dtype::bf16) {  // out has the layer's type (p.e.out is z's f32 here)
         activation_f32(p.act, p.z + at, (float*)p.out + at, len);
       } else {
         float* y = scratch(0, len);

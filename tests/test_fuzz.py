@@ -1298,6 +1298,18 @@ def test_layer_sizes_are_bounded_before_anything_is_allocated():
         brgemm.nn.Conv2d(2, 2, 1).output_size(float("inf"), 3)  # was OverflowError from int()
 
 
+@pytest.mark.parametrize("act", ["gelu", "swish", "kgelu", "kswish"])
+def test_bf16_conv_training_forward_with_an_activation_from_its_input(act):
+    # These keep the pre-activation z for backward; the driver then stored act(z) as float32
+    # into the bfloat16 output: twice its size, a heap overflow (found as a crash at exit).
+    conv = brgemm.nn.Conv2d(2, 1, 1, activation=act, dtype="bfloat16", seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 4)).astype(np.float32)
+    y_eval = conv.eval().forward(x).copy()  # one fused epilogue
+    y_train = conv.train().forward(x)       # z kept, activation after
+    np.testing.assert_array_equal(y_train.astype(np.float32), y_eval.astype(np.float32))
+    assert conv.backward(np.ones(y_train.shape, np.float32)).shape == x.shape
+
+
 def test_quantize_per_channel_of_subnormal_weights():
     import warnings
     with warnings.catch_warnings():
