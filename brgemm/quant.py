@@ -210,9 +210,13 @@ class HistogramObserver:
     "l2" (least expected squared error, the default), "percentile" or "minmax"."""
 
     def __init__(self, *, bins=2048, symmetric=False, signed=False):
-        if int(bins) < 2:
-            raise ValueError(f"bins must be at least 2, got {bins}")
-        self.bins, self.symmetric, self.signed = int(bins), bool(symmetric), bool(signed)
+        try:
+            bins = operator.index(bins)  # int() would take 2.5 and fail on inf with OverflowError
+        except TypeError:
+            raise TypeError(f"bins must be an integer, got {type(bins).__name__}") from None
+        if not 2 <= bins <= 1 << 16:
+            raise ValueError(f"bins must be in 2..65536 (the l2 search is quadratic in it), got {bins}")
+        self.bins, self.symmetric, self.signed = bins, bool(symmetric), bool(signed)
         self.counts = np.zeros(self.bins)
         self.lo = self.hi = None
 
