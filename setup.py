@@ -62,7 +62,7 @@ macros.append(("BRGEMM_BUILD_FLAGS", json.dumps(json.dumps(flags_by_isa))))
 
 core = Pybind11Extension(
     "brgemm._core",
-    sources=sorted(glob("csrc/core/*.cpp")) + sorted(glob("layers/*.cpp")) + ["csrc/bindings/module.cpp"],
+    sources=sorted(glob("csrc/core/*.cpp")) + sorted(glob("layers/*.cpp")) + sorted(glob("csrc/bindings/*.cpp")),
     include_dirs=INCLUDE,
     define_macros=macros,
     extra_compile_args=["-O3", "-fopenmp"],

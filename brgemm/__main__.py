@@ -24,7 +24,7 @@ def info():
     for u in _core.ukernels():
         state = "available" if u["available"] else f"not available ({u['isa']} missing)"
         print(f"    {u['name']:28} {state}")
-    for peer in ("numpy", "torch", "threadpoolctl", "matplotlib"):
+    for peer in ("numpy", "torch", "onnxruntime", "openvino", "threadpoolctl", "matplotlib"):  # the bench's peers
         if importlib.util.find_spec(peer) is not None:
             from importlib.metadata import version
             try:

@@ -1,4 +1,4 @@
-"""Derivation of the K-TanH tables (csrc/kernels/ktanh_table.h is this module's output).
+"""Derivation of the K-TanH tables (csrc/include/brgemm/ktanh_table.h is this module's output).
 
 K-TanH (Kundu et al., arXiv 1909.07729) computes tanh on the bit fields of a bfloat16 x =
 (-1)^s · 2^(E-127) · (1 + M/128) with integer operations only:

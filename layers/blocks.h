@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 #include "brgemm/brgemm.h"
 
@@ -21,6 +23,13 @@ inline float* scratch(int slot, int64_t elems) {
   static thread_local std::vector<float> buf[3];
   if ((int64_t)buf[slot].size() < elems) buf[slot].resize((size_t)elems);
   return buf[slot].data();
+}
+
+// Grows scratch slot `slot` to `elems` on each of `threads` OpenMP threads: plans call it when
+// they are built, so that the first pass of a loop does not allocate either.
+inline void reserve_scratch(int threads, std::initializer_list<std::pair<int, int64_t>> sizes) {
+#pragma omp parallel num_threads(threads)
+  for (const auto& [slot, elems] : sizes) scratch(slot, elems);
 }
 
 // Copies `w` values from src (f32 or bf16) to dst (f32 or bf16).

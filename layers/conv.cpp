@@ -11,6 +11,7 @@
 #include "conv.h"
 #include "blocks.h"
 #include <cmath>
+#include <map>
 #include <omp.h>
 
 namespace brgemm::layers {
@@ -90,13 +91,6 @@ void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w) {
   w *= rows;
 }
 
-// Per-thread batch offsets that only grow.
-int64_t* offsets(int slot, int64_t n) {
-  static thread_local std::vector<int64_t> buf[2];
-  if ((int64_t)buf[slot].size() < n) buf[slot].resize((size_t)n);
-  return buf[slot].data();
-}
-
 // The kernels of one call shape over a reduction in chunks: the last chunk's (with the
 // epilogue; beta 1 after earlier chunks), the first's (beta 0) and the middle ones' (beta 1).
 struct chunk_kernels {
@@ -116,53 +110,103 @@ struct chunk_kernels {
   const kernel& at(int64_t ch, int64_t chunks) const { return ch + 1 == chunks ? *last : ch == 0 ? *first : *mid; }
 };
 
-// One direct-convolution pass over blocked arrays (forward, or backward data):
+// The shape of one direct-convolution pass (forward, or backward data):
 //   res[n][j][row][col…] = epilogue(Σ_{q, taps} src[n][q][src row][src col…] · wts[j][q][r][s])
-// Result rows come in groups per item; the reduction blocks q in chunks whose weight blocks
-// (for one j) fit in L2, so that each chunk is reused by every row of the group: with a small
-// image (7 × 7) one row alone reuses a weight block five times, too few to outrun L3.
-// Partial sums go to the result itself (f32) or to a per-thread accumulator tile (bf16
-// results, int8). An int8 source with a zero point z reads real zeros as z where the padding
-// is: the epilogue subtracts z·Σ W over the taps each run reads (col_offset).
-struct direct_pass {
+// everything its plan depends on, no pointers.
+struct pass_shape {
   dtype t;
   int64_t n, red, res, taps_r, taps_s;     // images, reduction and result blocks, kernel taps
   int64_t bi, bo;                          // channel blocks of the source and of the result
   int64_t src_rows, src_cols, src_step;    // source columns advance src_step per result column
   int64_t res_rows, res_cols, res_step;    // a run writes every res_step-th column
   int64_t src_row_step;                    // source rows per result row (0: not uniform)
-  const std::vector<std::vector<tap>>* rows;
-  const std::vector<run>* runs;
+  epilogue_desc e;
+  bool z = false;                          // the activation runs after the epilogue (into z)
+  int threads;
+};
+
+// What one call of a pass reads and writes. An int8 source with a zero point z reads real zeros
+// as z where the padding is: the epilogue subtracts z·Σ W over the taps each run reads
+// (col_offset).
+struct pass_data {
   const void* src;
   const char* wts;
-  epilogue_desc e;
   epilogue_args ea;                        // from result channel 0 (bias, int8 scale, u8 output)
   const int32_t* tapsum = nullptr;         // int8 with a zero point: [res][taps_r][taps_s][bo]
   int32_t zero = 0;                        //   Σ_c W of each tap, and the source's zero point
   void* out;
   float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
   brgemm::activation act = activation::none;
-  int threads;
 };
 
-status run_pass(const direct_pass& p) {
+}  // namespace
+
+// One direct-convolution pass set up for its shape (see run_pass). Result rows come in groups
+// per work item; the reduction blocks q in chunks whose weight blocks (for one j) fit in L2, so
+// that each chunk is reused by every row of the group: with a small image (7 × 7) one row alone
+// reuses a weight block five times, too few to outrun L3. Partial sums go to the result itself
+// (f32) or to a per-thread accumulator tile (bf16 results, int8).
+//
+// The batch offsets are tables built here, not per call: a batch's A offsets relative to its
+// image, first source row and column, and its B offsets relative to its result block j, depend
+// only on the row's taps (rows with the same taps at the same distances share a class), the run
+// and the chunk; the rest goes into the batch's base addresses.
+struct conv_pass_plan {
+  pass_shape p;
+  std::vector<std::vector<tap>> rows;      // taps of each result row
+  std::vector<run> runs;                   // runs of result columns that see the same taps
+  int64_t per, chunks, group, groups, ldc;
+  bool tile;                               // partial sums in a per-thread tile
+  std::vector<chunk_kernels> kr;           // per run (runs differ only in M)
+  std::vector<chunk_kernels> kc;           // down a column, by the stack's height
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks;  // per group: (first row, rows)
+  std::vector<int64_t> row_class, row_base;  // per result row: its class, its first tap's source row
+  std::vector<int64_t> offs_a, offs_w;     // the tables, one after another
+  std::vector<std::pair<int64_t, int64_t>> table;  // [(class·runs + run)·chunks + chunk]: (first, count)
+  const std::pair<int64_t, int64_t>& at(int64_t cls, size_t u, int64_t ch) const {
+    return table[(cls * (int64_t)runs.size() + (int64_t)u) * chunks + ch];
+  }
+};
+
+// Backward: the data pass (when dX is asked for), and for the weight gradient per kernel column
+// tap s the output columns it reads inside the input, [lo, lo + len), and its kernels (beta 0
+// and beta 1; null when the tap reads nothing).
+// row_a[r], row_b[r]: the weight gradient's batch offsets (the rows' part) for kernel row r,
+// one entry per output row that reads inside the input through r; row_at[r][row]: how many of
+// the output rows before `row` do, so rows [first, last) are entries [row_at[first],
+// row_at[last]).
+struct conv_backward_plan {
+  conv_pass_plan data;
+  std::vector<int64_t> lo, len;
+  std::vector<const kernel*> kw, kw_add;
+  std::vector<std::vector<int64_t>> row_a, row_b, row_at;
+};
+
+namespace {
+
+status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows_in,
+                  std::vector<run> runs_in) {
+  pl.p = p;
+  pl.rows = std::move(rows_in);
+  pl.runs = std::move(runs_in);
+  const std::vector<run>& runs = pl.runs;
   const int64_t blk = p.bi * p.bo, taps = p.taps_r * p.taps_s;
-  const int64_t per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, p.red);
-  const int64_t chunks = ceil_div(p.red, per);
+  pl.per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, p.red);
+  pl.chunks = ceil_div(p.red, pl.per);
   int64_t group = p.res_rows;
-  if (chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
+  if (pl.chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
   while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
+  pl.group = group;
   const bool c_is_acc = p.e.out == out_type::acc || (p.e.out == out_type::f32 && !dtype_is_int8(p.t));
-  const bool tile = !c_is_acc && chunks > 1;
-  const std::vector<run>& runs = *p.runs;
-  const int64_t ldc = p.res_step * p.bo;
+  pl.tile = !c_is_acc && pl.chunks > 1;
+  pl.ldc = p.res_step * p.bo;
 
   // Kernels per run (runs differ only in M).
-  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, ldc, batch_kind::offset, 0.0f, p.e};
-  std::vector<chunk_kernels> kr(runs.size());
+  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, pl.ldc, batch_kind::offset, 0.0f, p.e};
+  pl.kr.resize(runs.size());
   for (size_t u = 0; u < runs.size(); ++u) {
     d.m = runs[u].m;
-    if (status s = kr[u].make(d, chunks); s != status::ok) return s;
+    if (status s = pl.kr[u].make(d, pl.chunks); s != status::ok) return s;
   }
 
   // Column runs. A run narrower than the stack of result rows that share its row taps (the
@@ -170,103 +214,148 @@ status run_pass(const direct_pass& p) {
   // call per column over those rows, whose sources lie src_row_step rows apart. A one-row tile
   // cannot hide the FMA latency: at 7 × 7 the border columns were a fifth of the work at a third
   // of the speed. Stacks: per group, the rows whose taps continue the previous row's.
-  const int64_t groups = ceil_div(p.res_rows, group);
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks(groups);  // (first row, rows)
+  pl.groups = ceil_div(p.res_rows, group);
+  pl.stacks.assign(pl.groups, {});
   int64_t narrowest = INT64_MAX, tallest = 1;
   for (const run& r : runs) narrowest = std::min(narrowest, r.m);
-  for (int64_t gi = 0; gi < groups; ++gi)
+  for (int64_t gi = 0; gi < pl.groups; ++gi)
     for (int64_t o = gi * group; o < std::min(p.res_rows, (gi + 1) * group); ++o) {
-      const std::vector<tap>& here = (*p.rows)[o];
-      bool more = p.src_row_step > 0 && !stacks[gi].empty();
+      const std::vector<tap>& here = pl.rows[o];
+      bool more = p.src_row_step > 0 && !pl.stacks[gi].empty();
       if (more) {
-        const std::vector<tap>& prev = (*p.rows)[o - 1];
+        const std::vector<tap>& prev = pl.rows[o - 1];
         more = prev.size() == here.size();
         for (size_t x = 0; more && x < here.size(); ++x)
           more = prev[x].t == here[x].t && here[x].src == prev[x].src + p.src_row_step;
       }
       if (more)
-        tallest = std::max(tallest, ++stacks[gi].back().second);
+        tallest = std::max(tallest, ++pl.stacks[gi].back().second);
       else
-        stacks[gi].push_back({o, 1});
+        pl.stacks[gi].push_back({o, 1});
     }
-  std::vector<chunk_kernels> kc(tallest + 1);  // by the stack's height
+  pl.kc.assign(tallest + 1, {});
   d.lda = p.src_row_step * p.src_cols * p.bi;
   d.ldc = p.res_cols * p.bo;
   for (int64_t m = narrowest + 1; m <= tallest; ++m) {
     d.m = m;
-    if (status s = kc[m].make(d, chunks); s != status::ok) return s;
+    if (status s = pl.kc[m].make(d, pl.chunks); s != status::ok) return s;
   }
 
+  // Row classes: the taps of a row as (tap, source row − the first tap's source row).
+  std::map<std::vector<std::pair<int64_t, int64_t>>, int64_t> classes;
+  std::vector<const std::vector<tap>*> class_taps;
+  pl.row_class.resize(p.res_rows);
+  pl.row_base.resize(p.res_rows);
+  for (int64_t o = 0; o < p.res_rows; ++o) {
+    const std::vector<tap>& taps_o = pl.rows[o];
+    const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
+    std::vector<std::pair<int64_t, int64_t>> shape;
+    for (const tap& tr : taps_o) shape.push_back({tr.t, tr.src - base});
+    auto [it, fresh] = classes.try_emplace(std::move(shape), (int64_t)class_taps.size());
+    if (fresh) class_taps.push_back(&taps_o);
+    pl.row_class[o] = it->second;
+    pl.row_base[o] = base;
+  }
+  // The tables, in the order the reduction has always summed: chunk's q, row tap, column tap.
+  const int64_t src_plane = p.src_rows * p.src_cols * p.bi;
+  pl.table.resize(class_taps.size() * runs.size() * pl.chunks);
+  for (size_t cls = 0; cls < class_taps.size(); ++cls) {
+    const std::vector<tap>& taps_o = *class_taps[cls];
+    const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
+    for (size_t u = 0; u < runs.size(); ++u)
+      for (int64_t ch = 0; ch < pl.chunks; ++ch) {
+        const int64_t first = (int64_t)pl.offs_a.size();
+        for (int64_t q = ch * pl.per; q < std::min(p.red, (ch + 1) * pl.per); ++q)
+          for (const tap& tr : taps_o)
+            for (const tap& ts : runs[u].taps) {
+              pl.offs_a.push_back(q * src_plane + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
+              pl.offs_w.push_back(((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
+            }
+        pl.table[(cls * runs.size() + u) * pl.chunks + ch] = {first, (int64_t)pl.offs_a.size() - first};
+      }
+  }
+
+  // The per-thread tiles, grown here rather than by the first items.
+  const int64_t rows_blk = group * p.res_cols * p.bo;
+  reserve_scratch(p.threads, {{0, p.z && p.t == dtype::bf16 ? rows_blk : 0},
+                              {1, dtype_is_int8(p.t) ? p.bo : 0},
+                              {2, pl.tile ? rows_blk : 0}});
+  return status::ok;
+}
+
+// Runs a planned pass on one call's data. Only invokes: every kernel, run and offset table is
+// the plan's.
+void run_pass(const conv_pass_plan& pl, const pass_data& x) {
+  const pass_shape& p = pl.p;
+  const std::vector<run>& runs = pl.runs;
+  const int64_t chunks = pl.chunks, group = pl.group, groups = pl.groups, ldc = pl.ldc;
+  const bool tile = pl.tile;
   const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
-  const int64_t ob = p.z ? 4 : out_type_bytes(p.t, p.e.out);
-  char* final_out = p.z ? (char*)p.z : (char*)p.out;
+  const int64_t ob = x.z ? 4 : out_type_bytes(p.t, p.e.out);
+  const int64_t ab = dtype_a_bytes(p.t), wb = dtype_b_bytes(p.t), red_w = p.red * p.taps_r * p.taps_s * p.bi * p.bo;
+  char* final_out = x.z ? (char*)x.z : (char*)x.out;
+  const int64_t* offs_a = pl.offs_a.data();
+  const int64_t* offs_w = pl.offs_w.data();
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t item = 0; item < p.res * p.n * groups; ++item) {
     const int64_t j = item / (p.n * groups), i = item / groups % p.n, gi = item % groups, o0 = gi * group;
     const int64_t o1 = std::min(p.res_rows, o0 + group);
     float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;  // f32 or s32
-    int64_t* oa = offsets(0, per * taps);
-    int64_t* ow = offsets(1, per * taps);
-    int32_t* col = p.tapsum ? (int32_t*)scratch(1, p.bo) : nullptr;
-    epilogue_args args = p.ea.at(0, j * p.bo, p.e.scale, p.t);
+    int32_t* col = x.tapsum ? (int32_t*)scratch(1, p.bo) : nullptr;
+    static thread_local std::vector<const int32_t*> sums;  // the tap sums a run reads
+    if (col) sums.resize(p.taps_r * p.taps_s);
+    epilogue_args args = x.ea.at(0, j * p.bo, p.e.scale, p.t);
     args.col_offset = col;
+    const char* src_i = (const char*)x.src + i * p.red * src_plane * ab;
+    const char* wts_j = x.wts + j * red_w * wb;
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const bool last = ch + 1 == chunks;
-      // The product for the results of run r from row o, column c of the run on (just that
+      // The product for the results of run u from row o, column c of the run on (just that
       // column when down the column).
-      auto call = [&](const kernel& kr, int64_t o, const run& r, int64_t c, int64_t ld) {
-        const int64_t shift = c * p.src_step;
-        int64_t count = 0;
-        for (int64_t q = ch * per; q < std::min(p.red, (ch + 1) * per); ++q)
-          for (const tap& tr : (*p.rows)[o])
-            for (const tap& ts : r.taps) {
-              oa[count] = (i * p.red + q) * src_plane + (tr.src * p.src_cols + ts.src + shift) * p.bi;
-              ow[count++] = (((j * p.red + q) * p.taps_r + tr.t) * p.taps_s + ts.t) * blk;
-            }
+      auto call = [&](const kernel& kr, int64_t o, size_t u, int64_t c, int64_t ld) {
+        const run& r = runs[u];
+        const auto& [first, count] = pl.at(pl.row_class[o], u, ch);
         batch_ref batch;
         batch.count = count;
-        batch.a = p.src;
-        batch.b = p.wts;
-        batch.offs_a = oa;
-        batch.offs_b = ow;
+        batch.a = src_i + (pl.row_base[o] * p.src_cols + c * p.src_step) * p.bi * ab;
+        batch.b = wts_j;
+        batch.offs_a = offs_a + first;
+        batch.offs_b = offs_w + first;
         const int64_t rc = r.p0 + c * p.res_step;
         const int64_t at = (i * p.res + j) * res_plane + (o * p.res_cols + rc) * p.bo;
         float* acc = tile ? part + ((o - o0) * p.res_cols + rc) * p.bo : (float*)(final_out + at * ob);
         if (!last) return execute(kr, batch, acc);
-        if (col) {  // −z·Σ W over the taps of this row and run
-          std::fill(col, col + p.bo, 0);
-          for (const tap& tr : (*p.rows)[o])
-            for (const tap& ts : r.taps) {
-              const int32_t* t = p.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
-              for (int64_t x = 0; x < p.bo; ++x) col[x] -= p.zero * t[x];
-            }
+        if (col) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
+          int64_t read = 0;
+          for (const tap& tr : pl.rows[o])
+            for (const tap& ts : r.taps) sums[read++] = x.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
+          zero_point_col_offsets(p.t, zero_points{x.zero, 0}, 0, sums.data(), read, p.bo, col);
         }
         args.acc_in = acc;
         args.ld_acc_in = ld;
         execute(kr, batch, final_out + at * ob, &args);
       };
-      for (const auto& [first, rows] : stacks[gi])
+      for (const auto& [first, rows] : pl.stacks[gi])
         for (size_t u = 0; u < runs.size(); ++u)
           if (runs[u].m < rows)  // then narrowest < rows <= tallest: kc[rows] was made
-            for (int64_t c = 0; c < runs[u].m; ++c) call(kc[rows].at(ch, chunks), first, runs[u], c, p.res_cols * p.bo);
+            for (int64_t c = 0; c < runs[u].m; ++c) call(pl.kc[rows].at(ch, chunks), first, u, c, p.res_cols * p.bo);
           else
-            for (int64_t o = first; o < first + rows; ++o) call(kr[u].at(ch, chunks), o, runs[u], 0, ldc);
+            for (int64_t o = first; o < first + rows; ++o) call(pl.kr[u].at(ch, chunks), o, u, 0, ldc);
     }
-    if (p.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
+    if (x.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
+      // The epilogue's output is z's f32 here, so the output's type is the layer's: bf16
+      // results are rounded from f32 (asking the epilogue wrote f32 into bf16 y).
       const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
-      if (p.t != dtype::bf16) {  // out has the layer's type (p.e.out is z's f32 here)
-        activation_f32(p.act, p.z + at, (float*)p.out + at, len);
+      if (p.t != dtype::bf16) {
+        activation_f32(x.act, x.z + at, (float*)x.out + at, len);
       } else {
         float* y = scratch(0, len);
-        activation_f32(p.act, p.z + at, y, len);
-        f32_to_bf16(y, (uint16_t*)p.out + at, len);
+        activation_f32(x.act, x.z + at, y, len);
+        f32_to_bf16(y, (uint16_t*)x.out + at, len);
       }
     }
   }
-  return status::ok;
 }
-
-int64_t element_bytes(element e) { return e == element::f32 ? 4 : e == element::bf16 ? 2 : 1; }
 
 void transpose_elems(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
                      element e) {
@@ -392,27 +481,50 @@ bool conv_layer::refresh(const float* w, const float* b) {
   return !(w_same && b_same);
 }
 
+namespace {
+
+// The result rows and column runs of a forward pass over an input of h × w (merged rows).
+std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh) {
+  std::vector<std::vector<tap>> rows(oh);
+  const forward_axis along_h{h, g.stride_h, g.pad_t, g.dil_h};
+  for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g.r, along_h);
+  return rows;
+}
+std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow) {
+  return make_runs(ow, 1, g.stride_w, g.s, forward_axis{w, g.stride_w, g.pad_l, g.dil_w});
+}
+
+}  // namespace
+
 status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb) {
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const bool bf16 = t_ == dtype::bf16;
-  std::vector<std::vector<tap>> rows(oh);
-  const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
-  for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g_.r, along_h);
-  const std::vector<run> runs = make_runs(ow, 1, g_.stride_w, g_.s, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w});
-  // With zb the epilogue stops at the bias (into zb) and the activation follows on the rows
-  // while they are in cache; without, it is all one epilogue.
-  direct_pass p{t_, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, g_.stride_h,
-                &rows, &runs, xb, aligned(fwd_, 0)};
-  p.e.bias = has_bias_;
-  p.e.act = zb ? activation::none : act_;
-  p.e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
-  p.ea.bias = has_bias_ ? bias_.data() : nullptr;
-  p.out = yb;
-  p.z = zb;
-  p.act = act_;
-  p.threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
-  return run_pass(p);
+  const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
+  conv_plan_key key = zeroed<conv_plan_key>();
+  key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
+  key.bias = has_bias_, key.z = zb != nullptr;
+  std::shared_ptr<const conv_pass_plan> plan;
+  if (status s = fwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
+        pass_shape p{t_, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, g_.stride_h};
+        // With zb the epilogue stops at the bias (into zb) and the activation follows on the
+        // rows while they are in cache; without, it is all one epilogue.
+        p.e.bias = has_bias_;
+        p.e.act = zb ? activation::none : act_;
+        p.e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
+        p.z = zb != nullptr;
+        p.threads = threads;
+        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow));
+      });
+      s != status::ok)
+    return s;
+  pass_data x{xb, aligned(fwd_, 0)};
+  x.ea.bias = has_bias_ ? bias_.data() : nullptr;
+  x.out = yb;
+  x.z = zb;
+  x.act = act_;
+  run_pass(*plan, x);
+  return status::ok;
 }
 
 status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
@@ -422,12 +534,76 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_x = h * w * bc_, plane_y = pix * bk_, blk = bc_ * bk_;
   const bool bf16 = t_ == dtype::bf16;
   const int threads = threads_for(2.0 * n * pix * g_.k * g_.c * taps);
+  const int64_t sw = g_.stride_w, wq = ceil_div(w, sw);
 
   // The weight gradient's block product is dWᵀ (bk × bc) = dZᵀ·X, or dW (bc × bk) = Xᵀ·dZ with X
   // transposed by stride phase as the A and dZ itself the B. One of them is transposed: the
   // smaller, so Xᵀ·dZ when C < K (64 → 256 1×1: 4.6 → 3.5 ms), and when the input channels are
   // few (bc < 16 would fill a fraction of the kernel's 16-lane columns).
   const bool narrow = bc_ < 16 || g_.c < g_.k;
+
+  // The plan: backward data's pass, and per kernel column tap s the output columns it reads
+  // inside the input [lo, lo + len) and the weight gradient's kernels (beta 0 and 1).
+  conv_plan_key key = zeroed<conv_plan_key>();
+  key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads, key.data = gxb != nullptr;
+  std::shared_ptr<const conv_backward_plan> plan;
+  if (status st = bwd_plans_.get(key, &plan, [&](conv_backward_plan& pl) {
+        if (gxb) {  // results are input rows and stride classes of input columns
+          std::vector<std::vector<tap>> rows(h);
+          const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
+          for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
+          pass_shape p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, g_.stride_h == 1};
+          p.threads = threads;
+          if (status s = build_pass(pl.data, p, std::move(rows),
+                                    make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}));
+              s != status::ok)
+            return s;
+        }
+        pl.lo.assign(g_.s, 0);
+        pl.len.assign(g_.s, 0);
+        pl.kw.assign(g_.s, nullptr);
+        pl.kw_add.assign(g_.s, nullptr);
+        const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
+        for (int64_t s = 0; s < g_.s; ++s) {
+          int64_t& lo = pl.lo[s];
+          int64_t& len = pl.len[s];
+          while (lo < ow && along_w(lo, s) < 0) ++lo;
+          while (lo + len < ow && along_w(lo + len, s) >= 0) ++len;
+          desc d = narrow ? desc{dtype::f32, bc_, bk_, len, wq, bk_, bk_, batch_kind::offset, 0.0f}
+                          : desc{dtype::f32, bk_, bc_, len, pix, sw * bc_, bc_, batch_kind::offset, 0.0f};
+          if (len > 0) {
+            if (status st = dispatch(d, &pl.kw[s]); st != status::ok) return st;
+            d.beta = 1.0f;
+            if (status st = dispatch(d, &pl.kw_add[s]); st != status::ok) return st;
+          }
+        }
+        // The weight gradient's batch offsets, per kernel row r: over the output rows (n·oh of
+        // them, image by image) that read an input row through r, the rows' part of the A and B
+        // offsets (the block's part is added to the base addresses).
+        const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
+        const int64_t row_t = sw * bc_ * wq;
+        pl.row_a.assign(g_.r, {});
+        pl.row_b.assign(g_.r, {});
+        pl.row_at.assign(g_.r, std::vector<int64_t>((size_t)(n * oh + 1), 0));
+        for (int64_t r = 0; r < g_.r; ++r)
+          for (int64_t row = 0; row < n * oh; ++row) {
+            const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
+            pl.row_at[r][row + 1] = pl.row_at[r][row] + (ih >= 0);
+            if (ih < 0) continue;
+            if (narrow) {
+              pl.row_a[r].push_back((i * cb * h + ih) * row_t);
+              pl.row_b[r].push_back(i * kb * plane_y + o * ow * bk_);
+            } else {
+              pl.row_a[r].push_back(i * kb * plane_y + o * ow);
+              pl.row_b[r].push_back(i * cb * plane_x + ih * w * bc_);
+            }
+          }
+        // Per-thread scratch: dZ of a plane (bf16).
+        reserve_scratch(threads, {{0, bf16 ? plane_y : 0}, {1, bf16 ? plane_y : 0}});
+        return status::ok;
+      });
+      st != status::ok)
+    return st;
 
   // dZ = dY ⊙ act'(·) plane by plane: the A of backward data (in the kernel's A type), in f32
   // for the weight gradient (transposed, or as it is when narrow) and its per-plane column sums
@@ -461,16 +637,9 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
 
   // Backward data: results are input rows and stride classes of input columns.
   if (gxb) {
-    std::vector<std::vector<tap>> rows(h);
-    const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
-    for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
-    const std::vector<run> runs =
-        make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w});
-    direct_pass p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, g_.stride_h == 1,
-                   &rows, &runs, dz, aligned(bwd_, 0)};
-    p.out = gxb;
-    p.threads = threads;
-    if (status s = run_pass(p); s != status::ok) return s;
+    pass_data x{dz, aligned(bwd_, 0)};
+    x.out = gxb;
+    run_pass(plan->data, x);
   }
 
   // Weight gradient, in f32 (bf16 X widened: the products are exact in f32 either way). Each
@@ -478,7 +647,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // parts summed afterwards, so that small layers still give every thread work.
   // Narrow: Xᵀ by stride phase, xt[n][cb][ih][q][bc][wq] = X[n][cb][ih][j·stride + q][bc], so that
   // the columns a tap reads (every stride-th) are consecutive in one row of each channel.
-  const int64_t sw = g_.stride_w, wq = ceil_div(w, sw), row_t = sw * bc_ * wq;
+  const int64_t row_t = sw * bc_ * wq;
   const int64_t wide = bf16 ? n * cb * plane_x : 0, trans = narrow ? n * cb * h * row_t : 0;
   float* buf = (float*)aligned(x32_, (wide + trans) * 4);
   const float* x = (const float*)xb;
@@ -496,22 +665,9 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
         transpose(x + row * w * bc_ + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xt + row * row_t + q * bc_ * wq, wq);
     x = xt;
   }
-  std::vector<int64_t> lo(g_.s), len(g_.s);  // the output columns tap s reads inside the input
-  std::vector<const kernel*> kw(g_.s, nullptr), kw_add(g_.s, nullptr);  // beta 0 and 1
+  const std::vector<int64_t>& lo = plan->lo;
+  const std::vector<const kernel*>&kw = plan->kw, &kw_add = plan->kw_add;
   const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
-  for (int64_t s = 0; s < g_.s; ++s) {
-    lo[s] = 0;
-    while (lo[s] < ow && along_w(lo[s], s) < 0) ++lo[s];
-    len[s] = 0;
-    while (lo[s] + len[s] < ow && along_w(lo[s] + len[s], s) >= 0) ++len[s];
-    desc d = narrow ? desc{dtype::f32, bc_, bk_, len[s], wq, bk_, bk_, batch_kind::offset, 0.0f}
-                    : desc{dtype::f32, bk_, bc_, len[s], pix, sw * bc_, bc_, batch_kind::offset, 0.0f};
-    if (len[s] > 0) {
-      if (status st = dispatch(d, &kw[s]); st != status::ok) return st;
-      d.beta = 1.0f;
-      if (status st = dispatch(d, &kw_add[s]); st != status::ok) return st;
-    }
-  }
   // Two orders. Few blocks (all of dW fits in L2 per thread): each thread takes chunks of output
   // rows and runs every block over them while their dZ and X rows are in cache, summing into its
   // own dW (beta 1 after its first chunk); otherwise each (block, part of the rows) is an item,
@@ -524,7 +680,6 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
                                     : std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
   float* part = (float*)aligned(part_, splits * blocks * blk * 4);
   auto part_at = [&](int64_t b, int64_t sp) { return part + (rows_outer ? sp * blocks + b : b * splits + sp) * blk; };
-  const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
   // One block's product over output rows [first, last) into out (adding when `add`).
   auto block_product = [&](int64_t b, int64_t first, int64_t last, float* out, bool add) {
     const int64_t k = b / (cb * taps), c = b / taps % cb, r = b % taps / g_.s, s = b % g_.s;
@@ -532,27 +687,21 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
       if (!add) std::fill(out, out + blk, 0.0f);
       return;
     }
-    int64_t* oa = offsets(0, last - first);
-    int64_t* ob = offsets(1, last - first);
-    int64_t count = 0;
+    // The rows' part of the offsets is the plan's table for kernel row r; the block's part
+    // (its k, c and column tap) goes into the base addresses.
     const int64_t iw = along_w(lo[s], s);
-    for (int64_t row = first; row < last; ++row) {
-      const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
-      if (ih < 0) continue;
-      if (narrow) {  // A: the tap's phase row of Xᵀ; B: dZ's row from its first valid column
-        oa[count] = ((i * cb + c) * h + ih) * row_t + iw % sw * bc_ * wq + iw / sw;
-        ob[count++] = (i * kb + k) * plane_y + (o * ow + lo[s]) * bk_;
-      } else {
-        oa[count] = (i * kb + k) * plane_y + o * ow + lo[s];
-        ob[count++] = (i * cb + c) * plane_x + (ih * w + iw) * bc_;
-      }
-    }
+    const std::vector<int64_t>& at = plan->row_at[r];
     batch_ref batch;
-    batch.count = count;
-    batch.a = narrow ? x : dzt;
-    batch.b = narrow ? dzt : x;
-    batch.offs_a = oa;
-    batch.offs_b = ob;
+    batch.count = at[last] - at[first];
+    if (narrow) {  // A: the tap's phase row of Xᵀ; B: dZ's row from its first valid column
+      batch.a = x + c * h * row_t + iw % sw * bc_ * wq + iw / sw;
+      batch.b = dzt + k * plane_y + lo[s] * bk_;
+    } else {
+      batch.a = dzt + k * plane_y + lo[s];
+      batch.b = x + c * plane_x + iw * bc_;
+    }
+    batch.offs_a = plan->row_a[r].data() + at[first];
+    batch.offs_b = plan->row_b[r].data() + at[first];
     execute(add ? *kw_add[s] : *kw[s], batch, out);
   };
 #pragma omp parallel num_threads(threads)
@@ -645,28 +794,35 @@ bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b,
 status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb) {
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
-  std::vector<std::vector<tap>> rows(oh);
-  const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
-  for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g_.r, along_h);
-  const std::vector<run> runs = make_runs(ow, 1, g_.stride_w, g_.s, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w});
-  direct_pass p{dtype::u8s8, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, g_.stride_h,
-                &rows, &runs, xb, aligned(fwd_, 0)};
-  p.e.out = out_;
-  p.e.act = act_;
-  p.e.bias = has_bias_;
-  p.e.scale = scale_kind::column;
-  p.e.col_offset = q_.x_zero != 0;
-  p.ea.bias = has_bias_ ? bias_.data() : nullptr;
-  p.ea.scale = scale_.data();
-  p.ea.out_scale = fold_ ? 1.0f : q_.y_scale;
-  p.ea.out_zero_point = q_.y_zero;
+  const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
+  conv_plan_key key = zeroed<conv_plan_key>();
+  key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
+  key.bias = has_bias_, key.zero = q_.x_zero != 0;
+  std::shared_ptr<const conv_pass_plan> plan;
+  if (status s = fwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
+        pass_shape p{dtype::u8s8, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, g_.stride_h};
+        p.e.out = out_;
+        p.e.act = act_;
+        p.e.bias = has_bias_;
+        p.e.scale = scale_kind::column;
+        p.e.col_offset = q_.x_zero != 0;
+        p.threads = threads;
+        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow));
+      });
+      s != status::ok)
+    return s;
+  pass_data x{xb, aligned(fwd_, 0)};
+  x.ea.bias = has_bias_ ? bias_.data() : nullptr;
+  x.ea.scale = scale_.data();
+  x.ea.out_scale = fold_ ? 1.0f : q_.y_scale;
+  x.ea.out_zero_point = q_.y_zero;
   if (q_.x_zero) {
-    p.tapsum = tapsum_.data();
-    p.zero = q_.x_zero;
+    x.tapsum = tapsum_.data();
+    x.zero = q_.x_zero;
   }
-  p.out = yb;
-  p.threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
-  return run_pass(p);
+  x.out = yb;
+  run_pass(*plan, x);
+  return status::ok;
 }
 
 }  // namespace brgemm::layers

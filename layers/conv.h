@@ -10,8 +10,10 @@
 // W itself (K, C, R, S) as PyTorch holds it, its gradient and the bias stay plain f32.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "plan.h"
 
 namespace brgemm::layers {
 
@@ -19,9 +21,20 @@ struct conv_geometry {
   int64_t c = 1, k = 1, r = 1, s = 1;           // input and output channels, kernel rows and columns
   int64_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int64_t pad_t = 0, pad_b = 0, pad_l = 0, pad_r = 0;
-  // Output size for an input of h × w (≤ 0 when the dilated kernel exceeds the padded input).
+  // Whether the dilated kernel fits an h × w input once padded (out_h and out_w are sizes only
+  // then: C++ division truncates, so a kernel one row too large still gives 1 at stride 2).
+  bool fits(int64_t h, int64_t w) const {
+    return h + pad_t + pad_b >= dil_h * (r - 1) + 1 && w + pad_l + pad_r >= dil_w * (s - 1) + 1;
+  }
+  // Output size for an input of h × w that fits.
   int64_t out_h(int64_t h) const { return (h + pad_t + pad_b - dil_h * (r - 1) - 1) / stride_h + 1; }
   int64_t out_w(int64_t w) const { return (w + pad_l + pad_r - dil_w * (s - 1) - 1) / stride_w + 1; }
+  // padding="same" (stride 1: the output keeps the input's size); an odd total puts the extra
+  // row or column at the bottom or right, as PyTorch does.
+  void pad_same() {
+    const int64_t th = dil_h * (r - 1), tw = dil_w * (s - 1);
+    pad_t = th / 2, pad_b = th - th / 2, pad_l = tw / 2, pad_r = tw - tw / 2;
+  }
 };
 
 // The channel block for `channels`: below 16 the count rounded up to 4 (an RGB input wastes
@@ -29,17 +42,25 @@ struct conv_geometry {
 // (ties to the larger block, which keeps the kernel's 64-wide tiles full).
 int64_t conv_block(int64_t channels);
 
-// The element types of activations: f32 and bf16 (uint16 bits) for training, u8 for int8
-// inference.
-enum class element : int { f32 = 0, bf16, u8 };
-
 // Plain NCHW (n × c × hw) ↔ blocked [n][c/bc][hw][bc]; to_blocked zeroes the padded channels.
+// Element types (brgemm/types.h): f32 and bf16 for training, u8 for int8 inference.
 // Either side f32 or bf16 (f32 → bf16 rounds to nearest even), u8 on both sides, or f32 → u8
 // quantized: clip(nearbyint(x / scale) + zero_point, 0, 255), ties to even, NaN → 0.
 void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw, void* xb, element bt, int64_t bc,
                      float scale = 1.0f, int32_t zero_point = 0);
 void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
                        element xt);
+
+// Plans (conv.cpp): one direct-convolution pass set up for a call shape (its kernels, runs and
+// offset tables), and a backward pass's (its data pass and the weight gradient's kernels).
+struct conv_pass_plan;
+struct conv_backward_plan;
+// What a plan depends on besides the layer: the call's size, the ISA its kernels were
+// dispatched for, the threads it splits the work for, and the epilogue's optional stages.
+struct conv_plan_key {
+  int64_t n, h, w;
+  int32_t level, threads, bias, z, zero, data;
+};
 
 class conv_layer {
  public:
@@ -77,6 +98,8 @@ class conv_layer {
   std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last; the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // packed weights (64-byte aligned inside)
   std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
+  plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
+  plan_cache<conv_plan_key, conv_backward_plan> bwd_plans_;
 };
 
 // The quantization of an int8 layer: real x = x_scale·(x_q − x_zero) for the u8 input;
@@ -124,6 +147,7 @@ class qconv_layer {
   std::vector<float> seen_ws_, seen_b_, bias_, scale_;  // the epilogue's bias and scale, padded to K/bk
   std::vector<int32_t> tapsum_;                         // [K/bk][R][S][bk]: Σ_c w_q of each tap
   std::vector<char> fwd_;
+  plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
 };
 
 }  // namespace brgemm::layers

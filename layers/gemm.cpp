@@ -8,6 +8,9 @@
 // once, or rows already close together, gain nothing from it. B packed in column panels
 // (pack_b_panels) is already laid out that way and is never copied (measured on Zen 4, int8
 // (256, 4096, 4096): the copy was 8 % of the time on 1 and 2 threads).
+//
+// The split and every kernel it invokes are a plan per call shape (gemm_plan), kept in a small
+// cache looked up once per call before the parallel region: the work items only invoke.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -16,6 +19,7 @@
 #include <vector>
 #include <omp.h>
 #include "gemm.h"
+#include "plan.h"
 
 namespace brgemm::layers {
 
@@ -105,28 +109,48 @@ void pack_panel(char* dst, int64_t dst_stride, const char* src, int64_t src_stri
   }
 }
 
+// The plan of one call shape: the work split, and every kernel its loops invoke, dispatched
+// once here (dispatch() takes the kernel cache's lock: not something to do per work item).
+// Kernels are indexed by what makes two descriptors differ: full or edge rows, columns and K
+// chunk, first chunk (beta) or not, last chunk (epilogue) or not.
+struct gemm_plan {
+  bool few_rows;
+  int threads;
+  int64_t bn, kc, mc, m_chunks, n_tiles, items;
+  bool pack;                 // copy B's panels into a per-thread buffer
+  int64_t panel_bytes, acc_bytes;
+  int64_t ld_acc;            // few rows: row stride of a range's partial sums
+  const kernel* kr[2][2][2][2][2] = {};  // [full rows][full columns][full K chunk][first][last]
+  const kernel*& slot(bool m_full, bool n_full, bool k_full, bool first, bool last) {
+    return kr[m_full][n_full][k_full][first][last];
+  }
+  const kernel* at(bool m_full, bool n_full, bool k_full, bool first, bool last) const {
+    return kr[m_full][n_full][k_full][first][last];
+  }
+};
+
+// Everything the plan depends on, bytewise comparable (plan_cache): the shape, the epilogue's
+// stages, the layout, the threads, the tuning and the active ISA.
+struct gemm_key {
+  int64_t m, n, k, lda, ldb, ldc, tuned_bn, tuned_kc;
+  int32_t t, layout, threads, level, out, act, bias, scale, row_offset, col_offset;
+  uint32_t beta;
+};
+
 // Few rows of A (GEMV-like): the product is bound by reading B once, so B must stream in
 // order. Each thread owns a range of columns and walks K in short chunks, sweeping every
 // column tile of its range per chunk: the rows of B it reads are then consecutive runs of
 // its whole range, which the hardware prefetcher follows (a column-panel walk down K would
 // jump a whole row of B at every step). C (a few rows) stays in cache between chunks.
 // B in column panels is read in order by a walk down each panel instead, in one K chunk.
-status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, int64_t lda, const b_source& b,
-                     char* c, int64_t ldc, float beta, int threads, const chunk_target& target) {
-  constexpr int64_t bn = panel_width, kc_rows = 8;
-  const int64_t kp = dtype_kpack(t), kc = b.panel_bytes ? k : std::max(kp, kc_rows / kp * kp);
+// The ranges are the plan's: range r of plan.threads covers tiles [n_tiles·r/T, n_tiles·(r+1)/T).
+void gemm_few_rows(const gemm_plan& pl, dtype t, int64_t m, int64_t n, int64_t k, const char* a, int64_t lda,
+                   const b_source& b, char* c, int64_t ldc, float beta, const chunk_target& target) {
+  const int64_t bn = pl.bn, kc = pl.kc, n_tiles = pl.n_tiles;
   const int64_t ab = dtype_a_bytes(t), cb = dtype_c_bytes(t);
   const int64_t ob = out_type_bytes(t, target.e.out);
-  const int64_t n_tiles = ceil_div(n, bn);
-  threads = (int)std::min<int64_t>(threads, n_tiles);
-  std::atomic<int> result{(int)status::ok};
-  auto run_range = [&](int64_t t0, int64_t t1) {
-    // Partial sums of the range's columns when C does not hold the accumulator type.
-    const int64_t ld_acc = (t1 - t0) * bn;
-    char* acc = target.c_is_acc || k <= kc ? nullptr : thread_buffer(acc_slot, m * ld_acc * cb);
-    // The few kernels this range needs: full or last column tile × full or last K chunk ×
-    // first chunk (beta) or later (1) × last chunk (epilogue) or not.
-    const kernel* kr[2][2][2][2] = {};
+  auto run_range = [&](int64_t r, char* acc) {
+    const int64_t t0 = n_tiles * r / pl.threads, t1 = n_tiles * (r + 1) / pl.threads;
     for (int64_t p = 0; p < k; p += kc) {
       const int64_t kcur = std::min(kc, k - p);
       const bool first = p == 0, last = p + kc >= k;
@@ -135,33 +159,103 @@ status gemm_few_rows(dtype t, int64_t m, int64_t n, int64_t k, const char* a, in
         desc d{t, m, nc, kcur, lda, b.ld(), ldc, batch_kind::stride};
         epilogue_args args;
         char* acc_tile = acc ? acc + (tile - t0) * bn * cb : nullptr;
-        char* dst = target.set(d, first, last, beta, c + n0 * ob, ldc, acc_tile, ld_acc, 0, n0, &args);
-        const kernel*& slot = kr[nc == bn][kcur == kc][first][last];
-        if (!slot) {
-          if (status s = dispatch(d, &slot); s != status::ok) {
-            result = (int)s;
-            return;
-          }
-        }
+        char* dst = target.set(d, first, last, beta, c + n0 * ob, ldc, acc_tile, pl.ld_acc, 0, n0, &args);
         batch_ref batch;
         batch.count = 1;
         batch.a = a + p * ab;
         batch.b = b.at(n0, p);
-        execute(*slot, batch, dst, last ? &args : nullptr);
+        execute(*pl.at(true, nc == bn, kcur == kc, first, last), batch, dst, last ? &args : nullptr);
       }
     }
   };
-  if (threads <= 1) {
-    run_range(0, n_tiles);
+  if (pl.threads <= 1) {
+    run_range(0, pl.acc_bytes ? thread_buffer(acc_slot, pl.acc_bytes) : nullptr);
+    return;
+  }
+#pragma omp parallel num_threads(pl.threads)
+  {
+    // Partial sums of the range's columns when C does not hold the accumulator type.
+    char* acc = pl.acc_bytes ? thread_buffer(acc_slot, pl.acc_bytes) : nullptr;
+    const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+    for (int64_t r = id; r < pl.threads; r += nt) run_range(r, acc);
+  }
+}
+
+// Builds the plan of one call: the split of gemm() below and its kernels.
+status make_plan(gemm_plan& pl, dtype t, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
+                 float beta, const chunk_target& target, const b_source& b, bool panels, int threads) {
+  const int64_t kp = dtype_kpack(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
+  pl.threads = threads;
+  // The row tile of the kernel dispatch will pick, to size row chunks in whole tiles.
+  const kernel* probe;
+  if (status s = dispatch(desc{t, 1, 1, 1, 1, 1, 1, batch_kind::stride, 0.0f}, &probe); s != status::ok) return s;
+  const int64_t mr = probe->uk->mr;
+  // Dispatches the kernel of one chunk of one block unless its slot has it.
+  auto need = [&](int64_t mcur, bool m_full, int64_t nc, int64_t p, int64_t ldb_used, int64_t ld_acc) -> status {
+    const int64_t kcur = std::min(pl.kc, k - p);
+    const bool first = p == 0, last = p + pl.kc >= k;
+    const kernel*& slot = pl.slot(m_full, nc == pl.bn, kcur == pl.kc, first, last);
+    if (slot) return status::ok;
+    desc d{t, mcur, nc, kcur, lda, ldb_used, ldc, batch_kind::stride};
+    epilogue_args unused;
+    target.set(d, first, last, beta, nullptr, ldc, nullptr, ld_acc, 0, 0, &unused);
+    return dispatch(d, &slot);
+  };
+
+  pl.few_rows = m < 4 * mr && n * k >= (int64_t(1) << 16);
+  if (pl.few_rows) {
+    pl.bn = panel_width;
+    pl.kc = b.panel_bytes ? k : std::max(kp, 8 / kp * kp);  // 8 rows of K a chunk
+    pl.n_tiles = ceil_div(n, pl.bn);
+    pl.threads = (int)std::min<int64_t>(threads, pl.n_tiles);
+    // Every range's partial sums with the widest range's row stride, so that one kernel
+    // serves every range.
+    pl.ld_acc = ceil_div(pl.n_tiles, pl.threads) * pl.bn;
+    pl.acc_bytes = target.c_is_acc || k <= pl.kc ? 0 : m * pl.ld_acc * cb;
+    for (int64_t p = 0; p < k; p += pl.kc)
+      for (int64_t nc : {std::min(pl.bn, n), n - (pl.n_tiles - 1) * pl.bn})
+        if (status s = need(m, true, nc, p, b.ld(), pl.ld_acc); s != status::ok) return s;
   } else {
-#pragma omp parallel num_threads(threads)
+    pl.bn = panels ? panel_width : tuned_bn.load() ? tuned_bn.load() : default_bn;
+    // K chunks stay whole packed rows (a multiple of KP) so each chunk starts on a packed row.
+    pl.kc = std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc_bytes(t) / bb) / kp * kp);
+    // Work items: whole columns of C where that gives every thread enough items, else split M.
+    pl.n_tiles = ceil_div(n, pl.bn);
+    int64_t m_chunks = 1;
+    while (pl.n_tiles * m_chunks < 4 * threads && ceil_div(m, m_chunks * 2) >= 4 * mr) m_chunks *= 2;
+    pl.mc = ceil_div(ceil_div(m, m_chunks), mr) * mr;
+    pl.m_chunks = ceil_div(m, pl.mc);
+    pl.items = pl.n_tiles * pl.m_chunks;
+    // Packing pays when each panel serves several row tiles and B's rows are far apart
+    // (ldb of 1 KiB or more: rows collide in the same cache sets).
+    pl.pack = !panels && pl.mc >= 4 * mr && ldb * kp * bb >= 1024;
+    pl.panel_bytes = ceil_div(pl.kc, kp) * pl.bn * kp * bb;
+    // Partial sums of one item when C does not hold the accumulator type.
+    pl.acc_bytes = target.c_is_acc || k <= pl.kc ? 0 : pl.mc * pl.bn * cb;
+    pl.ld_acc = pl.bn;
+    const int64_t ldb_used = pl.pack ? pl.bn : b.ld();
+    for (int64_t m0 : {int64_t(0), (pl.m_chunks - 1) * pl.mc})
+      for (int64_t nc : {std::min(pl.bn, n), n - (pl.n_tiles - 1) * pl.bn})
+        for (int64_t p = 0; p < k; p += pl.kc) {
+          const int64_t mcur = std::min(pl.mc, m - m0);
+          if (status s = need(mcur, mcur == pl.mc, nc, p, ldb_used, pl.ld_acc); s != status::ok) return s;
+        }
+  }
+  // The per-thread buffers, grown here once rather than by the first work items.
+  const int64_t panel = !pl.few_rows && pl.pack ? pl.panel_bytes : 0, acc = pl.acc_bytes;
+  if (panel || acc) {
+#pragma omp parallel num_threads(pl.threads)
     {
-      const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
-      run_range(n_tiles * id / nt, n_tiles * (id + 1) / nt);
+      if (panel) thread_buffer(panel_slot, panel);
+      if (acc) thread_buffer(acc_slot, acc);
     }
   }
-  return (status)result.load();
+  return status::ok;
 }
+
+// The plans of recent call shapes (a network calls gemm with a handful), shared by every
+// caller: found once per call, before any parallel region.
+plan_cache<gemm_key, gemm_plan, 32> plans;
 
 }  // namespace
 
@@ -196,87 +290,76 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
     return gemm(dtype::u8s8, m, n, k, dst, k, b_, ldb, c_, ldc, beta, e, ep, layout);
   }
   const bool panels = layout == b_layout::panels;
-  const int64_t bn = panels ? panel_width : tuned_bn.load() ? tuned_bn.load() : default_bn;
   const int64_t kp = dtype_kpack(t);
-  // K chunks stay whole packed rows (a multiple of KP) so each chunk starts on a packed row.
-  const int64_t kc = std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc_bytes(t) / dtype_b_bytes(t)) / kp * kp);
   const char* a = (const char*)a_;
   char* c = (char*)c_;
-  const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t), cb = dtype_c_bytes(t);
+  const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t);
   const b_source b{(const char*)b_, ldb, kp, bb, panels ? panel_elements(t, k) * bb : 0};
   const int64_t ob = out_type_bytes(t, e.out);
   const chunk_target target{e, ep, t, holds_accumulator(t, e)};
-
-  // Probe the row tile of the kernel dispatch will pick, to size row chunks in whole tiles.
-  const kernel* probe;
-  if (status s = dispatch(desc{t, 1, 1, 1, 1, 1, 1, batch_kind::stride, 0.0f}, &probe); s != status::ok)
-    return s;
-  const int64_t mr = probe->uk->mr;
 
   // Threads: a tiny product is not worth waking the team.
   int threads = num_threads();
   const double flops = 2.0 * (double)m * (double)n * (double)k;
   if (flops < 4e6) threads = 1;
-  if (m < 4 * mr && n * k >= (int64_t(1) << 16))
-    return gemm_few_rows(t, m, n, k, a, lda, b, c, ldc, beta, threads, target);
 
-  // Work items: whole columns of C where that gives every thread enough items, else split M.
-  const int64_t n_tiles = ceil_div(n, bn);
-  int64_t m_chunks = 1;
-  while (n_tiles * m_chunks < 4 * threads && ceil_div(m, m_chunks * 2) >= 4 * mr) m_chunks *= 2;
-  const int64_t mc = ceil_div(ceil_div(m, m_chunks), mr) * mr;
-  m_chunks = ceil_div(m, mc);
-  const int64_t items = n_tiles * m_chunks;
-  // Packing pays when each panel serves several row tiles and B's rows are far apart
-  // (ldb of 1 KiB or more: rows collide in the same cache sets).
-  const bool pack = !panels && mc >= 4 * mr && ldb * kp * bb >= 1024;
-  const int64_t panel_bytes = ceil_div(kc, kp) * bn * kp * bb;
+  gemm_key key = zeroed<gemm_key>();
+  key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldc = ldc;
+  key.tuned_bn = tuned_bn.load(), key.tuned_kc = tuned_kc.load();
+  key.t = (int32_t)t, key.layout = (int32_t)layout, key.threads = threads, key.level = (int32_t)active_isa();
+  key.out = (int32_t)e.out, key.act = (int32_t)e.act, key.bias = e.bias, key.scale = (int32_t)e.scale;
+  key.row_offset = e.row_offset, key.col_offset = e.col_offset;
+  std::memcpy(&key.beta, &beta, sizeof beta);
+  std::shared_ptr<const gemm_plan> plan;
+  if (status s = plans.get(key, &plan, [&](gemm_plan& pl) {
+        return make_plan(pl, t, m, n, k, lda, ldb, ldc, beta, target, b, panels, threads);
+      });
+      s != status::ok)
+    return s;
+  const gemm_plan& pl = *plan;
+  if (pl.few_rows) {
+    gemm_few_rows(pl, t, m, n, k, a, lda, b, c, ldc, beta, target);
+    return status::ok;
+  }
 
-  std::atomic<int> result{(int)status::ok};
-  // Partial sums of one item when C does not hold the accumulator type.
-  const int64_t acc_bytes = target.c_is_acc || k <= kc ? 0 : mc * bn * cb;
+  const int64_t bn = pl.bn, kc = pl.kc, mc = pl.mc, m_chunks = pl.m_chunks;
   auto run_item = [&](int64_t item, char* panel, char* acc) {
     const int64_t n0 = (item / m_chunks) * bn, m0 = (item % m_chunks) * mc;
     const int64_t nc = std::min(bn, n - n0), mcur = std::min(mc, m - m0);
     for (int64_t p = 0; p < k; p += kc) {
       const int64_t kcur = std::min(kc, k - p);
+      const bool first = p == 0, last = p + kc >= k;
       batch_ref batch;
       batch.count = 1;
       batch.a = a + (m0 * lda + p) * ab;
       desc d{t, mcur, nc, kcur, lda, b.ld(), ldc, batch_kind::stride};
       epilogue_args args;
-      char* dst = target.set(d, p == 0, p + kc >= k, beta, c + (m0 * ldc + n0) * ob, ldc, acc, bn, m0, n0, &args);
+      char* dst = target.set(d, first, last, beta, c + (m0 * ldc + n0) * ob, ldc, acc, bn, m0, n0, &args);
       const char* bsrc = b.at(n0, p);
       if (panel) {
         pack_panel(panel, bn * kp * bb, bsrc, ldb * kp * bb, ceil_div(kcur, kp), nc * kp * bb);
         batch.b = panel;
-        d.ldb = bn;
       } else {
         batch.b = bsrc;
       }
-      const kernel* kr;
-      if (status s = dispatch(d, &kr); s != status::ok) {
-        result = (int)s;  // cannot happen after the probe; kept so a failure is never silent
-        continue;
-      }
-      execute(*kr, batch, dst, d.ep.any() ? &args : nullptr);
+      execute(*pl.at(mcur == mc, nc == bn, kcur == kc, first, last), batch, dst, d.ep.any() ? &args : nullptr);
     }
   };
 
-  if (threads == 1) {  // no parallel region at all: small products are dominated by overheads
-    char* panel = pack ? thread_buffer(panel_slot, panel_bytes) : nullptr;
-    char* acc = acc_bytes ? thread_buffer(acc_slot, acc_bytes) : nullptr;
-    for (int64_t item = 0; item < items; ++item) run_item(item, panel, acc);
-    return (status)result.load();
+  if (pl.threads == 1) {  // no parallel region at all: small products are dominated by overheads
+    char* panel = pl.pack ? thread_buffer(panel_slot, pl.panel_bytes) : nullptr;
+    char* acc = pl.acc_bytes ? thread_buffer(acc_slot, pl.acc_bytes) : nullptr;
+    for (int64_t item = 0; item < pl.items; ++item) run_item(item, panel, acc);
+    return status::ok;
   }
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(pl.threads)
   {
-    char* panel = pack ? thread_buffer(panel_slot, panel_bytes) : nullptr;
-    char* acc = acc_bytes ? thread_buffer(acc_slot, acc_bytes) : nullptr;
+    char* panel = pl.pack ? thread_buffer(panel_slot, pl.panel_bytes) : nullptr;
+    char* acc = pl.acc_bytes ? thread_buffer(acc_slot, pl.acc_bytes) : nullptr;
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) run_item(item, panel, acc);
+    for (int64_t item = 0; item < pl.items; ++item) run_item(item, panel, acc);
   }
-  return (status)result.load();
+  return status::ok;
 }
 
 }  // namespace brgemm::layers

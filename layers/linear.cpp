@@ -131,24 +131,55 @@ void fc_layer::sgd(float* w, float* b, const float* wg, const float* bg, float l
   set_bias(b);
 }
 
+status fc_layer::forward_plan_for(int64_t bn, int threads, bool z, std::shared_ptr<const forward_plan>* out) {
+  forward_key key = zeroed<forward_key>();
+  key.bn = bn, key.level = (int32_t)active_isa(), key.threads = threads, key.bias = has_bias_, key.z = z;
+  return fwd_plans_.get(key, out, [&](forward_plan& pl) {
+    if (z && t_ == dtype::bf16) reserve_scratch(threads, {{0, bn * bk_}});
+    // With z the epilogue stops at the bias (into z) and the activation follows on the block
+    // while it is in cache; without, it is all one epilogue.
+    epilogue_desc e;
+    e.bias = has_bias_;
+    e.act = z ? activation::none : act_;
+    e.out = z || t_ != dtype::bf16 ? out_type::f32 : out_type::bf16;
+    return dispatch(desc{t_, bn, bk_, bc_, bc_, bk_, bk_, batch_kind::stride, 0.0f, e}, &pl.kr);
+  });
+}
+
+status fc_layer::backward_plan_for(int64_t bn, int threads, bool data, bool accumulate,
+                                   std::shared_ptr<const backward_plan>* out) {
+  backward_key key = zeroed<backward_key>();
+  key.bn = bn, key.level = (int32_t)active_isa(), key.threads = threads, key.data = data, key.accumulate = accumulate;
+  return bwd_plans_.get(key, out, [&](backward_plan& pl) {
+    reserve_scratch(threads, {{0, bn * bk_}, {1, bk_}, {2, bn * bk_}});  // dZ's per-block scratch
+    const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
+    if (data)
+      if (status s = dispatch(desc{t_, bn, bc_, bk_, bk_, bc_, bc_, batch_kind::stride, 0.0f}, &pl.kd);
+          s != status::ok)
+        return s;
+    const int64_t m_edge = k_ - (kb - 1) * bk_, n_edge = c_ - (cb - 1) * bc_;
+    for (int fm = 0; fm < (kb > 1 ? 2 : 1); ++fm)
+      for (int fn = 0; fn < (cb > 1 ? 2 : 1); ++fn) {
+        desc d{t_, fm ? bk_ : m_edge, fn ? bc_ : n_edge, bn, bn, bc_, c_, batch_kind::stride, accumulate ? 1.0f : 0.0f};
+        if (status s = dispatch(d, &pl.kw[fm][fn]); s != status::ok) return s;
+      }
+    return status::ok;
+  });
+}
+
 status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float* zb) {
   const int64_t nb = ceil_div(n, bn), cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
   const int64_t ab = dtype_a_bytes(t_), ob = t_ == dtype::bf16 ? 2 : 4;
   const int64_t fblk = bc_ * bk_;  // a weight block, in B elements (bc, bk even)
   const bool bf16 = t_ == dtype::bf16;
-  // With zb the epilogue stops at the bias (into zb) and the activation follows on the block
-  // while it is in cache; without, it is all one epilogue.
-  epilogue_desc e;
-  e.bias = has_bias_;
-  e.act = zb ? activation::none : act_;
-  e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
-  const kernel* kr;
-  if (status s = dispatch(desc{t_, bn, bk_, bc_, bc_, bk_, bk_, batch_kind::stride, 0.0f, e}, &kr); s != status::ok)
-    return s;
+  const int threads = threads_for(2.0 * n * c_ * k_);
+  std::shared_ptr<const forward_plan> plan;
+  if (status s = forward_plan_for(bn, threads, zb != nullptr, &plan); s != status::ok) return s;
+  const kernel* kr = plan->kr;
   const char* fwd = aligned(fwd_, 0);
   const int64_t items = kb * nb;
   // Items walk N fastest, so a thread's consecutive items share a column of weight blocks.
-#pragma omp parallel for num_threads(threads_for(2.0 * n * c_ * k_)) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t i = item % nb, j = item / nb;
     batch_ref batch;
@@ -184,6 +215,8 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
   const bool bf16 = t_ == dtype::bf16;
   const int64_t blk = bn * bk_;
   const int threads = threads_for(4.0 * n * c_ * k_);
+  std::shared_ptr<const backward_plan> plan;
+  if (status s = backward_plan_for(bn, threads, gxb != nullptr, accumulate, &plan); s != status::ok) return s;
 
   // dZ = dY ⊙ act'(·), blocked as dY (the A of backward data) and transposed (the A of the
   // weight gradient), in the kernel's A type; the bias gradient is its column sums.
@@ -223,18 +256,8 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
     xw = xv;
   }
 
-  // Kernels: backward data (one shape), weight gradient (full or edge rows × full or edge columns).
-  const kernel* kd = nullptr;
-  const kernel* kw[2][2] = {};
-  if (gxb)
-    if (status s = dispatch(desc{t_, bn, bc_, bk_, bk_, bc_, bc_, batch_kind::stride, 0.0f}, &kd); s != status::ok)
-      return s;
-  const int64_t m_edge = k_ - (kb - 1) * bk_, n_edge = c_ - (cb - 1) * bc_;
-  for (int fm = 0; fm < (kb > 1 ? 2 : 1); ++fm)
-    for (int fn = 0; fn < (cb > 1 ? 2 : 1); ++fn) {
-      desc d{t_, fm ? bk_ : m_edge, fn ? bc_ : n_edge, bn, bn, bc_, c_, batch_kind::stride, accumulate ? 1.0f : 0.0f};
-      if (status s = dispatch(d, &kw[fm][fn]); s != status::ok) return s;
-    }
+  const kernel* kd = plan->kd;
+  const kernel* const(&kw)[2][2] = plan->kw;
 
   const char* bwd = aligned(bwd_, 0);
   const int64_t bblk = bk_ * bc_;

@@ -9,8 +9,10 @@
 // copy. Every product is one BRGEMM call per block of the result, reducing over a row of blocks.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "plan.h"
 
 namespace brgemm::layers {
 
@@ -64,6 +66,28 @@ class fc_layer {
   void set_bias(const float* b);
   bool same_weights(const float* w) const;
 
+  // Kernels dispatched once per call shape (dispatch() takes a lock and hashes; the loops only
+  // invoke). Forward: one kernel. Backward: data (one shape) and weight gradient (full or edge
+  // rows × full or edge columns).
+  struct forward_key {
+    int64_t bn;
+    int32_t level, threads, bias, z;
+  };
+  struct forward_plan {
+    const kernel* kr = nullptr;
+  };
+  struct backward_key {
+    int64_t bn;
+    int32_t level, threads, data, accumulate;
+  };
+  struct backward_plan {
+    const kernel* kd = nullptr;
+    const kernel* kw[2][2] = {};
+  };
+  status forward_plan_for(int64_t bn, int threads, bool z, std::shared_ptr<const forward_plan>* out);
+  status backward_plan_for(int64_t bn, int threads, bool data, bool accumulate,
+                           std::shared_ptr<const backward_plan>* out);
+
   dtype t_;
   int64_t c_, k_, bc_, bk_;
   brgemm::activation act_;
@@ -71,6 +95,8 @@ class fc_layer {
   std::vector<float> seen_w_, seen_b_, bias_;  // what was packed last (bf16); the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // the packed weights (64-byte aligned inside)
   std::vector<char> dy_, dyt_, xv_;            // backward scratch: grown, never shrunk
+  plan_cache<forward_key, forward_plan> fwd_plans_;
+  plan_cache<backward_key, backward_plan> bwd_plans_;
 };
 
 }  // namespace brgemm::layers

@@ -278,9 +278,45 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
   gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_,      \
               lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
               dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data()};                  \
-  const isa level = active_isa();                                                                          \
+  const isa level = plan->level;                                                                           \
   auto* fwd_rows = level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base;
+
+status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
+  plan_key key = zeroed<plan_key>();
+  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads;
+  return fwd_plans_.get(key, out, [&](step_plan& pl) {
+    const int64_t wb = g_ * bh, rb = std::min<int64_t>(N, 64);
+    pl.level = (isa)key.level;
+    pl.k.assign((size_t)rb, nullptr);
+    for (int64_t m = 1; m <= rb; ++m)
+      if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f}, &pl.k[m - 1]);
+          st != status::ok)
+        return st;
+    reserve_scratch(threads, {{0, rb * wb}});  // the step's tile
+    return status::ok;
+  });
+}
+
+status rnn_layer::backward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
+  plan_key key = zeroed<plan_key>();
+  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads;
+  return bwd_plans_.get(key, out, [&](step_plan& pl) {
+    // dh[rows, units] += dGh[rows, :] · W_hh[:, units]: kernels per row count and unit width.
+    const int64_t ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), ub = std::min<int64_t>(hp_, 64);
+    pl.level = (isa)key.level;
+    pl.k.assign((size_t)(2 * rb), nullptr);
+    for (int64_t m = 1; m <= rb; ++m)
+      for (int64_t w : {ub, hp_ % ub}) {
+        if (w == 0) continue;
+        const int64_t slot = (m - 1) * 2 + (w == ub ? 0 : 1);
+        if (status st = dispatch(desc{dtype::f32, m, w, ghp, ghp, w, hp_, batch_kind::stride, 1.0f}, &pl.k[slot]);
+            st != status::ok)
+          return st;
+      }
+    return status::ok;
+  });
+}
 
 int64_t rnn_layer::workspace_size(int64_t T, int64_t N) const {
   return ((cell_ == rnn_cell::lstm ? 2 : 1) * (T + 1) + 4 * T) * N * hp_;
@@ -346,12 +382,11 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
     f32_to_bf16(hs_p_, h16_.data(), N * hp_);
   }
 
+  std::shared_ptr<const step_plan> plan;
+  if (status st = forward_plan_for(N, threads, &plan); st != status::ok) return st;
+  const std::vector<const kernel*>& k = plan->k;
   RNN_VIEW
   (void)bwd_rows;
-  std::vector<const kernel*> k((size_t)rb);
-  for (int64_t m = 1; m <= rb; ++m)
-    if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f}, &k[m - 1]); st != status::ok)
-      return st;
   const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
   const char* whh = aligned(whh_, 0);
 #pragma omp parallel num_threads(threads)
@@ -408,16 +443,9 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
       if (lstm && dcT) dc_[i * hp_ + u] = dcT[i * h_ + u];
     }
 
-  // dh[rows, units] += dGh[rows, :] · W_hh[:, units]: kernels per row count and unit width.
-  std::vector<const kernel*> k((size_t)(2 * rb));
-  for (int64_t m = 1; m <= rb; ++m)
-    for (int64_t w : {ub, hp_ % ub}) {
-      if (w == 0) continue;
-      const int64_t slot = (m - 1) * 2 + (w == ub ? 0 : 1);
-      if (status st = dispatch(desc{dtype::f32, m, w, ghp, ghp, w, hp_, batch_kind::stride, 1.0f}, &k[slot]);
-          st != status::ok)
-        return st;
-    }
+  std::shared_ptr<const step_plan> plan;
+  if (status st = backward_plan_for(N, threads, &plan); st != status::ok) return st;
+  const std::vector<const kernel*>& k = plan->k;
   RNN_VIEW
   (void)fwd_rows;
   auto recurrent = [&](int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un) {  // from step s's dGh

@@ -16,8 +16,10 @@
 // its end a row's state stays as it was and its outputs are not written.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "plan.h"
 
 namespace brgemm::layers {
 
@@ -60,6 +62,20 @@ class rnn_layer {
                   float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh, bool accumulate);
 
  private:
+  // Set up once per batch size (and ISA, threads): the recurrent products' kernels, one per
+  // row count of a row block (dispatch() takes a lock: not once per step), and the ISA the gate
+  // loops are compiled for, which follows the kernels' level.
+  struct plan_key {
+    int64_t rows;
+    int32_t level, threads;
+  };
+  struct step_plan {
+    isa level = isa::scalar;
+    std::vector<const kernel*> k;  // forward: [m − 1]; backward: [(m − 1)·2 + edge unit block]
+  };
+  status forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out);
+  status backward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out);
+
   void set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws, bool train);
   int64_t col(int64_t g, int64_t u) const { return (u / bh * g_ + g) * bh + u % bh; }  // internal gate column
   rnn_cell cell_;
@@ -80,6 +96,7 @@ class rnn_layer {
   float *hs_p_ = nullptr, *cs_p_ = nullptr, *act_p_ = nullptr;  // hs_, cs_, act_ or a caller's workspace
   std::vector<uint16_t> h16_;                // bf16 copies of h for the next product (two steps)
   std::vector<float> dgx_, dgh_, dh_, dc_, tmp_, tmp2_, x32_, hr_;
+  plan_cache<plan_key, step_plan> fwd_plans_, bwd_plans_;
 };
 
 }  // namespace brgemm::layers

@@ -1,45 +1,210 @@
-"""The benchmark's bookkeeping (brgemm.bench): the work a padded convolution really does, the
-ratio at the peak that every bar is reported with, and the bar lines. Timings are not tested
-here (benchmarks prove speed); what is tested is the arithmetic the reports rest on."""
+"""The benchmark (brgemm.bench): its arithmetic (the work a padded convolution really does, a
+row's ratios and percentages), its options, and a headline run end to end on tiny shapes with a
+made-up peak. Nothing here times anything or asserts on speed: benchmarks measure speed, these
+tests check that what they print and write is well formed and says only what was measured."""
+
+import json
+import re
 
 import numpy as np
 import pytest
 
-from brgemm import bench
+from brgemm import bench, peak as peak_module
+from brgemm.bench import cli, conv, headline, models, rnn
 from brgemm.nn import Conv2d
 from test_conv import _taps
+
+FAKE_PEAK = {"cpu": "test CPU", "isa": "avx512", "threads": [1, 2],
+             "fma_f32": {"1": 200.0, "2": 400.0}, "dot_bf16": {"1": 400.0, "2": 800.0},
+             "dot_u8s8": {"1": 800.0, "2": 1600.0}, "bandwidth": {"1": 10.0, "2": 20.0}}
+
+# What the CLI must never print: the project's own targets, only measurements.
+TARGET_WORDS = re.compile(r"\bbars?\b|above the ceiling|needs? \S+ ?% of (the )?peak", re.IGNORECASE)
+
+
+@pytest.fixture
+def fake_peak(tmp_path, monkeypatch):
+    """A cached peak in a temporary folder, so that nothing measures the machine."""
+    monkeypatch.setenv("BRGEMM_CACHE_DIR", str(tmp_path / "cache"))
+    path = peak_module._cache_file()
+    (tmp_path / "cache").mkdir()
+    with open(path, "w") as f:
+        json.dump(FAKE_PEAK, f)
+    return FAKE_PEAK
 
 
 @pytest.mark.parametrize("h, r, stride, pad", [(7, 3, 1, 1), (14, 3, 1, 1), (56, 1, 1, 0), (224, 7, 2, 3),
                                                (5, 3, 2, 1), (1, 3, 1, 1), (9, 5, 3, 2)])
 def test_conv_work_counts_the_taps_that_read_the_image(h, r, stride, pad):
-    conv = Conv2d(1, 1, r, stride, pad)
-    oh, ow = conv.output_size(h, h)
+    layer = Conv2d(1, 1, r, stride, pad)
+    oh, ow = layer.output_size(h, h)
     ones = np.ones((1, 1, h, h))
-    inside = sum(int(patch.sum()) for _, _, patch in _taps(ones, conv, oh, ow))  # padding reads zeros
+    inside = sum(int(patch.sum()) for _, _, patch in _taps(ones, layer, oh, ow))  # padding reads zeros
     n, c, k = 3, 5, 7
     assert bench.conv_work(n, c, k, h, r, stride, pad) == 2 * n * c * k * inside
     assert bench.conv_work(n, c, k, h, r, stride, pad) <= 2 * n * c * k * r * r * oh * ow
 
 
-def test_the_ceiling_is_the_ratio_at_the_peak():
-    # 1 GFLOP counted, 0.8 GFLOP needed, PyTorch 10 ms, brgemm 8 ms, a 200 GFLOP/s peak:
-    # at the peak brgemm would take 4 ms, 2.5x PyTorch's time.
-    row = bench._row("case", 2, 1e9, 1e6, {"brgemm": 8e-3, "torch": 10e-3}, {"torch": 10 / 8}, 200.0, work=0.8e9)
-    assert row["ratio_vs_torch"] == pytest.approx(1.25)
-    assert row["ceiling_vs_torch"] == pytest.approx(2.5)
+def test_a_row_has_the_peak_the_roofline_and_the_fastest_peer(fake_peak):
+    # 1 GFLOP counted, 0.8 GFLOP needed, brgemm 8 ms, PyTorch 10 ms (channels_last 9 ms), numpy
+    # 20 ms; a 200 GFLOP/s peak and 20 GB/s on 2 threads.
+    medians = {"brgemm": 8e-3, "torch": 10e-3, "torch[channels_last]": 9e-3, "numpy": 20e-3, "brgemm_float32": 1e-3}
+    ratios = {"torch": 10 / 8, "torch[channels_last]": 9 / 8, "numpy": 20 / 8, "brgemm_float32": 1 / 8}
+    row = bench._row("case", 2, 1e9, 1e6, medians, ratios, 200.0, work=0.8e9)
+    assert row["brgemm_gflops"] == pytest.approx(125.0)
     assert row["percent_of_peak"] == pytest.approx(62.5)
-    plain = bench._row("case", 2, 1e9, 1e6, {"brgemm": 8e-3, "torch": 10e-3}, {"torch": 10 / 8}, 200.0)
-    assert plain["ceiling_vs_torch"] == pytest.approx(2.0)
-    assert "ceiling_vs_torch" not in bench._row("case", 1, 1e9, 1e6, {"brgemm": 1e-3, "torch": 1e-3}, {"torch": 1.0}, None)
+    assert row["percent_of_roofline"] == pytest.approx(100 * 5e-3 / 8e-3)  # bound: 1 GFLOP at 200 GFLOP/s
+    assert row["torch_best"] == "torch[channels_last]"
+    assert row["ratio_vs_torch"] == pytest.approx(9 / 8)
+    assert row["ceiling_vs_torch"] == pytest.approx(9e-3 * 200e9 / 0.8e9)  # the ratio at 100 % of the peak
+    # Our own variants are not peers: the fastest peer is channels_last, not brgemm_float32.
+    assert (row["best_peer"], row["ratio_vs_best_peer"]) == ("torch[channels_last]", pytest.approx(9 / 8))
+    assert row["best_peer_seconds"] == pytest.approx(9e-3)
 
 
-def test_bar_lines_say_when_a_bar_is_above_the_ceiling():
-    rows = [{"ratio_vs_torch": 0.9, "ceiling_vs_torch": 1.1}, {"ratio_vs_torch": 1.6, "ceiling_vs_torch": 1.6}]
-    line = bench.bar_line("title", rows, 1.2, lowest=True)
-    assert "geomean 1.20x (at the peak: 1.33x)" in line
-    assert "lowest 0.90x (at the peak: 1.10x)" in line
-    assert line.endswith("; bar 1.2x")
-    assert bench.bar_line("title", rows[:1], 1.2).endswith("bar 1.2x, above the ceiling")
-    assert "no PyTorch rows" in bench.bar_line("title", [{"ceiling_vs_torch": 1.0}], 1.2)
-    assert "no PyTorch rows" in bench.bar_line("title", [], 1.2)
+def test_a_memory_bound_row_is_measured_against_the_bandwidth(fake_peak):
+    # 1 MFLOP on 100 MB at 10 GB/s (1 thread): the bound is 10 ms, brgemm took 20 ms.
+    row = bench._row("copy-like", 1, 1e6, 1e8, {"brgemm": 20e-3}, {}, 200.0)
+    assert row["percent_of_roofline"] == pytest.approx(50.0)
+    assert "best_peer" not in row and "ratio_vs_torch" not in row
+    no_peak = bench._row("rate", 1, 1e6, 1e8, {"brgemm": 1e-3, "numpy": 2e-3}, {"numpy": 2.0}, None)
+    assert no_peak["percent_of_peak"] is None and "ceiling_vs_torch" not in no_peak
+    assert no_peak["ratio_vs_best_peer"] == 2.0
+
+
+def test_summaries_are_geomeans_of_measured_ratios():
+    rows = [{"case": "a", "ratio_vs_torch": 0.5}, {"case": "b", "ratio_vs_torch": 2.0},
+            {"case": "c", "ratio_vs_torch": 1.0}]
+    line = bench.ratio_summary("title", rows)
+    assert "geomean 1.00x PyTorch over 3 rows, lowest 0.50x (a)" in line
+    assert bench.ratio_summary("one", rows[1:2]).endswith("one: 2.00x PyTorch")
+    assert "no PyTorch rows" in bench.ratio_summary("none", [{"case": "x"}])
+    assert bench.geomean([2.0, 8.0, None]) == pytest.approx(4.0)
+
+
+def test_json_round_trips_the_rows_and_the_peak(tmp_path):
+    rows = [_grid_row("gemm f32 8x8x8", 1), _grid_row("ktanh f32 1e+06", 1, percent_of_peak=None)]
+    path = tmp_path / "rows.json"
+    bench.write_json(path, FAKE_PEAK, rows, groups=["kernels"], rounds=2, threads=[1])
+    assert json.loads(path.read_text()) == {"peak": FAKE_PEAK, "groups": ["kernels"], "rounds": 2, "threads": [1],
+                                            "rows": rows}
+
+
+def _grid_row(case, threads=2, **extra):
+    return {"case": case, "threads": threads, "flops": 1e9, "bytes": 1e6, "brgemm_seconds": 0.01,
+            "brgemm_gflops": 100.0, "percent_of_peak": 50.0, "percent_of_roofline": 50.0,
+            "torch_gflops": 80.0, "ratio_vs_torch": 1.25, "torch_seconds": 0.0125,
+            "best_peer": "torch", "ratio_vs_best_peer": 1.25, **extra}
+
+
+def test_group_tables_and_summaries_show_measurements_only():
+    rows = [_grid_row(f"Conv {conv._conv_label(*layer)} N={n} {kind}", ratio_vs_brgemm_float32=1.5)
+            for layer in conv.CONV_LAYERS for n in conv.CONV_BATCHES
+            for kind in ("float32 fwd", "bfloat16 fwd", "float32 bwd", "int8 fwd")]
+    rows += [_grid_row(f"{cell} H=512 N=16 {dtype} fwd") for cell in ("LSTM", "GRU") for dtype in ("float32", "bfloat16")]
+    rows += [_grid_row(f"MLP 3x1024 N=256 float32 {p}") for p in ("fwd", "train step")]
+    model_rows = [_grid_row(f"model float32 {p}") for p in models.TORCH_PASSES]
+    ceiling_rows = [{"case": "LSTM f32 fwd H=256 N=16", "threads": 1, "flops": 1e9, "torch_seconds": 0.01,
+                     "torch_percent_of_peak": 60.0}]
+    text = "\n".join([bench.format_table(rows), models.format_models(model_rows),
+                      bench.ceilings.format_ceilings(ceiling_rows), bench.format_headline(rows)]
+                     + bench.conv.conv_summary(rows) + rnn.rnn_summary(rows) + bench.mlp.mlp_summary(rows)
+                     + models.torch_summary(model_rows))
+    assert "geomean 1.25x PyTorch" in text and "our float32 1.50x" in text
+    assert not TARGET_WORDS.search(text), TARGET_WORDS.search(text)
+    assert len(bench.format_table(rows).splitlines()) == len(rows) + 1
+
+
+def test_options_parse_and_bad_values_name_the_option():
+    args = cli.parse_args([])
+    assert (args.groups, args.rounds, args.threads, args.dtypes) == ([], headline.HEADLINE_ROUNDS, None,
+                                                                     ("f32", "bf16", "u8s8"))
+    args = cli.parse_args(["--full", "--threads", "1,2", "--dtypes", "bf16"])
+    assert args.groups == list(cli.FULL) and args.rounds == cli.GROUP_ROUNDS
+    assert (args.threads, args.dtypes) == ([1, 2], ("bf16",))
+    assert cli.parse_args(["--rnn", "--conv", "--rounds", "2"]).groups == ["conv", "rnn"]
+    assert cli.parse_args(["--ceilings"]).groups == ["ceilings"]
+    assert cli.parse_args(["--torch", "--compile"]).compile
+    for argv, option in ((["--threads", "two"], "--threads"), (["--threads", "0"], "--threads"),
+                         (["--compile"], "--compile"), (["--conv", "--compile"], "--compile"),
+                         (["--dtypes", "f64"], "--dtypes"), (["--rounds", "0"], "--rounds")):
+        with pytest.raises(ValueError, match=option):
+            cli.parse_args(argv)
+
+
+def test_the_command_line_rejects_a_bad_option_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--threads", "1,x"])
+    assert exit_.value.code == 2
+    assert "--threads must be comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_headline(monkeypatch):
+    """The headline's cases on tiny shapes (the code paths, not the sizes, are under test)."""
+    monkeypatch.setattr(headline, "HEADLINE_GEMM", (32, 48, 64))
+    monkeypatch.setattr(headline, "HEADLINE_CONVS", ((16, 16, 8, 3, 1), (16, 32, 8, 1, 1)))
+    monkeypatch.setattr(headline, "HEADLINE_RNN", (16, 2))
+    monkeypatch.setattr(headline, "RNN_STEPS", 3)
+    monkeypatch.setattr(models, "TORCH_CONV_INPUT", (2, 64, 6))
+
+
+def test_the_headline_prints_its_table_and_writes_the_same_rows_as_json(fake_peak, tiny_headline, tmp_path,
+                                                                        capsys, monkeypatch):
+    pytest.importorskip("torch")
+    # OpenVINO hidden, as if not installed: its peer is skipped with a note, not an error.
+    monkeypatch.setattr(models, "installed", lambda module: module != "openvino" and bench.harness.installed(module))
+    path = tmp_path / "headline.json"
+    assert bench.main(["--rounds", "1", "--threads", "1", "--dtypes", "f32,u8s8", "--json", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert not TARGET_WORDS.search(out + err), TARGET_WORDS.search(out + err)
+
+    saved = json.loads(path.read_text())
+    assert saved["peak"] == FAKE_PEAK and saved["groups"] == ["headline"]
+    assert (saved["rounds"], saved["threads"]) == (1, [1])
+    rows = saved["rows"]
+    cases = [r["case"] for r in rows]
+    assert len(rows) == headline.headline_cases(("f32", "u8s8"), [1]) == 9
+    assert cases[0].startswith("ukernel_f32_") and cases[1].startswith("ukernel_u8s8_")
+    assert cases[2:] == ["gemm f32 32x48x64", "gemm u8s8 32x48x64", "Conv 16->16 8x8 3x3/1 N=1 float32 fwd",
+                         "Conv 16->32 8x8 1x1/1 N=1 float32 fwd", "LSTM H=16 N=2 float32 fwd",
+                         "GRU H=16 N=2 float32 fwd", "ResNet-style 6 convs 2x64x6x6 blocked float32 inference"]
+    for r in rows:
+        assert r["threads"] == 1 and r["group"] == "headline" and r["brgemm_gflops"] > 0
+        assert r["percent_of_peak"] == pytest.approx(100 * r["brgemm_gflops"] / r["peak_gflops"])
+        assert r["best_peer"] != "openvino" and r["ratio_vs_best_peer"] > 0
+    assert rows[0]["best_peer"] in ("numpy", "torch") and rows[-1]["peak_gflops"] == 200.0
+    if bench.harness.installed("onnxruntime"):
+        assert "ratio_vs_onnxruntime" in rows[-1]
+
+    # stdout: the table, one line per JSON row, with the same numbers.
+    table = out.splitlines()
+    header = next(line for line in table if line.startswith("case"))
+    assert header.split() == ["case", "thr", "GFLOP/s", "%peak", "%roof", "fastest", "peer", "x", "peer"]
+    lines = {line[:len(r["case"])]: line for line in table for r in rows if line.startswith(r["case"] + " ")}
+    assert sorted(lines) == sorted(cases)
+    for r in rows:
+        cells = lines[r["case"]][len(r["case"]):].split()
+        assert cells[0] == "1" and cells[-2:] == [r["best_peer"], f"{r['ratio_vs_best_peer']:.2f}"]
+        assert cells[2] == f"{r['percent_of_peak']:.1f}"
+    assert "note: OpenVINO is not installed" in out
+    # stderr: one progress line per case, counted.
+    assert [line for line in err.splitlines() if "[9/9]" in line]
+    assert sum(bool(re.search(r"\[\d/9\]", line)) for line in err.splitlines()) == 9
+
+
+def test_without_pytorch_the_headline_notes_it_and_skips_the_model(fake_peak, tiny_headline, capsys, monkeypatch):
+    class NoTorch(bench.Peers):
+        def __init__(self):
+            super().__init__()
+            self.torch = None
+    monkeypatch.setattr(cli, "Peers", NoTorch)
+    assert bench.main(["--rounds", "1", "--threads", "1", "--dtypes", "bf16"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: PyTorch is not installed" in out
+    rows = [line for line in out.splitlines() if re.match(r"(ukernel|gemm|Conv|LSTM|GRU|ResNet)", line)]
+    assert len(rows) == headline.headline_cases(("bf16",), [1], with_torch=False) == 6
+    assert not any(line.startswith("ResNet") for line in rows)
+    # No peer computes bf16 or runs these layers without PyTorch: the peer columns say so.
+    assert all(line.split()[-2:] == ["-", "-"] for line in rows)
+    assert "Traceback" not in err

@@ -9,6 +9,8 @@ first (x and W forward; dZ and W for the input gradient; x for the weight gradie
 products run in f32), plus one bf16 rounding (2⁻⁸ relative) where the output is bfloat16.
 """
 
+import itertools
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -304,6 +306,29 @@ def test_same_padding_keeps_the_size(rng):
     assert conv(rng.standard_normal((1, 3, 6, 7)).astype(np.float32)).shape == (1, 3, 6, 7)
 
 
+def test_output_size_has_one_source():
+    """The core's output size (layers/conv.h) is what the layers use; the formula torch's fake
+    tensors need (brgemm._runners.conv.out_size, symbolic sizes cannot cross into C++) agrees
+    with it wherever the kernel fits, and the core refuses a kernel larger than the padded
+    input even where C++'s truncating division would give 1 (stride 2, one row short)."""
+    from brgemm._runners.conv import ConvGeometry, out_size
+    for h in range(1, 9):
+        for r, stride, pad, dil in itertools.product((1, 2, 3, 5), (1, 2, 3), (0, 1, 2), (1, 2)):
+            g = ConvGeometry.of(1, 1, (r, 1), (stride, 1), (pad, 0), (dil, 1))
+            fits = h + 2 * pad >= dil * (r - 1) + 1
+            if fits:
+                assert g.out_size(h, 1) == out_size(h, 1, g.kernel_size, g.stride, g.padding, g.dilation)
+            else:
+                with pytest.raises(ValueError, match="larger than the padded input"):
+                    g.out_size(h, 1)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        Conv2d(1, 1, 3, stride=2).eval()(np.zeros((1, 1, 2, 2), np.float32))
+    for r, s, dh, dw in ((3, 3, 1, 1), (4, 2, 1, 3), (1, 5, 2, 1)):
+        th, tw = dh * (r - 1), dw * (s - 1)
+        assert ConvGeometry.of(1, 1, (r, s), 1, "same", (dh, dw)).padding == (th // 2, th - th // 2, tw // 2,
+                                                                               tw - tw // 2)
+
+
 def test_errors_name_the_argument(rng):
     conv = Conv2d(5, 8, 3, padding=1)
     x = rng.standard_normal((1, 5, 4, 4)).astype(np.float32)
@@ -363,3 +388,19 @@ def test_private_driver_refuses_wrong_sizes():
         cv.refresh(np.zeros(3, np.float32), None)
     with pytest.raises(ValueError, match="in_channels"):
         _core._Conv2d("float32", 0, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, "none")
+
+
+@pytest.mark.parametrize("act", ["gelu", "swish", "kgelu"])
+def test_bfloat16_training_forward_of_an_activation_that_keeps_its_input(rng, act):
+    """bfloat16 training with an activation whose derivative needs its input: the epilogue
+    stops at the bias (f32, kept for backward) and the activation follows, rounded to the
+    layer's bfloat16 output, exactly as the fused eval-mode epilogue does. (It used to write
+    f32 values into the bfloat16 output: twice its size.)"""
+    conv = Conv2d(16, 16, 3, padding=1, activation=act, dtype="bfloat16", seed=1)
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    conv.eval()
+    y_eval = conv(x)
+    conv.train()
+    y_train = conv(x)
+    np.testing.assert_array_equal(np.asarray(y_train, np.float32), np.asarray(y_eval, np.float32))
+    conv.backward(np.ones(y_train.shape, np.float32))

@@ -722,14 +722,16 @@ def fuzz_outlier_error(draw):
     fuzz_split_outliers(draw, "outlier_error")
 
 
-def fuzz_l2_search(draw):
+def fuzz_l2_search(draw):  # private, but its loops run without bounds checks
+    from brgemm._l2search import l2_search
+
     b = draw(side(6))
     counts = draw(maybe(arrays((b,), good=[np.dtype(np.float64)])))
     edges = draw(maybe(arrays((draw(pick([b + 1], [b, 0, b + 3])),), good=[np.dtype(np.float64)])))
     if MODE[0] == "valid":  # a histogram: counts ≥ 0, increasing edges
         counts, edges = np.abs(counts), np.cumsum(np.abs(edges) + 0.5) - 3
     levels = st.integers(2, 256) if MODE[0] == "valid" else st.one_of(st.integers(-1, 256), st.sampled_from(HUGE))
-    call("brgemm.quant.l2_search", Q.l2_search, counts, edges, draw(maybe(levels)), draw(maybe(st.booleans())))
+    call("brgemm._l2search.l2_search", l2_search, counts, edges, draw(maybe(levels)), draw(maybe(st.booleans())))
 
 
 def fuzz_quantize_model(draw):
@@ -971,9 +973,11 @@ def fuzz_bucket_by_length(draw):
     call("brgemm.nn.bucket_by_length", brgemm.nn.bucket_by_length, lengths, draw(maybe(st.one_of(size(), pos()))), **kw)
 
 
-def fuzz_quantize_per_channel(draw):
-    shape = tuple(draw(side(4)) for _ in range(draw(st.integers(2 if MODE[0] == "valid" else 0, 4))))
-    call("brgemm.nn.quantize_per_channel", brgemm.nn.quantize_per_channel, draw(maybe(arrays(shape))))
+def fuzz_quantize_per_channel(name, fn):
+    def fuzz(draw):
+        shape = tuple(draw(side(4)) for _ in range(draw(st.integers(2 if MODE[0] == "valid" else 0, 4))))
+        call(name, fn, draw(maybe(arrays(shape))))
+    return fuzz
 
 
 # --- torch operators -------------------------------------------------------------------------------
@@ -1155,14 +1159,17 @@ SUBJECTS = {
     "brgemm.set_num_threads": fuzz_threads, "brgemm.get_num_threads": fuzz_threads,
     "brgemm.layout.block_size": fuzz_block_size, "brgemm.layout.to_blocked": fuzz_to_blocked,
     "brgemm.layout.from_blocked": fuzz_from_blocked,
-    "brgemm.nn.bucket_by_length": fuzz_bucket_by_length, "brgemm.nn.quantize_per_channel": fuzz_quantize_per_channel,
+    "brgemm.nn.bucket_by_length": fuzz_bucket_by_length, "brgemm.nn.quantize_per_channel": fuzz_quantize_per_channel("brgemm.nn.quantize_per_channel",
+                                                                  brgemm.nn.quantize_per_channel),
+    "brgemm.quant.quantize_per_channel": fuzz_quantize_per_channel("brgemm.quant.quantize_per_channel",
+                                                                   Q.quantize_per_channel),
     "brgemm.nn.functional.activation_backward": fuzz_activation_backward,
     "brgemm.nn.functional.cross_entropy": fuzz_cross_entropy,
     "brgemm.quant.QParams": fuzz_qparams, "brgemm.quant.quantize": fuzz_quantize("quantize"),
     "brgemm.quant.dequantize": fuzz_quantize("dequantize"), "brgemm.quant.choose_qparams": fuzz_choose_qparams,
     "brgemm.quant.MinMaxObserver": fuzz_minmax_observer, "brgemm.quant.HistogramObserver": fuzz_histogram_observer,
     "brgemm.quant.split_outliers": fuzz_split_outliers, "brgemm.quant.outlier_error": fuzz_outlier_error,
-    "brgemm.quant.quantize_model": fuzz_quantize_model, "brgemm.quant.l2_search": fuzz_l2_search,
+    "brgemm.quant.quantize_model": fuzz_quantize_model, "brgemm._l2search.l2_search": fuzz_l2_search,
 }
 for _f in ("ktanh", "ksigmoid", "kswish", "kgelu", "tanh", "sigmoid", "swish", "gelu", "relu", "activation"):
     SUBJECTS[f"brgemm.nn.functional.{_f}"] = fuzz_elementwise(_f)
@@ -1262,15 +1269,17 @@ def test_histogram_edges_before_observe_says_what_to_call():
 
 
 def test_l2_search_checks_its_sizes():
+    from brgemm._l2search import l2_search
+
     # it loops without bounds checks: short edges used to read past the array
     with pytest.raises(ValueError, match="edges must have len\\(counts\\) \\+ 1 = 4 values"):
-        Q.l2_search(np.ones(3), np.arange(2.0), 256, False)
+        l2_search(np.ones(3), np.arange(2.0), 256, False)
     with pytest.raises(ValueError, match="levels must be in 2..2"):
-        Q.l2_search(np.ones(3), np.arange(4.0), 2 ** 63, False)  # was OverflowError
+        l2_search(np.ones(3), np.arange(4.0), 2 ** 63, False)  # was OverflowError
     counts, edges = np.ones(3), np.arange(4.0)
     counts.setflags(write=False)
     edges.setflags(write=False)
-    lo, hi, err = Q.l2_search(counts, edges, 256, False)  # read-only input was a BufferError
+    lo, hi, err = l2_search(counts, edges, 256, False)  # read-only input was a BufferError
     assert (lo, hi) == (0.0, 3.0) and err >= 0
 
 

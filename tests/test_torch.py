@@ -210,7 +210,7 @@ def test_recurrent_matches_torch(case):
     ref = cls(i, h, layers, bias=bias, batch_first=bf, bidirectional=bidir)
     ours = copy.deepcopy(ref)
     bt.convert(ours)
-    assert type(ours).__name__ == cls.__name__ and isinstance(ours, bt._Recurrent)
+    assert type(ours).__name__ == cls.__name__ and isinstance(ours, bt._modules._Recurrent)
     lstm = cls is nn.LSTM
     d = 2 if bidir else 1
     x = torch.randn(n, t, i) if bf else torch.randn(t, n, i)
@@ -483,10 +483,10 @@ def test_recurrent_workspaces_are_reused_only_once_free():
     (ref(xs[0])[0].sin().sum() + ref(xs[1])[0].cos().sum()).backward()
     for a, b in zip(together, ref.parameters()):
         torch.testing.assert_close(a, b.grad, rtol=1e-4, atol=1e-5)
-    held = len(bt._workspaces.buffers)
+    held = len(bt._rnn._workspaces.buffers)
     for _ in range(3):
         ours(xs[0])[0].sum().backward()
-    assert len(bt._workspaces.buffers) == held
+    assert len(bt._rnn._workspaces.buffers) == held
 
 
 def test_forward_never_trusts_a_held_identity():
@@ -568,9 +568,9 @@ def test_bfloat16_weights_keep_one_packed_layer():
     xl, wl = torch.randn(4, 8), torch.randn(6, 8).to(torch.bfloat16)
     ops.conv2d(x, w)
     ops.linear(xl, wl)
-    before = len(bt._built)
+    before = len(bt._bridge._built)
     for _ in range(5):
         y = ops.conv2d(x, w)
         yl = ops.linear(xl, wl)
-    assert len(bt._built) == before
+    assert len(bt._bridge._built) == before
     assert torch.equal(y, ops.conv2d(x, w.float())) and torch.equal(yl, ops.linear(xl, wl.float()))

@@ -1,7 +1,8 @@
 """Layers on the BRGEMM (brgemm.nn) and their element-wise functions (brgemm.nn.functional)."""
 
+from .._quantize import quantize_per_channel
 from . import functional
-from .conv import Conv2d, QuantizedConv2d, quantize_per_channel
+from .conv import Conv2d, QuantizedConv2d
 from .linear import MLP, Linear, QuantizedLinear
 from .rnn import GRU, LSTM, bucket_by_length
 from .sequential import Flatten, Sequential

@@ -7,6 +7,8 @@ import math
 import ml_dtypes
 import numpy as np
 
+from .._runners.quantized import quantization_arg
+
 
 class Parameters:
     def _init_parameters(self, rng, shape, fan_in, bias):
@@ -98,16 +100,4 @@ class QuantizedIO:
     def _quantization(self):
         """(input_scale, input_zero_point, output_scale, output_zero_point) as float, int, float,
         int; TypeError or ValueError naming the attribute that is wrong."""
-        out = []
-        for name, real in (("input_scale", True), ("input_zero_point", False), ("output_scale", True),
-                           ("output_zero_point", False)):
-            v = getattr(self, name)
-            kinds = (int, float, np.integer, np.floating) if real else (int, np.integer)
-            if isinstance(v, bool) or not isinstance(v, kinds):
-                raise TypeError(f"{name} must be {'a real number' if real else 'an integer'}, got {type(v).__name__}")
-            if real and not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be positive and finite, got {v}")
-            if not real and not 0 <= v <= 255:
-                raise ValueError(f"{name} must be in [0, 255] for uint8, got {v}")
-            out.append(float(v) if real else int(v))
-        return tuple(out)
+        return quantization_arg(self.input_scale, self.input_zero_point, self.output_scale, self.output_zero_point)

@@ -20,143 +20,65 @@ passes uint8 arrays without a float round-trip.
 import ml_dtypes
 import numpy as np
 
-from .. import _core
+from .._args import activation_arg, dtype_arg, positive_int
+from .._quantize import quantize_per_channel
+from .._runners.conv import ConvGeometry, ConvRunner, blocked_shape
+from .._runners.quantized import QuantizedConvRunner
 from ._parameters import Parameters, QuantizedIO
-from .linear import _MAX_SIZE, _activation_arg, _dtype_arg, _positive_int
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
 _U8 = np.dtype(np.uint8)
-_S8 = np.dtype(np.int8)
-
-
-def _pair(v, name):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
-        return _positive_int(v[0], name), _positive_int(v[1], name)
-    v = _positive_int(v, name)
-    return v, v
-
-
-def _padding_arg(padding, r, s, dilation):
-    """(top, bottom, left, right) from an int, a pair (rows, columns), a 4-tuple, "valid" or
-    "same" (stride 1 only; an odd total puts the extra row or column at the bottom or right, as
-    PyTorch does)."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return 0, 0, 0, 0
-        if padding == "same":
-            th, tw = dilation[0] * (r - 1), dilation[1] * (s - 1)
-            return th // 2, th - th // 2, tw // 2, tw - tw // 2
-        raise ValueError(f"padding must be an integer, a pair, a 4-tuple, 'valid' or 'same', got {padding!r}")
-    vals = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,)
-    if len(vals) not in (1, 2, 4):
-        raise ValueError(f"padding must be an integer, a pair, a 4-tuple, 'valid' or 'same', got {padding!r}")
-    for p in vals:
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p <= _MAX_SIZE:
-            raise ValueError(f"padding must hold integers in 0..2**31 - 1, got {padding!r}")
-    vals = tuple(int(p) for p in vals)
-    if len(vals) == 1:
-        return vals * 4
-    if len(vals) == 2:
-        return vals[0], vals[0], vals[1], vals[1]
-    return vals
 
 
 class _Convolution:
-    """What the convolution layers share: geometry, output sizes, cached buffers, layouts."""
+    """What the convolution layers share: geometry, output sizes, the checks of their arrays."""
 
     def _init_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation):
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
-        self.padding = _padding_arg(padding, *self.kernel_size, self.dilation)
-        if padding == "same" and self.stride != (1, 1):
-            raise ValueError("padding='same' needs stride 1")
-        self._buffers = {}   # blocked scratch arrays by (name, shape, dtype)
-
-    def _geometry_args(self):
-        """(C, K, R, S, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w) for _core."""
-        (r, s), (sh, sw), (dh, dw), (pt, pb, pl, pr) = self.kernel_size, self.stride, self.dilation, self.padding
-        return self.in_channels, self.out_channels, r, s, sh, sw, pt, pb, pl, pr, dh, dw
+        self.geometry = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+         self.dilation) = self.geometry
 
     def output_size(self, h, w):
         """(OH, OW) for an input of h × w; ValueError when the kernel does not fit."""
-        (r, s), (sh, sw), (dh, dw), (pt, pb, pl, pr) = self.kernel_size, self.stride, self.dilation, self.padding
-        h, w = _positive_int(h, "h"), _positive_int(w, "w")  # int() would take 2.5 and fail on inf
-        oh = (int(h) + pt + pb - dh * (r - 1) - 1) // sh + 1
-        ow = (int(w) + pl + pr - dw * (s - 1) - 1) // sw + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"the kernel {self.kernel_size} (dilation {self.dilation}) is larger than the padded "
-                             f"input ({h} x {w} with padding {self.padding})")
-        return oh, ow
+        # checked here: int() below would take 2.5 and fail on inf with OverflowError
+        return self.geometry.out_size(positive_int(h, "h"), positive_int(w, "w"))
 
-    def _buffer(self, name, shape, dtype):
-        key = (name, shape, dtype)
-        buf = self._buffers.get(key)
-        if buf is None:
-            if len(self._buffers) > 16:  # a few shapes in rotation, not every shape ever seen
-                self._buffers.clear()
-            buf = self._buffers[key] = np.empty(shape, dtype)
-        return buf
-
-    def _blocked_shape(self, n, channels, block, h, w):
-        return (n, -(-channels // block), h, w, block)
-
-    def _input(self, x, name, channels, block, dtype, plain_dtypes, **quantize):
-        """(blocked array of `dtype`, was x given blocked) for a plain (N, C, H, W) x of one of
-        plain_dtypes (converted, or quantized with ``quantize``'s scale and zero_point), or a
-        blocked x."""
+    def _checked(self, x, name, channels, block, dtype, plain_dtypes):
+        """(x, whether it is blocked) for a plain (N, C, H, W) x of one of plain_dtypes (made
+        contiguous) or a blocked x of ``dtype`` (a blocked gradient of another float dtype is
+        widened by the runner)."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
         if x.ndim == 4:
             if x.dtype not in plain_dtypes:
                 raise TypeError(f"{name} must have dtype {' or '.join(d.name for d in plain_dtypes)}, got {x.dtype}")
-            n, c, h, w = x.shape
-            if c != channels:
-                raise ValueError(f"{name} has {c} channels, this layer expects {channels} (shape {x.shape})")
+            if x.shape[1] != channels:
+                raise ValueError(f"{name} has {x.shape[1]} channels, this layer expects {channels} (shape {x.shape})")
             if min(x.shape) < 1:
                 raise ValueError(f"{name} has a zero-size dimension (shape {x.shape})")
-            xb = self._buffer(name, self._blocked_shape(n, channels, block, h, w), dtype)
-            _core.conv_to_blocked(np.ascontiguousarray(x), xb, **(quantize if x.dtype != dtype else {}))
-            return xb, False
+            return np.ascontiguousarray(x), False
         if x.ndim == 5:
             n, cb, h, w, b = x.shape
             if b != block or cb != -(-channels // block):
                 raise ValueError(f"{name} is blocked as {x.shape}; this layer's {channels} channels need blocks of "
                                  f"{block}: shape (N, {-(-channels // block)}, H, W, {block})")
-            if x.dtype != dtype:
-                if name == "x":
-                    raise TypeError(f"{name} is blocked {x.dtype}; this layer takes blocked {dtype.name}")
-                x = x.astype(dtype)  # a bfloat16 gradient widened to float32
+            if x.dtype != dtype and name == "x":
+                raise TypeError(f"{name} is blocked {x.dtype}; this layer takes blocked {dtype.name}")
             if min(x.shape) < 1:
                 raise ValueError(f"{name} has a zero-size dimension (shape {x.shape})")
             return np.ascontiguousarray(x), True
         raise ValueError(f"{name} must be 4-D (N, C, H, W) or blocked 5-D (N, C/bc, H, W, bc), got {x.ndim}-D")
 
-    def _output(self, n, h, w, out, blocked, dtype):
-        """(blocked output array, plain shape) for the output of n images of h × w; ``out``, when
-        given, must be of the kind and dtype the layer returns."""
-        oh, ow = self.output_size(h, w)
-        yshape = self._blocked_shape(n, self.out_channels, self.bk, oh, ow)
-        plain_shape = (n, self.out_channels, oh, ow)
-        want = yshape if blocked else plain_shape
-        if out is not None and (not isinstance(out, np.ndarray) or out.shape != want or out.dtype != dtype):
+    def _output(self, x, blocked, out, channels, block, h, w, dtype):
+        """``out`` checked, or a new array, for n images of ``channels`` of h × w, of x's kind."""
+        n = x.shape[0]
+        want = blocked_shape(n, channels, block, h, w) if blocked else (n, channels, h, w)
+        if out is None:
+            return np.empty(want, dtype)
+        if not isinstance(out, np.ndarray) or out.shape != want or out.dtype != dtype:
             raise ValueError(f"out must be a {np.dtype(dtype).name} array of shape {want}")
-        if blocked:
-            return (out if out is not None else np.empty(yshape, dtype)), plain_shape
-        return self._buffer("y", yshape, dtype), plain_shape
-
-    @staticmethod
-    def _unblock(yb, blocked, out, plain_shape):
-        if blocked:
-            return yb
-        y = out if out is not None else np.empty(plain_shape, yb.dtype)
-        _core.conv_from_blocked(yb, y)
-        return y
+        return out
 
     def _geometry_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -184,11 +106,10 @@ class Conv2d(_Convolution, Parameters):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, dtype="float32", seed=None):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        self.activation = _activation_arg(activation)
-        self.dtype = _dtype_arg(dtype)
-        self._act_dtype = _F32 if self.dtype == "float32" else _BF16
-        self._cv = _core._Conv2d(self.dtype, *self._geometry_args(), activation or "none")
-        self.bc, self.bk = self._cv.bc, self._cv.bk
+        self.activation = activation_arg(activation)
+        self.dtype = dtype_arg(dtype)
+        self._runner = ConvRunner(self.dtype, self.geometry, activation or "none")
+        self._act_dtype, self.bc, self.bk = self._runner.act_dtype, self._runner.bc, self._runner.bk
         r, s = self.kernel_size
         rng = np.random.default_rng(seed)
         self._init_parameters(rng, (self.out_channels, self.in_channels, r, s), self.in_channels * r * s, bias)
@@ -214,14 +135,12 @@ class Conv2d(_Convolution, Parameters):
         """y for x (N, C, H, W) or blocked (N, C/bc, H, W, bc), float32 or bfloat16 (a blocked x
         must have the layer's dtype). y has the layer's dtype and x's kind: (N, K, OH, OW) or
         (N, K/bk, OH, OW, bk). ``out`` may give its array."""
-        xb, blocked = self._input(x, "x", self.in_channels, self.bc, self._act_dtype, (_F32, _BF16))
-        n, _, h, w, _ = xb.shape
-        yb, plain_shape = self._output(n, h, w, out, blocked, self._act_dtype)
-        zb = self._buffer("z", yb.shape, _F32) if self.training and self._cv.needs_z else None
-        self._cv.refresh(self._weight, self._bias)
-        self._cv.forward(n, h, w, xb, yb, zb)
+        x, blocked = self._checked(x, "x", self.in_channels, self.bc, self._act_dtype, (_F32, _BF16))
+        n, _, h, w = x.shape[:4]
+        y = self._output(x, blocked, out, self.out_channels, self.bk, *self.output_size(h, w), self._act_dtype)
+        xb, yb, zb = self._runner.forward(x, y, self._weight, self._bias, keep_z=self.training)
         self._saved = (xb, yb, zb, n, h, w) if self.training else None
-        return self._unblock(yb, blocked, out, plain_shape)
+        return y
 
     __call__ = forward
 
@@ -232,47 +151,19 @@ class Conv2d(_Convolution, Parameters):
         if self._saved is None:
             raise RuntimeError("backward needs a forward in training mode first")
         xb, yb, zb, n, h, w = self._saved
-        gyb, blocked = self._input(grad_out, "grad_out", self.out_channels, self.bk, _F32, (_F32, _BF16))
+        g, blocked = self._checked(grad_out, "grad_out", self.out_channels, self.bk, _F32, (_F32, _BF16))
+        gyb = self._runner.blocked("gy", g, self.bk, _F32)
         if gyb.shape != yb.shape:
             raise ValueError(f"grad_out must match the last forward's output: blocked shape {yb.shape}, "
                              f"got {gyb.shape}")
-        gxb = None
-        xshape = self._blocked_shape(n, self.in_channels, self.bc, h, w)
-        plain_shape = (n, self.in_channels, h, w)
-        if input_grad:
-            want = xshape if blocked else plain_shape
-            if out is not None and (not isinstance(out, np.ndarray) or out.shape != want or out.dtype != _F32):
-                raise ValueError(f"out must be a float32 array of shape {want}")
-            if blocked:
-                gxb = out if out is not None else np.empty(xshape, _F32)
-            else:
-                gxb = self._buffer("grad_in", xshape, _F32)
-        accumulate = not self._grad_zero
-        self._cv.backward(n, h, w, gyb, yb, zb, xb, gxb, self._weight_grad, self._bias_grad, accumulate)
+        gx = self._output(gyb, blocked, out, self.in_channels, self.bc, h, w, _F32) if input_grad else None
+        self._runner.backward(n, h, w, gyb, yb, zb, xb, gx, self._weight_grad, self._bias_grad, not self._grad_zero)
         self._grad_zero = False
-        return self._unblock(gxb, blocked, out, plain_shape) if input_grad else None
+        return gx
 
     def __repr__(self):
         return (f"Conv2d({self._geometry_repr()}, bias={self._bias is not None}, activation={self.activation!r}, "
                 f"dtype={self.dtype!r})")
-
-
-def quantize_per_channel(weight):
-    """Symmetric int8 quantization of float weights (K, ...) with one scale per output channel:
-    (w_q int8, scale float32 (K,)) with scale = max|w|/127 and w_q = clip(round(w/scale), ±127)
-    (ties to even); a channel of zeros gets scale 1."""
-    w = np.asarray(weight, np.float32)
-    if w.ndim < 2:
-        raise ValueError(f"weight must be at least 2-D (out_channels, ...), got {w.ndim}-D")
-    if w.size == 0:  # the reshape below could not infer its -1 (and a max of nothing has no value)
-        raise ValueError(f"weight has a zero-size dimension (shape {w.shape})")
-    if not np.isfinite(w).all():
-        raise ValueError("weight holds NaN or infinity")
-    amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    scale = np.maximum(scale, np.finfo(np.float32).tiny)  # subnormal amax / 127 rounds to 0: w / 0
-    q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
-    return q, scale
 
 
 class QuantizedConv2d(_Convolution, QuantizedIO):
@@ -301,10 +192,10 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
                  activation=None, *, input_scale=1.0, input_zero_point=0, output_scale=None, output_zero_point=0,
                  out_dtype=None, seed=None):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        self.activation = _activation_arg(activation)
+        self.activation = activation_arg(activation)
         self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
-        self._cv = _core._QuantizedConv2d(*self._geometry_args(), activation or "none", self.out_dtype)
-        self.bc, self.bk = self._cv.bc, self._cv.bk
+        self._runner = QuantizedConvRunner(self.geometry, activation or "none", self.out_dtype)
+        self.bc, self.bk = self._runner.bc, self._runner.bk
         r, s = self.kernel_size
         bound = 1.0 / np.sqrt(self.in_channels * r * s)
         rng = np.random.default_rng(seed)
@@ -332,24 +223,18 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
         return q
 
     def _refresh(self):
-        r, s = self.kernel_size
-        for name, shape in (("weight", (self.out_channels, self.in_channels, r, s)),
-                            ("weight_scale", (self.out_channels,)), ("bias", (self.out_channels,))):
-            v = getattr(self, name)
-            if isinstance(v, np.ndarray) and v.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
-        self._cv.refresh(self.weight, self.weight_scale, self.bias, *self._quantization())
+        self._runner.refresh(self.weight, self.weight_scale, self.bias, self._quantization())
 
     def forward(self, x, out=None):
         """y for x: uint8 or float32 (N, C, H, W), or blocked uint8 (N, C/bc, H, W, bc). y is
         out_dtype, of x's kind. ``out`` may give its array."""
         self._refresh()
+        x, blocked = self._checked(x, "x", self.in_channels, self.bc, _U8, (_U8, _F32))
+        h, w = x.shape[2:4]
+        y = self._output(x, blocked, out, self.out_channels, self.bk, *self.output_size(h, w), np.dtype(self.out_dtype))
         xs, xz, _, _ = self._quantization()
-        xb, blocked = self._input(x, "x", self.in_channels, self.bc, _U8, (_U8, _F32), scale=xs, zero_point=xz)
-        n, _, h, w, _ = xb.shape
-        yb, plain_shape = self._output(n, h, w, out, blocked, np.dtype(self.out_dtype))
-        self._cv.forward(n, h, w, xb, yb)
-        return self._unblock(yb, blocked, out, plain_shape)
+        self._runner.forward(x, y, xs, xz)
+        return y
 
     __call__ = forward
 

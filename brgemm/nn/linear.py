@@ -13,47 +13,16 @@ block of its result (layers/linear.cpp).
 
 import math
 
-import ml_dtypes
 import numpy as np
 
 from .. import _core
+from .._api import Epilogue
+from .._args import activation_arg, dtype_arg, positive_int
+from .._quantize import QParams, quantize, quantize_per_channel, split_outliers
+from .._runners.linear import LinearRunner
+from .._runners.quantized import QuantizedLinearRunner
 from . import functional
 from ._parameters import Parameters, QuantizedIO
-
-ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
-DTYPES = ("float32", "bfloat16")
-
-
-def _positive_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name} must be at least 1, got {v}")
-    if v > _MAX_SIZE:
-        raise ValueError(f"{name} must be at most 2**31 - 1, got {v}")
-    return int(v)
-
-
-#: Largest layer size, kernel size or stride: larger ones could not be allocated, and their
-#: sums and products in the drivers' int64 arithmetic must not overflow.
-_MAX_SIZE = (1 << 31) - 1
-
-
-def _activation_arg(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(map(str, ACTIVATIONS))}; got {activation!r}")
-    return activation
-
-
-def _dtype_arg(dtype):
-    if not isinstance(dtype, str):
-        try:
-            dtype = {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16"}.get(np.dtype(dtype))
-        except TypeError:
-            pass
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    return dtype
 
 
 def _rows_arg(x, name, features):
@@ -83,10 +52,11 @@ class _Chain:
         self.n = n
         self.bn = _core.fc_row_block(n)
         self.sizes = [layers[0].in_features] + [l.out_features for l in layers]
-        self.blocks = [layers[0]._fc.bc] + [l._fc.bk for l in layers]
+        self.blocks = [layers[0]._runner.bc] + [l._runner.bk for l in layers]
         act_dtype = layers[0]._act_dtype
         self.acts = [np.empty(self._elems(i), act_dtype) for i in range(len(self.sizes))]
-        self.zs = [np.empty(self._elems(i + 1), np.float32) if l._fc.needs_z else None for i, l in enumerate(layers)]
+        self.zs = [np.empty(self._elems(i + 1), np.float32) if l._runner.needs_z else None
+                   for i, l in enumerate(layers)]
         self.grads = [np.empty(self._elems(i), np.float32) for i in range(len(self.sizes))]
         self.ready = False  # a training forward has filled acts and zs
 
@@ -95,10 +65,16 @@ class _Chain:
         return -(-self.n // bn) * bn * (-(-self.sizes[i] // b) * b)
 
     def forward(self, layers, x, out, training):
+        if len(layers) == 1:  # one call into C++ (Linear): block, compute, unblock
+            layer = layers[0]
+            layer._runner.forward(x, out, layer.weight, layer.bias,
+                                  buffers=(self.acts[0], self.acts[1], self.zs[0] if training else None))
+            self.ready = training
+            return out
         _core.fc_to_blocked(x, self.acts[0], self.bn, self.blocks[0])
         for i, layer in enumerate(layers):
-            layer._fc.refresh(layer.weight, layer.bias)
-            layer._fc.forward(self.n, self.bn, self.acts[i], self.acts[i + 1], self.zs[i] if training else None)
+            layer._runner.refresh(layer.weight, layer.bias)
+            layer._runner.fc.forward(self.n, self.bn, self.acts[i], self.acts[i + 1], self.zs[i] if training else None)
         _core.fc_from_blocked(self.acts[-1], self.bn, self.blocks[-1], out)
         self.ready = training
         return out
@@ -109,9 +85,9 @@ class _Chain:
         _core.fc_to_blocked(grad_out, self.grads[-1], self.bn, self.blocks[-1])
         for i in reversed(range(len(layers))):
             layer = layers[i]
-            layer._fc.backward(self.n, self.bn, self.grads[i + 1], self.acts[i + 1], self.zs[i], self.acts[i],
-                               self.grads[i] if i > 0 or out is not None else None, layer._weight_grad,
-                               layer._bias_grad, not layer._grad_zero)
+            layer._runner.fc.backward(self.n, self.bn, self.grads[i + 1], self.acts[i + 1], self.zs[i], self.acts[i],
+                                      self.grads[i] if i > 0 or out is not None else None, layer._weight_grad,
+                                      layer._bias_grad, not layer._grad_zero)
             layer._grad_zero = False
         if out is not None:
             _core.fc_from_blocked(self.grads[0], self.bn, self.blocks[0], out)
@@ -179,8 +155,8 @@ class _Trainable:
             raise ValueError("stochastic_rounding applies to bfloat16 layers; this one is float32")
         for layer in self._layers:
             layer._steps += 1
-            layer._fc.sgd(layer.weight, layer.bias, layer.weight_grad, layer.bias_grad, lr,
-                          bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
+            layer._runner.fc.sgd(layer.weight, layer.bias, layer.weight_grad, layer.bias_grad, lr,
+                                 bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
 
 
 class Linear(_Trainable, Parameters):
@@ -193,12 +169,12 @@ class Linear(_Trainable, Parameters):
     """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, dtype="float32", seed=None):
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.activation = _activation_arg(activation)
-        self.dtype = _dtype_arg(dtype)
-        self._act_dtype = np.float32 if self.dtype == "float32" else ml_dtypes.bfloat16
-        self._fc = _core._Linear(self.dtype, self.in_features, self.out_features, activation or "none")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.activation = activation_arg(activation)
+        self.dtype = dtype_arg(dtype)
+        self._runner = LinearRunner(self.dtype, self.in_features, self.out_features, activation or "none")
+        self._act_dtype = self._runner.act_dtype
         rng = np.random.default_rng(seed)
         self._init_parameters(rng, (self.out_features, self.in_features), self.in_features, bias)
         self._seed, self._steps = int(rng.integers(1 << 62)), 0
@@ -218,10 +194,10 @@ class MLP(_Trainable):
     """
 
     def __init__(self, sizes, activation="relu", dtype="float32", bias=True, seed=None):
-        sizes = [_positive_int(s, "sizes[]") for s in sizes]
+        sizes = [positive_int(s, "sizes[]") for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"sizes must name at least an input and an output width, got {sizes}")
-        _activation_arg(activation)
+        activation_arg(activation)
         rng = np.random.default_rng(seed)
         self.layers = [Linear(sizes[i], sizes[i + 1], bias, activation if i + 2 < len(sizes) else None, dtype,
                               seed=int(rng.integers(1 << 62))) for i in range(len(sizes) - 1)]
@@ -248,17 +224,16 @@ class QuantizedLinear(QuantizedIO):
 
     def __init__(self, in_features, out_features, bias=True, activation=None, *, input_scale=1.0,
                  input_zero_point=0, output_scale=None, output_zero_point=0, out_dtype=None, seed=None):
-        from .conv import quantize_per_channel
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.activation = _activation_arg(activation)
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.activation = activation_arg(activation)
         self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
         bound = 1.0 / math.sqrt(self.in_features)
         rng = np.random.default_rng(seed)
         self.weight, self.weight_scale = quantize_per_channel(
             rng.uniform(-bound, bound, (self.out_features, self.in_features)))
         self.bias = rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None
-        self._packed = self._seen = self._epilogue = None
+        self._runner = QuantizedLinearRunner(self.in_features, self.out_features)
 
     outliers = None  # (rows, cols, values): float32 weights added to the int8 product
 
@@ -270,7 +245,6 @@ class QuantizedLinear(QuantizedIO):
         With ``outlier_fraction`` or ``outlier_threshold`` the largest weights stay in float32
         as a sparse correction (:func:`brgemm.quant.split_outliers`): the int8 product, then
         the correction, then bias-free activation and requantization in numpy."""
-        from .conv import quantize_per_channel
         if not isinstance(linear, Linear):
             raise TypeError(f"linear must be a brgemm.nn.Linear, got {type(linear).__name__}")
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.activation,
@@ -279,7 +253,6 @@ class QuantizedLinear(QuantizedIO):
         if outlier_fraction is None and outlier_threshold is None:
             q.weight, q.weight_scale = quantize_per_channel(linear.weight)
         else:
-            from ..quant import split_outliers
             q.weight, q.weight_scale, *sparse = split_outliers(linear.weight, outlier_fraction=outlier_fraction,
                                                                threshold=outlier_threshold)
             q.outliers = tuple(sparse)
@@ -287,56 +260,15 @@ class QuantizedLinear(QuantizedIO):
             q.bias = linear.bias.copy()
         return q
 
-    def _refresh(self):
-        """Packs the weights and builds the epilogue when anything changed."""
-        k, c = self.out_features, self.in_features
-        w, ws, b = self.weight, self.weight_scale, self.bias
-        for name, v, shape, dt in (("weight", w, (k, c), np.int8), ("weight_scale", ws, (k,), np.float32),
-                                   ("bias", b, (k,), np.float32)):
-            if v is None and name == "bias":
-                continue
-            if not isinstance(v, np.ndarray) or v.dtype != dt:
-                raise TypeError(f"{name} must be a numpy array of {np.dtype(dt).name}")
-            if v.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
-        if not (np.all(np.isfinite(ws)) and np.all(ws > 0)):
-            raise ValueError("weight_scale must be positive and finite")
-        key = self._quantization()
-        seen = self._seen
-        same = _core.same_bytes  # exact, in parallel, without a temporary
-        w_same = seen is not None and w.flags.c_contiguous and same(seen[0], w)
-        if not w_same:
-            from .._api import pack_b
-            self._packed = pack_b(np.ascontiguousarray(w.T), "u8s8", layout="panels")
-        if (not w_same or not same(seen[1], np.ascontiguousarray(ws)) or (seen[2] is None) != (b is None)
-                or (b is not None and not same(seen[2], np.ascontiguousarray(b))) or seen[3] != key):
-            from .._api import Epilogue
-            xs, xz, ys, yz = key
-            scale = np.float32(xs) * ws
-            bias = b
-            fold = self.out_dtype == "uint8" and self.activation in (None, "relu")
-            if fold:
-                scale = scale / np.float32(ys)
-                bias = None if b is None else b / np.float32(ys)
-            requant = self.out_dtype == "uint8"
-            self._epilogue = Epilogue(scale=scale.astype(np.float32), bias=bias, activation=self.activation,
-                                      out_dtype=self.out_dtype, a_zero_point=xz,
-                                      out_scale=(1.0 if fold else ys) if requant else None,
-                                      out_zero_point=yz if requant else None)
-            self._seen = (w.copy(), ws.copy(), None if b is None else b.copy(), key)
-
     def forward(self, x, out=None):
         """y for x (N, in_features) uint8, or float32 (quantized with input_scale and
         input_zero_point first); y is (N, out_features) of out_dtype. ``out`` may give it."""
-        from .. import quant
-        from .._api import gemm
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x must be a (N, {self.in_features}) numpy array, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        self._refresh()
-        if x.dtype == np.float32:
-            x = quant.quantize(x, quant.QParams(self.input_scale, int(self.input_zero_point)))
-        elif x.dtype != np.uint8:
+        quantization = self._quantization()
+        self._runner.refresh(self.weight, self.weight_scale, self.bias, quantization, self.activation, self.out_dtype)
+        if x.dtype not in (np.float32, np.uint8):
             raise TypeError(f"x must have dtype uint8 or float32, got {x.dtype}")
         shape = (x.shape[0], self.out_features)
         if out is not None and (not isinstance(out, np.ndarray) or out.shape != shape
@@ -344,13 +276,12 @@ class QuantizedLinear(QuantizedIO):
             raise ValueError(f"out must be a {self.out_dtype} array of shape {shape}")
         y = out if out is not None else np.empty(shape, self.out_dtype)
         if self.outliers is None:
-            gemm(np.ascontiguousarray(x), self._packed, y, epilogue=self._epilogue)
-            return y
+            return self._runner.forward(x, y, quantization)
         # int8 product dequantized (+ bias), the float32 outliers' share, then the rest.
-        from .._api import Epilogue
-        z = gemm(np.ascontiguousarray(x), self._packed, np.empty(shape, np.float32),
-                 epilogue=Epilogue(scale=(np.float32(self.input_scale) * self.weight_scale).astype(np.float32),
-                                   bias=self.bias, a_zero_point=int(self.input_zero_point), out_dtype="float32"))
+        x = np.ascontiguousarray(x) if x.dtype == np.uint8 else quantize(x, QParams(quantization[0], quantization[1]))
+        z = self._runner.forward(x, np.empty(shape, np.float32), quantization, epilogue=Epilogue(
+            scale=(np.float32(self.input_scale) * self.weight_scale).astype(np.float32), bias=self.bias,
+            a_zero_point=int(self.input_zero_point), out_dtype="float32"))
         rows, cols, values = self.outliers
         xf = (x.astype(np.float32) - np.float32(self.input_zero_point)) * np.float32(self.input_scale)
         np.add.at(z.T, rows, (xf[:, cols] * values).T)
@@ -359,7 +290,7 @@ class QuantizedLinear(QuantizedIO):
         if self.out_dtype == "float32":
             y[...] = z
         else:
-            y[...] = quant.quantize(z, quant.QParams(self.output_scale, int(self.output_zero_point)))
+            y[...] = quantize(z, QParams(self.output_scale, int(self.output_zero_point)))
         return y
 
     __call__ = forward

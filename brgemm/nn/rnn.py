@@ -19,8 +19,8 @@ import math
 import ml_dtypes
 import numpy as np
 
-from .. import _core
-from .linear import _dtype_arg, _positive_int
+from .._args import dtype_arg, positive_int
+from .._runners.rnn import RNNRunner
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
@@ -34,15 +34,15 @@ class _RNN:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False, activation="exact",
                  dtype="float32", seed=None):
-        self.input_size = _positive_int(input_size, "input_size")
-        self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        self.num_layers = _positive_int(num_layers, "num_layers")
+        self.input_size = positive_int(input_size, "input_size")
+        self.hidden_size = positive_int(hidden_size, "hidden_size")
+        self.num_layers = positive_int(num_layers, "num_layers")
         self.bias = bool(bias)
         self.bidirectional = bool(bidirectional)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be 'exact' or 'ktanh', got {activation!r}")
         self.activation = activation
-        self.dtype = _dtype_arg(dtype)
+        self.dtype = dtype_arg(dtype)
         self._dirs = 2 if self.bidirectional else 1
         h, g = self.hidden_size, self._gates * self.hidden_size
         bound = 1.0 / math.sqrt(h)
@@ -59,8 +59,7 @@ class _RNN:
                 for name, shape in zip(names, shapes):  # PyTorch's init: U(−1/√H, 1/√H) for all
                     params[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
                 self._names.append(names)
-                self._drivers.append(_core._RNN(self._cell, self.dtype, layer_in, h, bool(d),
-                                                activation == "ktanh"))
+                self._drivers.append(RNNRunner(self._cell, self.dtype, layer_in, h, d, activation == "ktanh"))
         object.__setattr__(self, "_params", params)
         object.__setattr__(self, "_grads", {n: np.zeros_like(v) for n, v in params.items()})
         self._grad_zero = False
@@ -183,8 +182,8 @@ class _RNN:
                 drv, names = self._drivers[idx], self._names[idx]
                 drv.refresh(*(self._params[nm] for nm in names[:2]),
                             *((self._params[nm] for nm in names[2:]) if self.bias else (None, None)))
-                drv.forward(t, n, inp, ln, None if h0 is None else h0[idx], None if c0 is None else c0[idx],
-                            y, d * self.hidden_size, hT[idx], cT[idx] if lstm else None, self.training)
+                drv.rnn.forward(t, n, inp, ln, None if h0 is None else h0[idx], None if c0 is None else c0[idx],
+                                y, d * self.hidden_size, hT[idx], cT[idx] if lstm else None, self.training)
             inputs.append(inp)
             inp = y if act == _F32 else y.astype(act)
         self._saved = (t, n, inputs) if self.training else None
@@ -220,9 +219,9 @@ class _RNN:
                 idx = k * self._dirs + d
                 names = self._names[idx]
                 grads = [self._grads[nm] for nm in names] + ([] if self.bias else [None, None])
-                self._drivers[idx].backward(dy, d * self.hidden_size, None if dhT is None else dhT[idx],
-                                            None if dcT is None else dcT[idx], dx, d > 0, dh0[idx],
-                                            dc0[idx] if lstm else None, *grads, accumulate)
+                self._drivers[idx].rnn.backward(dy, d * self.hidden_size, None if dhT is None else dhT[idx],
+                                                None if dcT is None else dcT[idx], dx, d > 0, dh0[idx],
+                                                dc0[idx] if lstm else None, *grads, accumulate)
             dy = dx
         return dy, ((dh0, dc0) if lstm else dh0)
 
@@ -268,7 +267,7 @@ def bucket_by_length(lengths, batch_size, *, shuffle=False, seed=None):
         raise ValueError("lengths must be a non-empty 1-D sequence of integers")
     if ln.min() < 1:
         raise ValueError(f"lengths must be positive, got {ln.min()}")
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
 
     def padding(batches):
         return int(sum(len(b) * ln[b].max() - ln[b].sum() for b in batches))

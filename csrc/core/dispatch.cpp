@@ -140,29 +140,6 @@ epilogue_fn pick_epilogue(isa level) {
 
 }  // namespace
 
-bool dtype_is_int8(dtype t) { return t == dtype::u8s8 || t == dtype::s8s8; }
-int dtype_kpack(dtype t) { return t == dtype::bf16 ? 2 : dtype_is_int8(t) ? 4 : 1; }
-int dtype_a_bytes(dtype t) { return t == dtype::bf16 ? 2 : dtype_is_int8(t) ? 1 : 4; }
-int dtype_b_bytes(dtype t) { return t == dtype::f32f16 ? 2 : dtype_a_bytes(t); }
-int dtype_c_bytes(dtype) { return 4; }
-int out_type_bytes(dtype t, out_type o) {
-  switch (o) {
-    case out_type::bf16: return 2;
-    case out_type::u8:
-    case out_type::s8: return 1;
-    default: return dtype_c_bytes(t);
-  }
-}
-const char* dtype_name(dtype t) {
-  switch (t) {
-    case dtype::bf16: return "bf16";
-    case dtype::u8s8: return "u8s8";
-    case dtype::f32f16: return "f32f16";
-    case dtype::s8s8: return "s8s8";
-    default: return "f32";
-  }
-}
-
 const char* status_message(status s) {
   switch (s) {
     case status::ok: return "ok";

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include "brgemm/brgemm.h"
-#include "ktanh_table.h"
+#include "brgemm/ktanh_table.h"
 
 // The table entries packed for the vector versions: (shift << 16) | (exponent·128 + bias).
 struct brgemm_ktanh_entries {

@@ -1,5 +1,6 @@
 // The public, ISA-neutral API of the batch-reduce GEMM core (csrc/). Layers and the Python
-// bindings include only this header; nothing here knows what a layer is.
+// bindings include only the headers of csrc/include/brgemm/ (this one, types.h which it
+// includes, ktanh_table.h); nothing here knows what a layer is.
 //
 //   C[M×N] = beta·C + Σ_{i<count} A_i[M×K] · B_i[K×N]
 //
@@ -9,6 +10,7 @@
 // Python exceptions that name the argument.
 #pragma once
 #include <cstdint>
+#include "brgemm/types.h"  // element, dtype, out_type and what each dtype reads and writes
 
 namespace brgemm {
 
@@ -16,26 +18,6 @@ namespace brgemm {
 enum class isa : int { scalar = 0, avx2, avx512, avx512_vnni, avx512_bf16 };
 constexpr int isa_count = 5;
 
-// What a kernel multiplies, and what it accumulates into (C's type without an epilogue):
-//   f32  : A f32  × B f32           → f32
-//   bf16 : A bf16 × B bf16, VNNI-2  → f32   B element (k, n) at ((k/2)·ldb + n)·2 + k%2
-//   u8s8 : A u8   × B s8,   VNNI-4  → s32   B element (k, n) at ((k/4)·ldb + n)·4 + k%4
-//   s8s8 : A s8   × B s8,   VNNI-4  → s32   the u8s8 kernels on A + 128 (each A byte XOR 0x80,
-//          which vpdpbusd needs unsigned): the ukernel's sum is Σ (a+128)·b, and execute()
-//          subtracts 128·colsum(B) through the epilogue's column offsets (see epilogue_args),
-//          so the caller of execute() must supply them; the result is the exact Σ a·b
-//   f32f16: A f32 × B IEEE half     → f32   plain rows, widened in registers (memory-bound
-//          layers: half the weight traffic)
-// In the packed (VNNI) layouts ldb counts columns, K is padded with zeros to whole pairs /
-// quads (the packer does it), and A is read only for its k real columns.
-enum class dtype : int { f32 = 0, bf16, u8s8, f32f16, s8s8 };
-constexpr int dtype_count = 5;
-bool dtype_is_int8(dtype t);       // u8s8 or s8s8: s32 accumulator
-int dtype_kpack(dtype t);          // 1, 2, 4: rows of B interleaved per packed row
-int dtype_a_bytes(dtype t);        // element sizes of A, B and C
-int dtype_b_bytes(dtype t);
-int dtype_c_bytes(dtype t);
-const char* dtype_name(dtype t);   // f32, bf16, u8s8, f32f16, s8s8
 enum class batch_kind : int { stride = 0, offset, address };
 
 enum class status : int {
@@ -77,12 +59,11 @@ int num_threads();
 //                       even, saturating; NaN → the lower bound)
 //                     | acc (f32, or s32 for int8: stages 2–4 must be off, offsets allowed)
 // Every stage is an exact IEEE operation (no fused multiply-add), so every ISA's epilogue
-// gives bit-identical results to the scalar twin for the same accumulator.
-enum class out_type : int { acc = 0, f32, bf16, u8, s8 };
+// gives bit-identical results to the scalar twin for the same accumulator. Stage 5's choice is
+// an out_type (types.h), whose element type is out_element(dtype, out).
 enum class activation : int { none = 0, relu, tanh, sigmoid, gelu, swish, ktanh, ksigmoid, kgelu, kswish };
 constexpr int activation_count = 10;
 enum class scale_kind : int { none = 0, tensor, column };
-int out_type_bytes(dtype t, out_type o);
 
 // What the epilogue does: part of the kernel's description (and its cache key).
 struct epilogue_desc {
@@ -101,8 +82,9 @@ struct epilogue_desc {
 struct epilogue_args {
   const float* bias = nullptr;          // n
   const float* scale = nullptr;         // 1 (tensor) or n (column)
-  const int32_t* row_offset = nullptr;  // m, e.g. −zero_point(B)·rowsum(A) + k·zp(A)·zp(B)
-  const int32_t* col_offset = nullptr;  // n, e.g. −zero_point(A)·colsum(B); s8s8: −128·colsum(B) more
+  const int32_t* row_offset = nullptr;  // m, e.g. −zp(B)·rowsum(A): zero_point_row_offsets
+  const int32_t* col_offset = nullptr;  // n, e.g. k·zp(A)·zp(B) − zp(A)·colsum(B), s8s8: −128·colsum(B)
+                                        //   more: zero_point_col_offsets
   float out_scale = 1.0f;               // u8/s8 output
   int32_t out_zero_point = 0;
   const void* acc_in = nullptr;         // prev for beta when C's type is not the accumulator's
@@ -208,6 +190,25 @@ status dispatch(const desc& d, const kernel** out, const char* ukernel_name = nu
 // that ep holds every array the kernel's epilogue_desc names (the bindings check both).
 void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_args* ep = nullptr);
 
+// --- int8 zero points (csrc/core/zero_point.cpp) -------------------------------------------
+// With zero points za (of A) and zb (of B), the product of the real values is
+//   Σ_k (a − za)·(b − zb) = Σ_k a·b − za·colsum_j(B) − zb·rowsum_i(A) + K·za·zb,
+// and the s8s8 kernels sum (a + 128)·b, so their column term is −(za + 128)·colsum_j(B). These
+// compute the terms into epilogue_args::col_offset (n values) and row_offset (m values),
+// modulo 2^32 as the s32 accumulator wraps; K is the whole reduction (k × the batch count).
+struct zero_points {
+  int32_t a = 0, b = 0;
+};
+int32_t zero_point_a_shifted(dtype t, int32_t a_zero);   // what multiplies colsum: za, +128 for s8s8
+bool zero_points_need_col_offset(dtype t, zero_points z);  // (the row offset: whenever z.b ≠ 0)
+// col[j] = K·za·zb − (za + 128 for s8s8)·Σ_r colsum[r][j]: `count` rows of n column sums of
+// B, added (one per B block, or per part of one); not read when that factor is 0.
+void zero_point_col_offsets(dtype t, zero_points z, int64_t k_total, const int32_t* const* colsum, int64_t count,
+                            int64_t n, int32_t* col);
+// row[i] = −zb·Σ_blocks Σ_c A_block[i][c] over the m × k blocks of A the batch names.
+void zero_point_row_offsets(dtype t, zero_points z, const batch_ref& batch, batch_kind kind, int64_t m, int64_t k,
+                            int64_t lda, int32_t* row);
+
 // --- Packing B (csrc/core/pack.cpp) ---------------------------------------------------
 // Writes B (k × n, row stride ld_src, in B's storage type) into the kernel's layout for t:
 // ceil(k/KP) rows of ldb ≥ n columns × KP, zero-padded in K and past n. For int8 also
@@ -231,7 +232,7 @@ int64_t panel_elements(dtype t, int64_t k);  // one panel, in B elements
 //   tanh, sigmoid = 1/(1 + e^-x), gelu = x/2·(1 + erf(x/√2)), swish = x·sigmoid(x): libm,
 //     element by element (the exact references);
 //   ktanh: K-TanH (Kundu et al., arXiv 1909.07729) on the bf16 bit fields of x (f32 is
-//     truncated to bf16 first): integer operations and a 32-entry table (ktanh_table.h);
+//     truncated to bf16 first): integer operations and a 32-entry table (brgemm/ktanh_table.h);
 //     |error| ≤ 0.00893 for every finite bf16 input (≤ 0.0118 for f32 ones, truncation
 //     included); ±inf → ±1; NaN stays NaN;
 //   ksigmoid = (1 + ktanh(x/2))/2, kswish = x·ksigmoid(x),

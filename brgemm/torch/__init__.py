@@ -1,0 +1,45 @@
+"""brgemm inside PyTorch: the kernels as operators in the ``torch.ops.brgemm`` namespace (with
+autograd and fake implementations, so ``torch.compile`` and ``opcheck`` see through them),
+drop-in modules, and :func:`convert`, which swaps a model's layers for them.
+
+This is the only module of the package that imports torch (``import brgemm`` does not).
+
+Operators (each calls the pybind11 core on the tensors' memory: CPU, made contiguous when they
+are not; bfloat16 tensors are viewed as ml_dtypes.bfloat16, not converted):
+
+- ``gemm(A, B)``, ``batch_reduce(A, B)`` (Σ_i A[i] @ B[i]): float32 or bfloat16.
+- ``linear(input, weight, bias=None, activation="none")`` and ``conv2d(input, weight,
+  bias=None, stride=1, padding=[0, 0], dilation=1, groups=1, activation="none")`` in
+  ``torch.nn.functional``'s argument order, with ``linear_backward`` and ``conv2d_backward``;
+  ``activation="relu"`` fuses a ReLU into the product's epilogue. The input's dtype picks the
+  path (float32, or bfloat16 products with float32 accumulation); weights are float32 masters
+  (bfloat16 ones are widened).
+- ``lstm``, ``gru``: one layer and one direction each, returning a workspace tensor that
+  their backward operators (``lstm_backward``, ``gru_backward``) read.
+- ``ktanh(x)``, ``taylor_softmax(x, dim=-1, order=2)`` and their backward operators.
+- ``quantized_linear``, ``quantized_conv2d``: uint8 activations × int8 weights with one
+  scale per output channel (inference only).
+
+The operators check their tensors and hand numpy views of them to the runners brgemm.nn uses
+too (brgemm/_runners: one per layer kind), kept per (geometry, weight tensor): a call repacks
+only when the weights' bytes differ from what was packed last (one parallel comparison), so
+training steps and in-place edits are always seen.
+
+Files: ``_bridge`` (tensor checks, numpy views, the runners per weight tensor), the operators
+by family (``_products``: gemm, batch_reduce, linear; ``_conv``; ``_rnn``; ``_approx``: K-TanH
+and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``.
+"""
+
+# Importing the operator files registers torch.ops.brgemm.*; the modules call them by that name.
+from . import _approx, _conv, _int8, _products, _rnn  # noqa: F401
+from ._convert import ConversionReport, convert
+from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax
+
+__all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "AdaptiveAvgPool2d", "convert",
+           "ConversionReport"]
+
+# The public classes say they are brgemm.torch's, as before the package was split: models pickled
+# with torch.save then load again, and reprs and type checks by module name stay the same.
+for _cls in (Conv2d, Linear, LSTM, GRU, KTanh, TaylorSoftmax, AdaptiveAvgPool2d, ConversionReport):
+    _cls.__module__ = __name__
+del _cls

@@ -1,0 +1,89 @@
+"""brgemm.torch's side of the bridge: the checks that turn an operator's tensor arguments into
+contiguous CPU tensors of the expected dtype (naming the argument when they are not), their
+memory as numpy arrays, and the runners (brgemm/_runners, shared with brgemm.nn) kept per
+geometry and weight tensor. The operators hand the runners those numpy views; nothing here
+or in them talks to _core's layer objects directly.
+"""
+
+import collections
+import threading
+
+import ml_dtypes
+import torch
+
+_F32, _BF16 = torch.float32, torch.bfloat16
+_FLOATS = (_F32, _BF16)
+_FUSED = ("none", "relu")   # activations an operator's epilogue applies (backward from the output)
+
+
+def _tensor(t, name, dtypes, ndim=None):
+    """t detached and contiguous, after checking type, device, dtype and rank (naming t)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got a tensor on {t.device}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {t.dtype}")
+    if ndim is not None and t.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t.detach().contiguous()
+
+
+def _np(t):
+    """The memory of a contiguous CPU tensor as a numpy array (bfloat16 via ml_dtypes), no copy."""
+    if t.dtype == _BF16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _master(t, name, shape):
+    """A float32 parameter (bfloat16 ones widened, exactly) of the given shape, or None."""
+    if t is None:
+        return None
+    t = _tensor(t, name, _FLOATS)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    return t if t.dtype == _F32 else t.float()
+
+
+def _dtype_name(t):
+    return "float32" if t.dtype == _F32 else "bfloat16"
+
+
+def _activation(activation):
+    if activation not in _FUSED:
+        raise ValueError(f"activation must be 'none' or 'relu', got {activation!r}")
+    return activation
+
+
+
+# --- the runners (brgemm/_runners), kept per geometry and weight tensor ---------------------------
+
+def _identity(t):
+    """What tells a tensor's contents apart while it is alive: its memory, shape, dtype and
+    version counter (bumped by every in-place change; autograd checks saved tensors the same way).
+    The runners' scratch arrays remember it for the blocked copies they hold (Scratch.fill)."""
+    return (t.data_ptr(), t._version, tuple(t.shape), t.dtype)
+
+
+_built, _built_lock = collections.OrderedDict(), threading.Lock()
+
+
+def _layer(key, make):
+    """The runner for ``key`` (its geometry, dtype, activation and the caller's weight tensor's
+    address), made by make() the first time; the 256 used last are kept."""
+    with _built_lock:
+        entry = _built.get(key)
+        if entry is None:
+            entry = _built[key] = make()
+            if len(_built) > 256:
+                _built.popitem(last=False)
+        else:
+            _built.move_to_end(key)
+    return entry
+
+
+def _op(name, schema):
+    return torch.library.custom_op(f"brgemm::{name}", mutates_args=(), schema=schema)
+
+

@@ -1,0 +1,131 @@
+"""The convolution operators: ``conv2d`` and ``conv2d_backward``, plain or blocked layout."""
+
+import torch
+
+from .. import _core
+from .._runners.conv import F32, ConvGeometry, ConvRunner, blocked_shape, out_size
+from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor
+from ._products import _product_grads_fake, _setup_product
+
+
+def _geometry(weight, stride, padding, dilation):
+    """The ConvGeometry of a (K, C, R, S) weight with the operator's geometry arguments."""
+    k, c, r, s = weight.shape
+    return ConvGeometry.of(c, k, (r, s), stride, padding, dilation)
+
+
+def _fake_out_size(input, weight, stride, padding, dilation):
+    """(OH, OW) from sizes that may be symbolic (a fake implementation's)."""
+    g = ConvGeometry.of(1, 1, 1, stride, padding, dilation)
+    return out_size(input.shape[2], input.shape[3], weight.shape[2:], g.stride, g.padding, g.dilation)
+
+
+def _conv_args(input, weight, bias, stride, padding, dilation, groups):
+    """(x, weight f32, bias f32, geometry, (OH, OW), (N, H, W)) for a plain (N, C, H, W) or a
+    blocked (N, C/bc, H, W, bc) input."""
+    x = _tensor(input, "input", _FLOATS, ndim=(4, 5))
+    w = _tensor(weight, "weight", _FLOATS, ndim=4)
+    if groups != 1:
+        raise ValueError(f"groups must be 1 (grouped and depthwise convolutions are not supported), got {groups}")
+    c = w.shape[1]
+    if x.dim() == 5:
+        bc = _core.conv_block(c)
+        if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
+            raise ValueError(f"input is blocked as {tuple(x.shape)}; weight {tuple(w.shape)} needs blocks of {bc}: "
+                             f"(N, {-(-c // bc)}, H, W, {bc})")
+    elif x.shape[1] != c:
+        raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {c}")
+    n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    geo = _geometry(w, stride, padding, dilation)
+    return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],)), geo, geo.out_size(h, wd), (n, h, wd)
+
+
+def _conv_layer(dt, weight, geo, activation):  # weight: the caller's tensor, as _linear_layer
+    return _layer(("conv", dt, geo, activation, weight.data_ptr()),
+                  lambda: ConvRunner(dt, geo, activation, scratch=8))
+
+
+def _conv_output_shape(n, k, oh, ow, blocked):
+    return blocked_shape(n, k, _core.conv_block(k), oh, ow) if blocked else (n, k, oh, ow)
+
+
+_CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[] padding=[0, 0], "
+                'int[2] dilation=1, int groups=1, str activation="none", bool blocked_output=False) -> Tensor')
+
+
+@_op("conv2d", _CONV_SCHEMA)
+def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
+            blocked_output=False):
+    """input: plain (N, C, H, W) or blocked (N, C/bc, H, W, bc); the output is plain, or blocked
+    with blocked_output (what a following brgemm conv2d takes without converting)."""
+    x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
+    act = _activation(activation)
+    out = torch.empty(_conv_output_shape(n, w.shape[0], oh, ow, blocked_output), dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    e = _conv_layer(_dtype_name(x), weight, geo, act)
+    with e.lock:
+        e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x))
+        if not blocked_output:
+            e.scratch.holds["y"] = _identity(out)
+    return out
+
+
+@_conv2d.register_fake
+def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
+      blocked_output=False):
+    oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
+    return input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, blocked_output))
+
+
+@_op("conv2d_backward", "(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, Tensor output, int[2] stride, "
+                        "int[] padding, int[2] dilation, str activation, bool input_grad) -> (Tensor, Tensor, Tensor)")
+def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
+    """(∂input or an empty tensor, ∂weight, ∂bias or an empty tensor) of conv2d, in float32;
+    grad_output has the output's layout, ∂input the input's (plain or blocked)."""
+    x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, 1)
+    act = _activation(activation)
+    k = w.shape[0]
+    g = _tensor(grad_output, "grad_output", _FLOATS, ndim=(4, 5))
+    want = _conv_output_shape(n, k, oh, ow, g.dim() == 5)
+    if tuple(g.shape) != want:
+        raise ValueError(f"grad_output must have the output's shape {want}, got {tuple(g.shape)}")
+    # The kernels write every gradient entry (accumulate=False): no zero-fill but for no images.
+    gw = (torch.empty if n else torch.zeros)(w.shape)
+    gb = (torch.empty if n else torch.zeros)((k,) if b is not None else (0,))
+    gx = torch.empty(x.shape if input_grad else (0,))
+    if n == 0:
+        return gx.zero_(), gw, gb
+    e = _conv_layer(_dtype_name(x), weight, geo, act)
+    dt = e.act_dtype
+    with e.lock:
+        e.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
+        xb = e.blocked("x", _np(x), e.bc, dt, _identity(x), reuse=True)
+        if act != "none":  # the ReLU mask
+            y = _tensor(output, "output", (x.dtype,), ndim=(4, 5))
+            yb = e.blocked("y", _np(y), e.bk, dt, _identity(y), reuse=True)
+        else:  # not read without an activation
+            yb = e.scratch.get("y", blocked_shape(n, k, e.bk, oh, ow), dt)
+        gyb = e.blocked("gy", _np(g), e.bk, F32)
+        e.backward(n, h, wd, gyb, yb, None, xb, _np(gx) if input_grad else None, _np(gw),
+                   None if b is None else _np(gb), False)
+    return gx, gw, gb
+
+
+@_conv2d_backward.register_fake
+def _(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
+    return _product_grads_fake(input, weight, bias, input_grad)
+
+
+def _conv2d_grad(ctx, grad):
+    input, weight, bias, output = ctx.saved_tensors
+    stride, padding, dilation, _, activation, _ = ctx.args
+    need = ctx.needs_input_grad
+    gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, activation, need[0])
+    return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None)
+
+
+_conv2d.register_autograd(_conv2d_grad, setup_context=_setup_product)
+
+

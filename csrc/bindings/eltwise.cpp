@@ -1,0 +1,132 @@
+// csrc/bindings/eltwise.cpp: the element-wise functions over whole arrays (activations and
+// their backward passes, exact and Taylor softmax) and the K-TanH table they use, for
+// brgemm.activation / brgemm.softmax and the layers written in Python.
+#include "arrays.h"
+
+#include "../../layers/eltwise.h"
+#include "brgemm/ktanh_table.h"
+
+namespace brgemm::bindings {
+
+namespace {
+
+// out: None (a new array) or an array of x's dtype and shape, x itself or disjoint from the inputs.
+py::array eltwise_out(py::object out, const py::array& x, const std::vector<py::array>& inputs) {
+  if (out.is_none()) return py::array(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  bool bf16;
+  py::array o = eltwise_array(out, "out", &bf16);
+  if (!o.dtype().is(x.dtype())) type_error("out must have dtype " + str(x.dtype()) + ", got " + str(o.dtype()));
+  if (!o.attr("shape").equal(x.attr("shape")))
+    value_error("out must have shape " + str(x.attr("shape")) + ", got " + str(o.attr("shape")));
+  require_writeable(o, "out");
+  for (const py::array& in : inputs)
+    if (o.data() != in.data() && overlaps(extent(o), extent(in)))
+      value_error("out partly overlaps an input; it may be the input itself, or disjoint from it");
+  return o;
+}
+
+py::array activation_py(py::handle X, const std::string& name, py::object out) {
+  const activation a = activation_arg(name);
+  bool bf16;
+  py::array x = eltwise_array(X, "x", &bf16);
+  py::array y = eltwise_out(out, x, {x});
+  const void* xp = x.data();
+  void* yp = y.mutable_data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    layers::activation(a, bf16, xp, yp, n);
+  }
+  return y;
+}
+
+// grad_x = grad_y·f'(·) in float32; x (the input) or y (the output) as activation_backward_needs_x says.
+py::array activation_backward_py(const std::string& name, py::handle G, py::object X, py::object Y, py::object out) {
+  const activation a = activation_arg(name);
+  py::array g = typed_array(G, "grad_y", element::f32);
+  if (!(g.flags() & py::array::c_style)) value_error("grad_y must be C-contiguous");
+  const bool need_x = activation_backward_needs_x(a);
+  py::object src = need_x ? X : Y;
+  const char* src_name = need_x ? "x" : "y";
+  if (src.is_none()) value_error(std::string("the backward pass of ") + name + " needs " + src_name);
+  py::array v = typed_array(src, src_name, element::f32);
+  if (!(v.flags() & py::array::c_style)) value_error(std::string(src_name) + " must be C-contiguous");
+  if (!v.attr("shape").equal(g.attr("shape")))
+    value_error(std::string(src_name) + " must have grad_y's shape " + str(g.attr("shape")) + ", got " +
+                str(v.attr("shape")));
+  py::array o = eltwise_out(out, g, {g, v});
+  const float* gp = (const float*)g.data();
+  const float* vp = (const float*)v.data();
+  float* op = (float*)o.mutable_data();
+  const int64_t n = g.size();
+  {
+    py::gil_scoped_release nogil;
+    layers::activation_backward(a, gp, need_x ? vp : nullptr, need_x ? nullptr : vp, op, n);
+  }
+  return o;
+}
+
+// Softmax over the last axis of a C-contiguous array; order 0 = exact, else Taylor of that order.
+py::array softmax_py(py::handle X, int order, py::object out) {
+  if (order < 0 || order > 16 || order % 2) value_error("order must be 0 (exact) or even, 2 to 16");
+  bool bf16;
+  py::array x = eltwise_array(X, "x", &bf16);
+  if (x.ndim() < 1 || x.size() == 0) value_error("x must have at least one element along the softmax axis");
+  py::array y = eltwise_out(out, x, {x});
+  const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
+  const void* xp = x.data();
+  void* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    layers::softmax(order, bf16, xp, yp, rows, cols);
+  }
+  return y;
+}
+
+py::array softmax_backward_py(int order, py::object Z, py::handle Y, py::handle G) {
+  if (order < 0 || order > 16 || order % 2) value_error("order must be 0 (exact) or even, 2 to 16");
+  py::array y = typed_array(Y, "y", element::f32), g = typed_array(G, "grad_y", element::f32);
+  for (auto* a : {&y, &g})
+    if (!(a->flags() & py::array::c_style)) value_error("y and grad_y must be C-contiguous");
+  if (y.ndim() < 1 || y.size() == 0) value_error("y must have at least one element along the softmax axis");
+  if (!y.attr("shape").equal(g.attr("shape")))
+    value_error("grad_y must have y's shape " + str(y.attr("shape")) + ", got " + str(g.attr("shape")));
+  py::array z;
+  if (order > 0) {
+    z = typed_array(Z, "x", element::f32);
+    if (!(z.flags() & py::array::c_style)) value_error("x must be C-contiguous");
+    if (!z.attr("shape").equal(y.attr("shape")))
+      value_error("x must have y's shape " + str(y.attr("shape")) + ", got " + str(z.attr("shape")));
+  }
+  py::array out = eltwise_out(py::none(), y, {});
+  const int64_t cols = y.shape(y.ndim() - 1), rows = y.size() / cols;
+  const float *zp = order > 0 ? (const float*)z.data() : nullptr, *yp = (const float*)y.data(),
+              *gp = (const float*)g.data();
+  float* op = (float*)out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    layers::softmax_backward(order, zp, yp, gp, op, rows, cols);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_eltwise(py::module_& m) {
+  m.def("activation", &activation_py, py::arg("x"), py::arg("name"), py::arg("out") = py::none());
+  m.def("activation_backward", &activation_backward_py, py::arg("name"), py::arg("grad_y"), py::arg("x") = py::none(),
+        py::arg("y") = py::none(), py::arg("out") = py::none());
+  m.def("softmax", &softmax_py, py::arg("x"), py::arg("order"), py::arg("out") = py::none());
+  m.def("softmax_backward", &softmax_backward_py, py::arg("order"), py::arg("x"), py::arg("y"), py::arg("grad_y"));
+  m.def("ktanh_table", [] {
+    py::list e, sh, b;
+    for (int i = 0; i < 32; ++i) {
+      e.append(ktanh::exponent[i]);
+      sh.append(ktanh::shift[i]);
+      b.append(ktanh::bias[i]);
+    }
+    return py::make_tuple(e, sh, b, ktanh::low_exp, ktanh::high_exp);
+  }, "The K-TanH tables compiled in: (exponent, shift, bias, low_exp, high_exp).");
+}
+
+}  // namespace brgemm::bindings

@@ -1,0 +1,83 @@
+// csrc/include/brgemm/types.h: the element types and the kernel dtypes of the public API, and
+// what each dtype reads and writes. The one place the core, the kernels, the layers and the
+// bindings name an element type; brgemm.h includes it.
+//
+// The helpers are constexpr and always inlined: the per-ISA translation units include this
+// header too, and an out-of-line copy compiled with their flags must never be the one the
+// linker keeps for baseline code (STYLE.md, convention 6).
+#pragma once
+#include <cstdint>
+
+#define BRGEMM_INLINE [[gnu::always_inline]] inline constexpr
+
+namespace brgemm {
+
+// The element types of the arrays the core, the layers and the bindings read and write
+// (bf16 and f16 are stored as their uint16 bits).
+enum class element : int { f32 = 0, bf16, f16, u8, s8, s32 };
+constexpr int element_count = 6;
+BRGEMM_INLINE int element_bytes(element e) {
+  return e == element::bf16 || e == element::f16 ? 2 : e == element::u8 || e == element::s8 ? 1 : 4;
+}
+BRGEMM_INLINE const char* element_name(element e) {
+  switch (e) {
+    case element::bf16: return "bf16";
+    case element::f16: return "f16";
+    case element::u8: return "u8";
+    case element::s8: return "s8";
+    case element::s32: return "s32";
+    default: return "f32";
+  }
+}
+
+// What a kernel multiplies, and what it accumulates into (C's type without an epilogue):
+//   f32  : A f32  × B f32           → f32
+//   bf16 : A bf16 × B bf16, VNNI-2  → f32   B element (k, n) at ((k/2)·ldb + n)·2 + k%2
+//   u8s8 : A u8   × B s8,   VNNI-4  → s32   B element (k, n) at ((k/4)·ldb + n)·4 + k%4
+//   s8s8 : A s8   × B s8,   VNNI-4  → s32   the u8s8 kernels on A + 128 (each A byte XOR 0x80,
+//          which vpdpbusd needs unsigned): the ukernel's sum is Σ (a+128)·b, and execute()
+//          subtracts 128·colsum(B) through the epilogue's column offsets (see epilogue_args),
+//          so the caller of execute() must supply them; the result is the exact Σ a·b
+//   f32f16: A f32 × B IEEE half     → f32   plain rows, widened in registers (memory-bound
+//          layers: half the weight traffic)
+// In the packed (VNNI) layouts ldb counts columns, K is padded with zeros to whole pairs /
+// quads (the packer does it), and A is read only for its k real columns.
+enum class dtype : int { f32 = 0, bf16, u8s8, f32f16, s8s8 };
+constexpr int dtype_count = 5;
+BRGEMM_INLINE bool dtype_is_int8(dtype t) { return t == dtype::u8s8 || t == dtype::s8s8; }  // s32 accumulator
+BRGEMM_INLINE element dtype_a(dtype t) {  // the element types of A, B and C
+  return t == dtype::bf16 ? element::bf16 : t == dtype::u8s8 ? element::u8 : t == dtype::s8s8 ? element::s8 : element::f32;
+}
+BRGEMM_INLINE element dtype_b(dtype t) {
+  return t == dtype::bf16 ? element::bf16 : dtype_is_int8(t) ? element::s8 : t == dtype::f32f16 ? element::f16 : element::f32;
+}
+BRGEMM_INLINE element dtype_c(dtype t) { return dtype_is_int8(t) ? element::s32 : element::f32; }
+BRGEMM_INLINE int dtype_kpack(dtype t) { return t == dtype::bf16 ? 2 : dtype_is_int8(t) ? 4 : 1; }  // rows of B per packed row
+BRGEMM_INLINE int dtype_a_bytes(dtype t) { return element_bytes(dtype_a(t)); }
+BRGEMM_INLINE int dtype_b_bytes(dtype t) { return element_bytes(dtype_b(t)); }
+BRGEMM_INLINE int dtype_c_bytes(dtype t) { return element_bytes(dtype_c(t)); }
+BRGEMM_INLINE const char* dtype_name(dtype t) {  // f32, bf16, u8s8, f32f16, s8s8
+  switch (t) {
+    case dtype::bf16: return "bf16";
+    case dtype::u8s8: return "u8s8";
+    case dtype::f32f16: return "f32f16";
+    case dtype::s8s8: return "s8s8";
+    default: return "f32";
+  }
+}
+
+// What the epilogue stores (its stage 5 in brgemm.h): the accumulator's own type, or an
+// element type. The numbering is the Python Epilogue's (brgemm/_api.py, _OUT_TYPES).
+enum class out_type : int { acc = 0, f32, bf16, u8, s8 };
+BRGEMM_INLINE element out_element(dtype t, out_type o) {
+  switch (o) {
+    case out_type::f32: return element::f32;
+    case out_type::bf16: return element::bf16;
+    case out_type::u8: return element::u8;
+    case out_type::s8: return element::s8;
+    default: return dtype_c(t);
+  }
+}
+BRGEMM_INLINE int out_type_bytes(dtype t, out_type o) { return element_bytes(out_element(t, o)); }
+
+}  // namespace brgemm
