@@ -286,8 +286,9 @@ def pack_b(B, dtype, *, ldb=None, layout="rows"):
 def _kernel_dtype(A, B):
     """The kernel dtype of a call: A's element type, and f32f16 for float32 A on f16 weights."""
     dtype = _DTYPE_OF_A.get(getattr(A, "dtype", None)) if isinstance(A, np.ndarray) else None
-    if dtype == "f32" and isinstance(B, PackedB) and B.dtype == "f32f16":
-        return "f32f16"
+    if dtype == "f32" and (B.dtype == "f32f16" if isinstance(B, PackedB) else
+                           isinstance(B, np.ndarray) and B.dtype == np.float16):
+        return "f32f16"  # half-precision weights, a plain array packed per call as bf16 and int8 B are
     if dtype is None:
         if not isinstance(A, np.ndarray):
             raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
@@ -323,7 +324,8 @@ def _as_packed(B, dtype, A, batched):
 def batch_reduce(A, B, C=None, *, beta=0.0, epilogue=None):
     """``C = epilogue(beta·C + Σ_i A[i] @ B[i])`` for A (batch, M, K) and B (batch, K, N).
 
-    The kernel follows A's dtype: float32 (B float32), ml_dtypes.bfloat16 (B bfloat16),
+    The kernel follows A's dtype: float32 (B float32, or float16: half-precision weights
+    widened in the kernel, "f32f16"), ml_dtypes.bfloat16 (B bfloat16),
     uint8 or int8 (B int8, exact int32 sums; beta 0 or 1). B may be a plain array or, for
     the low-precision dtypes, a batched :class:`PackedB` from :func:`pack_b` (a plain one is
     packed on every call). C is float32 (int32 for int8) unless the :class:`Epilogue` says
@@ -346,8 +348,8 @@ def gemm(A, B, C=None, *, beta=0.0, epilogue=None):
     """``C = epilogue(beta·C + A @ B)`` on the BRGEMM with OpenMP over tiles of C
     (``set_num_threads``).
 
-    The kernel follows A's dtype, as in :func:`batch_reduce`: float32, bfloat16, uint8 or
-    int8 (× int8, exact int32 sums; beta 0 or 1). For the low-precision dtypes pass B packed
+    The kernel follows A's dtype, as in :func:`batch_reduce`: float32 (× float32 or float16),
+    bfloat16, uint8 or int8 (× int8, exact int32 sums; beta 0 or 1). For the low-precision dtypes pass B packed
     once with :func:`pack_b` (a 2-D PackedB, fastest in ``layout="panels"``): a plain B is
     packed again on every call. The
     :class:`Epilogue` (bias, ReLU, dequantization, bf16 or requantized uint8/int8 output) is

@@ -14,7 +14,14 @@ def positive_int(v, name):
         raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
     if v < 1:
         raise ValueError(f"{name} must be at least 1, got {v}")
+    if v > MAX_SIZE:
+        raise ValueError(f"{name} must be at most 2**31 - 1, got {v}")
     return int(v)
+
+
+#: Largest layer size, kernel size or stride: larger ones could not be allocated, and their
+#: sums and products in the drivers' int64 arithmetic must not overflow.
+MAX_SIZE = (1 << 31) - 1
 
 
 def activation_arg(activation):

@@ -6,12 +6,20 @@ distance to the range squared, one inside Δ²/12 (Δ = (hi − lo)/(levels − 
 noise). Values are taken at their bin's centre. With prefix sums of n, n·c and n·c² each range
 costs O(1): all B(B+1)/2 ranges of a B-bin histogram in one pass."""
 
+import operator
+
 import numpy as np
 
 
-def l2_search(double[::1] counts, double[::1] edges, int levels, bint symmetric):
+def l2_search(const double[::1] counts, const double[::1] edges, levels, bint symmetric):
     """(lo, hi, error) of the best range."""
     cdef Py_ssize_t b = counts.shape[0], i, j, k
+    # the loops below run without bounds checks: the sizes they rely on are checked here
+    if b < 1 or edges.shape[0] != b + 1:
+        raise ValueError(f"edges must have len(counts) + 1 = {b + 1} values for {b} bins, got {edges.shape[0]}")
+    levels = operator.index(levels)
+    if not 2 <= levels <= 1 << 30:
+        raise ValueError(f"levels must be in 2..2**30, got {levels}")
     cdef double[::1] n0 = np.zeros(b + 1), n1 = np.zeros(b + 1), n2 = np.zeros(b + 1)
     cdef double c, lo, hi, d, err, best = 1e300, best_lo = edges[0], best_hi = edges[b]
     cdef double left, right, inside, l0, l1, l2, r0, r1, r2

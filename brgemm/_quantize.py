@@ -16,6 +16,7 @@ exactly (zero_point is an integer), so zero padding and ReLU zeros quantize with
   data; its :meth:`~HistogramObserver.qparams` takes the same methods).
 """
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,11 +54,11 @@ class QParams:
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp.astype(np.int32))
 
-    def _shaped(self, x):
+    def _shaped(self, x, name="x"):
         """scale and zero point broadcast against x."""
         if self.axis is None:
             return self.scale, self.zero_point
-        axis = self.axis % x.ndim
+        axis = _axis_arg(self.axis, x.ndim, name)
         if x.shape[axis] != self.scale.size:
             raise ValueError(f"x has {x.shape[axis]} channels on axis {self.axis}, these parameters {self.scale.size}")
         shape = [1] * x.ndim
@@ -71,8 +72,28 @@ class QParams:
         return dequantize(q, self)
 
 
+def _axis_arg(axis, ndim, name):
+    """``axis`` as an index into the ndim axes of the array ``name``: a 0-d array has no
+    channel axis (``% ndim`` would divide by zero)."""
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"axis {a} is out of range for {name} with {ndim} dimensions "
+                         f"(per-channel parameters need an array with that axis)")
+    return a % ndim
+
+
+def _qparams_arg(qp):
+    if not isinstance(qp, QParams):
+        raise TypeError(f"qp must be a brgemm.quant.QParams, got {type(qp).__name__}")
+    return qp
+
+
 def quantize(x, qp):
     """clip(round(x / scale) + zero_point) as qp.dtype (NaN → the zero point)."""
+    qp = _qparams_arg(qp)
     x = np.asarray(x, np.float32)
     scale, zp = qp._shaped(x)
     lo, hi = DTYPES[qp.dtype]
@@ -83,8 +104,9 @@ def quantize(x, qp):
 
 def dequantize(q, qp):
     """scale·(q − zero_point) as float32."""
+    qp = _qparams_arg(qp)
     q = np.asarray(q)
-    scale, zp = qp._shaped(q)
+    scale, zp = qp._shaped(q, "q")
     return ((q.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32)
 
 
@@ -133,7 +155,7 @@ def choose_qparams(x, *, symmetric=False, signed=False, axis=None, method="minma
     if axis is not None:
         if method != "minmax":
             raise ValueError("per-channel parameters (axis) are chosen by 'minmax'")
-        axis = int(axis) % x.ndim
+        axis = _axis_arg(axis, x.ndim, "x")
         flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
         scale, zp = _from_range(flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64),
                                 symmetric, signed)
@@ -157,6 +179,8 @@ class MinMaxObserver:
     and the QParams of that range."""
 
     def __init__(self, *, symmetric=False, signed=False, axis=None):
+        if axis is not None:
+            _axis_arg(axis, 1 << 62, "x")  # its type now; its range against each x observed
         self.symmetric, self.signed, self.axis = bool(symmetric), bool(signed), axis
         self.min = self.max = None
 
@@ -167,7 +191,8 @@ class MinMaxObserver:
         if self.axis is None:
             lo, hi = np.float64(x.min()), np.float64(x.max())
         else:
-            flat = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+            axis = _axis_arg(self.axis, x.ndim, "x")
+            flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
             lo, hi = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
             if self.min is not None and self.min.shape != lo.shape:
                 raise ValueError(f"x has {lo.size} channels on axis {self.axis}, earlier batches {self.min.size}")
@@ -188,9 +213,13 @@ class HistogramObserver:
     "l2" (least expected squared error, the default), "percentile" or "minmax"."""
 
     def __init__(self, *, bins=2048, symmetric=False, signed=False):
-        if int(bins) < 2:
-            raise ValueError(f"bins must be at least 2, got {bins}")
-        self.bins, self.symmetric, self.signed = int(bins), bool(symmetric), bool(signed)
+        try:
+            bins = operator.index(bins)  # int() would take 2.5 and fail on inf with OverflowError
+        except TypeError:
+            raise TypeError(f"bins must be an integer, got {type(bins).__name__}") from None
+        if not 2 <= bins <= 1 << 16:
+            raise ValueError(f"bins must be in 2..65536 (the l2 search is quadratic in it), got {bins}")
+        self.bins, self.symmetric, self.signed = bins, bool(symmetric), bool(signed)
         self.counts = np.zeros(self.bins)
         self.lo = self.hi = None
 
@@ -215,6 +244,8 @@ class HistogramObserver:
 
     @property
     def edges(self):
+        if self.lo is None:
+            raise RuntimeError("observe some data first")
         return np.linspace(self.lo, self.hi, self.bins + 1)
 
     def l2_range(self):
@@ -249,10 +280,13 @@ def quantize_per_channel(weight):
     w = np.asarray(weight, np.float32)
     if w.ndim < 2:
         raise ValueError(f"weight must be at least 2-D (out_channels, ...), got {w.ndim}-D")
+    if w.size == 0:  # the reshape below could not infer its -1 (and a max of nothing has no value)
+        raise ValueError(f"weight has a zero-size dimension (shape {w.shape})")
     if not np.isfinite(w).all():
         raise ValueError("weight holds NaN or infinity")
     amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
     scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    scale = np.maximum(scale, np.finfo(np.float32).tiny)  # subnormal amax / 127 rounds to 0: w / 0
     q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
     return q, scale
 

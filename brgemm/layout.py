@@ -11,6 +11,8 @@ The block for a channel count is :func:`block_size`: below 16 the count rounded 
 for weights, the last two), and a layer checks it against its own.
 """
 
+import operator
+
 import ml_dtypes
 import numpy as np
 
@@ -22,7 +24,13 @@ _VNNI = {np.dtype(np.float32): 1, np.dtype(ml_dtypes.bfloat16): 2, np.dtype(np.i
 
 def block_size(channels):
     """The channel block the convolution layers use for ``channels``."""
-    return _core.conv_block(int(channels))
+    try:
+        channels = operator.index(channels)  # int() would take 2.5, "8" and fail on inf with OverflowError
+    except TypeError:
+        raise TypeError(f"channels must be an integer, got {type(channels).__name__}") from None
+    if not 1 <= channels < 1 << 62:
+        raise ValueError(f"channels must be in 1..2**62, got {channels}")
+    return _core.conv_block(channels)
 
 
 def _layout_arg(layout):

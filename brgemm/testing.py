@@ -8,13 +8,15 @@ The batch-reduce GEMM is
 
 and beta = 0 means C0 is never read (it may hold NaN): the reference then ignores it.
 
-Besides the reference, :func:`make_problem` builds the operands of one kernel call the way
-the kernel addresses them (flat float32 buffers with leading dimensions, stride / offset /
-address batches, padding that the kernel must leave alone) and :meth:`Problem.check`
-compares a result with the reference and checks that nothing outside the m×n window of C
-was written.
+Sections: the f32 reference and its bound; bf16 (why the same bound holds); int8 (exact
+int64, VNNI-4 index arithmetic); and :func:`make_problem`, one generator for every kernel
+dtype, which builds the operands of one kernel call the way the kernel addresses them (flat
+buffers with leading dimensions, B packed, stride / offset / address batches, padding the
+kernel must leave alone), with :meth:`Problem.check` comparing a result with the oracle and
+checking that nothing outside the m×n window of C was written.
 """
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,147 +168,6 @@ def bits(x):
     return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
 
 
-@dataclass
-class Problem:
-    """The operands of one Kernel call and how the oracle reads them.
-
-    ``a``, ``b`` (stride/offset) are flat float32 buffers, or lists of flat blocks (address);
-    ``c`` is the flat output buffer (row stride ldc, padding filled with random values that
-    the kernel must not touch) and ``c0`` its copy before the call. ``args`` are the call's
-    arguments after (A, B, C) for stride/offset. ``a_blocks``/``b_blocks`` are the 2-D blocks
-    the call names, read back out of the buffers by the oracle's own index arithmetic.
-    """
-
-    m: int
-    n: int
-    k: int
-    lda: int
-    ldb: int
-    ldc: int
-    beta: float
-    batch: str
-    count: int
-    a: object
-    b: object
-    c: np.ndarray
-    c0: np.ndarray
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
-    a_blocks: list = field(default_factory=list)
-    b_blocks: list = field(default_factory=list)
-    a0: object = None
-    b0: object = None
-
-    def kernel_kwargs(self):
-        """Keyword arguments for brgemm.Kernel describing this problem (no ukernel)."""
-        return dict(batch=self.batch, lda=self.lda, ldb=self.ldb, ldc=self.ldc, beta=self.beta)
-
-    def run(self, kernel, c=None):
-        """Calls ``kernel`` on this problem's operands, writing into ``c`` (default: the
-        problem's own C buffer); returns what the kernel returns."""
-        c = self.c if c is None else c
-        if self.batch == "address":
-            return kernel(self.a, self.b, c)
-        return kernel(self.a, self.b, c, *self.args, **self.kwargs)
-
-    def c_window(self, c=None):
-        """The m×n result inside the flat C buffer."""
-        c = self.c if c is None else c
-        return block(c, 0, self.m, self.n, self.ldc)
-
-    def c0_window(self):
-        return block(self.c0, 0, self.m, self.n, self.ldc)
-
-    def check(self, c=None, what="C"):
-        """Result as the oracle says (:meth:`check_result`), every element of C outside the
-        m×n window bit-identical to before the call, and A and B unchanged."""
-        c = self.c if c is None else c
-        for name, now, before in (("A", self.a, self.a0), ("B", self.b, self.b0)):
-            now = now if isinstance(now, list) else [now]
-            before = before if isinstance(before, list) else [before]
-            if not all(np.array_equal(raw(x), raw(y)) for x, y in zip(now, before)):
-                raise AssertionError(f"{what}: the kernel modified its input {name}")
-        outside = ~window_mask(c.size, self.m, self.n, self.ldc)
-        if not np.array_equal(raw(c)[outside], raw(self.c0)[outside]):
-            raise AssertionError(f"{what}: the kernel wrote outside the m×n window (ldc = {self.ldc})")
-        self.check_result(self.c_window(c), what)
-
-    def check_result(self, window, what):
-        """f32: within the bound of the float64 reference."""
-        assert_close(window, self.a_blocks, self.b_blocks, self.c0_window(), self.beta, what=what)
-
-    def fresh_c(self):
-        """A new copy of the C buffer as it was before any call."""
-        return self.c0.copy()
-
-
-def make_problem(m, n, k, *, rng, batch="stride", count=1, lda=None, ldb=None, ldc=None,
-                 beta=0.0, c_fill="random", stride_gap=0):
-    """Operands for one call of a Kernel(m, n, k, batch=..., lda, ldb, ldc, beta).
-
-    - stride: A and B are exactly as large as the call needs; strides are the defaults
-      (m·lda, k·ldb, passed as None) unless ``stride_gap`` > 0, which passes explicit strides
-      that leave gaps (m·lda + gap, k·ldb + 2·gap + 1).
-    - offset: blocks sit in slots with gaps, in a shuffled order, and when count >= 3 one
-      block of A and one of B are used twice (repeated offsets are legal).
-    - address: every block is its own exactly-sized array.
-
-    ``c_fill``: "random" or "nan" (the whole C buffer NaN; only meaningful with beta = 0).
-    Padding of C (ldc > n and a tail) is random and must survive the call bit for bit.
-    """
-    lda = k if lda is None else lda
-    ldb = n if ldb is None else ldb
-    ldc = n if ldc is None else ldc
-    a_ext = (m - 1) * lda + k
-    b_ext = (k - 1) * ldb + n
-    args, kwargs = (), {}
-
-    if batch == "stride":
-        sa = m * lda + (stride_gap if stride_gap else 0)
-        sb = k * ldb + (2 * stride_gap + 1 if stride_gap else 0)
-        last = max(count - 1, 0)
-        a = random_f32(last * sa + a_ext, rng)
-        b = random_f32(last * sb + b_ext, rng)
-        offs_a = [i * sa for i in range(count)]
-        offs_b = [i * sb for i in range(count)]
-        args = (count,)
-        if stride_gap:
-            kwargs = dict(stride_a=sa, stride_b=sb)
-        a_blocks = [block(a, o, m, k, lda) for o in offs_a]
-        b_blocks = [block(b, o, k, n, ldb) for o in offs_b]
-    elif batch == "offset":
-        slot_a, slot_b = a_ext + 3, b_ext + 5
-        offs_a = rng.permutation(count).astype(np.int64) * slot_a
-        offs_b = rng.permutation(count).astype(np.int64) * slot_b
-        if count >= 3:
-            offs_a[2] = offs_a[0]
-            offs_b[1] = offs_b[count - 1]
-        a = random_f32(max(count - 1, 0) * slot_a + a_ext, rng)
-        b = random_f32(max(count - 1, 0) * slot_b + b_ext, rng)
-        args = (offs_a, offs_b)
-        a_blocks = [block(a, int(o), m, k, lda) for o in offs_a]
-        b_blocks = [block(b, int(o), k, n, ldb) for o in offs_b]
-    elif batch == "address":
-        a = [random_f32(a_ext, rng) for _ in range(count)]
-        b = [random_f32(b_ext, rng) for _ in range(count)]
-        a_blocks = [block(x, 0, m, k, lda) for x in a]
-        b_blocks = [block(x, 0, k, n, ldb) for x in b]
-    else:
-        raise ValueError(f"unknown batch kind {batch!r}")
-
-    c_size = (m - 1) * ldc + n + 3  # a short tail after the last row: it must stay untouched
-    c = random_f32(c_size, rng)
-    if c_fill == "nan":
-        c[window_mask(c_size, m, n, ldc)] = np.nan
-    elif c_fill != "random":
-        raise ValueError(f"unknown c_fill {c_fill!r}")
-    return Problem(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, beta=beta, batch=batch, count=count,
-                   a=a, b=b, c=c, c0=c.copy(), args=args, kwargs=kwargs,
-                   a_blocks=a_blocks, b_blocks=b_blocks,
-                   a0=[x.copy() for x in a] if isinstance(a, list) else a.copy(),
-                   b0=[x.copy() for x in b] if isinstance(b, list) else b.copy())
-
-
 def padded(rng, shape, pad, offset=None):
     """A random float32 array of ``shape`` that is a slice of a larger array: every axis is
     ``pad`` longer and the slice starts at ``offset`` (default 1 on every axis), so its
@@ -375,19 +236,16 @@ def random_bf16(shape, rng):
     return x.astype(_bf16_dtype())
 
 
-def _require_bf16(blocks, name):
-    bf16 = _bf16_dtype()
+def _bf16_blocks(blocks, name, domain=False):
+    """Checks that blocks are bfloat16 (the values the kernel was given) and, with ``domain``,
+    inside the bound's domain (no nonzero |x| < BF16_MIN_INPUT)."""
     for i, b in enumerate(blocks):
-        if np.asarray(b).dtype != bf16:
+        if np.asarray(b).dtype != _bf16_dtype():
             raise TypeError(f"{name}[{i}] must be bfloat16 (the values the kernel was given), "
                             f"got {np.asarray(b).dtype}")
-
-
-def _check_bf16_domain(blocks, name):
-    for i, b in enumerate(blocks):
         mag = np.abs(_f64(b))
         tiny = (mag > 0) & (mag < BF16_MIN_INPUT)
-        if tiny.any():
+        if domain and tiny.any():
             raise ValueError(f"{name}[{i}] holds |x| = {mag[tiny].min():.3g} < 2**-44: vdpbf16ps's "
                              "flush to zero is outside the bound there (see BF16_MIN_INPUT)")
 
@@ -395,8 +253,8 @@ def _check_bf16_domain(blocks, name):
 def reference_bf16(a_blocks, b_blocks, c0=None, beta=0.0):
     """float64 ``beta·C0 + Σ_i A_i @ B_i`` for bfloat16 blocks A_i (m×k) and *unpacked* B_i
     (k×n); beta = 0 ignores C0 (it may hold NaN)."""
-    _require_bf16(a_blocks, "a_blocks")
-    _require_bf16(b_blocks, "b_blocks")
+    _bf16_blocks(a_blocks, "a_blocks")
+    _bf16_blocks(b_blocks, "b_blocks")
     return reference(a_blocks, b_blocks, c0, beta)
 
 
@@ -404,10 +262,8 @@ def error_bound_bf16(a_blocks, b_blocks, c0=None, beta=0.0):
     """Elementwise bound on |C - reference_bf16|: the f32 bound of :func:`error_bound` (see the
     derivation at the top of this section). Refuses inputs outside its domain (a nonzero
     |x| < BF16_MIN_INPUT) rather than returning a bound that might not hold."""
-    _require_bf16(a_blocks, "a_blocks")
-    _require_bf16(b_blocks, "b_blocks")
-    _check_bf16_domain(a_blocks, "a_blocks")
-    _check_bf16_domain(b_blocks, "b_blocks")
+    _bf16_blocks(a_blocks, "a_blocks", domain=True)
+    _bf16_blocks(b_blocks, "b_blocks", domain=True)
     return error_bound(a_blocks, b_blocks, c0, beta)
 
 
@@ -441,120 +297,6 @@ def unpack_vnni2(packed, k, n):
     if packed.ndim != 3 or packed.shape[0] != rows or packed.shape[2] != 2 or packed.shape[1] < n:
         raise ValueError(f"not a VNNI-2 array for k = {k}, n = {n}: shape {packed.shape}")
     return packed[:, :n, :].transpose(0, 2, 1).reshape(2 * rows, n)[:k]
-
-
-def _nan_bf16(size):
-    return np.full(size, np.nan, dtype=_bf16_dtype())
-
-
-class ProblemBF16(Problem):
-    """A :class:`Problem` for a bf16 kernel. ``a`` holds bfloat16 A blocks and ``b`` the
-    *packed* B blocks (VNNI-2 with row length ldb, placed where the batch names them);
-    ``a_blocks`` / ``b_blocks`` are the logical bfloat16 blocks (B unpacked, k×n) the oracle
-    uses. Everything in the A and B buffers that the kernel must not read is NaN: A's
-    columns k..lda (so a kernel that reads A's pair past an odd k gets NaN·0 = NaN), the
-    packed columns n..ldb and the gaps between blocks. B's K padding is the packer's zero."""
-
-    def kernel_kwargs(self):
-        return dict(Problem.kernel_kwargs(self), dtype="bf16")
-
-    def check_result(self, window, what):
-        """bf16: within the f32 bound of the float64 reference on the bf16 inputs."""
-        assert_close_bf16(window, self.a_blocks, self.b_blocks, self.c0_window(), self.beta, what=what)
-
-
-def make_problem_bf16(m, n, k, *, rng, batch="stride", count=1, lda=None, ldb=None, ldc=None,
-                      beta=0.0, c_fill="random", stride_gap=0):
-    """Operands for one call of a Kernel(m, n, k, dtype="bf16", batch=..., lda, ldb, ldc, beta),
-    laid out as :func:`make_problem` does for f32, with B packed by brgemm.pack_b; offsets and
-    strides of B count packed elements (a block spans ceil(k/2) rows of ldb·2).
-
-    - stride: the default strides (None: m·lda and one packed block, ceil(k/2)·ldb·2) unless
-      ``stride_gap`` > 0: then m·lda + gap and ceil(k/2)·ldb·2 + 2·gap + 1 (B's blocks start
-      at odd elements: a pair straddles 4-byte words).
-    - offset: blocks in shuffled slots with gaps; with count >= 3 one A and one B block are
-      named twice.
-    - address: every block its own array, exactly as long as the kernel's extent.
-    """
-    from . import pack_b  # the packer under test is brgemm's own; the oracle never reads it
-
-    lda = k if lda is None else lda
-    ldb = n if ldb is None else ldb
-    ldc = n if ldc is None else ldc
-    rows = (k + 1) // 2
-    a_ext = (m - 1) * lda + k
-    b_ext = (rows - 1) * ldb * 2 + 2 * n  # what the kernel reads of one packed block
-    args, kwargs = (), {}
-
-    def new_a():
-        return random_bf16((m, k), rng)
-
-    def new_b():
-        return random_bf16((k, n), rng)
-
-    def put_a(buf, off, blk):
-        idx = off + np.arange(m)[:, None] * lda + np.arange(k)[None, :]
-        buf[idx] = blk
-
-    def put_b(buf, off, blk):
-        packed = pack_b(blk, "bf16", ldb=ldb).data.reshape(-1)[:b_ext].copy()
-        col = (np.arange(b_ext) // 2) % ldb
-        packed[col >= n] = np.nan  # the kernel never reads packed columns n..ldb
-        buf[off:off + b_ext] = packed
-
-    if batch in ("stride", "offset"):
-        if batch == "stride":
-            sa = m * lda + (stride_gap if stride_gap else 0)
-            sb = rows * ldb * 2 + (2 * stride_gap + 1 if stride_gap else 0)
-            offs_a = [i * sa for i in range(count)]
-            offs_b = [i * sb for i in range(count)]
-            size_a = max(count - 1, 0) * sa + a_ext
-            size_b = max(count - 1, 0) * sb + b_ext
-            args = (count,)
-            if stride_gap:
-                kwargs = dict(stride_a=sa, stride_b=sb)
-        else:
-            slot_a, slot_b = a_ext + 3, b_ext + 5
-            offs_a = rng.permutation(count).astype(np.int64) * slot_a
-            offs_b = rng.permutation(count).astype(np.int64) * slot_b
-            if count >= 3:
-                offs_a[2] = offs_a[0]
-                offs_b[1] = offs_b[count - 1]
-            size_a = max(count - 1, 0) * slot_a + a_ext
-            size_b = max(count - 1, 0) * slot_b + b_ext
-            args = (offs_a, offs_b)
-        a, b = _nan_bf16(size_a), _nan_bf16(size_b)
-        blocks_a = {int(o): new_a() for o in sorted(set(int(o) for o in offs_a))}
-        blocks_b = {int(o): new_b() for o in sorted(set(int(o) for o in offs_b))}
-        for o, blk in blocks_a.items():
-            put_a(a, o, blk)
-        for o, blk in blocks_b.items():
-            put_b(b, o, blk)
-        a_blocks = [blocks_a[int(o)] for o in offs_a]
-        b_blocks = [blocks_b[int(o)] for o in offs_b]
-    elif batch == "address":
-        a, b, a_blocks, b_blocks = [], [], [], []
-        for _ in range(count):
-            a_blocks.append(new_a())
-            b_blocks.append(new_b())
-            a.append(_nan_bf16(a_ext))
-            b.append(_nan_bf16(b_ext))
-            put_a(a[-1], 0, a_blocks[-1])
-            put_b(b[-1], 0, b_blocks[-1])
-    else:
-        raise ValueError(f"unknown batch kind {batch!r}")
-
-    c_size = (m - 1) * ldc + n + 3
-    c = random_f32(c_size, rng)
-    if c_fill == "nan":
-        c[window_mask(c_size, m, n, ldc)] = np.nan
-    elif c_fill != "random":
-        raise ValueError(f"unknown c_fill {c_fill!r}")
-    return ProblemBF16(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, beta=beta, batch=batch, count=count,
-                       a=a, b=b, c=c, c0=c.copy(), args=args, kwargs=kwargs,
-                       a_blocks=a_blocks, b_blocks=b_blocks,
-                       a0=[x.copy() for x in a] if isinstance(a, list) else a.copy(),
-                       b0=[x.copy() for x in b] if isinstance(b, list) else b.copy())
 
 
 # --- int8 ---
@@ -612,28 +354,22 @@ def assert_exact_s32(C, ref, *, what="C"):
                              f"result; first at [{i}, {j}]: got {C[i, j]}, expected {ref[i, j]}")
 
 
-def vnni4_index(k, n, ldb):
-    """Flat indices (k×n) of the elements of B in a VNNI-4 packed block with ldb columns."""
-    kk = np.arange(k)[:, None]
-    j = np.arange(n)[None, :]
-    return ((kk // 4) * ldb + j) * 4 + kk % 4
+def packed_rows(k, kp=4):
+    """Packed rows of a block: K padded to whole quads (pairs for kp = 2)."""
+    return (k + kp - 1) // kp
 
 
-def packed_rows(k):
-    """Packed rows of a VNNI-4 block: K padded to whole quads."""
-    return (k + 3) // 4
+def packed_b_extent(k, n, ldb, kp=4):
+    """Elements a kernel reads of one packed block: ceil(k/kp) - 1 full rows of ldb·kp, then n·kp."""
+    return (packed_rows(k, kp) - 1) * ldb * kp + n * kp
 
 
-def packed_b_extent(k, n, ldb):
-    """Elements a kernel reads of one packed block: ceil(k/4) - 1 full rows of ldb·4, then n·4."""
-    return (packed_rows(k) - 1) * ldb * 4 + n * 4
-
-
-def unpack_vnni4(buf, offset, k, n, ldb):
-    """The k×n int8 B that the packed block at element ``offset`` of the flat buffer ``buf``
-    stands for, read with the layout's own index formula (fancy indexing: an index outside
-    the buffer raises)."""
-    idx = offset + vnni4_index(k, n, ldb)
+def unpack_vnni4(buf, offset, k, n, ldb, kp=4):
+    """The k×n B that the packed block at element ``offset`` of the flat buffer ``buf``
+    stands for (VNNI-4; ``kp`` = 2 is VNNI-2 and 1 plain rows), read with the layout's own
+    index formula (fancy indexing: an index outside the buffer raises)."""
+    kk, j = np.arange(k)[:, None], np.arange(n)[None, :]
+    idx = offset + ((kk // kp) * ldb + j) * kp + kk % kp  # element (k, n) of the packed layout
     flat = np.asarray(buf).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= flat.size):
         raise IndexError(f"packed block at {offset} (k {k}, n {n}, ldb {ldb}) is outside a buffer of {flat.size}")
@@ -655,112 +391,221 @@ def random_s32(shape, rng, bound=2 ** 31):
     return rng.integers(-bound, bound, size=shape, dtype=np.int64).astype(np.int32)
 
 
-@dataclass
-class ProblemU8S8(Problem):
-    """A :class:`Problem` for a u8s8 kernel. ``a`` is a flat uint8 buffer (or a list of them,
-    address); ``b`` a flat int8 buffer of packed blocks (or a list of packed arrays); ``c`` the
-    flat int32 output (row stride ldc) and ``c0`` its copy. ``a_blocks`` are read back out of
-    ``a`` with the oracle's own index arithmetic, ``b_blocks`` unpacked out of ``b`` with
-    :func:`unpack_vnni4`; ``b_plain`` are the int8 matrices that were packed (the test checks
-    both agree)."""
 
+
+# --- one kernel call's operands, for every dtype -------------------------------------------------
+
+@dataclass(frozen=True)
+class _Operands:
+    """How make_problem lays out one kernel dtype: A's and B's element types and random values,
+    B's packing (kp rows interleaved; 1 = plain rows, ldb counting elements), what fills every
+    element the kernel must not read ("nan": a read shows in C; "random": any value), C's type
+    and its fills ("nan"/"garbage" for beta = 0, "random" that beta = 1 cannot overflow)."""
+    random_a: object
+    random_b: object
+    kp: int
+    unread: str
+    c_dtype: object
+
+
+_OPERANDS = {
+    "f32": _Operands(random_f32, random_f32, 1, "random", np.float32),
+    "f32f16": _Operands(random_f32, lambda shape, rng: random_f32(shape, rng).astype(np.float16), 1, "random",
+                        np.float32),
+    "bf16": _Operands(random_bf16, random_bf16, 2, "nan", np.float32),
+    "u8s8": _Operands(random_u8, random_s8, 4, "random", np.int32),
+}
+
+
+@dataclass
+class Problem:
+    """The operands of one Kernel call and how the oracle reads them.
+
+    ``a``, ``b`` (stride/offset) are flat buffers, or lists of flat blocks (address), B packed
+    for the dtype; ``c`` is the flat output buffer (row stride ldc, padding filled with random
+    values that the kernel must not touch) and ``c0`` its copy before the call. ``args`` /
+    ``kwargs`` are the call's arguments after (A, B, C). ``a_blocks``/``b_blocks`` are the 2-D
+    blocks the call names, read back out of the buffers by the oracle's own index arithmetic
+    (B unpacked); ``b_plain`` are the matrices that were packed (:meth:`check` asserts both agree).
+    """
+
+    m: int
+    n: int
+    k: int
+    lda: int
+    ldb: int
+    ldc: int
+    beta: float
+    batch: str
+    count: int
+    a: object
+    b: object
+    c: np.ndarray
+    c0: np.ndarray
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    a_blocks: list = field(default_factory=list)
+    b_blocks: list = field(default_factory=list)
+    a0: object = None
+    b0: object = None
+    dtype: str = "f32"
     b_plain: list = field(default_factory=list)
 
     def kernel_kwargs(self):
-        return dict(Problem.kernel_kwargs(self), dtype="u8s8")
+        """Keyword arguments for brgemm.Kernel describing this problem (no ukernel)."""
+        kw = dict(batch=self.batch, lda=self.lda, ldb=self.ldb, ldc=self.ldc, beta=self.beta)
+        return kw if self.dtype == "f32" else dict(kw, dtype=self.dtype)
+
+    def run(self, kernel, c=None):
+        """Calls ``kernel`` on this problem's operands, writing into ``c`` (default: the
+        problem's own C buffer); returns what the kernel returns."""
+        c = self.c if c is None else c
+        if self.batch == "address":
+            return kernel(self.a, self.b, c)
+        return kernel(self.a, self.b, c, *self.args, **self.kwargs)
+
+    def c_window(self, c=None):
+        """The m×n result inside the flat C buffer."""
+        c = self.c if c is None else c
+        return block(c, 0, self.m, self.n, self.ldc)
+
+    def c0_window(self):
+        return block(self.c0, 0, self.m, self.n, self.ldc)
 
     def reference(self):
-        return reference_u8s8(self.a_blocks, self.b_blocks, self.c0_window(), self.beta)
+        """The oracle's result: exact int64 for u8s8, float64 otherwise."""
+        ref = reference_u8s8 if self.dtype == "u8s8" else reference
+        return ref(self.a_blocks, self.b_blocks, self.c0_window(), self.beta)
+
+    def check(self, c=None, what="C"):
+        """Result as the oracle says (:meth:`check_result`), every element of C outside the
+        m×n window bit-identical to before the call, A and B unchanged, and B's blocks as
+        unpacked by the oracle equal to the matrices that were packed."""
+        c = self.c if c is None else c
+        for name, now, before in (("A", self.a, self.a0), ("B", self.b, self.b0)):
+            now = now if isinstance(now, list) else [now]
+            before = before if isinstance(before, list) else [before]
+            if not all(np.array_equal(raw(x), raw(y)) for x, y in zip(now, before)):
+                raise AssertionError(f"{what}: the kernel modified its input {name}")
+        if not all(np.array_equal(raw(x), raw(y)) for x, y in zip(self.b_plain, self.b_blocks)):
+            raise AssertionError(f"{what}: B as packed and as the oracle unpacks it differ (the harness is wrong)")
+        outside = ~window_mask(c.size, self.m, self.n, self.ldc)
+        if not np.array_equal(raw(c)[outside], raw(self.c0)[outside]):
+            raise AssertionError(f"{what}: the kernel wrote outside the m×n window (ldc = {self.ldc})")
+        self.check_result(self.c_window(c), what)
 
     def check_result(self, window, what):
-        """int8: exactly the oracle's result."""
-        assert_exact_s32(window, self.reference(), what=what)
+        """u8s8: exactly the oracle's result; bf16: within the f32 bound on the bf16 inputs
+        (which checks their domain); f32 and f32f16: within the f32 bound."""
+        if self.dtype == "u8s8":
+            return assert_exact_s32(window, self.reference(), what=what)
+        close = assert_close_bf16 if self.dtype == "bf16" else assert_close
+        close(window, self.a_blocks, self.b_blocks, self.c0_window(), self.beta, what=what)
+
+    def fresh_c(self):
+        """A new copy of the C buffer as it was before any call."""
+        return self.c0.copy()
 
 
-def _pack_u8s8(b, ldb):
-    from . import pack_b  # the package under test packs; the oracle unpacks on its own
-    return pack_b(b, "u8s8", ldb=ldb).data.reshape(-1)
+def make_problem(m, n, k, *, rng, dtype="f32", batch="stride", count=1, lda=None, ldb=None, ldc=None,
+                 beta=0.0, c_fill="random", stride_gap=0):
+    """Operands for one call of a Kernel(m, n, k, dtype=..., batch=..., lda, ldb, ldc, beta):
+    dtype "f32", "f32f16" (B float16), "bf16" (B packed VNNI-2) or "u8s8" (B packed VNNI-4);
+    B is packed by brgemm.pack_b, and offsets and strides of B count packed elements (one
+    block spans ceil(k/KP) rows of ldb·KP).
 
+    - stride: A and B are exactly as large as the call needs; strides are the defaults
+      (m·lda and one packed block, passed as None) unless ``stride_gap`` > 0, which passes
+      explicit strides that leave gaps (m·lda + gap, one block + 2·gap + 1: B's blocks then
+      start at odd elements, a bf16 pair straddles 4-byte words).
+    - offset: blocks sit in slots with gaps, in a shuffled order, and when count >= 3 one
+      block of A and one of B are used twice (repeated offsets are legal).
+    - address: every block is its own array, exactly as long as the kernel's extent.
 
-def make_problem_u8s8(m, n, k, *, rng, batch="stride", count=1, lda=None, ldb=None, ldc=None,
-                      beta=0.0, c_fill="random", stride_gap=0):
-    """Operands for one call of a Kernel(m, n, k, dtype="u8s8", batch=..., lda, ldb, ldc, beta),
-    laid out like :func:`make_problem` (stride: buffers exactly as large as the call needs,
-    explicit strides with gaps when ``stride_gap``; offset: shuffled slots with gaps and
-    repeated blocks; address: one array per block), B blocks packed with brgemm.pack_b and
-    placed at offsets / strides counted in packed elements. Gaps and padding hold random
-    bytes that a correct kernel never reads.
+    Every element of A and B the kernel must not read (A's columns k..lda, B's packed columns
+    n..ldb, the gaps between blocks) is NaN for bf16, so that reading it shows in C, and random
+    otherwise; B's K padding is the packer's zero. ``c_fill``: "random", "nan" (the m×n window
+    NaN; floats with beta = 0) or "garbage" (u8s8 with beta = 0: any int32, the extremes too).
+    C's padding (ldc > n and a tail) is random and must survive the call bit for bit.
+    """
+    from . import pack_b  # the packer under test is brgemm's own; the oracle unpacks on its own
 
-    ``c_fill``: "random" (values in ±2^30, so that beta 1 cannot overflow) or "garbage"
-    (every element of C any int32, including the extremes; only with beta 0)."""
+    op = _OPERANDS[dtype]
     lda = k if lda is None else lda
     ldb = n if ldb is None else ldb
     ldc = n if ldc is None else ldc
-    rows = packed_rows(k)
+    kp = op.kp
     a_ext = (m - 1) * lda + k
-    b_ext = packed_b_extent(k, n, ldb)
-    b_size = rows * ldb * 4  # one whole packed block
+    b_ext = packed_b_extent(k, n, ldb, kp)  # what the kernel reads of one packed block
+    b_size = packed_rows(k, kp) * ldb * kp  # one whole packed block
     args, kwargs = (), {}
 
-    def place(buf, off, packed):  # a packed block, cut to what the kernel may read if it is last
-        take = min(packed.size, buf.size - off)
-        buf[off:off + take] = packed[:take]
-
-    b_plain = [random_s8((k, n), rng) for _ in range(count)]
     if batch == "stride":
         sa = m * lda + stride_gap
         sb = b_size + (2 * stride_gap + 1 if stride_gap else 0)
-        last = max(count - 1, 0)
-        a = random_u8(last * sa + a_ext, rng)
-        b = random_s8(last * sb + b_ext, rng)
-        offs_a = [i * sa for i in range(count)]
-        offs_b = [i * sb for i in range(count)]
-        for o, bp in zip(offs_b, b_plain):
-            place(b, o, _pack_u8s8(bp, ldb))
+        offs_a, offs_b = [i * sa for i in range(count)], [i * sb for i in range(count)]
+        size_a, size_b = max(count - 1, 0) * sa + a_ext, max(count - 1, 0) * sb + b_ext
         args = (count,)
         if stride_gap:
             kwargs = dict(stride_a=sa, stride_b=sb)
     elif batch == "offset":
-        slot_a, slot_b = a_ext + 3, b_size + 5
+        slot_a, slot_b = a_ext + 3, b_ext + 5
         offs_a = rng.permutation(count).astype(np.int64) * slot_a
         offs_b = rng.permutation(count).astype(np.int64) * slot_b
-        if count >= 3:  # repeated blocks are legal
+        if count >= 3:
             offs_a[2] = offs_a[0]
             offs_b[1] = offs_b[count - 1]
-        a = random_u8(max(count - 1, 0) * slot_a + a_ext, rng)
-        b = random_s8(max(count - 1, 0) * slot_b + b_ext, rng)
-        for o, bp in zip(offs_b, b_plain):  # a repeated slot keeps the last block written
-            place(b, int(o), _pack_u8s8(bp, ldb))
+        size_a, size_b = max(count - 1, 0) * slot_a + a_ext, max(count - 1, 0) * slot_b + b_ext
         args = (offs_a, offs_b)
-    elif batch == "address":
-        a = [random_u8(a_ext, rng) for _ in range(count)]
-        b = [_pack_u8s8(bp, ldb)[:b_ext].copy() for bp in b_plain]
+    elif batch == "address":  # one buffer per block, each at offset 0
         offs_a = offs_b = [0] * count
+        size_a, size_b = a_ext, b_ext
     else:
         raise ValueError(f"unknown batch kind {batch!r}")
 
-    if batch == "address":
-        a_blocks = [block(x, 0, m, k, lda) for x in a]
-        b_blocks = [unpack_vnni4(x, 0, k, n, ldb) for x in b]
-    else:
-        a_blocks = [block(a, int(o), m, k, lda) for o in offs_a]
-        b_blocks = [unpack_vnni4(b, int(o), k, n, ldb) for o in offs_b]
-        if batch == "offset" and count >= 3:
-            b_plain[1] = b_plain[count - 1]  # slot offs_b[1] == offs_b[count - 1] holds that one
+    def unread(random, size):  # a buffer of what the kernel must not read
+        return np.full(size, np.nan, dtype=_bf16_dtype()) if op.unread == "nan" else random(size, rng)
+
+    address = batch == "address"
+    a = [unread(op.random_a, size_a) for _ in range(count if address else 1)]
+    b = [unread(op.random_b, size_b) for _ in range(count if address else 1)]
+    col = (np.arange(b_ext) // kp) % ldb
+    plain = {}
+    for i, (oa, ob) in enumerate(zip(offs_a, offs_b)):
+        ai, bi = (a[i], b[i]) if address else (a[0], b[0])
+        oa, ob = int(oa), int(ob)
+        if (id(ai), oa) not in plain:  # a block named twice is written once
+            plain[id(ai), oa] = op.random_a((m, k), rng)
+            ai[oa + np.arange(m)[:, None] * lda + np.arange(k)[None, :]] = plain[id(ai), oa]
+        if (id(bi), ob) not in plain:
+            plain[id(bi), ob] = op.random_b((k, n), rng)
+            packed = pack_b(plain[id(bi), ob], dtype, ldb=ldb).data.reshape(-1)[:b_ext]
+            bi[ob:ob + b_ext][col < n] = packed[col < n]  # columns n..ldb stay unread
+    a_blocks = [block(a[i] if address else a[0], int(o), m, k, lda) for i, o in enumerate(offs_a)]
+    b_blocks = [unpack_vnni4(b[i] if address else b[0], int(o), k, n, ldb, kp) for i, o in enumerate(offs_b)]
+    b_plain = [plain[id(b[i] if address else b[0]), int(o)] for i, o in enumerate(offs_b)]
+    if not address:
+        a, b = a[0], b[0]
 
     c_size = (m - 1) * ldc + n + 3  # a short tail after the last row: it must stay untouched
-    if c_fill == "garbage":
-        if beta != 0:
-            raise ValueError("c_fill='garbage' is only meaningful with beta = 0")
-        c = random_s32(c_size, rng)
-        inside = window_mask(c_size, m, n, ldc).nonzero()[0]
-        c[inside[0]], c[inside[-1]] = S32_MIN, S32_MAX  # the extremes too
-    elif c_fill == "random":
-        c = random_s32(c_size, rng, bound=2 ** 30)
+    inside = window_mask(c_size, m, n, ldc)
+    fills = ("random", "garbage") if op.c_dtype == np.int32 else ("random", "nan")
+    if c_fill not in fills or c_fill == "garbage" and beta != 0:
+        raise ValueError(f"c_fill must be one of {fills} for {dtype} ('garbage' only with beta = 0), got {c_fill!r}")
+    if op.c_dtype == np.int32:  # "random" within ±2**30: beta = 1 cannot overflow
+        c = random_s32(c_size, rng, bound=2 ** 31 if c_fill == "garbage" else 2 ** 30)
+        if c_fill == "garbage":
+            c[inside.nonzero()[0][[0, -1]]] = S32_MIN, S32_MAX  # the extremes too
     else:
-        raise ValueError(f"unknown c_fill {c_fill!r}")
-    return ProblemU8S8(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, beta=beta, batch=batch, count=count,
-                       a=a, b=b, c=c, c0=c.copy(), args=args, kwargs=kwargs,
-                       a_blocks=a_blocks, b_blocks=b_blocks, b_plain=b_plain,
-                       a0=[x.copy() for x in a] if isinstance(a, list) else a.copy(),
-                       b0=[x.copy() for x in b] if isinstance(b, list) else b.copy())
+        c = random_f32(c_size, rng)
+        if c_fill == "nan":
+            c[inside] = np.nan
+    copy = lambda x: [y.copy() for y in x] if isinstance(x, list) else x.copy()  # noqa: E731
+    return Problem(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, beta=beta, batch=batch, count=count,
+                   a=a, b=b, c=c, c0=c.copy(), args=args, kwargs=kwargs, a_blocks=a_blocks, b_blocks=b_blocks,
+                   a0=copy(a), b0=copy(b), dtype=dtype, b_plain=b_plain)
+
+
+#: The generator for one dtype, by the names the kernel tests import.
+make_problem_bf16 = functools.partial(make_problem, dtype="bf16")
+make_problem_u8s8 = functools.partial(make_problem, dtype="u8s8")

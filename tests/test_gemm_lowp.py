@@ -164,3 +164,21 @@ def test_pack_b_panels_errors():
     P.data = P.data[:, :2]
     with pytest.raises(ValueError, match="B must be packed for bf16 in panels"):
         brgemm.gemm(np.ones((4, 6), BF16), P)
+
+
+def test_plain_float16_b_is_packed_per_call_like_bf16_and_int8():
+    """Issue 18: float32 A on a plain float16 B runs the f32f16 kernel (packed on the call, as
+    a plain bf16 or int8 B is), giving the bits of the same B packed once; batch_reduce too."""
+    rng = np.random.default_rng(18)
+    A = rng.standard_normal((7, 33)).astype(np.float32)
+    B = rng.standard_normal((33, 10)).astype(np.float16)
+    C = brgemm.gemm(A, B)
+    np.testing.assert_array_equal(C, brgemm.gemm(A, brgemm.pack_b(B, "f32f16")))
+    a, b = A.astype(np.float64), B.astype(np.float64)  # widening a half to f32 is exact
+    assert np.all(np.abs(C - a @ b) <= TOL_C * (33 + 2) * U32 * (np.abs(a) @ np.abs(b)))
+    A3 = rng.standard_normal((3, 7, 9)).astype(np.float32)
+    B3 = rng.standard_normal((3, 9, 10)).astype(np.float16)
+    np.testing.assert_array_equal(brgemm.batch_reduce(A3, B3), brgemm.batch_reduce(A3, brgemm.pack_b(B3, "f32f16")))
+    # half weights need float32 activations: bf16 A on them is still a dtype error
+    with pytest.raises(TypeError, match="B must have dtype bfloat16"):
+        brgemm.gemm(A.astype(BF16), B)

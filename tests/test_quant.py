@@ -305,3 +305,17 @@ def test_auto_precision_keeps_the_sensitive_layer_in_float():
     assert isinstance(q.layers[0], Linear) and type(q.layers[1]).__name__ == "QuantizedLinear"
     with pytest.raises(ValueError, match="max_accuracy_drop"):
         quant.quantize_model(model, cal, auto_precision=True, max_accuracy_drop=2)
+
+
+def test_per_channel_on_a_0d_array_names_the_argument():
+    """Issue 18: a 0-d array has no channel axis; this used to divide by zero (axis % ndim)."""
+    x = np.array(3.0, np.float32)
+    with pytest.raises(ValueError, match="axis 0 is out of range for x with 0 dimensions"):
+        quant.choose_qparams(x, axis=0)
+    qp = quant.QParams(np.ones(2, np.float32), np.zeros(2, np.int32), "uint8", 0)
+    with pytest.raises(ValueError, match="axis 0 is out of range for x with 0 dimensions"):
+        quant.quantize(x, qp)
+    with pytest.raises(ValueError, match="axis 0 is out of range for q with 0 dimensions"):
+        quant.dequantize(np.array(3, np.uint8), qp)
+    with pytest.raises(TypeError, match="qp must be a brgemm.quant.QParams"):
+        quant.quantize(x, (1.0, 0))

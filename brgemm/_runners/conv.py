@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import _core
-from .._args import positive_int
+from .._args import MAX_SIZE, positive_int
 from .scratch import Scratch
 from .weights import PackedWeights
 
@@ -41,8 +41,8 @@ def padding_arg(padding, kernel, dilation):
     if len(vals) not in (1, 2, 4):
         raise ValueError(f"padding must be an integer, a pair, a 4-tuple, 'valid' or 'same', got {padding!r}")
     for p in vals:
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0:
-            raise ValueError(f"padding must hold non-negative integers, got {padding!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p <= MAX_SIZE:
+            raise ValueError(f"padding must hold integers in 0..2**31 - 1, got {padding!r}")
     vals = tuple(int(p) for p in vals)
     if len(vals) == 1:
         return vals * 4

@@ -20,7 +20,7 @@ passes uint8 arrays without a float round-trip.
 import ml_dtypes
 import numpy as np
 
-from .._args import activation_arg, dtype_arg
+from .._args import activation_arg, dtype_arg, positive_int
 from .._quantize import quantize_per_channel
 from .._runners.conv import ConvGeometry, ConvRunner, blocked_shape
 from .._runners.quantized import QuantizedConvRunner
@@ -41,7 +41,8 @@ class _Convolution:
 
     def output_size(self, h, w):
         """(OH, OW) for an input of h × w; ValueError when the kernel does not fit."""
-        return self.geometry.out_size(h, w)
+        # checked here: int() below would take 2.5 and fail on inf with OverflowError
+        return self.geometry.out_size(positive_int(h, "h"), positive_int(w, "w"))
 
     def _checked(self, x, name, channels, block, dtype, plain_dtypes):
         """(x, whether it is blocked) for a plain (N, C, H, W) x of one of plain_dtypes (made

@@ -166,8 +166,8 @@ def cross_entropy(logits, labels):
     in float64 from log-softmax (shifted by each row's max), so large logits do not overflow."""
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels)
-    if z.ndim != 2:
-        raise ValueError(f"logits must be (N, classes), got shape {z.shape}")
+    if z.ndim != 2 or 0 in z.shape:  # a mean over no rows, a softmax over no classes: no value
+        raise ValueError(f"logits must be (N, classes) with N and classes at least 1, got shape {z.shape}")
     if y.shape != (z.shape[0],) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be {z.shape[0]} integers, got {y!r}")
     if y.size and (y.min() < 0 or y.max() >= z.shape[1]):

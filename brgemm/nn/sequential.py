@@ -2,6 +2,8 @@
 small network with brgemm alone (forward, backward, :meth:`Sequential.apply_sgd`) and to hand
 it to :func:`brgemm.quant.quantize_model`."""
 
+import math
+
 import numpy as np
 
 
@@ -12,15 +14,23 @@ class Flatten:
         self._shape = None
 
     def forward(self, x):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+        if x.ndim == 0:
+            raise ValueError("x must be (N, ...) with a batch axis, got a 0-d array")
         self._shape = x.shape
-        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        return np.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on N = 0
 
     __call__ = forward
 
     def backward(self, grad_out, input_grad=True):
         if self._shape is None:
             raise RuntimeError("backward needs a forward first")
-        return np.asarray(grad_out).reshape(self._shape) if input_grad else None
+        g = np.asarray(grad_out)
+        if g.shape != (self._shape[0], math.prod(self._shape[1:])):
+            raise ValueError(f"grad_out must have the shape of the last output, "
+                             f"{(self._shape[0], math.prod(self._shape[1:]))}, got {g.shape}")
+        return g.reshape(self._shape) if input_grad else None
 
     def __repr__(self):
         return "Flatten()"

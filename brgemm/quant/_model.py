@@ -39,13 +39,13 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
     output on the calibration data given the float input. With auto_precision every Conv2d /
     Linear has a row with "precision" ("int8" or "float32") and "accuracy_drop_alone", and
     the last row, {"layer": None, ...}, gives the float and final accuracies."""
+    if not isinstance(model, Sequential):  # checked before auto_precision uses it
+        raise TypeError(f"model must be a brgemm.nn.Sequential, got {type(model).__name__}")
     if auto_precision:
         return _auto_precision(model, calibration_batches, method, per_channel, tuple(keep_float),
                                max_accuracy_drop, eval_data)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if not isinstance(model, Sequential):
-        raise TypeError(f"model must be a brgemm.nn.Sequential, got {type(model).__name__}")
     keep = set(keep_float)
     layers = list(model.layers)
     quantizable = [i for i, layer in enumerate(layers)

@@ -36,6 +36,8 @@ def _quantized_linear(input, weight, weight_scale, bias, input_scale, input_zero
     (out, in) with per-channel weight_scale → out_dtype (*, out)."""
     x = _quantized_input(input, None)
     w, ws, b = _quantized_weights(weight, weight_scale, bias, 2)
+    if 0 in w.shape:
+        raise ValueError(f"weight must be (out_features, in_features), both at least 1, got {tuple(w.shape)}")
     if x.dim() < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"input must be (*, {w.shape[1]}), got {tuple(x.shape)}")
     odt = _out_dtype(out_dtype)

@@ -83,7 +83,7 @@ def _batch_reduce_backward(ctx, grad):
         gA = _gemm(grad, bt).reshape(m, b, k).permute(1, 0, 2).contiguous()
     if ctx.needs_input_grad[1]:
         at = A.permute(0, 2, 1).reshape(b * k, m).contiguous()
-        gB = _gemm(at, grad).reshape(b, k, -1)
+        gB = _gemm(at, grad).reshape(b, k, grad.shape[1])  # not -1: ambiguous when b·k = 0
     return gA, gB
 
 
@@ -105,6 +105,8 @@ def _linear_args(input, weight, bias):
     if x.dim() < 1:
         raise ValueError("input must have at least one dimension")
     w = _tensor(weight, "weight", _FLOATS, ndim=2)
+    if 0 in w.shape:  # as brgemm.nn.Linear: a layer has features in and out
+        raise ValueError(f"weight must be (out_features, in_features), both at least 1, got {tuple(w.shape)}")
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"input has {x.shape[-1]} features, weight {tuple(w.shape)} expects {w.shape[1]}")
     return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],))

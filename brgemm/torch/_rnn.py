@@ -244,7 +244,8 @@ def _setup_rnn(ctx, inputs, output):
 
 def _rnn_grad(ctx, cell, grads):
     if ctx.untrained:
-        raise RuntimeError(f"brgemm::{cell} was called with train=False, which keeps nothing for backward")
+        raise RuntimeError(f"brgemm::{cell} was called with train=False, which keeps nothing for backward: "
+                           "call it with train=True to differentiate it")
     x, w_ih, w_hh, b_ih, b_hh, lengths, ws = ctx.saved_tensors
     reverse, activation, has_h0, has_c0 = ctx.meta
     gy, ghT = grads[0], grads[1]

@@ -120,6 +120,8 @@ py::tuple pack_b_py(py::handle B, const std::string& dt, int64_t ldb, bool panel
   const int64_t ld_src = leading_dim(b, (int)b.ndim() - 2, n, "B");
   const int64_t kp = dtype_kpack(t), rows = (k + kp - 1) / kp;
   const int64_t n_panels = (n + panel_width - 1) / panel_width;
+  // rows·ldb·KP·item·count bytes, checked before anything is allocated (a large ldb wraps it)
+  checked_madd(checked_madd(checked_madd(rows, ldb, 0, "ldb"), kp * b.itemsize(), 0, "ldb"), count, 0, "ldb");
   const int64_t per_block = panels ? n_panels * panel_elements(t, k) : packed_b_elements(t, k, ldb);
   const py::ssize_t item = b.itemsize();
   std::vector<py::ssize_t> shape;
