@@ -1,4 +1,4 @@
-"""Builds brgemm._core: the ISA-neutral core and bindings as one pybind11 extension, and each
+"""Builds brgemm._core: the ISA-neutral core, the layer drivers and their bindings (layers/bindings) as one pybind11 extension, and each
 ISA's kernels as a static library with that ISA's flags (build_clib). An ISA whose flags the
 compiler rejects is left out of the build, and the dispatcher never selects it."""
 
@@ -68,7 +68,7 @@ macros.append(("BRGEMM_BUILD_FLAGS", json.dumps(json.dumps(flags_by_isa))))
 
 core = Pybind11Extension(
     "brgemm._core",
-    sources=sorted(glob("csrc/core/*.cpp")) + sorted(glob("layers/*.cpp")) + sorted(glob("csrc/bindings/*.cpp")),
+    sources=sorted(glob("csrc/core/*.cpp")) + sorted(glob("layers/*.cpp")) + sorted(glob("layers/bindings/*.cpp")),
     include_dirs=INCLUDE,
     define_macros=macros,
     extra_compile_args=["-O3", "-fopenmp"],
@@ -76,7 +76,8 @@ core = Pybind11Extension(
     cxx_std=17,
     # build_ext relinks only when a listed file is newer than the module: the kernel libraries'
     # inputs are listed so that a kernel edit reaches the module.
-    depends=sorted(glob("csrc/kernels/**/*.cpp", recursive=True)) + KERNEL_DEPS[""],
+    depends=sorted(glob("csrc/kernels/**/*.cpp", recursive=True)) + KERNEL_DEPS[""]
+    + sorted(glob("layers/**/*.h", recursive=True)),
 )
 
 # The quantization toolkit's histogram search (brgemm.quant): a per-range loop, in Cython.

@@ -1,4 +1,4 @@
-// csrc/bindings/kernel.cpp: brgemm.Kernel (_core._Kernel): a kernel described and dispatched
+// layers/bindings/kernel.cpp: brgemm.Kernel (_core._Kernel): a kernel described and dispatched
 // once, then called on batches given by strides, offsets or addresses, every block checked to
 // lie inside its array before the GIL is released.
 #include "arrays.h"

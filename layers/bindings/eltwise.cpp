@@ -1,9 +1,9 @@
-// csrc/bindings/eltwise.cpp: the element-wise functions over whole arrays (activations and
+// layers/bindings/eltwise.cpp: the element-wise functions over whole arrays (activations and
 // their backward passes, exact and Taylor softmax) and the K-TanH table they use, for
 // brgemm.activation / brgemm.softmax and the layers written in Python.
 #include "arrays.h"
 
-#include "../../layers/eltwise.h"
+#include "../eltwise.h"
 #include "brgemm/ktanh_table.h"
 
 namespace brgemm::bindings {

@@ -1,4 +1,4 @@
-// csrc/bindings/isa.cpp: the machine as the Python side sees it — ISA levels (detected, built,
+// layers/bindings/isa.cpp: the machine as the Python side sees it — ISA levels (detected, built,
 // available, the cap), threads, the microkernels of this build, the build's flags, and the
 // peak and bandwidth measurements of `python -m brgemm peak`.
 #include "arrays.h"

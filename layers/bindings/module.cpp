@@ -1,5 +1,5 @@
-// csrc/bindings/module.cpp: PYBIND11_MODULE(_core), the only symbol the extension exports. Each
-// file of csrc/bindings registers its own topic; every call validates its arguments (naming
+// layers/bindings/module.cpp: PYBIND11_MODULE(_core), the only symbol the extension exports. Each
+// file of layers/bindings registers its own topic; every call validates its arguments (naming
 // them in the exception), releases the GIL, and calls the core or a layer driver. The bindings
 // are the only place that turns the core's status codes into Python exceptions.
 #include "arrays.h"

@@ -1,4 +1,4 @@
-// csrc/bindings/epilogue.h: a brgemm.Epilogue (Python) read for the kernel API — its structure
+// layers/bindings/epilogue.h: a brgemm.Epilogue (Python) read for the kernel API — its structure
 // once (what the kernel does, part of its description), its data at every call (arrays may be
 // written in place between calls), and the int8 zero-point offsets of each call.
 #pragma once

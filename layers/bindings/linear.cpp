@@ -1,10 +1,10 @@
-// csrc/bindings/linear.cpp: the fully-connected layers (brgemm.nn.Linear and MLP drive
+// layers/bindings/linear.cpp: the fully-connected layers (brgemm.nn.Linear and MLP drive
 // _core._Linear), the plain ↔ blocked copies of their activations, and the layers' exact
 // change check on weights.
 #include "arrays.h"
 
-#include "../../layers/blocks.h"
-#include "../../layers/linear.h"
+#include "../blocks.h"
+#include "../linear.h"
 
 namespace brgemm::bindings {
 

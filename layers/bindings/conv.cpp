@@ -1,9 +1,9 @@
-// csrc/bindings/conv.cpp: the convolutions (brgemm.nn.Conv2d drives _core._Conv2d, and
+// layers/bindings/conv.cpp: the convolutions (brgemm.nn.Conv2d drives _core._Conv2d, and
 // QuantizedConv2d the int8 _core._QuantizedConv2d) and the NCHW ↔ blocked copies of their
 // activations, quantizing ones included.
 #include "arrays.h"
 
-#include "../../layers/conv.h"
+#include "../conv.h"
 
 namespace brgemm::bindings {
 

@@ -1,4 +1,4 @@
-// csrc/bindings/gemm.cpp: the whole-array calls of the kernel API — pack_b, batch_reduce (plain
+// layers/bindings/gemm.cpp: the whole-array calls of the kernel API — pack_b, batch_reduce (plain
 // and on packed B) and gemm (plain and on packed B, through layers::gemm): shapes checked,
 // the output allocated or checked, the kernel dispatched, then the work without the GIL.
 #include "arrays.h"
@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "../../layers/gemm.h"
+#include "../gemm.h"
 
 namespace brgemm::bindings {
 

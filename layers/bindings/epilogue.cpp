@@ -1,4 +1,4 @@
-// csrc/bindings/epilogue.cpp: a brgemm.Epilogue read into the core's epilogue_desc (structure,
+// layers/bindings/epilogue.cpp: a brgemm.Epilogue read into the core's epilogue_desc (structure,
 // checked once) and epilogue_args (arrays at every call, and the int8 zero-point offsets the
 // core computes for the call's batch).
 #include "epilogue.h"

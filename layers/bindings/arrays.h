@@ -1,4 +1,4 @@
-// csrc/bindings/arrays.h: what every file of the bindings shares. Errors are Python exceptions
+// layers/bindings/arrays.h: what every file of the bindings shares. Errors are Python exceptions
 // that name the argument; arrays are checked against an element type and refused, never
 // converted; names the Python side passes (dtype, activation) are parsed here once.
 #pragma once

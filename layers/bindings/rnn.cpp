@@ -1,10 +1,10 @@
-// csrc/bindings/rnn.cpp: the recurrent layers (brgemm.nn.LSTM and GRU drive _core._RNN, one per
+// layers/bindings/rnn.cpp: the recurrent layers (brgemm.nn.LSTM and GRU drive _core._RNN, one per
 // layer and direction), with the layer's saved state kept in it or in a caller's workspace.
 #include "arrays.h"
 
 #include <stdexcept>
 
-#include "../../layers/rnn.h"
+#include "../rnn.h"
 
 namespace brgemm::bindings {
 

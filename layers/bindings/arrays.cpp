@@ -1,4 +1,4 @@
-// csrc/bindings/arrays.cpp: the helpers every file of the bindings shares (arrays.h): argument
+// layers/bindings/arrays.cpp: the helpers every file of the bindings shares (arrays.h): argument
 // checks that raise Python exceptions naming the argument, numpy arrays checked against an
 // element type, and the names the Python side passes.
 #include "arrays.h"
