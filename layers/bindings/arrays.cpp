@@ -204,6 +204,23 @@ py::array exact_array(py::handle h, const char* name, element e, int64_t elems, 
   return a;
 }
 
+plain_scratch plain_scratch_arrays(const py::array& x, const py::array& y, py::handle xb, py::handle yb,
+                                   py::handle zb, element act, int64_t x_elems, int64_t y_elems) {
+  plain_scratch s;
+  s.xb = exact_array(xb, "xb", act, x_elems, true);
+  s.yb = exact_array(yb, "yb", act, y_elems, true);
+  if (!zb.is_none()) {
+    py::array z = exact_array(zb, "zb", element::f32, y_elems, true);
+    require_disjoint(z, s.yb, "zb", "yb");
+    require_disjoint(z, y, "zb", "y");
+    s.z = (float*)z.mutable_data();
+  }
+  require_disjoint(s.xb, x, "xb", "x");
+  require_disjoint(s.yb, s.xb, "yb", "xb");
+  require_disjoint(y, s.yb, "y", "yb");
+  return s;
+}
+
 // --- names ------------------------------------------------------------------------------------
 
 dtype dtype_from_name(const std::string& s) {

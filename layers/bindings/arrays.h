@@ -53,6 +53,16 @@ span extent(const py::array& arr);
 inline bool overlaps(span a, span b) { return a.lo < b.hi && b.lo < a.hi; }
 void require_disjoint(const py::array& c, const py::array& x, const char* cname, const char* xname);
 
+// The scratch arrays of a plain-layout layer call (blocked input xb, blocked output yb, optional
+// float32 pre-activation zb), checked once for the conv and linear layers alike: exact sizes,
+// writeable, and disjoint from each other and from the caller's x and y.
+struct plain_scratch {
+  py::array xb, yb;
+  float* z = nullptr;
+};
+plain_scratch plain_scratch_arrays(const py::array& x, const py::array& y, py::handle xb, py::handle yb,
+                                   py::handle zb, element act, int64_t x_elems, int64_t y_elems);
+
 // Leading dimension (in elements) of a 2-D view given by (rows, row stride); rows are
 // required to run forward with contiguous elements.
 int64_t leading_dim(const py::array& arr, int row_axis, int64_t width, const char* name);

@@ -184,18 +184,8 @@ struct py_conv {
       value_error("y must have shape (" + std::to_string(n) + ", " + std::to_string(g.k) + ", " +
                   std::to_string(oh) + ", " + std::to_string(ow) + "), got " + str(y.attr("shape")));
     require_writeable(y, "y");
-    py::array xba = exact_array(xb, "xb", act_elem(), blocked(n, g.c, cv.bc(), h, wd), true);
-    py::array yba = exact_array(yb, "yb", act_elem(), blocked(n, g.k, cv.bk(), oh, ow), true);
-    float* zp = nullptr;
-    if (!zb.is_none()) {
-      py::array z = exact_array(zb, "zb", element::f32, blocked(n, g.k, cv.bk(), oh, ow), true);
-      require_disjoint(z, yba, "zb", "yb");
-      require_disjoint(z, y, "zb", "y");
-      zp = (float*)z.mutable_data();
-    }
-    require_disjoint(xba, x, "xb", "x");
-    require_disjoint(yba, xba, "yb", "xb");
-    require_disjoint(y, yba, "y", "yb");
+    plain_scratch sc = plain_scratch_arrays(x, y, xb, yb, zb, act_elem(), blocked(n, g.c, cv.bc(), h, wd),
+                                                  blocked(n, g.k, cv.bk(), oh, ow));
     const float *wp = nullptr, *bp = nullptr;
     if (!w.is_none()) {
       wp = (const float*)exact_array(w, "weight", element::f32, weights(), false).data();
@@ -203,7 +193,8 @@ struct py_conv {
     }
     const element at = act_elem();
     const void* xp = x.data();
-    void *xbp = xba.mutable_data(), *ybp = yba.mutable_data(), *yp = y.mutable_data();
+    void *xbp = sc.xb.mutable_data(), *ybp = sc.yb.mutable_data(), *yp = y.mutable_data();
+    float* zp = sc.z;
     status s;
     {
       py::gil_scoped_release nogil;

@@ -134,23 +134,14 @@ struct py_linear {
     if (y.shape(0) != n || y.shape(1) != fc.out())
       value_error("y must have shape (" + std::to_string(n) + ", " + std::to_string(fc.out()) + ")");
     const int64_t ldx = leading_dim(x, 0, fc.in(), "x"), ldy = leading_dim(y, 0, fc.out(), "y");
-    py::array xba = exact_array(xb, "xb", act_elem(), blocked_elems(n, fc.in(), bn, fc.bc()), true);
-    py::array yba = exact_array(yb, "yb", act_elem(), blocked_elems(n, fc.out(), bn, fc.bk()), true);
-    float* zp = nullptr;
-    if (!zb.is_none()) {
-      py::array z = exact_array(zb, "zb", element::f32, blocked_elems(n, fc.out(), bn, fc.bk()), true);
-      require_disjoint(z, yba, "zb", "yb");
-      require_disjoint(z, y, "zb", "y");
-      zp = (float*)z.mutable_data();
-    }
-    require_disjoint(xba, x, "xb", "x");
-    require_disjoint(yba, xba, "yb", "xb");
-    require_disjoint(y, yba, "y", "yb");
+    plain_scratch sc = plain_scratch_arrays(x, y, xb, yb, zb, act_elem(), blocked_elems(n, fc.in(), bn, fc.bc()),
+                                                  blocked_elems(n, fc.out(), bn, fc.bk()));
     const float* wp = w.is_none() ? nullptr : weight(w, false);
     const float* bp = w.is_none() ? nullptr : bias(b, false);
     const element bt = act_elem();
     const void* xp = x.data();
-    void *xbp = xba.mutable_data(), *ybp = yba.mutable_data(), *yp = y.mutable_data();
+    void *xbp = sc.xb.mutable_data(), *ybp = sc.yb.mutable_data(), *yp = y.mutable_data();
+    float* zp = sc.z;
     status s;
     {
       py::gil_scoped_release nogil;
