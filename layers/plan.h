@@ -35,26 +35,14 @@ class plan_cache {
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < used_; ++i)
       if (std::memcmp(&keys_[i], &key, sizeof(Key)) == 0) {
-        std::shared_ptr<const Plan> hit = plans_[i];
-        for (int j = i; j > 0; --j) {  // move to the front
-          keys_[j] = keys_[j - 1];
-          plans_[j] = std::move(plans_[j - 1]);
-        }
-        keys_[0] = key;
-        plans_[0] = hit;
-        *out = std::move(hit);
+        *out = plans_[i];
+        to_front(i, key, *out);
         return status::ok;
       }
     auto fresh = std::make_shared<Plan>();
     if (status s = build(*fresh); s != status::ok) return s;
-    const int last = used_ < Slots ? used_++ : Slots - 1;  // the least recently used goes
-    for (int j = last; j > 0; --j) {
-      keys_[j] = keys_[j - 1];
-      plans_[j] = std::move(plans_[j - 1]);
-    }
-    keys_[0] = key;
-    plans_[0] = fresh;
     *out = std::move(fresh);
+    to_front(used_ < Slots ? used_++ : Slots - 1, key, *out);  // a new plan displaces the least recently used
     return status::ok;
   }
 
@@ -67,6 +55,16 @@ class plan_cache {
   int used_ = 0;
   Key keys_[Slots];
   std::shared_ptr<const Plan> plans_[Slots];
+
+  // Slot `from` leaves; the slots before it move down one; (key, plan) goes first.
+  void to_front(int from, const Key& key, const std::shared_ptr<const Plan>& plan) {
+    for (int j = from; j > 0; --j) {
+      keys_[j] = keys_[j - 1];
+      plans_[j] = std::move(plans_[j - 1]);
+    }
+    keys_[0] = key;
+    plans_[0] = plan;
+  }
 };
 
 // Zero-filled key storage, so that padding bytes compare equal.
