@@ -149,20 +149,22 @@ std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow) {
 
 }  // namespace
 
-status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb) {
+status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add) {
+  if (add && zb && t_ == dtype::bf16) return status::bad_epilogue;  // z is f32: the residual would have to be
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const bool bf16 = t_ == dtype::bf16;
   const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
   conv_plan_key key = zeroed<conv_plan_key>();
   key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
-  key.bias = has_bias_, key.z = zb != nullptr;
+  key.bias = has_bias_, key.z = zb != nullptr, key.add = add != nullptr;
   std::shared_ptr<const conv_pass_plan> plan;
   if (status s = fwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
         pass_shape p{t_, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, g_.stride_h};
         // With zb the epilogue stops at the bias (into zb) and the activation follows on the
         // rows while they are in cache; without, it is all one epilogue.
         p.e.bias = has_bias_;
+        p.e.add = add != nullptr;
         p.e.act = zb ? activation::none : act_;
         p.e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
         p.z = zb != nullptr;
@@ -175,6 +177,7 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
   x.ea.bias = has_bias_ ? bias_.data() : nullptr;
   x.out = yb;
   x.z = zb;
+  x.add = add;
   x.act = act_;
   run_pass(*plan, x);
   return status::ok;

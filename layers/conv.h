@@ -60,7 +60,7 @@ struct conv_backward_plan;
 // dispatched for, the threads it splits the work for, and the epilogue's optional stages.
 struct conv_plan_key {
   int64_t n, h, w;
-  int32_t level, threads, bias, z, zero, data;
+  int32_t level, threads, bias, z, zero, data, add;
 };
 
 class conv_layer {
@@ -81,8 +81,10 @@ class conv_layer {
 
   // yb = act(conv(xb) + b) for n images of h × w (yb: [n][K/bk][OH][OW][bk]). With zb (a
   // training forward of an activation whose derivative needs its input) the pre-activation
-  // goes there too (f32, blocked like yb).
-  status forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb);
+  // goes there too (f32, blocked like yb). With add (blocked like yb, of its type; f32 when
+  // zb is given) the residual joins before the activation: yb = act(conv(xb) + b + add). add
+  // must not overlap yb: partial sums may pass through yb before the epilogue reads add.
+  status forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add = nullptr);
   // From gyb (f32, blocked like yb) and what forward saw: gxb (f32, blocked like xb; null to
   // skip), and dW (K, C, R, S), db (K) added to wg, bg when `accumulate`, else written.
   status backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,

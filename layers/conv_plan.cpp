@@ -168,6 +168,10 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
         }
         args.acc_in = acc;
         args.ld_acc_in = ld;
+        if (x.add) {
+          args.add = (const char*)x.add + at * ob;
+          args.ld_add = ld;
+        }
         execute(kr, batch, final_out + at * ob, &args);
       };
       for (const auto& [first, rows] : pl.stacks[gi])

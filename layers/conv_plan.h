@@ -120,6 +120,7 @@ struct pass_data {
   int32_t zero = 0;                        //   Σ_c W of each tap, and the source's zero point
   void* out;
   float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
+  const void* add = nullptr;               // the residual, laid out as the epilogue's output
   brgemm::activation act = activation::none;
 };
 

@@ -104,10 +104,18 @@ class ConvRunner:
         self.weights = PackedWeights(self.cv.refresh, core=True)
         self.scratch = Scratch(scratch)
         self.lock = threading.Lock()
+        self._packed_key = None
 
-    def refresh(self, weight, bias):
-        """Packs weight (K, C, R, S) and bias (K,) (float32; bias may be None) if they changed."""
-        return self.weights.refresh(weight, bias)
+    def refresh(self, weight, bias, key=None):
+        """Packs weight (K, C, R, S) and bias (K,) (float32; bias may be None) if they changed.
+        ``key``: what tells the caller's weights apart (brgemm.torch: the tensors' identities and
+        version counters); the same key as the last pack's skips the byte comparison."""
+        if key is not None and key == self._packed_key:
+            return False
+        self._packed_key = None
+        packed = self.weights.refresh(weight, bias)
+        self._packed_key = key
+        return packed
 
     def blocked(self, name, x, block, dtype, key=None, reuse=False):
         """A contiguous x (N, C, H, W) as blocked ``dtype`` in the scratch array ``name`` (key and
@@ -119,28 +127,36 @@ class ConvRunner:
         self.scratch.fill(name, xb, lambda b: _core.conv_to_blocked(x, b), key, reuse)
         return xb
 
-    def forward(self, x, y, weight, bias, keep_z=False, x_key=None):
+    def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, weight_key=None):
         """y ← the convolution of x by weight and bias (packed again if they changed). x:
         contiguous plain (N, C, H, W) float32 or bfloat16, or blocked of the runner's dtype; y:
         the plain or blocked output array of the runner's dtype. ``keep_z``: keep the
-        pre-activation when backward needs it (training). Returns the blocked (x, y, z) a
-        backward takes (z None when not kept)."""
+        pre-activation when backward needs it (training). ``add``: a blocked residual (y's
+        shape and dtype; y must be blocked) added before the activation. ``weight_key``: see
+        refresh. Returns the blocked (x, y, z) a backward takes (z None when not kept)."""
         n, h, w = x.shape[0], x.shape[2], x.shape[3]
         oh, ow = y.shape[2:4]
         yshape = blocked_shape(n, self.geometry.out_channels, self.bk, oh, ow)
         yb = y if y.ndim == 5 else self.scratch.get("y", yshape, self.act_dtype)
         zb = self.scratch.get("z", yshape, F32) if keep_z and self.needs_z else None
         self.scratch.holds.pop("y", None)  # overwritten: the caller says whose blocked copy it then holds
-        if x.ndim == 4 and y.ndim == 4:  # one call: refresh (as PackedWeights does), block, compute, unblock
+        if x.ndim == 4 and y.ndim == 4 and add is None:  # one call: refresh, block, compute, unblock
             xshape = blocked_shape(n, self.geometry.in_channels, self.bc, h, w)
             xb = self.scratch.get("x", xshape, self.act_dtype)
             self.scratch.holds["x"] = None
-            self.cv.forward_plain(x, xb, yb, y, zb, weight, bias)
+            if weight_key is not None and weight_key == self._packed_key:
+                self.cv.forward_plain(x, xb, yb, y, zb, None, None)
+            else:
+                self._packed_key = None
+                self.cv.forward_plain(x, xb, yb, y, zb, weight, bias)
+                self._packed_key = weight_key
             self.scratch.holds["x"] = x_key
             return xb, yb, zb
-        self.refresh(weight, bias)
+        if add is not None and y.ndim != 5:
+            raise ValueError("a residual (add) needs the blocked output layout")
+        self.refresh(weight, bias, weight_key)
         xb = self.blocked("x", x, self.bc, self.act_dtype, x_key)
-        self.cv.forward(n, h, w, xb, yb, zb)
+        self.cv.forward(n, h, w, xb, yb, zb, add)
         if y.ndim == 4:
             _core.conv_from_blocked(yb, y)
         return xb, yb, zb

@@ -50,22 +50,45 @@ def _conv_output_shape(n, k, oh, ow, blocked):
 
 
 _CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[] padding=[0, 0], "
-                'int[2] dilation=1, int groups=1, str activation="none", bool blocked_output=False) -> Tensor')
+                'int[2] dilation=1, int groups=1, str activation="none", bool blocked_output=False, '
+                "Tensor? residual=None) -> Tensor")
+
+
+def _weights_key(weight, bias):
+    """What tells the weights apart between calls: the caller's tensors' identities, version
+    counters included (every in-place write bumps them), so unchanged weights skip the
+    comparison with what was packed."""
+    return _identity(weight), None if bias is None else _identity(bias)
+
+
+def _residual_arg(residual, out):
+    if residual is None:
+        return None
+    r = _tensor(residual, "residual", (out.dtype,), ndim=5)
+    if tuple(r.shape) != tuple(out.shape):
+        raise ValueError(f"residual must have the blocked output's shape {tuple(out.shape)}, got {tuple(r.shape)}")
+    return r
 
 
 @_op("conv2d", _CONV_SCHEMA)
 def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
-            blocked_output=False):
+            blocked_output=False, residual=None):
     """input: plain (N, C, H, W) or blocked (N, C/bc, H, W, bc); the output is plain, or blocked
-    with blocked_output (what a following brgemm conv2d takes without converting)."""
+    with blocked_output (what a following brgemm conv2d takes without converting). residual
+    (blocked_output only): a tensor of the output's shape and dtype added before the activation,
+    act(conv + bias + residual), as a ResNet block ends."""
     x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
     act = _activation(activation)
+    if residual is not None and not blocked_output:
+        raise ValueError("residual needs blocked_output=True (it is added in the blocked layout)")
     out = torch.empty(_conv_output_shape(n, w.shape[0], oh, ow, blocked_output), dtype=x.dtype)
+    r = _residual_arg(residual, out)
     if out.numel() == 0:
         return out
     e = _conv_layer(_dtype_name(x), weight, geo, act)
     with e.lock:
-        e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x))
+        e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
+                  add=None if r is None else _np(r), weight_key=_weights_key(weight, bias))
         if not blocked_output:
             e.scratch.holds["y"] = _identity(out)
     return out
@@ -73,7 +96,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
 
 @_conv2d.register_fake
 def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
-      blocked_output=False):
+      blocked_output=False, residual=None):
     oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
     return input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, blocked_output))
 
@@ -99,7 +122,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     e = _conv_layer(_dtype_name(x), weight, geo, act)
     dt = e.act_dtype
     with e.lock:
-        e.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
+        e.refresh(_np(w), None if b is None else _np(b), _weights_key(weight, bias))  # as the forward packed them
         xb = e.blocked("x", _np(x), e.bc, dt, _identity(x), reuse=True)
         if act != "none":  # the ReLU mask
             y = _tensor(output, "output", (x.dtype,), ndim=(4, 5))
@@ -119,13 +142,22 @@ def _(grad_output, input, weight, bias, output, stride, padding, dilation, activ
 
 def _conv2d_grad(ctx, grad):
     input, weight, bias, output = ctx.saved_tensors
-    stride, padding, dilation, _, activation, _ = ctx.args
+    stride, padding, dilation, _, activation, _, residual_dtype = ctx.args
     need = ctx.needs_input_grad
     gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, activation, need[0])
+    gr = None
+    if residual_dtype is not None and need[9]:  # the residual's gradient is the pre-activation's
+        gr = (grad * (output > 0) if activation == "relu" else grad).to(residual_dtype)
     return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
-            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None)
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None, gr)
 
 
-_conv2d.register_autograd(_conv2d_grad, setup_context=_setup_product)
+def _setup_conv(ctx, inputs, output):
+    _setup_product(ctx, inputs, output)
+    residual = ctx.args[-1]
+    ctx.args = (*ctx.args[:-1], None if residual is None else residual.dtype)  # all its gradient needs
+
+
+_conv2d.register_autograd(_conv2d_grad, setup_context=_setup_conv)
 
 

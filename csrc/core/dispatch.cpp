@@ -71,7 +71,8 @@ struct key {
     return uk == o.uk && ep == o.ep && d.type == o.d.type && d.m == o.d.m && d.n == o.d.n && d.k == o.d.k &&
            d.lda == o.d.lda && d.ldb == o.d.ldb && d.ldc == o.d.ldc && d.batch == o.d.batch &&
            std::memcmp(&d.beta, &o.d.beta, sizeof(float)) == 0 && e.out == f.out && e.act == f.act &&
-           e.bias == f.bias && e.scale == f.scale && e.row_offset == f.row_offset && e.col_offset == f.col_offset;
+           e.bias == f.bias && e.scale == f.scale && e.row_offset == f.row_offset && e.col_offset == f.col_offset &&
+           e.add == f.add;
   }
 };
 struct key_hash {
@@ -84,7 +85,7 @@ struct key_hash {
                               (uint64_t)(uintptr_t)k.uk,
                               (uint64_t)k.d.ep.out | (uint64_t)k.d.ep.act << 8 | (uint64_t)k.d.ep.bias << 16 |
                                   (uint64_t)k.d.ep.scale << 17 | (uint64_t)k.d.ep.row_offset << 20 |
-                                  (uint64_t)k.d.ep.col_offset << 21};
+                                  (uint64_t)k.d.ep.col_offset << 21 | (uint64_t)k.d.ep.add << 22};
     uint64_t h = 1469598103934665603ull;
     for (uint64_t p : parts) h = (h ^ p) * 1099511628211ull;
     return (size_t)h;
@@ -123,6 +124,8 @@ status validate(const desc& d) {
   } else if (e.scale != scale_kind::none || e.row_offset || e.col_offset) {
     return status::bad_epilogue;  // scales and offsets belong to the integer pipeline
   }
+  if (e.add && e.out != out_type::f32 && e.out != out_type::bf16 && !(e.out == out_type::acc && !dtype_is_int8(d.type)))
+    return status::bad_epilogue;  // the added tensor has the output's float type
   return status::ok;
 }
 
@@ -199,8 +202,8 @@ namespace {
 epilogue_tile tile_view(const kernel& kr, const epilogue_args& ep, epilogue_args& shifted, int64_t m0, int64_t n0,
                         void* c, int64_t ldc) {
   const desc& d = kr.d;
-  shifted = ep.at(m0, n0, d.ep.scale, d.type);
   const int64_t ob = out_type_bytes(d.type, d.ep.out);
+  shifted = ep.at(m0, n0, d.ep.scale, d.type, ob);
   epilogue_tile t;
   t.out = (char*)c + (m0 * ldc + n0) * ob;
   t.ldc = ldc;

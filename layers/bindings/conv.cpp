@@ -142,7 +142,7 @@ struct py_conv {
     return cv.refresh(wp, bp);
   }
 
-  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle zb) {
+  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle zb, py::handle add) {
     sizes(n, h, w);
     const auto& g = cv.geometry();
     const int64_t oh = g.out_h(h), ow = g.out_w(w);
@@ -156,10 +156,18 @@ struct py_conv {
       zp = (float*)z.mutable_data();
     }
     require_disjoint(y, py::reinterpret_borrow<py::array>(xb), "yb", "xb");
+    const void* ap = nullptr;
+    if (!add.is_none()) {  // the residual: f32 with zb (it joins z), else yb's type
+      if (zp && cv.bf16()) value_error("add needs zb=None in a bfloat16 layer (the pre-activation is float32)");
+      py::array a = exact_array(add, "add", act_elem(), blocked(n, g.k, cv.bk(), oh, ow), false);
+      require_disjoint(y, a, "yb", "add");
+      if (zp) require_disjoint(py::reinterpret_borrow<py::array>(zb), a, "zb", "add");
+      ap = a.data();
+    }
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.forward(n, h, w, xp, yp, zp);
+      s = cv.forward(n, h, w, xp, yp, zp, ap);
     }
     check_status(s);
   }
@@ -325,7 +333,7 @@ void register_conv(py::module_& m) {
            py::arg("h"), py::arg("w"))
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
       .def("forward", &py_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
-           py::arg("zb"))
+           py::arg("zb"), py::arg("add") = py::none())
       .def("forward_plain", &py_conv::forward_plain, py::arg("x"), py::arg("xb"), py::arg("yb"), py::arg("y"),
            py::arg("zb"), py::arg("weight"), py::arg("bias"))
       .def("backward", &py_conv::backward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("grad_out"),

@@ -52,6 +52,9 @@ int num_threads();
 //   2. int8 only: v = scale · (v + row_offset[i] + col_offset[j])   s32 → f32 (exact sum,
 //                                       then one rounding to f32, then the product)
 //   3. v = v + bias[j]                  f32
+//      v = v + add[i][j]                a second tensor of C's shape (the residual add), in
+//                                       the output's element type (f32 or bf16): f32 or bf16
+//                                       outputs only
 //   4. v = activation(v)                relu: max(v, 0), NaN stays NaN; or one of the
 //                                       element-wise functions below
 //   5. store as out:  f32 | bf16 (round to nearest even, NaN stays NaN)
@@ -72,9 +75,10 @@ struct epilogue_desc {
   bool bias = false;
   scale_kind scale = scale_kind::none;   // int8 only
   bool row_offset = false, col_offset = false;  // int8 only; s8s8 needs col_offset
+  bool add = false;                       // f32 or bf16 output only
   bool any() const {
     return out != out_type::acc || act != activation::none || bias || scale != scale_kind::none || row_offset ||
-           col_offset;
+           col_offset || add;
   }
 };
 
@@ -89,15 +93,18 @@ struct epilogue_args {
   int32_t out_zero_point = 0;
   const void* acc_in = nullptr;         // prev for beta when C's type is not the accumulator's
   int64_t ld_acc_in = 0;                // (elements of the accumulator type)
+  const void* add = nullptr;            // m × n, the output's element type (f32 or bf16 bits)
+  int64_t ld_add = 0;                   // (elements)
 
   // The same data seen from C's element (m0, n0), for a sub-block of C.
-  epilogue_args at(int64_t m0, int64_t n0, scale_kind scale, dtype t) const {
+  epilogue_args at(int64_t m0, int64_t n0, scale_kind scale, dtype t, int64_t add_bytes = 4) const {
     epilogue_args s = *this;
     if (bias) s.bias = bias + n0;
     if (scale == scale_kind::column) s.scale = this->scale + n0;
     if (row_offset) s.row_offset = row_offset + m0;
     if (col_offset) s.col_offset = col_offset + n0;
     if (acc_in) s.acc_in = (const char*)acc_in + (m0 * ld_acc_in + n0) * dtype_c_bytes(t);
+    if (add) s.add = (const char*)add + (m0 * ld_add + n0) * add_bytes;
     return s;
   }
 };

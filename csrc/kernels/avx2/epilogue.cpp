@@ -39,6 +39,14 @@ void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
         if (tl.prev) v = _mm256_add_ps(v, _mm256_mul_ps(beta, _mm256_loadu_ps((const float*)tl.prev + i * tl.ld_prev + j)));
       }
       if (d.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(ep.bias + j));
+      if (d.add) {
+        if (d.out == out_type::bf16) {
+          const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)ep.add + i * ep.ld_add + j));
+          v = _mm256_add_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+        } else {
+          v = _mm256_add_ps(v, _mm256_loadu_ps((const float*)ep.add + i * ep.ld_add + j));
+        }
+      }
       if (d.act != activation::none) v = activation8(d.act, v, table);
       switch (d.out) {
         case out_type::bf16:

@@ -23,6 +23,8 @@ void tile_epilogue(const epilogue_desc& d, const epilogue_tile& tl) {
   const int32_t* const row_offset = d.row_offset ? ep.row_offset : nullptr;
   const int32_t* const col_offset = d.col_offset ? ep.col_offset : nullptr;
   const activation act = d.act;
+  const void* const add = d.add ? ep.add : nullptr;
+  const int64_t ld_add = ep.ld_add;
   const __m512 beta = _mm512_set1_ps(tl.beta);
   const ktanh_table32 table;
   const __m512 lo = _mm512_set1_ps(OUT == out_type::u8 ? 0.0f : -128.0f);
@@ -53,6 +55,14 @@ void tile_epilogue(const epilogue_desc& d, const epilogue_tile& tl) {
         if (prev) v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(k, (const float*)prev + i * ld_prev + j)));
       }
       if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + j));
+      if (add) {
+        if constexpr (OUT == out_type::bf16) {
+          const __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t*)add + i * ld_add + j);
+          v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        } else {
+          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, (const float*)add + i * ld_add + j));
+        }
+      }
       if (act != activation::none) v = activation16(act, v, table);
       if constexpr (OUT == out_type::bf16) {
         // Narrowed in a register, then stored (unmasked when whole): the compiler's fused

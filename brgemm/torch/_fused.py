@@ -1,0 +1,127 @@
+"""The modules an optimized network is made of (see :func:`brgemm.torch.optimize`): each takes and
+returns the blocked layout (N, C/bc, H, W, bc).
+
+:class:`FusedConv2d` is a convolution with what follows it in the model: a BatchNorm2d, a
+residual add, a ReLU. In inference the BatchNorm is folded into the convolution's weights and
+bias (refolded when a parameter or running statistic changes: version counters, no comparison),
+the residual and the ReLU run in the product's epilogue, and the whole block is one pass over
+memory. In training the BatchNorm normalises with the batch's statistics and updates the
+running ones exactly as ``torch.nn.BatchNorm2d`` does.
+"""
+
+import torch
+from torch import nn
+
+from .._runners.conv import padding_arg
+
+
+def _version_key(*tensors):
+    """What changes whenever one of the tensors is replaced or written in place."""
+    return tuple(None if t is None else (id(t), t._version) for t in tensors)
+
+
+def _bn_folds(bn):
+    """Whether the BatchNorm normalises with its running statistics now (then it folds)."""
+    return bn is not None and not bn.training and bn.track_running_stats and bn.running_mean is not None
+
+
+class FusedConv2d(nn.Module):
+    """``conv`` → ``bn`` (a BatchNorm2d or None) → + residual (when the call passes one) → ReLU
+    (``relu``), on blocked tensors. The convolution's parameters are this module's (the same
+    Parameter objects, under the same names); ``bn`` stays where it was in the model (its
+    parameters and buffers keep their state_dict keys) and is only referenced here."""
+
+    def __init__(self, conv, bn=None, relu=False, compute_dtype=None):
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.dilation = conv.kernel_size, list(conv.stride), list(conv.dilation)
+        self.padding = list(padding_arg(conv.padding, conv.kernel_size, conv.dilation))
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.__dict__["_bn"] = bn   # not a submodule: it keeps its own place in the model
+        self.activation = "relu" if relu else "none"
+        self.compute_dtype = compute_dtype
+        self._fold_key, self._folded = None, None
+        self.training = conv.training
+
+    @property
+    def bn(self):
+        return self._bn
+
+    def _folded_weights(self):
+        """(weight, bias) with the BatchNorm's inference transform folded in: W·s and
+        (b − mean)·s + β with s = γ / √(var + ε), computed in float64 and rounded once. Cached
+        by the tensors' versions unless autograd needs the fold (then it is recomputed, so
+        gradients reach W, b, γ and β)."""
+        bn = self._bn
+        tensors = (self.weight, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        key = _version_key(*tensors) + (bn.eps,)
+        if not grad and key == self._fold_key:
+            return self._folded
+        with torch.set_grad_enabled(grad):
+            w, b = self.weight, self.bias
+            dt = torch.float64
+            scale = (bn.running_var.to(dt) + bn.eps).rsqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight.to(dt)
+            shift = -bn.running_mean.to(dt) * scale
+            if b is not None:
+                shift = shift + b.to(dt) * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias.to(dt)
+            folded = ((w.to(dt) * scale.reshape(-1, 1, 1, 1)).to(w.dtype), shift.to(w.dtype))
+        if not grad:
+            self._fold_key, self._folded = key, folded
+        return folded
+
+    def forward(self, x, residual=None):
+        """x: blocked (N, C/bc, H, W, bc) of the compute dtype; residual: blocked like the output."""
+        bn = self._bn
+        conv = torch.ops.brgemm.conv2d
+        if bn is None or _bn_folds(bn):
+            w, b = (self.weight, self.bias) if bn is None else self._folded_weights()
+            return conv(x, w, b, self.stride, self.padding, self.dilation, 1, self.activation, True, residual)
+        y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, 1, "none", True)
+        y = _batch_norm_blocked(y, bn, self.out_channels)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self.activation == "relu" else y
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
+                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, bn={self._bn is not None}, "
+                f"activation={self.activation!r}")
+
+
+def _channel_vector(v, blocks, bc):
+    """A (C,) vector as (1, C/bc, 1, 1, bc), zeros in the padded channels."""
+    c = v.shape[0]
+    if blocks * bc != c:
+        v = torch.cat([v, v.new_zeros(blocks * bc - c)])
+    return v.reshape(1, blocks, 1, 1, bc)
+
+
+def _batch_norm_blocked(y, bn, channels):
+    """BatchNorm2d in training mode (or without running statistics, in any mode) on a blocked
+    tensor: batch
+    mean and biased variance for the normalisation, running statistics updated with the
+    unbiased variance and bn's momentum (None: the cumulative average), as PyTorch does."""
+    n, blocks, h, w, bc = y.shape
+    count = n * h * w
+    mean = y.mean(dim=(0, 2, 3), keepdim=True)
+    var = (y - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else bn.momentum
+            flat_mean = mean.reshape(-1)[:channels].to(bn.running_mean.dtype)
+            flat_var = var.reshape(-1)[:channels].to(bn.running_var.dtype) * (count / max(count - 1, 1))
+            bn.running_mean.mul_(1 - m).add_(flat_mean, alpha=m)
+            bn.running_var.mul_(1 - m).add_(flat_var, alpha=m)
+    out = (y - mean) * (var + bn.eps).rsqrt()
+    if bn.weight is not None:
+        out = out * _channel_vector(bn.weight, blocks, bc).to(out.dtype)
+    if bn.bias is not None:
+        out = out + _channel_vector(bn.bias, blocks, bc).to(out.dtype)
+    return out.to(y.dtype)

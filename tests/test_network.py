@@ -1,0 +1,350 @@
+"""brgemm.torch.optimize: whole networks rebuilt from fused, blocked stages.
+
+Inference is checked in two parts, each against a derived bound:
+- the structure: the optimized graph's stages, computed in float64 (folded BatchNorms, the
+  residual and ReLU of each fused convolution, the pools, the head), give the original model's
+  float64 output within Σ (K + 2)·2⁻⁵³·M, where M is the same graph run on |x| with the absolute
+  values of the weights and without ReLUs (then every value is positive and bounds the magnitude
+  of the one it stands for) and the sum runs over every product of K terms and average on the way;
+- the arithmetic: every stage of the float32 run is within (K + 2)·2⁻²⁴·Σ|a||b| of the same stage
+  computed in float64 from the same float32 inputs (Σ|a||b|: the stage on absolute values).
+"""
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.fx as fx  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import brgemm.torch as bt  # noqa: E402
+from brgemm.torch._fused import FusedConv2d  # noqa: E402
+
+EPS = 2.0 ** -24
+ops = torch.ops.brgemm
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# --- test models -------------------------------------------------------------------------------
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, mid, stride, expansion=4):
+        super().__init__()
+        out = mid * expansion
+        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != out:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-50-shaped network, narrow: stem 7×7/2 (3 input channels), max-pool 3×3/2,
+    bottlenecks with downsampling, global average pooling and a Linear head."""
+
+    def __init__(self, width=8, classes=10):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(Bottleneck(width, width, 1), Bottleneck(4 * width, width, 1))
+        self.layer2 = nn.Sequential(Bottleneck(4 * width, 2 * width, 2), Bottleneck(8 * width, 2 * width, 1))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _randomize_batch_norms(model):
+    """Running statistics and affine parameters away from their defaults, so folding matters."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-1.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+# --- the bounds --------------------------------------------------------------------------------
+
+def _fold64(m):
+    """A FusedConv2d's weights and bias with its BatchNorm folded in, in float64."""
+    w, b = m.weight.double(), None if m.bias is None else m.bias.double()
+    bn = m.bn
+    if bn is None:
+        return w, b
+    scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    if b is not None:
+        shift = shift + b * scale
+    return w * scale.reshape(-1, 1, 1, 1), shift
+
+
+def _conv64(m, x, residual, absolute):
+    """A FusedConv2d's stage in float64 on a plain x; absolute: |weights|, no ReLU."""
+    w, b = _fold64(m)
+    if absolute:
+        w, b = w.abs(), None if b is None else b.abs()
+    pt, pb, pl, pr = m.padding
+    y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, m.stride, 0, m.dilation)
+    if residual is not None:
+        y = y + residual
+    return y if absolute or m.activation == "none" else torch.relu(y)
+
+
+def _plain(v, channels=None):
+    """A value of the optimized graph as a plain float64 tensor."""
+    return (ops.from_blocked(v, channels) if v.dim() == 5 else v).double()
+
+
+class _Stages64(fx.Interpreter):
+    """The optimized graph's stages in float64 on the plain layout (absolute: on |weights|,
+    without ReLUs), and Σ (K + 2) over its products and averages."""
+
+    def __init__(self, gm, absolute):
+        super().__init__(gm)
+        self.absolute, self.terms = absolute, 0
+
+    def call_module(self, target, args, kwargs):
+        m = self.fetch_attr(target)
+        if isinstance(m, FusedConv2d):
+            self.terms += m.weight[0].numel() + 3
+            return _conv64(m, args[0], args[1] if len(args) > 1 else None, self.absolute)
+        if isinstance(m, bt.Linear):
+            self.terms += m.in_features + 2
+            w, b = m.weight.double(), None if m.bias is None else m.bias.double()
+            return F.linear(args[0], w.abs(), b.abs()) if self.absolute else F.linear(args[0], w, b)
+        if type(m).__name__ == "_BlockedMaxPool2d":
+            return F.max_pool2d(args[0], m.kernel, m.stride, m.padding)
+        if isinstance(m, nn.ReLU) and self.absolute:
+            return args[0]
+        return super().call_module(target, args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        if target in (ops.to_blocked, ops.from_blocked, ops.to_blocked.default, ops.from_blocked.default):
+            return args[0]
+        if "global_avg_pool_blocked" in str(target):
+            self.terms += args[0].shape[2] * args[0].shape[3] + 2
+            return args[0].mean((2, 3))
+        if target in (F.relu, torch.relu) and self.absolute:
+            return args[0]
+        return super().call_function(target, args, kwargs)
+
+
+class _CheckStages(fx.Interpreter):
+    """Runs the optimized model as it is (float32) and checks every fused convolution and the
+    head against float64 on the same inputs."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.checked = 0
+
+    def call_module(self, target, args, kwargs):
+        out = super().call_module(target, args, kwargs)
+        m = self.fetch_attr(target)
+        if isinstance(m, FusedConv2d):
+            x = _plain(args[0], m.in_channels)
+            r = _plain(args[1], m.out_channels) if len(args) > 1 else None
+            ref = _conv64(m, x, r, False)
+            mag = _conv64(m, x.abs(), None if r is None else r.abs(), True)
+            bound = (m.weight[0].numel() + 3) * EPS * mag
+        elif isinstance(m, bt.Linear):
+            x = args[0].double()
+            ref = F.linear(x, m.weight.double(), m.bias.double())
+            bound = (m.in_features + 2) * EPS * F.linear(x.abs(), m.weight.double().abs(), m.bias.double().abs())
+        else:
+            return out
+        _assert_within(_plain(out, ref.shape[1]), ref, bound, target)
+        self.checked += 1
+        return out
+
+
+def _assert_within(got, ref, bound, what):
+    err = (got.double() - ref).abs() - bound
+    assert float(err.max()) <= 0, f"{what}: the error exceeds the bound by {float(err.max()):.3g}"
+
+
+def _check_inference(model, fast, x):
+    """Both parts of the module docstring's check, and the float32 output against float64."""
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(x.double())
+        stages = _Stages64(fast, absolute=False)
+        mag = _Stages64(fast, absolute=True)
+        got64, m = stages.run(x.double()), mag.run(x.double().abs())
+        _assert_within(got64, ref, mag.terms * 2.0 ** -53 * m, "the optimized graph in float64")
+        check = _CheckStages(fast)
+        got = check.run(x)
+        assert check.checked == sum(isinstance(v, (FusedConv2d, bt.Linear)) for v in fast.modules())
+        assert torch.equal(got, fast(x))  # the interpreter ran what the module runs
+    return got, ref
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,size", [(1, 32), (3, 37)])
+def test_inference_matches_float64_within_the_derived_bound(n, size):
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model)
+    x = torch.randn(n, 3, size, size)
+    got, ref = _check_inference(model, fast, x)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+
+
+@pytest.mark.skipif(not hasattr(ops, "max_pool2d_blocked"), reason="blocked pooling not built yet")
+def test_every_convolution_is_fused_and_the_layout_converts_once():
+    model = SmallResNet().eval()
+    fast = bt.optimize(model)
+    report = fast.brgemm_report
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for name in convs:
+        assert report.became(name).startswith("FusedConv2d + BatchNorm2d folded"), (name, report.became(name))
+    assert report.became("layer1.0.conv3") == "FusedConv2d + BatchNorm2d folded, residual add, ReLU"
+    assert report.became("layer1.0.bn1") == "in layer1.0.conv1"
+    assert report.became("fc") == "brgemm.torch.Linear"
+    calls = [n.target for n in fast.graph.nodes if n.op == "call_function"]
+    assert calls.count(ops.to_blocked) == 1 and ops.from_blocked not in calls
+    assert report.became("maxpool") == "blocked max pooling"
+    assert report.became("avgpool") == "blocked global average pooling"
+
+
+def test_shares_parameters_and_state_dict_keys():
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model)
+    assert list(sorted(fast.state_dict())) == list(sorted(model.state_dict()))
+    ids = {id(p) for p in model.parameters()}
+    assert {id(p) for p in fast.parameters()} == ids and len(list(fast.parameters())) == len(ids)
+
+
+def test_refolds_when_parameters_or_statistics_change():
+    """Folded weights follow the tensors' version counters: load_state_dict (in-place copies),
+    an in-place write into a running statistic, and an optimizer step are all seen."""
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fast(x)
+        other = _randomize_batch_norms(SmallResNet()).eval()
+        fast.load_state_dict(other.state_dict())
+        _check_inference(other, fast, x)
+        model.layer1[0].bn2.running_var.mul_(3.0)
+        model.conv1.weight.mul_(-1.0)
+        _check_inference(model, fast, x)
+
+
+def test_modules_it_does_not_know_run_on_the_plain_layout():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Sigmoid(),
+                          nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 9 * 9, 4)).eval()
+    _randomize_batch_norms(model)
+    fast = bt.optimize(model)
+    report = fast.brgemm_report
+    assert report.became("2") == "kept (Sigmoid)"
+    assert report.became("3") == "kept (PyTorch)"
+    x = torch.randn(2, 3, 11, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+class _Untraceable(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        y = self.body(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_model_that_does_not_trace_is_optimized_child_by_child():
+    model = _randomize_batch_norms(_Untraceable()).eval()
+    fast = bt.optimize(model)
+    report = fast.brgemm_report
+    assert "does not trace" in str(report)
+    assert report.became("body.0").startswith("FusedConv2d + BatchNorm2d folded, ReLU")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_input():
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fast(x.to(memory_format=torch.channels_last)), fast(x))
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        bt.optimize(lambda x: x)
+    with pytest.raises(ValueError, match="dtype must be"):
+        bt.optimize(SmallResNet(), dtype="float16")
+    w = torch.randn(8, 4, 1, 1)
+    with pytest.raises(ValueError, match="residual needs blocked_output=True"):
+        ops.conv2d(torch.randn(1, 4, 3, 3), w, None, [1, 1], [0, 0], [1, 1], 1, "none", False,
+                   torch.randn(1, 1, 3, 3, 8))
+    with pytest.raises(ValueError, match="residual must have the blocked output's shape"):
+        ops.conv2d(torch.randn(1, 4, 3, 3), w, None, [1, 1], [0, 0], [1, 1], 1, "none", True,
+                   torch.randn(1, 1, 3, 4, 8))
+    with pytest.raises(ValueError, match="channels=5 does not fit"):
+        ops.from_blocked(torch.randn(1, 1, 2, 2, 4), 5)
+
+
+# --- the residual epilogue -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("shape", [(2, 20, 7, 36, 3, 1), (1, 64, 5, 256, 1, 2), (2, 1024, 3, 40, 1, 1)])
+def test_conv_residual_equals_the_sum_then_the_activation(shape, activation):
+    """act(conv + b + r) in one pass: the same float32 sum as the convolution alone (the epilogue
+    adds r to the rounded sum, then the bias order is as without r), so it equals the unfused
+    float32 computation in the same order bit for bit; and its gradients reach r."""
+    n, c, hw, k, r, stride = shape
+    x = torch.randn(n, c, hw, hw)
+    w, b = torch.randn(k, c, r, r), torch.randn(k)
+    xb = ops.to_blocked(x)
+    plain = ops.conv2d(xb, w, b, [stride] * 2, [r // 2] * 2, [1, 1], 1, "none", True)
+    res = torch.randn_like(plain).requires_grad_()
+    got = ops.conv2d(xb, w, b, [stride] * 2, [r // 2] * 2, [1, 1], 1, activation, True, res)
+    want = plain + res
+    want = torch.relu(want) if activation == "relu" else want
+    assert torch.equal(got, want.detach())
+    g = torch.randn_like(got)
+    got.backward(g)
+    assert torch.equal(res.grad, g * (got > 0) if activation == "relu" else g)
+
+
+def test_layout_round_trip_and_gradients():
+    x = torch.randn(2, 20, 3, 5, requires_grad=True)
+    b = ops.to_blocked(x)
+    assert b.shape == (2, 1, 3, 5, 32) and torch.equal(b[..., 20:], torch.zeros(2, 1, 3, 5, 12))
+    back = ops.from_blocked(b, 20)
+    assert torch.equal(back, x.detach())
+    back.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
