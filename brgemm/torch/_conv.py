@@ -4,7 +4,8 @@ import torch
 
 from .. import _core
 from .._runners.conv import F32, ConvGeometry, ConvRunner, blocked_shape, out_size
-from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor
+from .._runners.weights import WeightsKey
+from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor, _versioned
 from ._products import _product_grads_fake, _setup_product
 
 
@@ -55,10 +56,13 @@ _CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=
 
 
 def _weights_key(weight, bias):
-    """What tells the weights apart between calls: the caller's tensors' identities, version
-    counters included (every in-place write bumps them), so unchanged weights skip the
-    comparison with what was packed."""
-    return _identity(weight), None if bias is None else _identity(bias)
+    """What tells the weights apart between calls, so unchanged weights skip the comparison with
+    what was packed: the caller's tensor objects (kept as weak references: a tensor that died
+    may have a successor at its address) and their version counters, when these see every write
+    (Parameters, folded weights); None (compare) for other tensors."""
+    if all(t is None or _versioned(t) for t in (weight, bias)):
+        return WeightsKey(weight, bias)
+    return None
 
 
 def _residual_arg(residual, out):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .._runners.conv import padding_arg
+from ._bridge import mark_persistent
 
 
 def _version_key(*tensors):
@@ -56,13 +57,16 @@ class FusedConv2d(nn.Module):
         bn = self._bn
         tensors = (self.weight, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-        key = _version_key(*tensors) + (bn.eps,)
-        if not grad and key == self._fold_key:
+        # Compiled: the fold is part of the graph (version counters are not traceable; with
+        # inductor's freezing it is computed once).
+        cache = not grad and not torch.compiler.is_compiling()
+        key = _version_key(*tensors) + (bn.eps,) if cache else None
+        if cache and key == self._fold_key:
             return self._folded
         with torch.set_grad_enabled(grad):
             w, b = self.weight, self.bias
             dt = torch.float64
-            scale = (bn.running_var.to(dt) + bn.eps).rsqrt()
+            scale = 1.0 / (bn.running_var.to(dt) + bn.eps).sqrt()  # correctly rounded: the same when compiled
             if bn.weight is not None:
                 scale = scale * bn.weight.to(dt)
             shift = -bn.running_mean.to(dt) * scale
@@ -71,8 +75,8 @@ class FusedConv2d(nn.Module):
             if bn.bias is not None:
                 shift = shift + bn.bias.to(dt)
             folded = ((w.to(dt) * scale.reshape(-1, 1, 1, 1)).to(w.dtype), shift.to(w.dtype))
-        if not grad:
-            self._fold_key, self._folded = key, folded
+        if cache:
+            self._fold_key, self._folded = key, tuple(mark_persistent(t) for t in folded)
         return folded
 
     def forward(self, x, residual=None):
@@ -109,6 +113,7 @@ def _batch_norm_blocked(y, bn, channels):
     unbiased variance and bn's momentum (None: the cumulative average), as PyTorch does."""
     n, blocks, h, w, bc = y.shape
     count = n * h * w
+    out_dtype, y = y.dtype, y.float()  # bfloat16 statistics would lose the variance
     mean = y.mean(dim=(0, 2, 3), keepdim=True)
     var = (y - mean).square().mean(dim=(0, 2, 3), keepdim=True)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
@@ -124,4 +129,4 @@ def _batch_norm_blocked(y, bn, channels):
         out = out * _channel_vector(bn.weight, blocks, bc).to(out.dtype)
     if bn.bias is not None:
         out = out + _channel_vector(bn.bias, blocks, bc).to(out.dtype)
-    return out.to(y.dtype)
+    return out.to(out_dtype)
