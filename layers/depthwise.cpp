@@ -5,6 +5,7 @@
 #include "conv_plan.h"
 #include "brgemm/depthwise.h"
 #include <omp.h>
+#include <cstdlib>
 
 namespace brgemm::layers {
 
@@ -98,6 +99,7 @@ status depthwise_conv::forward(int64_t n, int64_t h, int64_t w, const void* xb, 
   const int64_t groups = ceil_div(oh, plan->group);
   const element et = bf16 ? element::bf16 : element::f32;
   char* out = zb ? (char*)zb : (char*)yb;
+  static const bool prefetch = !getenv("NOPF");
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t item = 0; item < n * cb * groups; ++item) {
     const int64_t plane = item / groups, c = plane % cb, o0 = item % groups * plan->group;
@@ -109,6 +111,14 @@ status depthwise_conv::forward(int64_t n, int64_t h, int64_t w, const void* xb, 
     r.bias = bias ? bias + c * bc_ : nullptr, r.y_step = bc_, r.yt = zb ? element::f32 : et;
     r.act = zb ? activation::none : act_;
     for (int64_t o = o0; o < o1; ++o) {
+      // The input rows the next output row adds, fetched while this one computes: the kernel's
+      // loads (a few pixels of every tap's row, tap after tap) are too scattered for the
+      // hardware prefetchers.
+      if (prefetch) {
+        const int64_t last = o * g_.stride_h - g_.pad_t + (g_.r - 1) * g_.dil_h;
+        for (int64_t ih = std::max<int64_t>(last + 1, 0); ih < std::min(h, last + 1 + g_.stride_h); ++ih)
+          for (int64_t b = 0; b < w * bc_ * xe; b += 64) __builtin_prefetch(src + ih * w * bc_ * xe + b);
+      }
       for (const run& u : plan->runs) {
         const int64_t at = plane * plane_y + (o * ow + u.p0) * bc_;
         r.m = u.m;

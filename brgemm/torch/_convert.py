@@ -48,7 +48,7 @@ def _target(module, approximate):
 
 def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
     """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
-    the same parameters (Conv2d with groups = 1 and zero padding, Linear, LSTM without
+    the same parameters (Conv2d with zero padding, grouped and depthwise too, Linear, LSTM without
     projections, GRU; with ``approximate=True`` also Tanh → KTanh and Softmax → TaylorSoftmax)
     and returns a :class:`ConversionReport`. ``dtype="bfloat16"`` makes the swapped layers
     compute in bf16 (f32 master weights; results in the input's dtype). ``fuse``: a ReLU that
