@@ -143,19 +143,6 @@ class row_ring {
   std::vector<int64_t> holds_;
 };
 
-// Fetches bytes [0, n) at p into the cache ahead of their use (for writing with `write`). The
-// sources of a row come in through the row copies (memcpy) or the kernel's loads, which wait
-// for memory one row at a time: a core alone keeps too few misses in flight to stream from
-// DRAM; fetched a few rows ahead, they arrive while the rows before are computed.
-inline void prefetch(const char* p, int64_t n, bool write = false) {
-  for (int64_t b = 0; b < n; b += 64)
-    if (write)
-      __builtin_prefetch(p + b, 1);
-    else
-      __builtin_prefetch(p + b);
-}
-constexpr int64_t ahead = 2;  // rows
-
 // The core's pointer lists for one call, grown per thread.
 struct tap_lists {
   std::vector<const void*> x;
@@ -196,14 +183,7 @@ status depthwise_conv::forward(int64_t n, int64_t h, int64_t w, const void* xb, 
     r.m = ow, r.bc = bc_, r.x = l.x.data(), r.x_step = g_.stride_w * bc_, r.xt = et, r.w = l.w.data();
     r.bias = bias ? bias + c * bc_ : nullptr, r.y_step = bc_, r.yt = zb ? element::f32 : et;
     r.act = zb ? activation::none : act_;
-    const char* src = (const char*)xb + plane * plane_x * xe;
     for (int64_t o = o0; o < o1; ++o) {
-      {  // the input rows output row o + ahead adds, and that output row
-        const int64_t row_x = w * bc_ * xe, next = (o + ahead) * g_.stride_h - g_.pad_t + (g_.r - 1) * g_.dil_h;
-        for (int64_t i = std::max<int64_t>(0, next - g_.stride_h + 1); i <= std::min(next, h - 1); ++i)
-          prefetch(src + i * row_x, row_x);
-        if (o + ahead < oh) prefetch(out + (plane * plane_y + (o + ahead) * ow * bc_) * ye, ow * bc_ * ye, true);
-      }
       int64_t k = 0;
       for (const tap& tr : plan->rows[o]) {
         const char* row = ring.row(tr.src);

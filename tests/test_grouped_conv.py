@@ -175,7 +175,7 @@ def test_grouped_conv_matches_torch_autograd(rng, case):
     np.testing.assert_allclose(conv.bias_grad, bt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
-ACTS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish"]
+ACTS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish", "relu6"]
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -342,3 +342,35 @@ def test_convert_swaps_grouped_and_depthwise_convolutions():
         torch.ops.brgemm.conv2d(torch.randn(1, 6, 5, 5), torch.randn(8, 2, 3, 3), None, [1, 1], [0, 0], [1, 1], 4)
     with pytest.raises(ValueError, match="out_channels .6. must be divisible by groups .4."):
         torch.ops.brgemm.conv2d(torch.randn(1, 8, 5, 5), torch.randn(6, 2, 3, 3), None, [1, 1], [0, 0], [1, 1], 4)
+
+
+def test_convert_fuses_relu6_into_a_mobilenet_block():
+    """MobileNetV2's inverted residual without BatchNorm: 1 × 1 expand → ReLU6 → depthwise 3 × 3
+    → ReLU6 → 1 × 1 project. Both ReLU6 go into the epilogue and the stencil; outputs and
+    gradients match PyTorch's (float32, values pushed past 6 so that the clip matters)."""
+    torch = pytest.importorskip("torch")
+    import copy
+
+    import brgemm.torch as bt
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 48, 1), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(48, 48, 3, stride=2, padding=1, groups=48), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(48, 16, 1))
+    with torch.no_grad():
+        for m in model[::2]:
+            m.weight.mul_(6.0)
+    ref = copy.deepcopy(model)
+    report = bt.convert(model)
+    assert [f[0] for f in report.fused] == ["1", "3"]
+    assert model[0].activation == model[2].activation == "relu6"
+    x = torch.randn(2, 8, 9, 9)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, yr = model(xa), ref(xb)
+    assert (ref[1](ref[0](x)) >= 6).any()   # the clip is exercised
+    torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(y)
+    y.backward(g)
+    yr.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    for a, b in zip(model[::2], ref[::2]):
+        torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-4, atol=1e-3)

@@ -161,7 +161,8 @@ def _conv2d_grad(ctx, grad):
                                   groups)
     gr = None
     if residual_dtype is not None and need[9]:  # the residual's gradient is the pre-activation's
-        gr = (grad * (output > 0) if activation == "relu" else grad).to(residual_dtype)
+        mask = {"relu": lambda y: y > 0, "relu6": lambda y: (y > 0) & (y < 6)}.get(activation)
+        gr = (grad * mask(output) if mask else grad).to(residual_dtype)
     return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
             gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None, gr)
 

@@ -29,9 +29,9 @@ def _dtypes(module, x):
 
 
 def _fused_arg(activation):
-    if activation not in (None, "none", "relu"):
-        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    return "relu" if activation == "relu" else "none"
+    if activation not in (None, "none", "relu", "relu6"):
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
+    return activation or "none"
 
 
 class _Swap:
@@ -76,7 +76,7 @@ def _conv_unsupported(m):
 class Conv2d(_Swap, nn.Conv2d):
     """``torch.nn.Conv2d`` (same arguments, parameters and state_dict) computed by
     ``torch.ops.brgemm.conv2d``, any groups (depthwise included), zero padding only. Extra keywords:
-    ``activation="relu"`` fuses a ReLU into the epilogue (convert does it for Conv2d → ReLU
+    ``activation="relu"`` (or "relu6") fuses a ReLU into the epilogue (convert does it for Conv2d → ReLU
     in a Sequential); ``compute_dtype="bfloat16"`` computes in bf16 whatever the input."""
 
     _torch_class = nn.Conv2d
