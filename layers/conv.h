@@ -1,13 +1,15 @@
 // Direct 2-D convolution driver: y = act(conv(x, W) + b) and its backward pass, on blocked
 // arrays; every contraction is one BRGEMM call over a batch of (channel block, tap) pairs
-// named by offsets.
+// named by offsets. Grouped convolutions are the same passes over a channel split (below);
+// depthwise ones (groups = C = K) are stencils, not products (depthwise.h).
 //
 // Layouts (blocks row-major, channels past the real counts zero):
-//   activations  [N][C/bc][H][W][bc]          f32 or bf16 (uint16 bits)
-//   W forward    [K/bk][C/bc][R][S] blocks of (bc × bk) in the kernel's B layout
-//                (bf16: VNNI-2, i.e. [bc/2][bk][2])
-//   W backward   [C/bc][K/bk][R][S] blocks of (bk × bc), the same taps transposed
-// W itself (K, C, R, S) as PyTorch holds it, its gradient and the bias stay plain f32.
+//   activations  [N][C/bc][H][W][bc]          f32 or bf16 (uint16 bits), whatever the groups
+//   W forward    [K/ko][per][R][S] blocks of (ki × ko) in the kernel's B layout (bf16: VNNI-2,
+//                i.e. [ki/2][ko][2]); block (j, t) holds the input channels of source block
+//                q0[j] + t (channel_split; without groups ki = bc, ko = bk: [K/bk][C/bc][R][S])
+//   W backward   the same for the transposed pass (results: input channels, blocks of Wᵀ)
+// W itself (K, C/groups, R, S) as PyTorch holds it, its gradient and the bias stay plain f32.
 #pragma once
 #include <cstdint>
 #include <memory>

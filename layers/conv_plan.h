@@ -1,4 +1,5 @@
-// The direct convolution's plans (private to conv.cpp and conv_plan.cpp): how a pass's result
+// The direct convolution's plans (private to conv.cpp and conv_plan.cpp; depthwise.cpp borrows
+// the rows' taps, tap and the axes): how a pass's result
 // columns split into runs that see the same taps, the kernels and offset tables built once per
 // call shape (build_pass), and the loop that only invokes them (run_pass).
 #pragma once
