@@ -37,7 +37,8 @@ void depthwise_forward(const depthwise_row& r);
 
 // The weights' gradient over one row: for each tap t, dw[t] += Σ_{j < m} g_j ⊙ x[t]_j (g_j at
 // g + j·g_step, f32; x as in depthwise_row), and db += Σ_j g_j when db is not null. Each sum is
-// taken in f32 over j in four interleaved partial sums (j mod 4), added pairwise at the end.
+// taken in f32 (the scalar twin in four interleaved partial sums, j mod 4; the vector kernels
+// in one or four, depending on the taps), then added to dw[t] or db.
 struct depthwise_grad_row {
   int64_t m = 0, bc = 0, taps = 0;
   const float* g = nullptr;

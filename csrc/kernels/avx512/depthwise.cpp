@@ -123,8 +123,63 @@ void forward(const depthwise_row& r) {
 
 // Per tap, the results in blocks of four (four interleaved partial sums), each block's channel
 // vectors one after another, up to 64 channels (four vectors) per sweep of the row.
+// The weight gradient of a 3-wide stride-1 row (NR runs of 3 taps): vector by vector, the 3·NR
+// taps' sums (and the bias's) stay in registers over the whole row, each g_j is loaded once for
+// all of them, and each kernel row's sources slide through a window of three registers: one
+// new source vector per kernel row and result.
+template <class XT, int NR>
+void weight_grad3(const depthwise_grad_row& r, bool db) {
+  const int64_t gs = r.g_step, xs = r.x_step;
+  for (int64_t v = 0; v < r.bc; v += 16) {
+    const __mmask16 k = lanes(r.bc - v);
+    __m512 acc[3 * NR], bias = _mm512_setzero_ps(), win[NR][2];
+    const XT* x[NR];
+#pragma GCC unroll 9
+    for (int t = 0; t < 3 * NR; ++t) acc[t] = _mm512_setzero_ps();
+#pragma GCC unroll 3
+    for (int c = 0; c < NR; ++c) {
+      x[c] = (const XT*)r.x[3 * c] + v;
+      win[c][0] = load16(x[c], k);
+      win[c][1] = load16(x[c] + xs, k);
+    }
+    const float* g = r.g + v;
+    for (int64_t j = 0; j < r.m; ++j) {
+      const __m512 gv = load16(g + j * gs, k);
+      if (db) bias = _mm512_add_ps(bias, gv);
+#pragma GCC unroll 3
+      for (int c = 0; c < NR; ++c) {
+        const __m512 next = load16(x[c] + (j + 2) * xs, k);
+        acc[3 * c] = _mm512_fmadd_ps(gv, win[c][0], acc[3 * c]);
+        acc[3 * c + 1] = _mm512_fmadd_ps(gv, win[c][1], acc[3 * c + 1]);
+        acc[3 * c + 2] = _mm512_fmadd_ps(gv, next, acc[3 * c + 2]);
+        win[c][0] = win[c][1];
+        win[c][1] = next;
+      }
+    }
+#pragma GCC unroll 9
+    for (int t = 0; t < 3 * NR; ++t) store16(r.dw[t] + v, k, _mm512_add_ps(load16(r.dw[t] + v, k), acc[t]));
+    if (db) store16(r.db + v, k, _mm512_add_ps(load16(r.db + v, k), bias));
+  }
+}
+
 template <class XT>
 void weight_grad(const depthwise_grad_row& r) {
+  if (r.m >= 4 && r.taps <= max_chained && r.taps % 3 == 0 && r.taps <= 9) {
+    // The same runs of taps as the forward's (find_chains reads only the sources).
+    depthwise_row f;
+    f.taps = r.taps, f.x = r.x, f.x_step = r.x_step;
+    int8_t chain[max_chained];
+    find_chains(f, sizeof(XT), chain);
+    bool threes = true;
+    for (int64_t t = 0; t < r.taps; t += 3) threes = threes && chain[t] == 3;
+    if (threes) {
+      switch (r.taps / 3) {
+        case 1: return weight_grad3<XT, 1>(r, r.db != nullptr);
+        case 2: return weight_grad3<XT, 2>(r, r.db != nullptr);
+        default: return weight_grad3<XT, 3>(r, r.db != nullptr);
+      }
+    }
+  }
   const int64_t gs = r.g_step, xs = r.x_step;
   for (int64_t v0 = 0; v0 < r.bc; v0 += 64) {
     const int64_t nw = (std::min<int64_t>(r.bc - v0, 64) + 15) / 16;
