@@ -77,19 +77,20 @@ std::vector<run> make_runs(int64_t n, int64_t step, int64_t src_step, int64_t ta
 void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w);
 
 // The kernels of one call shape over a reduction in chunks: the last chunk's (with the
-// epilogue; beta 1 after earlier chunks), the first's (beta 0) and the middle ones' (beta 1).
+// epilogue; beta 1 after earlier chunks), the first's (beta 0) and the middle ones' (beta 1);
+// `name`: a microkernel by name (narrow_ukernel), or dispatch's choice.
 struct chunk_kernels {
   const kernel *last = nullptr, *first = nullptr, *mid = nullptr;
-  status make(desc d, int64_t chunks) {
+  status make(desc d, int64_t chunks, const char* name = nullptr) {
     d.beta = chunks > 1 ? 1.0f : 0.0f;
-    if (status s = dispatch(d, &last); s != status::ok) return s;
+    if (status s = dispatch(d, &last, name); s != status::ok) return s;
     d.ep = epilogue_desc{};
     d.beta = 0.0f;
     if (chunks > 1)
-      if (status s = dispatch(d, &first); s != status::ok) return s;
+      if (status s = dispatch(d, &first, name); s != status::ok) return s;
     d.beta = 1.0f;
     if (chunks > 2)
-      if (status s = dispatch(d, &mid); s != status::ok) return s;
+      if (status s = dispatch(d, &mid, name); s != status::ok) return s;
     return status::ok;
   }
   const kernel& at(int64_t ch, int64_t chunks) const { return ch + 1 == chunks ? *last : ch == 0 ? *first : *mid; }
@@ -170,6 +171,9 @@ struct conv_backward_plan {
   std::vector<const kernel*> kw, kw_add;
   std::vector<std::vector<int64_t>> row_a, row_b, row_at;
 };
+
+// The microkernel for kernels n ≤ 16 wide (conv_plan.cpp), or null for dispatch's choice.
+const char* narrow_ukernel(dtype t, int64_t n);
 
 // Builds pl for the pass p over result rows `rows` (their row taps) and column runs `runs`:
 // kernels, row classes, offset tables; grows the threads' scratch.
