@@ -9,7 +9,8 @@ namespace brgemm {
 
 // A patch of rows: row r (r < rows) starts at x + r·ld and holds `width` vectors of `len`
 // elements (vector w at + w·len). Output vector o (o < out_width) is the window of columns
-// o·stride − pad + s, s < kw, that lie in 0..width; every row of the patch is in every window.
+// o·stride − pad + s, s < kw, that lie in 0..width (at least one: 0 ≤ pad < kw and
+// (out_width − 1)·stride − pad < width); every row of the patch is in every window.
 struct window_rows {
   int64_t rows, ld, width, len;
   int64_t out_width, kw, stride, pad;

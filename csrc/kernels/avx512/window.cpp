@@ -1,6 +1,7 @@
 // The reductions of brgemm/window.h with AVX-512: 16 lanes of a vector a step (the last step
 // masked), the same compare-and-select and the same order of sums as the scalar twin.
 #include <immintrin.h>
+#include <algorithm>
 #include <cmath>
 #include "../ukernels.h"
 #include "../window_twin.h"
@@ -23,58 +24,154 @@ inline void store16(uint16_t* p, __mmask16 k, __m512 v) {
   _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
 }
 
-// v if it is greater than m or NaN, else m (brgemm_max_takes): vmaxps(v, m) gives m when either
-// is NaN and on ties, then a NaN v is put back.
-inline __m512 max_step(__m512 v, __m512 m) {
-  return _mm512_mask_mov_ps(_mm512_max_ps(v, m), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+// The maxima of NV vectors of 16 lanes (the last masked by k) of the window columns [c0, c1), the
+// rule (brgemm_max_takes) being vmaxps(v, m) — m on ties — as long as no NaN comes: a lane that
+// meets one is scanned again with the rule itself.
+template <int NV, class T>
+void max_group(const window_rows& g, const T* x, int64_t c0, int64_t c1, __mmask16 k, T* y) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 m[NV];
+  __mmask16 nan = 0;
+  for (int u = 0; u < NV; ++u) m[u] = ninf;
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* p = x + r * g.ld + c * g.len;
+      __m512 v[NV];
+      for (int u = 0; u < NV; ++u) {
+        v[u] = load16(p + 16 * u, u + 1 < NV ? (__mmask16)0xFFFF : k);
+        m[u] = _mm512_max_ps(v[u], m[u]);
+      }
+      for (int u = 0; u < NV; u += 2)  // unordered: a NaN in either
+        nan = _kor_mask16(nan, _mm512_cmp_ps_mask(v[u], v[u + 1 < NV ? u + 1 : u], _CMP_UNORD_Q));
+    }
+  if (nan) {
+    for (int u = 0; u < NV; ++u) m[u] = ninf;
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) {
+        const T* p = x + r * g.ld + c * g.len;
+        for (int u = 0; u < NV; ++u) {
+          const __m512 v = load16(p + 16 * u, u + 1 < NV ? (__mmask16)0xFFFF : k);
+          m[u] = _mm512_mask_mov_ps(_mm512_max_ps(v, m[u]), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+        }
+      }
+  }
+  for (int u = 0; u < NV; ++u) store16(y + 16 * u, u + 1 < NV ? (__mmask16)0xFFFF : k, m[u]);
 }
 
 template <class T>
 void window_max(const window_rows& g, const T* x, T* y) {
-  const __m512 ninf = _mm512_set1_ps(-INFINITY);
   for (int64_t o = 0; o < g.out_width; ++o) {
     int64_t c0, c1;
     brgemm_window_columns(g, o, &c0, &c1);
-    for (int64_t j = 0; j < g.len; j += 16) {
-      const __mmask16 k = lanes(g.len - j);
-      __m512 m = ninf;
-      for (int64_t r = 0; r < g.rows; ++r) {
-        const T* row = x + r * g.ld + j;
-        for (int64_t c = c0; c < c1; ++c) m = max_step(load16(row + c * g.len, k), m);
+    for (int64_t j0 = 0; j0 < g.len; j0 += 64) {
+      const int64_t n = g.len - j0 < 64 ? g.len - j0 : 64;
+      const __mmask16 k = lanes(n - (n - 1) / 16 * 16);
+      T* yo = y + o * g.len + j0;
+      switch ((n + 15) / 16) {
+        case 1: max_group<1>(g, x + j0, c0, c1, k, yo); break;
+        case 2: max_group<2>(g, x + j0, c0, c1, k, yo); break;
+        case 3: max_group<3>(g, x + j0, c0, c1, k, yo); break;
+        default: max_group<4>(g, x + j0, c0, c1, k, yo); break;
       }
-      store16(y + o * g.len + j, k, m);
+    }
+  }
+}
+
+// The backward pass in two steps per tile of outputs and group of up to 64 lanes: (A) each
+// output's maximum position, as its tap number in the window (row by row); (B) each input vector
+// the tile covers, loaded once, given the gradients of the outputs that picked it in output order,
+// stored once: no store is read back by the next output's window (a stall where windows overlap).
+constexpr int64_t tile = 32;
+
+struct tile_columns {
+  int64_t c0[tile], width[tile];  // each output's first column and columns per row
+};
+
+// Maximum positions of NV vectors of 16 lanes (the last masked by k) of output o's window.
+template <int NV, class T>
+void positions(const window_rows& g, const T* x, int64_t c0, int64_t c1, __mmask16 k, __m512i* at) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 m[NV];
+  __m512i a[NV];
+  __mmask16 nan = 0;
+  for (int u = 0; u < NV; ++u) m[u] = ninf, a[u] = _mm512_setzero_si512();
+  // Without NaN, "greater" against the running vmaxps is the rule, and keeps the chain short.
+  int32_t t = 0;
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t c = c0; c < c1; ++c, ++t) {
+      const T* p = x + r * g.ld + c * g.len;
+      for (int u = 0; u < NV; ++u) {
+        const __m512 v = load16(p + 16 * u, u + 1 < NV ? (__mmask16)0xFFFF : k);
+        a[u] = _mm512_mask_mov_epi32(a[u], _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ), _mm512_set1_epi32(t));
+        m[u] = _mm512_max_ps(v, m[u]);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      }
+    }
+  if (nan) {  // a window with a NaN: the rule itself, scanned again
+    for (int u = 0; u < NV; ++u) m[u] = ninf, a[u] = _mm512_setzero_si512();
+    t = 0;
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t c = c0; c < c1; ++c, ++t) {
+        const T* p = x + r * g.ld + c * g.len;
+        for (int u = 0; u < NV; ++u) {
+          const __m512 v = load16(p + 16 * u, u + 1 < NV ? (__mmask16)0xFFFF : k);
+          const __mmask16 take = _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+          m[u] = _mm512_mask_mov_ps(m[u], take, v);
+          a[u] = _mm512_mask_mov_epi32(a[u], take, _mm512_set1_epi32(t));
+        }
+      }
+  }
+  for (int u = 0; u < NV; ++u) at[u] = a[u];
+}
+
+// (A) and (B) for outputs [o0, o1) and lanes j0 + [0, 16·NV) (the last 16 masked by k).
+template <int NV, class T>
+void backward_group(const window_rows& g, const T* x, const float* gy, float* gx, int64_t o0, int64_t o1,
+                    const tile_columns& tc, int64_t j0, __mmask16 k) {
+  __m512i at[tile][NV];
+  for (int64_t i = 0; i < o1 - o0; ++i) positions<NV>(g, x + j0, tc.c0[i], tc.c0[i] + tc.width[i], k, at[i]);
+  const int64_t first = tc.c0[0], last = tc.c0[o1 - 1 - o0] + tc.width[o1 - 1 - o0];
+  for (int64_t r = 0; r < g.rows; ++r) {
+    int64_t lo = 0, hi = -1;  // the tile's outputs [lo, hi] whose window holds column c
+    for (int64_t c = first; c < last; ++c) {
+      while (hi + 1 < o1 - o0 && tc.c0[hi + 1] <= c) ++hi;
+      while (tc.c0[lo] + tc.width[lo] <= c) ++lo;
+      float* p = gx + r * g.ld + c * g.len + j0;
+      __m512 acc[NV];
+      for (int u = 0; u < NV; ++u) acc[u] = _mm512_maskz_loadu_ps(u + 1 < NV ? (__mmask16)0xFFFF : k, p + 16 * u);
+      for (int64_t i = lo; i <= hi; ++i) {
+        const __m512i t = _mm512_set1_epi32((int32_t)(r * tc.width[i] + (c - tc.c0[i])));
+        const float* d = gy + (o0 + i) * g.len + j0;
+        for (int u = 0; u < NV; ++u) {
+          const __mmask16 ku = u + 1 < NV ? (__mmask16)0xFFFF : k;
+          acc[u] = _mm512_mask_add_ps(acc[u], _mm512_mask_cmpeq_epi32_mask(ku, at[i][u], t), acc[u],
+                                      _mm512_maskz_loadu_ps(ku, d + 16 * u));
+        }
+      }
+      for (int u = 0; u < NV; ++u) _mm512_mask_storeu_ps(p + 16 * u, u + 1 < NV ? (__mmask16)0xFFFF : k, acc[u]);
     }
   }
 }
 
 template <class T>
 void window_max_backward(const window_rows& g, const T* x, const float* gy, float* gx) {
-  const __m512 ninf = _mm512_set1_ps(-INFINITY);
-  for (int64_t o = 0; o < g.out_width; ++o) {
-    int64_t c0, c1;
-    brgemm_window_columns(g, o, &c0, &c1);
-    if (c0 >= c1 || g.rows <= 0) continue;
-    for (int64_t j = 0; j < g.len; j += 16) {
-      const __mmask16 k = lanes(g.len - j);
-      __m512 m = ninf;
-      __m512i at = _mm512_setzero_si512();  // the window position, counted row by row
-      int32_t t = 0;
-      for (int64_t r = 0; r < g.rows; ++r)
-        for (int64_t c = c0; c < c1; ++c, ++t) {
-          const __m512 v = load16(x + r * g.ld + c * g.len + j, k);
-          const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-          m = _mm512_mask_mov_ps(m, take, v);
-          at = _mm512_mask_mov_epi32(at, take, _mm512_set1_epi32(t));
-        }
-      const __m512 d = _mm512_maskz_loadu_ps(k, gy + o * g.len + j);
-      t = 0;
-      for (int64_t r = 0; r < g.rows; ++r)
-        for (int64_t c = c0; c < c1; ++c, ++t) {
-          const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(k, at, _mm512_set1_epi32(t));
-          if (!hit) continue;
-          float* p = gx + r * g.ld + c * g.len + j;
-          _mm512_mask_storeu_ps(p, hit, _mm512_add_ps(_mm512_maskz_loadu_ps(hit, p), d));
-        }
+  tile_columns tc;
+  for (int64_t o0 = 0; o0 < g.out_width; o0 += tile) {
+    const int64_t o1 = o0 + tile < g.out_width ? o0 + tile : g.out_width;
+    for (int64_t o = o0; o < o1; ++o) {
+      int64_t c0, c1;
+      brgemm_window_columns(g, o, &c0, &c1);
+      tc.c0[o - o0] = c0, tc.width[o - o0] = c1 - c0;
+    }
+    for (int64_t j0 = 0; j0 < g.len; j0 += 64) {
+      const int64_t n = g.len - j0 < 64 ? g.len - j0 : 64;
+      const __mmask16 k = lanes(n - (n - 1) / 16 * 16);
+      switch ((n + 15) / 16) {
+        case 1: backward_group<1>(g, x, gy, gx, o0, o1, tc, j0, k); break;
+        case 2: backward_group<2>(g, x, gy, gx, o0, o1, tc, j0, k); break;
+        case 3: backward_group<3>(g, x, gy, gx, o0, o1, tc, j0, k); break;
+        default: backward_group<4>(g, x, gy, gx, o0, o1, tc, j0, k); break;
+      }
     }
   }
 }
