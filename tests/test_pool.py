@@ -403,6 +403,7 @@ def _good():
     (lambda: _core.max_pool2d_blocked(_good(), 3, 2, 2), ValueError, "padding must be at most half of kernel_size"),
     (lambda: _core.max_pool2d_blocked(_good(), 2 ** 63 - 1, 1, 2 ** 62), ValueError, "kernel_size"),
     (lambda: _core.max_pool2d_blocked(_good(), 2 ** 64, 1, 0), ValueError, "kernel_size"),
+    (lambda: _core.max_pool2d_blocked(_good(), [2 ** 16, 2 ** 16], 1, 0), ValueError, "kernel_size .* too large"),
     (lambda: _core.max_pool2d_blocked(np.zeros((1, 1, 0, 4, 4), np.float32), 1, 1, 0), ValueError, "input"),
     (lambda: _core.max_pool2d_blocked(_good(), 3, 2, 1, out=np.zeros((2, 1, 3, 3, 16))), TypeError, "out"),
     (lambda: _core.max_pool2d_blocked(_good(), 3, 2, 1, out=np.zeros((2, 1, 3, 4, 16), np.float32)), ValueError,

@@ -2,10 +2,13 @@
 the pool: ``max_pool2d_blocked`` (PyTorch's max_pool2d with dilation 1 and ceil_mode off; the
 gradient goes where PyTorch's goes, the first maximum of each window in row-major order, NaN
 winning) and ``global_avg_pool_blocked`` (blocked in, plain (N, C) out), with their backward
-operators (float32). The max-pool backward finds each window's maximum again from the input
-rather than keeping an index tensor: the forward stays one output, and the extra read of the
-input costs less than writing and reading indices for every output (measured in the task's
-report)."""
+operators (float32).
+
+The max-pool backward finds each window's maximum again from the input instead of reading an
+index tensor: the forward keeps one output and writes nothing more. Measured on ResNet-50's pool
+(one core, data in cache), finding the maxima again is about a quarter of the backward's time;
+in memory the input is 51 of the 116 MB the backward moves, where uint8 indices would be 3 MB
+(plus 3 MB written by every forward, inference too)."""
 
 import ml_dtypes
 import numpy as np

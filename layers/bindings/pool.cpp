@@ -65,6 +65,8 @@ layers::pool2d_shape pool_shape(const py::array& x, py::handle kernel_size, py::
   if (p[0] > k[0] / 2 || p[1] > k[1] / 2)
     value_error("padding must be at most half of kernel_size, got padding " + pair_str(p) + " for kernel_size " +
                 pair_str(k));
+  if (k[0] > (INT32_MAX >> 1) / k[1])  // the backward pass numbers a window's positions in 32 bits
+    value_error("kernel_size " + pair_str(k) + " is too large: its area must be below 2^30");
   layers::pool2d_shape g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), x.shape(4), k[0], k[1], s[0], s[1], p[0], p[1]};
   if (g.h < 1 || g.w < 1)
     value_error("input must have H and W of at least 1, got shape " + str(x.attr("shape")));

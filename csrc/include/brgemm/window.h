@@ -22,7 +22,8 @@ struct window_rows {
 void window_max_f32(const window_rows& g, const float* x, float* y);
 void window_max_bf16(const window_rows& g, const uint16_t* x, uint16_t* y);
 // The backward pass: the maximum's position is found again as above, and gy[o][j] added to
-// gx there (gx has x's layout; windows that overlap accumulate, output by output).
+// gx there (gx has x's layout; windows that overlap accumulate, output by output). A window's
+// positions are counted in 32 bits: rows·kw < 2^31.
 void window_max_backward_f32(const window_rows& g, const float* x, const float* gy, float* gx);
 void window_max_backward_bf16(const window_rows& g, const uint16_t* x, const float* gy, float* gx);
 
