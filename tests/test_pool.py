@@ -13,6 +13,8 @@ thread count changes no bit. Shapes: C not a multiple of the block, blocks of 4 
 strides 1 to 3 (above the kernel too), padding 0 and 1, N = 0, 1, 3.
 """
 
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -367,6 +369,8 @@ def test_opcheck_backward_operators():
     torch.library.opcheck(ops.global_avg_pool_blocked_backward.default, (torch.randn(2, 5), list(xb.shape)))
 
 
+@pytest.mark.skipif(bool(os.environ.get("BRGEMM_SANITIZED")),
+                    reason="torch.compile is tested on the plain build, not under ASan")
 def test_torch_compile(rng):
     def head(t):
         return ops.global_avg_pool_blocked(ops.max_pool2d_blocked(t, [3, 3], [2, 2], [1, 1]).relu(), 21)
