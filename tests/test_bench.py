@@ -106,7 +106,8 @@ def test_group_tables_and_summaries_show_measurements_only():
     rows += [_grid_row(f"MLP 3x1024 N=256 float32 {p}") for p in ("fwd", "train step")]
     model_rows = [_grid_row(f"model float32 {p}") for p in models.TORCH_PASSES]
     network_rows = [_grid_row(networks.network_label(name, p, n, "float32"), network=name, batch=n, dtype="float32",
-                              brgemm_via="convert", best_peer_seconds=0.0125, **{"pass": p, "ratio_vs_torch": 1.25})
+                              brgemm_via="convert", best_peer_seconds=0.0125, peer_ratios={"torch": 1.25},
+                              **{"pass": p})
                     for name, p, n in networks.network_cases(networks.NETWORKS)]
     ceiling_rows = [{"case": "LSTM f32 fwd H=256 N=16", "threads": 1, "flops": 1e9, "torch_seconds": 0.01,
                      "torch_percent_of_peak": 60.0}]
@@ -244,10 +245,12 @@ def test_the_network_group_runs_its_cases_and_writes_them_as_json(fake_peak, tmp
         assert r["brgemm_via"] in ("optimize", "convert") and r["brgemm_gflops"] > 0
         assert {"torch_seconds", "torch[channels_last]_seconds"} <= set(r) and r["ratio_vs_best_peer"] > 0
         assert r["percent_of_peak"] == pytest.approx(100 * r["brgemm_gflops"] / FAKE_PEAK["fma_f32"]["1"])
-        assert "ratio_vs_openvino" not in r
+        assert "ratio_vs_openvino" not in r and "openvino" not in r["peer_ratios"]
+        assert r["peer_ratios"]["torch"] == pytest.approx(r["torch_seconds"] / r["brgemm_seconds"])  # one round
         line = next(line for line in out.splitlines() if line.startswith("ResNet-18 ") and
                     line.split()[1:3] == [str(r["batch"]), r["pass"].split()[0]])
         assert f"{1e3 * r['brgemm_seconds']:.1f}" in line.split() and f"{r['ratio_vs_best_peer']:.2f}" in line.split()
+        assert f"eager NCHW {r['peer_ratios']['torch']:.2f};" in line
     if bench.harness.installed("onnxruntime"):
         assert "ratio_vs_onnxruntime" in rows[0] and "ratio_vs_onnxruntime" not in rows[2]
     assert "note: OpenVINO is not installed" in out

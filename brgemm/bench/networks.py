@@ -199,6 +199,8 @@ def run_networks(peers, rounds, threads_list, log, compile=False, names=DEFAULT_
                 med, rat = compare(fns, rounds, threads, warm=warm)
                 row = _row(case, threads, flops, nbytes, med, rat, peak)
                 row.update({f"{lib}_seconds": t for lib, t in med.items()})
+                # Every peer's own ratio (_row's ratio_vs_torch is PyTorch's fastest path).
+                row["peer_ratios"] = {lib: r for lib, r in rat.items() if lib != "brgemm"}
                 row.update({"network": name, "pass": pass_, "batch": batch, "dtype": dtype,
                             "image": NETWORK_IMAGE, "brgemm_via": via})
                 rows.append(row)
@@ -221,8 +223,8 @@ def format_networks(rows):
     lines = [f"{'network':{width}} {'N':>3} {'pass':10} {'dtype':8} {'thr':>3} {'via':8} {'ms':>8} {'GFLOP/s':>8} "
              f"{'%peak':>6} {'fastest peer':>20} {'peer ms':>8} {'x peer':>6}  x each peer"]
     for r in rows:
-        each = "; ".join(f"{what} {r['ratio_vs_' + lib]:.2f}" for lib, what in _PEER_NAMES.items()
-                         if "ratio_vs_" + lib in r)
+        ratios = r.get("peer_ratios", {})
+        each = "; ".join(f"{what} {ratios[lib]:.2f}" for lib, what in _PEER_NAMES.items() if lib in ratios)
         peer_ms = 1e3 * r["best_peer_seconds"] if "best_peer_seconds" in r else None
         lines.append(f"{NETWORK_LABELS.get(r['network'], r['network']):{width}} {r['batch']:>3} {r['pass']:10} "
                      f"{r['dtype']:8} {r['threads']:>3} {r['brgemm_via']:8} {1e3 * r['brgemm_seconds']:8.1f} "
