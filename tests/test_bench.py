@@ -281,3 +281,22 @@ def test_compare_can_skip_the_warm_up_block():
         return call
     bench.compare({name: counter(name) for name in calls}, rounds=2, threads=1, min_seconds=0.0, warm=0.0)
     assert calls == {"brgemm": 3, "peer": 3}  # the first touch, then one timed call per round
+
+
+def test_brgemm_falls_back_to_convert_when_optimize_fails_or_is_missing(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import brgemm.torch as bt
+    from brgemm.bench import vision
+    model = vision.vision_model("mobilenet_v2", num_classes=10)
+    log = bench.Log(stream=io.StringIO())
+
+    def broken(model, dtype=None):
+        raise RuntimeError("unsupported")
+    monkeypatch.setattr(bt, "optimize", broken, raising=False)
+    ours, via = networks.brgemm_network(torch, model, "inference", "float32", log, "MobileNetV2 N=1")
+    assert via == "convert" and any(isinstance(m, bt.Conv2d) for m in ours.modules())
+    assert "optimize failed on MobileNetV2 N=1 (RuntimeError: unsupported)" in log.notes[-1]
+    assert not any(isinstance(m, bt.Conv2d) for m in model.modules())  # a copy was converted
+    monkeypatch.delattr(bt, "optimize", raising=False)
+    assert networks.brgemm_network(torch, model, "train step", "float32", log)[1] == "convert"
+    assert "has no optimize" in log.notes[-1]

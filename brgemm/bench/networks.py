@@ -4,9 +4,9 @@ from brgemm.bench.vision (ResNet-18 and ResNet-50; also ResNeXt-50 32x4d and Mob
 cross-entropy, backward, plain SGD; ResNet-18 and MobileNetV2 at N = 16, the 50-layer networks
 at N = 8), float32.
 
-brgemm's side is ``brgemm.torch.optimize(model, dtype=...)`` when the package has it, else a
-deep copy converted by ``brgemm.torch.convert(copy, blocked=True)``; the table's "via" column
-says which. Its peers, on the same weights and inputs in the same run: PyTorch eager in both
+brgemm's side is ``brgemm.torch.optimize(model, dtype=...)`` on a deep copy of the model, or
+(when the package has no optimize, or it fails on a network) the copy converted by
+``brgemm.torch.convert(copy, blocked=True)``; the table's "via" column says which. Its peers, on the same weights and inputs in the same run: PyTorch eager in both
 layouts (NCHW and channels_last; the faster one counts), ``torch.compile`` with --compile
 (inductor; for inference compiled under no_grad with inductor's freezing), and for inference
 ONNX Runtime and OpenVINO on one ONNX export per network and batch, when they are installed.
@@ -103,10 +103,11 @@ def network_call(torch, model, x, target, pass_, autocast=False):
     return step
 
 
-def brgemm_network(torch, model, pass_, dtype, log):
+def brgemm_network(torch, model, pass_, dtype, log, label="the network"):
     """(brgemm's module, "optimize" or "convert"): brgemm.torch.optimize on a deep copy of
     ``model`` (set to the pass's mode first) when the package has it, else the copy converted by
-    brgemm.torch.convert(blocked=True); with a note when optimize is missing or fails."""
+    brgemm.torch.convert(blocked=True); with a note (naming ``label``) when optimize is missing
+    or fails."""
     from .. import torch as bt  # here, not at the top: import brgemm must not import torch
     model.train(pass_ != "inference")
     compute = None if dtype == "float32" else dtype
@@ -115,8 +116,8 @@ def brgemm_network(torch, model, pass_, dtype, log):
         try:
             return optimize(copy.deepcopy(model), dtype=compute), "optimize"
         except Exception as e:
-            log.note(f"brgemm.torch.optimize failed ({type(e).__name__}: {e}) on a {pass_}: those rows use "
-                     "brgemm.torch.convert(copy, blocked=True)")
+            log.note(f"brgemm.torch.optimize failed on {label} ({type(e).__name__}: {e}): its row uses "
+                     "brgemm.torch.convert(copy, blocked=True) (via: convert)")
     else:
         log.note("brgemm.torch has no optimize yet: the network rows use brgemm.torch.convert(copy, blocked=True) "
                  "(via: convert)")
@@ -154,7 +155,7 @@ def network_case(torch, name, pass_, batch, threads, log, dtype="float32", compi
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, image, image, generator=generator)
     target = torch.randint(0, NETWORK_CLASSES, (batch,), generator=generator)
-    ours, via = brgemm_network(torch, model, pass_, dtype, log)
+    ours, via = brgemm_network(torch, model, pass_, dtype, log, network_label(name, pass_, batch, dtype, image))
     bf16 = dtype == "bfloat16"
     fns = {"brgemm": network_call(torch, ours, x, target, pass_)}
     # NCHW on a copy, so that the plain model stays as built for the other peers (training
