@@ -1054,6 +1054,24 @@ def fuzz_op(name):
         if name in ("gemm", "batch_reduce"):
             lead = (draw(side(3)),) if name == "batch_reduce" else ()
             _op(name, draw(maybe_t(lead + (n, i), lowp)), draw(maybe_t(lead + (i, o), lowp)))
+        elif fwd == "batch_norm_blocked":
+            bc, cb = draw(st.sampled_from([4, 12, 16, 64])), draw(side(3))
+            shape = (n, cb, draw(side(3)), draw(side(3)), bc)
+            ch = draw(maybe(pick([(cb - 1) * bc + 1, cb * bc], [0, -1, cb * bc + 1, HUGE[0]])))
+            vec = (ch if type(ch) is int and 0 < ch <= 4 * 64 else 3,)
+            x = draw(maybe_t(shape, lowp))
+            w, b = (draw(st.one_of(st.none(), maybe_t(vec))) for _ in range(2))
+            eps = draw(maybe(pick([1e-5, 0.0, 0.5], [-1.0, float("nan"), float("inf")])))
+            r = draw(st.one_of(st.none(), maybe_t(shape, lowp)))
+            relu = draw(maybe(st.booleans()))
+            if name == fwd:
+                _op(name, x, w, b, eps, r, relu, ch)
+                return
+            out = _op(fwd, x, w, b, eps, r, relu, ch) if valid else REJECTED
+            y, mean, var = (out if out is not REJECTED else
+                            (draw(maybe_t(shape, lowp)), draw(maybe_t(vec)), draw(maybe_t(vec))))
+            g = draw(maybe_t(shape, lowp))
+            _op(name, g, x, y, w, mean, var, eps, relu, draw(maybe(st.booleans())), draw(maybe(st.booleans())))
         elif fwd == "linear":
             x, w, b, act = draw(maybe_t((n, i), lowp)), draw(maybe_t((o, i), lowp)), draw(maybe_t((o,))), draw(maybe(acts))
             if name == "linear":

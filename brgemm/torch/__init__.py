@@ -34,7 +34,7 @@ and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``.
 """
 
 # Importing the operator files registers torch.ops.brgemm.*; the modules call them by that name.
-from . import _approx, _conv, _int8, _layout, _pool, _products, _rnn  # noqa: F401
+from . import _approx, _conv, _int8, _layout, _norm, _pool, _products, _rnn  # noqa: F401
 from ._convert import ConversionReport, convert
 from ._network import OptimizationReport, optimize
 from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax
