@@ -116,7 +116,7 @@ def brgemm_network(torch, model, pass_, dtype, log, label="the network"):
         try:
             return optimize(copy.deepcopy(model), dtype=compute), "optimize"
         except Exception as e:
-            log.note(f"brgemm.torch.optimize failed on {label} ({type(e).__name__}: {e}): its row uses "
+            log.note(f"brgemm.torch.optimize failed on {label} ({type(e).__name__}: {e}): those rows use "
                      "brgemm.torch.convert(copy, blocked=True) (via: convert)")
     else:
         log.note("brgemm.torch has no optimize yet: the network rows use brgemm.torch.convert(copy, blocked=True) "
@@ -155,7 +155,8 @@ def network_case(torch, name, pass_, batch, threads, log, dtype="float32", compi
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, image, image, generator=generator)
     target = torch.randint(0, NETWORK_CLASSES, (batch,), generator=generator)
-    ours, via = brgemm_network(torch, model, pass_, dtype, log, network_label(name, pass_, batch, dtype, image))
+    mode = "eval" if pass_ == "inference" else "train"
+    ours, via = brgemm_network(torch, model, pass_, dtype, log, f"{NETWORK_LABELS[name]} in {mode} mode")
     bf16 = dtype == "bfloat16"
     fns = {"brgemm": network_call(torch, ours, x, target, pass_)}
     # NCHW on a copy, so that the plain model stays as built for the other peers (training
