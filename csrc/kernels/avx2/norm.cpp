@@ -1,7 +1,7 @@
 // The per-lane kernels of brgemm/norm.h with AVX2: lanes in groups of 8 (one ymm of f32, two of
 // double for the sums); the lanes past the last whole group (widths that are not a multiple of
-// 8) go through the scalar twin, which gives the same bits. The sums of a group stay in
-// registers over a block of rows that fits L1, each lane accumulated over the rows in order.
+// 8) go through the scalar twin, which gives the same bits. Rows are walked in memory order,
+// each lane accumulated over the rows in order.
 #include <algorithm>
 #include "../norm_kernels.h"
 #include "../norm_twin.h"
@@ -10,8 +10,6 @@
 namespace brgemm::kernels {
 
 namespace {
-
-inline int64_t block_rows(int64_t width) { return std::max<int64_t>(1, 4096 / width); }
 
 template <bool BF16>
 inline __m256 load8(const void* p, int64_t i) {
@@ -41,38 +39,62 @@ inline __m256 real_mask(const lane_rows& g, int64_t j) {
   return _mm256_castsi256_ps(_mm256_load_si256((const __m256i*)m));
 }
 
-template <bool BF16, bool SQ>
+// Rows in memory order, every 8-lane group of a row before the next row (a group-by-group walk
+// over wide rows measured 4-9x slower once the data left L2); NG whole groups (0-8, a template
+// argument) whose sums the compiler keeps in registers as far as they go (16 ymm: up to 3
+// groups; the rest live in L1). Lanes past the whole groups go through the twin afterwards.
+template <bool BF16, bool SQ, int NG>
 void moments(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
-  const int64_t groups = g.width / 8;
-  const int64_t rb = g.width <= 8 ? g.rows : block_rows(g.width);
-  for (int64_t r0 = 0; r0 < g.rows; r0 += rb) {
-    const int64_t r1 = std::min(g.rows, r0 + rb);
-    for (int64_t j = 0; j < groups; ++j) {
-      const int64_t l0 = 8 * j;
-      const __m256d c0 = _mm256_loadu_pd(shift + l0), c1 = _mm256_loadu_pd(shift + l0 + 4);
-      __m256d s0 = _mm256_loadu_pd(sum + l0), s1 = _mm256_loadu_pd(sum + l0 + 4);
-      __m256d q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
-      if constexpr (SQ) q0 = _mm256_loadu_pd(sumsq + l0), q1 = _mm256_loadu_pd(sumsq + l0 + 4);
-      for (int64_t r = r0; r < r1; ++r) {
-        const __m256 v = load8<BF16>(x, r * g.width + l0);
-        const __m256d d0 = _mm256_sub_pd(lo_pd(v), c0), d1 = _mm256_sub_pd(hi_pd(v), c1);
-        s0 = _mm256_add_pd(s0, d0);
-        s1 = _mm256_add_pd(s1, d1);
+  __m256d c[2 * NG + 1], s[2 * NG + 1], q[2 * NG + 1];  // (+1: no zero-length arrays)
+  for (int k = 0; k < 2 * NG; ++k) {
+    c[k] = _mm256_loadu_pd(shift + 4 * k);
+    s[k] = _mm256_loadu_pd(sum + 4 * k);
+    q[k] = SQ ? _mm256_loadu_pd(sumsq + 4 * k) : _mm256_setzero_pd();
+  }
+  if (NG > 0)
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int j = 0; j < NG; ++j) {
+        const __m256 v = load8<BF16>(x, r * g.width + 8 * j);
+        const __m256d d0 = _mm256_sub_pd(lo_pd(v), c[2 * j]), d1 = _mm256_sub_pd(hi_pd(v), c[2 * j + 1]);
+        s[2 * j] = _mm256_add_pd(s[2 * j], d0);
+        s[2 * j + 1] = _mm256_add_pd(s[2 * j + 1], d1);
         if constexpr (SQ) {
-          q0 = _mm256_fmadd_pd(d0, d0, q0);
-          q1 = _mm256_fmadd_pd(d1, d1, q1);
+          q[2 * j] = _mm256_fmadd_pd(d0, d0, q[2 * j]);
+          q[2 * j + 1] = _mm256_fmadd_pd(d1, d1, q[2 * j + 1]);
         }
       }
-      _mm256_storeu_pd(sum + l0, s0);
-      _mm256_storeu_pd(sum + l0 + 4, s1);
-      if constexpr (SQ) {
-        _mm256_storeu_pd(sumsq + l0, q0);
-        _mm256_storeu_pd(sumsq + l0 + 4, q1);
-      }
-    }
-    for (int64_t l = 8 * groups; l < g.width; ++l) brgemm_lane_moments_twin(g, x, l, r0, r1, shift, sum, sumsq);
+  for (int k = 0; k < 2 * NG; ++k) {
+    _mm256_storeu_pd(sum + 4 * k, s[k]);
+    if constexpr (SQ) _mm256_storeu_pd(sumsq + 4 * k, q[k]);
+  }
+  for (int64_t l = 8 * NG; l < g.width; ++l) brgemm_lane_moments_twin(g, x, l, 0, g.rows, shift, sum, sumsq);
+}
+
+// The whole-group count of a width ≤ 64 as a template argument.
+template <template <int> class F, class... A>
+void by_groups(const lane_rows& g, A&&... args) {
+  switch (g.width / 8) {
+    case 0: return F<0>::run(g, args...);
+    case 1: return F<1>::run(g, args...);
+    case 2: return F<2>::run(g, args...);
+    case 3: return F<3>::run(g, args...);
+    case 4: return F<4>::run(g, args...);
+    case 5: return F<5>::run(g, args...);
+    case 6: return F<6>::run(g, args...);
+    case 7: return F<7>::run(g, args...);
+    default: return F<8>::run(g, args...);
   }
 }
+
+template <bool BF16, bool SQ>
+struct moments_of {
+  template <int NG>
+  struct at {
+    static void run(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
+      moments<BF16, SQ, NG>(g, x, shift, sum, sumsq);
+    }
+  };
+};
 
 template <bool BF16, bool RES, bool RELU>
 void affine(const lane_rows& g, const lane_affine_args& a) {
@@ -108,37 +130,44 @@ inline __m256 grad8(const void* dy, const void* y, int64_t i) {
   return _mm256_and_ps(_mm256_cmp_ps(load8<BF16>(y, i), _mm256_setzero_ps(), _CMP_GT_OQ), d);
 }
 
-template <bool BF16, bool MASK, bool GOUT>
+// Rows in memory order as moments does; per group two sums and two dots.
+template <bool BF16, bool MASK, bool GOUT, int NG>
 void grad_moments(const lane_rows& g, const lane_grad_args& a) {
-  const int64_t groups = g.width / 8;
-  const int64_t rb = g.width <= 8 ? g.rows : block_rows(g.width);
-  for (int64_t r0 = 0; r0 < g.rows; r0 += rb) {
-    const int64_t r1 = std::min(g.rows, r0 + rb);
-    for (int64_t j = 0; j < groups; ++j) {
-      const int64_t l0 = 8 * j;
-      const __m256 keep = real_mask(g, j);
-      const __m256d m0 = _mm256_loadu_pd(a.mean_d + l0), m1 = _mm256_loadu_pd(a.mean_d + l0 + 4);
-      __m256d s0 = _mm256_loadu_pd(a.sum + l0), s1 = _mm256_loadu_pd(a.sum + l0 + 4);
-      __m256d t0 = _mm256_loadu_pd(a.dot + l0), t1 = _mm256_loadu_pd(a.dot + l0 + 4);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r * g.width + l0;
+  __m256d m[2 * NG + 1], s[2 * NG + 1], t[2 * NG + 1];
+  __m256 keep[NG + 1];
+  for (int k = 0; k < 2 * NG; ++k) {
+    m[k] = _mm256_loadu_pd(a.mean_d + 4 * k);
+    s[k] = _mm256_loadu_pd(a.sum + 4 * k);
+    t[k] = _mm256_loadu_pd(a.dot + 4 * k);
+  }
+  for (int j = 0; j < NG; ++j) keep[j] = real_mask(g, j);
+  if (NG > 0)
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int j = 0; j < NG; ++j) {
+        const int64_t i = r * g.width + 8 * j;
         const __m256 gv = grad8<BF16, MASK>(a.dy, a.y, i);
-        if constexpr (GOUT) store8<BF16>(a.g_out, i, _mm256_and_ps(gv, keep));
+        if constexpr (GOUT) store8<BF16>(a.g_out, i, _mm256_and_ps(gv, keep[j]));
         const __m256 xv = load8<BF16>(a.x, i);
         const __m256d g0 = lo_pd(gv), g1 = hi_pd(gv);
-        s0 = _mm256_add_pd(s0, g0);
-        s1 = _mm256_add_pd(s1, g1);
-        t0 = _mm256_fmadd_pd(g0, _mm256_sub_pd(lo_pd(xv), m0), t0);
-        t1 = _mm256_fmadd_pd(g1, _mm256_sub_pd(hi_pd(xv), m1), t1);
+        s[2 * j] = _mm256_add_pd(s[2 * j], g0);
+        s[2 * j + 1] = _mm256_add_pd(s[2 * j + 1], g1);
+        t[2 * j] = _mm256_fmadd_pd(g0, _mm256_sub_pd(lo_pd(xv), m[2 * j]), t[2 * j]);
+        t[2 * j + 1] = _mm256_fmadd_pd(g1, _mm256_sub_pd(hi_pd(xv), m[2 * j + 1]), t[2 * j + 1]);
       }
-      _mm256_storeu_pd(a.sum + l0, s0);
-      _mm256_storeu_pd(a.sum + l0 + 4, s1);
-      _mm256_storeu_pd(a.dot + l0, t0);
-      _mm256_storeu_pd(a.dot + l0 + 4, t1);
-    }
-    for (int64_t l = 8 * groups; l < g.width; ++l) brgemm_lane_grad_moments_twin(g, a, l, r0, r1);
+  for (int k = 0; k < 2 * NG; ++k) {
+    _mm256_storeu_pd(a.sum + 4 * k, s[k]);
+    _mm256_storeu_pd(a.dot + 4 * k, t[k]);
   }
+  for (int64_t l = 8 * NG; l < g.width; ++l) brgemm_lane_grad_moments_twin(g, a, l, 0, g.rows);
 }
+
+template <bool BF16, bool MASK, bool GOUT>
+struct grad_moments_of {
+  template <int NG>
+  struct at {
+    static void run(const lane_rows& g, const lane_grad_args& a) { grad_moments<BF16, MASK, GOUT, NG>(g, a); }
+  };
+};
 
 template <bool BF16, bool MASK, bool DXBF16>
 void grad_affine(const lane_rows& g, const lane_grad_args& a) {
@@ -173,8 +202,10 @@ void grad_affine(const lane_rows& g, const lane_grad_args& a) {
 
 void lane_moments__avx2(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
   if (g.bf16)
-    return sumsq ? moments<true, true>(g, x, shift, sum, sumsq) : moments<true, false>(g, x, shift, sum, sumsq);
-  return sumsq ? moments<false, true>(g, x, shift, sum, sumsq) : moments<false, false>(g, x, shift, sum, sumsq);
+    return sumsq ? by_groups<moments_of<true, true>::at>(g, x, shift, sum, sumsq)
+                 : by_groups<moments_of<true, false>::at>(g, x, shift, sum, sumsq);
+  return sumsq ? by_groups<moments_of<false, true>::at>(g, x, shift, sum, sumsq)
+               : by_groups<moments_of<false, false>::at>(g, x, shift, sum, sumsq);
 }
 
 void lane_affine__avx2(const lane_rows& g, const lane_affine_args& a) {
@@ -194,14 +225,14 @@ void lane_affine__avx2(const lane_rows& g, const lane_affine_args& a) {
 void lane_grad_moments__avx2(const lane_rows& g, const lane_grad_args& a) {
   const int f = (g.bf16 ? 4 : 0) | (a.y ? 2 : 0) | (a.g_out ? 1 : 0);
   switch (f) {
-    case 0: return grad_moments<false, false, false>(g, a);
-    case 1: return grad_moments<false, false, true>(g, a);
-    case 2: return grad_moments<false, true, false>(g, a);
-    case 3: return grad_moments<false, true, true>(g, a);
-    case 4: return grad_moments<true, false, false>(g, a);
-    case 5: return grad_moments<true, false, true>(g, a);
-    case 6: return grad_moments<true, true, false>(g, a);
-    default: return grad_moments<true, true, true>(g, a);
+    case 0: return by_groups<grad_moments_of<false, false, false>::at>(g, a);
+    case 1: return by_groups<grad_moments_of<false, false, true>::at>(g, a);
+    case 2: return by_groups<grad_moments_of<false, true, false>::at>(g, a);
+    case 3: return by_groups<grad_moments_of<false, true, true>::at>(g, a);
+    case 4: return by_groups<grad_moments_of<true, false, false>::at>(g, a);
+    case 5: return by_groups<grad_moments_of<true, false, true>::at>(g, a);
+    case 6: return by_groups<grad_moments_of<true, true, false>::at>(g, a);
+    default: return by_groups<grad_moments_of<true, true, true>::at>(g, a);
   }
 }
 

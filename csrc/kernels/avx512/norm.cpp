@@ -1,7 +1,7 @@
 // The per-lane kernels of brgemm/norm.h with AVX-512: lanes in groups of 16 (one zmm of f32, two
-// of double for the sums), the last group of a width that is not a multiple of 16 masked. The
-// sums of a group stay in registers over a block of rows (the block fits L1, so the other groups
-// of a wide row find it there), each lane accumulated over the rows in order as the twin does.
+// of double for the sums), the last group of a width that is not a multiple of 16 masked. Rows
+// are walked in memory order with every group's sums and coefficients in registers (the group
+// count, 1-4, is a template argument), each lane accumulated over the rows in order as the twin.
 #include <algorithm>
 // gcc 12 with -Wall reports the intrinsics headers' own _mm512_undefined_* operands of masked
 // conversions as uninitialized (a false positive, hundreds of lines per build): silenced here.
@@ -32,9 +32,6 @@ struct lane_groups {
   }
 };
 
-// Rows per block: 16 KB of f32 values.
-inline int64_t block_rows(int64_t width) { return std::max<int64_t>(1, 4096 / width); }
-
 template <bool BF16>
 inline __m512 load16(const void* p, int64_t i, __mmask16 k) {
   if constexpr (BF16) {
@@ -56,38 +53,48 @@ inline void store16(void* p, int64_t i, __mmask16 k, __m512 v) {
 inline __m512d lo_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 inline __m512d hi_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
 
-template <bool BF16, bool SQ>
+// Rows in order, every group of a row before the next row (the memory is read as it lies: a
+// group-by-group walk over wide rows measured 4-9x slower once the data left L2), the NG groups'
+// sums in registers (NG ≤ 4: at most 16 accumulators and 8 shifts).
+template <bool BF16, bool SQ, int NG>
 void moments(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
   const lane_groups gr(g);
-  const int64_t rb = gr.n == 1 ? g.rows : block_rows(g.width);
-  for (int64_t r0 = 0; r0 < g.rows; r0 += rb) {
-    const int64_t r1 = std::min(g.rows, r0 + rb);
-    for (int j = 0; j < gr.n; ++j) {
-      const int64_t l0 = 16 * j;
-      const __mmask16 k = gr.in[j];
-      const __mmask8 k0 = (__mmask8)k, k1 = (__mmask8)(k >> 8);
-      const __m512d c0 = _mm512_maskz_loadu_pd(k0, shift + l0), c1 = _mm512_maskz_loadu_pd(k1, shift + l0 + 8);
-      __m512d s0 = _mm512_maskz_loadu_pd(k0, sum + l0), s1 = _mm512_maskz_loadu_pd(k1, sum + l0 + 8);
-      __m512d q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
-      if constexpr (SQ) q0 = _mm512_maskz_loadu_pd(k0, sumsq + l0), q1 = _mm512_maskz_loadu_pd(k1, sumsq + l0 + 8);
-      const char* p = (const char*)x + l0 * (BF16 ? 2 : 4);
-      for (int64_t r = r0; r < r1; ++r) {
-        const __m512 v = load16<BF16>(p, r * g.width, k);
-        const __m512d d0 = _mm512_sub_pd(lo_pd(v), c0), d1 = _mm512_sub_pd(hi_pd(v), c1);
-        s0 = _mm512_add_pd(s0, d0);
-        s1 = _mm512_add_pd(s1, d1);
-        if constexpr (SQ) {
-          q0 = _mm512_fmadd_pd(d0, d0, q0);
-          q1 = _mm512_fmadd_pd(d1, d1, q1);
-        }
-      }
-      _mm512_mask_storeu_pd(sum + l0, k0, s0);
-      _mm512_mask_storeu_pd(sum + l0 + 8, k1, s1);
+  __m512d c[2 * NG], s[2 * NG], q[2 * NG];
+  for (int j = 0; j < NG; ++j)
+    for (int h = 0; h < 2; ++h) {
+      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
+      const int64_t l = 16 * j + 8 * h;
+      c[2 * j + h] = _mm512_maskz_loadu_pd(k, shift + l);
+      s[2 * j + h] = _mm512_maskz_loadu_pd(k, sum + l);
+      q[2 * j + h] = SQ ? _mm512_maskz_loadu_pd(k, sumsq + l) : _mm512_setzero_pd();
+    }
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int j = 0; j < NG; ++j) {
+      const __m512 v = load16<BF16>(x, r * g.width + 16 * j, gr.in[j]);
+      const __m512d d0 = _mm512_sub_pd(lo_pd(v), c[2 * j]), d1 = _mm512_sub_pd(hi_pd(v), c[2 * j + 1]);
+      s[2 * j] = _mm512_add_pd(s[2 * j], d0);
+      s[2 * j + 1] = _mm512_add_pd(s[2 * j + 1], d1);
       if constexpr (SQ) {
-        _mm512_mask_storeu_pd(sumsq + l0, k0, q0);
-        _mm512_mask_storeu_pd(sumsq + l0 + 8, k1, q1);
+        q[2 * j] = _mm512_fmadd_pd(d0, d0, q[2 * j]);
+        q[2 * j + 1] = _mm512_fmadd_pd(d1, d1, q[2 * j + 1]);
       }
     }
+  for (int j = 0; j < NG; ++j)
+    for (int h = 0; h < 2; ++h) {
+      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
+      const int64_t l = 16 * j + 8 * h;
+      _mm512_mask_storeu_pd(sum + l, k, s[2 * j + h]);
+      if constexpr (SQ) _mm512_mask_storeu_pd(sumsq + l, k, q[2 * j + h]);
+    }
+}
+
+template <bool BF16, bool SQ>
+void moments_ng(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
+  switch ((g.width + 15) / 16) {
+    case 1: return moments<BF16, SQ, 1>(g, x, shift, sum, sumsq);
+    case 2: return moments<BF16, SQ, 2>(g, x, shift, sum, sumsq);
+    case 3: return moments<BF16, SQ, 3>(g, x, shift, sum, sumsq);
+    default: return moments<BF16, SQ, 4>(g, x, shift, sum, sumsq);
   }
 }
 
@@ -130,35 +137,47 @@ inline __m512 grad16(const void* dy, const void* y, int64_t i, __mmask16 k) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load16<BF16>(y, i, k), _mm512_setzero_ps(), _CMP_GT_OQ), d);
 }
 
-template <bool BF16, bool MASK, bool GOUT>
+// Rows in order as moments does; per group two sums and two dots (16 accumulators, 8 means).
+template <bool BF16, bool MASK, bool GOUT, int NG>
 void grad_moments(const lane_rows& g, const lane_grad_args& a) {
   const lane_groups gr(g);
-  const int64_t rb = gr.n == 1 ? g.rows : block_rows(g.width);
-  for (int64_t r0 = 0; r0 < g.rows; r0 += rb) {
-    const int64_t r1 = std::min(g.rows, r0 + rb);
-    for (int j = 0; j < gr.n; ++j) {
-      const int64_t l0 = 16 * j;
-      const __mmask16 k = gr.in[j];
-      const __mmask8 k0 = (__mmask8)k, k1 = (__mmask8)(k >> 8);
-      const __m512d m0 = _mm512_maskz_loadu_pd(k0, a.mean_d + l0), m1 = _mm512_maskz_loadu_pd(k1, a.mean_d + l0 + 8);
-      __m512d s0 = _mm512_maskz_loadu_pd(k0, a.sum + l0), s1 = _mm512_maskz_loadu_pd(k1, a.sum + l0 + 8);
-      __m512d t0 = _mm512_maskz_loadu_pd(k0, a.dot + l0), t1 = _mm512_maskz_loadu_pd(k1, a.dot + l0 + 8);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r * g.width + l0;
-        const __m512 gv = grad16<BF16, MASK>(a.dy, a.y, i, k);
-        if constexpr (GOUT) store16<BF16>(a.g_out, i, k, _mm512_maskz_mov_ps(gr.real[j], gv));
-        const __m512 xv = load16<BF16>(a.x, i, k);
-        const __m512d g0 = lo_pd(gv), g1 = hi_pd(gv);
-        s0 = _mm512_add_pd(s0, g0);
-        s1 = _mm512_add_pd(s1, g1);
-        t0 = _mm512_fmadd_pd(g0, _mm512_sub_pd(lo_pd(xv), m0), t0);
-        t1 = _mm512_fmadd_pd(g1, _mm512_sub_pd(hi_pd(xv), m1), t1);
-      }
-      _mm512_mask_storeu_pd(a.sum + l0, k0, s0);
-      _mm512_mask_storeu_pd(a.sum + l0 + 8, k1, s1);
-      _mm512_mask_storeu_pd(a.dot + l0, k0, t0);
-      _mm512_mask_storeu_pd(a.dot + l0 + 8, k1, t1);
+  __m512d m[2 * NG], s[2 * NG], t[2 * NG];
+  for (int j = 0; j < NG; ++j)
+    for (int h = 0; h < 2; ++h) {
+      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
+      const int64_t l = 16 * j + 8 * h;
+      m[2 * j + h] = _mm512_maskz_loadu_pd(k, a.mean_d + l);
+      s[2 * j + h] = _mm512_maskz_loadu_pd(k, a.sum + l);
+      t[2 * j + h] = _mm512_maskz_loadu_pd(k, a.dot + l);
     }
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int j = 0; j < NG; ++j) {
+      const int64_t i = r * g.width + 16 * j;
+      const __m512 gv = grad16<BF16, MASK>(a.dy, a.y, i, gr.in[j]);
+      if constexpr (GOUT) store16<BF16>(a.g_out, i, gr.in[j], _mm512_maskz_mov_ps(gr.real[j], gv));
+      const __m512 xv = load16<BF16>(a.x, i, gr.in[j]);
+      const __m512d g0 = lo_pd(gv), g1 = hi_pd(gv);
+      s[2 * j] = _mm512_add_pd(s[2 * j], g0);
+      s[2 * j + 1] = _mm512_add_pd(s[2 * j + 1], g1);
+      t[2 * j] = _mm512_fmadd_pd(g0, _mm512_sub_pd(lo_pd(xv), m[2 * j]), t[2 * j]);
+      t[2 * j + 1] = _mm512_fmadd_pd(g1, _mm512_sub_pd(hi_pd(xv), m[2 * j + 1]), t[2 * j + 1]);
+    }
+  for (int j = 0; j < NG; ++j)
+    for (int h = 0; h < 2; ++h) {
+      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
+      const int64_t l = 16 * j + 8 * h;
+      _mm512_mask_storeu_pd(a.sum + l, k, s[2 * j + h]);
+      _mm512_mask_storeu_pd(a.dot + l, k, t[2 * j + h]);
+    }
+}
+
+template <bool BF16, bool MASK, bool GOUT>
+void grad_moments_ng(const lane_rows& g, const lane_grad_args& a) {
+  switch ((g.width + 15) / 16) {
+    case 1: return grad_moments<BF16, MASK, GOUT, 1>(g, a);
+    case 2: return grad_moments<BF16, MASK, GOUT, 2>(g, a);
+    case 3: return grad_moments<BF16, MASK, GOUT, 3>(g, a);
+    default: return grad_moments<BF16, MASK, GOUT, 4>(g, a);
   }
 }
 
@@ -197,8 +216,8 @@ void grad_affine_ng(const lane_rows& g, const lane_grad_args& a) {
 
 void lane_moments__avx512(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
   if (g.bf16)
-    return sumsq ? moments<true, true>(g, x, shift, sum, sumsq) : moments<true, false>(g, x, shift, sum, sumsq);
-  return sumsq ? moments<false, true>(g, x, shift, sum, sumsq) : moments<false, false>(g, x, shift, sum, sumsq);
+    return sumsq ? moments_ng<true, true>(g, x, shift, sum, sumsq) : moments_ng<true, false>(g, x, shift, sum, sumsq);
+  return sumsq ? moments_ng<false, true>(g, x, shift, sum, sumsq) : moments_ng<false, false>(g, x, shift, sum, sumsq);
 }
 
 void lane_affine__avx512(const lane_rows& g, const lane_affine_args& a) {
@@ -218,14 +237,14 @@ void lane_affine__avx512(const lane_rows& g, const lane_affine_args& a) {
 void lane_grad_moments__avx512(const lane_rows& g, const lane_grad_args& a) {
   const int f = (g.bf16 ? 4 : 0) | (a.y ? 2 : 0) | (a.g_out ? 1 : 0);
   switch (f) {
-    case 0: return grad_moments<false, false, false>(g, a);
-    case 1: return grad_moments<false, false, true>(g, a);
-    case 2: return grad_moments<false, true, false>(g, a);
-    case 3: return grad_moments<false, true, true>(g, a);
-    case 4: return grad_moments<true, false, false>(g, a);
-    case 5: return grad_moments<true, false, true>(g, a);
-    case 6: return grad_moments<true, true, false>(g, a);
-    default: return grad_moments<true, true, true>(g, a);
+    case 0: return grad_moments_ng<false, false, false>(g, a);
+    case 1: return grad_moments_ng<false, false, true>(g, a);
+    case 2: return grad_moments_ng<false, true, false>(g, a);
+    case 3: return grad_moments_ng<false, true, true>(g, a);
+    case 4: return grad_moments_ng<true, false, false>(g, a);
+    case 5: return grad_moments_ng<true, false, true>(g, a);
+    case 6: return grad_moments_ng<true, true, false>(g, a);
+    default: return grad_moments_ng<true, true, true>(g, a);
   }
 }
 
