@@ -41,7 +41,8 @@ GROUPS = {
     "models": ("whole networks at 224x224 (ResNet-18, ResNet-50; with --full or --model also ResNeXt-50 "
                "32x4d and MobileNetV2), float32 inference at N = 1 and 16 and a training step, through "
                "brgemm.torch against PyTorch eager, ONNX Runtime and OpenVINO (some minutes)",
-               lambda p, rng, a, tl, log: run_networks(p, a.rounds, tl, log, a.compile, a.networks),
+               lambda p, rng, a, tl, log: run_networks(p, a.rounds, tl, log, a.compile, a.networks,
+                                                       _network_dtypes(a.dtypes)),
                format_networks, networks_summary),
     "ceilings": ("PyTorch alone on the cases that ask most of the machine: the %% of the measured peak it "
                  "reaches (not part of --full)",
@@ -77,6 +78,11 @@ def parse_networks(text, full=False):
     return names
 
 
+def _network_dtypes(dtypes):
+    """--models: float32 always, bfloat16 too when --dtypes names bf16 (the default does)."""
+    return ("float32", "bfloat16") if "bf16" in dtypes else ("float32",)
+
+
 def parse_dtypes(text):
     dtypes = tuple(d.strip() for d in text.split(","))
     if not dtypes or not set(dtypes) <= set(PEAK_OP):
@@ -103,7 +109,8 @@ def make_parser():
                         help="comma-separated thread counts (default: the headline and --models on all cores, "
                              "the other groups on 1 and all cores; microkernel rows always on 1)")
     parser.add_argument("--dtypes", default="f32,bf16,u8s8",
-                        help="comma-separated dtypes of the microkernel and gemm rows (f32, bf16, u8s8)")
+                        help="comma-separated dtypes of the microkernel and gemm rows (f32, bf16, u8s8); "
+                             "--models runs bfloat16 rows too when bf16 is among them")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the rows on a roofline chart (needs matplotlib)")
     return parser

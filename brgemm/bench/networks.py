@@ -14,7 +14,7 @@ ONNX Runtime and OpenVINO on one ONNX export per network and batch, when they ar
 The dtype is a parameter of every case (the rows and the table carry it) so that bf16 and int8
 rows fit in later: network_case already builds bfloat16 cases (brgemm through optimize or
 convert with dtype="bfloat16", PyTorch under CPU autocast in both layouts; the ONNX runtimes
-and torch.compile left out), but run_networks runs NETWORK_DTYPES, float32 only for now.
+and torch.compile left out); the command line asks for them through --dtypes.
 
 Time (this project's 2-core machine): a ResNet-50 forward at N = 16 takes 0.6-1 s per library,
 so each case runs few calls: a first one, then per round one block per library without the
