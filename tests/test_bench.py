@@ -221,6 +221,11 @@ def test_without_pytorch_the_headline_notes_it_and_skips_the_model(fake_peak, ti
     assert "Traceback" not in err
 
 
+def test_the_network_group_runs_bfloat16_rows_when_the_dtypes_name_bf16():
+    assert cli._network_dtypes(("f32", "bf16", "u8s8")) == ("float32", "bfloat16")
+    assert cli._network_dtypes(("f32",)) == cli._network_dtypes(("u8s8",)) == ("float32",)
+
+
 def test_the_network_group_runs_its_cases_and_writes_them_as_json(fake_peak, tmp_path, capsys, monkeypatch):
     """--models on 32 x 32 images at N = 1 and 2 (the code paths, not the sizes, are under test)."""
     pytest.importorskip("torch")
@@ -231,7 +236,8 @@ def test_the_network_group_runs_its_cases_and_writes_them_as_json(fake_peak, tmp
     monkeypatch.setattr(networks, "TRAIN_BATCHES", dict.fromkeys(networks.NETWORKS, 2))
     monkeypatch.setattr(models, "installed", lambda module: module != "openvino" and bench.harness.installed(module))
     path = tmp_path / "networks.json"
-    assert bench.main(["--model", "resnet18", "--rounds", "1", "--threads", "1", "--json", str(path)]) == 0
+    assert bench.main(["--model", "resnet18", "--rounds", "1", "--threads", "1", "--dtypes", "f32", "--json",
+                       str(path)]) == 0
     out, err = capsys.readouterr()
     assert not TARGET_WORDS.search(out + err), TARGET_WORDS.search(out + err)
     rows = json.loads(path.read_text())["rows"]
