@@ -48,7 +48,7 @@ void lane_affine(const lane_rows& g, const lane_affine_args& a);
 //   g = dy          (y null)
 // lane_grad_moments: sum[l] += Σ_r g, dot[l] += Σ_r g·(x − mean_d[l]) in double as
 //   lane_moments does (dot = fma(g, x − mean_d, dot)); when g_out is not null it also writes
-//   g there (the values' type, exact).
+//   g there, in the values' type: dy's bits or +0.
 // lane_grad_affine: dx = ((a·g) + (c·(x − mean))) + d per lane in f32, in this order; dx is
 //   f32, or bf16 when dx_bf16 (rounded to nearest even).
 struct lane_grad_args {
