@@ -309,7 +309,8 @@ def test_every_isa_gives_the_scalar_bits(bc, dtype):
         restore_isa()
     for (level, relu, nores), got in results.items():
         for k, (a, b) in enumerate(zip(got, results["scalar", relu, nores])):
-            assert np.array_equal(a, b), f"{level} differs from scalar in output {k} (relu={relu}, residual={not nores})"
+            assert np.array_equal(a, b), \
+                f"{level} differs from scalar in output {k} (relu={relu}, residual={not nores})"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -10,8 +10,9 @@
 // Results are bit-identical on every ISA: each lane's sums are accumulated in double over the
 // rows in order (each operation rounded once, a product added with one fused multiply-add
 // (std::fma in the twin), lanes never mixed), and the element-wise formulas are f32 operations
-// in the order written, no fused multiply-add (the kernels are compiled with -ffp-contract=off). A caller that splits rows between threads and adds the parts in a
-// fixed order therefore gets results that do not depend on the thread count.
+// in the order written, no fused multiply-add (the kernels are compiled with -ffp-contract=off).
+// A caller that splits rows between threads and adds the parts in a fixed order therefore gets
+// results that do not depend on the thread count.
 #pragma once
 #include <cstdint>
 

@@ -158,7 +158,8 @@ void grad_moments(const lane_rows& g, const lane_grad_args& a) {
         if constexpr (GOUT) {  // dy's bits or +0 (bf16: the upper halves, not rounded)
           const __m256 v = _mm256_and_ps(gv, keep[j]);
           if constexpr (BF16)
-            _mm_storeu_si128((__m128i*)((uint16_t*)a.g_out + i), narrow16(_mm256_srli_epi32(_mm256_castps_si256(v), 16)));
+            _mm_storeu_si128((__m128i*)((uint16_t*)a.g_out + i),
+                             narrow16(_mm256_srli_epi32(_mm256_castps_si256(v), 16)));
           else
             _mm256_storeu_ps((float*)a.g_out + i, v);
         }
@@ -196,7 +197,8 @@ void grad_affine(const lane_rows& g, const lane_grad_args& a) {
       const int64_t l0 = 8 * j, i = r * width + l0;
       const __m256 gv = grad8<BF16, MASK>(a.dy, a.y, i);
       const __m256 t = _mm256_sub_ps(load8<BF16>(a.x, i), _mm256_loadu_ps(a.mean + l0));
-      __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(a.a + l0), gv), _mm256_mul_ps(_mm256_loadu_ps(a.c + l0), t));
+      __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(a.a + l0), gv),
+                               _mm256_mul_ps(_mm256_loadu_ps(a.c + l0), t));
       v = _mm256_add_ps(v, _mm256_loadu_ps(a.d + l0));
       store8<DXBF16>(a.dx, i, _mm256_and_ps(v, keep[j]));
     }
@@ -210,7 +212,8 @@ void grad_affine(const lane_rows& g, const lane_grad_args& a) {
       if (MASK) yv = brgemm_lane_get(a.y, i, BF16);
       const float gv = brgemm_lane_grad_twin(brgemm_lane_get(a.dy, i, BF16), MASK ? &yv : nullptr);
       brgemm_lane_put(a.dx, i, DXBF16,
-                      brgemm_lane_grad_affine_twin(gv, brgemm_lane_get(a.x, i, BF16), a.mean[l], a.a[l], a.c[l], a.d[l]));
+                      brgemm_lane_grad_affine_twin(gv, brgemm_lane_get(a.x, i, BF16), a.mean[l], a.a[l], a.c[l],
+                                                   a.d[l]));
     }
   }
 }
