@@ -1157,6 +1157,29 @@ def fuzz_op(name):
                     _op(name, x, dim, order)
                 else:
                     _op(name, draw(maybe_t(shape)), draw(maybe_t(shape, f32)) if valid else x, dim, order)
+        elif fwd == "max_pool2d_blocked":
+            k, bc, cb = draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 16])), draw(side(3))
+            h, w = (draw(st.integers(k, 6)) for _ in range(2)) if valid else (draw(side()) for _ in range(2))
+            geo = [draw(maybe(pick([[k, k], [k, 1]], [[0, 1], [7, 7], [1, 2, 3], list(HUGE[:2])]))),
+                   draw(maybe(pick([[1, 1], [2, 2], [3, 1]], [[0, 1], [-1, 1], [HUGE[0], 1]]))),
+                   draw(maybe(pick([[0, 0], [k // 2, 0]], [[-1, 0], [k, k], [HUGE[0], 0]])))]
+            x = draw(maybe_t((n, cb, h, w, bc), lowp))
+            if name == fwd:
+                _op(name, x, *geo)
+                return
+            y = _op(fwd, x, *geo) if valid else draw(maybe_t((n, cb, h, w, bc)))
+            if y is not REJECTED:
+                _op(name, draw(maybe_t(tuple(y.shape) if isinstance(y, torch.Tensor) else (n, cb, h, w, bc), lowp)),
+                    x, *geo)
+        elif fwd == "global_avg_pool_blocked":
+            bc, cb = draw(st.sampled_from([4, 8, 16])), draw(side(3))
+            shape = (n, cb, draw(side(3)), draw(side(3)), bc)
+            ch = draw(maybe(pick([(cb - 1) * bc + 1, cb * bc], [0, -1, cb * bc + 1, HUGE[0]])))
+            if name == fwd:
+                _op(name, draw(maybe_t(shape, lowp)), ch)
+            else:
+                _op(name, draw(maybe_t((n, ch if type(ch) is int and 0 <= ch < 100 else 3), lowp)),
+                    draw(maybe(pick([list(shape)], [list(shape[:3]), [n, HUGE[0], 2, 2, bc], [-1, 1, 1, 1, 1]]))))
         else:
             raise AssertionError(f"no fuzzer for torch.ops.brgemm.{name}")
     return fuzz

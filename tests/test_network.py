@@ -21,6 +21,7 @@ from torch import nn  # noqa: E402
 
 import brgemm.torch as bt  # noqa: E402
 from brgemm.torch._fused import FusedConv2d  # noqa: E402
+from brgemm.torch._network import enter_blocked, leave_blocked  # noqa: E402
 
 EPS = 2.0 ** -24
 ops = torch.ops.brgemm
@@ -144,7 +145,7 @@ class _Stages64(fx.Interpreter):
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target, args, kwargs):
-        if target in (ops.to_blocked, ops.from_blocked, ops.to_blocked.default, ops.from_blocked.default):
+        if target in (enter_blocked, leave_blocked):
             return args[0]
         if "global_avg_pool_blocked" in str(target):
             self.terms += args[0].shape[2] * args[0].shape[3] + 2
@@ -153,14 +154,21 @@ class _Stages64(fx.Interpreter):
             return args[0]
         return super().call_function(target, args, kwargs)
 
+    def call_method(self, target, args, kwargs):
+        if target == "float":  # the bf16 graph's widening: everything here is float64
+            return args[0]
+        return super().call_method(target, args, kwargs)
+
 
 class _CheckStages(fx.Interpreter):
-    """Runs the optimized model as it is (float32) and checks every fused convolution and the
-    head against float64 on the same inputs."""
+    """Runs the optimized model as it is and checks every fused convolution and the head
+    against float64 on the same inputs. In bfloat16 (unit roundoff 2⁻⁸: 8 significant bits) the
+    weights are rounded to it (2⁻⁸ of each term) and so are the outputs (2⁻⁸ of |y| ≤ Σ|a||b|),
+    and the head's input too."""
 
-    def __init__(self, gm):
+    def __init__(self, gm, bf16=False):
         super().__init__(gm)
-        self.checked = 0
+        self.checked, self.rounding = 0, 2.0 ** -7 if bf16 else 0.0
 
     def call_module(self, target, args, kwargs):
         out = super().call_module(target, args, kwargs)
@@ -170,11 +178,12 @@ class _CheckStages(fx.Interpreter):
             r = _plain(args[1], m.out_channels) if len(args) > 1 else None
             ref = _conv64(m, x, r, False)
             mag = _conv64(m, x.abs(), None if r is None else r.abs(), True)
-            bound = (m.weight[0].numel() + 3) * EPS * mag
+            bound = ((m.weight[0].numel() + 3) * EPS + self.rounding) * mag
         elif isinstance(m, bt.Linear):
             x = args[0].double()
             ref = F.linear(x, m.weight.double(), m.bias.double())
-            bound = (m.in_features + 2) * EPS * F.linear(x.abs(), m.weight.double().abs(), m.bias.double().abs())
+            mag = F.linear(x.abs(), m.weight.double().abs(), m.bias.double().abs())
+            bound = ((m.in_features + 2) * EPS + 1.5 * self.rounding) * mag
         else:
             return out
         _assert_within(_plain(out, ref.shape[1]), ref, bound, target)
@@ -187,15 +196,15 @@ def _assert_within(got, ref, bound, what):
     assert float(err.max()) <= 0, f"{what}: the error exceeds the bound by {float(err.max()):.3g}"
 
 
-def _check_inference(model, fast, x):
-    """Both parts of the module docstring's check, and the float32 output against float64."""
+def _check_inference(model, fast, x, bf16=False):
+    """Both parts of the module docstring's check."""
     with torch.no_grad():
         ref = copy.deepcopy(model).double()(x.double())
         stages = _Stages64(fast, absolute=False)
         mag = _Stages64(fast, absolute=True)
         got64, m = stages.run(x.double()), mag.run(x.double().abs())
         _assert_within(got64, ref, mag.terms * 2.0 ** -53 * m, "the optimized graph in float64")
-        check = _CheckStages(fast)
+        check = _CheckStages(fast, bf16)
         got = check.run(x)
         assert check.checked == sum(isinstance(v, (FusedConv2d, bt.Linear)) for v in fast.modules())
         assert torch.equal(got, fast(x))  # the interpreter ran what the module runs
@@ -213,6 +222,19 @@ def test_inference_matches_float64_within_the_derived_bound(n, size):
     assert got.dtype == torch.float32 and got.shape == ref.shape
 
 
+def test_bfloat16_inference_stages_within_the_derived_bound():
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model, dtype="bfloat16")
+    x = torch.randn(2, 3, 32, 32)
+    got, ref = _check_inference(model, fast, x, bf16=True)
+    assert got.dtype == torch.float32
+    # Under autocast the float32 model computes the same bf16 stages and returns bf16.
+    plain = bt.optimize(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = plain(x)
+    assert auto.dtype == torch.bfloat16 and torch.equal(auto.float(), got)
+
+
 @pytest.mark.skipif(not hasattr(ops, "max_pool2d_blocked"), reason="blocked pooling not built yet")
 def test_every_convolution_is_fused_and_the_layout_converts_once():
     model = SmallResNet().eval()
@@ -225,7 +247,7 @@ def test_every_convolution_is_fused_and_the_layout_converts_once():
     assert report.became("layer1.0.bn1") == "in layer1.0.conv1"
     assert report.became("fc") == "brgemm.torch.Linear"
     calls = [n.target for n in fast.graph.nodes if n.op == "call_function"]
-    assert calls.count(ops.to_blocked) == 1 and ops.from_blocked not in calls
+    assert calls.count(enter_blocked) == 1 and leave_blocked not in calls
     assert report.became("maxpool") == "blocked max pooling"
     assert report.became("avgpool") == "blocked global average pooling"
 
@@ -348,3 +370,173 @@ def test_layout_round_trip_and_gradients():
     assert torch.equal(back, x.detach())
     back.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def _reduction_terms(model, x):
+    """Σ (K + 2) over the products of a forward (each convolution's C·R·S, the head's features)
+    and the BatchNorm reductions (N·H·W each), the backward's products reduce as many again."""
+    terms, hooks = [0], []
+
+    def count(m, inputs, output):
+        if isinstance(m, nn.Conv2d):
+            terms[0] += m.weight[0].numel() + output.shape[0] * output.shape[2] * output.shape[3] + 4
+        elif isinstance(m, nn.Linear):
+            terms[0] += m.in_features + output.shape[0] + 4
+    for m in model.modules():
+        hooks.append(m.register_forward_hook(count))
+    with torch.no_grad():
+        copy.deepcopy(model).eval()(x)
+    for h in hooks:
+        h.remove()
+    return terms[0]
+
+
+def _train_step(model, x):
+    y = model(x)
+    y.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return y.detach(), grads, {n: b.clone() for n, b in model.named_buffers()}
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_training_steps_match_float64(dtype):
+    """Outputs, every parameter's gradient and the BatchNorm running statistics after three
+    steps of SGD, against PyTorch in float64. Bound, relative to each tensor's largest value:
+    Σ (K + 2)·u over every reduction of the step (BatchNorm renormalises each stage, so a stage
+    passes on the relative error it received without amplifying it, to first order), with u
+    = 2⁻²⁴, or 2⁻⁸ per rounded stage (weights, activations) in bfloat16. bfloat16 gradients are
+    not compared: BatchNorm's backward subtracts nearly equal terms, and PyTorch's own autocast
+    run of this model has 30-90 % relative gradient errors against float64 (ours, the same), so
+    no bound on them would say anything."""
+    model = _randomize_batch_norms(SmallResNet()).train()
+    ref = copy.deepcopy(model).double()
+    fast = bt.optimize(model, dtype=dtype)
+    x = torch.randn(4, 3, 32, 32)
+    terms = _reduction_terms(model, x)
+    stages = sum(isinstance(m, nn.Conv2d) for m in model.modules()) + 1
+    rel = 2 * terms * EPS + (0 if dtype is None else 3 * stages * 2.0 ** -8)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=1e-3)
+    opt = torch.optim.SGD(fast.parameters(), lr=1e-3)
+    for step in range(3):
+        y64, g64, b64 = _train_step(ref, x.double())
+        y, g, b = _train_step(fast, x)
+        _assert_within(y, y64, rel * y64.abs().max(), f"step {step} output")
+        for name in g64 if dtype is None else ():
+            _assert_within(g[name], g64[name], rel * g64[name].abs().max(), f"step {step} grad {name}")
+        for name in b64:
+            _assert_within(b[name], b64[name], rel * b64[name].abs().max(), f"step {step} buffer {name}")
+        opt_ref.step()
+        opt.step()
+    assert rel < 0.05 * (1 if dtype is None else 4)  # the bound is not vacuous
+
+
+def test_mode_switches_after_optimize():
+    """train() and eval() on the optimized model switch the BatchNorms between batch statistics
+    (updating the running ones) and folded running statistics, as often as asked."""
+    model = _randomize_batch_norms(SmallResNet())
+    fast = bt.optimize(model.eval())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = fast(x)
+        fast.train()
+        assert model.bn1.training and all(m.training for m in fast.modules())
+        tracked = int(model.bn1.num_batches_tracked)
+        fast(x)
+        assert int(model.bn1.num_batches_tracked) == tracked + 1
+        fast.eval()
+        after = fast(x)
+        assert not torch.equal(before, after)  # the running statistics moved
+        _check_inference(model, fast, x)
+
+
+def test_gradient_accumulation_and_optimizers():
+    """Two backward passes add into .grad as PyTorch's modules do; Adam steps the shared
+    parameters."""
+    model = _randomize_batch_norms(SmallResNet()).train()
+    fast = bt.optimize(model)
+    x = torch.randn(2, 3, 32, 32)
+    fast(x).sum().backward()
+    once = {n: p.grad.clone() for n, p in fast.named_parameters()}
+    fast(x).sum().backward()
+    for n, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * once[n], rtol=1e-5, atol=1e-6 * float(once[n].abs().max()))
+    opt = torch.optim.Adam(fast.parameters(), lr=1e-2)
+    w = model.conv1.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(model.conv1.weight, w)
+
+
+@pytest.mark.skipif(not hasattr(ops, "global_avg_pool_blocked"), reason="blocked pooling not built yet")
+def test_torch_compile_of_the_optimized_model():
+    """Bit for bit: every stage is brgemm's (inductor computes the fold with the same correctly
+    rounded operations, and the pools are brgemm's operators)."""
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model)
+    compiled = torch.compile(fast, fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), fast(x))
+
+
+# --- the vision models of the benchmark ----------------------------------------------------------
+
+def _check_training_stages(fast, x):
+    """A training step of the optimized model, each fused stage's backward checked against
+    float64 from the float32 values the stage saw (its input, residual and output gradient):
+    the input's gradient and the stage's parameter gradients, within Σ (K + 2)·2⁻²⁴ of the
+    largest reference value, summed over the stage's reductions (the convolution's C·R·S forward,
+    K·R·S backward and N·OH·OW weight-gradient terms, BatchNorm's two N·OH·OW means). The whole
+    network is not compared end to end in training: a ReLU whose input lies within rounding of 0
+    may switch in one run and not the other, and with BatchNorm's statistics over few values (2²
+    pixels × 2 images in the last stage) that moves a whole channel's gradient."""
+    seen, hooks = {}, []
+    for name, m in fast.named_modules():
+        if isinstance(m, FusedConv2d):
+            def forward(mod, inp, out, name=name):
+                seen[name] = [inp[0].detach(), inp[1].detach() if len(inp) > 1 else None]
+
+            def backward(mod, grad_in, grad_out, name=name):
+                seen[name] += [grad_in[0], grad_out[0]]
+            hooks += [m.register_forward_hook(forward), m.register_full_backward_hook(backward)]
+    for p in fast.parameters():
+        p.grad = None
+    fast(x).square().sum().backward()
+    for h in hooks:
+        h.remove()
+    for name, (xb, rb, gx, gy) in seen.items():
+        m = fast.get_submodule(name)
+        xi = ops.from_blocked(xb, m.in_channels).double().requires_grad_()
+        w, gamma, beta = (t.detach().double().requires_grad_() for t in (m.weight, m.bn.weight, m.bn.bias))
+        pt, pb, pl, pr = m.padding
+        z = F.conv2d(F.pad(xi, (pl, pr, pt, pb)), w, None, m.stride, 0, m.dilation)
+        y = F.batch_norm(z, None, None, gamma, beta, True, 0.0, m.bn.eps)
+        if rb is not None:
+            y = y + ops.from_blocked(rb, m.out_channels).double()
+        y = torch.relu(y) if m.activation == "relu" else y
+        refs = torch.autograd.grad(y, (xi, w, gamma, beta), ops.from_blocked(gy, m.out_channels).double())
+        count = z.shape[0] * z.shape[2] * z.shape[3]
+        rel = (m.weight[0].numel() + m.out_channels * m.weight[0, 0].numel() + 3 * count + 8) * EPS
+        for got, ref, what in zip((ops.from_blocked(gx, m.in_channels) if gx is not None else None, m.weight.grad,
+                                   m.bn.weight.grad, m.bn.bias.grad), refs, ("input", "weight", "γ", "β")):
+            if got is not None:
+                _assert_within(got, ref, rel * ref.abs().max(), f"{name}: gradient of the {what}")
+    return len(seen)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_vision_models_inference_and_training(name):
+    """ResNet-18 (basic blocks: the first adds the max-pooled input) and ResNet-50 (bottlenecks,
+    stride-2 downsampling) as the benchmark builds them, at 64²: every convolution fused, the
+    inference checks of the module docstring, and a training step stage by stage."""
+    from brgemm.bench.vision import vision_model
+    model = vision_model(name, num_classes=10, seed=1, random_bn=True).eval()
+    fast = bt.optimize(model)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert all(fast.brgemm_report.became(n).startswith("FusedConv2d") for n in convs)
+    x = torch.randn(2, 3, 64, 64)
+    _check_inference(model, fast, x)
+    fast.train()
+    assert _check_training_stages(fast, x) == len(convs)

@@ -8,9 +8,32 @@ compares with its packed rows and keeps no copy), so for them ``pack`` is that `
 Linear's ``pack_b``) keeps its copies here and compares them with ``_core.same_bytes``.
 """
 
+import weakref
+
 import numpy as np
 
 from .. import _core
+
+
+class WeightsKey:
+    """Equal to an earlier key when it names the very same tensor objects (alive since: weak
+    references) at the same version counters, i.e. when nothing was written into them since."""
+
+    __slots__ = ("_refs", "_versions")
+
+    def __init__(self, *tensors):
+        self._refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+        self._versions = tuple(None if t is None else t._version for t in tensors)
+
+    def __eq__(self, other):
+        if not isinstance(other, WeightsKey) or self._versions != other._versions:
+            return False
+        for a, b in zip(self._refs, other._refs):
+            if (a is None) != (b is None) or (a is not None and (a() is None or a() is not b())):
+                return False
+        return True
+
+    __hash__ = None
 
 
 class PackedWeights:

@@ -7,6 +7,7 @@ or in them talks to _core's layer objects directly.
 
 import collections
 import threading
+import weakref
 
 import ml_dtypes
 import torch
@@ -64,6 +65,22 @@ def _identity(t):
     version counter (bumped by every in-place change; autograd checks saved tensors the same way).
     The runners' scratch arrays remember it for the blocked copies they hold (Scratch.fill)."""
     return (t.data_ptr(), t._version, tuple(t.shape), t.dtype)
+
+
+# Tensors whose every write goes through PyTorch (so bumps their version counter), besides
+# Parameters: the folded weights FusedConv2d keeps. A compiled graph's buffers are written by
+# generated code that bumps nothing, and a buffer may be reused for another value.
+_persistent = weakref.WeakValueDictionary()
+
+
+def mark_persistent(t):
+    _persistent[id(t)] = t
+    return t
+
+
+def _versioned(t):
+    """Whether t's version counter sees every change of its contents."""
+    return isinstance(t, torch.nn.Parameter) or _persistent.get(id(t)) is t
 
 
 _built, _built_lock = collections.OrderedDict(), threading.Lock()

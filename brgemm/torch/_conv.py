@@ -4,7 +4,8 @@ import torch
 
 from .. import _core
 from .._runners.conv import F32, ConvGeometry, ConvRunner, blocked_shape, out_size
-from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor
+from .._runners.weights import WeightsKey
+from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor, _versioned
 from ._products import _product_grads_fake, _setup_product
 
 
@@ -55,10 +56,13 @@ _CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=
 
 
 def _weights_key(weight, bias):
-    """What tells the weights apart between calls: the caller's tensors' identities, version
-    counters included (every in-place write bumps them), so unchanged weights skip the
-    comparison with what was packed."""
-    return _identity(weight), None if bias is None else _identity(bias)
+    """What tells the weights apart between calls, so unchanged weights skip the comparison with
+    what was packed: the caller's tensor objects (kept as weak references: a tensor that died
+    may have a successor at its address) and their version counters, when these see every write
+    (Parameters, folded weights); None (compare) for other tensors."""
+    if all(t is None or _versioned(t) for t in (weight, bias)):
+        return WeightsKey(weight, bias)
+    return None
 
 
 def _residual_arg(residual, out):
@@ -91,6 +95,29 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
                   add=None if r is None else _np(r), weight_key=_weights_key(weight, bias))
         if not blocked_output:
             e.scratch.holds["y"] = _identity(out)
+    return out
+
+
+def conv2d_inference(x, weight, bias, geo, activation, residual):
+    """conv2d(x, ..., blocked_output=True, residual) for a fused stage of an optimized model in
+    inference (no autograd, not traced), without the operator's dispatch: weight and bias are
+    the stage's float32 tensors and geo its ConvGeometry, checked when it was built; x (blocked)
+    and the residual are checked here."""
+    x = _tensor(x, "input", _FLOATS, ndim=5)
+    c, k = geo.in_channels, geo.out_channels
+    bc = _core.conv_block(c)
+    if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
+        raise ValueError(f"input is blocked as {tuple(x.shape)}; {c} channels need blocks of {bc}")
+    n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    oh, ow = geo.out_size(h, wd)
+    out = torch.empty(_conv_output_shape(n, k, oh, ow, True), dtype=x.dtype)
+    r = _residual_arg(residual, out)
+    if out.numel() == 0:
+        return out
+    e = _conv_layer(_dtype_name(x), weight, geo, activation)
+    with e.lock:
+        e.forward(_np(x), _np(out), _np(weight), None if bias is None else _np(bias), add=None if r is None else _np(r),
+                  weight_key=_weights_key(weight, bias))
     return out
 
 

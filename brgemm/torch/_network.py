@@ -98,6 +98,26 @@ def _pool_args(m):
     return pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size), pair(m.padding)
 
 
+def _compute_dtype(dtype):
+    """The products' dtype: the one optimize was given, else bfloat16 under CPU autocast to it."""
+    if dtype is None and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return dtype
+
+
+def enter_blocked(x, dtype):
+    """x (N, C, H, W) in the blocked layout of the products' dtype."""
+    dt = _compute_dtype(dtype)
+    return torch.ops.brgemm.to_blocked(x if dt is None or x.dtype == dt else x.to(dt))
+
+
+def leave_blocked(x, channels, dtype):
+    """A blocked x back to (N, channels, H, W): float32 when optimize was given a dtype (the
+    model's own dtype), else as computed (bfloat16 under autocast, as PyTorch's layers return)."""
+    y = torch.ops.brgemm.from_blocked(x, channels)
+    return y.float() if dtype is not None else y
+
+
 class _BlockedMaxPool2d(nn.Module):
     def __init__(self, kernel, stride, padding):
         super().__init__()
@@ -139,19 +159,17 @@ class _Rebuild:
             return v
         key = (v, "plain")
         if key not in self.converted:
-            out = self.graph.call_function(torch.ops.brgemm.from_blocked, (v, self.channels[v]))
-            if self.dtype is not None:
-                out = self.graph.call_method("float", (out,))
-            self.converted[key] = out
+            self.converted[key] = self.graph.call_function(leave_blocked, (v, self.channels[v], self.dtype))
         return self.converted[key]
 
-    def blocked(self, v):
+    def blocked(self, v, channels):
+        """v blocked; a plain v is converted (it has `channels`, as its consumer expects)."""
         if v in self.channels:
             return v
         key = (v, "blocked")
         if key not in self.converted:
-            x = v if self.dtype is None else self.graph.call_method("to", (v, self.dtype))
-            self.converted[key] = self.graph.call_function(torch.ops.brgemm.to_blocked, (x,))
+            out = self.converted[key] = self.graph.call_function(enter_blocked, (v, self.dtype))
+            self.channels[out] = channels
         return self.converted[key]
 
     def copy(self, node, layout):
@@ -200,12 +218,9 @@ class _Rebuild:
         self.modules[conv_node.target] = fused
         if bn is not None:
             self.kept[bn_node.target] = bn
-        args = (self.blocked(self.env[conv_node.args[0]]),)
+        args = (self.blocked(self.env[conv_node.args[0]], conv.in_channels),)
         if residual is not None:
-            r = self.blocked(self.env[residual])
-            if self.channels.get(r) != conv.out_channels:
-                raise AssertionError("residual channel count")  # PyTorch would have failed first
-            args += (r,)
+            args += (self.blocked(self.env[residual], conv.out_channels),)
         out = self.graph.call_module(conv_node.target, args)
         self.channels[out] = conv.out_channels
         parts = ["BatchNorm2d " + ("folded" if not bn.training else "fused")] if bn is not None else []
