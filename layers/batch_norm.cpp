@@ -14,8 +14,11 @@
 // loses everything). `shifted` takes K = the mean of up to 32 rows spread over the first image,
 // so D is a fraction of σ for any data that is not adversarially ordered; `two_pass` takes
 // K = Σx/M from a first pass, D ≈ (M+1)u·E|x|, and the bound is 2(M+5)u always, at the price of
-// reading x once more. shifted is the default (measured: tests/test_batch_norm.py,
-// bench_batch_norm.py); two_pass stays for data whose first image is unrepresentative.
+// reading x once more. Measured (M = 10⁵ per channel, against long double): shifted ≤ 8·10⁻¹⁵
+// relative on N(μ, 1) for μ up to 10⁷ and 4·10⁻¹² when the sampled rows are all outliers (the
+// bound's worst case), two-pass ≤ 3·10⁻¹⁴, the unshifted E[x²] − E[x]² in double 4·10⁻² at
+// μ = 10⁷; the two-pass forward took 1.13-1.5x the time on ResNet-50's shapes (N = 8, 2 threads).
+// So shifted is the default; two_pass stays for data whose first image is unrepresentative.
 #include "batch_norm.h"
 #include <algorithm>
 #include <cmath>
@@ -49,7 +52,9 @@ int threads_for(const bn_shape& s, int64_t tasks) {
   return elems < 32768.0 ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(num_threads(), tasks));
 }
 
-const void* at(const void* p, int64_t elems, bool bf16) { return p ? (const char*)p + elems * (bf16 ? 2 : 4) : nullptr; }
+const void* at(const void* p, int64_t elems, bool bf16) {
+  return p ? (const char*)p + elems * (bf16 ? 2 : 4) : nullptr;
+}
 void* at(void* p, int64_t elems, bool bf16) { return p ? (char*)p + elems * (bf16 ? 2 : 4) : nullptr; }
 
 lane_rows rows_of(const bn_shape& s, const bn_tasks& tk, int64_t t) {

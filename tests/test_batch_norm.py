@@ -309,7 +309,37 @@ def test_every_isa_gives_the_scalar_bits(bc, dtype):
         restore_isa()
     for (level, relu, nores), got in results.items():
         for k, (a, b) in enumerate(zip(got, results["scalar", relu, nores])):
-            assert np.array_equal(a, b), f"{level} differs from scalar in output {k} (relu={relu}, residual={not nores})"
+            assert np.array_equal(a, b), \
+                f"{level} differs from scalar in output {k} (relu={relu}, residual={not nores})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_gradient_is_dy_masked_bit_for_bit(isa, dtype):
+    """g = dy where y > 0, else +0 whatever dy holds (NaN, ±inf where y ≤ 0 are dropped); without
+    the mask g is dy's bits, a NaN's payload included; padded channels +0."""
+    gen = _gen("gbits", str(dtype))
+    c, shape = 20, (2, 20, 5, 7)
+    xb = _blocked(_data(shape, gen).to(dtype))
+    y = _blocked(torch.randn(shape, generator=gen).to(dtype))
+    gy = _blocked(torch.randn(shape, generator=gen).to(dtype))
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]).to(dtype)
+    flat, yflat = gy.view(-1), y.view(-1)
+    where = (yflat <= 0).nonzero().flatten()[:40]
+    flat[where] = special.repeat(10)[: len(where)]
+    flat.view(torch.int32 if dtype == torch.float32 else torch.int16)[where[-1]] = \
+        0x7F800001 if dtype == torch.float32 else 0x7F81  # a signalling NaN: its bits must pass unchanged
+    mean, var = torch.zeros(c), torch.ones(c)
+    to_np = (lambda t: t.numpy()) if dtype == torch.float32 else \
+        (lambda t: t.view(torch.int16).numpy().view(_bf16()))
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    for relu in (True, False):
+        g = torch.empty_like(xb)
+        _core.batch_norm_backward(to_np(gy), to_np(xb), to_np(y), relu, None, mean.numpy(), var.numpy(), 1e-5, None,
+                                  None, None, to_np(g))
+        keep = (y > 0) if relu else torch.ones_like(y, dtype=torch.bool)
+        want = torch.where(keep, gy.view(bits), torch.zeros((), dtype=bits))
+        want[:, -1, ..., c - (xb.shape[1] - 1) * xb.shape[4]:] = 0
+        assert torch.equal(g.view(bits), want), f"relu={relu}"
 
 
 def test_two_threads_give_the_bits_of_one(threads_restored):

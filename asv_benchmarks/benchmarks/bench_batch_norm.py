@@ -9,7 +9,10 @@ and y out; backward with residual and ReLU = grad, y, x in and the pre-ReLU grad
 that gradient and x in and dx out). Ratios are from the same process, alternating A B | B A.
 
 As a script (python -m benchmarks.bench_batch_norm from asv_benchmarks/, brgemm importable):
-prints the table for 1 and 2 threads, with each median of several rounds.
+``[threads[,threads]] [dtype] [rounds]`` prints the table, each a median of alternating rounds;
+``accuracy`` prints the variance's relative error of the shifted one-pass and the two-pass
+statistics (and of the unshifted E[x²] − E[x]² in double) against long double, with the bound;
+``two_pass [threads]`` times the forward with each.
 """
 
 import sys
@@ -101,6 +104,63 @@ class BatchNormTraining:
     track_gbps_forward.unit = track_gbps_backward.unit = "GB/s"
 
 
+def variance_accuracy():
+    """Relative error of the variance, M = 8·112·112 values per channel, against long double."""
+    import numpy as np
+    import torch
+
+    import brgemm.torch  # noqa: F401
+    from brgemm import _core
+
+    g = torch.Generator().manual_seed(0)
+    shape, m = (8, 16, 112, 112), 8 * 112 * 112
+    cases = [(f"N(0,1) + {off:g}", torch.randn(shape, generator=g, dtype=torch.float64) + off)
+             for off in (0.0, 1e4, -3e5, 1e7)]
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    x[0] += 1e4
+    cases.append(("image 0 shifted by 1e4", x))
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 1e-3
+    flat = x.view(8, 16, -1)
+    for q in range(32):  # the rows the shifted scheme samples (32 spread over image 0) made outliers
+        flat[0, :, q * 112 * 112 // 32] = 1e3
+    cases.append(("sampled rows all outliers", x))
+    print(f"M = {m}: max relative error of the variance over 16 channels")
+    for name, x in cases:
+        x = x.float()
+        xl = x.numpy().astype(np.longdouble).transpose(1, 0, 2, 3).reshape(16, -1)
+        xc = xl - xl.mean(1)[:, None]
+        var = (xc * xc).mean(1)
+        xb = torch.ops.brgemm.to_blocked(x).numpy()
+        errs = [float(np.max(np.abs(_core.batch_norm_statistics(xb, 16, tp)[1] - var) / var)) for tp in (False, True)]
+        xd = x.double().numpy().transpose(1, 0, 2, 3).reshape(16, -1)
+        naive = float(np.max(np.abs((xd * xd).mean(1) - xd.mean(1) ** 2 - var) / var))
+        bound = float(np.max(2 * (m + 5) * 2.0 ** -53 * (1 + 2 * np.abs(xc).max(1) ** 2 / var)))
+        print(f"{name:28} shifted {errs[0]:.1e}  two-pass {errs[1]:.1e}  unshifted {naive:.1e}  bound {bound:.1e}")
+
+
+def two_pass_time(threads):
+    """The forward with the shifted one-pass statistics and with the two-pass ones (median ms)."""
+    import numpy as np
+    import torch
+
+    import brgemm
+    import brgemm.torch  # noqa: F401
+    from brgemm import _core
+
+    brgemm.set_num_threads(threads)
+    for name, (n, c, h, w) in SHAPES.items():
+        g = torch.Generator().manual_seed(0)
+        x = torch.ops.brgemm.to_blocked(torch.randn(n, c, h, w, generator=g) + 0.5).numpy()
+        r = torch.ops.brgemm.to_blocked(torch.randn(n, c, h, w, generator=g)).numpy()
+        y, ones, zeros = np.empty_like(x), np.ones(c, np.float32), np.zeros(c, np.float32)
+        mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
+        t = median_seconds({tp: (lambda tp=tp: _core.batch_norm_forward(x, ones, zeros, 1e-5, r, True, y, mean, var,
+                                                                        two_pass=bool(tp))) for tp in ("", "two")},
+                           repeat=9, pause=0)
+        print(f"{name:>12} {threads} threads: shifted {t[''] * 1e3:.2f} ms, two-pass {t['two'] * 1e3:.2f} ms "
+              f"({t['two'] / t['']:.2f}x)")
+
+
 def main(argv):
     """The table: per shape and thread count, median ms of brgemm and torch, ratio, GB/s."""
     import brgemm
@@ -129,4 +189,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["accuracy"]:
+        variance_accuracy()
+    elif sys.argv[1:2] == ["two_pass"]:
+        two_pass_time(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+    else:
+        main(sys.argv[1:])

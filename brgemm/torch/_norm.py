@@ -27,7 +27,8 @@ from ._bridge import _FLOATS, _master, _np, _op, _tensor
 _SCHEMA = ("(Tensor input, Tensor? weight=None, Tensor? bias=None, float eps=1e-05, Tensor? residual=None, "
            "bool relu=False, int? channels=None) -> (Tensor, Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor grad_output, Tensor input, Tensor? output, Tensor? weight, Tensor mean, Tensor var, "
-                    "float eps, bool relu, bool residual_grad, bool input_grad=True) -> (Tensor, Tensor, Tensor, Tensor)")
+                    "float eps, bool relu, bool residual_grad, bool input_grad=True) "
+                    "-> (Tensor, Tensor, Tensor, Tensor)")
 
 
 def _channels(x, weight, bias, channels):

@@ -54,11 +54,12 @@ static inline void brgemm_lane_grad_moments_twin(const brgemm::lane_rows& g, con
     float yv = 0.0f;
     if (a.y) yv = brgemm_lane_get(a.y, i, g.bf16);
     const float gv = brgemm_lane_grad_twin(brgemm_lane_get(a.dy, i, g.bf16), a.y ? &yv : nullptr);
-    if (a.g_out) {
-      if (l < g.lanes)
-        brgemm_lane_put(a.g_out, i, g.bf16, gv);  // exact: gv is dy or 0
+    if (a.g_out) {  // dy's bits or +0: bf16 truncated, not rounded (a NaN keeps its payload)
+      const float v = l < g.lanes ? gv : 0.0f;
+      if (g.bf16)
+        ((uint16_t*)a.g_out)[i] = (uint16_t)(brgemm_bits(v) >> 16);
       else
-        brgemm_lane_put(a.g_out, i, g.bf16, 0.0f);
+        ((float*)a.g_out)[i] = v;
     }
     const double gd = (double)gv;
     s = s + gd;

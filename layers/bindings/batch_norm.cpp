@@ -83,11 +83,13 @@ layers::bn_shape shape_of(const py::array& x, const char* xname, int64_t c, bool
 }
 
 double eps_arg(double eps) {
-  if (!(eps >= 0.0) || !std::isfinite(eps)) value_error("eps must be finite and non-negative, got " + std::to_string(eps));
+  if (!(eps >= 0.0) || !std::isfinite(eps))
+    value_error("eps must be finite and non-negative, got " + std::to_string(eps));
   return eps;
 }
 
-void disjoint_from(const py::array& out, const char* name, std::initializer_list<std::pair<const py::array*, const char*>> ins) {
+void disjoint_from(const py::array& out, const char* name,
+                   std::initializer_list<std::pair<const py::array*, const char*>> ins) {
   for (const auto& [a, n] : ins)
     if (a) require_disjoint(out, *a, name, n);
 }

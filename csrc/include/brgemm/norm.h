@@ -10,8 +10,9 @@
 // Results are bit-identical on every ISA: each lane's sums are accumulated in double over the
 // rows in order (each operation rounded once, a product added with one fused multiply-add
 // (std::fma in the twin), lanes never mixed), and the element-wise formulas are f32 operations
-// in the order written, no fused multiply-add (the kernels are compiled with -ffp-contract=off). A caller that splits rows between threads and adds the parts in a
-// fixed order therefore gets results that do not depend on the thread count.
+// in the order written, no fused multiply-add (the kernels are compiled with -ffp-contract=off).
+// A caller that splits rows between threads and adds the parts in a fixed order therefore gets
+// results that do not depend on the thread count.
 #pragma once
 #include <cstdint>
 
@@ -48,7 +49,7 @@ void lane_affine(const lane_rows& g, const lane_affine_args& a);
 //   g = dy          (y null)
 // lane_grad_moments: sum[l] += Σ_r g, dot[l] += Σ_r g·(x − mean_d[l]) in double as
 //   lane_moments does (dot = fma(g, x − mean_d, dot)); when g_out is not null it also writes
-//   g there (the values' type, exact).
+//   g there, in the values' type: dy's bits or +0.
 // lane_grad_affine: dx = ((a·g) + (c·(x − mean))) + d per lane in f32, in this order; dx is
 //   f32, or bf16 when dx_bf16 (rounded to nearest even).
 struct lane_grad_args {

@@ -45,16 +45,19 @@ inline __m256 real_mask(const lane_rows& g, int64_t j) {
 // groups; the rest live in L1). Lanes past the whole groups go through the twin afterwards.
 template <bool BF16, bool SQ, int NG>
 void moments(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
+  const int64_t rows = g.rows, width = g.width;  // (locals: the stores could alias g)
   __m256d c[2 * NG + 1], s[2 * NG + 1], q[2 * NG + 1];  // (+1: no zero-length arrays)
+  #pragma GCC unroll 16
   for (int k = 0; k < 2 * NG; ++k) {
     c[k] = _mm256_loadu_pd(shift + 4 * k);
     s[k] = _mm256_loadu_pd(sum + 4 * k);
     q[k] = SQ ? _mm256_loadu_pd(sumsq + 4 * k) : _mm256_setzero_pd();
   }
   if (NG > 0)
-    for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t r = 0; r < rows; ++r)
+      #pragma GCC unroll 16
       for (int j = 0; j < NG; ++j) {
-        const __m256 v = load8<BF16>(x, r * g.width + 8 * j);
+        const __m256 v = load8<BF16>(x, r * width + 8 * j);
         const __m256d d0 = _mm256_sub_pd(lo_pd(v), c[2 * j]), d1 = _mm256_sub_pd(hi_pd(v), c[2 * j + 1]);
         s[2 * j] = _mm256_add_pd(s[2 * j], d0);
         s[2 * j + 1] = _mm256_add_pd(s[2 * j + 1], d1);
@@ -63,6 +66,7 @@ void moments(const lane_rows& g, const void* x, const double* shift, double* sum
           q[2 * j + 1] = _mm256_fmadd_pd(d1, d1, q[2 * j + 1]);
         }
       }
+  #pragma GCC unroll 16
   for (int k = 0; k < 2 * NG; ++k) {
     _mm256_storeu_pd(sum + 4 * k, s[k]);
     if constexpr (SQ) _mm256_storeu_pd(sumsq + 4 * k, q[k]);
@@ -98,12 +102,13 @@ struct moments_of {
 
 template <bool BF16, bool RES, bool RELU>
 void affine(const lane_rows& g, const lane_affine_args& a) {
+  const int64_t rows = g.rows, width = g.width;  // (locals: the stores could alias g)
   const int64_t groups = g.width / 8;
   __m256 keep[8];
   for (int64_t j = 0; j < groups; ++j) keep[j] = real_mask(g, j);
-  for (int64_t r = 0; r < g.rows; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < groups; ++j) {
-      const int64_t l0 = 8 * j, i = r * g.width + l0;
+      const int64_t l0 = 8 * j, i = r * width + l0;
       __m256 v = _mm256_mul_ps(_mm256_sub_ps(load8<BF16>(a.x, i), _mm256_loadu_ps(a.mean + l0)),
                                _mm256_loadu_ps(a.scale + l0));
       v = _mm256_add_ps(v, _mm256_loadu_ps(a.shift + l0));
@@ -112,7 +117,7 @@ void affine(const lane_rows& g, const lane_affine_args& a) {
       store8<BF16>(a.y, i, _mm256_and_ps(v, keep[j]));
     }
     for (int64_t l = 8 * groups; l < g.width; ++l) {
-      const int64_t i = r * g.width + l;
+      const int64_t i = r * width + l;
       float rv = 0.0f;
       if (RES) rv = brgemm_lane_get(a.r, i, BF16);
       brgemm_lane_put(a.y, i, BF16,
@@ -133,20 +138,31 @@ inline __m256 grad8(const void* dy, const void* y, int64_t i) {
 // Rows in memory order as moments does; per group two sums and two dots.
 template <bool BF16, bool MASK, bool GOUT, int NG>
 void grad_moments(const lane_rows& g, const lane_grad_args& a) {
+  const int64_t rows = g.rows, width = g.width;  // (locals: the stores could alias g)
   __m256d m[2 * NG + 1], s[2 * NG + 1], t[2 * NG + 1];
   __m256 keep[NG + 1];
+  #pragma GCC unroll 16
   for (int k = 0; k < 2 * NG; ++k) {
     m[k] = _mm256_loadu_pd(a.mean_d + 4 * k);
     s[k] = _mm256_loadu_pd(a.sum + 4 * k);
     t[k] = _mm256_loadu_pd(a.dot + 4 * k);
   }
+  #pragma GCC unroll 16
   for (int j = 0; j < NG; ++j) keep[j] = real_mask(g, j);
   if (NG > 0)
-    for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t r = 0; r < rows; ++r)
+      #pragma GCC unroll 16
       for (int j = 0; j < NG; ++j) {
-        const int64_t i = r * g.width + 8 * j;
+        const int64_t i = r * width + 8 * j;
         const __m256 gv = grad8<BF16, MASK>(a.dy, a.y, i);
-        if constexpr (GOUT) store8<BF16>(a.g_out, i, _mm256_and_ps(gv, keep[j]));
+        if constexpr (GOUT) {  // dy's bits or +0 (bf16: the upper halves, not rounded)
+          const __m256 v = _mm256_and_ps(gv, keep[j]);
+          if constexpr (BF16)
+            _mm_storeu_si128((__m128i*)((uint16_t*)a.g_out + i),
+                             narrow16(_mm256_srli_epi32(_mm256_castps_si256(v), 16)));
+          else
+            _mm256_storeu_ps((float*)a.g_out + i, v);
+        }
         const __m256 xv = load8<BF16>(a.x, i);
         const __m256d g0 = lo_pd(gv), g1 = hi_pd(gv);
         s[2 * j] = _mm256_add_pd(s[2 * j], g0);
@@ -154,6 +170,7 @@ void grad_moments(const lane_rows& g, const lane_grad_args& a) {
         t[2 * j] = _mm256_fmadd_pd(g0, _mm256_sub_pd(lo_pd(xv), m[2 * j]), t[2 * j]);
         t[2 * j + 1] = _mm256_fmadd_pd(g1, _mm256_sub_pd(hi_pd(xv), m[2 * j + 1]), t[2 * j + 1]);
       }
+  #pragma GCC unroll 16
   for (int k = 0; k < 2 * NG; ++k) {
     _mm256_storeu_pd(a.sum + 4 * k, s[k]);
     _mm256_storeu_pd(a.dot + 4 * k, t[k]);
@@ -171,20 +188,22 @@ struct grad_moments_of {
 
 template <bool BF16, bool MASK, bool DXBF16>
 void grad_affine(const lane_rows& g, const lane_grad_args& a) {
+  const int64_t rows = g.rows, width = g.width;  // (locals: the stores could alias g)
   const int64_t groups = g.width / 8;
   __m256 keep[8];
   for (int64_t j = 0; j < groups; ++j) keep[j] = real_mask(g, j);
-  for (int64_t r = 0; r < g.rows; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < groups; ++j) {
-      const int64_t l0 = 8 * j, i = r * g.width + l0;
+      const int64_t l0 = 8 * j, i = r * width + l0;
       const __m256 gv = grad8<BF16, MASK>(a.dy, a.y, i);
       const __m256 t = _mm256_sub_ps(load8<BF16>(a.x, i), _mm256_loadu_ps(a.mean + l0));
-      __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(a.a + l0), gv), _mm256_mul_ps(_mm256_loadu_ps(a.c + l0), t));
+      __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(a.a + l0), gv),
+                               _mm256_mul_ps(_mm256_loadu_ps(a.c + l0), t));
       v = _mm256_add_ps(v, _mm256_loadu_ps(a.d + l0));
       store8<DXBF16>(a.dx, i, _mm256_and_ps(v, keep[j]));
     }
     for (int64_t l = 8 * groups; l < g.width; ++l) {
-      const int64_t i = r * g.width + l;
+      const int64_t i = r * width + l;
       if (l >= g.lanes) {
         brgemm_lane_put(a.dx, i, DXBF16, 0.0f);
         continue;
@@ -193,7 +212,8 @@ void grad_affine(const lane_rows& g, const lane_grad_args& a) {
       if (MASK) yv = brgemm_lane_get(a.y, i, BF16);
       const float gv = brgemm_lane_grad_twin(brgemm_lane_get(a.dy, i, BF16), MASK ? &yv : nullptr);
       brgemm_lane_put(a.dx, i, DXBF16,
-                      brgemm_lane_grad_affine_twin(gv, brgemm_lane_get(a.x, i, BF16), a.mean[l], a.a[l], a.c[l], a.d[l]));
+                      brgemm_lane_grad_affine_twin(gv, brgemm_lane_get(a.x, i, BF16), a.mean[l], a.a[l], a.c[l],
+                                                   a.d[l]));
     }
   }
 }

@@ -1,7 +1,8 @@
-// The per-lane kernels of brgemm/norm.h with AVX-512: lanes in groups of 16 (one zmm of f32, two
-// of double for the sums), the last group of a width that is not a multiple of 16 masked. Rows
-// are walked in memory order with every group's sums and coefficients in registers (the group
-// count, 1-4, is a template argument), each lane accumulated over the rows in order as the twin.
+// The per-lane kernels of brgemm/norm.h with AVX-512: lanes in groups of 16 (one zmm of f32; the
+// sums in double, two zmm per group, fed by 8-lane loads), the last group of a width that is not
+// a multiple of 16 masked. Rows are walked in memory order with every group's sums and
+// coefficients in registers (the group count, 1-4, is a template argument), each lane
+// accumulated over the rows in order as the twin.
 #include <algorithm>
 // gcc 12 with -Wall reports the intrinsics headers' own _mm512_undefined_* operands of masked
 // conversions as uninitialized (a false positive, hundreds of lines per build): silenced here.
@@ -50,42 +51,53 @@ inline void store16(void* p, int64_t i, __mmask16 k, __m512 v) {
     _mm512_mask_storeu_ps((float*)p + i, k, v);
 }
 
-inline __m512d lo_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
-inline __m512d hi_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
+// 8 lanes as f32 (masked load) and as double: the sums work on halves of a group loaded as
+// such (an extract per 16 lanes cost 15 % of the moments' throughput).
+template <bool BF16>
+inline __m256 load8(const void* p, int64_t i, __mmask8 k) {
+  if constexpr (BF16) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(k, (const uint16_t*)p + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+  } else {
+    return _mm256_maskz_loadu_ps(k, (const float*)p + i);
+  }
+}
+template <bool BF16>
+inline __m512d load8d(const void* p, int64_t i, __mmask8 k) {
+  if constexpr (BF16) return _mm512_cvtps_pd(load8<true>(p, i, k));
+  return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, (const float*)p + i));
+}
 
 // Rows in order, every group of a row before the next row (the memory is read as it lies: a
-// group-by-group walk over wide rows measured 4-9x slower once the data left L2), the NG groups'
-// sums in registers (NG ≤ 4: at most 16 accumulators and 8 shifts).
+// group-by-group walk over wide rows measured 4-9x slower once the data left L2), the groups'
+// sums in registers: 2·NG halves of 8 lanes (NG ≤ 4: at most 16 accumulators and 8 shifts).
+// The loops over halves are unrolled before gcc splits the arrays into registers (#pragma GCC
+// unroll): unrolled later, it kept a copy of every accumulator on the stack, stored each row.
 template <bool BF16, bool SQ, int NG>
 void moments(const lane_rows& g, const void* x, const double* shift, double* sum, double* sumsq) {
   const lane_groups gr(g);
+  const int64_t rows = g.rows, width = g.width;
+  __mmask8 in[2 * NG];
   __m512d c[2 * NG], s[2 * NG], q[2 * NG];
-  for (int j = 0; j < NG; ++j)
-    for (int h = 0; h < 2; ++h) {
-      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
-      const int64_t l = 16 * j + 8 * h;
-      c[2 * j + h] = _mm512_maskz_loadu_pd(k, shift + l);
-      s[2 * j + h] = _mm512_maskz_loadu_pd(k, sum + l);
-      q[2 * j + h] = SQ ? _mm512_maskz_loadu_pd(k, sumsq + l) : _mm512_setzero_pd();
+#pragma GCC unroll 8
+  for (int k = 0; k < 2 * NG; ++k) {
+    in[k] = (__mmask8)(gr.in[k / 2] >> (8 * (k % 2)));
+    c[k] = _mm512_maskz_loadu_pd(in[k], shift + 8 * k);
+    s[k] = _mm512_maskz_loadu_pd(in[k], sum + 8 * k);
+    q[k] = SQ ? _mm512_maskz_loadu_pd(in[k], sumsq + 8 * k) : _mm512_setzero_pd();
+  }
+  for (int64_t r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+    for (int k = 0; k < 2 * NG; ++k) {
+      const __m512d d = _mm512_sub_pd(load8d<BF16>(x, r * width + 8 * k, in[k]), c[k]);
+      s[k] = _mm512_add_pd(s[k], d);
+      if constexpr (SQ) q[k] = _mm512_fmadd_pd(d, d, q[k]);
     }
-  for (int64_t r = 0; r < g.rows; ++r)
-    for (int j = 0; j < NG; ++j) {
-      const __m512 v = load16<BF16>(x, r * g.width + 16 * j, gr.in[j]);
-      const __m512d d0 = _mm512_sub_pd(lo_pd(v), c[2 * j]), d1 = _mm512_sub_pd(hi_pd(v), c[2 * j + 1]);
-      s[2 * j] = _mm512_add_pd(s[2 * j], d0);
-      s[2 * j + 1] = _mm512_add_pd(s[2 * j + 1], d1);
-      if constexpr (SQ) {
-        q[2 * j] = _mm512_fmadd_pd(d0, d0, q[2 * j]);
-        q[2 * j + 1] = _mm512_fmadd_pd(d1, d1, q[2 * j + 1]);
-      }
-    }
-  for (int j = 0; j < NG; ++j)
-    for (int h = 0; h < 2; ++h) {
-      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
-      const int64_t l = 16 * j + 8 * h;
-      _mm512_mask_storeu_pd(sum + l, k, s[2 * j + h]);
-      if constexpr (SQ) _mm512_mask_storeu_pd(sumsq + l, k, q[2 * j + h]);
-    }
+#pragma GCC unroll 8
+  for (int k = 0; k < 2 * NG; ++k) {
+    _mm512_mask_storeu_pd(sum + 8 * k, in[k], s[k]);
+    if constexpr (SQ) _mm512_mask_storeu_pd(sumsq + 8 * k, in[k], q[k]);
+  }
 }
 
 template <bool BF16, bool SQ>
@@ -102,20 +114,25 @@ void moments_ng(const lane_rows& g, const void* x, const double* shift, double* 
 template <bool BF16, bool RES, bool RELU, int NG>
 void affine(const lane_rows& g, const lane_affine_args& a) {
   const lane_groups gr(g);
+  const int64_t rows = g.rows, width = g.width;  // locals: the stores to y could alias g and a
+  const void *x = a.x, *res = a.r;
+  void* y = a.y;
   __m512 m[NG], s[NG], b[NG];
+#pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) {
     m[j] = _mm512_maskz_loadu_ps(gr.in[j], a.mean + 16 * j);
     s[j] = _mm512_maskz_loadu_ps(gr.in[j], a.scale + 16 * j);
     b[j] = _mm512_maskz_loadu_ps(gr.in[j], a.shift + 16 * j);
   }
-  for (int64_t r = 0; r < g.rows; ++r)
+  for (int64_t r = 0; r < rows; ++r)
+#pragma GCC unroll 4
     for (int j = 0; j < NG; ++j) {
-      const int64_t i = r * g.width + 16 * j;
-      __m512 v = _mm512_mul_ps(_mm512_sub_ps(load16<BF16>(a.x, i, gr.in[j]), m[j]), s[j]);
+      const int64_t i = r * width + 16 * j;
+      __m512 v = _mm512_mul_ps(_mm512_sub_ps(load16<BF16>(x, i, gr.in[j]), m[j]), s[j]);
       v = _mm512_add_ps(v, b[j]);
-      if constexpr (RES) v = _mm512_add_ps(v, load16<BF16>(a.r, i, gr.in[j]));
+      if constexpr (RES) v = _mm512_add_ps(v, load16<BF16>(res, i, gr.in[j]));
       if constexpr (RELU) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays: the 2nd operand
-      store16<BF16>(a.y, i, gr.in[j], _mm512_maskz_mov_ps(gr.real[j], v));
+      store16<BF16>(y, i, gr.in[j], _mm512_maskz_mov_ps(gr.real[j], v));
     }
 }
 
@@ -137,38 +154,51 @@ inline __m512 grad16(const void* dy, const void* y, int64_t i, __mmask16 k) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load16<BF16>(y, i, k), _mm512_setzero_ps(), _CMP_GT_OQ), d);
 }
 
-// Rows in order as moments does; per group two sums and two dots (16 accumulators, 8 means).
+// Rows in order as moments does, in halves of 8 lanes: two sums and two dots per group.
 template <bool BF16, bool MASK, bool GOUT, int NG>
 void grad_moments(const lane_rows& g, const lane_grad_args& a) {
   const lane_groups gr(g);
+  const int64_t rows = g.rows, width = g.width;  // locals: the stores to g_out could alias g and a
+  const void *dy = a.dy, *y = a.y, *x = a.x;
+  void* g_out = a.g_out;
+  __mmask8 in[2 * NG], real[2 * NG];
   __m512d m[2 * NG], s[2 * NG], t[2 * NG];
-  for (int j = 0; j < NG; ++j)
-    for (int h = 0; h < 2; ++h) {
-      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
-      const int64_t l = 16 * j + 8 * h;
-      m[2 * j + h] = _mm512_maskz_loadu_pd(k, a.mean_d + l);
-      s[2 * j + h] = _mm512_maskz_loadu_pd(k, a.sum + l);
-      t[2 * j + h] = _mm512_maskz_loadu_pd(k, a.dot + l);
+#pragma GCC unroll 8
+  for (int k = 0; k < 2 * NG; ++k) {
+    in[k] = (__mmask8)(gr.in[k / 2] >> (8 * (k % 2)));
+    real[k] = (__mmask8)(gr.real[k / 2] >> (8 * (k % 2)));
+    m[k] = _mm512_maskz_loadu_pd(in[k], a.mean_d + 8 * k);
+    s[k] = _mm512_maskz_loadu_pd(in[k], a.sum + 8 * k);
+    t[k] = _mm512_maskz_loadu_pd(in[k], a.dot + 8 * k);
+  }
+  for (int64_t r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+    for (int k = 0; k < 2 * NG; ++k) {
+      const int64_t i = r * width + 8 * k;
+      __m128i dy16 = _mm_setzero_si128();  // bf16: dy's bits, which g_out gets as they are
+      __m256 gv;
+      if constexpr (BF16) {
+        dy16 = _mm_maskz_loadu_epi16(in[k], (const uint16_t*)dy + i);
+        gv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(dy16), 16));
+      } else {
+        gv = _mm256_maskz_loadu_ps(in[k], (const float*)dy + i);
+      }
+      const __mmask8 pass = MASK ? _mm256_cmp_ps_mask(load8<BF16>(y, i, in[k]), _mm256_setzero_ps(), _CMP_GT_OQ)
+                                 : (__mmask8)0xFF;
+      if constexpr (MASK) gv = _mm256_maskz_mov_ps(pass, gv);
+      if constexpr (GOUT && BF16)
+        _mm_mask_storeu_epi16((uint16_t*)g_out + i, in[k], _mm_maskz_mov_epi16(pass & real[k], dy16));
+      else if constexpr (GOUT)
+        _mm256_mask_storeu_ps((float*)g_out + i, in[k], _mm256_maskz_mov_ps(real[k], gv));
+      const __m512d gd = _mm512_cvtps_pd(gv);
+      s[k] = _mm512_add_pd(s[k], gd);
+      t[k] = _mm512_fmadd_pd(gd, _mm512_sub_pd(load8d<BF16>(x, i, in[k]), m[k]), t[k]);
     }
-  for (int64_t r = 0; r < g.rows; ++r)
-    for (int j = 0; j < NG; ++j) {
-      const int64_t i = r * g.width + 16 * j;
-      const __m512 gv = grad16<BF16, MASK>(a.dy, a.y, i, gr.in[j]);
-      if constexpr (GOUT) store16<BF16>(a.g_out, i, gr.in[j], _mm512_maskz_mov_ps(gr.real[j], gv));
-      const __m512 xv = load16<BF16>(a.x, i, gr.in[j]);
-      const __m512d g0 = lo_pd(gv), g1 = hi_pd(gv);
-      s[2 * j] = _mm512_add_pd(s[2 * j], g0);
-      s[2 * j + 1] = _mm512_add_pd(s[2 * j + 1], g1);
-      t[2 * j] = _mm512_fmadd_pd(g0, _mm512_sub_pd(lo_pd(xv), m[2 * j]), t[2 * j]);
-      t[2 * j + 1] = _mm512_fmadd_pd(g1, _mm512_sub_pd(hi_pd(xv), m[2 * j + 1]), t[2 * j + 1]);
-    }
-  for (int j = 0; j < NG; ++j)
-    for (int h = 0; h < 2; ++h) {
-      const __mmask8 k = (__mmask8)(gr.in[j] >> (8 * h));
-      const int64_t l = 16 * j + 8 * h;
-      _mm512_mask_storeu_pd(a.sum + l, k, s[2 * j + h]);
-      _mm512_mask_storeu_pd(a.dot + l, k, t[2 * j + h]);
-    }
+#pragma GCC unroll 8
+  for (int k = 0; k < 2 * NG; ++k) {
+    _mm512_mask_storeu_pd(a.sum + 8 * k, in[k], s[k]);
+    _mm512_mask_storeu_pd(a.dot + 8 * k, in[k], t[k]);
+  }
 }
 
 template <bool BF16, bool MASK, bool GOUT>
@@ -184,21 +214,26 @@ void grad_moments_ng(const lane_rows& g, const lane_grad_args& a) {
 template <bool BF16, bool MASK, bool DXBF16, int NG>
 void grad_affine(const lane_rows& g, const lane_grad_args& a) {
   const lane_groups gr(g);
+  const int64_t rows = g.rows, width = g.width;  // locals: the stores to dx could alias g and a
+  const void *dy = a.dy, *y = a.y, *x = a.x;
+  void* dx = a.dx;
   __m512 m[NG], ca[NG], cc[NG], cd[NG];
+#pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) {
     m[j] = _mm512_maskz_loadu_ps(gr.in[j], a.mean + 16 * j);
     ca[j] = _mm512_maskz_loadu_ps(gr.in[j], a.a + 16 * j);
     cc[j] = _mm512_maskz_loadu_ps(gr.in[j], a.c + 16 * j);
     cd[j] = _mm512_maskz_loadu_ps(gr.in[j], a.d + 16 * j);
   }
-  for (int64_t r = 0; r < g.rows; ++r)
+  for (int64_t r = 0; r < rows; ++r)
+#pragma GCC unroll 4
     for (int j = 0; j < NG; ++j) {
-      const int64_t i = r * g.width + 16 * j;
-      const __m512 gv = grad16<BF16, MASK>(a.dy, a.y, i, gr.in[j]);
-      const __m512 t = _mm512_sub_ps(load16<BF16>(a.x, i, gr.in[j]), m[j]);
+      const int64_t i = r * width + 16 * j;
+      const __m512 gv = grad16<BF16, MASK>(dy, y, i, gr.in[j]);
+      const __m512 t = _mm512_sub_ps(load16<BF16>(x, i, gr.in[j]), m[j]);
       __m512 v = _mm512_add_ps(_mm512_mul_ps(ca[j], gv), _mm512_mul_ps(cc[j], t));
       v = _mm512_add_ps(v, cd[j]);
-      store16<DXBF16>(a.dx, i, gr.in[j], _mm512_maskz_mov_ps(gr.real[j], v));
+      store16<DXBF16>(dx, i, gr.in[j], _mm512_maskz_mov_ps(gr.real[j], v));
     }
 }
 
