@@ -1099,6 +1099,10 @@ def fuzz_op(name):
                     kw["groups"] = draw(maybe(pick([1], [0, 2])))
                 if draw(st.booleans()):
                     kw["blocked_output"] = draw(maybe(st.booleans()))
+                if draw(st.booleans()):  # a residual: right only for a blocked output of the right shape
+                    kw["blocked_output"] = True
+                    ko = -(-o // 16) if o >= 16 else 1
+                    kw["residual"] = draw(maybe_t((n, ko, h, w, 16 if o >= 16 else -(-o // 4) * 4), lowp))
                 _op(name, x, wt, bias, *geo, activation=act, **kw)
             elif name == "conv2d_backward":
                 y = _op("conv2d", x, wt, bias, *geo, activation=act) if valid else draw(maybe_t((n, o, h, w)))
@@ -1180,6 +1184,12 @@ def fuzz_op(name):
             else:
                 _op(name, draw(maybe_t((n, ch if type(ch) is int and 0 <= ch < 100 else 3), lowp)),
                     draw(maybe(pick([list(shape)], [list(shape[:3]), [n, HUGE[0], 2, 2, bc], [-1, 1, 1, 1, 1]]))))
+        elif name == "to_blocked":
+            _op(name, draw(maybe_t((n, draw(side(40)), draw(side(4)), draw(side(4))), lowp)))
+        elif name == "from_blocked":
+            bc, cb = draw(st.sampled_from([4, 8, 16, 32])), draw(side(3))
+            _op(name, draw(maybe_t((n, cb, draw(side(3)), draw(side(3)), bc), lowp)),
+                draw(maybe(pick([cb * bc, (cb - 1) * bc + 1], [0, -1, cb * bc + 1, HUGE[0]]))))
         else:
             raise AssertionError(f"no fuzzer for torch.ops.brgemm.{name}")
     return fuzz
