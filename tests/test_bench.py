@@ -3,6 +3,7 @@ row's ratios and percentages), its options, and a headline run end to end on tin
 made-up peak. Nothing here times anything or asserts on speed: benchmarks measure speed, these
 tests check that what they print and write is well formed and says only what was measured."""
 
+import io
 import json
 import re
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from brgemm import bench, peak as peak_module
-from brgemm.bench import cli, conv, headline, models, rnn
+from brgemm.bench import cli, conv, headline, models, networks, rnn
 from brgemm.nn import Conv2d
 from test_conv import _taps
 
@@ -104,12 +105,17 @@ def test_group_tables_and_summaries_show_measurements_only():
     rows += [_grid_row(f"{cell} H=512 N=16 {dtype} fwd") for cell in ("LSTM", "GRU") for dtype in ("float32", "bfloat16")]
     rows += [_grid_row(f"MLP 3x1024 N=256 float32 {p}") for p in ("fwd", "train step")]
     model_rows = [_grid_row(f"model float32 {p}") for p in models.TORCH_PASSES]
+    network_rows = [_grid_row(networks.network_label(name, p, n, "float32"), network=name, batch=n, dtype="float32",
+                              brgemm_via="convert", best_peer_seconds=0.0125, peer_ratios={"torch": 1.25},
+                              **{"pass": p})
+                    for name, p, n in networks.network_cases(networks.NETWORKS)]
     ceiling_rows = [{"case": "LSTM f32 fwd H=256 N=16", "threads": 1, "flops": 1e9, "torch_seconds": 0.01,
                      "torch_percent_of_peak": 60.0}]
     text = "\n".join([bench.format_table(rows), models.format_models(model_rows),
                       bench.ceilings.format_ceilings(ceiling_rows), bench.format_headline(rows)]
                      + bench.conv.conv_summary(rows) + rnn.rnn_summary(rows) + bench.mlp.mlp_summary(rows)
-                     + models.torch_summary(model_rows))
+                     + models.torch_summary(model_rows)
+                     + [networks.format_networks(network_rows)] + networks.networks_summary(network_rows))
     assert "geomean 1.25x PyTorch" in text and "our float32 1.50x" in text
     assert not TARGET_WORDS.search(text), TARGET_WORDS.search(text)
     assert len(bench.format_table(rows).splitlines()) == len(rows) + 1
@@ -125,9 +131,14 @@ def test_options_parse_and_bad_values_name_the_option():
     assert cli.parse_args(["--rnn", "--conv", "--rounds", "2"]).groups == ["conv", "rnn"]
     assert cli.parse_args(["--ceilings"]).groups == ["ceilings"]
     assert cli.parse_args(["--torch", "--compile"]).compile
+    assert cli.parse_args(["--models", "--compile"]).networks == networks.DEFAULT_NETWORKS
+    assert cli.parse_args(["--full"]).networks == networks.NETWORKS
+    args = cli.parse_args(["--model", "mobilenet_v2,resnet18"])  # --model implies --models
+    assert (args.groups, args.networks) == (["models"], ("mobilenet_v2", "resnet18"))
     for argv, option in ((["--threads", "two"], "--threads"), (["--threads", "0"], "--threads"),
                          (["--compile"], "--compile"), (["--conv", "--compile"], "--compile"),
-                         (["--dtypes", "f64"], "--dtypes"), (["--rounds", "0"], "--rounds")):
+                         (["--dtypes", "f64"], "--dtypes"), (["--rounds", "0"], "--rounds"),
+                         (["--model", "vgg16"], "--model")):
         with pytest.raises(ValueError, match=option):
             cli.parse_args(argv)
 
@@ -208,3 +219,90 @@ def test_without_pytorch_the_headline_notes_it_and_skips_the_model(fake_peak, ti
     # No peer computes bf16 or runs these layers without PyTorch: the peer columns say so.
     assert all(line.split()[-2:] == ["-", "-"] for line in rows)
     assert "Traceback" not in err
+
+
+def test_the_network_group_runs_bfloat16_rows_when_the_dtypes_name_bf16():
+    assert cli._network_dtypes(("f32", "bf16", "u8s8")) == ("float32", "bfloat16")
+    assert cli._network_dtypes(("f32",)) == cli._network_dtypes(("u8s8",)) == ("float32",)
+
+
+def test_the_network_group_runs_its_cases_and_writes_them_as_json(fake_peak, tmp_path, capsys, monkeypatch):
+    """--models on 32 x 32 images at N = 1 and 2 (the code paths, not the sizes, are under test)."""
+    pytest.importorskip("torch")
+    from brgemm.bench import vision
+    assert networks.NETWORKS == vision.VISION_MODELS
+    monkeypatch.setattr(networks, "NETWORK_IMAGE", 32)
+    monkeypatch.setattr(networks, "INFERENCE_BATCHES", (1, 2))
+    monkeypatch.setattr(networks, "TRAIN_BATCHES", dict.fromkeys(networks.NETWORKS, 2))
+    monkeypatch.setattr(models, "installed", lambda module: module != "openvino" and bench.harness.installed(module))
+    path = tmp_path / "networks.json"
+    assert bench.main(["--model", "resnet18", "--rounds", "1", "--threads", "1", "--dtypes", "f32", "--json",
+                       str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert not TARGET_WORDS.search(out + err), TARGET_WORDS.search(out + err)
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["network"], r["pass"], r["batch"]) for r in rows] == [
+        ("resnet18", "inference", 1), ("resnet18", "inference", 2), ("resnet18", "train step", 2)]
+    forward = vision.vision_flops("resnet18", 32)
+    assert [r["flops"] for r in rows] == [forward, 2 * forward,
+                                          2 * (3 * forward - vision.layer_flops(vision.vision_layers("resnet18", 32)[0]))]
+    for r in rows:
+        assert r["group"] == "models" and r["dtype"] == "float32" and r["threads"] == 1
+        assert r["brgemm_via"] in ("optimize", "convert") and r["brgemm_gflops"] > 0
+        assert {"torch_seconds", "torch[channels_last]_seconds"} <= set(r) and r["ratio_vs_best_peer"] > 0
+        assert r["percent_of_peak"] == pytest.approx(100 * r["brgemm_gflops"] / FAKE_PEAK["fma_f32"]["1"])
+        assert "ratio_vs_openvino" not in r and "openvino" not in r["peer_ratios"]
+        assert r["peer_ratios"]["torch"] == pytest.approx(r["torch_seconds"] / r["brgemm_seconds"])  # one round
+        line = next(line for line in out.splitlines() if line.startswith("ResNet-18 ") and
+                    line.split()[1:3] == [str(r["batch"]), r["pass"].split()[0]])
+        assert f"{1e3 * r['brgemm_seconds']:.1f}" in line.split() and f"{r['ratio_vs_best_peer']:.2f}" in line.split()
+        assert f"eager NCHW {r['peer_ratios']['torch']:.2f};" in line
+    if bench.harness.installed("onnxruntime"):
+        assert "ratio_vs_onnxruntime" in rows[0] and "ratio_vs_onnxruntime" not in rows[2]
+    assert "note: OpenVINO is not installed" in out
+    assert sum(bool(re.search(r"\] ResNet-18 N=\d 32x32 float32", line)) for line in err.splitlines()) == 3
+
+
+def test_a_bfloat16_network_case_builds_and_runs(fake_peak, monkeypatch):
+    """bf16 is not in the table yet, but its cases build: brgemm in bf16, PyTorch under autocast."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(networks, "NETWORK_IMAGE", 32)
+    log = bench.Log(stream=io.StringIO())
+    for pass_ in networks.NETWORK_PASSES:
+        fns, flops, _, case, via = networks.network_case(torch, "resnet18", pass_, 2, 1, log, "bfloat16")
+        assert list(fns) == ["brgemm", "torch", "torch[channels_last]"]  # no ONNX runtime in bf16 yet
+        assert case == f"ResNet-18 N=2 32x32 bfloat16 {pass_}" and via in ("optimize", "convert")
+        for fn in fns.values():
+            fn()
+    with pytest.raises(ValueError, match="dtype"):
+        networks.network_case(torch, "resnet18", "inference", 1, 1, log, "int8")
+
+
+def test_compare_can_skip_the_warm_up_block():
+    calls = {"brgemm": 0, "peer": 0}
+
+    def counter(name):
+        def call():
+            calls[name] += 1
+        return call
+    bench.compare({name: counter(name) for name in calls}, rounds=2, threads=1, min_seconds=0.0, warm=0.0)
+    assert calls == {"brgemm": 3, "peer": 3}  # the first touch, then one timed call per round
+
+
+def test_brgemm_falls_back_to_convert_when_optimize_fails_or_is_missing(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import brgemm.torch as bt
+    from brgemm.bench import vision
+    model = vision.vision_model("mobilenet_v2", num_classes=10)
+    log = bench.Log(stream=io.StringIO())
+
+    def broken(model, dtype=None):
+        raise RuntimeError("unsupported")
+    monkeypatch.setattr(bt, "optimize", broken, raising=False)
+    ours, via = networks.brgemm_network(torch, model, "inference", "float32", log, "MobileNetV2 N=1")
+    assert via == "convert" and any(isinstance(m, bt.Conv2d) for m in ours.modules())
+    assert "optimize failed on MobileNetV2 N=1 (RuntimeError: unsupported)" in log.notes[-1]
+    assert not any(isinstance(m, bt.Conv2d) for m in model.modules())  # a copy was converted
+    monkeypatch.delattr(bt, "optimize", raising=False)
+    assert networks.brgemm_network(torch, model, "train step", "float32", log)[1] == "convert"
+    assert "has no optimize" in log.notes[-1]

@@ -1054,6 +1054,24 @@ def fuzz_op(name):
         if name in ("gemm", "batch_reduce"):
             lead = (draw(side(3)),) if name == "batch_reduce" else ()
             _op(name, draw(maybe_t(lead + (n, i), lowp)), draw(maybe_t(lead + (i, o), lowp)))
+        elif fwd == "batch_norm_blocked":
+            bc, cb = draw(st.sampled_from([4, 12, 16, 64])), draw(side(3))
+            shape = (n, cb, draw(side(3)), draw(side(3)), bc)
+            ch = draw(maybe(pick([(cb - 1) * bc + 1, cb * bc], [0, -1, cb * bc + 1, HUGE[0]])))
+            vec = (ch if type(ch) is int and 0 < ch <= 4 * 64 else 3,)
+            x = draw(maybe_t(shape, lowp))
+            w, b = (draw(st.one_of(st.none(), maybe_t(vec))) for _ in range(2))
+            eps = draw(maybe(pick([1e-5, 0.0, 0.5], [-1.0, float("nan"), float("inf")])))
+            r = draw(st.one_of(st.none(), maybe_t(shape, lowp)))
+            relu = draw(maybe(st.booleans()))
+            if name == fwd:
+                _op(name, x, w, b, eps, r, relu, ch)
+                return
+            out = _op(fwd, x, w, b, eps, r, relu, ch) if valid else REJECTED
+            y, mean, var = (out if out is not REJECTED else
+                            (draw(maybe_t(shape, lowp)), draw(maybe_t(vec)), draw(maybe_t(vec))))
+            g = draw(maybe_t(shape, lowp))
+            _op(name, g, x, y, w, mean, var, eps, relu, draw(maybe(st.booleans())), draw(maybe(st.booleans())))
         elif fwd == "linear":
             x, w, b, act = draw(maybe_t((n, i), lowp)), draw(maybe_t((o, i), lowp)), draw(maybe_t((o,))), draw(maybe(acts))
             if name == "linear":
@@ -1081,6 +1099,10 @@ def fuzz_op(name):
                     kw["groups"] = draw(maybe(pick([1], [0, 2])))
                 if draw(st.booleans()):
                     kw["blocked_output"] = draw(maybe(st.booleans()))
+                if draw(st.booleans()):  # a residual: right only for a blocked output of the right shape
+                    kw["blocked_output"] = True
+                    ko = -(-o // 16) if o >= 16 else 1
+                    kw["residual"] = draw(maybe_t((n, ko, h, w, 16 if o >= 16 else -(-o // 4) * 4), lowp))
                 _op(name, x, wt, bias, *geo, activation=act, **kw)
             elif name == "conv2d_backward":
                 y = _op("conv2d", x, wt, bias, *geo, activation=act) if valid else draw(maybe_t((n, o, h, w)))
@@ -1139,6 +1161,35 @@ def fuzz_op(name):
                     _op(name, x, dim, order)
                 else:
                     _op(name, draw(maybe_t(shape)), draw(maybe_t(shape, f32)) if valid else x, dim, order)
+        elif fwd == "max_pool2d_blocked":
+            k, bc, cb = draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 16])), draw(side(3))
+            h, w = (draw(st.integers(k, 6)) for _ in range(2)) if valid else (draw(side()) for _ in range(2))
+            geo = [draw(maybe(pick([[k, k], [k, 1]], [[0, 1], [7, 7], [1, 2, 3], list(HUGE[:2])]))),
+                   draw(maybe(pick([[1, 1], [2, 2], [3, 1]], [[0, 1], [-1, 1], [HUGE[0], 1]]))),
+                   draw(maybe(pick([[0, 0], [k // 2, 0]], [[-1, 0], [k, k], [HUGE[0], 0]])))]
+            x = draw(maybe_t((n, cb, h, w, bc), lowp))
+            if name == fwd:
+                _op(name, x, *geo)
+                return
+            y = _op(fwd, x, *geo) if valid else draw(maybe_t((n, cb, h, w, bc)))
+            if y is not REJECTED:
+                _op(name, draw(maybe_t(tuple(y.shape) if isinstance(y, torch.Tensor) else (n, cb, h, w, bc), lowp)),
+                    x, *geo)
+        elif fwd == "global_avg_pool_blocked":
+            bc, cb = draw(st.sampled_from([4, 8, 16])), draw(side(3))
+            shape = (n, cb, draw(side(3)), draw(side(3)), bc)
+            ch = draw(maybe(pick([(cb - 1) * bc + 1, cb * bc], [0, -1, cb * bc + 1, HUGE[0]])))
+            if name == fwd:
+                _op(name, draw(maybe_t(shape, lowp)), ch)
+            else:
+                _op(name, draw(maybe_t((n, ch if type(ch) is int and 0 <= ch < 100 else 3), lowp)),
+                    draw(maybe(pick([list(shape)], [list(shape[:3]), [n, HUGE[0], 2, 2, bc], [-1, 1, 1, 1, 1]]))))
+        elif name == "to_blocked":
+            _op(name, draw(maybe_t((n, draw(side(40)), draw(side(4)), draw(side(4))), lowp)))
+        elif name == "from_blocked":
+            bc, cb = draw(st.sampled_from([4, 8, 16, 32])), draw(side(3))
+            _op(name, draw(maybe_t((n, cb, draw(side(3)), draw(side(3)), bc), lowp)),
+                draw(maybe(pick([cb * bc, (cb - 1) * bc + 1], [0, -1, cb * bc + 1, HUGE[0]]))))
         else:
             raise AssertionError(f"no fuzzer for torch.ops.brgemm.{name}")
     return fuzz

@@ -154,6 +154,11 @@ class _Stages64(fx.Interpreter):
             return args[0]
         return super().call_function(target, args, kwargs)
 
+    def call_method(self, target, args, kwargs):
+        if target == "float":  # the bf16 graph's widening: everything here is float64
+            return args[0]
+        return super().call_method(target, args, kwargs)
+
 
 class _CheckStages(fx.Interpreter):
     """Runs the optimized model as it is and checks every fused convolution and the head
@@ -474,3 +479,64 @@ def test_torch_compile_of_the_optimized_model():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(compiled(x), fast(x))
+
+
+# --- the vision models of the benchmark ----------------------------------------------------------
+
+def _check_training_stages(fast, x):
+    """A training step of the optimized model, each fused stage's backward checked against
+    float64 from the float32 values the stage saw (its input, residual and output gradient):
+    the input's gradient and the stage's parameter gradients, within Σ (K + 2)·2⁻²⁴ of the
+    largest reference value, summed over the stage's reductions (the convolution's C·R·S forward,
+    K·R·S backward and N·OH·OW weight-gradient terms, BatchNorm's two N·OH·OW means). The whole
+    network is not compared end to end in training: a ReLU whose input lies within rounding of 0
+    may switch in one run and not the other, and with BatchNorm's statistics over few values (2²
+    pixels × 2 images in the last stage) that moves a whole channel's gradient."""
+    seen, hooks = {}, []
+    for name, m in fast.named_modules():
+        if isinstance(m, FusedConv2d):
+            def forward(mod, inp, out, name=name):
+                seen[name] = [inp[0].detach(), inp[1].detach() if len(inp) > 1 else None]
+
+            def backward(mod, grad_in, grad_out, name=name):
+                seen[name] += [grad_in[0], grad_out[0]]
+            hooks += [m.register_forward_hook(forward), m.register_full_backward_hook(backward)]
+    for p in fast.parameters():
+        p.grad = None
+    fast(x).square().sum().backward()
+    for h in hooks:
+        h.remove()
+    for name, (xb, rb, gx, gy) in seen.items():
+        m = fast.get_submodule(name)
+        xi = ops.from_blocked(xb, m.in_channels).double().requires_grad_()
+        w, gamma, beta = (t.detach().double().requires_grad_() for t in (m.weight, m.bn.weight, m.bn.bias))
+        pt, pb, pl, pr = m.padding
+        z = F.conv2d(F.pad(xi, (pl, pr, pt, pb)), w, None, m.stride, 0, m.dilation)
+        y = F.batch_norm(z, None, None, gamma, beta, True, 0.0, m.bn.eps)
+        if rb is not None:
+            y = y + ops.from_blocked(rb, m.out_channels).double()
+        y = torch.relu(y) if m.activation == "relu" else y
+        refs = torch.autograd.grad(y, (xi, w, gamma, beta), ops.from_blocked(gy, m.out_channels).double())
+        count = z.shape[0] * z.shape[2] * z.shape[3]
+        rel = (m.weight[0].numel() + m.out_channels * m.weight[0, 0].numel() + 3 * count + 8) * EPS
+        for got, ref, what in zip((ops.from_blocked(gx, m.in_channels) if gx is not None else None, m.weight.grad,
+                                   m.bn.weight.grad, m.bn.bias.grad), refs, ("input", "weight", "γ", "β")):
+            if got is not None:
+                _assert_within(got, ref, rel * ref.abs().max(), f"{name}: gradient of the {what}")
+    return len(seen)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_vision_models_inference_and_training(name):
+    """ResNet-18 (basic blocks: the first adds the max-pooled input) and ResNet-50 (bottlenecks,
+    stride-2 downsampling) as the benchmark builds them, at 64²: every convolution fused, the
+    inference checks of the module docstring, and a training step stage by stage."""
+    from brgemm.bench.vision import vision_model
+    model = vision_model(name, num_classes=10, seed=1, random_bn=True).eval()
+    fast = bt.optimize(model)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert all(fast.brgemm_report.became(n).startswith("FusedConv2d") for n in convs)
+    x = torch.randn(2, 3, 64, 64)
+    _check_inference(model, fast, x)
+    fast.train()
+    assert _check_training_stages(fast, x) == len(convs)

@@ -9,6 +9,9 @@ and the ratio to each peer (peer time / brgemm time: above 1 means brgemm is fas
   conv.py      --conv: ResNet-50's convolutions
   rnn.py       --rnn: LSTM and GRU
   models.py    --torch: PyTorch models through brgemm.torch.convert
+  networks.py  --models: whole networks (vision.py) through brgemm.torch, inference and training
+  vision.py    ResNet-18/50, ResNeXt-50 32x4d, MobileNetV2 as torchvision defines them, and their
+               FLOPs (imports torch: not imported here)
   ceilings.py  --ceilings: PyTorch alone, % of the peak it reaches
   plot.py      --plot: the roofline chart
   cli.py       the command line
@@ -23,4 +26,6 @@ from .kernels import GEMM_SHAPES, KERNEL_SHAPE, LOWP_GEMM_SHAPES, PEAK_OP, _int8
 from .mlp import LINEAR_SHAPES, MLP_BATCH, MLP_SIZES, _torch_mlp, mlp_flops
 from .models import (TORCH_CLASSES, TORCH_CONV_INPUT, TORCH_CONV_STACK, TORCH_LSTM, TORCH_MODELS, TORCH_PASSES,
                      model_peers, torch_model, torch_model_fns, torch_model_work)
+from .networks import (DEFAULT_NETWORKS, INFERENCE_BATCHES, NETWORK_IMAGE, NETWORK_PASSES, NETWORKS, TRAIN_BATCHES,
+                       network_case, network_cases, network_flops)
 from .rnn import RNN_BATCHES, RNN_SIZES, RNN_STEPS, _torch_rnn

@@ -17,6 +17,7 @@ from .headline import HEADLINE_ROUNDS, format_headline, headline_cases, run_head
 from .kernels import PEAK_OP, run_kernels
 from .mlp import mlp_summary, run_mlp
 from .models import format_models, run_torch, torch_summary
+from .networks import DEFAULT_NETWORKS, NETWORKS, format_networks, networks_summary, run_networks
 from .rnn import rnn_summary, run_rnn
 
 DESCRIPTION = ("brgemm against the fastest peers installed (numpy, PyTorch, ONNX Runtime, OpenVINO) on the "
@@ -37,12 +38,21 @@ GROUPS = {
     "torch": ("PyTorch models (a ResNet-style stack, an LSTM tagger) converted by brgemm.torch.convert, "
               "training step and inference, against plain PyTorch, ONNX Runtime and OpenVINO",
               lambda p, rng, a, tl, log: run_torch(p, a.rounds, tl, log, a.compile), format_models, torch_summary),
+    "models": ("whole networks at 224x224 (ResNet-18, ResNet-50; with --full or --model also ResNeXt-50 "
+               "32x4d and MobileNetV2), float32 inference at N = 1 and 16 and a training step, through "
+               "brgemm.torch against PyTorch eager, ONNX Runtime and OpenVINO (some minutes)",
+               lambda p, rng, a, tl, log: run_networks(p, a.rounds, tl, log, a.compile, a.networks,
+                                                       _network_dtypes(a.dtypes)),
+               format_networks, networks_summary),
     "ceilings": ("PyTorch alone on the cases that ask most of the machine: the %% of the measured peak it "
                  "reaches (not part of --full)",
                  lambda p, rng, a, tl, log: run_ceilings(p, a.rounds, log), format_ceilings, None),
 }
-FULL = ("kernels", "mlp", "conv", "rnn", "torch")
+FULL = ("kernels", "mlp", "conv", "rnn", "torch", "models")
 GROUP_ROUNDS = 5
+#: The groups whose default thread counts are not 1 and all cores: --models on all cores only
+#: (a ResNet-50 forward at N = 16 takes a second on two cores, several on one).
+GROUP_THREADS = {"models": lambda: thread_counts()[-1:]}
 
 
 def parse_threads(text):
@@ -58,6 +68,21 @@ def parse_threads(text):
     return threads
 
 
+def parse_networks(text, full=False):
+    """'resnet18,mobilenet_v2' → that tuple; None → every network with --full, else the default two."""
+    if text is None:
+        return NETWORKS if full else DEFAULT_NETWORKS
+    names = tuple(n.strip() for n in text.split(","))
+    if not set(names) <= set(NETWORKS):
+        raise ValueError(f"--model must name some of {', '.join(NETWORKS)}, got {text!r}")
+    return names
+
+
+def _network_dtypes(dtypes):
+    """--models: float32 always, bfloat16 too when --dtypes names bf16 (the default does)."""
+    return ("float32", "bfloat16") if "bf16" in dtypes else ("float32",)
+
+
 def parse_dtypes(text):
     dtypes = tuple(d.strip() for d in text.split(","))
     if not dtypes or not set(dtypes) <= set(PEAK_OP):
@@ -70,17 +95,22 @@ def make_parser():
     parser.add_argument("--full", action="store_true", help="every group below except --ceilings (many minutes)")
     for name, (what, _, _, _) in GROUPS.items():
         parser.add_argument(f"--{name}", action="store_true", help=what)
+    parser.add_argument("--model", metavar="NAME[,NAME]",
+                        help=f"--models: these networks ({', '.join(NETWORKS)}; default: "
+                             f"{', '.join(DEFAULT_NETWORKS)}, every one with --full); implies --models")
     parser.add_argument("--compile", action="store_true",
-                        help="--torch: also torch.compile as a peer on the inference rows (compiling the "
-                             "ResNet-style stack takes some 20 s per thread count)")
+                        help="--torch, --models: also torch.compile as a peer (--torch: on the inference rows, "
+                             "compiling the ResNet-style stack takes some 20 s per thread count; --models: "
+                             "inference with freezing and the training step, a minute or more per case)")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"timing rounds per case, the median reported (default: {HEADLINE_ROUNDS} for the "
                              f"headline, {GROUP_ROUNDS} for the groups)")
     parser.add_argument("--threads", default=None,
-                        help="comma-separated thread counts (default: the headline on all cores, the groups "
-                             "on 1 and all cores; microkernel rows always on 1)")
+                        help="comma-separated thread counts (default: the headline and --models on all cores, "
+                             "the other groups on 1 and all cores; microkernel rows always on 1)")
     parser.add_argument("--dtypes", default="f32,bf16,u8s8",
-                        help="comma-separated dtypes of the microkernel and gemm rows (f32, bf16, u8s8)")
+                        help="comma-separated dtypes of the microkernel and gemm rows (f32, bf16, u8s8); "
+                             "--models runs bfloat16 rows too when bf16 is among them")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the rows on a roofline chart (needs matplotlib)")
     return parser
@@ -95,9 +125,12 @@ def parse_args(argv=None):
     args.dtypes = parse_dtypes(args.dtypes)
     if args.plot and not installed("matplotlib"):
         raise ValueError("--plot needs matplotlib: pip install matplotlib")
-    args.groups = [g for g in GROUPS if getattr(args, g) or (args.full and g in FULL)]
-    if args.compile and "torch" not in args.groups:
-        raise ValueError("--compile adds a peer to the --torch rows: give it with --torch or --full")
+    args.networks = parse_networks(args.model, args.full)
+    args.groups = [g for g in GROUPS if getattr(args, g) or (args.full and g in FULL)
+                   or (g == "models" and args.model is not None)]
+    if args.compile and not {"torch", "models"} & set(args.groups):
+        raise ValueError("--compile adds a peer to the --torch and --models rows: give it with --torch, --models "
+                         "or --full")
     if args.rounds is None:
         args.rounds = GROUP_ROUNDS if args.groups else HEADLINE_ROUNDS
     return args
@@ -146,7 +179,7 @@ def main(argv=None):
             _print_table(format_headline(rows), [], log)
         for group in args.groups:
             _, runner, fmt, summary = GROUPS[group]
-            got = runner(peers, rng, args, args.threads or thread_counts(), log)
+            got = runner(peers, rng, args, args.threads or GROUP_THREADS.get(group, thread_counts)(), log)
             for row in got:
                 row["group"] = group
             rows += got

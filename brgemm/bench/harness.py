@@ -65,10 +65,15 @@ def _per_call(fn, min_seconds):
 PAUSE, WARM_AFTER_PAUSE = 0.2, 0.06
 
 
-def compare(fns, rounds, threads, min_seconds=0.05):
+def compare(fns, rounds, threads, min_seconds=0.05, warm=None):
     """fns: {library: callable}, brgemm first. Returns {library: median seconds per call} and
-    {library: median over rounds of (its time / brgemm's time)}."""
-    pause, warm = (PAUSE, WARM_AFTER_PAUSE) if threads > 1 else (0.0, 0.005)
+    {library: median over rounds of (its time / brgemm's time)}. ``warm``: seconds each
+    library runs untimed before its block in a round (default: WARM_AFTER_PAUSE with several
+    threads); 0 skips that warm-up, for calls that each take far longer than the warm-up is
+    meant to cover (a whole network's forward: a second or so, of which the first 50 ms run
+    some 10 % slow)."""
+    pause, default_warm = (PAUSE, WARM_AFTER_PAUSE) if threads > 1 else (0.0, 0.005)
+    warm = default_warm if warm is None else warm
     names = list(fns)
     for f in fns.values():
         f()  # first touch, dispatch, thread start-up
@@ -76,7 +81,8 @@ def compare(fns, rounds, threads, min_seconds=0.05):
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
             time.sleep(pause)
-            _per_call(fns[name], warm)
+            if warm > 0:
+                _per_call(fns[name], warm)
             times[name].append(_per_call(fns[name], min_seconds))
     base = np.array(times[names[0]])
     medians = {name: float(np.median(t)) for name, t in times.items()}

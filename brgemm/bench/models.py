@@ -152,9 +152,11 @@ def _openvino(path, xn, threads):
     return lambda: request.infer({0: xn})
 
 
-def _compiled(torch, model, x, log):
+def _compiled(torch, model, x, log, freezing=False):
     """torch.compile's inductor on a copy of the model, compiled now (tens of seconds for the
-    ResNet-style stack), or None with a note when it fails."""
+    ResNet-style stack), or None with a note when it fails. ``freezing``: compiled with
+    inductor's freezing (the weights folded in as constants, the convolutions' weights
+    prepacked), the setting for inference under no_grad."""
     # Inductor writes the thread count into the code it generates: start afresh for each count.
     torch._dynamo.reset()
     compiled = torch.compile(copy.deepcopy(model))
@@ -163,7 +165,12 @@ def _compiled(torch, model, x, log):
         with torch.no_grad():
             compiled(x)
     try:
-        call()
+        if freezing:
+            from torch._inductor import config
+            with config.patch(freezing=True):
+                call()  # the first call compiles
+        else:
+            call()
     except Exception as e:
         log.note(f"torch.compile failed ({type(e).__name__}: {e}): the model rows skip it")
         return None
@@ -190,6 +197,16 @@ def model_peers(torch, model, x, threads, log, compile=False):
             with torch.no_grad():
                 model_cl(x_cl)
         peers["torch[channels_last]"] = channels_last
+    peers.update(onnx_peers(torch, model, x, threads, log))
+    return peers
+
+
+def onnx_peers(torch, model, x, threads, log):
+    """{runtime: callable} for ONNX Runtime and OpenVINO (those installed) on one ONNX export of
+    ``model`` (in eval mode) for the input ``x``, written to a temporary folder and run on
+    ``threads`` threads; a runtime that is not installed, or fails on the model, is left out
+    with a note."""
+    peers = {}
     for module, name in RUNTIMES.items():
         if not installed(module):
             log.note(f"{name} is not installed: the model rows skip it (pip install {module})")

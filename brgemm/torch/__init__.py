@@ -20,6 +20,9 @@ are not; bfloat16 tensors are viewed as ml_dtypes.bfloat16, not converted):
 - ``ktanh(x)``, ``taylor_softmax(x, dim=-1, order=2)`` and their backward operators.
 - ``quantized_linear``, ``quantized_conv2d``: uint8 activations × int8 weights with one
   scale per output channel (inference only).
+- ``max_pool2d_blocked(input, kernel_size, stride, padding)`` and
+  ``global_avg_pool_blocked(input, channels)`` (→ plain (N, C)) on the blocked layout, with
+  their backward operators (``_pool``).
 
 The operators check their tensors and hand numpy views of them to the runners brgemm.nn uses
 too (brgemm/_runners: one per layer kind), kept per (geometry, weight tensor): a call repacks
@@ -32,7 +35,7 @@ and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``.
 """
 
 # Importing the operator files registers torch.ops.brgemm.*; the modules call them by that name.
-from . import _approx, _conv, _int8, _layout, _products, _rnn  # noqa: F401
+from . import _approx, _conv, _int8, _layout, _norm, _pool, _products, _rnn  # noqa: F401
 from ._convert import ConversionReport, convert
 from ._network import OptimizationReport, optimize
 from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax

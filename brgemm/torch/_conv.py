@@ -105,6 +105,29 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     return out
 
 
+def conv2d_inference(x, weight, bias, geo, activation, residual):
+    """conv2d(x, ..., blocked_output=True, residual) for a fused stage of an optimized model in
+    inference (no autograd, not traced), without the operator's dispatch: weight and bias are
+    the stage's float32 tensors and geo its ConvGeometry, checked when it was built; x (blocked)
+    and the residual are checked here."""
+    x = _tensor(x, "input", _FLOATS, ndim=5)
+    c, k = geo.in_channels, geo.out_channels
+    bc = _core.conv_block(c)
+    if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
+        raise ValueError(f"input is blocked as {tuple(x.shape)}; {c} channels need blocks of {bc}")
+    n, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    oh, ow = geo.out_size(h, wd)
+    out = torch.empty(_conv_output_shape(n, k, oh, ow, True), dtype=x.dtype)
+    r = _residual_arg(residual, out)
+    if out.numel() == 0:
+        return out
+    e = _conv_layer(_dtype_name(x), weight, geo, activation)
+    with e.lock:
+        e.forward(_np(x), _np(out), _np(weight), None if bias is None else _np(bias), add=None if r is None else _np(r),
+                  weight_key=_weights_key(weight, bias))
+    return out
+
+
 @_conv2d.register_fake
 def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
       blocked_output=False, residual=None):

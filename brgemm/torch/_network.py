@@ -162,12 +162,14 @@ class _Rebuild:
             self.converted[key] = self.graph.call_function(leave_blocked, (v, self.channels[v], self.dtype))
         return self.converted[key]
 
-    def blocked(self, v):
+    def blocked(self, v, channels):
+        """v blocked; a plain v is converted (it has `channels`, as its consumer expects)."""
         if v in self.channels:
             return v
         key = (v, "blocked")
         if key not in self.converted:
-            self.converted[key] = self.graph.call_function(enter_blocked, (v, self.dtype))
+            out = self.converted[key] = self.graph.call_function(enter_blocked, (v, self.dtype))
+            self.channels[out] = channels
         return self.converted[key]
 
     def copy(self, node, layout):
@@ -216,12 +218,9 @@ class _Rebuild:
         self.modules[conv_node.target] = fused
         if bn is not None:
             self.kept[bn_node.target] = bn
-        args = (self.blocked(self.env[conv_node.args[0]]),)
+        args = (self.blocked(self.env[conv_node.args[0]], conv.in_channels),)
         if residual is not None:
-            r = self.blocked(self.env[residual])
-            if self.channels.get(r) != conv.out_channels:
-                raise AssertionError("residual channel count")  # PyTorch would have failed first
-            args += (r,)
+            args += (self.blocked(self.env[residual], conv.out_channels),)
         out = self.graph.call_module(conv_node.target, args)
         self.channels[out] = conv.out_channels
         parts = ["BatchNorm2d " + ("folded" if not bn.training else "fused")] if bn is not None else []

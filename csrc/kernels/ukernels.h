@@ -2,6 +2,7 @@
 // the ISA translation units (to define them) and by csrc/core (to put them in the table).
 #pragma once
 #include "brgemm/brgemm.h"
+#include "brgemm/window.h"
 
 namespace brgemm::kernels {
 
@@ -39,6 +40,20 @@ void activation_backward_f32__avx512(activation a, const float* g, const float* 
                                      int64_t n);
 void activation_backward_f32__scalar(activation a, const float* g, const float* x, const float* y, float* out,
                                      int64_t n);
+
+// The reductions of brgemm/window.h per ISA; the VNNI and BF16 levels use avx512's.
+#define BRGEMM_WINDOW_KERNELS(ISA)                                                                          \
+  void window_max_f32__##ISA(const window_rows& g, const float* x, float* y);                               \
+  void window_max_bf16__##ISA(const window_rows& g, const uint16_t* x, uint16_t* y);                        \
+  void window_max_backward_f32__##ISA(const window_rows& g, const float* x, const float* gy, float* gx);    \
+  void window_max_backward_bf16__##ISA(const window_rows& g, const uint16_t* x, const float* gy, float* gx); \
+  void vector_mean_f32__##ISA(const float* x, int64_t count, int64_t len, int64_t out_len, float* y);       \
+  void vector_mean_bf16__##ISA(const uint16_t* x, int64_t count, int64_t len, int64_t out_len, uint16_t* y); \
+  void vector_mean_backward_f32__##ISA(const float* g, int64_t in_len, int64_t count, int64_t len, float* y);
+BRGEMM_WINDOW_KERNELS(scalar)
+BRGEMM_WINDOW_KERNELS(avx2)
+BRGEMM_WINDOW_KERNELS(avx512)
+#undef BRGEMM_WINDOW_KERNELS
 
 // Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
 // floating-point (or integer) operations performed.

@@ -13,6 +13,8 @@ void register_eltwise(py::module_& m);   // eltwise.cpp: activations, softmax, K
 void register_linear(py::module_& m);    // linear.cpp: _Linear, fc layout copies, same_bytes
 void register_conv(py::module_& m);      // conv.cpp: _Conv2d, _QuantizedConv2d, conv layout copies
 void register_rnn(py::module_& m);       // rnn.cpp: _RNN
+void register_pool(py::module_& m);      // pool.cpp: max pooling, global average pooling (blocked)
+void register_batch_norm(py::module_& m);  // batch_norm.cpp: batch norm (training) on blocked activations
 }  // namespace brgemm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -26,4 +28,6 @@ PYBIND11_MODULE(_core, m) {
   register_linear(m);
   register_conv(m);
   register_rnn(m);
+  register_pool(m);
+  register_batch_norm(m);
 }
