@@ -221,6 +221,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // smaller, so Xᵀ·dZ when C < K (64 → 256 1×1: 4.6 → 3.5 ms), and when the input channels are
   // few (bc < 16 would fill a fraction of the kernel's 16-lane columns).
   const bool narrow = ki < 16 || g_.c < g_.k;
+  const bool grouped = ki != bc_ || ko != bk_ || per != cb;
 
   // The plan: backward data's pass, and per kernel column tap s the output columns it reads
   // inside the input [lo, lo + len) and the weight gradient's kernels (beta 0 and 1).
@@ -253,9 +254,11 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
           desc d = narrow ? desc{dtype::f32, ki, ko, len, wq, bk_, ko, batch_kind::offset, 0.0f}
                           : desc{dtype::f32, ko, ki, len, pix, sw * bc_, ki, batch_kind::offset, 0.0f};
           if (len > 0) {
-            if (status st = dispatch(d, &pl.kw[s]); st != status::ok) return st;
+            // A grouped layer's narrow blocks: the tall tile, as for its passes (narrow_ukernel).
+            const char* name = grouped ? narrow_ukernel(dtype::f32, d.n) : nullptr;
+            if (status st = dispatch(d, &pl.kw[s], name); st != status::ok) return st;
             d.beta = 1.0f;
-            if (status st = dispatch(d, &pl.kw_add[s]); st != status::ok) return st;
+            if (status st = dispatch(d, &pl.kw_add[s], name); st != status::ok) return st;
           }
         }
         // The weight gradient's batch offsets, per kernel row r: over the output rows (n·oh of
