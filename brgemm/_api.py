@@ -42,7 +42,7 @@ def ukernels():
 #: Output types of an epilogue, by name: code of the core's out_type.
 _OUT_TYPES = {None: 0, "float32": 1, "bfloat16": 2, "uint8": 3, "int8": 4}
 _ACTIVATIONS = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "swish": 5, "ktanh": 6, "ksigmoid": 7,
-                "kgelu": 8, "kswish": 9}
+                "kgelu": 8, "kswish": 9, "relu6": 10}
 
 
 def _out_dtype_name(out_dtype):
@@ -91,7 +91,7 @@ class Epilogue:
        (``Σ (a − a_zero_point)(b − b_zero_point)``, exact) and dequantized:
        ``v = scale · Σ(...)`` with ``scale`` one value (per tensor) or n (per column);
     2. ``v += bias`` (n values);
-    3. ``activation``: None, "relu" (NaN stays NaN), the exact "tanh", "sigmoid", "gelu"
+    3. ``activation``: None, "relu" (NaN stays NaN), "relu6" (min(max(v, 0), 6)), the exact "tanh", "sigmoid", "gelu"
        (erf form), "swish", or the K-TanH family "ktanh", "ksigmoid", "kgelu", "kswish"
        (see :mod:`brgemm.nn.functional`);
     4. stored as ``out_dtype``: None (the accumulator's: float32, or int32 for int8 kernels),

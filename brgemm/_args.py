@@ -5,7 +5,7 @@ Below brgemm.nn and brgemm.torch, so that neither imports the other for them."""
 import ml_dtypes
 import numpy as np
 
-ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
+ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish", "relu6")
 DTYPES = ("float32", "bfloat16")
 
 

@@ -106,9 +106,9 @@ def _numpy_sequential(trained):
         kind = type(m).__name__
         relu = (getattr(m, "activation", None) == "relu"
                 or (i + 1 < len(mods) and type(mods[i + 1][1]).__name__ == "ReLU"))
-        if kind == "Conv2d" and m.groups == 1 and not isinstance(m.padding, str):
+        if kind == "Conv2d" and not isinstance(m.padding, str):
             layer = Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                           bias=m.bias is not None, activation="relu" if relu else None)
+                           bias=m.bias is not None, activation="relu" if relu else None, groups=m.groups)
         elif kind == "Linear":
             layer = Linear(m.in_features, m.out_features, bias=m.bias is not None, activation="relu" if relu else None)
         elif kind == "ReLU" and i > 0 and type(mods[i - 1][1]).__name__ in ("Conv2d", "Linear"):

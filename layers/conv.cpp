@@ -10,6 +10,7 @@
 // that runs them are conv_plan.cpp's; here are the layouts, the weights and the passes.
 #include "conv.h"
 #include "conv_plan.h"
+#include "depthwise.h"
 #include "blocks.h"
 #include <cmath>
 #include <omp.h>
@@ -89,43 +90,61 @@ void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t
     }
 }
 
-conv_layer::conv_layer(dtype t, const conv_geometry& g, brgemm::activation act)
-    : t_(t), g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act) {}
-
-void conv_layer::pack(const float* w) {
-  const int64_t cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_), taps = g_.r * g_.s;
-  const int64_t blk = bc_ * bk_, bytes = blk * dtype_b_bytes(t_);  // bc, bk even: VNNI-2 adds nothing
-  char* fwd = aligned(fwd_, kb * cb * taps * bytes);
-  char* bwd = aligned(bwd_, kb * cb * taps * bytes);
-  const bool bf16 = t_ == dtype::bf16;
-#pragma omp parallel for collapse(2) num_threads(threads_for(8.0 * g_.k * g_.c * taps)) schedule(static)
-  for (int64_t i = 0; i < kb; ++i)
-    for (int64_t j = 0; j < cb; ++j) {
-      float* f = scratch(0, blk);     // the tap as plain (bc × bk) f32,
-      float* ft = scratch(1, blk);    // its transpose (bk × bc),
-      float* b16 = scratch(2, blk);   // either in bf16 when that is the weights' type
-      const int64_t ks = std::min(bk_, g_.k - i * bk_), cs = std::min(bc_, g_.c - j * bc_);
+// The weights of a pass as its kernels read them: for result block j (of sp.ko channels), each
+// of its sp.per source blocks (of sp.ki) and each tap, the (ki × ko) block of
+// value(result channel, source channel, tap) in t's B layout; zero outside the counts and
+// between channels of different groups (src/groups and res/groups channels per group).
+template <class Value>
+void pack_pass(dtype t, const channel_split& sp, int64_t src, int64_t res, int64_t groups, int64_t taps, char* dst,
+               Value value) {
+  const int64_t ki = sp.ki, ko = sp.ko, blk = ki * ko, bytes = blk * dtype_b_bytes(t), nj = (int64_t)sp.q0.size();
+  const int64_t gs = src / groups, gr = res / groups;
+#pragma omp parallel for collapse(2) num_threads(threads_for(8.0 * nj * sp.per * blk * taps)) schedule(static)
+  for (int64_t j = 0; j < nj; ++j)
+    for (int64_t q = 0; q < sp.per; ++q) {
+      float* f = scratch(0, blk);    // the tap as plain (ki × ko) f32,
+      float* b16 = scratch(1, blk);  // in bf16 when that is the weights' type
+      const int64_t c0 = (sp.q0[j] + q) * ki, k0 = j * ko;
       for (int64_t tap = 0; tap < taps; ++tap) {
         std::fill(f, f + blk, 0.0f);
-        for (int64_t kk = 0; kk < ks; ++kk)
-          for (int64_t cc = 0; cc < cs; ++cc) f[cc * bk_ + kk] = w[((i * bk_ + kk) * g_.c + j * bc_ + cc) * taps + tap];
-        transpose(f, bc_, bk_, bk_, ft, bc_);
-        for (int side = 0; side < 2; ++side) {  // the forward block, then the backward one
-          const void* s = side ? ft : f;
-          if (bf16) {
-            f32_to_bf16(side ? ft : f, (uint16_t*)b16, blk);
-            s = b16;
-          }
-          const int64_t rows = side ? bk_ : bc_, cols = side ? bc_ : bk_;
-          char* dst = side ? bwd + ((j * kb + i) * taps + tap) * bytes : fwd + ((i * cb + j) * taps + tap) * bytes;
-          pack_b(t_, s, rows, cols, cols, dst, cols, nullptr);
+        for (int64_t kk = 0; kk < std::min(ko, res - k0); ++kk)
+          for (int64_t cc = 0; cc < std::min(ki, src - c0); ++cc)
+            if ((k0 + kk) / gr == (c0 + cc) / gs) f[cc * ko + kk] = value(k0 + kk, c0 + cc, tap);
+        const void* s = f;
+        if (t == dtype::bf16) {
+          f32_to_bf16(f, (uint16_t*)b16, blk);
+          s = b16;
         }
+        pack_b(t, s, ki, ko, ko, dst + ((j * sp.per + q) * taps + tap) * bytes, ko, nullptr);
       }
     }
 }
 
+conv_layer::conv_layer(dtype t, const conv_geometry& g, brgemm::activation act)
+    : t_(t), g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act) {
+  if (g.depthwise()) {
+    dw_ = std::make_shared<depthwise_conv>(t, g, bc_, act);
+    return;
+  }
+  const int64_t align = t == dtype::bf16 ? 2 : 1;
+  fs_ = split_channels(g.c, g.k, g.groups, bc_, bk_, align);
+  bs_ = split_channels(g.k, g.c, g.groups, bk_, bc_, align);
+}
+
+// Forward blocks hold W, backward ones Wᵀ (results are input channels there): both from the
+// plain (K, C/groups, R, S) weight.
+void conv_layer::pack(const float* w) {
+  if (dw_) return dw_->pack(w);
+  const int64_t taps = g_.r * g_.s, gc = g_.group_c(), wb = dtype_b_bytes(t_);
+  auto blocks = [&](const channel_split& sp) { return (int64_t)sp.q0.size() * sp.per * taps * sp.ki * sp.ko * wb; };
+  pack_pass(t_, fs_, g_.c, g_.k, g_.groups, taps, aligned(fwd_, blocks(fs_)),
+            [&](int64_t k, int64_t c, int64_t tap) { return w[(k * gc + c % gc) * taps + tap]; });
+  pack_pass(t_, bs_, g_.k, g_.c, g_.groups, taps, aligned(bwd_, blocks(bs_)),
+            [&](int64_t c, int64_t k, int64_t tap) { return w[(k * gc + c % gc) * taps + tap]; });
+}
+
 bool conv_layer::refresh(const float* w, const float* b) {
-  const bool w_new = w_seen_.refresh({{w, g_.k * g_.c * g_.r * g_.s * 4}}, [&] { pack(w); });
+  const bool w_new = w_seen_.refresh({{w, g_.k * g_.group_c() * g_.r * g_.s * 4}}, [&] { pack(w); });
   const bool b_new = b_seen_.refresh({{b, g_.k * 4}}, [&] {
     has_bias_ = b != nullptr;
     bias_.assign((size_t)round_up(g_.k, bk_), 0.0f);
@@ -151,10 +170,11 @@ std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow) {
 
 status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add) {
   if (add && zb && t_ == dtype::bf16) return status::bad_epilogue;  // z is f32: the residual would have to be
+  if (dw_) return dw_->forward(n, h, w, xb, yb, zb, add, has_bias_ ? bias_.data() : nullptr);
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const bool bf16 = t_ == dtype::bf16;
-  const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
+  const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.group_c() * g_.r * g_.s);
   conv_plan_key key = zeroed<conv_plan_key>();
   key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
   key.bias = has_bias_, key.z = zb != nullptr, key.add = add != nullptr;
@@ -169,7 +189,7 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
         p.e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
         p.z = zb != nullptr;
         p.threads = threads;
-        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow));
+        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow), fs_);
       });
       s != status::ok)
     return s;
@@ -185,18 +205,22 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
 
 status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
                             const void* xb, float* gxb, float* wg, float* bg, bool accumulate) {
+  if (dw_) return dw_->backward(n, h, w, gyb, yb, zb, xb, gxb, wg, bg, accumulate);
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
-  const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_x = h * w * bc_, plane_y = pix * bk_, blk = bc_ * bk_;
+  const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_x = h * w * bc_, plane_y = pix * bk_;
+  // The weight gradient's blocks are the forward's: (ko × ki) for result block j and its
+  // source blocks q0[j] + t (the channel split of conv.h; without groups bk × bc, every pair).
+  const int64_t ki = fs_.ki, ko = fs_.ko, blk = ki * ko, per = fs_.per, ri = bc_ / ki, ro = bk_ / ko;
   const bool bf16 = t_ == dtype::bf16;
-  const int threads = threads_for(2.0 * n * pix * g_.k * g_.c * taps);
+  const int threads = threads_for(2.0 * n * pix * g_.k * g_.group_c() * taps);
   const int64_t sw = g_.stride_w, wq = ceil_div(w, sw);
 
   // The weight gradient's block product is dWᵀ (bk × bc) = dZᵀ·X, or dW (bc × bk) = Xᵀ·dZ with X
   // transposed by stride phase as the A and dZ itself the B. One of them is transposed: the
   // smaller, so Xᵀ·dZ when C < K (64 → 256 1×1: 4.6 → 3.5 ms), and when the input channels are
   // few (bc < 16 would fill a fraction of the kernel's 16-lane columns).
-  const bool narrow = bc_ < 16 || g_.c < g_.k;
+  const bool narrow = ki < 16 || g_.c < g_.k;
 
   // The plan: backward data's pass, and per kernel column tap s the output columns it reads
   // inside the input [lo, lo + len) and the weight gradient's kernels (beta 0 and 1).
@@ -211,7 +235,8 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
           pass_shape p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, g_.stride_h == 1};
           p.threads = threads;
           if (status s = build_pass(pl.data, p, std::move(rows),
-                                    make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}));
+                                    make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}),
+                                    bs_);
               s != status::ok)
             return s;
         }
@@ -225,8 +250,8 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
           int64_t& len = pl.len[s];
           while (lo < ow && along_w(lo, s) < 0) ++lo;
           while (lo + len < ow && along_w(lo + len, s) >= 0) ++len;
-          desc d = narrow ? desc{dtype::f32, bc_, bk_, len, wq, bk_, bk_, batch_kind::offset, 0.0f}
-                          : desc{dtype::f32, bk_, bc_, len, pix, sw * bc_, bc_, batch_kind::offset, 0.0f};
+          desc d = narrow ? desc{dtype::f32, ki, ko, len, wq, bk_, ko, batch_kind::offset, 0.0f}
+                          : desc{dtype::f32, ko, ki, len, pix, sw * bc_, ki, batch_kind::offset, 0.0f};
           if (len > 0) {
             if (status st = dispatch(d, &pl.kw[s]); st != status::ok) return st;
             d.beta = 1.0f;
@@ -328,7 +353,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // rows and runs every block over them while their dZ and X rows are in cache, summing into its
   // own dW (beta 1 after its first chunk); otherwise each (block, part of the rows) is an item,
   // so that dW blocks stay in cache. Either way the parts are summed at the end.
-  const int64_t blocks = kb * cb * taps, rows_total = n * oh;
+  const int64_t blocks = (int64_t)fs_.q0.size() * per * taps, rows_total = n * oh;
   const bool rows_outer = blocks * blk * 4 <= (256 << 10);
   const int64_t row_bytes = (kb * ow * bk_ + cb * g_.stride_h * w * bc_) * 4;
   const int64_t chunk = std::clamp<int64_t>((512 << 10) / row_bytes, 1, ceil_div(rows_total, threads));
@@ -338,7 +363,9 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   auto part_at = [&](int64_t b, int64_t sp) { return part + (rows_outer ? sp * blocks + b : b * splits + sp) * blk; };
   // One block's product over output rows [first, last) into out (adding when `add`).
   auto block_product = [&](int64_t b, int64_t first, int64_t last, float* out, bool add) {
-    const int64_t k = b / (cb * taps), c = b / taps % cb, r = b % taps / g_.s, s = b % g_.s;
+    // result block j (layout block k, part sk), source block q (layout block c, part sc)
+    const int64_t j = b / (per * taps), q = fs_.q0[j] + b / taps % per, r = b % taps / g_.s, s = b % g_.s;
+    const int64_t k = j / ro, sk = j % ro, c = q / ri, sc = q % ri;
     if (!kw[s]) {
       if (!add) std::fill(out, out + blk, 0.0f);
       return;
@@ -350,11 +377,11 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     batch_ref batch;
     batch.count = at[last] - at[first];
     if (narrow) {  // A: the tap's phase row of Xᵀ; B: dZ's row from its first valid column
-      batch.a = x + c * h * row_t + iw % sw * bc_ * wq + iw / sw;
-      batch.b = dzt + k * plane_y + lo[s] * bk_;
+      batch.a = x + c * h * row_t + iw % sw * bc_ * wq + sc * ki * wq + iw / sw;
+      batch.b = dzt + k * plane_y + lo[s] * bk_ + sk * ko;
     } else {
-      batch.a = dzt + k * plane_y + lo[s];
-      batch.b = x + c * plane_x + iw * bc_;
+      batch.a = dzt + k * plane_y + sk * ko * pix + lo[s];
+      batch.b = x + c * plane_x + iw * bc_ + sc * ki;
     }
     batch.offs_a = plan->row_a[r].data() + at[first];
     batch.offs_b = plan->row_b[r].data() + at[first];
@@ -379,17 +406,19 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
         block_product(b, rows_total * sp / splits, rows_total * (sp + 1) / splits, part_at(b, sp), false);
       }
     }
-    // Sum the parts into the plain (K, C, R, S) gradient.
+    // Sum the parts into the plain (K, C/groups, R, S) gradient (the pairs of one group).
+    const int64_t gc = g_.group_c(), gk = g_.group_k();
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t k0 = b / (cb * taps) * bk_, c0 = b / taps % cb * bc_, tap = b % taps;
-      const int64_t ks = std::min(bk_, g_.k - k0), cs = std::min(bc_, g_.c - c0);
+      const int64_t j = b / (per * taps), k0 = j * ko, c0 = (fs_.q0[j] + b / taps % per) * ki, tap = b % taps;
+      const int64_t ks = std::min(ko, g_.k - k0), cs = std::min(ki, g_.c - c0);
       for (int64_t kk = 0; kk < ks; ++kk)
         for (int64_t cc = 0; cc < cs; ++cc) {
+          if ((k0 + kk) / gk != (c0 + cc) / gc) continue;
           float v = 0.0f;
-          const int64_t at = narrow ? cc * bk_ + kk : kk * bc_ + cc;
+          const int64_t at = narrow ? cc * ko + kk : kk * ki + cc;
           for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[at];
-          float& g = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
+          float& g = wg[((k0 + kk) * gc + (c0 + cc) % gc) * taps + tap];
           g = (accumulate ? g : 0.0f) + v;
         }
     }
@@ -398,27 +427,32 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
 }
 
 qconv_layer::qconv_layer(const conv_geometry& g, brgemm::activation act, out_type out)
-    : g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act), out_(out) {}
+    : g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act), out_(out) {
+  fs_ = split_channels(g.c, g.k, g.groups, bc_, bk_, 4);
+}
 
 bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b, const conv_quant& q) {
-  const bool w_new = w_seen_.refresh({{w, g_.k * g_.c * g_.r * g_.s}}, [&] {
-    const int64_t cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_), taps = g_.r * g_.s, blk = bc_ * bk_;
-    char* fwd = aligned(fwd_, kb * cb * taps * blk);
-    tapsum_.assign((size_t)(kb * taps * bk_), 0);
-#pragma omp parallel for num_threads(threads_for(8.0 * g_.k * g_.c * taps)) schedule(static)
-    for (int64_t i = 0; i < kb; ++i) {
-      int8_t* f = (int8_t*)scratch(0, blk / 4);  // one tap as plain (bc × bk) s8
-      std::vector<int32_t> colsum((size_t)bk_);
-      const int64_t ks = std::min(bk_, g_.k - i * bk_);
-      for (int64_t j = 0; j < cb; ++j) {
-        const int64_t cs = std::min(bc_, g_.c - j * bc_);
+  const bool w_new = w_seen_.refresh({{w, g_.k * g_.group_c() * g_.r * g_.s}}, [&] {
+    // The forward blocks as conv_layer's (pack_pass), in VNNI-4, and each tap's column sums.
+    const int64_t taps = g_.r * g_.s, ki = fs_.ki, ko = fs_.ko, blk = ki * ko, nj = (int64_t)fs_.q0.size();
+    const int64_t gc = g_.group_c(), gk = g_.group_k();
+    char* fwd = aligned(fwd_, nj * fs_.per * taps * blk);
+    tapsum_.assign((size_t)(nj * taps * ko), 0);
+#pragma omp parallel for num_threads(threads_for(8.0 * nj * fs_.per * blk * taps)) schedule(static)
+    for (int64_t j = 0; j < nj; ++j) {
+      int8_t* f = (int8_t*)scratch(0, blk / 4);  // one tap as plain (ki × ko) s8
+      std::vector<int32_t> colsum((size_t)ko);
+      const int64_t k0 = j * ko, ks = std::min(ko, g_.k - k0);
+      for (int64_t t = 0; t < fs_.per; ++t) {
+        const int64_t c0 = (fs_.q0[j] + t) * ki, cs = std::min(ki, g_.c - c0);
         for (int64_t tap = 0; tap < taps; ++tap) {
           std::fill(f, f + blk, (int8_t)0);
           for (int64_t kk = 0; kk < ks; ++kk)
-            for (int64_t cc = 0; cc < cs; ++cc) f[cc * bk_ + kk] = w[((i * bk_ + kk) * g_.c + j * bc_ + cc) * taps + tap];
-          pack_b(dtype::u8s8, f, bc_, bk_, bk_, fwd + ((i * cb + j) * taps + tap) * blk, bk_, colsum.data());
-          int32_t* sum = tapsum_.data() + (i * taps + tap) * bk_;
-          for (int64_t x = 0; x < bk_; ++x) sum[x] += colsum[x];
+            for (int64_t cc = 0; cc < cs; ++cc)
+              if ((k0 + kk) / gk == (c0 + cc) / gc) f[cc * ko + kk] = w[((k0 + kk) * gc + (c0 + cc) % gc) * taps + tap];
+          pack_b(dtype::u8s8, f, ki, ko, ko, fwd + ((j * fs_.per + t) * taps + tap) * blk, ko, colsum.data());
+          int32_t* sum = tapsum_.data() + (j * taps + tap) * ko;
+          for (int64_t x = 0; x < ko; ++x) sum[x] += colsum[x];
         }
       }
     }
@@ -445,7 +479,7 @@ bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b,
 status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb) {
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
-  const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
+  const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.group_c() * g_.r * g_.s);
   conv_plan_key key = zeroed<conv_plan_key>();
   key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
   key.bias = has_bias_, key.zero = q_.x_zero != 0;
@@ -458,7 +492,7 @@ status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, 
         p.e.scale = scale_kind::column;
         p.e.col_offset = q_.x_zero != 0;
         p.threads = threads;
-        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow));
+        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow), fs_);
       });
       s != status::ok)
     return s;

@@ -1,13 +1,15 @@
 // Direct 2-D convolution driver: y = act(conv(x, W) + b) and its backward pass, on blocked
 // arrays; every contraction is one BRGEMM call over a batch of (channel block, tap) pairs
-// named by offsets.
+// named by offsets. Grouped convolutions are the same passes over a channel split (below);
+// depthwise ones (groups = C = K) are stencils, not products (depthwise.h).
 //
 // Layouts (blocks row-major, channels past the real counts zero):
-//   activations  [N][C/bc][H][W][bc]          f32 or bf16 (uint16 bits)
-//   W forward    [K/bk][C/bc][R][S] blocks of (bc × bk) in the kernel's B layout
-//                (bf16: VNNI-2, i.e. [bc/2][bk][2])
-//   W backward   [C/bc][K/bk][R][S] blocks of (bk × bc), the same taps transposed
-// W itself (K, C, R, S) as PyTorch holds it, its gradient and the bias stay plain f32.
+//   activations  [N][C/bc][H][W][bc]          f32 or bf16 (uint16 bits), whatever the groups
+//   W forward    [K/ko][per][R][S] blocks of (ki × ko) in the kernel's B layout (bf16: VNNI-2,
+//                i.e. [ki/2][ko][2]); block (j, t) holds the input channels of source block
+//                q0[j] + t (channel_split; without groups ki = bc, ko = bk: [K/bk][C/bc][R][S])
+//   W backward   the same for the transposed pass (results: input channels, blocks of Wᵀ)
+// W itself (K, C/groups, R, S) as PyTorch holds it, its gradient and the bias stay plain f32.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -20,6 +22,8 @@ namespace brgemm::layers {
 
 struct conv_geometry {
   int64_t c = 1, k = 1, r = 1, s = 1;           // input and output channels, kernel rows and columns
+  int64_t groups = 1;                           // output channel k reads the input channels of its
+                                                // group k/(K/groups): c/(C/groups) == k/(K/groups)
   int64_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int64_t pad_t = 0, pad_b = 0, pad_l = 0, pad_r = 0;
   // Whether the dilated kernel fits an h × w input once padded (out_h and out_w are sizes only
@@ -30,6 +34,10 @@ struct conv_geometry {
   // Output size for an input of h × w that fits.
   int64_t out_h(int64_t h) const { return (h + pad_t + pad_b - dil_h * (r - 1) - 1) / stride_h + 1; }
   int64_t out_w(int64_t w) const { return (w + pad_l + pad_r - dil_w * (s - 1) - 1) / stride_w + 1; }
+  int64_t group_c() const { return c / groups; }  // channels per group, in and out
+  int64_t group_k() const { return k / groups; }
+  // Depthwise: one input channel per group, as many outputs (a per-channel stencil, depthwise.h).
+  bool depthwise() const { return groups > 1 && groups == c && groups == k; }
   // padding="same" (stride 1: the output keeps the input's size); an odd total puts the extra
   // row or column at the bottom or right, as PyTorch does.
   void pad_same() {
@@ -52,10 +60,31 @@ void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw
 void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
                        element xt);
 
+// Channels under groups. A pass computes its result channels in blocks of ko (dividing the
+// result's layout block bo) and reduces over source blocks of ki (dividing the source's bi):
+// result block j reads the `per` source blocks q0[j] .. q0[j] + per − 1, those that meet the
+// groups of its channels (the weights are zero outside a result channel's group: a block
+// holding several small groups is block-diagonal, a large group spans whole blocks). A kernel
+// reads a ki-wide part of a bi-wide pixel (lda stays the layout's) and writes a ko-wide part of
+// a bo-wide one, so the activations keep their layout (conv_block of the channel count) whatever
+// the groups. Source block q lies in layout block q / (bi/ki), at channel (q mod (bi/ki))·ki.
+// groups = 1: ki = bi, ko = bo, per = every source block, q0 = 0: the ungrouped pass exactly.
+struct channel_split {
+  int64_t ki = 0, ko = 0, per = 0;
+  std::vector<int64_t> q0;                 // per result block (res·bo/ko of them)
+  int64_t subs(int64_t bo) const { return bo / ko; }
+};
+// src and res channels (counts, not padded) in layout blocks bi and bo, in `groups`; ki a
+// multiple of align (the kernel's k-pack: 1 for f32, 2 for bf16, 4 for int8). Among the block
+// widths that divide the layout blocks, the one with the fewest k-steps of 16-lane vectors
+// (redundant multiplies by zero included) plus a per-block overhead.
+channel_split split_channels(int64_t src, int64_t res, int64_t groups, int64_t bi, int64_t bo, int64_t align);
+
 // Plans (conv_plan.h): one direct-convolution pass set up for a call shape (its kernels, runs and
 // offset tables), and a backward pass's (its data pass and the weight gradient's kernels).
 struct conv_pass_plan;
 struct conv_backward_plan;
+class depthwise_conv;  // depthwise.h: groups = C = K
 // What a plan depends on besides the layer: the call's size, the ISA its kernels were
 // dispatched for, the threads it splits the work for, and the epilogue's optional stages.
 struct conv_plan_key {
@@ -66,7 +95,8 @@ struct conv_plan_key {
 class conv_layer {
  public:
   // t is f32 or bf16 (bf16 activations and packed weights, f32 accumulation, master weights and
-  // gradients).
+  // gradients). A depthwise geometry (groups = C = K) runs as per-channel stencils
+  // (depthwise.h); any other grouping as BRGEMMs over the channel split above.
   conv_layer(dtype t, const conv_geometry& g, brgemm::activation act);
 
   const conv_geometry& geometry() const { return g_; }
@@ -96,6 +126,7 @@ class conv_layer {
   dtype t_;
   conv_geometry g_;
   int64_t bc_, bk_;
+  channel_split fs_, bs_;                      // forward (C → K) and backward data (K → C)
   brgemm::activation act_;
   bool has_bias_ = false;
   packed_weights w_seen_, b_seen_;             // w and b as packed last
@@ -104,6 +135,7 @@ class conv_layer {
   std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
   plan_cache<conv_plan_key, conv_backward_plan> bwd_plans_;
+  std::shared_ptr<depthwise_conv> dw_;         // a depthwise layer's passes (not BRGEMMs)
 };
 
 // The quantization of an int8 layer: real x = x_scale·(x_q − x_zero) for the u8 input;
@@ -144,13 +176,14 @@ class qconv_layer {
  private:
   conv_geometry g_;
   int64_t bc_, bk_;
+  channel_split fs_;
   brgemm::activation act_;
   out_type out_;
   conv_quant q_;
   bool has_bias_ = false, fold_ = false;
   packed_weights w_seen_, rest_seen_;          // w; w_scale, b and q as packed last
   std::vector<float> bias_, scale_;            // the epilogue's bias and scale, padded to K/bk
-  std::vector<int32_t> tapsum_;                         // [K/bk][R][S][bk]: Σ_c w_q of each tap
+  std::vector<int32_t> tapsum_;                // [result block][R][S][ko]: Σ_c w_q of each tap
   std::vector<char> fwd_;
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
 };

@@ -19,15 +19,48 @@ void merge_rows(const conv_geometry& g, int64_t& h, int64_t& w) {
   w *= rows;
 }
 
+channel_split split_channels(int64_t src, int64_t res, int64_t groups, int64_t bi, int64_t bo, int64_t align) {
+  const int64_t src_pad = round_up(src, bi), res_pad = round_up(res, bo);
+  channel_split best;
+  if (groups == 1) {
+    best.ki = bi, best.ko = bo, best.per = src_pad / bi;
+    best.q0.assign((size_t)(res_pad / bo), 0);
+    return best;
+  }
+  const int64_t gs = src / groups, gr = res / groups;
+  int64_t best_cost = INT64_MAX;
+  for (int64_t ki = bi; ki >= 1; --ki) {
+    if (bi % ki || ki % align) continue;
+    for (int64_t ko = bo; ko >= 1; --ko) {
+      if (bo % ko) continue;
+      const int64_t nq = src_pad / ki, nj = res_pad / ko;
+      channel_split c;
+      c.ki = ki, c.ko = ko, c.per = 1;
+      c.q0.assign((size_t)nj, 0);
+      for (int64_t j = 0; j < nj && j * ko < res; ++j) {  // blocks of padding only read block 0
+        const int64_t k_lo = j * ko, k_hi = std::min(res, k_lo + ko);
+        const int64_t c_lo = k_lo / gr * gs, c_hi = ((k_hi - 1) / gr + 1) * gs;
+        c.q0[j] = c_lo / ki;
+        c.per = std::max(c.per, ceil_div(c_hi, ki) - c_lo / ki);
+      }
+      for (int64_t& q : c.q0) q = std::min(q, nq - c.per);  // a range of fixed length, zeros past the groups
+      const int64_t cost = nj * c.per * (ki * ceil_div(ko, 16) + 2);
+      if (cost < best_cost) best_cost = cost, best = std::move(c);
+    }
+  }
+  return best;
+}
+
 status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows_in,
-                  std::vector<run> runs_in) {
+                  std::vector<run> runs_in, channel_split ch) {
   pl.p = p;
   pl.rows = std::move(rows_in);
   pl.runs = std::move(runs_in);
+  pl.ch = std::move(ch);
   const std::vector<run>& runs = pl.runs;
-  const int64_t blk = p.bi * p.bo, taps = p.taps_r * p.taps_s;
-  pl.per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, p.red);
-  pl.chunks = ceil_div(p.red, pl.per);
+  const int64_t ki = pl.ch.ki, ko = pl.ch.ko, blk = ki * ko, taps = p.taps_r * p.taps_s;
+  pl.per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, pl.ch.per);
+  pl.chunks = ceil_div(pl.ch.per, pl.per);
   int64_t group = p.res_rows;
   if (pl.chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
   while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
@@ -37,7 +70,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   pl.ldc = p.res_step * p.bo;
 
   // Kernels per run (runs differ only in M).
-  desc d{p.t, 0, p.bo, p.bi, p.src_step * p.bi, p.bo, pl.ldc, batch_kind::offset, 0.0f, p.e};
+  desc d{p.t, 0, ko, ki, p.src_step * p.bi, ko, pl.ldc, batch_kind::offset, 0.0f, p.e};
   pl.kr.resize(runs.size());
   for (size_t u = 0; u < runs.size(); ++u) {
     d.m = runs[u].m;
@@ -91,29 +124,44 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
     pl.row_class[o] = it->second;
     pl.row_base[o] = base;
   }
+  pl.classes = (int64_t)class_taps.size();
+  // Phases: where q0 sits inside its source layout block (ri = bi/ki parts of it); a table set
+  // per phase that occurs, whose offsets start from the layout block's base.
+  const int64_t ri = p.bi / ki;
+  std::vector<int64_t> phase_index((size_t)ri, -1), phases;
+  pl.phase.resize(pl.ch.q0.size());
+  for (size_t j = 0; j < pl.ch.q0.size(); ++j) {
+    int64_t& at = phase_index[pl.ch.q0[j] % ri];
+    if (at < 0) at = (int64_t)phases.size(), phases.push_back(pl.ch.q0[j] % ri);
+    pl.phase[j] = at;
+  }
   // The tables, in the order the reduction has always summed: chunk's q, row tap, column tap.
   const int64_t src_plane = p.src_rows * p.src_cols * p.bi;
-  pl.table.resize(class_taps.size() * runs.size() * pl.chunks);
-  for (size_t cls = 0; cls < class_taps.size(); ++cls) {
-    const std::vector<tap>& taps_o = *class_taps[cls];
-    const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
-    for (size_t u = 0; u < runs.size(); ++u)
-      for (int64_t ch = 0; ch < pl.chunks; ++ch) {
-        const int64_t first = (int64_t)pl.offs_a.size();
-        for (int64_t q = ch * pl.per; q < std::min(p.red, (ch + 1) * pl.per); ++q)
-          for (const tap& tr : taps_o)
-            for (const tap& ts : runs[u].taps) {
-              pl.offs_a.push_back(q * src_plane + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
-              pl.offs_w.push_back(((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
-            }
-        pl.table[(cls * runs.size() + u) * pl.chunks + ch] = {first, (int64_t)pl.offs_a.size() - first};
-      }
-  }
+  pl.table.resize(phases.size() * class_taps.size() * runs.size() * pl.chunks);
+  for (size_t ph = 0; ph < phases.size(); ++ph)
+    for (size_t cls = 0; cls < class_taps.size(); ++cls) {
+      const std::vector<tap>& taps_o = *class_taps[cls];
+      const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
+      for (size_t u = 0; u < runs.size(); ++u)
+        for (int64_t ch = 0; ch < pl.chunks; ++ch) {
+          const int64_t first = (int64_t)pl.offs_a.size();
+          for (int64_t q = ch * pl.per; q < std::min(pl.ch.per, (ch + 1) * pl.per); ++q) {
+            const int64_t at = phases[ph] + q, src_q = at / ri * src_plane + at % ri * ki;
+            for (const tap& tr : taps_o)
+              for (const tap& ts : runs[u].taps) {
+                pl.offs_a.push_back(src_q + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
+                pl.offs_w.push_back(((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
+              }
+          }
+          pl.table[((ph * class_taps.size() + cls) * runs.size() + u) * pl.chunks + ch] = {
+              first, (int64_t)pl.offs_a.size() - first};
+        }
+    }
 
   // The per-thread tiles, grown here rather than by the first items.
   const int64_t rows_blk = group * p.res_cols * p.bo;
   reserve_scratch(p.threads, {{0, p.z && p.t == dtype::bf16 ? rows_blk : 0},
-                              {1, dtype_is_int8(p.t) ? p.bo : 0},
+                              {1, dtype_is_int8(p.t) ? ko : 0},
                               {2, pl.tile ? rows_blk : 0}});
   return status::ok;
 }
@@ -127,64 +175,68 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
   const bool tile = pl.tile;
   const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
   const int64_t ob = x.z ? 4 : out_type_bytes(p.t, p.e.out);
-  const int64_t ab = dtype_a_bytes(p.t), wb = dtype_b_bytes(p.t), red_w = p.red * p.taps_r * p.taps_s * p.bi * p.bo;
+  const int64_t ki = pl.ch.ki, ko = pl.ch.ko, subs = pl.ch.subs(p.bo), ri = p.bi / ki;
+  const int64_t ab = dtype_a_bytes(p.t), wb = dtype_b_bytes(p.t), red_w = pl.ch.per * p.taps_r * p.taps_s * ki * ko;
   char* final_out = x.z ? (char*)x.z : (char*)x.out;
   const int64_t* offs_a = pl.offs_a.data();
   const int64_t* offs_w = pl.offs_w.data();
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t item = 0; item < p.res * p.n * groups; ++item) {
-    const int64_t j = item / (p.n * groups), i = item / groups % p.n, gi = item % groups, o0 = gi * group;
+    const int64_t jl = item / (p.n * groups), i = item / groups % p.n, gi = item % groups, o0 = gi * group;
     const int64_t o1 = std::min(p.res_rows, o0 + group);
     float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;  // f32 or s32
-    int32_t* col = x.tapsum ? (int32_t*)scratch(1, p.bo) : nullptr;
+    int32_t* col = x.tapsum ? (int32_t*)scratch(1, ko) : nullptr;
     static thread_local std::vector<const int32_t*> sums;  // the tap sums a run reads
     if (col) sums.resize(p.taps_r * p.taps_s);
-    epilogue_args args = x.ea.at(0, j * p.bo, p.e.scale, p.t);
-    args.col_offset = col;
-    const char* src_i = (const char*)x.src + i * p.red * src_plane * ab;
-    const char* wts_j = x.wts + j * red_w * wb;
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const bool last = ch + 1 == chunks;
-      // The product for the results of run u from row o, column c of the run on (just that
-      // column when down the column).
-      auto call = [&](const kernel& kr, int64_t o, size_t u, int64_t c, int64_t ld) {
-        const run& r = runs[u];
-        const auto& [first, count] = pl.at(pl.row_class[o], u, ch);
-        batch_ref batch;
-        batch.count = count;
-        batch.a = src_i + (pl.row_base[o] * p.src_cols + c * p.src_step) * p.bi * ab;
-        batch.b = wts_j;
-        batch.offs_a = offs_a + first;
-        batch.offs_b = offs_w + first;
-        const int64_t rc = r.p0 + c * p.res_step;
-        const int64_t at = (i * p.res + j) * res_plane + (o * p.res_cols + rc) * p.bo;
-        float* acc = tile ? part + ((o - o0) * p.res_cols + rc) * p.bo : (float*)(final_out + at * ob);
-        if (!last) return execute(kr, batch, acc);
-        if (col) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
-          int64_t read = 0;
-          for (const tap& tr : pl.rows[o])
-            for (const tap& ts : r.taps) sums[read++] = x.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * p.bo;
-          zero_point_col_offsets(p.t, zero_points{x.zero, 0}, 0, sums.data(), read, p.bo, col);
-        }
-        args.acc_in = acc;
-        args.ld_acc_in = ld;
-        if (x.add) {
-          args.add = (const char*)x.add + at * ob;
-          args.ld_add = ld;
-        }
-        execute(kr, batch, final_out + at * ob, &args);
-      };
-      for (const auto& [first, rows] : pl.stacks[gi])
-        for (size_t u = 0; u < runs.size(); ++u)
-          if (runs[u].m < rows)  // then narrowest < rows <= tallest: kc[rows] was made
-            for (int64_t c = 0; c < runs[u].m; ++c) call(pl.kc[rows].at(ch, chunks), first, u, c, p.res_cols * p.bo);
-          else
-            for (int64_t o = first; o < first + rows; ++o) call(pl.kr[u].at(ch, chunks), o, u, 0, ldc);
+    for (int64_t sub = 0; sub < subs; ++sub) {  // the layout block's ko-wide result blocks
+      const int64_t j = jl * subs + sub, q0 = pl.ch.q0[j], ph = pl.phase[j];
+      epilogue_args args = x.ea.at(0, j * ko, p.e.scale, p.t);
+      args.col_offset = col;
+      const char* src_i = (const char*)x.src + (i * p.red * src_plane + (q0 - q0 % ri) / ri * src_plane) * ab;
+      const char* wts_j = x.wts + j * red_w * wb;
+      for (int64_t ch = 0; ch < chunks; ++ch) {
+        const bool last = ch + 1 == chunks;
+        // The product for the results of run u from row o, column c of the run on (just that
+        // column when down the column).
+        auto call = [&](const kernel& kr, int64_t o, size_t u, int64_t c, int64_t ld) {
+          const run& r = runs[u];
+          const auto& [first, count] = pl.at(ph, pl.row_class[o], u, ch);
+          batch_ref batch;
+          batch.count = count;
+          batch.a = src_i + (pl.row_base[o] * p.src_cols + c * p.src_step) * p.bi * ab;
+          batch.b = wts_j;
+          batch.offs_a = offs_a + first;
+          batch.offs_b = offs_w + first;
+          const int64_t rc = r.p0 + c * p.res_step;
+          const int64_t at = (i * p.res + jl) * res_plane + (o * p.res_cols + rc) * p.bo + sub * ko;
+          float* acc = tile ? part + ((o - o0) * p.res_cols + rc) * p.bo + sub * ko : (float*)(final_out + at * ob);
+          if (!last) return execute(kr, batch, acc);
+          if (col) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
+            int64_t read = 0;
+            for (const tap& tr : pl.rows[o])
+              for (const tap& ts : r.taps) sums[read++] = x.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * ko;
+            zero_point_col_offsets(p.t, zero_points{x.zero, 0}, 0, sums.data(), read, ko, col);
+          }
+          args.acc_in = acc;
+          args.ld_acc_in = ld;
+          if (x.add) {
+            args.add = (const char*)x.add + at * ob;
+            args.ld_add = ld;
+          }
+          execute(kr, batch, final_out + at * ob, &args);
+        };
+        for (const auto& [first, rows] : pl.stacks[gi])
+          for (size_t u = 0; u < runs.size(); ++u)
+            if (runs[u].m < rows)  // then narrowest < rows <= tallest: kc[rows] was made
+              for (int64_t c = 0; c < runs[u].m; ++c) call(pl.kc[rows].at(ch, chunks), first, u, c, p.res_cols * p.bo);
+            else
+              for (int64_t o = first; o < first + rows; ++o) call(pl.kr[u].at(ch, chunks), o, u, 0, ldc);
+      }
     }
     if (x.z) {  // the activation on the group's rows while they are in cache (res_step is 1 here)
       // The epilogue's output is z's f32 here, so the output's type is the layer's: bf16
       // results are rounded from f32 (asking the epilogue wrote f32 into bf16 y).
-      const int64_t at = (i * p.res + j) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
+      const int64_t at = (i * p.res + jl) * res_plane + o0 * p.res_cols * p.bo, len = (o1 - o0) * p.res_cols * p.bo;
       if (p.t != dtype::bf16) {
         activation_f32(x.act, x.z + at, (float*)x.out + at, len);
       } else {

@@ -1,4 +1,5 @@
-// The direct convolution's plans (private to conv.cpp and conv_plan.cpp): how a pass's result
+// The direct convolution's plans (private to conv.cpp and conv_plan.cpp; depthwise.cpp borrows
+// the rows' taps, tap and the axes): how a pass's result
 // columns split into runs that see the same taps, the kernels and offset tables built once per
 // call shape (build_pass), and the loop that only invokes them (run_pass).
 #pragma once
@@ -99,7 +100,7 @@ struct chunk_kernels {
 // everything its plan depends on, no pointers.
 struct pass_shape {
   dtype t;
-  int64_t n, red, res, taps_r, taps_s;     // images, reduction and result blocks, kernel taps
+  int64_t n, red, res, taps_r, taps_s;     // images, source and result layout blocks, kernel taps
   int64_t bi, bo;                          // channel blocks of the source and of the result
   int64_t src_rows, src_cols, src_step;    // source columns advance src_step per result column
   int64_t res_rows, res_cols, res_step;    // a run writes every res_step-th column
@@ -114,9 +115,9 @@ struct pass_shape {
 // (col_offset).
 struct pass_data {
   const void* src;
-  const char* wts;
+  const char* wts;                         // [result block][per][taps_r][taps_s] blocks of ki × ko
   epilogue_args ea;                        // from result channel 0 (bias, int8 scale, u8 output)
-  const int32_t* tapsum = nullptr;         // int8 with a zero point: [res][taps_r][taps_s][bo]
+  const int32_t* tapsum = nullptr;         // int8 with a zero point: [result block][taps_r][taps_s][ko]
   int32_t zero = 0;                        //   Σ_c W of each tap, and the source's zero point
   void* out;
   float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
@@ -125,17 +126,21 @@ struct pass_data {
 };
 
 // One direct-convolution pass set up for its shape (see run_pass). Result rows come in groups
-// per work item; the reduction blocks q in chunks whose weight blocks (for one j) fit in L2, so
+// per work item (a result layout block, an image, a group of rows; the item walks the block's
+// ko-wide parts in turn, channel_split); the reduction blocks q in chunks whose weight blocks (for one j) fit in L2, so
 // that each chunk is reused by every row of the group: with a small image (7 × 7) one row alone
 // reuses a weight block five times, too few to outrun L3. Partial sums go to the result itself
 // (f32) or to a per-thread accumulator tile (bf16 results, int8).
 //
 // The batch offsets are tables built here, not per call: a batch's A offsets relative to its
 // image, first source row and column, and its B offsets relative to its result block j, depend
-// only on the row's taps (rows with the same taps at the same distances share a class), the run
-// and the chunk; the rest goes into the batch's base addresses.
+// only on the row's taps (rows with the same taps at the same distances share a class), the run,
+// the chunk and the phase of q0 inside its layout block (one phase without groups); the rest
+// goes into the batch's base addresses.
 struct conv_pass_plan {
   pass_shape p;
+  channel_split ch;                        // result blocks of ch.ko, reduction blocks of ch.ki
+  std::vector<int64_t> phase;              // per result block: its table set (q0's phase)
   std::vector<std::vector<tap>> rows;      // taps of each result row
   std::vector<run> runs;                   // runs of result columns that see the same taps
   int64_t per, chunks, group, groups, ldc;
@@ -145,9 +150,10 @@ struct conv_pass_plan {
   std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks;  // per group: (first row, rows)
   std::vector<int64_t> row_class, row_base;  // per result row: its class, its first tap's source row
   std::vector<int64_t> offs_a, offs_w;     // the tables, one after another
-  std::vector<std::pair<int64_t, int64_t>> table;  // [(class·runs + run)·chunks + chunk]: (first, count)
-  const std::pair<int64_t, int64_t>& at(int64_t cls, size_t u, int64_t ch) const {
-    return table[(cls * (int64_t)runs.size() + (int64_t)u) * chunks + ch];
+  int64_t classes = 0;
+  std::vector<std::pair<int64_t, int64_t>> table;  // [((phase·classes + class)·runs + run)·chunks + chunk]: (first, count)
+  const std::pair<int64_t, int64_t>& at(int64_t ph, int64_t cls, size_t u, int64_t c) const {
+    return table[((ph * classes + cls) * (int64_t)runs.size() + (int64_t)u) * chunks + c];
   }
 };
 
@@ -168,7 +174,7 @@ struct conv_backward_plan {
 // Builds pl for the pass p over result rows `rows` (their row taps) and column runs `runs`:
 // kernels, row classes, offset tables; grows the threads' scratch.
 status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows,
-                  std::vector<run> runs);
+                  std::vector<run> runs, channel_split ch);
 // Runs a planned pass on one call's data. Only invokes: every kernel, run and offset table is
 // the plan's.
 void run_pass(const conv_pass_plan& pl, const pass_data& x);

@@ -175,7 +175,7 @@ def test_conv_gradients_by_finite_differences(rng):
         assert abs((up - down) / (2 * h) - dw[idx]) < 2e-3 * max(1.0, abs(dw[idx]))
 
 
-ACTS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish"]
+ACTS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish", "relu6"]
 
 
 @pytest.mark.parametrize("act", ACTS)

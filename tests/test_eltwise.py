@@ -25,7 +25,7 @@ BF16 = ml_dtypes.bfloat16
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32)
 ALL_BF16_AS_F32 = (ALL_BITS << 16).view(np.float32)  # every bf16 value, exactly, as float32
 KTANH_BOUND_BF16 = 0.009   # the issue's bar; the table reaches 0.00892
-ACTIVATIONS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish"]
+ACTIVATIONS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish", "relu6"]
 
 
 def f64(x):
@@ -164,7 +164,8 @@ def test_exact_functions(isa, rng):
     sig = 1 / (1 + np.exp(-xd))
     erfc = np.vectorize(math.erfc)  # Φ(x) = erfc(−x/√2)/2: no cancellation on the negative side
     for name, want in (("tanh", np.tanh(xd)), ("sigmoid", sig), ("swish", xd * sig),
-                       ("gelu", 0.5 * xd * erfc(-xd / np.sqrt(2))), ("relu", np.maximum(xd, 0))):
+                       ("gelu", 0.5 * xd * erfc(-xd / np.sqrt(2))), ("relu", np.maximum(xd, 0)),
+                       ("relu6", np.clip(xd, 0, 6))):
         got = f64(F.activation(x, name))
         np.testing.assert_allclose(got, want, rtol=4e-7, atol=1e-37, err_msg=name)
 
@@ -183,6 +184,7 @@ def test_bf16_output_is_the_f32_result_rounded(rng):
 def test_backward(name, rng):
     x = (rng.standard_normal(3001) * 3).astype(np.float32)
     x[np.abs(x) < 1e-3] = 0.5  # relu's kink
+    x[np.abs(x - 6) < 1e-3] = 5.5  # relu6's
     g = rng.standard_normal(x.size).astype(np.float32)
     y = F.activation(x, name)
     got = F.activation_backward(name, g, x=x, y=y)
@@ -193,6 +195,8 @@ def test_backward(name, rng):
         want = gd * yd * (1 - yd)
     elif name == "relu":
         want = gd * (xd > 0)
+    elif name == "relu6":
+        want = gd * ((xd > 0) & (xd < 6))
     else:  # derivative of the function itself, in float64 (k-versions: of their formula with ktanh's output)
         h = 1e-3
         if name.startswith("k"):

@@ -1222,7 +1222,7 @@ SUBJECTS = {
     "brgemm.quant.split_outliers": fuzz_split_outliers, "brgemm.quant.outlier_error": fuzz_outlier_error,
     "brgemm.quant.quantize_model": fuzz_quantize_model, "brgemm._l2search.l2_search": fuzz_l2_search,
 }
-for _f in ("ktanh", "ksigmoid", "kswish", "kgelu", "tanh", "sigmoid", "swish", "gelu", "relu", "activation"):
+for _f in ("ktanh", "ksigmoid", "kswish", "kgelu", "tanh", "sigmoid", "swish", "gelu", "relu", "relu6", "activation"):
     SUBJECTS[f"brgemm.nn.functional.{_f}"] = fuzz_elementwise(_f)
 for _f in ("taylor_softmax", "taylor_softmax_backward", "softmax", "softmax_backward"):
     SUBJECTS[f"brgemm.nn.functional.{_f}"] = fuzz_softmax(_f)

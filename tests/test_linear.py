@@ -71,7 +71,7 @@ def test_linear_forward_backward_match_float64(isa, rng, dtype, shape, bias):
         assert lin.bias is None and lin.bias_grad is None
 
 
-ACTS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish"]
+ACTS = ["relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish", "relu6"]
 
 
 @pytest.mark.parametrize("act", ACTS)

@@ -345,18 +345,19 @@ def test_compile_recurrent():
 # --- convert, parameters, errors --------------------------------------------------------------------
 
 def test_convert_report_and_shared_parameters():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, groups=2),
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True),
+                          nn.Conv2d(8, 8, 3, groups=2, padding=1, padding_mode="reflect"),
                           nn.BatchNorm2d(8), nn.Flatten(), nn.Sequential(nn.Linear(8, 4), nn.Tanh()),
-                          nn.LSTM(4, 4, proj_size=2))
+                          nn.LSTM(4, 4, proj_size=2), nn.Conv2d(8, 8, 3, groups=4))
     params = {n: p for n, p in model.named_parameters()}
     keys = set(model.state_dict())
     report = bt.convert(model)
-    assert [s[0] for s in report.swapped] == ["0", "5.0"]
+    assert [s[0] for s in report.swapped] == ["0", "5.0", "7"]
     assert report.fused == [("1", "0")] and isinstance(model[1], nn.Identity)
     kept = {name: why for name, _, why in report.kept}
-    assert "groups=2" in kept["2"] and "proj_size" in kept["6"] and "approximate=True" in kept["5.1"]
+    assert "padding_mode" in kept["2"] and "proj_size" in kept["6"] and "approximate=True" in kept["5.1"]
     assert kept["3"] == "no brgemm counterpart"
-    assert "swapped 2 module(s)" in str(report)
+    assert "swapped 3 module(s)" in str(report)
     assert set(model.state_dict()) == keys
     assert all(p is params[n] for n, p in model.named_parameters())  # optimizers keep working
     assert bt.convert(model).swapped == []  # converting again changes nothing
@@ -398,7 +399,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="groups"):
         ops.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 2)
     with pytest.raises(ValueError, match="groups"):
-        bt.Conv2d(4, 4, 3, groups=2)
+        bt.Conv2d(4, 6, 3, groups=4)
     with pytest.raises(ValueError, match="channels"):
         ops.conv2d(x, torch.randn(4, 2, 3, 3))
     with pytest.raises(ValueError, match="larger than the padded input"):

@@ -51,22 +51,37 @@ def padding_arg(padding, kernel, dilation):
     return vals
 
 
-class ConvGeometry(namedtuple("ConvGeometry", "in_channels out_channels kernel_size stride padding dilation")):
+class ConvGeometry(namedtuple("ConvGeometry", "in_channels out_channels kernel_size stride padding dilation groups",
+                              defaults=(1,))):
     """A convolution's shape: channels, kernel (R, S), stride, padding (top, bottom, left,
-    right) and dilation, checked."""
+    right), dilation and groups (output channel k reads the in_channels/groups input channels
+    of its group k // (out_channels/groups); groups = in_channels = out_channels: depthwise),
+    checked."""
 
     @classmethod
-    def of(cls, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1):
+    def of(cls, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         kernel, dilation = pair_arg(kernel_size, "kernel_size"), pair_arg(dilation, "dilation")
         stride = pair_arg(stride, "stride")
         if isinstance(padding, str) and padding == "same" and stride != (1, 1):
             raise ValueError("padding='same' needs stride 1")
-        return cls(positive_int(in_channels, "in_channels"), positive_int(out_channels, "out_channels"), kernel,
-                   stride, padding_arg(padding, kernel, dilation), dilation)
+        c, k = positive_int(in_channels, "in_channels"), positive_int(out_channels, "out_channels")
+        groups = positive_int(groups, "groups")
+        for v, name in ((c, "in_channels"), (k, "out_channels")):
+            if v % groups:
+                raise ValueError(f"{name} ({v}) must be divisible by groups ({groups})")
+        return cls(c, k, kernel, stride, padding_arg(padding, kernel, dilation), dilation, groups)
 
     def core_args(self):
-        """(C, K, R, S, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w) for _core."""
+        """(C, K, R, S, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w) for _core
+        (groups goes by keyword: core_kwargs)."""
         return (self.in_channels, self.out_channels, *self.kernel_size, *self.stride, *self.padding, *self.dilation)
+
+    def core_kwargs(self):
+        return {"groups": self.groups} if self.groups != 1 else {}
+
+    def weight_shape(self):
+        """(K, C/groups, R, S), as PyTorch holds a convolution's weight."""
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def out_size(self, h, w):
         """(OH, OW) for an input of h × w, as the C++ layer computes it (layers/conv.h);
@@ -98,7 +113,7 @@ class ConvRunner:
 
     def __init__(self, dtype, geometry, activation, scratch=16):
         self.geometry = geometry
-        self.cv = _core._Conv2d(dtype, *geometry.core_args(), activation)
+        self.cv = _core._Conv2d(dtype, *geometry.core_args(), activation, **geometry.core_kwargs())
         self.bc, self.bk, self.needs_z = self.cv.bc, self.cv.bk, self.cv.needs_z
         self.act_dtype = F32 if dtype == "float32" else BF16
         self.weights = PackedWeights(self.cv.refresh, core=True)
@@ -107,7 +122,7 @@ class ConvRunner:
         self._packed_key = None
 
     def refresh(self, weight, bias, key=None):
-        """Packs weight (K, C, R, S) and bias (K,) (float32; bias may be None) if they changed.
+        """Packs weight (K, C/groups, R, S) and bias (K,) (float32; bias may be None) if they changed.
         ``key``: what tells the caller's weights apart (brgemm.torch: the tensors' identities and
         version counters); the same key as the last pack's skips the byte comparison."""
         if key is not None and key == self._packed_key:

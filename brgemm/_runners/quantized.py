@@ -59,7 +59,7 @@ class QuantizedConvRunner:
 
     def __init__(self, geometry, activation, out_dtype, scratch=16):
         self.geometry = geometry
-        self.cv = _core._QuantizedConv2d(*geometry.core_args(), activation, out_dtype)
+        self.cv = _core._QuantizedConv2d(*geometry.core_args(), activation, out_dtype, **geometry.core_kwargs())
         self.bc, self.bk = self.cv.bc, self.cv.bk
         self.weights = PackedWeights(self.cv.refresh, core=True)
         self.scratch = Scratch(scratch)
@@ -68,8 +68,7 @@ class QuantizedConvRunner:
     def refresh(self, weight, weight_scale, bias, quantization):
         """Packs the weights and builds the epilogue if anything changed; ``quantization`` as
         quantization_arg returns it."""
-        weights_arg(weight, weight_scale, bias, (self.geometry.out_channels, self.geometry.in_channels,
-                                                 *self.geometry.kernel_size))
+        weights_arg(weight, weight_scale, bias, self.geometry.weight_shape())
         return self.weights.refresh(weight, weight_scale, bias, key=tuple(quantization))
 
     def forward(self, x, y, input_scale, input_zero_point):

@@ -34,10 +34,10 @@ _U8 = np.dtype(np.uint8)
 class _Convolution:
     """What the convolution layers share: geometry, output sizes, the checks of their arrays."""
 
-    def _init_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation):
-        self.geometry = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
+    def _init_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1):
+        self.geometry = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-         self.dilation) = self.geometry
+         self.dilation, self.groups) = self.geometry
 
     def output_size(self, h, w):
         """(OH, OW) for an input of h × w; ValueError when the kernel does not fit."""
@@ -82,19 +82,25 @@ class _Convolution:
 
     def _geometry_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}")
+                f"padding={self.padding}, dilation={self.dilation}"
+                + (f", groups={self.groups}" if self.groups != 1 else ""))
 
 
 class Conv2d(_Convolution, Parameters):
-    """y = activation(conv2d(x, weight) + bias), groups = 1, bias and activation fused into the
-    BRGEMM's epilogue.
+    """y = activation(conv2d(x, weight) + bias), bias and activation fused into the BRGEMM's
+    epilogue.
 
     ``kernel_size``, ``stride``, ``dilation``: an integer or (rows, columns). ``padding``: an
     integer, (rows, columns), (top, bottom, left, right), "valid" or "same" (stride 1).
+    ``groups``: as PyTorch's; ``weight`` is then (K, C/groups, R, S). Grouped convolutions are
+    BRGEMMs whose blocks hold whole groups or parts of one (block-diagonal weights for groups
+    narrower than a block); groups = in_channels = out_channels (depthwise) is a per-channel
+    stencil instead (layers/depthwise.cpp).
     ``activation``: None, "relu", or any of :class:`brgemm.nn.Linear`'s. ``dtype``: "float32",
     or "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
     weights and gradients; the weight gradient is computed in f32 from the bf16 activations,
-    which are exact in f32). Initialised as PyTorch does: U(−1/√(C·R·S), 1/√(C·R·S)), from ``seed``.
+    which are exact in f32). Initialised as PyTorch does: U(−1/√(C/groups·R·S), 1/√(C/groups·R·S)),
+    from ``seed``.
 
     >>> conv = Conv2d(64, 64, 3, padding=1, activation="relu")
     >>> y = conv(x)                      # x (N, 64, H, W) → y (N, 64, H, W)
@@ -104,15 +110,16 @@ class Conv2d(_Convolution, Parameters):
     training = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-                 activation=None, dtype="float32", seed=None):
-        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+                 activation=None, dtype="float32", seed=None, groups=1):
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.activation = activation_arg(activation)
         self.dtype = dtype_arg(dtype)
         self._runner = ConvRunner(self.dtype, self.geometry, activation or "none")
         self._act_dtype, self.bc, self.bk = self._runner.act_dtype, self._runner.bc, self._runner.bk
         r, s = self.kernel_size
         rng = np.random.default_rng(seed)
-        self._init_parameters(rng, (self.out_channels, self.in_channels, r, s), self.in_channels * r * s, bias)
+        shape = self.geometry.weight_shape()
+        self._init_parameters(rng, shape, shape[1] * r * s, bias)
         self._saved = None   # what the last training forward keeps for backward
 
     # --- modes ----------------------------------------------------------------------------
@@ -168,7 +175,7 @@ class Conv2d(_Convolution, Parameters):
 
 class QuantizedConv2d(_Convolution, QuantizedIO):
     """int8 inference: y = activation(input_scale·weight_scale[k]·conv2d(x_q − input_zero_point,
-    weight) + bias), with uint8 activations x_q, int8 ``weight`` (K, C, R, S) and one float32
+    weight) + bias), with uint8 activations x_q, int8 ``weight`` (K, C/groups, R, S) and one float32
     ``weight_scale`` per output channel (zero point 0). The int32 sums are exact; dequantization,
     bias and activation are the BRGEMM's epilogue, which then stores float32 or, with
     ``out_dtype="uint8"``, y_q = clip(round(y / output_scale) + output_zero_point, 0, 255)
@@ -190,17 +197,16 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, *, input_scale=1.0, input_zero_point=0, output_scale=None, output_zero_point=0,
-                 out_dtype=None, seed=None):
-        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+                 out_dtype=None, seed=None, groups=1):
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.activation = activation_arg(activation)
         self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
         self._runner = QuantizedConvRunner(self.geometry, activation or "none", self.out_dtype)
         self.bc, self.bk = self._runner.bc, self._runner.bk
-        r, s = self.kernel_size
-        bound = 1.0 / np.sqrt(self.in_channels * r * s)
+        shape = self.geometry.weight_shape()
+        bound = 1.0 / np.sqrt(shape[1] * shape[2] * shape[3])
         rng = np.random.default_rng(seed)
-        self.weight, self.weight_scale = quantize_per_channel(
-            rng.uniform(-bound, bound, (self.out_channels, self.in_channels, r, s)))
+        self.weight, self.weight_scale = quantize_per_channel(rng.uniform(-bound, bound, shape))
         self.bias = rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None
         # the (re)pack check runs once per forward; a failure names the argument
         self._refresh()
@@ -215,7 +221,8 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
             raise TypeError(f"conv must be a brgemm.nn.Conv2d, got {type(conv).__name__}")
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.bias is not None, conv.activation, input_scale=input_scale, input_zero_point=input_zero_point,
-                output_scale=output_scale, output_zero_point=output_zero_point, out_dtype=out_dtype)
+                output_scale=output_scale, output_zero_point=output_zero_point, out_dtype=out_dtype,
+                groups=conv.groups)
         q.weight, q.weight_scale = quantize_per_channel(conv.weight)
         if conv.bias is not None:
             q.bias = conv.bias.copy()

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import _core
 
-_ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish")
+_ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu", "kswish", "relu6")
 _FROM_INPUT = ("gelu", "swish", "kgelu", "kswish")
 
 
@@ -84,6 +84,11 @@ def relu(x, out=None):
     return _core.activation(x, "relu", out)
 
 
+def relu6(x, out=None):
+    """min(max(x, 0), 6) (MobileNet's); NaN stays NaN."""
+    return _core.activation(x, "relu6", out)
+
+
 def activation(x, name, out=None):
     """One of the functions above by name (``brgemm.Epilogue`` takes the same names)."""
     if name not in _ACTIVATIONS:
@@ -93,7 +98,7 @@ def activation(x, name, out=None):
 
 def activation_backward(name, grad_y, *, x=None, y=None, out=None):
     """grad_x = grad_y · f'(·) for the activation ``name`` (float32 arrays of one shape): from
-    the output ``y`` for relu, tanh, sigmoid, ktanh, ksigmoid; from the input ``x`` for gelu,
+    the output ``y`` for relu, relu6, tanh, sigmoid, ktanh, ksigmoid; from the input ``x`` for gelu,
     swish, kgelu, kswish. ktanh's derivative is the exact tanh's applied to its output,
     1 − y², as in the K-TanH paper."""
     if name not in _ACTIVATIONS:

@@ -10,7 +10,8 @@ are not; bfloat16 tensors are viewed as ml_dtypes.bfloat16, not converted):
 - ``gemm(A, B)``, ``batch_reduce(A, B)`` (Σ_i A[i] @ B[i]): float32 or bfloat16.
 - ``linear(input, weight, bias=None, activation="none")`` and ``conv2d(input, weight,
   bias=None, stride=1, padding=[0, 0], dilation=1, groups=1, activation="none")`` in
-  ``torch.nn.functional``'s argument order, with ``linear_backward`` and ``conv2d_backward``;
+  ``torch.nn.functional``'s argument order, with ``linear_backward`` and ``conv2d_backward``
+  (conv2d: any ``groups``; groups = C = K, depthwise, is a per-channel stencil, not a BRGEMM);
   ``activation="relu"`` fuses a ReLU into the product's epilogue. The input's dtype picks the
   path (float32, or bfloat16 products with float32 accumulation); weights are float32 masters
   (bfloat16 ones are widened).

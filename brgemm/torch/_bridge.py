@@ -14,7 +14,7 @@ import torch
 
 _F32, _BF16 = torch.float32, torch.bfloat16
 _FLOATS = (_F32, _BF16)
-_FUSED = ("none", "relu")   # activations an operator's epilogue applies (backward from the output)
+_FUSED = ("none", "relu", "relu6")   # activations an operator's epilogue applies (backward from the output)
 
 
 def _tensor(t, name, dtypes, ndim=None):
@@ -53,7 +53,7 @@ def _dtype_name(t):
 
 def _activation(activation):
     if activation not in _FUSED:
-        raise ValueError(f"activation must be 'none' or 'relu', got {activation!r}")
+        raise ValueError(f"activation must be 'none', 'relu' or 'relu6', got {activation!r}")
     return activation
 
 

@@ -9,10 +9,16 @@ from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _mast
 from ._products import _product_grads_fake, _setup_product
 
 
-def _geometry(weight, stride, padding, dilation):
-    """The ConvGeometry of a (K, C, R, S) weight with the operator's geometry arguments."""
-    k, c, r, s = weight.shape
-    return ConvGeometry.of(c, k, (r, s), stride, padding, dilation)
+def _groups_arg(groups):
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    return groups
+
+
+def _geometry(weight, stride, padding, dilation, groups=1):
+    """The ConvGeometry of a (K, C/groups, R, S) weight with the operator's geometry arguments."""
+    k, cg, r, s = weight.shape
+    return ConvGeometry.of(cg * groups, k, (r, s), stride, padding, dilation, groups)
 
 
 def _fake_out_size(input, weight, stride, padding, dilation):
@@ -23,21 +29,21 @@ def _fake_out_size(input, weight, stride, padding, dilation):
 
 def _conv_args(input, weight, bias, stride, padding, dilation, groups):
     """(x, weight f32, bias f32, geometry, (OH, OW), (N, H, W)) for a plain (N, C, H, W) or a
-    blocked (N, C/bc, H, W, bc) input."""
+    blocked (N, C/bc, H, W, bc) input; weight (K, C/groups, R, S)."""
     x = _tensor(input, "input", _FLOATS, ndim=(4, 5))
     w = _tensor(weight, "weight", _FLOATS, ndim=4)
-    if groups != 1:
-        raise ValueError(f"groups must be 1 (grouped and depthwise convolutions are not supported), got {groups}")
-    c = w.shape[1]
+    groups = _groups_arg(groups)
+    c = w.shape[1] * groups
+    per = f" with groups={groups}" if groups != 1 else ""
     if x.dim() == 5:
         bc = _core.conv_block(c)
         if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
-            raise ValueError(f"input is blocked as {tuple(x.shape)}; weight {tuple(w.shape)} needs blocks of {bc}: "
+            raise ValueError(f"input is blocked as {tuple(x.shape)}; weight {tuple(w.shape)}{per} needs blocks of {bc}: "
                              f"(N, {-(-c // bc)}, H, W, {bc})")
     elif x.shape[1] != c:
-        raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {c}")
+        raise ValueError(f"input has {x.shape[1]} channels, weight {tuple(w.shape)}{per} expects {c}")
     n, h, wd = x.shape[0], x.shape[2], x.shape[3]
-    geo = _geometry(w, stride, padding, dilation)
+    geo = _geometry(w, stride, padding, dilation, groups)
     return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],)), geo, geo.out_size(h, wd), (n, h, wd)
 
 
@@ -77,8 +83,9 @@ def _residual_arg(residual, out):
 @_op("conv2d", _CONV_SCHEMA)
 def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
             blocked_output=False, residual=None):
-    """input: plain (N, C, H, W) or blocked (N, C/bc, H, W, bc); the output is plain, or blocked
-    with blocked_output (what a following brgemm conv2d takes without converting). residual
+    """input: plain (N, C, H, W) or blocked (N, C/bc, H, W, bc); weight (K, C/groups, R, S) (groups
+    = C = K: depthwise); the output is plain, or blocked with blocked_output (what a following
+    brgemm conv2d takes without converting). residual
     (blocked_output only): a tensor of the output's shape and dtype added before the activation,
     act(conv + bias + residual), as a ResNet block ends."""
     x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
@@ -129,11 +136,13 @@ def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), 
 
 
 @_op("conv2d_backward", "(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, Tensor output, int[2] stride, "
-                        "int[] padding, int[2] dilation, str activation, bool input_grad) -> (Tensor, Tensor, Tensor)")
-def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
+                        "int[] padding, int[2] dilation, str activation, bool input_grad, int groups=1) "
+                        "-> (Tensor, Tensor, Tensor)")
+def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad,
+                     groups=1):
     """(∂input or an empty tensor, ∂weight, ∂bias or an empty tensor) of conv2d, in float32;
     grad_output has the output's layout, ∂input the input's (plain or blocked)."""
-    x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, 1)
+    x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
     act = _activation(activation)
     k = w.shape[0]
     g = _tensor(grad_output, "grad_output", _FLOATS, ndim=(4, 5))
@@ -163,18 +172,20 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
 
 
 @_conv2d_backward.register_fake
-def _(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad):
+def _(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad, groups=1):
     return _product_grads_fake(input, weight, bias, input_grad)
 
 
 def _conv2d_grad(ctx, grad):
     input, weight, bias, output = ctx.saved_tensors
-    stride, padding, dilation, _, activation, _, residual_dtype = ctx.args
+    stride, padding, dilation, groups, activation, _, residual_dtype = ctx.args
     need = ctx.needs_input_grad
-    gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, activation, need[0])
+    gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, activation, need[0],
+                                  groups)
     gr = None
     if residual_dtype is not None and need[9]:  # the residual's gradient is the pre-activation's
-        gr = (grad * (output > 0) if activation == "relu" else grad).to(residual_dtype)
+        mask = {"relu": lambda y: y > 0, "relu6": lambda y: (y > 0) & (y < 6)}.get(activation)
+        gr = (grad * mask(output) if mask else grad).to(residual_dtype)
     return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
             gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None, gr)
 

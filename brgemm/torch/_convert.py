@@ -46,12 +46,16 @@ def _target(module, approximate):
     return None, "no brgemm counterpart"
 
 
+# Activations a swapped Conv2d or Linear takes into its epilogue from the module after it.
+_FUSABLE = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+
+
 def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
     """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
-    the same parameters (Conv2d with groups = 1 and zero padding, Linear, LSTM without
+    the same parameters (Conv2d with zero padding, grouped and depthwise too, Linear, LSTM without
     projections, GRU; with ``approximate=True`` also Tanh → KTanh and Softmax → TaylorSoftmax)
     and returns a :class:`ConversionReport`. ``dtype="bfloat16"`` makes the swapped layers
-    compute in bf16 (f32 master weights; results in the input's dtype). ``fuse``: a ReLU that
+    compute in bf16 (f32 master weights; results in the input's dtype). ``fuse``: a ReLU (or ReLU6) that
     directly follows a swapped Conv2d or Linear in a Sequential moves into its epilogue (the
     ReLU becomes Identity). ``blocked=True``: a swapped Conv2d whose next module in a Sequential
     (Identity modules skipped) is another swapped Conv2d, or a global average pooling
@@ -79,8 +83,8 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
         if fuse and isinstance(module, nn.Sequential):
             kids = list(module.named_children())
             for (a, first), (b, second) in zip(kids, kids[1:]):
-                if isinstance(first, (Conv2d, Linear)) and first.activation == "none" and type(second) is nn.ReLU:
-                    first.activation = "relu"
+                if isinstance(first, (Conv2d, Linear)) and first.activation == "none" and type(second) in _FUSABLE:
+                    first.activation = _FUSABLE[type(second)]
                     setattr(module, b, nn.Identity())
                     full = f"{prefix}.{b}" if prefix else b
                     report.fused.append((full, f"{prefix}.{a}" if prefix else a))

@@ -29,9 +29,9 @@ def _dtypes(module, x):
 
 
 def _fused_arg(activation):
-    if activation not in (None, "none", "relu"):
-        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    return "relu" if activation == "relu" else "none"
+    if activation not in (None, "none", "relu", "relu6"):
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
+    return activation or "none"
 
 
 class _Swap:
@@ -68,8 +68,6 @@ class _Swap:
 
 
 def _conv_unsupported(m):
-    if m.groups != 1:
-        return f"groups={m.groups} (only groups=1)"
     if m.padding_mode != "zeros":
         return f"padding_mode={m.padding_mode!r} (only 'zeros')"
     return None
@@ -77,8 +75,8 @@ def _conv_unsupported(m):
 
 class Conv2d(_Swap, nn.Conv2d):
     """``torch.nn.Conv2d`` (same arguments, parameters and state_dict) computed by
-    ``torch.ops.brgemm.conv2d``, groups = 1 and zero padding only. Extra keywords:
-    ``activation="relu"`` fuses a ReLU into the epilogue (convert does it for Conv2d → ReLU
+    ``torch.ops.brgemm.conv2d``, any groups (depthwise included), zero padding only. Extra keywords:
+    ``activation="relu"`` (or "relu6") fuses a ReLU into the epilogue (convert does it for Conv2d → ReLU
     in a Sequential); ``compute_dtype="bfloat16"`` computes in bf16 whatever the input."""
 
     _torch_class = nn.Conv2d
@@ -104,7 +102,8 @@ class Conv2d(_Swap, nn.Conv2d):
         unbatched = input.dim() == 3
         x = (input.unsqueeze(0) if unbatched else input).to(dt)
         y = torch.ops.brgemm.conv2d(x, self.weight, self.bias, list(self.stride), self._padding4(),
-                                    list(self.dilation), 1, self.activation, self.blocked_output and not unbatched)
+                                    list(self.dilation), self.groups, self.activation,
+                                    self.blocked_output and not unbatched)
         return (y.squeeze(0) if unbatched else y).to(out_dt)
 
     def extra_repr(self):

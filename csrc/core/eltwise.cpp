@@ -1,5 +1,6 @@
 // The element-wise functions of brgemm.h: each call goes to the active ISA's array kernel
-// (the VNNI and BF16 levels use AVX-512's); the backward pass is the scalar one everywhere.
+// (the VNNI and BF16 levels use AVX-512's); the backward pass too (relu and relu6 vectorised,
+// the others the scalar twin's on every ISA).
 #include <cstring>
 #include "brgemm/brgemm.h"
 #include "../kernels/ukernels.h"
@@ -33,6 +34,14 @@ void activation_bf16(activation a, const uint16_t* x, uint16_t* y, int64_t n) {
 
 void activation_backward_f32(activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
                              int64_t n) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::activation_backward_f32__avx512(a, grad_y, x, y, grad_x, n);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::activation_backward_f32__avx2(a, grad_y, x, y, grad_x, n);
+#endif
+  (void)level;
   kernels::activation_backward_f32__scalar(a, grad_y, x, y, grad_x, n);
 }
 

@@ -78,6 +78,7 @@ static inline float brgemm_activation(brgemm::activation a, float v) {
   if (v != v) return v;
   switch (a) {
     case activation::relu: return 0.0f > v ? 0.0f : v;
+    case activation::relu6: return 0.0f > v ? 0.0f : 6.0f < v ? 6.0f : v;
     case activation::tanh: return (float)std::tanh((double)v);
     case activation::sigmoid: return brgemm_sigmoid(v);
     case activation::gelu: return brgemm_gelu(v);
@@ -95,6 +96,7 @@ static inline float brgemm_activation_backward(brgemm::activation a, float g, fl
   using brgemm::activation;
   switch (a) {
     case activation::relu: return y > 0.0f ? g : 0.0f;
+    case activation::relu6: return y > 0.0f && y < 6.0f ? g : 0.0f;
     case activation::tanh:
     case activation::ktanh: return g * (1.0f - y * y);
     case activation::sigmoid:

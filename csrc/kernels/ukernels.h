@@ -28,13 +28,16 @@ void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
 void epilogue__avx512(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
 
 // The element-wise functions (brgemm.h) over arrays, per ISA; the VNNI and BF16 levels use
-// avx512's, and every level the scalar backward pass.
+// avx512's. The backward pass: relu and relu6 (masks, bandwidth-bound) per ISA, the rest scalar.
 void activation_f32__scalar(activation a, const float* x, float* y, int64_t n);
 void activation_f32__avx2(activation a, const float* x, float* y, int64_t n);
 void activation_f32__avx512(activation a, const float* x, float* y, int64_t n);
 void activation_bf16__scalar(activation a, const uint16_t* x, uint16_t* y, int64_t n);
 void activation_bf16__avx2(activation a, const uint16_t* x, uint16_t* y, int64_t n);
 void activation_bf16__avx512(activation a, const uint16_t* x, uint16_t* y, int64_t n);
+void activation_backward_f32__avx2(activation a, const float* g, const float* x, const float* y, float* out, int64_t n);
+void activation_backward_f32__avx512(activation a, const float* g, const float* x, const float* y, float* out,
+                                     int64_t n);
 void activation_backward_f32__scalar(activation a, const float* g, const float* x, const float* y, float* out,
                                      int64_t n);
 

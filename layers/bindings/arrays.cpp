@@ -240,11 +240,12 @@ dtype layer_dtype_arg(const std::string& dt) {
 
 activation activation_arg(const std::string& name) {
   static const char* names[] = {"none", "relu", "tanh", "sigmoid", "gelu", "swish", "ktanh", "ksigmoid", "kgelu",
-                                "kswish"};
+                                "kswish", "relu6"};
+  static_assert(sizeof names / sizeof names[0] == activation_count, "a name per activation");
   for (int i = 1; i < activation_count; ++i)
     if (name == names[i]) return (activation)i;
-  value_error("activation must be one of relu, tanh, sigmoid, gelu, swish, ktanh, ksigmoid, kgelu, kswish; got '" +
-              name + "'");
+  value_error("activation must be one of relu, tanh, sigmoid, gelu, swish, ktanh, ksigmoid, kgelu, kswish, relu6; "
+              "got '" + name + "'");
 }
 
 }  // namespace brgemm::bindings

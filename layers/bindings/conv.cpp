@@ -89,10 +89,10 @@ void conv_from_blocked_py(py::handle XB, py::handle X) {
 }
 
 layers::conv_geometry geometry(int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw, int64_t pt,
-                               int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+                               int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t groups = 1) {
   layers::conv_geometry g;
   g.c = c, g.k = k, g.r = r, g.s = s, g.stride_h = sh, g.stride_w = sw, g.pad_t = pt, g.pad_b = pb;
-  g.pad_l = pl, g.pad_r = pr, g.dil_h = dh, g.dil_w = dw;
+  g.pad_l = pl, g.pad_r = pr, g.dil_h = dh, g.dil_w = dw, g.groups = groups;
   return g;
 }
 
@@ -117,14 +117,18 @@ struct py_conv {
   static const layers::conv_geometry& checked(const layers::conv_geometry& g) {
     for (auto [v, name] : {std::pair{g.c, "in_channels"}, {g.k, "out_channels"}, {g.r, "kernel rows"},
                            {g.s, "kernel columns"}, {g.stride_h, "stride"}, {g.stride_w, "stride"},
-                           {g.dil_h, "dilation"}, {g.dil_w, "dilation"}})
+                           {g.dil_h, "dilation"}, {g.dil_w, "dilation"}, {g.groups, "groups"}})
       if (v < 1) value_error(std::string(name) + " must be at least 1, got " + std::to_string(v));
+    for (auto [v, name] : {std::pair{g.c, "in_channels"}, {g.k, "out_channels"}})
+      if (v % g.groups)
+        value_error(std::string(name) + " (" + std::to_string(v) + ") must be divisible by groups (" +
+                    std::to_string(g.groups) + ")");
     for (int64_t p : {g.pad_t, g.pad_b, g.pad_l, g.pad_r})
       if (p < 0) value_error("padding must not be negative, got " + std::to_string(p));
     return g;
   }
   element act_elem() const { return cv.bf16() ? element::bf16 : element::f32; }
-  int64_t weights() const { return cv.geometry().k * cv.geometry().c * cv.geometry().r * cv.geometry().s; }
+  int64_t weights() const { return cv.geometry().k * cv.geometry().group_c() * cv.geometry().r * cv.geometry().s; }
   // Elements of a blocked activation of `channels` in blocks of b for n images of h × w.
   static int64_t blocked(int64_t n, int64_t channels, int64_t b, int64_t h, int64_t w) {
     return checked_madd(checked_madd(n, (channels + b - 1) / b * b, 0, "activation"), checked_madd(h, w, 0, "activation"),
@@ -248,9 +252,10 @@ struct py_qconv {
 
   static const layers::conv_geometry& checked(const layers::conv_geometry& g) {
     py_conv::checked(g);
-    // 255·128·C·R·S must fit the s32 sums (and their zero-point correction).
-    if (g.c * g.r * g.s > (int64_t(1) << 31) / (255 * 128))
-      value_error("in_channels·R·S = " + std::to_string(g.c * g.r * g.s) +
+    // 255·128·C·R·S must fit the s32 sums (and their zero-point correction); C: the channels of
+    // a group (the weights between groups are zero).
+    if (g.group_c() * g.r * g.s > (int64_t(1) << 31) / (255 * 128))
+      value_error("in_channels/groups·R·S = " + std::to_string(g.group_c() * g.r * g.s) +
                   " is too long a reduction for exact int32 sums (at most 65793)");
     return g;
   }
@@ -260,7 +265,7 @@ struct py_qconv {
     value_error("out_dtype must be 'uint8' or 'float32', got '" + out + "'");
     return out_type::f32;
   }
-  int64_t weights() const { return cv.geometry().k * cv.geometry().c * cv.geometry().r * cv.geometry().s; }
+  int64_t weights() const { return cv.geometry().k * cv.geometry().group_c() * cv.geometry().r * cv.geometry().s; }
 
   bool refresh(py::handle w, py::handle ws, py::handle b, double xs, int64_t xz, double ys, int64_t yz) {
     const int64_t k = cv.geometry().k;
@@ -320,15 +325,17 @@ void register_conv(py::module_& m) {
   }, py::arg("r"), py::arg("s"), py::arg("dil_h"), py::arg("dil_w"));
   py::class_<py_conv>(m, "_Conv2d")
       .def(py::init([](const std::string& dt, int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw,
-                       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act) {
-             return new py_conv(dt, geometry(c, k, r, s, sh, sw, pt, pb, pl, pr, dh, dw), act);
+                       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act,
+                       int64_t groups) {
+             return new py_conv(dt, geometry(c, k, r, s, sh, sw, pt, pb, pl, pr, dh, dw, groups), act);
            }),
            py::arg("dtype"), py::arg("in_channels"), py::arg("out_channels"), py::arg("r"), py::arg("s"),
            py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_t"), py::arg("pad_b"), py::arg("pad_l"),
-           py::arg("pad_r"), py::arg("dil_h"), py::arg("dil_w"), py::arg("activation"))
+           py::arg("pad_r"), py::arg("dil_h"), py::arg("dil_w"), py::arg("activation"), py::arg("groups") = 1)
       .def_property_readonly("bc", [](const py_conv& l) { return l.cv.bc(); })
       .def_property_readonly("bk", [](const py_conv& l) { return l.cv.bk(); })
       .def_property_readonly("needs_z", [](const py_conv& l) { return l.cv.needs_z(); })
+      .def_property_readonly("groups", [](const py_conv& l) { return l.cv.geometry().groups; })
       .def("out_size", [](const py_conv& l, int64_t h, int64_t w) { return out_size(l.cv.geometry(), h, w); },
            py::arg("h"), py::arg("w"))
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
@@ -341,12 +348,13 @@ void register_conv(py::module_& m) {
            py::arg("bias_grad"), py::arg("accumulate"));
   py::class_<py_qconv>(m, "_QuantizedConv2d")
       .def(py::init([](int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                       int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act, const std::string& out) {
-             return new py_qconv(geometry(c, k, r, s, sh, sw, pt, pb, pl, pr, dh, dw), act, out);
+                       int64_t pl, int64_t pr, int64_t dh, int64_t dw, const std::string& act, const std::string& out,
+                       int64_t groups) {
+             return new py_qconv(geometry(c, k, r, s, sh, sw, pt, pb, pl, pr, dh, dw, groups), act, out);
            }),
            py::arg("in_channels"), py::arg("out_channels"), py::arg("r"), py::arg("s"), py::arg("stride_h"),
            py::arg("stride_w"), py::arg("pad_t"), py::arg("pad_b"), py::arg("pad_l"), py::arg("pad_r"),
-           py::arg("dil_h"), py::arg("dil_w"), py::arg("activation"), py::arg("out_dtype"))
+           py::arg("dil_h"), py::arg("dil_w"), py::arg("activation"), py::arg("out_dtype"), py::arg("groups") = 1)
       .def_property_readonly("bc", [](const py_qconv& l) { return l.cv.bc(); })
       .def_property_readonly("bk", [](const py_qconv& l) { return l.cv.bk(); })
       .def("refresh", &py_qconv::refresh, py::arg("weight"), py::arg("weight_scale"), py::arg("bias"),

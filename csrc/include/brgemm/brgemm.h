@@ -55,8 +55,8 @@ int num_threads();
 //      v = v + add[i][j]                a second tensor of C's shape (the residual add), in
 //                                       the output's element type (f32 or bf16): f32 or bf16
 //                                       outputs only
-//   4. v = activation(v)                relu: max(v, 0), NaN stays NaN; or one of the
-//                                       element-wise functions below
+//   4. v = activation(v)                relu: max(v, 0), NaN stays NaN; relu6: min(max(v, 0), 6)
+//                                       (MobileNet's); or one of the element-wise functions below
 //   5. store as out:  f32 | bf16 (round to nearest even, NaN stays NaN)
 //                     | u8/s8: q = clip(nearbyint(v / out_scale) + out_zero_point)  (ties to
 //                       even, saturating; NaN → the lower bound)
@@ -64,8 +64,8 @@ int num_threads();
 // Every stage is an exact IEEE operation (no fused multiply-add), so every ISA's epilogue
 // gives bit-identical results to the scalar twin for the same accumulator. Stage 5's choice is
 // an out_type (types.h), whose element type is out_element(dtype, out).
-enum class activation : int { none = 0, relu, tanh, sigmoid, gelu, swish, ktanh, ksigmoid, kgelu, kswish };
-constexpr int activation_count = 10;
+enum class activation : int { none = 0, relu, tanh, sigmoid, gelu, swish, ktanh, ksigmoid, kgelu, kswish, relu6 };
+constexpr int activation_count = 11;
 enum class scale_kind : int { none = 0, tensor, column };
 
 // What the epilogue does: part of the kernel's description (and its cache key).
@@ -248,7 +248,7 @@ int64_t panel_elements(dtype t, int64_t k);  // one panel, in B elements
 // their uint16 bits; a bf16 result is rounded to nearest even from the f32 one.
 void activation_f32(activation a, const float* x, float* y, int64_t n);
 void activation_bf16(activation a, const uint16_t* x, uint16_t* y, int64_t n);
-// grad_x = grad_y · f'(x): from the output y for relu, tanh, sigmoid, ktanh and ksigmoid
+// grad_x = grad_y · f'(x): from the output y for relu, relu6 (0 < y < 6), tanh, sigmoid, ktanh and ksigmoid
 // (1 − y², y·(1 − y)), from the input x for gelu, swish and the k-versions of them.
 void activation_backward_f32(activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
                              int64_t n);

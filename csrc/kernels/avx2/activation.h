@@ -50,6 +50,7 @@ inline __m256 activation8_of_number(activation a, __m256 v, const ktanh_table8& 
   switch (a) {
     case activation::none: return v;
     case activation::relu: return _mm256_max_ps(_mm256_setzero_ps(), v);
+    case activation::relu6: return _mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(_mm256_setzero_ps(), v));
     case activation::ktanh: return ktanh8(v, t);
     case activation::ksigmoid: return ksigmoid8(v, t);
     case activation::kswish: return _mm256_mul_ps(v, ksigmoid8(v, t));

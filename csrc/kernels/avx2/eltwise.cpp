@@ -24,4 +24,19 @@ void activation_bf16__avx2(activation a, const uint16_t* x, uint16_t* y, int64_t
   for (; i < n; ++i) y[i] = brgemm_bf16_rne(brgemm_activation(a, brgemm_from_bits((uint32_t)x[i] << 16)));
 }
 
+// relu and relu6: g where 0 < y (< 6), else +0, as the twin; the others (and the tail) the twin's.
+void activation_backward_f32__avx2(activation a, const float* g, const float* x, const float* y, float* out,
+                                   int64_t n) {
+  if (a != activation::relu && a != activation::relu6) return activation_backward_f32__scalar(a, g, x, y, out, n);
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 yv = _mm256_loadu_ps(y + i);
+    __m256 pass = _mm256_cmp_ps(yv, zero, _CMP_GT_OQ);
+    if (a == activation::relu6) pass = _mm256_and_ps(pass, _mm256_cmp_ps(yv, six, _CMP_LT_OQ));
+    _mm256_storeu_ps(out + i, _mm256_and_ps(pass, _mm256_loadu_ps(g + i)));
+  }
+  if (i < n) activation_backward_f32__scalar(a, g + i, x ? x + i : nullptr, y + i, out + i, n - i);
+}
+
 }  // namespace brgemm::kernels

@@ -63,4 +63,22 @@ void activation_bf16__avx512(activation a, const uint16_t* x, uint16_t* y, int64
   }
 }
 
+// relu and relu6: g where 0 < y (< 6), else +0, as the twin; the others the twin's loop.
+void activation_backward_f32__avx512(activation a, const float* g, const float* x, const float* y, float* out,
+                                     int64_t n) {
+  if (a != activation::relu && a != activation::relu6) return activation_backward_f32__scalar(a, g, x, y, out, n);
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+    const __m512 yv = _mm512_maskz_loadu_ps(k, y + i);
+    __mmask16 pass = _mm512_cmp_ps_mask(yv, zero, _CMP_GT_OQ);
+    if (a == activation::relu6) pass &= _mm512_cmp_ps_mask(yv, six, _CMP_LT_OQ);
+    const __m512 r = _mm512_maskz_mov_ps(pass, _mm512_maskz_loadu_ps(k, g + i));
+    if (k == (__mmask16)0xFFFF)
+      _mm512_storeu_ps(out + i, r);  // unmasked: Zen 4's masked stores are slow
+    else
+      _mm512_mask_storeu_ps(out + i, k, r);
+  }
+}
+
 }  // namespace brgemm::kernels
