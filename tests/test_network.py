@@ -110,10 +110,14 @@ def _conv64(m, x, residual, absolute):
     if absolute:
         w, b = w.abs(), None if b is None else b.abs()
     pt, pb, pl, pr = m.padding
-    y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, m.stride, 0, m.dilation)
+    y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, m.stride, 0, m.dilation, m.groups)
     if residual is not None:
         y = y + residual
-    return y if absolute or m.activation == "none" else torch.relu(y)
+    return y if absolute else _activation(y, m.activation)
+
+
+def _activation(y, name):
+    return {"none": y, "relu": torch.relu(y), "relu6": y.clamp(0.0, 6.0)}[name]
 
 
 def _plain(v, channels=None):
@@ -132,7 +136,7 @@ class _Stages64(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
         if isinstance(m, FusedConv2d):
-            self.terms += m.weight[0].numel() + 3
+            self.terms += m.weight[0].numel() + 3  # (C/groups)·R·S terms
             return _conv64(m, args[0], args[1] if len(args) > 1 else None, self.absolute)
         if isinstance(m, bt.Linear):
             self.terms += m.in_features + 2
@@ -140,7 +144,7 @@ class _Stages64(fx.Interpreter):
             return F.linear(args[0], w.abs(), b.abs()) if self.absolute else F.linear(args[0], w, b)
         if type(m).__name__ == "_BlockedMaxPool2d":
             return F.max_pool2d(args[0], m.kernel, m.stride, m.padding)
-        if isinstance(m, nn.ReLU) and self.absolute:
+        if isinstance(m, (nn.ReLU, nn.ReLU6)) and self.absolute:
             return args[0]
         return super().call_module(target, args, kwargs)
 
@@ -278,7 +282,8 @@ def test_refolds_when_parameters_or_statistics_change():
 
 def test_modules_it_does_not_know_run_on_the_plain_layout():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Sigmoid(),
-                          nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 9 * 9, 4)).eval()
+                          nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 11 * 11, 4)).eval()
     _randomize_batch_norms(model)
     fast = bt.optimize(model)
     report = fast.brgemm_report
@@ -491,12 +496,13 @@ def _check_training_stages(fast, x):
     K·R·S backward and N·OH·OW weight-gradient terms, BatchNorm's two N·OH·OW means). The whole
     network is not compared end to end in training: a ReLU whose input lies within rounding of 0
     may switch in one run and not the other, and with BatchNorm's statistics over few values (2²
-    pixels × 2 images in the last stage) that moves a whole channel's gradient."""
+    pixels × 2 images in the last stage) that moves a whole channel's gradient; for the same
+    reason each stage's reference takes its activation's switches from the float32 run."""
     seen, hooks = {}, []
     for name, m in fast.named_modules():
         if isinstance(m, FusedConv2d):
             def forward(mod, inp, out, name=name):
-                seen[name] = [inp[0].detach(), inp[1].detach() if len(inp) > 1 else None]
+                seen[name] = [inp[0].detach(), inp[1].detach() if len(inp) > 1 else None, out.detach()]
 
             def backward(mod, grad_in, grad_out, name=name):
                 seen[name] += [grad_in[0], grad_out[0]]
@@ -506,19 +512,21 @@ def _check_training_stages(fast, x):
     fast(x).square().sum().backward()
     for h in hooks:
         h.remove()
-    for name, (xb, rb, gx, gy) in seen.items():
+    for name, (xb, rb, yb, gx, gy) in seen.items():
         m = fast.get_submodule(name)
         xi = ops.from_blocked(xb, m.in_channels).double().requires_grad_()
         w, gamma, beta = (t.detach().double().requires_grad_() for t in (m.weight, m.bn.weight, m.bn.bias))
         pt, pb, pl, pr = m.padding
-        z = F.conv2d(F.pad(xi, (pl, pr, pt, pb)), w, None, m.stride, 0, m.dilation)
+        z = F.conv2d(F.pad(xi, (pl, pr, pt, pb)), w, None, m.stride, 0, m.dilation, m.groups)
         y = F.batch_norm(z, None, None, gamma, beta, True, 0.0, m.bn.eps)
         if rb is not None:
             y = y + ops.from_blocked(rb, m.out_channels).double()
-        y = torch.relu(y) if m.activation == "relu" else y
+        if m.activation != "none":  # the activation as the float32 run decided it, element by element
+            y32 = ops.from_blocked(yb, m.out_channels).double()
+            y = torch.where((y32 > 0) & (y32 < 6 if m.activation == "relu6" else True), y, y32)
         refs = torch.autograd.grad(y, (xi, w, gamma, beta), ops.from_blocked(gy, m.out_channels).double())
         count = z.shape[0] * z.shape[2] * z.shape[3]
-        rel = (m.weight[0].numel() + m.out_channels * m.weight[0, 0].numel() + 3 * count + 8) * EPS
+        rel = (m.weight[0].numel() + m.out_channels // m.groups * m.weight[0, 0].numel() + 3 * count + 8) * EPS
         for got, ref, what in zip((ops.from_blocked(gx, m.in_channels) if gx is not None else None, m.weight.grad,
                                    m.bn.weight.grad, m.bn.bias.grad), refs, ("input", "weight", "γ", "β")):
             if got is not None:
@@ -526,11 +534,13 @@ def _check_training_stages(fast, x):
     return len(seen)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2"])
 def test_vision_models_inference_and_training(name):
-    """ResNet-18 (basic blocks: the first adds the max-pooled input) and ResNet-50 (bottlenecks,
-    stride-2 downsampling) as the benchmark builds them, at 64²: every convolution fused, the
-    inference checks of the module docstring, and a training step stage by stage."""
+    """ResNet-18 (basic blocks: the first adds the max-pooled input), ResNet-50 (bottlenecks,
+    stride-2 downsampling), ResNeXt-50 (grouped 3×3 convolutions) and MobileNetV2 (depthwise
+    convolutions, ReLU6, residuals without activation) as the benchmark builds them, at 64²:
+    every convolution fused, the inference checks of the module docstring, and a training step
+    stage by stage."""
     from brgemm.bench.vision import vision_model
     model = vision_model(name, num_classes=10, seed=1, random_bn=True).eval()
     fast = bt.optimize(model)

@@ -30,22 +30,23 @@ def _bn_folds(bn):
 
 
 class FusedConv2d(nn.Module):
-    """``conv`` → ``bn`` (a BatchNorm2d or None) → + residual (when the call passes one) → ReLU
-    (``relu``), on blocked tensors. The convolution's parameters are this module's (the same
+    """``conv`` (any groups) → ``bn`` (a BatchNorm2d or None) → + residual (when the call passes
+    one) → ``activation`` ("none", "relu", "relu6"), on blocked tensors. The convolution's parameters are this module's (the same
     Parameter objects, under the same names); ``bn`` stays where it was in the model (its
     parameters and buffers keep their state_dict keys) and is only referenced here."""
 
-    def __init__(self, conv, bn=None, relu=False, compute_dtype=None):
+    def __init__(self, conv, bn=None, activation="none", compute_dtype=None):
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, list(conv.stride), list(conv.dilation)
         self.padding = list(padding_arg(conv.padding, conv.kernel_size, conv.dilation))
+        self.groups = conv.groups
         self._geometry = ConvGeometry.of(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                                         self.padding, self.dilation)
+                                         self.padding, self.dilation, self.groups)
         self.weight = conv.weight
         self.bias = conv.bias
         self.__dict__["_bn"] = bn   # not a submodule: it keeps its own place in the model
-        self.activation = "relu" if relu else "none"
+        self.activation = activation  # "none", "relu" or "relu6"
         self.compute_dtype = compute_dtype
         self._fold_key, self._folded = None, None
         self.training = conv.training
@@ -94,11 +95,14 @@ class FusedConv2d(nn.Module):
                 # Inference: the runner directly, skipping the operator's dispatch (≈ half the
                 # Python time of a call, which counts at batch 1).
                 return conv2d_inference(x, w, b, self._geometry, self.activation, residual)
-            return conv(x, w, b, self.stride, self.padding, self.dilation, 1, self.activation, True, residual)
-        y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, 1, "none", True)
-        return batch_norm_train(y, bn, self.out_channels, residual, self.activation == "relu")
+            return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.activation, True,
+                        residual)
+        y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, "none", True)
+        y = batch_norm_train(y, bn, self.out_channels, residual, self.activation == "relu")
+        return y.clamp(0.0, 6.0) if self.activation == "relu6" else y
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
-                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, bn={self._bn is not None}, "
+                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, groups={self.groups}, "
+                f"bn={self._bn is not None}, "
                 f"activation={self.activation!r}")

@@ -81,10 +81,14 @@ def _only_user(node):
     return users[0] if len(users) == 1 else None
 
 
+def _is_relu6(gm, node):
+    if node.op == "call_module":
+        return _module(gm, node, nn.ReLU6) is not None
+    return node.op == "call_function" and node.target is F.relu6 and len(node.args) == 1
+
+
 def _conv_reason(conv):
     """Why a Conv2d stays PyTorch's, or None."""
-    if conv.groups != 1:
-        return f"groups={conv.groups}"
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r}"
     return None
@@ -188,7 +192,7 @@ class _Rebuild:
             if why:
                 self.report.add(self.name(node.target), "kept (PyTorch)", why)
                 continue
-            members, bn, residual, relu = [node], None, None, False
+            members, bn, residual, act = [node], None, None, "none"
             user = _only_user(node)
             if user is not None and (m := _module(gm, user, nn.BatchNorm2d)) is not None \
                     and m.num_features == conv.out_channels:
@@ -204,17 +208,17 @@ class _Rebuild:
                     user = _only_user(user)
                 else:
                     residual = None
-            if user is not None and _is_relu(gm, user):
-                relu = True
+            if user is not None and (_is_relu(gm, user) or _is_relu6(gm, user)):
+                act = "relu" if _is_relu(gm, user) else "relu6"
                 members.append(user)
-            self.chains[members[-1]] = (node, bn, residual, relu)
+            self.chains[members[-1]] = (node, bn, residual, act)
             self.absorbed.update(members[:-1])
 
     def emit_chain(self, tail):
-        conv_node, bn_node, residual, relu = self.chains[tail]
+        conv_node, bn_node, residual, act = self.chains[tail]
         conv = self.gm.get_submodule(conv_node.target)
         bn = None if bn_node is None else self.gm.get_submodule(bn_node.target)
-        fused = FusedConv2d(conv, bn, relu, self.dtype)
+        fused = FusedConv2d(conv, bn, act, self.dtype)
         self.modules[conv_node.target] = fused
         if bn is not None:
             self.kept[bn_node.target] = bn
@@ -225,11 +229,11 @@ class _Rebuild:
         self.channels[out] = conv.out_channels
         parts = ["BatchNorm2d " + ("folded" if not bn.training else "fused")] if bn is not None else []
         parts += ["residual add"] if residual is not None else []
-        parts += ["ReLU"] if relu else []
+        parts += [{"relu": "ReLU", "relu6": "ReLU6"}[act]] if act != "none" else []
         self.report.add(self.name(conv_node.target), "FusedConv2d" + (" + " + ", ".join(parts) if parts else ""))
         if bn_node is not None:
             self.report.add(self.name(bn_node.target), f"in {self.name(conv_node.target)}")
-        if relu and tail.op == "call_module":
+        if act != "none" and tail.op == "call_module":
             self.report.add(self.name(tail.target), "in the epilogue of the convolution before it")
         return out
 
@@ -253,7 +257,7 @@ class _Rebuild:
             return self.graph.output(fx.node.map_arg(node.args[0], lambda n: self.plain(env[n])))
         args = [env[a] for a in node.all_input_nodes]
         blocked_in = [a for a in args if a in self.channels]
-        if blocked_in and _is_relu(gm, node):
+        if blocked_in and (_is_relu(gm, node) or _is_relu6(gm, node)):  # zero stays zero
             out = self.copy(node, "blocked")
             self.channels[out] = self.channels[args[0]]
             return out
