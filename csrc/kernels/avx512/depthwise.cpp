@@ -81,11 +81,16 @@ BRGEMM_KLOOP_INLINE void block(const depthwise_row& r, const int8_t* chain, int6
     }
     t += L;
   }
+  // y, add and act read once: the intrinsics' stores may alias anything, so reading them
+  // through r after each store would load them again.
+  YT* const y = (YT*)r.y + j * ys + v;
+  const YT* const add = (const YT*)r.add;
+  const activation act = r.act;
 #pragma GCC unroll 8
   for (int u = 0; u < U; ++u) {
     __m512 v_ = acc[u];
-    if (r.add) v_ = _mm512_add_ps(v_, load16((const YT*)r.add + (j + u) * ys + v, k));
-    store16((YT*)r.y + (j + u) * ys + v, k, activation16(r.act, v_, tab));
+    if (add) v_ = _mm512_add_ps(v_, load16(add + (j + u) * ys + v, k));
+    store16(y + u * ys, k, activation16(act, v_, tab));
   }
 }
 
