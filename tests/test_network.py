@@ -550,3 +550,32 @@ def test_vision_models_inference_and_training(name):
     _check_inference(model, fast, x)
     fast.train()
     assert _check_training_stages(fast, x) == len(convs)
+
+
+def test_inference_reuses_its_activation_buffers_safely():
+    """In inference the fused convolutions write into buffers kept from call to call (a slot is
+    shared only by values whose lives do not overlap): repeated calls, other sizes and batches,
+    and threads give what a fresh model gives, and outputs handed out are never overwritten."""
+    import threading
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model)
+    slots = [n.kwargs["slot"] for n in fast.graph.nodes if n.op == "call_module" and "slot" in n.kwargs]
+    assert len(slots) == 15 and max(slots) + 1 < len(slots)   # some slots are reused
+    xs = [torch.randn(2, 3, 32, 32), torch.randn(3, 3, 40, 36), torch.randn(1, 3, 32, 32)]
+    with torch.no_grad():
+        first = [fast(x) for x in xs]
+        again = [fast(x) for x in xs]
+        fresh = [bt.optimize(model)(x) for x in xs]
+        results = {}
+
+        def run(i):
+            results[i] = [fast(x) for x in xs]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for a, b, c in zip(first, again, fresh):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    for i in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(first, results[i]))

@@ -105,11 +105,12 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     return out
 
 
-def conv2d_inference(x, weight, bias, geo, activation, residual):
+def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None):
     """conv2d(x, ..., blocked_output=True, residual) for a fused stage of an optimized model in
     inference (no autograd, not traced), without the operator's dispatch: weight and bias are
     the stage's float32 tensors and geo its ConvGeometry, checked when it was built; x (blocked)
-    and the residual are checked here."""
+    and the residual are checked here. ``out_buffer(shape, dtype)``: where the output goes (a
+    buffer reused from call to call), instead of a new tensor."""
     x = _tensor(x, "input", _FLOATS, ndim=5)
     c, k = geo.in_channels, geo.out_channels
     bc = _core.conv_block(c)
@@ -117,7 +118,8 @@ def conv2d_inference(x, weight, bias, geo, activation, residual):
         raise ValueError(f"input is blocked as {tuple(x.shape)}; {c} channels need blocks of {bc}")
     n, h, wd = x.shape[0], x.shape[2], x.shape[3]
     oh, ow = geo.out_size(h, wd)
-    out = torch.empty(_conv_output_shape(n, k, oh, ow, True), dtype=x.dtype)
+    shape = _conv_output_shape(n, k, oh, ow, True)
+    out = torch.empty(shape, dtype=x.dtype) if out_buffer is None else out_buffer(shape, x.dtype)
     r = _residual_arg(residual, out)
     if out.numel() == 0:
         return out

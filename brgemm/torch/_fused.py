@@ -10,6 +10,8 @@ statistics, one for normalisation + residual + ReLU: brgemm::batch_norm_blocked)
 running ones exactly as ``torch.nn.BatchNorm2d`` does.
 """
 
+import threading
+
 import torch
 from torch import nn
 
@@ -22,6 +24,28 @@ from ._norm import batch_norm_train
 def _version_key(*tensors):
     """What changes whenever one of the tensors is replaced or written in place."""
     return tuple(None if t is None else (id(t), t._version) for t in tensors)
+
+
+class Activations:
+    """The buffers an optimized model's fused convolutions write in inference, one per slot of
+    its plan (optimize gives two values the same slot only when the first is dead before the
+    second is made), per thread, grown to the largest size asked and kept: a ResNet-50 at N = 16
+    would otherwise fault some 700 MB of fresh pages in every call."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def buffer(self, slot):
+        def take(shape, dtype):
+            buffers = self._local.__dict__.setdefault("buffers", {})
+            nbytes = dtype.itemsize
+            for d in shape:
+                nbytes *= d
+            buf = buffers.get(slot)
+            if buf is None or buf.numel() < nbytes:
+                buf = buffers[slot] = torch.empty(nbytes, dtype=torch.uint8)
+            return buf[:nbytes].view(dtype).view(shape)
+        return take
 
 
 def _bn_folds(bn):
@@ -50,6 +74,7 @@ class FusedConv2d(nn.Module):
         self.compute_dtype = compute_dtype
         self._fold_key, self._folded = None, None
         self.training = conv.training
+        self.__dict__["_activations"] = None  # set by optimize: the model's Activations
 
     @property
     def bn(self):
@@ -85,8 +110,9 @@ class FusedConv2d(nn.Module):
             self._fold_key, self._folded = key, tuple(mark_persistent(t) for t in folded)
         return folded
 
-    def forward(self, x, residual=None):
-        """x: blocked (N, C/bc, H, W, bc) of the compute dtype; residual: blocked like the output."""
+    def forward(self, x, residual=None, slot=None):
+        """x: blocked (N, C/bc, H, W, bc) of the compute dtype; residual: blocked like the output;
+        slot: the output's buffer in the model's plan (inference only)."""
         bn = self._bn
         conv = torch.ops.brgemm.conv2d
         if bn is None or _bn_folds(bn):
@@ -94,7 +120,9 @@ class FusedConv2d(nn.Module):
             if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and w.dtype == torch.float32:
                 # Inference: the runner directly, skipping the operator's dispatch (≈ half the
                 # Python time of a call, which counts at batch 1).
-                return conv2d_inference(x, w, b, self._geometry, self.activation, residual)
+                pool = self._activations
+                out = None if pool is None or slot is None else pool.buffer(slot)
+                return conv2d_inference(x, w, b, self._geometry, self.activation, residual, out)
             return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.activation, True,
                         residual)
         y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, "none", True)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _layout  # noqa: F401  (registers brgemm::to_blocked / from_blocked)
-from ._fused import FusedConv2d
+from ._fused import Activations, FusedConv2d
 from ._modules import Linear, _compute_dtype_arg
 
 
@@ -303,9 +303,55 @@ def _attr(gm, target):
     return obj
 
 
+def _plan_activations(graph, modules):
+    """Gives each fused convolution's call a buffer slot (its ``slot`` keyword), reusing a slot
+    once every value that occupied it is dead. A value lives until its last reader, and so do the
+    values of the nodes that may alias it (an in-place ReLU or add returns its input): only the
+    fused convolutions, the pools and the layout conversion back write new tensors. Returns the
+    number of slots."""
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+
+    def fresh(n):  # n's value is a new tensor, never one of its inputs
+        if n.op == "call_module":
+            return isinstance(modules.get(n.target), (FusedConv2d, _BlockedMaxPool2d))
+        return n.op == "call_function" and (n.target in (leave_blocked, enter_blocked) or
+                                            "global_avg_pool_blocked" in str(n.target))
+
+    end = {}
+
+    def last_use(n):  # the last reader of n or of anything that may alias it
+        if n not in end:
+            end[n] = index[n]
+            for u in n.users:
+                end[n] = max(end[n], index[u] if fresh(u) else last_use(u))
+        return end[n]
+
+    free, busy, slots = [], [], 0   # busy: (last use, slot)
+    for n in nodes:
+        if n.op != "call_module" or not isinstance(modules.get(n.target), FusedConv2d):
+            continue
+        here = index[n]
+        for entry in [b for b in busy if b[0] < here]:
+            busy.remove(entry)
+            free.append(entry[1])
+        if free:
+            slot = free.pop()
+        else:
+            slot, slots = slots, slots + 1
+        n.kwargs = {**n.kwargs, "slot": slot}
+        busy.append((last_use(n), slot))
+    return slots
+
+
 def _optimize_traced(gm, dtype, report, prefix):
     r = _Rebuild(gm, dtype, report, prefix)
     graph = r.run()
+    _plan_activations(graph, r.modules)
+    activations = Activations()
+    for m in r.modules.values():
+        if isinstance(m, FusedConv2d):
+            m.__dict__["_activations"] = activations
     out = fx.GraphModule(r.modules, graph, class_name=type(gm).__name__)
     for path, module in r.kept.items():
         out.add_submodule(path, module)
