@@ -1,8 +1,10 @@
 """Data-parallel training on a converted model: two processes (torch.distributed, gloo, on
-localhost) each build the same seeded model, swap its layers with brgemm.torch.convert, wrap it
-in DistributedDataParallel and take 3 SGD steps on their half of a fixed batch of 8. The ranks
-must end bit-identical, and equal to one process (no DDP) training the same converted model on
-the whole batch.
+localhost) each build the same seeded model, swap its layers with brgemm.torch.convert (or
+rebuild it with brgemm.torch.optimize: fused residual, blocked pooling), wrap it in
+DistributedDataParallel and take 3 SGD steps on their half of a fixed batch of 8. The ranks
+must end bit-identical, and equal to one process (no DDP) training the same model on the whole
+batch. (The optimized model has no BatchNorm: each rank would normalise its own half, which is
+what DDP does with BatchNorm, but not what one process does with the whole batch.)
 
 Each run is a child Python (``python -c _WORKER``) that saves its parameters with torch.save;
 the test waits for all three children at once and kills them all when one fails or the time
@@ -61,8 +63,23 @@ class LastStep(nn.Module):
         return self.head(y[:, -1])
 
 
+class Residual(nn.Module):
+    # What optimize fuses: a residual add and ReLUs into the convolutions, global pooling blocked.
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.relu(self.conv(y) + y)
+        return self.head(torch.flatten(self.pool(y), 1))
+
+
 def build(name):
     torch.manual_seed(0)
+    if name == "optimized":
+        return Residual(), torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
     if name == "conv":
         model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(),
                               nn.Linear(8 * 6 * 6, 4))
@@ -81,9 +98,14 @@ if world > 1:
                             timeout=timedelta(seconds=60))
 rows = slice(rank * 8 // world, (rank + 1) * 8 // world)
 results = {}
-for name in ("conv", "lstm"):
+for name in ("conv", "lstm", "optimized"):
     model, x, labels = build(name)
-    report = brgemm.torch.convert(model)
+    if name == "optimized":
+        model = brgemm.torch.optimize(model)
+        report = model.brgemm_report
+        report.swapped = report.fused = [str(report)]
+    else:
+        report = brgemm.torch.convert(model)
     initial = params(model)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -162,11 +184,15 @@ def trained(tmp_path_factory):
     return _run_all(runs, tmp)
 
 
-@pytest.mark.parametrize("model", ["conv", "lstm"])
+@pytest.mark.parametrize("model", ["conv", "lstm", "optimized"])
 def test_ddp_matches_one_process(model, trained):
-    swapped, fused = EXPECTED[model]
     for run, res in trained.items():
         r = res[model]
+        if model == "optimized":
+            assert "stem  FusedConv2d + ReLU" in r["swapped"][0] and "conv  FusedConv2d + residual add, ReLU" in \
+                r["swapped"][0], run
+            continue
+        swapped, fused = EXPECTED[model]
         assert r["swapped"] == swapped, run
         assert r["fused"] == fused, run
         assert r["brgemm_modules"] == [n for n, _, _ in swapped], run
