@@ -16,14 +16,10 @@ import torch
 from torch import nn
 
 from .._runners.conv import ConvGeometry, padding_arg
+from .._runners.weights import WeightsKey
 from ._bridge import mark_persistent
 from ._conv import conv2d_inference
 from ._norm import batch_norm_train
-
-
-def _version_key(*tensors):
-    """What changes whenever one of the tensors is replaced or written in place."""
-    return tuple(None if t is None else (id(t), t._version) for t in tensors)
 
 
 class Activations:
@@ -91,7 +87,7 @@ class FusedConv2d(nn.Module):
         # Compiled: the fold is part of the graph (version counters are not traceable; with
         # inductor's freezing it is computed once).
         cache = not grad and not torch.compiler.is_compiling()
-        key = _version_key(*tensors) + (bn.eps,) if cache else None
+        key = (WeightsKey(*tensors), bn.eps) if cache else None  # one key for every packed weight
         if cache and key == self._fold_key:
             return self._folded
         with torch.set_grad_enabled(grad):

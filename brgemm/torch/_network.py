@@ -152,7 +152,6 @@ class _Rebuild:
         self.kept = {}         # path → module kept in the tree only for its state (BatchNorms)
         self.chains = {}       # old tail node → (conv node, bn node, residual node, relu)
         self.absorbed = set()  # old nodes a chain computes
-        self.has_pool = hasattr(torch.ops.brgemm, "max_pool2d_blocked")
 
     def name(self, target):
         return f"{self.prefix}.{target}" if self.prefix else target
@@ -268,14 +267,13 @@ class _Rebuild:
             return out
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
-            if type(m) is nn.MaxPool2d and blocked_in and self.has_pool and not isinstance(_pool_args(m), str):
+            if type(m) is nn.MaxPool2d and blocked_in and not isinstance(_pool_args(m), str):
                 self.modules[node.target] = _BlockedMaxPool2d(*_pool_args(m))
                 out = self.graph.call_module(node.target, (args[0],))
                 self.channels[out] = self.channels[args[0]]
                 self.report.add(self.name(node.target), "blocked max pooling")
                 return out
-            if type(m) is nn.AdaptiveAvgPool2d and blocked_in and _global_pool(m) and \
-                    hasattr(torch.ops.brgemm, "global_avg_pool_blocked"):
+            if type(m) is nn.AdaptiveAvgPool2d and blocked_in and _global_pool(m):
                 c = self.channels[args[0]]
                 out = self.graph.call_function(torch.ops.brgemm.global_avg_pool_blocked, (args[0], c))
                 if self.dtype is not None:
