@@ -479,19 +479,22 @@ bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b,
   return w_new || rest_new;
 }
 
-status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb) {
+status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb, const uint8_t* add,
+                            float add_scale, int32_t add_zero) {
+  if (add && out_ != out_type::u8) return status::bad_epilogue;
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.group_c() * g_.r * g_.s);
   conv_plan_key key = zeroed<conv_plan_key>();
   key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
-  key.bias = has_bias_, key.zero = q_.x_zero != 0;
+  key.bias = has_bias_, key.zero = q_.x_zero != 0, key.add = add != nullptr;
   std::shared_ptr<const conv_pass_plan> plan;
   if (status s = fwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
         pass_shape p{dtype::u8s8, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, g_.stride_h};
         p.e.out = out_;
         p.e.act = act_;
         p.e.bias = has_bias_;
+        p.e.add = add != nullptr;
         p.e.scale = scale_kind::column;
         p.e.col_offset = q_.x_zero != 0;
         p.threads = threads;
@@ -504,6 +507,10 @@ status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, 
   x.ea.scale = scale_.data();
   x.ea.out_scale = fold_ ? 1.0f : q_.y_scale;
   x.ea.out_zero_point = q_.y_zero;
+  // The residual in the epilogue's units: those of y_scale when 1/y_scale is folded in.
+  x.ea.add_scale = fold_ ? add_scale / q_.y_scale : add_scale;
+  x.ea.add_zero = add_zero;
+  x.add = add;
   if (q_.x_zero) {
     x.tapsum = tapsum_.data();
     x.zero = q_.x_zero;

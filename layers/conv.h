@@ -171,7 +171,10 @@ class qconv_layer {
   // from what was packed last (exact comparisons). Returns whether it packed.
   bool refresh(const int8_t* w, const float* w_scale, const float* b, const conv_quant& q);
   // yb = the epilogue above for n u8 images of h × w (yb: [n][K/bk][OH][OW][bk], f32 or u8).
-  status forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb);
+  // With add (u8, blocked like yb, not overlapping it; u8 outputs only) the residual
+  // add_scale·(add − add_zero) joins y before the activation (a ResNet block's skip path).
+  status forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, void* yb, const uint8_t* add = nullptr,
+                 float add_scale = 1.0f, int32_t add_zero = 0);
 
  private:
   conv_geometry g_;

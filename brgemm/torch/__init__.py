@@ -38,14 +38,15 @@ and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``.
 from . import _approx, _conv, _int8, _layout, _norm, _pool, _products, _rnn  # noqa: F401
 from ._convert import ConversionReport, convert
 from ._network import OptimizationReport, optimize
+from ._quantize import QuantizedConv2d, quantize
 from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax
 
 __all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "AdaptiveAvgPool2d", "convert",
-           "ConversionReport", "optimize", "OptimizationReport"]
+           "ConversionReport", "optimize", "OptimizationReport", "quantize", "QuantizedConv2d"]
 
 # The public classes say they are brgemm.torch's, as before the package was split: models pickled
 # with torch.save then load again, and reprs and type checks by module name stay the same.
 for _cls in (Conv2d, Linear, LSTM, GRU, KTanh, TaylorSoftmax, AdaptiveAvgPool2d, ConversionReport,
-             OptimizationReport):
+             OptimizationReport, QuantizedConv2d):
     _cls.__module__ = __name__
 del _cls

@@ -301,8 +301,8 @@ def _attr(gm, target):
     return obj
 
 
-def _plan_activations(graph, modules):
-    """Gives each fused convolution's call a buffer slot (its ``slot`` keyword), reusing a slot
+def _plan_activations(graph, modules, stages=(FusedConv2d,)):
+    """Gives each fused convolution's call (a module of one of the classes ``stages``) a buffer slot (its ``slot`` keyword), reusing a slot
     once every value that occupied it is dead. A value lives until its last reader, and so do the
     values of the nodes that may alias it (an in-place ReLU or add returns its input): only the
     fused convolutions, the pools and the layout conversion back write new tensors. Returns the
@@ -312,7 +312,7 @@ def _plan_activations(graph, modules):
 
     def fresh(n):  # n's value is a new tensor, never one of its inputs
         if n.op == "call_module":
-            return isinstance(modules.get(n.target), (FusedConv2d, _BlockedMaxPool2d))
+            return isinstance(modules.get(n.target), (*stages, _BlockedMaxPool2d))
         return n.op == "call_function" and (n.target in (leave_blocked, enter_blocked) or
                                             "global_avg_pool_blocked" in str(n.target))
 
@@ -327,7 +327,7 @@ def _plan_activations(graph, modules):
 
     free, busy, slots = [], [], 0   # busy: (last use, slot)
     for n in nodes:
-        if n.op != "call_module" or not isinstance(modules.get(n.target), FusedConv2d):
+        if n.op != "call_module" or not isinstance(modules.get(n.target), stages):
             continue
         here = index[n]
         for entry in [b for b in busy if b[0] < here]:

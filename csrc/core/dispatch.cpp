@@ -124,8 +124,9 @@ status validate(const desc& d) {
   } else if (e.scale != scale_kind::none || e.row_offset || e.col_offset) {
     return status::bad_epilogue;  // scales and offsets belong to the integer pipeline
   }
-  if (e.add && e.out != out_type::f32 && e.out != out_type::bf16 && !(e.out == out_type::acc && !dtype_is_int8(d.type)))
-    return status::bad_epilogue;  // the added tensor has the output's float type
+  if (e.add && e.out != out_type::f32 && e.out != out_type::bf16 && e.out != out_type::u8 &&
+      !(e.out == out_type::acc && !dtype_is_int8(d.type)))
+    return status::bad_epilogue;  // the added tensor has the output's type (f32, bf16 or u8)
   return status::ok;
 }
 

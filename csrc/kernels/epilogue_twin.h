@@ -47,10 +47,14 @@ static inline void brgemm_epilogue_twin(const brgemm::epilogue_desc& d, brgemm::
         if (tl.prev) v = v + tl.beta * ((const float*)tl.prev)[i * tl.ld_prev + j];
       }
       if (d.bias) v = v + ep.bias[j];
-      if (d.add)
-        v = v + (d.out == out_type::bf16
-                     ? brgemm_from_bits((uint32_t)((const uint16_t*)ep.add)[i * ep.ld_add + j] << 16)
-                     : ((const float*)ep.add)[i * ep.ld_add + j]);
+      if (d.add) {
+        if (d.out == out_type::u8)
+          v = v + ep.add_scale * (float)((int32_t)((const uint8_t*)ep.add)[i * ep.ld_add + j] - ep.add_zero);
+        else
+          v = v + (d.out == out_type::bf16
+                       ? brgemm_from_bits((uint32_t)((const uint16_t*)ep.add)[i * ep.ld_add + j] << 16)
+                       : ((const float*)ep.add)[i * ep.ld_add + j]);
+      }
       if (d.act != activation::none) v = brgemm_activation(d.act, v);
       switch (d.out) {
         case out_type::bf16: ((uint16_t*)tl.out)[i * tl.ldc + j] = brgemm_bf16_rne(v); break;

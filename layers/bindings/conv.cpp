@@ -282,7 +282,8 @@ struct py_qconv {
     return cv.refresh(wp, wsp, bp, q);
   }
 
-  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb) {
+  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle add, double add_scale,
+               int64_t add_zero) {
     if (n < 1) value_error("n must be at least 1");
     const auto& g = cv.geometry();
     const auto [oh, ow] = out_size(g, h, w);
@@ -292,10 +293,21 @@ struct py_qconv {
     py::array y = exact_array(yb, "yb", ye, py_conv::blocked(n, g.k, cv.bk(), oh, ow), true);
     require_disjoint(y, py::reinterpret_borrow<py::array>(xb), "yb", "xb");
     void* yp = y.mutable_data();
+    const uint8_t* ap = nullptr;
+    float as = 1.0f;
+    int32_t az = 0;
+    if (!add.is_none()) {  // the residual, u8 with its own quantization, into a u8 output
+      if (cv.out() != out_type::u8) value_error("add needs out_dtype='uint8' (the residual is uint8)");
+      py::array a = exact_array(add, "add", element::u8, py_conv::blocked(n, g.k, cv.bk(), oh, ow), false);
+      require_disjoint(y, a, "yb", "add");
+      ap = (const uint8_t*)a.data();
+      as = scale_arg(add_scale, "add_scale");
+      az = u8_zero_arg(add_zero, "add_zero_point");
+    }
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.forward(n, h, w, xp, yp);
+      s = cv.forward(n, h, w, xp, yp, ap, as, az);
     }
     check_status(s);
   }
@@ -359,7 +371,8 @@ void register_conv(py::module_& m) {
       .def_property_readonly("bk", [](const py_qconv& l) { return l.cv.bk(); })
       .def("refresh", &py_qconv::refresh, py::arg("weight"), py::arg("weight_scale"), py::arg("bias"),
            py::arg("input_scale"), py::arg("input_zero_point"), py::arg("output_scale"), py::arg("output_zero_point"))
-      .def("forward", &py_qconv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"));
+      .def("forward", &py_qconv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
+           py::arg("add") = py::none(), py::arg("add_scale") = 1.0, py::arg("add_zero_point") = 0);
 }
 
 }  // namespace brgemm::bindings

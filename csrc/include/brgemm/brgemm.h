@@ -53,8 +53,9 @@ int num_threads();
 //                                       then one rounding to f32, then the product)
 //   3. v = v + bias[j]                  f32
 //      v = v + add[i][j]                a second tensor of C's shape (the residual add), in
-//                                       the output's element type (f32 or bf16): f32 or bf16
-//                                       outputs only
+//                                       the output's element type: f32 or bf16; for a u8
+//                                       output u8 with its own quantization:
+//                                       v = v + add_scale·(f32)(add[i][j] − add_zero)
 //   4. v = activation(v)                relu: max(v, 0), NaN stays NaN; relu6: min(max(v, 0), 6)
 //                                       (MobileNet's); or one of the element-wise functions below
 //   5. store as out:  f32 | bf16 (round to nearest even, NaN stays NaN)
@@ -75,7 +76,7 @@ struct epilogue_desc {
   bool bias = false;
   scale_kind scale = scale_kind::none;   // int8 only
   bool row_offset = false, col_offset = false;  // int8 only; s8s8 needs col_offset
-  bool add = false;                       // f32 or bf16 output only
+  bool add = false;                       // f32, bf16 or u8 output only
   bool any() const {
     return out != out_type::acc || act != activation::none || bias || scale != scale_kind::none || row_offset ||
            col_offset || add;
@@ -93,8 +94,10 @@ struct epilogue_args {
   int32_t out_zero_point = 0;
   const void* acc_in = nullptr;         // prev for beta when C's type is not the accumulator's
   int64_t ld_acc_in = 0;                // (elements of the accumulator type)
-  const void* add = nullptr;            // m × n, the output's element type (f32 or bf16 bits)
+  const void* add = nullptr;            // m × n, the output's element type (f32, bf16 bits, u8)
   int64_t ld_add = 0;                   // (elements)
+  float add_scale = 1.0f;               // u8 add: its real value in v's units is
+  int32_t add_zero = 0;                 //   add_scale·(add − add_zero)
 
   // The same data seen from C's element (m0, n0), for a sub-block of C.
   epilogue_args at(int64_t m0, int64_t n0, scale_kind scale, dtype t, int64_t add_bytes = 4) const {

@@ -16,6 +16,8 @@ void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
   const __m256 hi = _mm256_set1_ps(d.out == out_type::u8 ? 255.0f : 127.0f);
   const __m256 out_scale = _mm256_set1_ps(ep.out_scale), out_zp = _mm256_set1_ps((float)ep.out_zero_point);
   const __m256 scale1 = _mm256_set1_ps(d.scale == scale_kind::tensor ? ep.scale[0] : 1.0f);
+  const __m256 add_scale = _mm256_set1_ps(ep.add_scale);
+  const __m256i add_zero = _mm256_set1_epi32(ep.add_zero);
   const int64_t whole = tl.n / 8 * 8;
   for (int64_t i = 0; i < tl.m; ++i) {
     const __m256i row_off = _mm256_set1_epi32(d.row_offset ? ep.row_offset[i] : 0);
@@ -40,7 +42,11 @@ void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
       }
       if (d.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(ep.bias + j));
       if (d.add) {
-        if (d.out == out_type::bf16) {
+        if (d.out == out_type::u8) {
+          const __m128i b = _mm_loadl_epi64((const __m128i*)((const uint8_t*)ep.add + i * ep.ld_add + j));
+          const __m256i a = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), add_zero);
+          v = _mm256_add_ps(v, _mm256_mul_ps(add_scale, _mm256_cvtepi32_ps(a)));
+        } else if (d.out == out_type::bf16) {
           const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)ep.add + i * ep.ld_add + j));
           v = _mm256_add_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
         } else {

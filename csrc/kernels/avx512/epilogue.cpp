@@ -25,6 +25,8 @@ void tile_epilogue(const epilogue_desc& d, const epilogue_tile& tl) {
   const activation act = d.act;
   const void* const add = d.add ? ep.add : nullptr;
   const int64_t ld_add = ep.ld_add;
+  const __m512 add_scale = _mm512_set1_ps(ep.add_scale);
+  const __m512i add_zero = _mm512_set1_epi32(ep.add_zero);
   const __m512 beta = _mm512_set1_ps(tl.beta);
   const ktanh_table32 table;
   const __m512 lo = _mm512_set1_ps(OUT == out_type::u8 ? 0.0f : -128.0f);
@@ -56,7 +58,11 @@ void tile_epilogue(const epilogue_desc& d, const epilogue_tile& tl) {
       }
       if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + j));
       if (add) {
-        if constexpr (OUT == out_type::bf16) {
+        if constexpr (OUT == out_type::u8) {
+          const __m128i b = _mm_maskz_loadu_epi8(k, (const uint8_t*)add + i * ld_add + j);
+          const __m512i a = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), add_zero);
+          v = _mm512_add_ps(v, _mm512_mul_ps(add_scale, _mm512_cvtepi32_ps(a)));
+        } else if constexpr (OUT == out_type::bf16) {
           const __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t*)add + i * ld_add + j);
           v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
         } else {
