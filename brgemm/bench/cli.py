@@ -79,8 +79,9 @@ def parse_networks(text, full=False):
 
 
 def _network_dtypes(dtypes):
-    """--models: float32 always, bfloat16 too when --dtypes names bf16 (the default does)."""
-    return ("float32", "bfloat16") if "bf16" in dtypes else ("float32",)
+    """--models: float32 always, bfloat16 and int8 inference too when --dtypes names bf16 and
+    u8s8 (the default does)."""
+    return ("float32",) + (("bfloat16",) if "bf16" in dtypes else ()) + (("int8",) if "u8s8" in dtypes else ())
 
 
 def parse_dtypes(text):

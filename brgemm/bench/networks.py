@@ -38,9 +38,10 @@ NETWORK_CLASSES = 1000
 INFERENCE_BATCHES = (1, 16)
 TRAIN_BATCHES = {"resnet18": 16, "resnet50": 8, "resnext50_32x4d": 8, "mobilenet_v2": 16}
 NETWORK_PASSES = ("inference", "train step")
-NETWORK_DTYPES = ("float32",)       # the dtypes run_networks runs; network_case also builds bfloat16
+NETWORK_DTYPES = ("float32",)       # the dtypes run_networks runs; network_case also builds bfloat16, int8
 NETWORK_LR = 1e-4                   # small: the weights change every step but stay near their start
-PEAK_OPS = {"float32": "fma_f32", "bfloat16": "dot_bf16"}
+PEAK_OPS = {"float32": "fma_f32", "bfloat16": "dot_bf16", "int8": "dot_u8s8"}
+INT8_CALIBRATION = 4                # images in the calibration batch of an int8 row
 
 
 def network_cases(names):
@@ -156,6 +157,8 @@ def network_case(torch, name, pass_, batch, threads, log, dtype="float32", compi
     x = torch.randn(batch, 3, image, image, generator=generator)
     target = torch.randint(0, NETWORK_CLASSES, (batch,), generator=generator)
     mode = "eval" if pass_ == "inference" else "train"
+    if dtype == "int8":
+        return _int8_case(torch, name, batch, model, x, target, log, image)
     ours, via = brgemm_network(torch, model, pass_, dtype, log, f"{NETWORK_LABELS[name]} in {mode} mode")
     bf16 = dtype == "bfloat16"
     fns = {"brgemm": network_call(torch, ours, x, target, pass_)}
@@ -181,6 +184,28 @@ def network_case(torch, name, pass_, batch, threads, log, dtype="float32", compi
             network_label(name, pass_, batch, dtype, image), via)
 
 
+def _int8_case(torch, name, batch, model, x, target, log, image):
+    """An int8 inference row: brgemm.torch.quantize (calibrated on INT8_CALIBRATION other images
+    of the same distribution, "l2" ranges) against brgemm's own float32 network (optimize,
+    "brgemm[float32]") and PyTorch eager in float32 (both layouts): what a user switching to int8
+    gains."""
+    from .. import torch as bt
+    log.progress(f"calibrating {NETWORK_LABELS[name]} for int8")
+    generator = torch.Generator().manual_seed(1)
+    calibration = [torch.randn(INT8_CALIBRATION, 3, image, image, generator=generator)]
+    model.eval()
+    ours = bt.quantize(copy.deepcopy(model), calibration)
+    fns = {"brgemm": network_call(torch, ours, x, target, "inference"),
+           "brgemm[float32]": network_call(torch, bt.optimize(copy.deepcopy(model)), x, target, "inference"),
+           "torch": network_call(torch, copy.deepcopy(model), x, target, "inference"),
+           "torch[channels_last]": network_call(torch, copy.deepcopy(model).to(memory_format=torch.channels_last),
+                                                x.contiguous(memory_format=torch.channels_last), target,
+                                                "inference")}
+    return (fns, network_flops(name, "inference", batch, image),
+            _network_bytes(model, name, "inference", batch, image) // 4,
+            network_label(name, "inference", batch, "int8", image), "quantize")
+
+
 def run_networks(peers, rounds, threads_list, log, compile=False, names=DEFAULT_NETWORKS, dtypes=NETWORK_DTYPES):
     """The network rows: every case of network_cases(names) per dtype and thread count, every
     library pinned to the row's thread count, medians over ``rounds``."""
@@ -192,6 +217,8 @@ def run_networks(peers, rounds, threads_list, log, compile=False, names=DEFAULT_
         peers.set_threads(threads)
         for name, pass_, batch in network_cases(names):
             for dtype in dtypes:
+                if dtype == "int8" and pass_ != "inference":
+                    continue  # int8 is for inference
                 log.progress(f"preparing {network_label(name, pass_, batch, dtype)} on {threads} thread(s)")
                 fns, flops, nbytes, case, via = network_case(peers.torch, name, pass_, batch, threads, log, dtype,
                                                              compile)
@@ -213,7 +240,7 @@ def run_networks(peers, rounds, threads_list, log, compile=False, names=DEFAULT_
 
 
 #: The peers' names in the table's last column, in this order.
-_PEER_NAMES = {"torch": "eager NCHW", "torch[channels_last]": "eager channels_last", "torch.compile": "compile",
+_PEER_NAMES = {"brgemm[float32]": "brgemm float32", "torch": "eager NCHW", "torch[channels_last]": "eager channels_last", "torch.compile": "compile",
                "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
