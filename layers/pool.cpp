@@ -36,7 +36,7 @@ window_rows window_of(const pool2d_shape& s, int64_t oy, int64_t* r0) {
 
 }  // namespace
 
-void max_pool2d(const pool2d_shape& s, bool bf16, const void* x, void* y) {
+void max_pool2d(const pool2d_shape& s, element e, const void* x, void* y) {
   const int64_t oh = s.oh(), ow = s.ow(), plane = s.h * s.w * s.bc, rows = s.n * s.blocks * oh;
   if (rows <= 0 || ow <= 0) return;
   const int threads = threads_for(s.n * s.blocks * plane, rows);
@@ -46,8 +46,10 @@ void max_pool2d(const pool2d_shape& s, bool bf16, const void* x, void* y) {
     int64_t r0;
     const window_rows g = window_of(s, oy, &r0);
     const int64_t in = p * plane + r0 * g.ld, out = i * ow * s.bc;
-    if (bf16)
+    if (e == element::bf16)
       window_max_bf16(g, (const uint16_t*)x + in, (uint16_t*)y + out);
+    else if (e == element::u8)
+      window_max_u8(g, (const uint8_t*)x + in, (uint8_t*)y + out);
     else
       window_max_f32(g, (const float*)x + in, (float*)y + out);
   }
@@ -93,6 +95,19 @@ void global_avg_pool(int64_t n, int64_t blocks, int64_t hw, int64_t bc, int64_t 
       vector_mean_bf16((const uint16_t*)x + in, hw, bc, len, (uint16_t*)y + out);
     else
       vector_mean_f32((const float*)x + in, hw, bc, len, (float*)y + out);
+  }
+}
+
+void global_avg_pool_u8(int64_t n, int64_t blocks, int64_t hw, int64_t bc, int64_t channels, const uint8_t* x,
+                        float scale, int32_t zero_point, float* y) {
+  const int64_t planes = n * blocks;
+  if (planes <= 0) return;
+  const int threads = threads_for(planes * hw * bc, planes);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t p = 0; p < planes; ++p) {
+    const int64_t b = p % blocks;
+    vector_mean_u8(x + p * hw * bc, hw, bc, std::min(bc, channels - b * bc), scale, zero_point,
+                   y + (p / blocks) * channels + b * bc);
   }
 }
 

@@ -27,6 +27,7 @@ rejected before anything is allocated.
 
 import collections
 import inspect
+import math
 import os
 import time
 import warnings
@@ -1162,6 +1163,9 @@ def fuzz_op(name):
                 else:
                     _op(name, draw(maybe_t(shape)), draw(maybe_t(shape, f32)) if valid else x, dim, order)
         elif fwd == "max_pool2d_blocked":
+            if name == fwd:  # the forward pass takes quantized uint8 activations too
+                u8 = np.dtype(np.uint8)
+                lowp = (draw(st.sampled_from([np.dtype(np.float32), BF16, u8])),) if valid else lowp + (u8,)
             k, bc, cb = draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 16])), draw(side(3))
             h, w = (draw(st.integers(k, 6)) for _ in range(2)) if valid else (draw(side()) for _ in range(2))
             geo = [draw(maybe(pick([[k, k], [k, 1]], [[0, 1], [7, 7], [1, 2, 3], list(HUGE[:2])]))),
@@ -1175,6 +1179,13 @@ def fuzz_op(name):
             if y is not REJECTED:
                 _op(name, draw(maybe_t(tuple(y.shape) if isinstance(y, torch.Tensor) else (n, cb, h, w, bc), lowp)),
                     x, *geo)
+        elif name == "global_avg_pool_blocked_u8":
+            bc, cb = draw(st.sampled_from([3, 4, 8, 16, 64])), draw(side(3))
+            shape = (n, cb, draw(side(3)), draw(side(3)), bc)
+            ch = draw(maybe(pick([(cb - 1) * bc + 1, cb * bc], [0, -1, cb * bc + 1, HUGE[0]])))
+            scale = draw(maybe(pick([1.0, 0.02, 3e-3, 1e-40], [0.0, -1.0, math.nan, math.inf, 1e-50, 1e39])))
+            zp = draw(maybe(pick([0, 128, 255], [-1, 256, HUGE[0]])))
+            _op(name, draw(maybe_t(shape, (np.dtype(np.uint8),))), ch, scale, zp)
         elif fwd == "global_avg_pool_blocked":
             bc, cb = draw(st.sampled_from([4, 8, 16])), draw(side(3))
             shape = (n, cb, draw(side(3)), draw(side(3)), bc)

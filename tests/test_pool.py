@@ -11,6 +11,11 @@ exactly gy / (H·W) in float32. Every ISA (the isa fixture) gives the scalar twi
 thread count changes no bit. Shapes: C not a multiple of the block, blocks of 4 to 100 lanes
 (every tail of the 8- and 16-lane vectors), odd H and W, kernels 1 to 3 (and rectangular),
 strides 1 to 3 (above the kernel too), padding 0 and 1, N = 0, 1, 3.
+
+uint8 (quantized activations, real = scale·(q − zero_point)): max pooling exactly against a numpy
+reference and against quantize(max_pool(dequantize(x))); the dequantized mean against float64
+within its two roundings, 2·2⁻²⁴·|y| (the sums are exact), and bit for bit against the twin's
+formula evaluated in numpy float32. Blocks that are not multiples of 4 too (AVX2's partial words).
 """
 
 import os
@@ -294,6 +299,158 @@ def test_out_arrays_are_filled(rng):
     assert _core.global_avg_pool_blocked(x, 16, out=m) is m
 
 
+# --- uint8 (quantized) max pooling and dequantized mean --------------------------------------------
+
+U8 = np.uint8
+
+
+def _fill_u8(rng, shape, kind):
+    if kind == "random":
+        return rng.integers(0, 256, shape, dtype=U8)
+    if kind == "ties":  # a few small values, zero most often (a ReLU's zero point)
+        return np.maximum(rng.integers(-3, 3, shape), 0).astype(U8)
+    return rng.choice(np.array([0, 255], U8), shape)  # "extremes"
+
+
+def _ref_max_u8(x, k, s, p):
+    """max_pool2d of (N, C, H, W) integers in numpy: padding is -1, below every uint8, so never picked."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(k), _pair(s), _pair(p)
+    n, c, h, w = x.shape
+    xp = np.full((n, c, h + 2 * ph, w + 2 * pw), -1, np.int16)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y = np.full((n, c, oh, ow), -1, np.int16)
+    for i in range(kh):
+        for j in range(kw):
+            y = np.maximum(y, xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw])
+    assert (y >= 0).all() or y.size == 0, "every window holds an input value"
+    return y.astype(U8)
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "extremes"])
+@pytest.mark.parametrize("case", MAX_CASES, ids=CASE_IDS)
+def test_u8_max_pool_matches_numpy(isa, case, kind, rng):
+    n, c, h, w, k, s, p, block = case
+    x = _fill_u8(rng, (n, c, h, w), kind)
+    xb = to_blocked(x, block=block or block_size(c))
+    yb = _core.max_pool2d_blocked(xb, list(_pair(k)), list(_pair(s)), list(_pair(p)))
+    assert yb.dtype == U8 and yb.shape[:2] == xb.shape[:2] and yb.shape[4] == xb.shape[4]
+    np.testing.assert_array_equal(from_blocked(yb, c), _ref_max_u8(x, k, s, p))
+    assert not yb[from_blocked_mask(yb.shape, c)].any(), "padded channels must stay 0"
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")  # deprecated, still the peer to compare with
+@pytest.mark.parametrize("scale, zero_point", [(0.05, 0), (0.0173, 128), (2.5, 255), (1e-3, 37)])
+def test_torch_u8_max_pool_is_the_quantized_max_pool(scale, zero_point, rng):
+    """quantize(max_pool(dequantize(x))) with the input's qparams, in float64 through PyTorch."""
+    x = rng.integers(0, 256, (2, 40, 13, 11), dtype=U8)
+    xb = torch.from_numpy(to_blocked(x, block=16))
+    y = ops.max_pool2d_blocked(xb, [3, 3], [2, 2], [1, 1])
+    assert y.dtype == torch.uint8 and not y.requires_grad
+    real = scale * (torch.from_numpy(x).double() - zero_point)
+    want = torch.clamp(torch.round(F.max_pool2d(real, 3, 2, 1) / scale) + zero_point, 0, 255).to(torch.uint8)
+    np.testing.assert_array_equal(from_blocked(y.numpy(), 40), want.numpy())
+    if not hasattr(torch, "quantize_per_tensor"):
+        return
+    # PyTorch's own quantized max pooling agrees
+    q = torch.quantize_per_tensor(real.float(), scale, zero_point, torch.quint8)
+    np.testing.assert_array_equal(from_blocked(y.numpy(), 40), F.max_pool2d(q, 3, 2, 1).int_repr().numpy())
+
+
+def test_u8_max_pool_resnet_shape(rng):
+    x = rng.integers(0, 256, (2, 64, 112, 112), dtype=U8)
+    yb = _core.max_pool2d_blocked(to_blocked(x, block=64), 3, 2, 1)
+    assert yb.shape == (2, 1, 56, 56, 64)
+    np.testing.assert_array_equal(from_blocked(yb, 64), _ref_max_u8(x, 3, 2, 1))
+
+
+def _twin_mean_u8(x, scale, zero_point):
+    """The kernels' formula in numpy float32: exact sums, one division, one product."""
+    count = x.shape[2] * x.shape[3]
+    d = (x.astype(np.int64).sum(axis=(2, 3)) - count * zero_point).astype(np.float32)
+    return np.float32(scale) * (d / np.float32(count))
+
+
+def _mean_u8_bound(ref):
+    """|y − ref| after two float32 roundings (relative 2⁻²⁴ each), plus a subnormal's half ulp each."""
+    return (2 * 2.0 ** -24 + 2.0 ** -48) * np.abs(ref) + 2.0 ** -149
+
+
+@pytest.mark.parametrize("scale, zero_point", [(1.0, 0), (0.0173, 128), (3.1e-3, 255), (7.5, 3), (1e-40, 200)])
+@pytest.mark.parametrize("case", AVG_CASES, ids=["n{}c{}h{}w{}b{}".format(*c) for c in AVG_CASES])
+def test_u8_global_avg_pool(isa, case, scale, zero_point, rng):
+    n, c, h, w, block = case
+    x = rng.integers(0, 256, (n, c, h, w), dtype=U8)
+    xb = to_blocked(x, block=block or block_size(c))
+    y = _core.global_avg_pool_blocked(xb, c, scale, zero_point)
+    assert y.dtype == np.float32 and y.shape == (n, c)
+    ref = np.float64(np.float32(scale)) * (x.astype(np.float64).mean(axis=(2, 3)) - zero_point)
+    err = np.abs(y.astype(np.float64) - ref)
+    assert (err <= _mean_u8_bound(ref)).all(), f"error {err.max() if err.size else 0}"
+    np.testing.assert_array_equal(y.view(np.uint32), _twin_mean_u8(x, scale, zero_point).view(np.uint32))
+    if scale == 1.0 and zero_point == 0:  # the defaults: plain means
+        np.testing.assert_array_equal(_core.global_avg_pool_blocked(xb, c).view(np.uint32), y.view(np.uint32))
+
+
+def test_u8_mean_of_the_largest_count_is_exact():
+    # H·W·255 = 2^24 − 1: the sum and its conversion still exact, one more position is refused
+    x = np.full((1, 1, 3, 21931, 4), 255, U8)
+    y = _core.global_avg_pool_blocked(x, 4, 1.0, 0)
+    np.testing.assert_array_equal(y, np.full((1, 4), 255, np.float32))
+    y = _core.global_avg_pool_blocked(x, 3, 0.5, 255)
+    np.testing.assert_array_equal(y, np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match="input has H·W = 65794"):
+        _core.global_avg_pool_blocked(np.zeros((1, 1, 2, 32897, 4), U8), 4)
+
+
+@pytest.mark.parametrize("block", [1, 3, 4, 5, 12, 16, 31, 33, 36, 64, 66, 80, 129, 300])
+def test_every_isa_gives_the_scalar_bits_u8(isa, block, rng):
+    n, h, w = 2, 9, 11
+    xb = rng.integers(0, 256, (n, 2, h, w, block), dtype=U8)
+    xb[rng.random(xb.shape) < 0.3] = 0
+    c = block + 1 if block > 1 else 2
+    for k, s, p in ((3, 2, 1), (2, 1, 1), (3, 1, 0), ((1, 3), (2, 1), (0, 1))):
+        brgemm.set_isa("scalar")
+        want = [_core.max_pool2d_blocked(xb, k, s, p), _core.global_avg_pool_blocked(xb, c, 0.0371, 131)]
+        brgemm.set_isa(isa)
+        # outputs pre-filled with junk: every element written, nothing past the end (guard bands)
+        ym = np.full((n + 1,) + want[0].shape[1:], 0xA5, U8)
+        ya = np.full((n + 1, c), np.nan, np.float32)
+        _core.max_pool2d_blocked(xb, k, s, p, out=ym[:n])
+        _core.global_avg_pool_blocked(xb, c, 0.0371, 131, out=ya[:n])
+        np.testing.assert_array_equal(ym[:n], want[0], err_msg=f"{isa}: max u8 (k={k}, s={s}, p={p})")
+        np.testing.assert_array_equal(ya[:n].view(np.uint32), want[1].view(np.uint32), err_msg=f"{isa}: mean u8")
+        assert (ym[n] == 0xA5).all() and np.isnan(ya[n]).all(), f"{isa}: wrote past the output"
+
+
+def test_u8_thread_count_changes_no_bit(threads_restored, rng):
+    xb = rng.integers(0, 256, (5, 3, 33, 31, 16), dtype=U8)
+    runs = []
+    for t in (1, 2, 3):
+        brgemm.set_num_threads(t)
+        runs.append([_core.max_pool2d_blocked(xb, 3, 2, 1), _core.global_avg_pool_blocked(xb, 40, 0.01, 9)])
+    for r in runs[1:]:
+        for a, b in zip(r, runs[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_torch_u8_global_avg_pool(rng):
+    x = rng.integers(0, 256, (3, 21, 5, 7), dtype=U8)
+    xb = torch.from_numpy(to_blocked(x, block=8))
+    y = ops.global_avg_pool_blocked_u8(xb, 21, 0.02, 100)
+    assert y.dtype == torch.float32 and y.shape == (3, 21) and not y.requires_grad
+    np.testing.assert_array_equal(y.numpy().view(np.uint32), _twin_mean_u8(x, 0.02, 100).view(np.uint32))
+    # PyTorch's average of the same dequantized values (float64), within the two roundings
+    ref = F.adaptive_avg_pool2d(0.02 * (torch.from_numpy(x).double() - 100), 1).reshape(3, 21).numpy()
+    assert (np.abs(y.numpy() - ref) <= _mean_u8_bound(ref) + 1e-9 * np.abs(ref)).all()
+
+
+def test_torch_u8_ops_on_no_images():
+    xb = torch.zeros(0, 2, 5, 5, 16, dtype=torch.uint8)
+    assert ops.max_pool2d_blocked(xb, [3, 3], [2, 2], [1, 1]).shape == (0, 2, 3, 3, 16)
+    assert ops.global_avg_pool_blocked_u8(xb, 20, 0.5, 0).shape == (0, 20)
+
+
 # --- the PyTorch operators -----------------------------------------------------------------------
 
 
@@ -353,7 +510,10 @@ OPCHECK = {
     "global_avg_pool_blocked": [(_blocked_tensor(np.random.default_rng(3).standard_normal((3, 17, 4, 5))), 17),
                                 (_blocked_tensor(np.random.default_rng(4).standard_normal((2, 6, 3, 3)),
                                                  torch.bfloat16), 6)],
+    "global_avg_pool_blocked_u8": [(torch.randint(0, 256, (2, 2, 4, 3, 12), dtype=torch.uint8), 20, 0.03, 128)],
 }
+OPCHECK["max_pool2d_blocked"].append((torch.randint(0, 256, (2, 3, 7, 9, 8), dtype=torch.uint8), [3, 3], [2, 2],
+                                      [1, 1]))
 
 
 @pytest.mark.parametrize("name,case", [(n, i) for n, cases in OPCHECK.items() for i in range(len(cases))])
@@ -393,6 +553,10 @@ def _good():
     return np.zeros((2, 1, 6, 6, 16), np.float32)
 
 
+def _good_u8():
+    return np.zeros((2, 1, 6, 6, 16), np.uint8)
+
+
 @pytest.mark.parametrize("call, error, words", [
     (lambda: _core.max_pool2d_blocked(np.zeros((2, 1, 6, 6, 16)), 3, 2, 1), TypeError, "input"),
     (lambda: _core.max_pool2d_blocked(np.zeros((2, 6, 6, 16), np.float32), 3, 2, 1), ValueError, "input"),
@@ -430,6 +594,31 @@ def _good():
      "channels"),
     (lambda: _core.global_avg_pool_blocked_backward(np.zeros((2, 16)), (2, 1, 6, 6, 16)), TypeError,
      "grad_output"),
+    # uint8
+    (lambda: _core.max_pool2d_blocked(_good_u8().astype(np.int8), 3, 2, 1), TypeError, "input"),
+    (lambda: _core.max_pool2d_blocked(_good_u8()[:, :, :, ::2], 3, 2, 1), ValueError, "input must be C-contiguous"),
+    (lambda: _core.max_pool2d_blocked(_good_u8(), 3, 2, 1, out=np.zeros((2, 1, 3, 3, 16), np.float32)), TypeError,
+     "out must have dtype uint8"),
+    (lambda: _core.max_pool2d_blocked_backward(np.zeros((2, 1, 3, 3, 16), np.float32), _good_u8(), 3, 2, 1),
+     TypeError, "input"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 1.0, 256), ValueError, "zero_point must be in"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 1.0, -1), ValueError, "zero_point must be in"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 1.0, 2 ** 64), ValueError, "zero_point"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 1.0, 3.0), TypeError, "zero_point"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 0.0, 0), ValueError, "scale must be positive"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, -0.5, 0), ValueError, "scale must be positive"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, float("nan"), 0), ValueError, "scale"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, float("inf"), 0), ValueError, "scale"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 1e39, 0), ValueError, "scale .* as a float32"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 1e-50, 0), ValueError, "scale .* as a float32"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, "0.5", 0), TypeError, "scale must be a real number"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, 1 + 2j, 0), TypeError, "scale must be a real number"),
+    (lambda: _core.global_avg_pool_blocked(_good(), 16, 0.5, 0), ValueError, "scale and zero_point"),
+    (lambda: _core.global_avg_pool_blocked(_good(), 16, 1.0, 3), ValueError, "scale and zero_point"),
+    (lambda: _core.global_avg_pool_blocked(_good_u8(), 16, out=np.zeros((2, 16), np.uint8)), TypeError,
+     "out must have dtype float32"),
+    (lambda: _core.global_avg_pool_blocked(np.zeros((1, 1, 300, 300, 4), np.uint8), 4), ValueError,
+     "input has H·W = 90000 .* at most 65793"),
 ])
 def test_bad_arguments_name_the_argument(call, error, words):
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -450,6 +639,18 @@ def test_out_must_not_alias_the_input():
     (lambda: ops.max_pool2d_blocked(torch.zeros(2, 1, 6, 6, 16), [7, 7], [1, 1], [0, 0]), ValueError, "kernel_size"),
     (lambda: ops.global_avg_pool_blocked(torch.zeros(2, 1, 6, 6, 16), 17), ValueError, "channels"),
     (lambda: ops.global_avg_pool_blocked(torch.zeros(2, 1, 6, 6, 16, dtype=torch.int32), 16), TypeError, "input"),
+    (lambda: ops.max_pool2d_blocked(torch.zeros(2, 1, 6, 6, 16, dtype=torch.int8), [3, 3], [2, 2], [1, 1]),
+     TypeError, "input"),
+    (lambda: ops.global_avg_pool_blocked(torch.zeros(2, 1, 6, 6, 16, dtype=torch.uint8), 16), TypeError, "input"),
+    (lambda: ops.global_avg_pool_blocked_u8(torch.zeros(2, 1, 6, 6, 16), 16, 1.0, 0), TypeError, "input"),
+    (lambda: ops.global_avg_pool_blocked_u8(torch.zeros(2, 6, 6, 16, dtype=torch.uint8), 16, 1.0, 0), ValueError,
+     "input"),
+    (lambda: ops.global_avg_pool_blocked_u8(torch.zeros(2, 1, 6, 6, 16, dtype=torch.uint8), 17, 1.0, 0), ValueError,
+     "channels"),
+    (lambda: ops.global_avg_pool_blocked_u8(torch.zeros(2, 1, 6, 6, 16, dtype=torch.uint8), 16, 0.0, 0), ValueError,
+     "scale"),
+    (lambda: ops.global_avg_pool_blocked_u8(torch.zeros(2, 1, 6, 6, 16, dtype=torch.uint8), 16, 1.0, 256),
+     ValueError, "zero_point"),
 ])
 def test_torch_ops_bad_arguments(call, error, words):
     with pytest.raises(error, match=words):

@@ -8,7 +8,17 @@ The max-pool backward finds each window's maximum again from the input instead o
 index tensor: the forward keeps one output and writes nothing more. Measured on ResNet-50's pool
 (one core, data in cache), finding the maxima again is about a quarter of the backward's time;
 in memory the input is 51 of the 116 MB the backward moves, where uint8 indices would be 3 MB
-(plus 3 MB written by every forward, inference too)."""
+(plus 3 MB written by every forward, inference too).
+
+int8 inference passes uint8 activations (per-tensor affine, real = scale·(q − zero_point))
+between quantized convolutions. ``max_pool2d_blocked`` takes them as they are: the quantization
+is monotone, so the maximum of the q is the q of the maximum and the output keeps the input's
+scale and zero point (no gradient: integer tensors have none). The average needs the qparams and
+leaves the integers, so it is an operator of its own rather than defaulted arguments of the float
+one, whose output dtype is its input's and which has a gradient:
+``global_avg_pool_blocked_u8(input, channels, scale, zero_point)`` gives float32 (N, channels),
+scale·(mean of q − zero_point), for H·W ≤ 65793 (H·W·255 < 2^24 keeps the sums exact).
+"""
 
 import ml_dtypes
 import numpy as np
@@ -17,9 +27,12 @@ import torch
 from .. import _core
 from ._bridge import _BF16, _F32, _FLOATS, _np, _op, _tensor
 
+_U8 = torch.uint8
+_POOLED = _FLOATS + (_U8,)  # what max pooling takes
+
 
 def _torch(a):
-    """A numpy array _core returned (float32 or ml_dtypes.bfloat16) as a tensor, no copy."""
+    """A numpy array _core returned (float32, ml_dtypes.bfloat16 or uint8) as a tensor, no copy."""
     if a.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(a.view(np.int16)).view(_BF16)
     return torch.from_numpy(a)
@@ -38,8 +51,9 @@ def _pooled(h, w, kernel_size, stride, padding):
 @_op("max_pool2d_blocked", "(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor")
 def _max_pool2d_blocked(input, kernel_size, stride, padding):
     """The maximum of each kernel_size window at stride over the input padded by padding on
-    each side (padding is never picked); input and output blocked, float32 or bfloat16."""
-    x = _tensor(input, "input", _FLOATS, ndim=5)
+    each side (padding is never picked); input and output blocked, float32, bfloat16 or uint8
+    (quantized: the output keeps the input's scale and zero point)."""
+    x = _tensor(input, "input", _POOLED, ndim=5)
     return _torch(_core.max_pool2d_blocked(_np(x), list(kernel_size), list(stride), list(padding)))
 
 
@@ -115,3 +129,17 @@ def _avg_grad(ctx, grad):
 
 
 _global_avg_pool_blocked.register_autograd(_avg_grad, setup_context=_setup_avg)
+
+
+@_op("global_avg_pool_blocked_u8", "(Tensor input, int channels, float scale, int zero_point) -> Tensor")
+def _global_avg_pool_blocked_u8(input, channels, scale, zero_point):
+    """The dequantized mean over H and W of each of the first ``channels`` channels of a blocked
+    uint8 input (real = scale·(q − zero_point)): float32 (N, channels), the sums exact, then one
+    division and one product, each rounded once. Inference only (no gradient)."""
+    x = _tensor(input, "input", (_U8,), ndim=5)
+    return _torch(_core.global_avg_pool_blocked(_np(x), channels, scale, zero_point))
+
+
+@_global_avg_pool_blocked_u8.register_fake
+def _(input, channels, scale, zero_point):
+    return input.new_empty((input.shape[0], channels), dtype=_F32)

@@ -28,6 +28,7 @@ void window_max_f32(const window_rows& g, const float* x, float* y) { BRGEMM_WIN
 void window_max_bf16(const window_rows& g, const uint16_t* x, uint16_t* y) {
   BRGEMM_WINDOW_DISPATCH(window_max_bf16, g, x, y)
 }
+void window_max_u8(const window_rows& g, const uint8_t* x, uint8_t* y) { BRGEMM_WINDOW_DISPATCH(window_max_u8, g, x, y) }
 void window_max_backward_f32(const window_rows& g, const float* x, const float* gy, float* gx) {
   BRGEMM_WINDOW_DISPATCH(window_max_backward_f32, g, x, gy, gx)
 }
@@ -39,6 +40,10 @@ void vector_mean_f32(const float* x, int64_t count, int64_t len, int64_t out_len
 }
 void vector_mean_bf16(const uint16_t* x, int64_t count, int64_t len, int64_t out_len, uint16_t* y) {
   BRGEMM_WINDOW_DISPATCH(vector_mean_bf16, x, count, len, out_len, y)
+}
+void vector_mean_u8(const uint8_t* x, int64_t count, int64_t len, int64_t out_len, float scale, int32_t zero_point,
+                    float* y) {
+  BRGEMM_WINDOW_DISPATCH(vector_mean_u8, x, count, len, out_len, scale, zero_point, y)
 }
 void vector_mean_backward_f32(const float* g, int64_t in_len, int64_t count, int64_t len, float* y) {
   BRGEMM_WINDOW_DISPATCH(vector_mean_backward_f32, g, in_len, count, len, y)

@@ -45,10 +45,13 @@ void activation_backward_f32__scalar(activation a, const float* g, const float* 
 #define BRGEMM_WINDOW_KERNELS(ISA)                                                                          \
   void window_max_f32__##ISA(const window_rows& g, const float* x, float* y);                               \
   void window_max_bf16__##ISA(const window_rows& g, const uint16_t* x, uint16_t* y);                        \
+  void window_max_u8__##ISA(const window_rows& g, const uint8_t* x, uint8_t* y);                            \
   void window_max_backward_f32__##ISA(const window_rows& g, const float* x, const float* gy, float* gx);    \
   void window_max_backward_bf16__##ISA(const window_rows& g, const uint16_t* x, const float* gy, float* gx); \
   void vector_mean_f32__##ISA(const float* x, int64_t count, int64_t len, int64_t out_len, float* y);       \
   void vector_mean_bf16__##ISA(const uint16_t* x, int64_t count, int64_t len, int64_t out_len, uint16_t* y); \
+  void vector_mean_u8__##ISA(const uint8_t* x, int64_t count, int64_t len, int64_t out_len, float scale,      \
+                             int32_t zero_point, float* y);                                                  \
   void vector_mean_backward_f32__##ISA(const float* g, int64_t in_len, int64_t count, int64_t len, float* y);
 BRGEMM_WINDOW_KERNELS(scalar)
 BRGEMM_WINDOW_KERNELS(avx2)

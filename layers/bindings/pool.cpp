@@ -1,7 +1,11 @@
 // layers/bindings/pool.cpp: pooling on the blocked layout (N, C/bc, H, W, bc): max pooling 2-D
-// and global average pooling, forward and backward, for brgemm.torch's operators.
+// and global average pooling, forward and backward, for brgemm.torch's operators; the forward
+// passes of uint8 (quantized) activations too, for int8 inference.
 #include "arrays.h"
 
+#include <cmath>
+
+#include "brgemm/window.h"
 #include "../pool.h"
 
 namespace brgemm::bindings {
@@ -35,6 +39,22 @@ py::array blocked_arg(py::handle h, const char* name, bool* bf16) {
   py::array x = eltwise_array(h, name, bf16);
   if (x.ndim() != 5)
     value_error(std::string(name) + " must be blocked (N, C/bc, H, W, bc), 5-D; got shape " + str(x.attr("shape")));
+  return x;
+}
+
+// The same for the forward passes, uint8 allowed too (which one: *e).
+py::array blocked_arg(py::handle h, const char* name, element* e) {
+  if (py::isinstance<py::array>(h) && numpy_matches(py::reinterpret_borrow<py::array>(h).dtype(), element::u8)) {
+    py::array x = typed_array(h, name, element::u8);
+    if (!(x.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
+    if (x.ndim() != 5)
+      value_error(std::string(name) + " must be blocked (N, C/bc, H, W, bc), 5-D; got shape " + str(x.attr("shape")));
+    *e = element::u8;
+    return x;
+  }
+  bool bf16;
+  py::array x = blocked_arg(h, name, &bf16);
+  *e = bf16 ? element::bf16 : element::f32;
   return x;
 }
 
@@ -83,15 +103,15 @@ std::vector<py::ssize_t> pooled_shape(const layers::pool2d_shape& g) {
 }
 
 py::array max_pool2d_py(py::handle X, py::handle kernel_size, py::handle stride, py::handle padding, py::object out) {
-  bool bf16;
-  py::array x = blocked_arg(X, "input", &bf16);
+  element e;
+  py::array x = blocked_arg(X, "input", &e);
   const layers::pool2d_shape g = pool_shape(x, kernel_size, stride, padding);
   py::array y = out_arg(out, x.dtype(), pooled_shape(g), {{&x, "input"}});
   const void* xp = x.data();
   void* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    layers::max_pool2d(g, bf16, xp, yp);
+    layers::max_pool2d(g, e, xp, yp);
   }
   return y;
 }
@@ -128,18 +148,48 @@ int64_t channels_arg(py::handle h, int64_t blocks, int64_t bc) {
   return c;
 }
 
-py::array global_avg_pool_py(py::handle X, py::handle channels, py::object out) {
-  bool bf16;
-  py::array x = blocked_arg(X, "input", &bf16);
+// A quantization scale: a real number, positive and finite as a float32.
+float scale_arg(py::handle h, const char* name) {
+  auto refuse = [&] { type_error(std::string(name) + " must be a real number, got " + str(py::type::of(h).attr("__name__"))); };
+  if (!PyNumber_Check(h.ptr())) refuse();
+  const double v = PyFloat_AsDouble(h.ptr());  // complex, or an array of several: refused here
+  if (v == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    refuse();
+  }
+  const float f = (float)v;
+  if (!(f > 0.0f && std::isfinite(f)))
+    value_error(std::string(name) + " must be positive and finite as a float32, got " + str(py::repr(py::float_(v))));
+  return f;
+}
+
+py::array global_avg_pool_py(py::handle X, py::handle channels, py::handle scale, py::handle zero_point,
+                             py::object out) {
+  element e;
+  py::array x = blocked_arg(X, "input", &e);
   const int64_t n = x.shape(0), blocks = x.shape(1), hw = x.shape(2) * x.shape(3), bc = x.shape(4);
   const int64_t c = channels_arg(channels, blocks, bc);
   if (hw < 1) value_error("input must have H and W of at least 1, got shape " + str(x.attr("shape")));
-  py::array y = out_arg(out, x.dtype(), {(py::ssize_t)n, (py::ssize_t)c}, {{&x, "input"}});
+  const float sc = scale_arg(scale, "scale");
+  const int64_t zp = index_arg(zero_point, "zero_point");
+  if (e != element::u8 && (sc != 1.0f || zp != 0))
+    value_error("scale and zero_point dequantize uint8 input: for " + str(x.dtype()) +
+                " input they must be 1.0 and 0, got " + str(py::repr(py::float_(sc))) + " and " + std::to_string(zp));
+  if (zp < 0 || zp > 255) value_error("zero_point must be in [0, 255] for uint8, got " + std::to_string(zp));
+  // The sums of hw values up to 255 must be exact as float32 (window.h).
+  if (e == element::u8 && hw > vector_mean_u8_max_count)
+    value_error("input has H·W = " + std::to_string(hw) + " positions, too many for the uint8 mean: at most " +
+                std::to_string(vector_mean_u8_max_count) + " (H·W·255 < 2^24 keeps the sums exact in float32)");
+  const py::dtype dt = e == element::u8 ? numpy_dtype(element::f32) : x.dtype();
+  py::array y = out_arg(out, dt, {(py::ssize_t)n, (py::ssize_t)c}, {{&x, "input"}});
   const void* xp = x.data();
   void* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    layers::global_avg_pool(n, blocks, hw, bc, c, bf16, xp, yp);
+    if (e == element::u8)
+      layers::global_avg_pool_u8(n, blocks, hw, bc, c, (const uint8_t*)xp, sc, (int32_t)zp, (float*)yp);
+    else
+      layers::global_avg_pool(n, blocks, hw, bc, c, e == element::bf16, xp, yp);
   }
   return y;
 }
@@ -184,12 +234,15 @@ py::array global_avg_pool_backward_py(py::handle G, py::handle input_shape, py::
 void register_pool(py::module_& m) {
   m.def("max_pool2d_blocked", &max_pool2d_py, py::arg("input"), py::arg("kernel_size"), py::arg("stride"),
         py::arg("padding") = 0, py::arg("out") = py::none(),
-        "Max pooling of a blocked (N, C/bc, H, W, bc) float32/bfloat16 array; padding is never picked.");
+        "Max pooling of a blocked (N, C/bc, H, W, bc) float32/bfloat16/uint8 array; padding is never picked "
+        "(uint8: quantized values, whose scale and zero point the output keeps).");
   m.def("max_pool2d_blocked_backward", &max_pool2d_backward_py, py::arg("grad_output"), py::arg("input"),
         py::arg("kernel_size"), py::arg("stride"), py::arg("padding") = 0, py::arg("out") = py::none(),
         "∂input (float32, blocked) of max_pool2d_blocked from grad_output (float32), routed as PyTorch does.");
   m.def("global_avg_pool_blocked", &global_avg_pool_py, py::arg("input"), py::arg("channels"),
-        py::arg("out") = py::none(), "Means over H, W of a blocked array's first `channels` channels: (N, C).");
+        py::arg("scale") = 1.0, py::arg("zero_point") = 0, py::arg("out") = py::none(),
+        "Means over H, W of a blocked array's first `channels` channels: (N, C) in the input's dtype, or for "
+        "uint8 input float32 dequantized, scale·(mean − zero_point) (H·W ≤ 65793).");
   m.def("global_avg_pool_blocked_backward", &global_avg_pool_backward_py, py::arg("grad_output"),
         py::arg("input_shape"), py::arg("out") = py::none(),
         "∂input (float32, blocked to input_shape) of global_avg_pool_blocked from grad_output (N, C) float32.");

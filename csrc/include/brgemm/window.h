@@ -21,6 +21,9 @@ struct window_rows {
 // bf16 are uint16 bits, compared as the floats they are; y is out_width·len contiguous.
 void window_max_f32(const window_rows& g, const float* x, float* y);
 void window_max_bf16(const window_rows& g, const uint16_t* x, uint16_t* y);
+// uint8 (quantized activations): unsigned compare, no NaN; the maximum of the q is the q of the
+// maximum as long as the quantization is monotone (positive scale), so the qparams carry over.
+void window_max_u8(const window_rows& g, const uint8_t* x, uint8_t* y);
 // The backward pass: the maximum's position is found again as above, and gy[o][j] added to
 // gx there (gx has x's layout; windows that overlap accumulate, output by output). A window's
 // positions are counted in 32 bits: rows·kw < 2^31.
@@ -31,6 +34,14 @@ void window_max_backward_bf16(const window_rows& g, const uint16_t* x, const flo
 // for j < out_len ≤ len, the sum in f32 from i = 0 up (bf16: rounded to nearest even at the end).
 void vector_mean_f32(const float* x, int64_t count, int64_t len, int64_t out_len, float* y);
 void vector_mean_bf16(const uint16_t* x, int64_t count, int64_t len, int64_t out_len, uint16_t* y);
+// The dequantized mean of uint8 vectors (real = scale·(q − zero_point)), in f32:
+// y[j] = scale · ((float)(Σ_i x[i·len + j] − count·zero_point) / (float)count). The sum is exact in
+// int32 and, while count·255 < 2^24 (count ≤ 65793, the caller's check), so is its conversion:
+// the order of the sum does not matter, and the two rounded operations are the division and the
+// product. 0 ≤ zero_point ≤ 255, count ≤ vector_mean_u8_max_count.
+constexpr int64_t vector_mean_u8_max_count = ((int64_t)1 << 24) / 255;  // 65793: 65793·255 = 2^24 − 1
+void vector_mean_u8(const uint8_t* x, int64_t count, int64_t len, int64_t out_len, float scale, int32_t zero_point,
+                    float* y);
 // Its backward pass: count vectors of len at y, each y[i·len + j] = j < in_len ? g[j] / count : 0.
 void vector_mean_backward_f32(const float* g, int64_t in_len, int64_t count, int64_t len, float* y);
 

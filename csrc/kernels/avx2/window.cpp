@@ -1,6 +1,6 @@
-// The reductions of brgemm/window.h with AVX2: 8 lanes of a vector a step (a shorter last step
-// through masked loads and stores, or a small copy for bf16), the same compare-and-select and
-// the same order of sums as the scalar twin.
+// The reductions of brgemm/window.h with AVX2: 8 lanes of a vector a step (32 for uint8; a
+// shorter last step through masked loads and stores, or a small copy for bf16 and the last bytes
+// of uint8), the same compare-and-select and the same order of sums as the scalar twin.
 #include <immintrin.h>
 #include <cmath>
 #include <cstring>
@@ -239,7 +239,112 @@ void vector_mean(const T* x, int64_t count, int64_t len, int64_t out_len, T* y) 
   }
 }
 
+// uint8: 32 lanes a vector. A step of n < 32 lanes moves its whole 4-byte words with
+// maskload/maskstore and the 1–3 bytes after them through a copy, so no lane past n touches memory.
+struct byte_step {
+  int64_t n, words;  // lanes, whole words among them
+  __m256i k, part;   // words 0..words−1; word `words` (the partial one, when n % 4 ≠ 0)
+};
+
+inline byte_step byte_step_of(int64_t n) {
+  byte_step t;
+  t.n = n;
+  t.words = n >= 32 ? 8 : n >> 2;
+  t.k = lanes(t.words);
+  t.part = _mm256_cmpeq_epi32(_mm256_set1_epi32((int)t.words), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return t;
+}
+
+inline __m256i load32(const uint8_t* p, const byte_step& t) {
+  if (t.n >= 32) return _mm256_loadu_si256((const __m256i*)p);
+  __m256i v = _mm256_maskload_epi32((const int*)p, t.k);
+  if (t.n & 3) {
+    uint32_t w = 0;
+    std::memcpy(&w, p + 4 * t.words, (size_t)(t.n & 3));
+    v = _mm256_blendv_epi8(v, _mm256_set1_epi32((int)w), t.part);
+  }
+  return v;
+}
+
+inline void store32(uint8_t* p, const byte_step& t, __m256i v) {
+  if (t.n >= 32) {
+    _mm256_storeu_si256((__m256i*)p, v);
+    return;
+  }
+  _mm256_maskstore_epi32((int*)p, t.k, v);
+  if (t.n & 3) {
+    alignas(32) uint32_t b[8];
+    _mm256_store_si256((__m256i*)b, v);
+    std::memcpy(p + 4 * t.words, &b[t.words], (size_t)(t.n & 3));
+  }
+}
+
+// The maxima of NV vectors of 32 lanes (the last one t.n lanes) of the window columns [c0, c1):
+// unsigned, so any order gives the twin's bytes.
+template <int NV>
+void max_group_u8(const window_rows& g, const uint8_t* x, int64_t c0, int64_t c1, const byte_step& t, uint8_t* y) {
+  const byte_step full = byte_step_of(32);
+  __m256i m[NV];
+  for (int u = 0; u < NV; ++u) m[u] = _mm256_setzero_si256();  // the least uint8, as in the twin
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t c = c0; c < c1; ++c) {
+      const uint8_t* p = x + r * g.ld + c * g.len;
+      for (int u = 0; u < NV; ++u) m[u] = _mm256_max_epu8(m[u], load32(p + 32 * u, u + 1 < NV ? full : t));
+    }
+  for (int u = 0; u < NV; ++u) store32(y + 32 * u, u + 1 < NV ? full : t, m[u]);
+}
+
+void window_max(const window_rows& g, const uint8_t* x, uint8_t* y) {
+  for (int64_t o = 0; o < g.out_width; ++o) {
+    int64_t c0, c1;
+    brgemm_window_columns(g, o, &c0, &c1);
+    for (int64_t j0 = 0; j0 < g.len; j0 += 128) {
+      const int64_t n = g.len - j0 < 128 ? g.len - j0 : 128;
+      const byte_step t = byte_step_of(n - (n - 1) / 32 * 32);
+      uint8_t* yo = y + o * g.len + j0;
+      switch ((n + 31) / 32) {
+        case 1: max_group_u8<1>(g, x + j0, c0, c1, t, yo); break;
+        case 2: max_group_u8<2>(g, x + j0, c0, c1, t, yo); break;
+        case 3: max_group_u8<3>(g, x + j0, c0, c1, t, yo); break;
+        default: max_group_u8<4>(g, x + j0, c0, c1, t, yo); break;
+      }
+    }
+  }
+}
+
+// The dequantized mean of up to 32 uint8 lanes j0 + [0, n): one load of the bytes per vector of
+// x, widened to four int32 sums of 8 lanes (exact, so in any order), then the twin's two rounded
+// operations.
+void mean_step_u8(const uint8_t* x, int64_t count, int64_t len, int64_t j0, int64_t n, float scale,
+                  int32_t zero_point, float* y) {
+  const byte_step t = byte_step_of(n);
+  __m256i s[4];
+  for (int u = 0; u < 4; ++u) s[u] = _mm256_setzero_si256();
+  for (int64_t i = 0; i < count; ++i) {
+    const __m256i v = load32(x + i * len + j0, t);
+    const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+    s[0] = _mm256_add_epi32(s[0], _mm256_cvtepu8_epi32(lo));
+    s[1] = _mm256_add_epi32(s[1], _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    s[2] = _mm256_add_epi32(s[2], _mm256_cvtepu8_epi32(hi));
+    s[3] = _mm256_add_epi32(s[3], _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+  }
+  const __m256i z = _mm256_set1_epi32((int32_t)count * zero_point);
+  const __m256 d = _mm256_set1_ps((float)count), sc = _mm256_set1_ps(scale);
+  for (int u = 0; u < 4 && 8 * u < n; ++u) {
+    const int64_t nu = n - 8 * u < 8 ? n - 8 * u : 8;
+    const __m256 v = _mm256_mul_ps(sc, _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[u], z)), d));
+    store8(y + j0 + 8 * u, nu, lanes(nu), v);
+  }
+}
+
 }  // namespace
+
+void window_max_u8__avx2(const window_rows& g, const uint8_t* x, uint8_t* y) { window_max(g, x, y); }
+void vector_mean_u8__avx2(const uint8_t* x, int64_t count, int64_t len, int64_t out_len, float scale,
+                          int32_t zero_point, float* y) {
+  for (int64_t j0 = 0; j0 < out_len; j0 += 32)
+    mean_step_u8(x, count, len, j0, out_len - j0 < 32 ? out_len - j0 : 32, scale, zero_point, y);
+}
 
 void window_max_f32__avx2(const window_rows& g, const float* x, float* y) { window_max(g, x, y); }
 void window_max_bf16__avx2(const window_rows& g, const uint16_t* x, uint16_t* y) { window_max(g, x, y); }

@@ -1,5 +1,5 @@
-// The reductions of brgemm/window.h with AVX-512: 16 lanes of a vector a step (the last step
-// masked), the same compare-and-select and the same order of sums as the scalar twin.
+// The reductions of brgemm/window.h with AVX-512: 16 lanes of a vector a step (64 for uint8; the
+// last step masked), the same compare-and-select and the same order of sums as the scalar twin.
 #include <immintrin.h>
 #include <algorithm>
 #include <cmath>
@@ -265,7 +265,69 @@ void vector_mean(const T* x, int64_t count, int64_t len, int64_t out_len, T* y) 
   }
 }
 
+// uint8: 64 lanes a vector, the last masked by k; unsigned maxima, so any order gives the twin's bytes.
+template <int NV>
+void max_group_u8(const window_rows& g, const uint8_t* x, int64_t c0, int64_t c1, __mmask64 k, uint8_t* y) {
+  __m512i m[NV];
+  for (int u = 0; u < NV; ++u) m[u] = _mm512_setzero_si512();  // the least uint8, as in the twin
+  for (int64_t r = 0; r < g.rows; ++r)
+    for (int64_t c = c0; c < c1; ++c) {
+      const uint8_t* p = x + r * g.ld + c * g.len;
+      for (int u = 0; u < NV; ++u)
+        m[u] = _mm512_max_epu8(m[u], _mm512_maskz_loadu_epi8(u + 1 < NV ? ~(__mmask64)0 : k, p + 64 * u));
+    }
+  for (int u = 0; u < NV; ++u) _mm512_mask_storeu_epi8(y + 64 * u, u + 1 < NV ? ~(__mmask64)0 : k, m[u]);
+}
+
+void window_max(const window_rows& g, const uint8_t* x, uint8_t* y) {
+  for (int64_t o = 0; o < g.out_width; ++o) {
+    int64_t c0, c1;
+    brgemm_window_columns(g, o, &c0, &c1);
+    for (int64_t j0 = 0; j0 < g.len; j0 += 256) {
+      const int64_t n = g.len - j0 < 256 ? g.len - j0 : 256, last = n - (n - 1) / 64 * 64;
+      const __mmask64 k = last >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << last) - 1;
+      uint8_t* yo = y + o * g.len + j0;
+      switch ((n + 63) / 64) {
+        case 1: max_group_u8<1>(g, x + j0, c0, c1, k, yo); break;
+        case 2: max_group_u8<2>(g, x + j0, c0, c1, k, yo); break;
+        case 3: max_group_u8<3>(g, x + j0, c0, c1, k, yo); break;
+        default: max_group_u8<4>(g, x + j0, c0, c1, k, yo); break;
+      }
+    }
+  }
+}
+
+// The dequantized mean of up to 64 uint8 lanes j0 + [0, n): one masked load of the bytes per
+// vector of x, widened to four int32 sums of 16 lanes (exact, so in any order), then the twin's
+// two rounded operations.
+void mean_step_u8(const uint8_t* x, int64_t count, int64_t len, int64_t j0, int64_t n, float scale,
+                  int32_t zero_point, float* y) {
+  const __mmask64 k = n >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1;
+  __m512i s[4];
+  for (int u = 0; u < 4; ++u) s[u] = _mm512_setzero_si512();
+  for (int64_t i = 0; i < count; ++i) {
+    const __m512i v = _mm512_maskz_loadu_epi8(k, x + i * len + j0);
+    s[0] = _mm512_add_epi32(s[0], _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 0)));
+    s[1] = _mm512_add_epi32(s[1], _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 1)));
+    s[2] = _mm512_add_epi32(s[2], _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 2)));
+    s[3] = _mm512_add_epi32(s[3], _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 3)));
+  }
+  const __m512i z = _mm512_set1_epi32((int32_t)count * zero_point);
+  const __m512 d = _mm512_set1_ps((float)count), sc = _mm512_set1_ps(scale);
+  for (int u = 0; u < 4 && 16 * u < n; ++u) {
+    const __m512 v = _mm512_mul_ps(sc, _mm512_div_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s[u], z)), d));
+    _mm512_mask_storeu_ps(y + j0 + 16 * u, lanes(n - 16 * u), v);
+  }
+}
+
 }  // namespace
+
+void window_max_u8__avx512(const window_rows& g, const uint8_t* x, uint8_t* y) { window_max(g, x, y); }
+void vector_mean_u8__avx512(const uint8_t* x, int64_t count, int64_t len, int64_t out_len, float scale,
+                            int32_t zero_point, float* y) {
+  for (int64_t j0 = 0; j0 < out_len; j0 += 64)
+    mean_step_u8(x, count, len, j0, out_len - j0 < 64 ? out_len - j0 : 64, scale, zero_point, y);
+}
 
 void window_max_f32__avx512(const window_rows& g, const float* x, float* y) { window_max(g, x, y); }
 void window_max_bf16__avx512(const window_rows& g, const uint16_t* x, uint16_t* y) { window_max(g, x, y); }

@@ -72,6 +72,20 @@ void sums(const T* x, int64_t count, int64_t len, int64_t j0, int64_t n, float* 
 
 }  // namespace
 
+void window_max_u8__scalar(const window_rows& g, const uint8_t* x, uint8_t* y) {
+  for (int64_t o = 0; o < g.out_width; ++o) {
+    int64_t c0, c1;
+    brgemm_window_columns(g, o, &c0, &c1);
+    uint8_t* yo = y + o * g.len;
+    for (int64_t j = 0; j < g.len; ++j) yo[j] = 0;  // the least uint8: what an empty window gives
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) {
+        const uint8_t* p = x + r * g.ld + c * g.len;
+        for (int64_t j = 0; j < g.len; ++j) yo[j] = std::max(yo[j], p[j]);
+      }
+  }
+}
+
 void window_max_f32__scalar(const window_rows& g, const float* x, float* y) { window_max(g, x, y); }
 void window_max_bf16__scalar(const window_rows& g, const uint16_t* x, uint16_t* y) { window_max(g, x, y); }
 void window_max_backward_f32__scalar(const window_rows& g, const float* x, const float* gy, float* gx) {
@@ -96,6 +110,19 @@ void vector_mean_bf16__scalar(const uint16_t* x, int64_t count, int64_t len, int
     const int64_t n = std::min(chunk, out_len - j0);
     sums(x, count, len, j0, n, s);
     for (int64_t j = 0; j < n; ++j) y[j0 + j] = brgemm_bf16_rne(s[j] / (float)count);
+  }
+}
+
+void vector_mean_u8__scalar(const uint8_t* x, int64_t count, int64_t len, int64_t out_len, float scale,
+                            int32_t zero_point, float* y) {
+  int32_t s[chunk];
+  const int32_t z = (int32_t)count * zero_point;  // ≤ 65793·255: the caller bounds count
+  for (int64_t j0 = 0; j0 < out_len; j0 += chunk) {
+    const int64_t n = std::min(chunk, out_len - j0);
+    for (int64_t j = 0; j < n; ++j) s[j] = 0;
+    for (int64_t i = 0; i < count; ++i)
+      for (int64_t j = 0; j < n; ++j) s[j] += x[i * len + j0 + j];
+    for (int64_t j = 0; j < n; ++j) y[j0 + j] = scale * ((float)(s[j] - z) / (float)count);
   }
 }
 
