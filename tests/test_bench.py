@@ -221,9 +221,11 @@ def test_without_pytorch_the_headline_notes_it_and_skips_the_model(fake_peak, ti
     assert "Traceback" not in err
 
 
-def test_the_network_group_runs_bfloat16_rows_when_the_dtypes_name_bf16():
-    assert cli._network_dtypes(("f32", "bf16", "u8s8")) == ("float32", "bfloat16")
-    assert cli._network_dtypes(("f32",)) == cli._network_dtypes(("u8s8",)) == ("float32",)
+def test_the_network_group_runs_bfloat16_and_int8_rows_when_the_dtypes_name_them():
+    assert cli._network_dtypes(("f32", "bf16", "u8s8")) == ("float32", "bfloat16", "int8")
+    assert cli._network_dtypes(("f32", "bf16")) == ("float32", "bfloat16")
+    assert cli._network_dtypes(("u8s8",)) == ("float32", "int8")
+    assert cli._network_dtypes(("f32",)) == ("float32",)
 
 
 def test_the_network_group_runs_its_cases_and_writes_them_as_json(fake_peak, tmp_path, capsys, monkeypatch):
@@ -275,7 +277,21 @@ def test_a_bfloat16_network_case_builds_and_runs(fake_peak, monkeypatch):
         for fn in fns.values():
             fn()
     with pytest.raises(ValueError, match="dtype"):
-        networks.network_case(torch, "resnet18", "inference", 1, 1, log, "int8")
+        networks.network_case(torch, "resnet18", "inference", 1, 1, log, "int4")
+
+
+def test_an_int8_network_case_builds_and_runs(fake_peak, monkeypatch):
+    """int8 rows: brgemm.torch.quantize against brgemm's own float32 network and PyTorch eager;
+    inference only (run_networks skips the training step)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(networks, "NETWORK_IMAGE", 32)
+    log = bench.Log(stream=io.StringIO())
+    fns, flops, _, case, via = networks.network_case(torch, "resnet18", "inference", 2, 1, log, "int8")
+    assert list(fns) == ["brgemm", "brgemm[float32]", "torch", "torch[channels_last]"]
+    assert case == "ResNet-18 N=2 32x32 int8 inference" and via == "quantize"
+    assert flops == networks.network_flops("resnet18", "inference", 2, 32)
+    for fn in fns.values():
+        fn()
 
 
 def test_compare_can_skip_the_warm_up_block():

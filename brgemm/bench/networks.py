@@ -11,10 +11,11 @@ layouts (NCHW and channels_last; the faster one counts), ``torch.compile`` with 
 (inductor; for inference compiled under no_grad with inductor's freezing), and for inference
 ONNX Runtime and OpenVINO on one ONNX export per network and batch, when they are installed.
 
-The dtype is a parameter of every case (the rows and the table carry it) so that bf16 and int8
-rows fit in later: network_case already builds bfloat16 cases (brgemm through optimize or
-convert with dtype="bfloat16", PyTorch under CPU autocast in both layouts; the ONNX runtimes
-and torch.compile left out); the command line asks for them through --dtypes.
+The dtype is a parameter of every case (the rows and the table carry it); --dtypes asks for
+bfloat16 rows (bf16: brgemm through optimize with dtype="bfloat16", PyTorch under CPU autocast in
+both layouts; the ONNX runtimes and torch.compile left out) and int8 inference rows (u8s8:
+brgemm.torch.quantize calibrated on a few other images, against brgemm's own float32 network and
+PyTorch eager in float32: what switching to int8 gains; % of the int8 peak).
 
 Time (this project's 2-core machine): a ResNet-50 forward at N = 16 takes 0.6-1 s per library,
 so each case runs few calls: a first one, then per round one block per library without the
