@@ -28,7 +28,9 @@ void window_max_f32(const window_rows& g, const float* x, float* y) { BRGEMM_WIN
 void window_max_bf16(const window_rows& g, const uint16_t* x, uint16_t* y) {
   BRGEMM_WINDOW_DISPATCH(window_max_bf16, g, x, y)
 }
-void window_max_u8(const window_rows& g, const uint8_t* x, uint8_t* y) { BRGEMM_WINDOW_DISPATCH(window_max_u8, g, x, y) }
+void window_max_u8(const window_rows& g, const uint8_t* x, uint8_t* y) {
+  BRGEMM_WINDOW_DISPATCH(window_max_u8, g, x, y)
+}
 void window_max_backward_f32(const window_rows& g, const float* x, const float* gy, float* gx) {
   BRGEMM_WINDOW_DISPATCH(window_max_backward_f32, g, x, gy, gx)
 }

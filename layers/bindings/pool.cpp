@@ -150,7 +150,9 @@ int64_t channels_arg(py::handle h, int64_t blocks, int64_t bc) {
 
 // A quantization scale: a real number, positive and finite as a float32.
 float scale_arg(py::handle h, const char* name) {
-  auto refuse = [&] { type_error(std::string(name) + " must be a real number, got " + str(py::type::of(h).attr("__name__"))); };
+  auto refuse = [&] {
+    type_error(std::string(name) + " must be a real number, got " + str(py::type::of(h).attr("__name__")));
+  };
   if (!PyNumber_Check(h.ptr())) refuse();
   const double v = PyFloat_AsDouble(h.ptr());  // complex, or an array of several: refused here
   if (v == -1.0 && PyErr_Occurred()) {
