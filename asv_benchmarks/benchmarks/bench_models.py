@@ -16,7 +16,7 @@ import io
 
 from brgemm.bench import DEFAULT_NETWORKS, INFERENCE_BATCHES, TRAIN_BATCHES, Log, network_case
 
-from .common import PeerTimed, ThreadPin, cpu_count, import_torch
+from .common import PeerTimed, ThreadPin, cpu_count, import_torch, median_seconds
 
 CASES = [f"inference N={n}" for n in INFERENCE_BATCHES] + ["train step"]
 THREADS = [cpu_count()]  # all cores, as the bench's --models group
@@ -39,3 +39,37 @@ class Network(PeerTimed):
         log = Log(stream=io.StringIO())  # the notes (which path brgemm took) stay quiet
         self.fns, self.flops, _, _, _ = network_case(torch, network, pass_, batch, threads, log, runtimes=False)
         self.fns["brgemm"]()  # the first call packs the weights
+
+
+class Int8Network(PeerTimed):
+    """int8 inference through brgemm.torch.quantize (calibrated as the bench does), tracked as %
+    of the int8 peak, against brgemm's own float32 network (what switching to int8 gains) and
+    PyTorch eager in float32."""
+
+    params = [list(DEFAULT_NETWORKS), [f"N={n}" for n in INFERENCE_BATCHES], THREADS]
+    param_names = ["network", "batch", "threads"]
+    timeout = 300
+    number, repeat, rounds, warmup_time = 1, 3, 1, 0.0
+    peak_op = "dot_u8s8"
+
+    def setup(self, network, batch, threads):
+        torch = import_torch()
+        if torch is None:
+            raise NotImplementedError("PyTorch is not installed")
+        self.pin = ThreadPin(threads)
+        log = Log(stream=io.StringIO())
+        self.fns, self.flops, _, _, _ = network_case(torch, network, "inference", int(batch.split("=")[1]), threads,
+                                                     log, "int8")
+        self.fns["brgemm"]()  # the first call packs the weights
+
+    def track_ratio_vs_torch(self, *args):
+        t = median_seconds({lib: fn for lib, fn in self.fns.items() if lib != "brgemm[float32]"})
+        return min(v for lib, v in t.items() if lib != "brgemm") / t["brgemm"]
+
+    track_ratio_vs_torch.unit = "x"
+
+    def track_ratio_vs_brgemm_float32(self, *args):
+        t = median_seconds({lib: self.fns[lib] for lib in ("brgemm", "brgemm[float32]")})
+        return t["brgemm[float32]"] / t["brgemm"]
+
+    track_ratio_vs_brgemm_float32.unit = "x"
