@@ -43,9 +43,13 @@ def test_torch_tour_runs_on_a_small_model():
     magnitude = copy.deepcopy(exact)            # Σ|a||b| through both layers bounds the f32 error
     for p in magnitude.parameters():
         p.data.abs_()
-    ns = {"model": model}
+    ns = {"model": model, "calibration": [torch.randn(4, 3, 6, 6)]}
     exec(compile(_tour_blocks()[1], "README tour (torch)", "exec"), ns)
     assert "Conv2d" in str(ns["report"]) and "FusedConv2d + ReLU" in str(ns["fast"].brgemm_report)
+    assert "QuantizedConv2d" in str(ns["int8"].brgemm_report)
+    with torch.no_grad():   # the int8 model computes what the float one does, to 8-bit noise
+        ref, got = ns["fast"](x).double(), ns["int8"](x).double()
+    assert float(((got - ref) ** 2).sum()) < 0.01 * float((ref ** 2).sum())
     with torch.no_grad():
         bound = 2 * (27 + 288) * torch.finfo(torch.float32).eps * magnitude(x.double().abs())
         for m in (ns["fast"], model):   # the optimized copy, and the model converted in place
