@@ -132,7 +132,7 @@ struct gemm_plan {
 // Everything the plan depends on, bytewise comparable (plan_cache): the shape, the epilogue's
 // stages, the layout, the threads, the tuning and the active ISA.
 struct gemm_key {
-  int64_t m, n, k, lda, ldb, ldc, tuned_bn, tuned_kc;
+  int64_t m, n, k, lda, ldb, ldc, tuned_bn, tuned_kc, panel_rows;
   int32_t t, layout, threads, level, out, act, bias, scale, row_offset, col_offset;
   uint32_t beta;
 };
@@ -266,7 +266,7 @@ void set_gemm_blocking(int64_t bn, int64_t kc) {
 
 status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t lda, const void* b_,
             int64_t ldb, void* c_, int64_t ldc, float beta, const epilogue_desc& e, const epilogue_args* ep,
-            b_layout layout) {
+            b_layout layout, int64_t panel_rows) {
   if (t == dtype::s8s8) {
     // int8 A is shifted to uint8 once here (a XOR 0x80 = a + 128), rather than at every
     // broadcast inside the s8s8 kernels (measured: 6 % of a (64, 1024, 1024) product); the
@@ -287,14 +287,14 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
       }
       for (; j < k; ++j) out[j] = (uint8_t)(row[j] ^ 0x80u);
     }
-    return gemm(dtype::u8s8, m, n, k, dst, k, b_, ldb, c_, ldc, beta, e, ep, layout);
+    return gemm(dtype::u8s8, m, n, k, dst, k, b_, ldb, c_, ldc, beta, e, ep, layout, panel_rows);
   }
   const bool panels = layout == b_layout::panels;
   const int64_t kp = dtype_kpack(t);
   const char* a = (const char*)a_;
   char* c = (char*)c_;
   const int64_t ab = dtype_a_bytes(t), bb = dtype_b_bytes(t);
-  const b_source b{(const char*)b_, ldb, kp, bb, panels ? panel_elements(t, k) * bb : 0};
+  const b_source b{(const char*)b_, ldb, kp, bb, panels ? panel_elements(t, std::max(k, panel_rows)) * bb : 0};
   const int64_t ob = out_type_bytes(t, e.out);
   const chunk_target target{e, ep, t, holds_accumulator(t, e)};
 
@@ -308,7 +308,7 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
   key.tuned_bn = tuned_bn.load(), key.tuned_kc = tuned_kc.load();
   key.t = (int32_t)t, key.layout = (int32_t)layout, key.threads = threads, key.level = (int32_t)active_isa();
   key.out = (int32_t)e.out, key.act = (int32_t)e.act, key.bias = e.bias, key.scale = (int32_t)e.scale;
-  key.row_offset = e.row_offset, key.col_offset = e.col_offset;
+  key.row_offset = e.row_offset, key.col_offset = e.col_offset, key.panel_rows = panel_rows;
   std::memcpy(&key.beta, &beta, sizeof beta);
   std::shared_ptr<const gemm_plan> plan;
   if (status s = plans.get(key, &plan, [&](gemm_plan& pl) {

@@ -13,9 +13,11 @@ namespace brgemm::layers {
 // chunk; ldc counts elements of its output type. When that type is not the accumulator's, the
 // partial sums of earlier K chunks live in a per-thread buffer and beta must be 0. The caller
 // has validated the shapes and ep (null when e has no stage); the status comes from dispatch().
+// panel_rows: the K rows each panel holds, when the panels are taller than k (a layer's packed
+// weights padded past its real K, read over their first k rows only); 0: k.
 status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda, const void* b, int64_t ldb,
             void* c, int64_t ldc, float beta, const epilogue_desc& e = {}, const epilogue_args* ep = nullptr,
-            b_layout layout = b_layout::rows);
+            b_layout layout = b_layout::rows, int64_t panel_rows = 0);
 
 // Blocking of gemm_f32, exposed for tuning and benchmarks: bn columns of C per work item,
 // kc rows of B per packed panel. 0 restores the default.

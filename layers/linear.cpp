@@ -7,6 +7,7 @@
 // gradient, whose result is written straight into the plain (out, in) gradient).
 #include "linear.h"
 #include "blocks.h"
+#include "gemm.h"
 
 namespace brgemm::layers {
 
@@ -209,6 +210,23 @@ status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float*
     }
   }
   return status::ok;
+}
+
+bool fc_layer::has_rows_forward() const { return t_ == dtype::f32 && bk_ == panel_width && !needs_z(); }
+
+status fc_layer::forward_rows(int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  // Measured on Zen 4, 2 threads, (700 × 650) · Wᵀ (650 × 10 000), the word language model's
+  // decoder: 53 ms through the blocked copies (x's 650 features padded to 704, the output
+  // unblocked), 45 ms here (brgemm.torch.Linear's training forward; a plain gemm: 43 ms).
+  if (!has_rows_forward()) return status::bad_dtype;
+  epilogue_desc e;
+  e.bias = has_bias_;
+  e.act = act_;
+  e.out = out_type::f32;
+  epilogue_args args;
+  args.bias = bias_.data();
+  return gemm(t_, n, k_, c_, x, ldx, aligned(fwd_, 0), panel_width, y, ldy, 0.0f, e, e.any() ? &args : nullptr,
+              b_layout::panels, ceil_div(c_, bc_) * bc_);
 }
 
 status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* yb, const float* zb, const void* xb,

@@ -55,6 +55,13 @@ class fc_layer {
   // activation whose derivative needs its input), the pre-activation goes there too (f32,
   // blocked like yb).
   status forward(int64_t n, int64_t bn, const void* xb, void* yb, float* zb);
+  // The same from plain f32 rows x (n × in, row stride ldx) into plain y (n × out, row stride
+  // ldy), without blocked copies: one gemm reads the forward blocks as its column panels (a
+  // column of [C/bc] blocks of Wᵀ is a panel of 64 columns and cb·bc rows, the padding rows
+  // never read), and the epilogue adds the bias and applies the activation. For f32 layers
+  // with bk = panel_width whose activation's derivative needs no pre-activation (has_rows_forward).
+  bool has_rows_forward() const;
+  status forward_rows(int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy);
   // From gyb (f32, blocked like yb) and what forward saw: gxb (f32, blocked like xb; null to
   // skip), and the gradients dW = dZᵀ·X, db = Σ_rows dZ (f32, plain) added to wg and bg when
   // `accumulate` (as PyTorch does), else written over them.

@@ -322,3 +322,38 @@ def test_brgemm_falls_back_to_convert_when_optimize_fails_or_is_missing(monkeypa
     monkeypatch.delattr(bt, "optimize", raising=False)
     assert networks.brgemm_network(torch, model, "train step", "float32", log)[1] == "convert"
     assert "has no optimize" in log.notes[-1]
+
+
+def test_the_torch_group_runs_the_language_model_and_counts_its_decoder(fake_peak, tmp_path, capsys, monkeypatch):
+    """--torch on tiny shapes (the code paths, not the sizes, are under test): the LSTM language
+    model's rows count its LSTM and its decoder, a training step 3× the forward."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(models, "TORCH_CONV_INPUT", (2, 64, 6))
+    monkeypatch.setattr(models, "TORCH_LSTM", (3, 2, 16, 16))
+    monkeypatch.setattr(models, "TORCH_LM", (4, 3, 70, 24, 2, 0.5))
+    monkeypatch.setattr(models, "installed", lambda module: False)  # no ONNX export: quick
+    path = tmp_path / "torch.json"
+    assert bench.main(["--torch", "--rounds", "1", "--threads", "1", "--json", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert not TARGET_WORDS.search(out + err), TARGET_WORDS.search(out + err)
+    rows = json.loads(path.read_text())["rows"]
+    assert len(rows) == len(models.TORCH_MODELS) * len(models.TORCH_PASSES)
+    lm = [r for r in rows if r["case"].startswith("LSTM LM")]
+    assert [r["case"] for r in lm] == [f"LSTM LM T=4 N=3 2x24 vocab 70 float32 {p}" for p in models.TORCH_PASSES]
+    forward = 2 * 8 * 24 * (24 + 24) * 3 * 4 + 2 * 24 * 70 * 3 * 4
+    assert [r["flops"] for r in lm] == [3 * forward, forward]
+    for r in lm:
+        assert r["threads"] == 1 and r["brgemm_gflops"] > 0 and r["ratio_vs_torch"] > 0
+        assert r["percent_of_peak"] == pytest.approx(100 * r["brgemm_gflops"] / FAKE_PEAK["fma_f32"]["1"])
+        assert any(line.startswith(r["case"]) for line in out.splitlines())
+
+
+def test_the_language_model_converts_its_lstm_and_decoder_and_keeps_the_embedding():
+    torch = pytest.importorskip("torch")
+    import brgemm.torch as bt
+    model, x, target, *_ = models.torch_model(torch, "lstm_lm")
+    assert x.dtype == target.dtype == torch.int64 and tuple(x.shape) == models.TORCH_LM[:2]
+    report = bt.convert(model)
+    assert {n for n, *_ in report.swapped} == {"lstm", "decoder"}
+    assert isinstance(model.lstm, bt.LSTM) and model.lstm.dropout == models.TORCH_LM[5]
+    assert isinstance(model.encoder, torch.nn.Embedding)

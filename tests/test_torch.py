@@ -166,9 +166,13 @@ def test_conv2d_matches_torch(case, relu):
         _assert_within(p, p64, (red_w + 2) * EPS * pa, "grad parameter")
 
 
-@pytest.mark.parametrize("shape,bias,relu", [((5, 33), True, False), ((2, 3, 17), False, True), ((1, 64), True, True)])
-def test_linear_matches_torch(shape, bias, relu):
-    in_f, out_f = shape[-1], 19
+# 19 outputs: the blocked path (bk = 32); 64 and more: rows to rows through gemm (bk = 64), with
+# 650 inputs (padded to 704 in the packed weights) over two K chunks.
+@pytest.mark.parametrize("shape,out_f,bias,relu", [((5, 33), 19, True, False), ((2, 3, 17), 19, False, True),
+                                                   ((1, 64), 19, True, True), ((3, 65), 130, True, True),
+                                                   ((2, 5, 33), 64, False, False), ((70, 650), 200, True, False)])
+def test_linear_matches_torch(shape, out_f, bias, relu):
+    in_f = shape[-1]
     ref = nn.Sequential(nn.Linear(in_f, out_f, bias=bias), *([nn.ReLU()] if relu else []))
     ours = copy.deepcopy(ref)
     bt.convert(ours)
@@ -364,13 +368,13 @@ def test_convert_report_and_shared_parameters():
 
 
 def test_in_place_weight_updates_are_seen():
-    m = bt.Linear(8, 4)
-    x = torch.randn(3, 8)
-    y0 = m(x)
-    with torch.no_grad():
-        m.weight.mul_(2)
-        m.bias.mul_(2)
-    torch.testing.assert_close(m(x), 2 * y0)
+    for m in (bt.Linear(8, 4), bt.Linear(8, 64)):  # the blocked path and rows to rows through gemm
+        x = torch.randn(3, 8)
+        y0 = m(x)
+        with torch.no_grad():
+            m.weight.mul_(2)
+            m.bias.mul_(2)
+        torch.testing.assert_close(m(x), 2 * y0)
     conv = bt.Conv2d(4, 4, 3)
     x = torch.randn(1, 4, 5, 5)
     y0 = conv(x)

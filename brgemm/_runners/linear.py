@@ -43,7 +43,15 @@ class LinearRunner:
         """y (N, out) ← the layer on x (N, in) by weight and bias (packed again if they changed),
         both plain and of the runner's dtype (x may be either float dtype), in one call into C++.
         ``buffers``: (xb, yb, zb) blocked arrays to fill instead of the scratch ones (an MLP's
-        chain keeps them for backward; zb, None or the pre-activation's, only in training)."""
+        chain keeps them for backward; zb, None or the pre-activation's, only in training).
+        Returns whether the scratch's blocked x and y now hold x and y: without ``buffers``, a
+        float32 layer whose activation the epilogue applies goes from rows to rows in one gemm
+        (fc.has_rows_forward) and blocks nothing; backward then blocks x itself."""
+        if buffers is None and self.fc.has_rows_forward and x.dtype == F32 and y.dtype == F32:
+            self.scratch.holds["x"] = None
+            self.scratch.holds.pop("y", None)
+            self.fc.forward_rows(x, y, weight, bias)
+            return False
         n = x.shape[0]
         bn = _core.fc_row_block(n)
         if buffers is None:
@@ -56,6 +64,7 @@ class LinearRunner:
         self.scratch.holds.pop("y", None)  # overwritten: the caller says whose blocked copy it then holds
         self.fc.forward_plain(x, bn, xb, yb, y, zb, weight, bias)
         self.scratch.holds["x"] = x_key
+        return True
 
     def backward(self, x, y, grad_y, grad_x, weight_grad, bias_grad, x_key=None, y_key=None):
         """Writes weight_grad, bias_grad (or None) and, when grad_x is not None, ∂x (float32 (N,

@@ -24,7 +24,7 @@ from .harness import Log, Peers, _row, compare, format_table, geomean, ratio_sum
 from .headline import format_headline, run_headline
 from .kernels import GEMM_SHAPES, KERNEL_SHAPE, LOWP_GEMM_SHAPES, PEAK_OP, _int8_variants, _kernel_operands, _torch_peers
 from .mlp import LINEAR_SHAPES, MLP_BATCH, MLP_SIZES, _torch_mlp, mlp_flops
-from .models import (TORCH_CLASSES, TORCH_CONV_INPUT, TORCH_CONV_STACK, TORCH_LSTM, TORCH_MODELS, TORCH_PASSES,
+from .models import (TORCH_CLASSES, TORCH_CONV_INPUT, TORCH_CONV_STACK, TORCH_LM, TORCH_LSTM, TORCH_MODELS, TORCH_PASSES,
                      model_peers, torch_model, torch_model_fns, torch_model_work)
 from .networks import (DEFAULT_NETWORKS, INFERENCE_BATCHES, NETWORK_IMAGE, NETWORK_PASSES, NETWORKS, TRAIN_BATCHES,
                        network_case, network_cases, network_flops)

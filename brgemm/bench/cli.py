@@ -35,7 +35,8 @@ GROUPS = {
              lambda p, rng, a, tl, log: run_conv(p, rng, a.rounds, tl, log), format_table, conv_summary),
     "rnn": ("LSTM and GRU forward f32/bf16 over sizes and batches, training steps",
             lambda p, rng, a, tl, log: run_rnn(p, rng, a.rounds, tl, log), format_table, rnn_summary),
-    "torch": ("PyTorch models (a ResNet-style stack, an LSTM tagger) converted by brgemm.torch.convert, "
+    "torch": ("PyTorch models (a ResNet-style stack, an LSTM tagger, an LSTM language model) converted by "
+              "brgemm.torch.convert, "
               "training step and inference, against plain PyTorch, ONNX Runtime and OpenVINO",
               lambda p, rng, a, tl, log: run_torch(p, a.rounds, tl, log, a.compile), format_models, torch_summary),
     "models": ("whole networks at 224x224 (ResNet-18, ResNet-50; with --full or --model also ResNeXt-50 "

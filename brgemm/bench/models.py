@@ -26,7 +26,13 @@ TORCH_CONV_INPUT = (16, 64, 28)
 #: The LSTM tagger: (T, N, input, hidden), one nn.LSTM layer, a Linear on every step's output.
 TORCH_LSTM = (50, 64, 256, 512)
 TORCH_CLASSES = 10
-TORCH_MODELS = ("resnet", "resnet_blocked", "lstm")  # resnet_blocked: convert(blocked=True), the same model
+#: The LSTM language model, PyTorch's word-language-model example at its medium size: (T, N,
+#: vocabulary, embedding = hidden, layers, dropout). An embedding, a 2-layer LSTM, a Linear
+#: decoder to the vocabulary; dropout as the example puts it (after the embedding, between the
+#: LSTM's layers, before the decoder), active in the training step only. Each step starts from
+#: zero states (the example carries them over, detached: the same work).
+TORCH_LM = (35, 20, 10000, 650, 2, 0.5)
+TORCH_MODELS = ("resnet", "resnet_blocked", "lstm", "lstm_lm")  # resnet_blocked: convert(blocked=True), the same model
 TORCH_PASSES = ("train step", "inference")
 TORCH_LR = 1e-4  # small: the weights change every step (so ours repack) but stay near their start
 
@@ -35,7 +41,8 @@ def torch_model(torch, name, seed=0):
     """(model, input, target, forward FLOPs, bytes, label) of one --torch model in plain PyTorch,
     float32, the same weights and data for the same seed (PyTorch's global RNG is left as it
     was). FLOPs count the convolutions or the LSTM, 2 per multiply-add, not the small head;
-    bytes are 4 × (parameters + input + every layer's output)."""
+    bytes are 4 × (parameters + input + every layer's output). The language model's FLOPs
+    count its LSTM and its decoder (a third of its work), not the embedding's look-ups."""
     nn = torch.nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -68,6 +75,24 @@ def torch_model(torch, name, seed=0):
             flops = 8 * h * (i + h) * n * t
             acts = t * n * (i + h + TORCH_CLASSES)
             label = f"LSTM tagger T={t} N={n} {i}->{h}"
+        elif name == "lstm_lm":
+            t, n, v, h, layers, p = TORCH_LM
+
+            class LanguageModel(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.drop, self.encoder = nn.Dropout(p), nn.Embedding(v, h)
+                    self.lstm = nn.LSTM(h, h, layers, dropout=p)
+                    self.decoder = nn.Linear(h, v)
+
+                def forward(self, x):
+                    return self.decoder(self.drop(self.lstm(self.drop(self.encoder(x)))[0]))
+            model = LanguageModel()
+            x = torch.randint(0, v, (t, n))
+            target = torch.randint(0, v, (t, n))
+            flops = layers * 8 * h * (h + h) * n * t + 2 * h * v * n * t
+            acts = t * n * (1 + layers * h + h + v)  # the ids (counted as 4 bytes), the embeddings, every layer's output
+            label = f"LSTM LM T={t} N={n} {layers}x{h} vocab {v}"
         else:
             raise ValueError(f"model must be one of {TORCH_MODELS}, got {name!r}")
     params = sum(p.numel() for p in model.parameters())
@@ -93,7 +118,7 @@ def _torch_model_call(torch, model, x, target, pass_):
     def step():
         opt.zero_grad()
         y = model(x)
-        loss_fn(y.reshape(-1, TORCH_CLASSES), target.reshape(-1)).backward()
+        loss_fn(y.reshape(-1, y.shape[-1]), target.reshape(-1)).backward()
         opt.step()
     return step
 
@@ -265,8 +290,8 @@ def format_models(rows):
 
 
 def run_torch(peers, rounds, threads_list, log, compile=False):
-    """The --torch models (TORCH_CONV_STACK, plainly converted and with blocked=True, and
-    TORCH_LSTM), training step and inference, float32, converted by brgemm.torch.convert
+    """The --torch models (TORCH_CONV_STACK, plainly converted and with blocked=True,
+    TORCH_LSTM and TORCH_LM), training step and inference, float32, converted by brgemm.torch.convert
     against the same model in plain PyTorch (inference: also model_peers, with torch.compile
     when ``compile``); every library's threads pinned to the row's count.
 

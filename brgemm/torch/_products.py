@@ -123,9 +123,10 @@ def _linear(input, weight, bias=None, activation="none"):
     if n:
         e = _linear_layer(_dtype_name(x), weight, act)
         with e.lock:
-            e.forward(_np(x2), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x))
+            blocked = e.forward(_np(x2), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x))
             out = out.reshape(*x.shape[:-1], out_f)
-            e.scratch.holds["y"] = _identity(out)  # as the backward will see it
+            if blocked:
+                e.scratch.holds["y"] = _identity(out)  # as the backward will see it
         return out
     return out.reshape(*x.shape[:-1], out_f)
 

@@ -153,6 +153,37 @@ struct py_linear {
     check_status(s);
   }
 
+  // x (n, in) → y (n, out), both plain float32, by fc_layer::forward_rows (no blocked copies),
+  // after packing weight and bias if they changed (when weight is given); only where
+  // has_rows_forward.
+  void forward_rows(py::handle X, py::handle Y, py::handle w, py::handle b) {
+    if (!fc.has_rows_forward())
+      value_error("forward_rows needs a float32 layer of at least 64 output features and a fused activation");
+    bool xbf, ybf;
+    py::array x = plain_rows(X, "x", &xbf);
+    py::array y = plain_rows(Y, "y", &ybf);
+    if (xbf || ybf) type_error("forward_rows takes float32 x and y");
+    require_writeable(y, "y");
+    const int64_t n = x.shape(0);
+    if (n < 1) value_error("x must have at least one row");
+    if (x.shape(1) != fc.in()) value_error("x must have " + std::to_string(fc.in()) + " features");
+    if (y.shape(0) != n || y.shape(1) != fc.out())
+      value_error("y must have shape (" + std::to_string(n) + ", " + std::to_string(fc.out()) + ")");
+    require_disjoint(y, x, "y", "x");
+    const int64_t ldx = leading_dim(x, 0, fc.in(), "x"), ldy = leading_dim(y, 0, fc.out(), "y");
+    const float* wp = w.is_none() ? nullptr : weight(w, false);
+    const float* bp = w.is_none() ? nullptr : bias(b, false);
+    const float* xp = (const float*)x.data();
+    float* yp = (float*)y.mutable_data();
+    status s;
+    {
+      py::gil_scoped_release nogil;
+      if (wp) fc.refresh(wp, bp);
+      s = fc.forward_rows(n, xp, ldx, yp, ldy);
+    }
+    check_status(s);
+  }
+
   void backward(int64_t n, int64_t bn, py::handle gyb, py::handle yb, py::handle zb, py::handle xb, py::handle gxb,
                 py::handle wg, py::handle bg, bool accumulate) {
     rows(n, bn);
@@ -189,12 +220,14 @@ void register_linear(py::module_& m) {
       .def_property_readonly("bc", [](const py_linear& l) { return l.fc.bc(); })
       .def_property_readonly("bk", [](const py_linear& l) { return l.fc.bk(); })
       .def_property_readonly("needs_z", [](const py_linear& l) { return l.fc.needs_z(); })
+      .def_property_readonly("has_rows_forward", [](const py_linear& l) { return l.fc.has_rows_forward(); })
       .def("refresh", &py_linear::refresh, py::arg("weight"), py::arg("bias"))
       .def("sgd", &py_linear::sgd, py::arg("weight"), py::arg("bias"), py::arg("weight_grad"), py::arg("bias_grad"),
            py::arg("lr"), py::arg("stochastic"), py::arg("seed"))
       .def("forward", &py_linear::forward, py::arg("n"), py::arg("bn"), py::arg("xb"), py::arg("yb"), py::arg("zb"))
       .def("forward_plain", &py_linear::forward_plain, py::arg("x"), py::arg("bn"), py::arg("xb"), py::arg("yb"),
            py::arg("y"), py::arg("zb"), py::arg("weight"), py::arg("bias"))
+      .def("forward_rows", &py_linear::forward_rows, py::arg("x"), py::arg("y"), py::arg("weight"), py::arg("bias"))
       .def("backward", &py_linear::backward, py::arg("n"), py::arg("bn"), py::arg("grad_out"), py::arg("yb"),
            py::arg("zb"), py::arg("xb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"),
            py::arg("accumulate"));
