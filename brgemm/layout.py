@@ -44,7 +44,8 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
 
     ``layout="NCHW"``: activations (N, C, H, W) → (N, ⌈C/bc⌉, H, W, bc); ``block`` is bc (default
     :func:`block_size` (C)); ``dtype`` float32 or bfloat16 (default x's), or uint8 for a
-    uint8 x (int8 inference: :class:`brgemm.nn.QuantizedConv2d`).
+    uint8 x (int8 inference: :class:`brgemm.nn.QuantizedConv2d`). An (N, C, H, W) view of NHWC
+    memory (``np.transpose(nhwc, (0, 3, 1, 2))``) is read as it is, without an NCHW copy.
     ``layout="KCRS"``: weights (K, C, R, S) → (⌈K/bk⌉, ⌈C/bc⌉, R, S, bc/v, bk, v) with v = 1 for
     float32 (then the last axis is dropped), 2 for bfloat16, 4 for int8; ``block`` is (bc, bk)
     (default the block sizes of C and K); ``dtype`` float32, bfloat16 or int8 (an int8 x must
@@ -69,7 +70,8 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
             x = x.astype(np.float32)
         n, c, h, w = x.shape
         xb = np.empty((n, -(-c // bc), h, w, bc), dtype)
-        _core.conv_to_blocked(np.ascontiguousarray(x), xb)
+        nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous  # read as it is, not copied to NCHW
+        _core.conv_to_blocked(x if nhwc else np.ascontiguousarray(x), xb)
         return xb
     k, c, r, s = x.shape
     bc, bk = (block_size(c), block_size(k)) if block is None else (int(block[0]), int(block[1]))

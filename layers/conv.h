@@ -59,6 +59,12 @@ void conv_to_blocked(const void* x, element xt, int64_t n, int64_t c, int64_t hw
                      float scale = 1.0f, int32_t zero_point = 0);
 void conv_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
                        element xt);
+// The same from and to NHWC memory (n × hw × c, channels contiguous, e.g. a channels_last
+// tensor), same element types and rounding, without going through NCHW.
+void conv_to_blocked_nhwc(const void* x, element xt, int64_t n, int64_t c, int64_t hw, void* xb, element bt,
+                          int64_t bc, float scale = 1.0f, int32_t zero_point = 0);
+void conv_from_blocked_nhwc(const void* xb, element bt, int64_t n, int64_t c, int64_t hw, int64_t bc, void* x,
+                            element xt);
 
 // Channels under groups. A pass computes its result channels in blocks of ko (dividing the
 // result's layout block bo) and reduces over source blocks of ki (dividing the source's bi):

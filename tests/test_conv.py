@@ -259,6 +259,76 @@ def test_layout_round_trips_and_block_sizes(rng):
         np.testing.assert_array_equal(layout.from_blocked(wb, (70, 21), layout="KCRS"), src.astype(dt))
 
 
+def _nhwc(x):
+    """x (N, C, H, W) as an (N, C, H, W) view of NHWC memory (a channels_last tensor's numpy view)."""
+    v = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert not v.flags.c_contiguous or 1 in (x.shape[1], x.shape[2] * x.shape[3])
+    return v
+
+
+# (x dtype, blocked dtype, quantize): every combination conv_to_blocked takes
+NHWC_TYPES = [pytest.param(np.float32, np.float32, False, id="f32-f32"),
+              pytest.param(np.float32, BF16, False, id="f32-bf16"),
+              pytest.param(BF16, np.float32, False, id="bf16-f32"),
+              pytest.param(BF16, BF16, False, id="bf16-bf16"),
+              pytest.param(np.uint8, np.uint8, False, id="u8-u8"),
+              pytest.param(np.float32, np.uint8, True, id="f32-u8-quantized")]
+
+
+@pytest.mark.parametrize("xt, bt, quantize", NHWC_TYPES)
+@pytest.mark.parametrize("c", [1, 3, 4, 5, 12, 17, 64, 70])
+def test_nhwc_memory_blocks_as_nchw_does(rng, c, xt, bt, quantize):
+    """An NHWC x goes straight to the blocked layout (no NCHW copy), bit-identical to the NCHW
+    path, padded channels zero whatever xb held; and from_blocked writes NHWC memory back."""
+    x = rng.standard_normal((3, c, 5, 7)) * 3
+    if xt == np.uint8:
+        x = rng.integers(0, 256, x.shape)
+    elif quantize:  # ties to even at scale 0.5, saturation both ways, NaN → 0
+        x.flat[:6] = [0.25, 0.75, -0.25, 300.0, -300.0, np.nan]
+    x = x.astype(xt)
+    q = {"scale": 0.5, "zero_point": 3} if quantize else {}
+    bc = brgemm._core.conv_block(c)
+    want = np.full((3, -(-c // bc), 5, 7, bc), 9, bt)
+    got = want.copy()
+    brgemm._core.conv_to_blocked(x, want, **q)
+    brgemm._core.conv_to_blocked(_nhwc(x), got, **q)
+    assert want.tobytes() == got.tobytes()
+    assert not got[:, -1, ..., c - (-(-c // bc) - 1) * bc:].any()
+    if quantize:
+        return
+    back = _nhwc(np.zeros(x.shape, xt))
+    brgemm._core.conv_from_blocked(got, back)
+    want_back = np.empty(x.shape, xt)
+    brgemm._core.conv_from_blocked(want, want_back)
+    assert np.ascontiguousarray(back).tobytes() == want_back.tobytes()
+    if xt == bt:
+        np.testing.assert_array_equal(layout.to_blocked(_nhwc(x)), layout.to_blocked(x))
+
+
+def test_nhwc_quantizes_with_the_same_rounding(rng):
+    """f32 → u8 from NHWC memory: clip(nearbyint(x / scale) + zero_point), ties to even, NaN → 0."""
+    x = np.array([0.25, 0.75, 1.25, -0.25, -0.75, 300.0, -300.0, np.nan], np.float32).reshape(1, 8, 1, 1)
+    x = np.tile(x, (2, 1, 3, 2))
+    xb = np.empty((2, 1, 3, 2, 8), np.uint8)
+    brgemm._core.conv_to_blocked(_nhwc(x), xb, scale=0.5, zero_point=3)
+    np.testing.assert_array_equal(xb[1, 0, 2, 1], [3, 5, 5, 3, 1, 255, 0, 0])
+
+
+def test_nhwc_is_the_only_other_layout(rng):
+    """Strides neither NCHW nor NHWC are refused, naming the argument (callers copy those first)."""
+    x = rng.standard_normal((2, 5, 4, 6)).astype(np.float32)
+    xb = np.empty((2, 1, 4, 6, 8), np.float32)
+    for odd in (x[:, :, :, ::-1], np.asfortranarray(x), x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2),
+                np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)):
+        with pytest.raises(ValueError, match="x must be C-contiguous .* or an .* view of NHWC memory"):
+            brgemm._core.conv_to_blocked(odd, xb)
+        with pytest.raises(ValueError, match="out must be C-contiguous .* view of NHWC memory"):
+            brgemm._core.conv_from_blocked(xb, odd)
+        np.testing.assert_array_equal(layout.to_blocked(odd), layout.to_blocked(odd.copy()))  # copied first
+    with pytest.raises(ValueError, match="xb must be C-contiguous"):
+        brgemm._core.conv_to_blocked(x, np.empty((2, 1, 4, 6, 16), np.float32)[..., ::2])
+
+
 def test_weight_writes_in_place_and_assignment_take_effect(rng):
     conv, (c, h, w) = make(CASES[0])
     x = rng.standard_normal((1, c, h, w)).astype(np.float32)

@@ -507,6 +507,8 @@ def fuzz_block_size(draw):
 def fuzz_to_blocked(draw):
     shape = tuple(draw(side()) for _ in range(4))
     x = draw(maybe(arrays(shape, good=FLOATS + [np.dtype(np.uint8)])))
+    if isinstance(x, np.ndarray) and x.ndim == 4 and draw(st.integers(0, 3)) == 0:
+        x = nhwc_view(x)
     kw = {}
     if draw(st.booleans()):
         kw["block"] = draw(maybe(st.one_of(st.integers(-1, 9), st.sampled_from(HUGE))))
@@ -515,6 +517,11 @@ def fuzz_to_blocked(draw):
     if draw(st.booleans()):
         kw["dtype"] = draw(maybe(pick([None, np.float32, BF16, "bfloat16"], [np.uint8, np.int8])))
     call("brgemm.layout.to_blocked", brgemm.layout.to_blocked, x, **kw)
+
+
+def nhwc_view(x):
+    """x (N, C, H, W) over NHWC memory (numpy's view of a channels_last tensor), read as it is."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 def fuzz_from_blocked(draw):
@@ -1196,7 +1203,10 @@ def fuzz_op(name):
                 _op(name, draw(maybe_t((n, ch if type(ch) is int and 0 <= ch < 100 else 3), lowp)),
                     draw(maybe(pick([list(shape)], [list(shape[:3]), [n, HUGE[0], 2, 2, bc], [-1, 1, 1, 1, 1]]))))
         elif name == "to_blocked":
-            _op(name, draw(maybe_t((n, draw(side(40)), draw(side(4)), draw(side(4))), lowp)))
+            x = draw(maybe_t((n, draw(side(40)), draw(side(4)), draw(side(4))), lowp))
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and draw(st.booleans()):  # read from NHWC memory
+                x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
+            _op(name, x)
         elif name == "from_blocked":
             bc, cb = draw(st.sampled_from([4, 8, 16, 32])), draw(side(3))
             _op(name, draw(maybe_t((n, cb, draw(side(3)), draw(side(3)), bc), lowp)),

@@ -27,7 +27,7 @@ import brgemm  # noqa: E402
 import brgemm.torch as bt  # noqa: E402
 from brgemm.torch._quantize import QuantizedConv2d, dequantize, quantize_blocked, quantize_input  # noqa: E402
 from conftest import ISA_LEVELS, isa_unavailable_reason, restore_isa  # noqa: E402
-from test_network import SmallResNet, _randomize_batch_norms  # noqa: E402
+from test_network import SmallResNet, _copies, _randomize_batch_norms  # noqa: E402
 
 EPS = 2.0 ** -24
 ops = torch.ops.brgemm
@@ -147,6 +147,23 @@ def test_activations_stay_uint8_and_blocked():
     assert ops.global_avg_pool_blocked_u8.default in calls or ops.global_avg_pool_blocked_u8 in calls
     report = str(q.brgemm_report)
     assert "uint8 residual" in report and "QuantizedConv2d" in report
+
+
+@pytest.mark.parametrize("kind", ["resnet", "block"])
+def test_channels_last_input_gives_the_same_bits_without_a_copy(kind):
+    """quantize_input reads a channels_last input's NHWC memory (no NCHW copy first) and
+    quantizes it to the same uint8 blocks: the model's output is the same bits."""
+    q = bt.quantize(_model(kind), _calibration())
+    x = torch.randn(2, 3, 16, 16) * 3
+    x[0, 0, 0, :3] = torch.tensor([1e4, -1e4, float("nan")])   # saturation both ways, NaN → 0
+    xl = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(q(xl), q(x))
+        assert _copies(lambda: q(xl)) == _copies(lambda: q(x))
+    for c in (1, 3, 5, 17, 70):
+        xc = torch.randn(2, c, 5, 7).to(memory_format=torch.channels_last)
+        assert torch.equal(quantize_input(xc, c, 0.02, 128), quantize_input(xc.contiguous(), c, 0.02, 128))
+        assert _copies(lambda: quantize_input(xc, c, 0.02, 128)) == []
 
 
 def test_every_isa_gives_the_same_bits():

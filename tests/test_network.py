@@ -322,12 +322,45 @@ def test_a_model_that_does_not_trace_is_optimized_child_by_child():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 
 
-def test_channels_last_input():
+def _copies(fn):
+    """The tensor copies fn makes (aten ops seen by the profiler): a channels_last input made
+    contiguous shows as aten::contiguous → aten::clone → aten::copy_."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return sorted(e.name for e in prof.events() if e.name in ("aten::contiguous", "aten::clone", "aten::copy_"))
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_channels_last_input(dtype):
+    """The same output bits from either memory format, and no copy more for channels_last (the
+    input enters the blocked layout from its NHWC memory)."""
     model = _randomize_batch_norms(SmallResNet()).eval()
-    fast = bt.optimize(model)
+    fast = bt.optimize(model, dtype=dtype)
     x = torch.randn(2, 3, 32, 32)
+    xl = x.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert torch.equal(fast(x.to(memory_format=torch.channels_last)), fast(x))
+        assert torch.equal(fast(xl), fast(x))
+        assert _copies(lambda: fast(xl)) == _copies(lambda: fast(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c", [1, 3, 5, 17, 70])
+def test_to_blocked_reads_channels_last_memory(c, dtype):
+    """to_blocked of a channels_last tensor: the NCHW tensor's bits, without an NCHW copy; its
+    gradient is from_blocked's (NCHW contiguous, which autograd accepts for the input)."""
+    x = torch.randn(2, c, 5, 6).to(dtype)
+    xl = x.to(memory_format=torch.channels_last)
+    assert torch.equal(ops.to_blocked(xl), ops.to_blocked(x))
+    assert _copies(lambda: ops.to_blocked(xl)) == []
+    if c > 1:  # C = 1 is contiguous both ways (then it is read as NCHW)
+        assert _copies(lambda: ops.to_blocked(xl.contiguous())) != []  # what the check would see
+    xg = xl.clone().requires_grad_()
+    b = ops.to_blocked(xg)
+    g = torch.randn_like(b)
+    b.backward(g)
+    assert torch.equal(xg.grad, ops.from_blocked(g, c))
+    xh = torch.randn(2, c, 1, 1).to(dtype).to(memory_format=torch.channels_last)  # H = W = 1: both too
+    assert torch.equal(ops.to_blocked(xh), ops.to_blocked(xh.contiguous()))
 
 
 def test_errors():

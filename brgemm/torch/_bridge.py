@@ -17,8 +17,10 @@ _FLOATS = (_F32, _BF16)
 _FUSED = ("none", "relu", "relu6")   # activations an operator's epilogue applies (backward from the output)
 
 
-def _tensor(t, name, dtypes, ndim=None):
-    """t detached and contiguous, after checking type, device, dtype and rank (naming t)."""
+def _tensor(t, name, dtypes, ndim=None, channels_last=False):
+    """t detached and contiguous, after checking type, device, dtype and rank (naming t). With
+    channels_last, a 4-D channels_last tensor keeps its memory (the core reads NHWC as it is);
+    one that is contiguous both ways (C = 1, or H = W = 1) is taken as plain NCHW."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
@@ -27,11 +29,15 @@ def _tensor(t, name, dtypes, ndim=None):
         raise TypeError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {t.dtype}")
     if ndim is not None and t.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if channels_last and t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+            memory_format=torch.channels_last):
+        return t.detach()
     return t.detach().contiguous()
 
 
 def _np(t):
-    """The memory of a contiguous CPU tensor as a numpy array (bfloat16 via ml_dtypes), no copy."""
+    """The memory of a CPU tensor as a numpy array with its strides (bfloat16 via ml_dtypes), no
+    copy: contiguous ones, and the channels_last ones _tensor lets through."""
     if t.dtype == _BF16:
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()

@@ -15,8 +15,9 @@ def _blocked_shape(n, c, h, w):
 
 @_op("to_blocked", "(Tensor input) -> Tensor")
 def _to_blocked(input):
-    """(N, C, H, W) float32 or bfloat16 (any memory format) → blocked, padded channels zero."""
-    x = _tensor(input, "input", _FLOATS, ndim=4)
+    """(N, C, H, W) float32 or bfloat16 (any memory format; channels_last read as it is, without
+    an NCHW copy) → blocked, padded channels zero."""
+    x = _tensor(input, "input", _FLOATS, ndim=4, channels_last=True)
     n, c, h, w = x.shape
     out = torch.empty(_blocked_shape(n, c, h, w), dtype=x.dtype)
     if out.numel():

@@ -106,8 +106,8 @@ class QuantizedConv2d(nn.Module):
 
 def quantize_input(x, channels, scale, zero_point):
     """A float32 (N, C, H, W) input, any memory format, quantized straight into the blocked
-    uint8 layout of its channel count (one pass)."""
-    x = _tensor(x, "input", (_F32,), ndim=4)
+    uint8 layout of its channel count (one pass; channels_last memory read as it is)."""
+    x = _tensor(x, "input", (_F32,), ndim=4, channels_last=True)
     if x.shape[1] != channels:
         raise ValueError(f"input must have {channels} channels, got {tuple(x.shape)}")
     bc = _core.conv_block(channels)

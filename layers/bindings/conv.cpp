@@ -9,8 +9,21 @@ namespace brgemm::bindings {
 
 namespace {
 
-// A C-contiguous float32, bfloat16 or uint8 array of exactly `ndim` dimensions, non-empty.
-py::array dense_array(py::handle h, const char* name, int ndim, element* e) {
+// True when the 4-D a has the strides of NHWC memory seen as (N, C, H, W); a dimension of size 1
+// may have any stride, as in numpy's own contiguity flags.
+bool nhwc_view(const py::array& a) {
+  const int64_t item = a.itemsize(), c = a.shape(1), h = a.shape(2), w = a.shape(3);
+  const int64_t want[4] = {h * w * c * item, item, w * c * item, c * item};
+  for (int d = 0; d < 4; ++d)
+    if (a.shape(d) > 1 && a.strides(d) != want[d]) return false;
+  return true;
+}
+
+// A float32, bfloat16 or uint8 array of exactly `ndim` dimensions, non-empty; C-contiguous
+// unless `nhwc` is given: then also an (N, C, H, W) view of NHWC memory (numpy's strides of
+// np.transpose(nhwc, (0, 3, 1, 2)), a channels_last tensor's), reported through *nhwc. An array
+// that is both (C = 1 or H = W = 1) counts as C-contiguous.
+py::array dense_array(py::handle h, const char* name, int ndim, element* e, bool* nhwc = nullptr) {
   if (!py::isinstance<py::array>(h))
     type_error(std::string(name) + " must be a numpy array, got " + str(py::type::of(h).attr("__name__")));
   const py::dtype dt = py::reinterpret_borrow<py::array>(h).dtype();
@@ -20,10 +33,15 @@ py::array dense_array(py::handle h, const char* name, int ndim, element* e) {
   if (!numpy_matches(dt, k))
     type_error(std::string(name) + " must have dtype float32, bfloat16 or uint8, got " + str(dt));
   py::array a = typed_array(h, name, k);
-  if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
   if (a.ndim() != ndim)
     value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " + std::to_string(a.ndim()) + "-D");
   require_nonempty(a, name);
+  const bool dense = a.flags() & py::array::c_style;
+  if (nhwc) *nhwc = !dense && ndim == 4 && nhwc_view(a);
+  if (!dense && !(nhwc && *nhwc))
+    value_error(std::string(name) + (nhwc ? " must be C-contiguous (N, C, H, W) or an (N, C, H, W) view of NHWC memory"
+                                          : " must be C-contiguous") +
+                ", got strides " + str(a.attr("strides")));
   *e = k;
   return a;
 }
@@ -48,11 +66,13 @@ int32_t u8_zero_arg(int64_t v, const char* name) {
   return (int32_t)v;
 }
 
-// x (N, C, H, W) → xb (N, C/bc, H, W, bc): float32/bfloat16 to either, uint8 to uint8, or
-// float32 to uint8 quantized with scale and zero_point.
+// x (N, C, H, W), NCHW or NHWC in memory → xb (N, C/bc, H, W, bc): float32/bfloat16 to either,
+// uint8 to uint8, or float32 to uint8 quantized with scale and zero_point. out of from_blocked
+// likewise.
 void conv_to_blocked_py(py::handle X, py::handle XB, py::object scale, int64_t zero_point) {
   element xt, bt;
-  py::array x = dense_array(X, "x", 4, &xt);
+  bool nhwc;
+  py::array x = dense_array(X, "x", 4, &xt, &nhwc);
   py::array xb = dense_array(XB, "xb", 5, &bt);
   const bool quantize = bt == element::u8 && xt != element::u8;
   if ((xt == element::u8) != (bt == element::u8) && !(quantize && xt == element::f32))
@@ -68,13 +88,14 @@ void conv_to_blocked_py(py::handle X, py::handle XB, py::object scale, int64_t z
   const void* xp = x.data();
   void* bp = xb.mutable_data();
   py::gil_scoped_release nogil;
-  layers::conv_to_blocked(xp, xt, n, c, hw, bp, bt, bc, sc, zp);
+  (nhwc ? layers::conv_to_blocked_nhwc : layers::conv_to_blocked)(xp, xt, n, c, hw, bp, bt, bc, sc, zp);
 }
 
 void conv_from_blocked_py(py::handle XB, py::handle X) {
   element xt, bt;
   py::array xb = dense_array(XB, "xb", 5, &bt);
-  py::array x = dense_array(X, "out", 4, &xt);
+  bool nhwc;
+  py::array x = dense_array(X, "out", 4, &xt, &nhwc);
   if ((xt == element::u8) != (bt == element::u8))
     type_error("xb (" + str(xb.dtype()) + ") cannot be unblocked into " + str(x.dtype()) +
                ": uint8 goes to uint8, float32/bfloat16 to either of them");
@@ -85,7 +106,7 @@ void conv_from_blocked_py(py::handle XB, py::handle X) {
   const void* bp = xb.data();
   void* xp = x.mutable_data();
   py::gil_scoped_release nogil;
-  layers::conv_from_blocked(bp, bt, n, c, hw, bc, xp, xt);
+  (nhwc ? layers::conv_from_blocked_nhwc : layers::conv_from_blocked)(bp, bt, n, c, hw, bc, xp, xt);
 }
 
 layers::conv_geometry geometry(int64_t c, int64_t k, int64_t r, int64_t s, int64_t sh, int64_t sw, int64_t pt,
