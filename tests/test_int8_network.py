@@ -235,3 +235,11 @@ def test_errors():
         q.c1(x, torch.zeros(1, 1, 8, 8, 12, dtype=torch.uint8))
     with pytest.raises(ValueError, match="residual must be blocked"):
         q.c2(torch.zeros(1, 1, 8, 8, 12, dtype=torch.uint8), torch.zeros(1, 1, 4, 4, 12, dtype=torch.uint8))
+
+
+def test_an_empty_batch_gives_empty_logits():
+    model = _model("resnet")
+    q = bt.quantize(model, _calibration())
+    with torch.no_grad():
+        out = q(torch.randn(0, 3, 32, 32))
+    assert out.shape == (0, 10)

@@ -112,7 +112,8 @@ def quantize_input(x, channels, scale, zero_point):
         raise ValueError(f"input must have {channels} channels, got {tuple(x.shape)}")
     bc = _core.conv_block(channels)
     out = torch.empty((x.shape[0], -(-channels // bc), x.shape[2], x.shape[3], bc), dtype=torch.uint8)
-    _core.conv_to_blocked(_np(x), _np(out), scale=scale, zero_point=zero_point)
+    if out.numel():
+        _core.conv_to_blocked(_np(x), _np(out), scale=scale, zero_point=zero_point)
     return out
 
 
