@@ -20,9 +20,10 @@ are not; bfloat16 tensors are viewed as ml_dtypes.bfloat16, not converted):
 - ``ktanh(x)``, ``taylor_softmax(x, dim=-1, order=2)`` and their backward operators.
 - ``quantized_linear``, ``quantized_conv2d``: uint8 activations × int8 weights with one
   scale per output channel (inference only).
-- ``max_pool2d_blocked(input, kernel_size, stride, padding)`` and
+- ``max_pool2d_blocked(input, kernel_size, stride, padding)`` (float32, bfloat16 or uint8) and
   ``global_avg_pool_blocked(input, channels)`` (→ plain (N, C)) on the blocked layout, with
-  their backward operators (``_pool``).
+  their backward operators, and ``global_avg_pool_blocked_u8`` (uint8 in, dequantized float32
+  out) (``_pool``).
 
 The operators check their tensors and hand numpy views of them to the runners brgemm.nn uses
 too (brgemm/_runners: one per layer kind), kept per (geometry, weight tensor): a call repacks
@@ -31,7 +32,9 @@ training steps and in-place edits are always seen.
 
 Files: ``_bridge`` (tensor checks, numpy views, the runners per weight tensor), the operators
 by family (``_products``: gemm, batch_reduce, linear; ``_conv``; ``_rnn``; ``_approx``: K-TanH
-and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``.
+and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``; whole networks:
+``_network`` (optimize), ``_fused`` (its fused convolution), ``_norm``, ``_pool``, ``_layout`` and
+``_quantize`` (quantize: int8 inference of an optimized network).
 """
 
 # Importing the operator files registers torch.ops.brgemm.*; the modules call them by that name.
