@@ -1207,6 +1207,12 @@ def fuzz_op(name):
             if isinstance(x, torch.Tensor) and x.dim() == 4 and draw(st.booleans()):  # read from NHWC memory
                 x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
             _op(name, x)
+        elif name == "quantize_to_blocked":
+            x = draw(maybe_t((n, draw(side(40)), draw(side(4)), draw(side(4))), lowp))
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and draw(st.booleans()):  # read from NHWC memory
+                x = x.detach().contiguous(memory_format=torch.channels_last)
+            scale = draw(maybe(pick([1.0, 0.02, 3e-3], [0.0, -1.0, math.nan, math.inf])))
+            _op(name, x, scale, draw(maybe(pick([0, 128, 255], [-1, 256, HUGE[0]]))))
         elif name == "from_blocked":
             bc, cb = draw(st.sampled_from([4, 8, 16, 32])), draw(side(3))
             _op(name, draw(maybe_t((n, cb, draw(side(3)), draw(side(3)), bc), lowp)),

@@ -143,7 +143,7 @@ def test_activations_stay_uint8_and_blocked():
     q = bt.quantize(_model("resnet"), _calibration())
     calls = [n.target for n in q.graph.nodes if n.op == "call_function"]
     # one quantization in (the stem), one dequantization out (the global pool), nothing between
-    assert calls.count(quantize_input) == 1 and quantize_blocked not in calls and dequantize not in calls
+    assert calls.count(ops.quantize_to_blocked) == 1 and quantize_blocked not in calls and dequantize not in calls
     assert ops.global_avg_pool_blocked_u8.default in calls or ops.global_avg_pool_blocked_u8 in calls
     report = str(q.brgemm_report)
     assert "uint8 residual" in report and "QuantizedConv2d" in report
@@ -162,8 +162,8 @@ def test_channels_last_input_gives_the_same_bits_without_a_copy(kind):
         assert _copies(lambda: q(xl)) == _copies(lambda: q(x))
     for c in (1, 3, 5, 17, 70):
         xc = torch.randn(2, c, 5, 7).to(memory_format=torch.channels_last)
-        assert torch.equal(quantize_input(xc, c, 0.02, 128), quantize_input(xc.contiguous(), c, 0.02, 128))
-        assert _copies(lambda: quantize_input(xc, c, 0.02, 128)) == []
+        assert torch.equal(quantize_input(xc, 0.02, 128), quantize_input(xc.contiguous(), 0.02, 128))
+        assert _copies(lambda: quantize_input(xc, 0.02, 128)) == []
 
 
 def test_every_isa_gives_the_same_bits():
@@ -243,3 +243,23 @@ def test_an_empty_batch_gives_empty_logits():
     with torch.no_grad():
         out = q(torch.randn(0, 3, 32, 32))
     assert out.shape == (0, 10)
+
+
+def test_copies_and_saved_models_compute_the_same():
+    """deepcopy and torch.save / torch.load (which traces the graph again) rebuild the C++ layers."""
+    import copy
+    import io
+    q = bt.quantize(_model("resnet"), _calibration())
+    x = torch.randn(2, 3, 32, 32)
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    with torch.no_grad():
+        want = q(x)
+        for other in (copy.deepcopy(q), torch.load(buf, weights_only=False)):
+            assert torch.equal(other(x), want)
+
+
+def test_quantize_to_blocked_passes_opcheck():
+    for x in (torch.randn(2, 3, 5, 7), torch.randn(2, 17, 4, 4).to(memory_format=torch.channels_last)):
+        torch.library.opcheck(ops.quantize_to_blocked.default, (x, 0.02, 128))

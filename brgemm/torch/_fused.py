@@ -31,6 +31,9 @@ class Activations:
     def __init__(self):
         self._local = threading.local()
 
+    def __reduce__(self):
+        return (Activations, ())   # buffers are a cache: a copied model starts with none
+
     def buffer(self, slot):
         def take(shape, dtype):
             buffers = self._local.__dict__.setdefault("buffers", {})
@@ -75,6 +78,11 @@ class FusedConv2d(nn.Module):
     @property
     def bn(self):
         return self._bn
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fold_key"], state["_folded"] = None, None   # a cache keyed by weak references
+        return state
 
     def _folded_weights(self):
         """(weight, bias) with the BatchNorm's inference transform folded in: W·s and

@@ -20,7 +20,9 @@ from torch import nn
 
 from .. import _core
 from .._quantize import METHODS, HistogramObserver, MinMaxObserver, quantize_per_channel
-from ._bridge import _F32, _np, _tensor
+from .._runners.quantized import quantization_arg
+from ._bridge import _F32, _np, _op, _tensor
+from ._layout import _blocked_shape
 from ._fused import Activations, FusedConv2d
 from ._network import OptimizationReport, _BlockedMaxPool2d, _plan_activations, enter_blocked, optimize
 
@@ -51,11 +53,25 @@ class QuantizedConv2d(nn.Module):
         self.output_scale, self.output_zero_point = _u8_params(output_qparams)
         self.residual_scale, self.residual_zero_point = (
             (None, None) if residual_qparams is None else _u8_params(residual_qparams))
+        self._make_layer()
+        self.__dict__["_activations"] = None  # set by quantize: the model's Activations
+
+    def _make_layer(self):
+        geo = self._geometry
         self._layer = _core._QuantizedConv2d(*geo.core_args(), self.activation, "uint8", **geo.core_kwargs())
         self._bc, self._bk = self._layer.bc, self._layer.bk
         self._packed = None           # the versions of what the layer packed last
         self._lock = threading.Lock()
-        self.__dict__["_activations"] = None  # set by quantize: the model's Activations
+
+    def __getstate__(self):   # copies and pickles rebuild the C++ layer (it packs on first use)
+        state = self.__dict__.copy()
+        for name in ("_layer", "_lock", "_packed"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._make_layer()
 
     def _refresh(self):
         tensors = (self.weight, self.weight_scale, self.bias)
@@ -104,17 +120,25 @@ class QuantizedConv2d(nn.Module):
                    else f", residual=({self.residual_scale:.4g}, {self.residual_zero_point})"))
 
 
-def quantize_input(x, channels, scale, zero_point):
+@_op("quantize_to_blocked", "(Tensor input, float scale, int zero_point) -> Tensor")
+def quantize_input(input, scale, zero_point):
     """A float32 (N, C, H, W) input, any memory format, quantized straight into the blocked
-    uint8 layout of its channel count (one pass; channels_last memory read as it is)."""
-    x = _tensor(x, "input", (_F32,), ndim=4, channels_last=True)
-    if x.shape[1] != channels:
-        raise ValueError(f"input must have {channels} channels, got {tuple(x.shape)}")
-    bc = _core.conv_block(channels)
-    out = torch.empty((x.shape[0], -(-channels // bc), x.shape[2], x.shape[3], bc), dtype=torch.uint8)
+    uint8 layout of its channel count: clip(round(x / scale) + zero_point, 0, 255), ties to
+    even (one pass; channels_last memory read as it is). An operator, so that the graph of a
+    quantized model traces (torch.save and torch.load of the model re-trace it)."""
+    x = _tensor(input, "input", (_F32,), ndim=4, channels_last=True)
+    scale, zero_point, _, _ = quantization_arg(scale, zero_point, 1.0, 0)
+    n, c, h, w = x.shape
+    out = torch.empty(_blocked_shape(n, c, h, w), dtype=torch.uint8)
     if out.numel():
         _core.conv_to_blocked(_np(x), _np(out), scale=scale, zero_point=zero_point)
     return out
+
+
+@quantize_input.register_fake
+def _(input, scale, zero_point):
+    n, c, h, w = input.shape
+    return input.new_empty(_blocked_shape(n, c, h, w), dtype=torch.uint8)
 
 
 def quantize_blocked(x, scale, zero_point):
@@ -192,16 +216,11 @@ class _Int8Rebuild:
             return new
         scale, zp = self.qp(old)
         if old.op == "call_function" and old.target is enter_blocked:
-            x = self.env[old.args[0]]
-            out = self.graph.call_function(quantize_input, (x, self.channels_of(old), scale, zp))
+            out = self.graph.call_function(torch.ops.brgemm.quantize_to_blocked, (self.env[old.args[0]], scale, zp))
         else:
             out = self.graph.call_function(quantize_blocked, (new, scale, zp))
         self.u8[out] = (scale, zp)
         return out
-
-    def channels_of(self, enter):
-        user = next(u for u in enter.users if _is_fused(self.gm, u))
-        return self.gm.get_submodule(user.target).in_channels
 
     def as_float(self, new):
         if new in self.u8:
