@@ -613,3 +613,19 @@ def test_inference_reuses_its_activation_buffers_safely():
         assert torch.equal(a, b) and torch.equal(a, c)
     for i in range(2):
         assert all(torch.equal(a, b) for a, b in zip(first, results[i]))
+
+
+def test_copies_and_saved_optimized_models_compute_the_same():
+    """deepcopy and torch.save / torch.load of an optimized model: its caches (the folded
+    weights' weak-reference keys, the activation buffers) start afresh in the copy."""
+    import io
+    model = _randomize_batch_norms(SmallResNet()).eval()
+    fast = bt.optimize(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = fast(x)
+        buf = io.BytesIO()
+        torch.save(fast, buf)
+        buf.seek(0)
+        for other in (copy.deepcopy(fast), torch.load(buf, weights_only=False)):
+            assert torch.equal(other(x), want)
