@@ -197,6 +197,19 @@ void transpose_parallel(const float* src, int64_t rows, int64_t cols, float* dst
     transpose(src + r0 * cols, std::min(chunk, rows - r0), cols, cols, dst + r0, rows);
 }
 
+// C (+)= A·B in f32 (gemm), C's columns cut into two calls: first the most whole 64-column tiles
+// that the threads can share evenly, then the rest (which gemm splits by rows). gemm shares
+// whole tiles, so at n = I = 650 (11 tiles) one of 2 threads took 6. The backward's dx, dW_ih
+// and dW_hh at H = 650, T = 35, N = 20, 2 threads, per-thread CPU ms (passive waits): 13.8 / 9.8,
+// 14.6 / 10.7, 14.1 / 10.1 in one call each; 11.9 / 11.8, 12.3 / 12.6, 12.1 / 12.0 in two.
+status gemm_even(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, float beta, int threads) {
+  const int64_t step = 64 * threads, n1 = n / step * step;
+  if (threads < 2 || n1 == 0 || n1 == n) return gemm(dtype::f32, m, n, k, a, lda, b, ldb, c, ldc, beta);
+  if (status st = gemm(dtype::f32, m, n1, k, a, lda, b, ldb, c, ldc, beta); st != status::ok) return st;
+  return gemm(dtype::f32, m, n - n1, k, a, lda, b + n1, ldb, c + n1, ldc, beta);
+}
+
 }  // namespace
 
 rnn_layer::rnn_layer(rnn_cell cell, dtype t, int64_t input, int64_t hidden, bool reverse, bool ktanh)
@@ -467,7 +480,8 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   };
   // Each row block's units in `parts` near-equal runs of 16-unit blocks, so that every thread
   // gets the same work: in 64-unit items, H = 650 (41 blocks) made 11 items, 6 for one thread
-  // and 4 + a 16-unit one for the other.
+  // and 4 + a 16-unit one for the other (this time loop's per-thread CPU ms at T = 35, N = 20
+  // on 2 threads: 15.8 / 12.1 then, 13.1 / 13.3 now).
   const int64_t blocks = hp_ / bh, parts = std::min<int64_t>(threads, blocks);
   auto part = [&](int64_t p, int64_t* u0, int64_t* un) {
     *u0 = p * blocks / parts * bh;
@@ -501,8 +515,8 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
 
   // dx = dGx · W_ih, then the weight gradients dW = dGᵀ · (X or h), one product each.
   if (dx)
-    if (status st = gemm(dtype::f32, T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_,
-                         dx_add ? 1.0f : 0.0f);
+    if (status st = gemm_even(T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_, dx_add ? 1.0f : 0.0f,
+                              threads);
         st != status::ok)
       return st;
   const float* x = (const float*)x_;
@@ -525,7 +539,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   tmp_.resize((size_t)(ghp * std::max(rows_x, rows_h)));
   tmp2_.resize((size_t)(ghp * std::max(in_, hp_)));
   transpose_parallel(dgx_.data(), rows_x, ghp, tmp_.data(), threads);
-  if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
+  if (status st = gemm_even(ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f, threads);
       st != status::ok)
     return st;
   add_gradient(gw_ih, in_, in_);
@@ -536,14 +550,14 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     round_bf16(hr_.data(), rows_h * hp_);
     hs = hr_.data();
   }
-  if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), rows_h, hs, hp_, tmp2_.data(), hp_, 0.0f);
+  if (status st = gemm_even(ghp, hp_, rows_h, tmp_.data(), rows_h, hs, hp_, tmp2_.data(), hp_, 0.0f, threads);
       st != status::ok)
     return st;
   add_gradient(gw_hh, h_, hp_);
   if (gb_ih) {
     // Column sums of dGx (b_ih) and dGh (b_hh; the same but for GRU's n gate), 128 columns a
-    // task: with 16 (one cache line a row, rows 10 KB apart at H = 650) the loads waited on
-    // memory, 2.8 ms of a 100 ms backward on one thread (LSTM 650, T = 35, N = 20).
+    // task: with 16 (one cache line a row, rows 10 KB apart at H = 650) this took 2.8 ms of a
+    // 100 ms backward on one thread (LSTM 650, T = 35, N = 20), now 1.8.
     constexpr int64_t cw = 128;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t c0 = 0; c0 < ghp; c0 += cw) {
