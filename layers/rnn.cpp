@@ -204,8 +204,10 @@ void transpose_parallel(const float* src, int64_t rows, int64_t cols, float* dst
 // 14.6 / 10.7, 14.1 / 10.1 in one call each; 11.9 / 11.8, 12.3 / 12.6, 12.1 / 12.0 in two.
 status gemm_even(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                  int64_t ldc, float beta, int threads) {
+  // Not below 64 rows: gemm's few-row path (m < 4·MR) chunks K differently, and the results
+  // would then depend on the thread count.
   const int64_t step = 64 * threads, n1 = n / step * step;
-  if (threads < 2 || n1 == 0 || n1 == n) return gemm(dtype::f32, m, n, k, a, lda, b, ldb, c, ldc, beta);
+  if (threads < 2 || m < 64 || n1 == 0 || n1 == n) return gemm(dtype::f32, m, n, k, a, lda, b, ldb, c, ldc, beta);
   if (status st = gemm(dtype::f32, m, n1, k, a, lda, b, ldb, c, ldc, beta); st != status::ok) return st;
   return gemm(dtype::f32, m, n - n1, k, a, lda, b + n1, ldb, c + n1, ldc, beta);
 }
