@@ -545,14 +545,20 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
       st != status::ok)
     return st;
   add_gradient(gw_ih, in_, in_);
-  transpose_parallel(dgh_.data(), rows_h, ghp, tmp_.data(), threads);
+  // An LSTM forward in time stores the same gate gradients as dGx (by time) and dGh (by step,
+  // = time): tmp holds dGhᵀ already, in its first rows_h columns, and dGh's column sums are
+  // dGx's (its rows past rows_h are zero). The parts skipped measured 1.3 ms (transpose) and
+  // 0.9 ms (sums) of a 100 ms backward on one thread (LSTM 650, T = 35, N = 20).
+  const bool dgh_is_dgx = lstm && !reverse_;
+  if (!dgh_is_dgx) transpose_parallel(dgh_.data(), rows_h, ghp, tmp_.data(), threads);
   const float* hs = hs_p_;
   if (t_ == dtype::bf16) {  // the h the forward products multiplied
     hr_.assign(hs_p_, hs_p_ + rows_h * hp_);
     round_bf16(hr_.data(), rows_h * hp_);
     hs = hr_.data();
   }
-  if (status st = gemm_even(ghp, hp_, rows_h, tmp_.data(), rows_h, hs, hp_, tmp2_.data(), hp_, 0.0f, threads);
+  if (status st = gemm_even(ghp, hp_, rows_h, tmp_.data(), dgh_is_dgx ? rows_x : rows_h, hs, hp_, tmp2_.data(), hp_,
+                            0.0f, threads);
       st != status::ok)
     return st;
   add_gradient(gw_hh, h_, hp_);
@@ -566,7 +572,10 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
       const int64_t w = std::min(cw, ghp - c0);
       double sx[cw] = {}, sh[cw] = {};
       col_sums(dgx_.data() + c0, rows_x, ghp, w, sx);
-      col_sums(dgh_.data() + c0, rows_h, ghp, w, sh);
+      if (dgh_is_dgx)
+        std::copy(sx, sx + w, sh);
+      else
+        col_sums(dgh_.data() + c0, rows_h, ghp, w, sh);
       for (int64_t c = 0; c < w; ++c) {
         const int64_t ic = c0 + c, g = ic / bh % g_, u = ic / (g_ * bh) * bh + ic % bh;  // col(g, u) = ic
         if (u >= h_) continue;
