@@ -1,7 +1,7 @@
 // Recurrent layer driver (rnn.h). Forward, per step s and (row block, hidden block):
 //   tile = h_s[rows] · W_hhᵀ[:, block's gates]          one BRGEMM call (kernel per row count)
 //   gates = f(Gx[t][rows, block's gates] + tile)       while the tile is in L1
-// Backward, per step from the last, per (row block, block of 64 hidden units):
+// Backward, per step from the last, per (row block, run of hidden units; one run per thread):
 //   dh[rows, units] += dGh_{s+1}[rows, :] · W_hh[:, units]     one BRGEMM call (beta 1)
 //   dG_s[rows, units' gates] from dh + dy, the saved gates and the cell state
 // then three large products for the weight gradients and dx, after the time loop.
@@ -155,6 +155,13 @@ GATE_INLINE void backward_rows(const gate_view& v, int64_t s, int64_t r0, int64_
   }
 }
 
+// s[c] += Σ_r a[r·ld + c] for c < w, each column summed in row order (in double).
+GATE_INLINE void column_sums(const float* a, int64_t rows, int64_t ld, int64_t w, double* s) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < w; ++c) s[c] += a[r * ld + c];
+  }
+}
 
 // The gate loops compiled for each vector width (the compiler vectorizes the 16-unit loops),
 // picked by the active ISA so that forcing a level forces them too.
@@ -166,6 +173,9 @@ GATE_INLINE void backward_rows(const gate_view& v, int64_t s, int64_t r0, int64_
   TARGET void backward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0,        \
                                      int64_t un, const float* dy, int64_t ldy) {                              \
     backward_rows(v, s, r0, m, u0, un, dy, ldy);                                                              \
+  }                                                                                                           \
+  TARGET void column_sums_##SUFFIX(const float* a, int64_t rows, int64_t ld, int64_t w, double* s) {          \
+    column_sums(a, rows, ld, w, s);                                                                           \
   }
 GATE_CLONES(base, )
 GATE_CLONES(avx2, __attribute__((target("avx2"))))
@@ -185,6 +195,21 @@ void transpose_parallel(const float* src, int64_t rows, int64_t cols, float* dst
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r0 = 0; r0 < rows; r0 += chunk)
     transpose(src + r0 * cols, std::min(chunk, rows - r0), cols, cols, dst + r0, rows);
+}
+
+// C (+)= A·B in f32 (gemm), C's columns cut into two calls: first the most whole 64-column tiles
+// that the threads can share evenly, then the rest (which gemm splits by rows). gemm shares
+// whole tiles, so at n = I = 650 (11 tiles) one of 2 threads took 6. The backward's dx, dW_ih
+// and dW_hh at H = 650, T = 35, N = 20, 2 threads, per-thread CPU ms (passive waits): 13.8 / 9.8,
+// 14.6 / 10.7, 14.1 / 10.1 in one call each; 11.9 / 11.8, 12.3 / 12.6, 12.1 / 12.0 in two.
+status gemm_even(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, float beta, int threads) {
+  // Not below 64 rows: gemm's few-row path (m < 4·MR) chunks K differently, and the results
+  // would then depend on the thread count.
+  const int64_t step = 64 * threads, n1 = n / step * step;
+  if (threads < 2 || m < 64 || n1 == 0 || n1 == n) return gemm(dtype::f32, m, n, k, a, lda, b, ldb, c, ldc, beta);
+  if (status st = gemm(dtype::f32, m, n1, k, a, lda, b, ldb, c, ldc, beta); st != status::ok) return st;
+  return gemm(dtype::f32, m, n - n1, k, a, lda, b + n1, ldb, c + n1, ldc, beta);
 }
 
 }  // namespace
@@ -216,11 +241,11 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
     round_bf16(whh_b_.data(), ghp * hp_);
   }
 
-  // Backward's recurrent product reads W_hh 64 units at a time: those columns as contiguous
+  // Backward's recurrent product reads W_hh up to 64 units (a panel) at a time: those columns as contiguous
   // panels (G·Hp × 64), which the prefetcher follows (rows 4·Hp bytes apart did not).
   whh_p_.resize((size_t)(ghp * hp_));
-  for (int64_t u0 = 0; u0 < hp_; u0 += 64) {
-    const int64_t un = std::min<int64_t>(64, hp_ - u0);
+  for (int64_t u0 = 0; u0 < hp_; u0 += panel) {
+    const int64_t un = std::min(panel, hp_ - u0);
     for (int64_t r = 0; r < ghp; ++r)
       std::copy(whh_b_.data() + r * hp_ + u0, whh_b_.data() + r * hp_ + u0 + un, whh_p_.data() + u0 * ghp + r * un);
   }
@@ -271,7 +296,8 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
               dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data()};                  \
   const isa level = plan->level;                                                                           \
   auto* fwd_rows = level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
-  auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base;
+  auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
+  auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
 
 status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
   plan_key key = zeroed<plan_key>();
@@ -293,18 +319,22 @@ status rnn_layer::backward_plan_for(int64_t N, int threads, std::shared_ptr<cons
   plan_key key = zeroed<plan_key>();
   key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads;
   return bwd_plans_.get(key, out, [&](step_plan& pl) {
-    // dh[rows, units] += dGh[rows, :] · W_hh[:, units]: kernels per row count and unit width.
-    const int64_t ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), ub = std::min<int64_t>(hp_, 64);
+    // dh[rows, units] += dGh[rows, :] · W_hh[:, units] on a run of whole 16-unit blocks inside
+    // one 64-unit panel of W_hh: kernels per row count, run width and panel (full, or the last
+    // narrower one: its ldb differs).
+    const int64_t ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), last = hp_ % panel;
     pl.level = (isa)key.level;
-    pl.k.assign((size_t)(2 * rb), nullptr);
+    pl.k.assign((size_t)(rb * (panel / bh) * 2), nullptr);
     for (int64_t m = 1; m <= rb; ++m)
-      for (int64_t w : {ub, hp_ % ub}) {
-        if (w == 0) continue;
-        const int64_t slot = (m - 1) * 2 + (w == ub ? 0 : 1);
-        if (status st = dispatch(desc{dtype::f32, m, w, ghp, ghp, w, hp_, batch_kind::stride, 1.0f}, &pl.k[slot]);
-            st != status::ok)
-          return st;
-      }
+      for (int64_t w = bh; w <= panel; w += bh)
+        for (int64_t narrow : {0, 1}) {
+          const int64_t ldb = narrow ? last : std::min(panel, hp_);
+          if (w > ldb || (narrow && last == 0)) continue;
+          if (status st = dispatch(desc{dtype::f32, m, w, ghp, ghp, ldb, hp_, batch_kind::stride, 1.0f},
+                                   &pl.k[(size_t)bwd_slot(m, w, narrow)]);
+              st != status::ok)
+            return st;
+        }
     return status::ok;
   });
 }
@@ -377,7 +407,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   if (status st = forward_plan_for(N, threads, &plan); st != status::ok) return st;
   const std::vector<const kernel*>& k = plan->k;
   RNN_VIEW
-  (void)bwd_rows;
+  (void)bwd_rows, (void)col_sums;
   const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
   const char* whh = aligned(whh_, 0);
 #pragma omp parallel num_threads(threads)
@@ -415,8 +445,7 @@ status rnn_layer::backward(int64_t T, int64_t N, const void* x, const int64_t* l
 status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const float* dcT, float* dx, bool dx_add,
                            float* dh0, float* dc0, float* gw_ih, float* gw_hh, float* gb_ih, float* gb_hh,
                            bool accumulate) {
-  const int64_t T = steps_, N = rows_, ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), ub = std::min<int64_t>(hp_, 64);
-  const int64_t ublocks = ceil_div(hp_, ub);
+  const int64_t T = steps_, N = rows_, ghp = g_ * hp_, rb = std::min<int64_t>(N, 64);
   const bool lstm = cell_ == rnn_cell::lstm, ragged = !lengths_.empty();
   const int threads = threads_for(4.0 * T * N * ghp * (in_ + hp_));
 
@@ -439,29 +468,46 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   const std::vector<const kernel*>& k = plan->k;
   RNN_VIEW
   (void)fwd_rows;
-  auto recurrent = [&](int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un) {  // from step s's dGh
+  // Units [u0, u0 + un) (whole 16-unit blocks) from step s's dGh, one call per panel they touch.
+  auto recurrent = [&](int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un) {
     batch_ref batch;
     batch.count = 1;
     batch.a = dgh_.data() + (s * N + r0) * ghp;
-    batch.b = whh_p_.data() + u0 * ghp;
-    execute(*k[(m - 1) * 2 + (un == ub ? 0 : 1)], batch, dh_.data() + r0 * hp_ + u0);
+    for (int64_t u = u0; u < u0 + un;) {
+      const int64_t p0 = u / panel * panel, pw = std::min(panel, hp_ - p0), w = std::min(u0 + un, p0 + pw) - u;
+      batch.b = whh_p_.data() + p0 * ghp + (u - p0);
+      execute(*k[(size_t)bwd_slot(m, w, pw < std::min(panel, hp_))], batch, dh_.data() + r0 * hp_ + u);
+      u += w;
+    }
+  };
+  // Each row block's units in `parts` near-equal runs of 16-unit blocks, so that every thread
+  // gets the same work: in 64-unit items, H = 650 (41 blocks) made 11 items, 6 for one thread
+  // and 4 + a 16-unit one for the other (this time loop's per-thread CPU ms at T = 35, N = 20
+  // on 2 threads: 15.8 / 12.1 then, 13.1 / 13.3 now).
+  const int64_t blocks = hp_ / bh, parts = std::min<int64_t>(threads, blocks);
+  auto part = [&](int64_t p, int64_t* u0, int64_t* un) {
+    *u0 = p * blocks / parts * bh;
+    *un = (p + 1) * blocks / parts * bh - *u0;
   };
 #pragma omp parallel num_threads(threads)
   {
     for (int64_t s = used_ - 1; s >= 0; --s) {
       const int64_t n = active_[s], n1 = s + 1 < used_ ? active_[s + 1] : 0;
 #pragma omp for schedule(static)
-      for (int64_t item = 0; item < ceil_div(n, rb) * ublocks; ++item) {
-        const int64_t r0 = item / ublocks * rb, u0 = item % ublocks * ub, un = std::min(ub, hp_ - u0);
-        const int64_t m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
+      for (int64_t item = 0; item < ceil_div(n, rb) * parts; ++item) {
+        const int64_t r0 = item / parts * rb, m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
+        int64_t u0, un;
+        part(item % parts, &u0, &un);
         if (m1 > 0) recurrent(s + 1, r0, m1, u0, un);
         bwd_rows(v, s, r0, m, u0, un, dy, ldy);
       }
     }
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < ceil_div(active_[0], rb) * ublocks; ++item) {
-      const int64_t r0 = item / ublocks * rb, u0 = item % ublocks * ub;
-      recurrent(0, r0, std::min(rb, active_[0] - r0), u0, std::min(ub, hp_ - u0));
+    for (int64_t item = 0; item < ceil_div(active_[0], rb) * parts; ++item) {
+      const int64_t r0 = item / parts * rb;
+      int64_t u0, un;
+      part(item % parts, &u0, &un);
+      recurrent(0, r0, std::min(rb, active_[0] - r0), u0, un);
     }
   }
   for (int64_t i = 0; i < N; ++i) {
@@ -471,8 +517,8 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
 
   // dx = dGx · W_ih, then the weight gradients dW = dGᵀ · (X or h), one product each.
   if (dx)
-    if (status st = gemm(dtype::f32, T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_,
-                         dx_add ? 1.0f : 0.0f);
+    if (status st = gemm_even(T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_, dx_add ? 1.0f : 0.0f,
+                              threads);
         st != status::ok)
       return st;
   const float* x = (const float*)x_;
@@ -495,32 +541,42 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   tmp_.resize((size_t)(ghp * std::max(rows_x, rows_h)));
   tmp2_.resize((size_t)(ghp * std::max(in_, hp_)));
   transpose_parallel(dgx_.data(), rows_x, ghp, tmp_.data(), threads);
-  if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
+  if (status st = gemm_even(ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f, threads);
       st != status::ok)
     return st;
   add_gradient(gw_ih, in_, in_);
-  transpose_parallel(dgh_.data(), rows_h, ghp, tmp_.data(), threads);
+  // An LSTM forward in time stores the same gate gradients as dGx (by time) and dGh (by step,
+  // = time): tmp holds dGhᵀ already, in its first rows_h columns, and dGh's column sums are
+  // dGx's (its rows past rows_h are zero). The parts skipped measured 1.3 ms (transpose) and
+  // 0.9 ms (sums) of a 100 ms backward on one thread (LSTM 650, T = 35, N = 20).
+  const bool dgh_is_dgx = lstm && !reverse_;
+  if (!dgh_is_dgx) transpose_parallel(dgh_.data(), rows_h, ghp, tmp_.data(), threads);
   const float* hs = hs_p_;
   if (t_ == dtype::bf16) {  // the h the forward products multiplied
     hr_.assign(hs_p_, hs_p_ + rows_h * hp_);
     round_bf16(hr_.data(), rows_h * hp_);
     hs = hr_.data();
   }
-  if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), rows_h, hs, hp_, tmp2_.data(), hp_, 0.0f);
+  if (status st = gemm_even(ghp, hp_, rows_h, tmp_.data(), dgh_is_dgx ? rows_x : rows_h, hs, hp_, tmp2_.data(), hp_,
+                            0.0f, threads);
       st != status::ok)
     return st;
   add_gradient(gw_hh, h_, hp_);
   if (gb_ih) {
-    // Column sums of dGx (b_ih) and dGh (b_hh; the same but for GRU's n gate), 16 columns a
-    // task (one cache line a row).
+    // Column sums of dGx (b_ih) and dGh (b_hh; the same but for GRU's n gate), 128 columns a
+    // task: with 16 (one cache line a row, rows 10 KB apart at H = 650) this took 2.8 ms of a
+    // 100 ms backward on one thread (LSTM 650, T = 35, N = 20), now 1.8.
+    constexpr int64_t cw = 128;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t c0 = 0; c0 < ghp; c0 += 16) {
-      double sx[16] = {}, sh[16] = {};
-      for (int64_t r = 0; r < rows_x; ++r)
-        for (int64_t c = 0; c < 16; ++c) sx[c] += dgx_[r * ghp + c0 + c];
-      for (int64_t r = 0; r < rows_h; ++r)
-        for (int64_t c = 0; c < 16; ++c) sh[c] += dgh_[r * ghp + c0 + c];
-      for (int64_t c = 0; c < 16; ++c) {
+    for (int64_t c0 = 0; c0 < ghp; c0 += cw) {
+      const int64_t w = std::min(cw, ghp - c0);
+      double sx[cw] = {}, sh[cw] = {};
+      col_sums(dgx_.data() + c0, rows_x, ghp, w, sx);
+      if (dgh_is_dgx)
+        std::copy(sx, sx + w, sh);
+      else
+        col_sums(dgh_.data() + c0, rows_h, ghp, w, sh);
+      for (int64_t c = 0; c < w; ++c) {
         const int64_t ic = c0 + c, g = ic / bh % g_, u = ic / (g_ * bh) * bh + ic % bh;  // col(g, u) = ic
         if (u >= h_) continue;
         float& bi = gb_ih[g * h_ + u];

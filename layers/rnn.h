@@ -72,8 +72,10 @@ class rnn_layer {
   };
   struct step_plan {
     isa level = isa::scalar;
-    std::vector<const kernel*> k;  // forward: [m − 1]; backward: [(m − 1)·2 + edge unit block]
+    std::vector<const kernel*> k;  // forward: [m − 1]; backward: [bwd_slot(m, width, narrow panel)]
   };
+  static constexpr int64_t panel = 64;  // backward's W_hh panels: units per panel
+  static int64_t bwd_slot(int64_t m, int64_t w, bool narrow) { return ((m - 1) * (panel / bh) + w / bh - 1) * 2 + narrow; }
   status forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out);
   status backward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out);
 
