@@ -83,11 +83,6 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   if (pl.chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
   while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
   pl.group = group;
-  // Small weights (every result block's together fit in half of L2) go round inside each row
-  // group: its source rows, read once per result block, are then still in L1/L2. Larger ones keep
-  // one result block's weights for every image. Measured (2 threads, N = 16): ResNet-50's
-  // 64 -> 256 1x1 at 56 x 56, 22.8-25.4 ms -> 20.1-20.7 ms.
-  pl.image_major = (int64_t)pl.ch.q0.size() * pl.ch.per * taps * blk * dtype_b_bytes(p.t) <= (512 << 10);
   const bool c_is_acc = p.e.out == out_type::acc || (p.e.out == out_type::f32 && !dtype_is_int8(p.t));
   pl.tile = !c_is_acc && pl.chunks > 1;
   pl.ldc = p.res_step * p.bo;
@@ -209,9 +204,7 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
   const int64_t* offs_w = pl.offs_w.data();
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t item = 0; item < p.res * p.n * groups; ++item) {
-    const bool im = pl.image_major;
-    const int64_t jl = im ? item % p.res : item / (p.n * groups), i = im ? item / (groups * p.res) : item / groups % p.n;
-    const int64_t gi = im ? item / p.res % groups : item % groups, o0 = gi * group;
+    const int64_t jl = item / (p.n * groups), i = item / groups % p.n, gi = item % groups, o0 = gi * group;
     const int64_t o1 = std::min(p.res_rows, o0 + group);
     float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;  // f32 or s32
     int32_t* col = x.tapsum ? (int32_t*)scratch(1, ko) : nullptr;

@@ -146,8 +146,6 @@ struct conv_pass_plan {
   std::vector<run> runs;                   // runs of result columns that see the same taps
   int64_t per, chunks, group, groups, ldc;
   bool tile;                               // partial sums in a per-thread tile
-  bool image_major;                        // work items image, row group, result block (else
-                                           //   result block, image, row group)
   std::vector<chunk_kernels> kr;           // per run (runs differ only in M)
   std::vector<chunk_kernels> kc;           // down a column, by the stack's height
   std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks;  // per group: (first row, rows)
