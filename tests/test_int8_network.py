@@ -263,3 +263,30 @@ def test_copies_and_saved_models_compute_the_same():
 def test_quantize_to_blocked_passes_opcheck():
     for x in (torch.randn(2, 3, 5, 7), torch.randn(2, 17, 4, 4).to(memory_format=torch.channels_last)):
         torch.library.opcheck(ops.quantize_to_blocked.default, (x, 0.02, 128))
+
+
+class _FloatBetween(nn.Module):
+    """A ReLU after a max-pool stays a float module between two quantized stages: the uint8 value
+    is dequantized in front of it and its output quantized again (with its own parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.pool, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.pool(self.c1(x)))).flatten(1)
+
+
+def test_a_float_module_between_quantized_stages():
+    model = _FloatBetween().eval()
+    q = bt.quantize(model, _calibration())
+    calls = [n.target for n in q.graph.nodes if n.op == "call_function"]
+    assert dequantize in calls and quantize_blocked in calls
+    x = torch.randn(2, 3, 32, 32)
+    rec = _Record(q)
+    with torch.no_grad():
+        rec.run(x)
+        ref, got = model(x).double(), q(x).double()
+    for m, xq, rq, yq in rec.seen:
+        _check_stage(m, xq, rq, yq)
+    assert 10 * torch.log10((ref ** 2).sum() / ((got - ref) ** 2).sum()) > 20

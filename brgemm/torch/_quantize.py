@@ -13,7 +13,6 @@ anything else stays float (a uint8 value is dequantized in front of what cannot 
 
 import threading
 
-import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
@@ -204,6 +203,7 @@ class _Int8Rebuild:
         self.graph = fx.Graph()
         self.env = {}      # old node → new node
         self.u8 = {}       # new node → its (scale, zero point) when it is a uint8 value
+        self.floats = {}   # uint8 new node → its dequantized node
         self.modules = {}
 
     def qp(self, old):
@@ -223,9 +223,12 @@ class _Int8Rebuild:
         return out
 
     def as_float(self, new):
-        if new in self.u8:
-            return self.graph.call_function(dequantize, (new, *self.u8[new]))
-        return new
+        """new as its consumers in the float graph read it (a uint8 value dequantized, once)."""
+        if new not in self.u8:
+            return new
+        if new not in self.floats:
+            self.floats[new] = self.graph.call_function(dequantize, (new, *self.u8[new]))
+        return self.floats[new]
 
     def run(self):
         gm = self.gm
