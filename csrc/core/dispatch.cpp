@@ -189,9 +189,15 @@ status dispatch(const desc& d, const kernel** out, const char* ukernel_name) {
     if (!uk) return status::bad_dtype;
   }
   const epilogue_fn ep = d.ep.any() ? pick_epilogue(active) : nullptr;
+  // The zmm skeleton (every AVX-512 ukernel) finishes whole-width tiles in registers; a short
+  // reduction then skips the scratch tile's store and reload (K = 64: 13 % of an f32 product).
+  const activation a = d.ep.act;
+  const bool in_registers = ep && (int)uk->level >= (int)isa::avx512 && d.n % uk->nr == 0 &&
+                            (a == activation::none || a == activation::relu || a == activation::relu6) &&
+                            !(dtype_is_int8(d.type) && d.ep.out == out_type::acc);
   std::lock_guard<std::mutex> lock(cache_mutex);
   std::unique_ptr<kernel>& slot = cache[key{d, uk, ep}];
-  if (!slot) slot.reset(new kernel{d, uk, ep});
+  if (!slot) slot.reset(new kernel{d, uk, ep, in_registers});
   *out = slot.get();
   return status::ok;
 }
@@ -258,6 +264,19 @@ void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_a
   p.ldb = d.ldb;
   p.ldc = d.ldc;
   p.beta = d.beta;
+  if (kr.in_registers) {
+    const epilogue_args none;
+    epilogue_args shifted;
+    epilogue_tile t;
+    p.beta = 0.0f;
+    p.ed = &d.ep;
+    p.et = &t;
+    for_each_tile(kr, p, [&](int64_t m0, int64_t n0) {
+      t = tile_view(kr, ep ? *ep : none, shifted, m0, n0, c, d.ldc);
+      uk.fn(p);
+    });
+    return;
+  }
   if (kr.epilogue) {
     // Each tile goes to a scratch tile (beta 0; the epilogue adds prev), then through the
     // epilogue into C while it is in L1. Two scratch tiles, one tile apart: a tile's epilogue

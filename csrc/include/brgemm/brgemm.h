@@ -145,6 +145,12 @@ struct batch_ref {
 // n < NR) are the ukernel's own job (smaller instances in M, masks in N). beta = 0 must never
 // read C; count = 0 gives beta·C. It reads exactly the m×k elements of A, the ceil(k/KP)
 // packed rows × n columns of B, and the m×n elements of C named above.
+//
+// With `et` set (AVX-512 kernels only, whole-width tiles n = NR, activations none, relu and
+// relu6, outputs other than int8's s32), the ukernel runs the epilogue `ed` on its accumulators
+// as they are in registers and stores into et->out; c and beta are then not used (beta is
+// et->beta, prev et->prev, as for the scratch-tile epilogue).
+struct epilogue_tile;
 struct ukernel_args {
   const batch_ref* batch;
   batch_kind kind;
@@ -153,6 +159,8 @@ struct ukernel_args {
   void* c;
   int m, n;
   float beta;
+  const epilogue_desc* ed = nullptr;
+  const epilogue_tile* et = nullptr;
 };
 using ukernel_fn = void (*)(const ukernel_args&);
 
@@ -188,6 +196,7 @@ struct kernel {
   desc d;
   const ukernel_info* uk;
   epilogue_fn epilogue;  // the active ISA's epilogue, or null when d.ep has no stage
+  bool in_registers;     // the ukernel runs the epilogue on its accumulators (ukernel_args::et)
 };
 
 // Returns the cached kernel for d (thread-safe; the same desc and ukernel give the same
@@ -195,8 +204,9 @@ struct kernel {
 status dispatch(const desc& d, const kernel** out, const char* ukernel_name = nullptr);
 
 // Runs the kernel: tiles C by the ukernel's MR × NR and calls it on every tile; with an
-// epilogue, each tile is computed into a scratch tile and the epilogue stores it into C while
-// it is in L1. The caller guarantees that every block the batch names is inside its array and
+// epilogue, the ukernel applies it to its accumulators where it can (kernel::in_registers),
+// else each tile is computed into a scratch tile and the epilogue stores it into C while it is
+// in L1. The caller guarantees that every block the batch names is inside its array and
 // that ep holds every array the kernel's epilogue_desc names (the bindings check both).
 void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_args* ep = nullptr);
 

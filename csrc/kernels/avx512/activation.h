@@ -75,11 +75,18 @@ inline __m512 k_family16(__m512 v, const ktanh_table32& t) {
   return y;
 }
 
+// none, relu and relu6 only (what the zmm skeleton's register epilogue takes).
+inline __m512 activation16_simple(activation a, __m512 v) {
+  if (a == activation::relu) return _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays: the 2nd operand
+  if (a == activation::relu6) return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(_mm512_setzero_ps(), v));
+  return v;
+}
+
 inline __m512 activation16(activation a, __m512 v, const ktanh_table32& t) {
   switch (a) {
-    case activation::none: return v;
-    case activation::relu: return _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays: the 2nd operand
-    case activation::relu6: return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(_mm512_setzero_ps(), v));
+    case activation::none:
+    case activation::relu:
+    case activation::relu6: return activation16_simple(a, v);
     case activation::ktanh: return k_family16<activation::ktanh>(v, t);
     case activation::ksigmoid: return k_family16<activation::ksigmoid>(v, t);
     case activation::kswish: return k_family16<activation::kswish>(v, t);

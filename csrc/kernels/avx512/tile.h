@@ -25,6 +25,7 @@
 #include <immintrin.h>
 #include "../ukernels.h"
 #include "../batch_block.h"
+#include "epilogue_vec.h"
 
 // The k-loop is inlined into its tile so that the accumulators stay in registers.
 #define BRGEMM_KLOOP inline __attribute__((always_inline))
@@ -70,8 +71,36 @@ inline void store(const ukernel_args& p, const __m512i (&acc)[MR][NV], __mmask16
   }
 }
 
-// One MR × 16·NV instance (p.m == MR, 16·(NV-1) < p.n ≤ 16·NV).
-template <class Loop, int MR, int NV>
+// The epilogue on the accumulators themselves (p.et set: a whole-width tile whose activation
+// is none, relu or relu6), one instance per output type the accumulator can have.
+template <bool INT8, out_type OUT, int MR, int NV, typename Acc>
+inline void finish_as(const ukernel_args& p, const Acc (&acc)[MR][NV]) {
+  const epilogue16<INT8, OUT, true> e(*p.ed, *p.et);
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m) {
+    const __m512i row_off = e.row_term(m);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) e.put(acc[m][v], row_off, m, 16 * v, (__mmask16)0xFFFF, nullptr);
+  }
+}
+template <int MR, int NV>
+inline void finish(const ukernel_args& p, const __m512 (&acc)[MR][NV]) {
+  if (p.ed->out == out_type::bf16) finish_as<false, out_type::bf16>(p, acc);
+  else finish_as<false, out_type::f32>(p, acc);
+}
+template <int MR, int NV>
+inline void finish(const ukernel_args& p, const __m512i (&acc)[MR][NV]) {
+  switch (p.ed->out) {
+    case out_type::u8: return finish_as<true, out_type::u8>(p, acc);
+    case out_type::s8: return finish_as<true, out_type::s8>(p, acc);
+    case out_type::bf16: return finish_as<true, out_type::bf16>(p, acc);
+    default: return finish_as<true, out_type::f32>(p, acc);
+  }
+}
+
+// One MR × 16·NV instance (p.m == MR, 16·(NV-1) < p.n ≤ 16·NV); EP: it may finish through the
+// epilogue in registers (the whole-width instances).
+template <class Loop, int MR, int NV, bool EP = false>
 void tile(const ukernel_args& p) {
   using ta = typename Loop::ta;
   using tb = typename Loop::tb;
@@ -100,15 +129,18 @@ void tile(const ukernel_args& p) {
     }
     loop.template run<MR, NV>(a, b, last, acc);
   }
+  if constexpr (EP)
+    if (p.et) return finish<MR, NV>(p, acc);
   store<MR, NV>(p, acc, last);
 }
 
 // Picks the instance for this tile's m (1..MR) and vector count (1..NV).
-template <class Loop, int M, int NV>
+// The whole-width instances (1..M rows of NV vectors) serve the register epilogue too.
+template <class Loop, int M, int NV, int NV0 = NV>
 void pick_n(const ukernel_args& p) {
   if constexpr (NV > 1)
-    if ((p.n + 15) / 16 < NV) return pick_n<Loop, M, NV - 1>(p);
-  tile<Loop, M, NV>(p);
+    if ((p.n + 15) / 16 < NV) return pick_n<Loop, M, NV - 1, NV0>(p);
+  tile<Loop, M, NV, NV == NV0>(p);
 }
 template <class Loop, int M, int NV>
 void pick(const ukernel_args& p) {

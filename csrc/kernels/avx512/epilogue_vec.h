@@ -1,0 +1,116 @@
+// The epilogue's stages (brgemm.h) on one vector of 16 columns with AVX-512, written once for
+// both places that run them: the tile epilogue (epilogue.cpp: accumulators read back from a
+// scratch tile) and the zmm skeleton (tile.h: accumulators still in registers, so a short
+// reduction does not pay a store and a load of the whole tile). Both therefore give the scalar
+// twin's bits (epilogue_twin.h): the same IEEE operations in the same order.
+// Everything the stages read is copied into members first: the byte and half-word stores may
+// alias any field, which made the compiler reload them per vector (the epilogue was 45 % of a
+// K = 64 bf16 product before).
+// SIMPLE: the activation is none, relu or relu6 (what the skeleton takes; the other functions
+// are long enough that a scratch tile costs nothing beside them).
+#pragma once
+#include "../ukernels.h"
+#include "activation.h"
+
+namespace brgemm::kernels {
+namespace {
+
+template <bool INT8, out_type OUT, bool SIMPLE>
+struct epilogue16 {
+  const int64_t ld_prev, ldc, ld_add;
+  const void* const prev;
+  void* const out;
+  const float* const bias;
+  const float* const scale_col;
+  const bool scale_tensor;
+  const int32_t* const row_offset;
+  const int32_t* const col_offset;
+  const activation act;
+  const void* const add;
+  const __m512 add_scale;
+  const __m512i add_zero;
+  const __m512 beta;
+  const __m512 lo, hi, out_scale, out_zp, scale1;
+  const bool unit_scale;  // v / 1 is v: skip the division (slow on Zen 4)
+
+  epilogue16(const epilogue_desc& d, const epilogue_tile& tl)
+      : ld_prev(tl.ld_prev), ldc(tl.ldc), ld_add(tl.ep->ld_add), prev(tl.prev), out(tl.out),
+        bias(d.bias ? tl.ep->bias : nullptr), scale_col(d.scale == scale_kind::column ? tl.ep->scale : nullptr),
+        scale_tensor(d.scale == scale_kind::tensor), row_offset(d.row_offset ? tl.ep->row_offset : nullptr),
+        col_offset(d.col_offset ? tl.ep->col_offset : nullptr), act(d.act), add(d.add ? tl.ep->add : nullptr),
+        add_scale(_mm512_set1_ps(tl.ep->add_scale)), add_zero(_mm512_set1_epi32(tl.ep->add_zero)),
+        beta(_mm512_set1_ps(tl.beta)), lo(_mm512_set1_ps(OUT == out_type::u8 ? 0.0f : -128.0f)),
+        hi(_mm512_set1_ps(OUT == out_type::u8 ? 255.0f : 127.0f)), out_scale(_mm512_set1_ps(tl.ep->out_scale)),
+        out_zp(_mm512_set1_ps((float)tl.ep->out_zero_point)),
+        scale1(_mm512_set1_ps(d.scale == scale_kind::tensor ? tl.ep->scale[0] : 1.0f)),
+        unit_scale(tl.ep->out_scale == 1.0f) {}
+
+  // Row i's integer offset, broadcast (int8: stage 2's row term).
+  __m512i row_term(int64_t i) const { return _mm512_set1_epi32(row_offset ? row_offset[i] : 0); }
+
+  // Stages 1–5 for the s32 sums of row i, columns j .. j+15 under k.
+  inline void put(__m512i s, __m512i row_off, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+    if (prev) s = _mm512_add_epi32(s, _mm512_maskz_loadu_epi32(k, (const int32_t*)prev + i * ld_prev + j));
+    if (row_offset) s = _mm512_add_epi32(s, row_off);
+    if (col_offset) s = _mm512_add_epi32(s, _mm512_maskz_loadu_epi32(k, col_offset + j));
+    if constexpr (OUT == out_type::acc) {
+      _mm512_mask_storeu_epi32((int32_t*)out + i * ldc + j, k, s);
+    } else {
+      __m512 v = _mm512_cvtepi32_ps(s);
+      if (scale_col) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, scale_col + j));
+      else if (scale_tensor) v = _mm512_mul_ps(v, scale1);
+      finish(v, i, j, k, table);
+    }
+  }
+
+  // Stages 1 and 3–5 for the f32 sums of row i, columns j .. j+15 under k.
+  inline void put(__m512 v, __m512i, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+    if (prev) v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(k, (const float*)prev + i * ld_prev + j)));
+    finish(v, i, j, k, table);
+  }
+
+  // Stages 3–5: bias, the residual, the activation, the store.
+  inline void finish(__m512 v, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+    const bool whole = k == 0xFFFF;
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + j));
+    if (add) {
+      if constexpr (OUT == out_type::u8) {
+        const __m128i b = _mm_maskz_loadu_epi8(k, (const uint8_t*)add + i * ld_add + j);
+        const __m512i a = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), add_zero);
+        v = _mm512_add_ps(v, _mm512_mul_ps(add_scale, _mm512_cvtepi32_ps(a)));
+      } else if constexpr (OUT == out_type::bf16) {
+        const __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t*)add + i * ld_add + j);
+        v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+      } else {
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, (const float*)add + i * ld_add + j));
+      }
+    }
+    if constexpr (SIMPLE) v = activation16_simple(act, v);
+    else if (act != activation::none) v = activation16(act, v, *table);
+    if constexpr (OUT == out_type::bf16) {
+      // Narrowed in a register, then stored (unmasked when whole): the compiler's fused
+      // masked vpmov-to-memory measured several times slower on Zen 4.
+      __m256i h = _mm512_cvtepi32_epi16(bf16_rne(v));
+      __asm__("" : "+v"(h));
+      uint16_t* o = (uint16_t*)out + i * ldc + j;
+      if (whole) _mm256_storeu_si256((__m256i*)o, h);
+      else _mm256_mask_storeu_epi16(o, k, h);
+    } else if constexpr (OUT == out_type::u8 || OUT == out_type::s8) {
+      if (!unit_scale) v = _mm512_div_ps(v, out_scale);
+      __m512 q = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, out_zp), lo), hi);
+      __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+      __asm__("" : "+v"(b));
+      char* o = (char*)out + i * ldc + j;
+      if (whole) _mm_storeu_si128((__m128i*)o, b);
+      else _mm_mask_storeu_epi8(o, k, b);
+    } else {
+      float* o = (float*)out + i * ldc + j;
+      if (whole) _mm512_storeu_ps(o, v);
+      else _mm512_mask_storeu_ps(o, k, v);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace brgemm::kernels
