@@ -17,6 +17,7 @@ from torch import nn
 
 from . import _layout  # noqa: F401  (registers brgemm::to_blocked / from_blocked)
 from ._fused import Activations, FusedConv2d
+from ._pool import max_pool2d_blocked_into
 from ._modules import Linear, _compute_dtype_arg
 
 
@@ -126,8 +127,13 @@ class _BlockedMaxPool2d(nn.Module):
     def __init__(self, kernel, stride, padding):
         super().__init__()
         self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.__dict__["_activations"] = None   # set by optimize: the model's buffer pool
 
-    def forward(self, x):
+    def forward(self, x, slot=None):
+        pool = self.__dict__.get("_activations")
+        if pool is not None and slot is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Inference: into the plan's buffer (a fresh output would fault its pages in every call).
+            return max_pool2d_blocked_into(x, self.kernel, self.stride, self.padding, pool.buffer(slot))
         return torch.ops.brgemm.max_pool2d_blocked(x, self.kernel, self.stride, self.padding)
 
     def extra_repr(self):
@@ -345,10 +351,10 @@ def _plan_activations(graph, modules, stages=(FusedConv2d,)):
 def _optimize_traced(gm, dtype, report, prefix):
     r = _Rebuild(gm, dtype, report, prefix)
     graph = r.run()
-    _plan_activations(graph, r.modules)
+    _plan_activations(graph, r.modules, (FusedConv2d, _BlockedMaxPool2d))
     activations = Activations()
     for m in r.modules.values():
-        if isinstance(m, FusedConv2d):
+        if isinstance(m, (FusedConv2d, _BlockedMaxPool2d)):
             m.__dict__["_activations"] = activations
     out = fx.GraphModule(r.modules, graph, class_name=type(gm).__name__)
     for path, module in r.kept.items():

@@ -57,6 +57,20 @@ def _max_pool2d_blocked(input, kernel_size, stride, padding):
     return _torch(_core.max_pool2d_blocked(_np(x), list(kernel_size), list(stride), list(padding)))
 
 
+def max_pool2d_blocked_into(input, kernel_size, stride, padding, out_buffer):
+    """max_pool2d_blocked for an optimized model in inference (no autograd, not traced), into
+    ``out_buffer(shape, dtype)``: a buffer reused from call to call."""
+    x = _tensor(input, "input", _POOLED, ndim=5)
+    n, cb, h, w, bc = x.shape
+    oh, ow = _pooled(h, w, kernel_size, stride, padding)
+    if oh < 1 or ow < 1:   # the operator says why
+        return torch.ops.brgemm.max_pool2d_blocked(x, kernel_size, stride, padding)
+    out = out_buffer((n, cb, oh, ow, bc), x.dtype)
+    if out.numel():
+        _core.max_pool2d_blocked(_np(x), list(kernel_size), list(stride), list(padding), out=_np(out))
+    return out
+
+
 @_max_pool2d_blocked.register_fake
 def _(input, kernel_size, stride, padding):
     n, cb, h, w, bc = input.shape

@@ -239,7 +239,7 @@ class _Int8Rebuild:
             m = _submodule(gm, n.target) if n.op == "call_module" else None
             args = [self.env[a] for a in n.all_input_nodes]
             if isinstance(m, _BlockedMaxPool2d) and args[0] in self.u8:
-                self.modules[n.target] = m
+                self.modules[n.target] = _BlockedMaxPool2d(m.kernel, m.stride, m.padding)  # its own slot
                 out = self.graph.call_module(n.target, (args[0],))
                 self.u8[out] = self.u8[args[0]]
                 self.env[n] = out
@@ -358,10 +358,10 @@ def quantize(model, calibration_batches, *, method="l2"):
         qps, source = calibrated[gm]
         r = _Int8Rebuild(gm, qps, source, report)
         graph = r.run()
-        _plan_activations(graph, r.modules, (FusedConv2d, QuantizedConv2d))
+        _plan_activations(graph, r.modules, (FusedConv2d, QuantizedConv2d, _BlockedMaxPool2d))
         activations = Activations()
         for m in r.modules.values():
-            if isinstance(m, QuantizedConv2d):
+            if isinstance(m, (QuantizedConv2d, _BlockedMaxPool2d)):
                 m.__dict__["_activations"] = activations
         new = fx.GraphModule(r.modules, graph, class_name=type(gm).__name__)
         new.graph.eliminate_dead_code()   # the float layout conversions the stages replaced
