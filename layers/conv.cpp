@@ -198,27 +198,33 @@ void conv_from_blocked_nhwc(const void* xb, element bt, int64_t n, int64_t c, in
 
 // The weights of a pass as its kernels read them: for result block j (of sp.ko channels), each
 // of its sp.per source blocks (of sp.ki) and each tap, the (ki × ko) block of
-// value(result channel, source channel, tap) in t's B layout; zero outside the counts and
-// between channels of different groups (src/groups and res/groups channels per group).
-template <class Value>
+// W(result channel, source channel, tap) in t's B layout; zero outside the counts and between
+// channels of different groups (src/groups and res/groups channels per group). taps_of(r, s)
+// points at the `taps` values of result channel r and source channel s. Each (r, s) pair is
+// read once, its taps scattered to the taps' blocks (a training step repacks every layer:
+// reading tap by tap, with a division per value, took 11 ms for a 512 → 512 3×3 layer).
+template <class TapsOf>
 void pack_pass(dtype t, const channel_split& sp, int64_t src, int64_t res, int64_t groups, int64_t taps, char* dst,
-               Value value) {
+               TapsOf taps_of) {
   const int64_t ki = sp.ki, ko = sp.ko, blk = ki * ko, bytes = blk * dtype_b_bytes(t), nj = (int64_t)sp.q0.size();
   const int64_t gs = src / groups, gr = res / groups;
 #pragma omp parallel for collapse(2) num_threads(threads_for(8.0 * nj * sp.per * blk * taps)) schedule(static)
   for (int64_t j = 0; j < nj; ++j)
     for (int64_t q = 0; q < sp.per; ++q) {
-      float* f = scratch(0, blk);    // the tap as plain (ki × ko) f32,
-      float* b16 = scratch(1, blk);  // in bf16 when that is the weights' type
+      float* f = scratch(0, taps * blk);  // the taps as plain (ki × ko) f32 blocks,
+      float* b16 = scratch(1, blk);       // one in bf16 when that is the weights' type
       const int64_t c0 = (sp.q0[j] + q) * ki, k0 = j * ko;
+      std::fill(f, f + taps * blk, 0.0f);
+      for (int64_t kk = 0; kk < std::min(ko, res - k0); ++kk)
+        for (int64_t cc = 0; cc < std::min(ki, src - c0); ++cc) {
+          if (groups > 1 && (k0 + kk) / gr != (c0 + cc) / gs) continue;
+          const float* v = taps_of(k0 + kk, c0 + cc);
+          for (int64_t tap = 0; tap < taps; ++tap) f[tap * blk + cc * ko + kk] = v[tap];
+        }
       for (int64_t tap = 0; tap < taps; ++tap) {
-        std::fill(f, f + blk, 0.0f);
-        for (int64_t kk = 0; kk < std::min(ko, res - k0); ++kk)
-          for (int64_t cc = 0; cc < std::min(ki, src - c0); ++cc)
-            if ((k0 + kk) / gr == (c0 + cc) / gs) f[cc * ko + kk] = value(k0 + kk, c0 + cc, tap);
-        const void* s = f;
+        const void* s = f + tap * blk;
         if (t == dtype::bf16) {
-          f32_to_bf16(f, (uint16_t*)b16, blk);
+          f32_to_bf16(f + tap * blk, (uint16_t*)b16, blk);
           s = b16;
         }
         pack_b(t, s, ki, ko, ko, dst + ((j * sp.per + q) * taps + tap) * bytes, ko, nullptr);
@@ -243,10 +249,11 @@ void conv_layer::pack(const float* w) {
   if (dw_) return dw_->pack(w);
   const int64_t taps = g_.r * g_.s, gc = g_.group_c(), wb = dtype_b_bytes(t_);
   auto blocks = [&](const channel_split& sp) { return (int64_t)sp.q0.size() * sp.per * taps * sp.ki * sp.ko * wb; };
+  const bool grouped = g_.groups > 1;
   pack_pass(t_, fs_, g_.c, g_.k, g_.groups, taps, aligned(fwd_, blocks(fs_)),
-            [&](int64_t k, int64_t c, int64_t tap) { return w[(k * gc + c % gc) * taps + tap]; });
+            [&](int64_t k, int64_t c) { return w + (k * gc + (grouped ? c % gc : c)) * taps; });
   pack_pass(t_, bs_, g_.k, g_.c, g_.groups, taps, aligned(bwd_, blocks(bs_)),
-            [&](int64_t c, int64_t k, int64_t tap) { return w[(k * gc + c % gc) * taps + tap]; });
+            [&](int64_t c, int64_t k) { return w + (k * gc + (grouped ? c % gc : c)) * taps; });
 }
 
 bool conv_layer::refresh(const float* w, const float* b) {
