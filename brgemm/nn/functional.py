@@ -134,32 +134,32 @@ def _rows(x, axis, name="x"):
 def taylor_softmax(x, axis=-1, order=2):
     """P_n(x_i) / Σ_j P_n(x_j) along ``axis``, with P_n(z) = Σ_{k≤n} z^k / k!, n = ``order``
     even (odd orders raise ValueError). float32 or bfloat16 in, the same out (computed in
-    float32, row sums in float64). Not shift-invariant (see the module's notes)."""
+    float32; the row sum as in the module's notes). Not shift-invariant (see the module's notes)."""
     order = _order(order)
     z, axis = _rows(x, axis)
     return np.moveaxis(_core.softmax(z, order), -1, axis)
 
 
 def taylor_softmax_backward(grad_y, x, axis=-1, order=2):
-    """grad_x of taylor_softmax at x (float32), given grad_y: since P_n' = P_{n−1},
-    grad_x_j = P_{n−1}(x_j) / Σ P_n · (grad_y_j − Σ_i grad_y_i y_i)."""
+    """grad_x of taylor_softmax at x, given grad_y (float32 or bfloat16, both the same; the
+    result too): since P_n' = P_{n−1}, grad_x_j = P_{n−1}(x_j) / Σ P_n · (grad_y_j − Σ_i grad_y_i y_i),
+    from x alone (y's sums are recomputed, not read)."""
     order = _order(order)
     z, axis = _rows(x, axis)
     g, _ = _rows(grad_y, axis, "grad_y")
-    if z.dtype != np.float32:
-        raise TypeError(f"x must have dtype float32 for the backward pass, got {z.dtype}")
-    y = _core.softmax(z, order)
-    return np.moveaxis(_core.softmax_backward(order, z, y, g), -1, axis)
+    return np.moveaxis(_core.softmax_backward(order, z, None, g), -1, axis)
 
 
 def softmax(x, axis=-1):
-    """The exact softmax, e^(x − max x) / Σ, along ``axis`` (float32 or bfloat16)."""
+    """The exact softmax, e^(x − max x) / Σ, along ``axis`` (float32 or bfloat16; see the
+    module's notes for the accuracy and special values)."""
     z, axis = _rows(x, axis)
     return np.moveaxis(_core.softmax(z, 0), -1, axis)
 
 
 def softmax_backward(grad_y, y, axis=-1):
-    """grad_x of softmax from its output y (float32): y·(grad_y − Σ grad_y·y)."""
+    """grad_x of softmax from its output y: y·(grad_y − Σ grad_y·y) (float32 or bfloat16, both
+    the same; the result too)."""
     yr, axis = _rows(y, axis, "y")
     g, _ = _rows(grad_y, axis, "grad_y")
     return np.moveaxis(_core.softmax_backward(0, None, yr, g), -1, axis)
