@@ -122,20 +122,21 @@ static inline float row_max(const T* x, int64_t n) {
   return m;
 }
 
-// Forward: e_j = e^(x_j − max) (N = 0) or P_N(x_j) into e (y itself for f32, a float
-// workspace for bf16), then y_j = e_j·(1/Σe) with the reciprocal rounded to float once.
+// Forward. Exact: e_j = e^(x_j − max) into e (y itself for f32, a float workspace for bf16),
+// then y_j = e_j·(1/Σe) with the reciprocal rounded to float once. Taylor: P_N(x_j) computed
+// again in the second pass (the vector kernels store it for orders above 4: the same bits).
 template <int N, class T>
 static void forward(const T* x, T* y, float* e, int64_t n) {
   const float m = N == 0 ? row_max(x, n) : 0.0f;
   row_sum s;
   for (int64_t j = 0; j < n; ++j) {
     const float v = N == 0 ? exp_le0(load(x, j) - m) : taylor_poly<N>(load(x, j));
-    e[j] = v;
+    if (N == 0) e[j] = v;
     add(s, j, v);
   }
   s.flush();
   const float inv = (float)(1.0 / s.total());
-  for (int64_t j = 0; j < n; ++j) store(y, j, e[j] * inv);
+  for (int64_t j = 0; j < n; ++j) store(y, j, (N == 0 ? e[j] : taylor_poly<N>(load(x, j))) * inv);
 }
 
 // Backward, exact, from y: gx_j = y_j·(g_j − d), d = Σ g·y (the row sum's lanes take each

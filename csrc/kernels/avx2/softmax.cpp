@@ -118,8 +118,11 @@ float row_max(const T* x, int64_t n) {
   return m;
 }
 
+// As AVX-512's: e stored and scaled for the exact softmax and orders above 4, else P_N
+// computed again in the second pass.
 template <int N, class T>
 void forward(const T* x, T* y, float* e, int64_t n) {
+  constexpr bool keep = N == 0 || N > 4;
   const float mx = N == 0 ? row_max(x, n) : 0.0f;
   const __m256 m = set(mx);
   vsum v;
@@ -131,21 +134,33 @@ void forward(const T* x, T* y, float* e, int64_t n) {
     } else {
       poly<N>(p);
     }
-    st(e + j, p[0]);
-    st(e + j + 8, p[1]);
+    if (keep) {
+      st(e + j, p[0]);
+      st(e + j + 8, p[1]);
+    }
     v.add(p[0], p[1]);
   }, v);
   sm::row_sum s = v.spill();
   for (; j < n; ++j) {
     const float p = N == 0 ? sm::exp_le0(sm::load(x, j) - mx) : sm::taylor_poly<N>(sm::load(x, j));
-    e[j] = p;
+    if (keep) e[j] = p;
     sm::add(s, j, p);
   }
   s.flush();
   const float inv = (float)(1.0 / s.total());
   const __m256 vi = set(inv);
-  for (j = 0; j + 8 <= n; j += 8) st(y + j, _mm256_mul_ps(ld(e + j), vi));
-  for (; j < n; ++j) sm::store(y, j, e[j] * inv);
+  if constexpr (keep) {
+    for (j = 0; j + 8 <= n; j += 8) st(y + j, _mm256_mul_ps(ld(e + j), vi));
+    for (; j < n; ++j) sm::store(y, j, e[j] * inv);
+  } else {  // P_N again rather than stored and read back: the same bits, less traffic
+    for (j = 0; j + 16 <= n; j += 16) {
+      __m256 p[2] = {ld(x + j), ld(x + j + 8)};
+      poly<N>(p);
+      st(y + j, _mm256_mul_ps(p[0], vi));
+      st(y + j + 8, _mm256_mul_ps(p[1], vi));
+    }
+    for (; j < n; ++j) sm::store(y, j, sm::taylor_poly<N>(sm::load(x, j)) * inv);
+  }
 }
 
 template <class T>

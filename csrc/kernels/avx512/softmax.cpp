@@ -126,8 +126,12 @@ void scale(const float* e, T* y, int64_t n, float inv) {
   }
 }
 
+// Exact and high orders: e^(x − max) or P_N stored in e and scaled from there; Taylor up to
+// order 4: P_N summed, then computed again and scaled (two reads of x instead of a store and a
+// read of e: the same bits, less traffic; measured 10 % faster at order 2, slower from 8 on).
 template <int N, class T>
 void forward(const T* x, T* y, float* e, int64_t n) {
+  constexpr bool keep = N == 0 || N > 4;
   const __m512 m = set(N == 0 ? row_max(x, n) : 0.0f);
   auto f = [&](auto& v) {
     if constexpr (N == 0) {
@@ -143,19 +147,38 @@ void forward(const T* x, T* y, float* e, int64_t n) {
     for (int u = 0; u < 4; ++u) v[u] = ld(x + j + 16 * u);
     f(v);
     for (int u = 0; u < 4; ++u) {
-      st(e + j + 16 * u, v[u]);
+      if (keep) st(e + j + 16 * u, v[u]);
       s.f = _mm512_add_ps(s.f, v[u]);
     }
   }, [&](int64_t j, __mmask16 k) {
     __m512 v[1] = {ld(x + j, k)};
     f(v);
-    if (k == 0xFFFF)
-      st(e + j, v[0]);  // unmasked: Zen 4's masked stores are slow
-    else
-      st(e + j, k, v[0]);
+    if (keep) {
+      if (k == 0xFFFF)
+        st(e + j, v[0]);  // unmasked: Zen 4's masked stores are slow
+      else
+        st(e + j, k, v[0]);
+    }
     s.f = _mm512_mask_add_ps(s.f, k, s.f, v[0]);
   }, s);
-  scale(e, y, n, (float)(1.0 / s.total()));
+  const float inv = (float)(1.0 / s.total());
+  if constexpr (keep) {
+    scale(e, y, n, inv);
+  } else {
+    const __m512 vi = set(inv);
+    int64_t j = 0;
+    for (; j + 64 <= n; j += 64) {
+      __m512 v[4];
+      for (int u = 0; u < 4; ++u) v[u] = ld(x + j + 16 * u);
+      poly<N>(v);
+      for (int u = 0; u < 4; ++u) st(y + j + 16 * u, _mm512_mul_ps(v[u], vi));
+    }
+    for (; j + 16 <= n; j += 16) st(y + j, _mm512_mul_ps(poly<N>(ld(x + j)), vi));
+    if (j < n) {
+      const __mmask16 k = tail_mask(n - j);
+      st(y + j, k, _mm512_mul_ps(poly<N>(ld(x + j, k)), vi));
+    }
+  }
 }
 
 template <class T>
