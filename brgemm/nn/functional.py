@@ -28,8 +28,8 @@ Softmax Function", arXiv 2011.11538) is P_n(z_i) / Σ_j P_n(z_j) with P_n the or
 polynomial of e^z, n even (P_n > 0 only for even n). Unlike softmax it is **not**
 shift-invariant: f(z + c) ≠ f(z), so do not subtract the maximum first; and its outputs tend
 to 1/len for large |z| instead of to a one-hot vector. ``softmax`` is the exact, max-subtracted
-one, with a vectorised e^z within 0.89 ulp of the correctly rounded value (every float z in
-[ln 2^-126, 0] checked; below, e^z is 0). Both run per row on the active ISA's kernel, rows
+one, with a vectorised e^z within 0.89 ulp of the exact value (every float z in [−87, 0]
+checked; below −87, e^z is 0). Both run per row on the active ISA's kernel, rows
 spread over threads; a row's sum is taken in 16 float lanes widened into double every 1024
 values (relative error ≤ (min(len, 1024)/16 + 2)·2^-24), and every ISA gives the same bits. A NaN
 makes its row NaN; a row of only −inf, or holding +inf, is NaN (as torch.softmax); −inf entries

@@ -17,33 +17,32 @@
 namespace brgemm_softmax {
 
 // --- e^z for z ≤ 0 -----------------------------------------------------------------------
-// z = n·ln2 + r with n = round(z·log2 e) (|r| ≲ ln2/2), ln2 split in two (Cody–Waite), e^r by
-// Cephes' degree-5 minimax polynomial for expf in the form 1 + r + r²·P(r), evaluated by Horner
-// as one degree-7 polynomial (coefficients P, then 1, 1), then times 2^n built in the exponent
-// field from the bits of the rounding sum. Accuracy: see brgemm.h (measured over every float
-// in [ln 2^-126, 0], tests/test_softmax.py). Below ln 2^-126 (e^z subnormal) the result is +0;
-// NaN stays NaN; z = −inf gives +0.
+// z = n·ln2 + r with n = round(z·log2 e) (|r| ≤ ln2/2), ln2 split in two (Cody–Waite), e^r as
+// 1 + r + r²·Q(r) by Horner (6 fused multiply-adds), Q of degree 4 fitted by us for the
+// relative error of e^r on [−ln2/2, ln2/2] (float coefficients: ≤ 0.07·2^-24), then 2^n added
+// into the exponent field. Accuracy: see brgemm.h (measured over every float in [−87, 0]).
+// Below −87 the result is +0 (e^-87 ≈ 1.6e-38: from there up p·2^n is a normal float, so the
+// exponent add is exact); z = −inf gives +0. z must not be NaN (the rows check for NaN first).
 constexpr float exp_log2e = 1.44269504088896341f;
 constexpr float exp_ln2_hi = 0.693359375f;     // 355/512: n·ln2_hi is exact for |n| < 2^15
 constexpr float exp_ln2_lo = -2.12194440e-4f;  // ln2 − ln2_hi
 constexpr float exp_round = 12582912.0f;       // 1.5·2^23: adding it rounds to an integer (ties to even)
-constexpr float exp_min = -87.3365447505f;     // ln 2^-126: e^z is normal from here up
-constexpr int exp_degree = 7;
-constexpr float exp_c[exp_degree + 1] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
-                                         1.6666665459e-1f, 5.0000001201e-1f, 1.0f, 1.0f};
+constexpr float exp_cut = -87.0f;
+constexpr int exp_degree = 6;
+constexpr float exp_c[exp_degree + 1] = {0.0013814608f, 0.008368711f, 0.04166839f, 0.16666521f,
+                                         0.49999994f,   1.0f,         1.0f};
 
 static inline float exp_le0(float z) {
-  const float zc = exp_min > z ? exp_min : z;  // NaN passes (the comparison is false)
+  const float zc = exp_cut > z ? exp_cut : z;
   const float t = std::fma(zc, exp_log2e, exp_round);
   const float n = t - exp_round;
   float r = std::fma(-n, exp_ln2_hi, zc);
   r = std::fma(-n, exp_ln2_lo, r);
   float p = exp_c[0];
   for (int i = 1; i <= exp_degree; ++i) p = std::fma(p, r, exp_c[i]);
-  // t's low bits hold n (n ∈ [−126, 0] once clamped): (bits(t) + 127) << 23 is 2^n's bits
-  // (1.5·2^23's own bits shift out). NaN: some scale, and p is NaN.
-  const float scale = brgemm_from_bits((brgemm_bits(t) + 127u) << 23);
-  return z < exp_min ? 0.0f : p * scale;
+  // t's low bits hold n ∈ [−126, 0]: bits(t) << 23 is n << 23 (1.5·2^23's own bits shift out).
+  const float v = brgemm_from_bits(brgemm_bits(p) + (brgemm_bits(t) << 23));
+  return z < exp_cut ? 0.0f : v;
 }
 
 // --- P_n(z) = Σ_{i≤n} z^i/i! by Horner ---------------------------------------------------
@@ -110,16 +109,27 @@ static inline float load(const uint16_t* p, int64_t j) { return brgemm_from_bits
 static inline void store(float* p, int64_t j, float v) { p[j] = v; }
 static inline void store(uint16_t* p, int64_t j, float v) { p[j] = brgemm_bf16_rne(v); }
 
-// The max that every version computes: x replaces m when x > m, so NaN is skipped (a NaN
-// makes the row NaN through the sum instead) and an all −inf row gives −inf.
+// The max that every version computes: x replaces m when x > m (NaN skipped); *nan tells
+// whether the row holds a NaN.
 template <class T>
-static inline float row_max(const T* x, int64_t n) {
+static inline float row_max(const T* x, int64_t n, bool* nan) {
   float m = -INFINITY;
+  bool any = false;
   for (int64_t j = 0; j < n; ++j) {
     const float v = load(x, j);
     m = v > m ? v : m;
+    any = any || v != v;
   }
+  *nan = any;
   return m;
+}
+
+// A row with a NaN, or without a finite maximum (+inf somewhere, or only −inf), is NaN: the
+// quiet NaN's bits (0x7FC00000; bf16 0x7FC0), the same on every ISA.
+static inline bool nan_row(bool nan, float m) { return nan || m == INFINITY || m == -INFINITY; }
+template <class T>
+static inline void fill_nan(T* y, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) store(y, j, brgemm_from_bits(0x7FC00000u));
 }
 
 // Forward. Exact: e_j = e^(x_j − max) into e (y itself for f32, a float workspace for bf16),
@@ -127,7 +137,12 @@ static inline float row_max(const T* x, int64_t n) {
 // again in the second pass (the vector kernels store it for orders above 4: the same bits).
 template <int N, class T>
 static void forward(const T* x, T* y, float* e, int64_t n) {
-  const float m = N == 0 ? row_max(x, n) : 0.0f;
+  float m = 0.0f;
+  if (N == 0) {
+    bool nan;
+    m = row_max(x, n, &nan);
+    if (nan_row(nan, m)) return fill_nan(y, n);
+  }
   row_sum s;
   for (int64_t j = 0; j < n; ++j) {
     const float v = N == 0 ? exp_le0(load(x, j) - m) : taylor_poly<N>(load(x, j));

@@ -27,7 +27,7 @@ inline __m256 set(float v) { return _mm256_set1_ps(v); }
 template <int U>
 inline void exp_le0(__m256 (&z)[U]) {
   __m256 zc[U], t[U], n[U], r[U], p[U];
-  for (int u = 0; u < U; ++u) zc[u] = _mm256_max_ps(set(sm::exp_min), z[u]);  // exp_min > z ? exp_min : z
+  for (int u = 0; u < U; ++u) zc[u] = _mm256_max_ps(set(sm::exp_cut), z[u]);  // exp_cut > z ? exp_cut : z
   for (int u = 0; u < U; ++u) t[u] = _mm256_fmadd_ps(zc[u], set(sm::exp_log2e), set(sm::exp_round));
   for (int u = 0; u < U; ++u) n[u] = _mm256_sub_ps(t[u], set(sm::exp_round));
   for (int u = 0; u < U; ++u) r[u] = _mm256_fnmadd_ps(n[u], set(sm::exp_ln2_hi), zc[u]);
@@ -36,9 +36,8 @@ inline void exp_le0(__m256 (&z)[U]) {
   for (int i = 1; i <= sm::exp_degree; ++i)
     for (int u = 0; u < U; ++u) p[u] = _mm256_fmadd_ps(p[u], r[u], set(sm::exp_c[i]));
   for (int u = 0; u < U; ++u) {
-    const __m256 scale =
-        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t[u]), _mm256_set1_epi32(127)), 23));
-    z[u] = _mm256_andnot_ps(_mm256_cmp_ps(z[u], set(sm::exp_min), _CMP_LT_OQ), _mm256_mul_ps(p[u], scale));
+    const __m256i v = _mm256_add_epi32(_mm256_castps_si256(p[u]), _mm256_slli_epi32(_mm256_castps_si256(t[u]), 23));
+    z[u] = _mm256_andnot_ps(_mm256_cmp_ps(z[u], set(sm::exp_cut), _CMP_LT_OQ), _mm256_castsi256_ps(v));
   }
 }
 
@@ -99,23 +98,30 @@ inline int64_t blocks(int64_t n, Step&& step, Sums&... sums) {
   return j;
 }
 
+// 4 accumulators (max is exact in any order: ±0 give the same e^(x − m)).
 template <class T>
-float row_max(const T* x, int64_t n) {
-  __m256 m0 = set(-INFINITY), m1 = m0;
+float row_max(const T* x, int64_t n, bool* nan) {
+  __m256 m[4] = {set(-INFINITY), set(-INFINITY), set(-INFINITY), set(-INFINITY)};
+  __m256 un = _mm256_setzero_ps();
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    m0 = _mm256_max_ps(ld(x + j), m0);  // x > m ? x : m: NaN skipped
-    m1 = _mm256_max_ps(ld(x + j + 8), m1);
-  }
-  float l[16];
-  _mm256_storeu_ps(l, _mm256_max_ps(m0, m1));
-  float m = -INFINITY;
-  for (int i = 0; i < 8; ++i) m = l[i] > m ? l[i] : m;  // exact in any order (±0: the same e^(x − m))
+  for (; j + 32 <= n; j += 32)
+    for (int u = 0; u < 4; ++u) {
+      const __m256 v = ld(x + j + 8 * u);
+      m[u] = _mm256_max_ps(v, m[u]);  // x > m ? x : m: NaN skipped
+      un = _mm256_or_ps(un, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+  float l[8];
+  _mm256_storeu_ps(l, _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3])));
+  float mx = -INFINITY;
+  for (int i = 0; i < 8; ++i) mx = l[i] > mx ? l[i] : mx;
+  bool any = _mm256_movemask_ps(un) != 0;
   for (; j < n; ++j) {
     const float v = sm::load(x, j);
-    m = v > m ? v : m;
+    mx = v > mx ? v : mx;
+    any = any || v != v;
   }
-  return m;
+  *nan = any;
+  return mx;
 }
 
 // As AVX-512's: e stored and scaled for the exact softmax and orders above 4, else P_N
@@ -123,7 +129,12 @@ float row_max(const T* x, int64_t n) {
 template <int N, class T>
 void forward(const T* x, T* y, float* e, int64_t n) {
   constexpr bool keep = N == 0 || N > 4;
-  const float mx = N == 0 ? row_max(x, n) : 0.0f;
+  float mx = 0.0f;
+  if (N == 0) {
+    bool nan;
+    mx = row_max(x, n, &nan);
+    if (sm::nan_row(nan, mx)) return sm::fill_nan(y, n);
+  }
   const __m256 m = set(mx);
   vsum v;
   int64_t j = blocks(n, [&](int64_t j) {
