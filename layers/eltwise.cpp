@@ -1,9 +1,7 @@
 // Element-wise drivers: chunks of an array or blocks of rows per OpenMP thread; the arithmetic
-// of the activations is the core's (per-ISA kernels), the softmax family's is here (plain
-// loops over contiguous rows, which the compiler vectorizes).
+// is the core's (per-ISA kernels: the activations over chunks, the softmax family per row).
 #include "eltwise.h"
 #include <algorithm>
-#include <cmath>
 #include <vector>
 #include <omp.h>
 
@@ -14,52 +12,12 @@ namespace {
 // Threads for n elements: one per 64 Ki elements at least, so small arrays stay on one.
 int threads_for(int64_t n) { return (int)std::max<int64_t>(1, std::min<int64_t>(num_threads(), n >> 16)); }
 
-constexpr int max_order = 16;
-
-// 1/i! for i ≤ max_order, in float (the Horner steps below are float).
-struct taylor_coefficients {
-  float c[max_order + 1];
-  taylor_coefficients() {
-    double f = 1.0;
-    for (int i = 0; i <= max_order; ++i) {
-      if (i > 0) f *= i;
-      c[i] = (float)(1.0 / f);
-    }
-  }
-};
-const taylor_coefficients taylor;
-
-// P_n(z) by Horner's rule.
-inline float taylor_exp(float z, int order) {
-  float p = taylor.c[order];
-  for (int i = order - 1; i >= 0; --i) p = p * z + taylor.c[i];
-  return p;
-}
-
-// Σ v in 16 float lanes (a loop the compiler vectorizes without reassociating anything), the
-// lanes then added in double.
-double lane_sum(const float* v, int64_t n) {
-  float lane[16] = {};
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int l = 0; l < 16; ++l) lane[l] += v[j + l];
-  double s = 0.0;
-  for (; j < n; ++j) s += v[j];
-  for (float x : lane) s += x;
-  return s;
-}
-
-// One row: f32 values in, f32 out (the caller converts bf16 at the edges).
-void softmax_row(int order, const float* z, float* y, int64_t cols) {
-  if (order == 0) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, z[j]);
-    for (int64_t j = 0; j < cols; ++j) y[j] = std::exp(z[j] - mx);
-  } else {
-    for (int64_t j = 0; j < cols; ++j) y[j] = taylor_exp(z[j], order);
-  }
-  const float inv = (float)(1.0 / lane_sum(y, cols));
-  for (int64_t j = 0; j < cols; ++j) y[j] *= inv;
+// A float row for softmax_bf16's e values, per thread: grown when a longer row comes, never
+// shrunk, so repeated calls allocate nothing.
+float* bf16_work(int64_t cols) {
+  thread_local std::vector<float> work;
+  if ((int64_t)work.size() < cols) work.resize((size_t)cols);
+  return work.data();
 }
 
 }  // namespace
@@ -95,43 +53,31 @@ void softmax(int order, bool bf16, const void* x, void* y, int64_t rows, int64_t
   const int threads = (int)std::min<int64_t>(threads_for(rows * cols), rows);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> zin, zout;  // bf16 rows widened (one allocation per thread and call)
-    if (bf16) {
-      zin.resize((size_t)cols);
-      zout.resize((size_t)cols);
-    }
+    float* work = bf16 ? bf16_work(cols) : nullptr;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      if (!bf16) {
-        softmax_row(order, (const float*)x + r * cols, (float*)y + r * cols, cols);
-        continue;
-      }
-      bf16_to_f32((const uint16_t*)x + r * cols, zin.data(), cols);
-      softmax_row(order, zin.data(), zout.data(), cols);
-      f32_to_bf16(zout.data(), (uint16_t*)y + r * cols, cols);
+      if (bf16)
+        softmax_bf16(order, (const uint16_t*)x + r * cols, (uint16_t*)y + r * cols, cols, work);
+      else
+        softmax_f32(order, (const float*)x + r * cols, (float*)y + r * cols, cols);
     }
   }
 }
 
-void softmax_backward(int order, const float* z, const float* y, const float* grad_y, float* grad_z, int64_t rows,
-                      int64_t cols) {
+void softmax_backward(int order, bool bf16, const void* x, const void* y, const void* grad_y, void* grad_x,
+                      int64_t rows, int64_t cols) {
   const int threads = (int)std::min<int64_t>(threads_for(rows * cols), rows);
+  const size_t size = bf16 ? 2 : 4;
+  auto row = [&](const void* p, int64_t r) { return p ? (const char*)p + (size_t)(r * cols) * size : nullptr; };
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t r = 0; r < rows; ++r) {
-    const float *zr = z ? z + r * cols : nullptr, *yr = y + r * cols, *gr = grad_y + r * cols;
-    float* out = grad_z + r * cols;
-    double dot = 0.0;
-    for (int64_t j = 0; j < cols; ++j) dot += (double)gr[j] * yr[j];
-    const float d = (float)dot;  // (backward: kept simple, double all along)
-    if (order == 0) {
-      for (int64_t j = 0; j < cols; ++j) out[j] = yr[j] * (gr[j] - d);
-    } else {
-      // y_j = P_n(z_j)/S and P_n' = P_{n−1}, so ∂y_i/∂z_j = (δ_ij − y_i)·P_{n−1}(z_j)/S; S from the row.
-      double sum = 0.0;
-      for (int64_t j = 0; j < cols; ++j) sum += taylor_exp(zr[j], order);
-      const float inv = (float)(1.0 / sum);
-      for (int64_t j = 0; j < cols; ++j) out[j] = taylor_exp(zr[j], order - 1) * inv * (gr[j] - d);
-    }
+    char* out = (char*)grad_x + (size_t)(r * cols) * size;
+    if (bf16)
+      softmax_backward_bf16(order, (const uint16_t*)row(x, r), (const uint16_t*)row(y, r),
+                            (const uint16_t*)row(grad_y, r), (uint16_t*)out, cols);
+    else
+      softmax_backward_f32(order, (const float*)row(x, r), (const float*)row(y, r), (const float*)row(grad_y, r),
+                           (float*)out, cols);
   }
 }
 

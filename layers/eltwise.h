@@ -11,13 +11,13 @@ void activation(activation a, bool bf16, const void* x, void* y, int64_t n);
 void activation_backward(brgemm::activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
                          int64_t n);
 
-// Softmax over each of `rows` rows of `cols` values (f32 or bf16 in, the same type out):
-// order 0 is the exact softmax, e^(z − max z) / Σ; an even order n is the Taylor softmax
-// P_n(z) / Σ P_n with P_n(z) = Σ_{i≤n} z^i / i! (positive for even n, and not shift-invariant).
+// Softmax over each of `rows` rows of `cols` values (f32 or bf16 in, the same type out), the
+// core's softmax_f32/bf16 per row, threads over rows: order 0 is the exact softmax
+// e^(z − max z) / Σ; an even order n is the Taylor softmax P_n(z) / Σ P_n (see brgemm.h).
 void softmax(int order, bool bf16, const void* x, void* y, int64_t rows, int64_t cols);
-// grad_z from y and grad_y (f32): exact: y·(g − ⟨g, y⟩); Taylor: P_{n−1}(z)/Σ P_n · (g − ⟨g, y⟩),
-// which needs z too.
-void softmax_backward(int order, const float* z, const float* y, const float* grad_y, float* grad_z, int64_t rows,
-                      int64_t cols);
+// grad_z from grad_y (all arrays of one type, f32 or bf16): exact: y·(g − ⟨g, y⟩) from y
+// (x unused, may be null); Taylor: P_{n−1}(z)/Σ P_n · (g − ⟨g, y⟩) from x (y unused, may be null).
+void softmax_backward(int order, bool bf16, const void* x, const void* y, const void* grad_y, void* grad_x,
+                      int64_t rows, int64_t cols);
 
 }  // namespace brgemm::layers

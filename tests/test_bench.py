@@ -357,3 +357,16 @@ def test_the_language_model_converts_its_lstm_and_decoder_and_keeps_the_embeddin
     assert {n for n, *_ in report.swapped} == {"lstm", "decoder"}
     assert isinstance(model.lstm, bt.LSTM) and model.lstm.dropout == models.TORCH_LM[5]
     assert isinstance(model.encoder, torch.nn.Embedding)
+
+
+def test_the_softmax_rows_compare_with_a_copy_and_name_their_case(fake_peak, monkeypatch):
+    from brgemm.bench import kernels
+    monkeypatch.setattr(kernels, "compare", lambda fns, rounds, threads: (
+        {lib: 1e-3 for lib in fns}, {lib: 1.0 for lib in fns}))
+    log = bench.Log(stream=io.StringIO())
+    rows = kernels._run_softmax(bench.Peers(), np.random.default_rng(0), 1, [1], log, ["f32", "bf16"], shape=(3, 17))
+    assert [r["case"].split(" (")[0] for r in rows] == [
+        f"softmax {k} {d} {t} 3x17" for t in ("f32", "bf16") for k, d in
+        (("exact", "forward"), ("taylor2", "forward"), ("exact", "backward"), ("taylor2", "backward"))]
+    assert all(r["ratio_vs_copy"] == 1.0 and r["threads"] == 1 for r in rows)
+    assert rows[0]["bytes"] == 2 * 4 * 51 and rows[-1]["bytes"] == 3 * 2 * 51

@@ -6,8 +6,7 @@ exact supremum of the error their truncation adds. Every ISA must give the scala
 (the isa fixture forces each level; tails of every vector width included). The composites
 (ksigmoid, kswish, kgelu) are checked bit for bit against their formula written in numpy
 float32 on top of ktanh, the exact functions against float64 numpy/math, the backward passes
-against float64 derivatives, Taylor softmax against a float64 reference and by finite
-differences.
+against float64 derivatives. The softmax family: tests/test_softmax.py.
 """
 
 import math
@@ -299,103 +298,3 @@ def test_int8_epilogue_activation(isa, rng):
 def test_epilogue_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation must be None or one of relu"):
         brgemm.Epilogue(activation="elu")
-
-
-# --- Taylor softmax -------------------------------------------------------------------------
-
-
-def taylor_ref(z, order):
-    z = f64(z)
-    p = sum(z ** i / math.factorial(i) for i in range(order + 1))
-    return p / p.sum(axis=-1, keepdims=True)
-
-
-@pytest.mark.parametrize("order", [2, 4, 6, 16])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 1000), (2, 3, 17)], ids=str)
-def test_taylor_softmax_forward(order, shape, rng):
-    x = (rng.standard_normal(shape) * 3).astype(np.float32)
-    y = F.taylor_softmax(x, order=order)
-    assert y.dtype == np.float32 and y.shape == x.shape
-    # Horner in float32: relative error ≤ 2n·eps·Σ|c_k||z|^k / P_n(z) per value (the
-    # polynomial's condition: large for big negative z at high order), plus the row's share.
-    z = f64(x)
-    cond = sum(np.abs(z) ** k / math.factorial(k) for k in range(order + 1)) / \
-        sum(z ** k / math.factorial(k) for k in range(order + 1))
-    rel = 2 * (order + 2) * 2.0 ** -24 * cond
-    ref = taylor_ref(x, order)
-    bound = ref * (rel + (ref * rel).sum(axis=-1, keepdims=True) + 4e-7)
-    assert np.all(np.abs(f64(y) - ref) <= bound)
-    np.testing.assert_allclose(f64(y).sum(axis=-1), 1.0, rtol=0, atol=1e-5)
-    assert np.all(y > 0)
-
-
-def test_taylor_softmax_axis_bf16_and_large_inputs(rng):
-    x = (rng.standard_normal((6, 5, 4)) * 2).astype(np.float32)
-    for axis in (0, 1, -1):
-        want = np.moveaxis(taylor_ref(np.moveaxis(x, axis, -1), 2), -1, axis)
-        np.testing.assert_allclose(f64(F.taylor_softmax(x, axis=axis)), want, rtol=2e-6)
-    xb = x.astype(BF16)
-    yb = F.taylor_softmax(xb)
-    assert yb.dtype == BF16
-    np.testing.assert_allclose(f64(yb), taylor_ref(xb, 2), rtol=2 ** -8)
-    big = np.array([[1e4, -1e4, 0.0, 3.0], [-3e4, -3e4, -3e4, -3e4]], np.float32)
-    y = F.taylor_softmax(big)
-    assert np.all(np.isfinite(y))
-    np.testing.assert_allclose(f64(y), taylor_ref(big, 2), rtol=1e-5)
-    np.testing.assert_allclose(f64(y[1]), 0.25, rtol=1e-6)
-
-
-def test_taylor_softmax_is_not_shift_invariant(rng):
-    x = rng.standard_normal((2, 8)).astype(np.float32)
-    assert not np.allclose(F.taylor_softmax(x), F.taylor_softmax(x + 5))
-    np.testing.assert_allclose(F.softmax(x), F.softmax(x + 5), rtol=1e-5)
-
-
-@pytest.mark.parametrize("order", [2, 4])
-def test_taylor_softmax_backward_by_finite_differences(order, rng):
-    x = rng.standard_normal((3, 6)).astype(np.float32)
-    g = rng.standard_normal((3, 6)).astype(np.float32)
-    got = F.taylor_softmax_backward(g, x, order=order)
-    xd, h = f64(x), 1e-6
-    fd = np.zeros_like(xd)
-    for idx in np.ndindex(x.shape):
-        e = np.zeros_like(xd)
-        e[idx] = h
-        fd[idx] = ((taylor_ref(xd + e, order) - taylor_ref(xd - e, order)) * g).sum() / (2 * h)
-    np.testing.assert_allclose(f64(got), fd, rtol=1e-4, atol=1e-6)
-    # along another axis
-    got0 = F.taylor_softmax_backward(g.T.copy(), x.T.copy(), axis=0, order=order)
-    np.testing.assert_allclose(f64(got0), fd.T, rtol=1e-4, atol=1e-6)
-
-
-def test_softmax_exact_forward_backward(rng):
-    x = (rng.standard_normal((4, 300)) * 10).astype(np.float32)
-    xd = f64(x)
-    want = np.exp(xd - xd.max(-1, keepdims=True))
-    want /= want.sum(-1, keepdims=True)
-    y = F.softmax(x)
-    np.testing.assert_allclose(f64(y), want, rtol=1e-5, atol=1e-30)
-    g = rng.standard_normal(x.shape).astype(np.float32)
-    got = F.softmax_backward(g, y)
-    np.testing.assert_allclose(f64(got), f64(y) * (f64(g) - (f64(g) * f64(y)).sum(-1, keepdims=True)),
-                               rtol=1e-5, atol=1e-7)
-    assert np.all(np.isfinite(F.softmax(np.array([[1e30, -1e30, 0]], np.float32))))
-
-
-def test_taylor_softmax_errors():
-    x = np.ones((2, 3), np.float32)
-    for order in (1, 3, 0, -2):
-        with pytest.raises(ValueError, match="order must be an even integer"):
-            F.taylor_softmax(x, order=order)
-    with pytest.raises(ValueError, match="order must be at most 16"):
-        F.taylor_softmax(x, order=18)
-    with pytest.raises(TypeError, match="order must be an integer"):
-        F.taylor_softmax(x, order=2.0)
-    with pytest.raises(ValueError, match="axis 2 is out of range"):
-        F.taylor_softmax(x, axis=2)
-    with pytest.raises(TypeError, match="x must be a numpy array"):
-        F.taylor_softmax([[1.0]])
-    with pytest.raises(TypeError, match="x must have dtype float32 or bfloat16"):
-        F.taylor_softmax(x.astype(np.float64))
-    with pytest.raises(ValueError, match="at least one element"):
-        F.taylor_softmax(np.ones((2, 0), np.float32))

@@ -1,7 +1,7 @@
 """Element-wise functions (the benchmark side of tests/test_eltwise.py), on one thread as the
 bar asks: brgemm's ktanh against numpy's vectorised tanh, torch.tanh and a plain copy of the
 same array (the memory-bandwidth floor), on 10⁶ and 10⁷ float32 values; the K-TanH
-composites; Taylor softmax against torch.softmax. Ratios are peer time / brgemm time from the
+composites (the softmax family: bench_softmax.py). Ratios are peer time / brgemm time from the
 same process; absolute times drift on a shared machine.
 """
 
@@ -65,32 +65,3 @@ class KTanh:
 
     for _f in (track_ratio_vs_np_tanh, track_ratio_vs_torch_tanh, track_ratio_vs_copy, track_kgelu_ratio_vs_np_tanh):
         _f.unit = "x"
-
-
-class TaylorSoftmax:
-    """Taylor softmax (order 2) and the exact softmax against torch.softmax, rows of 1000."""
-
-    params = [["taylor2", "exact"]]
-    param_names = ["kind"]
-
-    def setup(self, kind):
-        torch = import_torch()
-        if torch is None:
-            raise NotImplementedError("torch is not importable")
-        self.pin = ThreadPin(1)
-        x = (np.random.default_rng(SEED_A).standard_normal((1000, 1000)) * 2).astype(np.float32)
-        tx = torch.from_numpy(x)
-        ours = (lambda: F.taylor_softmax(x)) if kind == "taylor2" else (lambda: F.softmax(x))
-        self.fns = {"brgemm": ours, "torch": lambda: torch.softmax(tx, -1)}
-
-    def teardown(self, kind):
-        self.pin.restore()
-
-    def time_softmax(self, kind):
-        self.fns["brgemm"]()
-
-    def track_ratio_vs_torch(self, kind):
-        t = median_seconds(self.fns)
-        return t["torch"] / t["brgemm"]
-
-    track_ratio_vs_torch.unit = "x"

@@ -27,7 +27,7 @@ DESCRIPTION = ("brgemm against the fastest peers installed (numpy, PyTorch, ONNX
 
 #: The groups, in the order --full runs them: option → (what it runs, table format, summary).
 GROUPS = {
-    "kernels": ("every microkernel, gemm in f32/bf16/int8, a GEMV on f16 weights, K-TanH",
+    "kernels": ("every microkernel, gemm in f32/bf16/int8, a GEMV on f16 weights, K-TanH, softmax (exact and Taylor)",
                 lambda p, rng, a, tl, log: run_kernels(p, rng, a.rounds, tl, log, a.dtypes), format_table, None),
     "mlp": ("Linear forward, 3-layer MLP forward and training step, f32 and bf16",
             lambda p, rng, a, tl, log: run_mlp(p, rng, a.rounds, tl, log), format_table, mlp_summary),

@@ -168,6 +168,9 @@ def run_kernels(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "u
                     log.row(rows[-1])
     if "f32" in dtypes:
         rows += _run_gemv(peers, rng, rounds, threads_list, log) + _run_ktanh(peers, rng, rounds, log)
+    softmax_dtypes = [d for d in ("f32", "bf16") if d in dtypes]
+    if softmax_dtypes:
+        rows += _run_softmax(peers, rng, rounds, threads_list, log, softmax_dtypes)
     return rows
 
 
@@ -213,4 +216,49 @@ def _run_ktanh(peers, rng, rounds, log):
         rows.append(_row(f"ktanh f32 {n:.0e} (rate: G elements/s)", 1, n, 8 * n, plain, rat, None))
         rows[-1]["ratio_vs_copy"] = rat["copy"]
         log.row(rows[-1])
+    return rows
+
+
+def _run_softmax(peers, rng, rounds, threads_list, log, dtypes, shape=(1000, 1000)):
+    """The softmax family over the rows of a 1000 x 1000 array: exact and Taylor (order 2),
+    forward and backward, against torch.softmax and its backward (the Taylor rows too: PyTorch
+    has no Taylor softmax, the exact one is what it would replace) and a plain copy of the same
+    array (the memory floor). The rate column counts G elements/s."""
+    import ml_dtypes
+
+    from ..nn import functional
+    torch = peers.torch
+    rows = []
+    x32 = (rng.standard_normal(shape) * 2).astype(np.float32)
+    g32 = rng.standard_normal(shape).astype(np.float32)
+    n = x32.size
+    for dtype in dtypes:
+        npt = np.float32 if dtype == "f32" else ml_dtypes.bfloat16
+        x, g = x32.astype(npt), g32.astype(npt)
+        y, copy_out = functional.softmax(x), np.empty_like(x)
+        size = x.itemsize
+        ours = {("exact", "forward"): lambda: functional.softmax(x),
+                ("taylor2", "forward"): lambda: functional.taylor_softmax(x),
+                ("exact", "backward"): lambda: functional.softmax_backward(g, y),
+                ("taylor2", "backward"): lambda: functional.taylor_softmax_backward(g, x)}
+        theirs = {}
+        if torch is not None:
+            tdt = torch.float32 if dtype == "f32" else torch.bfloat16
+            tx, tg = torch.from_numpy(x32).to(tdt), torch.from_numpy(g32).to(tdt)
+            ty = torch.softmax(tx, -1)
+            theirs = {"forward": lambda: torch.softmax(tx, -1),
+                      "backward": lambda: torch._softmax_backward_data(tg, ty, -1, tdt)}
+        for threads in threads_list:
+            peers.set_threads(threads)
+            for (kind, direction), fn in ours.items():
+                fns = {"brgemm": fn, "copy": lambda: np.copyto(copy_out, x)}
+                if direction in theirs:
+                    fns["torch"] = theirs[direction]
+                med, rat = compare(fns, rounds, threads)
+                plain = {lib: t for lib, t in med.items() if lib != "copy"}
+                arrays = 2 if direction == "forward" else 3  # x → y; (y or x, grad) → grad_x
+                rows.append(_row(f"softmax {kind} {direction} {dtype} {shape[0]}x{shape[1]} (rate: G elements/s)",
+                                 threads, n, arrays * size * n, plain, rat, None))
+                rows[-1]["ratio_vs_copy"] = rat["copy"]
+                log.row(rows[-1])
     return rows

@@ -28,7 +28,13 @@ Softmax Function", arXiv 2011.11538) is P_n(z_i) / Σ_j P_n(z_j) with P_n the or
 polynomial of e^z, n even (P_n > 0 only for even n). Unlike softmax it is **not**
 shift-invariant: f(z + c) ≠ f(z), so do not subtract the maximum first; and its outputs tend
 to 1/len for large |z| instead of to a one-hot vector. ``softmax`` is the exact, max-subtracted
-one.
+one, with a vectorised e^z within 0.89 ulp of the exact value (every float z in [−87, 0]
+checked; below −87, e^z is 0). Both run per row on the active ISA's kernel, rows
+spread over threads; a row's sum is taken in 16 float lanes widened into double every 1024
+values (relative error ≤ (min(len, 1024)/16 + 2)·2^-24), and every ISA gives the same bits. A NaN
+makes its row NaN; a row of only −inf, or holding +inf, is NaN (as torch.softmax); −inf entries
+of a row with a finite maximum give 0. Forward and backward take float32 or bfloat16 (every
+array of a call one dtype, the result too).
 """
 
 import numpy as np
@@ -134,32 +140,32 @@ def _rows(x, axis, name="x"):
 def taylor_softmax(x, axis=-1, order=2):
     """P_n(x_i) / Σ_j P_n(x_j) along ``axis``, with P_n(z) = Σ_{k≤n} z^k / k!, n = ``order``
     even (odd orders raise ValueError). float32 or bfloat16 in, the same out (computed in
-    float32, row sums in float64). Not shift-invariant (see the module's notes)."""
+    float32; the row sum as in the module's notes). Not shift-invariant (see the module's notes)."""
     order = _order(order)
     z, axis = _rows(x, axis)
     return np.moveaxis(_core.softmax(z, order), -1, axis)
 
 
 def taylor_softmax_backward(grad_y, x, axis=-1, order=2):
-    """grad_x of taylor_softmax at x (float32), given grad_y: since P_n' = P_{n−1},
-    grad_x_j = P_{n−1}(x_j) / Σ P_n · (grad_y_j − Σ_i grad_y_i y_i)."""
+    """grad_x of taylor_softmax at x, given grad_y (float32 or bfloat16, both the same; the
+    result too): since P_n' = P_{n−1}, grad_x_j = P_{n−1}(x_j) / Σ P_n · (grad_y_j − Σ_i grad_y_i y_i),
+    from x alone (y's sums are recomputed, not read)."""
     order = _order(order)
     z, axis = _rows(x, axis)
     g, _ = _rows(grad_y, axis, "grad_y")
-    if z.dtype != np.float32:
-        raise TypeError(f"x must have dtype float32 for the backward pass, got {z.dtype}")
-    y = _core.softmax(z, order)
-    return np.moveaxis(_core.softmax_backward(order, z, y, g), -1, axis)
+    return np.moveaxis(_core.softmax_backward(order, z, None, g), -1, axis)
 
 
 def softmax(x, axis=-1):
-    """The exact softmax, e^(x − max x) / Σ, along ``axis`` (float32 or bfloat16)."""
+    """The exact softmax, e^(x − max x) / Σ, along ``axis`` (float32 or bfloat16; see the
+    module's notes for the accuracy and special values)."""
     z, axis = _rows(x, axis)
     return np.moveaxis(_core.softmax(z, 0), -1, axis)
 
 
 def softmax_backward(grad_y, y, axis=-1):
-    """grad_x of softmax from its output y (float32): y·(grad_y − Σ grad_y·y)."""
+    """grad_x of softmax from its output y: y·(grad_y − Σ grad_y·y) (float32 or bfloat16, both
+    the same; the result too)."""
     yr, axis = _rows(y, axis, "y")
     g, _ = _rows(grad_y, axis, "grad_y")
     return np.moveaxis(_core.softmax_backward(0, None, yr, g), -1, axis)

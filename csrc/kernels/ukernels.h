@@ -41,6 +41,19 @@ void activation_backward_f32__avx512(activation a, const float* g, const float* 
 void activation_backward_f32__scalar(activation a, const float* g, const float* x, const float* y, float* out,
                                      int64_t n);
 
+// The softmax family (brgemm.h) on one row, per ISA; the VNNI and BF16 levels use avx512's.
+#define BRGEMM_SOFTMAX_KERNELS(ISA)                                                                       \
+  void softmax_f32__##ISA(int order, const float* x, float* y, int64_t n);                                \
+  void softmax_bf16__##ISA(int order, const uint16_t* x, uint16_t* y, int64_t n, float* work);            \
+  void softmax_backward_f32__##ISA(int order, const float* x, const float* y, const float* g, float* gx,  \
+                                   int64_t n);                                                            \
+  void softmax_backward_bf16__##ISA(int order, const uint16_t* x, const uint16_t* y, const uint16_t* g,  \
+                                    uint16_t* gx, int64_t n);
+BRGEMM_SOFTMAX_KERNELS(scalar)
+BRGEMM_SOFTMAX_KERNELS(avx2)
+BRGEMM_SOFTMAX_KERNELS(avx512)
+#undef BRGEMM_SOFTMAX_KERNELS
+
 // The reductions of brgemm/window.h per ISA; the VNNI and BF16 levels use avx512's.
 #define BRGEMM_WINDOW_KERNELS(ISA)                                                                          \
   void window_max_f32__##ISA(const window_rows& g, const float* x, float* y);                               \

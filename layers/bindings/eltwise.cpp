@@ -83,31 +83,32 @@ py::array softmax_py(py::handle X, int order, py::object out) {
   return y;
 }
 
-py::array softmax_backward_py(int order, py::object Z, py::handle Y, py::handle G) {
+// grad_x of the softmax over the last axis: exact (order 0) from y, Taylor from x; grad_y and
+// that array of one dtype (float32 or bfloat16), the result in it too.
+py::array softmax_backward_py(int order, py::object X, py::object Y, py::handle G, py::object out) {
   if (order < 0 || order > 16 || order % 2) value_error("order must be 0 (exact) or even, 2 to 16");
-  py::array y = typed_array(Y, "y", element::f32), g = typed_array(G, "grad_y", element::f32);
-  for (auto* a : {&y, &g})
-    if (!(a->flags() & py::array::c_style)) value_error("y and grad_y must be C-contiguous");
-  if (y.ndim() < 1 || y.size() == 0) value_error("y must have at least one element along the softmax axis");
-  if (!y.attr("shape").equal(g.attr("shape")))
-    value_error("grad_y must have y's shape " + str(y.attr("shape")) + ", got " + str(g.attr("shape")));
-  py::array z;
-  if (order > 0) {
-    z = typed_array(Z, "x", element::f32);
-    if (!(z.flags() & py::array::c_style)) value_error("x must be C-contiguous");
-    if (!z.attr("shape").equal(y.attr("shape")))
-      value_error("x must have y's shape " + str(y.attr("shape")) + ", got " + str(z.attr("shape")));
-  }
-  py::array out = eltwise_out(py::none(), y, {});
-  const int64_t cols = y.shape(y.ndim() - 1), rows = y.size() / cols;
-  const float *zp = order > 0 ? (const float*)z.data() : nullptr, *yp = (const float*)y.data(),
-              *gp = (const float*)g.data();
-  float* op = (float*)out.mutable_data();
+  bool bf16, src_bf16;
+  py::array g = eltwise_array(G, "grad_y", &bf16);
+  if (g.ndim() < 1 || g.size() == 0) value_error("grad_y must have at least one element along the softmax axis");
+  const char* name = order > 0 ? "x" : "y";
+  py::object src = order > 0 ? X : Y;
+  if (src.is_none())
+    value_error(std::string("the backward pass of ") + (order > 0 ? "the Taylor softmax needs x" : "softmax needs y"));
+  py::array v = eltwise_array(src, name, &src_bf16);
+  if (!v.dtype().is(g.dtype()))
+    type_error(std::string(name) + " must have grad_y's dtype " + str(g.dtype()) + ", got " + str(v.dtype()));
+  if (!v.attr("shape").equal(g.attr("shape")))
+    value_error(std::string(name) + " must have grad_y's shape " + str(g.attr("shape")) + ", got " +
+                str(v.attr("shape")));
+  py::array o = eltwise_out(out, g, {g, v});
+  const int64_t cols = g.shape(g.ndim() - 1), rows = g.size() / cols;
+  const void *vp = v.data(), *gp = g.data();
+  void* op = o.mutable_data();
   {
     py::gil_scoped_release nogil;
-    layers::softmax_backward(order, zp, yp, gp, op, rows, cols);
+    layers::softmax_backward(order, bf16, order > 0 ? vp : nullptr, order > 0 ? nullptr : vp, gp, op, rows, cols);
   }
-  return out;
+  return o;
 }
 
 }  // namespace
@@ -117,7 +118,8 @@ void register_eltwise(py::module_& m) {
   m.def("activation_backward", &activation_backward_py, py::arg("name"), py::arg("grad_y"), py::arg("x") = py::none(),
         py::arg("y") = py::none(), py::arg("out") = py::none());
   m.def("softmax", &softmax_py, py::arg("x"), py::arg("order"), py::arg("out") = py::none());
-  m.def("softmax_backward", &softmax_backward_py, py::arg("order"), py::arg("x"), py::arg("y"), py::arg("grad_y"));
+  m.def("softmax_backward", &softmax_backward_py, py::arg("order"), py::arg("x"), py::arg("y"), py::arg("grad_y"),
+        py::arg("out") = py::none());
   m.def("ktanh_table", [] {
     py::list e, sh, b;
     for (int i = 0; i < 32; ++i) {

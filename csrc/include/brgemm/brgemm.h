@@ -266,6 +266,32 @@ void activation_bf16(activation a, const uint16_t* x, uint16_t* y, int64_t n);
 void activation_backward_f32(activation a, const float* grad_y, const float* x, const float* y, float* grad_x,
                              int64_t n);
 bool activation_backward_needs_x(activation a);
+// The softmax family on one row of n ≥ 1 values (layers/eltwise.cpp runs it over rows and
+// threads). order 0: the exact softmax e^(x_j − max x) / Σ e^(x − max x); order n even, 2..16:
+// the Taylor softmax P_n(x_j) / Σ P_n(x), P_n(z) = Σ_{i≤n} z^i/i! by Horner (not shift-invariant).
+// - e^z: a vectorised exp (range reduction by ln 2, a degree-6 polynomial by fused
+//   multiply-adds, 2^n added into the exponent): within 0.89 ulp of e^z (measured over every
+//   float z in [−87, 0]), +0 below −87 (so probabilities under e^-87 ≈ 1.6e-38 come out 0).
+// - The row sum: 16 float lanes (value j → lane j mod 16), widened into 16 double lanes every
+//   1024 values, then added in lane order in double; y = e·(1/Σ) with the reciprocal rounded to
+//   float once. Relative error of Σ ≤ (min(n, 1024)/16 + 2)·2^-24 on top of the terms' own.
+// - Special values (exact): NaN anywhere in a row, a row of only −inf (no finite maximum) or a
+//   row holding +inf → every value the quiet NaN 0x7FC00000 (as torch.softmax gives NaN); −inf
+//   entries of a row with a finite maximum → 0. Taylor: a NaN or ±inf entry makes the row's sum
+//   NaN or inf (NaN there, 0 or NaN elsewhere); finite while the row's Σ P_n stays below FLT_MAX.
+// Every step is an IEEE operation in a fixed order (fused multiply-adds where written, nothing
+// else contracted), so every ISA gives the scalar twin's bits (csrc/kernels/softmax_twin.h; a
+// Taylor NaN's sign and payload excepted). bf16 rows are widened on
+// load and rounded to nearest even on store; softmax_bf16 keeps e_j in `work` (n floats).
+// y may be x itself.
+void softmax_f32(int order, const float* x, float* y, int64_t n);
+void softmax_bf16(int order, const uint16_t* x, uint16_t* y, int64_t n, float* work);
+// grad_x of one row given grad_y. Exact (order 0), from the output y: y_j·(g_j − d) with
+// d = Σ g·y (x unused). Taylor, from the input x alone (y unused): S = Σ P_n(x),
+// d = Σ g·P_n(x) / S (= ⟨g, y⟩), grad_x_j = (P_{n−1}(x_j)·(1/S))·(g_j − d). Sums as above.
+void softmax_backward_f32(int order, const float* x, const float* y, const float* grad_y, float* grad_x, int64_t n);
+void softmax_backward_bf16(int order, const uint16_t* x, const uint16_t* y, const uint16_t* grad_y, uint16_t* grad_x,
+                           int64_t n);
 // bf16 bits ↔ f32 arrays (f32 → bf16 rounds to nearest even, NaN stays NaN), as the epilogue does.
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n);
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
