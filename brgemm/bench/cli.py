@@ -162,7 +162,8 @@ def main(argv=None):
     peak = get_peak()
     print(f"brgemm {__version__}, ISA {_core.isa()}, on {peak['cpu']} ({os.cpu_count()} cores)")
     print(_peak_line(peak))
-    print(f"x <peer>: the peer's time / brgemm's time (above 1: brgemm is faster), medians over {args.rounds} rounds")
+    print(f"x <peer>: the peer's time / brgemm's time (above 1: brgemm is faster), medians over {args.rounds} rounds; "
+          "* after a ratio: the fastest peer was faster on that row")
     print("%peak: of the measured peak; %roof: of the roofline bound max(FLOPs / peak, bytes / bandwidth); "
           "int8 rows count GOP/s")
     if peers.torch is None:

@@ -185,6 +185,12 @@ class Log:
         print(f"bench {time.perf_counter() - self.start:5.0f} s  {text}", file=self.stream, flush=True)
 
 
+def slower(row, key="ratio_vs_best_peer"):
+    """"*" after a ratio below 1.0 (a peer was faster on this row), so that it stands out."""
+    v = row.get(key)
+    return "*" if v is not None and v == v and v < 1.0 else " "
+
+
 def _num(row, key, fmt):
     v = row.get(key)
     return format(v, fmt) if v is not None else format("-", ">" + fmt.split(".")[0])
@@ -206,7 +212,7 @@ def format_table(rows):
         lines.append(f"{row['case']:{width}} {row['threads']:>3} {_num(row, 'brgemm_gflops', '8.1f')} "
                      f"{_num(row, 'percent_of_peak', '6.1f')} {_num(row, 'percent_of_roofline', '6.1f')} "
                      f"{_num(row, 'numpy_gflops', '7.1f')} {_num(row, 'ratio_vs_numpy', '7.2f')} "
-                     f"{_num(row, 'torch_gflops', '7.1f')} {_num(row, 'ratio_vs_torch', '7.2f')}"
+                     f"{_num(row, 'torch_gflops', '7.1f')} {_num(row, 'ratio_vs_torch', '7.2f')}{slower(row)}"
                      + (f"  ({'; '.join(extra)})" if extra else ""))
     return "\n".join(lines)
 

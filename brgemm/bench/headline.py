@@ -8,7 +8,7 @@ import numpy as np
 
 from ..peak import peak_of
 from .conv import CONV_LAYERS, _conv_label, forward_case as conv_forward_case
-from .harness import _num, _per_call, _row, compare
+from .harness import _num, _per_call, _row, compare, slower
 from .kernels import PEAK_OP, available_ukernels, gemm_case, ukernel_case
 from .models import model_case
 from .rnn import RNN_STEPS, forward_case as rnn_forward_case
@@ -101,5 +101,5 @@ def format_headline(rows):
     for r in rows:
         lines.append(f"{r['case']:{width}} {r['threads']:>3} {_num(r, 'brgemm_gflops', '8.1f')} "
                      f"{_num(r, 'percent_of_peak', '6.1f')} {_num(r, 'percent_of_roofline', '6.1f')} "
-                     f"{r.get('best_peer', '-'):>22} {_num(r, 'ratio_vs_best_peer', '6.2f')}")
+                     f"{r.get('best_peer', '-'):>22} {_num(r, 'ratio_vs_best_peer', '6.2f')}{slower(r)}")
     return "\n".join(lines)

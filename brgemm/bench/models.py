@@ -10,7 +10,7 @@ import warnings
 
 from ..peak import peak_of
 from .conv import conv_work
-from .harness import _row, compare, installed, ratio_summary
+from .harness import _row, compare, installed, ratio_summary, slower
 
 
 # PyTorch models through brgemm.torch.convert: the same model built twice, once left in plain
@@ -284,7 +284,7 @@ def format_models(rows):
         lines.append(f"{r['case']:{width}} {r['threads']:>3} {1e3 * r['brgemm_seconds']:9.1f} "
                      f"{1e3 * r.get(r.get('torch_best', 'torch') + '_seconds', float('nan')):9.1f} "
                      f"{r.get('ratio_vs_torch', float('nan')):7.2f} {r.get('best_peer', '-'):>20} "
-                     f"{r.get('ratio_vs_best_peer', float('nan')):6.2f} {r['brgemm_gflops']:8.1f} "
+                     f"{r.get('ratio_vs_best_peer', float('nan')):6.2f}{slower(r)}{r['brgemm_gflops']:8.1f} "
                      f"{r['percent_of_peak'] or float('nan'):6.1f}")
     return "\n".join(lines)
 

@@ -26,7 +26,7 @@ import copy
 import gc
 
 from ..peak import peak_of
-from .harness import WARM_AFTER_PAUSE, _num, _row, compare, ratio_summary
+from .harness import WARM_AFTER_PAUSE, _num, _row, compare, ratio_summary, slower
 from .models import _compiled, onnx_peers
 
 #: The networks of brgemm.bench.vision (its VISION_MODELS), and the ones run without --full.
@@ -260,7 +260,7 @@ def format_networks(rows):
                      f"{r['dtype']:8} {r['threads']:>3} {r['brgemm_via']:8} {1e3 * r['brgemm_seconds']:8.1f} "
                      f"{_num(r, 'brgemm_gflops', '8.1f')} {_num(r, 'percent_of_peak', '6.1f')} "
                      f"{r.get('best_peer', '-'):>20} {_num({'v': peer_ms}, 'v', '8.1f')} "
-                     f"{_num(r, 'ratio_vs_best_peer', '6.2f')}" + (f"  {each}" if each else ""))
+                     f"{_num(r, 'ratio_vs_best_peer', '6.2f')}{slower(r)}" + (f" {each}" if each else ""))
     return "\n".join(lines)
 
 
