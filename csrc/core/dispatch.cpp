@@ -230,6 +230,16 @@ epilogue_tile tile_view(const kernel& kr, const epilogue_args& ep, epilogue_args
   return t;
 }
 
+// Prefetches `rows` rows of `bytes` each, `ld` bytes apart (for writing when `write`).
+inline void fetch_rows(const void* p, int64_t rows, int64_t bytes, int64_t ld, int write) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < bytes; b += 64) {
+      const char* at = (const char*)p + r * ld + b;
+      if (write) __builtin_prefetch(at, 1, 3);
+      else __builtin_prefetch(at, 0, 3);
+    }
+}
+
 // Sets p's tile (m, n, a_off, b_off) for every tile of C in turn and calls body(m0, n0). N
 // outside, M inside: one NR-wide panel of every B_i is reused by all row tiles. The rows are
 // shared out evenly, ceil(M / MR) tiles of near-equal height: a short tile has too few
@@ -271,8 +281,13 @@ void execute(const kernel& kr, const batch_ref& batch, void* c, const epilogue_a
     p.beta = 0.0f;
     p.ed = &d.ep;
     p.et = &t;
+    const int64_t ob = out_type_bytes(d.type, d.ep.out);
     for_each_tile(kr, p, [&](int64_t m0, int64_t n0) {
       t = tile_view(kr, ep ? *ep : none, shifted, m0, n0, c, d.ldc);
+      // The epilogue writes C's rows of the tile and reads the residual's only after the sums:
+      // ask for their lines now, so that they arrive from L3 or memory while the k-loop runs.
+      fetch_rows(t.out, p.m, p.n * ob, d.ldc * ob, 1);
+      if (d.ep.add) fetch_rows(shifted.add, p.m, p.n * ob, shifted.ld_add * ob, 0);
       uk.fn(p);
     });
     return;
