@@ -363,6 +363,30 @@ def test_to_blocked_reads_channels_last_memory(c, dtype):
     assert torch.equal(ops.to_blocked(xh), ops.to_blocked(xh.contiguous()))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_to_blocked_converts_to_bfloat16_in_the_same_pass(channels_last):
+    """to_blocked(x, torch.bfloat16) of a float32 x: the values of blocking x.to(bfloat16) (round to
+    nearest even, infinities kept, a NaN stays a NaN), without a converted copy of x; its gradient comes back
+    in float32; a dtype it cannot write is a ValueError naming dtype."""
+    x = torch.randn(2, 5, 4, 6) * 1e3
+    x[0, 1, 2, 3], x[1, 4, 0, 0], x[1, 0, 3, 5] = float("nan"), float("inf"), 1.0 + 2.0 ** -8  # a tie: to even
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    b = ops.to_blocked(x, torch.bfloat16)
+    want = ops.to_blocked(x.to(torch.bfloat16))
+    assert b.dtype == torch.bfloat16   # the same values bit for bit, a NaN as some NaN
+    torch.testing.assert_close(b.float(), want.float(), rtol=0, atol=0, equal_nan=True)
+    assert _copies(lambda: ops.to_blocked(x, torch.bfloat16)) == []
+    xg = x.clone().requires_grad_()
+    out = ops.to_blocked(xg, torch.bfloat16)
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert xg.grad.dtype == torch.float32 and torch.equal(xg.grad, ops.from_blocked(g, 5).float())
+    torch.testing.assert_close(ops.to_blocked(x, torch.float32), ops.to_blocked(x), rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="dtype"):
+        ops.to_blocked(x, torch.float16)
+
+
 def test_errors():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         bt.optimize(lambda x: x)

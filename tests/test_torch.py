@@ -76,7 +76,8 @@ OPCHECK = {
                (_r(2, 1, 6, 6, 16), _r(20, 16, 3, 3), _r(20), [1, 1], [1, 1], [1, 1], 1, "relu", True,
                 _r(2, 1, 6, 6, 32)),  # + residual
                (_r(1, 1, 5, 4, 4), _r(7, 3, 1, 1), None, [1, 1], [0, 0], [1, 1], 1, "none", True, _r(1, 1, 5, 4, 8))],
-    "to_blocked": [(_r(2, 3, 5, 4),), (_r(1, 40, 3, 3),), (_r(2, 20, 2, 3, dtype=torch.bfloat16),)],
+    "to_blocked": [(_r(2, 3, 5, 4),), (_r(1, 40, 3, 3),), (_r(2, 20, 2, 3, dtype=torch.bfloat16),),
+                   (_r(2, 20, 2, 3), torch.bfloat16)],   # converted in the same pass
     "from_blocked": [(_r(2, 1, 5, 4, 4), 3), (_r(1, 3, 2, 2, 16), 40)],
     "lstm": [(_r(4, 3, 5), _r(3, 7), _r(3, 7), *_lstm_params(5, 7)),
              (_r(3, 2, 6), None, None, *_lstm_params(6, 20, bias=False), None, True, "ktanh"),

@@ -13,22 +13,31 @@ def _blocked_shape(n, c, h, w):
     return (n, -(-c // bc), h, w, bc)
 
 
-@_op("to_blocked", "(Tensor input) -> Tensor")
-def _to_blocked(input):
+def _blocked_dtype(dtype, x):
+    if dtype is None:
+        return x.dtype
+    if dtype not in _FLOATS:
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or None (the input's), got {dtype}")
+    return dtype
+
+
+@_op("to_blocked", "(Tensor input, ScalarType? dtype=None) -> Tensor")
+def _to_blocked(input, dtype=None):
     """(N, C, H, W) float32 or bfloat16 (any memory format; channels_last read as it is, without
-    an NCHW copy) → blocked, padded channels zero."""
+    an NCHW copy) → blocked, padded channels zero; in ``dtype`` (float32 or bfloat16, rounded to
+    nearest even in the same pass; default the input's)."""
     x = _tensor(input, "input", _FLOATS, ndim=4, channels_last=True)
     n, c, h, w = x.shape
-    out = torch.empty(_blocked_shape(n, c, h, w), dtype=x.dtype)
+    out = torch.empty(_blocked_shape(n, c, h, w), dtype=_blocked_dtype(dtype, x))
     if out.numel():
         _core.conv_to_blocked(_np(x), _np(out))
     return out
 
 
 @_to_blocked.register_fake
-def _(input):
+def _(input, dtype=None):
     n, c, h, w = input.shape
-    return input.new_empty(_blocked_shape(n, c, h, w))
+    return input.new_empty(_blocked_shape(n, c, h, w), dtype=_blocked_dtype(dtype, input))
 
 
 @_op("from_blocked", "(Tensor input, int channels) -> Tensor")
@@ -51,11 +60,11 @@ def _(input, channels):
 
 
 def _to_blocked_grad(ctx, grad):
-    return _from_blocked(grad, ctx.channels)
+    return _from_blocked(grad, ctx.channels).to(ctx.dtype), None
 
 
 def _to_blocked_setup(ctx, inputs, output):
-    ctx.channels = inputs[0].shape[1]
+    ctx.channels, ctx.dtype = inputs[0].shape[1], inputs[0].dtype
 
 
 def _from_blocked_grad(ctx, grad):

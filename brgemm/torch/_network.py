@@ -113,7 +113,11 @@ def _compute_dtype(dtype):
 def enter_blocked(x, dtype):
     """x (N, C, H, W) in the blocked layout of the products' dtype."""
     dt = _compute_dtype(dtype)
-    return torch.ops.brgemm.to_blocked(x if dt is None or x.dtype == dt else x.to(dt))
+    if dt is None or x.dtype == dt:
+        return torch.ops.brgemm.to_blocked(x)
+    if x.dtype in (torch.float32, torch.bfloat16):   # converted in the blocking pass itself
+        return torch.ops.brgemm.to_blocked(x, dt)
+    return torch.ops.brgemm.to_blocked(x.to(dt))
 
 
 def leave_blocked(x, channels, dtype):
