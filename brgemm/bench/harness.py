@@ -186,7 +186,7 @@ class Log:
 
 
 def slower(row, key="ratio_vs_best_peer"):
-    """"*" after a ratio below 1.0 (a peer was faster on this row), so that it stands out."""
+    """The mark after a ratio: "*" below 1.0 (a peer was faster on this row), so that it stands out."""
     v = row.get(key)
     return "*" if v is not None and v == v and v < 1.0 else " "
 

@@ -199,3 +199,28 @@ static inline void by_order(int order, F&& f) {
 }
 
 }  // namespace brgemm_softmax
+
+// The four entry points of ukernels.h for one ISA file (ISA: its suffix), from the kernels that
+// file defines in its unnamed namespace (forward<N>, backward_exact, backward_taylor<N>): the
+// order dispatch is written once, each file compiles it with its own flags.
+#define BRGEMM_SOFTMAX_ENTRY_POINTS(ISA)                                                                          \
+  void softmax_f32__##ISA(int order, const float* x, float* y, int64_t n) {                                      \
+    brgemm_softmax::by_order(order, [&](auto o) { forward<o.value>(x, y, y, n); });                            \
+  }                                                                                                               \
+  void softmax_bf16__##ISA(int order, const uint16_t* x, uint16_t* y, int64_t n, float* work) {                  \
+    brgemm_softmax::by_order(order, [&](auto o) { forward<o.value>(x, y, work, n); });                         \
+  }                                                                                                               \
+  void softmax_backward_f32__##ISA(int order, const float* x, const float* y, const float* g, float* gx,        \
+                                   int64_t n) {                                                                  \
+    if (order == 0) return backward_exact(y, g, gx, n);                                                          \
+    brgemm_softmax::by_order(order, [&](auto o) {                                                               \
+      if constexpr (o.value > 0) backward_taylor<o.value>(x, g, gx, n);                                         \
+    });                                                                                                           \
+  }                                                                                                               \
+  void softmax_backward_bf16__##ISA(int order, const uint16_t* x, const uint16_t* y, const uint16_t* g,         \
+                                    uint16_t* gx, int64_t n) {                                                   \
+    if (order == 0) return backward_exact(y, g, gx, n);                                                          \
+    brgemm_softmax::by_order(order, [&](auto o) {                                                               \
+      if constexpr (o.value > 0) backward_taylor<o.value>(x, g, gx, n);                                         \
+    });                                                                                                           \
+  }

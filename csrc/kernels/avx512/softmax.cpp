@@ -247,31 +247,8 @@ void backward_taylor(const T* x, const T* g, T* gx, int64_t n) {
   if (j < n) st(gx + j, tail_mask(n - j), out(j, tail_mask(n - j)));
 }
 
-template <class T>
-void backward(int order, const T* x, const T* y, const T* g, T* gx, int64_t n) {
-  if (order == 0) return backward_exact(y, g, gx, n);
-  sm::by_order(order, [&](auto o) {
-    if constexpr (o.value > 0) backward_taylor<o.value>(x, g, gx, n);
-  });
-}
-
 }  // namespace
 
-void softmax_f32__avx512(int order, const float* x, float* y, int64_t n) {
-  sm::by_order(order, [&](auto o) { forward<o.value>(x, y, y, n); });
-}
-
-void softmax_bf16__avx512(int order, const uint16_t* x, uint16_t* y, int64_t n, float* work) {
-  sm::by_order(order, [&](auto o) { forward<o.value>(x, y, work, n); });
-}
-
-void softmax_backward_f32__avx512(int order, const float* x, const float* y, const float* g, float* gx, int64_t n) {
-  backward(order, x, y, g, gx, n);
-}
-
-void softmax_backward_bf16__avx512(int order, const uint16_t* x, const uint16_t* y, const uint16_t* g, uint16_t* gx,
-                                   int64_t n) {
-  backward(order, x, y, g, gx, n);
-}
+BRGEMM_SOFTMAX_ENTRY_POINTS(avx512)
 
 }  // namespace brgemm::kernels
