@@ -197,21 +197,6 @@ void transpose_parallel(const float* src, int64_t rows, int64_t cols, float* dst
     transpose(src + r0 * cols, std::min(chunk, rows - r0), cols, cols, dst + r0, rows);
 }
 
-// C (+)= A·B in f32 (gemm), C's columns cut into two calls: first the most whole 64-column tiles
-// that the threads can share evenly, then the rest (which gemm splits by rows). gemm shares
-// whole tiles, so at n = I = 650 (11 tiles) one of 2 threads took 6. The backward's dx, dW_ih
-// and dW_hh at H = 650, T = 35, N = 20, 2 threads, per-thread CPU ms (passive waits): 13.8 / 9.8,
-// 14.6 / 10.7, 14.1 / 10.1 in one call each; 11.9 / 11.8, 12.3 / 12.6, 12.1 / 12.0 in two.
-status gemm_even(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                 int64_t ldc, float beta, int threads) {
-  // Not below 64 rows: gemm's few-row path (m < 4·MR) chunks K differently, and the results
-  // would then depend on the thread count.
-  const int64_t step = 64 * threads, n1 = n / step * step;
-  if (threads < 2 || m < 64 || n1 == 0 || n1 == n) return gemm(dtype::f32, m, n, k, a, lda, b, ldb, c, ldc, beta);
-  if (status st = gemm(dtype::f32, m, n1, k, a, lda, b, ldb, c, ldc, beta); st != status::ok) return st;
-  return gemm(dtype::f32, m, n - n1, k, a, lda, b + n1, ldb, c + n1, ldc, beta);
-}
-
 }  // namespace
 
 rnn_layer::rnn_layer(rnn_cell cell, dtype t, int64_t input, int64_t hidden, bool reverse, bool ktanh)
@@ -517,8 +502,8 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
 
   // dx = dGx · W_ih, then the weight gradients dW = dGᵀ · (X or h), one product each.
   if (dx)
-    if (status st = gemm_even(T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_, dx_add ? 1.0f : 0.0f,
-                              threads);
+    if (status st = gemm(dtype::f32, T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_,
+                         dx_add ? 1.0f : 0.0f);
         st != status::ok)
       return st;
   const float* x = (const float*)x_;
@@ -541,7 +526,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   tmp_.resize((size_t)(ghp * std::max(rows_x, rows_h)));
   tmp2_.resize((size_t)(ghp * std::max(in_, hp_)));
   transpose_parallel(dgx_.data(), rows_x, ghp, tmp_.data(), threads);
-  if (status st = gemm_even(ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f, threads);
+  if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
       st != status::ok)
     return st;
   add_gradient(gw_ih, in_, in_);
@@ -557,8 +542,8 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     round_bf16(hr_.data(), rows_h * hp_);
     hs = hr_.data();
   }
-  if (status st = gemm_even(ghp, hp_, rows_h, tmp_.data(), dgh_is_dgx ? rows_x : rows_h, hs, hp_, tmp2_.data(), hp_,
-                            0.0f, threads);
+  if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), dgh_is_dgx ? rows_x : rows_h, hs, hp_, tmp2_.data(),
+                       hp_, 0.0f);
       st != status::ok)
     return st;
   add_gradient(gw_hh, h_, hp_);

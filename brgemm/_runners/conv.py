@@ -119,18 +119,12 @@ class ConvRunner:
         self.weights = PackedWeights(self.cv.refresh, core=True)
         self.scratch = Scratch(scratch)
         self.lock = threading.Lock()
-        self._packed_key = None
 
-    def refresh(self, weight, bias, key=None):
+    def refresh(self, weight, bias, version=None):
         """Packs weight (K, C/groups, R, S) and bias (K,) (float32; bias may be None) if they changed.
-        ``key``: what tells the caller's weights apart (brgemm.torch: the tensors' identities and
-        version counters); the same key as the last pack's skips the byte comparison."""
-        if key is not None and key == self._packed_key:
-            return False
-        self._packed_key = None
-        packed = self.weights.refresh(weight, bias)
-        self._packed_key = key
-        return packed
+        ``version``: what tells the caller's weights apart (weights.PackedWeights); the same
+        version as the last pack's skips the byte comparison."""
+        return self.weights.refresh(weight, bias, version=version)
 
     def blocked(self, name, x, block, dtype, key=None, reuse=False):
         """A contiguous x (N, C, H, W) as blocked ``dtype`` in the scratch array ``name`` (key and
@@ -142,12 +136,12 @@ class ConvRunner:
         self.scratch.fill(name, xb, lambda b: _core.conv_to_blocked(x, b), key, reuse)
         return xb
 
-    def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, weight_key=None):
+    def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, version=None):
         """y ← the convolution of x by weight and bias (packed again if they changed). x:
         contiguous plain (N, C, H, W) float32 or bfloat16, or blocked of the runner's dtype; y:
         the plain or blocked output array of the runner's dtype. ``keep_z``: keep the
         pre-activation when backward needs it (training). ``add``: a blocked residual (y's
-        shape and dtype; y must be blocked) added before the activation. ``weight_key``: see
+        shape and dtype; y must be blocked) added before the activation. ``version``: see
         refresh. Returns the blocked (x, y, z) a backward takes (z None when not kept)."""
         n, h, w = x.shape[0], x.shape[2], x.shape[3]
         oh, ow = y.shape[2:4]
@@ -159,17 +153,17 @@ class ConvRunner:
             xshape = blocked_shape(n, self.geometry.in_channels, self.bc, h, w)
             xb = self.scratch.get("x", xshape, self.act_dtype)
             self.scratch.holds["x"] = None
-            if weight_key is not None and weight_key == self._packed_key:
+            if self.weights.current(version):
                 self.cv.forward_plain(x, xb, yb, y, zb, None, None)
-            else:
-                self._packed_key = None
+            else:   # the C++ call compares and packs: as refresh with the core's pack
+                self.weights.forget()
                 self.cv.forward_plain(x, xb, yb, y, zb, weight, bias)
-                self._packed_key = weight_key
+                self.weights.mark(version)
             self.scratch.holds["x"] = x_key
             return xb, yb, zb
         if add is not None and y.ndim != 5:
             raise ValueError("a residual (add) needs the blocked output layout")
-        self.refresh(weight, bias, weight_key)
+        self.refresh(weight, bias, version)
         xb = self.blocked("x", x, self.bc, self.act_dtype, x_key)
         self.cv.forward(n, h, w, xb, yb, zb, add)
         if y.ndim == 4:

@@ -29,9 +29,10 @@ class LinearRunner:
         self.scratch = Scratch(scratch)
         self.lock = threading.Lock()
 
-    def refresh(self, weight, bias):
-        """Packs weight (out, in) and bias (out,) (float32; bias may be None) if they changed."""
-        return self.weights.refresh(weight, bias)
+    def refresh(self, weight, bias, version=None):
+        """Packs weight (out, in) and bias (out,) (float32; bias may be None) if they changed
+        (``version``: weights.PackedWeights)."""
+        return self.weights.refresh(weight, bias, version=version)
 
     def _blocked(self, name, rows, bn, block, dtype, key=None, reuse=False):
         n, features = rows.shape
@@ -39,18 +40,24 @@ class LinearRunner:
         self.scratch.fill(name, b, lambda a: _core.fc_to_blocked(rows, a, bn, block), key, reuse)
         return b
 
-    def forward(self, x, y, weight, bias, x_key=None, buffers=None):
+    def forward(self, x, y, weight, bias, x_key=None, buffers=None, version=None):
         """y (N, out) ← the layer on x (N, in) by weight and bias (packed again if they changed),
         both plain and of the runner's dtype (x may be either float dtype), in one call into C++.
         ``buffers``: (xb, yb, zb) blocked arrays to fill instead of the scratch ones (an MLP's
         chain keeps them for backward; zb, None or the pre-activation's, only in training).
         Returns whether the scratch's blocked x and y now hold x and y: without ``buffers``, a
         float32 layer whose activation the epilogue applies goes from rows to rows in one gemm
-        (fc.has_rows_forward) and blocks nothing; backward then blocks x itself."""
+        (fc.has_rows_forward) and blocks nothing; backward then blocks x itself. ``version``: as
+        refresh's."""
+        if self.weights.current(version):
+            weight = bias = None   # the C++ call then skips its comparison
+        else:
+            self.weights.forget()
         if buffers is None and self.fc.has_rows_forward and x.dtype == F32 and y.dtype == F32:
             self.scratch.holds["x"] = None
             self.scratch.holds.pop("y", None)
             self.fc.forward_rows(x, y, weight, bias)
+            self.weights.mark(version)
             return False
         n = x.shape[0]
         bn = _core.fc_row_block(n)
@@ -63,6 +70,7 @@ class LinearRunner:
         self.scratch.holds["x"] = None
         self.scratch.holds.pop("y", None)  # overwritten: the caller says whose blocked copy it then holds
         self.fc.forward_plain(x, bn, xb, yb, y, zb, weight, bias)
+        self.weights.mark(version)
         self.scratch.holds["x"] = x_key
         return True
 

@@ -65,11 +65,14 @@ class QuantizedConvRunner:
         self.scratch = Scratch(scratch)
         self.lock = threading.Lock()
 
-    def refresh(self, weight, weight_scale, bias, quantization):
+    def refresh(self, weight, weight_scale, bias, quantization, version=None):
         """Packs the weights and builds the epilogue if anything changed; ``quantization`` as
-        quantization_arg returns it."""
+        quantization_arg returns it (``version``: weights.PackedWeights)."""
+        key = tuple(quantization)
+        if self.weights.current(version, key):
+            return False
         weights_arg(weight, weight_scale, bias, self.geometry.weight_shape())
-        return self.weights.refresh(weight, weight_scale, bias, key=tuple(quantization))
+        return self.weights.refresh(weight, weight_scale, bias, key=key, version=version)
 
     def forward(self, x, y, input_scale, input_zero_point):
         """y ← the layer on x: contiguous uint8 or float32 (quantized with input_scale and
@@ -107,7 +110,7 @@ class QuantizedLinearRunner:
         self.packed = pack_b(np.ascontiguousarray(w.T), "u8s8", layout="panels")
 
     def _build_epilogue(self, ws, b, xs, xz, ys, yz, activation, out_dtype):
-        scale, bias = np.float32(xs) * ws, b
+        scale, bias = np.float32(xs) * ws, None if b is None else b.copy()   # the epilogue keeps its own
         fold = out_dtype == "uint8" and activation in (None, "relu")
         if fold:
             scale = scale / np.float32(ys)
@@ -118,12 +121,16 @@ class QuantizedLinearRunner:
                                  out_scale=(1.0 if fold else ys) if requant else None,
                                  out_zero_point=yz if requant else None)
 
-    def refresh(self, weight, weight_scale, bias, quantization, activation, out_dtype):
+    def refresh(self, weight, weight_scale, bias, quantization, activation, out_dtype, version=None):
         """Packs the weights and builds the epilogue for ``activation`` (None or a name) and
-        ``out_dtype`` ("float32" or "uint8") if anything changed."""
+        ``out_dtype`` ("float32" or "uint8") if anything changed (``version``:
+        weights.PackedWeights)."""
+        key = (*quantization, activation, out_dtype)
+        if self.weights.current(version) and self.scales.current(version, key):
+            return
         weights_arg(weight, weight_scale, bias, (self.out_features, self.in_features))
-        self.weights.refresh(weight)
-        self.scales.refresh(weight_scale, bias, key=(*quantization, activation, out_dtype))
+        self.weights.refresh(weight, version=version)
+        self.scales.refresh(weight_scale, bias, key=key, version=version)
 
     def forward(self, x, y, quantization, epilogue=None):
         """y ← the layer on x (N, in): uint8, or float32 quantized first with the input scale and

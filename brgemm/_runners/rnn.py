@@ -17,6 +17,7 @@ class RNNRunner:
         self.weights = PackedWeights(self.rnn.refresh, core=True)
         self.lock = threading.Lock()
 
-    def refresh(self, weight_ih, weight_hh, bias_ih, bias_hh):
-        """Packs the four float32 parameters (biases both None or both given) if they changed."""
-        return self.weights.refresh(weight_ih, weight_hh, bias_ih, bias_hh)
+    def refresh(self, weight_ih, weight_hh, bias_ih, bias_hh, version=None):
+        """Packs the four float32 parameters (biases both None or both given) if they changed
+        (``version``: weights.PackedWeights)."""
+        return self.weights.refresh(weight_ih, weight_hh, bias_ih, bias_hh, version=version)

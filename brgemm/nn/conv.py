@@ -145,7 +145,8 @@ class Conv2d(_Convolution, Parameters):
         x, blocked = self._checked(x, "x", self.in_channels, self.bc, self._act_dtype, (_F32, _BF16))
         n, _, h, w = x.shape[:4]
         y = self._output(x, blocked, out, self.out_channels, self.bk, *self.output_size(h, w), self._act_dtype)
-        xb, yb, zb = self._runner.forward(x, y, self._weight, self._bias, keep_z=self.training)
+        token = self._owned.token()   # before the arrays are referenced below
+        xb, yb, zb = self._runner.forward(x, y, self._weight, self._bias, keep_z=self.training, version=token)
         self._saved = (xb, yb, zb, n, h, w) if self.training else None
         return y
 
@@ -225,12 +226,13 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
                 groups=conv.groups)
         q.weight, q.weight_scale = quantize_per_channel(conv.weight)
         if conv.bias is not None:
-            q.bias = conv.bias.copy()
+            q.bias = conv.bias
         q._refresh()
         return q
 
     def _refresh(self):
-        self._runner.refresh(self.weight, self.weight_scale, self.bias, self._quantization())
+        w, ws, b, token = self._arrays()
+        self._runner.refresh(w, ws, b, self._quantization(), token)
 
     def forward(self, x, out=None):
         """y for x: uint8 or float32 (N, C, H, W), or blocked uint8 (N, C/bc, H, W, bc). y is
@@ -246,6 +248,6 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
     __call__ = forward
 
     def __repr__(self):
-        return (f"QuantizedConv2d({self._geometry_repr()}, bias={self.bias is not None}, "
+        return (f"QuantizedConv2d({self._geometry_repr()}, bias={self._owned.own('bias') is not None}, "
                 f"activation={self.activation!r}, out_dtype={self.out_dtype!r})")
 

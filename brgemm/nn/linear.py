@@ -3,7 +3,9 @@
 Parameters follow PyTorch's conventions (``weight`` shaped (out, in), ``bias`` (out,)) and are
 plain float32 numpy arrays that the layer owns: write them in place (``layer.weight[...] = w``)
 or assign new ones, and the next forward packs them again (an exact comparison with what was
-packed last finds the change). Gradients accumulate into ``weight_grad`` and ``bias_grad``, as
+packed last finds the change; a forward that follows no read of the attributes and while no
+reference to the arrays is kept elsewhere knows they are unchanged without comparing:
+_parameters.OwnedArrays). Gradients accumulate into ``weight_grad`` and ``bias_grad``, as
 in PyTorch, until :meth:`zero_grad`.
 
 Between the layers of an MLP the activations stay blocked, ``[N/bn][C/bc][bn][bc]``; plain
@@ -67,13 +69,15 @@ class _Chain:
     def forward(self, layers, x, out, training):
         if len(layers) == 1:  # one call into C++ (Linear): block, compute, unblock
             layer = layers[0]
-            layer._runner.forward(x, out, layer.weight, layer.bias,
+            token = layer._owned.token()   # before the arrays are referenced below
+            layer._runner.forward(x, out, layer._weight, layer._bias, version=token,
                                   buffers=(self.acts[0], self.acts[1], self.zs[0] if training else None))
             self.ready = training
             return out
         _core.fc_to_blocked(x, self.acts[0], self.bn, self.blocks[0])
         for i, layer in enumerate(layers):
-            layer._runner.refresh(layer.weight, layer.bias)
+            token = layer._owned.token()
+            layer._runner.refresh(layer._weight, layer._bias, token)
             layer._runner.fc.forward(self.n, self.bn, self.acts[i], self.acts[i + 1], self.zs[i] if training else None)
         _core.fc_from_blocked(self.acts[-1], self.bn, self.blocks[-1], out)
         self.ready = training
@@ -155,7 +159,8 @@ class _Trainable:
             raise ValueError("stochastic_rounding applies to bfloat16 layers; this one is float32")
         for layer in self._layers:
             layer._steps += 1
-            layer._runner.fc.sgd(layer.weight, layer.bias, layer.weight_grad, layer.bias_grad, lr,
+            # in place, and the packed copy with them: the arrays stay as packed
+            layer._runner.fc.sgd(layer._weight, layer._bias, layer.weight_grad, layer.bias_grad, lr,
                                  bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
 
 
@@ -257,7 +262,7 @@ class QuantizedLinear(QuantizedIO):
                                                                threshold=outlier_threshold)
             q.outliers = tuple(sparse)
         if linear.bias is not None:
-            q.bias = linear.bias.copy()
+            q.bias = linear.bias
         return q
 
     def forward(self, x, out=None):
@@ -267,7 +272,8 @@ class QuantizedLinear(QuantizedIO):
             raise ValueError(f"x must be a (N, {self.in_features}) numpy array, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         quantization = self._quantization()
-        self._runner.refresh(self.weight, self.weight_scale, self.bias, quantization, self.activation, self.out_dtype)
+        w, ws, b, token = self._arrays()
+        self._runner.refresh(w, ws, b, quantization, self.activation, self.out_dtype, token)
         if x.dtype not in (np.float32, np.uint8):
             raise TypeError(f"x must have dtype uint8 or float32, got {x.dtype}")
         shape = (x.shape[0], self.out_features)
@@ -280,7 +286,7 @@ class QuantizedLinear(QuantizedIO):
         # int8 product dequantized (+ bias), the float32 outliers' share, then the rest.
         x = np.ascontiguousarray(x) if x.dtype == np.uint8 else quantize(x, QParams(quantization[0], quantization[1]))
         z = self._runner.forward(x, np.empty(shape, np.float32), quantization, epilogue=Epilogue(
-            scale=(np.float32(self.input_scale) * self.weight_scale).astype(np.float32), bias=self.bias,
+            scale=(np.float32(self.input_scale) * ws).astype(np.float32), bias=b,
             a_zero_point=int(self.input_zero_point), out_dtype="float32"))
         rows, cols, values = self.outliers
         xf = (x.astype(np.float32) - np.float32(self.input_zero_point)) * np.float32(self.input_scale)
@@ -296,5 +302,5 @@ class QuantizedLinear(QuantizedIO):
     __call__ = forward
 
     def __repr__(self):
-        return (f"QuantizedLinear({self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+        return (f"QuantizedLinear({self.in_features}, {self.out_features}, bias={self._owned.own('bias') is not None}, "
                 f"activation={self.activation!r}, out_dtype={self.out_dtype!r})")

@@ -21,6 +21,7 @@ import numpy as np
 
 from .._args import dtype_arg, positive_int
 from .._runners.rnn import RNNRunner
+from ._parameters import OwnedArrays
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
@@ -60,7 +61,11 @@ class _RNN:
                     params[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
                 self._names.append(names)
                 self._drivers.append(RNNRunner(self._cell, self.dtype, layer_in, h, d, activation == "ktanh"))
-        object.__setattr__(self, "_params", params)
+        owned = OwnedArrays()
+        for name, v in params.items():
+            owned.set(name, v)
+        object.__setattr__(self, "_owned", owned)
+        object.__setattr__(self, "_names_all", list(params))
         object.__setattr__(self, "_grads", {n: np.zeros_like(v) for n, v in params.items()})
         self._grad_zero = False
         self._saved = None
@@ -68,10 +73,10 @@ class _RNN:
     # --- parameters as attributes -------------------------------------------------------
 
     def __getattr__(self, name):
-        params = self.__dict__.get("_params", {})
-        if name in params:
-            return params[name]
-        if name.endswith("_grad") and name[:-5] in params:
+        names = self.__dict__.get("_names_all", ())
+        if name in names:
+            return self._owned.get(name)
+        if name.endswith("_grad") and name[:-5] in names:
             if self._grad_zero:
                 for v in self._grads.values():
                     v.fill(0)
@@ -80,20 +85,19 @@ class _RNN:
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __setattr__(self, name, value):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            value = np.asarray(value)
-            if value.shape != params[name].shape:
-                raise ValueError(f"{name} must have shape {params[name].shape}, got {value.shape}")
+        if name in self.__dict__.get("_names_all", ()):
+            value, shape = np.asarray(value), self._owned.own(name).shape
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
             if not np.issubdtype(value.dtype, np.floating) and value.dtype != _BF16:
                 raise TypeError(f"{name} must be a floating-point array, got {value.dtype}")
-            params[name] = np.array(value, dtype=np.float32, order="C")
+            self._owned.set(name, np.array(value, dtype=np.float32, order="C"))
             return
         object.__setattr__(self, name, value)
 
     def parameters(self):
         """{name: array} in PyTorch's order (a state_dict of numpy arrays)."""
-        return dict(self._params)
+        return {name: self._owned.get(name) for name in self._names_all}
 
     def zero_grad(self):
         """Sets the gradients to zero (lazily: the next backward writes instead of adding)."""
@@ -106,8 +110,10 @@ class _RNN:
             raise ValueError(f"lr must be finite, got {lr}")
         if self._grad_zero:
             return
-        for name, p in self._params.items():
+        for name in self._names_all:
+            p = self._owned.own(name)
             p -= np.float32(lr) * self._grads[name]
+            self._owned.set(name, p)
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -173,6 +179,7 @@ class _RNN:
         act = _BF16 if self.dtype == "bfloat16" else _F32
         lstm = self._cell == "lstm"
         hT = np.empty((self.num_layers * self._dirs, n, self.hidden_size), np.float32)
+        own, token = self._owned.own, self._owned.token()
         cT = np.empty_like(hT) if lstm else None
         inputs, inp = [], np.ascontiguousarray(x, dtype=act)
         for k in range(self.num_layers):
@@ -180,8 +187,8 @@ class _RNN:
             for d in range(self._dirs):
                 idx = k * self._dirs + d
                 drv, names = self._drivers[idx], self._names[idx]
-                drv.refresh(*(self._params[nm] for nm in names[:2]),
-                            *((self._params[nm] for nm in names[2:]) if self.bias else (None, None)))
+                drv.refresh(*(own(nm) for nm in names[:2]), *((own(nm) for nm in names[2:]) if self.bias else (None, None)),
+                            version=token)
                 drv.rnn.forward(t, n, inp, ln, None if h0 is None else h0[idx], None if c0 is None else c0[idx],
                                 y, d * self.hidden_size, hT[idx], cT[idx] if lstm else None, self.training)
             inputs.append(inp)

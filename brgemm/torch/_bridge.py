@@ -12,6 +12,8 @@ import weakref
 import ml_dtypes
 import torch
 
+from .._runners.weights import WeightsKey
+
 _F32, _BF16 = torch.float32, torch.bfloat16
 _FLOATS = (_F32, _BF16)
 _FUSED = ("none", "relu", "relu6")   # activations an operator's epilogue applies (backward from the output)
@@ -87,6 +89,17 @@ def mark_persistent(t):
 def _versioned(t):
     """Whether t's version counter sees every change of its contents."""
     return isinstance(t, torch.nn.Parameter) or _persistent.get(id(t)) is t
+
+
+def _weights_key(*tensors):
+    """What tells a layer's weights apart between calls, so unchanged weights skip the comparison
+    with what was packed (the runners' ``version``): the caller's tensor objects (kept as weak
+    references: a tensor that died may have a successor at its address) and their version
+    counters, when these see every write (Parameters, folded weights); None (compare) for other
+    tensors."""
+    if all(t is None or _versioned(t) for t in tensors):
+        return WeightsKey(*tensors)
+    return None
 
 
 _built, _built_lock = collections.OrderedDict(), threading.Lock()

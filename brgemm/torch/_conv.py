@@ -4,8 +4,7 @@ import torch
 
 from .. import _core
 from .._runners.conv import F32, ConvGeometry, ConvRunner, blocked_shape, out_size
-from .._runners.weights import WeightsKey
-from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor, _versioned
+from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor, _weights_key
 from ._products import _product_grads_fake, _setup_product
 
 
@@ -61,16 +60,6 @@ _CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=
                 "Tensor? residual=None) -> Tensor")
 
 
-def _weights_key(weight, bias):
-    """What tells the weights apart between calls, so unchanged weights skip the comparison with
-    what was packed: the caller's tensor objects (kept as weak references: a tensor that died
-    may have a successor at its address) and their version counters, when these see every write
-    (Parameters, folded weights); None (compare) for other tensors."""
-    if all(t is None or _versioned(t) for t in (weight, bias)):
-        return WeightsKey(weight, bias)
-    return None
-
-
 def _residual_arg(residual, out):
     if residual is None:
         return None
@@ -99,7 +88,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     e = _conv_layer(_dtype_name(x), weight, geo, act)
     with e.lock:
         e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
-                  add=None if r is None else _np(r), weight_key=_weights_key(weight, bias))
+                  add=None if r is None else _np(r), version=_weights_key(weight, bias))
         if not blocked_output:
             e.scratch.holds["y"] = _identity(out)
     return out
@@ -126,7 +115,7 @@ def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None
     e = _conv_layer(_dtype_name(x), weight, geo, activation)
     with e.lock:
         e.forward(_np(x), _np(out), _np(weight), None if bias is None else _np(bias), add=None if r is None else _np(r),
-                  weight_key=_weights_key(weight, bias))
+                  version=_weights_key(weight, bias))
     return out
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from .._runners.quantized import QuantizedConvRunner, QuantizedLinearRunner, quantization_arg
-from ._bridge import _F32, _activation, _layer, _master, _np, _op, _tensor
+from ._bridge import _F32, _activation, _layer, _master, _np, _op, _tensor, _weights_key
 from ._conv import _fake_out_size, _geometry
 
 
@@ -49,7 +49,8 @@ def _quantized_linear(input, weight, weight_scale, bias, input_scale, input_zero
         e = _layer(("qlinear", w.shape[1], w.shape[0], w.data_ptr()),
                    lambda: QuantizedLinearRunner(w.shape[1], w.shape[0]))
         with e.lock:
-            e.refresh(_np(w), _np(ws), None if b is None else _np(b), q, None if act == "none" else act, out_dtype)
+            e.refresh(_np(w), _np(ws), None if b is None else _np(b), q, None if act == "none" else act, out_dtype,
+                      _weights_key(weight, weight_scale, bias))
             e.forward(_np(x2), _np(out), q)
     return out.reshape(*x.shape[:-1], w.shape[0])
 
@@ -80,7 +81,7 @@ def _quantized_conv2d(input, weight, weight_scale, bias, stride, padding, dilati
         e = _layer(("qconv", geo, act, out_dtype, w.data_ptr()),
                    lambda: QuantizedConvRunner(geo, act, out_dtype, scratch=8))
         with e.lock:
-            e.refresh(_np(w), _np(ws), None if b is None else _np(b), q)
+            e.refresh(_np(w), _np(ws), None if b is None else _np(b), q, _weights_key(weight, weight_scale, bias))
             e.forward(_np(x), _np(out), q[0], q[1])
     return out
 

@@ -4,7 +4,7 @@ import torch
 
 from .. import _api
 from .._runners.linear import LinearRunner
-from ._bridge import _F32, _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor
+from ._bridge import _F32, _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor, _weights_key
 
 
 def _matmul_dtype(a, b, an, bn):
@@ -123,7 +123,8 @@ def _linear(input, weight, bias=None, activation="none"):
     if n:
         e = _linear_layer(_dtype_name(x), weight, act)
         with e.lock:
-            blocked = e.forward(_np(x2), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x))
+            blocked = e.forward(_np(x2), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
+                                version=_weights_key(weight, bias))
             out = out.reshape(*x.shape[:-1], out_f)
             if blocked:
                 e.scratch.holds["y"] = _identity(out)  # as the backward will see it
@@ -155,7 +156,8 @@ def _linear_backward(grad_output, input, weight, bias, output, activation, input
     if n:
         e = _linear_layer(_dtype_name(x), weight, act)
         with e.lock:
-            e.refresh(_np(w), None if b is None else _np(b))  # as the forward packed them: no repacking
+            # as the forward packed them: no repacking
+            e.refresh(_np(w), None if b is None else _np(b), _weights_key(weight, bias))
             e.backward(_np(x2), _np(y) if act != "none" else None, _np(g),
                        _np(gx).reshape(n, in_f) if input_grad else None, _np(gw), _np(gb) if has_bias else None,
                        x_key=_identity(x), y_key=_identity(output))

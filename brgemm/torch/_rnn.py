@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._runners.rnn import RNNRunner
-from ._bridge import _F32, _FLOATS, _dtype_name, _layer, _master, _np, _op, _tensor
+from ._bridge import _F32, _FLOATS, _dtype_name, _layer, _master, _np, _op, _tensor, _weights_key
 
 
 class _Workspaces:
@@ -102,7 +102,8 @@ def _rnn_forward(cell, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, le
     if t and n:
         e = _rnn_layer(cell, x, weight_ih, reverse, activation)
         with e.lock:
-            e.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
+            e.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))),
+                      version=_weights_key(weight_ih, weight_hh, bias_ih, bias_hh))
             e.rnn.forward(t, n, _np(x), None if ln is None else _np(ln), None if h0 is None else _np(h0),
                           None if c0 is None else _np(c0), _np(y), 0, _np(hT), None if cT is None else _np(cT), train,
                           _np(ws) if train else None)
@@ -131,7 +132,8 @@ def _rnn_backward(cell, grad_output, grad_hn, grad_cn, input, weight_ih, weight_
     grads += [torch.empty(b_ih.shape), torch.empty(b_hh.shape)] if b_ih is not None else [torch.empty(0), torch.empty(0)]
     e = _rnn_layer(cell, x, weight_ih, reverse, activation)
     with e.lock:
-        e.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))))
+        e.refresh(_np(w_ih), _np(w_hh), *((None, None) if b_ih is None else (_np(b_ih), _np(b_hh))),
+                  version=_weights_key(weight_ih, weight_hh, bias_ih, bias_hh))
         e.rnn.backward_from(t, n, _np(x), None if ln is None else _np(ln), _np(ws), None if dy is None else _np(dy),
                             0, None if dhT is None else _np(dhT), None if dcT is None else _np(dcT), _np(dx), False,
                             _np(dh0), _np(dc0) if cell == "lstm" else None, _np(grads[0]), _np(grads[1]),
