@@ -37,9 +37,11 @@ CASES = [
     (192, 130, 5, 5, 3, 1, 1, 1),           # several reduction chunks both ways
     (7, 9, 11, 10, 3, 3, 2, 2),             # C < 16 (Xᵀ·dZ weight gradient) in three stride phases
     (12, 20, 6, 5, 1, 1, 0, 1),             # C < 16, 1 × 1 with rows merged
+    (3, 16, 12, 15, 7, 2, 3, 1),            # the stem: RGB (blocks of 4), 7 × 7 stride 2
+    (4, 8, 5, 3, 5, 2, (1, 2, 2, 3), 1),    # a kernel row wider than the image, padded unevenly
 ]
 IDS = ["c3k5", "stride2", "hw1", "hw1_k3", "dil2", "1x1", "1x1s2", "7x7s2", "rect_asym", "s3d2", "chunks",
-       "narrow_s3d2", "narrow_1x1"]
+       "narrow_s3d2", "narrow_1x1", "stem", "wide_window"]
 
 
 def bf16_round(a):
