@@ -179,7 +179,7 @@ def test_the_headline_prints_its_table_and_writes_the_same_rows_as_json(fake_pea
     assert cases[0].startswith("ukernel_f32_") and cases[1].startswith("ukernel_u8s8_")
     assert cases[2:] == ["gemm f32 32x48x64", "gemm u8s8 32x48x64", "Conv 16->16 8x8 3x3/1 N=1 float32 fwd",
                          "Conv 16->32 8x8 1x1/1 N=1 float32 fwd", "LSTM H=16 N=2 float32 fwd",
-                         "GRU H=16 N=2 float32 fwd", "ResNet-style 6 convs 2x64x6x6 blocked float32 inference"]
+                         "GRU H=16 N=2 float32 fwd", "ResNet-style 6 convs 2x64x6x6 optimized float32 inference"]
     for r in rows:
         assert r["threads"] == 1 and r["group"] == "headline" and r["brgemm_gflops"] > 0
         assert r["percent_of_peak"] == pytest.approx(100 * r["brgemm_gflops"] / r["peak_gflops"])

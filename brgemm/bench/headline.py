@@ -1,7 +1,7 @@
 """The headline of `python -m brgemm bench` (no group option): one row per kind of work, each
 against the fastest peer installed, in about a minute on a small machine. Per dtype the fastest
 microkernel on one BRGEMM call (one thread) and `gemm`; then one 3x3 and one 1x1 convolution,
-one LSTM, one GRU and one small ResNet-style model converted by brgemm.torch.convert. The
+one LSTM, one GRU and one small ResNet-style model through brgemm.torch.optimize. The
 groups (--kernels, --conv, ...) run the full grids these rows are taken from."""
 
 import numpy as np
@@ -17,7 +17,7 @@ HEADLINE_GEMM = (1024, 1024, 1024)                   # (M, K, N), every dtype
 HEADLINE_CONVS = (CONV_LAYERS[0], CONV_LAYERS[1])    # ResNet-50's 3x3 and 1x1 at 56x56
 HEADLINE_CONV_BATCH = 1
 HEADLINE_RNN = (256, 16)                             # (H = I, N), T = RNN_STEPS: a row of --rnn's grid
-HEADLINE_MODEL = "resnet_blocked"                    # convert(blocked=True): its fast path
+HEADLINE_MODEL = "resnet_optimized"                  # optimize: the whole-network path
 # Three rounds: a median still, and with the pauses between libraries (harness.PAUSE) the
 # headline stays near a minute on 2 busy cores (measured with a fresh peak, load ~6: 86 s with
 # five rounds and H = 512 recurrent rows, 70 s with three).

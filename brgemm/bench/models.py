@@ -32,7 +32,10 @@ TORCH_CLASSES = 10
 #: LSTM's layers, before the decoder), active in the training step only. Each step starts from
 #: zero states (the example carries them over, detached: the same work).
 TORCH_LM = (35, 20, 10000, 650, 2, 0.5)
-TORCH_MODELS = ("resnet", "resnet_blocked", "lstm", "lstm_lm")  # resnet_blocked: convert(blocked=True), the same model
+# The same ResNet-style model three ways: convert (layer by layer), convert(blocked=True), and
+# optimize (the whole-network path: fused and blocked from the first convolution to the head).
+TORCH_MODELS = ("resnet", "resnet_blocked", "resnet_optimized", "lstm", "lstm_lm")
+_RESNETS = ("resnet", "resnet_blocked", "resnet_optimized")
 TORCH_PASSES = ("train step", "inference")
 TORCH_LR = 1e-4  # small: the weights change every step (so ours repack) but stay near their start
 
@@ -46,7 +49,7 @@ def torch_model(torch, name, seed=0):
     nn = torch.nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name in ("resnet", "resnet_blocked"):
+        if name in _RESNETS:
             n, c0, hw = TORCH_CONV_INPUT
             layers, flops, acts = [], 0, n * c0 * hw * hw
             for c, k, r in TORCH_CONV_STACK:
@@ -58,7 +61,7 @@ def torch_model(torch, name, seed=0):
             x = torch.randn(n, c0, hw, hw)
             target = torch.randint(0, TORCH_CLASSES, (n,))
             label = f"ResNet-style {len(TORCH_CONV_STACK)} convs {n}x{c0}x{hw}x{hw}" + (
-                " blocked" if name == "resnet_blocked" else "")
+                {"resnet_blocked": " blocked", "resnet_optimized": " optimized"}.get(name, ""))
         elif name == "lstm":
             t, n, i, h = TORCH_LSTM
 
@@ -132,12 +135,15 @@ def torch_model_fns(torch, name, pass_, seed=0):
     from .. import torch as bt  # here, not at the top: import brgemm must not import torch
     model, x, target, flops, nbytes, label = torch_model(torch, name, seed)
     ours = copy.deepcopy(model)
-    bt.convert(ours, blocked=name == "resnet_blocked")
+    if name == "resnet_optimized":
+        ours = bt.optimize(ours)
+    else:
+        bt.convert(ours, blocked=name == "resnet_blocked")
     fns = {"brgemm": _torch_model_call(torch, ours, x, target, pass_),
            "torch": _torch_model_call(torch, model, x, target, pass_)}
     if pass_ == "train step":
         first = 0
-        if name in ("resnet", "resnet_blocked"):
+        if name in _RESNETS:
             n, _, hw = TORCH_CONV_INPUT
             c, k, r = TORCH_CONV_STACK[0]
             first = 2 * n * k * c * r * r * hw * hw
@@ -148,7 +154,7 @@ def torch_model_fns(torch, name, pass_, seed=0):
 def torch_model_work(name, pass_):
     """The FLOPs torch_model_fns counts, but only the convolution taps that read the image (the
     bound for the ceiling; see conv_work). None for the LSTM tagger: its count is exact."""
-    if name not in ("resnet", "resnet_blocked"):
+    if name not in _RESNETS:
         return None
     n, _, hw = TORCH_CONV_INPUT
     works = [conv_work(n, c, k, hw, r, 1, r // 2) for c, k, r in TORCH_CONV_STACK]
