@@ -129,11 +129,33 @@ void batch_norm_statistics(const bn_shape& s, const void* x, bn_statistics how, 
   }
 }
 
+void batch_norm_statistics_of_rows(const bn_shape& s, const double* moments, int64_t rows, double* mean, double* var) {
+  const int64_t bc = s.bc, cb = s.blocks(), cols = s.hw / rows;
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    const int64_t j = ch / bc, l = ch % bc;
+    double count = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t i = 0; i < s.n; ++i)
+      for (int64_t r = 0; r < rows; ++r) {
+        const double* m = moments + ((i * cb + j) * rows + r) * 2 * bc;
+        const double nb = (double)cols, total = count + nb, delta = m[l] - mu;
+        mu += delta * (nb / total);
+        m2 += m[bc + l] + delta * delta * (count * nb / total);
+        count = total;
+      }
+    mean[ch] = mu;
+    var[ch] = std::max(0.0, m2 / count);
+  }
+}
+
 void batch_norm_forward(const bn_shape& s, const void* x, const float* gamma, const float* beta, double eps,
-                        const void* residual, bool relu, void* y, float* mean, float* var, bn_statistics how) {
+                        const void* residual, bool relu, void* y, float* mean, float* var, bn_statistics how,
+                        const double* moments, int64_t rows) {
   const int64_t width = s.blocks() * s.bc;
   std::vector<double> md((size_t)s.c), vd((size_t)s.c);
-  batch_norm_statistics(s, x, how, md.data(), vd.data());
+  if (moments)
+    batch_norm_statistics_of_rows(s, moments, rows, md.data(), vd.data());
+  else
+    batch_norm_statistics(s, x, how, md.data(), vd.data());
   // The coefficients of lane_affine, zero in the padding channels.
   std::vector<float> cm((size_t)width, 0.0f), cs((size_t)width, 0.0f), cb((size_t)width, 0.0f);
   for (int64_t ch = 0; ch < s.c; ++ch) {

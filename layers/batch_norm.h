@@ -30,12 +30,20 @@ enum class bn_statistics : int { shifted = 0, two_pass };
 // Mean and biased variance of each of the c real channels over n·hw values, in double.
 void batch_norm_statistics(const bn_shape& s, const void* x, bn_statistics how, double* mean, double* var);
 
+// The same from per-row statistics a producer gathered while it wrote x (conv_layer::forward's
+// moments): for each image, block and row of `rows` (hw = rows·cols), each lane's mean and
+// Σ (x − mean)² ([n][cb][rows][2][bc] doubles), merged row by row in that order (Chan, Golub and
+// LeVeque's pairwise update), so the result does not depend on how the producer split its work.
+void batch_norm_statistics_of_rows(const bn_shape& s, const double* moments, int64_t rows, double* mean, double* var);
+
 // y = relu?((x − mean)·γ/√(var + eps) + β + residual) with the batch's mean and biased variance,
 // returned in mean and var (c floats each). gamma, beta: c floats, or null for 1 and 0;
-// residual: null or like x; y like x (padding channels 0). Needs n·hw ≥ 1.
+// residual: null or like x; y like x (padding channels 0). Needs n·hw ≥ 1. With moments (and
+// rows, as batch_norm_statistics_of_rows takes them) the statistics come from there, not from x.
 void batch_norm_forward(const bn_shape& s, const void* x, const float* gamma, const float* beta, double eps,
                         const void* residual, bool relu, void* y, float* mean, float* var,
-                        bn_statistics how = bn_statistics::shifted);
+                        bn_statistics how = bn_statistics::shifted, const double* moments = nullptr,
+                        int64_t rows = 0);
 
 // The gradients of batch_norm_forward given grad_y (like x), x, y (read for the ReLU mask when
 // relu), gamma (null: 1), and the mean and var it returned:

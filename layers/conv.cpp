@@ -294,9 +294,20 @@ std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow) {
 
 }  // namespace
 
-status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add) {
+status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add,
+                           double* moments) {
   if (add && zb && t_ == dtype::bf16) return status::bad_epilogue;  // z is f32: the residual would have to be
-  if (dw_) return dw_->forward(n, h, w, xb, yb, zb, add, has_bias_ ? bias_.data() : nullptr);
+  if (dw_) {
+    const status s = dw_->forward(n, h, w, xb, yb, zb, add, has_bias_ ? bias_.data() : nullptr);
+    if (s == status::ok && moments) {  // the stencil gathers none: a pass over its output
+      const int64_t oh = g_.out_h(h), ow = g_.out_w(w), kb = ceil_div(g_.k, bk_), eb = bf16() ? 2 : 4;
+#pragma omp parallel for num_threads(threads_for(4.0 * n * kb * oh * ow * bk_)) schedule(static)
+      for (int64_t row = 0; row < n * kb * oh; ++row)
+        row_moments((const char*)yb + row * ow * bk_ * eb, bf16(), ow, bk_, moments + row * 2 * bk_);
+    }
+    return s;
+  }
+  const int64_t w0 = w;
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const bool bf16 = t_ == dtype::bf16;
@@ -325,6 +336,8 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
   x.z = zb;
   x.add = add;
   x.act = act_;
+  x.moments = moments;
+  x.moment_cols = g_.out_w(w0);  // the caller's output rows, merged or not
   run_pass(*plan, x);
   return status::ok;
 }

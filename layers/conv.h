@@ -120,7 +120,11 @@ class conv_layer {
   // goes there too (f32, blocked like yb). With add (blocked like yb, of its type; f32 when
   // zb is given) the residual joins before the activation: yb = act(conv(xb) + b + add). add
   // must not overlap yb: partial sums may pass through yb before the epilogue reads add.
-  status forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add = nullptr);
+  // With moments (n·K/bk·OH·2·bk doubles, [n][K/bk][OH][2][bk]) each output row's mean and
+  // Σ (y − mean)² per channel go there too (conv_plan.h's row_moments), gathered while the row
+  // is in cache: a BatchNorm's statistics in training (batch_norm_statistics_of_rows).
+  status forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add = nullptr,
+                 double* moments = nullptr);
   // From gyb (f32, blocked like yb) and what forward saw: gxb (f32, blocked like xb; null to
   // skip), and dW (K, C, R, S), db (K) added to wg, bg when `accumulate`, else written.
   status backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,

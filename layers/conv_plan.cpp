@@ -2,7 +2,9 @@
 // for a call shape, and running it. A run narrower than the rows sharing its row taps (a border
 // column) is computed down the column instead (run_pass).
 #include "conv_plan.h"
+#include "brgemm/norm.h"
 #include "blocks.h"
+#include <cstring>
 #include <map>
 
 namespace brgemm::layers {
@@ -188,6 +190,29 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   return status::ok;
 }
 
+void row_moments(const void* row, bool bf16, int64_t cols, int64_t width, double* m) {
+  // Shifted by the row's first value: the sums of d = y − K then lose nothing to cancellation
+  // unless the row's first value is many standard deviations from its mean (batch_norm.cpp).
+  double shift[lane_width_max];
+  for (int64_t l = 0; l < width; ++l) {
+    float v;
+    if (bf16) {
+      const uint32_t u = (uint32_t)((const uint16_t*)row)[l] << 16;
+      std::memcpy(&v, &u, 4);
+    } else {
+      v = ((const float*)row)[l];
+    }
+    shift[l] = v;
+  }
+  std::fill(m, m + 2 * width, 0.0);
+  lane_moments(lane_rows{cols, width, width, bf16}, row, shift, m, m + width);
+  for (int64_t l = 0; l < width; ++l) {
+    const double sum = m[l], sumsq = m[width + l];
+    m[l] = shift[l] + sum / (double)cols;
+    m[width + l] = sumsq - sum * sum / (double)cols;
+  }
+}
+
 // Runs a planned pass on one call's data. Only invokes: every kernel, run and offset table is
 // the plan's.
 void run_pass(const conv_pass_plan& pl, const pass_data& x) {
@@ -266,6 +291,13 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
         activation_f32(x.act, x.z + at, y, len);
         f32_to_bf16(y, (uint16_t*)x.out + at, len);
       }
+    }
+    if (x.moments) {  // a BatchNorm's statistics of the group's finished rows, while they are in cache
+      const bool bf16_out = x.z ? p.t == dtype::bf16 : p.e.out == out_type::bf16;
+      const int64_t yb = bf16_out ? 2 : 4, cols = x.moment_cols, per = p.res_cols / cols;
+      for (int64_t r = o0 * per; r < o1 * per; ++r)
+        row_moments((const char*)x.out + ((i * p.res + jl) * res_plane + r * cols * p.bo) * yb, bf16_out, cols, p.bo,
+                    x.moments + ((i * p.res + jl) * p.res_rows * per + r) * 2 * p.bo);
     }
   }
 }

@@ -124,7 +124,14 @@ struct pass_data {
   float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
   const void* add = nullptr;               // the residual, laid out as the epilogue's output
   brgemm::activation act = activation::none;
+  double* moments = nullptr;               // [n][res][rows][2][bo]: row_moments of each row of
+  int64_t moment_cols = 0;                 //   moment_cols pixels (result rows merged: several a row)
 };
+
+// A row of `cols` pixels of `width` lanes (f32, or bf16 bits) → m[0..width): each lane's mean,
+// m[width..2·width): its Σ (y − mean)², in double (conv.h's moments: a BatchNorm's statistics,
+// combined row by row in a fixed order by batch_norm_statistics_of_rows).
+void row_moments(const void* row, bool bf16, int64_t cols, int64_t width, double* m);
 
 // One direct-convolution pass set up for its shape (see run_pass). Result rows come in groups
 // per work item (a result layout block, an image, a group of rows; the item walks the block's

@@ -584,3 +584,72 @@ def test_torch_compile_matches_eager():
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True)
     assert torch.equal(compiled(xb, r), f(xb, r))
+
+
+# --- statistics gathered by the convolution (conv2d_moments) ------------------------------------
+
+MOMENT_CONVS = {  # (input (N, C, H, W), conv2d_moments' weight shape, stride, padding, groups)
+    "3x3": ((3, 20, 9, 7), (36, 20, 3, 3), 1, 1, 1),
+    "1x1_rows_merged": ((2, 64, 6, 6), (96, 64, 1, 1), 1, 0, 1),
+    "stride2": ((2, 16, 11, 10), (24, 16, 3, 3), 2, 1, 1),
+    "grouped": ((2, 32, 7, 7), (32, 8, 3, 3), 1, 1, 4),
+    "depthwise": ((2, 32, 8, 9), (32, 1, 3, 3), 1, 1, 32),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", sorted(MOMENT_CONVS))
+def test_statistics_from_the_convolution_are_the_tensors_own(case, dtype):
+    """conv2d_moments' per-row statistics, merged by batch_norm_blocked, against the statistics
+    it computes from the output itself: both in double from the same values, each within the
+    derived bound above of the float64 truth, so within twice that of each other; the outputs
+    then differ by the scale's share only. And the output is conv2d's, bit for bit."""
+    shape, wshape, stride, pad, groups = MOMENT_CONVS[case]
+    gen = _gen("moments" + case)
+    x = ops.to_blocked(torch.randn(shape, generator=gen).to(dtype) + 3)
+    w = torch.randn(wshape, generator=gen).to(dtype)
+    y, moments = ops.conv2d_moments(x, w, None, [stride, stride], [pad, pad], [1, 1], groups)
+    assert torch.equal(y, ops.conv2d(x, w, None, [stride, stride], [pad, pad], [1, 1], groups, "none", True))
+    k = wshape[0]
+    g, b = torch.rand(k, generator=gen) + 0.5, torch.randn(k, generator=gen)
+    out_a, mean_a, var_a = ops.batch_norm_blocked(y, g, b, 1e-5, None, True, k, moments)
+    out_b, mean_b, var_b = ops.batch_norm_blocked(y, g, b, 1e-5, None, True, k)
+    plain = ops.from_blocked(y, k).double()
+    m = plain.shape[0] * plain.shape[2] * plain.shape[3]
+    mu, var = plain.mean((0, 2, 3)), plain.var((0, 2, 3), unbiased=False)
+    xc = (plain - mu[None, :, None, None]).abs().amax((0, 2, 3))
+    u, ud = 2.0 ** -24, 2.0 ** -53
+    dvar = 2 * (m + 5) * ud * (var + 2 * xc ** 2) + u * var
+    dmean = u * mu.abs() + 2 * (m + 2) * ud * (xc + mu.abs())
+    assert ((mean_a.double() - mean_b.double()).abs() <= 2 * dmean * (1 + 8 * u)).all()
+    assert ((var_a.double() - var_b.double()).abs() <= 2 * dvar * (1 + 8 * u)).all()
+    ya, yb = ops.from_blocked(out_a, k).double(), ops.from_blocked(out_b, k).double()
+    s = (g.double() / (var + 1e-5).sqrt())[None, :, None, None]
+    delta_s = (dvar / (var + 1e-5))[None, :, None, None] + 4 * u
+    rounding = (2.0 ** -8 if dtype == torch.bfloat16 else 0.0) * (ya.abs() + yb.abs())
+    bound = 2 * (u * (s.abs() * (mu.abs()[None, :, None, None] + 3 * xc[None, :, None, None]) + 2 * ya.abs())
+                 + delta_s * (s * xc[None, :, None, None]).abs()) + rounding
+    assert ((ya - yb).abs() <= bound * (1 + 8 * u)).all()
+
+
+def test_convolution_statistics_feed_the_gradients_as_conv2d_does():
+    gen = _gen("moments-grad")
+    x = ops.to_blocked(torch.randn(2, 16, 6, 6, generator=gen)).requires_grad_()
+    w = torch.randn(24, 16, 3, 3, generator=gen).requires_grad_()
+    b = torch.randn(24, generator=gen).requires_grad_()
+    dy = torch.randn(2, 1, 6, 6, 32, generator=gen)  # 24 channels in one block of 32
+    y, moments = ops.conv2d_moments(x, w, b, [1, 1], [1, 1], [1, 1])
+    assert not moments.requires_grad
+    grads = torch.autograd.grad(y, (x, w, b), dy)
+    y2 = ops.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, "none", True)
+    for a, c in zip(grads, torch.autograd.grad(y2, (x, w, b), dy)):
+        assert torch.equal(a, c)
+
+
+def test_moments_of_another_shape_are_refused():
+    x = ops.to_blocked(torch.randn(2, 16, 5, 5))
+    with pytest.raises(ValueError, match="moments must be conv2d_moments"):
+        ops.batch_norm_blocked(x, None, None, 1e-5, None, False, 16, torch.zeros(2, 1, 4, 2, 16, dtype=torch.float64))
+    with pytest.raises(TypeError, match="moments"):
+        ops.batch_norm_blocked(x, None, None, 1e-5, None, False, 16, torch.zeros(2, 1, 5, 2, 16))
+

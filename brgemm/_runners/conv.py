@@ -136,20 +136,21 @@ class ConvRunner:
         self.scratch.fill(name, xb, lambda b: _core.conv_to_blocked(x, b), key, reuse)
         return xb
 
-    def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, version=None):
+    def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, version=None, moments=None):
         """y ← the convolution of x by weight and bias (packed again if they changed). x:
         contiguous plain (N, C, H, W) float32 or bfloat16, or blocked of the runner's dtype; y:
         the plain or blocked output array of the runner's dtype. ``keep_z``: keep the
         pre-activation when backward needs it (training). ``add``: a blocked residual (y's
         shape and dtype; y must be blocked) added before the activation. ``version``: see
-        refresh. Returns the blocked (x, y, z) a backward takes (z None when not kept)."""
+        refresh. ``moments``: a float64 array (N, K/bk, OH, 2, bk) for each output row's
+        per-channel mean and Σ (y − mean)² (a BatchNorm's statistics; y must be blocked). Returns the blocked (x, y, z) a backward takes (z None when not kept)."""
         n, h, w = x.shape[0], x.shape[2], x.shape[3]
         oh, ow = y.shape[2:4]
         yshape = blocked_shape(n, self.geometry.out_channels, self.bk, oh, ow)
         yb = y if y.ndim == 5 else self.scratch.get("y", yshape, self.act_dtype)
         zb = self.scratch.get("z", yshape, F32) if keep_z and self.needs_z else None
         self.scratch.holds.pop("y", None)  # overwritten: the caller says whose blocked copy it then holds
-        if x.ndim == 4 and y.ndim == 4 and add is None:  # one call: refresh, block, compute, unblock
+        if x.ndim == 4 and y.ndim == 4 and add is None and moments is None:  # one call: refresh, block, compute, unblock
             xshape = blocked_shape(n, self.geometry.in_channels, self.bc, h, w)
             xb = self.scratch.get("x", xshape, self.act_dtype)
             self.scratch.holds["x"] = None
@@ -161,11 +162,11 @@ class ConvRunner:
                 self.weights.mark(version)
             self.scratch.holds["x"] = x_key
             return xb, yb, zb
-        if add is not None and y.ndim != 5:
-            raise ValueError("a residual (add) needs the blocked output layout")
+        if (add is not None or moments is not None) and y.ndim != 5:
+            raise ValueError("a residual (add) and moments need the blocked output layout")
         self.refresh(weight, bias, version)
         xb = self.blocked("x", x, self.bc, self.act_dtype, x_key)
-        self.cv.forward(n, h, w, xb, yb, zb, add)
+        self.cv.forward(n, h, w, xb, yb, zb, add, moments)
         if y.ndim == 4:
             _core.conv_from_blocked(yb, y)
         return xb, yb, zb

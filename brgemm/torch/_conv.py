@@ -94,6 +94,50 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     return out
 
 
+@_op("conv2d_moments", "(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, int[2] dilation, "
+                        "int groups=1) -> (Tensor, Tensor)")
+def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1):
+    """conv2d(..., blocked_output=True) and the statistics a BatchNorm after it needs, gathered
+    while each output row is in cache: (out, moments), moments float64 (N, K/bk, OH, 2, bk), each
+    row's per-channel mean and Σ (y − mean)² (batch_norm_blocked(..., moments=) merges them).
+    Differentiable in out only (as conv2d); moments is not."""
+    x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
+    out = torch.empty(_conv_output_shape(n, w.shape[0], oh, ow, True), dtype=x.dtype)
+    moments = torch.empty((n, out.shape[1], oh, 2, out.shape[4]), dtype=torch.float64)
+    if out.numel() == 0:
+        return out, moments
+    e = _conv_layer(_dtype_name(x), weight, geo, "none")
+    with e.lock:
+        e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
+                  version=_weights_key(weight, bias), moments=moments.numpy())
+    return out, moments
+
+
+@_conv2d_moments.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups=1):
+    oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
+    out = input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, True))
+    return out, input.new_empty((input.shape[0], out.shape[1], oh, 2, out.shape[4]), dtype=torch.float64)
+
+
+def _setup_moments(ctx, inputs, output):
+    input, weight, bias = inputs[:3]
+    out, moments = output
+    ctx.mark_non_differentiable(moments)
+    ctx.save_for_backward(input, weight, bias, out)
+    ctx.args = inputs[3:]
+
+
+def _conv2d_moments_grad(ctx, grad, _grad_moments):
+    input, weight, bias, output = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.args
+    need = ctx.needs_input_grad
+    gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, "none", need[0],
+                                  groups)
+    return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None)
+
+
 def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None):
     """conv2d(x, ..., blocked_output=True, residual) for a fused stage of an optimized model in
     inference (no autograd, not traced), without the operator's dispatch: weight and bias are
@@ -188,5 +232,6 @@ def _setup_conv(ctx, inputs, output):
 
 
 _conv2d.register_autograd(_conv2d_grad, setup_context=_setup_conv)
+_conv2d_moments.register_autograd(_conv2d_moments_grad, setup_context=_setup_moments)
 
 

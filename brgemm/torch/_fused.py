@@ -5,9 +5,10 @@ returns the blocked layout (N, C/bc, H, W, bc).
 residual add, a ReLU. In inference the BatchNorm is folded into the convolution's weights and
 bias (refolded when a parameter or running statistic changes: version counters, no comparison),
 the residual and the ReLU run in the product's epilogue, and the whole block is one pass over
-memory. In training the BatchNorm normalises with the batch's statistics (one pass for the
-statistics, one for normalisation + residual + ReLU: brgemm::batch_norm_blocked) and updates the
-running ones exactly as ``torch.nn.BatchNorm2d`` does.
+memory. In training the BatchNorm normalises with the batch's statistics, which the convolution
+gathers row by row while its output is in cache (brgemm::conv2d_moments), in one pass for
+normalisation + residual + ReLU (brgemm::batch_norm_blocked), and updates the running ones
+exactly as ``torch.nn.BatchNorm2d`` does.
 """
 
 import threading
@@ -19,7 +20,7 @@ from .._runners.conv import ConvGeometry, padding_arg
 from .._runners.weights import WeightsKey
 from ._bridge import mark_persistent
 from ._conv import conv2d_inference
-from ._norm import batch_norm_train
+from ._norm import batch_norm_train, uses_batch_statistics
 
 
 class Activations:
@@ -129,8 +130,13 @@ class FusedConv2d(nn.Module):
                 return conv2d_inference(x, w, b, self._geometry, self.activation, residual, out)
             return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.activation, True,
                         residual)
-        y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, "none", True)
-        y = batch_norm_train(y, bn, self.out_channels, residual, self.activation == "relu")
+        moments = None
+        if uses_batch_statistics(bn):  # gathered by the convolution while its rows are in cache
+            y, moments = torch.ops.brgemm.conv2d_moments(x, self.weight, self.bias, self.stride, self.padding,
+                                                         self.dilation, self.groups)
+        else:
+            y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, "none", True)
+        y = batch_norm_train(y, bn, self.out_channels, residual, self.activation == "relu", moments)
         return y.clamp(0.0, 6.0) if self.activation == "relu6" else y
 
     def extra_repr(self):

@@ -1,9 +1,10 @@
 """BatchNorm2d in training mode on blocked activations (N, C/bc, H, W, bc): the operator
 ``batch_norm_blocked`` (statistics, normalisation, residual add and ReLU in two passes over
-memory, layers/batch_norm.h), its backward operator, and :func:`batch_norm_train`, which calls it
+memory, or one when the convolution before it gathered the statistics, layers/batch_norm.h), its
+backward operator, and :func:`batch_norm_train`, which calls it
 for a ``torch.nn.BatchNorm2d`` and updates the module's running statistics as PyTorch does.
 
-    out, mean, var = torch.ops.brgemm.batch_norm_blocked(input, weight, bias, eps, residual, relu, channels)
+    out, mean, var = torch.ops.brgemm.batch_norm_blocked(input, weight, bias, eps, residual, relu, channels, moments)
 
 - ``input``: blocked float32 or bfloat16 (padded channels zero); ``out`` has its dtype and shape,
   ``relu?((input − mean)·weight/√(var + eps) + bias + residual)``, padded channels exactly 0.
@@ -11,6 +12,9 @@ for a ``torch.nn.BatchNorm2d`` and updates the module's running statistics as Py
 - ``residual``: None or like ``input`` (same dtype and shape).
 - ``channels``: C when neither weight nor bias gives it (else it must agree); by default every
   channel of the blocked tensor.
+- ``moments``: None, or float64 (N, C/bc, H, 2, bc), input's per-row statistics as
+  ``conv2d_moments`` returns them with it: the statistics then come from there (merged row by
+  row in a fixed order) and input is read once, to normalise.
 - ``mean``, ``var``: (C,) float32, the batch mean and the *biased* variance (what normalised),
   accumulated in float64; not differentiable (as ``native_batch_norm``'s saved statistics).
 
@@ -25,7 +29,7 @@ from .. import _core
 from ._bridge import _FLOATS, _master, _np, _op, _tensor
 
 _SCHEMA = ("(Tensor input, Tensor? weight=None, Tensor? bias=None, float eps=1e-05, Tensor? residual=None, "
-           "bool relu=False, int? channels=None) -> (Tensor, Tensor, Tensor)")
+           "bool relu=False, int? channels=None, Tensor? moments=None) -> (Tensor, Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor grad_output, Tensor input, Tensor? output, Tensor? weight, Tensor mean, Tensor var, "
                     "float eps, bool relu, bool residual_grad, bool input_grad=True) "
                     "-> (Tensor, Tensor, Tensor, Tensor)")
@@ -78,7 +82,8 @@ def _eps(eps):
 
 
 @_op("batch_norm_blocked", _SCHEMA)
-def _batch_norm_blocked(input, weight=None, bias=None, eps=1e-5, residual=None, relu=False, channels=None):
+def _batch_norm_blocked(input, weight=None, bias=None, eps=1e-5, residual=None, relu=False, channels=None,
+                        moments=None):
     x = _tensor(input, "input", _FLOATS, ndim=5)
     _check_blocked(x, "input")
     c = _channels(x, weight, bias, channels)
@@ -86,6 +91,12 @@ def _batch_norm_blocked(input, weight=None, bias=None, eps=1e-5, residual=None, 
     r = _like(residual, "residual", x)
     eps = _eps(eps)
     n, _, h, w, _ = x.shape
+    if moments is not None:
+        moments = _tensor(moments, "moments", (torch.float64,), ndim=5)
+        want = (n, x.shape[1], h, 2, x.shape[4])
+        if tuple(moments.shape) != want:
+            raise ValueError(f"moments must be conv2d_moments' per-row statistics of input, shape {want}, "
+                             f"got {tuple(moments.shape)}")
     if n * h * w == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{torch.Size((n, c, h, w))} (blocked {tuple(x.shape)})")
@@ -94,12 +105,13 @@ def _batch_norm_blocked(input, weight=None, bias=None, eps=1e-5, residual=None, 
     if n * h * w == 0:
         return out, mean.fill_(float("nan")), var.fill_(float("nan"))
     _core.batch_norm_forward(_np(x), None if g is None else _np(g), None if b is None else _np(b), eps,
-                             None if r is None else _np(r), bool(relu), _np(out), _np(mean), _np(var))
+                             None if r is None else _np(r), bool(relu), _np(out), _np(mean), _np(var),
+                             moments=None if moments is None else moments.numpy(), rows=h)
     return out, mean, var
 
 
 @_batch_norm_blocked.register_fake
-def _(input, weight=None, bias=None, eps=1e-5, residual=None, relu=False, channels=None):
+def _(input, weight=None, bias=None, eps=1e-5, residual=None, relu=False, channels=None, moments=None):
     c = weight.shape[0] if weight is not None else bias.shape[0] if bias is not None else \
         channels if channels is not None else input.shape[1] * input.shape[4]
     return torch.empty_like(input), input.new_empty((c,), dtype=torch.float32), \
@@ -143,7 +155,7 @@ def _(grad_output, input, output, weight, mean, var, eps, relu, residual_grad, i
 
 
 def _setup(ctx, inputs, output):
-    input, weight, bias, eps, residual, relu, channels = inputs
+    input, weight, bias, eps, residual, relu, channels, _moments = inputs
     out, mean, var = output
     ctx.mark_non_differentiable(mean, var)
     ctx.save_for_backward(input, out if relu else None, weight, mean, var)
@@ -161,30 +173,35 @@ def _backward(ctx, grad, _grad_mean, _grad_var):
     if want_residual:
         gr = (gr if ctx.relu else grad).to(rdt)
     return (gx if need[0] else None, gw.to(wdt) if wdt is not None and need[1] else None,
-            gb.to(bdt) if bdt is not None and need[2] else None, None, gr if want_residual else None, None, None)
+            gb.to(bdt) if bdt is not None and need[2] else None, None, gr if want_residual else None, None, None, None)
 
 
 _batch_norm_blocked.register_autograd(_backward, setup_context=_setup)
 
 
-def batch_norm_train(x, bn, channels=None, residual=None, relu=False):
+def uses_batch_statistics(bn):
+    """Whether ``bn`` normalises with the batch's statistics now (training, or no running ones)."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def batch_norm_train(x, bn, channels=None, residual=None, relu=False, moments=None):
     """``bn`` (a BatchNorm2d) applied to the blocked ``x``, then ``+ residual`` and the ReLU (when
     ``relu``), as the module would on the plain tensor, running statistics included:
     ``num_batches_tracked`` counts the call and running_mean/running_var move by ``momentum``
     (None: the cumulative average 1/num_batches_tracked) towards the batch mean and the unbiased
     variance (× M/(M−1), M = N·H·W), in float64 and rounded once. Batch statistics are used in
     training or when the module has no running statistics; otherwise (eval) the running ones, by
-    torch operations. ``channels``: C (default ``bn.num_features``)."""
+    torch operations. ``channels``: C (default ``bn.num_features``). ``moments``: x's per-row
+    statistics from conv2d_moments (then x is not read for them)."""
     c = bn.num_features if channels is None else channels
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    if not batch_stats:
+    if not uses_batch_statistics(bn):
         return _normalize_running(x, bn, c, residual, relu)
-    out, mean, var = torch.ops.brgemm.batch_norm_blocked(x, bn.weight, bn.bias, bn.eps, residual, relu, c)
+    out, mean, var = torch.ops.brgemm.batch_norm_blocked(x, bn.weight, bn.bias, bn.eps, residual, relu, c, moments)
     count = x.shape[0] * x.shape[2] * x.shape[3]
     if bn.training and bn.track_running_stats and bn.running_mean is not None and count > 0:
         with torch.no_grad():

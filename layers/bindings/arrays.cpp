@@ -204,6 +204,18 @@ py::array exact_array(py::handle h, const char* name, element e, int64_t elems, 
   return a;
 }
 
+py::array exact_f64_array(py::handle h, const char* name, int64_t elems, bool write) {
+  if (!py::isinstance<py::array>(h)) type_error(std::string(name) + " must be a numpy array of float64");
+  py::array a = py::reinterpret_borrow<py::array>(h);
+  if (!a.dtype().equal(py::dtype::of<double>()))
+    type_error(std::string(name) + " must have dtype float64, got " + std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + " must be C-contiguous");
+  if (a.size() != elems)
+    value_error(std::string(name) + " must hold " + std::to_string(elems) + " elements, got " + std::to_string(a.size()));
+  if (write) require_writeable(a, name);
+  return a;
+}
+
 plain_scratch plain_scratch_arrays(const py::array& x, const py::array& y, py::handle xb, py::handle yb,
                                    py::handle zb, element act, int64_t x_elems, int64_t y_elems) {
   plain_scratch s;

@@ -41,6 +41,8 @@ py::array float_array(py::handle h, const char* name, bool* bf16);
 py::array eltwise_array(py::handle h, const char* name, bool* bf16);
 // A C-contiguous, writeable-if-asked array of element type e holding exactly `elems` elements.
 py::array exact_array(py::handle h, const char* name, element e, int64_t elems, bool write);
+// The same for float64 (sums the layers accumulate in double, not a kernel element type).
+py::array exact_f64_array(py::handle h, const char* name, int64_t elems, bool write);
 
 void require_writeable(const py::array& arr, const char* name);
 void require_nonempty(const py::array& arr, const char* name);

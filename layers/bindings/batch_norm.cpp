@@ -111,7 +111,7 @@ py::tuple statistics_py(py::handle X, int64_t channels, bool two_pass) {
 }
 
 void forward_py(py::handle X, py::handle gamma, py::handle beta, double eps, py::handle R, bool relu, py::handle Y,
-                py::handle mean, py::handle var, bool two_pass) {
+                py::handle mean, py::handle var, bool two_pass, py::handle moments, int64_t rows) {
   bool bf16;
   py::array x = blocked_arg(X, "x", &bf16);
   py::array m = typed_array(mean, "mean", element::f32);
@@ -128,13 +128,19 @@ void forward_py(py::handle X, py::handle gamma, py::handle beta, double eps, py:
   const channels_arg mo = channel_vector(mean, "mean", c, true), vo = channel_vector(var, "var", c, true);
   outputs_disjoint({{&mo, "mean"}, {&vo, "var"}}, {{&g, "gamma"}, {&b, "beta"}});
   for (const channels_arg* o : {&mo, &vo}) disjoint_from(o->a, o == &mo ? "mean" : "var", {{&x, "x"}, {&y, "y"}});
+  const double* rowsp = nullptr;
+  if (!moments.is_none()) {  // [n][C/bc][rows][2][bc] float64, rows dividing H·W
+    if (rows < 1 || s.hw % rows)
+      value_error("rows must divide the " + std::to_string(s.hw) + " pixels of an image, got " + std::to_string(rows));
+    rowsp = (const double*)exact_f64_array(moments, "moments", s.n * s.blocks() * rows * 2 * s.bc, false).data();
+  }
   const float *gp = g.data(), *bp = b.data();
   float *mp = mo.data(), *vp = vo.data();
   const void *xp = x.data(), *rp = R.is_none() ? nullptr : r.data();
   void* yp = y.mutable_data();
   py::gil_scoped_release nogil;
   layers::batch_norm_forward(s, xp, gp, bp, eps, rp, relu, yp, mp, vp,
-                             two_pass ? layers::bn_statistics::two_pass : layers::bn_statistics::shifted);
+                             two_pass ? layers::bn_statistics::two_pass : layers::bn_statistics::shifted, rowsp, rows);
 }
 
 void backward_py(py::handle GY, py::handle X, py::handle Y, bool relu, py::handle gamma, py::handle mean,
@@ -189,9 +195,10 @@ void register_batch_norm(py::module_& m) {
         "(mean, biased variance) per channel of a blocked activation, float64.");
   m.def("batch_norm_forward", &forward_py, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
         py::arg("residual"), py::arg("relu"), py::arg("y"), py::arg("mean"), py::arg("var"),
-        py::arg("two_pass") = false,
+        py::arg("two_pass") = false, py::arg("moments") = py::none(), py::arg("rows") = 0,
         "y = relu?((x − mean)·gamma/sqrt(var + eps) + beta + residual) on a blocked activation with the batch's "
-        "statistics, written to mean and var (float32, C = len(mean)).");
+        "statistics, written to mean and var (float32, C = len(mean)); with moments (a convolution's per-row "
+        "statistics, rows per image) they come from there.");
   m.def("batch_norm_backward", &backward_py, py::arg("grad_y"), py::arg("x"), py::arg("y"), py::arg("relu"),
         py::arg("gamma"), py::arg("mean"), py::arg("var"), py::arg("eps"), py::arg("grad_x"), py::arg("grad_gamma"),
         py::arg("grad_beta"), py::arg("grad_residual"),

@@ -167,7 +167,8 @@ struct py_conv {
     return cv.refresh(wp, bp);
   }
 
-  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle zb, py::handle add) {
+  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle zb, py::handle add,
+               py::handle moments) {
     sizes(n, h, w);
     const auto& g = cv.geometry();
     const int64_t oh = g.out_h(h), ow = g.out_w(w);
@@ -189,10 +190,16 @@ struct py_conv {
       if (zp) require_disjoint(py::reinterpret_borrow<py::array>(zb), a, "zb", "add");
       ap = a.data();
     }
+    double* mp = nullptr;
+    if (!moments.is_none()) {  // [n][K/bk][OH][2][bk] float64
+      py::array m = exact_f64_array(moments, "moments", n * ((g.k + cv.bk() - 1) / cv.bk()) * oh * 2 * cv.bk(), true);
+      require_disjoint(m, y, "moments", "yb");
+      mp = (double*)m.mutable_data();
+    }
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.forward(n, h, w, xp, yp, zp, ap);
+      s = cv.forward(n, h, w, xp, yp, zp, ap, mp);
     }
     check_status(s);
   }
@@ -373,7 +380,7 @@ void register_conv(py::module_& m) {
            py::arg("h"), py::arg("w"))
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
       .def("forward", &py_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
-           py::arg("zb"), py::arg("add") = py::none())
+           py::arg("zb"), py::arg("add") = py::none(), py::arg("moments") = py::none())
       .def("forward_plain", &py_conv::forward_plain, py::arg("x"), py::arg("xb"), py::arg("yb"), py::arg("y"),
            py::arg("zb"), py::arg("weight"), py::arg("bias"))
       .def("backward", &py_conv::backward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("grad_out"),
