@@ -160,6 +160,32 @@ struct py_conv {
     out_size(cv.geometry(), h, w);
   }
 
+  // algorithm: "direct", "auto", "winograd" (the tile by call shape), "winograd2" or
+  // "winograd4" (F(2×2, 3×3), F(4×4, 3×3)); a Winograd one the layer cannot run is a ValueError
+  // that says why.
+  void set_algorithm(const std::string& a) {
+    int code;
+    if (a == "direct") code = 0;
+    else if (a == "auto") code = -1;
+    else if (a == "winograd") code = 1;
+    else if (a == "winograd2") code = 2;
+    else if (a == "winograd4") code = 4;
+    else {
+      value_error("algorithm must be 'auto', 'direct' or 'winograd' ('winograd2', 'winograd4' force the tile), got '" +
+                  a + "'");
+      return;
+    }
+    if (const char* why = cv.set_algorithm(code))
+      value_error("algorithm='" + a + "' is not available for this layer: " + why);
+  }
+  // What the last forward ran: None before any, "direct", or "winograd F(4x4,3x3)".
+  py::object algorithm_used() const {
+    const int m = cv.algorithm_used();
+    if (m < 0) return py::none();
+    if (m == 0) return py::str("direct");
+    return py::str("winograd F(" + std::to_string(m) + "x" + std::to_string(m) + ",3x3)");
+  }
+
   bool refresh(py::handle w, py::handle b) {
     const float* wp = (const float*)exact_array(w, "weight", element::f32, weights(), false).data();
     const float* bp = b.is_none() ? nullptr : (const float*)exact_array(b, "bias", element::f32, cv.geometry().k, false).data();
@@ -372,6 +398,8 @@ void register_conv(py::module_& m) {
       .def("out_size", [](const py_conv& l, int64_t h, int64_t w) { return out_size(l.cv.geometry(), h, w); },
            py::arg("h"), py::arg("w"))
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
+      .def("set_algorithm", &py_conv::set_algorithm, py::arg("algorithm"))
+      .def_property_readonly("algorithm_used", &py_conv::algorithm_used)
       .def("forward", &py_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
            py::arg("zb"), py::arg("add") = py::none())
       .def("forward_plain", &py_conv::forward_plain, py::arg("x"), py::arg("xb"), py::arg("yb"), py::arg("y"),
