@@ -22,13 +22,12 @@ int winograd_auto_tile(const conv_geometry& g, int64_t h, int64_t w, bool forced
   if (winograd_unsupported(g, dtype::f32, activation::none)) return 0;
   if (!forced && (g.c < 16 || g.k < 16)) return 0;
   const int64_t oh = g.out_h(h), ow = g.out_w(w);
-  int best = forced ? 2 : 0;
-  double best_mults = forced ? 1e300 : 9.0 * (double)(oh * ow) / 1.5;  // direct, with the saving it must beat
-  for (int m : {2, 4}) {
-    const double mults = (double)((m + 2) * (m + 2)) * (double)(ceil_div(oh, m) * ceil_div(ow, m));
-    if (mults < best_mults) best = m, best_mults = mults;
-  }
-  return best;
+  // F(4×4) from 8×8 outputs up: below, its edge tiles waste much of the saving and its
+  // transforms (about 2.5× F(2×2)'s work per tile) are a larger share of the time.
+  const int m = std::min(oh, ow) >= 8 ? 4 : 2;
+  if (forced) return m;
+  const double mults = (double)((m + 2) * (m + 2)) * (double)(ceil_div(oh, m) * ceil_div(ow, m));
+  return mults * 1.5 <= 9.0 * (double)(oh * ow) ? m : 0;
 }
 
 // A pass: results (res channels in blocks of bo, out_h × out_w) from sources (src channels in

@@ -26,10 +26,11 @@ const char* winograd_unsupported(const conv_geometry& g, dtype t, activation act
 // The model: F(m×m) does (m+2)²/m² multiplies per output where the direct convolution does 9,
 // on tiles that cover the output rounded up to m; its transform passes move about
 // 4·(m+2)²·(C + K) bytes per tile through L2 for 2·(m+2)²·C·K flops of products, which only
-// pays when the channels are not few. So: direct below 16 input or output channels; otherwise
-// the m whose multiply count (edge tiles included) is the smallest, if it saves ≥ 1.5× over
-// direct (the transforms cost about a third of the saving), else direct. `forced` (algorithm
-// "winograd"): the m with the fewest multiplies, whatever the channels and the saving.
+// pays when the channels are not few. So: direct below 16 input or output channels; F(4×4)
+// when the output is at least 8×8, else F(2×2); and that m only if its multiply count (edge
+// tiles included) is at most 1/1.5 of the direct one (the transforms cost about a third of
+// the saving), else direct. `forced` (algorithm "winograd"): the m, whatever the channels and
+// the saving.
 int winograd_auto_tile(const conv_geometry& g, int64_t h, int64_t w, bool forced = false);
 
 struct winograd_plan;

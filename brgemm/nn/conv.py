@@ -99,11 +99,10 @@ class Conv2d(_Convolution, Parameters):
     ``algorithm``: "direct", "winograd" or "auto" (the default is "direct" for now).
     "winograd" runs forward and ∂x as Winograd F(m×m, 3×3) (layers/winograd.h; the weight
     gradient stays direct): 3×3 kernels, stride 1, dilation 1, groups 1, float32, activation
-    None, "relu" or "relu6", else ValueError; m = 4 or 2, whichever does fewer multiplies for
-    the call's output size ("winograd4", "winograd2" force one). "auto" takes Winograd where it
-    applies and its multiply count, edge tiles included, is at most 1/1.5 of the direct one with
-    16 or more input and output channels (F(4×4) from about 8×8 outputs, F(2×2) on smaller
-    ones), the direct convolution otherwise. ``algorithm_used``: what the last forward ran,
+    None, "relu" or "relu6", else ValueError; F(4×4) when the call's output is at least 8×8,
+    else F(2×2) ("winograd4", "winograd2" force one). "auto" takes the same tile where
+    Winograd applies, with 16 or more input and output channels, and when its multiply count
+    (edge tiles included) is at most 1/1.5 of the direct one; the direct convolution otherwise. ``algorithm_used``: what the last forward ran,
     "direct" or "winograd F(4x4,3x3)" / "winograd F(2x2,3x3)" (None before the first). F(4×4)
     results differ from the direct ones by rounding: a relative error of about 1e-5 of the
     output's magnitude (F(2×2): ~2e-6), measured against float64 on ResNet-50's 3×3 layers.

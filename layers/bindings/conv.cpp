@@ -4,6 +4,7 @@
 #include "arrays.h"
 
 #include "../conv.h"
+#include "brgemm/winograd.h"
 
 namespace brgemm::bindings {
 
@@ -360,9 +361,40 @@ struct py_qconv {
   }
 };
 
+// For the tests: one ISA's Winograd transforms on one tile of `lanes` channels, V = Bᵀ d B of
+// an (a, a, lanes) patch d, and act(Aᵀ M A + bias) of an (a, a, lanes) M.
+py::tuple winograd_transforms_py(const std::string& level, int m, py::handle D, py::handle Mx, py::handle Bias,
+                                 const std::string& act) {
+  isa lv;
+  if (!isa_from_name(level.c_str(), &lv) || !isa_available(lv)) value_error("isa '" + level + "' is not available here");
+  if (m != 2 && m != 4) value_error("m must be 2 or 4, got " + std::to_string(m));
+  const int64_t a = m + 2;
+  py::array_t<float, py::array::c_style | py::array::forcecast> d(py::reinterpret_borrow<py::object>(D));
+  py::array_t<float, py::array::c_style | py::array::forcecast> mx(py::reinterpret_borrow<py::object>(Mx));
+  py::array_t<float, py::array::c_style | py::array::forcecast> bias(py::reinterpret_borrow<py::object>(Bias));
+  if (d.ndim() != 3 || d.shape(0) != a || d.shape(1) != a) value_error("d must be (m + 2, m + 2, lanes)");
+  const int64_t lanes = d.shape(2);
+  if (mx.ndim() != 3 || mx.shape(0) != a || mx.shape(1) != a || mx.shape(2) != lanes)
+    value_error("mx must have d's shape");
+  if (bias.ndim() != 1 || bias.shape(0) != lanes) value_error("bias must be (lanes,)");
+  const activation ac = act == "none" ? activation::none : activation_arg(act);
+  if (ac != activation::none && ac != activation::relu && ac != activation::relu6)
+    value_error("activation must be 'none', 'relu' or 'relu6', got '" + act + "'");
+  const winograd_transforms f = winograd_transforms_for(lv);
+  py::array_t<float> v({a, a, lanes}), y({(int64_t)m, (int64_t)m, lanes});
+  const winograd_input_args in{d.data(), 0, a, a, 0, 0, lanes, 1, v.mutable_data(), 0, lanes};
+  f.input(m, in);
+  const winograd_output_args out{mx.data(), 0, lanes, lanes, 1, m, m, bias.data(), nullptr, nullptr,
+                                 y.mutable_data(), 0, m * lanes, ac};
+  f.output(m, out);
+  return py::make_tuple(v, y);
+}
+
 }  // namespace
 
 void register_conv(py::module_& m) {
+  m.def("_winograd_transforms", &winograd_transforms_py, py::arg("isa"), py::arg("m"), py::arg("d"), py::arg("mx"),
+        py::arg("bias"), py::arg("activation"));
   m.def("conv_to_blocked", &conv_to_blocked_py, py::arg("x"), py::arg("xb"), py::arg("scale") = py::none(),
         py::arg("zero_point") = 0);
   m.def("conv_from_blocked", &conv_from_blocked_py, py::arg("xb"), py::arg("out"));
