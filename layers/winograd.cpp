@@ -44,6 +44,7 @@ struct winograd_shape {
 struct winograd_plan {
   winograd_shape p;
   int64_t tiles_h, tiles_w, tiles, group, groups;  // tiles of all images, `group` per task
+  bool shared;                                     // the threads share each group (below)
   const kernel *full = nullptr, *last = nullptr;   // M = group, and the last group's M
   std::vector<int64_t> offs_a, offs_b;             // per source block
   winograd_transforms fn;
@@ -52,16 +53,30 @@ struct winograd_plan {
 namespace {
 
 constexpr int64_t l2_budget = 640 << 10;  // bytes of V and M per group (L2: 1 MB per core)
+constexpr int64_t l3_budget = 12 << 20;   // the same for a shared group (L3: 32 MB)
 
+// Two schedules. Private groups: each thread takes groups of tiles whose V and M fit its L2 and
+// runs all three steps on them; every group reads all of the transformed filters U, which is
+// cheap while U is small (64 channels at F(4×4): 0.6 MB) and ruinous when it is not (512: 38 MB
+// per group of a few tiles). Shared groups: the threads run each step of a large group together
+// (input transforms split by tile, products by (point, result block), output transforms by
+// tile), V and M staying in L3, so that U is read once per group. The plan takes the schedule
+// whose estimated memory traffic is smaller: groups·|U| against shared groups·|U| + 2(|V| + |M|).
 status build(winograd_plan& pl, const winograd_shape& p) {
   pl.p = p;
   const int64_t a2 = (p.m + 2) * (p.m + 2);
   pl.tiles_h = ceil_div(p.out_h, p.m), pl.tiles_w = ceil_div(p.out_w, p.m);
   pl.tiles = p.n * pl.tiles_h * pl.tiles_w;
   const int64_t per_tile = 4 * a2 * (p.src_blocks * p.bi + p.res_blocks * p.bo);
+  const double u_bytes = 4.0 * a2 * p.src_blocks * p.bi * p.res_blocks * p.bo;
   int64_t t = std::clamp<int64_t>(l2_budget / per_tile, 6, 96);
   t = std::min(t, ceil_div(pl.tiles, p.threads));  // every thread gets work
   if (t > 6) t -= t % 6;                           // whole rows of the kernel's 6-row tiles
+  const int64_t ts = std::min(pl.tiles, std::max<int64_t>(6, l3_budget / per_tile));
+  const double private_traffic = (double)ceil_div(pl.tiles, t) * u_bytes;
+  const double shared_traffic = (double)ceil_div(pl.tiles, ts) * u_bytes + 2.0 * (double)(pl.tiles * per_tile);
+  pl.shared = p.threads > 1 && shared_traffic < private_traffic;
+  if (pl.shared) t = ts;
   pl.group = t;
   pl.groups = ceil_div(pl.tiles, t);
   desc d{dtype::f32, t, p.bo, p.bi, p.bi, p.bo, p.bo, batch_kind::offset, 0.0f};
@@ -74,54 +89,79 @@ status build(winograd_plan& pl, const winograd_shape& p) {
     pl.offs_b.push_back(q * blk);
   }
   pl.fn = winograd_transforms_for(active_isa());
-  reserve_scratch(p.threads, {{0, a2 * p.src_blocks * t * p.bi}, {1, a2 * p.res_blocks * t * p.bo}});
+  if (!pl.shared)
+    reserve_scratch(p.threads, {{0, a2 * p.src_blocks * t * p.bi}, {1, a2 * p.res_blocks * t * p.bo}});
   return status::ok;
 }
 
-// One call of a planned pass: only invokes.
+// One call of a planned pass: only invokes. `shared`: V and M of a shared group (grown to the
+// plan's size by the caller).
 void run(const winograd_plan& pl, const float* src, const char* u, float* out, float* z, const float* add,
-         const float* bias) {
+         const float* bias, float* shared) {
   const winograd_shape& p = pl.p;
   const int m = p.m;
   const int64_t a2 = (m + 2) * (m + 2), t = pl.group, per_image = pl.tiles_h * pl.tiles_w;
   const int64_t v_point = p.src_blocks * t * p.bi, m_point = p.res_blocks * t * p.bo;
   const int64_t src_plane = p.in_h * p.in_w * p.bi, out_plane = p.out_h * p.out_w * p.bo;
   const int64_t blk = packed_b_elements(dtype::f32, p.bi, p.bo);
+  // The three steps on tiles [t0, t0 + count) of V and M.
+  auto input = [&](float* v, int64_t t0, int64_t i) {
+    const int64_t tile = t0 + i, img = tile / per_image, ty = tile % per_image / pl.tiles_w, tx = tile % pl.tiles_w;
+    const winograd_input_args a{src + img * p.src_blocks * src_plane, src_plane, p.in_h, p.in_w,
+                                ty * m - p.pad_t, tx * m - p.pad_l, p.bi, p.src_blocks,
+                                v + i * p.bi, t * p.bi, v_point};
+    pl.fn.input(m, a);
+  };
+  auto product = [&](const float* v, float* mo, int64_t count, int64_t x, int64_t j) {
+    batch_ref b;
+    b.count = p.src_blocks;
+    b.offs_a = pl.offs_a.data();
+    b.offs_b = pl.offs_b.data();
+    b.a = v + x * v_point;
+    b.b = (const float*)u + (x * p.res_blocks + j) * p.src_blocks * blk;
+    execute(count == t ? *pl.full : *pl.last, b, mo + x * m_point + j * t * p.bo);
+  };
+  auto output = [&](const float* mo, int64_t t0, int64_t i) {
+    const int64_t tile = t0 + i, img = tile / per_image, ty = tile % per_image / pl.tiles_w, tx = tile % pl.tiles_w;
+    const int64_t at = img * p.res_blocks * out_plane + (ty * m * p.out_w + tx * m) * p.bo;
+    const winograd_output_args o{mo + i * p.bo, t * p.bo, m_point, p.bo, p.res_blocks,
+                                 std::min<int64_t>(m, p.out_h - ty * m), std::min<int64_t>(m, p.out_w - tx * m),
+                                 bias, add ? add + at : nullptr, z ? z + at : nullptr, out + at,
+                                 out_plane, p.out_w * p.bo, p.act};
+    pl.fn.output(m, o);
+  };
+  if (pl.shared) {
+    float *v = shared, *mo = shared + a2 * v_point;
+#pragma omp parallel num_threads(p.threads)
+    for (int64_t gi = 0; gi < pl.groups; ++gi) {
+      const int64_t t0 = gi * t, count = std::min(t, pl.tiles - t0);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < count; ++i) input(v, t0, i);
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t x = 0; x < a2; ++x)
+        for (int64_t j = 0; j < p.res_blocks; ++j) product(v, mo, count, x, j);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < count; ++i) output(mo, t0, i);
+    }
+    return;
+  }
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t gi = 0; gi < pl.groups; ++gi) {
     float* v = scratch(0, a2 * v_point);
     float* mo = scratch(1, a2 * m_point);
     const int64_t t0 = gi * t, count = std::min(t, pl.tiles - t0);
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t tile = t0 + i, img = tile / per_image, ty = tile % per_image / pl.tiles_w,
-                    tx = tile % pl.tiles_w;
-      const winograd_input_args a{src + img * p.src_blocks * src_plane, src_plane, p.in_h, p.in_w,
-                                  ty * m - p.pad_t, tx * m - p.pad_l, p.bi, p.src_blocks,
-                                  v + i * p.bi, t * p.bi, v_point};
-      pl.fn.input(m, a);
-    }
-    const kernel& k = count == t ? *pl.full : *pl.last;
-    batch_ref b;
-    b.count = p.src_blocks;
-    b.offs_a = pl.offs_a.data();
-    b.offs_b = pl.offs_b.data();
+    for (int64_t i = 0; i < count; ++i) input(v, t0, i);
     for (int64_t x = 0; x < a2; ++x)
-      for (int64_t j = 0; j < p.res_blocks; ++j) {
-        b.a = v + x * v_point;
-        b.b = (const float*)u + (x * p.res_blocks + j) * p.src_blocks * blk;
-        execute(k, b, mo + x * m_point + j * t * p.bo);
-      }
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t tile = t0 + i, img = tile / per_image, ty = tile % per_image / pl.tiles_w,
-                    tx = tile % pl.tiles_w;
-      const int64_t at = img * p.res_blocks * out_plane + (ty * m * p.out_w + tx * m) * p.bo;
-      const winograd_output_args o{mo + i * p.bo, t * p.bo, m_point, p.bo, p.res_blocks,
-                                   std::min<int64_t>(m, p.out_h - ty * m), std::min<int64_t>(m, p.out_w - tx * m),
-                                   bias, add ? add + at : nullptr, z ? z + at : nullptr, out + at,
-                                   out_plane, p.out_w * p.bo, p.act};
-      pl.fn.output(m, o);
-    }
+      for (int64_t j = 0; j < p.res_blocks; ++j) product(v, mo, count, x, j);
+    for (int64_t i = 0; i < count; ++i) output(mo, t0, i);
   }
+}
+
+// Floats of a shared group's V and M (0 for private groups).
+int64_t shared_floats(const winograd_plan& pl) {
+  const winograd_shape& p = pl.p;
+  const int64_t a2 = (p.m + 2) * (p.m + 2);
+  return pl.shared ? a2 * pl.group * (p.src_blocks * p.bi + p.res_blocks * p.bo) : 0;
 }
 
 // The transformed filters of a pass, [point][result block][source block] blocks of (bi × bo)
@@ -192,7 +232,7 @@ status winograd_conv::forward(int64_t n, int64_t h, int64_t w, const float* xb, 
       });
       s != status::ok)
     return s;
-  run(*plan, xb, aligned(fwd_, 0), yb, zb, add, bias);
+  run(*plan, xb, aligned(fwd_, 0), yb, zb, add, bias, (float*)aligned(shared_, shared_floats(*plan) * 4));
   return status::ok;
 }
 
@@ -211,7 +251,8 @@ status winograd_conv::backward_data(int64_t n, int64_t h, int64_t w, const float
       });
       s != status::ok)
     return s;
-  run(*plan, dzb, aligned(bwd_, 0), gxb, nullptr, nullptr, nullptr);
+  run(*plan, dzb, aligned(bwd_, 0), gxb, nullptr, nullptr, nullptr,
+      (float*)aligned(shared_, shared_floats(*plan) * 4));
   return status::ok;
 }
 

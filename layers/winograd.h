@@ -61,6 +61,7 @@ class winograd_conv {
   int m_;
   int64_t bc_, bk_;
   std::vector<char> fwd_, bwd_;  // transformed filters, [point][result block][source block] packed B blocks
+  std::vector<char> shared_;     // V and M of a shared tile group (winograd.cpp): grown, kept
   plan_cache<winograd_plan_key, winograd_plan> plans_;
 };
 
