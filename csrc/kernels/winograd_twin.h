@@ -68,6 +68,45 @@ static inline __attribute__((always_inline)) void apply(const float (&t)[R][C], 
   }
 }
 
+// Bᵀ and Aᵀ of F(4×4) with their common terms shared (the rows of Bᵀ pair up as b ∓ 4a,
+// e ± 4c, f ± 2g; those of Aᵀ as sums and differences of (m1, m2) and (m3, m4)): about 30 % fewer
+// operations than the rows one by one. Each output is still a sum of the same terms with the
+// same coefficient magnitudes, in a fixed order (the error bound is the one above).
+template <class O>
+static inline __attribute__((always_inline)) void bt4(const typename O::V* x, int xs, typename O::V* y, int ys) {
+  using V = typename O::V;
+  const V x0 = x[0], x1 = x[xs], x2 = x[2 * xs], x3 = x[3 * xs], x4 = x[4 * xs], x5 = x[5 * xs];
+  const V four = O::set(4.0f), five = O::set(5.0f), two = O::set(2.0f);
+  const V a = O::add(x1, x2), b = O::add(x3, x4), c = O::sub(x1, x2), e = O::sub(x4, x3);
+  const V f = O::sub(x4, x2), g = O::mul(O::sub(x3, x1), two);
+  y[0] = O::add(O::sub(O::mul(x0, four), O::mul(x2, five)), x4);
+  y[ys] = O::sub(b, O::mul(a, four));
+  y[2 * ys] = O::add(e, O::mul(c, four));
+  y[3 * ys] = O::add(f, g);
+  y[4 * ys] = O::sub(f, g);
+  y[5 * ys] = O::add(O::sub(O::mul(x1, four), O::mul(x3, five)), x5);
+}
+template <class O>
+static inline __attribute__((always_inline)) void at4(const typename O::V* x, int xs, typename O::V* y, int ys) {
+  using V = typename O::V;
+  const V s12 = O::add(x[xs], x[2 * xs]), d12 = O::sub(x[xs], x[2 * xs]);
+  const V s34 = O::add(x[3 * xs], x[4 * xs]), d34 = O::sub(x[3 * xs], x[4 * xs]);
+  y[0] = O::add(O::add(x[0], s12), s34);
+  y[ys] = O::add(d12, O::mul(d34, O::set(2.0f)));
+  y[2 * ys] = O::add(s12, O::mul(s34, O::set(4.0f)));
+  y[3 * ys] = O::add(O::add(d12, O::mul(d34, O::set(8.0f))), x[5 * xs]);
+}
+template <int M, class O>
+static inline __attribute__((always_inline)) void bt(const typename O::V* x, int xs, typename O::V* y, int ys) {
+  if constexpr (M == 4) bt4<O>(x, xs, y, ys);
+  else apply<O>(tables<M>::bt, x, xs, y, ys);
+}
+template <int M, class O>
+static inline __attribute__((always_inline)) void at(const typename O::V* x, int xs, typename O::V* y, int ys) {
+  if constexpr (M == 4) at4<O>(x, xs, y, ys);
+  else apply<O>(tables<M>::at, x, xs, y, ys);
+}
+
 // One tile, lanes [l, l + O::width) of every block.
 template <int M, class O>
 static inline void input_lanes(const brgemm::winograd_input_args& g, int64_t l) {
@@ -80,6 +119,13 @@ static inline void input_lanes(const brgemm::winograd_input_args& g, int64_t l) 
     if (inside) {
       for (int i = 0; i < A; ++i)
         for (int j = 0; j < A; ++j) d[i][j] = O::load(src + ((g.y0 + i) * g.w + g.x0 + j) * g.lanes);
+      // The next tile along the row reads M new columns: ask for them now (the loads above wait
+      // on memory otherwise; the image streams through once).
+      if (l == 0 && g.x0 + A + M <= g.w)
+        for (int i = 0; i < A; ++i) {
+          const char* p = (const char*)(src + ((g.y0 + i) * g.w + g.x0 + A) * g.lanes);
+          for (int64_t at = 0; at < M * g.lanes * 4; at += 64) __builtin_prefetch(p + at);
+        }
     } else {
       for (int i = 0; i < A; ++i)
         for (int j = 0; j < A; ++j) {
@@ -87,11 +133,11 @@ static inline void input_lanes(const brgemm::winograd_input_args& g, int64_t l) 
           d[i][j] = y >= 0 && y < g.h && x >= 0 && x < g.w ? O::load(src + (y * g.w + x) * g.lanes) : O::zero();
         }
     }
-    for (int j = 0; j < A; ++j) apply<O>(tables<M>::bt, &d[0][j], A, &t[0][j], A);  // Bᵀ d, column by column
+    for (int j = 0; j < A; ++j) bt<M, O>(&d[0][j], A, &t[0][j], A);  // Bᵀ d, column by column
     float* dst = g.dst + b * g.dst_block + l;
     for (int i = 0; i < A; ++i) {  // (Bᵀ d) B, row by row
       V v[A];
-      apply<O>(tables<M>::bt, &t[i][0], 1, v, 1);
+      bt<M, O>(&t[i][0], 1, v, 1);
       for (int j = 0; j < A; ++j) O::store(dst + (i * A + j) * g.dst_point, v[j]);
     }
   }
@@ -107,9 +153,9 @@ static inline void output_lanes(const brgemm::winograd_output_args& g, int64_t l
     for (int i = 0; i < A; ++i) {  // M A, row by row
       V row[A];
       for (int j = 0; j < A; ++j) row[j] = O::load(src + (i * A + j) * g.src_point);
-      apply<O>(tables<M>::at, row, 1, &t[i][0], 1);
+      at<M, O>(row, 1, &t[i][0], 1);
     }
-    for (int j = 0; j < M; ++j) apply<O>(tables<M>::at, &t[0][j], M, &y[0][j], M);  // Aᵀ (M A), column by column
+    for (int j = 0; j < M; ++j) at<M, O>(&t[0][j], M, &y[0][j], M);  // Aᵀ (M A), column by column
     const int64_t at0 = b * g.out_block + l;
     const V bias = g.bias ? O::load(g.bias + b * g.lanes + l) : O::zero();
     for (int64_t i = 0; i < g.rows; ++i)
