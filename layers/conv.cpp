@@ -291,9 +291,9 @@ const char* conv_layer::set_algorithm(int algorithm) {
   return nullptr;
 }
 
-int conv_layer::tile_for(int64_t h, int64_t w) const {
+int conv_layer::tile_for(int64_t n, int64_t h, int64_t w) const {
   if (algo_ == 0 || dw_ || winograd_unsupported(g_, t_, act_)) return 0;
-  return algo_ > 1 ? algo_ : winograd_auto_tile(g_, h, w, algo_ == 1);
+  return algo_ > 1 ? algo_ : winograd_auto_tile(g_, n, h, w, algo_ == 1);
 }
 
 winograd_conv* conv_layer::winograd(int m) {
@@ -325,7 +325,7 @@ std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow) {
 status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add) {
   if (add && zb && t_ == dtype::bf16) return status::bad_epilogue;  // z is f32: the residual would have to be
   if (dw_) return dw_->forward(n, h, w, xb, yb, zb, add, has_bias_ ? bias_.data() : nullptr);
-  if (const int m = tile_for(h, w)) {
+  if (const int m = tile_for(n, h, w)) {
     used_ = m;
     return winograd(m)->forward(n, h, w, (const float*)xb, (float*)yb, zb, (const float*)add,
                                 has_bias_ ? bias_.data() : nullptr);
@@ -368,7 +368,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   if (dw_) return dw_->backward(n, h, w, gyb, yb, zb, xb, gxb, wg, bg, accumulate);
   // Backward data as Winograd (on dZ, after the weight gradient's pass set it up) where forward
   // would be: the direct pass then skips it.
-  const int wm = gxb ? tile_for(h, w) : 0;
+  const int wm = gxb ? tile_for(n, h, w) : 0;
   float* const gx_wino = wm ? gxb : nullptr;
   if (wm) gxb = nullptr;
   merge_rows(g_, h, w);

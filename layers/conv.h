@@ -158,7 +158,7 @@ class conv_layer {
   std::shared_ptr<winograd_conv> wg_[2];       // F(2×2), F(4×4), made and packed when first used
   int64_t wg_version_[2] = {-1, -1};
   std::shared_ptr<std::mutex> wg_mutex_ = std::make_shared<std::mutex>();
-  int tile_for(int64_t h, int64_t w) const;    // the m of a call shape (0: direct)
+  int tile_for(int64_t n, int64_t h, int64_t w) const;  // the m of a call shape (0: direct)
   winograd_conv* winograd(int m);              // wg_ for m, packed with the current weights
 };
 

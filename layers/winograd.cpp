@@ -18,16 +18,20 @@ const char* winograd_unsupported(const conv_geometry& g, dtype t, activation act
   return nullptr;
 }
 
-int winograd_auto_tile(const conv_geometry& g, int64_t h, int64_t w, bool forced) {
-  if (winograd_unsupported(g, dtype::f32, activation::none)) return 0;
-  if (!forced && (g.c < 16 || g.k < 16)) return 0;
+double winograd_cost(const conv_geometry& g, int64_t n, int64_t h, int64_t w, int m) {
+  const double ck = (double)g.c * (double)g.k;
   const int64_t oh = g.out_h(h), ow = g.out_w(w);
-  // F(4×4) from 8×8 outputs up: below, its edge tiles waste much of the saving and its
-  // transforms (about 2.5× F(2×2)'s work per tile) are a larger share of the time.
-  const int m = std::min(oh, ow) >= 8 ? 4 : 2;
+  if (m == 0) return 18.0 * ck * (double)(n * oh * ow) + 15.0 * 36.0 * ck;
+  const double a2 = (m + 2) * (m + 2), tiles = (double)(n * ceil_div(oh, m) * ceil_div(ow, m));
+  return 2.0 * a2 * ck * tiles + 15.0 * 4.0 * a2 * ck + 40.0 * a2 * (double)(g.c + g.k) * tiles;
+}
+
+int winograd_auto_tile(const conv_geometry& g, int64_t n, int64_t h, int64_t w, bool forced) {
+  if (winograd_unsupported(g, dtype::f32, activation::none)) return 0;
+  const double c2 = winograd_cost(g, n, h, w, 2), c4 = winograd_cost(g, n, h, w, 4);
+  const int m = c4 <= c2 ? 4 : 2;
   if (forced) return m;
-  const double mults = (double)((m + 2) * (m + 2)) * (double)(ceil_div(oh, m) * ceil_div(ow, m));
-  return mults * 1.5 <= 9.0 * (double)(oh * ow) ? m : 0;
+  return std::min(c2, c4) * 1.1 < winograd_cost(g, n, h, w, 0) ? m : 0;
 }
 
 // A pass: results (res channels in blocks of bo, out_h × out_w) from sources (src channels in
@@ -145,7 +149,9 @@ void run(const winograd_plan& pl, const float* src, const char* u, float* out, f
     }
     return;
   }
-#pragma omp parallel for num_threads(p.threads) schedule(static)
+  // Dynamic: a group is 0.1–1 ms of work, and a thread that another process delays (2 cores,
+  // shared) then takes fewer of them.
+#pragma omp parallel for num_threads(p.threads) schedule(dynamic)
   for (int64_t gi = 0; gi < pl.groups; ++gi) {
     float* v = scratch(0, a2 * v_point);
     float* mo = scratch(1, a2 * m_point);

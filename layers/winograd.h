@@ -22,16 +22,23 @@ namespace brgemm::layers {
 // Why a layer of `g`, t and act cannot run as a Winograd convolution, or null when it can.
 const char* winograd_unsupported(const conv_geometry& g, dtype t, activation act);
 
-// The tile size "auto" picks for n images of h × w: 4, 2, or 0 for the direct convolution.
-// The model: F(m×m) does (m+2)²/m² multiplies per output where the direct convolution does 9,
-// on tiles that cover the output rounded up to m; its transform passes move about
-// 4·(m+2)²·(C + K) bytes per tile through L2 for 2·(m+2)²·C·K flops of products, which only
-// pays when the channels are not few. So: direct below 16 input or output channels; F(4×4)
-// when the output is at least 8×8, else F(2×2); and that m only if its multiply count (edge
-// tiles included) is at most 1/1.5 of the direct one (the transforms cost about a third of
-// the saving), else direct. `forced` (algorithm "winograd"): the m, whatever the channels and
-// the saving.
-int winograd_auto_tile(const conv_geometry& g, int64_t h, int64_t w, bool forced = false);
+// The tile size "auto" picks for n images of h × w: 4, 2, or 0 for the direct convolution, by
+// the smallest winograd_cost, Winograd only when it is below 1/1.1 of the direct cost.
+// `forced` (algorithm "winograd"): the cheaper of F(2×2) and F(4×4), whatever direct's cost.
+int winograd_auto_tile(const conv_geometry& g, int64_t n, int64_t h, int64_t w, bool forced = false);
+
+// The cost model, in units of one flop of the BRGEMM's products, of a forward pass of n images
+// of h × w by the direct convolution (m = 0) or F(m×m, 3×3):
+//   direct   18·C·K·N·OH·OW (products) + 15·36·C·K (weights read from memory)
+//   F(m×m)   2·a²·C·K·tiles + 15·4·a²·C·K (the transformed filters, a² = (m + 2)² per pair)
+//            + 40·a²·(C + K)·tiles (the input and output transforms, per value)
+// with tiles = N·⌈OH/m⌉·⌈OW/m⌉. The weights: a byte from memory costs what 15 flops do (2 cores
+// at ~300 GFLOP/s against ~20 GB/s); the transforms: 40 flops per value, measured (64 channels
+// at 56×56, F(4×4): the transforms take about 40 % of the time, the products 60 %). So the
+// filters' (m + 2)²/9 growth makes Winograd lose on few tiles and many channels (512 channels
+// at 7×7, N = 1: 38 MB of F(4×4) filters for 4 tiles), the transforms make it lose with few
+// channels (a 3 → 64 layer), and F(4×4) beats F(2×2) from about 6×6 outputs up.
+double winograd_cost(const conv_geometry& g, int64_t n, int64_t h, int64_t w, int m);
 
 struct winograd_plan;
 struct winograd_plan_key {

@@ -280,22 +280,29 @@ def test_weights_written_in_place_are_repacked(rng):
     np.testing.assert_allclose(conv(x), direct(x), rtol=0, atol=1e-4)
 
 
-def test_auto_picks_by_shape_and_channels(rng):
-    conv = Conv2d(32, 32, 3, padding=1, algorithm="auto", seed=1)
-    assert conv.algorithm_used is None
-    conv(rng.standard_normal((1, 32, 16, 16)).astype(np.float32))
+def test_auto_follows_the_cost_model(rng):
+    """layers/winograd.h's model: F(4×4) on larger outputs, F(2×2) on small ones, direct when
+    the transforms (few channels) or the transformed filters (many channels, few tiles) cost
+    more than the multiplies saved, and for layers Winograd does not apply to."""
+    def used(c, k, n, h, **kw):
+        conv = Conv2d(c, k, 3, padding=1, algorithm="auto", seed=1, **kw)
+        assert conv.algorithm_used is None
+        conv(rng.standard_normal((n, c, h, h)).astype(np.float32))
+        return conv.algorithm_used
+    assert used(64, 64, 1, 16) == "winograd F(4x4,3x3)"
+    assert used(64, 64, 16, 6) == "winograd F(2x2,3x3)"
+    assert used(64, 64, 2, 1) == "direct"            # one output pixel: nothing to save
+    assert used(3, 32, 1, 16) == "direct"            # few channels: the transforms cost more
+    assert used(512, 512, 1, 7) == "direct"          # 38 MB of F(4×4) filters for 4 tiles
+    assert used(512, 512, 16, 7) == "winograd F(4x4,3x3)"
+    assert used(32, 32, 1, 16, stride=2) == "direct"  # auto never refuses a layer
+    assert used(32, 32, 1, 16, activation="tanh") == "direct"
+    # The choice is per call shape.
+    conv = Conv2d(64, 64, 3, padding=1, algorithm="auto")
+    conv(rng.standard_normal((1, 64, 16, 16)).astype(np.float32))
     assert conv.algorithm_used == "winograd F(4x4,3x3)"
-    conv(rng.standard_normal((1, 32, 4, 4)).astype(np.float32))
-    assert conv.algorithm_used == "winograd F(2x2,3x3)"
-    conv(rng.standard_normal((1, 32, 1, 1)).astype(np.float32))  # one output pixel: nothing to save
+    conv(rng.standard_normal((1, 64, 1, 1)).astype(np.float32))
     assert conv.algorithm_used == "direct"
-    few = Conv2d(3, 32, 3, padding=1, algorithm="auto")
-    few(rng.standard_normal((1, 3, 16, 16)).astype(np.float32))
-    assert few.algorithm_used == "direct"
-    strided = Conv2d(32, 32, 3, stride=2, padding=1, algorithm="auto")  # auto never refuses
-    strided(rng.standard_normal((1, 32, 16, 16)).astype(np.float32))
-    assert strided.algorithm_used == "direct"
-    assert Conv2d(8, 8, 3).algorithm_used is None
 
 
 @pytest.mark.parametrize("kwargs, reason", [
