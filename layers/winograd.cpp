@@ -74,8 +74,9 @@ status build(winograd_plan& pl, const winograd_shape& p) {
   const int64_t per_tile = 4 * a2 * (p.src_blocks * p.bi + p.res_blocks * p.bo);
   const double u_bytes = 4.0 * a2 * p.src_blocks * p.bi * p.res_blocks * p.bo;
   int64_t t = std::clamp<int64_t>(l2_budget / per_tile, 6, 96);
-  t = std::min(t, ceil_div(pl.tiles, p.threads));  // every thread gets work
-  if (t > 6) t -= t % 6;                           // whole rows of the kernel's 6-row tiles
+  // As many groups as the threads can share evenly (one image of 56×56 at F(4×4) is 196 tiles:
+  // 7 groups of 30 would leave a thread idle a seventh of the time), the tiles spread over them.
+  t = ceil_div(pl.tiles, round_up(ceil_div(pl.tiles, t), p.threads));
   const int64_t ts = std::min(pl.tiles, std::max<int64_t>(6, l3_budget / per_tile));
   const double private_traffic = (double)ceil_div(pl.tiles, t) * u_bytes;
   const double shared_traffic = (double)ceil_div(pl.tiles, ts) * u_bytes + 2.0 * (double)(pl.tiles * per_tile);
