@@ -788,6 +788,9 @@ def _ctor(draw, cls):
         kw = dict(_geometry(draw), activation=act, seed=0)
         if cls is brgemm.nn.Conv2d:
             kw["dtype"] = dtype
+            if draw(st.booleans()):
+                kw["algorithm"] = draw(maybe(pick(["auto", "direct", "winograd", "winograd2", "winograd4"],
+                                                  ["fast", 4])))
     elif cls is brgemm.nn.MLP:
         args = [draw(maybe(st.lists(dim(), min_size=2 if MODE[0] == "valid" else 0, max_size=4)))]
         kw = {"activation": act, "dtype": dtype, "seed": 0}
@@ -931,6 +934,7 @@ def _m_output_size(draw, layer, state, name):
 
 
 METHODS["output_size"] = _m_output_size
+METHODS["algorithm_used"] = lambda draw, layer, state, name: getattr(layer, "algorithm_used")
 METHODS["weight_grad"] = METHODS["bias_grad"] = lambda draw, layer, state, name: getattr(layer, name.split(".")[-1],
                                                                                          None)
 

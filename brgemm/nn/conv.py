@@ -96,7 +96,7 @@ class Conv2d(_Convolution, Parameters):
     BRGEMMs whose blocks hold whole groups or parts of one (block-diagonal weights for groups
     narrower than a block); groups = in_channels = out_channels (depthwise) is a per-channel
     stencil instead (layers/depthwise.cpp).
-    ``algorithm``: "direct", "winograd" or "auto" (the default is "direct" for now).
+    ``algorithm``: "auto" (the default), "direct" or "winograd".
     "winograd" runs forward and ∂x as Winograd F(m×m, 3×3) (layers/winograd.h; the weight
     gradient stays direct): 3×3 kernels, stride 1, dilation 1, groups 1, float32, activation
     None, "relu" or "relu6", else ValueError; F(4×4) or F(2×2), whichever the cost model of
@@ -123,7 +123,7 @@ class Conv2d(_Convolution, Parameters):
     training = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-                 activation=None, dtype="float32", seed=None, groups=1, algorithm="direct"):
+                 activation=None, dtype="float32", seed=None, groups=1, algorithm="auto"):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.activation = activation_arg(activation)
         self.dtype = dtype_arg(dtype)
@@ -192,7 +192,7 @@ class Conv2d(_Convolution, Parameters):
 
     def __repr__(self):
         return (f"Conv2d({self._geometry_repr()}, bias={self._bias is not None}, activation={self.activation!r}, "
-                f"dtype={self.dtype!r}" + (f", algorithm={self.algorithm!r}" if self.algorithm != "direct" else "") + ")")
+                f"dtype={self.dtype!r}" + (f", algorithm={self.algorithm!r}" if self.algorithm != "auto" else "") + ")")
 
 
 class QuantizedConv2d(_Convolution, QuantizedIO):
