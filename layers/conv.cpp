@@ -297,14 +297,14 @@ int conv_layer::tile_for(int64_t n, int64_t h, int64_t w) const {
 }
 
 winograd_conv* conv_layer::winograd(int m) {
-  std::lock_guard<std::mutex> lock(*wg_mutex_);
+  std::lock_guard<std::mutex> lock(wg_.mutex);
   const int i = m == 4;
-  if (!wg_[i]) wg_[i] = std::make_shared<winograd_conv>(g_, act_, m);
-  if (wg_version_[i] != version_) {  // the weights as refresh took them last
-    wg_[i]->pack((const float*)w_seen_.data());
-    wg_version_[i] = version_;
+  if (!wg_.layer[i]) wg_.layer[i] = std::make_shared<winograd_conv>(g_, act_, m);
+  if (wg_.version[i] != version_) {  // the weights as refresh took them last
+    wg_.layer[i]->pack((const float*)w_seen_.data());
+    wg_.version[i] = version_;
   }
-  return wg_[i].get();
+  return wg_.layer[i].get();
 }
 
 namespace {

@@ -155,9 +155,15 @@ class conv_layer {
   std::shared_ptr<depthwise_conv> dw_;         // a depthwise layer's passes (not BRGEMMs)
   int algo_ = 0, used_ = -1;
   int64_t version_ = 0;                        // weights packed so far (the Winograd forms follow)
-  std::shared_ptr<winograd_conv> wg_[2];       // F(2×2), F(4×4), made and packed when first used
-  int64_t wg_version_[2] = {-1, -1};
-  std::shared_ptr<std::mutex> wg_mutex_ = std::make_shared<std::mutex>();
+  // F(2×2) and F(4×4), made and packed when first used; a copied layer makes its own.
+  struct winograd_forms {
+    std::shared_ptr<winograd_conv> layer[2];
+    int64_t version[2] = {-1, -1};
+    std::mutex mutex;
+    winograd_forms() = default;
+    winograd_forms(const winograd_forms&) {}
+    winograd_forms& operator=(const winograd_forms&) { return *this; }
+  } wg_;
   int tile_for(int64_t n, int64_t h, int64_t w) const;  // the m of a call shape (0: direct)
   winograd_conv* winograd(int m);              // wg_ for m, packed with the current weights
 };

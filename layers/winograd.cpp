@@ -239,6 +239,8 @@ status winograd_conv::forward(int64_t n, int64_t h, int64_t w, const float* xb, 
       });
       s != status::ok)
     return s;
+  std::unique_lock<std::mutex> lock(shared_mutex_, std::defer_lock);
+  if (plan->shared) lock.lock();
   run(*plan, xb, aligned(fwd_, 0), yb, zb, add, bias, (float*)aligned(shared_, shared_floats(*plan) * 4));
   return status::ok;
 }
@@ -258,6 +260,8 @@ status winograd_conv::backward_data(int64_t n, int64_t h, int64_t w, const float
       });
       s != status::ok)
     return s;
+  std::unique_lock<std::mutex> lock(shared_mutex_, std::defer_lock);
+  if (plan->shared) lock.lock();
   run(*plan, dzb, aligned(bwd_, 0), gxb, nullptr, nullptr, nullptr,
       (float*)aligned(shared_, shared_floats(*plan) * 4));
   return status::ok;

@@ -11,6 +11,7 @@
 // padding 2 − p per side. conv_layer (conv.h) owns these layers and picks them (algorithm).
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <vector>
 #include "brgemm/brgemm.h"
 #include "brgemm/winograd.h"
@@ -69,6 +70,7 @@ class winograd_conv {
   int64_t bc_, bk_;
   std::vector<char> fwd_, bwd_;  // transformed filters, [point][result block][source block] packed B blocks
   std::vector<char> shared_;     // V and M of a shared tile group (winograd.cpp): grown, kept
+  std::mutex shared_mutex_;      // one call at a time uses shared_ (taken once per call)
   plan_cache<winograd_plan_key, winograd_plan> plans_;
 };
 
