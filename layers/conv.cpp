@@ -11,6 +11,7 @@
 #include "conv.h"
 #include "conv_plan.h"
 #include "depthwise.h"
+#include "winograd.h"
 #include "blocks.h"
 #include <cmath>
 #include <omp.h>
@@ -270,13 +271,40 @@ void conv_layer::pack(const float* w) {
 }
 
 bool conv_layer::refresh(const float* w, const float* b) {
-  const bool w_new = w_seen_.refresh({{w, g_.k * g_.group_c() * g_.r * g_.s * 4}}, [&] { pack(w); });
+  const bool w_new = w_seen_.refresh({{w, g_.k * g_.group_c() * g_.r * g_.s * 4}}, [&] {
+    pack(w);
+    ++version_;
+  });
   const bool b_new = b_seen_.refresh({{b, g_.k * 4}}, [&] {
     has_bias_ = b != nullptr;
     bias_.assign((size_t)round_up(g_.k, bk_), 0.0f);
     if (b) std::copy(b, b + g_.k, bias_.begin());
   });
   return w_new || b_new;
+}
+
+const char* conv_layer::set_algorithm(int algorithm) {
+  if (algorithm > 0 && !dw_)
+    if (const char* why = winograd_unsupported(g_, t_, act_)) return why;
+  if (algorithm > 0 && dw_) return "the convolution is depthwise";
+  algo_ = algorithm;
+  return nullptr;
+}
+
+int conv_layer::tile_for(int64_t n, int64_t h, int64_t w) const {
+  if (algo_ == 0 || dw_ || winograd_unsupported(g_, t_, act_)) return 0;
+  return algo_ > 1 ? algo_ : winograd_auto_tile(g_, n, h, w, algo_ == 1);
+}
+
+winograd_conv* conv_layer::winograd(int m) {
+  std::lock_guard<std::mutex> lock(wg_.mutex);
+  const int i = m == 4;
+  if (!wg_.layer[i]) wg_.layer[i] = std::make_shared<winograd_conv>(g_, act_, m);
+  if (wg_.version[i] != version_) {  // the weights as refresh took them last
+    wg_.layer[i]->pack((const float*)w_seen_.data());
+    wg_.version[i] = version_;
+  }
+  return wg_.layer[i].get();
 }
 
 namespace {
@@ -297,16 +325,24 @@ std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow) {
 status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void* yb, float* zb, const void* add,
                            double* moments) {
   if (add && zb && t_ == dtype::bf16) return status::bad_epilogue;  // z is f32: the residual would have to be
-  if (dw_) {
-    const status s = dw_->forward(n, h, w, xb, yb, zb, add, has_bias_ ? bias_.data() : nullptr);
-    if (s == status::ok && moments) {  // the stencil gathers none: a pass over its output
+  // Passes that gather no statistics (the depthwise stencil, Winograd's output transform): a
+  // pass over their output rows instead.
+  auto moments_after = [&](status s) {
+    if (s == status::ok && moments) {
       const int64_t oh = g_.out_h(h), ow = g_.out_w(w), kb = ceil_div(g_.k, bk_), eb = bf16() ? 2 : 4;
 #pragma omp parallel for num_threads(threads_for(4.0 * n * kb * oh * ow * bk_)) schedule(static)
       for (int64_t row = 0; row < n * kb * oh; ++row)
         row_moments((const char*)yb + row * ow * bk_ * eb, bf16(), ow, bk_, moments + row * 2 * bk_);
     }
     return s;
+  };
+  if (dw_) return moments_after(dw_->forward(n, h, w, xb, yb, zb, add, has_bias_ ? bias_.data() : nullptr));
+  if (const int m = tile_for(n, h, w)) {
+    used_ = m;
+    return moments_after(winograd(m)->forward(n, h, w, (const float*)xb, (float*)yb, zb, (const float*)add,
+                                              has_bias_ ? bias_.data() : nullptr));
   }
+  used_ = 0;
   const int64_t w0 = w;
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
@@ -345,6 +381,11 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
 status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
                             const void* xb, float* gxb, float* wg, float* bg, bool accumulate) {
   if (dw_) return dw_->backward(n, h, w, gyb, yb, zb, xb, gxb, wg, bg, accumulate);
+  // Backward data as Winograd (on dZ, after the weight gradient's pass set it up) where forward
+  // would be: the direct pass then skips it.
+  const int wm = gxb ? tile_for(n, h, w) : 0;
+  float* const gx_wino = wm ? gxb : nullptr;
+  if (wm) gxb = nullptr;
   merge_rows(g_, h, w);
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_x = h * w * bc_, plane_y = pix * bk_;
@@ -464,6 +505,8 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     x.out = gxb;
     run_pass(plan->data, x);
   }
+  if (gx_wino)
+    if (status s = winograd(wm)->backward_data(n, h, w, (const float*)dz, gx_wino); s != status::ok) return s;
 
   // Weight gradient, in f32 (bf16 X widened: the products are exact in f32 either way). Each
   // tap (r, s) is one block product reducing over output rows; the rows are cut into `splits`

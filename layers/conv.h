@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 #include "brgemm/brgemm.h"
 #include "packed_weights.h"
@@ -91,6 +92,7 @@ channel_split split_channels(int64_t src, int64_t res, int64_t groups, int64_t b
 struct conv_pass_plan;
 struct conv_backward_plan;
 class depthwise_conv;  // depthwise.h: groups = C = K
+class winograd_conv;   // winograd.h: 3×3 stride 1 as Winograd F(m×m, 3×3)
 // What a plan depends on besides the layer: the call's size, the ISA its kernels were
 // dispatched for, the threads it splits the work for, and the epilogue's optional stages.
 struct conv_plan_key {
@@ -110,6 +112,15 @@ class conv_layer {
   int64_t bk() const { return bk_; }
   bool bf16() const { return t_ == dtype::bf16; }
   bool needs_z() const { return activation_backward_needs_x(act_); }
+
+  // The algorithm of forward and backward data: 0 direct, 2 or 4 Winograd F(m×m, 3×3)
+  // (winograd.h; the weight gradient stays direct), 1 Winograd with m by call shape, −1 auto
+  // (winograd_auto_tile per call shape, direct where Winograd does not apply or pay). Returns the reason when a forced m cannot apply
+  // (winograd_unsupported), else null. algorithm_used(): what the last forward ran (0 direct,
+  // m), −1 before any.
+  const char* set_algorithm(int algorithm);
+  int algorithm() const { return algo_; }
+  int algorithm_used() const { return used_; }
 
   // Packs w (K, C, R, S) and b (K, or null) when they differ from what was packed last (an
   // exact comparison with a snapshot: in-place writes are seen). Returns whether it packed.
@@ -146,6 +157,19 @@ class conv_layer {
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
   plan_cache<conv_plan_key, conv_backward_plan> bwd_plans_;
   std::shared_ptr<depthwise_conv> dw_;         // a depthwise layer's passes (not BRGEMMs)
+  int algo_ = 0, used_ = -1;
+  int64_t version_ = 0;                        // weights packed so far (the Winograd forms follow)
+  // F(2×2) and F(4×4), made and packed when first used; a copied layer makes its own.
+  struct winograd_forms {
+    std::shared_ptr<winograd_conv> layer[2];
+    int64_t version[2] = {-1, -1};
+    std::mutex mutex;
+    winograd_forms() = default;
+    winograd_forms(const winograd_forms&) {}
+    winograd_forms& operator=(const winograd_forms&) { return *this; }
+  } wg_;
+  int tile_for(int64_t n, int64_t h, int64_t w) const;  // the m of a call shape (0: direct)
+  winograd_conv* winograd(int m);              // wg_ for m, packed with the current weights
 };
 
 // The quantization of an int8 layer: real x = x_scale·(x_q − x_zero) for the u8 input;

@@ -63,6 +63,10 @@ class packed_weights {
     return seen_.data();
   }
 
+  // The present parts as taken last, back to back (a layer that packs another form of the
+  // same weights later, e.g. conv_layer's Winograd filters, reads them from here).
+  const char* data() const { return seen_.data(); }
+
   // Calls repack() and takes `ps` when they differ from what was taken last. Returns whether it
   // repacked.
   template <class Repack>

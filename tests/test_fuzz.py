@@ -788,6 +788,9 @@ def _ctor(draw, cls):
         kw = dict(_geometry(draw), activation=act, seed=0)
         if cls is brgemm.nn.Conv2d:
             kw["dtype"] = dtype
+            if draw(st.booleans()):
+                kw["algorithm"] = draw(maybe(pick(["auto", "direct", "winograd", "winograd2", "winograd4"],
+                                                  ["fast", 4])))
     elif cls is brgemm.nn.MLP:
         args = [draw(maybe(st.lists(dim(), min_size=2 if MODE[0] == "valid" else 0, max_size=4)))]
         kw = {"activation": act, "dtype": dtype, "seed": 0}
@@ -921,7 +924,8 @@ METHODS = {
     "forward": _m_forward, "__call__": _m_forward, "backward": _m_backward, "apply_sgd": _m_apply_sgd,
     "train": _m_train, "eval": _m_simple("eval"), "zero_grad": _m_simple("zero_grad"),
     "parameters": _m_simple("parameters"), "output_size": None, "from_float": _m_from_float,
-    "weight": _m_set("weight"), "bias": _m_set("bias"), "weight_grad": None, "bias_grad": None,
+    "weight": _m_set("weight"), "bias": _m_set("bias"), "weight_scale": _m_set("weight_scale"),
+    "weight_grad": None, "bias_grad": None,
     "__getitem__": _m_getitem, "__len__": _m_simple("__len__"), "__iter__": _m_simple("__iter__"),
 }
 
@@ -931,6 +935,7 @@ def _m_output_size(draw, layer, state, name):
 
 
 METHODS["output_size"] = _m_output_size
+METHODS["algorithm_used"] = lambda draw, layer, state, name: getattr(layer, "algorithm_used")
 METHODS["weight_grad"] = METHODS["bias_grad"] = lambda draw, layer, state, name: getattr(layer, name.split(".")[-1],
                                                                                          None)
 
@@ -1091,7 +1096,7 @@ def fuzz_op(name):
                         x, w, b, y, act, draw(st.booleans()))
             else:
                 _op(name, draw(maybe_t((n, o))), x, w, b, draw(maybe_t((n, o))), act, draw(maybe(st.booleans())))
-        elif fwd in ("conv2d", "quantized_conv2d"):
+        elif fwd in ("conv2d", "quantized_conv2d", "conv2d_moments"):
             r = draw(st.integers(1, 3))
             h, w = (draw(st.integers(r, 6)) for _ in range(2)) if valid else (draw(side()) for _ in range(2))
             geo = [draw(maybe(pick([[1, 1], [2, 1]], [[0, 1], [1], list(HUGE[:2])]))),
@@ -1112,6 +1117,9 @@ def fuzz_op(name):
                     ko = -(-o // 16) if o >= 16 else 1
                     kw["residual"] = draw(maybe_t((n, ko, h, w, 16 if o >= 16 else -(-o // 4) * 4), lowp))
                 _op(name, x, wt, bias, *geo, activation=act, **kw)
+            elif name == "conv2d_moments":  # a blocked input, as the fused convolutions give it
+                xb = _op("to_blocked", x) if valid and isinstance(x, torch.Tensor) else x
+                _op(name, xb, wt, bias, *geo, draw(maybe(pick([1], [0, 2]))))
             elif name == "conv2d_backward":
                 y = _op("conv2d", x, wt, bias, *geo, activation=act) if valid else draw(maybe_t((n, o, h, w)))
                 if y is not REJECTED:

@@ -111,9 +111,10 @@ class ConvRunner:
     them; _core checks again for memory safety) and hold ``lock`` while they use the runner:
     its scratch arrays are shared between calls."""
 
-    def __init__(self, dtype, geometry, activation, scratch=16):
+    def __init__(self, dtype, geometry, activation, scratch=16, algorithm="direct"):
         self.geometry = geometry
         self.cv = _core._Conv2d(dtype, *geometry.core_args(), activation, **geometry.core_kwargs())
+        self.cv.set_algorithm(algorithm)  # ValueError naming `algorithm` and why, for a Winograd one it cannot run
         self.bc, self.bk, self.needs_z = self.cv.bc, self.cv.bk, self.cv.needs_z
         self.act_dtype = F32 if dtype == "float32" else BF16
         self.weights = PackedWeights(self.cv.refresh, core=True)

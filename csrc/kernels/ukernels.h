@@ -3,6 +3,7 @@
 #pragma once
 #include "brgemm/brgemm.h"
 #include "brgemm/window.h"
+#include "brgemm/winograd.h"
 
 namespace brgemm::kernels {
 
@@ -70,6 +71,15 @@ BRGEMM_WINDOW_KERNELS(scalar)
 BRGEMM_WINDOW_KERNELS(avx2)
 BRGEMM_WINDOW_KERNELS(avx512)
 #undef BRGEMM_WINDOW_KERNELS
+
+// The Winograd transforms (brgemm/winograd.h) per ISA; the VNNI and BF16 levels use avx512's.
+#define BRGEMM_WINOGRAD_KERNELS(ISA)                                            \
+  void winograd_input_f32__##ISA(int m, const winograd_input_args& a);          \
+  void winograd_output_f32__##ISA(int m, const winograd_output_args& a);
+BRGEMM_WINOGRAD_KERNELS(scalar)
+BRGEMM_WINOGRAD_KERNELS(avx2)
+BRGEMM_WINOGRAD_KERNELS(avx512)
+#undef BRGEMM_WINOGRAD_KERNELS
 
 // Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
 // floating-point (or integer) operations performed.

@@ -4,6 +4,7 @@
 #include "arrays.h"
 
 #include "../conv.h"
+#include "brgemm/winograd.h"
 
 namespace brgemm::bindings {
 
@@ -158,6 +159,32 @@ struct py_conv {
   void sizes(int64_t n, int64_t h, int64_t w) const {
     if (n < 1) value_error("n must be at least 1");
     out_size(cv.geometry(), h, w);
+  }
+
+  // algorithm: "direct", "auto", "winograd" (the tile by call shape), "winograd2" or
+  // "winograd4" (F(2×2, 3×3), F(4×4, 3×3)); a Winograd one the layer cannot run is a ValueError
+  // that says why.
+  void set_algorithm(const std::string& a) {
+    int code;
+    if (a == "direct") code = 0;
+    else if (a == "auto") code = -1;
+    else if (a == "winograd") code = 1;
+    else if (a == "winograd2") code = 2;
+    else if (a == "winograd4") code = 4;
+    else {
+      value_error("algorithm must be 'auto', 'direct' or 'winograd' ('winograd2', 'winograd4' force the tile), got '" +
+                  a + "'");
+      return;
+    }
+    if (const char* why = cv.set_algorithm(code))
+      value_error("algorithm='" + a + "' is not available for this layer: " + why);
+  }
+  // What the last forward ran: None before any, "direct", or "winograd F(4x4,3x3)".
+  py::object algorithm_used() const {
+    const int m = cv.algorithm_used();
+    if (m < 0) return py::none();
+    if (m == 0) return py::str("direct");
+    return py::str("winograd F(" + std::to_string(m) + "x" + std::to_string(m) + ",3x3)");
   }
 
   bool refresh(py::handle w, py::handle b) {
@@ -341,9 +368,40 @@ struct py_qconv {
   }
 };
 
+// For the tests: one ISA's Winograd transforms on one tile of `lanes` channels, V = Bᵀ d B of
+// an (a, a, lanes) patch d, and act(Aᵀ M A + bias) of an (a, a, lanes) M.
+py::tuple winograd_transforms_py(const std::string& level, int m, py::handle D, py::handle Mx, py::handle Bias,
+                                 const std::string& act) {
+  isa lv;
+  if (!isa_from_name(level.c_str(), &lv) || !isa_available(lv)) value_error("isa '" + level + "' is not available here");
+  if (m != 2 && m != 4) value_error("m must be 2 or 4, got " + std::to_string(m));
+  const int64_t a = m + 2;
+  py::array_t<float, py::array::c_style | py::array::forcecast> d(py::reinterpret_borrow<py::object>(D));
+  py::array_t<float, py::array::c_style | py::array::forcecast> mx(py::reinterpret_borrow<py::object>(Mx));
+  py::array_t<float, py::array::c_style | py::array::forcecast> bias(py::reinterpret_borrow<py::object>(Bias));
+  if (d.ndim() != 3 || d.shape(0) != a || d.shape(1) != a) value_error("d must be (m + 2, m + 2, lanes)");
+  const int64_t lanes = d.shape(2);
+  if (mx.ndim() != 3 || mx.shape(0) != a || mx.shape(1) != a || mx.shape(2) != lanes)
+    value_error("mx must have d's shape");
+  if (bias.ndim() != 1 || bias.shape(0) != lanes) value_error("bias must be (lanes,)");
+  const activation ac = act == "none" ? activation::none : activation_arg(act);
+  if (ac != activation::none && ac != activation::relu && ac != activation::relu6)
+    value_error("activation must be 'none', 'relu' or 'relu6', got '" + act + "'");
+  const winograd_transforms f = winograd_transforms_for(lv);
+  py::array_t<float> v({a, a, lanes}), y({(int64_t)m, (int64_t)m, lanes});
+  const winograd_input_args in{d.data(), 0, a, a, 0, 0, lanes, 1, v.mutable_data(), 0, lanes};
+  f.input(m, in);
+  const winograd_output_args out{mx.data(), 0, lanes, lanes, 1, m, m, bias.data(), nullptr, nullptr,
+                                 y.mutable_data(), 0, m * lanes, ac};
+  f.output(m, out);
+  return py::make_tuple(v, y);
+}
+
 }  // namespace
 
 void register_conv(py::module_& m) {
+  m.def("_winograd_transforms", &winograd_transforms_py, py::arg("isa"), py::arg("m"), py::arg("d"), py::arg("mx"),
+        py::arg("bias"), py::arg("activation"));
   m.def("conv_to_blocked", &conv_to_blocked_py, py::arg("x"), py::arg("xb"), py::arg("scale") = py::none(),
         py::arg("zero_point") = 0);
   m.def("conv_from_blocked", &conv_from_blocked_py, py::arg("xb"), py::arg("out"));
@@ -379,6 +437,8 @@ void register_conv(py::module_& m) {
       .def("out_size", [](const py_conv& l, int64_t h, int64_t w) { return out_size(l.cv.geometry(), h, w); },
            py::arg("h"), py::arg("w"))
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
+      .def("set_algorithm", &py_conv::set_algorithm, py::arg("algorithm"))
+      .def_property_readonly("algorithm_used", &py_conv::algorithm_used)
       .def("forward", &py_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
            py::arg("zb"), py::arg("add") = py::none(), py::arg("moments") = py::none())
       .def("forward_plain", &py_conv::forward_plain, py::arg("x"), py::arg("xb"), py::arg("yb"), py::arg("y"),
