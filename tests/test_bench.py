@@ -315,7 +315,7 @@ def test_brgemm_falls_back_to_convert_when_optimize_fails_or_is_missing(monkeypa
     model = vision.vision_model("mobilenet_v2", num_classes=10)
     log = bench.Log(stream=io.StringIO())
 
-    def broken(model, dtype=None):
+    def broken(model, dtype=None, algorithm="direct"):
         raise RuntimeError("unsupported")
     monkeypatch.setattr(bt, "optimize", broken, raising=False)
     ours, via = networks.brgemm_network(torch, model, "inference", "float32", log, "MobileNetV2 N=1")

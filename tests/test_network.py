@@ -217,6 +217,56 @@ def _check_inference(model, fast, x, bf16=False):
 
 # --- inference ---------------------------------------------------------------------------------
 
+class _WinogradStages(fx.Interpreter):
+    """Runs a model optimized with algorithm="winograd" and checks every stage that ran Winograd
+    against float64 on the same input, within test_winograd.py's bound for its tile (the
+    algorithm in float64 on |x|, |w| with absolute transform matrices, × (C + 4a + 1)·2⁻²³),
+    plus one rounding each for the folded bias and the residual."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.tiles = []
+
+    def call_module(self, target, args, kwargs):
+        out = super().call_module(target, args, kwargs)
+        m = self.fetch_attr(target)
+        if not isinstance(m, FusedConv2d) or m.algorithm_used is None or m.algorithm_used == "direct":
+            return out
+        from test_winograd import bound as winograd_bound, conv64
+        tile = 4 if "4x4" in m.algorithm_used else 2
+        self.tiles.append(tile)
+        x = _plain(args[0], m.in_channels).numpy()
+        w, b = (t.detach().double().numpy() for t in m._folded_weights())   # the float32 weights it ran
+        oh, ow = out.shape[2], out.shape[3]
+        conv = conv64(x, w, m.padding, oh, ow)
+        pre = conv + b[None, :, None, None]
+        extra = abs(pre)
+        if len(args) > 1:
+            pre = pre + _plain(args[1], m.out_channels).numpy()
+            extra = extra + abs(pre)
+        ref = _activation(torch.from_numpy(pre), m.activation)
+        tol = winograd_bound(x, w, tile, m.padding, oh, ow, extra=2.0 ** -23 * extra)
+        _assert_within(_plain(out, m.out_channels), ref, torch.from_numpy(tol), target)
+        return out
+
+
+def test_winograd_stages_are_within_their_bound():
+    """optimize(algorithm="winograd"): the stride-1 3×3 stages run Winograd (algorithm_used
+    names the tile), each within its own error bound; the others stay direct."""
+    model = _randomize_batch_norms(SmallResNet(width=16)).eval()
+    fast = bt.optimize(model, algorithm="winograd")
+    check = _WinogradStages(fast)
+    with torch.no_grad():
+        check.run(torch.randn(2, 3, 48, 48))
+    threes = [m for m in fast.modules() if isinstance(m, FusedConv2d) and tuple(m.kernel_size) == (3, 3)
+              and m.stride == [1, 1]]
+    assert threes and len(check.tiles) == len(threes)
+    assert all(m.algorithm_used == "direct" for m in fast.modules()
+               if isinstance(m, FusedConv2d) and m not in threes)
+    with pytest.raises(ValueError, match="algorithm must be"):
+        bt.optimize(model, algorithm="fast")
+
+
 @pytest.mark.parametrize("n,size", [(1, 32), (3, 37)])
 def test_inference_matches_float64_within_the_derived_bound(n, size):
     model = _randomize_batch_norms(SmallResNet()).eval()

@@ -4,7 +4,8 @@ from brgemm.bench.vision (ResNet-18 and ResNet-50; also ResNeXt-50 32x4d and Mob
 cross-entropy, backward, plain SGD; ResNet-18 and MobileNetV2 at N = 16, the 50-layer networks
 at N = 8), float32.
 
-brgemm's side is ``brgemm.torch.optimize(model, dtype=...)`` on a deep copy of the model, or
+brgemm's side is ``brgemm.torch.optimize(model, dtype=..., algorithm="auto")`` on a deep copy of
+the model (float32 inference rows also time it with algorithm="direct": "brgemm direct"), or
 (when the package has no optimize, or it fails on a network) the copy converted by
 ``brgemm.torch.convert(copy, blocked=True)``; the table's "via" column says which. Its peers, on the same weights and inputs in the same run: PyTorch eager in both
 layouts (NCHW and channels_last; the faster one counts), ``torch.compile`` with --compile
@@ -105,18 +106,19 @@ def network_call(torch, model, x, target, pass_, autocast=False):
     return step
 
 
-def brgemm_network(torch, model, pass_, dtype, log, label="the network"):
+def brgemm_network(torch, model, pass_, dtype, log, label="the network", algorithm="auto"):
     """(brgemm's module, "optimize" or "convert"): brgemm.torch.optimize on a deep copy of
-    ``model`` (set to the pass's mode first) when the package has it, else the copy converted by
-    brgemm.torch.convert(blocked=True); with a note (naming ``label``) when optimize is missing
-    or fails."""
+    ``model`` (set to the pass's mode first; float32 convolutions by ``algorithm``: "auto"
+    lets each stride-1 3×3 layer pick Winograd where its cost model says it pays) when the
+    package has it, else the copy converted by brgemm.torch.convert(blocked=True); with a note
+    (naming ``label``) when optimize is missing or fails."""
     from .. import torch as bt  # here, not at the top: import brgemm must not import torch
     model.train(pass_ != "inference")
     compute = None if dtype == "float32" else dtype
     optimize = getattr(bt, "optimize", None)
     if optimize is not None:
         try:
-            return optimize(copy.deepcopy(model), dtype=compute), "optimize"
+            return optimize(copy.deepcopy(model), dtype=compute, algorithm=algorithm), "optimize"
         except Exception as e:
             log.note(f"brgemm.torch.optimize failed on {label} ({type(e).__name__}: {e}): those rows use "
                      "brgemm.torch.convert(copy, blocked=True) (via: convert)")
@@ -163,6 +165,9 @@ def network_case(torch, name, pass_, batch, threads, log, dtype="float32", compi
     ours, via = brgemm_network(torch, model, pass_, dtype, log, f"{NETWORK_LABELS[name]} in {mode} mode")
     bf16 = dtype == "bfloat16"
     fns = {"brgemm": network_call(torch, ours, x, target, pass_)}
+    if pass_ == "inference" and dtype == "float32" and via == "optimize":  # what Winograd adds
+        fns["brgemm[direct]"] = network_call(torch, brgemm_network(torch, model, pass_, dtype, log, algorithm="direct")[0],
+                                             x, target, pass_)
     # NCHW on a copy, so that the plain model stays as built for the other peers (training
     # changes the weights).
     fns["torch"] = network_call(torch, copy.deepcopy(model), x, target, pass_, autocast=bf16)
@@ -241,7 +246,7 @@ def run_networks(peers, rounds, threads_list, log, compile=False, names=DEFAULT_
 
 
 #: The peers' names in the table's last column, in this order.
-_PEER_NAMES = {"brgemm[float32]": "brgemm float32", "torch": "eager NCHW", "torch[channels_last]": "eager channels_last", "torch.compile": "compile",
+_PEER_NAMES = {"brgemm[float32]": "brgemm float32", "brgemm[direct]": "brgemm direct", "torch": "eager NCHW", "torch[channels_last]": "eager channels_last", "torch.compile": "compile",
                "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 

@@ -46,9 +46,17 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
     return x, _master(w, "weight", w.shape), _master(bias, "bias", (w.shape[0],)), geo, geo.out_size(h, wd), (n, h, wd)
 
 
-def _conv_layer(dt, weight, geo, activation):  # weight: the caller's tensor, as _linear_layer
-    return _layer(("conv", dt, geo, activation, weight.data_ptr()),
-                  lambda: ConvRunner(dt, geo, activation, scratch=8))
+def _conv_layer(dt, weight, geo, activation, algorithm="direct"):  # weight: the caller's tensor, as _linear_layer
+    return _layer(("conv", dt, geo, activation, weight.data_ptr(), algorithm),
+                  lambda: ConvRunner(dt, geo, activation, scratch=8, algorithm=algorithm))
+
+
+def _algorithm_arg(algorithm, dt):
+    """The convolution algorithm of the operators: "direct", "auto" or "winograd" (brgemm.nn.Conv2d's;
+    float32 only: a bfloat16 call runs direct whatever it asks, as auto would pick)."""
+    if algorithm not in ("direct", "auto", "winograd", "winograd2", "winograd4"):
+        raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
+    return algorithm if dt == "float32" else "direct"
 
 
 def _conv_output_shape(n, k, oh, ow, blocked):
@@ -57,7 +65,7 @@ def _conv_output_shape(n, k, oh, ow, blocked):
 
 _CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[] padding=[0, 0], "
                 'int[2] dilation=1, int groups=1, str activation="none", bool blocked_output=False, '
-                "Tensor? residual=None) -> Tensor")
+                'Tensor? residual=None, str algorithm="direct") -> Tensor')
 
 
 def _residual_arg(residual, out):
@@ -71,12 +79,13 @@ def _residual_arg(residual, out):
 
 @_op("conv2d", _CONV_SCHEMA)
 def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
-            blocked_output=False, residual=None):
+            blocked_output=False, residual=None, algorithm="direct"):
     """input: plain (N, C, H, W) or blocked (N, C/bc, H, W, bc); weight (K, C/groups, R, S) (groups
     = C = K: depthwise); the output is plain, or blocked with blocked_output (what a following
     brgemm conv2d takes without converting). residual
     (blocked_output only): a tensor of the output's shape and dtype added before the activation,
-    act(conv + bias + residual), as a ResNet block ends."""
+    act(conv + bias + residual), as a ResNet block ends. algorithm: "direct", or "auto" /
+    "winograd" for stride-1 3×3 float32 layers (brgemm.nn.Conv2d's; forward and input gradient)."""
     x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
     act = _activation(activation)
     if residual is not None and not blocked_output:
@@ -85,7 +94,8 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     r = _residual_arg(residual, out)
     if out.numel() == 0:
         return out
-    e = _conv_layer(_dtype_name(x), weight, geo, act)
+    dt = _dtype_name(x)
+    e = _conv_layer(dt, weight, geo, act, _algorithm_arg(algorithm, dt))
     with e.lock:
         e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
                   add=None if r is None else _np(r), version=_weights_key(weight, bias))
@@ -95,8 +105,8 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
 
 
 @_op("conv2d_moments", "(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, int[2] dilation, "
-                        "int groups=1) -> (Tensor, Tensor)")
-def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1):
+                        'int groups=1, str algorithm="direct") -> (Tensor, Tensor)')
+def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1, algorithm="direct"):
     """conv2d(..., blocked_output=True) and the statistics a BatchNorm after it needs, gathered
     while each output row is in cache: (out, moments), moments float64 (N, K/bk, OH, 2, bk), each
     row's per-channel mean and Σ (y − mean)² (batch_norm_blocked(..., moments=) merges them).
@@ -106,7 +116,8 @@ def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1):
     moments = torch.empty((n, out.shape[1], oh, 2, out.shape[4]), dtype=torch.float64)
     if out.numel() == 0:
         return out, moments
-    e = _conv_layer(_dtype_name(x), weight, geo, "none")
+    dt = _dtype_name(x)
+    e = _conv_layer(dt, weight, geo, "none", _algorithm_arg(algorithm, dt))
     with e.lock:
         e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
                   version=_weights_key(weight, bias), moments=moments.numpy())
@@ -114,7 +125,7 @@ def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1):
 
 
 @_conv2d_moments.register_fake
-def _(input, weight, bias, stride, padding, dilation, groups=1):
+def _(input, weight, bias, stride, padding, dilation, groups=1, algorithm="direct"):
     oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
     out = input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, True))
     return out, input.new_empty((input.shape[0], out.shape[1], oh, 2, out.shape[4]), dtype=torch.float64)
@@ -130,20 +141,21 @@ def _setup_moments(ctx, inputs, output):
 
 def _conv2d_moments_grad(ctx, grad, _grad_moments):
     input, weight, bias, output = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.args
+    stride, padding, dilation, groups, algorithm = ctx.args
     need = ctx.needs_input_grad
     gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, "none", need[0],
-                                  groups)
+                                  groups, algorithm)
     return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
-            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None)
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None)
 
 
-def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None):
+def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None, algorithm="direct"):
     """conv2d(x, ..., blocked_output=True, residual) for a fused stage of an optimized model in
     inference (no autograd, not traced), without the operator's dispatch: weight and bias are
     the stage's float32 tensors and geo its ConvGeometry, checked when it was built; x (blocked)
     and the residual are checked here. ``out_buffer(shape, dtype)``: where the output goes (a
-    buffer reused from call to call), instead of a new tensor."""
+    buffer reused from call to call), instead of a new tensor. Returns (out, the algorithm it
+    ran: brgemm.nn.Conv2d.algorithm_used's string)."""
     x = _tensor(x, "input", _FLOATS, ndim=5)
     c, k = geo.in_channels, geo.out_channels
     bc = _core.conv_block(c)
@@ -155,26 +167,28 @@ def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None
     out = torch.empty(shape, dtype=x.dtype) if out_buffer is None else out_buffer(shape, x.dtype)
     r = _residual_arg(residual, out)
     if out.numel() == 0:
-        return out
-    e = _conv_layer(_dtype_name(x), weight, geo, activation)
+        return out, None
+    dt = _dtype_name(x)
+    e = _conv_layer(dt, weight, geo, activation, _algorithm_arg(algorithm, dt))
     with e.lock:
         e.forward(_np(x), _np(out), _np(weight), None if bias is None else _np(bias), add=None if r is None else _np(r),
                   version=_weights_key(weight, bias))
-    return out
+        used = e.cv.algorithm_used
+    return out, used
 
 
 @_conv2d.register_fake
 def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
-      blocked_output=False, residual=None):
+      blocked_output=False, residual=None, algorithm="direct"):
     oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
     return input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, blocked_output))
 
 
 @_op("conv2d_backward", "(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, Tensor output, int[2] stride, "
-                        "int[] padding, int[2] dilation, str activation, bool input_grad, int groups=1) "
-                        "-> (Tensor, Tensor, Tensor)")
+                        'int[] padding, int[2] dilation, str activation, bool input_grad, int groups=1, '
+                        'str algorithm="direct") -> (Tensor, Tensor, Tensor)')
 def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad,
-                     groups=1):
+                     groups=1, algorithm="direct"):
     """(∂input or an empty tensor, ∂weight, ∂bias or an empty tensor) of conv2d, in float32;
     grad_output has the output's layout, ∂input the input's (plain or blocked)."""
     x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
@@ -190,7 +204,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     gx = torch.empty(x.shape if input_grad else (0,))
     if n == 0:
         return gx.zero_(), gw, gb
-    e = _conv_layer(_dtype_name(x), weight, geo, act)
+    e = _conv_layer(_dtype_name(x), weight, geo, act, _algorithm_arg(algorithm, _dtype_name(x)))
     dt = e.act_dtype
     with e.lock:
         e.refresh(_np(w), None if b is None else _np(b), _weights_key(weight, bias))  # as the forward packed them
@@ -207,28 +221,29 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
 
 
 @_conv2d_backward.register_fake
-def _(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad, groups=1):
+def _(grad_output, input, weight, bias, output, stride, padding, dilation, activation, input_grad, groups=1,
+      algorithm="direct"):
     return _product_grads_fake(input, weight, bias, input_grad)
 
 
 def _conv2d_grad(ctx, grad):
     input, weight, bias, output = ctx.saved_tensors
-    stride, padding, dilation, groups, activation, _, residual_dtype = ctx.args
+    stride, padding, dilation, groups, activation, _, residual_dtype, algorithm = ctx.args
     need = ctx.needs_input_grad
     gx, gw, gb = _conv2d_backward(grad, input, weight, bias, output, stride, padding, dilation, activation, need[0],
-                                  groups)
+                                  groups, algorithm)
     gr = None
     if residual_dtype is not None and need[9]:  # the residual's gradient is the pre-activation's
         mask = {"relu": lambda y: y > 0, "relu6": lambda y: (y > 0) & (y < 6)}.get(activation)
         gr = (grad * mask(output) if mask else grad).to(residual_dtype)
     return (gx.to(input.dtype) if need[0] else None, gw.to(weight.dtype) if need[1] else None,
-            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None, gr)
+            gb.to(bias.dtype) if bias is not None and need[2] else None, None, None, None, None, None, None, gr, None)
 
 
 def _setup_conv(ctx, inputs, output):
     _setup_product(ctx, inputs, output)
-    residual = ctx.args[-1]
-    ctx.args = (*ctx.args[:-1], None if residual is None else residual.dtype)  # all its gradient needs
+    *rest, residual, algorithm = ctx.args
+    ctx.args = (*rest, None if residual is None else residual.dtype, algorithm)  # all its gradient needs
 
 
 _conv2d.register_autograd(_conv2d_grad, setup_context=_setup_conv)

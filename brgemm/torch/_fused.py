@@ -59,7 +59,7 @@ class FusedConv2d(nn.Module):
     Parameter objects, under the same names); ``bn`` stays where it was in the model (its
     parameters and buffers keep their state_dict keys) and is only referenced here."""
 
-    def __init__(self, conv, bn=None, activation="none", compute_dtype=None):
+    def __init__(self, conv, bn=None, activation="none", compute_dtype=None, algorithm="direct"):
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, list(conv.stride), list(conv.dilation)
@@ -72,6 +72,12 @@ class FusedConv2d(nn.Module):
         self.__dict__["_bn"] = bn   # not a submodule: it keeps its own place in the model
         self.activation = activation  # "none", "relu" or "relu6"
         self.compute_dtype = compute_dtype
+        # "direct", "auto" or "winograd" (optimize's argument; float32 only): "winograd" where it
+        # applies (stride-1 3×3, no groups or dilation), direct elsewhere
+        applies = (tuple(self.kernel_size) == (3, 3) and self.stride == [1, 1] and self.dilation == [1, 1]
+                   and self.groups == 1)
+        self.algorithm = algorithm if algorithm != "winograd" or applies else "direct"
+        self._algorithm_used = None
         self._fold_key, self._folded = None, None
         self.training = conv.training
         self.__dict__["_activations"] = None  # set by optimize: the model's Activations
@@ -127,17 +133,26 @@ class FusedConv2d(nn.Module):
                 # Python time of a call, which counts at batch 1).
                 pool = self._activations
                 out = None if pool is None or slot is None else pool.buffer(slot)
-                return conv2d_inference(x, w, b, self._geometry, self.activation, residual, out)
+                y, self._algorithm_used = conv2d_inference(x, w, b, self._geometry, self.activation, residual, out,
+                                                           self.algorithm)
+                return y
             return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.activation, True,
-                        residual)
+                        residual, self.algorithm)
         moments = None
         if uses_batch_statistics(bn):  # gathered by the convolution while its rows are in cache
             y, moments = torch.ops.brgemm.conv2d_moments(x, self.weight, self.bias, self.stride, self.padding,
-                                                         self.dilation, self.groups)
+                                                         self.dilation, self.groups, self.algorithm)
         else:
-            y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, "none", True)
+            y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, "none", True,
+                     None, self.algorithm)
         y = batch_norm_train(y, bn, self.out_channels, residual, self.activation == "relu", moments)
         return y.clamp(0.0, 6.0) if self.activation == "relu6" else y
+
+    @property
+    def algorithm_used(self):
+        """What the last inference call without autograd ran ("direct", "winograd F(4x4,3x3)",
+        ...), None before one."""
+        return self._algorithm_used
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "

@@ -152,8 +152,8 @@ def _global_pool(m):
 class _Rebuild:
     """One pass over a traced graph, emitting the optimized graph."""
 
-    def __init__(self, gm, dtype, report, prefix):
-        self.gm, self.dtype, self.report, self.prefix = gm, dtype, report, prefix
+    def __init__(self, gm, dtype, report, prefix, algorithm="direct"):
+        self.gm, self.dtype, self.report, self.prefix, self.algorithm = gm, dtype, report, prefix, algorithm
         self.graph = fx.Graph()
         self.env = {}          # old node → new node
         self.channels = {}     # new node → channel count, for blocked values
@@ -227,7 +227,7 @@ class _Rebuild:
         conv_node, bn_node, residual, act = self.chains[tail]
         conv = self.gm.get_submodule(conv_node.target)
         bn = None if bn_node is None else self.gm.get_submodule(bn_node.target)
-        fused = FusedConv2d(conv, bn, act, self.dtype)
+        fused = FusedConv2d(conv, bn, act, self.dtype, self.algorithm)
         self.modules[conv_node.target] = fused
         if bn is not None:
             self.kept[bn_node.target] = bn
@@ -352,8 +352,8 @@ def _plan_activations(graph, modules, stages=(FusedConv2d,)):
     return slots
 
 
-def _optimize_traced(gm, dtype, report, prefix):
-    r = _Rebuild(gm, dtype, report, prefix)
+def _optimize_traced(gm, dtype, report, prefix, algorithm):
+    r = _Rebuild(gm, dtype, report, prefix, algorithm)
     graph = r.run()
     _plan_activations(graph, r.modules, (FusedConv2d, _BlockedMaxPool2d))
     activations = Activations()
@@ -370,7 +370,7 @@ def _optimize_traced(gm, dtype, report, prefix):
     return out
 
 
-def _optimize(model, dtype, report, prefix):
+def _optimize(model, dtype, report, prefix, algorithm):
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:  # noqa: BLE001  (any tracing failure: optimize the children instead)
@@ -383,12 +383,13 @@ def _optimize(model, dtype, report, prefix):
         new._modules = dict(model._modules)
         for name, child in model._modules.items():
             if child is not None:
-                new._modules[name] = _optimize(child, dtype, report, f"{prefix}.{name}" if prefix else name)
+                new._modules[name] = _optimize(child, dtype, report, f"{prefix}.{name}" if prefix else name,
+                                               algorithm)
         return new
-    return _optimize_traced(gm, dtype, report, prefix)
+    return _optimize_traced(gm, dtype, report, prefix, algorithm)
 
 
-def optimize(model, dtype=None):
+def optimize(model, dtype=None, algorithm="direct"):
     """``model`` rebuilt for brgemm: a new module that shares ``model``'s parameters and buffers
     (optimizers, state_dict keys and ``load_state_dict`` work as on ``model``; use the new module
     in its place). The report of what became of each module is ``result.brgemm_report``.
@@ -401,11 +402,18 @@ def optimize(model, dtype=None):
     global average pooling (max-pooling, ReLUs and adds included); Linear layers become
     :class:`brgemm.torch.Linear`. Other modules run unchanged on the plain layout. ``dtype``:
     None (the input's, float32) or "bfloat16" (bf16 products with float32 accumulation; the
-    result comes back float32). Inputs are (N, C, H, W) float32, any memory format."""
+    result comes back float32). Inputs are (N, C, H, W) float32, any memory format.
+    ``algorithm``: the float32 convolutions' (brgemm.nn.Conv2d's): "direct" (the default: the
+    rounding of a direct sum), or "auto" (Winograd F(2×2, 3×3) or F(4×4, 3×3) for the stride-1
+    3×3 convolutions where the layer's cost model says it pays, per call shape; its error is
+    larger, docs/api.md), or "winograd" (wherever it applies). Each fused convolution's
+    ``algorithm_used`` says what its last inference call ran."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dtype = _compute_dtype_arg(dtype)
+    if algorithm not in ("direct", "auto", "winograd"):
+        raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
     report = OptimizationReport()
-    out = _optimize(model, dtype, report, "")
+    out = _optimize(model, dtype, report, "", algorithm)
     out.brgemm_report = report
     return out
