@@ -4,8 +4,8 @@ from brgemm.bench.vision (ResNet-18 and ResNet-50; also ResNeXt-50 32x4d and Mob
 cross-entropy, backward, plain SGD; ResNet-18 and MobileNetV2 at N = 16, the 50-layer networks
 at N = 8), float32.
 
-brgemm's side is ``brgemm.torch.optimize(model, dtype=..., algorithm="auto")`` on a deep copy of
-the model (float32 inference rows also time it with algorithm="direct": "brgemm direct"), or
+brgemm's side is ``brgemm.torch.optimize(model, dtype=...)`` on a deep copy of the model, with
+algorithm="auto" for inference (the float32 rows also time algorithm="direct": "brgemm direct"), or
 (when the package has no optimize, or it fails on a network) the copy converted by
 ``brgemm.torch.convert(copy, blocked=True)``; the table's "via" column says which. Its peers, on the same weights and inputs in the same run: PyTorch eager in both
 layouts (NCHW and channels_last; the faster one counts), ``torch.compile`` with --compile
@@ -106,14 +106,18 @@ def network_call(torch, model, x, target, pass_, autocast=False):
     return step
 
 
-def brgemm_network(torch, model, pass_, dtype, log, label="the network", algorithm="auto"):
+def brgemm_network(torch, model, pass_, dtype, log, label="the network", algorithm=None):
     """(brgemm's module, "optimize" or "convert"): brgemm.torch.optimize on a deep copy of
-    ``model`` (set to the pass's mode first; float32 convolutions by ``algorithm``: "auto"
-    lets each stride-1 3×3 layer pick Winograd where its cost model says it pays) when the
-    package has it, else the copy converted by brgemm.torch.convert(blocked=True); with a note
-    (naming ``label``) when optimize is missing or fails."""
+    ``model`` (set to the pass's mode first; float32 convolutions by ``algorithm``, by default
+    "auto" for inference, where each stride-1 3×3 layer picks Winograd where its cost model says
+    it pays, and "direct" for training, where the filters change every step and Winograd's
+    transform of them did not pay: ResNet-18 N = 4 step 0.94× direct) when the package has it,
+    else the copy converted by brgemm.torch.convert(blocked=True); with a note (naming
+    ``label``) when optimize is missing or fails."""
     from .. import torch as bt  # here, not at the top: import brgemm must not import torch
     model.train(pass_ != "inference")
+    if algorithm is None:
+        algorithm = "auto" if pass_ == "inference" else "direct"
     compute = None if dtype == "float32" else dtype
     optimize = getattr(bt, "optimize", None)
     if optimize is not None:
