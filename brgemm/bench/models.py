@@ -135,8 +135,8 @@ def torch_model_fns(torch, name, pass_, seed=0):
     from .. import torch as bt  # here, not at the top: import brgemm must not import torch
     model, x, target, flops, nbytes, label = torch_model(torch, name, seed)
     ours = copy.deepcopy(model)
-    if name == "resnet_optimized":
-        ours = bt.optimize(ours)
+    if name == "resnet_optimized":  # Winograd where it pays in inference (networks.brgemm_network's rule)
+        ours = bt.optimize(ours, algorithm="auto" if pass_ == "inference" else "direct")
     else:
         bt.convert(ours, blocked=name == "resnet_blocked")
     fns = {"brgemm": _torch_model_call(torch, ours, x, target, pass_),
