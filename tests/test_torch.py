@@ -588,3 +588,27 @@ def test_bfloat16_weights_keep_one_packed_layer():
         yl = ops.linear(xl, wl)
     assert len(bt._bridge._built) == before
     assert torch.equal(y, ops.conv2d(x, w.float())) and torch.equal(yl, ops.linear(xl, wl.float()))
+
+
+def test_convert_takes_the_winograd_algorithm_where_it_applies():
+    """convert(..., algorithm="winograd"): the stride-1 3×3 Conv2d runs Winograd (forward and
+    input gradient), the 1×1 stays direct; both against float64 within a bound of the
+    Winograd form (tests/test_winograd.py: (C + 4a + 1)·2⁻²³ of the float64 algorithm on |x|,
+    |w| with absolute matrices; the chained 1×1 scales it by Σ|w|)."""
+    torch.manual_seed(0)
+    from test_winograd import bound
+    m = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 8, 1))
+    ref = copy.deepcopy(m).double()
+    bt.convert(m, algorithm="winograd")
+    assert m[0].algorithm == "winograd" and m[1].algorithm == "direct"
+    x = torch.randn(2, 16, 12, 12)
+    y = m(x)
+    x64 = x.double()
+    first = bound(x64.numpy(), m[0].weight.detach().double().numpy(), 4, (1, 1, 1, 1), 12, 12,
+                  extra=2.0 ** -23 * abs(ref[0](x64).detach().numpy()))
+    tol = torch.nn.functional.conv2d(torch.from_numpy(first), m[1].weight.detach().double().abs())
+    tol = tol + (32 + 2) * 2.0 ** -24 * torch.nn.functional.conv2d(ref[0](x64).abs(), ref[1].weight.abs(),
+                                                                     ref[1].bias.abs())
+    assert ((y.double() - ref(x64)).abs() <= tol).all()
+    with pytest.raises(ValueError, match="algorithm must be"):
+        bt.Conv2d(3, 4, 3, algorithm="fast")

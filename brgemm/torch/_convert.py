@@ -50,7 +50,12 @@ def _target(module, approximate):
 _FUSABLE = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 
 
-def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
+def _winograd_applies(conv):
+    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and conv.groups == 1)
+
+
+def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, algorithm="direct"):
     """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
     the same parameters (Conv2d with zero padding, grouped and depthwise too, Linear, LSTM without
     projections, GRU; with ``approximate=True`` also Tanh → KTanh and Softmax → TaylorSoftmax)
@@ -62,11 +67,14 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
     (``AdaptiveAvgPool2d(1)``, which becomes :class:`AdaptiveAvgPool2d`), returns the blocked
     layout (N, K/bk, OH, OW, bk), so the pair skips a conversion each way in forward and
     backward; the tensors between them are then 5-D, which matters only to code that looks at
-    them (hooks).
+    them (hooks). ``algorithm``: the swapped Conv2d's ("direct", "auto" or "winograd": where it
+    applies, stride-1 3×3; brgemm.torch.Conv2d).
     A model that is itself supported is converted by changing its class."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _compute_dtype_arg(dtype)
+    if algorithm not in ("direct", "auto", "winograd"):
+        raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
     report = ConversionReport()
 
     def visit(module, prefix):
@@ -74,7 +82,11 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False):
             full = f"{prefix}.{name}" if prefix else name
             cls, why = _target(child, approximate)
             if cls is not None:
-                setattr(module, name, cls.from_torch(child, dtype))
+                new = cls.from_torch(child, dtype)
+                if isinstance(new, Conv2d) and algorithm != "direct" and (
+                        algorithm == "auto" or _winograd_applies(new)):
+                    new.algorithm = algorithm
+                setattr(module, name, new)
                 report.swapped.append((full, type(child).__name__, f"brgemm.torch.{cls.__name__}"))
             elif len(child._modules) and why == "no brgemm counterpart":
                 visit(child, full)

@@ -77,17 +77,24 @@ class Conv2d(_Swap, nn.Conv2d):
     """``torch.nn.Conv2d`` (same arguments, parameters and state_dict) computed by
     ``torch.ops.brgemm.conv2d``, any groups (depthwise included), zero padding only. Extra keywords:
     ``activation="relu"`` (or "relu6") fuses a ReLU into the epilogue (convert does it for Conv2d → ReLU
-    in a Sequential); ``compute_dtype="bfloat16"`` computes in bf16 whatever the input."""
+    in a Sequential); ``compute_dtype="bfloat16"`` computes in bf16 whatever the input;
+    ``algorithm``: "direct" (the default), "auto" or "winograd" (float32; the operator's)."""
 
     _torch_class = nn.Conv2d
     _unsupported = staticmethod(_conv_unsupported)
 
-    def __init__(self, *args, activation=None, compute_dtype=None, **kwargs):
+    def __init__(self, *args, activation=None, compute_dtype=None, algorithm="direct", **kwargs):
         super().__init__(*args, **kwargs)
         reason = _conv_unsupported(self)
         if reason:
             raise ValueError(reason)
         self._init_brgemm(compute_dtype, activation)
+        if algorithm not in ("direct", "auto", "winograd"):
+            raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
+        self.algorithm = algorithm
+
+    #: The convolution algorithm (the operator's ``algorithm``); convert(..., algorithm=) sets it.
+    algorithm = "direct"
 
     def _padding4(self):  # "same" puts an odd extra row/column at the bottom/right, as PyTorch does
         return list(padding_arg(self.padding, self.kernel_size, self.dilation))
@@ -103,12 +110,13 @@ class Conv2d(_Swap, nn.Conv2d):
         x = (input.unsqueeze(0) if unbatched else input).to(dt)
         y = torch.ops.brgemm.conv2d(x, self.weight, self.bias, list(self.stride), self._padding4(),
                                     list(self.dilation), self.groups, self.activation,
-                                    self.blocked_output and not unbatched)
+                                    self.blocked_output and not unbatched, None, self.algorithm)
         return (y.squeeze(0) if unbatched else y).to(out_dt)
 
     def extra_repr(self):
         return (super().extra_repr() + f", activation={self.activation!r}, compute_dtype={self.compute_dtype}"
-                + (", blocked_output=True" if self.blocked_output else ""))
+                + (", blocked_output=True" if self.blocked_output else "")
+                + (f", algorithm={self.algorithm!r}" if self.algorithm != "direct" else ""))
 
 
 def _global(output_size):
