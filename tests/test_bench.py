@@ -177,7 +177,7 @@ def test_the_headline_prints_its_table_and_writes_the_same_rows_as_json(fake_pea
     cases = [r["case"] for r in rows]
     assert len(rows) == headline.headline_cases(("f32", "u8s8"), [1]) == 9
     assert cases[0].startswith("ukernel_f32_") and cases[1].startswith("ukernel_u8s8_")
-    assert cases[2:] == ["gemm f32 32x48x64", "gemm u8s8 32x48x64", "Conv 16->16 8x8 3x3/1 N=1 float32 fwd",
+    assert cases[2:] == ["gemm f32 32x48x64", "gemm u8s8 32x48x64", "Conv 16->16 8x8 3x3/1 N=1 float32 fwd auto",
                          "Conv 16->32 8x8 1x1/1 N=1 float32 fwd", "LSTM H=16 N=2 float32 fwd",
                          "GRU H=16 N=2 float32 fwd", "ResNet-style 6 convs 2x64x6x6 optimized float32 inference"]
     for r in rows:

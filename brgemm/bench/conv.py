@@ -82,17 +82,18 @@ def _torch_qconv(torch, x_q, conv, scale, zero, out_scale):
     return peers
 
 
-def forward_case(peers, x, layer, dtype, g=None):
-    """One forward case: our layer in eval mode, blocked arrays in and out (as a chain of
-    layers runs it), the output pre-allocated, against PyTorch's forward in both layouts
-    (its conv2d has no out=). ``g``: also PyTorch's backward on that output gradient. Returns a
-    namespace: conv, xb, yb, fns, torch_bwd, flops, nbytes, work (the taps that read the image)."""
+def forward_case(peers, x, layer, dtype, g=None, algorithm="direct"):
+    """One forward case: our layer in eval mode (``algorithm``: brgemm.nn.Conv2d's), blocked
+    arrays in and out (as a chain of layers runs it), the output pre-allocated, against
+    PyTorch's forward in both layouts (its conv2d has no out=). ``g``: also PyTorch's backward
+    on that output gradient. Returns a namespace: conv, xb, yb, fns, torch_bwd, flops, nbytes,
+    work (the taps that read the image)."""
     from types import SimpleNamespace
     from .. import layout
     from ..nn import Conv2d
     c, k, h, r, stride = layer
     n = x.shape[0]
-    conv = Conv2d(c, k, r, stride, r // 2, dtype=dtype, seed=0).eval()
+    conv = Conv2d(c, k, r, stride, r // 2, dtype=dtype, seed=0, algorithm=algorithm).eval()
     oh, ow = conv.output_size(h, h)
     xb = layout.to_blocked(x, dtype=conv._act_dtype)
     yb = np.empty((n, -(-k // conv.bk), oh, ow, conv.bk), conv._act_dtype)
@@ -113,8 +114,10 @@ def forward_case(peers, x, layer, dtype, g=None):
 def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
     """ResNet-50's convolutions: forward f32 and bf16 (bf16 also against our f32), backward
     (input and weight gradients) f32, against PyTorch's faster layout; int8 inference (uint8
-    in and out) against PyTorch's best quantized engine. FLOPs: 2·N·K·C·R·S·OH·OW per product
-    (backward: two)."""
+    in and out) against PyTorch's best quantized engine; the stride-1 3×3 layers also forward
+    with algorithm="auto" (Winograd where it pays), against PyTorch and our direct form. FLOPs:
+    2·N·K·C·R·S·OH·OW per product (backward: two), the direct convolution's also for Winograd
+    (so its % of peak is an effective rate)."""
     from .. import layout
     from ..nn import QuantizedConv2d
     rows = []
@@ -145,6 +148,16 @@ def run_conv(peers, rng, rounds, threads_list, log, batches=CONV_BATCHES):
                     log.row(rows[-1])
                     if dtype != "float32":
                         continue
+                    if r == 3 and stride == 1:  # Winograd where the layer's cost model says it pays
+                        auto = forward_case(peers, x, layer, dtype, algorithm="auto")
+                        fns = dict(auto.fns, brgemm_direct=ours["float32"])
+                        med, rat = compare(fns, rounds, threads)
+                        plain = {lib: t for lib, t in med.items() if lib != "brgemm_direct"}
+                        rows.append(_row(f"Conv {label} N={n} float32 fwd auto", threads, auto.flops, auto.nbytes,
+                                         plain, rat, peak_of(peak_op, threads), auto.work))
+                        rows[-1]["ratio_vs_brgemm_direct"] = rat["brgemm_direct"]
+                        rows[-1]["algorithm_used"] = auto.conv.algorithm_used
+                        log.row(rows[-1])
                     # Backward: input and weight (and bias) gradients of the last training forward.
                     conv.train().forward(xb, out=yb)
                     gb = layout.to_blocked(g)
@@ -178,7 +191,7 @@ def conv_summary(rows):
     lines = []
     for t in sorted({r["threads"] for r in rows}):
         for n in CONV_BATCHES:
-            for kind in ("float32 fwd", "bfloat16 fwd", "float32 bwd", "int8 fwd"):
+            for kind in ("float32 fwd", "float32 fwd auto", "bfloat16 fwd", "float32 bwd", "int8 fwd"):
                 got = [r for r in rows if r["threads"] == t and r["case"].endswith(f" N={n} {kind}")]
                 if got:
                     lines.append(ratio_summary(f"{kind} N={n}, {t} thread(s), vs PyTorch", got))
@@ -186,4 +199,8 @@ def conv_summary(rows):
                     and r["case"].endswith(f" N={n} bfloat16 fwd") and "ratio_vs_brgemm_float32" in r]
             if bf16:
                 lines.append(f"  bfloat16 fwd N={n}, {t} thread(s), vs our float32: geomean {geomean(bf16):.2f}x")
+            auto = [r["ratio_vs_brgemm_direct"] for r in rows if r["threads"] == t
+                    and r["case"].endswith(f" N={n} float32 fwd auto") and "ratio_vs_brgemm_direct" in r]
+            if auto:
+                lines.append(f"  float32 fwd auto N={n}, {t} thread(s), vs our direct: geomean {geomean(auto):.2f}x")
     return lines

@@ -70,12 +70,13 @@ def run_headline(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "
         peak = peak_of("fma_f32", threads)
         n = HEADLINE_CONV_BATCH
         for layer in HEADLINE_CONVS:
-            c, _, h, _, _ = layer
+            c, _, h, r, stride = layer
             x = rng.standard_normal((n, c, h, h), dtype=np.float32)
-            case = conv_forward_case(peers, x, layer, "float32")
+            auto = r == 3 and stride == 1  # the user's best option: Winograd where it pays
+            case = conv_forward_case(peers, x, layer, "float32", algorithm="auto" if auto else "direct")
             med, rat = compare(case.fns, rounds, threads)
-            rows.append(_row(f"Conv {_conv_label(*layer)} N={n} float32 fwd", threads, case.flops, case.nbytes,
-                             med, rat, peak, case.work))
+            rows.append(_row(f"Conv {_conv_label(*layer)} N={n} float32 fwd" + (" auto" if auto else ""), threads,
+                             case.flops, case.nbytes, med, rat, peak, case.work))
             log.row(rows[-1])
         h, n = HEADLINE_RNN
         x = rng.standard_normal((RNN_STEPS, n, h), dtype=np.float32)
