@@ -178,7 +178,7 @@ int64_t shared_floats(const winograd_plan& pl) {
 template <class Taps>
 void pack_filters(int m, int64_t src, int64_t res, int64_t bi, int64_t bo, std::vector<char>& dst, Taps taps) {
   const int a = m + 2, a2 = a * a;
-  const double(*gm)[3] = m == 2 ? winograd_g2 : winograd_g4;
+  const double(*gm)[3] = m == 2 ? winograd_g2 : m == 4 ? winograd_g4 : winograd_g6;
   const int64_t sb = ceil_div(src, bi), rb = ceil_div(res, bo), blk = packed_b_elements(dtype::f32, bi, bo);
   float* out = (float*)aligned(dst, a2 * rb * sb * blk * 4);
 #pragma omp parallel for collapse(2) num_threads(threads_for(50.0 * a2 * src * res)) schedule(static)
@@ -189,7 +189,7 @@ void pack_filters(int m, int64_t src, int64_t res, int64_t bi, int64_t bo, std::
       const int64_t kn = std::min(bo, res - j * bo), cn = std::min(bi, src - q * bi);
       for (int64_t kk = 0; kk < kn; ++kk)
         for (int64_t cc = 0; cc < cn; ++cc) {
-          double g[3][3], t[6][3];
+          double g[3][3], t[8][3];
           taps(j * bo + kk, q * bi + cc, g);
           for (int i = 0; i < a; ++i)
             for (int s = 0; s < 3; ++s) t[i][s] = gm[i][0] * g[0][s] + gm[i][1] * g[1][s] + gm[i][2] * g[2][s];

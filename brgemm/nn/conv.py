@@ -100,7 +100,8 @@ class Conv2d(_Convolution, Parameters):
     "winograd" runs forward and ∂x as Winograd F(m×m, 3×3) (layers/winograd.h; the weight
     gradient stays direct): 3×3 kernels, stride 1, dilation 1, groups 1, float32, activation
     None, "relu" or "relu6", else ValueError; F(4×4) or F(2×2), whichever the cost model of
-    layers/winograd.h finds cheaper for the call's shape ("winograd4", "winograd2" force one).
+    layers/winograd.h finds cheaper for the call's shape ("winograd2", "winograd4" force one;
+    "winograd6" forces F(6×6), which auto never picks: it measured no faster than F(4×4)).
     "auto" takes that tile where Winograd applies and the model finds it at least 1.1× cheaper
     than the direct convolution (the multiplies saved against the transforms' work and the
     (m+2)²/9 larger filters read from memory: direct for few channels, or for many channels
@@ -108,7 +109,7 @@ class Conv2d(_Convolution, Parameters):
     the last forward ran, "direct" or "winograd F(4x4,3x3)" / "winograd F(2x2,3x3)" (None
     before the first). Winograd results differ from the direct ones by rounding: measured
     against float64 on ResNet-50's 3×3 layers, the largest error is ≤ 2e-5 of the output's
-    largest magnitude for F(4×4), ≤ 1e-6 for F(2×2) (direct: ≤ 1e-6).
+    largest magnitude for F(4×4), ≤ 1e-6 for F(2×2), ≤ 3e-5 for F(6×6) (direct: ≤ 1e-6).
     ``activation``: None, "relu", or any of :class:`brgemm.nn.Linear`'s. ``dtype``: "float32",
     or "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
     weights and gradients; the weight gradient is computed in f32 from the bf16 activations,

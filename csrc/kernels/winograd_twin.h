@@ -43,6 +43,12 @@ struct tables<4> {
   static constexpr const float (&at)[4][6] = brgemm::winograd_at4;
 };
 
+template <>
+struct tables<6> {
+  static constexpr const float (&bt)[8][8] = brgemm::winograd_bt6;
+  static constexpr const float (&at)[6][8] = brgemm::winograd_at6;
+};
+
 // y[i·ys] = Σ_j t[i][j]·x[j·xs] for i < R (see above for the order).
 template <class O, int R, int C>
 static inline __attribute__((always_inline)) void apply(const float (&t)[R][C], const typename O::V* x, int xs,
@@ -193,9 +199,11 @@ static inline void output_tile(const brgemm::winograd_output_args& g) {
 #define BRGEMM_WINOGRAD_ENTRY_POINTS(ISA, O)                                            \
   void winograd_input_f32__##ISA(int m, const winograd_input_args& a) {                 \
     if (m == 2) return brgemm_winograd::input_tile<2, O>(a);                            \
+    if (m == 6) return brgemm_winograd::input_tile<6, O>(a);                            \
     return brgemm_winograd::input_tile<4, O>(a);                                        \
   }                                                                                     \
   void winograd_output_f32__##ISA(int m, const winograd_output_args& a) {               \
     if (m == 2) return brgemm_winograd::output_tile<2, O>(a);                           \
+    if (m == 6) return brgemm_winograd::output_tile<6, O>(a);                           \
     return brgemm_winograd::output_tile<4, O>(a);                                       \
   }
