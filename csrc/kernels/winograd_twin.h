@@ -6,7 +6,8 @@
 //
 // A row of a table is applied as a sum over its nonzero entries in column order, starting from
 // the first positive one (no negation), ±1 as an add or a subtract, any other c as the product
-// by |c| then an add or a subtract. Static, so each ISA translation unit keeps its own copy.
+// by |c| then an add or a subtract; F(4×4)'s rows share their common terms instead (bt4, at4).
+// In an unnamed namespace, so each ISA translation unit keeps its own copy.
 #pragma once
 #include <cstdint>
 #include "brgemm/winograd.h"
