@@ -55,10 +55,12 @@ CASES = [
     (16, 33, 17, 5, (1, 2, 0, 1)),    # asymmetric padding, K one past two blocks
     (20, 16, 9, 13, (2, 0, 1, 2)),    # asymmetric, padding 2 on one side
     (64, 40, 14, 14, (1, 1, 1, 1)),   # a ResNet-like 64-wide block
+    (8, 6, 6, 5, (3, 0, 0, 3)),       # padding 3: backward data's 2 − p is −1 (its patches start inside)
+    (5, 6, 1, 2, (1, 1, 1, 1)),       # a 1 × 2 image: one partial tile
     (256, 256, 8, 8, (1, 1, 1, 1)),   # large filters, few tiles: at F(6×6) (16.8 MB of them) the
                                       # threads share each tile group
 ]
-IDS = ["c3k5", "c17", "c40p2", "asym", "asym2", "c64", "shared"]
+IDS = ["c3k5", "c17", "c40p2", "asym", "asym2", "c64", "p3", "1x2", "shared"]
 
 
 def conv64(x, w, pad, oh, ow):
