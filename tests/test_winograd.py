@@ -328,6 +328,13 @@ def test_unsupported_layers_raise(kwargs, reason):
         Conv2d(**args, algorithm="winograd")
 
 
+def test_int8_has_no_winograd():
+    from brgemm.nn import QuantizedConv2d
+    with pytest.raises(ValueError, match=r"algorithm='winograd'.*int8"):
+        QuantizedConv2d(8, 8, 3, algorithm="winograd")
+    QuantizedConv2d(8, 8, 3, algorithm="auto")
+
+
 def test_bad_algorithm_names():
     with pytest.raises(ValueError, match="algorithm must be"):
         Conv2d(8, 8, 3, algorithm="fast")

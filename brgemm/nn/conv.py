@@ -204,7 +204,8 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
     ``out_dtype="uint8"``, y_q = clip(round(y / output_scale) + output_zero_point, 0, 255)
     (ties to even). Padding is a real zero (x_q = input_zero_point).
 
-    Geometry arguments as :class:`Conv2d`. ``out_dtype`` defaults to "uint8" when
+    Geometry arguments as :class:`Conv2d`; ``algorithm`` "auto" or "direct" (both the direct
+    convolution: Winograd is float32 only, "winograd" is a ValueError). ``out_dtype`` defaults to "uint8" when
     ``output_scale`` is given, else "float32". ``weight``, ``weight_scale``, ``bias`` and the
     scale and zero-point attributes may be changed at any time (in place too); the next forward
     packs again when they differ from what it packed. New layers start from PyTorch's float
@@ -220,9 +221,16 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, *, input_scale=1.0, input_zero_point=0, output_scale=None, output_zero_point=0,
-                 out_dtype=None, seed=None, groups=1):
+                 out_dtype=None, seed=None, groups=1, algorithm="direct"):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.activation = activation_arg(activation)
+        if not isinstance(algorithm, str):
+            raise TypeError(f"algorithm must be a string, got {type(algorithm).__name__}")
+        if algorithm.startswith("winograd"):
+            raise ValueError(f"algorithm={algorithm!r} is not available for this layer: int8 (QuantizedConv2d) "
+                             "runs the direct convolution only")
+        if algorithm not in ("auto", "direct"):
+            raise ValueError(f"algorithm must be 'auto' or 'direct' for QuantizedConv2d, got {algorithm!r}")
         self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
         self._runner = QuantizedConvRunner(self.geometry, activation or "none", self.out_dtype)
         self.bc, self.bk = self._runner.bc, self._runner.bk
