@@ -66,7 +66,8 @@ constexpr int64_t l3_budget = 12 << 20;   // the same for a shared group (L3: 32
 // (input transforms split by tile, products by (point, result block), output transforms by
 // tile), V and M staying in L3, so that U is read once per group. The plan takes shared groups
 // when U does not fit in L3 and their estimated memory traffic is smaller: groups·|U| against
-// shared groups·|U| + 2(|V| + |M|) (512 channels at 7×7, N = 16, F(4×4): 14.2 → 7.4 ms).
+// shared groups·|U| + 2(|V| + |M|) (512 channels at 7×7, N = 16, F(4×4): 14.2 → 7.4 ms on 2
+// threads; on one, where a shared group is simply an L3-sized one, 26.6 → 13.5 ms).
 status build(winograd_plan& pl, const winograd_shape& p) {
   pl.p = p;
   const int64_t a2 = (p.m + 2) * (p.m + 2);
@@ -83,7 +84,7 @@ status build(winograd_plan& pl, const winograd_shape& p) {
   const double shared_traffic = (double)ceil_div(pl.tiles, ts) * u_bytes + 2.0 * (double)(pl.tiles * per_tile);
   // While U fits in L3 its re-reads are L3 hits, and private groups measured faster whatever
   // the estimate (256 channels at 14×14, N = 16, F(4×4), U 9.4 MB: 7.5 against 8.3 ms).
-  pl.shared = p.threads > 1 && u_bytes > (double)l3_budget && shared_traffic < private_traffic;
+  pl.shared = u_bytes > (double)l3_budget && shared_traffic < private_traffic;
   if (pl.shared) t = ts;
   pl.group = t;
   pl.groups = ceil_div(pl.tiles, t);
