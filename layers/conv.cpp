@@ -298,7 +298,7 @@ int conv_layer::tile_for(int64_t n, int64_t h, int64_t w) const {
 
 winograd_conv* conv_layer::winograd(int m) {
   std::lock_guard<std::mutex> lock(wg_.mutex);
-  const int i = m == 4;
+  const int i = m / 2 - 1;
   if (!wg_.layer[i]) wg_.layer[i] = std::make_shared<winograd_conv>(g_, act_, m);
   if (wg_.version[i] != version_) {  // the weights as refresh took them last
     wg_.layer[i]->pack((const float*)w_seen_.data());

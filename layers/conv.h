@@ -113,7 +113,7 @@ class conv_layer {
   bool bf16() const { return t_ == dtype::bf16; }
   bool needs_z() const { return activation_backward_needs_x(act_); }
 
-  // The algorithm of forward and backward data: 0 direct, 2 or 4 Winograd F(m×m, 3×3)
+  // The algorithm of forward and backward data: 0 direct, 2, 4 or 6 Winograd F(m×m, 3×3)
   // (winograd.h; the weight gradient stays direct), 1 Winograd with m by call shape, −1 auto
   // (winograd_auto_tile per call shape, direct where Winograd does not apply or pay). Returns the reason when a forced m cannot apply
   // (winograd_unsupported), else null. algorithm_used(): what the last forward ran (0 direct,
@@ -159,10 +159,10 @@ class conv_layer {
   std::shared_ptr<depthwise_conv> dw_;         // a depthwise layer's passes (not BRGEMMs)
   int algo_ = 0, used_ = -1;
   int64_t version_ = 0;                        // weights packed so far (the Winograd forms follow)
-  // F(2×2) and F(4×4), made and packed when first used; a copied layer makes its own.
+  // F(2×2), F(4×4), F(6×6), made and packed when first used; a copied layer makes its own.
   struct winograd_forms {
-    std::shared_ptr<winograd_conv> layer[2];
-    int64_t version[2] = {-1, -1};
+    std::shared_ptr<winograd_conv> layer[3];
+    int64_t version[3] = {-1, -1, -1};
     std::mutex mutex;
     winograd_forms() = default;
     winograd_forms(const winograd_forms&) {}

@@ -49,7 +49,7 @@ struct winograd_plan_key {
 
 class winograd_conv {
  public:
-  // g must be supported (winograd_unsupported(g, f32, act) is null); m is 2 or 4.
+  // g must be supported (winograd_unsupported(g, f32, act) is null); m is 2, 4 or 6.
   winograd_conv(const conv_geometry& g, activation act, int m);
   int m() const { return m_; }
 

@@ -1,4 +1,4 @@
-"""Winograd F(2×2, 3×3) and F(4×4, 3×3) convolution (layers/winograd.cpp, brgemm.nn.Conv2d
+"""Winograd F(2×2, 3×3), F(4×4, 3×3) and F(6×6, 3×3) convolution (layers/winograd.cpp, brgemm.nn.Conv2d
 algorithm="winograd"): forward and backward data against float64 references (a direct
 convolution, and the same Winograd algorithm in float64 for the error bound), the direct layer,
 odd sizes and paddings, channels that are not a multiple of the block, bias / activation /
@@ -35,8 +35,17 @@ BT = {2: np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], n
 G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
      4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+BT[6] = np.array([[1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0], [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+                  [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0], [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+                  [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0], [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+                  [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0], [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]])
+G[6] = np.array([[1, 0, 0], [-2 / 9, -2 / 9, -2 / 9], [-2 / 9, 2 / 9, -2 / 9], [1 / 90, 1 / 45, 2 / 45],
+                 [1 / 90, -1 / 45, 2 / 45], [32 / 45, 16 / 45, 8 / 45], [32 / 45, -16 / 45, 8 / 45], [0, 0, 1]])
 AT = {2: np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
-      4: np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)}
+      4: np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64),
+      6: np.array([[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0], [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
+                   [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 0], [0, 1, 1, 16, 16, 1 / 16, 1 / 16, 0],
+                   [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1]])}
 
 # (C, K, H, W, padding (top, bottom, left, right))
 CASES = [
@@ -46,9 +55,12 @@ CASES = [
     (16, 33, 17, 5, (1, 2, 0, 1)),    # asymmetric padding, K one past two blocks
     (20, 16, 9, 13, (2, 0, 1, 2)),    # asymmetric, padding 2 on one side
     (64, 40, 14, 14, (1, 1, 1, 1)),   # a ResNet-like 64-wide block
-    (256, 256, 8, 8, (1, 1, 1, 1)),   # large filters, few tiles: the threads share each tile group
+    (8, 6, 6, 5, (3, 0, 0, 3)),       # padding 3: backward data's 2 − p is −1 (its patches start inside)
+    (5, 6, 1, 2, (1, 1, 1, 1)),       # a 1 × 2 image: one partial tile
+    (256, 256, 8, 8, (1, 1, 1, 1)),   # large filters, few tiles: at F(6×6) (16.8 MB of them) the
+                                      # threads share each tile group
 ]
-IDS = ["c3k5", "c17", "c40p2", "asym", "asym2", "c64", "shared"]
+IDS = ["c3k5", "c17", "c40p2", "asym", "asym2", "c64", "p3", "1x2", "shared"]
 
 
 def conv64(x, w, pad, oh, ow):
@@ -111,13 +123,13 @@ def test_winograd64_is_the_convolution(rng):
     w = rng.standard_normal((3, 5, 3, 3))
     for pad in [(1, 1, 1, 1), (0, 2, 2, 0), (-1, 2, 1, -1)]:
         oh, ow = out_size(9, 7, pad)
-        for m in (2, 4):
+        for m in (2, 4, 6):
             np.testing.assert_allclose(winograd64(x, w, m, pad, oh, ow), conv64(x, w, pad, oh, ow), atol=1e-10)
 
 
 @pytest.mark.parametrize("lanes", [4, 12, 16, 24, 64])
 @pytest.mark.parametrize("act", ["none", "relu", "relu6"])
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 def test_transforms_twin_bits(rng, m, act, lanes):
     """The transforms alone: every ISA gives the scalar twin's bits (whole vectors and the lanes
     past them), NaN stays NaN through the activation, and the values are the float64 ones
@@ -150,7 +162,7 @@ def test_transforms_twin_bits(rng, m, act, lanes):
                   "output transform")
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_forward_and_backward_data(isa, rng, case, m):
     c, k, h, w, pad = case
@@ -209,7 +221,7 @@ def run_core(isa_name, c, k, h, w, pad, m, act, x, wt, b, add, keep_z):
         brgemm.set_isa(None)
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 @pytest.mark.parametrize("act", ["none", "relu", "relu6"])
 def test_epilogue_residual_and_isas_agree_bitwise(rng, m, act):
     """Bias, residual and activation fused into the output transform (z: the pre-activation),
@@ -314,6 +326,13 @@ def test_unsupported_layers_raise(kwargs, reason):
     args.update(kwargs)
     with pytest.raises(ValueError, match=rf"algorithm='winograd'.*{reason}"):
         Conv2d(**args, algorithm="winograd")
+
+
+def test_int8_has_no_winograd():
+    from brgemm.nn import QuantizedConv2d
+    with pytest.raises(ValueError, match=r"algorithm='winograd'.*int8"):
+        QuantizedConv2d(8, 8, 3, algorithm="winograd")
+    QuantizedConv2d(8, 8, 3, algorithm="auto")
 
 
 def test_bad_algorithm_names():

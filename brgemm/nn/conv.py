@@ -100,7 +100,8 @@ class Conv2d(_Convolution, Parameters):
     "winograd" runs forward and ∂x as Winograd F(m×m, 3×3) (layers/winograd.h; the weight
     gradient stays direct): 3×3 kernels, stride 1, dilation 1, groups 1, float32, activation
     None, "relu" or "relu6", else ValueError; F(4×4) or F(2×2), whichever the cost model of
-    layers/winograd.h finds cheaper for the call's shape ("winograd4", "winograd2" force one).
+    layers/winograd.h finds cheaper for the call's shape ("winograd2", "winograd4" force one;
+    "winograd6" forces F(6×6), which auto never picks: it measured no faster than F(4×4)).
     "auto" takes that tile where Winograd applies and the model finds it at least 1.1× cheaper
     than the direct convolution (the multiplies saved against the transforms' work and the
     (m+2)²/9 larger filters read from memory: direct for few channels, or for many channels
@@ -108,7 +109,7 @@ class Conv2d(_Convolution, Parameters):
     the last forward ran, "direct" or "winograd F(4x4,3x3)" / "winograd F(2x2,3x3)" (None
     before the first). Winograd results differ from the direct ones by rounding: measured
     against float64 on ResNet-50's 3×3 layers, the largest error is ≤ 2e-5 of the output's
-    largest magnitude for F(4×4), ≤ 1e-6 for F(2×2) (direct: ≤ 1e-6).
+    largest magnitude for F(4×4), ≤ 1e-6 for F(2×2), ≤ 3e-5 for F(6×6) (direct: ≤ 1e-6).
     ``activation``: None, "relu", or any of :class:`brgemm.nn.Linear`'s. ``dtype``: "float32",
     or "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
     weights and gradients; the weight gradient is computed in f32 from the bf16 activations,
@@ -204,7 +205,8 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
     ``out_dtype="uint8"``, y_q = clip(round(y / output_scale) + output_zero_point, 0, 255)
     (ties to even). Padding is a real zero (x_q = input_zero_point).
 
-    Geometry arguments as :class:`Conv2d`. ``out_dtype`` defaults to "uint8" when
+    Geometry arguments as :class:`Conv2d`; ``algorithm`` "auto" or "direct" (both the direct
+    convolution: Winograd is float32 only, "winograd" is a ValueError). ``out_dtype`` defaults to "uint8" when
     ``output_scale`` is given, else "float32". ``weight``, ``weight_scale``, ``bias`` and the
     scale and zero-point attributes may be changed at any time (in place too); the next forward
     packs again when they differ from what it packed. New layers start from PyTorch's float
@@ -220,9 +222,16 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, *, input_scale=1.0, input_zero_point=0, output_scale=None, output_zero_point=0,
-                 out_dtype=None, seed=None, groups=1):
+                 out_dtype=None, seed=None, groups=1, algorithm="direct"):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.activation = activation_arg(activation)
+        if not isinstance(algorithm, str):
+            raise TypeError(f"algorithm must be a string, got {type(algorithm).__name__}")
+        if algorithm.startswith("winograd"):
+            raise ValueError(f"algorithm={algorithm!r} is not available for this layer: int8 (QuantizedConv2d) "
+                             "runs the direct convolution only")
+        if algorithm not in ("auto", "direct"):
+            raise ValueError(f"algorithm must be 'auto' or 'direct' for QuantizedConv2d, got {algorithm!r}")
         self._init_quantization(input_scale, input_zero_point, output_scale, output_zero_point, out_dtype)
         self._runner = QuantizedConvRunner(self.geometry, activation or "none", self.out_dtype)
         self.bc, self.bk = self._runner.bc, self._runner.bk

@@ -6,7 +6,8 @@
 //
 // A row of a table is applied as a sum over its nonzero entries in column order, starting from
 // the first positive one (no negation), ±1 as an add or a subtract, any other c as the product
-// by |c| then an add or a subtract. Static, so each ISA translation unit keeps its own copy.
+// by |c| then an add or a subtract; F(4×4)'s rows share their common terms instead (bt4, at4).
+// In an unnamed namespace, so each ISA translation unit keeps its own copy.
 #pragma once
 #include <cstdint>
 #include "brgemm/winograd.h"
@@ -41,6 +42,12 @@ template <>
 struct tables<4> {
   static constexpr const float (&bt)[6][6] = brgemm::winograd_bt4;
   static constexpr const float (&at)[4][6] = brgemm::winograd_at4;
+};
+
+template <>
+struct tables<6> {
+  static constexpr const float (&bt)[8][8] = brgemm::winograd_bt6;
+  static constexpr const float (&at)[6][8] = brgemm::winograd_at6;
 };
 
 // y[i·ys] = Σ_j t[i][j]·x[j·xs] for i < R (see above for the order).
@@ -193,9 +200,11 @@ static inline void output_tile(const brgemm::winograd_output_args& g) {
 #define BRGEMM_WINOGRAD_ENTRY_POINTS(ISA, O)                                            \
   void winograd_input_f32__##ISA(int m, const winograd_input_args& a) {                 \
     if (m == 2) return brgemm_winograd::input_tile<2, O>(a);                            \
+    if (m == 6) return brgemm_winograd::input_tile<6, O>(a);                            \
     return brgemm_winograd::input_tile<4, O>(a);                                        \
   }                                                                                     \
   void winograd_output_f32__##ISA(int m, const winograd_output_args& a) {               \
     if (m == 2) return brgemm_winograd::output_tile<2, O>(a);                           \
+    if (m == 6) return brgemm_winograd::output_tile<6, O>(a);                           \
     return brgemm_winograd::output_tile<4, O>(a);                                       \
   }

@@ -171,8 +171,9 @@ struct py_conv {
     else if (a == "winograd") code = 1;
     else if (a == "winograd2") code = 2;
     else if (a == "winograd4") code = 4;
+    else if (a == "winograd6") code = 6;
     else {
-      value_error("algorithm must be 'auto', 'direct' or 'winograd' ('winograd2', 'winograd4' force the tile), got '" +
+      value_error("algorithm must be 'auto', 'direct' or 'winograd' ('winograd2', 'winograd4', 'winograd6' force the tile), got '" +
                   a + "'");
       return;
     }
@@ -374,7 +375,7 @@ py::tuple winograd_transforms_py(const std::string& level, int m, py::handle D, 
                                  const std::string& act) {
   isa lv;
   if (!isa_from_name(level.c_str(), &lv) || !isa_available(lv)) value_error("isa '" + level + "' is not available here");
-  if (m != 2 && m != 4) value_error("m must be 2 or 4, got " + std::to_string(m));
+  if (m != 2 && m != 4 && m != 6) value_error("m must be 2, 4 or 6, got " + std::to_string(m));
   const int64_t a = m + 2;
   py::array_t<float, py::array::c_style | py::array::forcecast> d(py::reinterpret_borrow<py::object>(D));
   py::array_t<float, py::array::c_style | py::array::forcecast> mx(py::reinterpret_borrow<py::object>(Mx));

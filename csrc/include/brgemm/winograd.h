@@ -5,7 +5,8 @@
 //
 // The matrices are Lavin & Gray's ("Fast Algorithms for Convolutional Neural Networks", 2016):
 // y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for a 3×3 filter g, an a × a input tile d (a = m + 2) and an
-// m × m output tile y; interpolation points 0, ±1 (m = 2) and 0, ±1, ±2 (m = 4), plus ∞.
+// m × m output tile y; interpolation points 0, ±1 (m = 2), 0, ±1, ±2 (m = 4) and
+// 0, ±1, ±2, ±1/2 (m = 6), plus ∞.
 // Every ISA gives the twin's bits: each output is the same sum of the same products by the
 // same constants (no fused multiply-add) in the same order, lane by lane.
 #pragma once
@@ -26,6 +27,31 @@ constexpr double winograd_g4[6][3] = {{1.0 / 4, 0, 0},
                                       {-1.0 / 6, 1.0 / 6, -1.0 / 6},
                                       {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                       {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                      {0, 0, 1}};
+
+// F(6×6, 3×3): points 0, ±1, ±2, ±1/2 (every entry exact in float). Its transforms' larger
+// coefficients (21/4, 17/4, 32) make it the least accurate of the three (layers/winograd.h).
+constexpr float winograd_bt6[8][8] = {{1, 0, -5.25f, 0, 5.25f, 0, -1, 0},
+                                      {0, 1, 1, -4.25f, -4.25f, 1, 1, 0},
+                                      {0, -1, 1, 4.25f, -4.25f, -1, 1, 0},
+                                      {0, 0.5f, 0.25f, -2.5f, -1.25f, 2, 1, 0},
+                                      {0, -0.5f, 0.25f, 2.5f, -1.25f, -2, 1, 0},
+                                      {0, 2, 4, -2.5f, -5, 0.5f, 1, 0},
+                                      {0, -2, 4, 2.5f, -5, -0.5f, 1, 0},
+                                      {0, -1, 0, 5.25f, 0, -5.25f, 0, 1}};
+constexpr float winograd_at6[6][8] = {{1, 1, 1, 1, 1, 1, 1, 0},
+                                      {0, 1, -1, 2, -2, 0.5f, -0.5f, 0},
+                                      {0, 1, 1, 4, 4, 0.25f, 0.25f, 0},
+                                      {0, 1, -1, 8, -8, 0.125f, -0.125f, 0},
+                                      {0, 1, 1, 16, 16, 0.0625f, 0.0625f, 0},
+                                      {0, 1, -1, 32, -32, 0.03125f, -0.03125f, 1}};
+constexpr double winograd_g6[8][3] = {{1, 0, 0},
+                                      {-2.0 / 9, -2.0 / 9, -2.0 / 9},
+                                      {-2.0 / 9, 2.0 / 9, -2.0 / 9},
+                                      {1.0 / 90, 1.0 / 45, 2.0 / 45},
+                                      {1.0 / 90, -1.0 / 45, 2.0 / 45},
+                                      {32.0 / 45, 16.0 / 45, 8.0 / 45},
+                                      {32.0 / 45, -16.0 / 45, 8.0 / 45},
                                       {0, 0, 1}};
 
 // The input transform of one tile over `blocks` channel blocks: the a × a patch whose top-left
@@ -66,7 +92,7 @@ struct winograd_transforms {
   const char* isa;
 };
 // The transforms of `level` (the VNNI and BF16 levels use AVX-512's), for a plan to keep:
-// m = 2 or 4, and the activations above only.
+// m = 2, 4 or 6, and the activations above only.
 winograd_transforms winograd_transforms_for(isa level);
 
 }  // namespace brgemm
