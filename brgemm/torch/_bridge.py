@@ -91,6 +91,25 @@ def _versioned(t):
     return isinstance(t, torch.nn.Parameter) or _persistent.get(id(t)) is t
 
 
+def _algorithm_arg(algorithm, tiles=False):
+    """A convolution algorithm: "direct", "auto" or "winograd" (brgemm.nn.Conv2d's; with
+    ``tiles``, as the operators take it, also "winograd2", "winograd4", "winograd6", which force
+    a tile); a ValueError naming it otherwise."""
+    names = ("direct", "auto", "winograd") + (("winograd2", "winograd4", "winograd6") if tiles else ())
+    if algorithm not in names:
+        raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
+    return algorithm
+
+
+def _module_algorithm(algorithm, conv):
+    """What a convolution module (converted or fused) asks of the operator: ``algorithm``
+    checked, and "winograd" only where it applies (stride-1 3×3, no dilation, no groups), direct
+    elsewhere ("auto" decides per call itself)."""
+    applies = (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+               and tuple(conv.dilation) == (1, 1) and conv.groups == 1)
+    return "direct" if _algorithm_arg(algorithm) == "winograd" and not applies else algorithm
+
+
 def _weights_key(*tensors):
     """What tells a layer's weights apart between calls, so unchanged weights skip the comparison
     with what was packed (the runners' ``version``): the caller's tensor objects (kept as weak

@@ -4,7 +4,8 @@ import torch
 
 from .. import _core
 from .._runners.conv import F32, ConvGeometry, ConvRunner, blocked_shape, out_size
-from ._bridge import _FLOATS, _activation, _dtype_name, _identity, _layer, _master, _np, _op, _tensor, _weights_key
+from ._bridge import (_FLOATS, _activation, _algorithm_arg, _dtype_name, _identity, _layer, _master, _np, _op,
+                      _tensor, _weights_key)
 from ._products import _product_grads_fake, _setup_product
 
 
@@ -51,12 +52,10 @@ def _conv_layer(dt, weight, geo, activation, algorithm="direct"):  # weight: the
                   lambda: ConvRunner(dt, geo, activation, scratch=8, algorithm=algorithm))
 
 
-def _algorithm_arg(algorithm, dt):
-    """The convolution algorithm of the operators: "direct", "auto" or "winograd" (brgemm.nn.Conv2d's;
-    float32 only: a bfloat16 call runs direct whatever it asks, as auto would pick)."""
-    if algorithm not in ("direct", "auto", "winograd", "winograd2", "winograd4"):
-        raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
-    return algorithm if dt == "float32" else "direct"
+def _op_algorithm(algorithm, dt):
+    """The operators' algorithm (_algorithm_arg, tiles allowed), float32 only: a bfloat16 call
+    runs direct whatever it asks, as auto would pick."""
+    return _algorithm_arg(algorithm, tiles=True) if dt == "float32" else "direct"
 
 
 def _conv_output_shape(n, k, oh, ow, blocked):
@@ -95,7 +94,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     if out.numel() == 0:
         return out
     dt = _dtype_name(x)
-    e = _conv_layer(dt, weight, geo, act, _algorithm_arg(algorithm, dt))
+    e = _conv_layer(dt, weight, geo, act, _op_algorithm(algorithm, dt))
     with e.lock:
         e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
                   add=None if r is None else _np(r), version=_weights_key(weight, bias))
@@ -117,7 +116,7 @@ def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1, al
     if out.numel() == 0:
         return out, moments
     dt = _dtype_name(x)
-    e = _conv_layer(dt, weight, geo, "none", _algorithm_arg(algorithm, dt))
+    e = _conv_layer(dt, weight, geo, "none", _op_algorithm(algorithm, dt))
     with e.lock:
         e.forward(_np(x), _np(out), _np(w), None if b is None else _np(b), x_key=_identity(x),
                   version=_weights_key(weight, bias), moments=moments.numpy())
@@ -169,7 +168,7 @@ def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None
     if out.numel() == 0:
         return out, None
     dt = _dtype_name(x)
-    e = _conv_layer(dt, weight, geo, activation, _algorithm_arg(algorithm, dt))
+    e = _conv_layer(dt, weight, geo, activation, _op_algorithm(algorithm, dt))
     with e.lock:
         e.forward(_np(x), _np(out), _np(weight), None if bias is None else _np(bias), add=None if r is None else _np(r),
                   version=_weights_key(weight, bias))
@@ -204,7 +203,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     gx = torch.empty(x.shape if input_grad else (0,))
     if n == 0:
         return gx.zero_(), gw, gb
-    e = _conv_layer(_dtype_name(x), weight, geo, act, _algorithm_arg(algorithm, _dtype_name(x)))
+    e = _conv_layer(_dtype_name(x), weight, geo, act, _op_algorithm(algorithm, _dtype_name(x)))
     dt = e.act_dtype
     with e.lock:
         e.refresh(_np(w), None if b is None else _np(b), _weights_key(weight, bias))  # as the forward packed them

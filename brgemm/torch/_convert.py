@@ -3,6 +3,7 @@ epilogues and passes the blocked layout between convolutions; ConversionReport s
 
 from torch import nn
 
+from ._bridge import _algorithm_arg, _module_algorithm
 from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax, _compute_dtype_arg, _global
 
 
@@ -50,11 +51,6 @@ def _target(module, approximate):
 _FUSABLE = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 
 
-def _winograd_applies(conv):
-    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
-            and conv.groups == 1)
-
-
 def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, algorithm="direct"):
     """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
     the same parameters (Conv2d with zero padding, grouped and depthwise too, Linear, LSTM without
@@ -73,8 +69,7 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _compute_dtype_arg(dtype)
-    if algorithm not in ("direct", "auto", "winograd"):
-        raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
+    _algorithm_arg(algorithm)
     report = ConversionReport()
 
     def visit(module, prefix):
@@ -83,9 +78,8 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
             cls, why = _target(child, approximate)
             if cls is not None:
                 new = cls.from_torch(child, dtype)
-                if isinstance(new, Conv2d) and algorithm != "direct" and (
-                        algorithm == "auto" or _winograd_applies(new)):
-                    new.algorithm = algorithm
+                if isinstance(new, Conv2d):
+                    new.algorithm = _module_algorithm(algorithm, new)
                 setattr(module, name, new)
                 report.swapped.append((full, type(child).__name__, f"brgemm.torch.{cls.__name__}"))
             elif len(child._modules) and why == "no brgemm counterpart":

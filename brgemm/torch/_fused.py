@@ -18,7 +18,7 @@ from torch import nn
 
 from .._runners.conv import ConvGeometry, padding_arg
 from .._runners.weights import WeightsKey
-from ._bridge import mark_persistent
+from ._bridge import _module_algorithm, mark_persistent
 from ._conv import conv2d_inference
 from ._norm import batch_norm_train, uses_batch_statistics
 
@@ -72,11 +72,7 @@ class FusedConv2d(nn.Module):
         self.__dict__["_bn"] = bn   # not a submodule: it keeps its own place in the model
         self.activation = activation  # "none", "relu" or "relu6"
         self.compute_dtype = compute_dtype
-        # "direct", "auto" or "winograd" (optimize's argument; float32 only): "winograd" where it
-        # applies (stride-1 3×3, no groups or dilation), direct elsewhere
-        applies = (tuple(self.kernel_size) == (3, 3) and self.stride == [1, 1] and self.dilation == [1, 1]
-                   and self.groups == 1)
-        self.algorithm = algorithm if algorithm != "winograd" or applies else "direct"
+        self.algorithm = _module_algorithm(algorithm, self)  # optimize's argument (float32 only)
         self._algorithm_used = None
         self._fold_key, self._folded = None, None
         self.training = conv.training

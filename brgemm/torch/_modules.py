@@ -7,7 +7,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .._runners.conv import padding_arg
 from ..nn import functional as _fn
-from ._bridge import _BF16, _F32
+from ._bridge import _BF16, _F32, _algorithm_arg
 
 
 def _compute_dtype_arg(dtype):
@@ -89,9 +89,7 @@ class Conv2d(_Swap, nn.Conv2d):
         if reason:
             raise ValueError(reason)
         self._init_brgemm(compute_dtype, activation)
-        if algorithm not in ("direct", "auto", "winograd"):
-            raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
-        self.algorithm = algorithm
+        self.algorithm = _algorithm_arg(algorithm)
 
     #: The convolution algorithm (the operator's ``algorithm``); convert(..., algorithm=) sets it.
     algorithm = "direct"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _layout  # noqa: F401  (registers brgemm::to_blocked / from_blocked)
+from ._bridge import _algorithm_arg
 from ._fused import Activations, FusedConv2d
 from ._pool import max_pool2d_blocked_into
 from ._modules import Linear, _compute_dtype_arg
@@ -411,8 +412,7 @@ def optimize(model, dtype=None, algorithm="direct"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dtype = _compute_dtype_arg(dtype)
-    if algorithm not in ("direct", "auto", "winograd"):
-        raise ValueError(f"algorithm must be 'direct', 'auto' or 'winograd', got {algorithm!r}")
+    _algorithm_arg(algorithm)
     report = OptimizationReport()
     out = _optimize(model, dtype, report, "", algorithm)
     out.brgemm_report = report
