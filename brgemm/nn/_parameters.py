@@ -96,21 +96,8 @@ class Parameters:
         self._bias = self._param(value, self._bias.shape, "bias")
 
     # The layer's own access (OwnedArrays.own and set: `self._weight -= d` reads, then sets).
-    @property
-    def _weight(self):
-        return self._owned.own("weight")
-
-    @_weight.setter
-    def _weight(self, value):
-        self._owned.set("weight", value)
-
-    @property
-    def _bias(self):
-        return self._owned.own("bias")
-
-    @_bias.setter
-    def _bias(self, value):
-        self._owned.set("bias", value)
+    _weight = property(lambda self: self._owned.own("weight"), lambda self, v: self._owned.set("weight", v))
+    _bias = property(lambda self: self._owned.own("bias"), lambda self, v: self._owned.set("bias", v))
 
     @property
     def weight_grad(self):
