@@ -22,15 +22,18 @@ LAYOUTS = ("NCHW", "KCRS")
 _VNNI = {np.dtype(np.float32): 1, np.dtype(ml_dtypes.bfloat16): 2, np.dtype(np.int8): 4}
 
 
-def block_size(channels):
-    """The channel block the convolution layers use for ``channels``."""
+def block_size(channels, dtype=np.float32):
+    """The channel block the convolution layers use for ``channels`` of ``dtype``: below 16
+    channels, the count itself for float32 (an RGB image is NHWC, nothing padded) and the count
+    rounded up to 4 for bfloat16 and the int8 types (their kernels reduce pairs and quads);
+    from 16 on, 64, 32 or 16 (whichever pads least) for every dtype."""
     try:
         channels = operator.index(channels)  # int() would take 2.5, "8" and fail on inf with OverflowError
     except TypeError:
         raise TypeError(f"channels must be an integer, got {type(channels).__name__}") from None
     if not 1 <= channels < 1 << 62:
         raise ValueError(f"channels must be in 1..2**62, got {channels}")
-    return _core.conv_block(channels)
+    return _core.conv_block(channels, np.dtype(dtype) == np.float32)
 
 
 def _layout_arg(layout):
@@ -43,7 +46,7 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
     """x in PyTorch's layout → blocked.
 
     ``layout="NCHW"``: activations (N, C, H, W) → (N, ⌈C/bc⌉, H, W, bc); ``block`` is bc (default
-    :func:`block_size` (C)); ``dtype`` float32 or bfloat16 (default x's), or uint8 for a
+    :func:`block_size` (C, dtype)); ``dtype`` float32 or bfloat16 (default x's), or uint8 for a
     uint8 x (int8 inference: :class:`brgemm.nn.QuantizedConv2d`). An (N, C, H, W) view of NHWC
     memory (``np.transpose(nhwc, (0, 3, 1, 2))``) is read as it is, without an NCHW copy.
     ``layout="KCRS"``: weights (K, C, R, S) → (⌈K/bk⌉, ⌈C/bc⌉, R, S, bc/v, bk, v) with v = 1 for
@@ -58,7 +61,7 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
         raise ValueError(f"x must be 4-D ({'N, C, H, W' if layout == 'NCHW' else 'K, C, R, S'}), got {x.ndim}-D")
     dtype = np.dtype(x.dtype if dtype is None else dtype)
     if layout == "NCHW":
-        bc = block_size(x.shape[1]) if block is None else int(block)
+        bc = block_size(x.shape[1], dtype) if block is None else int(block)
         if bc < 1:
             raise ValueError(f"block must be at least 1, got {block}")
         if dtype == np.uint8:
@@ -74,7 +77,7 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
         _core.conv_to_blocked(x if nhwc else np.ascontiguousarray(x), xb)
         return xb
     k, c, r, s = x.shape
-    bc, bk = (block_size(c), block_size(k)) if block is None else (int(block[0]), int(block[1]))
+    bc, bk = (block_size(c, dtype), block_size(k, dtype)) if block is None else (int(block[0]), int(block[1]))
     if dtype not in _VNNI:
         raise ValueError(f"dtype must be float32, bfloat16 or int8 for weights, got {dtype}")
     v = _VNNI[dtype]

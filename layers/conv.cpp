@@ -107,8 +107,8 @@ int64_t nhwc_pixels(int64_t c, int64_t hw, int64_t bytes) {
 
 }  // namespace
 
-int64_t conv_block(int64_t channels) {
-  if (channels < 16) return round_up(channels, 4);
+int64_t conv_block(int64_t channels, bool f32) {
+  if (channels < 16) return f32 ? channels : round_up(channels, 4);
   int64_t best = 64;
   for (int64_t b : {32, 16})
     if (round_up(channels, b) < round_up(channels, best)) best = b;
@@ -247,7 +247,7 @@ void pack_pass(dtype t, const channel_split& sp, int64_t src, int64_t res, int64
 }
 
 conv_layer::conv_layer(dtype t, const conv_geometry& g, brgemm::activation act)
-    : t_(t), g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act) {
+    : t_(t), g_(g), bc_(conv_block(g.c, t == dtype::f32)), bk_(conv_block(g.k, t == dtype::f32)), act_(act) {
   if (g.depthwise()) {
     dw_ = std::make_shared<depthwise_conv>(t, g, bc_, act);
     return;
@@ -612,7 +612,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
 }
 
 qconv_layer::qconv_layer(const conv_geometry& g, brgemm::activation act, out_type out)
-    : g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act), out_(out) {
+    : g_(g), bc_(conv_block(g.c, false)), bk_(conv_block(g.k, false)), act_(act), out_(out) {
   fs_ = split_channels(g.c, g.k, g.groups, bc_, bk_, 4);
 }
 

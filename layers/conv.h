@@ -47,10 +47,12 @@ struct conv_geometry {
   }
 };
 
-// The channel block for `channels`: below 16 the count rounded up to 4 (an RGB input wastes
-// one lane in four, not thirteen in sixteen); otherwise 64, 32 or 16, whichever pads least
-// (ties to the larger block, which keeps the kernel's 64-wide tiles full).
-int64_t conv_block(int64_t channels);
+// The channel block for `channels`: below 16, the count itself in f32 (an RGB pixel is 3
+// floats, so a row of the stem's 7 × 7 window is one reduction of 21 with nothing padded: see
+// the merged taps of conv_plan.cpp), rounded up to 4 for bf16 and int8 (their kernels reduce
+// pairs and quads); otherwise 64, 32 or 16, whichever pads least (ties to the larger block,
+// which keeps the kernel's 64-wide tiles full).
+int64_t conv_block(int64_t channels, bool f32);
 
 // Plain NCHW (n × c × hw) ↔ blocked [n][c/bc][hw][bc]; to_blocked zeroes the padded channels.
 // Element types (brgemm/types.h): f32 and bf16 for training, u8 for int8 inference.

@@ -89,18 +89,6 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   pl.tile = !c_is_acc && pl.chunks > 1;
   pl.ldc = p.res_step * p.bo;
 
-  // Kernels per run (runs differ only in M).
-  desc d{p.t, 0, ko, ki, p.src_step * p.bi, ko, pl.ldc, batch_kind::offset, 0.0f, p.e};
-  // Grouped passes only (a split other than every channel at once): the ungrouped ones keep
-  // the kernels they were measured with.
-  const bool grouped = ki != p.bi || ko != p.bo || pl.ch.per != p.red;
-  const char* name = grouped ? narrow_ukernel(p.t, ko) : nullptr;
-  pl.kr.resize(runs.size());
-  for (size_t u = 0; u < runs.size(); ++u) {
-    d.m = runs[u].m;
-    if (status s = pl.kr[u].make(d, pl.chunks, name); s != status::ok) return s;
-  }
-
   // Column runs. A run narrower than the stack of result rows that share its row taps (the
   // border columns of a padded image are one result wide) goes down the column instead: one
   // call per column over those rows, whose sources lie src_row_step rows apart. A one-row tile
@@ -125,7 +113,38 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
       else
         pl.stacks[gi].push_back({o, 1});
     }
+
+  // Merged column taps: with a short layout block (fewer than 16 channels: an image's 3 or 4)
+  // a tap is a reduction of 4, a quarter of the batch element's fixed cost per step. When a
+  // run's column taps are neighbours both in the source (adjacent pixels of bi channels) and in
+  // the packed weights (consecutive taps' ki × ko blocks), they are one batch element over
+  // taps · ki: the stem's 7 × 7 becomes 7 elements of 28 instead of 49 of 4. Runs that may go
+  // down the column (m < tallest) keep one tap per element (kc's kernels are shared by runs).
+  pl.merged.assign(runs.size(), 1);
+  if (ki == p.bi && p.bi < 16)
+    for (size_t u = 0; u < runs.size(); ++u) {
+      const std::vector<tap>& ts = runs[u].taps;
+      bool next = runs[u].m >= tallest && ts.size() > 1;
+      for (size_t x = 1; next && x < ts.size(); ++x) next = ts[x].t == ts[x - 1].t + 1 && ts[x].src == ts[x - 1].src + 1;
+      if (next) pl.merged[u] = (int64_t)ts.size();
+    }
+
+  // Kernels per run (runs differ in M, and merged ones in K).
+  desc d{p.t, 0, ko, ki, p.src_step * p.bi, ko, pl.ldc, batch_kind::offset, 0.0f, p.e};
+  // Grouped passes only (a split other than every channel at once): the ungrouped ones keep
+  // the kernels they were measured with.
+  const bool grouped = ki != p.bi || ko != p.bo || pl.ch.per != p.red;
+  const char* name = grouped ? narrow_ukernel(p.t, ko) : nullptr;
+  pl.kr.resize(runs.size());
+  for (size_t u = 0; u < runs.size(); ++u) {
+    d.m = runs[u].m;
+    d.k = ki * pl.merged[u];
+    d.overlap_a = pl.merged[u] > 1;  // a window of taps·bi elements, the next result's bi·step on
+    if (status s = pl.kr[u].make(d, pl.chunks, name); s != status::ok) return s;
+  }
   pl.kc.assign(tallest + 1, {});
+  d.k = ki;
+  d.overlap_a = false;
   d.lda = p.src_row_step * p.src_cols * p.bi;
   d.ldc = p.res_cols * p.bo;
   for (int64_t m = narrowest + 1; m <= tallest; ++m) {
@@ -172,7 +191,8 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
           for (int64_t q = ch * pl.per; q < std::min(pl.ch.per, (ch + 1) * pl.per); ++q) {
             const int64_t at = phases[ph] + q, src_q = at / ri * src_plane + at % ri * ki;
             for (const tap& tr : taps_o)
-              for (const tap& ts : runs[u].taps) {
+              for (size_t x = 0; x < runs[u].taps.size(); x += pl.merged[u]) {
+                const tap& ts = runs[u].taps[x];
                 pl.offs_a.push_back(src_q + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
                 pl.offs_w.push_back(((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
               }

@@ -153,7 +153,8 @@ struct conv_pass_plan {
   std::vector<run> runs;                   // runs of result columns that see the same taps
   int64_t per, chunks, group, groups, ldc;
   bool tile;                               // partial sums in a per-thread tile
-  std::vector<chunk_kernels> kr;           // per run (runs differ only in M)
+  std::vector<int64_t> merged;             // per run: column taps per batch element (1, or all)
+  std::vector<chunk_kernels> kr;           // per run (runs differ in M, merged ones in K)
   std::vector<chunk_kernels> kc;           // down a column, by the stack's height
   std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks;  // per group: (first row, rows)
   std::vector<int64_t> row_class, row_base;  // per result row: its class, its first tap's source row

@@ -225,7 +225,7 @@ def test_blocked_in_blocked_out_and_chains(rng, dtype):
     x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
     plain = b(a(x))
     xb = layout.to_blocked(x, dtype=a._act_dtype)
-    assert xb.shape == (2, 1, 9, 9, 4)
+    assert xb.shape == (2, 1, 9, 9, 3 if dtype == "float32" else 4)  # float32 RGB: NHWC, nothing padded
     yb = b(a(xb))
     assert yb.ndim == 5 and yb.shape[-1] == b.bk
     np.testing.assert_array_equal(layout.from_blocked(yb, 40), plain)
@@ -237,8 +237,10 @@ def test_blocked_in_blocked_out_and_chains(rng, dtype):
 
 
 def test_layout_round_trips_and_block_sizes(rng):
-    assert [layout.block_size(c) for c in (1, 3, 4, 15, 16, 17, 48, 64, 96, 100, 512)] == \
-        [4, 4, 4, 16, 16, 32, 16, 64, 32, 16, 64]
+    sizes = (1, 3, 4, 15, 16, 17, 48, 64, 96, 100, 512)
+    assert [layout.block_size(c) for c in sizes] == [1, 3, 4, 15, 16, 32, 16, 64, 32, 16, 64]
+    for dt in (BF16, np.uint8, np.int8):  # pairs and quads: below 16 rounded up to 4
+        assert [layout.block_size(c, dt) for c in sizes] == [4, 4, 4, 16, 16, 32, 16, 64, 32, 16, 64]
     x = rng.standard_normal((2, 21, 3, 4)).astype(np.float32)
     xb = layout.to_blocked(x)
     assert xb.shape == (2, 1, 3, 4, 32)
@@ -251,7 +253,7 @@ def test_layout_round_trips_and_block_sizes(rng):
     for dt, v in ((np.float32, 1), (BF16, 2), (np.int8, 4)):
         src = (w * 10).astype(np.int8) if dt == np.int8 else w
         wb = layout.to_blocked(src, layout="KCRS", dtype=dt)
-        bc, bk = layout.block_size(21), layout.block_size(70)
+        bc, bk = layout.block_size(21, dt), layout.block_size(70, dt)
         assert wb.shape[:4] == (-(-70 // bk), -(-21 // bc), 3, 2)
         # element (k, c, r, s) sits at [k/bk][c/bc][r][s][(c%bc)/v][k%bk][c%v]
         k, c, r, s = 37, 19, 2, 1
@@ -289,7 +291,7 @@ def test_nhwc_memory_blocks_as_nchw_does(rng, c, xt, bt, quantize):
         x.flat[:6] = [0.25, 0.75, -0.25, 300.0, -300.0, np.nan]
     x = x.astype(xt)
     q = {"scale": 0.5, "zero_point": 3} if quantize else {}
-    bc = brgemm._core.conv_block(c)
+    bc = brgemm._core.conv_block(c, bt == np.float32)
     want = np.full((3, -(-c // bc), 5, 7, bc), 9, bt)
     got = want.copy()
     brgemm._core.conv_to_blocked(x, want, **q)
@@ -408,9 +410,9 @@ def test_errors_name_the_argument(rng):
         conv(x[:, :4])
     with pytest.raises(ValueError, match="larger than the padded input"):
         Conv2d(5, 8, 7)(x)
-    with pytest.raises(ValueError, match="blocks of 8"):
-        conv(np.zeros((1, 1, 4, 4, 16), np.float32))   # a 5-channel layer blocks by 8
-    with pytest.raises(ValueError, match="blocks of 8"):
+    with pytest.raises(ValueError, match="blocks of 5"):
+        conv(np.zeros((1, 1, 4, 4, 16), np.float32))   # a 5-channel float32 layer blocks by 5
+    with pytest.raises(ValueError, match="blocks of 5"):
         conv(np.zeros((1, 2, 4, 4, 4), np.float32))
     with pytest.raises(TypeError, match="blocked"):
         Conv2d(5, 8, 3, dtype="bfloat16")(layout.to_blocked(x))
@@ -444,8 +446,8 @@ def test_private_driver_refuses_wrong_sizes():
     cv = _core._Conv2d("float32", 5, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, "none")
     w = np.zeros((8, 5, 3, 3), np.float32)
     cv.refresh(w, None)
-    assert (cv.bc, cv.bk) == (8, 8)
-    xb = np.zeros((1, 1, 4, 4, 8), np.float32)
+    assert (cv.bc, cv.bk) == (5, 8)
+    xb = np.zeros((1, 1, 4, 4, 5), np.float32)
     with pytest.raises(ValueError, match="yb must hold"):
         cv.forward(1, 4, 4, xb, np.zeros(10, np.float32), None)
     with pytest.raises(ValueError, match="xb must hold"):

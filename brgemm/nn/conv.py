@@ -60,11 +60,11 @@ class _Convolution:
             return np.ascontiguousarray(x), False
         if x.ndim == 5:
             n, cb, h, w, b = x.shape
+            if x.dtype != dtype and name == "x":  # first: the block below 16 channels depends on the dtype
+                raise TypeError(f"{name} is blocked {x.dtype}; this layer takes blocked {dtype.name}")
             if b != block or cb != -(-channels // block):
                 raise ValueError(f"{name} is blocked as {x.shape}; this layer's {channels} channels need blocks of "
                                  f"{block}: shape (N, {-(-channels // block)}, H, W, {block})")
-            if x.dtype != dtype and name == "x":
-                raise TypeError(f"{name} is blocked {x.dtype}; this layer takes blocked {dtype.name}")
             if min(x.shape) < 1:
                 raise ValueError(f"{name} has a zero-size dimension (shape {x.shape})")
             return np.ascontiguousarray(x), True

@@ -108,7 +108,7 @@ status validate(const desc& d) {
   if (d.m < 1 || !fits(d.m, 1)) return status::bad_m;
   if (d.n < 1 || !fits(d.n, 1)) return status::bad_n;
   if (d.k < 1 || !fits(d.k, 1)) return status::bad_k;
-  if (d.lda < d.k || !fits(d.m, d.lda)) return status::bad_lda;
+  if (d.lda < (d.overlap_a ? 1 : d.k) || !fits(d.m, d.lda)) return status::bad_lda;
   if (d.ldb < d.n || !fits(d.k + 3, d.ldb * dtype_kpack(d.type))) return status::bad_ldb;
   if (d.ldc < d.n || !fits(d.m, d.ldc)) return status::bad_ldc;
   if (!std::isfinite(d.beta)) return status::bad_beta;

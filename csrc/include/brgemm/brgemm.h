@@ -122,6 +122,8 @@ struct desc {
                       // (int8: 0 or 1 only, on the s32 accumulator; with an output type
                       // other than the accumulator's, prev is epilogue_args::acc_in)
   epilogue_desc ep;   // ldc counts elements of the output type
+  bool overlap_a = false;  // A's rows may overlap (lda < k): a convolution's windows of adjacent
+                           // pixels read as one row each; A is only read. Drivers only.
 };
 
 // How the i-th A and B blocks are found. Offsets and strides are in elements; only the fields
