@@ -2,12 +2,12 @@
 
 Activations ``[N][C/bc][H][W][bc]``: the innermost axis is a block of ``bc`` channels, so one
 pixel's block is a vector the kernel loads whole. Weights ``[K/bk][C/bc][R][S][bc][bk]``, in the
-kernel's B layout: bfloat16 pairs input channels (``[..][bc/2][bk][2]``, VNNI-2), int8 groups
-four (``[..][bc/4][bk][4]``, VNNI-4). Channel counts that are not a multiple of the block are
-padded with zeros (C = 3 → one block of 4).
+kernel's B layout: bfloat16 pairs input channels (``[..][⌈bc/2⌉][bk][2]``, VNNI-2), int8 groups
+four (``[..][⌈bc/4⌉][bk][4]``, VNNI-4), a block's last pair or quad zero-padded. Channel counts
+that are not a multiple of the block are padded with zeros.
 
-The block for a channel count is :func:`block_size`: below 16 the count rounded up to 4, else
-64, 32 or 16, whichever pads least. A blocked array carries its block as its last axis (or,
+The block for a channel count is :func:`block_size`: below 16 the count itself (C = 3: an RGB
+image blocked is NHWC, nothing padded), else 64, 32 or 16, whichever pads least. A blocked array carries its block as its last axis (or,
 for weights, the last two), and a layer checks it against its own.
 """
 
@@ -22,18 +22,15 @@ LAYOUTS = ("NCHW", "KCRS")
 _VNNI = {np.dtype(np.float32): 1, np.dtype(ml_dtypes.bfloat16): 2, np.dtype(np.int8): 4}
 
 
-def block_size(channels, dtype=np.float32):
-    """The channel block the convolution layers use for ``channels`` of ``dtype``: below 16
-    channels, the count itself for float32 (an RGB image is NHWC, nothing padded) and the count
-    rounded up to 4 for bfloat16 and the int8 types (their kernels reduce pairs and quads);
-    from 16 on, 64, 32 or 16 (whichever pads least) for every dtype."""
+def block_size(channels):
+    """The channel block the convolution layers use for ``channels``."""
     try:
         channels = operator.index(channels)  # int() would take 2.5, "8" and fail on inf with OverflowError
     except TypeError:
         raise TypeError(f"channels must be an integer, got {type(channels).__name__}") from None
     if not 1 <= channels < 1 << 62:
         raise ValueError(f"channels must be in 1..2**62, got {channels}")
-    return _core.conv_block(channels, np.dtype(dtype) == np.float32)
+    return _core.conv_block(channels)
 
 
 def _layout_arg(layout):
@@ -46,7 +43,7 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
     """x in PyTorch's layout → blocked.
 
     ``layout="NCHW"``: activations (N, C, H, W) → (N, ⌈C/bc⌉, H, W, bc); ``block`` is bc (default
-    :func:`block_size` (C, dtype)); ``dtype`` float32 or bfloat16 (default x's), or uint8 for a
+    :func:`block_size` (C)); ``dtype`` float32 or bfloat16 (default x's), or uint8 for a
     uint8 x (int8 inference: :class:`brgemm.nn.QuantizedConv2d`). An (N, C, H, W) view of NHWC
     memory (``np.transpose(nhwc, (0, 3, 1, 2))``) is read as it is, without an NCHW copy.
     ``layout="KCRS"``: weights (K, C, R, S) → (⌈K/bk⌉, ⌈C/bc⌉, R, S, bc/v, bk, v) with v = 1 for
@@ -61,7 +58,7 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
         raise ValueError(f"x must be 4-D ({'N, C, H, W' if layout == 'NCHW' else 'K, C, R, S'}), got {x.ndim}-D")
     dtype = np.dtype(x.dtype if dtype is None else dtype)
     if layout == "NCHW":
-        bc = block_size(x.shape[1], dtype) if block is None else int(block)
+        bc = block_size(x.shape[1]) if block is None else int(block)
         if bc < 1:
             raise ValueError(f"block must be at least 1, got {block}")
         if dtype == np.uint8:
@@ -77,19 +74,25 @@ def to_blocked(x, block=None, layout="NCHW", dtype=None):
         _core.conv_to_blocked(x if nhwc else np.ascontiguousarray(x), xb)
         return xb
     k, c, r, s = x.shape
-    bc, bk = (block_size(c, dtype), block_size(k, dtype)) if block is None else (int(block[0]), int(block[1]))
+    bc, bk = (block_size(c), block_size(k)) if block is None else (int(block[0]), int(block[1]))
     if dtype not in _VNNI:
         raise ValueError(f"dtype must be float32, bfloat16 or int8 for weights, got {dtype}")
     v = _VNNI[dtype]
-    if bc < 1 or bk < 1 or bc % v:
-        raise ValueError(f"block (bc, bk) must be positive with bc a multiple of {v} for {dtype}, got {(bc, bk)}")
+    if bc < 1 or bk < 1:
+        raise ValueError(f"block (bc, bk) must be positive, got {(bc, bk)}")
     if dtype == np.int8 and x.dtype != np.int8:
         raise ValueError(f"int8 weights must be given as int8 (quantize them first), got {x.dtype}")
     kb, cb = -(-k // bk), -(-c // bc)
-    padded = np.zeros((kb * bk, cb * bc, r, s), dtype)
-    padded[:k, :c] = x.astype(dtype)
-    # (kb, bk, cb, bc/v, v, r, s) → (kb, cb, r, s, bc/v, bk, v)
-    out = padded.reshape(kb, bk, cb, bc // v, v, r, s).transpose(0, 2, 5, 6, 3, 1, 4)
+    if bc % v and cb > 1:  # padded rows inside the channels: from_blocked could not tell them apart
+        raise ValueError(f"block bc = {bc} must be a multiple of {v} for {dtype} when the {c} channels span "
+                         f"several blocks")
+    bv = -(-bc // v) * v  # a block's rows padded to whole pairs or quads
+    channels = np.zeros((k, cb * bc, r, s), dtype)
+    channels[:, :c] = x.astype(dtype)
+    padded = np.zeros((kb * bk, cb, bv, r, s), dtype)
+    padded[:k, :, :bc] = channels.reshape(k, cb, bc, r, s)
+    # (kb, bk, cb, bv/v, v, r, s) → (kb, cb, r, s, bv/v, bk, v)
+    out = padded.reshape(kb, bk, cb, bv // v, v, r, s).transpose(0, 2, 5, 6, 3, 1, 4)
     out = np.ascontiguousarray(out)
     return out[..., 0] if v == 1 else out
 

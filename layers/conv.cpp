@@ -107,8 +107,8 @@ int64_t nhwc_pixels(int64_t c, int64_t hw, int64_t bytes) {
 
 }  // namespace
 
-int64_t conv_block(int64_t channels, bool f32) {
-  if (channels < 16) return f32 ? channels : round_up(channels, 4);
+int64_t conv_block(int64_t channels) {
+  if (channels < 16) return channels;
   int64_t best = 64;
   for (int64_t b : {32, 16})
     if (round_up(channels, b) < round_up(channels, best)) best = b;
@@ -208,7 +208,8 @@ void conv_from_blocked_nhwc(const void* xb, element bt, int64_t n, int64_t c, in
 template <class TapsOf>
 void pack_pass(dtype t, const channel_split& sp, int64_t src, int64_t res, int64_t groups, int64_t taps, char* dst,
                bool res_inner, TapsOf taps_of) {
-  const int64_t ki = sp.ki, ko = sp.ko, blk = ki * ko, bytes = blk * dtype_b_bytes(t), nj = (int64_t)sp.q0.size();
+  const int64_t ki = sp.ki, ko = sp.ko, blk = ki * ko, nj = (int64_t)sp.q0.size();
+  const int64_t bytes = packed_b_elements(t, ki, ko) * dtype_b_bytes(t);  // an odd ki: pairs, quads padded
   const int64_t gs = src / groups, gr = res / groups;
 #pragma omp parallel for collapse(2) num_threads(threads_for(8.0 * nj * sp.per * blk * taps)) schedule(static)
   for (int64_t j = 0; j < nj; ++j)
@@ -246,8 +247,30 @@ void pack_pass(dtype t, const channel_split& sp, int64_t src, int64_t res, int64
     }
 }
 
+// The forward weights of an ungrouped layer by kernel row, where merged runs need them
+// (conv_plan.h's packs_rows): per result block j and kernel row r, the (S·ki) × ko matrix
+// whose row s·ki + c is tap (r, s)'s channel c, packed as one B (its pairs or quads run across
+// the taps), at (j·R + r)·packed_b_elements(t, S·ki, ko). T: float (f32, bf16) or int8 (u8s8).
+template <class T>
+void pack_rows(dtype t, const conv_geometry& g, int64_t ki, int64_t ko, const T* w, char* dst) {
+  const int64_t nj = ceil_div(g.k, ko), kr = g.s * ki, rows = packed_b_elements(t, kr, ko) * dtype_b_bytes(t);
+  std::vector<T> m((size_t)(kr * ko));
+  std::vector<uint16_t> b16(t == dtype::bf16 ? m.size() : 0);
+  for (int64_t j = 0; j < nj; ++j)
+    for (int64_t r = 0; r < g.r; ++r) {
+      std::fill(m.begin(), m.end(), T(0));
+      for (int64_t kk = 0; kk < std::min(ko, g.k - j * ko); ++kk)
+        for (int64_t s = 0; s < g.s; ++s)
+          for (int64_t c = 0; c < g.c; ++c) m[(s * ki + c) * ko + kk] = w[(((j * ko + kk) * g.c + c) * g.r + r) * g.s + s];
+      const void* src = m.data();
+      if constexpr (std::is_same_v<T, float>)
+        if (t == dtype::bf16) f32_to_bf16(m.data(), b16.data(), (int64_t)m.size()), src = b16.data();
+      pack_b(t, src, kr, ko, ko, dst + (j * g.r + r) * rows, ko, nullptr);
+    }
+}
+
 conv_layer::conv_layer(dtype t, const conv_geometry& g, brgemm::activation act)
-    : t_(t), g_(g), bc_(conv_block(g.c, t == dtype::f32)), bk_(conv_block(g.k, t == dtype::f32)), act_(act) {
+    : t_(t), g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act) {
   if (g.depthwise()) {
     dw_ = std::make_shared<depthwise_conv>(t, g, bc_, act);
     return;
@@ -262,12 +285,17 @@ conv_layer::conv_layer(dtype t, const conv_geometry& g, brgemm::activation act)
 void conv_layer::pack(const float* w) {
   if (dw_) return dw_->pack(w);
   const int64_t taps = g_.r * g_.s, gc = g_.group_c(), wb = dtype_b_bytes(t_);
-  auto blocks = [&](const channel_split& sp) { return (int64_t)sp.q0.size() * sp.per * taps * sp.ki * sp.ko * wb; };
+  auto blocks = [&](const channel_split& sp) {
+    return (int64_t)sp.q0.size() * sp.per * taps * packed_b_elements(t_, sp.ki, sp.ko) * wb;
+  };
   const bool grouped = g_.groups > 1;
   pack_pass(t_, fs_, g_.c, g_.k, g_.groups, taps, aligned(fwd_, blocks(fs_)), false,
             [&](int64_t k, int64_t c) { return w + (k * gc + (grouped ? c % gc : c)) * taps; });
   pack_pass(t_, bs_, g_.k, g_.c, g_.groups, taps, aligned(bwd_, blocks(bs_)), true,
             [&](int64_t c, int64_t k) { return w + (k * gc + (grouped ? c % gc : c)) * taps; });
+  if (!grouped && packs_rows(t_, fs_.ki, bc_))
+    pack_rows(t_, g_, fs_.ki, fs_.ko, w,
+              aligned(fwd_rows_, ceil_div(g_.k, fs_.ko) * g_.r * packed_b_elements(t_, g_.s * fs_.ki, fs_.ko) * wb));
 }
 
 bool conv_layer::refresh(const float* w, const float* b) {
@@ -362,11 +390,13 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
         p.e.out = zb || !bf16 ? out_type::f32 : out_type::bf16;
         p.z = zb != nullptr;
         p.threads = threads;
+        p.merge = true;
         return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow), fs_);
       });
       s != status::ok)
     return s;
   pass_data x{xb, aligned(fwd_, 0)};
+  x.wts_rows = fwd_rows_.empty() ? nullptr : aligned(fwd_rows_, 0);
   x.ea.bias = has_bias_ ? bias_.data() : nullptr;
   x.out = yb;
   x.z = zb;
@@ -612,7 +642,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
 }
 
 qconv_layer::qconv_layer(const conv_geometry& g, brgemm::activation act, out_type out)
-    : g_(g), bc_(conv_block(g.c, false)), bk_(conv_block(g.k, false)), act_(act), out_(out) {
+    : g_(g), bc_(conv_block(g.c)), bk_(conv_block(g.k)), act_(act), out_(out) {
   fs_ = split_channels(g.c, g.k, g.groups, bc_, bk_, 4);
 }
 
@@ -620,8 +650,8 @@ bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b,
   const bool w_new = w_seen_.refresh({{w, g_.k * g_.group_c() * g_.r * g_.s}}, [&] {
     // The forward blocks as conv_layer's (pack_pass), in VNNI-4, and each tap's column sums.
     const int64_t taps = g_.r * g_.s, ki = fs_.ki, ko = fs_.ko, blk = ki * ko, nj = (int64_t)fs_.q0.size();
-    const int64_t gc = g_.group_c(), gk = g_.group_k();
-    char* fwd = aligned(fwd_, nj * fs_.per * taps * blk);
+    const int64_t gc = g_.group_c(), gk = g_.group_k(), pblk = packed_b_elements(dtype::u8s8, ki, ko);
+    char* fwd = aligned(fwd_, nj * fs_.per * taps * pblk);
     tapsum_.assign((size_t)(nj * taps * ko), 0);
 #pragma omp parallel for num_threads(threads_for(8.0 * nj * fs_.per * blk * taps)) schedule(static)
     for (int64_t j = 0; j < nj; ++j) {
@@ -635,12 +665,15 @@ bool qconv_layer::refresh(const int8_t* w, const float* w_scale, const float* b,
           for (int64_t kk = 0; kk < ks; ++kk)
             for (int64_t cc = 0; cc < cs; ++cc)
               if ((k0 + kk) / gk == (c0 + cc) / gc) f[cc * ko + kk] = w[((k0 + kk) * gc + (c0 + cc) % gc) * taps + tap];
-          pack_b(dtype::u8s8, f, ki, ko, ko, fwd + ((j * fs_.per + t) * taps + tap) * blk, ko, colsum.data());
+          pack_b(dtype::u8s8, f, ki, ko, ko, fwd + ((j * fs_.per + t) * taps + tap) * pblk, ko, colsum.data());
           int32_t* sum = tapsum_.data() + (j * taps + tap) * ko;
           for (int64_t x = 0; x < ko; ++x) sum[x] += colsum[x];
         }
       }
     }
+    if (g_.groups == 1 && packs_rows(dtype::u8s8, ki, bc_))
+      pack_rows(dtype::u8s8, g_, ki, ko, w,
+                aligned(fwd_rows_, nj * g_.r * packed_b_elements(dtype::u8s8, g_.s * ki, ko)));
   });
   // The epilogue's scale and bias follow from the rest (q compared bytewise: no padding in it).
   const bool rest_new = rest_seen_.refresh({{w_scale, g_.k * 4}, {b, g_.k * 4}, {&q, sizeof q}}, [&] {
@@ -680,11 +713,13 @@ status qconv_layer::forward(int64_t n, int64_t h, int64_t w, const uint8_t* xb, 
         p.e.scale = scale_kind::column;
         p.e.col_offset = q_.x_zero != 0;
         p.threads = threads;
+        p.merge = true;
         return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow), fs_);
       });
       s != status::ok)
     return s;
   pass_data x{xb, aligned(fwd_, 0)};
+  x.wts_rows = fwd_rows_.empty() ? nullptr : aligned(fwd_rows_, 0);
   x.ea.bias = has_bias_ ? bias_.data() : nullptr;
   x.ea.scale = scale_.data();
   x.ea.out_scale = fold_ ? 1.0f : q_.y_scale;

@@ -47,12 +47,12 @@ struct conv_geometry {
   }
 };
 
-// The channel block for `channels`: below 16, the count itself in f32 (an RGB pixel is 3
-// floats, so a row of the stem's 7 × 7 window is one reduction of 21 with nothing padded: see
-// the merged taps of conv_plan.cpp), rounded up to 4 for bf16 and int8 (their kernels reduce
-// pairs and quads); otherwise 64, 32 or 16, whichever pads least (ties to the larger block,
-// which keeps the kernel's 64-wide tiles full).
-int64_t conv_block(int64_t channels, bool f32);
+// The channel block for `channels`: below 16 the count itself (an RGB pixel is 3 values, so a
+// row of the stem's 7 × 7 window is one reduction of 21 with nothing padded: the merged taps of
+// conv_plan.cpp; bf16 and int8 weights are packed in pairs and quads of rows, zero-padded per
+// block, and their kernels read no A past K); otherwise 64, 32 or 16, whichever pads least
+// (ties to the larger block, which keeps the kernel's 64-wide tiles full).
+int64_t conv_block(int64_t channels);
 
 // Plain NCHW (n × c × hw) ↔ blocked [n][c/bc][hw][bc]; to_blocked zeroes the padded channels.
 // Element types (brgemm/types.h): f32 and bf16 for training, u8 for int8 inference.
@@ -84,7 +84,9 @@ struct channel_split {
   int64_t subs(int64_t bo) const { return bo / ko; }
 };
 // src and res channels (counts, not padded) in layout blocks bi and bo, in `groups`; ki a
-// multiple of align (the kernel's k-pack: 1 for f32, 2 for bf16, 4 for int8). Among the block
+// multiple of align (the kernel's k-pack: 1 for f32, 2 for bf16, 4 for int8) when bi is (a
+// short odd block, e.g. 6 channels in groups of 3 in bf16, takes any divisor: the packed blocks
+// are padded to the pack and the kernels read no A past K). Among the block
 // widths that divide the layout blocks, the one with the fewest k-steps of 16-lane vectors
 // (redundant multiplies by zero included) plus a per-block overhead.
 channel_split split_channels(int64_t src, int64_t res, int64_t groups, int64_t bi, int64_t bo, int64_t align);
@@ -155,6 +157,7 @@ class conv_layer {
   packed_weights w_seen_, b_seen_;             // w and b as packed last
   std::vector<float> bias_;                    // the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // packed weights (64-byte aligned inside)
+  std::vector<char> fwd_rows_;                 // forward by kernel row, where packs_rows says
   std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
   plan_cache<conv_plan_key, conv_backward_plan> bwd_plans_;
@@ -191,8 +194,8 @@ static_assert(sizeof(conv_quant) == 16, "refresh compares a conv_quant bytewise:
 //   m[k] = (x_scale·w_scale[k])/y_scale (each step one f32 rounding).
 // Padding is real zero, i.e. x_q = x_zero: the sums skip the padded taps and subtract
 // x_zero·Σ w_q over the taps each run reads.
-//   W forward   [K/bk][C/bc][R][S] blocks of (bc × bk), VNNI-4 ([bc/4][bk][4]); bc is a
-//               multiple of 4 (conv_block).
+//   W forward   [K/bk][C/bc][R][S] blocks of (bc × bk), VNNI-4 ([⌈bc/4⌉][bk][4], zero rows
+//               past bc).
 class qconv_layer {
  public:
   // out is out_type::f32 or out_type::u8.
@@ -223,7 +226,7 @@ class qconv_layer {
   packed_weights w_seen_, rest_seen_;          // w; w_scale, b and q as packed last
   std::vector<float> bias_, scale_;            // the epilogue's bias and scale, padded to K/bk
   std::vector<int32_t> tapsum_;                // [result block][R][S][ko]: Σ_c w_q of each tap
-  std::vector<char> fwd_;
+  std::vector<char> fwd_, fwd_rows_;           // per tap, and by kernel row where packs_rows says
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;
 };
 

@@ -32,7 +32,7 @@ channel_split split_channels(int64_t src, int64_t res, int64_t groups, int64_t b
   const int64_t gs = src / groups, gr = res / groups;
   int64_t best_cost = INT64_MAX;
   for (int64_t ki = bi; ki >= 1; --ki) {
-    if (bi % ki || ki % align) continue;
+    if (bi % ki || (ki % align && bi % align == 0)) continue;
     for (int64_t ko = bo; ko >= 1; --ko) {
       if (bo % ko) continue;
       const int64_t nq = src_pad / ki, nj = res_pad / ko;
@@ -78,7 +78,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   pl.runs = std::move(runs_in);
   pl.ch = std::move(ch);
   const std::vector<run>& runs = pl.runs;
-  const int64_t ki = pl.ch.ki, ko = pl.ch.ko, blk = ki * ko, taps = p.taps_r * p.taps_s;
+  const int64_t ki = pl.ch.ki, ko = pl.ch.ko, blk = packed_b_elements(p.t, ki, ko), taps = p.taps_r * p.taps_s;
   pl.per = std::clamp<int64_t>((256 << 10) / (taps * blk * dtype_b_bytes(p.t)), 1, pl.ch.per);
   pl.chunks = ceil_div(pl.ch.per, pl.per);
   int64_t group = p.res_rows;
@@ -120,11 +120,14 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   // the packed weights (consecutive taps' ki × ko blocks), they are one batch element over
   // taps · ki: the stem's 7 × 7 becomes 7 elements of 28 instead of 49 of 4. Runs that may go
   // down the column (m < tallest) keep one tap per element (kc's kernels are shared by runs).
+  // Weights by kernel row (packs_rows: pairs or quads across the taps) serve whole rows only.
   pl.merged.assign(runs.size(), 1);
-  if (ki == p.bi && p.bi < 16)
+  pl.rows_w = p.merge && packs_rows(p.t, ki, p.bi);
+  if (p.merge && ki == p.bi && p.bi < 16)
     for (size_t u = 0; u < runs.size(); ++u) {
       const std::vector<tap>& ts = runs[u].taps;
       bool next = runs[u].m >= tallest && ts.size() > 1;
+      if (pl.rows_w) next = next && (int64_t)ts.size() == p.taps_s && ts[0].t == 0;
       for (size_t x = 1; next && x < ts.size(); ++x) next = ts[x].t == ts[x - 1].t + 1 && ts[x].src == ts[x - 1].src + 1;
       if (next) pl.merged[u] = (int64_t)ts.size();
     }
@@ -179,7 +182,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
     pl.phase[j] = at;
   }
   // The tables, in the order the reduction has always summed: chunk's q, row tap, column tap.
-  const int64_t src_plane = p.src_rows * p.src_cols * p.bi;
+  const int64_t src_plane = p.src_rows * p.src_cols * p.bi, rblk = packed_b_elements(p.t, p.taps_s * ki, ko);
   pl.table.resize(phases.size() * class_taps.size() * runs.size() * pl.chunks);
   for (size_t ph = 0; ph < phases.size(); ++ph)
     for (size_t cls = 0; cls < class_taps.size(); ++cls) {
@@ -194,7 +197,8 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
               for (size_t x = 0; x < runs[u].taps.size(); x += pl.merged[u]) {
                 const tap& ts = runs[u].taps[x];
                 pl.offs_a.push_back(src_q + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
-                pl.offs_w.push_back(((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
+                pl.offs_w.push_back(pl.rows_w && pl.merged[u] > 1 ? (q * p.taps_r + tr.t) * rblk
+                                                                  : ((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);
               }
           }
           pl.table[((ph * class_taps.size() + cls) * runs.size() + u) * pl.chunks + ch] = {
@@ -205,7 +209,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   // The per-thread tiles, grown here rather than by the first items.
   const int64_t rows_blk = group * p.res_cols * p.bo;
   reserve_scratch(p.threads, {{0, p.z && p.t == dtype::bf16 ? rows_blk : 0},
-                              {1, dtype_is_int8(p.t) ? ko : 0},
+                              {1, dtype_is_int8(p.t) ? ko * (int64_t)runs.size() : 0},
                               {2, pl.tile ? rows_blk : 0}});
   return status::ok;
 }
@@ -243,7 +247,9 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
   const int64_t src_plane = p.src_rows * p.src_cols * p.bi, res_plane = p.res_rows * p.res_cols * p.bo;
   const int64_t ob = x.z ? 4 : out_type_bytes(p.t, p.e.out);
   const int64_t ki = pl.ch.ki, ko = pl.ch.ko, subs = pl.ch.subs(p.bo), ri = p.bi / ki;
-  const int64_t ab = dtype_a_bytes(p.t), wb = dtype_b_bytes(p.t), red_w = pl.ch.per * p.taps_r * p.taps_s * ki * ko;
+  const int64_t ab = dtype_a_bytes(p.t), wb = dtype_b_bytes(p.t);
+  const int64_t red_w = pl.ch.per * p.taps_r * p.taps_s * packed_b_elements(p.t, ki, ko);
+  const int64_t red_rows = pl.ch.per * p.taps_r * packed_b_elements(p.t, p.taps_s * ki, ko);  // wts_rows' per j
   char* final_out = x.z ? (char*)x.z : (char*)x.out;
   const int64_t* offs_a = pl.offs_a.data();
   const int64_t* offs_w = pl.offs_w.data();
@@ -252,15 +258,20 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
     const int64_t jl = item / (p.n * groups), i = item / groups % p.n, gi = item % groups, o0 = gi * group;
     const int64_t o1 = std::min(p.res_rows, o0 + group);
     float* part = tile ? scratch(2, (o1 - o0) * p.res_cols * p.bo) : nullptr;  // f32 or s32
-    int32_t* col = x.tapsum ? (int32_t*)scratch(1, ko) : nullptr;
+    // The zero point's column offsets of each run, kept while the rows' class (their taps) is
+    // the same: the stem's interior rows share one, and its 49 tap sums cost a quarter of the
+    // layer when added up per row.
+    int32_t* cols = x.tapsum ? (int32_t*)scratch(1, ko * (int64_t)runs.size()) : nullptr;
     static thread_local std::vector<const int32_t*> sums;  // the tap sums a run reads
-    if (col) sums.resize(p.taps_r * p.taps_s);
+    static thread_local std::vector<int64_t> cols_class;   // per run: the row class cols holds
+    if (cols) sums.resize(p.taps_r * p.taps_s);
     for (int64_t sub = 0; sub < subs; ++sub) {  // the layout block's ko-wide result blocks
       const int64_t j = jl * subs + sub, q0 = pl.ch.q0[j], ph = pl.phase[j];
       epilogue_args args = x.ea.at(0, j * ko, p.e.scale, p.t);
-      args.col_offset = col;
+      if (cols) cols_class.assign(runs.size(), -1);
       const char* src_i = (const char*)x.src + (i * p.red * src_plane + (q0 - q0 % ri) / ri * src_plane) * ab;
       const char* wts_j = x.wts + j * red_w * wb;
+      const char* rows_j = pl.rows_w ? x.wts_rows + j * red_rows * wb : nullptr;
       for (int64_t ch = 0; ch < chunks; ++ch) {
         const bool last = ch + 1 == chunks;
         // The product for the results of run u from row o, column c of the run on (just that
@@ -271,18 +282,23 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
           batch_ref batch;
           batch.count = count;
           batch.a = src_i + (pl.row_base[o] * p.src_cols + c * p.src_step) * p.bi * ab;
-          batch.b = wts_j;
+          batch.b = pl.merged[u] > 1 && pl.rows_w ? rows_j : wts_j;
           batch.offs_a = offs_a + first;
           batch.offs_b = offs_w + first;
           const int64_t rc = r.p0 + c * p.res_step;
           const int64_t at = (i * p.res + jl) * res_plane + (o * p.res_cols + rc) * p.bo + sub * ko;
           float* acc = tile ? part + ((o - o0) * p.res_cols + rc) * p.bo + sub * ko : (float*)(final_out + at * ob);
           if (!last) return execute(kr, batch, acc);
-          if (col) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
-            int64_t read = 0;
-            for (const tap& tr : pl.rows[o])
-              for (const tap& ts : r.taps) sums[read++] = x.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * ko;
-            zero_point_col_offsets(p.t, zero_points{x.zero, 0}, 0, sums.data(), read, ko, col);
+          if (cols) {  // −z·Σ W over the taps of this row and run, by the core's zero-point arithmetic
+            int32_t* col = cols + u * ko;
+            if (cols_class[u] != pl.row_class[o]) {
+              int64_t read = 0;
+              for (const tap& tr : pl.rows[o])
+                for (const tap& ts : r.taps) sums[read++] = x.tapsum + ((j * p.taps_r + tr.t) * p.taps_s + ts.t) * ko;
+              zero_point_col_offsets(p.t, zero_points{x.zero, 0}, 0, sums.data(), read, ko, col);
+              cols_class[u] = pl.row_class[o];
+            }
+            args.col_offset = col;
           }
           args.acc_in = acc;
           args.ld_acc_in = ld;

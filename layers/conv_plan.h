@@ -108,6 +108,7 @@ struct pass_shape {
   int64_t src_row_step;                    // source rows per result row (0: not uniform)
   epilogue_desc e;
   bool z = false;                          // the activation runs after the epilogue (into z)
+  bool merge = false;                      // column taps may merge (a forward pass: build_pass)
   int threads;
 };
 
@@ -117,6 +118,7 @@ struct pass_shape {
 struct pass_data {
   const void* src;
   const char* wts;                         // [result block][per][taps_r][taps_s] blocks of ki × ko
+  const char* wts_rows = nullptr;          // the same by kernel row where packs_rows (build_pass)
   epilogue_args ea;                        // from result channel 0 (bias, int8 scale, u8 output)
   const int32_t* tapsum = nullptr;         // int8 with a zero point: [result block][taps_r][taps_s][ko]
   int32_t zero = 0;                        //   Σ_c W of each tap, and the source's zero point
@@ -127,6 +129,12 @@ struct pass_data {
   double* moments = nullptr;               // [n][res][rows][2][bo]: row_moments of each row of
   int64_t moment_cols = 0;                 //   moment_cols pixels (result rows merged: several a row)
 };
+
+// Whether a short block's forward weights are also packed by kernel row ((S·ki) × ko per result
+// block and row): a merged run (build_pass) reads its window row as one reduction, and when ki
+// is not a whole number of the dtype's packed rows (bf16 pairs, int8 quads: an RGB pixel's 3)
+// the taps' blocks, each padded, do not line up as that row's matrix. Ungrouped layers only.
+inline bool packs_rows(dtype t, int64_t ki, int64_t bi) { return ki == bi && bi < 16 && ki % dtype_kpack(t) != 0; }
 
 // A row of `cols` pixels of `width` lanes (f32, or bf16 bits) → m[0..width): each lane's mean,
 // m[width..2·width): its Σ (y − mean)², in double (conv.h's moments: a BatchNorm's statistics,
@@ -154,6 +162,7 @@ struct conv_pass_plan {
   int64_t per, chunks, group, groups, ldc;
   bool tile;                               // partial sums in a per-thread tile
   std::vector<int64_t> merged;             // per run: column taps per batch element (1, or all)
+  bool rows_w = false;                     // merged runs read pass_data::wts_rows
   std::vector<chunk_kernels> kr;           // per run (runs differ in M, merged ones in K)
   std::vector<chunk_kernels> kc;           // down a column, by the stack's height
   std::vector<std::vector<std::pair<int64_t, int64_t>>> stacks;  // per group: (first row, rows)

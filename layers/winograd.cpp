@@ -210,7 +210,7 @@ void pack_filters(int m, int64_t src, int64_t res, int64_t bi, int64_t bo, std::
 }  // namespace
 
 winograd_conv::winograd_conv(const conv_geometry& g, activation act, int m)
-    : g_(g), act_(act), m_(m), bc_(conv_block(g.c, true)), bk_(conv_block(g.k, true)) {}
+    : g_(g), act_(act), m_(m), bc_(conv_block(g.c)), bk_(conv_block(g.k)) {}
 
 void winograd_conv::pack(const float* w) {
   const int64_t c = g_.c;

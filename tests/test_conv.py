@@ -225,7 +225,7 @@ def test_blocked_in_blocked_out_and_chains(rng, dtype):
     x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
     plain = b(a(x))
     xb = layout.to_blocked(x, dtype=a._act_dtype)
-    assert xb.shape == (2, 1, 9, 9, 3 if dtype == "float32" else 4)  # float32 RGB: NHWC, nothing padded
+    assert xb.shape == (2, 1, 9, 9, 3)  # RGB blocked is NHWC: nothing padded
     yb = b(a(xb))
     assert yb.ndim == 5 and yb.shape[-1] == b.bk
     np.testing.assert_array_equal(layout.from_blocked(yb, 40), plain)
@@ -237,10 +237,8 @@ def test_blocked_in_blocked_out_and_chains(rng, dtype):
 
 
 def test_layout_round_trips_and_block_sizes(rng):
-    sizes = (1, 3, 4, 15, 16, 17, 48, 64, 96, 100, 512)
-    assert [layout.block_size(c) for c in sizes] == [1, 3, 4, 15, 16, 32, 16, 64, 32, 16, 64]
-    for dt in (BF16, np.uint8, np.int8):  # pairs and quads: below 16 rounded up to 4
-        assert [layout.block_size(c, dt) for c in sizes] == [4, 4, 4, 16, 16, 32, 16, 64, 32, 16, 64]
+    assert [layout.block_size(c) for c in (1, 3, 4, 15, 16, 17, 48, 64, 96, 100, 512)] == \
+        [1, 3, 4, 15, 16, 32, 16, 64, 32, 16, 64]
     x = rng.standard_normal((2, 21, 3, 4)).astype(np.float32)
     xb = layout.to_blocked(x)
     assert xb.shape == (2, 1, 3, 4, 32)
@@ -253,7 +251,7 @@ def test_layout_round_trips_and_block_sizes(rng):
     for dt, v in ((np.float32, 1), (BF16, 2), (np.int8, 4)):
         src = (w * 10).astype(np.int8) if dt == np.int8 else w
         wb = layout.to_blocked(src, layout="KCRS", dtype=dt)
-        bc, bk = layout.block_size(21, dt), layout.block_size(70, dt)
+        bc, bk = layout.block_size(21), layout.block_size(70)
         assert wb.shape[:4] == (-(-70 // bk), -(-21 // bc), 3, 2)
         # element (k, c, r, s) sits at [k/bk][c/bc][r][s][(c%bc)/v][k%bk][c%v]
         k, c, r, s = 37, 19, 2, 1
@@ -261,6 +259,15 @@ def test_layout_round_trips_and_block_sizes(rng):
         got = at[c % v] if v > 1 else at
         assert got == src.astype(dt)[k, c, r, s]
         np.testing.assert_array_equal(layout.from_blocked(wb, (70, 21), layout="KCRS"), src.astype(dt))
+        # An RGB filter: one block of 3 channels, bfloat16 and int8 rows padded to a pair or quad of zeros
+        w3 = src[:5, :3]
+        wb3 = layout.to_blocked(w3, layout="KCRS", dtype=dt)
+        assert wb3.shape == ((1, 1, 3, 2, 3, 5) if v == 1 else (1, 1, 3, 2, -(-3 // v), 5, v))
+        if v > 1:
+            assert not wb3.reshape(3, 2, -1, 5, v)[:, :, -1, :, 3 % v:].any()
+        np.testing.assert_array_equal(layout.from_blocked(wb3, (5, 3), layout="KCRS"), w3.astype(dt))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        layout.to_blocked(w, layout="KCRS", dtype=BF16, block=(3, 16))
 
 
 def _nhwc(x):
@@ -291,7 +298,7 @@ def test_nhwc_memory_blocks_as_nchw_does(rng, c, xt, bt, quantize):
         x.flat[:6] = [0.25, 0.75, -0.25, 300.0, -300.0, np.nan]
     x = x.astype(xt)
     q = {"scale": 0.5, "zero_point": 3} if quantize else {}
-    bc = brgemm._core.conv_block(c, bt == np.float32)
+    bc = brgemm._core.conv_block(c)
     want = np.full((3, -(-c // bc), 5, 7, bc), 9, bt)
     got = want.copy()
     brgemm._core.conv_to_blocked(x, want, **q)

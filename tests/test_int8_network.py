@@ -81,9 +81,7 @@ class _Record(fx.Interpreter):
 
 
 def _plain(v, channels):
-    """A blocked uint8 tensor (blocks of 4 below 16 channels) as plain float64 (exact)."""
-    n, cb, h, w, bc = v.shape
-    return v.double().permute(0, 1, 4, 2, 3).reshape(n, cb * bc, h, w)[:, :channels]
+    return ops.from_blocked(v.float(), channels).double()   # uint8 values are exact in float32
 
 
 def _check_stage(m, xq, rq, yq):
@@ -233,7 +231,7 @@ def test_errors():
     with pytest.raises(ValueError, match="input is blocked"):
         q.c1(torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="without a residual"):
-        x = torch.zeros(1, 1, 8, 8, 4, dtype=torch.uint8)
+        x = torch.zeros(1, 1, 8, 8, 3, dtype=torch.uint8)
         q.c1(x, torch.zeros(1, 1, 8, 8, 12, dtype=torch.uint8))
     with pytest.raises(ValueError, match="residual must be blocked"):
         q.c2(torch.zeros(1, 1, 8, 8, 12, dtype=torch.uint8), torch.zeros(1, 1, 4, 4, 12, dtype=torch.uint8))

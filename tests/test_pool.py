@@ -43,7 +43,7 @@ def to_blocked(x, block=None, dtype=None):
     """brgemm.layout.to_blocked, and the empty blocked array of an empty x (which it refuses)."""
     if x.size:
         return _to_blocked(x, block=block, dtype=dtype)
-    bc = block or block_size(x.shape[1], dtype or x.dtype)
+    bc = block or block_size(x.shape[1])
     n, c, h, w = x.shape
     return np.zeros((n, -(-c // bc), h, w, bc), dtype or x.dtype)
 
@@ -96,7 +96,7 @@ def _fill(rng, shape, kind):
 
 
 def _blocked(x, block, dtype=np.float32):
-    return to_blocked(x.astype(dtype), block=block or block_size(x.shape[1], dtype))
+    return to_blocked(x.astype(dtype), block=block or block_size(x.shape[1]))
 
 
 def _ref_max(x, k, s, p, gy=None):
@@ -332,7 +332,7 @@ def _ref_max_u8(x, k, s, p):
 def test_u8_max_pool_matches_numpy(isa, case, kind, rng):
     n, c, h, w, k, s, p, block = case
     x = _fill_u8(rng, (n, c, h, w), kind)
-    xb = to_blocked(x, block=block or block_size(c, U8))
+    xb = to_blocked(x, block=block or block_size(c))
     yb = _core.max_pool2d_blocked(xb, list(_pair(k)), list(_pair(s)), list(_pair(p)))
     assert yb.dtype == U8 and yb.shape[:2] == xb.shape[:2] and yb.shape[4] == xb.shape[4]
     np.testing.assert_array_equal(from_blocked(yb, c), _ref_max_u8(x, k, s, p))
@@ -381,7 +381,7 @@ def _mean_u8_bound(ref):
 def test_u8_global_avg_pool(isa, case, scale, zero_point, rng):
     n, c, h, w, block = case
     x = rng.integers(0, 256, (n, c, h, w), dtype=U8)
-    xb = to_blocked(x, block=block or block_size(c, U8))
+    xb = to_blocked(x, block=block or block_size(c))
     y = _core.global_avg_pool_blocked(xb, c, scale, zero_point)
     assert y.dtype == np.float32 and y.shape == (n, c)
     ref = np.float64(np.float32(scale)) * (x.astype(np.float64).mean(axis=(2, 3)) - zero_point)
@@ -455,7 +455,7 @@ def test_torch_u8_ops_on_no_images():
 
 
 def _blocked_tensor(x, dtype=torch.float32, block=None):
-    xb = torch.from_numpy(to_blocked(x.astype(np.float32), block=block or block_size(x.shape[1], str(dtype)[6:])))
+    xb = torch.from_numpy(to_blocked(x.astype(np.float32), block=block or block_size(x.shape[1])))
     return xb.to(dtype).requires_grad_()
 
 

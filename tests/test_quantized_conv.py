@@ -170,7 +170,7 @@ def test_errors_name_the_argument(rng):
         q(x.astype(np.int8))
     with pytest.raises(TypeError, match="blocked float32; this layer takes blocked uint8"):
         q(layout.to_blocked(x.astype(F32)))
-    with pytest.raises(ValueError, match="blocks of 4"):
+    with pytest.raises(ValueError, match="blocks of 3"):
         q(np.zeros((1, 1, 5, 5, 8), np.uint8))
     with pytest.raises(ValueError, match="larger than the padded input"):
         QuantizedConv2d(3, 5, 7, input_scale=0.1)(np.zeros((1, 3, 4, 4), np.uint8))

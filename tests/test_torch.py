@@ -76,14 +76,14 @@ OPCHECK = {
                (_r(2, 1, 6, 6, 16), _r(20, 16, 3, 3), _r(20), [1, 1], [1, 1], [1, 1], 1, "relu", True,
                 _r(2, 1, 6, 6, 32)),  # + residual
                (_r(1, 1, 5, 4, 3), _r(7, 3, 1, 1), None, [1, 1], [0, 0], [1, 1], 1, "none", True, _r(1, 1, 5, 4, 7)),
-               (_r(1, 1, 5, 4, 4, dtype=torch.bfloat16), _r(7, 3, 1, 1), None, [1, 1], [0, 0], [1, 1], 1, "none",
-                True, _r(1, 1, 5, 4, 8, dtype=torch.bfloat16))],  # below 16 channels bfloat16 blocks by 4
+               (_r(1, 1, 5, 4, 3, dtype=torch.bfloat16), _r(7, 3, 1, 1), None, [1, 1], [0, 0], [1, 1], 1, "none",
+                True, _r(1, 1, 5, 4, 7, dtype=torch.bfloat16))],  # bfloat16: odd blocks, pairs padded in the weights
     "conv2d_moments": [(_r(2, 1, 6, 7, 16), _r(20, 16, 3, 3), None, [1, 1], [1, 1], [1, 1]),
                        (_r(2, 1, 6, 6, 16), _r(24, 16, 1, 1), _r(24), [1, 1], [0, 0], [1, 1]),  # rows merged
                        (_r(1, 1, 5, 5, 3), _r(20, 3, 3, 3), None, [2, 1], [1, 1], [1, 1])],
     "to_blocked": [(_r(2, 3, 5, 4),), (_r(1, 40, 3, 3),), (_r(2, 20, 2, 3, dtype=torch.bfloat16),),
                    (_r(2, 20, 2, 3), torch.bfloat16)],   # converted in the same pass
-    "from_blocked": [(_r(2, 1, 5, 4, 3), 3), (_r(2, 1, 5, 4, 4, dtype=torch.bfloat16), 3), (_r(1, 3, 2, 2, 16), 40)],
+    "from_blocked": [(_r(2, 1, 5, 4, 3), 3), (_r(2, 1, 5, 4, 3, dtype=torch.bfloat16), 3), (_r(1, 3, 2, 2, 16), 40)],
     "lstm": [(_r(4, 3, 5), _r(3, 7), _r(3, 7), *_lstm_params(5, 7)),
              (_r(3, 2, 6), None, None, *_lstm_params(6, 20, bias=False), None, True, "ktanh"),
              (_r(5, 3, 4), None, None, *_lstm_params(4, 9), torch.tensor([5, 3, 2]))],

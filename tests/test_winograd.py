@@ -231,7 +231,7 @@ def test_epilogue_residual_and_isas_agree_bitwise(rng, m, act):
     x = rng.standard_normal((2, c, h, w)).astype(np.float32) * 3
     wt = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
     b = rng.standard_normal(k).astype(np.float32)
-    bk = _core.conv_block(k, True)
+    bk = _core.conv_block(k)
     res = rng.standard_normal((2, k, oh, ow)).astype(np.float32) * 4
     add = np.zeros((2, -(-k // bk), oh, ow, bk), np.float32)
     _core.conv_to_blocked(res, add)

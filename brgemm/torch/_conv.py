@@ -36,7 +36,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
     c = w.shape[1] * groups
     per = f" with groups={groups}" if groups != 1 else ""
     if x.dim() == 5:
-        bc = _core.conv_block(c, x.dtype == torch.float32)
+        bc = _core.conv_block(c)
         if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
             raise ValueError(f"input is blocked as {tuple(x.shape)}; weight {tuple(w.shape)}{per} needs blocks of {bc}: "
                              f"(N, {-(-c // bc)}, H, W, {bc})")
@@ -58,8 +58,8 @@ def _op_algorithm(algorithm, dt):
     return _algorithm_arg(algorithm, tiles=True) if dt == "float32" else "direct"
 
 
-def _conv_output_shape(n, k, oh, ow, blocked, dtype):
-    return blocked_shape(n, k, _core.conv_block(k, dtype == torch.float32), oh, ow) if blocked else (n, k, oh, ow)
+def _conv_output_shape(n, k, oh, ow, blocked):
+    return blocked_shape(n, k, _core.conv_block(k), oh, ow) if blocked else (n, k, oh, ow)
 
 
 _CONV_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[] padding=[0, 0], "
@@ -89,7 +89,7 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     act = _activation(activation)
     if residual is not None and not blocked_output:
         raise ValueError("residual needs blocked_output=True (it is added in the blocked layout)")
-    out = torch.empty(_conv_output_shape(n, w.shape[0], oh, ow, blocked_output, x.dtype), dtype=x.dtype)
+    out = torch.empty(_conv_output_shape(n, w.shape[0], oh, ow, blocked_output), dtype=x.dtype)
     r = _residual_arg(residual, out)
     if out.numel() == 0:
         return out
@@ -111,7 +111,7 @@ def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1, al
     row's per-channel mean and Σ (y − mean)² (batch_norm_blocked(..., moments=) merges them).
     Differentiable in out only (as conv2d); moments is not."""
     x, w, b, geo, (oh, ow), (n, h, wd) = _conv_args(input, weight, bias, stride, padding, dilation, groups)
-    out = torch.empty(_conv_output_shape(n, w.shape[0], oh, ow, True, x.dtype), dtype=x.dtype)
+    out = torch.empty(_conv_output_shape(n, w.shape[0], oh, ow, True), dtype=x.dtype)
     moments = torch.empty((n, out.shape[1], oh, 2, out.shape[4]), dtype=torch.float64)
     if out.numel() == 0:
         return out, moments
@@ -126,7 +126,7 @@ def _conv2d_moments(input, weight, bias, stride, padding, dilation, groups=1, al
 @_conv2d_moments.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups=1, algorithm="direct"):
     oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
-    out = input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, True, input.dtype))
+    out = input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, True))
     return out, input.new_empty((input.shape[0], out.shape[1], oh, 2, out.shape[4]), dtype=torch.float64)
 
 
@@ -157,12 +157,12 @@ def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None
     ran: brgemm.nn.Conv2d.algorithm_used's string)."""
     x = _tensor(x, "input", _FLOATS, ndim=5)
     c, k = geo.in_channels, geo.out_channels
-    bc = _core.conv_block(c, x.dtype == torch.float32)
+    bc = _core.conv_block(c)
     if x.shape[1] != -(-c // bc) or x.shape[4] != bc:
         raise ValueError(f"input is blocked as {tuple(x.shape)}; {c} channels need blocks of {bc}")
     n, h, wd = x.shape[0], x.shape[2], x.shape[3]
     oh, ow = geo.out_size(h, wd)
-    shape = _conv_output_shape(n, k, oh, ow, True, x.dtype)
+    shape = _conv_output_shape(n, k, oh, ow, True)
     out = torch.empty(shape, dtype=x.dtype) if out_buffer is None else out_buffer(shape, x.dtype)
     r = _residual_arg(residual, out)
     if out.numel() == 0:
@@ -180,7 +180,7 @@ def conv2d_inference(x, weight, bias, geo, activation, residual, out_buffer=None
 def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, activation="none",
       blocked_output=False, residual=None, algorithm="direct"):
     oh, ow = _fake_out_size(input, weight, stride, padding, dilation)
-    return input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, blocked_output, input.dtype))
+    return input.new_empty(_conv_output_shape(input.shape[0], weight.shape[0], oh, ow, blocked_output))
 
 
 @_op("conv2d_backward", "(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, Tensor output, int[2] stride, "
@@ -194,7 +194,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
     act = _activation(activation)
     k = w.shape[0]
     g = _tensor(grad_output, "grad_output", _FLOATS, ndim=(4, 5))
-    want = _conv_output_shape(n, k, oh, ow, g.dim() == 5, x.dtype)
+    want = _conv_output_shape(n, k, oh, ow, g.dim() == 5)
     if tuple(g.shape) != want:
         raise ValueError(f"grad_output must have the output's shape {want}, got {tuple(g.shape)}")
     # The kernels write every gradient entry (accumulate=False): no zero-fill but for no images.

@@ -8,10 +8,8 @@ from .. import _core
 from ._bridge import _FLOATS, _np, _op, _tensor
 
 
-def _blocked_shape(n, c, h, w, dtype):
-    """The blocked shape of (n, c, h, w) in ``dtype`` (brgemm.layout.block_size: float32 keeps
-    fewer than 16 channels exact, the others round them up to 4)."""
-    bc = _core.conv_block(c, dtype == torch.float32)
+def _blocked_shape(n, c, h, w):
+    bc = _core.conv_block(c)
     return (n, -(-c // bc), h, w, bc)
 
 
@@ -30,8 +28,7 @@ def _to_blocked(input, dtype=None):
     nearest even in the same pass; default the input's)."""
     x = _tensor(input, "input", _FLOATS, ndim=4, channels_last=True)
     n, c, h, w = x.shape
-    dt = _blocked_dtype(dtype, x)
-    out = torch.empty(_blocked_shape(n, c, h, w, dt), dtype=dt)
+    out = torch.empty(_blocked_shape(n, c, h, w), dtype=_blocked_dtype(dtype, x))
     if out.numel():
         _core.conv_to_blocked(_np(x), _np(out))
     return out
@@ -40,15 +37,14 @@ def _to_blocked(input, dtype=None):
 @_to_blocked.register_fake
 def _(input, dtype=None):
     n, c, h, w = input.shape
-    dt = _blocked_dtype(dtype, input)
-    return input.new_empty(_blocked_shape(n, c, h, w, dt), dtype=dt)
+    return input.new_empty(_blocked_shape(n, c, h, w), dtype=_blocked_dtype(dtype, input))
 
 
 @_op("from_blocked", "(Tensor input, int channels) -> Tensor")
 def _from_blocked(input, channels):
     """Blocked (N, C/bc, H, W, bc) → (N, channels, H, W), the padded channels dropped."""
     x = _tensor(input, "input", _FLOATS, ndim=5)
-    if not isinstance(channels, int) or channels < 1 or _blocked_shape(1, channels, 1, 1, x.dtype)[1::3] != (x.shape[1],
+    if not isinstance(channels, int) or channels < 1 or _blocked_shape(1, channels, 1, 1)[1::3] != (x.shape[1],
                                                                                                   x.shape[4]):
         raise ValueError(f"channels={channels!r} does not fit the blocked input {tuple(x.shape)}")
     n, _, h, w, _ = x.shape

@@ -128,7 +128,7 @@ def quantize_input(input, scale, zero_point):
     x = _tensor(input, "input", (_F32,), ndim=4, channels_last=True)
     scale, zero_point, _, _ = quantization_arg(scale, zero_point, 1.0, 0)
     n, c, h, w = x.shape
-    out = torch.empty(_blocked_shape(n, c, h, w, torch.uint8), dtype=torch.uint8)
+    out = torch.empty(_blocked_shape(n, c, h, w), dtype=torch.uint8)
     if out.numel():
         _core.conv_to_blocked(_np(x), _np(out), scale=scale, zero_point=zero_point)
     return out
@@ -137,7 +137,7 @@ def quantize_input(input, scale, zero_point):
 @quantize_input.register_fake
 def _(input, scale, zero_point):
     n, c, h, w = input.shape
-    return input.new_empty(_blocked_shape(n, c, h, w, torch.uint8), dtype=torch.uint8)
+    return input.new_empty(_blocked_shape(n, c, h, w), dtype=torch.uint8)
 
 
 def quantize_blocked(x, scale, zero_point):

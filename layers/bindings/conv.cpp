@@ -406,10 +406,10 @@ void register_conv(py::module_& m) {
   m.def("conv_to_blocked", &conv_to_blocked_py, py::arg("x"), py::arg("xb"), py::arg("scale") = py::none(),
         py::arg("zero_point") = 0);
   m.def("conv_from_blocked", &conv_from_blocked_py, py::arg("xb"), py::arg("out"));
-  m.def("conv_block", [](int64_t channels, bool f32) {
+  m.def("conv_block", [](int64_t channels) {
     if (channels < 1) value_error("channels must be at least 1, got " + std::to_string(channels));
-    return layers::conv_block(channels, f32);
-  }, py::arg("channels"), py::arg("f32"));
+    return layers::conv_block(channels);
+  }, py::arg("channels"));
   // The core's geometry (layers/conv.h), so that Python computes no output size or padding of
   // its own: (OH, OW) of an h × w input, and padding="same" as (top, bottom, left, right).
   m.def("conv_out_size", [](int64_t h, int64_t w, int64_t r, int64_t s, int64_t sh, int64_t sw, int64_t pt,
