@@ -298,3 +298,22 @@ def test_int8_epilogue_activation(isa, rng):
 def test_epilogue_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation must be None or one of relu"):
         brgemm.Epilogue(activation="elu")
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 15, 16, 17, 33, 105])
+def test_bf16_conversions_round_to_nearest_even_on_every_isa(isa, rng, size):
+    """f32 → bf16 (the conversion of blocked layouts, bf16 layers' activations and the RNNs'
+    states) and back, through to_blocked, against ml_dtypes' rounding: ties to even, ±0, ±inf,
+    subnormals, the largest values that round to inf; NaN stays NaN (quieted)."""
+    from brgemm import layout
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, 1e-40, -1e-45,
+                        3.4e38, np.finfo(np.float32).max, 1.00390625, np.nan], np.float32)
+    x = rng.standard_normal((1, 1, 1, size)).astype(np.float32) * 10.0 ** rng.integers(-30, 30, size)
+    x.flat[:min(size, special.size)] = special[:size]
+    got = layout.to_blocked(x, dtype=ml_dtypes.bfloat16)[0, 0, 0, :, 0]
+    want = x.ravel().astype(ml_dtypes.bfloat16)
+    nan = np.isnan(want.astype(np.float32))
+    assert np.array_equal(np.isnan(got.astype(np.float32)), nan)
+    assert np.array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
+    back = layout.to_blocked(got.reshape(1, 1, 1, size), dtype=np.float32)[0, 0, 0, :, 0]
+    assert np.array_equal(back.view(np.uint32), (got.view(np.uint16).astype(np.uint32) << 16))

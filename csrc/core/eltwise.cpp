@@ -46,11 +46,27 @@ void activation_backward_f32(activation a, const float* grad_y, const float* x, 
 }
 
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = brgemm_from_bits((uint32_t)x[i] << 16);
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::bf16_to_f32__avx512(x, y, n);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::bf16_to_f32__avx2(x, y, n);
+#endif
+  (void)level;
+  kernels::bf16_to_f32__scalar(x, y, n);
 }
 
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = brgemm_bf16_rne(x[i]);
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::f32_to_bf16__avx512(x, y, n);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::f32_to_bf16__avx2(x, y, n);
+#endif
+  (void)level;
+  kernels::f32_to_bf16__scalar(x, y, n);
 }
 
 // Unbiased rounding: a uniform 16-bit number added below the kept bits, then truncation, rounds

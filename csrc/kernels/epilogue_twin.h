@@ -12,13 +12,8 @@
 static inline float brgemm_maxps(float a, float b) { return a > b ? a : b; }
 static inline float brgemm_minps(float a, float b) { return a < b ? a : b; }
 
-// f32 → bf16 bits, round to nearest even; NaN stays a (quiet) NaN, subnormals are kept.
-static inline uint16_t brgemm_bf16_rne(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  if (v != v) return (uint16_t)((u >> 16) | 0x40);
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+// f32 → bf16 bits (types.h's rule).
+static inline uint16_t brgemm_bf16_rne(float v) { return brgemm::bf16_rne_bits(v); }
 
 // Columns [j0, n) of every row of the tile.
 static inline void brgemm_epilogue_twin(const brgemm::epilogue_desc& d, brgemm::dtype t,

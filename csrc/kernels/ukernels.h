@@ -36,6 +36,13 @@ void activation_f32__avx512(activation a, const float* x, float* y, int64_t n);
 void activation_bf16__scalar(activation a, const uint16_t* x, uint16_t* y, int64_t n);
 void activation_bf16__avx2(activation a, const uint16_t* x, uint16_t* y, int64_t n);
 void activation_bf16__avx512(activation a, const uint16_t* x, uint16_t* y, int64_t n);
+// f32 → bf16 (round to nearest even, NaN quieted) and back: the same bits on every ISA.
+void f32_to_bf16__scalar(const float* x, uint16_t* y, int64_t n);
+void f32_to_bf16__avx2(const float* x, uint16_t* y, int64_t n);
+void f32_to_bf16__avx512(const float* x, uint16_t* y, int64_t n);
+void bf16_to_f32__scalar(const uint16_t* x, float* y, int64_t n);
+void bf16_to_f32__avx2(const uint16_t* x, float* y, int64_t n);
+void bf16_to_f32__avx512(const uint16_t* x, float* y, int64_t n);
 void activation_backward_f32__avx2(activation a, const float* g, const float* x, const float* y, float* out, int64_t n);
 void activation_backward_f32__avx512(activation a, const float* g, const float* x, const float* y, float* out,
                                      int64_t n);

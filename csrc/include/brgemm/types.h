@@ -12,6 +12,13 @@
 
 namespace brgemm {
 
+// f32 → bf16 bits, round to nearest even; NaN stays a (quiet) NaN, subnormals are kept. The one
+// rounding rule of every conversion (the scalar twins; a select, so that loops vectorize).
+BRGEMM_INLINE uint16_t bf16_rne_bits(float v) {
+  const uint32_t u = __builtin_bit_cast(uint32_t, v);
+  return v != v ? (uint16_t)((u >> 16) | 0x40) : (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 // The element types of the arrays the core, the layers and the bindings read and write
 // (bf16 and f16 are stored as their uint16 bits).
 enum class element : int { f32 = 0, bf16, f16, u8, s8, s32 };

@@ -24,6 +24,22 @@ void activation_bf16__avx2(activation a, const uint16_t* x, uint16_t* y, int64_t
   for (; i < n; ++i) y[i] = brgemm_bf16_rne(brgemm_activation(a, brgemm_from_bits((uint32_t)x[i] << 16)));
 }
 
+// 8 values a step, the tail the twin's.
+void f32_to_bf16__avx2(const float* x, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm_storeu_si128((__m128i*)(y + i), narrow16(bf16_rne(_mm256_loadu_ps(x + i))));
+  f32_to_bf16__scalar(x + i, y + i, n - i);
+}
+
+void bf16_to_f32__avx2(const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(x + i)));
+    _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
+  }
+  bf16_to_f32__scalar(x + i, y + i, n - i);
+}
+
 // relu and relu6: g where 0 < y (< 6), else +0, as the twin; the others (and the tail) the twin's.
 void activation_backward_f32__avx2(activation a, const float* g, const float* x, const float* y, float* out,
                                    int64_t n) {

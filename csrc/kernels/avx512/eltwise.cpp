@@ -40,6 +40,23 @@ void activation_f32__avx512(activation a, const float* x, float* y, int64_t n) {
   }
 }
 
+// 16 values a step, the last step masked: the conversions a bf16 layer runs between its f32
+// results and its next product (rounded as the scalar twin: bf16_rne).
+void f32_to_bf16__avx512(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+    _mm256_mask_storeu_epi16(y + i, k, _mm512_cvtepi32_epi16(bf16_rne(_mm512_maskz_loadu_ps(k, x + i))));
+  }
+}
+
+void bf16_to_f32__avx512(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, x + i));
+    _mm512_mask_storeu_ps(y + i, k, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
+  }
+}
+
 void activation_bf16__avx512(activation a, const uint16_t* x, uint16_t* y, int64_t n) {
   if (a == activation::ktanh) {  // bf16 in, bf16 out: the integer algorithm alone, 32 lanes
     const ktanh_table32 t;

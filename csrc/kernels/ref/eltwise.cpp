@@ -16,6 +16,14 @@ void activation_bf16__scalar(activation a, const uint16_t* x, uint16_t* y, int64
   for (int64_t i = 0; i < n; ++i) y[i] = brgemm_bf16_rne(brgemm_activation(a, brgemm_from_bits((uint32_t)x[i] << 16)));
 }
 
+void f32_to_bf16__scalar(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = brgemm_bf16_rne(x[i]);
+}
+
+void bf16_to_f32__scalar(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = brgemm_from_bits((uint32_t)x[i] << 16);
+}
+
 void activation_backward_f32__scalar(activation a, const float* g, const float* x, const float* y, float* out,
                                      int64_t n) {
   switch (a) {  // the common cases as plain loops the compiler vectorizes
