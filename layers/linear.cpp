@@ -107,7 +107,19 @@ void fc_layer::index_blocks() {
   }
 }
 
-void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed, const uint8_t* mask) {
+void fc_layer::set_mask(const uint8_t* mask) {
+  if (!mask) {
+    mask_.clear();
+    return;
+  }
+  const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
+  mask_.assign(mask, mask + k_ * c_);
+  mask_blocks_.assign((size_t)(kb * cb), 0);
+  for (int64_t k = 0; k < k_; ++k)
+    for (int64_t c = 0; c < c_; ++c) mask_blocks_[(k / bk_) * cb + c / bc_] |= mask[k * c_ + c] != 0;
+}
+
+void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed) {
   const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
   const int64_t eb = dtype_b_bytes(t_), blk_bytes = bk_ * bc_ * eb;  // bk, bc even: no K padding
   const bool bf16 = t_ == dtype::bf16;
@@ -115,26 +127,31 @@ void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64
   float* seen = bf16 ? (float*)w_seen_.resize({{w, k_ * c_ * 4}}) : nullptr;
   keep_.resize((size_t)(kb * cb));
   const int threads = threads_for(8.0 * k_ * c_);
-  // Phase 1, one block row of W per iteration: update (and mask) its rows, snapshot them, and
-  // note which of its blocks hold a nonzero.
+  const uint8_t* mask = mask_.empty() || !wg ? nullptr : mask_.data();
+  // Phase 1, one block row of W per iteration: update its blocks, snapshot them, and note which
+  // hold a nonzero. A block the mask prunes whole is skipped: zero since prune(), it stays so
+  // (and if the caller wrote it since, the next refresh sees the difference and packs again).
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < kb; ++i) {
     const int64_t rows = std::min(bk_, k_ - i * bk_);
-    float* wi = w + i * bk_ * c_;
-    if (wg) {
-      const float* gi = wg + i * bk_ * c_;
-      if (mask) {
-        const uint8_t* mi = mask + i * bk_ * c_;
-        for (int64_t e = 0; e < rows * c_; ++e) wi[e] = mi[e] ? wi[e] - lr * gi[e] : 0.0f;
-      } else {
-        for (int64_t e = 0; e < rows * c_; ++e) wi[e] -= lr * gi[e];
-      }
-    }
-    if (bf16) std::memcpy(seen + i * bk_ * c_, wi, (size_t)(rows * c_ * 4));
     for (int64_t j = 0; j < cb; ++j) {
+      if (mask && !mask_blocks_[i * cb + j]) {
+        keep_[i * cb + j] = 0;
+        continue;
+      }
       const int64_t width = std::min(bc_, c_ - j * bc_);
       bool any = false;
-      for (int64_t r = 0; r < rows && !any; ++r) any = any_bits(wi + r * c_ + j * bc_, width);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t at = (i * bk_ + r) * c_ + j * bc_;
+        float* wr = w + at;
+        if (mask) {
+          for (int64_t e = 0; e < width; ++e) wr[e] = mask[at + e] ? wr[e] - lr * wg[at + e] : 0.0f;
+        } else if (wg) {
+          for (int64_t e = 0; e < width; ++e) wr[e] -= lr * wg[at + e];
+        }
+        if (bf16) std::memcpy(seen + at, wr, (size_t)width * 4);
+        any = any || any_bits(wr, width);
+      }
       keep_[i * cb + j] = any;
     }
   }
@@ -208,14 +225,13 @@ bool fc_layer::same_weights(const float* w) const {
 bool fc_layer::refresh(const float* w, const float* b) {
   const bool w_same = packed_ && same_weights(w);
   const bool b_same = b_seen_.same({{b, k_ * 4}});
-  if (!w_same) pack(const_cast<float*>(w), nullptr, 0.0f, false, 0, nullptr);  // no gradient: w is only read
+  if (!w_same) pack(const_cast<float*>(w), nullptr, 0.0f, false, 0);  // no gradient: w is only read
   if (!b_same) set_bias(b);
   return !(w_same && b_same);
 }
 
-void fc_layer::sgd(float* w, float* b, const float* wg, const float* bg, float lr, bool stochastic, uint64_t seed,
-                   const uint8_t* mask) {
-  pack(w, wg, lr, stochastic && t_ == dtype::bf16, seed, mask);
+void fc_layer::sgd(float* w, float* b, const float* wg, const float* bg, float lr, bool stochastic, uint64_t seed) {
+  pack(w, wg, lr, stochastic && t_ == dtype::bf16, seed);
   if (b)
     for (int64_t i = 0; i < k_; ++i) b[i] -= lr * bg[i];
   set_bias(b);

@@ -31,11 +31,11 @@ int64_t fc_block(int64_t size);
 int64_t fc_row_block(int64_t n);
 
 // Packed block-sparse when at most this fraction of the weight blocks holds a nonzero (policy
-// automatic). Measured (python -m brgemm bench --sparse, docs/api.md): the offset batches over the
-// kept blocks cost the same per block as the dense strided ones, so the sparse path wins as soon
-// as a few blocks are skipped; the margin keeps the dense path's gemm on plain rows (forward_rows)
-// for nearly dense weights.
-constexpr double fc_sparse_crossover = 0.9;
+// automatic). The offset batches over the kept blocks cost what the dense strided ones do per
+// block, so the sparse packing pays as soon as a few blocks are skipped. Measured (Zen 4, one
+// thread, process time, 64 × 4096 → 4096 forward, dense / forced sparse): 0.99 with no block
+// pruned, 1.00 at 2 %, 1.06 at 5 %, 1.09 at 10 %, 1.23 at 20 % (bench --sparse, docs/api.md).
+constexpr double fc_sparse_crossover = 0.95;
 enum class sparse_policy : int { automatic = 0, dense, sparse };
 
 // Plain rows (n × c, row stride ld) ↔ blocked [n/bn][c/bc][bn][bc]; either side element::f32
@@ -63,10 +63,12 @@ class fc_layer {
   bool refresh(const float* w, const float* b);
   // w −= lr·wg, b −= lr·bg, then repacks. For bf16 the packed weights are rounded from the
   // f32 master stochastically when `stochastic` (a hash of seed and position: unbiased, and
-  // reproducible for a given seed), else to nearest even. With a mask (out × in, 0 = pruned),
-  // pruned weights are set to zero instead: a pruning mask holds through training.
-  void sgd(float* w, float* b, const float* wg, const float* bg, float lr, bool stochastic, uint64_t seed,
-           const uint8_t* mask = nullptr);
+  // reproducible for a given seed), else to nearest even. Under a mask, pruned weights are not
+  // updated: they stay zero through training.
+  void sgd(float* w, float* b, const float* wg, const float* bg, float lr, bool stochastic, uint64_t seed);
+  // The pruning mask (out × in, 0 = pruned; copied), or null for none. sgd skips the blocks it
+  // prunes whole, so a training step costs in proportion to the kept blocks.
+  void set_mask(const uint8_t* mask);
 
   // Dense or block-sparse packing: automatic (by fc_sparse_crossover), or forced (benchmarks and
   // tests). Takes effect at the next pack (the next refresh packs again).
@@ -94,8 +96,8 @@ class fc_layer {
                   float* gxb, float* wg, float* bg, bool accumulate);
 
  private:
-  // Packs w (after w −= lr·wg when wg is given, masked by mask); bf16 keeps a copy of w in w_seen_.
-  void pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed, const uint8_t* mask);
+  // Packs w (after w −= lr·wg under the mask when wg is given); bf16 keeps a copy of w in w_seen_.
+  void pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed);
   // After keep_ is filled: the positions of the packed blocks, dense or kept-only.
   void index_blocks();
 
@@ -146,6 +148,7 @@ class fc_layer {
   bool has_bias_ = false, packed_ = false;
   sparse_policy policy_ = sparse_policy::automatic;
   std::vector<uint8_t> keep_;                  // [kb][cb]: the block holds a nonzero (pack's phase 1)
+  std::vector<uint8_t> mask_, mask_blocks_;    // the pruning mask, and [kb][cb]: it keeps a weight
   block_index index_;
   packed_weights w_seen_, b_seen_;             // w as packed last (bf16 only), b
   std::vector<float> bias_;                    // the bias padded to K/bk

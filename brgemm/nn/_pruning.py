@@ -78,6 +78,9 @@ class Prunable:
         """The kernels' own block of the pruned matrix (rows, cols)."""
         return (1, 1)
 
+    def _set_mask(self, keep):
+        """Hands the mask to the layer's SGD step (the C++ layers keep their own copy)."""
+
     def prune(self, amount, block=None):
         """Zeroes the fraction ``amount`` of the weights of smallest magnitude and keeps them zero
         through training; returns the mask (bool, weight's shape, False where pruned).
@@ -93,7 +96,7 @@ class Prunable:
         previous = None if self._mask is None else self._mask.reshape(matrix.shape)
         keep = np.ascontiguousarray(magnitude_mask(matrix, amount, block, previous)).reshape(w.shape)
         self._mask = keep
-        self._mask_bytes = keep.view(np.uint8)
+        self._set_mask(keep)
         self._weight = np.where(keep, w, np.float32(0))
         return keep.copy()
 

@@ -161,10 +161,9 @@ class _Trainable:
         for layer in self._layers:
             layer._steps += 1
             # in place, and the packed copy with them: the arrays stay as packed
-            # a pruning mask holds: pruned weights are set to zero rather than updated
+            # (under a pruning mask, set by prune(), pruned weights are not updated)
             layer._runner.fc.sgd(layer._weight, layer._bias, layer.weight_grad, layer.bias_grad, lr,
-                                 bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64),
-                                 None if layer._mask is None else layer._mask_bytes)
+                                 bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
 
 
 class Linear(_Trainable, Prunable, Parameters):
@@ -194,6 +193,9 @@ class Linear(_Trainable, Prunable, Parameters):
 
     def _prune_block(self):
         return (self._runner.bk, self._runner.bc)
+
+    def _set_mask(self, keep):
+        self._runner.fc.set_mask(keep.view(np.uint8))
 
     @property
     def packing(self):

@@ -89,17 +89,21 @@ struct py_linear {
     return fc.refresh(wp, bp);
   }
 
-  void sgd(py::handle w, py::handle b, py::handle wg, py::handle bg, double lr, bool stochastic, uint64_t seed,
-           py::handle mask) {
+  void sgd(py::handle w, py::handle b, py::handle wg, py::handle bg, double lr, bool stochastic, uint64_t seed) {
     float* wp = (float*)weight(w, true);
     float* bp = (float*)bias(b, true);
     const float* wgp = (const float*)exact_array(wg, "weight_grad", element::f32, fc.out() * fc.in(), false).data();
     const float* bgp = bp ? (const float*)exact_array(bg, "bias_grad", element::f32, fc.out(), false).data() : nullptr;
+    py::gil_scoped_release nogil;
+    fc.sgd(wp, bp, wgp, bgp, (float)lr, stochastic, seed);
+  }
+
+  void set_mask(py::handle mask) {
     const uint8_t* mp = mask.is_none()
                             ? nullptr
                             : (const uint8_t*)exact_array(mask, "mask", element::u8, fc.out() * fc.in(), false).data();
     py::gil_scoped_release nogil;
-    fc.sgd(wp, bp, wgp, bgp, (float)lr, stochastic, seed, mp);
+    fc.set_mask(mp);
   }
 
   // "auto", "dense" or "sparse" (fc_layer::set_sparse_policy).
@@ -239,7 +243,8 @@ void register_linear(py::module_& m) {
       .def_property_readonly("has_rows_forward", [](const py_linear& l) { return l.fc.has_rows_forward(); })
       .def("refresh", &py_linear::refresh, py::arg("weight"), py::arg("bias"))
       .def("sgd", &py_linear::sgd, py::arg("weight"), py::arg("bias"), py::arg("weight_grad"), py::arg("bias_grad"),
-           py::arg("lr"), py::arg("stochastic"), py::arg("seed"), py::arg("mask") = py::none())
+           py::arg("lr"), py::arg("stochastic"), py::arg("seed"))
+      .def("set_mask", &py_linear::set_mask, py::arg("mask"))
       .def_property("packing", &py_linear::policy, &py_linear::set_policy)
       .def_property_readonly("block_sparse", [](const py_linear& l) { return l.fc.block_sparse(); })
       .def_property_readonly("kept_blocks", [](const py_linear& l) { return l.fc.kept_blocks(); })
