@@ -1,0 +1,95 @@
+// The shared-weight products of brgemm/codebook.h with AVX-512: a panel row of indices widened to
+// four vectors of 16 weights in registers (b ≤ 4: vpermps on the 16-entry codebook held in one
+// register; b = 5: vpermi2ps on two; b ≥ 6: a gather from the L1-resident codebook), then one
+// fused multiply-add per row of A and vector, in k order as the scalar twin.
+#include <immintrin.h>
+#include <algorithm>
+#include "../ukernels.h"
+
+namespace brgemm::kernels {
+
+namespace {
+
+inline __mmask16 lanes(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u); }
+
+// The 64 weights of one panel row, as w[0..3] (columns 16v .. 16v + 15).
+template <int Kind>  // 0: nibbles, 1: bytes, two-register permute, 2: bytes, gather
+inline void decode(const uint8_t* row, __m512 cb0, __m512 cb1, const float* table, __m512 w[4]) {
+  if constexpr (Kind == 0) {
+    const __m256i raw = _mm256_loadu_si256((const __m256i*)row);
+    const __m512i lo = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(raw));       // bytes 0..15
+    const __m512i hi = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(raw, 1));  // bytes 16..31
+    w[0] = _mm512_permutexvar_ps(lo, cb0);  // vpermps reads the low 4 bits: the low nibbles
+    w[1] = _mm512_permutexvar_ps(hi, cb0);
+    w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(lo, 4), cb0);
+    w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(hi, 4), cb0);
+  } else {
+    for (int v = 0; v < 4; ++v) {
+      const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + 16 * v)));
+      if constexpr (Kind == 1)
+        w[v] = _mm512_permutex2var_ps(cb0, idx, cb1);
+      else
+        w[v] = _mm512_i32gather_ps(idx, table, 4);
+    }
+  }
+}
+
+template <int Kind, int MR>
+void rows(const codebook_product& p, const uint8_t* panel, int64_t i0, int64_t j0, int64_t cols, __m512 cb0,
+          __m512 cb1) {
+  const int64_t rb = codebook_row_bytes(p.bits);
+  __m512 acc[MR][4];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+  const float* a = p.a + i0 * p.lda;
+  for (int64_t r = 0; r < p.k; ++r) {
+    __m512 w[4];
+    decode<Kind>(panel + r * rb, cb0, cb1, p.codebook, w);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 x = _mm512_set1_ps(a[i * p.lda + r]);
+      for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_fmadd_ps(x, w[v], acc[i][v]);
+    }
+  }
+  for (int v = 0; v < 4; ++v) {
+    const __mmask16 k = lanes(cols - 16 * v);
+    if (!k) break;
+    const __m512 b = p.bias ? _mm512_maskz_loadu_ps(k, p.bias + j0 + 16 * v) : _mm512_setzero_ps();
+    for (int i = 0; i < MR; ++i) {
+      const __m512 y = p.bias ? _mm512_add_ps(acc[i][v], b) : acc[i][v];
+      _mm512_mask_storeu_ps(p.c + (i0 + i) * p.ldc + j0 + 16 * v, k, y);
+    }
+  }
+}
+
+template <int Kind>
+void panels(const codebook_product& p, int64_t p0, int64_t p1) {
+  const int64_t entries = int64_t(1) << p.bits;
+  const __m512 cb0 = _mm512_maskz_loadu_ps(lanes(entries), p.codebook);
+  const __m512 cb1 = _mm512_maskz_loadu_ps(lanes(entries - 16), p.codebook + 16);
+  const int64_t rb = codebook_row_bytes(p.bits);
+  for (int64_t pn = p0; pn < p1; ++pn) {
+    const uint8_t* panel = p.b + pn * p.k * rb;
+    const int64_t j0 = pn * codebook_panel, cols = std::min(codebook_panel, p.n - j0);
+    int64_t i = 0;
+    for (; i + 4 <= p.m; i += 4) rows<Kind, 4>(p, panel, i, j0, cols, cb0, cb1);
+    switch (p.m - i) {
+      case 3: rows<Kind, 3>(p, panel, i, j0, cols, cb0, cb1); break;
+      case 2: rows<Kind, 2>(p, panel, i, j0, cols, cb0, cb1); break;
+      case 1: rows<Kind, 1>(p, panel, i, j0, cols, cb0, cb1); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace
+
+void codebook_gemm__avx512(const codebook_product& p, int64_t p0, int64_t p1) {
+  if (p.bits <= 4)
+    panels<0>(p, p0, p1);
+  else if (p.bits == 5)
+    panels<1>(p, p0, p1);
+  else
+    panels<2>(p, p0, p1);
+}
+
+}  // namespace brgemm::kernels
