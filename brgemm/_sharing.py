@@ -11,6 +11,9 @@ import numpy as np
 from . import _core
 
 
+HISTOGRAM_ABOVE, HISTOGRAM_BINS = 1 << 20, 1 << 16
+
+
 def bits_arg(bits):
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
         raise TypeError(f"bits must be an int in 2..8, got {bits!r}")
@@ -34,18 +37,32 @@ def share_weights(weight, bits, iters=30):
     flat = w.astype(np.float64).ravel()
     if not np.isfinite(flat).all():
         raise ValueError("weight must be finite")
-    centroids = np.linspace(flat.min(), flat.max(), 1 << bits)
+    lo, hi = flat.min(), flat.max()
+    centroids = np.linspace(lo, hi, 1 << bits)
+    # Many weights: Lloyd's iterations run on a fine histogram (each bin's count and exact sum,
+    # its members moved together), then one exact assignment; the centroids differ from the exact
+    # iteration's by at most a bin's width where a boundary cuts a bin.
+    if flat.size > HISTOGRAM_ABOVE and hi > lo:
+        scale = (HISTOGRAM_BINS - 1) / (hi - lo)
+        which = ((flat - lo) * scale).astype(np.int64)
+        values = np.bincount(which, weights=flat, minlength=HISTOGRAM_BINS)
+        weights = np.bincount(which, minlength=HISTOGRAM_BINS).astype(np.float64)
+        where = np.divide(values, weights, out=lo + np.arange(HISTOGRAM_BINS) / scale, where=weights > 0)
+    else:
+        where, weights, values = flat, None, flat
     idx = None
     for _ in range(max(1, int(iters))):
         # sorted centroids: the nearest one is found between the midpoints
-        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, flat).astype(np.uint8)
+        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, where).astype(np.uint8)
         if idx is not None and np.array_equal(new, idx):
             break
         idx = new
-        counts = np.bincount(idx, minlength=centroids.size)
-        sums = np.bincount(idx, weights=flat, minlength=centroids.size)
+        counts = np.bincount(idx, weights=weights, minlength=centroids.size)
+        sums = np.bincount(idx, weights=values, minlength=centroids.size)
         centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
         centroids.sort()   # means of ordered clusters stay ordered; kept for safety
+    if weights is not None:
+        idx = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, flat).astype(np.uint8)
     return centroids.astype(np.float32), idx.reshape(w.shape)
 
 

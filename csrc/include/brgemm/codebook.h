@@ -9,8 +9,8 @@
 //   b ≤ 4: a row of a panel is 32 bytes; byte j holds column j in its low nibble and column
 //          j + 32 in its high nibble (so 16 bytes widen to two vectors of 16 indices by one shift)
 //   b ≥ 5: a row of a panel is 64 bytes, one index per byte
-// Decoding: b ≤ 4 is one in-register permute of a 16-entry table; b = 5 a two-register permute;
-// b ≥ 6 a gather from the codebook (L1-resident).
+// Decoding (AVX-512): b ≤ 4 one in-register permute of a 16-entry table; b = 5 a two-register
+// permute; b ≥ 6 such permutes and a tree of blends on the high bits (AVX2: gathers above b = 4).
 #pragma once
 #include <cstdint>
 #include "brgemm/brgemm.h"
