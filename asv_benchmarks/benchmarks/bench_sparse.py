@@ -1,17 +1,24 @@
-"""Block-sparse (pruned) Linear (the benchmark side of tests/test_pruning.py): 4096 → 4096, N = 64,
+"""Compressed weights (the benchmark side of tests/test_pruning.py and tests/test_sharing.py).
+
+Block-sparse (pruned) Linear: 4096 → 4096, N = 64,
 float32, pruned in 64 × 64 blocks by brgemm.nn.Linear.prune, forward at 50/75/90 % and a training
 step at 90 %, 1 and all threads. Tracked: ratios (other time / ours) to our dense packing of the
 same weights, to PyTorch's dense F.linear and to PyTorch's BSR product of the same matrix (forward),
 and % of the measured peak counting only the kept blocks' FLOPs. Bars: forward ≥ 5× our dense at
 90 %, ≥ 2.5× at 75 %, ≥ 2× PyTorch BSR; training step ≥ 3× dense at 90 % (2 threads).
+
+GEMV 1 × 8192 → 8192 on b-bit shared weights (codebook panels), one thread: ratio to our GEMV on
+float16 weights (bar at 4 bits: ≥ 2×).
 """
 
 import warnings
 
 import numpy as np
 
-from brgemm.bench import SPARSE_SHAPE
+from brgemm import gemm, pack_b
+from brgemm.bench import SHARED_BITS, SHARED_GEMV, SPARSE_SHAPE
 from brgemm.nn import Linear
+from brgemm.quant import pack_shared
 
 from .common import SEED_A, SEED_B, ThreadPin, cpu_count, import_torch, median_seconds, percent_of_peak
 
@@ -95,3 +102,31 @@ class SparseLinear:
 
     for _f in (track_ratio_vs_our_dense, track_ratio_vs_torch, track_ratio_vs_torch_bsr):
         _f.unit = "x"
+
+
+class SharedGEMV:
+    params = [list(SHARED_BITS)]
+    param_names = ["bits"]
+
+    def setup(self, bits):
+        self.pin = ThreadPin(1)
+        k, n = SHARED_GEMV
+        rng = np.random.default_rng(SEED_A)
+        x = rng.standard_normal((1, k), dtype=np.float32)
+        shared = pack_shared(np.linspace(-1, 1, 1 << bits, dtype=np.float32),
+                             rng.integers(0, 1 << bits, (k, n), dtype=np.uint8))
+        w16 = pack_b(rng.standard_normal((k, n), dtype=np.float32), "f32f16", layout="panels")
+        c = np.empty((1, n), np.float32)
+        self.fns = {"brgemm": lambda: gemm(x, shared, c), "brgemm_f16": lambda: gemm(x, w16, c)}
+
+    def teardown(self, bits):
+        self.pin.restore()
+
+    def time_gemv(self, bits):
+        self.fns["brgemm"]()
+
+    def track_ratio_vs_our_f16_weights(self, bits):
+        t = median_seconds(self.fns)
+        return t["brgemm_f16"] / t["brgemm"]
+
+    track_ratio_vs_our_f16_weights.unit = "x"

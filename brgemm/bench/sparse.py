@@ -1,8 +1,9 @@
-"""The block-sparsity group of `python -m brgemm bench --sparse`: a pruned Linear (4096 → 4096,
+"""The compressed-weights group of `python -m brgemm bench --sparse`: a pruned Linear (4096 → 4096,
 N = 64, float32) forward at several block sparsities and a training step, against our own dense
 packing of the same weights, PyTorch's dense product and PyTorch's block-sparse (BSR) product of
-the same matrix; and the crossover rows, where the sparse packing is forced on nearly dense
-weights to show where it stops paying."""
+the same matrix; the crossover rows, where the sparse packing is forced on nearly dense weights to
+show where it stops paying; and the GEMV on shared weights (codebook panels) against our GEMV on
+float16 weights."""
 
 import warnings
 
@@ -15,6 +16,8 @@ SPARSE_SHAPE = (64, 4096, 4096)      # (N, in, out)
 SPARSITIES = (0.5, 0.75, 0.9)        # fractions of the 64 × 64 weight blocks pruned
 CROSSOVER = (0.0, 0.03, 0.06, 0.1)   # pruned fractions of the crossover rows (sparse packing forced)
 TRAIN_SPARSITY = 0.9
+SHARED_GEMV = (8192, 8192)           # (K, N) of the GEMV rows on shared weights
+SHARED_BITS = (2, 4, 5, 8)
 
 
 def _layer(c, k, sparsity, packing):
@@ -104,6 +107,34 @@ def run_sparse(peers, rng, rounds, threads_list, log):
             rows.append(_sparse_row(f"crossover: sparse packing, {sparsity:.0%} of blocks pruned", threads,
                                     n, c, k, kept, med, rat, peak))
             log.row(rows[-1])
+        rows += _run_shared_gemv(peers, rng, rounds, threads, log)
+    return rows
+
+
+def _run_shared_gemv(peers, rng, rounds, threads, log):
+    """GEMV 1 × K → N on b-bit shared weights: memory-bound, so the bytes of the indices should
+    show against the float16-weight GEMV (both packed in 64-column panels) and PyTorch's f32."""
+    from .. import gemm, pack_b
+    from ..quant import pack_shared
+    k, n = SHARED_GEMV
+    x = rng.standard_normal((1, k), dtype=np.float32)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    w16 = pack_b(w, "f32f16", layout="panels")
+    c = np.empty((1, n), np.float32)
+    rows = []
+    for bits in SHARED_BITS:
+        shared = pack_shared(np.linspace(-1, 1, 1 << bits, dtype=np.float32),
+                             rng.integers(0, 1 << bits, (k, n), dtype=np.uint8))
+        fns = {"brgemm": lambda: gemm(x, shared, c), "brgemm_f16_weights": lambda: gemm(x, w16, c)}
+        if peers.torch is not None:
+            torch = peers.torch
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            fns["torch"] = lambda: torch.mm(xt, wt)
+        med, rat = compare(fns, rounds, threads)
+        rows.append(_row(f"gemv 1x{k}x{n} {bits}-bit shared weights", threads, 2 * k * n,
+                         shared.nbytes + 4 * (k + n), med, rat, peak_of("fma_f32", threads)))
+        rows[-1]["ratio_vs_brgemm_f16_weights"] = rat["brgemm_f16_weights"]
+        log.row(rows[-1])
     return rows
 
 
@@ -112,6 +143,10 @@ def sparse_summary(rows):
     and against PyTorch's BSR and dense products."""
     lines = []
     for r in rows:
+        if "ratio_vs_brgemm_f16_weights" in r:
+            lines.append(f"  {r['case']}, {r['threads']} thread(s): {r['ratio_vs_brgemm_f16_weights']:.2f}x our "
+                         f"float16-weight GEMV, {r.get('ratio_vs_torch', float('nan')):.2f}x PyTorch f32")
+            continue
         parts = [f"{r['ratio_vs_brgemm_dense']:.2f}x our dense"]
         for lib, name in (("torch_bsr", "PyTorch BSR"), ("torch", "PyTorch dense")):
             if f"ratio_vs_{lib}" in r:
