@@ -155,3 +155,42 @@ def test_errors():
         lin.prune(0.5, block=0)
     with pytest.raises(ValueError, match="packing must be"):
         lin.packing = "csr"
+
+
+def test_conv2d_prunes_channel_blocks_with_their_taps_and_trains_on(rng):
+    from brgemm.nn import Conv2d
+    conv = Conv2d(32, 48, 3, padding=1, seed=0)
+    mask = conv.prune(0.5)
+    assert mask.shape == conv.weight.shape and conv.sparsity == pytest.approx(1 - mask.mean())
+    # a block is bk output channels × bc input channels × all 3 × 3 taps
+    per_pair = mask.all(axis=(2, 3)) | ~mask.any(axis=(2, 3))
+    assert per_pair.all()
+    x = rng.standard_normal((2, 32, 6, 6)).astype(np.float32)
+    for _ in range(2):
+        conv.zero_grad()
+        y = conv(x)
+        conv.backward(np.ones_like(y))
+        conv.apply_sgd(0.1)
+    assert not conv.weight[~mask].any() and conv.weight[mask].all()
+    unstructured = Conv2d(4, 8, 3, seed=1)
+    keep = unstructured.prune(0.8, block=1)
+    assert keep.sum() == round(0.2 * keep.size)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_weights_prune_and_stay_pruned(rng, cell):
+    import brgemm.nn as nn
+    rnn = getattr(nn, cell)(20, 24, seed=0)
+    masks = rnn.prune(0.6, block=1)
+    assert set(masks) == {"weight_ih_l0", "weight_hh_l0"}
+    assert rnn.sparsity == pytest.approx(0.6, abs=0.01)
+    x = rng.standard_normal((5, 3, 20)).astype(np.float32)
+    out, _ = rnn(x)
+    rnn.backward(np.ones_like(out))
+    rnn.apply_sgd(0.1)
+    for name, m in masks.items():
+        w = getattr(rnn, name)
+        assert not w[~m].any() and w[m].all()
+    more = rnn.prune(0.8, block=1)   # iterative: only adds
+    assert all((~masks[n] <= ~more[n]).all() for n in masks)
+    assert rnn.sparsity == pytest.approx(0.8, abs=0.01)
