@@ -57,14 +57,14 @@ void fc_layer::set_sparse_policy(sparse_policy p) {
   policy_ = p;
 }
 
-// Whether any of `width` floats has a bit set (-0.0 counts as nonzero, as the exact change
-// check compares bits).
-static bool any_bits(const float* v, int64_t width) {
+// Whether any of `width` floats is nonzero (±0 both zero: a weight pruned by a multiply keeps
+// its sign). Bitwise, so NaN counts as nonzero.
+static bool any_nonzero(const float* v, int64_t width) {
   uint32_t acc = 0;
   for (int64_t e = 0; e < width; ++e) {
     uint32_t u;
     std::memcpy(&u, v + e, 4);
-    acc |= u;
+    acc |= u & 0x7FFFFFFFu;
   }
   return acc != 0;
 }
@@ -150,7 +150,7 @@ void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64
           for (int64_t e = 0; e < width; ++e) wr[e] -= lr * wg[at + e];
         }
         if (bf16) std::memcpy(seen + at, wr, (size_t)width * 4);
-        any = any || any_bits(wr, width);
+        any = any || any_nonzero(wr, width);
       }
       keep_[i * cb + j] = any;
     }
@@ -208,15 +208,16 @@ bool fc_layer::same_weights(const float* w) const {
   if (t_ == dtype::bf16) return w_seen_.same({{w, k_ * c_ * 4}});
   const int64_t cb = ceil_div(c_, bc_);
   const float* bwd = (const float*)aligned(const_cast<std::vector<char>&>(bwd_), 0);
-  static const float zeros[64] = {};  // what a block that is not packed holds (bc ≤ 64)
   std::atomic<bool> same{true};
 #pragma omp parallel for num_threads(threads_for(k_ * c_)) schedule(static)
   for (int64_t k = 0; k < k_; ++k) {
     if (!same.load(std::memory_order_relaxed)) continue;
     for (int64_t j = 0; j < cb; ++j) {
-      const int64_t slot = index_.bwd_slot[(k / bk_) * cb + j];
-      const float* blk = slot < 0 ? zeros : bwd + (slot * bk_ + k % bk_) * bc_;
-      if (std::memcmp(w + k * c_ + j * bc_, blk, (size_t)std::min(bc_, c_ - j * bc_) * 4)) same = false;
+      const int64_t slot = index_.bwd_slot[(k / bk_) * cb + j], width = std::min(bc_, c_ - j * bc_);
+      const float* row = w + k * c_ + j * bc_;
+      // a block that is not packed holds ±0 only
+      if (slot < 0 ? any_nonzero(row, width) : std::memcmp(row, bwd + (slot * bk_ + k % bk_) * bc_, (size_t)width * 4))
+        same = false;
     }
   }
   return same;
