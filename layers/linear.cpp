@@ -108,6 +108,7 @@ void fc_layer::index_blocks() {
 }
 
 void fc_layer::set_mask(const uint8_t* mask) {
+  ++mask_generation_;
   if (!mask) {
     mask_.clear();
     return;
@@ -267,6 +268,7 @@ status fc_layer::backward_plan_for(int64_t bn, int threads, bool data, bool accu
   backward_key key = zeroed<backward_key>();
   key.bn = bn, key.level = (int32_t)active_isa(), key.threads = threads, key.data = data, key.accumulate = accumulate;
   key.sparse = index_.on ? index_.generation + 1 : 0;
+  key.mask = mask_generation_;
   return bwd_plans_.get(key, out, [&](backward_plan& pl) {
     reserve_scratch(threads, {{0, bn * bk_}, {1, bk_}, {2, bn * bk_}});  // dZ's per-block scratch
     const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
@@ -275,8 +277,11 @@ status fc_layer::backward_plan_for(int64_t bn, int threads, bool data, bool accu
         pl.offs_a.push_back(index_.row_kb[q] * bn * bk_);
         pl.offs_b.push_back((int64_t)q * bk_ * bc_);
       }
-      for (int64_t b = 0; b < kb * cb; ++b) (index_.fwd_slot[b] < 0 ? pl.pruned : pl.kept).push_back(b);
     }
+    // The weight gradient: every block but those a pruning mask removes whole (their gradient is
+    // zero, as for PyTorch's weight·mask), so an unmasked block of zeros still learns.
+    for (int64_t b = 0; b < kb * cb; ++b)
+      (!mask_.empty() && !mask_blocks_[b] ? pl.pruned : pl.kept).push_back(b);
     const batch_kind kind = index_.on ? batch_kind::offset : batch_kind::stride;
     if (data)
       if (status s = dispatch(desc{t_, bn, bc_, bk_, bk_, bc_, bc_, kind, 0.0f}, &pl.kd); s != status::ok)
@@ -415,10 +420,10 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
   const int64_t bblk = bk_ * bc_;
   const bool sparse = index_.on;
   const int64_t* row = index_.row_start.data();
-  // Block-sparse: the weight gradient of the kept blocks only, in forward order; the others are
-  // zero (written unless accumulating).
-  const int64_t wg_items = sparse ? index_.kept : kb * cb;
+  // The weight gradient of the blocks the mask keeps; the others are zero (written unless
+  // accumulating).
   const std::vector<int64_t>&pruned = plan->pruned, &kept = plan->kept;
+  const int64_t wg_items = (int64_t)kept.size();
   // Two loops of equal work per thread (an item of backward data is kb times larger).
 #pragma omp parallel num_threads(threads)
   {
@@ -452,7 +457,7 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
     }
 #pragma omp for schedule(static) nowait
     for (int64_t p = 0; p < wg_items; ++p) {
-      const int64_t b = sparse ? kept[p] : p, j = b / cb, q = b % cb;  // output block j, input block q
+      const int64_t b = kept[p], j = b / cb, q = b % cb;  // output block j, input block q
       batch.count = nb;
       batch.a = dzt + j * nb * blk * ab;
       batch.stride_a = blk;

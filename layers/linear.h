@@ -12,8 +12,8 @@
 // of one batch entry, so a block of zeros is skipped by leaving it out of the batch. When few
 // enough blocks hold a nonzero (fc_sparse_crossover), only those are packed, in the forward
 // order (by output block, kept input blocks ascending) and the backward order (by input block),
-// with an index; the batches become offset batches over the kept blocks, and the weight
-// gradient is computed for the kept blocks only (the pruned ones get zero).
+// with an index; the batches become offset batches over the kept blocks. The weight gradient
+// skips the blocks a pruning mask (set_mask) removes whole: their gradient is zero.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -130,13 +130,13 @@ class fc_layer {
   struct backward_key {
     int64_t bn;
     int32_t level, threads, data, accumulate;
-    uint32_t sparse;
+    uint32_t sparse, mask;  // mask: mask_generation_
   };
   struct backward_plan {
     const kernel* kd = nullptr;
     const kernel* kw[2][2] = {};
     std::vector<int64_t> offs_a, offs_b;  // backward data, per kept block, backward order
-    std::vector<int64_t> kept, pruned;    // blocks kb·cb + cb with a weight gradient, and with zero
+    std::vector<int64_t> kept, pruned;    // blocks kb·cb + cb with a weight gradient, and masked whole (zero)
   };
   status forward_plan_for(int64_t bn, int threads, bool z, std::shared_ptr<const forward_plan>* out);
   status backward_plan_for(int64_t bn, int threads, bool data, bool accumulate,
@@ -149,6 +149,7 @@ class fc_layer {
   sparse_policy policy_ = sparse_policy::automatic;
   std::vector<uint8_t> keep_;                  // [kb][cb]: the block holds a nonzero (pack's phase 1)
   std::vector<uint8_t> mask_, mask_blocks_;    // the pruning mask, and [kb][cb]: it keeps a weight
+  uint32_t mask_generation_ = 0;               // changes with the mask: backward plans key on it
   block_index index_;
   packed_weights w_seen_, b_seen_;             // w as packed last (bf16 only), b
   std::vector<float> bias_;                    // the bias padded to K/bk

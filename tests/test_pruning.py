@@ -194,3 +194,20 @@ def test_recurrent_weights_prune_and_stay_pruned(rng, cell):
     more = rnn.prune(0.8, block=1)   # iterative: only adds
     assert all((~masks[n] <= ~more[n]).all() for n in masks)
     assert rnn.sparsity == pytest.approx(0.8, abs=0.01)
+
+
+def test_zero_blocks_without_a_mask_still_learn(rng):
+    """Zeros written by hand (no prune) are packed block-sparse like pruned ones, but with no mask
+    their weight gradient is the true one, so they train as in the dense layer."""
+    w = np.asarray(Linear(128, 128, seed=6).weight)
+    w[:64, 64:] = 0
+    sparse, dense = Linear(128, 128, seed=6), Linear(128, 128, seed=6)
+    sparse.weight = dense.weight = w
+    dense.packing = "dense"
+    x = rng.standard_normal((4, 128)).astype(np.float32)
+    g = rng.standard_normal((4, 128)).astype(np.float32)
+    got, ref = train_step(sparse, x, g), train_step(dense, x, g)
+    assert sparse.block_sparse and sparse.mask is None
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
+    assert got[2][:64, 64:].any()
