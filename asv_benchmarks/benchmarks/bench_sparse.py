@@ -28,7 +28,8 @@ THREADS = sorted({1, cpu_count()})
 def _layer(sparsity, packing):
     _, c, k = SPARSE_SHAPE
     lin = Linear(c, k, seed=SEED_B)
-    lin.prune(sparsity)
+    if sparsity:
+        lin.prune(sparsity)
     lin.packing = packing
     return lin
 
@@ -46,7 +47,10 @@ class SparseLinear:
         rng = np.random.default_rng(SEED_A)
         x = rng.standard_normal((n, c), dtype=np.float32)
         g = rng.standard_normal((n, k), dtype=np.float32) * 1e-3
-        layers = {"brgemm": _layer(sparsity, "auto"), "brgemm_dense": _layer(sparsity, "dense")}
+        # our dense layer: the same weights packed dense (forward), unpruned (training step: a
+        # pruned layer packed dense already skips the masked blocks' gradient and update)
+        layers = {"brgemm": _layer(sparsity, "auto"),
+                  "brgemm_dense": _layer(sparsity if case == "forward" else 0.0, "dense")}
         kept = int(np.count_nonzero(layers["brgemm"].mask))
         self.fns = {}
         if case == "forward":

@@ -71,7 +71,9 @@ def run_sparse(peers, rng, rounds, threads_list, log):
                                     kept, med, rat, peak))
             log.row(rows[-1])
 
-        lin, dense = _layer(c, k, TRAIN_SPARSITY, "auto"), _layer(c, k, TRAIN_SPARSITY, "dense")
+        # against our dense layer unpruned (a pruned one packed dense already skips the masked
+        # blocks' weight gradient and update)
+        lin, dense = _layer(c, k, TRAIN_SPARSITY, "auto"), _layer(c, k, 0.0, "dense")
 
         def step(layer):
             layer.forward(x)
