@@ -17,7 +17,7 @@ void codebook_pack(int bits, const uint8_t* idx, int64_t k, int64_t n, int64_t l
         if (bits > 4)
           out[q] = v;
         else
-          out[q % 32] |= (uint8_t)((v & 15) << (q < 32 ? 0 : 4));
+          out[4 * (q % 8) + q / 16] |= (uint8_t)((v & 15) << (4 * ((q / 8) % 2)));  // word q%8, nibble q/8
       }
     }
 }

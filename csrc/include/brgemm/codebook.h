@@ -6,8 +6,10 @@
 //
 // The packing, "codebook panels": B (k × n) cut into column panels of codebook_panel = 64
 // columns, each panel k rows of indices stored one after the other, columns past n index 0.
-//   b ≤ 4: a row of a panel is 32 bytes; byte j holds column j in its low nibble and column
-//          j + 32 in its high nibble (so 16 bytes widen to two vectors of 16 indices by one shift)
+//   b ≤ 4: a row of a panel is 32 bytes, eight 32-bit words; nibble t of word d (bits 4t..4t+3,
+//          little-endian) holds column 8t + d. So one shift of the row's words (the same shift
+//          for all, or two: one per half of a 16-lane vector) puts eight or sixteen columns' indices
+//          in the low bits of the lanes, where the permutes read them: no widening.
 //   b ≥ 5: a row of a panel is 64 bytes, one index per byte
 // Decoding (AVX-512): b ≤ 4 one in-register permute of a 16-entry table; b = 5 a two-register
 // permute; b ≥ 6 such permutes and a tree of blends on the high bits (AVX2: gathers above b = 4).

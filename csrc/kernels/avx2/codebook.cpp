@@ -18,10 +18,9 @@ inline __m256i mask8(int64_t n) {
 // Weights of columns [32h + 8t, 32h + 8t + 8) of one panel row.
 template <bool Nibbles>
 inline __m256 decode(const uint8_t* row, int h, int t, __m256 lo, __m256 hi, const float* table) {
-  if constexpr (Nibbles) {
-    __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(row + 8 * t)));
-    if (h) idx = _mm256_srli_epi32(idx, 4);
-    idx = _mm256_and_si256(idx, _mm256_set1_epi32(15));
+  if constexpr (Nibbles) {  // columns 8t'..8t'+7 are nibble t' = 4h + t of the row's eight words
+    const __m256i words = _mm256_loadu_si256((const __m256i*)row);
+    const __m256i idx = _mm256_and_si256(_mm256_srli_epi32(words, 4 * (4 * h + t)), _mm256_set1_epi32(15));
     const __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
     return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 picks the half
   } else {

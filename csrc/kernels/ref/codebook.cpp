@@ -10,7 +10,7 @@ namespace {
 
 // Column q's index in one row of a panel (the layout of brgemm/codebook.h).
 inline int index_at(const uint8_t* row, int bits, int64_t q) {
-  return bits > 4 ? row[q] : (row[q % 32] >> (q < 32 ? 0 : 4)) & 15;
+  return bits > 4 ? row[q] : (row[4 * (q % 8) + q / 16] >> (4 * ((q / 8) % 2))) & 15;  // word q%8, nibble q/8
 }
 
 }  // namespace
