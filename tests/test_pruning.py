@@ -211,3 +211,28 @@ def test_zero_blocks_without_a_mask_still_learn(rng):
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a, b)
     assert got[2][:64, 64:].any()
+
+
+def test_mlp_of_pruned_layers_trains_block_sparse(rng):
+    """The MLP keeps activations blocked between layers and drives each layer's products itself:
+    pruned layers run block-sparse there too, equal to the dense packing bit for bit."""
+    from brgemm.nn import MLP
+    nets = [MLP([128, 192, 64], seed=7) for _ in range(2)]
+    for net in nets:
+        net.layers[0].prune(0.5)
+        net.layers[1].prune(0.5)
+    for layer in nets[1].layers:
+        layer.packing = "dense"
+    x = rng.standard_normal((6, 128)).astype(np.float32)
+    g = rng.standard_normal((6, 64)).astype(np.float32)
+    for step in range(2):
+        outs = []
+        for net in nets:
+            net.zero_grad()
+            y = net(x)
+            outs.append((y, net.backward(g), net.layers[0].weight_grad.copy()))
+            net.apply_sgd(0.1)
+        for a, b in zip(*outs):
+            np.testing.assert_array_equal(a, b)
+    assert all(layer.block_sparse for layer in nets[0].layers)
+    assert not nets[0].layers[0].weight[~nets[0].layers[0].mask].any()
