@@ -33,7 +33,7 @@ template <bool Nibbles>
 void panels(const codebook_product& p, int64_t p0, int64_t p1) {
   const int64_t rb = codebook_row_bytes(p.bits), entries = int64_t(1) << p.bits;
   const __m256 lo = _mm256_maskload_ps(p.codebook, mask8(entries));
-  const __m256 hi = _mm256_maskload_ps(p.codebook + 8, mask8(entries - 8));
+  const __m256 hi = entries > 8 ? _mm256_maskload_ps(p.codebook + 8, mask8(entries - 8)) : _mm256_setzero_ps();
   for (int64_t pn = p0; pn < p1; ++pn) {
     const uint8_t* panel = p.b + pn * p.k * rb;
     const int64_t j0 = pn * codebook_panel, cols = std::min(codebook_panel, p.n - j0);

@@ -102,7 +102,7 @@ template <int Kind>
 void panels(const codebook_product& p, int64_t p0, int64_t p1) {
   const int64_t entries = int64_t(1) << p.bits;
   const __m512 cb0 = _mm512_maskz_loadu_ps(lanes(entries), p.codebook);
-  const __m512 cb1 = _mm512_maskz_loadu_ps(lanes(entries - 16), p.codebook + 16);
+  const __m512 cb1 = entries > 16 ? _mm512_maskz_loadu_ps(lanes(entries - 16), p.codebook + 16) : _mm512_setzero_ps();
   const int64_t rb = codebook_row_bytes(p.bits);
   for (int64_t pn = p0; pn < p1; ++pn) {
     const uint8_t* panel = p.b + pn * p.k * rb;
