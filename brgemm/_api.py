@@ -7,6 +7,7 @@ import ml_dtypes
 import numpy as np
 
 from . import _core
+from ._sharing import SharedWeights
 
 _BATCH_KINDS = ("stride", "offset", "address")
 
@@ -344,6 +345,19 @@ def batch_reduce(A, B, C=None, *, beta=0.0, epilogue=None):
     return _core.batch_reduce_packed(A, _packed_data(B), B.k, B.n, C, beta, dtype, epilogue, B.colsum)
 
 
+def _shared_gemm(A, B, C, beta, epilogue):
+    """gemm on shared weights (brgemm.quant.pack_shared): beta 0, an epilogue of a bias at most."""
+    if beta != 0.0:
+        raise ValueError("beta must be 0 with shared weights (B a brgemm.quant.SharedWeights)")
+    bias = None
+    if epilogue is not None:
+        if not isinstance(epilogue, Epilogue) or epilogue.activation is not None or epilogue.out_dtype not in (
+                None, "float32") or epilogue.scale is not None:
+            raise ValueError("epilogue with shared weights may only add a bias (Epilogue(bias=...))")
+        bias = epilogue.bias
+    return B.gemm(A, C, bias)
+
+
 def gemm(A, B, C=None, *, beta=0.0, epilogue=None):
     """``C = epilogue(beta·C + A @ B)`` on the BRGEMM with OpenMP over tiles of C
     (``set_num_threads``).
@@ -351,11 +365,15 @@ def gemm(A, B, C=None, *, beta=0.0, epilogue=None):
     The kernel follows A's dtype, as in :func:`batch_reduce`: float32 (× float32 or float16),
     bfloat16, uint8 or int8 (× int8, exact int32 sums; beta 0 or 1). For the low-precision dtypes pass B packed
     once with :func:`pack_b` (a 2-D PackedB, fastest in ``layout="panels"``): a plain B is
-    packed again on every call. The
+    packed again on every call. B may also be shared weights packed once as "codebook panels"
+    (:func:`brgemm.quant.pack_shared`: b-bit indices widened in registers; float32 A, beta 0, an
+    epilogue of a bias at most). The
     :class:`Epilogue` (bias, ReLU, dequantization, bf16 or requantized uint8/int8 output) is
     applied to each tile of C while it is in cache. Rows must be contiguous; row strides may
     exceed the width. Writes into C when given, else returns a new array (beta must be 0)."""
     beta = _real(beta, "beta")
+    if isinstance(B, SharedWeights):
+        return _shared_gemm(A, B, C, beta, epilogue)
     if epilogue is not None and not isinstance(epilogue, Epilogue):
         epilogue = _epilogue(epilogue)
     dtype = _kernel_dtype(A, B)

@@ -50,29 +50,130 @@ void fc_from_blocked(const void* xb, element bt, int64_t n, int64_t c, int64_t b
 fc_layer::fc_layer(dtype t, int64_t in, int64_t out, brgemm::activation act)
     : t_(t), c_(in), k_(out), bc_(fc_block(in)), bk_(fc_block(out)), act_(act) {}
 
+int64_t fc_layer::total_blocks() const { return ceil_div(k_, bk_) * ceil_div(c_, bc_); }
+
+void fc_layer::set_sparse_policy(sparse_policy p) {
+  if (p != policy_) packed_ = false;  // the next refresh packs in the new form
+  policy_ = p;
+}
+
+// Whether any of `width` floats is nonzero (±0 both zero: a weight pruned by a multiply keeps
+// its sign). Bitwise, so NaN counts as nonzero.
+static bool any_nonzero(const float* v, int64_t width) {
+  uint32_t acc = 0;
+  for (int64_t e = 0; e < width; ++e) {
+    uint32_t u;
+    std::memcpy(&u, v + e, 4);
+    acc |= u & 0x7FFFFFFFu;
+  }
+  return acc != 0;
+}
+
+void fc_layer::index_blocks() {
+  const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_), total = kb * cb;
+  int64_t kept = 0;
+  for (uint8_t k : keep_) kept += k;
+  const bool on = policy_ == sparse_policy::sparse ||
+                  (policy_ == sparse_policy::automatic && (double)kept <= fc_sparse_crossover * (double)total);
+  block_index& x = index_;
+  // A dense packing places every block, so its index is the same whatever the pattern.
+  const bool same = !x.fwd_slot.empty() && on == x.on && (!on || kept == x.kept);
+  std::vector<int64_t> fwd(total), bwd(total);
+  int64_t p = 0;
+  for (int64_t i = 0; i < kb; ++i)
+    for (int64_t j = 0; j < cb; ++j) fwd[i * cb + j] = !on || keep_[i * cb + j] ? p++ : -1;
+  p = 0;
+  for (int64_t j = 0; j < cb; ++j)
+    for (int64_t i = 0; i < kb; ++i) bwd[i * cb + j] = !on || keep_[i * cb + j] ? p++ : -1;
+  if (same && fwd == x.fwd_slot) return;  // the pattern held (a pruned layer in training)
+  x.on = on;
+  x.kept = kept;
+  ++x.generation;
+  x.fwd_slot.swap(fwd);
+  x.bwd_slot.swap(bwd);
+  x.col_start.assign(kb + 1, 0);
+  x.row_start.assign(cb + 1, 0);
+  x.col_cb.clear();
+  x.row_kb.clear();
+  for (int64_t i = 0; i < kb; ++i) {
+    for (int64_t j = 0; j < cb; ++j)
+      if (x.fwd_slot[i * cb + j] >= 0) x.col_cb.push_back(j);
+    x.col_start[i + 1] = (int64_t)x.col_cb.size();
+  }
+  for (int64_t j = 0; j < cb; ++j) {
+    for (int64_t i = 0; i < kb; ++i)
+      if (x.bwd_slot[i * cb + j] >= 0) x.row_kb.push_back(i);
+    x.row_start[j + 1] = (int64_t)x.row_kb.size();
+  }
+}
+
+void fc_layer::set_mask(const uint8_t* mask) {
+  ++mask_generation_;
+  if (!mask) {
+    mask_.clear();
+    return;
+  }
+  const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
+  mask_.assign(mask, mask + k_ * c_);
+  mask_blocks_.assign((size_t)(kb * cb), 0);
+  for (int64_t k = 0; k < k_; ++k)
+    for (int64_t c = 0; c < c_; ++c) mask_blocks_[(k / bk_) * cb + c / bc_] |= mask[k * c_ + c] != 0;
+}
+
 void fc_layer::pack(float* w, const float* wg, float lr, bool stochastic, uint64_t seed) {
   const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
   const int64_t eb = dtype_b_bytes(t_), blk_bytes = bk_ * bc_ * eb;  // bk, bc even: no K padding
-  char* fwd = aligned(fwd_, kb * cb * blk_bytes);
-  char* bwd = aligned(bwd_, kb * cb * blk_bytes);
   const bool bf16 = t_ == dtype::bf16;
   // f32 keeps its copy in the backward blocks; bf16 snapshots w's rows as it goes.
   float* seen = bf16 ? (float*)w_seen_.resize({{w, k_ * c_ * 4}}) : nullptr;
-  // One block row of W per iteration (it owns forward blocks [i][*] and backward blocks [*][i]):
-  // update and snapshot its rows, then each block, while the rows are in cache.
-#pragma omp parallel for num_threads(threads_for(8.0 * k_ * c_)) schedule(static)
+  keep_.resize((size_t)(kb * cb));
+  const int threads = threads_for(8.0 * k_ * c_);
+  const uint8_t* mask = mask_.empty() || !wg ? nullptr : mask_.data();
+  // Phase 1, one block row of W per iteration: update its blocks, snapshot them, and note which
+  // hold a nonzero. A block the mask prunes whole is skipped: zero since prune(), it stays so
+  // (and if the caller wrote it since, the next refresh sees the difference and packs again).
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < kb; ++i) {
     const int64_t rows = std::min(bk_, k_ - i * bk_);
-    float* wi = w + i * bk_ * c_;
-    if (wg)
-      for (int64_t e = 0; e < rows * c_; ++e) wi[e] -= lr * wg[i * bk_ * c_ + e];
-    if (bf16) std::memcpy(seen + i * bk_ * c_, wi, (size_t)(rows * c_ * 4));
+    for (int64_t j = 0; j < cb; ++j) {
+      if (mask && !mask_blocks_[i * cb + j]) {
+        keep_[i * cb + j] = 0;
+        continue;
+      }
+      const int64_t width = std::min(bc_, c_ - j * bc_);
+      bool any = false;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t at = (i * bk_ + r) * c_ + j * bc_;
+        float* wr = w + at;
+        if (mask) {
+          for (int64_t e = 0; e < width; ++e) wr[e] = mask[at + e] ? wr[e] - lr * wg[at + e] : 0.0f;
+        } else if (wg) {
+          for (int64_t e = 0; e < width; ++e) wr[e] -= lr * wg[at + e];
+        }
+        if (bf16) std::memcpy(seen + at, wr, (size_t)width * 4);
+        any = any || any_nonzero(wr, width);
+      }
+      keep_[i * cb + j] = any;
+    }
+  }
+  index_blocks();
+  const int64_t packed = index_.on ? index_.kept : kb * cb;
+  char* fwd = aligned(fwd_, packed * blk_bytes);
+  char* bwd = aligned(bwd_, packed * blk_bytes);
+  // Phase 2: each packed block of the row, while its rows are in cache. A block row owns forward
+  // blocks [i][*] and backward blocks [*][i].
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < kb; ++i) {
+    const int64_t rows = std::min(bk_, k_ - i * bk_);
+    const float* wi = w + i * bk_ * c_;
     // t: the W block (bk × bc) in the weights' type, zero-padded.
     char* t = (char*)scratch(0, bk_ * bc_);
     for (int64_t j = 0; j < cb; ++j) {
+      const int64_t fs = index_.fwd_slot[i * cb + j], bs = index_.bwd_slot[i * cb + j];
+      if (fs < 0) continue;  // a pruned block: not packed, never read
       const int64_t width = std::min(bc_, c_ - j * bc_);
-      char* fb = fwd + (i * cb + j) * blk_bytes;
-      char* bb = bwd + (j * kb + i) * blk_bytes;
+      char* fb = fwd + fs * blk_bytes;
+      char* bb = bwd + bs * blk_bytes;
       if (rows < bk_ || width < bc_) std::memset(bf16 ? t : bb, 0, (size_t)blk_bytes);
       for (int64_t r = 0; r < rows; ++r) {
         const float* src = wi + r * c_ + j * bc_;
@@ -106,15 +207,18 @@ void fc_layer::set_bias(const float* b) {
 // which are W's own rows.
 bool fc_layer::same_weights(const float* w) const {
   if (t_ == dtype::bf16) return w_seen_.same({{w, k_ * c_ * 4}});
-  const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
+  const int64_t cb = ceil_div(c_, bc_);
   const float* bwd = (const float*)aligned(const_cast<std::vector<char>&>(bwd_), 0);
   std::atomic<bool> same{true};
 #pragma omp parallel for num_threads(threads_for(k_ * c_)) schedule(static)
   for (int64_t k = 0; k < k_; ++k) {
     if (!same.load(std::memory_order_relaxed)) continue;
     for (int64_t j = 0; j < cb; ++j) {
-      const float* blk = bwd + ((j * kb + k / bk_) * bk_ + k % bk_) * bc_;
-      if (std::memcmp(w + k * c_ + j * bc_, blk, (size_t)std::min(bc_, c_ - j * bc_) * 4)) same = false;
+      const int64_t slot = index_.bwd_slot[(k / bk_) * cb + j], width = std::min(bc_, c_ - j * bc_);
+      const float* row = w + k * c_ + j * bc_;
+      // a block that is not packed holds ±0 only
+      if (slot < 0 ? any_nonzero(row, width) : std::memcmp(row, bwd + (slot * bk_ + k % bk_) * bc_, (size_t)width * 4))
+        same = false;
     }
   }
   return same;
@@ -138,7 +242,15 @@ void fc_layer::sgd(float* w, float* b, const float* wg, const float* bg, float l
 status fc_layer::forward_plan_for(int64_t bn, int threads, bool z, std::shared_ptr<const forward_plan>* out) {
   forward_key key = zeroed<forward_key>();
   key.bn = bn, key.level = (int32_t)active_isa(), key.threads = threads, key.bias = has_bias_, key.z = z;
+  key.sparse = index_.on ? index_.generation + 1 : 0;
   return fwd_plans_.get(key, out, [&](forward_plan& pl) {
+    if (index_.on) {  // A_i = X[nb][cb_i] (offset within the row of blocks), B_i = the i-th kept block
+      const int64_t fblk = bc_ * bk_;
+      for (size_t q = 0; q < index_.col_cb.size(); ++q) {
+        pl.offs_a.push_back(index_.col_cb[q] * bn * bc_);
+        pl.offs_b.push_back((int64_t)q * fblk);
+      }
+    }
     if (z && t_ == dtype::bf16) reserve_scratch(threads, {{0, bn * bk_}});
     // With z the epilogue stops at the bias (into z) and the activation follows on the block
     // while it is in cache; without, it is all one epilogue.
@@ -146,7 +258,8 @@ status fc_layer::forward_plan_for(int64_t bn, int threads, bool z, std::shared_p
     e.bias = has_bias_;
     e.act = z ? activation::none : act_;
     e.out = z || t_ != dtype::bf16 ? out_type::f32 : out_type::bf16;
-    return dispatch(desc{t_, bn, bk_, bc_, bc_, bk_, bk_, batch_kind::stride, 0.0f, e}, &pl.kr);
+    const batch_kind kind = index_.on ? batch_kind::offset : batch_kind::stride;
+    return dispatch(desc{t_, bn, bk_, bc_, bc_, bk_, bk_, kind, 0.0f, e}, &pl.kr);
   });
 }
 
@@ -154,12 +267,24 @@ status fc_layer::backward_plan_for(int64_t bn, int threads, bool data, bool accu
                                    std::shared_ptr<const backward_plan>* out) {
   backward_key key = zeroed<backward_key>();
   key.bn = bn, key.level = (int32_t)active_isa(), key.threads = threads, key.data = data, key.accumulate = accumulate;
+  key.sparse = index_.on ? index_.generation + 1 : 0;
+  key.mask = mask_generation_;
   return bwd_plans_.get(key, out, [&](backward_plan& pl) {
     reserve_scratch(threads, {{0, bn * bk_}, {1, bk_}, {2, bn * bk_}});  // dZ's per-block scratch
     const int64_t cb = ceil_div(c_, bc_), kb = ceil_div(k_, bk_);
+    if (index_.on) {  // A_i = dZ[nb][kb_i], B_i = the i-th kept block in backward order
+      for (size_t q = 0; q < index_.row_kb.size(); ++q) {
+        pl.offs_a.push_back(index_.row_kb[q] * bn * bk_);
+        pl.offs_b.push_back((int64_t)q * bk_ * bc_);
+      }
+    }
+    // The weight gradient: every block but those a pruning mask removes whole (their gradient is
+    // zero, as for PyTorch's weight·mask), so an unmasked block of zeros still learns.
+    for (int64_t b = 0; b < kb * cb; ++b)
+      (!mask_.empty() && !mask_blocks_[b] ? pl.pruned : pl.kept).push_back(b);
+    const batch_kind kind = index_.on ? batch_kind::offset : batch_kind::stride;
     if (data)
-      if (status s = dispatch(desc{t_, bn, bc_, bk_, bk_, bc_, bc_, batch_kind::stride, 0.0f}, &pl.kd);
-          s != status::ok)
+      if (status s = dispatch(desc{t_, bn, bc_, bk_, bk_, bc_, bc_, kind, 0.0f}, &pl.kd); s != status::ok)
         return s;
     const int64_t m_edge = k_ - (kb - 1) * bk_, n_edge = c_ - (cb - 1) * bc_;
     for (int fm = 0; fm < (kb > 1 ? 2 : 1); ++fm)
@@ -182,16 +307,25 @@ status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float*
   const kernel* kr = plan->kr;
   const char* fwd = aligned(fwd_, 0);
   const int64_t items = kb * nb;
+  const bool sparse = index_.on;
+  const int64_t* col = index_.col_start.data();
   // Items walk N fastest, so a thread's consecutive items share a column of weight blocks.
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t i = item % nb, j = item / nb;
     batch_ref batch;
-    batch.count = cb;
     batch.a = (const char*)xb + i * cb * bn * bc_ * ab;
-    batch.stride_a = bn * bc_;
-    batch.b = fwd + j * cb * fblk * dtype_b_bytes(t_);
-    batch.stride_b = fblk;
+    if (sparse) {  // only the kept blocks of column j
+      batch.count = col[j + 1] - col[j];
+      batch.b = fwd;
+      batch.offs_a = plan->offs_a.data() + col[j];
+      batch.offs_b = plan->offs_b.data() + col[j];
+    } else {
+      batch.count = cb;
+      batch.stride_a = bn * bc_;
+      batch.b = fwd + j * cb * fblk * dtype_b_bytes(t_);
+      batch.stride_b = fblk;
+    }
     epilogue_args args;
     args.bias = bias_.data() + j * bk_;
     const int64_t blk = (i * kb + j) * bn * bk_;
@@ -212,7 +346,9 @@ status fc_layer::forward(int64_t n, int64_t bn, const void* xb, void* yb, float*
   return status::ok;
 }
 
-bool fc_layer::has_rows_forward() const { return t_ == dtype::f32 && bk_ == panel_width && !needs_z(); }
+bool fc_layer::has_rows_forward() const {
+  return t_ == dtype::f32 && bk_ == panel_width && !needs_z() && !index_.on;
+}
 
 status fc_layer::forward_rows(int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy) {
   // Measured on Zen 4, 2 threads, (700 × 650) · Wᵀ (650 × 10 000), the word language model's
@@ -282,6 +418,12 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
 
   const char* bwd = aligned(bwd_, 0);
   const int64_t bblk = bk_ * bc_;
+  const bool sparse = index_.on;
+  const int64_t* row = index_.row_start.data();
+  // The weight gradient of the blocks the mask keeps; the others are zero (written unless
+  // accumulating).
+  const std::vector<int64_t>&pruned = plan->pruned, &kept = plan->kept;
+  const int64_t wg_items = (int64_t)kept.size();
   // Two loops of equal work per thread (an item of backward data is kb times larger).
 #pragma omp parallel num_threads(threads)
   {
@@ -290,17 +432,32 @@ status fc_layer::backward(int64_t n, int64_t bn, const float* gyb, const void* y
 #pragma omp for schedule(static) nowait
       for (int64_t item = 0; item < nb * cb; ++item) {
         const int64_t i = item % nb, j = item / nb;  // N fastest: a thread's items share weight blocks
-        batch.count = kb;
         batch.a = dz + i * kb * blk * ab;
-        batch.stride_a = blk;
-        batch.b = bwd + j * kb * bblk * dtype_b_bytes(t_);
-        batch.stride_b = bblk;
+        if (sparse) {
+          batch.count = row[j + 1] - row[j];
+          batch.b = bwd;
+          batch.offs_a = plan->offs_a.data() + row[j];
+          batch.offs_b = plan->offs_b.data() + row[j];
+        } else {
+          batch.count = kb;
+          batch.stride_a = blk;
+          batch.b = bwd + j * kb * bblk * dtype_b_bytes(t_);
+          batch.stride_b = bblk;
+        }
         execute(*kd, batch, gxb + (i * cb + j) * bn * bc_);
       }
     }
+    if (!accumulate) {
 #pragma omp for schedule(static) nowait
-    for (int64_t item = 0; item < kb * cb; ++item) {
-      const int64_t j = item / cb, q = item % cb;
+      for (int64_t p = 0; p < (int64_t)pruned.size(); ++p) {
+        const int64_t j = pruned[p] / cb, q = pruned[p] % cb;
+        for (int64_t r = j * bk_; r < std::min(k_, (j + 1) * bk_); ++r)
+          std::memset(wg + r * c_ + q * bc_, 0, (size_t)std::min(bc_, c_ - q * bc_) * 4);
+      }
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t p = 0; p < wg_items; ++p) {
+      const int64_t b = kept[p], j = b / cb, q = b % cb;  // output block j, input block q
       batch.count = nb;
       batch.a = dzt + j * nb * blk * ab;
       batch.stride_a = blk;

@@ -104,6 +104,8 @@ def test_group_tables_and_summaries_show_measurements_only():
             for kind in ("float32 fwd", "bfloat16 fwd", "float32 bwd", "int8 fwd")]
     rows += [_grid_row(f"{cell} H=512 N=16 {dtype} fwd") for cell in ("LSTM", "GRU") for dtype in ("float32", "bfloat16")]
     rows += [_grid_row(f"MLP 3x1024 N=256 float32 {p}") for p in ("fwd", "train step")]
+    rows += [_grid_row(f"Linear f32 fwd 64x4096x4096 {s:.0%} block-sparse", ratio_vs_brgemm_dense=3.0,
+                       ratio_vs_torch_bsr=30.0) for s in bench.SPARSITIES]
     model_rows = [_grid_row(f"model float32 {p}") for p in models.TORCH_PASSES]
     network_rows = [_grid_row(networks.network_label(name, p, n, "float32"), network=name, batch=n, dtype="float32",
                               brgemm_via="convert", best_peer_seconds=0.0125, peer_ratios={"torch": 1.25},
@@ -114,9 +116,11 @@ def test_group_tables_and_summaries_show_measurements_only():
     text = "\n".join([bench.format_table(rows), models.format_models(model_rows),
                       bench.ceilings.format_ceilings(ceiling_rows), bench.format_headline(rows)]
                      + bench.conv.conv_summary(rows) + rnn.rnn_summary(rows) + bench.mlp.mlp_summary(rows)
+                     + bench.sparse.sparse_summary([r for r in rows if "block-sparse" in r["case"]])
                      + models.torch_summary(model_rows)
                      + [networks.format_networks(network_rows)] + networks.networks_summary(network_rows))
     assert "geomean 1.25x PyTorch" in text and "our float32 1.50x" in text
+    assert "our dense 3.00x" in text and "30.00x PyTorch BSR" in text
     assert not TARGET_WORDS.search(text), TARGET_WORDS.search(text)
     assert len(bench.format_table(rows).splitlines()) == len(rows) + 1
 

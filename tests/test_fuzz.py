@@ -730,6 +730,43 @@ def fuzz_outlier_error(draw):
     fuzz_split_outliers(draw, "outlier_error")
 
 
+def fuzz_sharing(draw):
+    """share_weights, centroid_gradients, pack_shared / SharedWeights and its methods, gemm on it."""
+    k, n = draw(side()), draw(side())
+    bits = draw(maybe(pick([2, 3, 4, 5, 8], [1, 9, 4.0, True, None])))
+    w = draw(maybe(arrays((k, n), good=[np.dtype(np.float32)])))
+    kw = {"iters": draw(maybe(pick([1, 30], [0, -2, float("nan")])))} if draw(st.booleans()) else {}
+    got = call("brgemm.quant.share_weights", Q.share_weights, w, bits, **kw)
+    valid_bits = bits if isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 8 else 4
+    if got is REJECTED:
+        codebook = np.linspace(-1, 1, 1 << valid_bits, dtype=np.float32)
+        idx = np.zeros((k, n), np.uint8)
+    else:
+        codebook, idx = got
+    g = draw(maybe(arrays(idx.shape, good=[np.dtype(np.float32)])))
+    call("brgemm.quant.centroid_gradients", Q.centroid_gradients, draw(maybe(st.just(idx))), g, bits)
+    cb = draw(maybe(st.one_of(st.just(codebook), arrays((draw(pick([4, 16, 256], [3, 0, 512])),)))))
+    make = draw(st.sampled_from([Q.pack_shared, Q.SharedWeights]))
+    shared = call(f"brgemm.quant.{'pack_shared' if make is Q.pack_shared else 'SharedWeights'}", make, cb,
+                  draw(maybe(st.one_of(st.just(idx), arrays((k, n), good=[np.dtype(np.uint8)])))))
+    if shared is REJECTED:
+        return
+    repr(shared)
+    a = draw(maybe(arrays((draw(side()), draw(pick([shared.k], [shared.k + 1, 0]))), good=[np.dtype(np.float32)])))
+    for _ in range(draw(st.integers(0, 3))):
+        step = draw(st.sampled_from(["gemm", "brgemm.gemm", "decode", "fine_tune"]))
+        if step == "gemm":
+            call("brgemm.quant.SharedWeights.gemm", shared.gemm, a)
+        elif step == "brgemm.gemm":
+            kw = {"beta": draw(maybe(pick([0.0], [1.0])))} if draw(st.booleans()) else {}
+            call("brgemm.gemm", brgemm.gemm, a, shared, **kw)
+        elif step == "decode":
+            call("brgemm.quant.SharedWeights.decode", shared.decode)
+        else:
+            call("brgemm.quant.SharedWeights.fine_tune", shared.fine_tune, draw(maybe(st.just(idx))),
+                 draw(maybe(arrays((k, n), good=[np.dtype(np.float32)]))), draw(maybe(st.floats(-1, 1))))
+
+
 def fuzz_l2_search(draw):  # private, but its loops run without bounds checks
     from brgemm._l2search import l2_search
 
@@ -920,6 +957,22 @@ def _m_getitem(draw, layer, state, name):
         assert "out of range" in str(e) or "index-sized integer" in str(e)  # a list's own messages
 
 
+def _m_prune(draw, layer, state, name):
+    kw = {}
+    if draw(st.booleans()):
+        kw["block"] = draw(maybe(pick([None, 1, (1, 1), 2], [0, -1, (3, 7), "x", (1,), 2.5])))
+    amount = draw(maybe(st.one_of(st.floats(0, 0.99), pick([0.0, 0.5], [1.0, -0.1, float("nan"), "half"]))))
+    call(f"{name}.prune", layer.prune, amount, **kw)
+
+
+def _m_packing(draw, layer, state, name):
+    call(f"{name}.packing=", setattr, layer, "packing", draw(maybe(pick(["auto", "dense", "sparse"], ["csr", 3]))))
+
+
+def _m_get(attr):
+    return lambda draw, layer, state, name: getattr(layer, attr)
+
+
 METHODS = {
     "forward": _m_forward, "__call__": _m_forward, "backward": _m_backward, "apply_sgd": _m_apply_sgd,
     "train": _m_train, "eval": _m_simple("eval"), "zero_grad": _m_simple("zero_grad"),
@@ -935,6 +988,9 @@ def _m_output_size(draw, layer, state, name):
 
 
 METHODS["output_size"] = _m_output_size
+METHODS["prune"], METHODS["packing"] = _m_prune, _m_packing
+for _attr in ("mask", "sparsity", "block_sparse"):
+    METHODS[_attr] = _m_get(_attr)
 METHODS["algorithm_used"] = lambda draw, layer, state, name: getattr(layer, "algorithm_used")
 METHODS["weight_grad"] = METHODS["bias_grad"] = lambda draw, layer, state, name: getattr(layer, name.split(".")[-1],
                                                                                          None)
@@ -1256,6 +1312,8 @@ SUBJECTS = {
     "brgemm.quant.MinMaxObserver": fuzz_minmax_observer, "brgemm.quant.HistogramObserver": fuzz_histogram_observer,
     "brgemm.quant.split_outliers": fuzz_split_outliers, "brgemm.quant.outlier_error": fuzz_outlier_error,
     "brgemm.quant.quantize_model": fuzz_quantize_model, "brgemm._l2search.l2_search": fuzz_l2_search,
+    "brgemm.quant.share_weights": fuzz_sharing, "brgemm.quant.centroid_gradients": fuzz_sharing,
+    "brgemm.quant.pack_shared": fuzz_sharing, "brgemm.quant.SharedWeights": fuzz_sharing,
 }
 for _f in ("ktanh", "ksigmoid", "kswish", "kgelu", "tanh", "sigmoid", "swish", "gelu", "relu", "relu6", "activation"):
     SUBJECTS[f"brgemm.nn.functional.{_f}"] = fuzz_elementwise(_f)
@@ -1272,6 +1330,7 @@ CLASS_METHODS = {
     "brgemm.Kernel": {"__call__", "run_stride", "run_offset", "run_address"}, "brgemm.quant.QParams": {"quantize", "dequantize"},
     "brgemm.quant.MinMaxObserver": {"observe", "qparams"},
     "brgemm.quant.HistogramObserver": {"observe", "qparams", "l2_range", "edges"},
+    "brgemm.quant.SharedWeights": {"gemm", "decode", "fine_tune", "nbytes"},
 }
 
 

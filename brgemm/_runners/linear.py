@@ -49,15 +49,13 @@ class LinearRunner:
         float32 layer whose activation the epilogue applies goes from rows to rows in one gemm
         (fc.has_rows_forward) and blocks nothing; backward then blocks x itself. ``version``: as
         refresh's."""
-        if self.weights.current(version):
-            weight = bias = None   # the C++ call then skips its comparison
-        else:
-            self.weights.forget()
+        # Packed first: the packing (dense or block-sparse, fc.block_sparse) decides the path.
+        self.weights.refresh(weight, bias, version=version)
+        weight = bias = None   # the C++ call then skips its comparison
         if buffers is None and self.fc.has_rows_forward and x.dtype == F32 and y.dtype == F32:
             self.scratch.holds["x"] = None
             self.scratch.holds.pop("y", None)
             self.fc.forward_rows(x, y, weight, bias)
-            self.weights.mark(version)
             return False
         n = x.shape[0]
         bn = _core.fc_row_block(n)
@@ -70,7 +68,6 @@ class LinearRunner:
         self.scratch.holds["x"] = None
         self.scratch.holds.pop("y", None)  # overwritten: the caller says whose blocked copy it then holds
         self.fc.forward_plain(x, bn, xb, yb, y, zb, weight, bias)
-        self.weights.mark(version)
         self.scratch.holds["x"] = x_key
         return True
 

@@ -8,6 +8,7 @@ and the ratio to each peer (peer time / brgemm time: above 1 means brgemm is fas
   mlp.py       --mlp: Linear and MLP
   conv.py      --conv: ResNet-50's convolutions
   rnn.py       --rnn: LSTM and GRU
+  sparse.py    --sparse: block-sparse (pruned) Linear against dense and PyTorch BSR; GEMV on shared weights
   models.py    --torch: PyTorch models through brgemm.torch.convert
   networks.py  --models: whole networks (vision.py) through brgemm.torch, inference and training
   vision.py    ResNet-18/50, ResNeXt-50 32x4d, MobileNetV2 as torchvision defines them, and their
@@ -29,3 +30,4 @@ from .models import (TORCH_CLASSES, TORCH_CONV_INPUT, TORCH_CONV_STACK, TORCH_LM
 from .networks import (DEFAULT_NETWORKS, INFERENCE_BATCHES, NETWORK_IMAGE, NETWORK_PASSES, NETWORKS, TRAIN_BATCHES,
                        network_case, network_cases, network_flops)
 from .rnn import RNN_BATCHES, RNN_SIZES, RNN_STEPS, _torch_rnn
+from .sparse import CROSSOVER, SHARED_BITS, SHARED_GEMV, SPARSE_SHAPE, SPARSITIES, TRAIN_SPARSITY

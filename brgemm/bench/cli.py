@@ -19,6 +19,7 @@ from .mlp import mlp_summary, run_mlp
 from .models import format_models, run_torch, torch_summary
 from .networks import DEFAULT_NETWORKS, NETWORKS, format_networks, networks_summary, run_networks
 from .rnn import rnn_summary, run_rnn
+from .sparse import run_sparse, sparse_summary
 
 DESCRIPTION = ("brgemm against the fastest peers installed (numpy, PyTorch, ONNX Runtime, OpenVINO) on the "
                "same shapes and thread counts, in the same run: % of the measured peak, % of the roofline "
@@ -35,6 +36,10 @@ GROUPS = {
              lambda p, rng, a, tl, log: run_conv(p, rng, a.rounds, tl, log), format_table, conv_summary),
     "rnn": ("LSTM and GRU forward f32/bf16 over sizes and batches, training steps",
             lambda p, rng, a, tl, log: run_rnn(p, rng, a.rounds, tl, log), format_table, rnn_summary),
+    "sparse": ("a pruned Linear 4096 -> 4096, N = 64, f32: forward at 50/75/90 % block sparsity and a training "
+               "step at 90 %, against our dense packing, PyTorch dense and PyTorch BSR; the dense/sparse crossover; "
+               "GEMV 1x8192x8192 on 2/4/5/8-bit shared weights against our float16-weight GEMV",
+               lambda p, rng, a, tl, log: run_sparse(p, rng, a.rounds, tl, log), format_table, sparse_summary),
     "torch": ("PyTorch models (a ResNet-style stack, an LSTM tagger, an LSTM language model) converted by "
               "brgemm.torch.convert, "
               "training step and inference, against plain PyTorch, ONNX Runtime and OpenVINO",
@@ -49,7 +54,7 @@ GROUPS = {
                  "reaches (not part of --full)",
                  lambda p, rng, a, tl, log: run_ceilings(p, a.rounds, log), format_ceilings, None),
 }
-FULL = ("kernels", "mlp", "conv", "rnn", "torch", "models")
+FULL = ("kernels", "mlp", "conv", "rnn", "sparse", "torch", "models")
 GROUP_ROUNDS = 5
 #: The groups whose default thread counts are not 1 and all cores: --models on all cores only
 #: (a ResNet-50 forward at N = 16 takes a second on two cores, several on one).

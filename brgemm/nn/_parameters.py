@@ -118,6 +118,11 @@ class Parameters:
             raise ValueError(f"lr must be finite, got {lr}")
         self._materialize_zero_grad()
         self._weight -= np.float32(lr) * self._weight_grad
+        mask = getattr(self, "_mask", None)
+        if mask is not None:   # pruned weights stay zero (brgemm.nn._pruning)
+            w = self._weight
+            np.multiply(w, mask, out=w)
+            self._weight = w
         if self._bias is not None:
             self._bias -= np.float32(lr) * self._bias_grad
 

@@ -25,6 +25,7 @@ from .._quantize import quantize_per_channel
 from .._runners.conv import ConvGeometry, ConvRunner, blocked_shape
 from .._runners.quantized import QuantizedConvRunner
 from ._parameters import Parameters, QuantizedIO
+from ._pruning import Prunable
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
@@ -86,7 +87,7 @@ class _Convolution:
                 + (f", groups={self.groups}" if self.groups != 1 else ""))
 
 
-class Conv2d(_Convolution, Parameters):
+class Conv2d(_Convolution, Prunable, Parameters):
     """y = activation(conv2d(x, weight) + bias), bias and activation fused into the BRGEMM's
     epilogue.
 
@@ -122,6 +123,12 @@ class Conv2d(_Convolution, Parameters):
     """
 
     training = True
+
+    def _prune_block(self):
+        """The kernels' own block of the weight seen as (K, C·R·S): bk output channels × bc input
+        channels with all their taps (one B block of the BRGEMM and its R·S offsets)."""
+        r, s = self.kernel_size
+        return (self.bk, self.bc * r * s)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, dtype="float32", seed=None, groups=1, algorithm="auto"):

@@ -25,6 +25,7 @@ from .._runners.linear import LinearRunner
 from .._runners.quantized import QuantizedLinearRunner
 from . import functional
 from ._parameters import Parameters, QuantizedIO
+from ._pruning import Prunable
 
 
 def _rows_arg(x, name, features):
@@ -160,12 +161,17 @@ class _Trainable:
         for layer in self._layers:
             layer._steps += 1
             # in place, and the packed copy with them: the arrays stay as packed
+            # (under a pruning mask, set by prune(), pruned weights are not updated)
             layer._runner.fc.sgd(layer._weight, layer._bias, layer.weight_grad, layer.bias_grad, lr,
                                  bool(stochastic_rounding), (layer._seed + layer._steps) % (1 << 64))
 
 
-class Linear(_Trainable, Parameters):
+class Linear(_Trainable, Prunable, Parameters):
     """y = activation(x · weightᵀ + bias) on the BRGEMM, bias and activation fused into its epilogue.
+
+    :meth:`prune` zeroes weights by magnitude and keeps them zero through training; weights whose
+    zeros fill whole 64 × 64 blocks (``prune(amount)``'s default) are packed as their nonzero
+    blocks and the products skip the others (``packing``).
 
     ``activation``: None, "relu", exact "tanh", "sigmoid", "gelu", "swish", or the K-TanH based
     "ktanh", "ksigmoid", "kgelu", "kswish" (:mod:`brgemm.nn.functional`). ``dtype``: "float32", or
@@ -184,6 +190,31 @@ class Linear(_Trainable, Parameters):
         self._init_parameters(rng, (self.out_features, self.in_features), self.in_features, bias)
         self._seed, self._steps = int(rng.integers(1 << 62)), 0
         self._layers, self._chain = [self], None
+
+    def _prune_block(self):
+        return (self._runner.bk, self._runner.bc)
+
+    def _set_mask(self, keep):
+        self._runner.fc.set_mask(keep.view(np.uint8))
+
+    @property
+    def packing(self):
+        """How the weights are packed: "auto" (the default: only their nonzero blocks when at most
+        ``brgemm.nn.Linear.sparse_crossover`` of the blocks hold a nonzero, else all of them),
+        "dense" or "sparse" (forced). Set it to one of those; the next forward packs again."""
+        return self._runner.fc.packing
+
+    @packing.setter
+    def packing(self, value):
+        self._runner.fc.packing = value
+        self._runner.weights.forget()
+
+    @property
+    def block_sparse(self):
+        """Whether the last packing kept only the nonzero blocks (known after a forward)."""
+        return self._runner.fc.block_sparse
+
+    sparse_crossover = _core._Linear.sparse_crossover
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "

@@ -19,9 +19,11 @@ import math
 import ml_dtypes
 import numpy as np
 
+from .. import _core
 from .._args import dtype_arg, positive_int
 from .._runners.rnn import RNNRunner
 from ._parameters import OwnedArrays
+from ._pruning import amount_arg, block_arg, magnitude_mask
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _F32 = np.dtype(np.float32)
@@ -110,10 +112,49 @@ class _RNN:
             raise ValueError(f"lr must be finite, got {lr}")
         if self._grad_zero:
             return
+        masks = self.__dict__.get("_masks") or {}
         for name in self._names_all:
             p = self._owned.own(name)
             p -= np.float32(lr) * self._grads[name]
+            if name in masks:   # pruned weights stay zero
+                np.multiply(p, masks[name], out=p)
             self._owned.set(name, p)
+
+    # --- pruning (brgemm.nn._pruning) ---------------------------------------------------
+
+    def prune(self, amount, block=None):
+        """Zeroes the fraction ``amount`` of every weight matrix (weight_ih_*, weight_hh_*) by
+        magnitude and keeps them zero through training; returns {name: mask} (False where
+        pruned). ``block``: None for 64 × 64 blocks of the fused gate matrices (the BRGEMM's
+        blocks, edge blocks partial), else as :meth:`brgemm.nn.Linear.prune`. Called again with
+        a larger amount, it prunes more."""
+        amount = amount_arg(amount)
+        masks = dict(self.__dict__.get("_masks") or {})
+        for name in self._names_all:
+            if not name.startswith("weight_"):
+                continue
+            w = self._owned.own(name)
+            default = (_core.fc_block(w.shape[0]), _core.fc_block(w.shape[1]))
+            keep = np.ascontiguousarray(magnitude_mask(w, amount, block_arg(block, w.shape, default),
+                                                       masks.get(name)))
+            masks[name] = keep
+            self._owned.set(name, np.where(keep, w, np.float32(0)))
+        object.__setattr__(self, "_masks", masks)
+        return {n: m.copy() for n, m in masks.items()}
+
+    @property
+    def mask(self):
+        """{name: mask} of the pruned weight matrices, or None if never pruned."""
+        masks = self.__dict__.get("_masks")
+        return None if not masks else {n: m.copy() for n, m in masks.items()}
+
+    @property
+    def sparsity(self):
+        """The fraction of the weight matrices' entries the masks zero (0.0 before any prune)."""
+        masks = self.__dict__.get("_masks")
+        if not masks:
+            return 0.0
+        return 1.0 - sum(np.count_nonzero(m) for m in masks.values()) / sum(m.size for m in masks.values())
 
     def train(self, mode=True):
         self.training = bool(mode)

@@ -34,7 +34,8 @@ Files: ``_bridge`` (tensor checks, numpy views, the runners per weight tensor), 
 by family (``_products``: gemm, batch_reduce, linear; ``_conv``; ``_rnn``; ``_approx``: K-TanH
 and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``; whole networks:
 ``_network`` (optimize), ``_fused`` (its fused convolution), ``_norm``, ``_pool``, ``_layout`` and
-``_quantize`` (quantize: int8 inference of an optimized network).
+``_quantize`` (quantize: int8 inference of an optimized network); ``_prune`` (prune: magnitude
+pruning of a model's layers in place, the masks held through training).
 """
 
 # Importing the operator files registers torch.ops.brgemm.*; the modules call them by that name.
@@ -43,9 +44,10 @@ from ._convert import ConversionReport, convert
 from ._network import OptimizationReport, optimize
 from ._quantize import QuantizedConv2d, quantize
 from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax
+from ._prune import prune, sparsity
 
 __all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "AdaptiveAvgPool2d", "convert",
-           "ConversionReport", "optimize", "OptimizationReport", "quantize", "QuantizedConv2d"]
+           "ConversionReport", "optimize", "OptimizationReport", "quantize", "QuantizedConv2d", "prune", "sparsity"]
 
 # The public classes say they are brgemm.torch's, as before the package was split: models pickled
 # with torch.save then load again, and reprs and type checks by module name stay the same.

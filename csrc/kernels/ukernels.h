@@ -2,6 +2,7 @@
 // the ISA translation units (to define them) and by csrc/core (to put them in the table).
 #pragma once
 #include "brgemm/brgemm.h"
+#include "brgemm/codebook.h"
 #include "brgemm/window.h"
 #include "brgemm/winograd.h"
 
@@ -94,5 +95,10 @@ double peak_fma_f32__avx2(int64_t iters);
 double peak_fma_f32__avx512(int64_t iters);
 double peak_dot_u8s8__avx512vnni(int64_t iters);
 double peak_dot_bf16__avx512bf16(int64_t iters);
+
+// The shared-weight products of brgemm/codebook.h per ISA; the VNNI and BF16 levels use avx512's.
+void codebook_gemm__scalar(const codebook_product& p, int64_t p0, int64_t p1);
+void codebook_gemm__avx2(const codebook_product& p, int64_t p0, int64_t p1);
+void codebook_gemm__avx512(const codebook_product& p, int64_t p0, int64_t p1);
 
 }  // namespace brgemm::kernels

@@ -98,6 +98,26 @@ struct py_linear {
     fc.sgd(wp, bp, wgp, bgp, (float)lr, stochastic, seed);
   }
 
+  void set_mask(py::handle mask) {
+    const uint8_t* mp = mask.is_none()
+                            ? nullptr
+                            : (const uint8_t*)exact_array(mask, "mask", element::u8, fc.out() * fc.in(), false).data();
+    py::gil_scoped_release nogil;
+    fc.set_mask(mp);
+  }
+
+  // "auto", "dense" or "sparse" (fc_layer::set_sparse_policy).
+  void set_policy(const std::string& p) {
+    if (p == "auto") fc.set_sparse_policy(layers::sparse_policy::automatic);
+    else if (p == "dense") fc.set_sparse_policy(layers::sparse_policy::dense);
+    else if (p == "sparse") fc.set_sparse_policy(layers::sparse_policy::sparse);
+    else value_error("packing must be 'auto', 'dense' or 'sparse', got '" + p + "'");
+  }
+  std::string policy() const {
+    const auto p = fc.policy();
+    return p == layers::sparse_policy::automatic ? "auto" : p == layers::sparse_policy::dense ? "dense" : "sparse";
+  }
+
   void forward(int64_t n, int64_t bn, py::handle xb, py::handle yb, py::handle zb) {
     rows(n, bn);
     const void* xp = exact_array(xb, "xb", act_elem(), blocked_elems(n, fc.in(), bn, fc.bc()), false).data();
@@ -224,6 +244,12 @@ void register_linear(py::module_& m) {
       .def("refresh", &py_linear::refresh, py::arg("weight"), py::arg("bias"))
       .def("sgd", &py_linear::sgd, py::arg("weight"), py::arg("bias"), py::arg("weight_grad"), py::arg("bias_grad"),
            py::arg("lr"), py::arg("stochastic"), py::arg("seed"))
+      .def("set_mask", &py_linear::set_mask, py::arg("mask"))
+      .def_property("packing", &py_linear::policy, &py_linear::set_policy)
+      .def_property_readonly("block_sparse", [](const py_linear& l) { return l.fc.block_sparse(); })
+      .def_property_readonly("kept_blocks", [](const py_linear& l) { return l.fc.kept_blocks(); })
+      .def_property_readonly("total_blocks", [](const py_linear& l) { return l.fc.total_blocks(); })
+      .def_readonly_static("sparse_crossover", &layers::fc_sparse_crossover)
       .def("forward", &py_linear::forward, py::arg("n"), py::arg("bn"), py::arg("xb"), py::arg("yb"), py::arg("zb"))
       .def("forward_plain", &py_linear::forward_plain, py::arg("x"), py::arg("bn"), py::arg("xb"), py::arg("yb"),
            py::arg("y"), py::arg("zb"), py::arg("weight"), py::arg("bias"))

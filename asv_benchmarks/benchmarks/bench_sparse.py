@@ -1,0 +1,136 @@
+"""Compressed weights (the benchmark side of tests/test_pruning.py and tests/test_sharing.py).
+
+Block-sparse (pruned) Linear: 4096 → 4096, N = 64,
+float32, pruned in 64 × 64 blocks by brgemm.nn.Linear.prune, forward at 50/75/90 % and a training
+step at 90 %, 1 and all threads. Tracked: ratios (other time / ours) to our dense packing of the
+same weights, to PyTorch's dense F.linear and to PyTorch's BSR product of the same matrix (forward),
+and % of the measured peak counting only the kept blocks' FLOPs. Bars: forward ≥ 5× our dense at
+90 %, ≥ 2.5× at 75 %, ≥ 2× PyTorch BSR; training step ≥ 3× dense at 90 % (2 threads).
+
+GEMV 1 × 8192 → 8192 on b-bit shared weights (codebook panels), one thread: ratio to our GEMV on
+float16 weights (bar at 4 bits: ≥ 2×).
+"""
+
+import warnings
+
+import numpy as np
+
+from brgemm import gemm, pack_b
+from brgemm.bench import SHARED_BITS, SHARED_GEMV, SPARSE_SHAPE
+from brgemm.nn import Linear
+from brgemm.quant import pack_shared
+
+from .common import SEED_A, SEED_B, ThreadPin, cpu_count, import_torch, median_seconds, percent_of_peak
+
+THREADS = sorted({1, cpu_count()})
+
+
+def _layer(sparsity, packing):
+    _, c, k = SPARSE_SHAPE
+    lin = Linear(c, k, seed=SEED_B)
+    if sparsity:
+        lin.prune(sparsity)
+    lin.packing = packing
+    return lin
+
+
+class SparseLinear:
+    params = [["forward", "train_step"], [0.5, 0.75, 0.9], THREADS]
+    param_names = ["case", "sparsity", "threads"]
+
+    def setup(self, case, sparsity, threads):
+        if case == "train_step" and sparsity != 0.9:
+            raise NotImplementedError  # the training step is tracked at 90 % only
+        torch = import_torch()
+        self.pin = ThreadPin(threads)
+        n, c, k = SPARSE_SHAPE
+        rng = np.random.default_rng(SEED_A)
+        x = rng.standard_normal((n, c), dtype=np.float32)
+        g = rng.standard_normal((n, k), dtype=np.float32) * 1e-3
+        # our dense layer: the same weights packed dense (forward), unpruned (training step: a
+        # pruned layer packed dense already skips the masked blocks' gradient and update)
+        layers = {"brgemm": _layer(sparsity, "auto"),
+                  "brgemm_dense": _layer(sparsity if case == "forward" else 0.0, "dense")}
+        kept = int(np.count_nonzero(layers["brgemm"].mask))
+        self.fns = {}
+        if case == "forward":
+            self.flops = 2 * n * kept
+            for name, lin in layers.items():
+                y = np.empty((n, k), np.float32)
+                self.fns[name] = lambda lin=lin.eval(), y=y: lin.forward(x, out=y)
+            if torch is not None:
+                w = torch.from_numpy(layers["brgemm"].weight.copy())
+                b, xt = torch.from_numpy(layers["brgemm"].bias.copy()), torch.from_numpy(x)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    bsr = w.to_sparse_bsr((64, 64))
+                self.fns["torch"] = lambda: torch.nn.functional.linear(xt, w, b)
+                self.fns["torch_bsr"] = lambda: torch.nn.functional.linear(xt, bsr, b)
+        else:
+            self.flops = 3 * 2 * n * kept
+
+            def step(lin):
+                lin.forward(x)
+                lin.backward(g)
+                lin.apply_sgd(1e-6)
+                lin.zero_grad()
+            for name, lin in layers.items():
+                self.fns[name] = lambda lin=lin: step(lin)
+
+    def teardown(self, case, sparsity, threads):
+        self.pin.restore()
+
+    def time_sparse(self, case, sparsity, threads):
+        self.fns["brgemm"]()
+
+    def track_percent_of_peak(self, case, sparsity, threads):
+        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
+        return percent_of_peak(self.flops / t * 1e-9, threads)
+
+    track_percent_of_peak.unit = "%"
+
+    def _ratio(self, other):
+        if other not in self.fns:
+            return float("nan")
+        t = median_seconds({k: self.fns[k] for k in ("brgemm", other)})
+        return t[other] / t["brgemm"]
+
+    def track_ratio_vs_our_dense(self, case, sparsity, threads):
+        return self._ratio("brgemm_dense")
+
+    def track_ratio_vs_torch(self, case, sparsity, threads):
+        return self._ratio("torch")
+
+    def track_ratio_vs_torch_bsr(self, case, sparsity, threads):
+        return self._ratio("torch_bsr")
+
+    for _f in (track_ratio_vs_our_dense, track_ratio_vs_torch, track_ratio_vs_torch_bsr):
+        _f.unit = "x"
+
+
+class SharedGEMV:
+    params = [list(SHARED_BITS)]
+    param_names = ["bits"]
+
+    def setup(self, bits):
+        self.pin = ThreadPin(1)
+        k, n = SHARED_GEMV
+        rng = np.random.default_rng(SEED_A)
+        x = rng.standard_normal((1, k), dtype=np.float32)
+        shared = pack_shared(np.linspace(-1, 1, 1 << bits, dtype=np.float32),
+                             rng.integers(0, 1 << bits, (k, n), dtype=np.uint8))
+        w16 = pack_b(rng.standard_normal((k, n), dtype=np.float32), "f32f16", layout="panels")
+        c = np.empty((1, n), np.float32)
+        self.fns = {"brgemm": lambda: gemm(x, shared, c), "brgemm_f16": lambda: gemm(x, w16, c)}
+
+    def teardown(self, bits):
+        self.pin.restore()
+
+    def time_gemv(self, bits):
+        self.fns["brgemm"]()
+
+    def track_ratio_vs_our_f16_weights(self, bits):
+        t = median_seconds(self.fns)
+        return t["brgemm_f16"] / t["brgemm"]
+
+    track_ratio_vs_our_f16_weights.unit = "x"

@@ -1,0 +1,157 @@
+"""The compressed-weights group of `python -m brgemm bench --sparse`: a pruned Linear (4096 → 4096,
+N = 64, float32) forward at several block sparsities and a training step, against our own dense
+packing of the same weights, PyTorch's dense product and PyTorch's block-sparse (BSR) product of
+the same matrix; the crossover rows, where the sparse packing is forced on nearly dense weights to
+show where it stops paying; and the GEMV on shared weights (codebook panels) against our GEMV on
+float16 weights."""
+
+import warnings
+
+import numpy as np
+
+from ..peak import peak_of
+from .harness import _row, compare
+
+SPARSE_SHAPE = (64, 4096, 4096)      # (N, in, out)
+SPARSITIES = (0.5, 0.75, 0.9)        # fractions of the 64 × 64 weight blocks pruned
+CROSSOVER = (0.0, 0.03, 0.06, 0.1)   # pruned fractions of the crossover rows (sparse packing forced)
+TRAIN_SPARSITY = 0.9
+SHARED_GEMV = (8192, 8192)           # (K, N) of the GEMV rows on shared weights
+SHARED_BITS = (2, 4, 5, 8)
+
+
+def _layer(c, k, sparsity, packing):
+    from ..nn import Linear
+    lin = Linear(c, k, seed=0)
+    if sparsity:
+        lin.prune(sparsity)
+    lin.packing = packing
+    return lin
+
+
+def _torch_fns(torch, lin, x):
+    """PyTorch's dense F.linear and its BSR product (weight.to_sparse_bsr of our block shape)."""
+    w, b, xt = torch.from_numpy(lin.weight.copy()), torch.from_numpy(lin.bias.copy()), torch.from_numpy(x)
+    fns = {"torch": lambda: torch.nn.functional.linear(xt, w, b)}
+    if lin.sparsity:
+        with warnings.catch_warnings():   # "Sparse BSR tensor support is in beta state"
+            warnings.simplefilter("ignore")
+            bsr = w.to_sparse_bsr((64, 64))
+        fns["torch_bsr"] = lambda: torch.nn.functional.linear(xt, bsr, b)
+    return fns
+
+
+def _sparse_row(case, threads, n, c, k, kept, med, rat, peak):
+    """FLOPs and bytes of the work the kept weights need (the pruned blocks are neither read nor
+    multiplied): 2·N·kept, and x, the kept weights and y once."""
+    row = _row(case, threads, 2 * n * kept, 4 * (n * c + kept + n * k), med, rat, peak)
+    if "brgemm_dense" in rat:
+        row["ratio_vs_brgemm_dense"] = rat["brgemm_dense"]
+    return row
+
+
+def run_sparse(peers, rng, rounds, threads_list, log):
+    n, c, k = SPARSE_SHAPE
+    x = rng.standard_normal((n, c), dtype=np.float32)
+    g = rng.standard_normal((n, k), dtype=np.float32) * 1e-3
+    rows = []
+    for threads in threads_list:
+        peers.set_threads(threads)
+        peak = peak_of("fma_f32", threads)
+        for sparsity in SPARSITIES:
+            lin, dense = _layer(c, k, sparsity, "auto"), _layer(c, k, sparsity, "dense")
+            y, yd = np.empty((n, k), np.float32), np.empty((n, k), np.float32)
+            lin.eval(), dense.eval()
+            fns = {"brgemm": lambda: lin.forward(x, out=y), "brgemm_dense": lambda: dense.forward(x, out=yd)}
+            if peers.torch is not None:
+                fns.update(_torch_fns(peers.torch, lin, x))
+            med, rat = compare(fns, rounds, threads)
+            kept = int(np.count_nonzero(lin.mask))
+            rows.append(_sparse_row(f"Linear f32 fwd {n}x{c}x{k} {sparsity:.0%} block-sparse", threads, n, c, k,
+                                    kept, med, rat, peak))
+            log.row(rows[-1])
+
+        # against our dense layer unpruned (a pruned one packed dense already skips the masked
+        # blocks' weight gradient and update)
+        lin, dense = _layer(c, k, TRAIN_SPARSITY, "auto"), _layer(c, k, 0.0, "dense")
+
+        def step(layer):
+            layer.forward(x)
+            layer.backward(g)
+            layer.apply_sgd(1e-6)
+            layer.zero_grad()
+        fns = {"brgemm": lambda: step(lin), "brgemm_dense": lambda: step(dense)}
+        if peers.torch is not None:
+            torch = peers.torch
+            tl = torch.nn.Linear(c, k)
+            opt = torch.optim.SGD(tl.parameters(), lr=1e-6)
+            xt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(g)
+
+            def torch_step():
+                opt.zero_grad()
+                tl(xt).backward(gt)
+                opt.step()
+            fns["torch"] = torch_step
+        med, rat = compare(fns, rounds, threads)
+        kept = int(np.count_nonzero(lin.mask))
+        rows.append(_sparse_row(f"Linear f32 train step {n}x{c}x{k} {TRAIN_SPARSITY:.0%} block-sparse", threads,
+                                n, c, k, 3 * kept, med, rat, peak))
+        log.row(rows[-1])
+
+        # The crossover: sparse packing forced on weights with few pruned blocks.
+        for sparsity in CROSSOVER:
+            lin, dense = _layer(c, k, sparsity, "sparse"), _layer(c, k, sparsity, "dense")
+            y, yd = np.empty((n, k), np.float32), np.empty((n, k), np.float32)
+            lin.eval(), dense.eval()
+            med, rat = compare({"brgemm": lambda: lin.forward(x, out=y),
+                                "brgemm_dense": lambda: dense.forward(x, out=yd)}, rounds, threads)
+            kept = c * k if not sparsity else int(np.count_nonzero(lin.mask))
+            rows.append(_sparse_row(f"crossover: sparse packing, {sparsity:.0%} of blocks pruned", threads,
+                                    n, c, k, kept, med, rat, peak))
+            log.row(rows[-1])
+        rows += _run_shared_gemv(peers, rng, rounds, threads, log)
+    return rows
+
+
+def _run_shared_gemv(peers, rng, rounds, threads, log):
+    """GEMV 1 × K → N on b-bit shared weights: memory-bound, so the bytes of the indices should
+    show against the float16-weight GEMV (both packed in 64-column panels) and PyTorch's f32."""
+    from .. import gemm, pack_b
+    from ..quant import pack_shared
+    k, n = SHARED_GEMV
+    x = rng.standard_normal((1, k), dtype=np.float32)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    w16 = pack_b(w, "f32f16", layout="panels")
+    c = np.empty((1, n), np.float32)
+    rows = []
+    for bits in SHARED_BITS:
+        shared = pack_shared(np.linspace(-1, 1, 1 << bits, dtype=np.float32),
+                             rng.integers(0, 1 << bits, (k, n), dtype=np.uint8))
+        fns = {"brgemm": lambda: gemm(x, shared, c), "brgemm_f16_weights": lambda: gemm(x, w16, c)}
+        if peers.torch is not None:
+            torch = peers.torch
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            fns["torch"] = lambda: torch.mm(xt, wt)
+        med, rat = compare(fns, rounds, threads)
+        rows.append(_row(f"gemv 1x{k}x{n} {bits}-bit shared weights", threads, 2 * k * n,
+                         shared.nbytes + 4 * (k + n), med, rat, peak_of("fma_f32", threads)))
+        rows[-1]["ratio_vs_brgemm_f16_weights"] = rat["brgemm_f16_weights"]
+        log.row(rows[-1])
+    return rows
+
+
+def sparse_summary(rows):
+    """The measured ratios: the block-sparse layer against our dense packing of the same weights
+    and against PyTorch's BSR and dense products."""
+    lines = []
+    for r in rows:
+        if "ratio_vs_brgemm_f16_weights" in r:
+            lines.append(f"  {r['case']}, {r['threads']} thread(s): {r['ratio_vs_brgemm_f16_weights']:.2f}x our "
+                         f"float16-weight GEMV, {r.get('ratio_vs_torch', float('nan')):.2f}x PyTorch f32")
+            continue
+        parts = [f"{r['ratio_vs_brgemm_dense']:.2f}x our dense"]
+        for lib, name in (("torch_bsr", "PyTorch BSR"), ("torch", "PyTorch dense")):
+            if f"ratio_vs_{lib}" in r:
+                parts.append(f"{r[f'ratio_vs_{lib}']:.2f}x {name}")
+        lines.append(f"  {r['case']}, {r['threads']} thread(s): " + ", ".join(parts))
+    return lines
