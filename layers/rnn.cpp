@@ -62,7 +62,7 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
   const int64_t n = v.n, ghp = v.g * v.hp, wb = v.g * bh, u0 = blk * bh;
   const bool lstm = v.lstm;
   const int64_t uh = std::min(bh, v.h - u0);  // real units of the block
-  float pre[4 * bh], a[4 * bh], tc[bh];
+  float pre[4 * bh], a[4 * bh], tc[bh], hv[bh];
   for (int64_t r = 0; r < m; ++r) {
     const int64_t i = r0 + r, t = v.time(s, i);
     const float* gx = v.gx + (t * n + i) * ghp + blk * wb;
@@ -85,7 +85,7 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
       for (int64_t j = 0; j < bh; ++j) c[j] = act[bh + j] * cp[j] + act[j] * act[2 * bh + j];
       tanh_n(v.k, c, tc, bh);
 #pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) h[j] = act[3 * bh + j] * tc[j];
+      for (int64_t j = 0; j < bh; ++j) hv[j] = act[3 * bh + j] * tc[j];
     } else {
       for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
       sigmoid_n(v.k, pre, act, 2 * bh);                                   // r, z
@@ -97,14 +97,18 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
       }
       tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);                        // n
 #pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) h[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
+      for (int64_t j = 0; j < bh; ++j) hv[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
     }
-    if (v.bf16) {  // the next step's A, converted here: a call per 16 values cost 10 % of a bf16 step
+#pragma omp simd
+    for (int64_t j = 0; j < bh; ++j) h[j] = hv[j];
+    if (v.bf16) {  // the next step's A, from the registers (h read back stalled on its own store)
       uint16_t* h16 = v.h16 + (((s + 1) % 2) * n + i) * v.hp + u0;
 #pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) h16[j] = bf16_rne_bits(h[j]);
+      for (int64_t j = 0; j < bh; ++j) h16[j] = bf16_rne_bits(hv[j]);
     }
-    std::copy(h, h + uh, y + (t * n + i) * ldy + u0);
+    float* yo = y + (t * n + i) * ldy + u0;
+#pragma omp simd
+    for (int64_t j = 0; j < uh; ++j) yo[j] = hv[j];
   }
 }
 
@@ -410,6 +414,13 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
       batch.count = 1;
       batch.a = b16 ? (const void*)(h16_.data() + ((s % 2) * N + r0) * hp_) : hs_p_ + (s * N + r0) * hp_;
       batch.b = whh + blk * blk_bytes;
+      // The rows' input projections, fetched while the product runs: Gx is written long before
+      // (T·N·G·H floats, from memory) and its rows lie G·Hp floats apart, a stride the hardware
+      // prefetcher did not follow; the gate math stalled on them (a fifth of a bf16 step).
+      for (int64_t r = 0; r < m; ++r) {
+        const float* g = v.gx + (v.time(s, r0 + r) * N + r0 + r) * ghp + blk * wb;
+        for (int64_t l = 0; l < wb; l += 16) __builtin_prefetch(g + l);
+      }
       execute(*k[m - 1], batch, tile);
       fwd_rows(v, s, r0, m, blk, tile, y, ldy, train);
     }
