@@ -23,6 +23,7 @@ struct gate_view {
   const float *gx, *bhn;
   float *hs, *cs, *act, *dgx, *dgh, *dh, *dc;
   uint16_t* h16;
+  int64_t gx_ld;           // Gx's per-row stride: G·Hp, or 0 when the step's tile holds x's product (gx: the bias)
   int64_t time(int64_t s, int64_t i) const { return reverse ? (lengths ? lengths[i] : steps) - 1 - s : s; }
 };
 constexpr int64_t bh = rnn_layer::bh;
@@ -65,7 +66,7 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
   float pre[4 * bh], a[4 * bh], tc[bh], hv[bh];
   for (int64_t r = 0; r < m; ++r) {
     const int64_t i = r0 + r, t = v.time(s, i);
-    const float* gx = v.gx + (t * n + i) * ghp + blk * wb;
+    const float* gx = v.gx + (t * n + i) * v.gx_ld + blk * wb;
     const float* gh = tile + r * wb;
     const float* hp = v.hs + (s * n + i) * v.hp + u0;
     float* h = v.hs + ((s + 1) * n + i) * v.hp + u0;
@@ -269,6 +270,22 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
       pack_b(t_, slice16.data(), hp_, wb, wb, whh + blk * blk_bytes, wb, nullptr);
     }
   }
+  // LSTM: also W_ihᵀ by hidden block (I × G·bh), for the steps that multiply x_t themselves.
+  if (cell_ == rnn_cell::lstm) {
+    const int64_t xblk_bytes = packed_b_elements(t_, in_, wb) * dtype_b_bytes(t_);
+    char* wx = aligned(wih_blk_, blocks * xblk_bytes);
+    std::vector<float> xs((size_t)(in_ * wb));
+    std::vector<uint16_t> xs16(b16 ? xs.size() : 0);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      transpose(wih_b_.data() + blk * wb * in_, wb, in_, in_, xs.data(), wb);
+      if (!b16) {
+        std::memcpy(wx + blk * xblk_bytes, xs.data(), (size_t)(in_ * wb * 4));
+      } else {
+        f32_to_bf16(xs.data(), xs16.data(), in_ * wb);
+        pack_b(t_, xs16.data(), in_, wb, wb, wx + blk * xblk_bytes, wb, nullptr);
+      }
+    }
+  }
 
   bias_.assign((size_t)ghp, 0.0f);
   bhn_.assign((size_t)hp_, 0.0f);
@@ -286,7 +303,7 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
 #define RNN_VIEW                                                                                          \
   gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_,      \
               lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
-              dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data()};                  \
+              dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data(), g_ * hp_};         \
   const isa level = plan->level;                                                                           \
   auto* fwd_rows = level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
@@ -299,10 +316,20 @@ status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const
     const int64_t wb = g_ * bh, rb = std::min<int64_t>(N, 64);
     pl.level = (isa)key.level;
     pl.k.assign((size_t)rb, nullptr);
-    for (int64_t m = 1; m <= rb; ++m)
+    pl.kx.assign((size_t)rb, nullptr);
+    pl.k1.assign((size_t)rb, nullptr);
+    for (int64_t m = 1; m <= rb; ++m) {
       if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f}, &pl.k[m - 1]);
           st != status::ok)
         return st;
+      if (cell_ != rnn_cell::lstm) continue;
+      if (status st = dispatch(desc{t_, m, wb, in_, in_, wb, wb, batch_kind::stride, 0.0f}, &pl.kx[m - 1]);
+          st != status::ok)
+        return st;
+      if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 1.0f}, &pl.k1[m - 1]);
+          st != status::ok)
+        return st;
+    }
     reserve_scratch(threads, {{0, rb * wb}});  // the step's tile
     return status::ok;
   });
@@ -368,16 +395,22 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   const bool lstm = cell_ == rnn_cell::lstm, b16 = t_ == dtype::bf16;
   const int threads = threads_for(2.0 * T * N * ghp * (in_ + hp_));
 
-  // The input projection for every step, biases included.
-  gx_.resize((size_t)(T * N * ghp));
-  epilogue_desc e;
-  e.bias = true;
-  e.out = out_type::f32;
-  epilogue_args ea;
-  ea.bias = bias_.data();
-  if (status st = gemm(t_, T * N, ghp, in_, x, in_, aligned(wih_, 0), ghp, gx_.data(), ghp, 0.0f, e, &ea);
-      st != status::ok)
-    return st;
+  // The input projection: an LSTM whose rows of a step share its time (all but a reverse
+  // direction over sequences of different lengths) multiplies x_t in each step's tile, before
+  // h's product adds to it: Gx (T·N·G·H floats) never goes to memory and back (2 × 13 MB at
+  // H = 256, N = 64, T = 50). Otherwise one product for every step, biases included.
+  const bool fused = lstm && !(reverse_ && lengths);
+  if (!fused) {
+    gx_.resize((size_t)(T * N * ghp));
+    epilogue_desc e;
+    e.bias = true;
+    e.out = out_type::f32;
+    epilogue_args ea;
+    ea.bias = bias_.data();
+    if (status st = gemm(t_, T * N, ghp, in_, x, in_, aligned(wih_, 0), ghp, gx_.data(), ghp, 0.0f, e, &ea);
+        st != status::ok)
+      return st;
+  }
 
   // States before each step; rows that have ended keep zeros past their end (read as A with
   // zero dG in backward).
@@ -398,11 +431,14 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
 
   std::shared_ptr<const step_plan> plan;
   if (status st = forward_plan_for(N, threads, &plan); st != status::ok) return st;
-  const std::vector<const kernel*>& k = plan->k;
+  const std::vector<const kernel*>& k = fused ? plan->k1 : plan->k;
   RNN_VIEW
   (void)bwd_rows, (void)col_sums;
+  if (fused) v.gx = bias_.data(), v.gx_ld = 0;
   const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
+  const int64_t xblk_bytes = packed_b_elements(t_, in_, wb) * dtype_b_bytes(t_), xb = b16 ? 2 : 4;
   const char* whh = aligned(whh_, 0);
+  const char* wx = fused ? aligned(wih_blk_, 0) : nullptr;
 #pragma omp parallel num_threads(threads)
   for (int64_t s = 0; s < used_; ++s) {
     const int64_t n = active_[s];
@@ -414,12 +450,20 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
       batch.count = 1;
       batch.a = b16 ? (const void*)(h16_.data() + ((s % 2) * N + r0) * hp_) : hs_p_ + (s * N + r0) * hp_;
       batch.b = whh + blk * blk_bytes;
-      // The rows' input projections, fetched while the product runs: Gx is written long before
-      // (T·N·G·H floats, from memory) and its rows lie G·Hp floats apart, a stride the hardware
-      // prefetcher did not follow; the gate math stalled on them (a fifth of a bf16 step).
-      for (int64_t r = 0; r < m; ++r) {
-        const float* g = v.gx + (v.time(s, r0 + r) * N + r0 + r) * ghp + blk * wb;
-        for (int64_t l = 0; l < wb; l += 16) __builtin_prefetch(g + l);
+      if (fused) {  // tile = x_t[rows]·W_ihᵀ[:, block's gates], then h's product adds to it (k1: beta 1)
+        batch_ref bx;
+        bx.count = 1;
+        bx.a = (const char*)x + (v.time(s, r0) * N + r0) * in_ * xb;
+        bx.b = wx + blk * xblk_bytes;
+        execute(*plan->kx[m - 1], bx, tile);
+      } else {
+        // The rows' input projections, fetched while the product runs: Gx is written long before
+        // (T·N·G·H floats, from memory) and its rows lie G·Hp floats apart, a stride the hardware
+        // prefetcher did not follow; the gate math stalled on them (a fifth of a bf16 step).
+        for (int64_t r = 0; r < m; ++r) {
+          const float* g = v.gx + (v.time(s, r0 + r) * N + r0 + r) * ghp + blk * wb;
+          for (int64_t l = 0; l < wb; l += 16) __builtin_prefetch(g + l);
+        }
       }
       execute(*k[m - 1], batch, tile);
       fwd_rows(v, s, r0, m, blk, tile, y, ldy, train);

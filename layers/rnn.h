@@ -1,7 +1,8 @@
 // Recurrent layer driver: one direction of one LSTM or GRU layer, forward and backward
 // through time (Banerjee et al., "Optimizing deep learning RNN topologies on Intel
 // architecture", Supercomputing Frontiers and Innovations, 2019, for the scheme):
-//   the input projection Gx = X·W_ihᵀ + b for every time step is one large product;
+//   the input projection Gx = X·W_ihᵀ + b for every time step is one large product (an LSTM
+//   whose rows of a step share its time instead multiplies x_t in the step's tile, below);
 //   each step's recurrent product h·W_hhᵀ is one BRGEMM call per (row block, hidden block),
 //   and the gate math of that block (sigmoid, tanh, the cell update) runs on its tile while
 //   it is in L1, instead of in a separate pass over the step's gates.
@@ -73,6 +74,7 @@ class rnn_layer {
   struct step_plan {
     isa level = isa::scalar;
     std::vector<const kernel*> k;  // forward: [m − 1]; backward: [bwd_slot(m, width, narrow panel)]
+    std::vector<const kernel*> kx, k1;  // LSTM forward, x_t in the step: x's product, then h's (beta 1)
   };
   static constexpr int64_t panel = 64;  // backward's W_hh panels: units per panel
   static int64_t bwd_slot(int64_t m, int64_t w, bool narrow) { return ((m - 1) * (panel / bh) + w / bh - 1) * 2 + narrow; }
@@ -88,6 +90,7 @@ class rnn_layer {
   bool has_bias_ = false;
   packed_weights seen_;                      // w_ih, w_hh, b_ih, b_hh as packed last
   std::vector<char> wih_, whh_;              // forward: (I × G·Hp), per hidden block (Hp × G·bh)
+  std::vector<char> wih_blk_;                // LSTM forward: per hidden block (I × G·bh)
   std::vector<float> wih_b_, whh_b_, whh_p_;  // backward, f32: (G·Hp × I), (G·Hp × Hp), its 64-unit panels
   std::vector<float> bias_, bhn_;            // (G·Hp): b_ih + b_hh (GRU: b_hh of r, z only); GRU's b_hn (Hp)
   // The last forward: its sizes and what backward reads.
