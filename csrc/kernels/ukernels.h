@@ -22,6 +22,10 @@ namespace brgemm::kernels {
 #define BRGEMM_UKERNEL_F32F16(MR, NR, ISA) void ukernel_f32f16_##MR##x##NR##__##ISA(const ukernel_args& p);
 #include "ukernels_f32f16.inc"
 #undef BRGEMM_UKERNEL_F32F16
+#define BRGEMM_UKERNEL_S16S16(MR, NR, SUFFIX, LEVEL) \
+  void ukernel_s16s16_s32_##MR##x##NR##c2__##SUFFIX(const ukernel_args& p);
+#include "ukernels_s16s16.inc"
+#undef BRGEMM_UKERNEL_S16S16
 
 // The epilogue (brgemm.h) per ISA: scalar is the twin; the VNNI and BF16 levels use avx512's.
 void epilogue__scalar(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
@@ -87,5 +91,8 @@ double peak_fma_f32__avx2(int64_t iters);
 double peak_fma_f32__avx512(int64_t iters);
 double peak_dot_u8s8__avx512vnni(int64_t iters);
 double peak_dot_bf16__avx512bf16(int64_t iters);
+double peak_dot_s16s16__avx2(int64_t iters);
+double peak_dot_s16s16__avx512(int64_t iters);
+double peak_dot_s16s16__avx512vnni(int64_t iters);
 
 }  // namespace brgemm::kernels
