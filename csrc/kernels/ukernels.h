@@ -85,6 +85,16 @@ BRGEMM_WINOGRAD_KERNELS(avx2)
 BRGEMM_WINOGRAD_KERNELS(avx512)
 #undef BRGEMM_WINOGRAD_KERNELS
 
+// The DFP-16 conversions (brgemm/dfp.h) per ISA; the VNNI and BF16 levels use avx512's.
+#define BRGEMM_DFP_KERNELS(ISA)                                                           \
+  uint32_t dfp_absmax_bits__##ISA(const float* x, int64_t n);                             \
+  void dfp_quantize__##ISA(const float* x, int16_t* m, int64_t n, float s1, float s2);     \
+  void dfp_dequantize__##ISA(const int16_t* m, float* y, int64_t n, float s1, float s2);
+BRGEMM_DFP_KERNELS(scalar)
+BRGEMM_DFP_KERNELS(avx2)
+BRGEMM_DFP_KERNELS(avx512)
+#undef BRGEMM_DFP_KERNELS
+
 // Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
 // floating-point (or integer) operations performed.
 double peak_fma_f32__avx2(int64_t iters);

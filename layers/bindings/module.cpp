@@ -15,6 +15,7 @@ void register_conv(py::module_& m);      // conv.cpp: _Conv2d, _QuantizedConv2d,
 void register_rnn(py::module_& m);       // rnn.cpp: _RNN
 void register_pool(py::module_& m);      // pool.cpp: max pooling, global average pooling (blocked)
 void register_batch_norm(py::module_& m);  // batch_norm.cpp: batch norm (training) on blocked activations
+void register_dfp(py::module_& m);       // dfp.cpp: DFP-16 conversions and the chunked int16 product
 }  // namespace brgemm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -30,4 +31,5 @@ PYBIND11_MODULE(_core, m) {
   register_rnn(m);
   register_pool(m);
   register_batch_norm(m);
+  register_dfp(m);
 }
