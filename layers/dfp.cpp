@@ -3,44 +3,54 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <omp.h>
+#include <vector>
+#include "brgemm/dfp.h"
 
 namespace brgemm::layers {
 
-std::vector<int64_t> dfp16_chunks(const int16_t* a, int64_t m, int64_t k, int64_t lda, int32_t b_absmax) {
-  std::vector<int64_t> bounds{0};
-  if (b_absmax <= 0) {  // B is zero: one chunk, nothing can overflow
-    bounds.push_back(k);
-    return bounds;
+namespace {
+
+// Whether every aligned chunk of kc columns fits, from the rows' prefix sums of |a| per pair of
+// columns (pre[i][j] = Σ |a_i,0..2j−1|; kc even or k).
+bool chunks_fit(const std::vector<int64_t>& pre, int64_t m, int64_t pairs, int64_t kc, int64_t limit) {
+  const int64_t step = (kc + 1) / 2;
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t* row = pre.data() + i * (pairs + 1);
+    for (int64_t j = 0; j < pairs; j += step)
+      if (row[std::min(pairs, j + step)] - row[j] > limit) return false;
   }
-  const int64_t limit = ((int64_t(1) << 31) - 1) / b_absmax;
-  std::vector<int64_t> sum((size_t)m, 0);
-  // Greedy, a pair of columns at a time (a chunk never splits a packed pair of B).
-  for (int64_t j = 0; j < k; j += 2) {
-    int64_t worst = 0;
-    for (int64_t i = 0; i < m; ++i) {
-      const int16_t* row = a + i * lda + j;
-      const int64_t pair = std::abs((int32_t)row[0]) + (j + 1 < k ? std::abs((int32_t)row[1]) : 0);
-      worst = std::max(worst, sum[(size_t)i] + pair);
-    }
-    if (worst > limit) {  // this pair starts a new chunk
-      bounds.push_back(j);
-      std::fill(sum.begin(), sum.end(), 0);
-    }
-    for (int64_t i = 0; i < m; ++i) {
-      const int16_t* row = a + i * lda + j;
-      sum[(size_t)i] += std::abs((int32_t)row[0]) + (j + 1 < k ? std::abs((int32_t)row[1]) : 0);
-    }
+  return true;
+}
+
+}  // namespace
+
+int64_t dfp16_chunk(const int16_t* a, int64_t m, int64_t k, int64_t lda, int32_t b_absmax) {
+  if (b_absmax <= 0) return k;  // B is zero: nothing can overflow
+  const int64_t limit = ((int64_t(1) << 31) - 1) / b_absmax, pairs = (k + 1) / 2;
+  static thread_local std::vector<int64_t> pre;  // grows once, reused
+  pre.resize((size_t)(m * (pairs + 1)));
+  for (int64_t i = 0; i < m; ++i) {
+    const int16_t* row = a + i * lda;
+    int64_t* p = pre.data() + i * (pairs + 1);
+    p[0] = 0;
+    for (int64_t j = 0; j < pairs; ++j)
+      p[j + 1] = p[j] + std::abs((int32_t)row[2 * j]) + (2 * j + 1 < k ? std::abs((int32_t)row[2 * j + 1]) : 0);
   }
-  bounds.push_back(k);
-  return bounds;
+  if (chunks_fit(pre, m, pairs, k, limit)) return k;
+  // Multiples of 32 first (whole unrolled k-loops), then the short even lengths; 2 always fits.
+  for (int64_t kc = (k - 1) / 32 * 32; kc >= 32; kc -= 32)
+    if (chunks_fit(pre, m, pairs, kc, limit)) return kc;
+  for (int64_t kc = std::min<int64_t>(30, k - 1) & ~int64_t(1); kc > 2; kc -= 2)
+    if (chunks_fit(pre, m, pairs, kc, limit)) return kc;
+  return 2;
 }
 
 status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda, const int16_t* b, int64_t ldb,
-                  const std::vector<int64_t>& chunks, float scale, float* c, int64_t ldc) {
-  // Blocks of C: 96 rows (whole 6- and 12-row tiles) × 64 columns, one per work item.
+                  int64_t kc, int32_t e, float* c, int64_t ldc) {
+  // Blocks of C: 96 rows (whole 6-row tiles) × 64 columns, one per work item.
   constexpr int64_t bm = 96, bn = 64;
   const int64_t row_blocks = (m + bm - 1) / bm, col_blocks = (n + bn - 1) / bn, items = row_blocks * col_blocks;
+  const int64_t whole = k / kc, rest = k - whole * kc;
   const int threads = (int)std::min<int64_t>(num_threads(), items);
   status result = status::ok;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -48,23 +58,18 @@ status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda
     const int64_t i0 = item / col_blocks * bm, j0 = item % col_blocks * bn;
     const int64_t rows = std::min(bm, m - i0), cols = std::min(bn, n - j0);
     float* cb = c + i0 * ldc + j0;
-    epilogue_args args;
-    args.scale = &scale;
-    args.add = cb;  // the float sum of the chunks before: read, then overwritten, element by element
-    args.ld_add = ldc;
-    for (size_t h = 0; h + 1 < chunks.size(); ++h) {
-      const int64_t k0 = chunks[h], kc = chunks[h + 1] - k0;
+    for (int part = 0; part < 2; ++part) {  // the whole chunks as one batch, then the rest
+      const int64_t count = part == 0 ? whole : (rest > 0);
+      if (count == 0) continue;
       desc d;
-      d.type = dtype::s16s16;
+      d.type = dtype::s16s16f32;
       d.m = rows;
       d.n = cols;
-      d.k = kc;
+      d.k = part == 0 ? kc : rest;
       d.lda = lda;
       d.ldb = ldb;
       d.ldc = ldc;
-      d.ep.out = out_type::f32;
-      d.ep.scale = scale_kind::tensor;
-      d.ep.add = h > 0;
+      d.beta = part == 0 ? 0.0f : 1.0f;
       const kernel* kr;
       const status s = dispatch(d, &kr);
       if (s != status::ok) {
@@ -72,12 +77,16 @@ status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda
         result = s;
         break;
       }
-      batch_ref one;
-      one.count = 1;
-      one.a = a + i0 * lda + k0;
-      one.b = b + (k0 / 2) * ldb * 2 + j0 * 2;  // k0 is even: the chunk starts at a packed row
-      execute(*kr, one, cb, &args);
+      const int64_t k0 = part == 0 ? 0 : whole * kc;  // even: a chunk starts at a packed row
+      batch_ref batch;
+      batch.count = count;
+      batch.a = a + i0 * lda + k0;
+      batch.b = b + k0 * ldb + j0 * 2;
+      batch.stride_a = kc;
+      batch.stride_b = kc * ldb;  // kc/2 packed rows of ldb pairs
+      execute(*kr, batch, cb, nullptr);
     }
+    for (int64_t i = 0; i < rows; ++i) dfp16_scale_f32(cb + i * ldc, cols, e);
   }
   return result;
 }

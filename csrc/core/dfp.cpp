@@ -13,11 +13,13 @@ namespace {
 using absmax_fn = uint32_t (*)(const float*, int64_t);
 using quantize_fn = void (*)(const float*, int16_t*, int64_t, float, float);
 using dequantize_fn = void (*)(const int16_t*, float*, int64_t, float, float);
+using scale_fn = void (*)(float*, int64_t, float);
 
 struct dfp_kernels {
   absmax_fn absmax = kernels::dfp_absmax_bits__scalar;
   quantize_fn quantize = kernels::dfp_quantize__scalar;
   dequantize_fn dequantize = kernels::dfp_dequantize__scalar;
+  scale_fn scale = kernels::dfp_scale__scalar;
 };
 
 dfp_kernels active_kernels() {
@@ -25,11 +27,13 @@ dfp_kernels active_kernels() {
   const isa level = active_isa();
 #ifdef BRGEMM_BUILT_AVX512
   if ((int)level >= (int)isa::avx512)
-    return {kernels::dfp_absmax_bits__avx512, kernels::dfp_quantize__avx512, kernels::dfp_dequantize__avx512};
+    return {kernels::dfp_absmax_bits__avx512, kernels::dfp_quantize__avx512, kernels::dfp_dequantize__avx512,
+            kernels::dfp_scale__avx512};
 #endif
 #ifdef BRGEMM_BUILT_AVX2
   if ((int)level >= (int)isa::avx2)
-    return {kernels::dfp_absmax_bits__avx2, kernels::dfp_quantize__avx2, kernels::dfp_dequantize__avx2};
+    return {kernels::dfp_absmax_bits__avx2, kernels::dfp_quantize__avx2, kernels::dfp_dequantize__avx2,
+            kernels::dfp_scale__avx2};
 #endif
   (void)level;
   return k;
@@ -85,6 +89,15 @@ void dfp16_to_f32(const int16_t* m, float* y, int64_t n, int32_t e) {
   split_power(e, &s1, &s2);
   const dequantize_fn f = active_kernels().dequantize;
   over_slices(n, [&](int64_t i, int64_t len) { f(m + i, y + i, len, s1, s2); });
+}
+
+void dfp16_scale_f32(float* y, int64_t n, int32_t e) {
+  const scale_fn f = active_kernels().scale;
+  if (e >= -126 && e <= 127) return f(y, n, std::ldexp(1.0f, e));
+  float s1, s2;  // 2^e itself is not a normal float: two exact steps
+  split_power(e, &s1, &s2);
+  f(y, n, s1);
+  f(y, n, s2);
 }
 
 }  // namespace brgemm

@@ -53,14 +53,19 @@ namespace {
 #define BRGEMM_UKERNEL_S16S16(MR, NR, SUFFIX, LEVEL)                                                        \
   BRGEMM_IF_BUILT_##LEVEL({"ukernel_s16s16_s32_" #MR "x" #NR "c2__" #SUFFIX, dtype::s16s16, isa::LEVEL, \
                            MR, NR, 2, kernels::ukernel_s16s16_s32_##MR##x##NR##c2__##SUFFIX}, )
+#define BRGEMM_UKERNEL_S16S16F32(MR, NR, SUFFIX, LEVEL)                                                     \
+  BRGEMM_IF_BUILT_##LEVEL({"ukernel_s16s16_f32_" #MR "x" #NR "c2__" #SUFFIX, dtype::s16s16f32, isa::LEVEL, \
+                           MR, NR, 2, kernels::ukernel_s16s16_f32_##MR##x##NR##c2__##SUFFIX}, )
 const ukernel_info table[] = {
 #include "../kernels/ukernels_f32.inc"
 #include "../kernels/ukernels_bf16.inc"
 #include "../kernels/ukernels_u8s8.inc"
 #include "../kernels/ukernels_f32f16.inc"
 #include "../kernels/ukernels_s16s16.inc"
+#include "../kernels/ukernels_s16s16f32.inc"
 };
 #undef BRGEMM_UKERNEL_S16S16
+#undef BRGEMM_UKERNEL_S16S16F32
 #undef BRGEMM_UKERNEL_F32F16
 #undef BRGEMM_UKERNEL_F32
 #undef BRGEMM_UKERNEL_BF16

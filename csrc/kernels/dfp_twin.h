@@ -35,3 +35,8 @@ static inline void brgemm_dfp_quantize_twin(const float* x, int16_t* m, int64_t 
 static inline void brgemm_dfp_dequantize_twin(const int16_t* m, float* y, int64_t n, float s1, float s2) {
   for (int64_t i = 0; i < n; ++i) y[i] = (float)m[i] * s1 * s2;
 }
+
+// y·s in place (s a power of two: exact unless y·s leaves the float range).
+static inline void brgemm_dfp_scale_twin(float* y, int64_t n, float s) {
+  for (int64_t i = 0; i < n; ++i) y[i] *= s;
+}

@@ -26,6 +26,10 @@ namespace brgemm::kernels {
   void ukernel_s16s16_s32_##MR##x##NR##c2__##SUFFIX(const ukernel_args& p);
 #include "ukernels_s16s16.inc"
 #undef BRGEMM_UKERNEL_S16S16
+#define BRGEMM_UKERNEL_S16S16F32(MR, NR, SUFFIX, LEVEL) \
+  void ukernel_s16s16_f32_##MR##x##NR##c2__##SUFFIX(const ukernel_args& p);
+#include "ukernels_s16s16f32.inc"
+#undef BRGEMM_UKERNEL_S16S16F32
 
 // The epilogue (brgemm.h) per ISA: scalar is the twin; the VNNI and BF16 levels use avx512's.
 void epilogue__scalar(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
@@ -89,7 +93,8 @@ BRGEMM_WINOGRAD_KERNELS(avx512)
 #define BRGEMM_DFP_KERNELS(ISA)                                                           \
   uint32_t dfp_absmax_bits__##ISA(const float* x, int64_t n);                             \
   void dfp_quantize__##ISA(const float* x, int16_t* m, int64_t n, float s1, float s2);     \
-  void dfp_dequantize__##ISA(const int16_t* m, float* y, int64_t n, float s1, float s2);
+  void dfp_dequantize__##ISA(const int16_t* m, float* y, int64_t n, float s1, float s2); \
+  void dfp_scale__##ISA(float* y, int64_t n, float s);
 BRGEMM_DFP_KERNELS(scalar)
 BRGEMM_DFP_KERNELS(avx2)
 BRGEMM_DFP_KERNELS(avx512)

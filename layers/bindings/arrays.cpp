@@ -245,7 +245,8 @@ dtype dtype_from_name(const std::string& s) {
   if (s == "s8s8") return dtype::s8s8;
   if (s == "f32f16") return dtype::f32f16;
   if (s == "s16s16") return dtype::s16s16;
-  value_error("dtype must be 'f32', 'bf16', 'u8s8', 's8s8', 'f32f16' or 's16s16', got '" + s + "'");
+  if (s == "s16s16f32") return dtype::s16s16f32;
+  value_error("dtype must be 'f32', 'bf16', 'u8s8', 's8s8', 'f32f16', 's16s16' or 's16s16f32', got '" + s + "'");
 }
 
 dtype layer_dtype_arg(const std::string& dt) {

@@ -81,15 +81,11 @@ std::vector<int64_t> dfp16_gemm(py::handle A, py::handle B, int64_t exponent, py
   require_disjoint(c, b, "C", "B");
   const int64_t lda = leading_dim(a, 0, k, "A"), ldb = leading_dim(b, 0, n, "B"), ldc = leading_dim(c, 0, n, "C");
   const int32_t e = exponent_arg(exponent);
-  const float scale = std::ldexp(1.0f, e);
-  if (!(scale > 0.0f) || std::isinf(scale))
-    value_error("exponent " + std::to_string(e) + ": 2^exponent is not a normal float32 (the product of the two "
-                "tensors' scales is out of range)");
   const int16_t* ap = (const int16_t*)a.data();
   const int16_t* bp = (const int16_t*)b.data();
   float* cp = (float*)c.mutable_data();
   static thread_local std::vector<int16_t> packed;  // grows once, reused by every call
-  std::vector<int64_t> chunks;
+  int64_t kc;
   status s;
   {
     py::gil_scoped_release nogil;
@@ -98,9 +94,12 @@ std::vector<int64_t> dfp16_gemm(py::handle A, py::handle B, int64_t exponent, py
     int32_t b_absmax = 0;
     for (int64_t r = 0; r < k; ++r)
       for (int64_t j = 0; j < n; ++j) b_absmax = std::max(b_absmax, std::abs((int32_t)bp[r * ldb + j]));
-    chunks = layers::dfp16_chunks(ap, m, k, lda, b_absmax);
-    s = layers::dfp16_gemm(m, n, k, ap, lda, packed.data(), n, chunks, scale, cp, ldc);
+    kc = layers::dfp16_chunk(ap, m, k, lda, b_absmax);
+    s = layers::dfp16_gemm(m, n, k, ap, lda, packed.data(), n, kc, e, cp, ldc);
   }
+  std::vector<int64_t> chunks;
+  for (int64_t k0 = 0; k0 < k; k0 += kc) chunks.push_back(k0);
+  chunks.push_back(k);
   check_status(s);
   return chunks;
 }

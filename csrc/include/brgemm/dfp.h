@@ -18,5 +18,7 @@ int32_t dfp16_exponent_of(uint32_t absmax_bits);
 // m = clamp(round(x·2^−e), ±32767) for finite x, and back: y = m·2^e (exact unless it underflows).
 void f32_to_dfp16(const float* x, int16_t* m, int64_t n, int32_t e);
 void dfp16_to_f32(const int16_t* m, float* y, int64_t n, int32_t e);
+// y ← y·2^e in place, one thread (the product driver scales each block of C while it is in cache).
+void dfp16_scale_f32(float* y, int64_t n, int32_t e);
 
 }  // namespace brgemm

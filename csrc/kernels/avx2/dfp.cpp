@@ -45,4 +45,11 @@ void dfp_dequantize__avx2(const int16_t* m, float* y, int64_t n, float s1, float
   brgemm_dfp_dequantize_twin(m + i, y + i, n - i, s1, s2);
 }
 
+void dfp_scale__avx2(float* y, int64_t n, float s) {
+  const __m256 v = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), v));
+  brgemm_dfp_scale_twin(y + i, n - i, s);
+}
+
 }  // namespace brgemm::kernels

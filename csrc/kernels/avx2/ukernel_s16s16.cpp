@@ -49,9 +49,34 @@ struct kloop {
   }
 };
 
+// s16s16f32: the k-loop above into s32 accumulators of its own per batch element, converted to f32
+// and added. 3×16: 6 f32 + 6 s32 accumulators + 2 B + the A broadcast + a product.
+struct kloop_f32 {
+  using ta = int16_t;
+  using tb = int16_t;
+  using acc = __m256;
+  const kloop inner;
+  explicit kloop_f32(const ukernel_args& p) : inner(p) {}
+
+  template <int MR, int NV, bool FULL>
+  BRGEMM_KLOOP void run(const int16_t* a, const int16_t* b, __m256i last, __m256 (&c)[MR][NV]) const {
+    __m256i t[MR][NV];
+#pragma GCC unroll 32
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) t[m][v] = _mm256_setzero_si256();
+    inner.template run<MR, NV, FULL>(a, b, last, t);
+#pragma GCC unroll 32
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) c[m][v] = _mm256_add_ps(c[m][v], _mm256_cvtepi32_ps(t[m][v]));
+  }
+};
+
 }  // namespace avx2_s16s16
 
 void ukernel_s16s16_s32_4x16c2__avx2(const ukernel_args& p) { ymm::pick<avx2_s16s16::kloop, 4, 2>(p); }
 void ukernel_s16s16_s32_6x16c2__avx2(const ukernel_args& p) { ymm::pick<avx2_s16s16::kloop, 6, 2>(p); }
+void ukernel_s16s16_f32_3x16c2__avx2(const ukernel_args& p) { ymm::pick<avx2_s16s16::kloop_f32, 3, 2>(p); }
 
 }  // namespace brgemm::kernels

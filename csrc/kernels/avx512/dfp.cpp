@@ -48,4 +48,11 @@ void dfp_dequantize__avx512(const int16_t* m, float* y, int64_t n, float s1, flo
   brgemm_dfp_dequantize_twin(m + i, y + i, n - i, s1, s2);
 }
 
+void dfp_scale__avx512(float* y, int64_t n, float s) {
+  const __m512 v = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), v));
+  brgemm_dfp_scale_twin(y + i, n - i, s);
+}
+
 }  // namespace brgemm::kernels

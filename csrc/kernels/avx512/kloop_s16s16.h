@@ -51,5 +51,31 @@ struct kloop_s16s16 {
   }
 };
 
+// s16s16f32: the same k-loop into s32 accumulators of its own for one batch element, then
+// converted to f32 (vcvtdq2ps, nearest even) and added to the tile's f32 accumulators. 6×32: 12
+// f32 + 12 s32 accumulators + 2 B + the A broadcast (+ a product without VNNI), no spills.
+template <class Dot>
+struct kloop_s16s16_f32 {
+  using ta = int16_t;
+  using tb = int16_t;
+  using acc = __m512;
+  const kloop_s16s16<Dot> inner;
+  explicit kloop_s16s16_f32(const ukernel_args& p) : inner(p) {}
+
+  template <int MR, int NV>
+  BRGEMM_KLOOP void run(const int16_t* a, const int16_t* b, __mmask16 last, __m512 (&c)[MR][NV]) const {
+    __m512i t[MR][NV];
+#pragma GCC unroll 32
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) t[m][v] = _mm512_setzero_si512();
+    inner.template run<MR, NV>(a, b, last, t);
+#pragma GCC unroll 32
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) c[m][v] = _mm512_add_ps(c[m][v], _mm512_cvtepi32_ps(t[m][v]));
+  }
+};
+
 }  // namespace
 }  // namespace brgemm::kernels

@@ -12,10 +12,12 @@ struct dot {
   static inline __m512i apply(__m512i c, __m512i a, __m512i b) { return _mm512_add_epi32(c, _mm512_madd_epi16(a, b)); }
 };
 using kloop = kloop_s16s16<dot>;
+using kloop_f32 = kloop_s16s16_f32<dot>;
 
 }  // namespace avx512_s16s16
 
 void ukernel_s16s16_s32_6x64c2__avx512(const ukernel_args& p) { zmm::pick<avx512_s16s16::kloop, 6, 4>(p); }
 void ukernel_s16s16_s32_12x32c2__avx512(const ukernel_args& p) { zmm::pick<avx512_s16s16::kloop, 12, 2>(p); }
+void ukernel_s16s16_f32_6x32c2__avx512(const ukernel_args& p) { zmm::pick<avx512_s16s16::kloop_f32, 6, 2>(p); }
 
 }  // namespace brgemm::kernels

@@ -12,4 +12,6 @@ void dfp_dequantize__scalar(const int16_t* m, float* y, int64_t n, float s1, flo
   brgemm_dfp_dequantize_twin(m, y, n, s1, s2);
 }
 
+void dfp_scale__scalar(float* y, int64_t n, float s) { brgemm_dfp_scale_twin(y, n, s); }
+
 }  // namespace brgemm::kernels
