@@ -188,7 +188,9 @@ class Kernel(_core._Kernel):
     ``dtype`` names A × B → accumulator: "f32" (float32), "bf16" (bfloat16 × bfloat16 packed
     VNNI-2 → float32), "u8s8" and "s8s8" (uint8 or int8 × int8 packed VNNI-4 → int32, exact),
     "f32f16" (float32 × float16 → float32), "s16s16" (int16 × int16 packed VNNI-2 → int32,
-    exact while the sum fits in int32, else wrapped modulo 2^32 alike on every ISA); B of the
+    exact while the sum fits in int32, else wrapped modulo 2^32 alike on every ISA),
+    "s16s16f32" (the same per batch element, each element's int32 sum then converted to float32
+    and added in batch order: the batch names K-chunks, as DFP-16 sums them); B of the
     packed dtypes is laid out by
     :func:`pack_b` (ldb counts packed columns). ``epilogue`` (an :class:`Epilogue`) sets C's
     type and what is applied before each tile is stored; for "s8s8", or a nonzero
@@ -231,8 +233,9 @@ class Kernel(_core._Kernel):
 #: 4 us, as much as a whole 64³ product).
 _DTYPE_OF_A = {np.dtype(np.float32): "f32", np.dtype(ml_dtypes.bfloat16): "bf16", np.dtype(np.uint8): "u8s8",
                np.dtype(np.int8): "s8s8", np.dtype(np.int16): "s16s16"}
-#: Packings shared by several kernel dtypes: int8 B is packed the same for uint8 and int8 A.
-_PACKING = {"s8s8": "u8s8"}
+#: Packings shared by several kernel dtypes: int8 B is packed the same for uint8 and int8 A, int16 B
+#: the same for int32 and float32 accumulation (s16s16f32: see Kernel).
+_PACKING = {"s8s8": "u8s8", "s16s16f32": "s16s16"}
 
 
 class PackedB:

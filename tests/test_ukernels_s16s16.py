@@ -317,3 +317,49 @@ def test_s16s16_errors(rng):
     with pytest.raises(ValueError, match=r"^epilogue: zero points are for int8 kernels"):
         brgemm.gemm(A[0], brgemm.pack_b(B[0], "s16s16"),
                     epilogue=brgemm.Epilogue(out_dtype="float32", a_zero_point=3))
+
+
+# --- s16s16f32: s32 per batch element, f32 across the batch (the DFP-16 chunks) ------------------------
+
+S16S16F32 = [u for u in ALL_UKERNELS if u["dtype"] == "s16s16f32"]
+
+
+def reference_s16s16f32(A, B, c0, beta):
+    """float32: each A[i] @ B[i] exact (modulo 2^32, as int32), rounded to float32, added in batch
+    order to a zero accumulator; then acc (beta 0) or acc + C0 (beta 1)."""
+    acc = np.zeros((A.shape[1], B.shape[2]), np.float32)
+    for a, b in zip(A, B):
+        s = a.astype(np.int64) @ b.astype(np.int64)
+        acc = acc + ((s + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.float32)
+    return acc if beta == 0 else acc + c0
+
+
+def test_s16s16f32_names_and_levels():
+    assert S16S16F32 and S16S16F32[0]["isa"] == "scalar"
+    for u in S16S16F32:
+        assert u["name"] == f"ukernel_s16s16_f32_{u['mr']}x{u['nr']}c2__{u['isa'].replace('_', '')}"
+    for level in ("avx2", "avx512", "avx512_vnni"):
+        if level in _core.built_isas():
+            assert any(u["isa"] == level for u in S16S16F32), f"no s16s16f32 ukernel for {level}"
+
+
+_F32_CASES = [(1, 1, 1, 1), (5, 17, 3, 3), (7, 33, 64, 2), (13, 65, 37, 4), (6, 32, 2, 7)]  # (m, n, k, count)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("m, n, k, count", _F32_CASES)
+@pytest.mark.parametrize("info", [pytest.param(u, id=u["name"]) for u in S16S16F32])
+def test_s16s16f32_ukernels(info, m, n, k, count, beta, rng, isa_restored):
+    require_ukernel(info)
+    A = random_s16((count, m, k), rng, bound=2 ** 15)  # full range: chunks past the s32 bound wrap
+    B = random_s16((count, k, n), rng, bound=2 ** 15)
+    Bp = brgemm.pack_b(B, "s16s16f32")
+    assert (Bp.dtype, Bp.kp) == ("s16s16", 2)  # the s16s16 packing
+    C = rng.standard_normal((m, n)).astype(np.float32)
+    c0 = C.copy()
+    if beta == 0:
+        C[:] = np.nan  # beta 0 never reads C
+    kernel = brgemm.Kernel(m, n, k, dtype="s16s16f32", ukernel=info["name"], beta=beta)
+    kernel(A, Bp.data, C, count)
+    want = reference_s16s16f32(A, B, c0, beta)
+    assert np.array_equal(C, want), info["name"]
