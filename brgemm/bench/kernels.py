@@ -173,6 +173,9 @@ def run_kernels(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "u
                     rows.append(_row(f"{label} {M}x{K}x{N}", threads, flops, M * K + K * N + out_bytes * M * N,
                                      sub, sub_rat, peak))
                     log.row(rows[-1])
+    if "s16s16" in dtypes:
+        from .dfp import run_dfp
+        rows += run_dfp(peers, rng, rounds, threads_list, log)
     if "f32" in dtypes:
         rows += _run_gemv(peers, rng, rounds, threads_list, log) + _run_ktanh(peers, rng, rounds, log)
     softmax_dtypes = [d for d in ("f32", "bf16") if d in dtypes]
