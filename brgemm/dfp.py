@@ -44,6 +44,16 @@ def from_dfp16(t, *, out=None):
     return _core.from_dfp16(t.mantissa, t.exponent, y)
 
 
+def transpose(t, *, out=None):
+    """The :class:`DFP16` of a 2-D tensor's transpose (the mantissas copied in C++ by blocks)."""
+    if not isinstance(t, DFP16):
+        raise TypeError(f"t must be a DFP16 (mantissa, exponent), got {type(t).__name__}")
+    m = t.mantissa
+    if out is None:
+        out = np.empty(m.shape[::-1], np.int16)
+    return DFP16(_core.dfp16_transpose(m, out), t.exponent)
+
+
 def _operand(x, name):
     if isinstance(x, DFP16):
         return x

@@ -91,4 +91,17 @@ status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda
   return result;
 }
 
+void transpose_s16(const int16_t* src, int64_t r, int64_t c, int64_t ld_src, int16_t* dst, int64_t ld_dst) {
+  constexpr int64_t b = 32;
+  const int64_t row_blocks = (r + b - 1) / b, col_blocks = (c + b - 1) / b, items = row_blocks * col_blocks;
+  const int threads = (int)std::min<int64_t>(num_threads(), std::max<int64_t>(1, r * c >> 16));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t i0 = item / col_blocks * b, j0 = item % col_blocks * b;
+    const int64_t i1 = std::min(r, i0 + b), j1 = std::min(c, j0 + b);
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t i = i0; i < i1; ++i) dst[j * ld_dst + i] = src[i * ld_src + j];
+  }
+}
+
 }  // namespace brgemm::layers

@@ -165,3 +165,12 @@ def test_matmul_writes_out_and_checks_it(rng):
     assert dfp.matmul(x, w, out=out) is out
     with pytest.raises(ValueError, match=r"^C must be a float32 array of shape \(4, 5\)"):
         dfp.matmul(x, w, out=np.empty((5, 4), np.float32))
+
+
+@pytest.mark.parametrize("r, c", [(1, 1), (3, 70), (65, 33), (300, 129)])
+def test_transpose(r, c, rng):
+    t = dfp.DFP16(rng.integers(-32767, 32768, (r, c), dtype=np.int16), -7)
+    tt = dfp.transpose(t)
+    assert tt.exponent == -7 and np.array_equal(tt.mantissa, t.mantissa.T)
+    with pytest.raises(ValueError, match=r"^out must be an int16 array of shape"):
+        dfp.transpose(t, out=np.empty((r, c + 1), np.int16))

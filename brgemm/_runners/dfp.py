@@ -23,7 +23,7 @@ class DFPLinearRunner:
         """out (N, out) = act(x · weightᵀ + bias) in DFP-16; x (N, in) float32."""
         xd = dfp.to_dfp16(np.ascontiguousarray(x, np.float32))
         wd = dfp.to_dfp16(weight)
-        wt = dfp.DFP16(np.ascontiguousarray(wd.mantissa.T), wd.exponent)  # (in, out): B of x·Wᵀ
+        wt = dfp.transpose(wd)  # (in, out): B of x·Wᵀ
         dfp.matmul(xd, wt, out=out)
         if bias is not None:
             out += bias
@@ -44,7 +44,7 @@ class DFPLinearRunner:
         dzd = dfp.to_dfp16(dz)
         if grad_x is not None:
             dfp.matmul(dzd, wd, out=grad_x)
-        dzt = dfp.DFP16(np.ascontiguousarray(dzd.mantissa.T), dzd.exponent)  # (out, N): A of dzᵀ·x
+        dzt = dfp.transpose(dzd)  # (out, N): A of dzᵀ·x
         if accumulate:
             weight_grad += dfp.matmul(dzt, xd)
             if bias_grad is not None:

@@ -104,12 +104,33 @@ std::vector<int64_t> dfp16_gemm(py::handle A, py::handle B, int64_t exponent, py
   return chunks;
 }
 
+// out (c × r) = mᵀ for a 2-D int16 m (r × c) with contiguous rows.
+py::array transpose_s16(py::handle M, py::handle Out) {
+  py::array m = matrix_s16(M, "mantissa");
+  const int64_t r = m.shape(0), c = m.shape(1);
+  py::array out = typed_array(Out, "out", element::s16);
+  if (out.ndim() != 2 || out.shape(0) != c || out.shape(1) != r)
+    value_error("out must be an int16 array of shape (" + std::to_string(c) + ", " + std::to_string(r) + "), got " +
+                str(out.attr("shape")));
+  require_writeable(out, "out");
+  require_disjoint(out, m, "out", "mantissa");
+  const int64_t ld_src = leading_dim(m, 0, c, "mantissa"), ld_dst = leading_dim(out, 0, r, "out");
+  const int16_t* src = (const int16_t*)m.data();
+  int16_t* dst = (int16_t*)out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    layers::transpose_s16(src, r, c, ld_src, dst, ld_dst);
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_dfp(py::module_& m) {
   m.def("to_dfp16", &to_dfp16, py::arg("x"), py::arg("mantissa"), py::arg("exponent") = py::none());
   m.def("from_dfp16", &from_dfp16, py::arg("mantissa"), py::arg("exponent"), py::arg("out"));
   m.def("dfp16_gemm", &dfp16_gemm, py::arg("A"), py::arg("B"), py::arg("exponent"), py::arg("C"));
+  m.def("dfp16_transpose", &transpose_s16, py::arg("mantissa"), py::arg("out"));
 }
 
 }  // namespace brgemm::bindings
