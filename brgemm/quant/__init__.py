@@ -10,14 +10,17 @@ the dtype's range (uint8 0..255, int8 −128..127).
   :class:`MinMaxObserver` and :class:`HistogramObserver`, :func:`quantize_per_channel`,
   :func:`split_outliers` and :func:`outlier_error`.
 - Models (brgemm/quant/_model.py, above brgemm.nn): :func:`quantize_model`.
+- Ternary weights with residual blocks (brgemm/quant/ternary.py): :func:`ternarize`, :class:`Ternary`.
 """
 
 from .._quantize import (DTYPES, METHODS, HistogramObserver, MinMaxObserver, QParams, choose_qparams, dequantize,
                          outlier_error, quantize, quantize_per_channel, split_outliers)
 from ._model import quantize_model
+from .ternary import Ternary, ternarize
 
 __all__ = ["QParams", "quantize", "dequantize", "choose_qparams", "MinMaxObserver", "HistogramObserver",
-           "quantize_per_channel", "split_outliers", "outlier_error", "quantize_model", "DTYPES", "METHODS"]
+           "quantize_per_channel", "split_outliers", "outlier_error", "quantize_model", "ternarize", "Ternary",
+           "DTYPES", "METHODS"]
 
 # The public names say they are brgemm.quant's, as before the module became a package: pickled
 # QParams and observers load again, and help() shows where to import them from.
