@@ -51,9 +51,12 @@ status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda
   constexpr int64_t bm = 96, bn = 64;
   const int64_t row_blocks = (m + bm - 1) / bm, col_blocks = (n + bn - 1) / bn, items = row_blocks * col_blocks;
   const int64_t whole = k / kc, rest = k - whole * kc;
-  const int threads = (int)std::min<int64_t>(num_threads(), items);
+  // A tiny product is not worth waking the team (layers/gemm.cpp's rule): on a busy machine the
+  // parallel region alone can cost milliseconds.
+  const bool tiny = 2.0 * (double)m * (double)n * (double)k < 4e6;
+  const int threads = tiny ? 1 : (int)std::min<int64_t>(num_threads(), items);
   status result = status::ok;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t i0 = item / col_blocks * bm, j0 = item % col_blocks * bn;
     const int64_t rows = std::min(bm, m - i0), cols = std::min(bn, n - j0);
@@ -94,8 +97,8 @@ status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda
 void transpose_s16(const int16_t* src, int64_t r, int64_t c, int64_t ld_src, int16_t* dst, int64_t ld_dst) {
   constexpr int64_t b = 32;
   const int64_t row_blocks = (r + b - 1) / b, col_blocks = (c + b - 1) / b, items = row_blocks * col_blocks;
-  const int threads = (int)std::min<int64_t>(num_threads(), std::max<int64_t>(1, r * c >> 16));
-#pragma omp parallel for num_threads(threads) schedule(static)
+  const int threads = (int)std::min<int64_t>(num_threads(), std::max<int64_t>(1, r * c >> 18));
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t i0 = item / col_blocks * b, j0 = item % col_blocks * b;
     const int64_t i1 = std::min(r, i0 + b), j1 = std::min(c, j0 + b);

@@ -53,7 +53,7 @@ template <typename Body>
 void over_slices(int64_t n, Body body) {
   const int64_t slices = (n + slice - 1) / slice;
   if (slices <= 1) return body(0, n);
-#pragma omp parallel for num_threads(std::min<int64_t>(num_threads(), slices)) schedule(static)
+#pragma omp parallel for num_threads(std::min<int64_t>(num_threads(), slices)) schedule(static) if (num_threads() > 1)
   for (int64_t s = 0; s < slices; ++s) body(s * slice, std::min(n, (s + 1) * slice) - s * slice);
 }
 
