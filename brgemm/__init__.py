@@ -10,7 +10,7 @@ back to another path.
 
 import os as _os
 
-from . import _core, layout, nn
+from . import _core, dfp, layout, nn
 from ._api import Epilogue, Kernel, PackedB, batch_reduce, gemm, pack_b, ukernels
 from ._core import available_isas, get_num_threads, set_num_threads
 
@@ -45,5 +45,5 @@ if _env_isa:
 
 __all__ = [
     "Epilogue", "Kernel", "PackedB", "batch_reduce", "gemm", "pack_b", "ukernels",
-    "isa", "set_isa", "available_isas", "set_num_threads", "get_num_threads", "nn",
+    "isa", "set_isa", "available_isas", "set_num_threads", "get_num_threads", "nn", "dfp",
 ]

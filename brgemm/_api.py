@@ -188,7 +188,11 @@ class Kernel(_core._Kernel):
 
     ``dtype`` names A × B → accumulator: "f32" (float32), "bf16" (bfloat16 × bfloat16 packed
     VNNI-2 → float32), "u8s8" and "s8s8" (uint8 or int8 × int8 packed VNNI-4 → int32, exact),
-    "f32f16" (float32 × float16 → float32); B of the packed dtypes is laid out by
+    "f32f16" (float32 × float16 → float32), "s16s16" (int16 × int16 packed VNNI-2 → int32,
+    exact while the sum fits in int32, else wrapped modulo 2^32 alike on every ISA),
+    "s16s16f32" (the same per batch element, each element's int32 sum then converted to float32
+    and added in batch order: the batch names K-chunks, as DFP-16 sums them); B of the
+    packed dtypes is laid out by
     :func:`pack_b` (ldb counts packed columns). ``epilogue`` (an :class:`Epilogue`) sets C's
     type and what is applied before each tile is stored; for "s8s8", or a nonzero
     a_zero_point, it must carry ``b_colsum`` (B's column sums over the batch).
@@ -229,14 +233,15 @@ class Kernel(_core._Kernel):
 #: Kernel dtype by A's numpy dtype (keyed by the dtype itself: reading dtype.name costs some
 #: 4 us, as much as a whole 64³ product).
 _DTYPE_OF_A = {np.dtype(np.float32): "f32", np.dtype(ml_dtypes.bfloat16): "bf16", np.dtype(np.uint8): "u8s8",
-               np.dtype(np.int8): "s8s8"}
-#: Packings shared by several kernel dtypes: int8 B is packed the same for uint8 and int8 A.
-_PACKING = {"s8s8": "u8s8"}
+               np.dtype(np.int8): "s8s8", np.dtype(np.int16): "s16s16"}
+#: Packings shared by several kernel dtypes: int8 B is packed the same for uint8 and int8 A, int16 B
+#: the same for int32 and float32 accumulation (s16s16f32: see Kernel).
+_PACKING = {"s8s8": "u8s8", "s16s16f32": "s16s16"}
 
 
 class PackedB:
     """B packed once into a kernel's layout (see :func:`pack_b`). Attributes: ``data`` (the
-    packed numpy array), ``dtype`` ("f32", "bf16", "u8s8"), ``k`` and ``n`` (the unpacked
+    packed numpy array), ``dtype`` ("f32", "bf16", "u8s8", "f32f16", "s16s16"), ``k`` and ``n`` (the unpacked
     sizes: K is zero-padded to whole pairs / quads in ``data``), ``batch`` (None for a single
     matrix), ``ldb`` (packed columns), ``kp`` (rows interleaved per packed row: 1, 2, 4) and,
     for int8, ``colsum`` (int32 column sums of B, per block). int8 B packs the same for uint8
@@ -258,6 +263,7 @@ class PackedB:
 def pack_b(B, dtype, *, ldb=None, layout="rows"):
     """Pack B (K, N) or (batch, K, N) for a kernel of ``dtype``: "bf16" (B bfloat16, VNNI-2:
     element (k, n) at ((k/2)·ldb + n)·2 + k%2), "u8s8" (B int8, VNNI-4, with column sums),
+    "s16s16" (B int16, VNNI-2 as for bf16),
     "f32f16" (B float16, or float32 rounded to float16 here: half-precision weights for
     float32 activations) or "f32" (a copy with row length ldb). Odd K is zero-padded, never
     rejected. Pack weights once and reuse the result: every call with a plain B packs it again.
@@ -269,7 +275,7 @@ def pack_b(B, dtype, *, ldb=None, layout="rows"):
     gemm then reads each column tile of B as one contiguous block instead of copying it out
     of the rows first, which measured 8 % faster on large int8 products."""
     if not isinstance(dtype, str):
-        raise TypeError(f"dtype must be 'f32', 'bf16', 'u8s8' or 'f32f16', got {type(dtype).__name__}")
+        raise TypeError(f"dtype must be 'f32', 'bf16', 'u8s8', 'f32f16' or 's16s16', got {type(dtype).__name__}")
     if layout not in ("rows", "panels"):
         raise ValueError(f"layout must be 'rows' or 'panels', got {layout!r}")
     if dtype == "f32f16" and isinstance(B, np.ndarray) and B.dtype == np.float32:
@@ -278,7 +284,7 @@ def pack_b(B, dtype, *, ldb=None, layout="rows"):
     panels = layout == "panels"
     data, colsum = _core.pack_b(B, dtype, -1 if ldb is None else _index(ldb, "ldb"), panels)
     k, n = B.shape[-2], B.shape[-1]
-    kp = {"bf16": 2, "bfloat16": 2, "u8s8": 4}.get(dtype, 1)
+    kp = {"bf16": 2, "bfloat16": 2, "u8s8": 4, "s16s16": 2}.get(dtype, 1)
     return PackedB(data, {"float32": "f32", "bfloat16": "bf16"}.get(dtype, dtype), k, n,
                    B.shape[0] if B.ndim == 3 else None, data.shape[-2] if kp > 1 else data.shape[-1], kp, colsum,
                    layout)
@@ -293,7 +299,7 @@ def _kernel_dtype(A, B):
     if dtype is None:
         if not isinstance(A, np.ndarray):
             raise TypeError(f"A must be a numpy array, got {type(A).__name__}")
-        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes), uint8 or int8, got {A.dtype}")
+        raise TypeError(f"A must have dtype float32, bfloat16 (ml_dtypes), uint8, int8 or int16, got {A.dtype}")
     return dtype
 
 
@@ -327,9 +333,10 @@ def batch_reduce(A, B, C=None, *, beta=0.0, epilogue=None):
 
     The kernel follows A's dtype: float32 (B float32, or float16: half-precision weights
     widened in the kernel, "f32f16"), ml_dtypes.bfloat16 (B bfloat16),
-    uint8 or int8 (B int8, exact int32 sums; beta 0 or 1). B may be a plain array or, for
+    uint8 or int8 (B int8, exact int32 sums; beta 0 or 1), int16 (B int16, int32 sums: exact
+    while they fit, wrapped modulo 2^32 otherwise; beta 0 or 1). B may be a plain array or, for
     the low-precision dtypes, a batched :class:`PackedB` from :func:`pack_b` (a plain one is
-    packed on every call). C is float32 (int32 for int8) unless the :class:`Epilogue` says
+    packed on every call). C is float32 (int32 for int8 and int16) unless the :class:`Epilogue` says
     otherwise (``out_dtype``); zero points and the int8-A compensation use the PackedB's
     column sums. Rows must be contiguous; their strides (leading dimensions) and the batch
     strides are taken from the arrays, so slices of larger arrays work without copies.
@@ -363,7 +370,8 @@ def gemm(A, B, C=None, *, beta=0.0, epilogue=None):
     (``set_num_threads``).
 
     The kernel follows A's dtype, as in :func:`batch_reduce`: float32 (× float32 or float16),
-    bfloat16, uint8 or int8 (× int8, exact int32 sums; beta 0 or 1). For the low-precision dtypes pass B packed
+    bfloat16, uint8 or int8 (× int8, exact int32 sums; beta 0 or 1), int16 (× int16, int32 sums).
+    For the low-precision dtypes pass B packed
     once with :func:`pack_b` (a 2-D PackedB, fastest in ``layout="panels"``): a plain B is
     packed again on every call. B may also be shared weights packed once as "codebook panels"
     (:func:`brgemm.quant.pack_shared`: b-bit indices widened in registers; float32 A, beta 0, an

@@ -392,6 +392,35 @@ def random_s32(shape, rng, bound=2 ** 31):
 
 
 
+# --- int16 ---
+# The s16s16 kernels: A int16 (m×k) × B int16 packed VNNI-2 (as bf16) → C int32, beta 0 or 1.
+# Products and sums wrap modulo 2^32 on every ISA; the tests keep the exact sum inside int32
+# (random values of at most 2^12 in magnitude: |Σ| stays far below 2^31 for K_total ≤ 10^4),
+# except where they test the wrap itself (reference_s16s16(..., wrap=True)).
+
+def random_s16(shape, rng, bound=2 ** 12):
+    """Uniform int16 in [-bound, bound) (bound ≤ 2^15; the default keeps sums inside int32)."""
+    return rng.integers(-bound, bound, size=shape, dtype=np.int16)
+
+
+def reference_s16s16(a_blocks, b_blocks, c0=None, beta=0.0, *, wrap=False):
+    """Exact int64 ``beta·C0 + Σ_i A_i @ B_i`` for lists of 2-D int16 A_i and B_i (unpacked);
+    ``wrap``: reduced modulo 2^32 into the int32 range, as the kernels store it."""
+    if len(a_blocks) != len(b_blocks):
+        raise ValueError("a_blocks and b_blocks differ in length")
+    if beta not in (0, 1):
+        raise ValueError(f"s16s16 beta must be 0 or 1, got {beta!r}")
+    m, n = (a_blocks[0].shape[0], b_blocks[0].shape[1]) if a_blocks else np.shape(c0)
+    acc = np.zeros((m, n), dtype=np.int64)
+    for a, b in zip(a_blocks, b_blocks):
+        if np.asarray(a).dtype != np.int16 or np.asarray(b).dtype != np.int16:
+            raise TypeError("the s16s16 oracle takes int16 A and B blocks")
+        acc += np.asarray(a, dtype=np.int64) @ np.asarray(b, dtype=np.int64)
+    if beta == 1:
+        acc += np.asarray(c0, dtype=np.int64)
+    return (acc + 2 ** 31) % 2 ** 32 - 2 ** 31 if wrap else acc
+
+
 
 # --- one kernel call's operands, for every dtype -------------------------------------------------
 
@@ -414,6 +443,7 @@ _OPERANDS = {
                         np.float32),
     "bf16": _Operands(random_bf16, random_bf16, 2, "nan", np.float32),
     "u8s8": _Operands(random_u8, random_s8, 4, "random", np.int32),
+    "s16s16": _Operands(random_s16, random_s16, 2, "random", np.int32),
 }
 
 
@@ -473,8 +503,8 @@ class Problem:
         return block(self.c0, 0, self.m, self.n, self.ldc)
 
     def reference(self):
-        """The oracle's result: exact int64 for u8s8, float64 otherwise."""
-        ref = reference_u8s8 if self.dtype == "u8s8" else reference
+        """The oracle's result: exact int64 for u8s8 and s16s16, float64 otherwise."""
+        ref = {"u8s8": reference_u8s8, "s16s16": reference_s16s16}.get(self.dtype, reference)
         return ref(self.a_blocks, self.b_blocks, self.c0_window(), self.beta)
 
     def check(self, c=None, what="C"):
@@ -497,7 +527,7 @@ class Problem:
     def check_result(self, window, what):
         """u8s8: exactly the oracle's result; bf16: within the f32 bound on the bf16 inputs
         (which checks their domain); f32 and f32f16: within the f32 bound."""
-        if self.dtype == "u8s8":
+        if self.dtype in ("u8s8", "s16s16"):
             return assert_exact_s32(window, self.reference(), what=what)
         close = assert_close_bf16 if self.dtype == "bf16" else assert_close
         close(window, self.a_blocks, self.b_blocks, self.c0_window(), self.beta, what=what)
@@ -510,7 +540,8 @@ class Problem:
 def make_problem(m, n, k, *, rng, dtype="f32", batch="stride", count=1, lda=None, ldb=None, ldc=None,
                  beta=0.0, c_fill="random", stride_gap=0):
     """Operands for one call of a Kernel(m, n, k, dtype=..., batch=..., lda, ldb, ldc, beta):
-    dtype "f32", "f32f16" (B float16), "bf16" (B packed VNNI-2) or "u8s8" (B packed VNNI-4);
+    dtype "f32", "f32f16" (B float16), "bf16" (B packed VNNI-2), "u8s8" (B packed VNNI-4) or
+    "s16s16" (B packed VNNI-2);
     B is packed by brgemm.pack_b, and offsets and strides of B count packed elements (one
     block spans ceil(k/KP) rows of ldb·KP).
 
@@ -525,7 +556,8 @@ def make_problem(m, n, k, *, rng, dtype="f32", batch="stride", count=1, lda=None
     Every element of A and B the kernel must not read (A's columns k..lda, B's packed columns
     n..ldb, the gaps between blocks) is NaN for bf16, so that reading it shows in C, and random
     otherwise; B's K padding is the packer's zero. ``c_fill``: "random", "nan" (the m×n window
-    NaN; floats with beta = 0) or "garbage" (u8s8 with beta = 0: any int32, the extremes too).
+    NaN; floats with beta = 0) or "garbage" (u8s8 and s16s16 with beta = 0: any int32, the extremes
+    too).
     C's padding (ldc > n and a tail) is random and must survive the call bit for bit.
     """
     from . import pack_b  # the packer under test is brgemm's own; the oracle unpacks on its own
@@ -609,3 +641,4 @@ def make_problem(m, n, k, *, rng, dtype="f32", batch="stride", count=1, lda=None
 #: The generator for one dtype, by the names the kernel tests import.
 make_problem_bf16 = functools.partial(make_problem, dtype="bf16")
 make_problem_u8s8 = functools.partial(make_problem, dtype="u8s8")
+make_problem_s16s16 = functools.partial(make_problem, dtype="s16s16")

@@ -85,7 +85,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   if (pl.chunks > 1) group = std::min(group, std::max<int64_t>(1, (128 << 10) / (p.res_cols * p.bo * 4)));
   while (group > 1 && p.res * p.n * ceil_div(p.res_rows, group) < 4 * (int64_t)p.threads) group = ceil_div(group, 2);
   pl.group = group;
-  const bool c_is_acc = p.e.out == out_type::acc || (p.e.out == out_type::f32 && !dtype_is_int8(p.t));
+  const bool c_is_acc = p.e.out == out_type::acc || (p.e.out == out_type::f32 && !dtype_is_integer(p.t));
   pl.tile = !c_is_acc && pl.chunks > 1;
   pl.ldc = p.res_step * p.bo;
 
@@ -209,7 +209,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   // The per-thread tiles, grown here rather than by the first items.
   const int64_t rows_blk = group * p.res_cols * p.bo;
   reserve_scratch(p.threads, {{0, p.z && p.t == dtype::bf16 ? rows_blk : 0},
-                              {1, dtype_is_int8(p.t) ? ko * (int64_t)runs.size() : 0},
+                              {1, dtype_is_integer(p.t) ? ko * (int64_t)runs.size() : 0},
                               {2, pl.tile ? rows_blk : 0}});
   return status::ok;
 }

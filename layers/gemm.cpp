@@ -76,7 +76,7 @@ struct chunk_target {
 };
 
 bool holds_accumulator(dtype t, const epilogue_desc& e) {
-  return e.out == out_type::acc || (e.out == out_type::f32 && !dtype_is_int8(t));
+  return e.out == out_type::acc || (e.out == out_type::f32 && !dtype_is_integer(t));
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

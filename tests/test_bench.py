@@ -17,7 +17,8 @@ from test_conv import _taps
 
 FAKE_PEAK = {"cpu": "test CPU", "isa": "avx512", "threads": [1, 2],
              "fma_f32": {"1": 200.0, "2": 400.0}, "dot_bf16": {"1": 400.0, "2": 800.0},
-             "dot_u8s8": {"1": 800.0, "2": 1600.0}, "bandwidth": {"1": 10.0, "2": 20.0}}
+             "dot_u8s8": {"1": 800.0, "2": 1600.0}, "dot_s16s16": {"1": 400.0, "2": 800.0},
+             "bandwidth": {"1": 10.0, "2": 20.0}}
 
 # What the CLI must never print: the project's own targets, only measurements.
 TARGET_WORDS = re.compile(r"\bbars?\b|above the ceiling|needs? \S+ ?% of (the )?peak", re.IGNORECASE)
@@ -128,7 +129,7 @@ def test_group_tables_and_summaries_show_measurements_only():
 def test_options_parse_and_bad_values_name_the_option():
     args = cli.parse_args([])
     assert (args.groups, args.rounds, args.threads, args.dtypes) == ([], headline.HEADLINE_ROUNDS, None,
-                                                                     ("f32", "bf16", "u8s8"))
+                                                                     ("f32", "bf16", "u8s8", "s16s16"))
     args = cli.parse_args(["--full", "--threads", "1,2", "--dtypes", "bf16"])
     assert args.groups == list(cli.FULL) and args.rounds == cli.GROUP_ROUNDS
     assert (args.threads, args.dtypes) == ([1, 2], ("bf16",))

@@ -767,6 +767,18 @@ def fuzz_sharing(draw):
                  draw(maybe(arrays((k, n), good=[np.dtype(np.float32)]))), draw(maybe(st.floats(-1, 1))))
 
 
+def fuzz_ternarize(draw):
+    w = draw(maybe(arrays((draw(side()), draw(side())))))
+    kw = {}
+    for name, values in (("block", st.integers(-1, 9)), ("max_residuals", st.integers(-1, 3)),
+                         ("error_target", st.floats(-0.5, 1.5))):
+        if draw(st.booleans()):
+            kw[name] = draw(maybe(values))
+    t = call("brgemm.quant.ternarize", Q.ternarize, w, **kw)
+    if t is not REJECTED:
+        call("brgemm.quant.Ternary", t.dequantize, draw(maybe(st.one_of(st.none(), st.integers(-1, 4)))))
+
+
 def fuzz_l2_search(draw):  # private, but its loops run without bounds checks
     from brgemm._l2search import l2_search
 
@@ -1311,6 +1323,7 @@ SUBJECTS = {
     "brgemm.quant.dequantize": fuzz_quantize("dequantize"), "brgemm.quant.choose_qparams": fuzz_choose_qparams,
     "brgemm.quant.MinMaxObserver": fuzz_minmax_observer, "brgemm.quant.HistogramObserver": fuzz_histogram_observer,
     "brgemm.quant.split_outliers": fuzz_split_outliers, "brgemm.quant.outlier_error": fuzz_outlier_error,
+    "brgemm.quant.ternarize": fuzz_ternarize, "brgemm.quant.Ternary": fuzz_ternarize,
     "brgemm.quant.quantize_model": fuzz_quantize_model, "brgemm._l2search.l2_search": fuzz_l2_search,
     "brgemm.quant.share_weights": fuzz_sharing, "brgemm.quant.centroid_gradients": fuzz_sharing,
     "brgemm.quant.pack_shared": fuzz_sharing, "brgemm.quant.SharedWeights": fuzz_sharing,

@@ -402,8 +402,8 @@ def test_batch_reduce_u8s8_errors(rng):
 
     A = random_u8((2, 3, 4), rng)
     B = random_s8((2, 4, 5), rng)
-    with pytest.raises(TypeError, match=r"^A must have dtype float32, bfloat16 \(ml_dtypes\), uint8 or int8, got int16"):
-        brgemm.batch_reduce(A.astype(np.int16), B)
+    with pytest.raises(TypeError, match=r"^A must have dtype float32, bfloat16 \(ml_dtypes\), uint8, int8 or int16, got int32"):
+        brgemm.batch_reduce(A.astype(np.int32), B)
     # A PackedB of the wrong dtype for A.
     bf16 = brgemm.pack_b(B.astype(np.float32).astype(ml_dtypes.bfloat16), "bf16")
     with pytest.raises(ValueError, match=r"^B was packed for 'bf16', but A \(uint8\) needs 'u8s8'"):

@@ -2,7 +2,7 @@
 tests/test_ukernels_<dtype>.py): the parameter is the kernel's name, as brgemm.ukernels() and
 the tests spell it, so one list drives both. Single thread: a Kernel call runs on the caller.
 bf16 and int8 kernels get B packed once (pack_b), as weights are; % of peak is against the
-measured peak of their own instruction (FMA, vdpbf16ps, vpdpbusd).
+measured peak of their own instruction (FMA, vdpbf16ps, vpdpbusd, vpdpwssd).
 
 Hot cache: the same A, B and C every call (weights reused across a minibatch). The largest
 case holds 2 x 512 KiB of A and B.
@@ -26,7 +26,7 @@ SHAPES = {
 
 UKERNELS = [u["name"] for u in brgemm.ukernels()]
 DTYPE = {u["name"]: u["dtype"] for u in brgemm.ukernels()}
-PEAK_OP = {"f32": "fma_f32", "bf16": "dot_bf16", "u8s8": "dot_u8s8"}
+PEAK_OP = {"f32": "fma_f32", "bf16": "dot_bf16", "u8s8": "dot_u8s8", "s16s16": "dot_s16s16"}
 
 
 def operands(dtype, m, n, k, count):
@@ -34,6 +34,10 @@ def operands(dtype, m, n, k, count):
     if dtype == "u8s8":
         A = np.random.default_rng(SEED_A).integers(0, 256, (count, m, k), dtype=np.uint8)
         B = np.random.default_rng(SEED_B).integers(-128, 128, (count, k, n), dtype=np.int8)
+        return A, brgemm.pack_b(B, dtype).data, np.zeros((m, n), np.int32)
+    if dtype == "s16s16":  # DFP-16 mantissas over the whole int16 range
+        A = np.random.default_rng(SEED_A).integers(-2 ** 15, 2 ** 15, (count, m, k), dtype=np.int16)
+        B = np.random.default_rng(SEED_B).integers(-2 ** 15, 2 ** 15, (count, k, n), dtype=np.int16)
         return A, brgemm.pack_b(B, dtype).data, np.zeros((m, n), np.int32)
     A, B = random_f32((count, m, k), SEED_A), random_f32((count, k, n), SEED_B)
     C = random_f32((m, n), SEED_C)  # beta = 0 overwrites it
@@ -85,7 +89,7 @@ class Ukernel:
     def track_gflops(self, ukernel, shape):
         return self.flops / median_seconds_one(self._call) / 1e9
 
-    track_gflops.unit = "GFLOP/s (GOP/s for int8)"
+    track_gflops.unit = "GFLOP/s (GOP/s for int8 and int16)"
 
     def track_percent_of_peak(self, ukernel, shape):
         # Against the measured 1-thread peak of the kernel's instruction (common.peak_gflops),

@@ -115,8 +115,8 @@ def make_parser():
     parser.add_argument("--threads", default=None,
                         help="comma-separated thread counts (default: the headline and --models on all cores, "
                              "the other groups on 1 and all cores; microkernel rows always on 1)")
-    parser.add_argument("--dtypes", default="f32,bf16,u8s8",
-                        help="comma-separated dtypes of the microkernel and gemm rows (f32, bf16, u8s8); "
+    parser.add_argument("--dtypes", default="f32,bf16,u8s8,s16s16",
+                        help="comma-separated dtypes of the microkernel and gemm rows (f32, bf16, u8s8, s16s16); "
                              "--models runs bfloat16 rows too when bf16 is among them")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the rows on a roofline chart (needs matplotlib)")
@@ -148,7 +148,7 @@ def _peak_line(peak):
         v = peak[op].get(str(t))
         return f"{v:.0f}" if v else "n/a"
     parts = [f"{t} core{'s' * (t > 1)}: f32 {value('fma_f32', t)}, bf16 {value('dot_bf16', t)} GFLOP/s, "
-             f"int8 {value('dot_u8s8', t)} GOP/s, bandwidth {peak['bandwidth'][str(t)]:.0f} GB/s"
+             f"int8 {value('dot_u8s8', t)}, int16 {value('dot_s16s16', t)} GOP/s, bandwidth {peak['bandwidth'][str(t)]:.0f} GB/s"
              for t in peak["threads"]]
     return "measured peak (python -m brgemm peak): " + "; ".join(parts)
 

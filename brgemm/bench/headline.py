@@ -44,7 +44,7 @@ def fastest_ukernel(peers, rng, dtype, log, seconds=0.02):
     return best
 
 
-def run_headline(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "u8s8")):
+def run_headline(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "u8s8", "s16s16")):
     """The headline rows: microkernels on one thread, everything else on each of threads_list."""
     rows = []
     peers.set_threads(1)

@@ -12,7 +12,7 @@ from .harness import _row, compare
 
 GEMM_SHAPES = [(64, 64, 64), (1024, 1024, 1024), (256, 1024, 1024), (64, 4096, 4096)]  # (M, K, N)
 LOWP_GEMM_SHAPES = [(64, 1024, 1024), (256, 4096, 4096)]  # bf16 and int8, B packed once
-PEAK_OP = {"f32": "fma_f32", "bf16": "dot_bf16", "u8s8": "dot_u8s8"}
+PEAK_OP = {"f32": "fma_f32", "bf16": "dot_bf16", "u8s8": "dot_u8s8", "s16s16": "dot_s16s16"}
 KERNEL_SHAPE = (64, 64, 64, 32)  # M, N, K, batch
 
 def _kernel_operands(rng, dtype, m, n, k, b):
@@ -21,6 +21,10 @@ def _kernel_operands(rng, dtype, m, n, k, b):
     if dtype == "u8s8":
         A = rng.integers(0, 256, (b, m, k), dtype=np.uint8)
         B = rng.integers(-128, 128, (b, k, n), dtype=np.int8)
+        C = np.empty((m, n), np.int32)
+    elif dtype == "s16s16":  # DFP-16 mantissas: the whole int16 range
+        A = rng.integers(-2 ** 15, 2 ** 15, (b, m, k), dtype=np.int16)
+        B = rng.integers(-2 ** 15, 2 ** 15, (b, k, n), dtype=np.int16)
         C = np.empty((m, n), np.int32)
     else:
         A = rng.standard_normal((b, m, k), dtype=np.float32)
@@ -36,7 +40,10 @@ def _kernel_operands(rng, dtype, m, n, k, b):
 
 def _torch_peers(torch, dtype, A2, B2, C):
     """The same product in PyTorch: torch.mm (f32, bf16); for int8 torch._int_mm on s8 × s8
-    and a quantized Linear under each engine (u8 activations, s8 weights, u8 output)."""
+    and a quantized Linear under each engine (u8 activations, s8 weights, u8 output); none for
+    int16, which PyTorch does not multiply on the CPU."""
+    if dtype == "s16s16":
+        return {}
     if dtype == "f32":
         tA, tB, tC = (torch.from_numpy(x) for x in (A2, B2, C))
         return {"torch": lambda: torch.mm(tA, tB, out=tC)}
@@ -134,7 +141,7 @@ def available_ukernels(dtype, log):
     return names
 
 
-def run_kernels(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "u8s8"), shapes=None):
+def run_kernels(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "u8s8", "s16s16"), shapes=None):
     """Every available microkernel (one thread), then gemm per dtype and thread count, the GEMV
     on half precision weights and K-TanH."""
     rows = []
@@ -166,6 +173,9 @@ def run_kernels(peers, rng, rounds, threads_list, log, dtypes=("f32", "bf16", "u
                     rows.append(_row(f"{label} {M}x{K}x{N}", threads, flops, M * K + K * N + out_bytes * M * N,
                                      sub, sub_rat, peak))
                     log.row(rows[-1])
+    if "s16s16" in dtypes:
+        from .dfp import run_dfp
+        rows += run_dfp(peers, rng, rounds, threads_list, log)
     if "f32" in dtypes:
         rows += _run_gemv(peers, rng, rounds, threads_list, log) + _run_ktanh(peers, rng, rounds, log)
     softmax_dtypes = [d for d in ("f32", "bf16") if d in dtypes]

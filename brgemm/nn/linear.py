@@ -21,6 +21,7 @@ from .. import _core
 from .._api import Epilogue
 from .._args import activation_arg, dtype_arg, positive_int
 from .._quantize import QParams, quantize, quantize_per_channel, split_outliers
+from .._runners.dfp import DFPLinearRunner
 from .._runners.linear import LinearRunner
 from .._runners.quantized import QuantizedLinearRunner
 from . import functional
@@ -174,18 +175,26 @@ class Linear(_Trainable, Prunable, Parameters):
     blocks and the products skip the others (``packing``).
 
     ``activation``: None, "relu", exact "tanh", "sigmoid", "gelu", "swish", or the K-TanH based
-    "ktanh", "ksigmoid", "kgelu", "kswish" (:mod:`brgemm.nn.functional`). ``dtype``: "float32", or
+    "ktanh", "ksigmoid", "kgelu", "kswish" (:mod:`brgemm.nn.functional`). ``dtype``: "float32",
     "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
-    weights and gradients). Initialised as PyTorch does: U(−1/√in, 1/√in), from ``seed``.
+    weights and gradients), or "dfp16" (dynamic fixed point: the three products of training in
+    int16 mantissas with a shared exponent per tensor, int32 sums over K-chunks that cannot
+    overflow, f32 master weights and gradients; activation None or "relu"; see
+    :mod:`brgemm.dfp`). Initialised as PyTorch does: U(−1/√in, 1/√in), from ``seed``.
     """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, dtype="float32", seed=None):
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
         self.activation = activation_arg(activation)
-        self.dtype = dtype_arg(dtype)
-        self._runner = LinearRunner(self.dtype, self.in_features, self.out_features, activation or "none")
-        self._act_dtype = self._runner.act_dtype
+        if dtype == "dfp16":
+            self.dtype = dtype
+            self._runner = DFPLinearRunner(self.in_features, self.out_features, activation or "none")
+            self._act_dtype = np.float32
+        else:
+            self.dtype = dtype_arg(dtype)
+            self._runner = LinearRunner(self.dtype, self.in_features, self.out_features, activation or "none")
+            self._act_dtype = self._runner.act_dtype
         rng = np.random.default_rng(seed)
         self._init_parameters(rng, (self.out_features, self.in_features), self.in_features, bias)
         self._seed, self._steps = int(rng.integers(1 << 62)), 0
@@ -195,7 +204,8 @@ class Linear(_Trainable, Prunable, Parameters):
         return (self._runner.bk, self._runner.bc)
 
     def _set_mask(self, keep):
-        self._runner.fc.set_mask(keep.view(np.uint8))
+        if self.dtype != "dfp16":  # dfp16 products are dense: the SGD step alone holds the mask
+            self._runner.fc.set_mask(keep.view(np.uint8))
 
     @property
     def packing(self):
@@ -216,6 +226,35 @@ class Linear(_Trainable, Prunable, Parameters):
 
     sparse_crossover = _core._Linear.sparse_crossover
 
+    def forward(self, x, out=None):
+        if self.dtype != "dfp16":
+            return super().forward(x, out)
+        x = _rows_arg(x, "x", self.in_features)
+        if x.dtype != np.float32:
+            raise TypeError(f"x must have dtype float32 for dtype='dfp16', got {x.dtype}")
+        out = _out_arg(out, (x.shape[0], self.out_features), np.float32)
+        return self._runner.forward(x, self._weight, self._bias, out, self.training)
+
+    __call__ = forward
+
+    def backward(self, grad_out, input_grad=True, out=None):
+        if self.dtype != "dfp16":
+            return super().backward(grad_out, input_grad, out)
+        grad_out = _rows_arg(grad_out, "grad_out", self.out_features)
+        if input_grad:
+            out = _out_arg(out, (grad_out.shape[0], self.in_features), np.float32)
+        self._runner.backward(grad_out, self._weight_grad, self._bias_grad, not self._grad_zero,
+                              out if input_grad else None)
+        self._grad_zero = False
+        return out if input_grad else None
+
+    def apply_sgd(self, lr, stochastic_rounding=False):
+        if self.dtype != "dfp16":
+            return super().apply_sgd(lr, stochastic_rounding)
+        if stochastic_rounding:
+            raise ValueError("stochastic_rounding applies to bfloat16 layers; this one is dfp16")
+        Parameters.apply_sgd(self, lr)  # on the float32 master weights: the next forward converts them
+
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self._bias is not None}, activation={self.activation!r}, dtype={self.dtype!r})")
@@ -234,6 +273,9 @@ class MLP(_Trainable):
         if len(sizes) < 2:
             raise ValueError(f"sizes must name at least an input and an output width, got {sizes}")
         activation_arg(activation)
+        if dtype == "dfp16":
+            raise ValueError("MLP keeps float32 or bfloat16 activations blocked between its layers; for dfp16 "
+                             "chain Linear(..., dtype='dfp16') layers")
         rng = np.random.default_rng(seed)
         self.layers = [Linear(sizes[i], sizes[i + 1], bias, activation if i + 2 < len(sizes) else None, dtype,
                               seed=int(rng.integers(1 << 62))) for i in range(len(sizes) - 1)]

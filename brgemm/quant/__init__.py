@@ -13,16 +13,18 @@ the dtype's range (uint8 0..255, int8 −128..127).
 - Weight sharing (brgemm/_sharing.py): :func:`share_weights` (k-means into 2^b centroids),
   :func:`centroid_gradients`, :func:`pack_shared` → :class:`SharedWeights` ("codebook panels",
   which ``brgemm.gemm`` takes as B).
+- Ternary weights with residual blocks (brgemm/quant/ternary.py): :func:`ternarize`, :class:`Ternary`.
 """
 
 from .._quantize import (DTYPES, METHODS, HistogramObserver, MinMaxObserver, QParams, choose_qparams, dequantize,
                          outlier_error, quantize, quantize_per_channel, split_outliers)
 from .._sharing import SharedWeights, centroid_gradients, pack_shared, share_weights
 from ._model import quantize_model
+from .ternary import Ternary, ternarize
 
 __all__ = ["QParams", "quantize", "dequantize", "choose_qparams", "MinMaxObserver", "HistogramObserver",
            "quantize_per_channel", "split_outliers", "outlier_error", "share_weights", "centroid_gradients",
-           "pack_shared", "SharedWeights", "quantize_model", "DTYPES", "METHODS"]
+           "pack_shared", "SharedWeights", "quantize_model", "ternarize", "Ternary", "DTYPES", "METHODS"]
 
 # The public names say they are brgemm.quant's, as before the module became a package: pickled
 # QParams and observers load again, and help() shows where to import them from.

@@ -50,12 +50,22 @@ namespace {
 #define BRGEMM_UKERNEL_F32F16(MR, NR, ISA)                                                 \
   BRGEMM_IF_BUILT_##ISA({"ukernel_f32f16_" #MR "x" #NR "__" #ISA, dtype::f32f16, isa::ISA, \
                          MR, NR, 1, kernels::ukernel_f32f16_##MR##x##NR##__##ISA}, )
+#define BRGEMM_UKERNEL_S16S16(MR, NR, SUFFIX, LEVEL)                                                        \
+  BRGEMM_IF_BUILT_##LEVEL({"ukernel_s16s16_s32_" #MR "x" #NR "c2__" #SUFFIX, dtype::s16s16, isa::LEVEL, \
+                           MR, NR, 2, kernels::ukernel_s16s16_s32_##MR##x##NR##c2__##SUFFIX}, )
+#define BRGEMM_UKERNEL_S16S16F32(MR, NR, SUFFIX, LEVEL)                                                     \
+  BRGEMM_IF_BUILT_##LEVEL({"ukernel_s16s16_f32_" #MR "x" #NR "c2__" #SUFFIX, dtype::s16s16f32, isa::LEVEL, \
+                           MR, NR, 2, kernels::ukernel_s16s16_f32_##MR##x##NR##c2__##SUFFIX}, )
 const ukernel_info table[] = {
 #include "../kernels/ukernels_f32.inc"
 #include "../kernels/ukernels_bf16.inc"
 #include "../kernels/ukernels_u8s8.inc"
 #include "../kernels/ukernels_f32f16.inc"
+#include "../kernels/ukernels_s16s16.inc"
+#include "../kernels/ukernels_s16s16f32.inc"
 };
+#undef BRGEMM_UKERNEL_S16S16
+#undef BRGEMM_UKERNEL_S16S16F32
 #undef BRGEMM_UKERNEL_F32F16
 #undef BRGEMM_UKERNEL_F32
 #undef BRGEMM_UKERNEL_BF16
@@ -112,12 +122,12 @@ status validate(const desc& d) {
   if (d.ldb < d.n || !fits(d.k + 3, d.ldb * dtype_kpack(d.type))) return status::bad_ldb;
   if (d.ldc < d.n || !fits(d.m, d.ldc)) return status::bad_ldc;
   if (!std::isfinite(d.beta)) return status::bad_beta;
-  if (dtype_is_int8(d.type) && d.beta != 0.0f && d.beta != 1.0f) return status::bad_beta;
+  if (dtype_is_integer(d.type) && d.beta != 0.0f && d.beta != 1.0f) return status::bad_beta;
   const epilogue_desc& e = d.ep;
   if ((int)e.out < 0 || (int)e.out > (int)out_type::s8 || (int)e.act < 0 || (int)e.act >= activation_count ||
       (int)e.scale < 0 || (int)e.scale > (int)scale_kind::column)
     return status::bad_epilogue;
-  if (dtype_is_int8(d.type)) {
+  if (dtype_is_integer(d.type)) {
     // The s32 output takes integer stages only.
     if (e.out == out_type::acc && (e.scale != scale_kind::none || e.bias || e.act != activation::none))
       return status::bad_epilogue;
@@ -125,7 +135,7 @@ status validate(const desc& d) {
     return status::bad_epilogue;  // scales and offsets belong to the integer pipeline
   }
   if (e.add && e.out != out_type::f32 && e.out != out_type::bf16 && e.out != out_type::u8 &&
-      !(e.out == out_type::acc && !dtype_is_int8(d.type)))
+      !(e.out == out_type::acc && !dtype_is_integer(d.type)))
     return status::bad_epilogue;  // the added tensor has the output's type (f32, bf16 or u8)
   return status::ok;
 }
@@ -153,10 +163,10 @@ const char* status_message(status s) {
     case status::bad_lda: return "lda must be at least k (and lda*m must not overflow)";
     case status::bad_ldb: return "ldb must be at least n (and ldb*k must not overflow)";
     case status::bad_ldc: return "ldc must be at least n (and ldc*m must not overflow)";
-    case status::bad_beta: return "beta must be finite (and 0 or 1 for int8)";
+    case status::bad_beta: return "beta must be finite (and 0 or 1 for int8 and int16)";
     case status::bad_epilogue:
-      return "this epilogue does not fit the dtype (scales and offsets are for int8; an int32 output takes "
-             "offsets only)";
+      return "this epilogue does not fit the dtype (scales and offsets are for int8 and int16; an int32 output "
+             "takes offsets only)";
     case status::bad_dtype: return "unsupported dtype";
     case status::bad_batch_kind: return "batch must be 'stride', 'offset' or 'address'";
     case status::bad_ukernel: return "no such microkernel for this dtype";
@@ -194,7 +204,7 @@ status dispatch(const desc& d, const kernel** out, const char* ukernel_name) {
   const activation a = d.ep.act;
   const bool in_registers = ep && (int)uk->level >= (int)isa::avx512 && d.n % uk->nr == 0 &&
                             (a == activation::none || a == activation::relu || a == activation::relu6) &&
-                            !(dtype_is_int8(d.type) && d.ep.out == out_type::acc);
+                            !(dtype_is_integer(d.type) && d.ep.out == out_type::acc);
   std::lock_guard<std::mutex> lock(cache_mutex);
   std::unique_ptr<kernel>& slot = cache[key{d, uk, ep}];
   if (!slot) slot.reset(new kernel{d, uk, ep, in_registers});
@@ -215,7 +225,7 @@ epilogue_tile tile_view(const kernel& kr, const epilogue_args& ep, epilogue_args
   t.out = (char*)c + (m0 * ldc + n0) * ob;
   t.ldc = ldc;
   t.beta = d.beta;
-  const bool c_is_acc = d.ep.out == out_type::acc || (d.ep.out == out_type::f32 && !dtype_is_int8(d.type));
+  const bool c_is_acc = d.ep.out == out_type::acc || (d.ep.out == out_type::f32 && !dtype_is_integer(d.type));
   if (d.beta == 0.0f) {
     t.prev = nullptr;
     t.ld_prev = 0;

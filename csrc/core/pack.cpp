@@ -1,4 +1,5 @@
-// Packing B into the kernels' layouts (plain rows for f32, VNNI-2 for bf16, VNNI-4 for int8).
+// Packing B into the kernels' layouts (plain rows for f32, VNNI-2 for bf16 and int16, VNNI-4 for
+// int8).
 // Weights are packed once and reused, so this is plain C++ with baseline flags.
 #include <cstring>
 #include "brgemm/brgemm.h"
@@ -32,6 +33,8 @@ status pack_b(dtype t, const void* src, int64_t k, int64_t n, int64_t ld_src, vo
     case dtype::f32: interleave((const float*)src, k, n, ld_src, (float*)dst, ldb, 1); break;
     case dtype::bf16: interleave((const uint16_t*)src, k, n, ld_src, (uint16_t*)dst, ldb, 2); break;
     case dtype::f32f16: interleave((const uint16_t*)src, k, n, ld_src, (uint16_t*)dst, ldb, 1); break;
+    case dtype::s16s16:
+    case dtype::s16s16f32: interleave((const int16_t*)src, k, n, ld_src, (int16_t*)dst, ldb, 2); break;
     case dtype::u8s8:
     case dtype::s8s8:
       interleave((const int8_t*)src, k, n, ld_src, (int8_t*)dst, ldb, 4);

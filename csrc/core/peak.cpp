@@ -28,6 +28,17 @@ loop_fn loop_for(peak_op op) {
       if (isa_available(isa::avx512_vnni)) return kernels::peak_dot_u8s8__avx512vnni;
 #endif
       return nullptr;
+    case peak_op::dot_s16s16:  // the best int16 instruction this CPU has
+#ifdef BRGEMM_BUILT_AVX512_VNNI
+      if (isa_available(isa::avx512_vnni)) return kernels::peak_dot_s16s16__avx512vnni;
+#endif
+#ifdef BRGEMM_BUILT_AVX512
+      if (isa_available(isa::avx512)) return kernels::peak_dot_s16s16__avx512;
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+      if (isa_available(isa::avx2)) return kernels::peak_dot_s16s16__avx2;
+#endif
+      return nullptr;
     case peak_op::dot_bf16:
 #ifdef BRGEMM_BUILT_AVX512_BF16
       if (isa_available(isa::avx512_bf16)) return kernels::peak_dot_bf16__avx512bf16;

@@ -20,12 +20,12 @@ static inline void brgemm_epilogue_twin(const brgemm::epilogue_desc& d, brgemm::
                                         const brgemm::epilogue_tile& tl, int64_t j0) {
   using namespace brgemm;
   const epilogue_args& ep = *tl.ep;
-  const bool int8 = dtype_is_int8(t);
+  const bool s32_acc = dtype_is_integer(t);
   const float lo = d.out == out_type::u8 ? 0.0f : -128.0f, hi = d.out == out_type::u8 ? 255.0f : 127.0f;
   for (int64_t i = 0; i < tl.m; ++i)
     for (int64_t j = j0; j < tl.n; ++j) {
       float v;
-      if (int8) {
+      if (s32_acc) {
         // Integer stages wrap modulo 2^32, as the vector adds do (unsigned: no overflow UB).
         uint32_t s = (uint32_t)((const int32_t*)tl.acc)[i * tl.ld_acc + j];
         if (tl.prev) s += (uint32_t)((const int32_t*)tl.prev)[i * tl.ld_prev + j];

@@ -23,6 +23,14 @@ namespace brgemm::kernels {
 #define BRGEMM_UKERNEL_F32F16(MR, NR, ISA) void ukernel_f32f16_##MR##x##NR##__##ISA(const ukernel_args& p);
 #include "ukernels_f32f16.inc"
 #undef BRGEMM_UKERNEL_F32F16
+#define BRGEMM_UKERNEL_S16S16(MR, NR, SUFFIX, LEVEL) \
+  void ukernel_s16s16_s32_##MR##x##NR##c2__##SUFFIX(const ukernel_args& p);
+#include "ukernels_s16s16.inc"
+#undef BRGEMM_UKERNEL_S16S16
+#define BRGEMM_UKERNEL_S16S16F32(MR, NR, SUFFIX, LEVEL) \
+  void ukernel_s16s16_f32_##MR##x##NR##c2__##SUFFIX(const ukernel_args& p);
+#include "ukernels_s16s16f32.inc"
+#undef BRGEMM_UKERNEL_S16S16F32
 
 // The epilogue (brgemm.h) per ISA: scalar is the twin; the VNNI and BF16 levels use avx512's.
 void epilogue__scalar(const epilogue_desc& d, dtype t, const epilogue_tile& tile);
@@ -89,12 +97,26 @@ BRGEMM_WINOGRAD_KERNELS(avx2)
 BRGEMM_WINOGRAD_KERNELS(avx512)
 #undef BRGEMM_WINOGRAD_KERNELS
 
+// The DFP-16 conversions (brgemm/dfp.h) per ISA; the VNNI and BF16 levels use avx512's.
+#define BRGEMM_DFP_KERNELS(ISA)                                                           \
+  uint32_t dfp_absmax_bits__##ISA(const float* x, int64_t n);                             \
+  void dfp_quantize__##ISA(const float* x, int16_t* m, int64_t n, float s1, float s2);     \
+  void dfp_dequantize__##ISA(const int16_t* m, float* y, int64_t n, float s1, float s2); \
+  void dfp_scale__##ISA(float* y, int64_t n, float s);
+BRGEMM_DFP_KERNELS(scalar)
+BRGEMM_DFP_KERNELS(avx2)
+BRGEMM_DFP_KERNELS(avx512)
+#undef BRGEMM_DFP_KERNELS
+
 // Register-only loops for `python -m brgemm peak`: run `iters` iterations, return the
 // floating-point (or integer) operations performed.
 double peak_fma_f32__avx2(int64_t iters);
 double peak_fma_f32__avx512(int64_t iters);
 double peak_dot_u8s8__avx512vnni(int64_t iters);
 double peak_dot_bf16__avx512bf16(int64_t iters);
+double peak_dot_s16s16__avx2(int64_t iters);
+double peak_dot_s16s16__avx512(int64_t iters);
+double peak_dot_s16s16__avx512vnni(int64_t iters);
 
 // The shared-weight products of brgemm/codebook.h per ISA; the VNNI and BF16 levels use avx512's.
 void codebook_gemm__scalar(const codebook_product& p, int64_t p0, int64_t p1);

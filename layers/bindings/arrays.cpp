@@ -28,6 +28,7 @@ const char* numpy_name(element e) {
     case element::u8: return "uint8";
     case element::s8: return "int8";
     case element::f16: return "float16";
+    case element::s16: return "int16";
     default: return "int32";
   }
 }
@@ -49,6 +50,7 @@ bool numpy_matches(const py::dtype& dt, element e) {
     case element::u8: return dt.kind() == 'u' && dt.itemsize() == 1;
     case element::s8: return dt.kind() == 'i' && dt.itemsize() == 1;
     case element::f16: return dt.kind() == 'f' && dt.itemsize() == 2;
+    case element::s16: return dt.kind() == 'i' && dt.itemsize() == 2;
     default: return dt.kind() == 'i' && dt.itemsize() == 4;
   }
 }
@@ -63,6 +65,7 @@ py::dtype numpy_dtype(element e) {
     case element::s8: return py::dtype::of<int8_t>();
     case element::s32: return py::dtype::of<int32_t>();
     case element::f16: return py::dtype("float16");
+    case element::s16: return py::dtype::of<int16_t>();
     default: return py::dtype::of<float>();
   }
 }
@@ -167,10 +170,10 @@ void check_beta(double beta) {
     value_error("beta must be finite as a float32, got " + str(py::repr(py::float_(beta))));
 }
 
-// beta for a kernel dtype: finite, and 0 or 1 on the s32 accumulator of int8.
+// beta for a kernel dtype: finite, and 0 or 1 on the s32 accumulator of int8 and int16.
 void check_beta_for(dtype t, double beta) {
   check_beta(beta);
-  if (dtype_is_int8(t) && beta != 0.0 && beta != 1.0)
+  if (dtype_is_integer(t) && beta != 0.0 && beta != 1.0)
     value_error("beta must be 0 or 1 for " + std::string(dtype_name(t)) + ", got " + str(py::repr(py::float_(beta))));
 }
 
@@ -241,7 +244,9 @@ dtype dtype_from_name(const std::string& s) {
   if (s == "u8s8") return dtype::u8s8;
   if (s == "s8s8") return dtype::s8s8;
   if (s == "f32f16") return dtype::f32f16;
-  value_error("dtype must be 'f32', 'bf16', 'u8s8', 's8s8' or 'f32f16', got '" + s + "'");
+  if (s == "s16s16") return dtype::s16s16;
+  if (s == "s16s16f32") return dtype::s16s16f32;
+  value_error("dtype must be 'f32', 'bf16', 'u8s8', 's8s8', 'f32f16', 's16s16' or 's16s16f32', got '" + s + "'");
 }
 
 dtype layer_dtype_arg(const std::string& dt) {

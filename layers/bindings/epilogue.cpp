@@ -25,12 +25,13 @@ epilogue_spec epilogue_structure(py::handle obj, dtype t, double beta, int64_t n
   s.e.act = (activation)act;
   s.e.bias = !obj.attr("bias").is_none();
   py::object scale = obj.attr("scale");
-  const bool int8 = dtype_is_int8(t);
+  const bool s32_acc = dtype_is_integer(t);
   s.z.a = int_attr(obj, "a_zero_point");
   s.z.b = int_attr(obj, "b_zero_point");
-  if (!int8) {
-    if (!scale.is_none()) value_error("epilogue: scale is for int8 kernels (it dequantizes the int32 accumulator)");
-    if (s.z.a || s.z.b) value_error("epilogue: zero points are for int8 kernels");
+  if (!dtype_is_int8(t) && (s.z.a || s.z.b)) value_error("epilogue: zero points are for int8 kernels");
+  if (!s32_acc) {
+    if (!scale.is_none())
+      value_error("epilogue: scale is for int8 kernels and s16s16 (it dequantizes the int32 accumulator)");
   } else {
     if (!scale.is_none()) {
       const py::ssize_t size = py::reinterpret_borrow<py::array>(scale).size();
@@ -50,7 +51,7 @@ epilogue_spec epilogue_structure(py::handle obj, dtype t, double beta, int64_t n
       value_error("epilogue: bias, activation and scale need a float or requantized output: set out_dtype "
                   "('float32', 'bfloat16', 'uint8' or 'int8'); the int32 output takes zero points only");
   }
-  const bool holds_acc = s.e.out == out_type::acc || (s.e.out == out_type::f32 && !int8);
+  const bool holds_acc = s.e.out == out_type::acc || (s.e.out == out_type::f32 && !s32_acc);
   if (beta != 0.0 && !holds_acc)
     value_error("beta must be 0 with this epilogue: its output (out_dtype) does not hold the accumulator, so "
                 "there is no previous sum to scale");

@@ -84,7 +84,8 @@ void register_isa(py::module_& m) {
     if (op == "fma_f32") o = peak_op::fma_f32;
     else if (op == "dot_bf16") o = peak_op::dot_bf16;
     else if (op == "dot_u8s8") o = peak_op::dot_u8s8;
-    else value_error("op must be 'fma_f32', 'dot_bf16' or 'dot_u8s8', got '" + op + "'");
+    else if (op == "dot_s16s16") o = peak_op::dot_s16s16;
+    else value_error("op must be 'fma_f32', 'dot_bf16', 'dot_u8s8' or 'dot_s16s16', got '" + op + "'");
     if (threads < 1) value_error("threads must be at least 1");
     py::gil_scoped_release nogil;
     return measure_peak(o, threads, seconds);

@@ -74,7 +74,7 @@ struct py_kernel {
     if (d.ldb < n) value_error("ldb must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldb));
     if (d.ldc < n) value_error("ldc must be at least n = " + std::to_string(n) + ", got " + std::to_string(d.ldc));
     check_beta(beta);
-    if (dtype_is_int8(d.type) && beta != 0.0 && beta != 1.0)
+    if (dtype_is_integer(d.type) && beta != 0.0 && beta != 1.0)
       value_error("beta must be 0 or 1 for " + std::string(dtype_name(d.type)) +
                   " (it applies to the s32 accumulator), got " + str(py::repr(py::float_(beta))));
     d.beta = (float)beta;

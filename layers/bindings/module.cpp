@@ -16,6 +16,7 @@ void register_rnn(py::module_& m);       // rnn.cpp: _RNN
 void register_pool(py::module_& m);      // pool.cpp: max pooling, global average pooling (blocked)
 void register_batch_norm(py::module_& m);  // batch_norm.cpp: batch norm (training) on blocked activations
 void register_codebook(py::module_& m);  // codebook.cpp: shared-weight packing and product
+void register_dfp(py::module_& m);       // dfp.cpp: DFP-16 conversions and the chunked int16 product
 }  // namespace brgemm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -32,4 +33,5 @@ PYBIND11_MODULE(_core, m) {
   register_pool(m);
   register_batch_norm(m);
   register_codebook(m);
+  register_dfp(m);
 }

@@ -303,7 +303,8 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
 void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t seed, uint64_t first);
 
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
-enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8 };
+// dot_s16s16: vpdpwssd with VNNI, else vpmaddwd + vpaddd (avx512, then avx2).
+enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8, dot_s16s16 };
 // Runs the op's register-only loop on `threads` threads for about `seconds`; returns
 // GFLOP/s (GOP/s), or a negative value when this build or CPU lacks the op.
 double measure_peak(peak_op op, int threads, double seconds);

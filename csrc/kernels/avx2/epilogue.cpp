@@ -9,7 +9,7 @@ namespace brgemm::kernels {
 
 void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
   const epilogue_args& ep = *tl.ep;
-  const bool int8 = dtype_is_int8(t);
+  const bool s32_acc = dtype_is_integer(t);
   const __m256 beta = _mm256_set1_ps(tl.beta);
   const ktanh_table8 table;
   const __m256 lo = _mm256_set1_ps(d.out == out_type::u8 ? 0.0f : -128.0f);
@@ -23,7 +23,7 @@ void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
     const __m256i row_off = _mm256_set1_epi32(d.row_offset ? ep.row_offset[i] : 0);
     for (int64_t j = 0; j < whole; j += 8) {
       __m256 v;
-      if (int8) {
+      if (s32_acc) {
         __m256i s = _mm256_loadu_si256((const __m256i*)((const int32_t*)tl.acc + i * tl.ld_acc + j));
         if (tl.prev)
           s = _mm256_add_epi32(s, _mm256_loadu_si256((const __m256i*)((const int32_t*)tl.prev + i * tl.ld_prev + j)));

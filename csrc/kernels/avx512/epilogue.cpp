@@ -38,7 +38,7 @@ void by_output(const epilogue_desc& d, const epilogue_tile& tl) {
 }  // namespace
 
 void epilogue__avx512(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
-  if (dtype_is_int8(t)) by_output<true>(d, tl);
+  if (dtype_is_integer(t)) by_output<true>(d, tl);
   else by_output<false>(d, tl);
 }
 

@@ -18,14 +18,14 @@ void store(const ukernel_args& p, const float (&acc)[MR][NR]) {
     }
 }
 
-// s32: beta is 0 (write, never read C) or 1 (add to C).
+// s32: beta is 0 (write, never read C) or 1 (add to C, modulo 2^32 as vpaddd does).
 template <int MR, int NR>
 void store(const ukernel_args& p, const int32_t (&acc)[MR][NR]) {
   int32_t* c = (int32_t*)p.c;
   for (int m = 0; m < p.m; ++m)
     for (int n = 0; n < p.n; ++n) {
       int32_t& cm = c[m * p.ldc + n];
-      cm = p.beta == 0.0f ? acc[m][n] : cm + acc[m][n];
+      cm = p.beta == 0.0f ? acc[m][n] : (int32_t)((uint32_t)cm + (uint32_t)acc[m][n]);
     }
 }
 

@@ -1,0 +1,89 @@
+"""Low-precision studies on scikit-learn's digits (shipped with scikit-learn; no download):
+`python -m brgemm.studies`.
+
+- DFP-16 training (Das et al., ICLR 2018): the same two-layer network (64 → 128 ReLU → 10, SGD)
+  trained from the same initial weights with brgemm.nn.Linear in float32 and in dtype="dfp16".
+- Ternary residual weights (Kundu et al., SysML 2018): the float32 network's weights ternarized
+  per block (brgemm.quant.ternarize) and evaluated with 0, 1, 2, ... residual levels, the
+  activations quantized to 8 bits (8a-2w), against float32's accuracy.
+
+The network is an MLP, not yet the CNN the DFP-16 paper trains (Conv2d has no dfp16 dtype yet).
+"""
+
+import numpy as np
+
+from .demo import load_digits
+from .nn import Linear
+from .nn.functional import cross_entropy
+from .quant import ternarize
+
+HIDDEN, EPOCHS, BATCH, LR = 128, 40, 64, 0.2
+
+
+def _data():
+    xtr, ytr, xte, yte = load_digits()
+    return xtr.reshape(len(xtr), -1), ytr, xte.reshape(len(xte), -1), yte
+
+
+def train(dtype, epochs=EPOCHS, seed=0):
+    """The two layers trained in ``dtype`` from seed's initial weights; (layers, test accuracy)."""
+    xtr, ytr, xte, yte = _data()
+    layers = [Linear(64, HIDDEN, activation="relu", dtype=dtype, seed=seed),
+              Linear(HIDDEN, 10, dtype=dtype, seed=seed + 1)]
+    order_rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = order_rng.permutation(len(ytr))
+        for i in range(0, len(order) - BATCH + 1, BATCH):
+            idx = order[i:i + BATCH]
+            h = layers[0](np.ascontiguousarray(xtr[idx]))
+            _, g = cross_entropy(layers[1](h), ytr[idx])
+            layers[0].backward(layers[1].backward(g), input_grad=False)
+            for layer in layers:
+                layer.apply_sgd(LR)
+                layer.zero_grad()
+    return layers, accuracy(layers, xte, yte)
+
+
+def accuracy(layers, x, y):
+    for layer in layers:
+        layer.eval()
+    out = layers[1](layers[0](np.ascontiguousarray(x)))
+    for layer in layers:
+        layer.train()
+    return float((out.argmax(axis=1) == y).mean())
+
+
+def _quantize_u8(x):
+    """8-bit activations: x ≥ 0 (ReLU outputs, pixels) on 0..255 with the batch's max as full scale."""
+    s = max(float(x.max()), 1e-12) / 255.0
+    return (np.clip(np.rint(x / s), 0, 255) * s).astype(np.float32)
+
+
+def ternary_table(layers, block=16, max_residuals=3, error_target=0.0):
+    """Test accuracy of the float32 ``layers`` with ternary residual weights (8-bit activations)
+    for each number of residual levels: [(residuals, accuracy, blocks per level)]."""
+    _, _, xte, yte = _data()
+    ts = [ternarize(layer.weight, block=block, max_residuals=max_residuals, error_target=error_target)
+          for layer in layers]
+    rows = []
+    for r in range(max_residuals + 1):
+        h = _quantize_u8(xte)
+        h = np.maximum(h @ ts[0].dequantize(r).T + layers[0].bias, 0)
+        out = _quantize_u8(h) @ ts[1].dequantize(r).T + layers[1].bias
+        rows.append((r, float((out.argmax(axis=1) == yte).mean()), [int(t.blocks_per_level()[:r + 1].sum())
+                                                                    for t in ts]))
+    return rows
+
+
+def main():
+    f32, acc32 = train("float32")
+    _, acc16 = train("dfp16")
+    print(f"digits, {HIDDEN}-unit MLP, {EPOCHS} epochs of SGD (lr {LR}, batch {BATCH}), same initial weights:")
+    print(f"  float32 {100 * acc32:.2f} %   dfp16 {100 * acc16:.2f} %   difference {100 * (acc16 - acc32):+.2f} pp")
+    print("ternary residual weights (8-bit activations), float32 network above:")
+    for r, acc, blocks in ternary_table(f32):
+        print(f"  residual levels {r}: {100 * acc:.2f} % ({100 * (acc - acc32):+.2f} pp; ternary blocks {blocks})")
+
+
+if __name__ == "__main__":
+    main()
