@@ -266,6 +266,8 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
     }
   }
 
+  index_recurrent();
+
   bias_.assign((size_t)ghp, 0.0f);
   bhn_.assign((size_t)hp_, 0.0f);
   if (bias)
@@ -288,15 +290,56 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
   auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
 
+// The kept row blocks of each hidden block's packed W_hh slice (rows kb·q .. kb·q + kb − 1 are
+// contiguous from element kb·q·G·bh: f32 row-major, bf16 pairs with kb even), and the choice.
+void rnn_layer::index_recurrent() {
+  const int64_t wb = g_ * bh, blocks = hp_ / bh, eb = dtype_b_bytes(t_);
+  const int64_t blk_elems = packed_b_elements(t_, hp_, wb);
+  kb_ = hp_ % 64 == 0 ? 64 : hp_ % 32 == 0 ? 32 : 16;
+  const int64_t per = hp_ / kb_;
+  const char* whh = aligned(whh_, 0);
+  std::vector<int64_t> at(1, 0), offs_a, offs_b;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t q = 0; q < per; ++q) {
+      const char* p = whh + (blk * blk_elems + q * kb_ * wb) * eb;
+      bool nonzero = false;
+      for (int64_t i = 0; i < kb_ * wb * eb && !nonzero; ++i) nonzero = p[i] != 0;
+      if (!nonzero) continue;
+      offs_a.push_back(q * kb_);
+      offs_b.push_back(blk * blk_elems + q * kb_ * wb);
+    }
+    at.push_back((int64_t)offs_a.size());
+  }
+  const double density = (double)offs_a.size() / (double)(blocks * per);
+  const bool on = policy_ == sparse_policy::sparse ||
+                  (policy_ == sparse_policy::automatic && density <= rnn_sparse_crossover);
+  if (!on) {
+    hh_gen_ = 0;
+    return;
+  }
+  if (hh_gen_ == 0 || at != hh_at_ || offs_b != hh_offs_b_) hh_gen_ = ++gen_;  // plans key on it
+  hh_at_ = std::move(at);
+  hh_offs_a_ = std::move(offs_a);
+  hh_offs_b_ = std::move(offs_b);
+}
+
+void rnn_layer::set_sparse_policy(sparse_policy p) {
+  policy_ = p;
+  if (!whh_.empty()) index_recurrent();
+}
+
 status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
   plan_key key = zeroed<plan_key>();
-  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads;
+  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads, key.sparse = hh_gen_;
   return fwd_plans_.get(key, out, [&](step_plan& pl) {
     const int64_t wb = g_ * bh, rb = std::min<int64_t>(N, 64);
     pl.level = (isa)key.level;
+    pl.sparse = key.sparse != 0;
+    const desc d = pl.sparse ? desc{t_, 1, wb, kb_, hp_, wb, wb, batch_kind::offset, 0.0f}
+                             : desc{t_, 1, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f};
     pl.k.assign((size_t)rb, nullptr);
     for (int64_t m = 1; m <= rb; ++m)
-      if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f}, &pl.k[m - 1]);
+      if (status st = dispatch(desc{d.type, m, d.n, d.k, d.lda, d.ldb, d.ldc, d.batch, 0.0f}, &pl.k[m - 1]);
           st != status::ok)
         return st;
     reserve_scratch(threads, {{0, rb * wb}});  // the step's tile
@@ -395,6 +438,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   std::shared_ptr<const step_plan> plan;
   if (status st = forward_plan_for(N, threads, &plan); st != status::ok) return st;
   const std::vector<const kernel*>& k = plan->k;
+  const bool sparse = plan->sparse;
   RNN_VIEW
   (void)bwd_rows, (void)col_sums;
   const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
@@ -410,6 +454,12 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
       batch.count = 1;
       batch.a = b16 ? (const void*)(h16_.data() + ((s % 2) * N + r0) * hp_) : hs_p_ + (s * N + r0) * hp_;
       batch.b = whh + blk * blk_bytes;
+      if (sparse) {  // the kept row blocks of this hidden block (offsets from whh itself)
+        batch.count = hh_at_[blk + 1] - hh_at_[blk];
+        batch.b = whh;
+        batch.offs_a = hh_offs_a_.data() + hh_at_[blk];
+        batch.offs_b = hh_offs_b_.data() + hh_at_[blk];
+      }
       execute(*k[m - 1], batch, tile);
       fwd_rows(v, s, r0, m, blk, tile, y, ldy, train);
     }

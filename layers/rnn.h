@@ -19,6 +19,7 @@
 #include <memory>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "linear.h"  // sparse_policy
 #include "packed_weights.h"
 #include "plan.h"
 
@@ -43,6 +44,14 @@ class rnn_layer {
   // Packs PyTorch's w_ih (G·H, I), w_hh (G·H, H), b_ih, b_hh (G·H, or null) when they differ
   // from what was packed last (exact comparisons). Returns whether it packed.
   bool refresh(const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh);
+
+  // Block-sparse recurrent product (forward): each hidden block's W_hh slice (Hp × G·bh) is
+  // read in row blocks of kb (64, 32 or 16 hidden inputs), and one offset batch lists only
+  // the row blocks that hold a nonzero: automatically when at most rnn_sparse_crossover of
+  // them do, or forced. Same order of sums as the dense call on finite inputs (bit-identical).
+  void set_sparse_policy(sparse_policy p);
+  sparse_policy policy() const { return policy_; }
+  bool block_sparse() const { return hh_gen_ > 0; }
 
   // T steps of N rows: x (T, N, I) (f32, or bf16 for a bf16 layer), lengths (N, descending,
   // 1..T) or null for all T, h0/c0 (N, H) or null for zeros → y (T, N, ldy) from column 0 of
@@ -69,9 +78,11 @@ class rnn_layer {
   struct plan_key {
     int64_t rows;
     int32_t level, threads;
+    int32_t sparse;  // forward: 0 dense, else hh_gen_
   };
   struct step_plan {
     isa level = isa::scalar;
+    bool sparse = false;           // forward's kernels take the kept row blocks (offset batches)
     std::vector<const kernel*> k;  // forward: [m − 1]; backward: [bwd_slot(m, width, narrow panel)]
   };
   static constexpr int64_t panel = 64;  // backward's W_hh panels: units per panel
@@ -100,6 +111,17 @@ class rnn_layer {
   std::vector<uint16_t> h16_;                // bf16 copies of h for the next product (two steps)
   std::vector<float> dgx_, dgh_, dh_, dc_, tmp_, tmp2_, x32_, hr_;
   plan_cache<plan_key, step_plan> fwd_plans_, bwd_plans_;
+  // The block-sparse recurrent product: per hidden block blk, entries [hh_at_[blk],
+  // hh_at_[blk + 1]) of the offsets (h's column, whh_'s element) of its kept row blocks.
+  sparse_policy policy_ = sparse_policy::automatic;
+  int64_t kb_ = 0;
+  std::vector<int64_t> hh_at_, hh_offs_a_, hh_offs_b_;
+  int32_t hh_gen_ = 0, gen_ = 0;
+  void index_recurrent();
 };
+
+// Block-sparse when at most this fraction of the recurrent row blocks holds a nonzero (as for
+// Linear and Conv2d: the offset batch costs what the dense call does per kept block).
+constexpr double rnn_sparse_crossover = 0.95;
 
 }  // namespace brgemm::layers

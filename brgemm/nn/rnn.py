@@ -143,6 +143,27 @@ class _RNN:
         return {n: m.copy() for n, m in masks.items()}
 
     @property
+    def packing(self):
+        """How the recurrent product reads W_hh: "auto" (the default: only the row blocks of each
+        hidden block's slice that hold a nonzero, when at most 95 % of them do), "dense" or
+        "sparse" (forced). Block-sparse steps sum the kept products in the dense order: bit-identical
+        results for finite inputs. The input product and backward stay dense."""
+        return self._drivers[0].rnn.packing
+
+    @packing.setter
+    def packing(self, value):
+        if not isinstance(value, str):
+            raise TypeError(f"packing must be a string, got {type(value).__name__}")
+        for d in self._drivers:
+            d.rnn.packing = value
+
+    @property
+    def block_sparse(self):
+        """Per layer and direction (PyTorch's order), whether its last packing runs the recurrent
+        product block-sparse (known after a forward)."""
+        return [d.rnn.block_sparse for d in self._drivers]
+
+    @property
     def mask(self):
         """{name: mask} of the pruned weight matrices, or None if never pruned."""
         masks = self.__dict__.get("_masks")
