@@ -88,6 +88,9 @@ class rnn_layer {
   static constexpr int64_t panel = 64;  // backward's W_hh panels: units per panel
   static int64_t bwd_slot(int64_t m, int64_t w, bool narrow) { return ((m - 1) * (panel / bh) + w / bh - 1) * 2 + narrow; }
   status forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out);
+  // Gx = X·W_ihᵀ + b for T steps of N rows: one gemm, or block-sparse (x_gen_) one offset batch
+  // per (step, row block, hidden block) over the kept kbx-row blocks of W_ihᵀ's column block.
+  status input_product(int64_t T, int64_t N, const void* x, int threads);
   status backward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out);
 
   void set_sequence(int64_t T, int64_t N, const void* x, const int64_t* lengths, float* ws, bool train);
@@ -117,7 +120,12 @@ class rnn_layer {
   int64_t kb_ = 0;
   std::vector<int64_t> hh_at_, hh_offs_a_, hh_offs_b_;
   int32_t hh_gen_ = 0, gen_ = 0;
+  int64_t kbx_ = 0;                          // the input product's row blocks (in_ % 16 == 0 only)
+  std::vector<int64_t> x_at_, x_offs_a_, x_offs_b_;
+  int32_t x_gen_ = 0;
+  plan_cache<plan_key, step_plan> xin_plans_;  // the sparse input product's kernels: k[0] rb rows, k[1] N mod rb
   void index_recurrent();
+  void index_input();
 };
 
 // Block-sparse when at most this fraction of the recurrent row blocks holds a nonzero (as for

@@ -989,7 +989,7 @@ def _m_output_size(draw, layer, state, name):
 
 METHODS["output_size"] = _m_output_size
 METHODS["prune"], METHODS["packing"] = _m_prune, _m_packing
-for _attr in ("mask", "sparsity", "block_sparse"):
+for _attr in ("mask", "sparsity", "block_sparse", "block_density"):
     METHODS[_attr] = _m_get(_attr)
 METHODS["algorithm_used"] = lambda draw, layer, state, name: getattr(layer, "algorithm_used")
 METHODS["weight_grad"] = METHODS["bias_grad"] = lambda draw, layer, state, name: getattr(layer, name.split(".")[-1],

@@ -1,6 +1,6 @@
-"""Block-sparse recurrent products (brgemm.nn.LSTM/GRU.packing, layers/rnn.h): each hidden
-block's W_hh slice is read in row blocks, and the step's BRGEMM lists only those that hold a
-nonzero. The kept products are summed in the dense call's order, so outputs and final states
+"""Block-sparse recurrent and input products (brgemm.nn.LSTM/GRU.packing, layers/rnn.h): each
+hidden block's W_hh slice (and its columns of W_ihᵀ, when input_size is a multiple of 16) is read
+in row blocks, and the BRGEMM lists only those that hold a nonzero. The kept products are summed in the dense call's order, so outputs and final states
 equal the dense forward's bit for bit on every ISA (acc + a·0 = acc for finite a)."""
 
 import numpy as np
@@ -10,11 +10,11 @@ from brgemm.nn import GRU, LSTM
 
 
 def zero_rows(w_hh, hidden, gates, rng, kb, amount):
-    """W_hh (G·H, H) with, for a fraction `amount` of (16-unit hidden block, kb inputs) pairs,
+    """W_hh (G·H, H) (or W_ih (G·H, I)) with, for a fraction `amount` of (16-unit hidden block, kb inputs) pairs,
     every gate's rows of that block zeroed over those inputs (one row block of the slice), hidden
     block 0 zeroed whole."""
     w = w_hh.copy()
-    blocks, per = -(-hidden // 16), -(-hidden // kb)
+    blocks, per = -(-hidden // 16), -(-w.shape[1] // kb)
     drop = rng.random((blocks, per)) < amount
     drop[0] = True
     for b, q in zip(*np.nonzero(drop)):
@@ -24,12 +24,14 @@ def zero_rows(w_hh, hidden, gates, rng, kb, amount):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("cell,hidden,kb", [(LSTM, 128, 64), (GRU, 80, 16), (LSTM, 40, 16)])
-def test_sparse_recurrent_product_equals_dense_bit_for_bit(isa, rng, dtype, cell, hidden, kb):
-    layer = cell(24, hidden, dtype=dtype, seed=2)
-    name = "weight_hh_l0"
-    setattr(layer, name, zero_rows(getattr(layer, name), hidden, layer._gates, rng, kb, 0.6))
-    x = rng.standard_normal((5, 3, 24)).astype(np.float32)
+@pytest.mark.parametrize("cell,inp,hidden,kb,kbx", [(LSTM, 64, 128, 64, 64), (GRU, 48, 80, 16, 16),
+                                                    (LSTM, 24, 40, 16, None)])  # 24: the input product dense
+def test_sparse_products_equal_dense_bit_for_bit(isa, rng, dtype, cell, inp, hidden, kb, kbx):
+    layer = cell(inp, hidden, dtype=dtype, seed=2)
+    layer.weight_hh_l0 = zero_rows(layer.weight_hh_l0, hidden, layer._gates, rng, kb, 0.6)
+    if kbx:
+        layer.weight_ih_l0 = zero_rows(layer.weight_ih_l0, hidden, layer._gates, rng, kbx, 0.6)
+    x = rng.standard_normal((5, 3, inp)).astype(np.float32)
     if dtype == "bfloat16":
         import ml_dtypes
         x = x.astype(ml_dtypes.bfloat16)
