@@ -144,10 +144,11 @@ class _RNN:
 
     @property
     def packing(self):
-        """How the recurrent product reads W_hh: "auto" (the default: only the row blocks of each
-        hidden block's slice that hold a nonzero, when at most 95 % of them do), "dense" or
-        "sparse" (forced). Block-sparse steps sum the kept products in the dense order: bit-identical
-        results for finite inputs. The input product and backward stay dense."""
+        """How the forward products read W_hh and W_ih: "auto" (the default: per 16-unit hidden
+        block only the row blocks (64, 32 or 16 inputs) of its weights that hold a nonzero, when
+        at most 90 % of them do), "dense" or "sparse" (forced). Block-sparse products sum the kept
+        terms in the dense order: bit-identical results for finite inputs. The input product is
+        block-sparse only when input_size is a multiple of 16; backward stays dense."""
         return self._drivers[0].rnn.packing
 
     @packing.setter
