@@ -329,6 +329,22 @@ void conv_layer::index_blocks() {
   bwd_kept_ = std::move(b);
 }
 
+void conv_layer::set_mask(const uint8_t* mask) {
+  masked_.clear();
+  if (!mask || dw_) return;
+  const int64_t taps = g_.r * g_.s, gc = g_.group_c(), gk = g_.group_k(), per = fs_.per;
+  masked_.assign(fs_.q0.size() * per * taps, 1);
+  for (size_t j = 0; j < fs_.q0.size(); ++j)
+    for (int64_t q = 0; q < per; ++q)
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const int64_t k0 = (int64_t)j * fs_.ko, c0 = (fs_.q0[j] + q) * fs_.ki;
+        uint8_t& m = masked_[(j * per + q) * taps + tap];
+        for (int64_t k = k0; k < std::min(g_.k, k0 + fs_.ko) && m; ++k)
+          for (int64_t c = c0; c < std::min(g_.c, c0 + fs_.ki) && m; ++c)
+            if (k / gk == c / gc && mask[(k * gc + c % gc) * taps + tap]) m = 0;  // a kept weight of its group
+      }
+}
+
 void conv_layer::set_sparse_policy(sparse_policy p) {
   policy_ = p;
   if (!fwd_.empty()) index_blocks();
@@ -621,7 +637,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     // result block j (layout block k, part sk), source block q (layout block c, part sc)
     const int64_t j = b / (per * taps), q = fs_.q0[j] + b / taps % per, r = b % taps / g_.s, s = b % g_.s;
     const int64_t k = j / ro, sk = j % ro, c = q / ri, sc = q % ri;
-    if (!kw[s]) {
+    if (!kw[s] || (!masked_.empty() && masked_[b])) {  // reads nothing, or pruned whole: zero
       if (!add) std::fill(out, out + blk, 0.0f);
       return;
     }

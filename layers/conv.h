@@ -147,6 +147,10 @@ class conv_layer {
   sparse_policy policy() const { return policy_; }
   bool block_sparse() const { return sparse_gen_ > 0; }
   double block_density() const { return density_; }  // kept / all forward blocks (last packing)
+  // The pruning mask (K, C/groups, R, S; 0 = pruned; null: none): the weight gradient skips the
+  // forward blocks (ki × ko of one tap) it removes whole and writes their gradient as zero, as
+  // for PyTorch's weight · mask (zero blocks written by hand keep their true gradient).
+  void set_mask(const uint8_t* mask);
 
   // yb = act(conv(xb) + b) for n images of h × w (yb: [n][K/bk][OH][OW][bk]). With zb (a
   // training forward of an activation whose derivative needs its input) the pre-activation
@@ -187,6 +191,7 @@ class conv_layer {
   int32_t sparse_gen_ = 0;                     // 0 dense, else changes with the kept blocks
   int32_t gen_ = 0;
   double density_ = 1.0;
+  std::vector<uint8_t> masked_;                // per forward block: pruned whole by the mask
   void index_blocks();                         // the kept flags and the dense/sparse choice
   // F(2×2), F(4×4), F(6×6), made and packed when first used; a copied layer makes its own.
   struct winograd_forms {

@@ -91,3 +91,22 @@ def test_training_under_a_mask_stays_equal_to_dense(rng):
         layers.append((conv.weight, conv(x)))
     np.testing.assert_array_equal(layers[0][0], layers[1][0])
     np.testing.assert_array_equal(layers[0][1], layers[1][1])
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_weight_gradient_skips_blocks_the_mask_prunes_whole(isa, rng, groups):
+    """Under a mask, the pruned blocks' gradient is zero (PyTorch's weight · mask) and the kept
+    ones' is the unmasked layer's bit for bit; zero blocks without a mask keep their gradient."""
+    x = rng.standard_normal((2, 64, 5, 5)).astype(np.float32)
+    pruned = Conv2d(64, 64, 3, padding=1, seed=4, groups=groups, algorithm="direct")
+    keep = pruned.prune(0.7)
+    plain = Conv2d(64, 64, 3, padding=1, seed=4, groups=groups, algorithm="direct")
+    plain.weight = pruned.weight          # the same zeros, no mask
+    grads = []
+    for conv in (pruned, plain):
+        conv.zero_grad()
+        y = conv(x)
+        conv.backward(np.sin(y))
+        grads.append(conv.weight_grad.copy())
+    assert not keep.all() and not grads[0][~keep].any() and grads[1][~keep].any()
+    np.testing.assert_array_equal(grads[0][keep].view(np.uint32), grads[1][keep].view(np.uint32))

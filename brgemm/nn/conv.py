@@ -153,6 +153,9 @@ class Conv2d(_Convolution, Prunable, Parameters):
         None before the first forward."""
         return self._runner.cv.algorithm_used
 
+    def _set_mask(self, keep):
+        self._runner.cv.set_mask(keep.view(np.uint8))
+
     @property
     def packing(self):
         """How forward and ∂x use the weights: "auto" (the default: block-sparse when at most

@@ -148,6 +148,15 @@ struct py_conv {
     return p == layers::sparse_policy::automatic ? "auto" : p == layers::sparse_policy::dense ? "dense" : "sparse";
   }
 
+  void set_mask(py::handle mask) {
+    const auto& g = cv.geometry();
+    const uint8_t* mp = mask.is_none() ? nullptr
+                                       : (const uint8_t*)exact_array(mask, "mask", element::u8,
+                                                                     g.k * g.group_c() * g.r * g.s, false).data();
+    py::gil_scoped_release nogil;
+    cv.set_mask(mp);
+  }
+
   static const layers::conv_geometry& checked(const layers::conv_geometry& g) {
     for (auto [v, name] : {std::pair{g.c, "in_channels"}, {g.k, "out_channels"}, {g.r, "kernel rows"},
                            {g.s, "kernel columns"}, {g.stride_h, "stride"}, {g.stride_w, "stride"},
@@ -452,6 +461,7 @@ void register_conv(py::module_& m) {
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
       .def("set_algorithm", &py_conv::set_algorithm, py::arg("algorithm"))
       .def_property("packing", &py_conv::policy, &py_conv::set_policy)
+      .def("set_mask", &py_conv::set_mask, py::arg("mask"))
       .def_property_readonly("block_sparse", [](const py_conv& l) { return l.cv.block_sparse(); })
       .def_property_readonly("block_density", [](const py_conv& l) { return l.cv.block_density(); })
       .def_readonly_static("sparse_crossover", &layers::conv_sparse_crossover)
