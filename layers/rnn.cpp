@@ -294,7 +294,7 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
 // (I × G·Hp) holding a nonzero, read from the internal rows (bf16: already rounded).
 void rnn_layer::index_input() {
   const int64_t wb = g_ * bh, blocks = hp_ / bh, ghp = g_ * hp_;
-  if (in_ % 16) return;  // x_gen_ stays 0  // a partial row block would need a kernel of its own
+  if (in_ % 16) return;  // x_gen_ stays 0: a partial row block would need a kernel of its own
   kbx_ = in_ % 64 == 0 ? 64 : in_ % 32 == 0 ? 32 : 16;
   const int64_t per = in_ / kbx_;
   std::vector<int64_t> at(1, 0), offs_a, offs_b;
