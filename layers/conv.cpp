@@ -298,9 +298,62 @@ void conv_layer::pack(const float* w) {
               aligned(fwd_rows_, ceil_div(g_.k, fs_.ko) * g_.r * packed_b_elements(t_, g_.s * fs_.ki, fs_.ko) * wb));
 }
 
+// Whether each packed block of `bytes` holds a nonzero bit (−0.0 counts: kept, never wrong).
+static std::vector<uint8_t> nonzero_blocks(const char* p, int64_t count, int64_t bytes, int64_t& nonzero) {
+  std::vector<uint8_t> keep((size_t)count, 0);
+  nonzero = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    const char* x = p + b * bytes;
+    for (int64_t i = 0; i < bytes && !keep[b]; ++i) keep[b] = x[i] != 0;
+    nonzero += keep[b];
+  }
+  return keep;
+}
+
+void conv_layer::index_blocks() {
+  if (dw_) return;
+  const int64_t taps = g_.r * g_.s, wb = dtype_b_bytes(t_);
+  int64_t nz_f = 0, nz_b = 0;
+  const int64_t nf = (int64_t)fs_.q0.size() * fs_.per * taps, nb = (int64_t)bs_.q0.size() * bs_.per * taps;
+  std::vector<uint8_t> f = nonzero_blocks(aligned(fwd_, 0), nf, packed_b_elements(t_, fs_.ki, fs_.ko) * wb, nz_f);
+  std::vector<uint8_t> b = nonzero_blocks(aligned(bwd_, 0), nb, packed_b_elements(t_, bs_.ki, bs_.ko) * wb, nz_b);
+  density_ = nf ? (double)nz_f / (double)nf : 1.0;
+  const bool on = policy_ == sparse_policy::sparse ||
+                  (policy_ == sparse_policy::automatic && density_ <= conv_sparse_crossover);
+  if (!on) {
+    sparse_gen_ = 0;
+    return;
+  }
+  if (sparse_gen_ == 0 || f != fwd_kept_ || b != bwd_kept_) sparse_gen_ = ++gen_;  // plans key on it
+  fwd_kept_ = std::move(f);
+  bwd_kept_ = std::move(b);
+}
+
+void conv_layer::set_mask(const uint8_t* mask) {
+  masked_.clear();
+  if (!mask || dw_) return;
+  const int64_t taps = g_.r * g_.s, gc = g_.group_c(), gk = g_.group_k(), per = fs_.per;
+  masked_.assign(fs_.q0.size() * per * taps, 1);
+  for (size_t j = 0; j < fs_.q0.size(); ++j)
+    for (int64_t q = 0; q < per; ++q)
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const int64_t k0 = (int64_t)j * fs_.ko, c0 = (fs_.q0[j] + q) * fs_.ki;
+        uint8_t& m = masked_[(j * per + q) * taps + tap];
+        for (int64_t k = k0; k < std::min(g_.k, k0 + fs_.ko) && m; ++k)
+          for (int64_t c = c0; c < std::min(g_.c, c0 + fs_.ki) && m; ++c)
+            if (k / gk == c / gc && mask[(k * gc + c % gc) * taps + tap]) m = 0;  // a kept weight of its group
+      }
+}
+
+void conv_layer::set_sparse_policy(sparse_policy p) {
+  policy_ = p;
+  if (!fwd_.empty()) index_blocks();
+}
+
 bool conv_layer::refresh(const float* w, const float* b) {
   const bool w_new = w_seen_.refresh({{w, g_.k * g_.group_c() * g_.r * g_.s * 4}}, [&] {
     pack(w);
+    index_blocks();
     ++version_;
   });
   const bool b_new = b_seen_.refresh({{b, g_.k * 4}}, [&] {
@@ -321,6 +374,7 @@ const char* conv_layer::set_algorithm(int algorithm) {
 
 int conv_layer::tile_for(int64_t n, int64_t h, int64_t w) const {
   if (algo_ == 0 || dw_ || winograd_unsupported(g_, t_, act_)) return 0;
+  if (algo_ <= 1 && sparse_gen_) return 0;  // automatic: the sparse direct pass skips what Winograd cannot
   return algo_ > 1 ? algo_ : winograd_auto_tile(g_, n, h, w, algo_ == 1);
 }
 
@@ -378,7 +432,7 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
   const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.group_c() * g_.r * g_.s);
   conv_plan_key key = zeroed<conv_plan_key>();
   key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
-  key.bias = has_bias_, key.z = zb != nullptr, key.add = add != nullptr;
+  key.bias = has_bias_, key.z = zb != nullptr, key.add = add != nullptr, key.sparse = sparse_gen_;
   std::shared_ptr<const conv_pass_plan> plan;
   if (status s = fwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
         pass_shape p{t_, n, cb, kb, g_.r, g_.s, bc_, bk_, h, w, g_.stride_w, oh, ow, 1, g_.stride_h};
@@ -391,7 +445,8 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
         p.z = zb != nullptr;
         p.threads = threads;
         p.merge = true;
-        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow), fs_);
+        return build_pass(pl, p, forward_rows(g_, h, oh), forward_runs(g_, w, ow), fs_,
+                          sparse_gen_ ? &fwd_kept_ : nullptr);
       });
       s != status::ok)
     return s;
@@ -437,6 +492,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // inside the input [lo, lo + len) and the weight gradient's kernels (beta 0 and 1).
   conv_plan_key key = zeroed<conv_plan_key>();
   key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads, key.data = gxb != nullptr;
+  key.sparse = gxb ? sparse_gen_ : 0;
   std::shared_ptr<const conv_backward_plan> plan;
   if (status st = bwd_plans_.get(key, &plan, [&](conv_backward_plan& pl) {
         if (gxb) {  // results are input rows and stride classes of input columns
@@ -447,7 +503,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
           p.threads = threads;
           if (status s = build_pass(pl.data, p, std::move(rows),
                                     make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}),
-                                    bs_);
+                                    bs_, sparse_gen_ ? &bwd_kept_ : nullptr);
               s != status::ok)
             return s;
         }
@@ -581,7 +637,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     // result block j (layout block k, part sk), source block q (layout block c, part sc)
     const int64_t j = b / (per * taps), q = fs_.q0[j] + b / taps % per, r = b % taps / g_.s, s = b % g_.s;
     const int64_t k = j / ro, sk = j % ro, c = q / ri, sc = q % ri;
-    if (!kw[s]) {
+    if (!kw[s] || (!masked_.empty() && masked_[b])) {  // reads nothing, or pruned whole: zero
       if (!add) std::fill(out, out + blk, 0.0f);
       return;
     }

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <vector>
 #include "brgemm/brgemm.h"
+#include "linear.h"  // sparse_policy
 #include "packed_weights.h"
 #include "plan.h"
 
@@ -102,7 +103,14 @@ class winograd_conv;   // winograd.h: 3×3 stride 1 as Winograd F(m×m, 3×3)
 struct conv_plan_key {
   int64_t n, h, w;
   int32_t level, threads, bias, z, zero, data, add;
+  int32_t sparse;  // 0 dense, else the block index's generation (conv_layer: block-sparse)
 };
+
+// Block-sparse when at most this fraction of a pass's weight blocks (ki × ko per result block,
+// source block and tap) holds a nonzero (policy automatic). The kept blocks' batches are the
+// dense pass's with elements left out, so the sparse tables pay as soon as a few blocks go:
+// measured in docs/api.md (bench --sparse).
+constexpr double conv_sparse_crossover = 0.95;
 
 class conv_layer {
  public:
@@ -129,6 +137,20 @@ class conv_layer {
   // Packs w (K, C, R, S) and b (K, or null) when they differ from what was packed last (an
   // exact comparison with a snapshot: in-place writes are seen). Returns whether it packed.
   bool refresh(const float* w, const float* b);
+
+  // Block-sparse passes: forward and backward data list only the weight blocks that hold a
+  // nonzero (their packed bits), automatically when at most conv_sparse_crossover of them do,
+  // or forced. Dense and sparse sum the kept products in the same order: with finite inputs the
+  // results are bit-identical. Depthwise layers stay dense; a block-sparse layer's automatic
+  // algorithm choice stays direct (Winograd's transformed weights are dense).
+  void set_sparse_policy(sparse_policy p);
+  sparse_policy policy() const { return policy_; }
+  bool block_sparse() const { return sparse_gen_ > 0; }
+  double block_density() const { return density_; }  // kept / all forward blocks (last packing)
+  // The pruning mask (K, C/groups, R, S; 0 = pruned; null: none): the weight gradient skips the
+  // forward blocks (ki × ko of one tap) it removes whole and writes their gradient as zero, as
+  // for PyTorch's weight · mask (zero blocks written by hand keep their true gradient).
+  void set_mask(const uint8_t* mask);
 
   // yb = act(conv(xb) + b) for n images of h × w (yb: [n][K/bk][OH][OW][bk]). With zb (a
   // training forward of an activation whose derivative needs its input) the pre-activation
@@ -164,6 +186,13 @@ class conv_layer {
   std::shared_ptr<depthwise_conv> dw_;         // a depthwise layer's passes (not BRGEMMs)
   int algo_ = 0, used_ = -1;
   int64_t version_ = 0;                        // weights packed so far (the Winograd forms follow)
+  sparse_policy policy_ = sparse_policy::automatic;
+  std::vector<uint8_t> fwd_kept_, bwd_kept_;   // per packed block (fwd_, bwd_ order): nonzero
+  int32_t sparse_gen_ = 0;                     // 0 dense, else changes with the kept blocks
+  int32_t gen_ = 0;
+  double density_ = 1.0;
+  std::vector<uint8_t> masked_;                // per forward block: pruned whole by the mask
+  void index_blocks();                         // the kept flags and the dense/sparse choice
   // F(2×2), F(4×4), F(6×6), made and packed when first used; a copied layer makes its own.
   struct winograd_forms {
     std::shared_ptr<winograd_conv> layer[3];

@@ -71,8 +71,16 @@ const char* narrow_ukernel(dtype t, int64_t n) {
   return best ? best->name : nullptr;
 }
 
+// Whether any of the column taps x .. x + n − 1 (one batch element: merged taps) of a kernel
+// row reads a kept block; keep_row: that row's flags by column tap.
+static bool kept_any(const uint8_t* keep_row, const std::vector<tap>& taps, size_t x, int64_t n) {
+  for (size_t y = x; y < std::min(taps.size(), x + (size_t)n); ++y)
+    if (keep_row[taps[y].t]) return true;
+  return false;
+}
+
 status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows_in,
-                  std::vector<run> runs_in, channel_split ch) {
+                  std::vector<run> runs_in, channel_split ch, const std::vector<uint8_t>* kept) {
   pl.p = p;
   pl.rows = std::move(rows_in);
   pl.runs = std::move(runs_in);
@@ -177,6 +185,11 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   std::vector<int64_t> phase_index((size_t)ri, -1), phases;
   pl.phase.resize(pl.ch.q0.size());
   for (size_t j = 0; j < pl.ch.q0.size(); ++j) {
+    if (kept) {  // block-sparse: a table set per result block (its own kept blocks)
+      pl.phase[j] = (int64_t)phases.size();
+      phases.push_back(pl.ch.q0[j] % ri);
+      continue;
+    }
     int64_t& at = phase_index[pl.ch.q0[j] % ri];
     if (at < 0) at = (int64_t)phases.size(), phases.push_back(pl.ch.q0[j] % ri);
     pl.phase[j] = at;
@@ -188,6 +201,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
     for (size_t cls = 0; cls < class_taps.size(); ++cls) {
       const std::vector<tap>& taps_o = *class_taps[cls];
       const int64_t base = taps_o.empty() ? 0 : taps_o[0].src;
+      const uint8_t* keep = kept ? kept->data() + ph * pl.ch.per * p.taps_r * p.taps_s : nullptr;  // set ph is j
       for (size_t u = 0; u < runs.size(); ++u)
         for (int64_t ch = 0; ch < pl.chunks; ++ch) {
           const int64_t first = (int64_t)pl.offs_a.size();
@@ -196,6 +210,7 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
             for (const tap& tr : taps_o)
               for (size_t x = 0; x < runs[u].taps.size(); x += pl.merged[u]) {
                 const tap& ts = runs[u].taps[x];
+                if (keep && !kept_any(keep + (q * p.taps_r + tr.t) * p.taps_s, runs[u].taps, x, pl.merged[u])) continue;
                 pl.offs_a.push_back(src_q + ((tr.src - base) * p.src_cols + ts.src) * p.bi);
                 pl.offs_w.push_back(pl.rows_w && pl.merged[u] > 1 ? (q * p.taps_r + tr.t) * rblk
                                                                   : ((q * p.taps_r + tr.t) * p.taps_s + ts.t) * blk);

@@ -194,8 +194,12 @@ const char* narrow_ukernel(dtype t, int64_t n);
 
 // Builds pl for the pass p over result rows `rows` (their row taps) and column runs `runs`:
 // kernels, row classes, offset tables; grows the threads' scratch.
+// Block-sparse: with `kept` ([result block j][per][taps_r][taps_s], nonzero where the weight
+// block holds a nonzero) each result block gets its own table set (conv_pass_plan::phase is
+// then j) listing only its kept blocks; run_pass is unchanged, and a chunk with none left is a
+// batch of count 0 (beta·C, then the epilogue).
 status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vector<tap>> rows,
-                  std::vector<run> runs, channel_split ch);
+                  std::vector<run> runs, channel_split ch, const std::vector<uint8_t>* kept = nullptr);
 // Runs a planned pass on one call's data. Only invokes: every kernel, run and offset table is
 // the plan's.
 void run_pass(const conv_pass_plan& pl, const pass_data& x);

@@ -287,6 +287,8 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
     }
   }
 
+  index_recurrent();
+
   bias_.assign((size_t)ghp, 0.0f);
   bhn_.assign((size_t)hp_, 0.0f);
   if (bias)
@@ -309,24 +311,144 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
   auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
 
+// The input product's kept blocks: per hidden block, the kbx-row blocks of its columns of W_ihᵀ
+// (I × G·Hp) holding a nonzero, read from the internal rows (bf16: already rounded).
+void rnn_layer::index_input() {
+  const int64_t wb = g_ * bh, blocks = hp_ / bh, ghp = g_ * hp_;
+  if (in_ % 16) return;  // x_gen_ stays 0: a partial row block would need a kernel of its own
+  kbx_ = in_ % 64 == 0 ? 64 : in_ % 32 == 0 ? 32 : 16;
+  const int64_t per = in_ / kbx_;
+  std::vector<int64_t> at(1, 0), offs_a, offs_b;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t q = 0; q < per; ++q) {
+      bool nonzero = false;
+      for (int64_t r = blk * wb; r < (blk + 1) * wb && !nonzero; ++r)
+        for (int64_t c = q * kbx_; c < (q + 1) * kbx_ && !nonzero; ++c) {
+          uint32_t bits;
+          std::memcpy(&bits, &wih_b_[(size_t)(r * in_ + c)], 4);
+          nonzero = bits != 0;
+        }
+      if (!nonzero) continue;
+      offs_a.push_back(q * kbx_);
+      offs_b.push_back(q * kbx_ * ghp);  // kbx rows of W_ihᵀ (whole kp-row groups when packed)
+    }
+    at.push_back((int64_t)offs_a.size());
+  }
+  const double density = (double)offs_a.size() / (double)(blocks * per);
+  const int32_t was = x_gen_;
+  x_gen_ = 0;
+  if (policy_ != sparse_policy::sparse && !(policy_ == sparse_policy::automatic && density <= rnn_sparse_crossover))
+    return;
+  x_gen_ = was && at == x_at_ && offs_b == x_offs_b_ ? was : ++gen_;  // plans key on it
+  x_at_ = std::move(at);
+  x_offs_a_ = std::move(offs_a);
+  x_offs_b_ = std::move(offs_b);
+}
+
+// The kept row blocks of each hidden block's packed W_hh slice (rows kb·q .. kb·q + kb − 1 are
+// contiguous from element kb·q·G·bh: f32 row-major, bf16 pairs with kb even), and the choice.
+void rnn_layer::index_recurrent() {
+  const int64_t wb = g_ * bh, blocks = hp_ / bh, eb = dtype_b_bytes(t_);
+  const int64_t blk_elems = packed_b_elements(t_, hp_, wb);
+  kb_ = hp_ % 64 == 0 ? 64 : hp_ % 32 == 0 ? 32 : 16;
+  const int64_t per = hp_ / kb_;
+  const char* whh = aligned(whh_, 0);
+  std::vector<int64_t> at(1, 0), offs_a, offs_b;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t q = 0; q < per; ++q) {
+      const char* p = whh + (blk * blk_elems + q * kb_ * wb) * eb;
+      bool nonzero = false;
+      for (int64_t i = 0; i < kb_ * wb * eb && !nonzero; ++i) nonzero = p[i] != 0;
+      if (!nonzero) continue;
+      offs_a.push_back(q * kb_);
+      offs_b.push_back(blk * blk_elems + q * kb_ * wb);
+    }
+    at.push_back((int64_t)offs_a.size());
+  }
+  const double density = (double)offs_a.size() / (double)(blocks * per);
+  const bool on = policy_ == sparse_policy::sparse ||
+                  (policy_ == sparse_policy::automatic && density <= rnn_sparse_crossover);
+  index_input();
+  if (!on) {
+    hh_gen_ = 0;
+    return;
+  }
+  if (hh_gen_ == 0 || at != hh_at_ || offs_b != hh_offs_b_) hh_gen_ = ++gen_;  // plans key on it
+  hh_at_ = std::move(at);
+  hh_offs_a_ = std::move(offs_a);
+  hh_offs_b_ = std::move(offs_b);
+}
+
+status rnn_layer::input_product(int64_t T, int64_t N, const void* x, int threads) {
+  const int64_t ghp = g_ * hp_, wb = g_ * bh, blocks = hp_ / bh, rb = std::min<int64_t>(N, 64);
+  gx_.resize((size_t)(T * N * ghp));
+  epilogue_desc e;
+  e.bias = true;
+  e.out = out_type::f32;
+  epilogue_args ea;
+  ea.bias = bias_.data();
+  if (!x_gen_) return gemm(t_, T * N, ghp, in_, x, in_, aligned(wih_, 0), ghp, gx_.data(), ghp, 0.0f, e, &ea);
+  plan_key key = zeroed<plan_key>();
+  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads, key.sparse = x_gen_;
+  std::shared_ptr<const step_plan> plan;
+  if (status st = xin_plans_.get(key, &plan, [&](step_plan& pl) {
+        pl.k.assign(2, nullptr);
+        for (int i = 0; i < 2; ++i)
+          if (const int64_t m = i ? N % rb : rb; m > 0)
+            if (status s = dispatch(desc{t_, m, wb, kbx_, in_, ghp, ghp, batch_kind::offset, 0.0f, e}, &pl.k[i]);
+                s != status::ok)
+              return s;
+        return status::ok;
+      });
+      st != status::ok)
+    return st;
+  const int64_t kp = dtype_kpack(t_), chunks = ceil_div(N, rb), ab = dtype_a_bytes(t_), wbytes = dtype_b_bytes(t_);
+  const char* w = aligned(wih_, 0);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t item = 0; item < T * chunks * blocks; ++item) {
+    const int64_t row = item / (chunks * blocks) * N + item / blocks % chunks * rb, blk = item % blocks;
+    const int64_t m = std::min(rb, N - row % N);
+    batch_ref batch;
+    batch.count = x_at_[blk + 1] - x_at_[blk];
+    batch.a = (const char*)x + row * in_ * ab;
+    batch.b = w + blk * wb * kp * wbytes;  // the column block (packed: kp rows interleaved)
+    batch.offs_a = x_offs_a_.data() + x_at_[blk];
+    batch.offs_b = x_offs_b_.data() + x_at_[blk];
+    epilogue_args args = ea;
+    args.bias = bias_.data() + blk * wb;
+    execute(*plan->k[m == rb ? 0 : 1], batch, gx_.data() + row * ghp + blk * wb, &args);
+  }
+  return status::ok;
+}
+
+void rnn_layer::set_sparse_policy(sparse_policy p) {
+  policy_ = p;
+  if (!whh_.empty()) index_recurrent();
+}
+
 status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
   plan_key key = zeroed<plan_key>();
-  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads;
+  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads, key.sparse = hh_gen_, key.xsparse = x_gen_;
   return fwd_plans_.get(key, out, [&](step_plan& pl) {
     const int64_t wb = g_ * bh, rb = std::min<int64_t>(N, 64);
     pl.level = (isa)key.level;
+    pl.sparse = key.sparse != 0;
+    const desc d = pl.sparse ? desc{t_, 1, wb, kb_, hp_, wb, wb, batch_kind::offset, 0.0f}
+                             : desc{t_, 1, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f};
     pl.k.assign((size_t)rb, nullptr);
     pl.kx.assign((size_t)rb, nullptr);
     pl.k1.assign((size_t)rb, nullptr);
     for (int64_t m = 1; m <= rb; ++m) {
-      if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 0.0f}, &pl.k[m - 1]);
+      if (status st = dispatch(desc{d.type, m, d.n, d.k, d.lda, d.ldb, d.ldc, d.batch, 0.0f}, &pl.k[m - 1]);
           st != status::ok)
         return st;
       if (cell_ != rnn_cell::lstm) continue;
-      if (status st = dispatch(desc{t_, m, wb, in_, in_, wb, wb, batch_kind::stride, 0.0f}, &pl.kx[m - 1]);
-          st != status::ok)
-        return st;
-      if (status st = dispatch(desc{t_, m, wb, hp_, hp_, wb, wb, batch_kind::stride, 1.0f}, &pl.k1[m - 1]);
+      // x's product over W_ih by hidden block (dense), or over the kept row blocks of W_ihᵀ's
+      // column block (sparse: input_product's offsets); h's with beta 1, as k.
+      const desc dx = key.xsparse ? desc{t_, m, wb, kbx_, in_, g_ * hp_, wb, batch_kind::offset, 0.0f}
+                                  : desc{t_, m, wb, in_, in_, wb, wb, batch_kind::stride, 0.0f};
+      if (status st = dispatch(dx, &pl.kx[m - 1]); st != status::ok) return st;
+      if (status st = dispatch(desc{d.type, m, d.n, d.k, d.lda, d.ldb, d.ldc, d.batch, 1.0f}, &pl.k1[m - 1]);
           st != status::ok)
         return st;
     }
@@ -398,19 +520,11 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   // The input projection: an LSTM whose rows of a step share its time (all but a reverse
   // direction over sequences of different lengths) multiplies x_t in each step's tile, before
   // h's product adds to it: Gx (T·N·G·H floats) never goes to memory and back (2 × 13 MB at
-  // H = 256, N = 64, T = 50). Otherwise one product for every step, biases included.
+  // H = 256, N = 64, T = 50). Otherwise one product for every step, biases included. Dense or
+  // block-sparse, the sums run in the same order (the kept blocks in place; acc + a·0 = acc).
   const bool fused = lstm && !(reverse_ && lengths);
-  if (!fused) {
-    gx_.resize((size_t)(T * N * ghp));
-    epilogue_desc e;
-    e.bias = true;
-    e.out = out_type::f32;
-    epilogue_args ea;
-    ea.bias = bias_.data();
-    if (status st = gemm(t_, T * N, ghp, in_, x, in_, aligned(wih_, 0), ghp, gx_.data(), ghp, 0.0f, e, &ea);
-        st != status::ok)
-      return st;
-  }
+  if (!fused)
+    if (status st = input_product(T, N, x, threads); st != status::ok) return st;
 
   // States before each step; rows that have ended keep zeros past their end (read as A with
   // zero dG in backward).
@@ -432,6 +546,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   std::shared_ptr<const step_plan> plan;
   if (status st = forward_plan_for(N, threads, &plan); st != status::ok) return st;
   const std::vector<const kernel*>& k = fused ? plan->k1 : plan->k;
+  const bool sparse = plan->sparse;
   RNN_VIEW
   (void)bwd_rows, (void)col_sums;
   if (fused) v.gx = bias_.data(), v.gx_ld = 0;
@@ -455,6 +570,12 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
         bx.count = 1;
         bx.a = (const char*)x + (v.time(s, r0) * N + r0) * in_ * xb;
         bx.b = wx + blk * xblk_bytes;
+        if (x_gen_) {  // the kept row blocks of W_ihᵀ's column block (input_product's tables)
+          bx.count = x_at_[blk + 1] - x_at_[blk];
+          bx.b = aligned(wih_, 0) + blk * wb * dtype_kpack(t_) * dtype_b_bytes(t_);
+          bx.offs_a = x_offs_a_.data() + x_at_[blk];
+          bx.offs_b = x_offs_b_.data() + x_at_[blk];
+        }
         execute(*plan->kx[m - 1], bx, tile);
       } else {
         // The rows' input projections, fetched while the product runs: Gx is written long before
@@ -464,6 +585,12 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
           const float* g = v.gx + (v.time(s, r0 + r) * N + r0 + r) * ghp + blk * wb;
           for (int64_t l = 0; l < wb; l += 16) __builtin_prefetch(g + l);
         }
+      }
+      if (sparse) {  // the kept row blocks of this hidden block (offsets from whh itself)
+        batch.count = hh_at_[blk + 1] - hh_at_[blk];
+        batch.b = whh;
+        batch.offs_a = hh_offs_a_.data() + hh_at_[blk];
+        batch.offs_b = hh_offs_b_.data() + hh_at_[blk];
       }
       execute(*k[m - 1], batch, tile);
       fwd_rows(v, s, r0, m, blk, tile, y, ldy, train);

@@ -779,6 +779,33 @@ def fuzz_ternarize(draw):
         call("brgemm.quant.Ternary", t.dequantize, draw(maybe(st.one_of(st.none(), st.integers(-1, 4)))))
 
 
+def fuzz_shared_linear(draw):
+    """brgemm.nn.SharedLinear: its constructor, from_linear, forward (vector, matrix, out=)."""
+    k, n = draw(side()), draw(side())
+    bits = draw(pick([2, 4, 8], [1, 9]))
+    cb = draw(maybe(st.one_of(st.just(np.linspace(-1, 1, 1 << bits, dtype=np.float32)), arrays((draw(pick([4, 16], [3, 0])),)))))
+    idx = draw(maybe(st.one_of(st.just(np.zeros((n, k), np.uint8)), arrays((n, k), good=[np.dtype(np.uint8)]))))
+    bias = draw(maybe(st.one_of(st.none(), arrays((draw(pick([n], [n + 1])),), good=[np.dtype(np.float32)]))))
+    if draw(st.booleans()):
+        lin = brgemm.nn.Linear(max(k, 1), max(n, 1), seed=0)
+        layer = call("brgemm.nn.SharedLinear.from_linear", brgemm.nn.SharedLinear.from_linear,
+                     draw(st.sampled_from([lin, None, "x"])), draw(maybe(pick([bits], [0, 2.5]))))
+    else:
+        layer = call("brgemm.nn.SharedLinear", brgemm.nn.SharedLinear, cb, idx, bias,
+                     draw(maybe(pick([None, "relu"], ["gelu", 3]))))
+    if layer is REJECTED:
+        return
+    repr(layer)
+    call("brgemm.nn.SharedLinear.decoded_weight", layer.decoded_weight)
+    for _ in range(draw(st.integers(0, 3))):
+        rows = draw(side())
+        x = draw(maybe(st.one_of(arrays((rows, draw(pick([k], [k + 1])))), arrays((k,)))))
+        kw = {}
+        if draw(st.booleans()) and isinstance(x, np.ndarray):
+            kw["out"] = draw(maybe(arrays(x.shape[:-1] + (draw(pick([n], [n + 2])),), good=[np.dtype(np.float32)])))
+        call("brgemm.nn.SharedLinear.forward", layer.forward, x, **kw)
+
+
 def fuzz_l2_search(draw):  # private, but its loops run without bounds checks
     from brgemm._l2search import l2_search
 
@@ -1001,7 +1028,7 @@ def _m_output_size(draw, layer, state, name):
 
 METHODS["output_size"] = _m_output_size
 METHODS["prune"], METHODS["packing"] = _m_prune, _m_packing
-for _attr in ("mask", "sparsity", "block_sparse"):
+for _attr in ("mask", "sparsity", "block_sparse", "block_density"):
     METHODS[_attr] = _m_get(_attr)
 METHODS["algorithm_used"] = lambda draw, layer, state, name: getattr(layer, "algorithm_used")
 METHODS["weight_grad"] = METHODS["bias_grad"] = lambda draw, layer, state, name: getattr(layer, name.split(".")[-1],
@@ -1327,6 +1354,7 @@ SUBJECTS = {
     "brgemm.quant.quantize_model": fuzz_quantize_model, "brgemm._l2search.l2_search": fuzz_l2_search,
     "brgemm.quant.share_weights": fuzz_sharing, "brgemm.quant.centroid_gradients": fuzz_sharing,
     "brgemm.quant.pack_shared": fuzz_sharing, "brgemm.quant.SharedWeights": fuzz_sharing,
+    "brgemm.nn.SharedLinear": fuzz_shared_linear,
 }
 for _f in ("ktanh", "ksigmoid", "kswish", "kgelu", "tanh", "sigmoid", "swish", "gelu", "relu", "relu6", "activation"):
     SUBJECTS[f"brgemm.nn.functional.{_f}"] = fuzz_elementwise(_f)

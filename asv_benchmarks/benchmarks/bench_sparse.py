@@ -7,6 +7,10 @@ same weights, to PyTorch's dense F.linear and to PyTorch's BSR product of the sa
 and % of the measured peak counting only the kept blocks' FLOPs. Bars: forward ≥ 5× our dense at
 90 %, ≥ 2.5× at 75 %, ≥ 2× PyTorch BSR; training step ≥ 3× dense at 90 % (2 threads).
 
+Block-sparse Conv2d: 256 → 256, 3 × 3 on 14 × 14, N = 16, float32, pruned in (bk × bc, all taps)
+blocks by brgemm.nn.Conv2d.prune, forward at 75/90 %: ratios to our dense packing of the same
+weights and to PyTorch's conv2d, % of peak counting the kept weights' FLOPs.
+
 GEMV 1 × 8192 → 8192 on b-bit shared weights (codebook panels), one thread: ratio to our GEMV on
 float16 weights (bar at 4 bits: ≥ 2×).
 """
@@ -17,7 +21,8 @@ import numpy as np
 
 from brgemm import gemm, pack_b
 from brgemm.bench import SHARED_BITS, SHARED_GEMV, SPARSE_SHAPE
-from brgemm.nn import Linear
+from brgemm.bench.sparse import CONV_SHAPE, CONV_SPARSITIES
+from brgemm.nn import Conv2d, Linear
 from brgemm.quant import pack_shared
 
 from .common import SEED_A, SEED_B, ThreadPin, cpu_count, import_torch, median_seconds, percent_of_peak
@@ -105,6 +110,55 @@ class SparseLinear:
         return self._ratio("torch_bsr")
 
     for _f in (track_ratio_vs_our_dense, track_ratio_vs_torch, track_ratio_vs_torch_bsr):
+        _f.unit = "x"
+
+
+class SparseConv2d:
+    params = [list(CONV_SPARSITIES), THREADS]
+    param_names = ["sparsity", "threads"]
+
+    def setup(self, sparsity, threads):
+        torch = import_torch()
+        self.pin = ThreadPin(threads)
+        n, c, k, hw = CONV_SHAPE
+        x = np.random.default_rng(SEED_A).standard_normal((n, c, hw, hw), dtype=np.float32)
+        self.fns = {}
+        for name, packing in (("brgemm", "auto"), ("brgemm_dense", "dense")):
+            conv = Conv2d(c, k, 3, padding=1, seed=SEED_B, algorithm="direct")
+            conv.prune(sparsity)
+            conv.packing = packing
+            y = np.empty((n, k, hw, hw), np.float32)
+            self.fns[name] = lambda conv=conv.eval(), y=y: conv.forward(x, out=y)
+        self.flops = 2 * n * hw * hw * int(np.count_nonzero(conv.mask))
+        if torch is not None:
+            xt, wt, bt = torch.from_numpy(x), torch.from_numpy(conv.weight.copy()), torch.from_numpy(conv.bias.copy())
+            self.fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1)
+
+    def teardown(self, sparsity, threads):
+        self.pin.restore()
+
+    def time_sparse(self, sparsity, threads):
+        self.fns["brgemm"]()
+
+    def track_percent_of_peak(self, sparsity, threads):
+        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
+        return percent_of_peak(self.flops / t * 1e-9, threads)
+
+    track_percent_of_peak.unit = "%"
+
+    def _ratio(self, other):
+        if other not in self.fns:
+            return float("nan")
+        t = median_seconds({k: self.fns[k] for k in ("brgemm", other)})
+        return t[other] / t["brgemm"]
+
+    def track_ratio_vs_our_dense(self, sparsity, threads):
+        return self._ratio("brgemm_dense")
+
+    def track_ratio_vs_torch(self, sparsity, threads):
+        return self._ratio("torch")
+
+    for _f in (track_ratio_vs_our_dense, track_ratio_vs_torch):
         _f.unit = "x"
 
 

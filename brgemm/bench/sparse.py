@@ -1,7 +1,8 @@
 """The compressed-weights group of `python -m brgemm bench --sparse`: a pruned Linear (4096 → 4096,
 N = 64, float32) forward at several block sparsities and a training step, against our own dense
 packing of the same weights, PyTorch's dense product and PyTorch's block-sparse (BSR) product of
-the same matrix; the crossover rows, where the sparse packing is forced on nearly dense weights to
+the same matrix; a pruned 3×3 Conv2d (256 → 256 on 14 × 14, N = 16) against our dense packing
+and PyTorch's conv2d; the crossover rows, where the sparse packing is forced on nearly dense weights to
 show where it stops paying; and the GEMV on shared weights (codebook panels) against our GEMV on
 float16 weights."""
 
@@ -16,6 +17,8 @@ SPARSE_SHAPE = (64, 4096, 4096)      # (N, in, out)
 SPARSITIES = (0.5, 0.75, 0.9)        # fractions of the 64 × 64 weight blocks pruned
 CROSSOVER = (0.0, 0.03, 0.06, 0.1)   # pruned fractions of the crossover rows (sparse packing forced)
 TRAIN_SPARSITY = 0.9
+CONV_SHAPE = (16, 256, 256, 14)      # (N, C, K, H = W) of the 3×3 (padding 1) block-sparse rows
+CONV_SPARSITIES = (0.75, 0.9)        # fractions of the (bk × bc, all taps) weight blocks pruned
 SHARED_GEMV = (8192, 8192)           # (K, N) of the GEMV rows on shared weights
 SHARED_BITS = (2, 4, 5, 8)
 
@@ -109,7 +112,41 @@ def run_sparse(peers, rng, rounds, threads_list, log):
             rows.append(_sparse_row(f"crossover: sparse packing, {sparsity:.0%} of blocks pruned", threads,
                                     n, c, k, kept, med, rat, peak))
             log.row(rows[-1])
+        rows += _run_sparse_conv(peers, rng, rounds, threads, log)
         rows += _run_shared_gemv(peers, rng, rounds, threads, log)
+    return rows
+
+
+def _run_sparse_conv(peers, rng, rounds, threads, log):
+    """A pruned 3×3 Conv2d forward (direct, float32) against our dense packing of the same
+    weights and PyTorch's conv2d; FLOPs of the kept weights only."""
+    from ..nn import Conv2d
+    n, c, k, hw = CONV_SHAPE
+    x = rng.standard_normal((n, c, hw, hw), dtype=np.float32)
+    peak = peak_of("fma_f32", threads)
+    rows = []
+    for sparsity in CONV_SPARSITIES:
+        layers = {}
+        for packing in ("auto", "dense"):
+            conv = Conv2d(c, k, 3, padding=1, seed=0, algorithm="direct")
+            conv.prune(sparsity)
+            conv.packing = packing
+            layers[packing] = conv.eval()
+        y, yd = np.empty((n, k, hw, hw), np.float32), np.empty((n, k, hw, hw), np.float32)
+        fns = {"brgemm": lambda: layers["auto"].forward(x, out=y),
+               "brgemm_dense": lambda: layers["dense"].forward(x, out=yd)}
+        if peers.torch is not None:
+            torch = peers.torch
+            xt, wt = torch.from_numpy(x), torch.from_numpy(layers["auto"].weight.copy())
+            bt = torch.from_numpy(layers["auto"].bias.copy())
+            fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1)
+        med, rat = compare(fns, rounds, threads)
+        kept = int(np.count_nonzero(layers["auto"].mask))
+        row = _row(f"Conv2d f32 fwd {n}x{c}x{k} 3x3 {hw}x{hw} {sparsity:.0%} block-sparse", threads,
+                   2 * n * hw * hw * kept, 4 * (n * (c + k) * hw * hw + kept), med, rat, peak)
+        row["ratio_vs_brgemm_dense"] = rat["brgemm_dense"]
+        rows.append(row)
+        log.row(row)
     return rows
 
 

@@ -6,6 +6,7 @@ from .conv import Conv2d, QuantizedConv2d
 from .linear import MLP, Linear, QuantizedLinear
 from .rnn import GRU, LSTM, bucket_by_length
 from .sequential import Flatten, Sequential
+from .shared import SharedLinear
 
 __all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "MLP", "LSTM", "GRU",
-           "bucket_by_length", "Sequential", "Flatten", "quantize_per_channel"]
+           "bucket_by_length", "Sequential", "Flatten", "quantize_per_channel", "SharedLinear"]

@@ -20,6 +20,7 @@ passes uint8 arrays without a float round-trip.
 import ml_dtypes
 import numpy as np
 
+from .. import _core
 from .._args import activation_arg, dtype_arg, positive_int
 from .._quantize import quantize_per_channel
 from .._runners.conv import ConvGeometry, ConvRunner, blocked_shape
@@ -151,6 +152,36 @@ class Conv2d(_Convolution, Prunable, Parameters):
         """What the last forward ran: "direct", "winograd F(4x4,3x3)" or "winograd F(2x2,3x3)";
         None before the first forward."""
         return self._runner.cv.algorithm_used
+
+    def _set_mask(self, keep):
+        self._runner.cv.set_mask(keep.view(np.uint8))
+
+    @property
+    def packing(self):
+        """How forward and ∂x use the weights: "auto" (the default: block-sparse when at most
+        ``brgemm.nn.Conv2d.sparse_crossover`` of the weight blocks, ki × ko channels of one tap,
+        hold a nonzero, else dense), "dense" or "sparse" (forced). Block-sparse passes leave the
+        zero blocks out of their BRGEMM batches and sum the rest in the dense order: the results
+        are bit-identical to the dense ones for finite inputs. Depthwise layers stay dense."""
+        return self._runner.cv.packing
+
+    @packing.setter
+    def packing(self, value):
+        if not isinstance(value, str):
+            raise TypeError(f"packing must be a string, got {type(value).__name__}")
+        self._runner.cv.packing = value
+
+    @property
+    def block_sparse(self):
+        """Whether the last packing runs block-sparse (known after a forward)."""
+        return self._runner.cv.block_sparse
+
+    @property
+    def block_density(self):
+        """The fraction of the forward weight blocks holding a nonzero (last packing)."""
+        return self._runner.cv.block_density
+
+    sparse_crossover = _core._Conv2d.sparse_crossover
 
     # --- modes ----------------------------------------------------------------------------
 

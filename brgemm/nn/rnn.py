@@ -143,6 +143,28 @@ class _RNN:
         return {n: m.copy() for n, m in masks.items()}
 
     @property
+    def packing(self):
+        """How the forward products read W_hh and W_ih: "auto" (the default: per 16-unit hidden
+        block only the row blocks (64, 32 or 16 inputs) of its weights that hold a nonzero, when
+        at most 90 % of them do), "dense" or "sparse" (forced). Block-sparse products sum the kept
+        terms in the dense order: bit-identical results for finite inputs. The input product is
+        block-sparse only when input_size is a multiple of 16; backward stays dense."""
+        return self._drivers[0].rnn.packing
+
+    @packing.setter
+    def packing(self, value):
+        if not isinstance(value, str):
+            raise TypeError(f"packing must be a string, got {type(value).__name__}")
+        for d in self._drivers:
+            d.rnn.packing = value
+
+    @property
+    def block_sparse(self):
+        """Per layer and direction (PyTorch's order), whether its last packing runs the recurrent
+        product block-sparse (known after a forward)."""
+        return [d.rnn.block_sparse for d in self._drivers]
+
+    @property
     def mask(self):
         """{name: mask} of the pruned weight matrices, or None if never pruned."""
         masks = self.__dict__.get("_masks")

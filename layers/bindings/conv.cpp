@@ -136,6 +136,27 @@ struct py_conv {
   py_conv(const std::string& dt, const layers::conv_geometry& g, const std::string& act)
       : cv(layer_dtype_arg(dt), checked(g), act == "none" ? activation::none : activation_arg(act)) {}
 
+  // "auto", "dense" or "sparse" (conv_layer::set_sparse_policy).
+  void set_policy(const std::string& p) {
+    if (p == "auto") cv.set_sparse_policy(layers::sparse_policy::automatic);
+    else if (p == "dense") cv.set_sparse_policy(layers::sparse_policy::dense);
+    else if (p == "sparse") cv.set_sparse_policy(layers::sparse_policy::sparse);
+    else value_error("packing must be 'auto', 'dense' or 'sparse', got '" + p + "'");
+  }
+  std::string policy() const {
+    const auto p = cv.policy();
+    return p == layers::sparse_policy::automatic ? "auto" : p == layers::sparse_policy::dense ? "dense" : "sparse";
+  }
+
+  void set_mask(py::handle mask) {
+    const auto& g = cv.geometry();
+    const uint8_t* mp = mask.is_none() ? nullptr
+                                       : (const uint8_t*)exact_array(mask, "mask", element::u8,
+                                                                     g.k * g.group_c() * g.r * g.s, false).data();
+    py::gil_scoped_release nogil;
+    cv.set_mask(mp);
+  }
+
   static const layers::conv_geometry& checked(const layers::conv_geometry& g) {
     for (auto [v, name] : {std::pair{g.c, "in_channels"}, {g.k, "out_channels"}, {g.r, "kernel rows"},
                            {g.s, "kernel columns"}, {g.stride_h, "stride"}, {g.stride_w, "stride"},
@@ -439,6 +460,11 @@ void register_conv(py::module_& m) {
            py::arg("h"), py::arg("w"))
       .def("refresh", &py_conv::refresh, py::arg("weight"), py::arg("bias"))
       .def("set_algorithm", &py_conv::set_algorithm, py::arg("algorithm"))
+      .def_property("packing", &py_conv::policy, &py_conv::set_policy)
+      .def("set_mask", &py_conv::set_mask, py::arg("mask"))
+      .def_property_readonly("block_sparse", [](const py_conv& l) { return l.cv.block_sparse(); })
+      .def_property_readonly("block_density", [](const py_conv& l) { return l.cv.block_density(); })
+      .def_readonly_static("sparse_crossover", &layers::conv_sparse_crossover)
       .def_property_readonly("algorithm_used", &py_conv::algorithm_used)
       .def("forward", &py_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
            py::arg("zb"), py::arg("add") = py::none(), py::arg("moments") = py::none())

@@ -28,6 +28,18 @@ struct py_rnn {
   }
   int64_t gh() const { return l.gates() * l.hidden(); }
 
+  // "auto", "dense" or "sparse" (rnn_layer::set_sparse_policy).
+  void set_policy(const std::string& p) {
+    if (p == "auto") l.set_sparse_policy(layers::sparse_policy::automatic);
+    else if (p == "dense") l.set_sparse_policy(layers::sparse_policy::dense);
+    else if (p == "sparse") l.set_sparse_policy(layers::sparse_policy::sparse);
+    else value_error("packing must be 'auto', 'dense' or 'sparse', got '" + p + "'");
+  }
+  std::string policy() const {
+    const auto p = l.policy();
+    return p == layers::sparse_policy::automatic ? "auto" : p == layers::sparse_policy::dense ? "dense" : "sparse";
+  }
+
   bool refresh(py::handle wih, py::handle whh, py::handle bih, py::handle bhh) {
     const float* a = (const float*)exact_array(wih, "weight_ih", element::f32, gh() * l.input(), false).data();
     const float* b = (const float*)exact_array(whh, "weight_hh", element::f32, gh() * l.hidden(), false).data();
@@ -164,6 +176,8 @@ void register_rnn(py::module_& m) {
            py::arg("dtype"), py::arg("input_size"), py::arg("hidden_size"), py::arg("reverse"), py::arg("ktanh"))
       .def("refresh", &py_rnn::refresh, py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
            py::arg("bias_hh"))
+      .def_property("packing", &py_rnn::policy, &py_rnn::set_policy)
+      .def_property_readonly("block_sparse", [](const py_rnn& r) { return r.l.block_sparse(); })
       .def("workspace_size", [](const py_rnn& r, int64_t T, int64_t N) {
         py_rnn::positive(T, "T");
         py_rnn::positive(N, "N");
