@@ -39,7 +39,39 @@ def _layer(sparsity, packing):
     return lin
 
 
-class SparseLinear:
+class _Compared:
+    """What both block-sparse classes time and report: brgemm's call, its % of the peak (of the
+    kept blocks' FLOPs) and its ratios to the other entries of self.fns."""
+
+    def teardown(self, *params):
+        self.pin.restore()
+
+    def time_sparse(self, *params):
+        self.fns["brgemm"]()
+
+    def track_percent_of_peak(self, *params):
+        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
+        return percent_of_peak(self.flops / t * 1e-9, params[-1])
+
+    track_percent_of_peak.unit = "%"
+
+    def _ratio(self, other):
+        if other not in self.fns:
+            return float("nan")
+        t = median_seconds({k: self.fns[k] for k in ("brgemm", other)})
+        return t[other] / t["brgemm"]
+
+    def track_ratio_vs_our_dense(self, *params):
+        return self._ratio("brgemm_dense")
+
+    def track_ratio_vs_torch(self, *params):
+        return self._ratio("torch")
+
+    for _f in (track_ratio_vs_our_dense, track_ratio_vs_torch):
+        _f.unit = "x"
+
+
+class SparseLinear(_Compared):
     params = [["forward", "train_step"], [0.5, 0.75, 0.9], THREADS]
     param_names = ["case", "sparsity", "threads"]
 
@@ -82,38 +114,13 @@ class SparseLinear:
             for name, lin in layers.items():
                 self.fns[name] = lambda lin=lin: step(lin)
 
-    def teardown(self, case, sparsity, threads):
-        self.pin.restore()
-
-    def time_sparse(self, case, sparsity, threads):
-        self.fns["brgemm"]()
-
-    def track_percent_of_peak(self, case, sparsity, threads):
-        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
-        return percent_of_peak(self.flops / t * 1e-9, threads)
-
-    track_percent_of_peak.unit = "%"
-
-    def _ratio(self, other):
-        if other not in self.fns:
-            return float("nan")
-        t = median_seconds({k: self.fns[k] for k in ("brgemm", other)})
-        return t[other] / t["brgemm"]
-
-    def track_ratio_vs_our_dense(self, case, sparsity, threads):
-        return self._ratio("brgemm_dense")
-
-    def track_ratio_vs_torch(self, case, sparsity, threads):
-        return self._ratio("torch")
-
     def track_ratio_vs_torch_bsr(self, case, sparsity, threads):
         return self._ratio("torch_bsr")
 
-    for _f in (track_ratio_vs_our_dense, track_ratio_vs_torch, track_ratio_vs_torch_bsr):
-        _f.unit = "x"
+    track_ratio_vs_torch_bsr.unit = "x"
 
 
-class SparseConv2d:
+class SparseConv2d(_Compared):
     params = [list(CONV_SPARSITIES), THREADS]
     param_names = ["sparsity", "threads"]
 
@@ -134,32 +141,7 @@ class SparseConv2d:
             xt, wt, bt = torch.from_numpy(x), torch.from_numpy(conv.weight.copy()), torch.from_numpy(conv.bias.copy())
             self.fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1)
 
-    def teardown(self, sparsity, threads):
-        self.pin.restore()
 
-    def time_sparse(self, sparsity, threads):
-        self.fns["brgemm"]()
-
-    def track_percent_of_peak(self, sparsity, threads):
-        t = median_seconds({"brgemm": self.fns["brgemm"]})["brgemm"]
-        return percent_of_peak(self.flops / t * 1e-9, threads)
-
-    track_percent_of_peak.unit = "%"
-
-    def _ratio(self, other):
-        if other not in self.fns:
-            return float("nan")
-        t = median_seconds({k: self.fns[k] for k in ("brgemm", other)})
-        return t[other] / t["brgemm"]
-
-    def track_ratio_vs_our_dense(self, sparsity, threads):
-        return self._ratio("brgemm_dense")
-
-    def track_ratio_vs_torch(self, sparsity, threads):
-        return self._ratio("torch")
-
-    for _f in (track_ratio_vs_our_dense, track_ratio_vs_torch):
-        _f.unit = "x"
 
 
 class SharedGEMV:
