@@ -642,3 +642,23 @@ def make_problem(m, n, k, *, rng, dtype="f32", batch="stride", count=1, lda=None
 make_problem_bf16 = functools.partial(make_problem, dtype="bf16")
 make_problem_u8s8 = functools.partial(make_problem, dtype="u8s8")
 make_problem_s16s16 = functools.partial(make_problem, dtype="s16s16")
+
+
+def guarded(count, dtype, _keep=[]):
+    """A writable array of ``count`` elements of ``dtype`` that ends exactly where a PROT_NONE
+    page begins, so that a kernel reading or writing one element past it faults (Linux: mmap
+    and mprotect through ctypes). The mappings are kept alive for the process's lifetime."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    nbytes = count * np.dtype(dtype).itemsize
+    pages = -(-nbytes // page) + 1
+    mm = mmap.mmap(-1, pages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    if libc.mprotect(ctypes.c_void_p(base + (pages - 1) * page), page, 0) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect")
+    _keep.append(mm)
+    raw = np.frombuffer(mm, dtype=np.uint8, count=(pages - 1) * page)
+    return raw[raw.size - nbytes:].view(dtype)

@@ -228,27 +228,9 @@ def test_ukernel_extremes_near_s32_overflow(info, a_value, b_value, k, count, rn
 # --- nothing read or written past A, B or C -------------------------------------------------------------
 
 _GUARD_SCRIPT = r"""
-import ctypes, mmap
 import numpy as np
 import brgemm
-from brgemm.testing import assert_exact_s32, packed_b_extent, reference_u8s8
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-PAGE = mmap.PAGESIZE
-keep = []
-
-def flush(count, dtype):
-    # A writable array of `count` elements that ends exactly where a PROT_NONE page begins.
-    nbytes = count * np.dtype(dtype).itemsize
-    pages = -(-nbytes // PAGE) + 1
-    mm = mmap.mmap(-1, pages * PAGE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-    if libc.mprotect(ctypes.c_void_p(base + (pages - 1) * PAGE), PAGE, 0) != 0:
-        raise OSError(ctypes.get_errno(), "mprotect")
-    keep.append(mm)
-    raw = np.frombuffer(mm, dtype=np.uint8, count=(pages - 1) * PAGE)
-    return raw[raw.size - nbytes:].view(dtype)
+from brgemm.testing import assert_exact_s32, guarded as flush, packed_b_extent, reference_u8s8
 
 rng = np.random.default_rng(11)
 names = [u["name"] for u in brgemm.ukernels() if u["dtype"] == "u8s8" and u["available"]]
