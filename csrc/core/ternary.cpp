@@ -1,5 +1,5 @@
 // Ternary products (brgemm/ternary.h): the packing, and each call sent to the active ISA's
-// kernel (the VNNI and BF16 levels use AVX-512's).
+// kernel (the BF16 level uses AVX-512 VNNI's).
 #include "brgemm/ternary.h"
 #include <cstring>
 #include "../kernels/ukernels.h"
@@ -20,7 +20,7 @@ void ternary_pack(const int8_t* codes, const float* alpha, int levels, int64_t k
         const int8_t* col = codes + (l * n + j) * k;
         const int g = (int)(c / 16), L = (int)((c % 16) / 4), cb = (int)(c % 4);
         for (int64_t r = 0; r < k; ++r) {
-          const uint8_t code = col[r] > 0 ? 1 : col[r] < 0 ? 2 : 0;
+          const uint8_t code = col[r] > 0 ? 1 : col[r] < 0 ? 3 : 0;
           panel[(r / 4) * 64 + 16 * g + 4 * cb + r % 4] |= (uint8_t)(code << (2 * L));
         }
         for (int64_t b = 0; b < nb; ++b) ap[b * ternary_panel + c] = alpha[(l * n + j) * nb + b];
@@ -30,6 +30,9 @@ void ternary_pack(const int8_t* codes, const float* alpha, int levels, int64_t k
 
 void ternary_gemm_panels(const ternary_product& p, int64_t p0, int64_t p1) {
   const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512_VNNI
+  if ((int)level >= (int)isa::avx512_vnni) return kernels::ternary_gemm__avx512vnni(p, p0, p1);
+#endif
 #ifdef BRGEMM_BUILT_AVX512
   if ((int)level >= (int)isa::avx512) return kernels::ternary_gemm__avx512(p, p0, p1);
 #endif

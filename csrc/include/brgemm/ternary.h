@@ -11,9 +11,10 @@
 // multiple of 4 and at most 256) cut into column panels of ternary_panel = 64 columns, each panel
 // k/4 rows of 64 bytes (one per k-quad q), in four groups g of 16 bytes (columns 16g .. 16g+15).
 // Bits 2L, 2L+1 of byte b of group g hold the code of column 16g + 4L + b/4 at k = 4q + b%4
-// (0 → 0, 1 → +1, 2 → −1). So a 16-byte load broadcast to the four 128-bit lanes of a vector,
-// shifted by 2L in lane L, masked and looked up (vpshufb) gives the s8 weights in the u8s8 VNNI
-// order (32-bit lane = column, its bytes = the quad's four k). α is packed per level and panel
+// (0 → 0, 1 → +1, 3 → −1: the code as a signed 2-bit number). So a 16-byte load broadcast to the
+// four 128-bit lanes of a vector, shifted right by 2L in lane L, masked and looked up (vpshufb)
+// gives the s8 weights in the u8s8 VNNI order (32-bit lane = column, its bytes = the quad's four
+// k); or, shifted left by 6 − 2L and masked to the top two bits, 64× them (AVX-512 VNNI). α is packed per level and panel
 // as nb = k/block rows of 64 floats (0 past n).
 //
 // C[i, j] = relu?( scale · (acc − zero_point · corr[j]) (+ bias[j]) ) with

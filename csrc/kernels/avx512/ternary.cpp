@@ -1,6 +1,6 @@
 // The ternary products of brgemm/ternary.h with AVX-512: per k-quad, each 16-byte group of a panel
 // row is broadcast to the four 128-bit lanes, shifted by 2L in lane L, masked to 2 bits and looked
-// up (vpshufb: 0 → 0, 1 → 1, 2 → −1), giving 64 s8 weights in the u8s8 order; vpmaddubsw against
+// up (vpshufb: 0 → 0, 1 → 1, 3 → −1), giving 64 s8 weights in the u8s8 order; vpmaddubsw against
 // the quad of u8 activations (broadcast) adds pairs into s16 lanes, summed over the block in s16
 // (at most 255·block/2 ≤ 32767 for block ≤ 256), then vpmaddwd by ones gives the block's int32
 // sums: exact, as the scalar twin's. α·float(S) is fused into float accumulators in level and
@@ -20,7 +20,7 @@ void rows(const ternary_product& p, int64_t pn, int64_t i) {
   const int64_t nb = p.k / p.block, lb = ternary_level_bytes(p.k, p.n), la = ternary_level_alphas(p.k, p.n, p.block);
   const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
   const __m512i three = _mm512_set1_epi8(3), ones = _mm512_set1_epi16(1);
-  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
   const uint8_t* a = p.a + i * p.lda;
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   for (int l = 0; l < p.levels; ++l) {

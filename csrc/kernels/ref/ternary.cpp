@@ -12,7 +12,7 @@ namespace {
 // Column c's code at k = r in a panel (the layout of brgemm/ternary.h): −1, 0 or 1.
 inline int code_at(const uint8_t* panel, int64_t c, int64_t r) {
   const int v = (panel[(r / 4) * 64 + 16 * (c / 16) + 4 * (c % 4) + r % 4] >> (2 * ((c % 16) / 4))) & 3;
-  return v == 1 ? 1 : v == 2 ? -1 : 0;
+  return v == 1 ? 1 : v == 3 ? -1 : 0;
 }
 
 }  // namespace
