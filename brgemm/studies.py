@@ -4,8 +4,9 @@
 - DFP-16 training (Das et al., ICLR 2018): the same two-layer network (64 → 128 ReLU → 10, SGD)
   trained from the same initial weights with brgemm.nn.Linear in float32 and in dtype="dfp16".
 - Ternary residual weights (Kundu et al., SysML 2018): the float32 network's weights ternarized
-  per block (brgemm.quant.ternarize) and evaluated with 0, 1, 2, ... residual levels, the
-  activations quantized to 8 bits (8a-2w), against float32's accuracy.
+  per block (brgemm.quant.ternarize) and evaluated with 0, 1, 2, ... residual levels on the
+  ternary product (brgemm.nn.TernaryLinear: u8 activations × 2-bit weights, 8a-2w), against
+  float32's accuracy.
 
 The network is an MLP, not yet the CNN the DFP-16 paper trains (Conv2d has no dfp16 dtype yet).
 """
@@ -15,6 +16,7 @@ import numpy as np
 from .demo import load_digits
 from .nn import Linear
 from .nn.functional import cross_entropy
+from .nn.ternary import TernaryLinear
 from .quant import ternarize
 
 HIDDEN, EPOCHS, BATCH, LR = 128, 40, 64, 0.2
@@ -53,25 +55,27 @@ def accuracy(layers, x, y):
     return float((out.argmax(axis=1) == y).mean())
 
 
-def _quantize_u8(x):
+def _u8_scale(x):
     """8-bit activations: x ≥ 0 (ReLU outputs, pixels) on 0..255 with the batch's max as full scale."""
-    s = max(float(x.max()), 1e-12) / 255.0
-    return (np.clip(np.rint(x / s), 0, 255) * s).astype(np.float32)
+    return max(float(x.max()), 1e-12) / 255.0
 
 
 def ternary_table(layers, block=16, max_residuals=3, error_target=0.0):
-    """Test accuracy of the float32 ``layers`` with ternary residual weights (8-bit activations)
-    for each number of residual levels: [(residuals, accuracy, blocks per level)]."""
+    """Test accuracy of the float32 ``layers`` with ternary residual weights and 8-bit activations
+    (8a-2w: brgemm.nn.TernaryLinear, the ternary product on u8 activations) for each number of
+    residual levels, lowered at inference on the same layers: [(residuals, accuracy, blocks per level)]."""
     _, _, xte, yte = _data()
     ts = [ternarize(layer.weight, block=block, max_residuals=max_residuals, error_target=error_target)
           for layer in layers]
+    tl = [TernaryLinear(t, layer.bias, act) for t, layer, act in zip(ts, layers, ("relu", None))]
     rows = []
     for r in range(max_residuals + 1):
-        h = _quantize_u8(xte)
-        h = np.maximum(h @ ts[0].dequantize(r).T + layers[0].bias, 0)
-        out = _quantize_u8(h) @ ts[1].dequantize(r).T + layers[1].bias
-        rows.append((r, float((out.argmax(axis=1) == yte).mean()), [int(t.blocks_per_level()[:r + 1].sum())
-                                                                    for t in ts]))
+        h = np.ascontiguousarray(xte, np.float32)
+        for layer in tl:
+            layer.residuals, layer.input_scale = r, _u8_scale(h)
+            h = layer(h)
+        rows.append((r, float((h.argmax(axis=1) == yte).mean()), [int(t.blocks_per_level()[:r + 1].sum())
+                                                                  for t in ts]))
     return rows
 
 

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
+#include <omp.h>
+#include "blocks.h"
 #include "brgemm/dfp.h"
 
 namespace brgemm::layers {
@@ -24,14 +26,17 @@ bool chunks_fit(const std::vector<int64_t>& pre, int64_t m, int64_t pairs, int64
 
 }  // namespace
 
-int64_t dfp16_chunk(const int16_t* a, int64_t m, int64_t k, int64_t lda, int32_t b_absmax) {
+int64_t dfp16_chunk(const int16_t* a, int64_t m, int64_t k, int64_t lda, int32_t b_absmax, int threads) {
   if (b_absmax <= 0) return k;  // B is zero: nothing can overflow
   const int64_t limit = ((int64_t(1) << 31) - 1) / b_absmax, pairs = (k + 1) / 2;
   static thread_local std::vector<int64_t> pre;  // grows once, reused
   pre.resize((size_t)(m * (pairs + 1)));
+  int64_t* const base = pre.data();  // the caller's buffer: `pre` in the team's threads is their own
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, m));
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t i = 0; i < m; ++i) {
     const int16_t* row = a + i * lda;
-    int64_t* p = pre.data() + i * (pairs + 1);
+    int64_t* p = base + i * (pairs + 1);
     p[0] = 0;
     for (int64_t j = 0; j < pairs; ++j)
       p[j + 1] = p[j] + std::abs((int32_t)row[2 * j]) + (2 * j + 1 < k ? std::abs((int32_t)row[2 * j + 1]) : 0);
@@ -43,6 +48,25 @@ int64_t dfp16_chunk(const int16_t* a, int64_t m, int64_t k, int64_t lda, int32_t
   for (int64_t kc = std::min<int64_t>(30, k - 1) & ~int64_t(1); kc > 2; kc -= 2)
     if (chunks_fit(pre, m, pairs, kc, limit)) return kc;
   return 2;
+}
+
+int32_t dfp16_pack_b(const int16_t* b, int64_t k, int64_t n, int64_t ldb, int16_t* packed, int threads) {
+  // Even row ranges (a packed row holds a pair of B's rows), one per thread: each packs its rows
+  // and finds their max|b|.
+  const int64_t pairs = (k + 1) / 2;
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pairs));
+  int32_t absmax = 0;
+#pragma omp parallel num_threads(threads) reduction(max : absmax) if (threads > 1)
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t r0 = 2 * (pairs * t / nt), r1 = std::min(k, 2 * (pairs * (t + 1) / nt));
+    if (r1 > r0) {
+      pack_b(dtype::s16s16, b + r0 * ldb, r1 - r0, n, ldb, packed + r0 * n, n, nullptr);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j = 0; j < n; ++j) absmax = std::max(absmax, std::abs((int32_t)b[r * ldb + j]));
+    }
+  }
+  return absmax;
 }
 
 status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda, const int16_t* b, int64_t ldb,

@@ -10,8 +10,13 @@ namespace brgemm::layers {
 
 // The chunk length: the largest kc (k itself, or even) for which every chunk [c·kc, (c+1)·kc) of
 // every row i has Σ_{k∈chunk} |a_ik| · b_absmax ≤ 2^31 − 1, which bounds every partial sum of any
-// order (a pair alone always fits: 2·32767·32767 < 2^31). A: m × k int16 mantissas (lda).
-int64_t dfp16_chunk(const int16_t* a, int64_t m, int64_t k, int64_t lda, int32_t b_absmax);
+// order (a pair alone always fits: 2·32767·32767 < 2^31). A: m × k int16 mantissas (lda); the
+// rows' sums of |a| on up to `threads` threads.
+int64_t dfp16_chunk(const int16_t* a, int64_t m, int64_t k, int64_t lda, int32_t b_absmax, int threads = 1);
+
+// B (k × n int16, ldb) packed by pack_b (s16s16, n columns) into packed, and max|b|, on up to
+// `threads` threads over whole pairs of rows.
+int32_t dfp16_pack_b(const int16_t* b, int64_t k, int64_t n, int64_t ldb, int16_t* packed, int threads);
 
 // C[m×n] (f32, ldc) = 2^e · Σ_chunks A[:, chunk]·B[chunk, :] on num_threads() threads over blocks
 // of C: per block one s16s16f32 call over the whole chunks (the batch), one for the shorter last

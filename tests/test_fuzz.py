@@ -806,6 +806,40 @@ def fuzz_shared_linear(draw):
         call("brgemm.nn.SharedLinear.forward", layer.forward, x, **kw)
 
 
+def fuzz_ternary_linear(draw):
+    """brgemm.nn.TernaryLinear: its constructor, from_float, residuals, forward (uint8 or float32, out=)."""
+    k, n = draw(side()), draw(side())
+    if draw(st.booleans()):
+        lin = brgemm.nn.Linear(max(k, 1), max(n, 1), seed=0)
+        layer = call("brgemm.nn.TernaryLinear.from_float", brgemm.nn.TernaryLinear.from_float,
+                     draw(st.sampled_from([lin, None, "x"])), draw(maybe(pick([0.05], [0.0, -1.0, float("nan")]))),
+                     block=draw(pick([4, 64], [3, 0, 512])), max_residuals=draw(pick([0, 2], [-1])))
+    else:
+        t = call("brgemm.quant.ternarize", Q.ternarize,
+                 np.random.default_rng(0).standard_normal((max(n, 1), max(k, 1))).astype(np.float32),
+                 block=draw(pick([4, 8], [3, 5])), max_residuals=1)
+        layer = call("brgemm.nn.TernaryLinear", brgemm.nn.TernaryLinear, draw(st.sampled_from([t, None, 3])),
+                     draw(maybe(st.one_of(st.none(), arrays((draw(pick([max(n, 1)], [n + 2])),))))),
+                     draw(maybe(pick([None, "relu"], ["gelu", 3]))),
+                     input_zero_point=draw(maybe(pick([0, 128], [-1, 256, 2.5]))),
+                     residuals=draw(maybe(st.one_of(st.none(), pick([0, 1], [-1, 1.5])))))
+    if layer is REJECTED:
+        return
+    repr(layer)
+    layer.nbytes()
+    for _ in range(draw(st.integers(0, 3))):
+        if draw(st.booleans()):
+            call("brgemm.nn.TernaryLinear.residuals", setattr, layer, "residuals", draw(pick([0, 1, 5], [-1, "x"])))
+            continue
+        x = draw(maybe(arrays((draw(side()), draw(pick([layer.in_features], [layer.in_features + 1]))),
+                              good=[np.dtype(np.uint8), np.dtype(np.float32)])))
+        kw = {}
+        if draw(st.booleans()) and isinstance(x, np.ndarray) and x.ndim == 2:
+            kw["out"] = draw(maybe(arrays((x.shape[0], draw(pick([layer.out_features], [layer.out_features + 1]))),
+                                          good=[np.dtype(np.float32)])))
+        call("brgemm.nn.TernaryLinear.forward", layer.forward, x, **kw)
+
+
 def fuzz_l2_search(draw):  # private, but its loops run without bounds checks
     from brgemm._l2search import l2_search
 
@@ -1354,7 +1388,7 @@ SUBJECTS = {
     "brgemm.quant.quantize_model": fuzz_quantize_model, "brgemm._l2search.l2_search": fuzz_l2_search,
     "brgemm.quant.share_weights": fuzz_sharing, "brgemm.quant.centroid_gradients": fuzz_sharing,
     "brgemm.quant.pack_shared": fuzz_sharing, "brgemm.quant.SharedWeights": fuzz_sharing,
-    "brgemm.nn.SharedLinear": fuzz_shared_linear,
+    "brgemm.nn.SharedLinear": fuzz_shared_linear, "brgemm.nn.TernaryLinear": fuzz_ternary_linear,
 }
 for _f in ("ktanh", "ksigmoid", "kswish", "kgelu", "tanh", "sigmoid", "swish", "gelu", "relu", "relu6", "activation"):
     SUBJECTS[f"brgemm.nn.functional.{_f}"] = fuzz_elementwise(_f)

@@ -13,6 +13,10 @@ weights and to PyTorch's conv2d, % of peak counting the kept weights' FLOPs.
 
 GEMV 1 × 8192 → 8192 on b-bit shared weights (codebook panels), one thread: ratio to our GEMV on
 float16 weights (bar at 4 bits: ≥ 2×).
+
+GEMV 1 × 8192 → 8192 on ternary weights with 1-3 levels (brgemm.nn.TernaryLinear, u8 activations,
+2 bits per weight and level), one thread: ratio to our int8-weight GEMV (QuantizedLinear at N = 1;
+bar at 1 level: ≥ 2×).
 """
 
 import warnings
@@ -20,8 +24,8 @@ import warnings
 import numpy as np
 
 from brgemm import gemm, pack_b
-from brgemm.bench import SHARED_BITS, SHARED_GEMV, SPARSE_SHAPE
-from brgemm.bench.sparse import CONV_SHAPE, CONV_SPARSITIES
+from brgemm.bench import SHARED_BITS, SHARED_GEMV, SPARSE_SHAPE, TERNARY_LEVELS
+from brgemm.bench.sparse import CONV_SHAPE, CONV_SPARSITIES, ternary_gemv_layers
 from brgemm.nn import Conv2d, Linear
 from brgemm.quant import pack_shared
 
@@ -170,3 +174,27 @@ class SharedGEMV:
         return t["brgemm_f16"] / t["brgemm"]
 
     track_ratio_vs_our_f16_weights.unit = "x"
+
+
+class TernaryGEMV:
+    params = [list(TERNARY_LEVELS)]
+    param_names = ["levels"]
+
+    def setup(self, levels):
+        self.pin = ThreadPin(1)
+        k, n = SHARED_GEMV
+        tern, q8, x = ternary_gemv_layers(np.random.default_rng(SEED_A), levels, k, n)
+        y, y8 = np.empty((1, n), np.float32), np.empty((1, n), np.float32)
+        self.fns = {"brgemm": lambda: tern.forward(x, out=y), "brgemm_int8": lambda: q8.forward(x, out=y8)}
+
+    def teardown(self, levels):
+        self.pin.restore()
+
+    def time_gemv(self, levels):
+        self.fns["brgemm"]()
+
+    def track_ratio_vs_our_int8_weights(self, levels):
+        t = median_seconds(self.fns)
+        return t["brgemm_int8"] / t["brgemm"]
+
+    track_ratio_vs_our_int8_weights.unit = "x"

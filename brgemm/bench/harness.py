@@ -207,7 +207,8 @@ def format_table(rows):
         # Our own other paths, and a plain copy for K-TanH: their time / this row's brgemm time.
         for key, what in (("ratio_vs_brgemm_float32", "our float32"), ("ratio_vs_brgemm_f32_weights",
                           "our f32 weights"), ("ratio_vs_brgemm_dense", "our dense"),
-                          ("ratio_vs_brgemm_f16_weights", "our f16 weights"), ("ratio_vs_copy", "a copy")):
+                          ("ratio_vs_brgemm_f16_weights", "our f16 weights"),
+                          ("ratio_vs_brgemm_int8_weights", "our int8 weights"), ("ratio_vs_copy", "a copy")):
             if key in row:
                 extra.append(f"{what} {row[key]:.2f}x")
         lines.append(f"{row['case']:{width}} {row['threads']:>3} {_num(row, 'brgemm_gflops', '8.1f')} "

@@ -3,8 +3,9 @@ N = 64, float32) forward at several block sparsities and a training step, agains
 packing of the same weights, PyTorch's dense product and PyTorch's block-sparse (BSR) product of
 the same matrix; a pruned 3×3 Conv2d (256 → 256 on 14 × 14, N = 16) against our dense packing
 and PyTorch's conv2d; the crossover rows, where the sparse packing is forced on nearly dense weights to
-show where it stops paying; and the GEMV on shared weights (codebook panels) against our GEMV on
-float16 weights."""
+show where it stops paying; the GEMV on shared weights (codebook panels) against our GEMV on
+float16 weights; and the GEMV on ternary weights (2 bits per weight and residual level, u8
+activations) against our int8-weight GEMV (QuantizedLinear at N = 1)."""
 
 import warnings
 
@@ -21,6 +22,7 @@ CONV_SHAPE = (16, 256, 256, 14)      # (N, C, K, H = W) of the 3×3 (padding 1) 
 CONV_SPARSITIES = (0.75, 0.9)        # fractions of the (bk × bc, all taps) weight blocks pruned
 SHARED_GEMV = (8192, 8192)           # (K, N) of the GEMV rows on shared weights
 SHARED_BITS = (2, 4, 5, 8)
+TERNARY_LEVELS = (1, 2, 3)           # levels (ternary + residuals) of the ternary GEMV rows, every block present
 
 
 def _layer(c, k, sparsity, packing):
@@ -114,6 +116,40 @@ def run_sparse(peers, rng, rounds, threads_list, log):
             log.row(rows[-1])
         rows += _run_sparse_conv(peers, rng, rounds, threads, log)
         rows += _run_shared_gemv(peers, rng, rounds, threads, log)
+        rows += _run_ternary_gemv(peers, rng, rounds, threads, log)
+    return rows
+
+
+def ternary_gemv_layers(rng, levels, k, n):
+    """(TernaryLinear with ``levels`` dense levels, int8 QuantizedLinear, u8 input) for K → N."""
+    from ..nn import QuantizedLinear, TernaryLinear
+    from ..quant import Ternary
+    codes = rng.integers(-1, 2, (levels, n, k), dtype=np.int8)
+    alpha = rng.random((levels, n, k // 64), dtype=np.float32) + np.float32(0.1)
+    bias = np.zeros(n, np.float32)
+    tern = TernaryLinear(Ternary(codes, alpha, (n, k), 64), bias, input_scale=0.02, input_zero_point=3)
+    q8 = QuantizedLinear(k, n, input_scale=0.02, input_zero_point=3, seed=0)
+    return tern, q8, rng.integers(0, 256, (1, k), dtype=np.uint8)
+
+
+def _run_ternary_gemv(peers, rng, rounds, threads, log):
+    """GEMV 1 × K → N on ternary weights (8a-2w): memory-bound, so the 2 bits per weight and level
+    (+ one float32 α per 64) should show against our int8-weight GEMV (1 byte per weight)."""
+    k, n = SHARED_GEMV
+    rows = []
+    for levels in TERNARY_LEVELS:
+        tern, q8, x = ternary_gemv_layers(rng, levels, k, n)
+        y, y8 = np.empty((1, n), np.float32), np.empty((1, n), np.float32)
+        fns = {"brgemm": lambda: tern.forward(x, out=y), "brgemm_int8_weights": lambda: q8.forward(x, out=y8)}
+        if peers.torch is not None:
+            torch = peers.torch
+            xt, wt = torch.from_numpy(rng.standard_normal((1, k), dtype=np.float32)), torch.zeros((k, n))
+            fns["torch"] = lambda: torch.mm(xt, wt)
+        med, rat = compare(fns, rounds, threads)
+        rows.append(_row(f"gemv 1x{k}x{n} ternary weights, {levels} level(s)", threads, 2 * k * n * levels,
+                         tern.nbytes() + k + 4 * n, med, rat, peak_of("dot_u8s8", threads)))
+        rows[-1]["ratio_vs_brgemm_int8_weights"] = rat["brgemm_int8_weights"]
+        log.row(rows[-1])
     return rows
 
 
@@ -185,6 +221,10 @@ def sparse_summary(rows):
         if "ratio_vs_brgemm_f16_weights" in r:
             lines.append(f"  {r['case']}, {r['threads']} thread(s): {r['ratio_vs_brgemm_f16_weights']:.2f}x our "
                          f"float16-weight GEMV, {r.get('ratio_vs_torch', float('nan')):.2f}x PyTorch f32")
+            continue
+        if "ratio_vs_brgemm_int8_weights" in r:
+            lines.append(f"  {r['case']}, {r['threads']} thread(s): {r['ratio_vs_brgemm_int8_weights']:.2f}x our "
+                         f"int8-weight GEMV, {r.get('ratio_vs_torch', float('nan')):.2f}x PyTorch f32")
             continue
         parts = [f"{r['ratio_vs_brgemm_dense']:.2f}x our dense"]
         for lib, name in (("torch_bsr", "PyTorch BSR"), ("torch", "PyTorch dense")):

@@ -7,6 +7,7 @@ from .linear import MLP, Linear, QuantizedLinear
 from .rnn import GRU, LSTM, bucket_by_length
 from .sequential import Flatten, Sequential
 from .shared import SharedLinear
+from .ternary import TernaryLinear
 
-__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "MLP", "LSTM", "GRU",
-           "bucket_by_length", "Sequential", "Flatten", "quantize_per_channel", "SharedLinear"]
+__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "TernaryLinear", "MLP", "LSTM",
+           "GRU", "bucket_by_length", "Sequential", "Flatten", "quantize_per_channel", "SharedLinear"]

@@ -3,6 +3,7 @@
 #pragma once
 #include "brgemm/brgemm.h"
 #include "brgemm/codebook.h"
+#include "brgemm/ternary.h"
 #include "brgemm/window.h"
 #include "brgemm/winograd.h"
 
@@ -122,5 +123,10 @@ double peak_dot_s16s16__avx512vnni(int64_t iters);
 void codebook_gemm__scalar(const codebook_product& p, int64_t p0, int64_t p1);
 void codebook_gemm__avx2(const codebook_product& p, int64_t p0, int64_t p1);
 void codebook_gemm__avx512(const codebook_product& p, int64_t p0, int64_t p1);
+// The ternary products of brgemm/ternary.h per ISA; the BF16 level uses avx512vnni's.
+void ternary_gemm__scalar(const ternary_product& p, int64_t p0, int64_t p1);
+void ternary_gemm__avx2(const ternary_product& p, int64_t p0, int64_t p1);
+void ternary_gemm__avx512(const ternary_product& p, int64_t p0, int64_t p1);
+void ternary_gemm__avx512vnni(const ternary_product& p, int64_t p0, int64_t p1);
 
 }  // namespace brgemm::kernels

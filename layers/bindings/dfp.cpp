@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 #include "brgemm/dfp.h"
+#include "../blocks.h"
 #include "../dfp.h"
 
 namespace brgemm::bindings {
@@ -90,11 +91,10 @@ std::vector<int64_t> dfp16_gemm(py::handle A, py::handle B, int64_t exponent, py
   {
     py::gil_scoped_release nogil;
     packed.resize((size_t)packed_b_elements(dtype::s16s16, k, n));
-    pack_b(dtype::s16s16, bp, k, n, ldb, packed.data(), n, nullptr);
-    int32_t b_absmax = 0;
-    for (int64_t r = 0; r < k; ++r)
-      for (int64_t j = 0; j < n; ++j) b_absmax = std::max(b_absmax, std::abs((int32_t)bp[r * ldb + j]));
-    kc = layers::dfp16_chunk(ap, m, k, lda, b_absmax);
+    // packing, max|b| and the rows' |a| sums threaded too (layers/gemm.cpp's 4 MFLOP rule)
+    const int threads = layers::threads_for(2.0 * (double)m * (double)n * (double)k);
+    const int32_t b_absmax = layers::dfp16_pack_b(bp, k, n, ldb, packed.data(), threads);
+    kc = layers::dfp16_chunk(ap, m, k, lda, b_absmax, threads);
     s = layers::dfp16_gemm(m, n, k, ap, lda, packed.data(), n, kc, e, cp, ldc);
   }
   std::vector<int64_t> chunks;
