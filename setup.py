@@ -11,7 +11,7 @@ import tempfile
 from glob import glob
 
 from Cython.Build import cythonize
-from pybind11.setup_helpers import Pybind11Extension
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
 from setuptools import Extension, setup
 
 # Level → (kernel folder, flags, a line that only compiles when the flags work).
@@ -82,5 +82,9 @@ core = Pybind11Extension(
 
 # The quantization toolkit's histogram search (brgemm.quant): a per-range loop, in Cython.
 l2search = Extension("brgemm._l2search", ["brgemm/_l2search.pyx"], extra_compile_args=["-O3"])
+
+# Every translation unit (kernels and module alike) compiles on all cores: a serial build of the
+# ~200 files is most of CI's time, and twice that under the sanitizers. BRGEMM_BUILD_JOBS=1 for one.
+ParallelCompile("BRGEMM_BUILD_JOBS", default=0).install()
 
 setup(libraries=libraries, ext_modules=[core] + cythonize([l2search], quiet=True))
