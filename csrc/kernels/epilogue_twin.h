@@ -12,8 +12,9 @@
 static inline float brgemm_maxps(float a, float b) { return a > b ? a : b; }
 static inline float brgemm_minps(float a, float b) { return a < b ? a : b; }
 
-// f32 → bf16 bits (types.h's rule).
+// f32 → bf16 bits: every conversion (bf16_rne), and what an epilogue stores (bf16_out; types.h).
 static inline uint16_t brgemm_bf16_rne(float v) { return brgemm::bf16_rne_bits(v); }
+static inline uint16_t brgemm_bf16_out(float v) { return brgemm::bf16_out_bits(v); }
 
 // Columns [j0, n) of every row of the tile.
 static inline void brgemm_epilogue_twin(const brgemm::epilogue_desc& d, brgemm::dtype t,
@@ -52,7 +53,7 @@ static inline void brgemm_epilogue_twin(const brgemm::epilogue_desc& d, brgemm::
       }
       if (d.act != activation::none) v = brgemm_activation(d.act, v);
       switch (d.out) {
-        case out_type::bf16: ((uint16_t*)tl.out)[i * tl.ldc + j] = brgemm_bf16_rne(v); break;
+        case out_type::bf16: ((uint16_t*)tl.out)[i * tl.ldc + j] = brgemm_bf16_out(v); break;
         case out_type::u8:
         case out_type::s8: {
           float q = std::nearbyint(v / ep.out_scale) + (float)ep.out_zero_point;

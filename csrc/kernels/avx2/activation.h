@@ -84,6 +84,15 @@ inline __m256i bf16_rne(__m256 v) {
   return _mm256_blendv_epi8(rounded, quiet, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
 }
 
+// bf16_rne as an epilogue stores it (types.h: bf16_out_bits): zeros and subnormals give a zero of
+// their sign.
+inline __m256i bf16_out(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i zero_exp = _mm256_cmpeq_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7F800000)), _mm256_setzero_si256());
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000));
+  return _mm256_blendv_epi8(bf16_rne(v), sign, zero_exp);
+}
+
 // The 8 low 16-bit halves of 32-bit lanes holding values that fit them.
 inline __m128i narrow16(__m256i x) {
   return _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));

@@ -56,7 +56,7 @@ void epilogue__avx2(const epilogue_desc& d, dtype t, const epilogue_tile& tl) {
       if (d.act != activation::none) v = activation8(d.act, v, table);
       switch (d.out) {
         case out_type::bf16:
-          _mm_storeu_si128((__m128i*)((uint16_t*)tl.out + i * tl.ldc + j), narrow16(bf16_rne(v)));
+          _mm_storeu_si128((__m128i*)((uint16_t*)tl.out + i * tl.ldc + j), narrow16(bf16_out(v)));
           break;
         case out_type::u8:
         case out_type::s8: {

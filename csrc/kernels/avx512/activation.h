@@ -109,5 +109,19 @@ inline __m512i bf16_rne(__m512 v) {
   return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, quiet);
 }
 
+// 16 f32 → 16 bf16 as an epilogue stores them (types.h: bf16_out_bits): one instruction where
+// AVX512_BF16 exists (this header is compiled at that level too), the integer rounding with
+// the flush of zeros and subnormals to a signed zero elsewhere.
+inline __m256i bf16_out(__m512 v) {
+#ifdef __AVX512BF16__
+  return (__m256i)_mm512_cvtneps_pbh(v);
+#else
+  const __m512i u = _mm512_castps_si512(v);
+  const __mmask16 normal = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x7F800000));
+  const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x8000));
+  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(normal, sign, bf16_rne(v)));
+#endif
+}
+
 }  // namespace
 }  // namespace brgemm::kernels

@@ -94,7 +94,7 @@ struct epilogue16 {
     if constexpr (OUT == out_type::bf16) {
       // Narrowed in a register, then stored (unmasked when whole): the compiler's fused
       // masked vpmov-to-memory measured several times slower on Zen 4.
-      __m256i h = _mm512_cvtepi32_epi16(bf16_rne(v));
+      __m256i h = bf16_out(v);
       __asm__("" : "+v"(h));
       uint16_t* o = (uint16_t*)out + i * ldc + j;
       if (whole) _mm256_storeu_si256((__m256i*)o, h);
