@@ -10,6 +10,7 @@
 // are long enough that a scratch tile costs nothing beside them).
 #pragma once
 #include "../ukernels.h"
+#include <type_traits>
 #include "activation.h"
 
 // Inlined where they are used: a call would pass the accumulators through memory and reload
@@ -34,7 +35,8 @@ struct epilogue16 {
   const __m512 add_scale;
   const __m512i add_zero;
   const __m512 beta;
-  const __m512 lo, hi, out_scale, out_zp, scale1;
+  const __m512 lo_z, hi_z, out_scale, scale1;  // the int8 output's bounds less its zero point
+  const __m512i zp_i;
   const bool unit_scale;  // v / 1 is v: skip the division (slow on Zen 4)
 
   epilogue16(const epilogue_desc& d, const epilogue_tile& tl)
@@ -43,39 +45,69 @@ struct epilogue16 {
         scale_tensor(d.scale == scale_kind::tensor), row_offset(d.row_offset ? tl.ep->row_offset : nullptr),
         col_offset(d.col_offset ? tl.ep->col_offset : nullptr), act(d.act), add(d.add ? tl.ep->add : nullptr),
         add_scale(_mm512_set1_ps(tl.ep->add_scale)), add_zero(_mm512_set1_epi32(tl.ep->add_zero)),
-        beta(_mm512_set1_ps(tl.beta)), lo(_mm512_set1_ps(OUT == out_type::u8 ? 0.0f : -128.0f)),
-        hi(_mm512_set1_ps(OUT == out_type::u8 ? 255.0f : 127.0f)), out_scale(_mm512_set1_ps(tl.ep->out_scale)),
-        out_zp(_mm512_set1_ps((float)tl.ep->out_zero_point)),
+        beta(_mm512_set1_ps(tl.beta)), lo_z(_mm512_set1_ps((float)((OUT == out_type::u8 ? 0 : -128) - tl.ep->out_zero_point))),
+        hi_z(_mm512_set1_ps((float)((OUT == out_type::u8 ? 255 : 127) - tl.ep->out_zero_point))),
+        out_scale(_mm512_set1_ps(tl.ep->out_scale)),
         scale1(_mm512_set1_ps(d.scale == scale_kind::tensor ? tl.ep->scale[0] : 1.0f)),
+        zp_i(_mm512_set1_epi32(tl.ep->out_zero_point)),
         unit_scale(tl.ep->out_scale == 1.0f) {}
 
   // Row i's integer offset, broadcast (int8: stage 2's row term).
   __m512i row_term(int64_t i) const { return _mm512_set1_epi32(row_offset ? row_offset[i] : 0); }
 
-  // Stages 1–5 for the s32 sums of row i, columns j .. j+15 under k.
-  BRGEMM_EPILOGUE_INLINE void put(__m512i s, __m512i row_off, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+  // Stages 1–2 for the s32 sums of row i, columns j .. j+15 under k: the sums corrected.
+  BRGEMM_EPILOGUE_INLINE __m512i sums(__m512i s, __m512i row_off, int64_t i, int64_t j, __mmask16 k) const {
     if (prev) s = _mm512_add_epi32(s, _mm512_maskz_loadu_epi32(k, (const int32_t*)prev + i * ld_prev + j));
     if (row_offset) s = _mm512_add_epi32(s, row_off);
     if (col_offset) s = _mm512_add_epi32(s, _mm512_maskz_loadu_epi32(k, col_offset + j));
-    if constexpr (OUT == out_type::acc) {
-      _mm512_mask_storeu_epi32((int32_t*)out + i * ldc + j, k, s);
+    return s;
+  }
+  // ... dequantized.
+  BRGEMM_EPILOGUE_INLINE __m512 value(__m512i s, __m512i row_off, int64_t i, int64_t j, __mmask16 k) const {
+    __m512 v = _mm512_cvtepi32_ps(sums(s, row_off, i, j, k));
+    if (scale_col) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, scale_col + j));
+    else if (scale_tensor) v = _mm512_mul_ps(v, scale1);
+    return v;
+  }
+  // Stage 1 for the f32 sums.
+  BRGEMM_EPILOGUE_INLINE __m512 value(__m512 v, __m512i, int64_t i, int64_t j, __mmask16 k) const {
+    if (prev) v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(k, (const float*)prev + i * ld_prev + j)));
+    return v;
+  }
+
+  // Stages 1–5 for the sums of row i, columns j .. j+15 under k.
+  template <typename Acc>
+  BRGEMM_EPILOGUE_INLINE void put(Acc s, __m512i row_off, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+    if constexpr (OUT == out_type::acc && std::is_same_v<Acc, __m512i>) {  // s32 stored as s32
+      _mm512_mask_storeu_epi32((int32_t*)out + i * ldc + j, k, sums(s, row_off, i, j, k));
     } else {
-      __m512 v = _mm512_cvtepi32_ps(s);
-      if (scale_col) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, scale_col + j));
-      else if (scale_tensor) v = _mm512_mul_ps(v, scale1);
-      finish(v, i, j, k, table);
+      finish(value(s, row_off, i, j, k), i, j, k, table);
     }
   }
 
-  // Stages 1 and 3–5 for the f32 sums of row i, columns j .. j+15 under k.
-  BRGEMM_EPILOGUE_INLINE void put(__m512 v, __m512i, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
-    if (prev) v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(k, (const float*)prev + i * ld_prev + j)));
-    finish(v, i, j, k, table);
+  // Stage 5 for an int8 output: v requantized, as int32 in the type's range. Clamped before it
+  // is rounded: the bounds are integers, so this equals rounding then clamping (the twin's
+  // order), and NaN takes the lower bound as maxps gives it. One instruction fewer than
+  // rounding first, and the zero point is an integer add.
+  BRGEMM_EPILOGUE_INLINE __m512i requantized(__m512 v) const {
+    if (!unit_scale) v = _mm512_div_ps(v, out_scale);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo_z), hi_z);
+    return _mm512_add_epi32(_mm512_cvtps_epi32(v), zp_i);
   }
 
-  // Stages 3–5: bias, the residual, the activation, the store.
-  BRGEMM_EPILOGUE_INLINE void finish(__m512 v, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
-    const bool whole = k == 0xFFFF;
+  // Row i's 64 int8 results (4 vectors of requantized int32) as one store: two saturating packs
+  // interleave the vectors by 128-bit lane, one permute puts them back in column order (four
+  // vpmovdb cost twice the instructions and four stores).
+  BRGEMM_EPILOGUE_INLINE void store64(int64_t i, const __m512i (&q)[4]) const {
+    const __m512i w01 = _mm512_packs_epi32(q[0], q[1]), w23 = _mm512_packs_epi32(q[2], q[3]);
+    const __m512i b = OUT == out_type::u8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+    // dword 4·L + v of b holds vector v's lane L; column order wants it at 4·v + L.
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    _mm512_storeu_si512((char*)out + i * ldc, _mm512_permutexvar_epi32(order, b));
+  }
+
+  // Stages 3–4: bias, the residual, the activation.
+  BRGEMM_EPILOGUE_INLINE __m512 staged(__m512 v, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + j));
     if (add) {
       if constexpr (OUT == out_type::u8) {
@@ -91,6 +123,13 @@ struct epilogue16 {
     }
     if constexpr (SIMPLE) v = activation16_simple(act, v);
     else if (act != activation::none) v = activation16(act, v, *table);
+    return v;
+  }
+
+  // Stages 3–5: bias, the residual, the activation, the store.
+  BRGEMM_EPILOGUE_INLINE void finish(__m512 v, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+    const bool whole = k == 0xFFFF;
+    v = staged(v, i, j, k, table);
     if constexpr (OUT == out_type::bf16) {
       // Narrowed in a register, then stored (unmasked when whole): the compiler's fused
       // masked vpmov-to-memory measured several times slower on Zen 4.
@@ -100,10 +139,7 @@ struct epilogue16 {
       if (whole) _mm256_storeu_si256((__m256i*)o, h);
       else _mm256_mask_storeu_epi16(o, k, h);
     } else if constexpr (OUT == out_type::u8 || OUT == out_type::s8) {
-      if (!unit_scale) v = _mm512_div_ps(v, out_scale);
-      __m512 q = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, out_zp), lo), hi);
-      __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+      __m128i b = _mm512_cvtepi32_epi8(requantized(v));
       __asm__("" : "+v"(b));
       char* o = (char*)out + i * ldc + j;
       if (whole) _mm_storeu_si128((__m128i*)o, b);

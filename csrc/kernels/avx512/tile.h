@@ -79,8 +79,16 @@ inline void finish_as(const ukernel_args& p, const Acc (&acc)[MR][NV]) {
 #pragma GCC unroll 32
   for (int m = 0; m < MR; ++m) {
     const __m512i row_off = e.row_term(m);
+    if constexpr ((OUT == out_type::u8 || OUT == out_type::s8) && NV == 4) {  // 64 bytes: one store
+      __m512i q[4];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v)
+        q[v] = e.requantized(e.staged(e.value(acc[m][v], row_off, m, 16 * v, 0xFFFF), m, 16 * v, 0xFFFF, nullptr));
+      e.store64(m, q);
+    } else {
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) e.put(acc[m][v], row_off, m, 16 * v, (__mmask16)0xFFFF, nullptr);
+      for (int v = 0; v < NV; ++v) e.put(acc[m][v], row_off, m, 16 * v, (__mmask16)0xFFFF, nullptr);
+    }
   }
 }
 template <int MR, int NV>
