@@ -52,13 +52,6 @@ void to_dfp16(const float* x, int16_t* m, int64_t n, int32_t e, int threads) {
     if (hi > lo) f32_to_dfp16(x + lo, m + lo, hi - lo, e);
   }
 }
-void scale(float* y, int64_t n, int32_t e, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t t = 0; t < threads; ++t) {
-    const int64_t lo = n * t / threads, hi = n * (t + 1) / threads;
-    if (hi > lo) dfp16_scale_f32(y + lo, hi - lo, e);
-  }
-}
 
 // Of blocked int16 mantissas (`rows` rows of `cols` pixels of `lanes` channels): the largest
 // squared norm of a pixel's lanes (a channel block: forward and backward data's slices) and of
@@ -196,8 +189,9 @@ status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* xb,
   pass_data x{xm, aligned(fwd_, 0)};
   x.ea.bias = has_bias_ ? bias_e_.data() : nullptr;
   x.out = yb;
+  x.scale = true;
+  x.scale_e = e;
   run_pass(*plan, x);
-  scale(yb, n * kb * oh * ow * bk_, e, threads);
   saved_n_ = n, saved_h_ = h, saved_w_ = w;
   return status::ok;
 }
@@ -263,8 +257,9 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
       return s;
     pass_data x{dzm, aligned(bwd_, 0)};
     x.out = gxb;
+    x.scale = true;
+    x.scale_e = ez_ + ew_;
     run_pass(*plan, x);
-    scale(gxb, n * cb * h * w * bc_, ez_ + ew_, threads);
   }
 
   // Weight gradient: per block (output block, input block, tap) dW (bc × bk) = Xᵀ·dZ over the
@@ -287,11 +282,13 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
       const int64_t par = row / (n * kb * oh), rr = row % (n * kb * oh);
       const int16_t* src = dzm + rr * ow * bk_;
       int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
-      for (int64_t j = 0; j < P; ++j) {
-        const int64_t c0 = par + 2 * j, c1 = c0 + 1;
+      const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
+      interleave_pairs((const uint16_t*)src + par * bk_, 2 * full, bk_, (uint16_t*)dst);
+      for (int64_t j = full; j < P; ++j) {
+        const int64_t c0 = par + 2 * j;
         for (int64_t l = 0; l < bk_; ++l) {
           dst[(j * bk_ + l) * 2] = c0 < ow ? src[c0 * bk_ + l] : (int16_t)0;
-          dst[(j * bk_ + l) * 2 + 1] = c1 < ow ? src[c1 * bk_ + l] : (int16_t)0;
+          dst[(j * bk_ + l) * 2 + 1] = 0;
         }
       }
     }
