@@ -263,41 +263,109 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
   }
 
   // Weight gradient: per block (output block, input block, tap) dW (bc × bk) = Xᵀ·dZ over the
-  // output pixels, a batch element per output row: A is Xᵀ by stride phase (xt[n][cb][ih][phase]
-  // [bc][wq], the columns a tap reads consecutive), B is dZ's row in VNNI pairs of pixels
-  // (dzp[parity][n][kb][oh][P][bk][2]: pairs from an even or an odd column, so that any first
-  // column a tap reads starts a pair).
+  // output pixels. Two layouts of the operands, both with dZ in VNNI pairs of pixels as B:
+  // - stride 1: a batch element is G output rows (G dividing OH, the largest ≤ 16 whose slices
+  //   still fit: norms over G rows grow by √G on each side). X is copied transposed with its
+  //   padding zero-filled (xp[n][cb][bc][Hp][Wpe], Wpe = Wp rounded up to even), dZ with rows of
+  //   the same pitch (dzp[n][kb][OH·Wpe / 2][bk][2], zero past OW): the G rows of a tap are then
+  //   one run of G·Wpe values on both sides (the products past OW meet zeros of dZ), a long K per
+  //   int32 sum, and every element starts on a pair.
+  // - otherwise: a batch element per output row: A is Xᵀ by stride phase (xt[n][cb][ih][phase]
+  //   [bc][wq], the columns a tap reads consecutive), B is dZ's row in pairs from an even or an odd
+  //   column (dzp[parity][n][kb][oh][P][bk][2]), so that any first column a tap reads starts one.
+  int64_t G = 0;  // output rows per element (0: the per-row layout)
+  if (g_.stride_h == 1 && g_.stride_w == 1)
+    for (int64_t d = std::min<int64_t>(oh, 16); d >= 1 && G == 0; --d)
+      if (oh % d == 0 && (d == 1 || fits(d * x_row2_, d * row2))) G = d;
   const int64_t sw = g_.stride_w, wq = ceil_div(w, sw), row_t = sw * bc_ * wq, P = ow / 2 + 1;
   const int64_t par_size = n * kb * oh * P * bk_ * 2;
-  int16_t* xt = (int16_t*)aligned(xt_, n * cb * h * row_t * 2);
-  int16_t* dzp = (int16_t*)aligned(dzp_, 2 * par_size * 2);
+  const int64_t hp = h + g_.pad_t + g_.pad_b, wp = w + g_.pad_l + g_.pad_r, wpe = round_up(wp, 2), plane = hp * wpe;
+  const int64_t slack = g_.s * g_.dil_w + 64;  // a last element's A may run S·dil past the last plane
+  int16_t *xt = nullptr, *dzp = nullptr;
+  if (G) {
+    xt = (int16_t*)aligned(xt_, (n * cb * bc_ * plane + slack) * 2);
+    dzp = (int16_t*)aligned(dzp_, n * kb * oh * wpe * bk_ * 2);
+    std::fill(xt + n * cb * bc_ * plane, xt + n * cb * bc_ * plane + slack, (int16_t)0);
 #pragma omp parallel num_threads(threads)
-  {
+    {
 #pragma omp for schedule(static) nowait
-    for (int64_t row = 0; row < n * cb * h; ++row)
-      for (int64_t q = 0; q < std::min(sw, w); ++q)
-        transpose(xm + row * w * bc_ + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xt + row * row_t + q * bc_ * wq, wq);
+      for (int64_t row = 0; row < n * cb * hp; ++row) {  // padded input row `row % hp` of every channel
+        const int64_t nq = row / hp, ip = row % hp, ih = ip - g_.pad_t;
+        int16_t* dst = xt + nq * bc_ * plane + ip * wpe;
+        if (ih < 0 || ih >= h) {
+          for (int64_t c = 0; c < bc_; ++c) std::fill(dst + c * plane, dst + c * plane + wpe, (int16_t)0);
+          continue;
+        }
+        for (int64_t c = 0; c < bc_; ++c) {
+          std::fill(dst + c * plane, dst + c * plane + g_.pad_l, (int16_t)0);
+          std::fill(dst + c * plane + g_.pad_l + w, dst + c * plane + wpe, (int16_t)0);
+        }
+        transpose(xm + (nq * h + ih) * w * bc_, w, bc_, bc_, dst + g_.pad_l, plane);
+      }
 #pragma omp for schedule(static)
-    for (int64_t row = 0; row < 2 * n * kb * oh; ++row) {
-      const int64_t par = row / (n * kb * oh), rr = row % (n * kb * oh);
-      const int16_t* src = dzm + rr * ow * bk_;
-      int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
-      const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
-      interleave_pairs((const uint16_t*)src + par * bk_, 2 * full, bk_, (uint16_t*)dst);
-      for (int64_t j = full; j < P; ++j) {
-        const int64_t c0 = par + 2 * j;
-        for (int64_t l = 0; l < bk_; ++l) {
-          dst[(j * bk_ + l) * 2] = c0 < ow ? src[c0 * bk_ + l] : (int16_t)0;
-          dst[(j * bk_ + l) * 2 + 1] = 0;
+      for (int64_t row = 0; row < n * kb * oh; ++row) {
+        const int16_t* src = dzm + row * ow * bk_;
+        int16_t* dst = dzp + row * wpe * bk_;
+        const int64_t full = ow / 2;
+        interleave_pairs((const uint16_t*)src, 2 * full, bk_, (uint16_t*)dst);
+        for (int64_t j = full; j < wpe / 2; ++j)
+          for (int64_t l = 0; l < bk_; ++l) {
+            dst[(j * bk_ + l) * 2] = 2 * j < ow ? src[2 * j * bk_ + l] : (int16_t)0;
+            dst[(j * bk_ + l) * 2 + 1] = 0;
+          }
+      }
+    }
+  } else {
+    xt = (int16_t*)aligned(xt_, n * cb * h * row_t * 2);
+    dzp = (int16_t*)aligned(dzp_, 2 * par_size * 2);
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static) nowait
+      for (int64_t row = 0; row < n * cb * h; ++row)
+        for (int64_t q = 0; q < std::min(sw, w); ++q)
+          transpose(xm + row * w * bc_ + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xt + row * row_t + q * bc_ * wq,
+                    wq);
+#pragma omp for schedule(static)
+      for (int64_t row = 0; row < 2 * n * kb * oh; ++row) {
+        const int64_t par = row / (n * kb * oh), rr = row % (n * kb * oh);
+        const int16_t* src = dzm + rr * ow * bk_;
+        int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
+        const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
+        interleave_pairs((const uint16_t*)src + par * bk_, 2 * full, bk_, (uint16_t*)dst);
+        for (int64_t j = full; j < P; ++j) {
+          const int64_t c0 = par + 2 * j;
+          for (int64_t l = 0; l < bk_; ++l) {
+            dst[(j * bk_ + l) * 2] = c0 < ow ? src[c0 * bk_ + l] : (int16_t)0;
+            dst[(j * bk_ + l) * 2 + 1] = 0;
+          }
         }
       }
     }
   }
 
   conv_plan_key key = zeroed<conv_plan_key>();
-  key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
+  key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads, key.z = (int32_t)G;
   std::shared_ptr<const dfp_wgrad_plan> plan;
   if (status st = wg_plans_.get(key, &plan, [&](dfp_wgrad_plan& pl) {
+        if (G) {  // one kernel for every tap; elements (image, group of G rows)
+          desc d{dtype::s16s16f32, bc_, bk_, G * wpe, plane, bk_, bk_, batch_kind::offset, 0.0f};
+          pl.kw.assign(1, nullptr);
+          pl.kw_add.assign(1, nullptr);
+          if (status st = dispatch(d, &pl.kw[0]); st != status::ok) return st;
+          d.beta = 1.0f;
+          if (status st = dispatch(d, &pl.kw_add[0]); st != status::ok) return st;
+          const int64_t elems = n * (oh / G);
+          pl.row_a.assign(1, {});
+          pl.row_b.assign(1, {});
+          pl.row_at.assign(1, std::vector<int64_t>((size_t)(elems + 1), 0));
+          for (int64_t el = 0; el < elems; ++el) {
+            const int64_t i = el / (oh / G), o0 = el % (oh / G) * G;
+            pl.row_a[0].push_back(i * cb * bc_ * plane + o0 * wpe);
+            pl.row_b[0].push_back((i * kb * oh + o0) * wpe * bk_);
+            pl.row_at[0][el + 1] = el + 1;
+          }
+          return status::ok;
+        }
         pl.lo.assign(g_.s, 0);
         pl.len.assign(g_.s, 0);
         pl.kw.assign(g_.s, nullptr);
@@ -331,11 +399,11 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
     return st;
 
   // conv.cpp's two orders: few blocks (dW fits in L2 per thread): each thread takes chunks of
-  // output rows and runs every block over them into its own dW; otherwise each (block, part of
-  // the rows) is an item. Either way the parts are summed at the end, scaled by 2^(ex + ez).
-  const int64_t blk = bc_ * bk_, blocks = kb * cb * taps, rows_total = n * oh;
+  // elements and runs every block over them into its own dW; otherwise each (block, part of the
+  // elements) is an item. Either way the parts are summed at the end, scaled by 2^(ex + ez).
+  const int64_t blk = bc_ * bk_, blocks = kb * cb * taps, rows_total = G ? n * (oh / G) : n * oh;
   const bool rows_outer = blocks * blk * 4 <= (256 << 10);
-  const int64_t row_bytes = (kb * P * bk_ * 2 + cb * g_.stride_h * row_t) * 2;
+  const int64_t row_bytes = G ? (kb * bk_ + cb * bc_) * G * wpe * 2 : (kb * P * bk_ * 2 + cb * g_.stride_h * row_t) * 2;
   const int64_t chunk = std::clamp<int64_t>((512 << 10) / row_bytes, 1, ceil_div(rows_total, threads));
   const int64_t splits = rows_outer ? threads
                                     : std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
@@ -344,19 +412,25 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
   const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
   auto block_product = [&](int64_t b, int64_t first, int64_t last, float* out, bool add) {
     const int64_t k = b / (cb * taps), c = b / taps % cb, r = b % taps / g_.s, s = b % g_.s;
-    const std::vector<int64_t>& at = plan->row_at[r];
-    if (!plan->kw[s] || at[last] == at[first]) {
+    const int64_t rr = G ? 0 : r, ss = G ? 0 : s;
+    const std::vector<int64_t>& at = plan->row_at[rr];
+    if (!plan->kw[ss] || at[last] == at[first]) {
       if (!add) std::fill(out, out + blk, 0.0f);
       return;
     }
-    const int64_t lo = plan->lo[s], iw = along_w(lo, s);
     batch_ref batch;
     batch.count = at[last] - at[first];
-    batch.a = xt + c * h * row_t + iw % sw * bc_ * wq + iw / sw;
-    batch.b = dzp + lo % 2 * par_size + k * oh * P * bk_ * 2 + lo / 2 * bk_ * 2;
-    batch.offs_a = plan->row_a[r].data() + at[first];
-    batch.offs_b = plan->row_b[r].data() + at[first];
-    execute(add ? *plan->kw_add[s] : *plan->kw[s], batch, out);
+    if (G) {
+      batch.a = xt + c * bc_ * plane + r * g_.dil_h * wpe + s * g_.dil_w;
+      batch.b = dzp + k * oh * wpe * bk_;
+    } else {
+      const int64_t lo = plan->lo[s], iw = along_w(lo, s);
+      batch.a = xt + c * h * row_t + iw % sw * bc_ * wq + iw / sw;
+      batch.b = dzp + lo % 2 * par_size + k * oh * P * bk_ * 2 + lo / 2 * bk_ * 2;
+    }
+    batch.offs_a = plan->row_a[rr].data() + at[first];
+    batch.offs_b = plan->row_b[rr].data() + at[first];
+    execute(add ? *plan->kw_add[ss] : *plan->kw[ss], batch, out);
   };
   const int32_t e = ex_ + ez_;
 #pragma omp parallel num_threads(threads)
