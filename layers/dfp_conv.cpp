@@ -28,13 +28,6 @@ bool fits(int64_t a2, int64_t b2) {
   return (unsigned __int128)a2 * (unsigned __int128)b2 <= (unsigned __int128)s32_max * (unsigned __int128)s32_max;
 }
 
-// The bits a tensor of largest squared slice norm a2 must lose so that √a2·√b2 ≤ 2^31 − 1: a
-// first estimate (rounding may leave it one short; the caller checks again).
-int32_t bits_over(int64_t a2, int64_t b2) {
-  const double over = std::sqrt((double)a2) * std::sqrt((double)b2) / (double)s32_max;
-  return over <= 1.0 ? 1 : std::max<int32_t>(1, (int32_t)std::ceil(std::log2(over)));
-}
-
 // The whole-tensor conversions, split over threads (the per-ISA kernels of brgemm/dfp.h).
 uint32_t absmax_bits(const float* x, int64_t n, int threads) {
   uint32_t bits = 0;
@@ -53,20 +46,21 @@ void to_dfp16(const float* x, int16_t* m, int64_t n, int32_t e, int threads) {
   }
 }
 
-// Of blocked int16 mantissas (`rows` rows of `cols` pixels of `lanes` channels): the largest
+// Of blocked float32 values (`rows` rows of `cols` pixels of `lanes` channels): the largest
 // squared norm of a pixel's lanes (a channel block: forward and backward data's slices) and of
-// a lane along its row (a channel's image row: the weight gradient's slices), exact in int64.
-void slice_norms(const int16_t* m, int64_t rows, int64_t cols, int64_t lanes, int threads, int64_t& pixel2,
-                 int64_t& row2) {
-  int64_t pmax = 0, rmax = 0;
+// a lane along its row (a channel's image row: the weight gradient's slices), summed in double
+// (squares exact, the sums' rounding far below the margin convert_fitting adds).
+void slice_norms(const float* x, int64_t rows, int64_t cols, int64_t lanes, int threads, double& pixel2,
+                 double& row2) {
+  double pmax = 0.0, rmax = 0.0;
 #pragma omp parallel for num_threads(threads) reduction(max : pmax, rmax) schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    int64_t lane[64] = {};
-    const int16_t* p = m + row * cols * lanes;
+    double lane[64] = {};
+    const float* p = x + row * cols * lanes;
     for (int64_t c = 0; c < cols; ++c) {
-      int64_t s = 0;
+      double s = 0.0;
       for (int64_t l = 0; l < lanes; ++l) {
-        const int32_t v = p[c * lanes + l], sq = v * v;
+        const double v = p[c * lanes + l], sq = v * v;
         s += sq;
         lane[l] += sq;
       }
@@ -78,17 +72,25 @@ void slice_norms(const int16_t* m, int64_t rows, int64_t cols, int64_t lanes, in
 }
 
 // Mantissas of x (n values) in m with the smallest exponent from e0 up whose slices fit against
-// the other operand's (b2 for the pixel slices, r2 for the row slices; 0: no constraint).
-// Returns the bits added to e0.
+// the other operand's (b2 for the pixel slices, r2 for the row slices; 0: no constraint), found
+// from x's norms before converting once: a mantissa lies within 1/2 of x·2^−e (clamping only
+// shrinks it), so a slice of len values has a norm within √len/2 of its values' times 2^−e.
+// pixel2 and row2: those bounds (squared) at the exponent taken. Returns the bits added to e0.
 int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, int64_t rows, int64_t cols, int64_t lanes,
                         int64_t b2, int64_t r2, int threads, int64_t& pixel2, int64_t& row2) {
-  int32_t s = 0;
-  for (;;) {
-    to_dfp16(x, m, n, e0 + s, threads);
-    slice_norms(m, rows, cols, lanes, threads, pixel2, row2);
-    const bool ok_p = fits(pixel2, b2), ok_r = r2 == 0 || fits(row2, r2);
-    if (ok_p && ok_r) return s;
-    s += std::max(ok_p ? 0 : bits_over(pixel2, b2), ok_r ? 0 : bits_over(row2, r2));
+  double p2, q2;
+  slice_norms(x, rows, cols, lanes, threads, p2, q2);
+  const double margin = 1.0 + 1e-9;
+  for (int32_t s = 0;; ++s) {
+    const double scale = std::ldexp(1.0, -(e0 + s));
+    const double bp = std::sqrt(p2 * margin) * scale + std::sqrt((double)lanes) / 2;
+    const double br = std::sqrt(q2 * margin) * scale + std::sqrt((double)cols) / 2;
+    pixel2 = (int64_t)std::ceil(bp * bp);
+    row2 = (int64_t)std::ceil(br * br);
+    if (fits(pixel2, b2) && (r2 == 0 || fits(row2, r2))) {
+      to_dfp16(x, m, n, e0 + s, threads);
+      return s;
+    }
   }
 }
 

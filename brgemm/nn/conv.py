@@ -114,9 +114,13 @@ class Conv2d(_Convolution, Prunable, Parameters):
     against float64 on ResNet-50's 3×3 layers, the largest error is ≤ 2e-5 of the output's
     largest magnitude for F(4×4), ≤ 1e-6 for F(2×2), ≤ 3e-5 for F(6×6) (direct: ≤ 1e-6).
     ``activation``: None, "relu", or any of :class:`brgemm.nn.Linear`'s. ``dtype``: "float32",
-    or "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
+    "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
     weights and gradients; the weight gradient is computed in f32 from the bf16 activations,
-    which are exact in f32). Initialised as PyTorch does: U(−1/√(C/groups·R·S), 1/√(C/groups·R·S)),
+    which are exact in f32), or "dfp16" (dynamic fixed point, Das et al. 2018: forward, ∂x and ∂W
+    multiply int16 mantissas with one shared exponent per tensor, each batch element's int32 sum
+    exact, converted to float32 and added; float32 activations, master weights and gradients;
+    groups 1, activation None or "relu", algorithm "auto" or "direct"; ``exponents`` after a
+    call; layers/dfp_conv.h). Initialised as PyTorch does: U(−1/√(C/groups·R·S), 1/√(C/groups·R·S)),
     from ``seed``.
 
     >>> conv = Conv2d(64, 64, 3, padding=1, activation="relu")
@@ -172,10 +176,9 @@ class Conv2d(_Convolution, Prunable, Parameters):
     def exponents(self):
         """dtype="dfp16": the shared exponents of the last forward and backward (``x``,
         ``weight``, ``grad`` for ∂y after the activation) and the bits the overflow bound added
-        to x's and ∂y's (``x_shift``, ``grad_shift``; layers/dfp_conv.h), as a dict."""
-        if self.dtype != "dfp16":
-            raise AttributeError("exponents belong to dtype='dfp16' layers")
-        return self._runner.cv.exponents
+        to x's and ∂y's (``x_shift``, ``grad_shift``; layers/dfp_conv.h), as a dict; None for the
+        float32 and bfloat16 layers."""
+        return self._runner.cv.exponents if self.dtype == "dfp16" else None
 
     @property
     def packing(self):
@@ -183,23 +186,31 @@ class Conv2d(_Convolution, Prunable, Parameters):
         ``brgemm.nn.Conv2d.sparse_crossover`` of the weight blocks, ki × ko channels of one tap,
         hold a nonzero, else dense), "dense" or "sparse" (forced). Block-sparse passes leave the
         zero blocks out of their BRGEMM batches and sum the rest in the dense order: the results
-        are bit-identical to the dense ones for finite inputs. Depthwise layers stay dense."""
-        return self._runner.cv.packing
+        are bit-identical to the dense ones for finite inputs. Depthwise and dfp16 layers stay
+        dense."""
+        return "dense" if self.dtype == "dfp16" else self._runner.cv.packing
 
     @packing.setter
     def packing(self, value):
         if not isinstance(value, str):
             raise TypeError(f"packing must be a string, got {type(value).__name__}")
+        if self.dtype == "dfp16":
+            if value not in ("auto", "dense"):
+                raise ValueError(f"packing must be 'auto' or 'dense' for dtype='dfp16' (its products are dense), "
+                                 f"got {value!r}")
+            return
         self._runner.cv.packing = value
 
     @property
     def block_sparse(self):
         """Whether the last packing runs block-sparse (known after a forward)."""
-        return self._runner.cv.block_sparse
+        return False if self.dtype == "dfp16" else self._runner.cv.block_sparse
 
     @property
     def block_density(self):
         """The fraction of the forward weight blocks holding a nonzero (last packing)."""
+        if self.dtype == "dfp16":
+            return 1.0  # dense products: every block is used
         return self._runner.cv.block_density
 
     sparse_crossover = _core._Conv2d.sparse_crossover
