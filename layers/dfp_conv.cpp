@@ -28,16 +28,7 @@ bool fits(int64_t a2, int64_t b2) {
   return (unsigned __int128)a2 * (unsigned __int128)b2 <= (unsigned __int128)s32_max * (unsigned __int128)s32_max;
 }
 
-// The whole-tensor conversions, split over threads (the per-ISA kernels of brgemm/dfp.h).
-uint32_t absmax_bits(const float* x, int64_t n, int threads) {
-  uint32_t bits = 0;
-#pragma omp parallel for num_threads(threads) reduction(max : bits) schedule(static)
-  for (int64_t t = 0; t < threads; ++t) {
-    const int64_t lo = n * t / threads, hi = n * (t + 1) / threads;
-    if (hi > lo) bits = std::max(bits, dfp16_absmax_bits(x + lo, hi - lo));
-  }
-  return bits;
-}
+// The whole-tensor conversion, split over threads (the per-ISA kernel of brgemm/dfp.h).
 void to_dfp16(const float* x, int16_t* m, int64_t n, int32_t e, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t t = 0; t < threads; ++t) {
@@ -46,40 +37,46 @@ void to_dfp16(const float* x, int16_t* m, int64_t n, int32_t e, int threads) {
   }
 }
 
-// Of blocked float32 values (`rows` rows of `cols` pixels of `lanes` channels): the largest
-// squared norm of a pixel's lanes (a channel block: forward and backward data's slices) and of
-// a lane along its row (a channel's image row: the weight gradient's slices), summed in double
-// (squares exact, the sums' rounding far below the margin convert_fitting adds).
-void slice_norms(const float* x, int64_t rows, int64_t cols, int64_t lanes, int threads, double& pixel2,
-                 double& row2) {
-  double pmax = 0.0, rmax = 0.0;
-#pragma omp parallel for num_threads(threads) reduction(max : pmax, rmax) schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    double lane[64] = {};
-    const float* p = x + row * cols * lanes;
-    for (int64_t c = 0; c < cols; ++c) {
-      double s = 0.0;
-      for (int64_t l = 0; l < lanes; ++l) {
-        const double v = p[c * lanes + l], sq = v * v;
-        s += sq;
-        lane[l] += sq;
-      }
-      pmax = std::max(pmax, s);
+// Of one row of `cols` pixels of `lanes` blocked float32 values: the largest squared norm of a
+// pixel's lanes (a channel block: forward and backward data's slices) and of a lane along the
+// row (a channel's image row: the weight gradient's slices), summed in double (squares exact,
+// the sums' rounding far below the margin convert_fitting adds).
+void row_norms(const float* p, int64_t cols, int64_t lanes, double& pixel2, double& row2) {
+  double lane[64] = {};
+  for (int64_t c = 0; c < cols; ++c) {
+    double s = 0.0;
+    for (int64_t l = 0; l < lanes; ++l) {
+      const double v = p[c * lanes + l], sq = v * v;
+      s += sq;
+      lane[l] += sq;
     }
-    for (int64_t l = 0; l < lanes; ++l) rmax = std::max(rmax, lane[l]);
+    pixel2 = std::max(pixel2, s);
+  }
+  for (int64_t l = 0; l < lanes; ++l) row2 = std::max(row2, lane[l]);
+}
+
+// One pass over `rows` such rows: the largest |x| as float bits (brgemm/dfp.h) and row_norms'
+// maxima.
+uint32_t scan(const float* x, int64_t rows, int64_t cols, int64_t lanes, int threads, double& pixel2, double& row2) {
+  uint32_t bits = 0;
+  double pmax = 0.0, rmax = 0.0;
+#pragma omp parallel for num_threads(threads) reduction(max : bits, pmax, rmax) schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* p = x + row * cols * lanes;
+    bits = std::max(bits, dfp16_absmax_bits(p, cols * lanes));
+    row_norms(p, cols, lanes, pmax, rmax);
   }
   pixel2 = pmax, row2 = rmax;
+  return bits;
 }
 
 // Mantissas of x (n values) in m with the smallest exponent from e0 up whose slices fit against
 // the other operand's (b2 for the pixel slices, r2 for the row slices; 0: no constraint), found
-// from x's norms before converting once: a mantissa lies within 1/2 of x·2^−e (clamping only
+// from x's largest squared slice norms p2 and q2 (scan) before converting once: a mantissa lies within 1/2 of x·2^−e (clamping only
 // shrinks it), so a slice of len values has a norm within √len/2 of its values' times 2^−e.
 // pixel2 and row2: those bounds (squared) at the exponent taken. Returns the bits added to e0.
-int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, int64_t rows, int64_t cols, int64_t lanes,
-                        int64_t b2, int64_t r2, int threads, int64_t& pixel2, int64_t& row2) {
-  double p2, q2;
-  slice_norms(x, rows, cols, lanes, threads, p2, q2);
+int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, double p2, double q2, int64_t cols,
+                        int64_t lanes, int64_t b2, int64_t r2, int threads, int64_t& pixel2, int64_t& row2) {
   const double margin = 1.0 + 1e-9;
   for (int32_t s = 0;; ++s) {
     const double scale = std::ldexp(1.0, -(e0 + s));
@@ -112,7 +109,7 @@ dfp_conv_layer::dfp_conv_layer(const conv_geometry& g, bool relu)
 bool dfp_conv_layer::refresh(const float* w, const float* b) {
   const int64_t taps = g_.r * g_.s, count = g_.k * g_.c * taps;
   return seen_.refresh({{w, count * 4}, {b, g_.k * 4}}, [&] {
-    const uint32_t bits = absmax_bits(w, count, 1);
+    const uint32_t bits = dfp16_absmax_bits(w, count);
     w_finite_ = bits < 0x7F800000u;
     has_bias_ = b != nullptr;
     bias_.assign((size_t)round_up(g_.k, bk_), 0.0f);
@@ -162,13 +159,14 @@ status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* xb,
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
   const int64_t total = n * cb * h * w * bc_;
-  const uint32_t bits = absmax_bits(xb, total, threads);
+  double p2, q2;
+  const uint32_t bits = scan(xb, n * cb * h, w, bc_, threads, p2, q2);
   nonfinite_ = bits >= 0x7F800000u;  // the binding names it: x holds an inf or a NaN
   if (nonfinite_) return status::ok;
   int16_t* xm = (int16_t*)aligned(xm_, total * 2);
   int64_t pixel2, row2;
   const int32_t e0 = dfp16_exponent_of(bits);
-  x_shift_ = convert_fitting(xb, xm, total, e0, n * cb * h, w, bc_, wf_norm2_, 0, threads, pixel2, row2);
+  x_shift_ = convert_fitting(xb, xm, total, e0, p2, q2, w, bc_, wf_norm2_, 0, threads, pixel2, row2);
   ex_ = e0 + x_shift_;
   x_row2_ = row2;
   const int32_t e = ex_ + ew_;
@@ -209,7 +207,10 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
   const int64_t sums = n * kb * bk_;
   float* dz = (float*)aligned(dz_, round_up(relu_ ? total_y : 0, 16) * 4 + sums * 4);
   float* colsum = dz + round_up(relu_ ? total_y : 0, 16);
-#pragma omp parallel for num_threads(threads) schedule(static)
+  // With them, in the same pass, dZ's largest |value| and slice norms (scan's).
+  uint32_t bits = 0;
+  double p2 = 0.0, q2 = 0.0;
+#pragma omp parallel for num_threads(threads) reduction(max : bits, p2, q2) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
     const float* d = activation_grad(relu_ ? activation::relu : activation::none, gyb, yb, false, nullptr, at,
@@ -218,6 +219,8 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
     std::fill(sum, sum + bk_, 0.0f);
     for (int64_t p = 0; p < pix; ++p)
       for (int64_t q = 0; q < bk_; ++q) sum[q] += d[p * bk_ + q];
+    bits = std::max(bits, dfp16_absmax_bits(d, plane_y));
+    for (int64_t o = 0; o < oh; ++o) row_norms(d + o * ow * bk_, ow, bk_, p2, q2);
   }
   const float* dzf = relu_ ? dz : gyb;
   if (bg)
@@ -228,13 +231,12 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
     }
 
   // dZ's mantissas: slices that fit against Wᵀ's (backward data) and x's rows (weight gradient).
-  const uint32_t bits = absmax_bits(dzf, total_y, threads);
   nonfinite_ = bits >= 0x7F800000u;
   if (nonfinite_) return status::ok;
   int16_t* dzm = (int16_t*)aligned(dzm_, total_y * 2);
   int64_t pixel2, row2;
   const int32_t e0 = dfp16_exponent_of(bits);
-  z_shift_ = convert_fitting(dzf, dzm, total_y, e0, n * kb * oh, ow, bk_, wb_norm2_, std::max<int64_t>(x_row2_, 1),
+  z_shift_ = convert_fitting(dzf, dzm, total_y, e0, p2, q2, ow, bk_, wb_norm2_, std::max<int64_t>(x_row2_, 1),
                              threads, pixel2, row2);
   ez_ = e0 + z_shift_;
   const int16_t* xm = (const int16_t*)aligned(xm_, 0);
