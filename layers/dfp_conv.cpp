@@ -117,8 +117,9 @@ bool dfp_conv_layer::refresh(const float* w, const float* b) {
     bias_e_.assign(bias_.size(), 0.0f);
     if (!w_finite_) return;
     ew_ = dfp16_exponent_of(bits);
-    std::vector<int16_t> wm((size_t)count);
-    f32_to_dfp16(w, wm.data(), count, ew_);
+    if ((int64_t)wm_.size() < count) wm_.resize((size_t)count);  // grown, never shrunk
+    int16_t* const wm = wm_.data();
+    f32_to_dfp16(w, wm, count, ew_);
     // Forward blocks (bc × bk: W of output block j, input block q, one tap) and backward ones
     // (bk × bc: Wᵀ), each column's squared norm (a batch element's weight slice) on the way.
     auto pack = [&](const channel_split& sp, int64_t src, int64_t res, bool fwd, std::vector<char>& dst) {
@@ -130,9 +131,9 @@ bool dfp_conv_layer::refresh(const float* w, const float* b) {
     reduction(max : norm2) schedule(static)
       for (int64_t j = 0; j < nj; ++j)
         for (int64_t q = 0; q < sp.per; ++q) {
-          std::vector<int16_t> blk((size_t)(ki * ko));
+          int16_t* const blk = (int16_t*)scratch(0, ceil_div(ki * ko, 2));  // this thread's block
           for (int64_t tap = 0; tap < taps; ++tap) {
-            std::fill(blk.begin(), blk.end(), (int16_t)0);
+            std::fill(blk, blk + ki * ko, (int16_t)0);
             for (int64_t r = 0; r < std::min(ki, src - q * ki); ++r)
               for (int64_t o = 0; o < std::min(ko, res - j * ko); ++o) {
                 const int64_t s_ch = q * ki + r, r_ch = j * ko + o;  // source and result channels
@@ -144,7 +145,7 @@ bool dfp_conv_layer::refresh(const float* w, const float* b) {
               for (int64_t r = 0; r < ki; ++r) s += (int32_t)blk[r * ko + o] * blk[r * ko + o];
               norm2 = std::max(norm2, s);
             }
-            pack_b(dtype::s16s16f32, blk.data(), ki, ko, ko, out + ((j * sp.per + q) * taps + tap) * pblk, ko,
+            pack_b(dtype::s16s16f32, blk, ki, ko, ko, out + ((j * sp.per + q) * taps + tap) * pblk, ko,
                    nullptr);
           }
         }

@@ -71,6 +71,7 @@ class dfp_conv_layer {
   packed_weights seen_;
   std::vector<float> bias_, bias_e_;          // the bias padded to K/bk, and scaled by 2^−e per call
   std::vector<char> fwd_, bwd_;               // packed int16 mantissas (forward, transposed)
+  std::vector<int16_t> wm_;                   // W's mantissas as (K, C, R, S), while packing
   int32_t ew_ = 0, ex_ = 0, ez_ = 0, x_shift_ = 0, z_shift_ = 0;
   int64_t wf_norm2_ = 0, wb_norm2_ = 0;       // largest squared slice norms of fwd_ and bwd_
   int64_t x_row2_ = 0;                        // largest squared norm of a channel's image row of x
