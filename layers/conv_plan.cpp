@@ -2,6 +2,7 @@
 // for a call shape, and running it. A run narrower than the rows sharing its row taps (a border
 // column) is computed down the column instead (run_pass).
 #include "conv_plan.h"
+#include "brgemm/dfp.h"
 #include "brgemm/norm.h"
 #include "blocks.h"
 #include <cstring>
@@ -342,6 +343,10 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
         activation_f32(x.act, x.z + at, y, len);
         f32_to_bf16(y, (uint16_t*)x.out + at, len);
       }
+    }
+    if (x.scale) {  // f32 results (res_step 1 or several: every column of the rows is written)
+      const int64_t at = (i * p.res + jl) * res_plane + o0 * p.res_cols * p.bo;
+      dfp16_scale_f32((float*)x.out + at, (o1 - o0) * p.res_cols * p.bo, x.scale_e);
     }
     if (x.moments) {  // a BatchNorm's statistics of the group's finished rows, while they are in cache
       const bool bf16_out = x.z ? p.t == dtype::bf16 : p.e.out == out_type::bf16;

@@ -126,6 +126,8 @@ struct pass_data {
   float* z = nullptr;                      // with z: out = act(z), z = the epilogue's result (f32)
   const void* add = nullptr;               // the residual, laid out as the epilogue's output
   brgemm::activation act = activation::none;
+  bool scale = false;                      // DFP-16 (dfp_conv.h): out ← out·2^scale_e on the
+  int32_t scale_e = 0;                     //   group's finished rows, while they are in cache
   double* moments = nullptr;               // [n][res][rows][2][bo]: row_moments of each row of
   int64_t moment_cols = 0;                 //   moment_cols pixels (result rows merged: several a row)
 };

@@ -897,7 +897,7 @@ def _ctor(draw, cls):
                                      pick([1], [(3, 1, 1), 0]))))]
         kw = dict(_geometry(draw), activation=act, seed=0)
         if cls is brgemm.nn.Conv2d:
-            kw["dtype"] = dtype
+            kw["dtype"] = draw(pick([dtype, dtype, "dfp16"], []))
             if draw(st.booleans()):
                 kw["algorithm"] = draw(maybe(pick(["auto", "direct", "winograd", "winograd2", "winograd4"],
                                                   ["fast", 4])))
@@ -1062,7 +1062,7 @@ def _m_output_size(draw, layer, state, name):
 
 METHODS["output_size"] = _m_output_size
 METHODS["prune"], METHODS["packing"] = _m_prune, _m_packing
-for _attr in ("mask", "sparsity", "block_sparse", "block_density"):
+for _attr in ("mask", "sparsity", "block_sparse", "block_density", "exponents"):
     METHODS[_attr] = _m_get(_attr)
 METHODS["algorithm_used"] = lambda draw, layer, state, name: getattr(layer, "algorithm_used")
 METHODS["weight_grad"] = METHODS["bias_grad"] = lambda draw, layer, state, name: getattr(layer, name.split(".")[-1],

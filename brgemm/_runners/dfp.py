@@ -5,9 +5,14 @@ BRGEMM, int32 sums over K-chunks that cannot overflow, added in float32), as in 
 shared exponent at every call (the dynamic part), in C++; the weight's and the input's DFP-16
 copies of a training forward are kept for its backward."""
 
+import threading
+
 import numpy as np
 
-from .. import dfp
+from .. import _core, dfp
+from .conv import F32, ConvRunner, blocked_shape
+from .scratch import Scratch
+from .weights import PackedWeights
 
 ACTIVATIONS = ("none", "relu")
 
@@ -54,3 +59,49 @@ class DFPLinearRunner:
             if bias_grad is not None:
                 np.sum(dz, axis=0, dtype=np.float32, out=bias_grad)
         return grad_x
+
+
+class DFPConvRunner(ConvRunner):
+    """The DFP-16 convolution runner (Conv2d(dtype="dfp16")): ``_core._DFPConv2d`` converts the
+    blocked float32 input, the weights (when they change) and ∂y to int16 mantissas with one
+    exponent each, and runs forward, ∂x and ∂W as s16s16f32 BRGEMMs (layers/dfp_conv.h).
+    ConvRunner's scratch arrays and layout conversions; float32 activations only."""
+
+    def __init__(self, geometry, activation, scratch=16):
+        if geometry.groups != 1:
+            raise ValueError(f"groups must be 1 for dtype='dfp16', got {geometry.groups}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be None or 'relu' for dtype='dfp16', got {activation!r}")
+        self.geometry = geometry
+        self.cv = _core._DFPConv2d(*geometry.core_args(), activation)
+        self.bc, self.bk, self.needs_z = self.cv.bc, self.cv.bk, False
+        self.act_dtype = F32
+        self.weights = PackedWeights(self.cv.refresh, core=True)
+        self.scratch = Scratch(scratch)
+        self.lock = threading.Lock()
+
+    def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, version=None, moments=None):
+        """As ConvRunner.forward (float32 x; no residual or moments). Returns (xb, yb, None)."""
+        if add is not None or moments is not None:
+            raise ValueError("dtype='dfp16' takes no residual (add) or moments")
+        n, h, w = x.shape[0], x.shape[2], x.shape[3]
+        oh, ow = y.shape[2:4]
+        yb = y if y.ndim == 5 else self.scratch.get("y", blocked_shape(n, self.geometry.out_channels, self.bk, oh, ow),
+                                                     F32)
+        self.scratch.holds.pop("y", None)
+        self.refresh(weight, bias, version)
+        xb = self.blocked("x", x, self.bc, F32, x_key)
+        self.cv.forward(n, h, w, xb, yb)
+        if y.ndim == 4:
+            _core.conv_from_blocked(yb, y)
+        return xb, yb, None
+
+    def backward(self, n, h, w, gyb, yb, zb, xb, gx, weight_grad, bias_grad, accumulate):
+        """As ConvRunner.backward; x's mantissas are the ones the last forward kept."""
+        gxb = None
+        if gx is not None:
+            gxb = gx if gx.ndim == 5 else self.scratch.get(
+                "gx", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), F32)
+        self.cv.backward(n, h, w, gyb, yb, gxb, weight_grad, bias_grad, accumulate)
+        if gx is not None and gx.ndim == 4:
+            _core.conv_from_blocked(gxb, gx)

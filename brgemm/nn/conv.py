@@ -24,6 +24,7 @@ from .. import _core
 from .._args import activation_arg, dtype_arg, positive_int
 from .._quantize import quantize_per_channel
 from .._runners.conv import ConvGeometry, ConvRunner, blocked_shape
+from .._runners.dfp import DFPConvRunner
 from .._runners.quantized import QuantizedConvRunner
 from ._parameters import Parameters, QuantizedIO
 from ._pruning import Prunable
@@ -113,9 +114,13 @@ class Conv2d(_Convolution, Prunable, Parameters):
     against float64 on ResNet-50's 3×3 layers, the largest error is ≤ 2e-5 of the output's
     largest magnitude for F(4×4), ≤ 1e-6 for F(2×2), ≤ 3e-5 for F(6×6) (direct: ≤ 1e-6).
     ``activation``: None, "relu", or any of :class:`brgemm.nn.Linear`'s. ``dtype``: "float32",
-    or "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
+    "bfloat16" (bf16 activations and weights in the products, f32 accumulation, f32 master
     weights and gradients; the weight gradient is computed in f32 from the bf16 activations,
-    which are exact in f32). Initialised as PyTorch does: U(−1/√(C/groups·R·S), 1/√(C/groups·R·S)),
+    which are exact in f32), or "dfp16" (dynamic fixed point, Das et al. 2018: forward, ∂x and ∂W
+    multiply int16 mantissas with one shared exponent per tensor, each batch element's int32 sum
+    exact, converted to float32 and added; float32 activations, master weights and gradients;
+    groups 1, activation None or "relu", algorithm "auto" or "direct"; ``exponents`` after a
+    call; layers/dfp_conv.h). Initialised as PyTorch does: U(−1/√(C/groups·R·S), 1/√(C/groups·R·S)),
     from ``seed``.
 
     >>> conv = Conv2d(64, 64, 3, padding=1, activation="relu")
@@ -135,11 +140,17 @@ class Conv2d(_Convolution, Prunable, Parameters):
                  activation=None, dtype="float32", seed=None, groups=1, algorithm="auto"):
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.activation = activation_arg(activation)
-        self.dtype = dtype_arg(dtype)
         if not isinstance(algorithm, str):
             raise TypeError(f"algorithm must be a string, got {type(algorithm).__name__}")
         self.algorithm = algorithm
-        self._runner = ConvRunner(self.dtype, self.geometry, activation or "none", algorithm=algorithm)
+        if dtype == "dfp16":
+            if algorithm not in ("auto", "direct"):
+                raise ValueError(f"algorithm must be 'auto' or 'direct' for dtype='dfp16', got {algorithm!r}")
+            self.dtype = dtype
+            self._runner = DFPConvRunner(self.geometry, activation or "none")
+        else:
+            self.dtype = dtype_arg(dtype)
+            self._runner = ConvRunner(self.dtype, self.geometry, activation or "none", algorithm=algorithm)
         self._act_dtype, self.bc, self.bk = self._runner.act_dtype, self._runner.bc, self._runner.bk
         r, s = self.kernel_size
         rng = np.random.default_rng(seed)
@@ -151,10 +162,23 @@ class Conv2d(_Convolution, Prunable, Parameters):
     def algorithm_used(self):
         """What the last forward ran: "direct", "winograd F(4x4,3x3)" or "winograd F(2x2,3x3)";
         None before the first forward."""
+        if self.dtype == "dfp16":
+            return None if self._saved is None and not self._ran else "direct"
         return self._runner.cv.algorithm_used
 
+    _ran = False  # a dfp16 layer's forward has run
+
     def _set_mask(self, keep):
-        self._runner.cv.set_mask(keep.view(np.uint8))
+        if self.dtype != "dfp16":  # dfp16 products are dense: the SGD step alone holds the mask
+            self._runner.cv.set_mask(keep.view(np.uint8))
+
+    @property
+    def exponents(self):
+        """dtype="dfp16": the shared exponents of the last forward and backward (``x``,
+        ``weight``, ``grad`` for ∂y after the activation) and the bits the overflow bound added
+        to x's and ∂y's (``x_shift``, ``grad_shift``; layers/dfp_conv.h), as a dict; None for the
+        float32 and bfloat16 layers."""
+        return self._runner.cv.exponents if self.dtype == "dfp16" else None
 
     @property
     def packing(self):
@@ -162,23 +186,31 @@ class Conv2d(_Convolution, Prunable, Parameters):
         ``brgemm.nn.Conv2d.sparse_crossover`` of the weight blocks, ki × ko channels of one tap,
         hold a nonzero, else dense), "dense" or "sparse" (forced). Block-sparse passes leave the
         zero blocks out of their BRGEMM batches and sum the rest in the dense order: the results
-        are bit-identical to the dense ones for finite inputs. Depthwise layers stay dense."""
-        return self._runner.cv.packing
+        are bit-identical to the dense ones for finite inputs. Depthwise and dfp16 layers stay
+        dense."""
+        return "dense" if self.dtype == "dfp16" else self._runner.cv.packing
 
     @packing.setter
     def packing(self, value):
         if not isinstance(value, str):
             raise TypeError(f"packing must be a string, got {type(value).__name__}")
+        if self.dtype == "dfp16":
+            if value not in ("auto", "dense"):
+                raise ValueError(f"packing must be 'auto' or 'dense' for dtype='dfp16' (its products are dense), "
+                                 f"got {value!r}")
+            return
         self._runner.cv.packing = value
 
     @property
     def block_sparse(self):
         """Whether the last packing runs block-sparse (known after a forward)."""
-        return self._runner.cv.block_sparse
+        return False if self.dtype == "dfp16" else self._runner.cv.block_sparse
 
     @property
     def block_density(self):
         """The fraction of the forward weight blocks holding a nonzero (last packing)."""
+        if self.dtype == "dfp16":
+            return 1.0  # dense products: every block is used
         return self._runner.cv.block_density
 
     sparse_crossover = _core._Conv2d.sparse_crossover
@@ -203,12 +235,14 @@ class Conv2d(_Convolution, Prunable, Parameters):
         """y for x (N, C, H, W) or blocked (N, C/bc, H, W, bc), float32 or bfloat16 (a blocked x
         must have the layer's dtype). y has the layer's dtype and x's kind: (N, K, OH, OW) or
         (N, K/bk, OH, OW, bk). ``out`` may give its array."""
-        x, blocked = self._checked(x, "x", self.in_channels, self.bc, self._act_dtype, (_F32, _BF16))
+        x, blocked = self._checked(x, "x", self.in_channels, self.bc, self._act_dtype,
+                                   (_F32,) if self.dtype == "dfp16" else (_F32, _BF16))
         n, _, h, w = x.shape[:4]
         y = self._output(x, blocked, out, self.out_channels, self.bk, *self.output_size(h, w), self._act_dtype)
         token = self._owned.token()   # before the arrays are referenced below
         xb, yb, zb = self._runner.forward(x, y, self._weight, self._bias, keep_z=self.training, version=token)
         self._saved = (xb, yb, zb, n, h, w) if self.training else None
+        self._ran = True
         return y
 
     __call__ = forward

@@ -56,7 +56,11 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
     the same parameters (Conv2d with zero padding, grouped and depthwise too, Linear, LSTM without
     projections, GRU; with ``approximate=True`` also Tanh → KTanh and Softmax → TaylorSoftmax)
     and returns a :class:`ConversionReport`. ``dtype="bfloat16"`` makes the swapped layers
-    compute in bf16 (f32 master weights; results in the input's dtype). ``fuse``: a ReLU (or ReLU6) that
+    compute in bf16 (f32 master weights; results in the input's dtype). ``dtype="dfp16"``: the
+    swapped Conv2d (groups 1) and Linear layers train in DFP-16 (brgemm.nn's dfp16 layers:
+    int16 mantissas with shared exponents, exact int32 sums per batch element; float32
+    activations, Parameters and gradients; a ReLU fuses, a ReLU6 stays; plain NCHW between
+    layers); the other swapped modules compute in float32. ``fuse``: a ReLU (or ReLU6) that
     directly follows a swapped Conv2d or Linear in a Sequential moves into its epilogue (the
     ReLU becomes Identity). ``blocked=True``: a swapped Conv2d whose next module in a Sequential
     (Identity modules skipped) is another swapped Conv2d, or a global average pooling
@@ -68,8 +72,14 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
     A model that is itself supported is converted by changing its class."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _compute_dtype_arg(dtype)
+    _compute_dtype_arg(dtype, dfp16=True)
     _algorithm_arg(algorithm)
+
+    def dtype_for(cls, child):  # dfp16: Conv2d (groups 1) and Linear; the rest float32
+        if dtype != "dfp16":
+            return dtype
+        return dtype if cls is Linear or (cls is Conv2d and child.groups == 1) else None
+
     report = ConversionReport()
 
     def visit(module, prefix):
@@ -77,7 +87,7 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
             full = f"{prefix}.{name}" if prefix else name
             cls, why = _target(child, approximate)
             if cls is not None:
-                new = cls.from_torch(child, dtype)
+                new = cls.from_torch(child, dtype_for(cls, child))
                 if isinstance(new, Conv2d):
                     new.algorithm = _module_algorithm(algorithm, new)
                 setattr(module, name, new)
@@ -89,7 +99,8 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
         if fuse and isinstance(module, nn.Sequential):
             kids = list(module.named_children())
             for (a, first), (b, second) in zip(kids, kids[1:]):
-                if isinstance(first, (Conv2d, Linear)) and first.activation == "none" and type(second) in _FUSABLE:
+                if (isinstance(first, (Conv2d, Linear)) and first.activation == "none" and type(second) in _FUSABLE
+                        and (first.compute_dtype != "dfp16" or _FUSABLE[type(second)] == "relu")):
                     first.activation = _FUSABLE[type(second)]
                     setattr(module, b, nn.Identity())
                     full = f"{prefix}.{b}" if prefix else b
@@ -98,7 +109,7 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
         if blocked and isinstance(module, nn.Sequential):
             kids = [(n, c) for n, c in module.named_children() if not isinstance(c, nn.Identity)]
             for (a, first), (b, second) in zip(kids, kids[1:]):
-                if not isinstance(first, Conv2d):
+                if not isinstance(first, Conv2d) or first.compute_dtype == "dfp16":  # dfp16 takes plain NCHW
                     continue
                 if (isinstance(second, Conv2d) and first.compute_dtype == second.compute_dtype
                         and first.out_channels == second.in_channels):
@@ -114,7 +125,7 @@ def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, a
 
     cls, _ = _target(model, approximate)
     if cls is not None and cls in _EXACT:
-        swapped = cls.from_torch(model, dtype)
+        swapped = cls.from_torch(model, dtype_for(cls, model))
         model.__class__ = cls
         model.__dict__.update(swapped.__dict__)
         report.swapped.append(("", cls._torch_class.__name__, f"brgemm.torch.{cls.__name__}"))

@@ -10,12 +10,17 @@ from ..nn import functional as _fn
 from ._bridge import _BF16, _F32, _algorithm_arg
 
 
-def _compute_dtype_arg(dtype):
+def _compute_dtype_arg(dtype, dfp16=False):
+    """The torch dtype of the products (None: the input's); "dfp16" where ``dfp16`` (Conv2d and
+    Linear: brgemm.torch._dfp)."""
     if dtype is None:
         return None
+    if dfp16 and dtype == "dfp16":
+        return "dfp16"
     names = {"float32": _F32, "bfloat16": _BF16, _F32: _F32, _BF16: _BF16}
     if dtype not in names:
-        raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
+        allowed = "None, 'float32', 'bfloat16' or 'dfp16'" if dfp16 else "None, 'float32' or 'bfloat16'"
+        raise ValueError(f"dtype must be {allowed}, got {dtype!r}")
     return names[dtype]
 
 
@@ -62,9 +67,14 @@ class _Swap:
         new._init_brgemm(dtype)
         return new
 
+    _dfp16 = False  # whether compute_dtype may be "dfp16"
+
     def _init_brgemm(self, dtype, activation=None):
-        self.compute_dtype = _compute_dtype_arg(dtype)
+        self.compute_dtype = _compute_dtype_arg(dtype, self._dfp16)
+        if self.compute_dtype == "dfp16" and getattr(self, "groups", 1) != 1:
+            raise ValueError(f"compute_dtype='dfp16' needs groups=1, got groups={self.groups}")
         self.activation = _fused_arg(activation)
+        self._dfp = None
 
 
 def _conv_unsupported(m):
@@ -82,6 +92,7 @@ class Conv2d(_Swap, nn.Conv2d):
 
     _torch_class = nn.Conv2d
     _unsupported = staticmethod(_conv_unsupported)
+    _dfp16 = True
 
     def __init__(self, *args, activation=None, compute_dtype=None, algorithm="direct", **kwargs):
         super().__init__(*args, **kwargs)
@@ -97,12 +108,19 @@ class Conv2d(_Swap, nn.Conv2d):
     def _padding4(self):  # "same" puts an odd extra row/column at the bottom/right, as PyTorch does
         return list(padding_arg(self.padding, self.kernel_size, self.dilation))
 
+    def _padding4_tuple(self):
+        return tuple(self._padding4())
+
     #: Return the blocked layout (N, K/bk, OH, OW, bk), which the next brgemm Conv2d takes without
     #: converting; convert(model, blocked=True) sets it inside chains of convolutions.
     blocked_output = False
 
     def forward(self, input):
-        """input: (N, C, H, W), unbatched (C, H, W), or blocked (N, C/bc, H, W, bc)."""
+        """input: (N, C, H, W), unbatched (C, H, W), or blocked (N, C/bc, H, W, bc)
+        (compute_dtype "dfp16": (N, C, H, W) only)."""
+        if self.compute_dtype == "dfp16":
+            from . import _dfp
+            return _dfp.conv2d(self, input)
         dt, out_dt = _dtypes(self, input)
         unbatched = input.dim() == 3
         x = (input.unsqueeze(0) if unbatched else input).to(dt)
@@ -152,12 +170,16 @@ class Linear(_Swap, nn.Linear):
     """``torch.nn.Linear`` computed by ``torch.ops.brgemm.linear``; extra keywords as :class:`Conv2d`."""
 
     _torch_class = nn.Linear
+    _dfp16 = True
 
     def __init__(self, *args, activation=None, compute_dtype=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_brgemm(compute_dtype, activation)
 
     def forward(self, input):
+        if self.compute_dtype == "dfp16":
+            from . import _dfp
+            return _dfp.linear(self, input)
         dt, out_dt = _dtypes(self, input)
         return torch.ops.brgemm.linear(input.to(dt), self.weight, self.bias, self.activation).to(out_dt)
 

@@ -17,6 +17,7 @@ void register_pool(py::module_& m);      // pool.cpp: max pooling, global averag
 void register_batch_norm(py::module_& m);  // batch_norm.cpp: batch norm (training) on blocked activations
 void register_codebook(py::module_& m);  // codebook.cpp: shared-weight packing and product
 void register_dfp(py::module_& m);       // dfp.cpp: DFP-16 conversions and the chunked int16 product
+void register_dfp_conv(py::module_& m);  // dfp_conv.cpp: _DFPConv2d (DFP-16 convolution)
 void register_ternary(py::module_& m);   // ternary.cpp: ternary (2-bit, residual levels) packing and product
 }  // namespace brgemm::bindings
 
@@ -35,5 +36,6 @@ PYBIND11_MODULE(_core, m) {
   register_batch_norm(m);
   register_codebook(m);
   register_dfp(m);
+  register_dfp_conv(m);
   register_ternary(m);
 }
