@@ -4,7 +4,9 @@
 // Backward, per step from the last, per (row block, run of hidden units; one run per thread):
 //   dh[rows, units] += dGh_{s+1}[rows, :] · W_hh[:, units]     one BRGEMM call (beta 1)
 //   dG_s[rows, units' gates] from dh + dy, the saved gates and the cell state
-// then three large products for the weight gradients and dx, after the time loop.
+// then three large products for the weight gradients and dx, after the time loop. Block-sparse
+// (rnn_sparse.cpp): the run is one column block, its call an offset batch over the kept blocks;
+// dx and, under a pruning mask, the weight gradients likewise over the kept blocks.
 #include "rnn.h"
 #include <cmath>
 #include <omp.h>
@@ -345,12 +347,46 @@ status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const
 status rnn_layer::backward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
   plan_key key = zeroed<plan_key>();
   key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads;
+  key.sparse = hh_gen_, key.xsparse = x_gen_, key.wsparse = wg_gen_;
+  if (x_gen_ || wg_gen_) key.steps = steps_, key.used = (int32_t)used_;  // their products' M or K
   return bwd_plans_.get(key, out, [&](step_plan& pl) {
+    const int64_t ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), last = hp_ % panel, wb = g_ * bh;
+    pl.level = (isa)key.level;
+    if (key.sparse) {  // dh's column block of kb_ units over its kept hidden blocks (wb rows of W_hh each)
+      pl.ks.assign((size_t)rb, nullptr);
+      for (int64_t m = 1; m <= rb; ++m)
+        if (status st = dispatch(desc{dtype::f32, m, kb_, wb, ghp, kb_, hp_, batch_kind::offset, 1.0f}, &pl.ks[m - 1]);
+            st != status::ok)
+          return st;
+    }
+    if (key.xsparse) {  // dx's 64 rows (or the last ones) of a column block of kbx_ inputs
+      const int64_t rows = key.steps * N;
+      for (int beta = 0; beta < 2; ++beta)
+        for (int edge = 0; edge < 2; ++edge)
+          if (const int64_t m = edge ? rows % 64 : std::min<int64_t>(rows, 64); m > 0)
+            if (status st = dispatch(desc{dtype::f32, m, kbx_, wb, ghp, kbx_, in_, batch_kind::offset, (float)beta},
+                                     &pl.kdx[beta][edge]);
+                st != status::ok)
+              return st;
+    }
+    if (key.wsparse) {  // a weight gradient block: 16 rows of dGᵀ times all of x's (h's) rows
+      const int64_t rows_x = key.steps * N, rows_h = key.used * N;
+      const int64_t lda_h = cell_ == rnn_cell::lstm && !reverse_ ? rows_x : rows_h;  // dgh_is_dgx
+      for (int hh = 0; hh < 2; ++hh)
+        for (int edge = 0; edge < 2; ++edge) {
+          const int64_t ld = hh ? hp_ : in_, n = edge ? ld % wg_cols : std::min(ld, wg_cols);
+          if (n == 0) continue;
+          if (status st = dispatch(desc{dtype::f32, bh, n, hh ? rows_h : rows_x, hh ? lda_h : rows_x, ld, ld,
+                                        batch_kind::stride, 0.0f},
+                                   &pl.kw[hh][edge]);
+              st != status::ok)
+            return st;
+        }
+    }
+    if (key.sparse) return status::ok;
     // dh[rows, units] += dGh[rows, :] · W_hh[:, units] on a run of whole 16-unit blocks inside
     // one 64-unit panel of W_hh: kernels per row count, run width and panel (full, or the last
     // narrower one: its ldb differs).
-    const int64_t ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), last = hp_ % panel;
-    pl.level = (isa)key.level;
     pl.k.assign((size_t)(rb * (panel / bh) * 2), nullptr);
     for (int64_t m = 1; m <= rb; ++m)
       for (int64_t w = bh; w <= panel; w += bh)
@@ -545,25 +581,42 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     *u0 = p * blocks / parts * bh;
     *un = (p + 1) * blocks / parts * bh - *u0;
   };
+  // Block-sparse: per (row block, column block q of kb_ units), one offset batch over the hidden
+  // blocks kept in q (index_backward), in the dense call's order of k.
+  const bool sparse = hh_gen_ != 0;
+  auto recurrent_sparse = [&](int64_t s, int64_t r0, int64_t m, int64_t q) {
+    batch_ref batch;
+    batch.count = bt_at_[q + 1] - bt_at_[q];
+    batch.a = dgh_.data() + (s * N + r0) * ghp;
+    batch.b = whh_q_.data() + q * ghp * kb_;
+    batch.offs_a = bt_offs_a_.data() + bt_at_[q];
+    batch.offs_b = bt_offs_b_.data() + bt_at_[q];
+    execute(*plan->ks[m - 1], batch, dh_.data() + r0 * hp_ + q * kb_);
+  };
+  const int64_t cols = sparse ? hp_ / kb_ : parts;  // items per row block
 #pragma omp parallel num_threads(threads)
   {
     for (int64_t s = used_ - 1; s >= 0; --s) {
       const int64_t n = active_[s], n1 = s + 1 < used_ ? active_[s + 1] : 0;
 #pragma omp for schedule(static)
-      for (int64_t item = 0; item < ceil_div(n, rb) * parts; ++item) {
-        const int64_t r0 = item / parts * rb, m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
-        int64_t u0, un;
-        part(item % parts, &u0, &un);
-        if (m1 > 0) recurrent(s + 1, r0, m1, u0, un);
+      for (int64_t item = 0; item < ceil_div(n, rb) * cols; ++item) {
+        const int64_t r0 = item / cols * rb, m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
+        int64_t u0 = item % cols * kb_, un = kb_;
+        if (!sparse) part(item % cols, &u0, &un);
+        if (m1 > 0) sparse ? recurrent_sparse(s + 1, r0, m1, item % cols) : recurrent(s + 1, r0, m1, u0, un);
         bwd_rows(v, s, r0, m, u0, un, dy, ldy);
       }
     }
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < ceil_div(active_[0], rb) * parts; ++item) {
-      const int64_t r0 = item / parts * rb;
+    for (int64_t item = 0; item < ceil_div(active_[0], rb) * cols; ++item) {
+      const int64_t r0 = item / cols * rb, m = std::min(rb, active_[0] - r0);
       int64_t u0, un;
-      part(item % parts, &u0, &un);
-      recurrent(0, r0, std::min(rb, active_[0] - r0), u0, un);
+      if (sparse) {
+        recurrent_sparse(0, r0, m, item % cols);
+        continue;
+      }
+      part(item % cols, &u0, &un);
+      recurrent(0, r0, m, u0, un);
     }
   }
   for (int64_t i = 0; i < N; ++i) {
@@ -572,35 +625,43 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   }
 
   // dx = dGx · W_ih, then the weight gradients dW = dGᵀ · (X or h), one product each.
-  if (dx)
+  if (dx && x_gen_) {
+    if (status st = input_backward(dx, dx_add, *plan, threads); st != status::ok) return st;
+  } else if (dx) {
     if (status st = gemm(dtype::f32, T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_,
                          dx_add ? 1.0f : 0.0f);
         st != status::ok)
       return st;
+  }
   const float* x = (const float*)x_;
   if (t_ == dtype::bf16) {
     x32_.resize((size_t)(T * N * in_));
     bf16_to_f32((const uint16_t*)x_, x32_.data(), T * N * in_);
     x = x32_.data();
   }
-  // gw (G·H × cols, PyTorch's gate order) (+)= tmp2 (G·Hp × ld, internal order), real units only.
-  auto add_gradient = [&](float* gw, int64_t cols, int64_t ld) {
+  // gw (G·H × cols, PyTorch's gate order) (+)= tmp2 (G·Hp × ld, internal order), real units
+  // only; zero where a pruning mask prunes (tmp2 is not computed for its blocks pruned whole).
+  auto add_gradient = [&](float* gw, int64_t cols, int64_t ld, const std::vector<uint8_t>& mask) {
+    const uint8_t* keep = mask.empty() ? nullptr : mask.data();
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
     for (int64_t g = 0; g < g_; ++g)
       for (int64_t u = 0; u < h_; ++u)
         for (int64_t c = 0; c < cols; ++c) {
-          float& w = gw[(g * h_ + u) * cols + c];
-          w = (accumulate ? w : 0.0f) + tmp2_[col(g, u) * ld + c];
+          const int64_t e = (g * h_ + u) * cols + c;
+          const float d = !keep || keep[e] ? tmp2_[col(g, u) * ld + c] : 0.0f;
+          gw[e] = (accumulate ? gw[e] : 0.0f) + d;
         }
   };
+  const bool wsparse = wg_gen_ != 0;
   const int64_t rows_x = T * N, rows_h = used_ * N;
   tmp_.resize((size_t)(ghp * std::max(rows_x, rows_h)));
   tmp2_.resize((size_t)(ghp * std::max(in_, hp_)));
   transpose_parallel(dgx_.data(), rows_x, ghp, tmp_.data(), threads);
-  if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
+  if (status st = wsparse ? weight_gradient(*plan, false, tmp_.data(), rows_x, x, threads)
+                          : gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
       st != status::ok)
     return st;
-  add_gradient(gw_ih, in_, in_);
+  add_gradient(gw_ih, in_, in_, mask_ih_);
   // An LSTM forward in time stores the same gate gradients as dGx (by time) and dGh (by step,
   // = time): tmp holds dGhᵀ already, in its first rows_h columns, and dGh's column sums are
   // dGx's (its rows past rows_h are zero). The parts skipped measured 1.3 ms (transpose) and
@@ -613,11 +674,12 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     round_bf16(hr_.data(), rows_h * hp_);
     hs = hr_.data();
   }
-  if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), dgh_is_dgx ? rows_x : rows_h, hs, hp_, tmp2_.data(),
-                       hp_, 0.0f);
+  const int64_t lda_h = dgh_is_dgx ? rows_x : rows_h;
+  if (status st = wsparse ? weight_gradient(*plan, true, tmp_.data(), lda_h, hs, threads)
+                          : gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), lda_h, hs, hp_, tmp2_.data(), hp_, 0.0f);
       st != status::ok)
     return st;
-  add_gradient(gw_hh, h_, hp_);
+  add_gradient(gw_hh, h_, hp_, mask_hh_);
   if (gb_ih) {
     // Column sums of dGx (b_ih) and dGh (b_hh; the same but for GRU's n gate), 128 columns a
     // task: with 16 (one cache line a row, rows 10 KB apart at H = 650) this took 2.8 ms of a

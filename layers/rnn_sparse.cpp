@@ -1,7 +1,9 @@
 // Block-sparse products of the recurrent layer driver (rnn.h): the tables of the kept blocks of
 // W_hh's per-hidden-block slices and of W_ihᵀ's column blocks (built at each pack), and the
-// input product Gx = X·W_ihᵀ + b, dense or over the kept blocks. The loops that walk the
-// recurrent tables step by step are rnn.cpp's.
+// input product Gx = X·W_ihᵀ + b, dense or over the kept blocks; backward data's transposed
+// tables and its dx product; the weight gradient's blocks under a pruning mask. The loops that
+// walk the recurrent tables step by step are rnn.cpp's.
+#include <algorithm>
 #include <cstring>
 #include "blocks.h"
 #include "gemm.h"
@@ -69,12 +71,124 @@ void rnn_layer::index_recurrent() {
   index_input();
   if (!on) {
     hh_gen_ = 0;
-    return;
+  } else {
+    if (hh_gen_ == 0 || at != hh_at_ || offs_b != hh_offs_b_) hh_gen_ = ++gen_;  // plans key on it
+    hh_at_ = std::move(at);
+    hh_offs_a_ = std::move(offs_a);
+    hh_offs_b_ = std::move(offs_b);
   }
-  if (hh_gen_ == 0 || at != hh_at_ || offs_b != hh_offs_b_) hh_gen_ = ++gen_;  // plans key on it
-  hh_at_ = std::move(at);
-  hh_offs_a_ = std::move(offs_a);
-  hh_offs_b_ = std::move(offs_b);
+  index_backward();
+}
+
+// The forward tables transposed, for backward data: per column block q of W (kb inputs of the
+// forward's row blocks), the hidden blocks kept there in ascending order, so that the offset
+// batch sums dG·W over q's columns in the dense product's order of k, skipping only zero blocks.
+// W in f32 (internal rows, bf16-rounded for bf16), each column block a (G·Hp × kb) panel.
+void rnn_layer::index_backward() {
+  const int64_t wb = g_ * bh, ghp = g_ * hp_;
+  // at/offs: per hidden block, its kept q as offsets_a = q·kw; panel: w (ghp × cols) → (cols/kw) panels
+  auto transpose_table = [&](const std::vector<int64_t>& at, const std::vector<int64_t>& offs_a, int64_t kw,
+                             int64_t cols, const std::vector<float>& w, std::vector<int64_t>* bat,
+                             std::vector<int64_t>* boa, std::vector<int64_t>* bob, std::vector<float>* panels) {
+    const int64_t per = cols / kw;
+    std::vector<std::vector<int64_t>> lists((size_t)per);
+    for (int64_t blk = 0; blk + 1 < (int64_t)at.size(); ++blk)
+      for (int64_t e = at[blk]; e < at[blk + 1]; ++e) lists[(size_t)(offs_a[e] / kw)].push_back(blk);
+    bat->assign(1, 0), boa->clear(), bob->clear();
+    for (const auto& l : lists) {
+      for (int64_t blk : l) {
+        boa->push_back(blk * wb);       // dG's columns of the hidden block
+        bob->push_back(blk * wb * kw);  // its rows of the column block's panel
+      }
+      bat->push_back((int64_t)boa->size());
+    }
+    panels->resize((size_t)(ghp * cols));
+    for (int64_t q = 0; q < per; ++q)
+      for (int64_t r = 0; r < ghp; ++r)
+        std::copy(w.data() + r * cols + q * kw, w.data() + r * cols + (q + 1) * kw,
+                  panels->data() + (q * ghp + r) * kw);
+  };
+  if (hh_gen_)
+    transpose_table(hh_at_, hh_offs_a_, kb_, hp_, whh_b_, &bt_at_, &bt_offs_a_, &bt_offs_b_, &whh_q_);
+  else
+    bt_at_.clear(), whh_q_.clear();
+  if (x_gen_)
+    transpose_table(x_at_, x_offs_a_, kbx_, in_, wih_b_, &bx_at_, &bx_offs_a_, &bx_offs_b_, &wih_q_);
+  else
+    bx_at_.clear(), wih_q_.clear();
+}
+
+// dx (T·N × I) (+)= dGx · W_ih over the kept blocks: one offset batch per (64 rows, column block).
+status rnn_layer::input_backward(float* dx, bool dx_add, const step_plan& plan, int threads) {
+  const int64_t rows = steps_ * rows_, ghp = g_ * hp_, per = in_ / kbx_, chunks = ceil_div(rows, 64);
+  const float* w = wih_q_.data();
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t item = 0; item < chunks * per; ++item) {
+    const int64_t r0 = item / per * 64, q = item % per;
+    batch_ref batch;
+    batch.count = bx_at_[q + 1] - bx_at_[q];
+    batch.a = dgx_.data() + r0 * ghp;
+    batch.b = w + q * ghp * kbx_;
+    batch.offs_a = bx_offs_a_.data() + bx_at_[q];
+    batch.offs_b = bx_offs_b_.data() + bx_at_[q];
+    execute(*plan.kdx[dx_add][rows - r0 < 64], batch, dx + r0 * in_ + q * kbx_);
+  }
+  return status::ok;
+}
+
+void rnn_layer::set_mask(const uint8_t* mask_ih, const uint8_t* mask_hh) {
+  const int64_t gh = g_ * h_;
+  mask_ih_.assign(mask_ih, mask_ih ? mask_ih + gh * in_ : nullptr);
+  mask_hh_.assign(mask_hh, mask_hh ? mask_hh + gh * h_ : nullptr);
+  index_gradient();
+}
+
+// The weight gradient's blocks: (gate g, hidden block blk, wg_cols inputs from c0) of each
+// matrix, kept unless its mask prunes it whole; the product runs over the kept ones only when
+// the policy says so (a mask, and at most rnn_sparse_crossover of the blocks kept, or forced).
+void rnn_layer::index_gradient() {
+  wg_row_.clear(), wg_col_.clear();
+  const int64_t blocks = hp_ / bh;
+  int64_t total = 0;
+  auto add = [&](const std::vector<uint8_t>& mask, int64_t cols, int64_t padded) {
+    for (int64_t c0 = 0; c0 < padded; c0 += wg_cols)
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        for (int64_t g = 0; g < g_; ++g) {
+          ++total;
+          bool kept = mask.empty();
+          for (int64_t u = blk * bh; u < std::min(h_, (blk + 1) * bh) && !kept; ++u)
+            for (int64_t c = c0; c < std::min(cols, c0 + wg_cols) && !kept; ++c) kept = mask[(g * h_ + u) * cols + c];
+          if (!kept) continue;
+          wg_row_.push_back(col(g, blk * bh));
+          wg_col_.push_back(c0);
+        }
+  };
+  add(mask_ih_, in_, in_);
+  wg_split_ = (int64_t)wg_row_.size();
+  add(mask_hh_, h_, hp_);
+  const bool masked = !mask_ih_.empty() || !mask_hh_.empty();
+  const double density = (double)wg_row_.size() / (double)total;
+  const bool on = masked && (policy_ == sparse_policy::sparse ||
+                             (policy_ == sparse_policy::automatic && density <= rnn_sparse_crossover));
+  wg_gen_ = on ? ++gen_ : 0;
+}
+
+// tmp2_ (G·Hp × ld, internal rows) = aᵀ-rows · b on the kept blocks of one matrix (W_ih, or
+// W_hh when hh): a is dGᵀ (G·Hp × K, lda), b the K × ld inputs (x, or h). Each block is one
+// call over all K rows, as the dense gemm sums them (same order: bit-identical).
+status rnn_layer::weight_gradient(const step_plan& plan, bool hh, const float* a, int64_t lda, const float* b,
+                                  int threads) {
+  const int64_t lo = hh ? wg_split_ : 0, hi = hh ? (int64_t)wg_row_.size() : wg_split_, ld = hh ? hp_ : in_;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t p = lo; p < hi; ++p) {
+    const int64_t r = wg_row_[p], c0 = wg_col_[p];
+    batch_ref batch;
+    batch.count = 1;
+    batch.a = a + r * lda;
+    batch.b = b + c0;
+    execute(*plan.kw[hh][ld - c0 < wg_cols], batch, tmp2_.data() + r * ld + c0);
+  }
+  return status::ok;
 }
 
 status rnn_layer::input_product(int64_t T, int64_t N, const void* x, int threads) {
@@ -122,6 +236,7 @@ status rnn_layer::input_product(int64_t T, int64_t N, const void* x, int threads
 void rnn_layer::set_sparse_policy(sparse_policy p) {
   policy_ = p;
   if (!whh_.empty()) index_recurrent();
+  index_gradient();
 }
 
 }  // namespace brgemm::layers

@@ -124,8 +124,8 @@ class _RNN:
 
     def prune(self, amount, block=None):
         """Zeroes the fraction ``amount`` of every weight matrix (weight_ih_*, weight_hh_*) by
-        magnitude and keeps them zero through training; returns {name: mask} (False where
-        pruned). ``block``: None for 64 × 64 blocks of the fused gate matrices (the BRGEMM's
+        magnitude and keeps them zero through training (their gradients are zero, as for
+        PyTorch's weight·mask); returns {name: mask} (False where pruned). ``block``: None for 64 × 64 blocks of the fused gate matrices (the BRGEMM's
         blocks, edge blocks partial), else as :meth:`brgemm.nn.Linear.prune`. Called again with
         a larger amount, it prunes more."""
         amount = amount_arg(amount)
@@ -140,6 +140,8 @@ class _RNN:
             masks[name] = keep
             self._owned.set(name, np.where(keep, w, np.float32(0)))
         object.__setattr__(self, "_masks", masks)
+        for drv, names in zip(self._drivers, self._names):   # the weight gradients: zero where pruned
+            drv.rnn.set_mask(masks[names[0]].view(np.uint8), masks[names[1]].view(np.uint8))
         return {n: m.copy() for n, m in masks.items()}
 
     @property
