@@ -125,9 +125,11 @@ class _RNN:
     def prune(self, amount, block=None):
         """Zeroes the fraction ``amount`` of every weight matrix (weight_ih_*, weight_hh_*) by
         magnitude and keeps them zero through training (their gradients are zero, as for
-        PyTorch's weight·mask); returns {name: mask} (False where pruned). ``block``: None for 64 × 64 blocks of the fused gate matrices (the BRGEMM's
-        blocks, edge blocks partial), else as :meth:`brgemm.nn.Linear.prune`. Called again with
-        a larger amount, it prunes more."""
+        PyTorch's weight·mask); returns {name: mask} (False where pruned). ``block``: None for
+        64 × 64 blocks of the fused gate matrices (the BRGEMM's blocks, edge blocks partial),
+        else as :meth:`brgemm.nn.Linear.prune`. Called again with a larger amount, it prunes
+        more. The weight gradients' products skip the (gate, 16 units, 64 inputs) blocks the
+        mask prunes whole (see :attr:`packing`)."""
         amount = amount_arg(amount)
         masks = dict(self.__dict__.get("_masks") or {})
         for name in self._names_all:
@@ -148,9 +150,11 @@ class _RNN:
     def packing(self):
         """How the forward products read W_hh and W_ih: "auto" (the default: per 16-unit hidden
         block only the row blocks (64, 32 or 16 inputs) of its weights that hold a nonzero, when
-        at most 90 % of them do), "dense" or "sparse" (forced). Block-sparse products sum the kept
-        terms in the dense order: bit-identical results for finite inputs. The input product is
-        block-sparse only when input_size is a multiple of 16; backward stays dense."""
+        at most 90 % of them do), "dense" or "sparse" (forced). Backward data reads the same kept
+        blocks; after :meth:`prune`, the weight gradients are computed on the blocks the masks
+        keep (by the same rule). Block-sparse products sum the kept terms in the dense order:
+        bit-identical results and gradients for finite inputs. The input product and ∂x are
+        block-sparse only when input_size is a multiple of 16."""
         return self._drivers[0].rnn.packing
 
     @packing.setter
