@@ -116,15 +116,16 @@ def test_sparse_backward_equals_dense_bit_for_bit(isa, rng, dtype, cell, inp, hi
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("cell,inp,hidden,bidirectional,lengths", [(LSTM, 64, 128, True, [6, 6, 3]),
-                                                                  (GRU, 100, 80, False, None),
-                                                                  (LSTM, 24, 130, False, [6, 4, 4])])
-def test_pruned_gradients_zero_and_kept_ones_exact(isa, rng, dtype, cell, inp, hidden, bidirectional, lengths):
+@pytest.mark.parametrize("cell,inp,hidden,layers,bidirectional,lengths", [(LSTM, 64, 128, 1, True, [6, 6, 3]),
+                                                                         (GRU, 100, 80, 2, False, None),
+                                                                         (LSTM, 24, 130, 1, False, [6, 4, 4])])
+def test_pruned_gradients_zero_and_kept_ones_exact(isa, rng, dtype, cell, inp, hidden, layers, bidirectional,
+                                                   lengths):
     """Under prune()'s masks, in either packing: the weight gradients are the unpruned layer's
     (same weights, no mask, dense) times the mask, bit for bit; everything else equals it."""
-    layer = cell(inp, hidden, dtype=dtype, seed=4, bidirectional=bidirectional)
+    layer = cell(inp, hidden, layers, dtype=dtype, seed=4, bidirectional=bidirectional)
     masks = layer.prune(0.75)
-    ref = cell(inp, hidden, dtype=dtype, seed=4, bidirectional=bidirectional)
+    ref = cell(inp, hidden, layers, dtype=dtype, seed=4, bidirectional=bidirectional)
     for name, value in layer.parameters().items():
         setattr(ref, name, value)
     ref.packing = "dense"
@@ -141,7 +142,7 @@ def test_pruned_gradients_zero_and_kept_ones_exact(isa, rng, dtype, cell, inp, h
     for packing in ("dense", "sparse"):
         layer.packing = packing
         got = run_step(layer, x, dy, ln)
-        assert [d.rnn.gradient_sparse for d in layer._drivers] == [packing == "sparse"] * layer._dirs
+        assert [d.rnn.gradient_sparse for d in layer._drivers] == [packing == "sparse"] * len(layer._drivers)
         for key in want:
             assert_bits_equal(want[key], got[key], f"{packing} {key}")
         for name, keep in masks.items():
