@@ -46,6 +46,7 @@ struct py_rnn {
                                      : (const uint8_t*)exact_array(mih, "mask_ih", element::u8, gh() * l.input(), false).data();
     const uint8_t* b = mhh.is_none() ? nullptr
                                      : (const uint8_t*)exact_array(mhh, "mask_hh", element::u8, gh() * l.hidden(), false).data();
+    py::gil_scoped_release nogil;
     l.set_mask(a, b);
   }
 
