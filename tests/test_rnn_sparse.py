@@ -168,3 +168,26 @@ def test_pruned_gradients_accumulate_and_automatic_policy(rng):
     assert [d.rnn.gradient_sparse for d in lstm._drivers] == [False]
     with pytest.raises(ValueError, match="mask_hh"):
         lstm._drivers[0].rnn.set_mask(None, np.ones(7, np.uint8))
+
+
+@pytest.mark.parametrize("cell,hidden", [(LSTM, 130), (GRU, 96)])
+def test_prune_gates_blocks(rng, cell, hidden):
+    """block="gates": whole (16 units × every gate, 64 inputs) blocks, the ones the products skip."""
+    layer = cell(64, hidden, seed=6)
+    masks = layer.prune(0.75, block="gates")
+    g, hp = layer._gates, -(-hidden // 16) * 16
+    for name, keep in masks.items():
+        cols = keep.shape[1]
+        kept, pruned = np.zeros((g, hp, cols + -cols % 64), bool), np.zeros((g, hp, cols + -cols % 64), bool)
+        kept[:, :hidden, :cols] = keep.reshape(g, hidden, cols)
+        pruned[:, :hidden, :cols] = ~keep.reshape(g, hidden, cols)
+        per_block = lambda a: a.reshape(g, hp // 16, 16, -1, 64).any(axis=(0, 2, 4))  # noqa: E731
+        assert not np.any(per_block(kept) & per_block(pruned)), name   # each block kept or pruned whole
+        assert abs(1 - keep.mean() - 0.75) < 0.1, name
+    x = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    layer(x)
+    assert layer.block_sparse == [True]
+    more = layer.prune(0.9, block="gates")   # iterative: only adds
+    assert all(not np.any(more[n][~masks[n]]) for n in masks)
+    with pytest.raises(ValueError, match="block"):
+        layer.prune(0.5, block="units")

@@ -12,7 +12,7 @@ blocks by brgemm.nn.Conv2d.prune, forward at 75/90 %: ratios to our dense packin
 weights and to PyTorch's conv2d, % of peak counting the kept weights' FLOPs.
 
 Block-sparse LSTM training step: 512 → 512, T = 20, N = 64, float32, 75/90 % of the (16 units ×
-4 gates, 64 inputs) blocks of W_ih and W_hh zero and pruned under a mask (bench.sparse.pruned_lstm):
+4 gates, 64 inputs) blocks of W_ih and W_hh pruned (prune(·, block="gates"), bench.sparse.pruned_lstm):
 forward, backward data and weight gradient over the kept blocks; ratios to our dense packing of
 the same weights and masks and to torch.nn.LSTM, % of peak counting the kept weights' FLOPs.
 

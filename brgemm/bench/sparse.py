@@ -50,23 +50,13 @@ def _torch_fns(torch, lin, x):
 
 
 def pruned_lstm(frac, packing, seed=0):
-    """An LSTM of RNN_SHAPE whose W_ih and W_hh have the fraction ``frac`` of their (16 units ×
-    all gates, 64 inputs) blocks zero — the blocks its products skip — and pruned under a mask
-    (prune() with (16, 64) blocks takes those zero blocks first), so its weight gradient skips
-    them too. prune()'s own blocks are per gate: at 90 % only about 0.9⁴ of these are empty."""
+    """An LSTM of RNN_SHAPE pruned by magnitude in the blocks its products skip (prune(frac,
+    block="gates"): 16 units × all 4 gates × 64 inputs of W_ih and W_hh). prune()'s default
+    blocks are per gate: at 90 % only about 0.9⁴ of these would be empty."""
     from ..nn import LSTM
     h, i, _, _ = RNN_SHAPE
     lstm = LSTM(i, h, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    for name in ("weight_ih_l0", "weight_hh_l0"):
-        w = getattr(lstm, name).reshape(4, h // 16, 16, -1, 64).copy()   # (gate, block, unit, q, input)
-        blocks = w.shape[1] * w.shape[3]
-        drop = np.zeros(blocks, bool)
-        drop[rng.permutation(blocks)[:round(frac * blocks)]] = True
-        b, q = np.nonzero(drop.reshape(w.shape[1], w.shape[3]))
-        w[:, b, :, q, :] = 0
-        setattr(lstm, name, w.reshape(4 * h, -1))
-    lstm.prune(frac, block=(16, 64))
+    lstm.prune(frac, block="gates")
     lstm.packing = packing
     return lstm
 
