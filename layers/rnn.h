@@ -101,6 +101,7 @@ class rnn_layer {
     std::vector<const kernel*> k;  // forward: [m − 1]; backward: [bwd_slot(m, width, narrow panel)]
     std::vector<const kernel*> kx, k1;  // LSTM forward, x_t in the step: x's product, then h's (beta 1)
     std::vector<const kernel*> ks;      // backward, sparse: dh's column block over its kept blocks [m − 1]
+    std::vector<int64_t> qsplit;        // backward, sparse: thread p's column blocks [qsplit[p], qsplit[p + 1])
     const kernel* kdx[2][2] = {};       // backward, sparse: dx rows [beta][edge rows]
     const kernel* kw[2][2] = {};        // backward, sparse weight gradient: [w_hh][edge columns]
   };
