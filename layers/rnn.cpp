@@ -9,6 +9,7 @@
 // dx and, under a pruning mask, the weight gradients likewise over the kept blocks.
 #include "rnn.h"
 #include <cmath>
+#include <numeric>
 #include <omp.h>
 #include "blocks.h"
 #include "gemm.h"
@@ -373,12 +374,29 @@ status rnn_layer::backward_plan_for(int64_t N, int threads, std::shared_ptr<cons
       }
       pl.qsplit.push_back(per);  // every part holds at least one column block
     }
+    // dx and the weight gradients sum in the K chunks the dense gemm() uses (each chunk from
+    // zero, then added to the output): the same sums, so the same bits.
     if (key.xsparse) {  // dx's 64 rows (or the last ones) of a column block of kbx_ inputs
-      const int64_t rows = key.steps * N;
+      const int64_t rows = key.steps * N, per = in_ / kbx_;
+      int64_t kc;
+      if (status st = gemm_k_chunk(dtype::f32, rows, in_, ghp, &kc); st != status::ok) return st;
+      const int64_t e = std::gcd(kc, wb);  // entries of e rows of K: none straddles a chunk
+      pl.dx_k = e, pl.dx_chunks = ceil_div(ghp, kc);
+      pl.dx_at.assign(1, 0);
+      for (int64_t q = 0; q < per; ++q)
+        for (int64_t c = 0; c < pl.dx_chunks; ++c) {
+          for (int64_t i = bx_at_[q]; i < bx_at_[q + 1]; ++i)
+            for (int64_t k0 = bx_offs_a_[i]; k0 < bx_offs_a_[i] + wb; k0 += e)  // the kept block's rows of K
+              if (k0 / kc == c) {
+                pl.dx_offs_a.push_back(k0);
+                pl.dx_offs_b.push_back(k0 * kbx_);
+              }
+          pl.dx_at.push_back((int64_t)pl.dx_offs_a.size());
+        }
       for (int beta = 0; beta < 2; ++beta)
         for (int edge = 0; edge < 2; ++edge)
           if (const int64_t m = edge ? rows % 64 : std::min<int64_t>(rows, 64); m > 0)
-            if (status st = dispatch(desc{dtype::f32, m, kbx_, wb, ghp, kbx_, in_, batch_kind::offset, (float)beta},
+            if (status st = dispatch(desc{dtype::f32, m, kbx_, e, ghp, kbx_, in_, batch_kind::offset, (float)beta},
                                      &pl.kdx[beta][edge]);
                 st != status::ok)
               return st;
@@ -386,16 +404,21 @@ status rnn_layer::backward_plan_for(int64_t N, int threads, std::shared_ptr<cons
     if (key.wsparse) {  // a weight gradient block: 16 rows of dGᵀ times all of x's (h's) rows
       const int64_t rows_x = key.steps * N, rows_h = key.used * N;
       const int64_t lda_h = cell_ == rnn_cell::lstm && !reverse_ ? rows_x : rows_h;  // dgh_is_dgx
-      for (int hh = 0; hh < 2; ++hh)
-        for (int edge = 0; edge < 2; ++edge) {
-          const int64_t ld = hh ? hp_ : in_, n = edge ? ld % wg_cols : std::min(ld, wg_cols);
-          if (n == 0) continue;
-          if (status st = dispatch(desc{dtype::f32, bh, n, hh ? rows_h : rows_x, hh ? lda_h : rows_x, ld, ld,
-                                        batch_kind::stride, 0.0f},
-                                   &pl.kw[hh][edge]);
-              st != status::ok)
-            return st;
-        }
+      for (int hh = 0; hh < 2; ++hh) {
+        const int64_t ld = hh ? hp_ : in_, k = hh ? rows_h : rows_x;
+        if (status st = gemm_k_chunk(dtype::f32, ghp, ld, k, &pl.wkc[hh]); st != status::ok) return st;
+        for (int edge = 0; edge < 2; ++edge)
+          for (int first = 0; first < 2; ++first)
+            for (int rem = 0; rem < 2; ++rem) {
+              const int64_t n = edge ? ld % wg_cols : std::min(ld, wg_cols), kcur = rem ? k % pl.wkc[hh] : pl.wkc[hh];
+              if (n == 0 || kcur == 0 || (first && rem && k > pl.wkc[hh])) continue;
+              if (status st = dispatch(desc{dtype::f32, bh, n, kcur, hh ? lda_h : rows_x, ld, ld, batch_kind::stride,
+                                            first ? 0.0f : 1.0f},
+                                       &pl.kw[hh][edge][first][rem]);
+                  st != status::ok)
+                return st;
+            }
+      }
     }
     if (key.sparse) return status::ok;
     // dh[rows, units] += dGh[rows, :] · W_hh[:, units] on a run of whole 16-unit blocks inside

@@ -102,8 +102,15 @@ class rnn_layer {
     std::vector<const kernel*> kx, k1;  // LSTM forward, x_t in the step: x's product, then h's (beta 1)
     std::vector<const kernel*> ks;      // backward, sparse: dh's column block over its kept blocks [m − 1]
     std::vector<int64_t> qsplit;        // backward, sparse: thread p's column blocks [qsplit[p], qsplit[p + 1])
-    const kernel* kdx[2][2] = {};       // backward, sparse: dx rows [beta][edge rows]
-    const kernel* kw[2][2] = {};        // backward, sparse weight gradient: [w_hh][edge columns]
+    // backward, sparse dx: kernels [beta][edge rows] of entries of dx_k rows of K; per (column
+    // block q, chunk c of gemm's K chunks) the entries [dx_at[q·dx_chunks + c], …[+ 1]) of dx_offs_*
+    const kernel* kdx[2][2] = {};
+    int64_t dx_k = 0, dx_chunks = 0;
+    std::vector<int64_t> dx_at, dx_offs_a, dx_offs_b;
+    // backward, sparse weight gradient: [w_hh][edge columns][first chunk][last, shorter chunk],
+    // in gemm's K chunks of wkc[w_hh] rows
+    const kernel* kw[2][2][2][2] = {};
+    int64_t wkc[2] = {};
   };
   static constexpr int64_t panel = 64;  // backward's W_hh panels: units per panel
   static int64_t bwd_slot(int64_t m, int64_t w, bool narrow) { return ((m - 1) * (panel / bh) + w / bh - 1) * 2 + narrow; }

@@ -118,20 +118,26 @@ void rnn_layer::index_backward() {
     bx_at_.clear(), wih_q_.clear();
 }
 
-// dx (T·N × I) (+)= dGx · W_ih over the kept blocks: one offset batch per (64 rows, column block).
+// dx (T·N × I) (+)= dGx · W_ih over the kept blocks: per (64 rows, column block), one offset
+// batch per K chunk of the dense gemm() that holds a kept block (the first always: it writes).
 status rnn_layer::input_backward(float* dx, bool dx_add, const step_plan& plan, int threads) {
   const int64_t rows = steps_ * rows_, ghp = g_ * hp_, per = in_ / kbx_, chunks = ceil_div(rows, 64);
+  const int64_t nc = plan.dx_chunks;
   const float* w = wih_q_.data();
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t item = 0; item < chunks * per; ++item) {
     const int64_t r0 = item / per * 64, q = item % per;
-    batch_ref batch;
-    batch.count = bx_at_[q + 1] - bx_at_[q];
-    batch.a = dgx_.data() + r0 * ghp;
-    batch.b = w + q * ghp * kbx_;
-    batch.offs_a = bx_offs_a_.data() + bx_at_[q];
-    batch.offs_b = bx_offs_b_.data() + bx_at_[q];
-    execute(*plan.kdx[dx_add][rows - r0 < 64], batch, dx + r0 * in_ + q * kbx_);
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t* at = plan.dx_at.data() + q * nc + c;
+      if (c > 0 && at[1] == at[0]) continue;  // C + 0
+      batch_ref batch;
+      batch.count = at[1] - at[0];
+      batch.a = dgx_.data() + r0 * ghp;
+      batch.b = w + q * ghp * kbx_;
+      batch.offs_a = plan.dx_offs_a.data() + at[0];
+      batch.offs_b = plan.dx_offs_b.data() + at[0];
+      execute(*plan.kdx[c > 0 || dx_add][rows - r0 < 64], batch, dx + r0 * in_ + q * kbx_);
+    }
   }
   return status::ok;
 }
@@ -175,18 +181,21 @@ void rnn_layer::index_gradient() {
 
 // tmp2_ (G·Hp × ld, internal rows) = aᵀ-rows · b on the kept blocks of one matrix (W_ih, or
 // W_hh when hh): a is dGᵀ (G·Hp × K, lda), b the K × ld inputs (x, or h). Each block is one
-// call over all K rows, as the dense gemm sums them (same order: bit-identical).
+// call per K chunk of the dense gemm() (plan.wkc), summed as it sums them: bit-identical.
 status rnn_layer::weight_gradient(const step_plan& plan, bool hh, const float* a, int64_t lda, const float* b,
                                   int threads) {
   const int64_t lo = hh ? wg_split_ : 0, hi = hh ? (int64_t)wg_row_.size() : wg_split_, ld = hh ? hp_ : in_;
+  const int64_t k = hh ? used_ * rows_ : steps_ * rows_, kc = plan.wkc[hh];
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t p = lo; p < hi; ++p) {
     const int64_t r = wg_row_[p], c0 = wg_col_[p];
-    batch_ref batch;
-    batch.count = 1;
-    batch.a = a + r * lda;
-    batch.b = b + c0;
-    execute(*plan.kw[hh][ld - c0 < wg_cols], batch, tmp2_.data() + r * ld + c0);
+    for (int64_t k0 = 0; k0 < k; k0 += kc) {
+      batch_ref batch;
+      batch.count = 1;
+      batch.a = a + r * lda + k0;
+      batch.b = b + k0 * ld + c0;
+      execute(*plan.kw[hh][ld - c0 < wg_cols][k0 == 0][k - k0 < kc], batch, tmp2_.data() + r * ld + c0);
+    }
   }
   return status::ok;
 }

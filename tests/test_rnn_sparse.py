@@ -84,7 +84,8 @@ def assert_bits_equal(a, b, what):
 
 CASES = [(LSTM, 64, 128, 64, 64, False, None), (GRU, 48, 80, 16, 16, True, [5, 4, 2]),
          (LSTM, 32, 40, 16, 32, True, [5, 5, 1]),  # a reverse LSTM over ragged rows: its own input product
-         (GRU, 24, 40, 16, None, False, None)]     # 24: dx stays dense
+         (GRU, 24, 40, 16, None, False, None),     # 24: dx stays dense
+         (GRU, 32, 192, 64, 32, False, None)]      # G·H = 576: dx in gemm's K chunks of 512, split inside blocks
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -116,11 +117,11 @@ def test_sparse_backward_equals_dense_bit_for_bit(isa, rng, dtype, cell, inp, hi
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("cell,inp,hidden,layers,bidirectional,lengths", [(LSTM, 64, 128, 1, True, [6, 6, 3]),
-                                                                         (GRU, 100, 80, 2, False, None),
-                                                                         (LSTM, 24, 130, 1, False, [6, 4, 4])])
+@pytest.mark.parametrize("cell,inp,hidden,layers,bidirectional,lengths,n", [
+    (LSTM, 64, 128, 1, True, [6, 6, 3], 3), (GRU, 100, 80, 2, False, None, 3), (LSTM, 24, 130, 1, False, [6, 4, 4], 3),
+    (LSTM, 64, 144, 1, False, None, 90)])   # T·N = 540, G·H = 576: gemm's K chunks of 512 in dW and dx
 def test_pruned_gradients_zero_and_kept_ones_exact(isa, rng, dtype, cell, inp, hidden, layers, bidirectional,
-                                                   lengths):
+                                                   lengths, n):
     """Under prune()'s masks, in either packing: the weight gradients are the unpruned layer's
     (same weights, no mask, dense) times the mask, bit for bit; everything else equals it."""
     layer = cell(inp, hidden, layers, dtype=dtype, seed=4, bidirectional=bidirectional)
@@ -129,11 +130,11 @@ def test_pruned_gradients_zero_and_kept_ones_exact(isa, rng, dtype, cell, inp, h
     for name, value in layer.parameters().items():
         setattr(ref, name, value)
     ref.packing = "dense"
-    x = rng.standard_normal((6, 3, inp)).astype(np.float32)
+    x = rng.standard_normal((6, n, inp)).astype(np.float32)
     if dtype == "bfloat16":
         import ml_dtypes
         x = x.astype(ml_dtypes.bfloat16)
-    dy = rng.standard_normal((6, 3, layer._dirs * hidden)).astype(np.float32)
+    dy = rng.standard_normal((6, n, layer._dirs * hidden)).astype(np.float32)
     ln = None if lengths is None else np.array(lengths)
     want = run_step(ref, x, dy, ln)
     for name, keep in masks.items():
