@@ -151,7 +151,7 @@ class rnn_layer {
   int64_t kbx_ = 0;                          // the input product's row blocks (in_ % 16 == 0 only)
   std::vector<int64_t> x_at_, x_offs_a_, x_offs_b_;
   int32_t x_gen_ = 0;
-  plan_cache<plan_key, step_plan> xin_plans_;  // the sparse input product's kernels: k[0] rb rows, k[1] N mod rb
+  plan_cache<plan_key, step_plan> xin_plans_;  // the sparse input product's kernels (k) and chunk tables (dx_*)
   void index_recurrent();
   void index_input();
   // Backward data over the kept blocks: per column block q of W_hh (kb_ units) and of W_ih

@@ -5,6 +5,7 @@
 // walk the recurrent tables step by step are rnn.cpp's.
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include "blocks.h"
 #include "gemm.h"
 #include "rnn.h"
@@ -209,35 +210,63 @@ status rnn_layer::input_product(int64_t T, int64_t N, const void* x, int threads
   epilogue_args ea;
   ea.bias = bias_.data();
   if (!x_gen_) return gemm(t_, T * N, ghp, in_, x, in_, aligned(wih_, 0), ghp, gx_.data(), ghp, 0.0f, e, &ea);
+  // Summed in the K chunks of the dense gemm() (each from zero, then added; the bias on the
+  // last): the same sums, so the same bits, also past one chunk (input_size > 512 for f32).
   plan_key key = zeroed<plan_key>();
-  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads, key.sparse = x_gen_;
+  key.rows = N, key.steps = T, key.level = (int32_t)active_isa(), key.threads = threads, key.sparse = x_gen_;
   std::shared_ptr<const step_plan> plan;
   if (status st = xin_plans_.get(key, &plan, [&](step_plan& pl) {
-        pl.k.assign(2, nullptr);
+        int64_t kc;
+        if (status s = gemm_k_chunk(t_, T * N, ghp, in_, &kc); s != status::ok) return s;
+        const int64_t ek = std::gcd(kc, kbx_);  // entries of ek rows of K: none straddles a chunk
+        pl.dx_k = ek, pl.dx_chunks = ceil_div(in_, kc);
+        pl.dx_at.assign(1, 0);
+        for (int64_t blk = 0; blk < blocks; ++blk)
+          for (int64_t c = 0; c < pl.dx_chunks; ++c) {
+            for (int64_t i = x_at_[blk]; i < x_at_[blk + 1]; ++i)
+              for (int64_t k0 = x_offs_a_[i]; k0 < x_offs_a_[i] + kbx_; k0 += ek)
+                if (k0 / kc == c) {
+                  pl.dx_offs_a.push_back(k0);
+                  pl.dx_offs_b.push_back(k0 * ghp);  // ek rows of W_ihᵀ (whole kp-row groups when packed)
+                }
+            pl.dx_at.push_back((int64_t)pl.dx_offs_a.size());
+          }
+        pl.k.assign(8, nullptr);  // [rb rows, N mod rb][first chunk][last chunk]
         for (int i = 0; i < 2; ++i)
-          if (const int64_t m = i ? N % rb : rb; m > 0)
-            if (status s = dispatch(desc{t_, m, wb, kbx_, in_, ghp, ghp, batch_kind::offset, 0.0f, e}, &pl.k[i]);
-                s != status::ok)
-              return s;
+          for (int first = 0; first < 2; ++first)
+            for (int last = 0; last < 2; ++last)
+              if (const int64_t m = i ? N % rb : rb; m > 0)
+                if (status s = dispatch(desc{t_, m, wb, ek, in_, ghp, ghp, batch_kind::offset, first ? 0.0f : 1.0f,
+                                             last ? e : epilogue_desc{}},
+                                        &pl.k[(i * 2 + first) * 2 + last]);
+                    s != status::ok)
+                  return s;
         return status::ok;
       });
       st != status::ok)
     return st;
   const int64_t kp = dtype_kpack(t_), chunks = ceil_div(N, rb), ab = dtype_a_bytes(t_), wbytes = dtype_b_bytes(t_);
+  const int64_t nc = plan->dx_chunks;
   const char* w = aligned(wih_, 0);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t item = 0; item < T * chunks * blocks; ++item) {
     const int64_t row = item / (chunks * blocks) * N + item / blocks % chunks * rb, blk = item % blocks;
     const int64_t m = std::min(rb, N - row % N);
-    batch_ref batch;
-    batch.count = x_at_[blk + 1] - x_at_[blk];
-    batch.a = (const char*)x + row * in_ * ab;
-    batch.b = w + blk * wb * kp * wbytes;  // the column block (packed: kp rows interleaved)
-    batch.offs_a = x_offs_a_.data() + x_at_[blk];
-    batch.offs_b = x_offs_b_.data() + x_at_[blk];
     epilogue_args args = ea;
     args.bias = bias_.data() + blk * wb;
-    execute(*plan->k[m == rb ? 0 : 1], batch, gx_.data() + row * ghp + blk * wb, &args);
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t* at = plan->dx_at.data() + blk * nc + c;
+      const bool first = c == 0, last = c + 1 == nc;
+      if (!first && !last && at[1] == at[0]) continue;  // C + 0
+      batch_ref batch;
+      batch.count = at[1] - at[0];
+      batch.a = (const char*)x + row * in_ * ab;
+      batch.b = w + blk * wb * kp * wbytes;  // the column block (packed: kp rows interleaved)
+      batch.offs_a = plan->dx_offs_a.data() + at[0];
+      batch.offs_b = plan->dx_offs_b.data() + at[0];
+      execute(*plan->k[((m == rb ? 0 : 1) * 2 + first) * 2 + last], batch, gx_.data() + row * ghp + blk * wb,
+              last ? &args : nullptr);
+    }
   }
   return status::ok;
 }

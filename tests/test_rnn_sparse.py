@@ -28,7 +28,8 @@ def zero_rows(w_hh, hidden, gates, rng, kb, amount):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("cell,inp,hidden,kb,kbx", [(LSTM, 64, 128, 64, 64), (GRU, 48, 80, 16, 16),
-                                                    (LSTM, 24, 40, 16, None)])  # 24: the input product dense
+                                                    (LSTM, 24, 40, 16, None),  # 24: the input product dense
+                                                    (GRU, 1088, 48, 16, 64)])  # input_size past gemm's K chunk
 def test_sparse_products_equal_dense_bit_for_bit(isa, rng, dtype, cell, inp, hidden, kb, kbx):
     layer = cell(inp, hidden, dtype=dtype, seed=2)
     layer.weight_hh_l0 = zero_rows(layer.weight_hh_l0, hidden, layer._gates, rng, kb, 0.6)
