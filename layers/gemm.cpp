@@ -32,6 +32,13 @@ constexpr int64_t default_bn = 64;
 // fewer chunks mean fewer trips of the s32 partial sums through L2). Measured on Zen 4, 2
 // threads, (256, 4096, 4096): int8 739 → 769 GOP/s, bf16 382 → 399 GFLOP/s against 512 rows.
 int64_t default_kc_bytes(dtype t) { return dtype_is_int8(t) ? 4096 : 2048; }
+// The rows of K one chunk sums (make_plan's choice; gemm_k_chunk tells callers).
+int64_t k_chunk(dtype t, bool few_rows, int64_t k, bool panel_b) {
+  const int64_t kp = dtype_kpack(t), bb = dtype_b_bytes(t);
+  if (few_rows) return panel_b ? k : std::max(kp, 8 / kp * kp);  // 8 rows of K a chunk
+  return std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc_bytes(t) / bb) / kp * kp);
+}
+bool few_rows_of(int64_t m, int64_t n, int64_t k, int64_t mr) { return m < 4 * mr && n * k >= (int64_t(1) << 16); }
 
 struct free_deleter {
   void operator()(char* p) const { std::free(p); }
@@ -203,10 +210,10 @@ status make_plan(gemm_plan& pl, dtype t, int64_t m, int64_t n, int64_t k, int64_
     return dispatch(d, &slot);
   };
 
-  pl.few_rows = m < 4 * mr && n * k >= (int64_t(1) << 16);
+  pl.few_rows = few_rows_of(m, n, k, mr);
   if (pl.few_rows) {
     pl.bn = panel_width;
-    pl.kc = b.panel_bytes ? k : std::max(kp, 8 / kp * kp);  // 8 rows of K a chunk
+    pl.kc = k_chunk(t, true, k, b.panel_bytes != 0);
     pl.n_tiles = ceil_div(n, pl.bn);
     pl.threads = (int)std::min<int64_t>(threads, pl.n_tiles);
     // Every range's partial sums with the widest range's row stride, so that one kernel
@@ -219,7 +226,7 @@ status make_plan(gemm_plan& pl, dtype t, int64_t m, int64_t n, int64_t k, int64_
   } else {
     pl.bn = panels ? panel_width : tuned_bn.load() ? tuned_bn.load() : default_bn;
     // K chunks stay whole packed rows (a multiple of KP) so each chunk starts on a packed row.
-    pl.kc = std::min(k, (tuned_kc.load() ? tuned_kc.load() : default_kc_bytes(t) / bb) / kp * kp);
+    pl.kc = k_chunk(t, false, k, false);
     // Work items: whole columns of C where that gives every thread enough items, else split M.
     pl.n_tiles = ceil_div(n, pl.bn);
     int64_t m_chunks = 1;
@@ -380,6 +387,13 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a_, int64_t ld
       for (int64_t item = 0; item < pl.items; ++item) run_item(item, panel, acc);
     }
   }
+  return status::ok;
+}
+
+status gemm_k_chunk(dtype t, int64_t m, int64_t n, int64_t k, int64_t* kc) {
+  const kernel* probe;
+  if (status s = dispatch(desc{t, 1, 1, 1, 1, 1, 1, batch_kind::stride, 0.0f}, &probe); s != status::ok) return s;
+  *kc = k_chunk(t, few_rows_of(m, n, k, probe->uk->mr), k, false);
   return status::ok;
 }
 

@@ -19,6 +19,11 @@ status gemm(dtype t, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda
             void* c, int64_t ldc, float beta, const epilogue_desc& e = {}, const epilogue_args* ep = nullptr,
             b_layout layout = b_layout::rows, int64_t panel_rows = 0);
 
+// The K chunk gemm() sums at a time for this shape (B in rows): each chunk's products are
+// summed from zero in one kernel call, then added to C. A caller whose own product must equal
+// gemm()'s bit for bit sums in the same chunks.
+status gemm_k_chunk(dtype t, int64_t m, int64_t n, int64_t k, int64_t* kc);
+
 // Blocking of gemm_f32, exposed for tuning and benchmarks: bn columns of C per work item,
 // kc rows of B per packed panel. 0 restores the default.
 void set_gemm_blocking(int64_t bn, int64_t kc);

@@ -4,9 +4,12 @@
 // Backward, per step from the last, per (row block, run of hidden units; one run per thread):
 //   dh[rows, units] += dGh_{s+1}[rows, :] · W_hh[:, units]     one BRGEMM call (beta 1)
 //   dG_s[rows, units' gates] from dh + dy, the saved gates and the cell state
-// then three large products for the weight gradients and dx, after the time loop.
+// then three large products for the weight gradients and dx, after the time loop. Block-sparse
+// (rnn_sparse.cpp): the run is one column block, its call an offset batch over the kept blocks;
+// dx and, under a pruning mask, the weight gradients likewise over the kept blocks.
 #include "rnn.h"
 #include <cmath>
+#include <numeric>
 #include <omp.h>
 #include "blocks.h"
 #include "gemm.h"
@@ -330,121 +333,6 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
   auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
 
-// The input product's kept blocks: per hidden block, the kbx-row blocks of its columns of W_ihᵀ
-// (I × G·Hp) holding a nonzero, read from the internal rows (bf16: already rounded).
-void rnn_layer::index_input() {
-  const int64_t wb = g_ * bh, blocks = hp_ / bh, ghp = g_ * hp_;
-  if (in_ % 16) return;  // x_gen_ stays 0: a partial row block would need a kernel of its own
-  kbx_ = in_ % 64 == 0 ? 64 : in_ % 32 == 0 ? 32 : 16;
-  const int64_t per = in_ / kbx_;
-  std::vector<int64_t> at(1, 0), offs_a, offs_b;
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    for (int64_t q = 0; q < per; ++q) {
-      bool nonzero = false;
-      for (int64_t r = blk * wb; r < (blk + 1) * wb && !nonzero; ++r)
-        for (int64_t c = q * kbx_; c < (q + 1) * kbx_ && !nonzero; ++c) {
-          uint32_t bits;
-          std::memcpy(&bits, &wih_b_[(size_t)(r * in_ + c)], 4);
-          nonzero = bits != 0;
-        }
-      if (!nonzero) continue;
-      offs_a.push_back(q * kbx_);
-      offs_b.push_back(q * kbx_ * ghp);  // kbx rows of W_ihᵀ (whole kp-row groups when packed)
-    }
-    at.push_back((int64_t)offs_a.size());
-  }
-  const double density = (double)offs_a.size() / (double)(blocks * per);
-  const int32_t was = x_gen_;
-  x_gen_ = 0;
-  if (policy_ != sparse_policy::sparse && !(policy_ == sparse_policy::automatic && density <= rnn_sparse_crossover))
-    return;
-  x_gen_ = was && at == x_at_ && offs_b == x_offs_b_ ? was : ++gen_;  // plans key on it
-  x_at_ = std::move(at);
-  x_offs_a_ = std::move(offs_a);
-  x_offs_b_ = std::move(offs_b);
-}
-
-// The kept row blocks of each hidden block's packed W_hh slice (rows kb·q .. kb·q + kb − 1 are
-// contiguous from element kb·q·G·bh: f32 row-major, bf16 pairs with kb even), and the choice.
-void rnn_layer::index_recurrent() {
-  const int64_t wb = g_ * bh, blocks = hp_ / bh, eb = dtype_b_bytes(t_);
-  const int64_t blk_elems = packed_b_elements(t_, hp_, wb);
-  kb_ = hp_ % 64 == 0 ? 64 : hp_ % 32 == 0 ? 32 : 16;
-  const int64_t per = hp_ / kb_;
-  const char* whh = aligned(whh_, 0);
-  std::vector<int64_t> at(1, 0), offs_a, offs_b;
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    for (int64_t q = 0; q < per; ++q) {
-      const char* p = whh + (blk * blk_elems + q * kb_ * wb) * eb;
-      bool nonzero = false;
-      for (int64_t i = 0; i < kb_ * wb * eb && !nonzero; ++i) nonzero = p[i] != 0;
-      if (!nonzero) continue;
-      offs_a.push_back(q * kb_);
-      offs_b.push_back(blk * blk_elems + q * kb_ * wb);
-    }
-    at.push_back((int64_t)offs_a.size());
-  }
-  const double density = (double)offs_a.size() / (double)(blocks * per);
-  const bool on = policy_ == sparse_policy::sparse ||
-                  (policy_ == sparse_policy::automatic && density <= rnn_sparse_crossover);
-  index_input();
-  if (!on) {
-    hh_gen_ = 0;
-    return;
-  }
-  if (hh_gen_ == 0 || at != hh_at_ || offs_b != hh_offs_b_) hh_gen_ = ++gen_;  // plans key on it
-  hh_at_ = std::move(at);
-  hh_offs_a_ = std::move(offs_a);
-  hh_offs_b_ = std::move(offs_b);
-}
-
-status rnn_layer::input_product(int64_t T, int64_t N, const void* x, int threads) {
-  const int64_t ghp = g_ * hp_, wb = g_ * bh, blocks = hp_ / bh, rb = std::min<int64_t>(N, 64);
-  gx_.resize((size_t)(T * N * ghp));
-  epilogue_desc e;
-  e.bias = true;
-  e.out = out_type::f32;
-  epilogue_args ea;
-  ea.bias = bias_.data();
-  if (!x_gen_) return gemm(t_, T * N, ghp, in_, x, in_, aligned(wih_, 0), ghp, gx_.data(), ghp, 0.0f, e, &ea);
-  plan_key key = zeroed<plan_key>();
-  key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads, key.sparse = x_gen_;
-  std::shared_ptr<const step_plan> plan;
-  if (status st = xin_plans_.get(key, &plan, [&](step_plan& pl) {
-        pl.k.assign(2, nullptr);
-        for (int i = 0; i < 2; ++i)
-          if (const int64_t m = i ? N % rb : rb; m > 0)
-            if (status s = dispatch(desc{t_, m, wb, kbx_, in_, ghp, ghp, batch_kind::offset, 0.0f, e}, &pl.k[i]);
-                s != status::ok)
-              return s;
-        return status::ok;
-      });
-      st != status::ok)
-    return st;
-  const int64_t kp = dtype_kpack(t_), chunks = ceil_div(N, rb), ab = dtype_a_bytes(t_), wbytes = dtype_b_bytes(t_);
-  const char* w = aligned(wih_, 0);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t item = 0; item < T * chunks * blocks; ++item) {
-    const int64_t row = item / (chunks * blocks) * N + item / blocks % chunks * rb, blk = item % blocks;
-    const int64_t m = std::min(rb, N - row % N);
-    batch_ref batch;
-    batch.count = x_at_[blk + 1] - x_at_[blk];
-    batch.a = (const char*)x + row * in_ * ab;
-    batch.b = w + blk * wb * kp * wbytes;  // the column block (packed: kp rows interleaved)
-    batch.offs_a = x_offs_a_.data() + x_at_[blk];
-    batch.offs_b = x_offs_b_.data() + x_at_[blk];
-    epilogue_args args = ea;
-    args.bias = bias_.data() + blk * wb;
-    execute(*plan->k[m == rb ? 0 : 1], batch, gx_.data() + row * ghp + blk * wb, &args);
-  }
-  return status::ok;
-}
-
-void rnn_layer::set_sparse_policy(sparse_policy p) {
-  policy_ = p;
-  if (!whh_.empty()) index_recurrent();
-}
-
 status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
   plan_key key = zeroed<plan_key>();
   key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads, key.sparse = hh_gen_, key.xsparse = x_gen_;
@@ -479,12 +367,82 @@ status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const
 status rnn_layer::backward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
   plan_key key = zeroed<plan_key>();
   key.rows = N, key.level = (int32_t)active_isa(), key.threads = threads;
+  key.sparse = hh_gen_, key.xsparse = x_gen_, key.wsparse = wg_gen_;
+  if (x_gen_ || wg_gen_) key.steps = steps_, key.used = (int32_t)used_;  // their products' M or K
   return bwd_plans_.get(key, out, [&](step_plan& pl) {
+    const int64_t ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), last = hp_ % panel, wb = g_ * bh;
+    pl.level = (isa)key.level;
+    if (key.sparse) {  // dh's column block of kb_ units over its kept hidden blocks (wb rows of W_hh each)
+      pl.ks.assign((size_t)rb, nullptr);
+      for (int64_t m = 1; m <= rb; ++m)
+        if (status st = dispatch(desc{dtype::f32, m, kb_, wb, ghp, kb_, hp_, batch_kind::offset, 1.0f}, &pl.ks[m - 1]);
+            st != status::ok)
+          return st;
+      // Column blocks split among the threads by their work: the kept blocks' products plus the
+      // gate math of kb_ units (about one block product's time). In equal counts, the 8 column
+      // blocks of an LSTM 512 at 75 % pruned held 37 and 27 kept blocks.
+      const int64_t per = hp_ / kb_, parts = std::min<int64_t>(threads, per);
+      int64_t total = 0;
+      for (int64_t q = 0; q < per; ++q) total += bt_at_[q + 1] - bt_at_[q] + 1;
+      pl.qsplit.assign(1, 0);
+      for (int64_t q = 0, done = 0; q < per && (int64_t)pl.qsplit.size() < parts; ++q) {
+        done += bt_at_[q + 1] - bt_at_[q] + 1;
+        // part p − 1 ends after q when it has its share, or when each later part needs one block
+        const int64_t p = (int64_t)pl.qsplit.size(), left = per - (q + 1), parts_left = parts - p;
+        if (left >= parts_left && (done * parts >= p * total || left == parts_left)) pl.qsplit.push_back(q + 1);
+      }
+      pl.qsplit.push_back(per);  // every part holds at least one column block
+    }
+    // dx and the weight gradients sum in the K chunks the dense gemm() uses (each chunk from
+    // zero, then added to the output): the same sums, so the same bits.
+    if (key.xsparse) {  // dx's 64 rows (or the last ones) of a column block of kbx_ inputs
+      const int64_t rows = key.steps * N, per = in_ / kbx_;
+      int64_t kc;
+      if (status st = gemm_k_chunk(dtype::f32, rows, in_, ghp, &kc); st != status::ok) return st;
+      const int64_t e = std::gcd(kc, wb);  // entries of e rows of K: none straddles a chunk
+      pl.dx_k = e, pl.dx_chunks = ceil_div(ghp, kc);
+      pl.dx_at.assign(1, 0);
+      for (int64_t q = 0; q < per; ++q)
+        for (int64_t c = 0; c < pl.dx_chunks; ++c) {
+          for (int64_t i = bx_at_[q]; i < bx_at_[q + 1]; ++i)
+            for (int64_t k0 = bx_offs_a_[i]; k0 < bx_offs_a_[i] + wb; k0 += e)  // the kept block's rows of K
+              if (k0 / kc == c) {
+                pl.dx_offs_a.push_back(k0);
+                pl.dx_offs_b.push_back(k0 * kbx_);
+              }
+          pl.dx_at.push_back((int64_t)pl.dx_offs_a.size());
+        }
+      for (int beta = 0; beta < 2; ++beta)
+        for (int edge = 0; edge < 2; ++edge)
+          if (const int64_t m = edge ? rows % 64 : std::min<int64_t>(rows, 64); m > 0)
+            if (status st = dispatch(desc{dtype::f32, m, kbx_, e, ghp, kbx_, in_, batch_kind::offset, (float)beta},
+                                     &pl.kdx[beta][edge]);
+                st != status::ok)
+              return st;
+    }
+    if (key.wsparse) {  // a weight gradient block: 16 rows of dGᵀ times all of x's (h's) rows
+      const int64_t rows_x = key.steps * N, rows_h = key.used * N;
+      const int64_t lda_h = cell_ == rnn_cell::lstm && !reverse_ ? rows_x : rows_h;  // dgh_is_dgx
+      for (int hh = 0; hh < 2; ++hh) {
+        const int64_t ld = hh ? hp_ : in_, k = hh ? rows_h : rows_x;
+        if (status st = gemm_k_chunk(dtype::f32, ghp, ld, k, &pl.wkc[hh]); st != status::ok) return st;
+        for (int edge = 0; edge < 2; ++edge)
+          for (int first = 0; first < 2; ++first)
+            for (int rem = 0; rem < 2; ++rem) {
+              const int64_t n = edge ? ld % wg_cols : std::min(ld, wg_cols), kcur = rem ? k % pl.wkc[hh] : pl.wkc[hh];
+              if (n == 0 || kcur == 0 || (first && rem && k > pl.wkc[hh])) continue;
+              if (status st = dispatch(desc{dtype::f32, bh, n, kcur, hh ? lda_h : rows_x, ld, ld, batch_kind::stride,
+                                            first ? 0.0f : 1.0f},
+                                       &pl.kw[hh][edge][first][rem]);
+                  st != status::ok)
+                return st;
+            }
+      }
+    }
+    if (key.sparse) return status::ok;
     // dh[rows, units] += dGh[rows, :] · W_hh[:, units] on a run of whole 16-unit blocks inside
     // one 64-unit panel of W_hh: kernels per row count, run width and panel (full, or the last
     // narrower one: its ldb differs).
-    const int64_t ghp = g_ * hp_, rb = std::min<int64_t>(N, 64), last = hp_ % panel;
-    pl.level = (isa)key.level;
     pl.k.assign((size_t)(rb * (panel / bh) * 2), nullptr);
     for (int64_t m = 1; m <= rb; ++m)
       for (int64_t w = bh; w <= panel; w += bh)
@@ -679,25 +637,48 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     *u0 = p * blocks / parts * bh;
     *un = (p + 1) * blocks / parts * bh - *u0;
   };
+  // Block-sparse: per (row block, column block q of kb_ units), one offset batch over the hidden
+  // blocks kept in q (index_backward), in the dense call's order of k; a run of column blocks a thread.
+  const bool sparse = hh_gen_ != 0;
+  // Column blocks [q0, q1) (a thread's part, plan->qsplit).
+  auto recurrent_sparse = [&](int64_t s, int64_t r0, int64_t m, int64_t p) {
+    for (int64_t q = plan->qsplit[p]; q < plan->qsplit[p + 1]; ++q) {
+      batch_ref batch;
+      batch.count = bt_at_[q + 1] - bt_at_[q];
+      batch.a = dgh_.data() + (s * N + r0) * ghp;
+      batch.b = whh_q_.data() + q * ghp * kb_;
+      batch.offs_a = bt_offs_a_.data() + bt_at_[q];
+      batch.offs_b = bt_offs_b_.data() + bt_at_[q];
+      execute(*plan->ks[m - 1], batch, dh_.data() + r0 * hp_ + q * kb_);
+    }
+  };
+  const int64_t cols = sparse ? (int64_t)plan->qsplit.size() - 1 : parts;  // items per row block
 #pragma omp parallel num_threads(threads)
   {
     for (int64_t s = used_ - 1; s >= 0; --s) {
       const int64_t n = active_[s], n1 = s + 1 < used_ ? active_[s + 1] : 0;
 #pragma omp for schedule(static)
-      for (int64_t item = 0; item < ceil_div(n, rb) * parts; ++item) {
-        const int64_t r0 = item / parts * rb, m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
+      for (int64_t item = 0; item < ceil_div(n, rb) * cols; ++item) {
+        const int64_t r0 = item / cols * rb, m = std::min(rb, n - r0), m1 = std::min(rb, n1 - r0);
         int64_t u0, un;
-        part(item % parts, &u0, &un);
-        if (m1 > 0) recurrent(s + 1, r0, m1, u0, un);
+        if (sparse)
+          u0 = plan->qsplit[item % cols] * kb_, un = plan->qsplit[item % cols + 1] * kb_ - u0;
+        else
+          part(item % cols, &u0, &un);
+        if (m1 > 0) sparse ? recurrent_sparse(s + 1, r0, m1, item % cols) : recurrent(s + 1, r0, m1, u0, un);
         bwd_rows(v, s, r0, m, u0, un, dy, ldy);
       }
     }
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < ceil_div(active_[0], rb) * parts; ++item) {
-      const int64_t r0 = item / parts * rb;
+    for (int64_t item = 0; item < ceil_div(active_[0], rb) * cols; ++item) {
+      const int64_t r0 = item / cols * rb, m = std::min(rb, active_[0] - r0);
       int64_t u0, un;
-      part(item % parts, &u0, &un);
-      recurrent(0, r0, std::min(rb, active_[0] - r0), u0, un);
+      if (sparse) {
+        recurrent_sparse(0, r0, m, item % cols);
+        continue;
+      }
+      part(item % cols, &u0, &un);
+      recurrent(0, r0, m, u0, un);
     }
   }
   for (int64_t i = 0; i < N; ++i) {
@@ -706,35 +687,43 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   }
 
   // dx = dGx · W_ih, then the weight gradients dW = dGᵀ · (X or h), one product each.
-  if (dx)
+  if (dx && x_gen_) {
+    if (status st = input_backward(dx, dx_add, *plan, threads); st != status::ok) return st;
+  } else if (dx) {
     if (status st = gemm(dtype::f32, T * N, in_, ghp, dgx_.data(), ghp, wih_b_.data(), in_, dx, in_,
                          dx_add ? 1.0f : 0.0f);
         st != status::ok)
       return st;
+  }
   const float* x = (const float*)x_;
   if (t_ == dtype::bf16) {
     x32_.resize((size_t)(T * N * in_));
     bf16_to_f32((const uint16_t*)x_, x32_.data(), T * N * in_);
     x = x32_.data();
   }
-  // gw (G·H × cols, PyTorch's gate order) (+)= tmp2 (G·Hp × ld, internal order), real units only.
-  auto add_gradient = [&](float* gw, int64_t cols, int64_t ld) {
+  // gw (G·H × cols, PyTorch's gate order) (+)= tmp2 (G·Hp × ld, internal order), real units
+  // only; zero where a pruning mask prunes (tmp2 is not computed for its blocks pruned whole).
+  auto add_gradient = [&](float* gw, int64_t cols, int64_t ld, const std::vector<uint8_t>& mask) {
+    const uint8_t* keep = mask.empty() ? nullptr : mask.data();
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
     for (int64_t g = 0; g < g_; ++g)
       for (int64_t u = 0; u < h_; ++u)
         for (int64_t c = 0; c < cols; ++c) {
-          float& w = gw[(g * h_ + u) * cols + c];
-          w = (accumulate ? w : 0.0f) + tmp2_[col(g, u) * ld + c];
+          const int64_t e = (g * h_ + u) * cols + c;
+          const float d = !keep || keep[e] ? tmp2_[col(g, u) * ld + c] : 0.0f;
+          gw[e] = (accumulate ? gw[e] : 0.0f) + d;
         }
   };
+  const bool wsparse = wg_gen_ != 0;
   const int64_t rows_x = T * N, rows_h = used_ * N;
   tmp_.resize((size_t)(ghp * std::max(rows_x, rows_h)));
   tmp2_.resize((size_t)(ghp * std::max(in_, hp_)));
   transpose_parallel(dgx_.data(), rows_x, ghp, tmp_.data(), threads);
-  if (status st = gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
+  if (status st = wsparse ? weight_gradient(*plan, false, tmp_.data(), rows_x, x, threads)
+                          : gemm(dtype::f32, ghp, in_, rows_x, tmp_.data(), rows_x, x, in_, tmp2_.data(), in_, 0.0f);
       st != status::ok)
     return st;
-  add_gradient(gw_ih, in_, in_);
+  add_gradient(gw_ih, in_, in_, mask_ih_);
   // An LSTM forward in time stores the same gate gradients as dGx (by time) and dGh (by step,
   // = time): tmp holds dGhᵀ already, in its first rows_h columns, and dGh's column sums are
   // dGx's (its rows past rows_h are zero). The parts skipped measured 1.3 ms (transpose) and
@@ -747,11 +736,12 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     round_bf16(hr_.data(), rows_h * hp_);
     hs = hr_.data();
   }
-  if (status st = gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), dgh_is_dgx ? rows_x : rows_h, hs, hp_, tmp2_.data(),
-                       hp_, 0.0f);
+  const int64_t lda_h = dgh_is_dgx ? rows_x : rows_h;
+  if (status st = wsparse ? weight_gradient(*plan, true, tmp_.data(), lda_h, hs, threads)
+                          : gemm(dtype::f32, ghp, hp_, rows_h, tmp_.data(), lda_h, hs, hp_, tmp2_.data(), hp_, 0.0f);
       st != status::ok)
     return st;
-  add_gradient(gw_hh, h_, hp_);
+  add_gradient(gw_hh, h_, hp_, mask_hh_);
   if (gb_ih) {
     // Column sums of dGx (b_ih) and dGh (b_hh; the same but for GRU's n gate), 128 columns a
     // task: with 16 (one cache line a row, rows 10 KB apart at H = 650) this took 2.8 ms of a

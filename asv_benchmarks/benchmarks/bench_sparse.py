@@ -11,6 +11,11 @@ Block-sparse Conv2d: 256 → 256, 3 × 3 on 14 × 14, N = 16, float32, pruned in
 blocks by brgemm.nn.Conv2d.prune, forward at 75/90 %: ratios to our dense packing of the same
 weights and to PyTorch's conv2d, % of peak counting the kept weights' FLOPs.
 
+Block-sparse LSTM training step: 512 → 512, T = 20, N = 64, float32, 75/90 % of the (16 units ×
+4 gates, 64 inputs) blocks of W_ih and W_hh pruned (prune(·, block="gates"), bench.sparse.pruned_lstm):
+forward, backward data and weight gradient over the kept blocks; ratios to our dense packing of
+the same weights and masks and to torch.nn.LSTM, % of peak counting the kept weights' FLOPs.
+
 GEMV 1 × 8192 → 8192 on b-bit shared weights (codebook panels), one thread: ratio to our GEMV on
 float16 weights (bar at 4 bits: ≥ 2×).
 
@@ -25,7 +30,8 @@ import numpy as np
 
 from brgemm import gemm, pack_b
 from brgemm.bench import SHARED_BITS, SHARED_GEMV, SPARSE_SHAPE, TERNARY_LEVELS
-from brgemm.bench.sparse import CONV_SHAPE, CONV_SPARSITIES, ternary_gemv_layers
+from brgemm.bench.sparse import (CONV_SHAPE, CONV_SPARSITIES, RNN_SHAPE, RNN_SPARSITIES, pruned_lstm,
+                                 ternary_gemv_layers)
 from brgemm.nn import Conv2d, Linear
 from brgemm.quant import pack_shared
 
@@ -146,6 +152,40 @@ class SparseConv2d(_Compared):
             self.fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1)
 
 
+
+
+class SparseLSTM(_Compared):
+    params = [list(RNN_SPARSITIES), THREADS]
+    param_names = ["sparsity", "threads"]
+
+    def setup(self, sparsity, threads):
+        torch = import_torch()
+        self.pin = ThreadPin(threads)
+        h, i, t, n = RNN_SHAPE
+        rng = np.random.default_rng(SEED_A)
+        x = rng.standard_normal((t, n, i), dtype=np.float32)
+        g = rng.standard_normal((t, n, h), dtype=np.float32)
+
+        def step(lstm):
+            lstm.zero_grad()
+            lstm(x)
+            lstm.backward(g)
+        self.fns = {}
+        for name, packing in (("brgemm", "auto"), ("brgemm_dense", "dense")):
+            lstm = pruned_lstm(sparsity, packing, seed=SEED_B)
+            self.fns[name] = lambda lstm=lstm: step(lstm)
+        self.flops = 3 * 2 * t * n * sum(int(np.count_nonzero(m)) for m in lstm.mask.values())
+        if torch is not None:
+            tm = torch.nn.LSTM(i, h)
+            with torch.no_grad():
+                for name, v in lstm.parameters().items():
+                    getattr(tm, name).copy_(torch.from_numpy(v))
+            xt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(g)
+
+            def torch_step():
+                tm.zero_grad()
+                tm(xt)[0].backward(gt)
+            self.fns["torch"] = torch_step
 
 
 class SharedGEMV:

@@ -8,7 +8,7 @@ and the ratio to each peer (peer time / brgemm time: above 1 means brgemm is fas
   mlp.py       --mlp: Linear and MLP
   conv.py      --conv: ResNet-50's convolutions
   rnn.py       --rnn: LSTM and GRU
-  sparse.py    --sparse: block-sparse (pruned) Linear and Conv2d against dense and PyTorch (BSR); GEMV on shared weights
+  sparse.py    --sparse: block-sparse (pruned) Linear, Conv2d and LSTM training step against dense and PyTorch (BSR); GEMV on shared weights
   models.py    --torch: PyTorch models through brgemm.torch.convert
   networks.py  --models: whole networks (vision.py) through brgemm.torch, inference and training
   vision.py    ResNet-18/50, ResNeXt-50 32x4d, MobileNetV2 as torchvision defines them, and their

@@ -38,6 +38,8 @@ GROUPS = {
             lambda p, rng, a, tl, log: run_rnn(p, rng, a.rounds, tl, log), format_table, rnn_summary),
     "sparse": ("a pruned Linear 4096 -> 4096, N = 64, f32: forward at 50/75/90 % block sparsity and a training "
                "step at 90 %, against our dense packing, PyTorch dense and PyTorch BSR; the dense/sparse crossover; "
+               "a pruned LSTM 512 -> 512 (T = 20, N = 64) training step at 75/90 % against our dense packing and "
+               "torch.nn.LSTM; "
                "GEMV 1x8192x8192 on 2/4/5/8-bit shared weights against our float16-weight GEMV, and on ternary weights "
                "(1-3 levels, u8 activations) against our int8-weight GEMV",
                lambda p, rng, a, tl, log: run_sparse(p, rng, a.rounds, tl, log), format_table, sparse_summary),

@@ -2,7 +2,8 @@
 N = 64, float32) forward at several block sparsities and a training step, against our own dense
 packing of the same weights, PyTorch's dense product and PyTorch's block-sparse (BSR) product of
 the same matrix; a pruned 3×3 Conv2d (256 → 256 on 14 × 14, N = 16) against our dense packing
-and PyTorch's conv2d; the crossover rows, where the sparse packing is forced on nearly dense weights to
+and PyTorch's conv2d; a pruned LSTM's training step (512 → 512, T = 20, N = 64) against our dense
+packing of the same weights and torch.nn.LSTM; the crossover rows, where the sparse packing is forced on nearly dense weights to
 show where it stops paying; the GEMV on shared weights (codebook panels) against our GEMV on
 float16 weights; and the GEMV on ternary weights (2 bits per weight and residual level, u8
 activations) against our int8-weight GEMV (QuantizedLinear at N = 1)."""
@@ -23,6 +24,8 @@ CONV_SPARSITIES = (0.75, 0.9)        # fractions of the (bk × bc, all taps) wei
 SHARED_GEMV = (8192, 8192)           # (K, N) of the GEMV rows on shared weights
 SHARED_BITS = (2, 4, 5, 8)
 TERNARY_LEVELS = (1, 2, 3)           # levels (ternary + residuals) of the ternary GEMV rows, every block present
+RNN_SHAPE = (512, 512, 20, 64)       # (H, I, T, N) of the pruned LSTM's training-step rows
+RNN_SPARSITIES = (0.75, 0.9)         # fractions of the (16 units × 4 gates, 64 inputs) weight blocks pruned
 
 
 def _layer(c, k, sparsity, packing):
@@ -44,6 +47,57 @@ def _torch_fns(torch, lin, x):
             bsr = w.to_sparse_bsr((64, 64))
         fns["torch_bsr"] = lambda: torch.nn.functional.linear(xt, bsr, b)
     return fns
+
+
+def pruned_lstm(frac, packing, seed=0):
+    """An LSTM of RNN_SHAPE pruned by magnitude in the blocks its products skip (prune(frac,
+    block="gates"): 16 units × all 4 gates × 64 inputs of W_ih and W_hh). prune()'s default
+    blocks are per gate: at 90 % only about 0.9⁴ of these would be empty."""
+    from ..nn import LSTM
+    h, i, _, _ = RNN_SHAPE
+    lstm = LSTM(i, h, seed=seed)
+    lstm.prune(frac, block="gates")
+    lstm.packing = packing
+    return lstm
+
+
+def _run_sparse_lstm(peers, rng, rounds, threads, log):
+    """A pruned LSTM's training step (forward and backward through time, float32) against our
+    dense packing of the same weights and masks and torch.nn.LSTM (dense); FLOPs of the kept
+    weights only (forward, backward data and weight gradient: 3 × 2·T·N per kept weight)."""
+    h, i, t, n = RNN_SHAPE
+    x = rng.standard_normal((t, n, i), dtype=np.float32)
+    g = rng.standard_normal((t, n, h), dtype=np.float32)
+    peak = peak_of("fma_f32", threads)
+    rows = []
+    for frac in RNN_SPARSITIES:
+        layers = {name: pruned_lstm(frac, packing) for name, packing in (("brgemm", "auto"), ("brgemm_dense", "dense"))}
+
+        def step(lstm):
+            lstm.zero_grad()
+            lstm(x)
+            lstm.backward(g)
+        fns = {name: (lambda lstm=lstm: step(lstm)) for name, lstm in layers.items()}
+        if peers.torch is not None:
+            torch = peers.torch
+            tm = torch.nn.LSTM(i, h)
+            with torch.no_grad():
+                for name, v in layers["brgemm"].parameters().items():
+                    getattr(tm, name).copy_(torch.from_numpy(v))
+            xt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(g)
+
+            def torch_step():
+                tm.zero_grad()
+                tm(xt)[0].backward(gt)
+            fns["torch"] = torch_step
+        med, rat = compare(fns, rounds, threads)
+        kept = sum(int(np.count_nonzero(m)) for m in layers["brgemm"].mask.values())
+        row = _row(f"LSTM f32 train step H={h} I={i} T={t} N={n} {frac:.0%} block-sparse", threads,
+                   3 * 2 * t * n * kept, 4 * (kept + t * n * (i + h)), med, rat, peak)
+        row["ratio_vs_brgemm_dense"] = rat["brgemm_dense"]
+        rows.append(row)
+        log.row(row)
+    return rows
 
 
 def _sparse_row(case, threads, n, c, k, kept, med, rat, peak):
@@ -115,6 +169,7 @@ def run_sparse(peers, rng, rounds, threads_list, log):
                                     n, c, k, kept, med, rat, peak))
             log.row(rows[-1])
         rows += _run_sparse_conv(peers, rng, rounds, threads, log)
+        rows += _run_sparse_lstm(peers, rng, rounds, threads, log)
         rows += _run_shared_gemv(peers, rng, rounds, threads, log)
         rows += _run_ternary_gemv(peers, rng, rounds, threads, log)
     return rows

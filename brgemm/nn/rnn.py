@@ -124,31 +124,49 @@ class _RNN:
 
     def prune(self, amount, block=None):
         """Zeroes the fraction ``amount`` of every weight matrix (weight_ih_*, weight_hh_*) by
-        magnitude and keeps them zero through training; returns {name: mask} (False where
-        pruned). ``block``: None for 64 × 64 blocks of the fused gate matrices (the BRGEMM's
-        blocks, edge blocks partial), else as :meth:`brgemm.nn.Linear.prune`. Called again with
-        a larger amount, it prunes more."""
+        magnitude and keeps them zero through training (their gradients are zero, as for
+        PyTorch's weight·mask); returns {name: mask} (False where pruned). ``block``: None for
+        64 × 64 blocks of the fused gate matrices (the BRGEMM's blocks, edge blocks partial);
+        "gates" for the blocks the recurrent products skip, 16 hidden units with all their gates
+        × 64 inputs (edge blocks partial); else as :meth:`brgemm.nn.Linear.prune`. Called again
+        with a larger amount, it prunes more. The weight gradients' products skip the (gate, 16
+        units, 64 inputs) blocks the mask prunes whole (see :attr:`packing`); the forward and
+        backward data skip a block only when all its gates are zero, which "gates" gives."""
         amount = amount_arg(amount)
+        if isinstance(block, str) and block != "gates":
+            raise ValueError(f"block must be None, 'gates', an int or a pair of ints, got {block!r}")
         masks = dict(self.__dict__.get("_masks") or {})
+        g, h = self._gates, self.hidden_size
         for name in self._names_all:
             if not name.startswith("weight_"):
                 continue
             w = self._owned.own(name)
-            default = (_core.fc_block(w.shape[0]), _core.fc_block(w.shape[1]))
-            keep = np.ascontiguousarray(magnitude_mask(w, amount, block_arg(block, w.shape, default),
-                                                       masks.get(name)))
+            if block == "gates":   # rows unit-major, gates inside: a block is 16·G consecutive rows
+                cols = w.shape[1]
+                unit_major = lambda a: a.reshape(g, h, cols).transpose(1, 0, 2).reshape(h * g, cols)  # noqa: E731
+                prev = masks.get(name)
+                keep = magnitude_mask(unit_major(w), amount, (16 * g, 64), None if prev is None else unit_major(prev))
+                keep = np.ascontiguousarray(keep.reshape(h, g, cols).transpose(1, 0, 2).reshape(g * h, cols))
+            else:
+                default = (_core.fc_block(w.shape[0]), _core.fc_block(w.shape[1]))
+                keep = np.ascontiguousarray(magnitude_mask(w, amount, block_arg(block, w.shape, default),
+                                                           masks.get(name)))
             masks[name] = keep
             self._owned.set(name, np.where(keep, w, np.float32(0)))
         object.__setattr__(self, "_masks", masks)
+        for drv, names in zip(self._drivers, self._names):   # the weight gradients: zero where pruned
+            drv.rnn.set_mask(masks[names[0]].view(np.uint8), masks[names[1]].view(np.uint8))
         return {n: m.copy() for n, m in masks.items()}
 
     @property
     def packing(self):
         """How the forward products read W_hh and W_ih: "auto" (the default: per 16-unit hidden
         block only the row blocks (64, 32 or 16 inputs) of its weights that hold a nonzero, when
-        at most 90 % of them do), "dense" or "sparse" (forced). Block-sparse products sum the kept
-        terms in the dense order: bit-identical results for finite inputs. The input product is
-        block-sparse only when input_size is a multiple of 16; backward stays dense."""
+        at most 90 % of them do), "dense" or "sparse" (forced). Backward data reads the same kept
+        blocks; after :meth:`prune`, the weight gradients are computed on the blocks the masks
+        keep (by the same rule). Block-sparse products sum the kept terms in the dense order:
+        bit-identical results and gradients for finite inputs. The input product and ∂x are
+        block-sparse only when input_size is a multiple of 16."""
         return self._drivers[0].rnn.packing
 
     @packing.setter

@@ -40,6 +40,16 @@ struct py_rnn {
     return p == layers::sparse_policy::automatic ? "auto" : p == layers::sparse_policy::dense ? "dense" : "sparse";
   }
 
+  // The pruning masks (uint8, PyTorch's shapes, 0 = pruned) or None (rnn_layer::set_mask).
+  void set_mask(py::handle mih, py::handle mhh) {
+    const uint8_t* a = mih.is_none() ? nullptr
+                                     : (const uint8_t*)exact_array(mih, "mask_ih", element::u8, gh() * l.input(), false).data();
+    const uint8_t* b = mhh.is_none() ? nullptr
+                                     : (const uint8_t*)exact_array(mhh, "mask_hh", element::u8, gh() * l.hidden(), false).data();
+    py::gil_scoped_release nogil;
+    l.set_mask(a, b);
+  }
+
   bool refresh(py::handle wih, py::handle whh, py::handle bih, py::handle bhh) {
     const float* a = (const float*)exact_array(wih, "weight_ih", element::f32, gh() * l.input(), false).data();
     const float* b = (const float*)exact_array(whh, "weight_hh", element::f32, gh() * l.hidden(), false).data();
@@ -178,6 +188,8 @@ void register_rnn(py::module_& m) {
            py::arg("bias_hh"))
       .def_property("packing", &py_rnn::policy, &py_rnn::set_policy)
       .def_property_readonly("block_sparse", [](const py_rnn& r) { return r.l.block_sparse(); })
+      .def_property_readonly("gradient_sparse", [](const py_rnn& r) { return r.l.gradient_sparse(); })
+      .def("set_mask", &py_rnn::set_mask, py::arg("mask_ih"), py::arg("mask_hh"))
       .def("workspace_size", [](const py_rnn& r, int64_t T, int64_t N) {
         py_rnn::positive(T, "T");
         py_rnn::positive(N, "N");
