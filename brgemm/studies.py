@@ -111,7 +111,7 @@ def _top1(model, x, y):
     return float((np.asarray(model(np.ascontiguousarray(x)), np.float32).argmax(axis=1) == y).mean())
 
 
-def ternary_cnn_table(model, block=8, max_residuals=3, error_target=0.05, calibration=512):
+def ternary_cnn_table(model, block=16, max_residuals=3, error_target=0.05, calibration=512):
     """The float32 digits CNN ``model`` converted to 8a-8w (int8 weights) and to 8a-2w ternary
     weights with up to ``max_residuals`` residual levels per block (quantize_model; min-max
     calibration on the first ``calibration`` training images), the levels lowered at inference.
@@ -156,7 +156,7 @@ def main():
     print(f"digits CNN (conv 1→8, conv 8→16 stride 2, linear 256→10), {CNN_EPOCHS} epochs of SGD "
           f"(lr {CNN_LR}, batch {CNN_BATCH}), whole model converted (min-max calibration):")
     print(f"  float32 {100 * acc_cnn:.2f} %   8a-8w (int8) {100 * acc8:.2f} % ({100 * (acc8 - acc_cnn):+.2f} pp)")
-    print("  8a-2w ternary (block 8, error target 0.05), residual levels lowered at inference:")
+    print("  8a-2w ternary (block 16, error target 0.05), residual levels lowered at inference:")
     print("  | residual levels | test accuracy | vs float32 | ternary blocks | multiplies vs 8a-8w |")
     for row in rows:
         print(f"  | {row['residuals']} | {100 * row['accuracy']:.2f} % | {100 * (row['accuracy'] - acc_cnn):+.2f} pp "
