@@ -48,7 +48,7 @@ def test_matches_the_float64_reference_on_every_isa(isa, geometry):
     c, k, rs, stride, padding, dilation, h, w = geometry
     rng = np.random.default_rng(c * 100 + k)
     kernel = (rs, rs) if isinstance(rs, int) else rs
-    weight = rng.standard_normal((k, c) + kernel).astype(np.float32)
+    weight = rng.standard_normal((k,) + kernel + (c,)).astype(np.float32)  # channels last
     t = ternarize(weight, block=8, max_residuals=2, error_target=0.01)
     bias = rng.standard_normal(k).astype(np.float32)
     x = rng.integers(0, 256, (2, c, h, w), dtype=np.uint8)
@@ -62,7 +62,7 @@ def test_matches_the_float64_reference_on_every_isa(isa, geometry):
             twin = layer(x)
             brgemm.set_isa(isa)
             np.testing.assert_array_equal(y.view(np.int32), twin.view(np.int32))
-            wd = t.dequantize(residuals=r).astype(np.float64)
+            wd = t.dequantize(residuals=r).astype(np.float64).transpose(0, 3, 1, 2)
             geo = layer.geometry
             z = 0.02 * conv_reference(x.astype(np.float64) - 9, wd, geo.stride, geo.padding, geo.dilation)
             z += bias[None, :, None, None]
@@ -81,14 +81,14 @@ def test_integer_sums_exact_with_padding_as_the_zero_point(isa):
     border contributes 0), all-255 inputs against all-+1 codes reach 255·C·R·S."""
     rng = np.random.default_rng(7)
     k, c = 4, 32
-    codes = rng.integers(-1, 2, (1, k, c * 9), dtype=np.int8)
+    codes = rng.integers(-1, 2, (1, k, 9 * c), dtype=np.int8)
     codes[0, 0] = 1
-    t = quant.Ternary(codes, np.ones((1, k, c * 9 // 16), np.float32), (k, c, 3, 3), 16)
+    t = quant.Ternary(codes, np.ones((1, k, 9 * c // 16), np.float32), (k, 3, 3, c), 16)
     x = rng.integers(0, 256, (1, c, 5, 5), dtype=np.uint8)
     x[:, :, 1:4, 1:4] = 255
     layer = TernaryConv2d(t, padding=1, input_zero_point=3)
     y = layer(x)
-    want = conv_reference(x.astype(np.int64) - 3, codes[0].reshape(k, c, 3, 3).astype(np.int64),
+    want = conv_reference(x.astype(np.int64) - 3, codes[0].reshape(k, 3, 3, c).transpose(0, 3, 1, 2).astype(np.int64),
                           (1, 1), (1, 1, 1, 1), (1, 1))
     np.testing.assert_array_equal(y, want.astype(np.float32))
     assert y[0, 0, 2, 2] == 252 * c * 9
@@ -101,6 +101,10 @@ def test_from_float_spellings_and_uint8_output():
                                    error_target=0.01, residuals=1)
     assert isinstance(q, TernaryConv2d) and q.out_dtype == "uint8" and q.residuals == 1 and q.ternary.levels == 3
     assert isinstance(QuantizedConv2d.from_float(conv, 0.02), QuantizedConv2d)  # int8 stays the default
+    # blocks over each tap's channels: the channels-last weight's ternarization
+    want = ternarize(conv.weight.transpose(0, 2, 3, 1), block=12, max_residuals=2, error_target=0.01)
+    np.testing.assert_array_equal(q.ternary.codes, want.codes)
+    assert q.ternary.shape == (12, 3, 3, 4)
     same = TernaryConv2d.from_float(conv, 0.02, 4, block=12, max_residuals=2, error_target=0.01, residuals=1)
     x = rng.integers(0, 256, (3, 4, 9, 8), dtype=np.uint8)
     np.testing.assert_array_equal(q(x), quantize(same(x), QParams(0.05, 7)))

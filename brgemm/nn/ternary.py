@@ -8,9 +8,11 @@ the input's scale and zero point, the bias and ReLU. How many residual levels a 
 (``residuals``) can be lowered at any time without repacking: fewer levels read fewer bytes.
 
 :class:`TernaryConv2d` is the same product on a convolution: the weight (K, C, R, S) is ternarized
-over each output channel's C·R·S inputs (PyTorch's order), the input's windows are gathered
-into rows of that order (a workspace kept per input shape, padding filled with the zero point)
-and each forward is one call of the ternary product on them. Both layers are what
+over each output channel's R·S·C inputs in tap-major, channel-minor order (a block is a run of
+channels of one tap, or of consecutive taps, as the blocked layouts hold them), the input's
+windows are gathered into rows of that order (from a channels-last copy of the input, a
+workspace kept per input shape with the padding filled with the zero point: runs of C
+contiguous bytes) and each forward is one call of the ternary product on them. Both layers are what
 ``QuantizedLinear.from_float`` / ``QuantizedConv2d.from_float`` return with ``weights="ternary"``
 and what ``brgemm.quant.quantize_model(..., weights="ternary")`` builds; like the int8 layers they
 can requantize their output to uint8 (``output_scale``), so a chain passes uint8 arrays.
@@ -177,8 +179,11 @@ class TernaryLinear:
 
 class TernaryConv2d:
     """The ternary product on a 2-D convolution (groups 1): y = activation(input_scale ·
-    conv2d(x_q − input_zero_point, W) + bias) with W (K, C, R, S) the ternary weight's first
-    ``residuals`` + 1 levels; x uint8 or float32 (N, C, H, W) (float32 is quantized first;
+    conv2d(x_q − input_zero_point, W) + bias) with W the ternary weight's first ``residuals`` + 1
+    levels. ``ternary`` holds the weight channels last, (K, R, S, C): it is
+    ``ternarize(weight.transpose(0, 2, 3, 1), ...)`` of a PyTorch-order weight (K, C, R, S), so its
+    blocks run over each tap's channels (:meth:`from_float` does this). x uint8 or float32
+    (N, C, H, W) (float32 is quantized first;
     padding is a real zero: x_q = input_zero_point); y (N, K, OH, OW) float32, or uint8 with
     ``output_scale`` as :class:`TernaryLinear`. Stride, padding and dilation as
     :class:`brgemm.nn.Conv2d`. ``residuals`` can be lowered at any time."""
@@ -189,14 +194,14 @@ class TernaryConv2d:
         if not isinstance(ternary, Ternary):
             raise TypeError(f"ternary must be a brgemm.quant.Ternary, got {type(ternary).__name__}")
         if len(ternary.shape) != 4:
-            raise ValueError(f"ternary must hold a 4-D (K, C, R, S) weight, got shape {ternary.shape}")
-        k, c, r, s = ternary.shape
+            raise ValueError(f"ternary must hold a 4-D channels-last (K, R, S, C) weight, got shape {ternary.shape}")
+        k, r, s, c = ternary.shape
         self.geometry = ConvGeometry.of(c, k, (r, s), stride, padding, dilation)
         (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
          self.dilation, _) = self.geometry
         self.ternary = ternary
-        # The product itself: the same codes and α seen as a (K, C·R·S) weight.
-        self._gemm = TernaryLinear(Ternary(ternary.codes, ternary.alpha, (k, c * r * s), ternary.block), bias,
+        # The product itself: the same codes and α seen as a (K, R·S·C) weight.
+        self._gemm = TernaryLinear(Ternary(ternary.codes, ternary.alpha, (k, r * s * c), ternary.block), bias,
                                    activation, input_scale=input_scale, input_zero_point=input_zero_point,
                                    residuals=residuals, output_scale=output_scale,
                                    output_zero_point=output_zero_point, out_dtype=out_dtype)
@@ -206,16 +211,16 @@ class TernaryConv2d:
     def from_float(cls, conv, input_scale, input_zero_point=0, output_scale=None, output_zero_point=0,
                    out_dtype=None, *, block=64, max_residuals=2, error_target=0.1, residuals=None):
         """The ternary version of a float :class:`brgemm.nn.Conv2d` (groups 1; bias and
-        activation kept): each output channel's C·R·S weights ternarized per block of ``block``
-        (:func:`brgemm.quant.ternarize`). ``QuantizedConv2d.from_float(..., weights="ternary")``
+        activation kept): each output channel's weights ternarized per block of ``block`` in
+        (R, S, C) order (:func:`brgemm.quant.ternarize` of the channels-last weight). ``QuantizedConv2d.from_float(..., weights="ternary")``
         is this."""
         from .conv import Conv2d
         if not isinstance(conv, Conv2d):
             raise TypeError(f"conv must be a brgemm.nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1:
             raise ValueError(f"conv.groups must be 1 for a ternary convolution, got {conv.groups}")
-        t = ternarize(np.asarray(conv.weight, np.float32), block=block, max_residuals=max_residuals,
-                      error_target=error_target)
+        t = ternarize(np.asarray(conv.weight, np.float32).transpose(0, 2, 3, 1), block=block,
+                      max_residuals=max_residuals, error_target=error_target)
         return cls(t, conv.bias, conv.activation, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                    input_scale=input_scale, input_zero_point=input_zero_point, residuals=residuals,
                    output_scale=output_scale, output_zero_point=output_zero_point, out_dtype=out_dtype)
@@ -271,21 +276,21 @@ class TernaryConv2d:
         return self.geometry.out_size(h, w)
 
     def _windows(self, x):
-        """The rows of the product: (N·OH·OW, C·R·S padded to whole blocks) uint8, each the
-        window of one output pixel in (c, r, s) order, written into the plan's workspace."""
+        """The rows of the product: (N·OH·OW, R·S·C padded to whole blocks) uint8, each the
+        window of one output pixel in (r, s, c) order, written into the plan's workspace."""
         n, c, h, w = x.shape
         oh, ow = self.output_size(h, w)
         (pt, pb, pl, pr), (sh, sw), (dh, dw), (r, s) = self.padding, self.stride, self.dilation, self.kernel_size
         if self._plan is None or self._plan[0] != (x.shape, self._gemm.input_zero_point):
-            padded = np.full((n, c, h + pt + pb, w + pl + pr), self._gemm.input_zero_point, np.uint8)
-            rows = np.zeros((n, oh, ow, self._gemm._k), np.uint8)  # past C·R·S: codes 0, any value
+            padded = np.full((n, h + pt + pb, w + pl + pr, c), self._gemm.input_zero_point, np.uint8)
+            rows = np.zeros((n, oh, ow, self._gemm._k), np.uint8)  # past R·S·C: codes 0, any value
             self._plan = ((x.shape, self._gemm.input_zero_point), padded, rows)
         _, padded, rows = self._plan
-        padded[:, :, pt:pt + h, pl:pl + w] = x
-        win = np.lib.stride_tricks.sliding_window_view(padded, (dh * (r - 1) + 1, dw * (s - 1) + 1), axis=(2, 3))
-        win = win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :oh, :ow]          # (N, C, OH, OW, R, S)
-        dst = rows[..., :c * r * s].reshape(n, oh, ow, c, r, s)        # a view: rows are contiguous
-        np.copyto(dst, win.transpose(0, 2, 3, 1, 4, 5))
+        padded[:, pt:pt + h, pl:pl + w, :] = x.transpose(0, 2, 3, 1)  # channels last: C contiguous
+        win = np.lib.stride_tricks.sliding_window_view(padded, (dh * (r - 1) + 1, dw * (s - 1) + 1), axis=(1, 2))
+        win = win[:, ::sh, ::sw][:, :oh, :ow][..., ::dh, ::dw]          # (N, OH, OW, C, R, S)
+        dst = rows[..., :r * s * c].reshape(n, oh, ow, r, s, c)        # a view: rows are contiguous
+        np.copyto(dst, win.transpose(0, 1, 2, 4, 5, 3))
         return rows.reshape(n * oh * ow, -1)
 
     def forward(self, x, out=None):
