@@ -14,10 +14,10 @@ struct maddubs_step {
   const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
   const __m512i three = _mm512_set1_epi8(3), ones = _mm512_set1_epi16(1);
   const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
-  BRGEMM_KLOOP void add(__m512i& s, __m512i x, __m512i bytes) const {
-    const __m512i w = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srlv_epi32(bytes, shift), three));
-    s = _mm512_add_epi16(s, _mm512_maddubs_epi16(x, w));
+  __m512i weights(__m512i bytes) const {
+    return _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srlv_epi32(bytes, shift), three));
   }
+  BRGEMM_KLOOP void add(__m512i& s, __m512i x, __m512i w) const { s = _mm512_add_epi16(s, _mm512_maddubs_epi16(x, w)); }
   __m512i sums(__m512i s) const { return _mm512_madd_epi16(s, ones); }
 };
 

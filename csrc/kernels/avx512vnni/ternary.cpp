@@ -12,9 +12,8 @@ namespace {
 struct dpbusd_step {
   const __m512i shift = _mm512_setr_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
   const __m512i top = _mm512_set1_epi8((char)0xC0);
-  BRGEMM_KLOOP void add(__m512i& s, __m512i x, __m512i bytes) const {
-    s = _mm512_dpbusd_epi32(s, x, _mm512_and_si512(_mm512_sllv_epi32(bytes, shift), top));
-  }
+  __m512i weights(__m512i bytes) const { return _mm512_and_si512(_mm512_sllv_epi32(bytes, shift), top); }
+  BRGEMM_KLOOP void add(__m512i& s, __m512i x, __m512i w) const { s = _mm512_dpbusd_epi32(s, x, w); }
   __m512i sums(__m512i s) const { return _mm512_srai_epi32(s, 6); }
 };
 
