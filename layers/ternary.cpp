@@ -7,7 +7,8 @@ namespace brgemm::layers {
 
 void ternary_gemm(const ternary_product& p) {
   const int64_t panels = ternary_panels(p.n);
-  const int threads = (int)std::min<int64_t>(threads_for(2.0 * p.m * p.n * p.k * p.levels), panels * p.m);
+  const int threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads_for(2.0 * p.m * p.n * p.k * p.levels),
+                                                                    panels * p.m));
   // Fewer panels than threads (a convolution's N·OH·OW rows against few output channels): the
   // rows are split too, in runs of 4 (the AVX-512 kernels' row block).
   const int64_t parts = panels >= threads ? 1 : std::min<int64_t>((threads + panels - 1) / panels, (p.m + 3) / 4);
