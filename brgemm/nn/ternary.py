@@ -205,7 +205,7 @@ class TernaryConv2d:
                                    activation, input_scale=input_scale, input_zero_point=input_zero_point,
                                    residuals=residuals, output_scale=output_scale,
                                    output_zero_point=output_zero_point, out_dtype=out_dtype)
-        self._plan = None  # (x shape, padded input, window rows) of the last input shape
+        self._plan = None  # (x shape and zero point, padded input, window rows, product) of the last input shape
 
     @classmethod
     def from_float(cls, conv, input_scale, input_zero_point=0, output_scale=None, output_zero_point=0,
@@ -284,8 +284,9 @@ class TernaryConv2d:
         if self._plan is None or self._plan[0] != (x.shape, self._gemm.input_zero_point):
             padded = np.full((n, h + pt + pb, w + pl + pr, c), self._gemm.input_zero_point, np.uint8)
             rows = np.zeros((n, oh, ow, self._gemm._k), np.uint8)  # past R·S·C: codes 0, any value
-            self._plan = ((x.shape, self._gemm.input_zero_point), padded, rows)
-        _, padded, rows = self._plan
+            z = np.empty((n * oh * ow, self.out_channels), np.float32)  # the product's rows
+            self._plan = ((x.shape, self._gemm.input_zero_point), padded, rows, z)
+        _, padded, rows, _ = self._plan
         padded[:, pt:pt + h, pl:pl + w, :] = x.transpose(0, 2, 3, 1)  # channels last: C contiguous
         win = np.lib.stride_tricks.sliding_window_view(padded, (dh * (r - 1) + 1, dw * (s - 1) + 1), axis=(1, 2))
         win = win[:, ::sh, ::sw][:, :oh, :ow][..., ::dh, ::dw]          # (N, OH, OW, C, R, S)
@@ -305,8 +306,9 @@ class TernaryConv2d:
         if out is not None and (not isinstance(out, np.ndarray) or out.shape != shape
                                 or out.dtype != np.dtype(self.out_dtype)):
             raise ValueError(f"out must be a {self.out_dtype} array of shape {shape}")
-        z = np.empty((n * oh * ow, self.out_channels), np.float32)
-        self._gemm._product(self._windows(x), z)
+        windows = self._windows(x)
+        z = self._plan[3]
+        self._gemm._product(windows, z)
         y = z.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
         if self.out_dtype == "uint8":
             return self._gemm._requantized(np.ascontiguousarray(y), out)
