@@ -137,6 +137,8 @@ def test_errors_name_the_argument():
         TernaryConv2d(ternarize(np.ones((8, 36)), block=4))
     with pytest.raises(ValueError, match="output_scale"):
         TernaryConv2d.from_float(conv, 0.1, output_scale=-1.0)
+    with pytest.raises(TypeError, match="output_scale"):
+        TernaryConv2d.from_float(conv, 0.1, output_scale="big")
     with pytest.raises(ValueError, match="out_dtype"):
         TernaryConv2d.from_float(conv, 0.1, out_dtype="uint8")
     layer = TernaryConv2d.from_float(conv, 0.1, block=4)

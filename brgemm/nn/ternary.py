@@ -37,7 +37,10 @@ def _output_arg(output_scale, output_zero_point, out_dtype):
         if out_dtype == "uint8":
             raise ValueError("out_dtype='uint8' needs output_scale")
         return None, out_dtype
-    scale = float(output_scale)
+    try:
+        scale = float(output_scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"output_scale must be a number, got {type(output_scale).__name__}") from None
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"output_scale must be positive and finite, got {output_scale!r}")
     if isinstance(output_zero_point, bool) or not isinstance(output_zero_point, (int, np.integer)) \
@@ -65,7 +68,10 @@ class TernaryLinear:
             raise ValueError(f"activation must be None or 'relu', got {activation!r}")
         self.out_features, self.in_features = (int(s) for s in ternary.shape)
         self.ternary, self.activation = ternary, activation
-        self.input_scale = float(input_scale)
+        try:
+            self.input_scale = float(input_scale)
+        except (TypeError, ValueError):
+            raise TypeError(f"input_scale must be a number, got {type(input_scale).__name__}") from None
         if not (np.isfinite(self.input_scale) and self.input_scale > 0):
             raise ValueError(f"input_scale must be positive and finite, got {input_scale!r}")
         if isinstance(input_zero_point, bool) or not isinstance(input_zero_point, (int, np.integer)) \
