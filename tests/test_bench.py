@@ -155,6 +155,15 @@ def test_the_command_line_rejects_a_bad_option_with_usage(capsys):
     assert "--threads must be comma-separated integers" in capsys.readouterr().err
 
 
+def test_help_lists_every_group(capsys):
+    """--help prints (a group's description may hold a "%", which argparse would take for a format)."""
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"--{name}" in out for name in cli.GROUPS) and "90 % block" in " ".join(out.split())
+
+
 @pytest.fixture
 def tiny_headline(monkeypatch):
     """The headline's cases on tiny shapes (the code paths, not the sizes, are under test)."""

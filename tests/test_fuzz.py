@@ -840,6 +840,60 @@ def fuzz_ternary_linear(draw):
         call("brgemm.nn.TernaryLinear.forward", layer.forward, x, **kw)
 
 
+def fuzz_ternary_conv(draw):
+    """brgemm.nn.TernaryConv2d: from_float (also as QuantizedConv2d.from_float(weights="ternary")),
+    the constructor, residuals, forward (uint8 or float32, out=)."""
+    c, k = draw(side(3)), draw(side(3))
+    kernel = draw(st.integers(1, 3))
+    if draw(st.booleans()):
+        conv = call("brgemm.nn.Conv2d", brgemm.nn.Conv2d, max(c, 1), max(k, 1), kernel, seed=0, **_geometry(draw))
+        if conv is REJECTED:
+            return
+        fn = draw(st.sampled_from([brgemm.nn.TernaryConv2d.from_float,
+                                   lambda *a, **kw: brgemm.nn.QuantizedConv2d.from_float(*a, weights="ternary", **kw)]))
+        layer = call("brgemm.nn.TernaryConv2d.from_float", fn, draw(st.sampled_from([conv, None, "x"])),
+                     draw(maybe(pick([0.05], [0.0, -1.0, float("nan")]))),
+                     draw(maybe(pick([0, 200], [-1, 256]))), draw(maybe(pick([None, 0.1], [0.0, float("inf")]))),
+                     block=draw(pick([4, 8], [3, 0, 512])), max_residuals=draw(pick([0, 2], [-1])),
+                     residuals=draw(maybe(pick([None, 0, 1], [-1, 1.5]))))
+    else:
+        t = call("brgemm.quant.ternarize", Q.ternarize,
+                 np.random.default_rng(0).standard_normal((max(k, 1), max(c, 1), kernel, kernel)).astype(np.float32),
+                 block=draw(pick([4, 8], [3, 5])), max_residuals=1)
+        layer = call("brgemm.nn.TernaryConv2d", brgemm.nn.TernaryConv2d, draw(st.sampled_from([t, None, 3])),
+                     draw(maybe(st.one_of(st.none(), arrays((draw(pick([max(k, 1)], [k + 2])),))))),
+                     draw(maybe(pick([None, "relu"], ["gelu", 3]))),
+                     input_zero_point=draw(maybe(pick([0, 128], [-1, 256, 2.5]))),
+                     out_dtype=draw(maybe(pick([None, "float32"], ["uint8", "int8"]))), **_geometry(draw))
+    if layer is REJECTED:
+        return
+    repr(layer)
+    layer.nbytes()
+    for _ in range(draw(st.integers(0, 3))):
+        if draw(st.booleans()):
+            call("brgemm.nn.TernaryConv2d.residuals", setattr, layer, "residuals", draw(pick([0, 1, 5], [-1, "x"])))
+            continue
+        h, w = draw(side(6)), draw(side(6))
+        x = draw(maybe(arrays((draw(side(2)), draw(pick([layer.in_channels], [layer.in_channels + 1])), h, w),
+                              good=[np.dtype(np.uint8), np.dtype(np.float32)])))
+        kw = {}
+        if draw(st.booleans()) and isinstance(x, np.ndarray) and x.ndim == 4:
+            try:
+                oh, ow = layer.output_size(h, w)
+            except ValueError:
+                oh, ow = 1, 1
+            kw["out"] = draw(maybe(arrays((x.shape[0], layer.out_channels, oh, ow), good=[np.dtype(layer.out_dtype)])))
+        call("brgemm.nn.TernaryConv2d.forward", layer.forward, x, **kw)
+
+
+def fuzz_set_residuals(draw):
+    lin = brgemm.nn.Linear(8, 3, seed=1)
+    model = brgemm.nn.Sequential(*([lin] if draw(st.booleans()) else
+                                   [brgemm.nn.TernaryLinear.from_float(lin, 0.1, block=4, max_residuals=1)]))
+    call("brgemm.quant.set_residuals", Q.set_residuals, draw(maybe(st.just(model))),
+         draw(maybe(pick([0, 1, 3], [-1, 1.5, None]))))
+
+
 def fuzz_l2_search(draw):  # private, but its loops run without bounds checks
     from brgemm._l2search import l2_search
 
@@ -867,6 +921,10 @@ def fuzz_quantize_model(draw):
         kw["max_accuracy_drop"] = draw(maybe(st.one_of(st.floats(-1, 2), st.just(float('nan')))))
     if draw(st.booleans()):
         kw["per_channel"] = draw(st.booleans())
+    if draw(st.integers(0, 3)) == 0:
+        kw["weights"] = draw(maybe(pick(["ternary", "int8"], ["int4"])))
+        if kw["weights"] == "ternary":
+            kw["block"] = draw(pick([4], [3]))
     call("brgemm.quant.quantize_model", Q.quantize_model, model, batches, **kw)
 
 
@@ -1389,6 +1447,7 @@ SUBJECTS = {
     "brgemm.quant.share_weights": fuzz_sharing, "brgemm.quant.centroid_gradients": fuzz_sharing,
     "brgemm.quant.pack_shared": fuzz_sharing, "brgemm.quant.SharedWeights": fuzz_sharing,
     "brgemm.nn.SharedLinear": fuzz_shared_linear, "brgemm.nn.TernaryLinear": fuzz_ternary_linear,
+    "brgemm.nn.TernaryConv2d": fuzz_ternary_conv, "brgemm.quant.set_residuals": fuzz_set_residuals,
 }
 for _f in ("ktanh", "ksigmoid", "kswish", "kgelu", "tanh", "sigmoid", "swish", "gelu", "relu", "relu6", "activation"):
     SUBJECTS[f"brgemm.nn.functional.{_f}"] = fuzz_elementwise(_f)

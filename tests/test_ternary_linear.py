@@ -123,3 +123,35 @@ def test_ragged_input_width():
     x = rng.integers(0, 256, (2, 150), dtype=np.uint8)
     y = TernaryLinear(t)(x)
     np.testing.assert_allclose(y, x.astype(np.float64) @ t.dequantize().T.astype(np.float64), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 13])
+def test_row_blocks_and_remainders(isa, m):
+    """The AVX-512 kernels take 4 rows at a time and the rest one by one: every row count gives
+    the scalar twin's bits, and the integer sums stay exact (α = 1, scale 1)."""
+    rng = np.random.default_rng(10 + m)
+    t = _ternary(rng, 2, 70, 128, 32)
+    x = rng.integers(0, 256, (m, 128), dtype=np.uint8)
+    layer = TernaryLinear(t, input_zero_point=0)
+    y = layer(x)
+    brgemm.set_isa("scalar")
+    twin = layer(x)
+    brgemm.set_isa(isa)
+    np.testing.assert_array_equal(y.view(np.int32), twin.view(np.int32))
+    ints = TernaryLinear(_ternary(np.random.default_rng(m), 1, 70, 128, 32, alpha=1.0))
+    want = x.astype(np.int64) @ ints.ternary.codes[0].astype(np.int64).T
+    np.testing.assert_array_equal(ints(x), want.astype(np.float32))
+
+
+def test_rows_split_across_threads_when_panels_are_few(threads_restored):
+    """One 64-column panel and many rows: the driver splits the rows among threads; the bits are
+    those of one thread."""
+    rng = np.random.default_rng(11)
+    t = _ternary(rng, 2, 50, 512, 64)
+    x = rng.integers(0, 256, (203, 512), dtype=np.uint8)
+    layer = TernaryLinear(t, rng.standard_normal(50).astype(np.float32), "relu", input_scale=0.01,
+                          input_zero_point=3)
+    brgemm.set_num_threads(1)
+    one = layer(x)
+    brgemm.set_num_threads(2)
+    np.testing.assert_array_equal(layer(x).view(np.int32), one.view(np.int32))

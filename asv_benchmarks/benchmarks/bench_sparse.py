@@ -22,6 +22,11 @@ float16 weights (bar at 4 bits: ≥ 2×).
 GEMV 1 × 8192 → 8192 on ternary weights with 1-3 levels (brgemm.nn.TernaryLinear, u8 activations,
 2 bits per weight and level), one thread: ratio to our int8-weight GEMV (QuantizedLinear at N = 1;
 bar at 1 level: ≥ 2×).
+
+Ternary Conv2d 64 → 64, 3 × 3 padding 1 on 28 × 28, N = 1, 1 and 3 dense levels
+(brgemm.nn.TernaryConv2d, the benchmark side of tests/test_ternary_conv.py), one thread: ratio to
+our int8 QuantizedConv2d of the same float weights (no bar: compute-bound, where ternary weights
+save multiplies, not time, on this path).
 """
 
 import warnings
@@ -231,6 +236,35 @@ class TernaryGEMV:
         self.pin.restore()
 
     def time_gemv(self, levels):
+        self.fns["brgemm"]()
+
+    def track_ratio_vs_our_int8_weights(self, levels):
+        t = median_seconds(self.fns)
+        return t["brgemm_int8"] / t["brgemm"]
+
+    track_ratio_vs_our_int8_weights.unit = "x"
+
+
+class TernaryConv:
+    params = [[1, 3]]
+    param_names = ["levels"]
+
+    def setup(self, levels):
+        from brgemm.nn import QuantizedConv2d
+        self.pin = ThreadPin(1)
+        conv = Conv2d(64, 64, 3, padding=1, seed=SEED_B)
+        x = np.random.default_rng(SEED_A).integers(0, 256, (1, 64, 28, 28), dtype=np.uint8)
+        tern = QuantizedConv2d.from_float(conv, 0.02, 3, weights="ternary", block=64, max_residuals=levels - 1,
+                                          error_target=0.0)
+        q8 = QuantizedConv2d.from_float(conv, 0.02, 3)
+        self.fns = {"brgemm": lambda: tern(x), "brgemm_int8": lambda: q8(x)}
+        for f in self.fns.values():
+            f()
+
+    def teardown(self, levels):
+        self.pin.restore()
+
+    def time_forward(self, levels):
         self.fns["brgemm"]()
 
     def track_ratio_vs_our_int8_weights(self, levels):

@@ -104,7 +104,7 @@ def make_parser():
     parser = argparse.ArgumentParser(prog="python -m brgemm bench", description=DESCRIPTION)
     parser.add_argument("--full", action="store_true", help="every group below except --ceilings (many minutes)")
     for name, (what, _, _, _) in GROUPS.items():
-        parser.add_argument(f"--{name}", action="store_true", help=what)
+        parser.add_argument(f"--{name}", action="store_true", help=what.replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--model", metavar="NAME[,NAME]",
                         help=f"--models: these networks ({', '.join(NETWORKS)}; default: "
                              f"{', '.join(DEFAULT_NETWORKS)}, every one with --full); implies --models")

@@ -7,7 +7,7 @@ from .linear import MLP, Linear, QuantizedLinear
 from .rnn import GRU, LSTM, bucket_by_length
 from .sequential import Flatten, Sequential
 from .shared import SharedLinear
-from .ternary import TernaryLinear
+from .ternary import TernaryConv2d, TernaryLinear
 
-__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "TernaryLinear", "MLP", "LSTM",
-           "GRU", "bucket_by_length", "Sequential", "Flatten", "quantize_per_channel", "SharedLinear"]
+__all__ = ["functional", "Conv2d", "QuantizedConv2d", "Linear", "QuantizedLinear", "TernaryLinear", "TernaryConv2d",
+           "MLP", "LSTM", "GRU", "bucket_by_length", "Sequential", "Flatten", "quantize_per_channel", "SharedLinear"]

@@ -317,10 +317,22 @@ class QuantizedConv2d(_Convolution, QuantizedIO):
 
     @classmethod
     def from_float(cls, conv, input_scale, input_zero_point=0, output_scale=None, output_zero_point=0,
-                   out_dtype=None):
+                   out_dtype=None, *, weights="int8", **ternary):
         """The int8 version of a float :class:`Conv2d`: its weights quantized per output
         channel (:func:`quantize_per_channel`), its bias and activation kept, with the given
-        input and output quantization."""
+        input and output quantization.
+
+        ``weights="ternary"``: 8-bit activations × ternary weights with residual levels instead
+        (a :class:`~brgemm.nn.TernaryConv2d`, groups 1); ``ternary`` takes its ``block``,
+        ``max_residuals``, ``error_target`` and ``residuals``."""
+        from .linear import _check_ternary_args
+        if weights not in ("int8", "ternary"):
+            raise ValueError(f"weights must be 'int8' or 'ternary', got {weights!r}")
+        _check_ternary_args(weights, ternary)
+        if weights == "ternary":
+            from .ternary import TernaryConv2d
+            return TernaryConv2d.from_float(conv, input_scale, input_zero_point, output_scale, output_zero_point,
+                                            out_dtype, **ternary)
         if not isinstance(conv, Conv2d):
             raise TypeError(f"conv must be a brgemm.nn.Conv2d, got {type(conv).__name__}")
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,

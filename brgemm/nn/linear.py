@@ -286,6 +286,21 @@ class MLP(_Trainable):
         return f"MLP(sizes={self.sizes}, activation={self.activation!r}, dtype={self.dtype!r})"
 
 
+_TERNARY_ARGS = ("block", "max_residuals", "error_target", "residuals")
+
+
+def _check_ternary_args(weights, ternary, **int8_only):
+    """from_float's keyword arguments that belong to the other weight format name themselves."""
+    unknown = sorted(set(ternary) - set(_TERNARY_ARGS))
+    if unknown:
+        raise TypeError(f"from_float() got unexpected keyword argument(s) {', '.join(unknown)}")
+    if weights == "int8" and ternary:
+        raise ValueError(f"{', '.join(sorted(ternary))} apply to weights='ternary' only")
+    given = [k for k, v in int8_only.items() if v is not None]
+    if weights == "ternary" and given:
+        raise ValueError(f"{', '.join(given)} apply to weights='int8' only")
+
+
 class QuantizedLinear(QuantizedIO):
     """int8 inference: y = activation(input_scale·weight_scale[k]·Σ (x_q − input_zero_point)·w_q
     + bias[k]) for uint8 activations x_q (N, in) and int8 ``weight`` (out, in) with one
@@ -317,12 +332,24 @@ class QuantizedLinear(QuantizedIO):
 
     @classmethod
     def from_float(cls, linear, input_scale, input_zero_point=0, output_scale=None, output_zero_point=0,
-                   out_dtype=None, *, outlier_fraction=None, outlier_threshold=None):
+                   out_dtype=None, *, outlier_fraction=None, outlier_threshold=None, weights="int8", **ternary):
         """The int8 version of a float :class:`Linear` (its weights quantized per output
         feature, its bias and activation kept) with the given input and output quantization.
         With ``outlier_fraction`` or ``outlier_threshold`` the largest weights stay in float32
         as a sparse correction (:func:`brgemm.quant.split_outliers`): the int8 product, then
-        the correction, then bias-free activation and requantization in numpy."""
+        the correction, then bias-free activation and requantization in numpy.
+
+        ``weights="ternary"``: 8-bit activations × ternary weights with residual levels instead
+        (a :class:`~brgemm.nn.TernaryLinear`, same quantization arguments); ``ternary`` takes
+        its ``block``, ``max_residuals``, ``error_target`` and ``residuals`` (levels used, can
+        be lowered later through the layer's ``residuals``)."""
+        if weights not in ("int8", "ternary"):
+            raise ValueError(f"weights must be 'int8' or 'ternary', got {weights!r}")
+        _check_ternary_args(weights, ternary, outlier_fraction=outlier_fraction, outlier_threshold=outlier_threshold)
+        if weights == "ternary":
+            from .ternary import TernaryLinear
+            return TernaryLinear.from_float(linear, input_scale, input_zero_point, output_scale, output_zero_point,
+                                            out_dtype, **ternary)
         if not isinstance(linear, Linear):
             raise TypeError(f"linear must be a brgemm.nn.Linear, got {type(linear).__name__}")
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.activation,

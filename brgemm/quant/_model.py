@@ -6,6 +6,7 @@ import numpy as np
 
 from .._quantize import METHODS, HistogramObserver, MinMaxObserver, QParams, dequantize, quantize_per_channel
 from ..nn import Conv2d, Linear, QuantizedConv2d, QuantizedLinear, Sequential
+from ..nn.linear import _check_ternary_args
 
 
 def _sqnr_db(ref, got):
@@ -15,7 +16,7 @@ def _sqnr_db(ref, got):
 
 
 def quantize_model(model, calibration_batches, *, method="l2", per_channel=True, keep_float=(), auto_precision=False,
-                   max_accuracy_drop=0.01, eval_data=None):
+                   max_accuracy_drop=0.01, eval_data=None, weights="int8", **ternary):
     """An int8 copy of a float :class:`brgemm.nn.Sequential` of Conv2d / Linear / Flatten
     layers, and a per-layer report.
 
@@ -38,12 +39,25 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
     and output scale and zero point, and the signal-to-quantization-noise ratio (dB) of its
     output on the calibration data given the float input. With auto_precision every Conv2d /
     Linear has a row with "precision" ("int8" or "float32") and "accuracy_drop_alone", and
-    the last row, {"layer": None, ...}, gives the float and final accuracies."""
+    the last row, {"layer": None, ...}, gives the float and final accuracies.
+
+    ``weights="ternary"``: 8-bit activations × ternary weights with residual levels (Kundu et
+    al., SysML 2018) instead of int8 weights: each Conv2d / Linear becomes a
+    :class:`~brgemm.nn.TernaryConv2d` / :class:`~brgemm.nn.TernaryLinear` (the same calibration
+    and uint8 hand-over); ``ternary`` takes ``block``, ``max_residuals``, ``error_target`` and
+    ``residuals`` (:func:`brgemm.quant.ternarize`), and :func:`set_residuals` lowers the residual
+    levels of the whole model at inference time. Report rows then also give "blocks", the
+    ternary blocks per level of that layer."""
     if not isinstance(model, Sequential):  # checked before auto_precision uses it
         raise TypeError(f"model must be a brgemm.nn.Sequential, got {type(model).__name__}")
+    if weights not in ("int8", "ternary"):
+        raise ValueError(f"weights must be 'int8' or 'ternary', got {weights!r}")
+    if weights == "ternary" and not per_channel:
+        raise ValueError("per_channel=False applies to weights='int8' only (ternary weights have one α per block)")
+    _check_ternary_args(weights, ternary)
     if auto_precision:
         return _auto_precision(model, calibration_batches, method, per_channel, tuple(keep_float),
-                               max_accuracy_drop, eval_data)
+                               max_accuracy_drop, eval_data, weights, ternary)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     keep = set(keep_float)
@@ -81,7 +95,7 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
         cls = QuantizedConv2d if isinstance(layer, Conv2d) else QuantizedLinear
         q = cls.from_float(layer, float(in_qp.scale), int(in_qp.zero_point),
                            None if out_qp is None else float(out_qp.scale),
-                           0 if out_qp is None else int(out_qp.zero_point))
+                           0 if out_qp is None else int(out_qp.zero_point), weights=weights, **ternary)
         if not per_channel:
             q.weight, scale = quantize_per_channel(layer.weight.reshape(1, -1))
             q.weight = q.weight.reshape(layer.weight.shape)
@@ -92,6 +106,8 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
                        "input_zero_point": int(in_qp.zero_point),
                        "output_scale": None if out_qp is None else float(out_qp.scale),
                        "output_zero_point": None if out_qp is None else int(out_qp.zero_point)})
+        if weights == "ternary":
+            report[-1]["blocks"] = [int(b) for b in q.ternary.blocks_per_level()]
     # Each quantized layer's own noise: its output against the float layer's on the same input.
     for r in report:
         i = r["layer"]
@@ -111,7 +127,22 @@ def quantize_model(model, calibration_batches, *, method="l2", per_channel=True,
     return Sequential(*out_layers), report
 
 
-def _auto_precision(model, calibration_batches, method, per_channel, keep, max_drop, eval_data):
+def set_residuals(model, residuals):
+    """Lowers (or raises, up to what is stored) the residual levels every ternary layer of
+    ``model`` (a :class:`brgemm.nn.Sequential` from quantize_model(..., weights="ternary")) uses;
+    returns how many layers it set. No repacking: the levels are dropped at inference time."""
+    from ..nn.ternary import TernaryConv2d, TernaryLinear  # brgemm.nn.ternary imports this package
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model must be a brgemm.nn.Sequential, got {type(model).__name__}")
+    layers = [layer for layer in model.layers if isinstance(layer, (TernaryConv2d, TernaryLinear))]
+    if not layers:
+        raise ValueError("model has no ternary layers (quantize_model(..., weights='ternary') builds them)")
+    for layer in layers:
+        layer.residuals = residuals
+    return len(layers)
+
+
+def _auto_precision(model, calibration_batches, method, per_channel, keep, max_drop, eval_data, weights, ternary):
     """quantize_model's auto_precision: sensitivities, then a greedy choice (module docstring)."""
     max_drop = float(max_drop)
     if not 0 <= max_drop <= 1:
@@ -133,7 +164,8 @@ def _auto_precision(model, calibration_batches, method, per_channel, keep, max_d
         return float((np.asarray(m(x_eval), np.float32).argmax(1) == labels).mean())
 
     def build(kept):
-        return quantize_model(model, batches, method=method, per_channel=per_channel, keep_float=kept)
+        return quantize_model(model, batches, method=method, per_channel=per_channel, keep_float=kept,
+                              weights=weights, **ternary)
 
     candidates = [i for i, layer in enumerate(model.layers)
                   if isinstance(layer, (Conv2d, Linear)) and layer.dtype == "float32" and i not in keep]
@@ -149,7 +181,7 @@ def _auto_precision(model, calibration_batches, method, per_channel, keep, max_d
         kept.append(i)
         qmodel, report = build(tuple(kept))
         acc = accuracy(qmodel)
-    rows = {r["layer"]: dict(r, precision="int8") for r in report}
+    rows = {r["layer"]: dict(r, precision=weights) for r in report}
     out = []
     for i, layer in enumerate(model.layers):
         if isinstance(layer, (Conv2d, Linear)):
