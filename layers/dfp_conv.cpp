@@ -42,17 +42,7 @@ void to_dfp16(const float* x, int16_t* m, int64_t n, int32_t e, int threads) {
 // row (a channel's image row: the weight gradient's slices), summed in double (squares exact,
 // the sums' rounding far below the margin convert_fitting adds).
 void row_norms(const float* p, int64_t cols, int64_t lanes, double& pixel2, double& row2) {
-  double lane[64] = {};
-  for (int64_t c = 0; c < cols; ++c) {
-    double s = 0.0;
-    for (int64_t l = 0; l < lanes; ++l) {
-      const double v = p[c * lanes + l], sq = v * v;
-      s += sq;
-      lane[l] += sq;
-    }
-    pixel2 = std::max(pixel2, s);
-  }
-  for (int64_t l = 0; l < lanes; ++l) row2 = std::max(row2, lane[l]);
+  dfp16_slice_norms(p, cols, lanes, &pixel2, &row2);  // the active ISA's kernel, one order on all
 }
 
 // One pass over `rows` such rows: the largest |x| as float bits (brgemm/dfp.h) and row_norms'

@@ -174,3 +174,41 @@ def test_transpose(r, c, rng):
     assert tt.exponent == -7 and np.array_equal(tt.mantissa, t.mantissa.T)
     with pytest.raises(ValueError, match=r"^out must be an int16 array of shape"):
         dfp.transpose(t, out=np.empty((r, c + 1), np.int16))
+
+
+# --- slice norms (the DFP-16 convolution's overflow bounds) ---------------------------------------
+
+
+def slice_norms_reference(x):
+    """The one summation order of brgemm/dfp.h's dfp16_slice_norms, in float64: a lane's squares
+    over the pixels in turn; a pixel's in 8 partial sums (lane l into l mod 8, in turn) added as
+    ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7))."""
+    sq = x.astype(np.float64) ** 2
+    cols, lanes = sq.shape
+    lane = np.zeros(lanes)
+    for c in range(cols):
+        lane = lane + sq[c]
+    best = 0.0
+    for c in range(cols):
+        p = [0.0] * 8
+        for l in range(lanes):
+            p[l % 8] += sq[c, l]
+        best = max(best, ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])))
+    return best, float(lane.max())
+
+
+@pytest.mark.parametrize("lanes", [1, 3, 8, 13, 16, 31, 64])
+def test_slice_norms_one_order_on_every_isa(isa, lanes, rng):
+    """Magnitudes spread over 2^±20, so that a different summation order would round differently:
+    every ISA must give the reference's sums exactly."""
+    from brgemm import _core
+    x = (rng.standard_normal((29, lanes)) * 2.0 ** rng.integers(-20, 21, (29, lanes))).astype(np.float32)
+    assert _core.dfp16_slice_norms(x) == slice_norms_reference(x)
+
+
+def test_slice_norms_errors():
+    from brgemm import _core
+    with pytest.raises(ValueError, match="lanes"):
+        _core.dfp16_slice_norms(np.zeros((3, 65), np.float32))
+    with pytest.raises(TypeError, match="x"):
+        _core.dfp16_slice_norms(np.zeros((3, 4), np.float64))

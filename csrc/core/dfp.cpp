@@ -14,12 +14,14 @@ using absmax_fn = uint32_t (*)(const float*, int64_t);
 using quantize_fn = void (*)(const float*, int16_t*, int64_t, float, float);
 using dequantize_fn = void (*)(const int16_t*, float*, int64_t, float, float);
 using scale_fn = void (*)(float*, int64_t, float);
+using norms_fn = void (*)(const float*, int64_t, int64_t, double*, double*);
 
 struct dfp_kernels {
   absmax_fn absmax = kernels::dfp_absmax_bits__scalar;
   quantize_fn quantize = kernels::dfp_quantize__scalar;
   dequantize_fn dequantize = kernels::dfp_dequantize__scalar;
   scale_fn scale = kernels::dfp_scale__scalar;
+  norms_fn norms = kernels::dfp_slice_norms__scalar;
 };
 
 dfp_kernels active_kernels() {
@@ -28,12 +30,12 @@ dfp_kernels active_kernels() {
 #ifdef BRGEMM_BUILT_AVX512
   if ((int)level >= (int)isa::avx512)
     return {kernels::dfp_absmax_bits__avx512, kernels::dfp_quantize__avx512, kernels::dfp_dequantize__avx512,
-            kernels::dfp_scale__avx512};
+            kernels::dfp_scale__avx512, kernels::dfp_slice_norms__avx512};
 #endif
 #ifdef BRGEMM_BUILT_AVX2
   if ((int)level >= (int)isa::avx2)
     return {kernels::dfp_absmax_bits__avx2, kernels::dfp_quantize__avx2, kernels::dfp_dequantize__avx2,
-            kernels::dfp_scale__avx2};
+            kernels::dfp_scale__avx2, kernels::dfp_slice_norms__avx2};
 #endif
   (void)level;
   return k;
@@ -98,6 +100,10 @@ void dfp16_scale_f32(float* y, int64_t n, int32_t e) {
   split_power(e, &s1, &s2);
   f(y, n, s1);
   f(y, n, s2);
+}
+
+void dfp16_slice_norms(const float* x, int64_t cols, int64_t lanes, double* pixel2, double* row2) {
+  active_kernels().norms(x, cols, lanes, pixel2, row2);
 }
 
 }  // namespace brgemm

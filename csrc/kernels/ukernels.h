@@ -103,7 +103,8 @@ BRGEMM_WINOGRAD_KERNELS(avx512)
   uint32_t dfp_absmax_bits__##ISA(const float* x, int64_t n);                             \
   void dfp_quantize__##ISA(const float* x, int16_t* m, int64_t n, float s1, float s2);     \
   void dfp_dequantize__##ISA(const int16_t* m, float* y, int64_t n, float s1, float s2); \
-  void dfp_scale__##ISA(float* y, int64_t n, float s);
+  void dfp_scale__##ISA(float* y, int64_t n, float s);                                    \
+  void dfp_slice_norms__##ISA(const float* x, int64_t cols, int64_t lanes, double* pixel2, double* row2);
 BRGEMM_DFP_KERNELS(scalar)
 BRGEMM_DFP_KERNELS(avx2)
 BRGEMM_DFP_KERNELS(avx512)

@@ -124,6 +124,21 @@ py::array transpose_s16(py::handle M, py::handle Out) {
   return out;
 }
 
+// x (cols, lanes) float32, lanes 1..64: (largest squared pixel norm, largest squared lane norm)
+// (brgemm/dfp.h's dfp16_slice_norms, the DFP-16 convolution's bounds; for the tests).
+py::tuple slice_norms(py::handle X) {
+  py::array x = typed_array(X, "x", element::f32);
+  if (x.ndim() != 2 || !(x.flags() & py::array::c_style)) value_error("x must be a C-contiguous (cols, lanes) array");
+  const int64_t cols = x.shape(0), lanes = x.shape(1);
+  if (lanes < 1 || lanes > 64) value_error("x must have 1..64 lanes, got " + std::to_string(lanes));
+  double pixel2 = 0.0, row2 = 0.0;
+  {
+    py::gil_scoped_release nogil;
+    dfp16_slice_norms((const float*)x.data(), cols, lanes, &pixel2, &row2);
+  }
+  return py::make_tuple(pixel2, row2);
+}
+
 }  // namespace
 
 void register_dfp(py::module_& m) {
@@ -131,6 +146,7 @@ void register_dfp(py::module_& m) {
   m.def("from_dfp16", &from_dfp16, py::arg("mantissa"), py::arg("exponent"), py::arg("out"));
   m.def("dfp16_gemm", &dfp16_gemm, py::arg("A"), py::arg("B"), py::arg("exponent"), py::arg("C"));
   m.def("dfp16_transpose", &transpose_s16, py::arg("mantissa"), py::arg("out"));
+  m.def("dfp16_slice_norms", &slice_norms, py::arg("x"));
 }
 
 }  // namespace brgemm::bindings

@@ -21,4 +21,9 @@ void dfp16_to_f32(const int16_t* m, float* y, int64_t n, int32_t e);
 // y ← y·2^e in place, one thread (the product driver scales each block of C while it is in cache).
 void dfp16_scale_f32(float* y, int64_t n, int32_t e);
 
+// Of `cols` pixels of `lanes` (1..64) float32 values (a row of a blocked tensor): the largest
+// squared norm of a pixel's lanes and of a lane along the row, raised into *pixel2 and *row2, in
+// double and in one summation order on every ISA (the DFP-16 convolution's overflow bounds).
+void dfp16_slice_norms(const float* x, int64_t cols, int64_t lanes, double* pixel2, double* row2);
+
 }  // namespace brgemm

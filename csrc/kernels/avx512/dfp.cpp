@@ -55,4 +55,33 @@ void dfp_scale__avx512(float* y, int64_t n, float s) {
   brgemm_dfp_scale_twin(y + i, n - i, s);
 }
 
+// The twin's order (../dfp_twin.h): per 8 lanes, one vector of double squares added to that
+// chunk's lane sums and to the pixel's partial sums p (lane l's square in p's element l mod 8;
+// lanes past `lanes` load as 0 and add +0, which changes nothing).
+void dfp_slice_norms__avx512(const float* x, int64_t cols, int64_t lanes, double* pixel2, double* row2) {
+  const int64_t chunks = (lanes + 7) / 8;
+  __m512d lane[8];
+  for (int q = 0; q < 8; ++q) lane[q] = _mm512_setzero_pd();
+  double best = *pixel2;
+  for (int64_t c = 0; c < cols; ++c) {
+    __m512d p = _mm512_setzero_pd();
+    for (int64_t q = 0; q < chunks; ++q) {
+      const int64_t left = lanes - 8 * q;
+      const __mmask8 k = left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1u);
+      const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, x + c * lanes + 8 * q));
+      const __m512d sq = _mm512_mul_pd(v, v);
+      p = _mm512_add_pd(p, sq);
+      lane[q] = _mm512_add_pd(lane[q], sq);
+    }
+    alignas(64) double part[8];
+    _mm512_store_pd(part, p);
+    const double s = brgemm_dfp_tree8(part);
+    best = s > best ? s : best;
+  }
+  *pixel2 = best;
+  __m512d m = _mm512_set1_pd(*row2);
+  for (int64_t q = 0; q < chunks; ++q) m = _mm512_max_pd(m, lane[q]);  // the unused lanes hold 0
+  *row2 = _mm512_reduce_max_pd(m);
+}
+
 }  // namespace brgemm::kernels

@@ -14,4 +14,8 @@ void dfp_dequantize__scalar(const int16_t* m, float* y, int64_t n, float s1, flo
 
 void dfp_scale__scalar(float* y, int64_t n, float s) { brgemm_dfp_scale_twin(y, n, s); }
 
+void dfp_slice_norms__scalar(const float* x, int64_t cols, int64_t lanes, double* pixel2, double* row2) {
+  brgemm_dfp_slice_norms_twin(x, cols, lanes, pixel2, row2);
+}
+
 }  // namespace brgemm::kernels
