@@ -162,6 +162,7 @@ def test_help_lists_every_group(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert all(f"--{name}" in out for name in cli.GROUPS) and "90 % block" in " ".join(out.split())
+    assert "%%" not in out  # a description written with %% shows doubled
 
 
 @pytest.fixture

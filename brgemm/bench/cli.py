@@ -53,7 +53,7 @@ GROUPS = {
                lambda p, rng, a, tl, log: run_networks(p, a.rounds, tl, log, a.compile, a.networks,
                                                        _network_dtypes(a.dtypes)),
                format_networks, networks_summary),
-    "ceilings": ("PyTorch alone on the cases that ask most of the machine: the %% of the measured peak it "
+    "ceilings": ("PyTorch alone on the cases that ask most of the machine: the % of the measured peak it "
                  "reaches (not part of --full)",
                  lambda p, rng, a, tl, log: run_ceilings(p, a.rounds, log), format_ceilings, None),
 }
