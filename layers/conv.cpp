@@ -660,23 +660,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   };
 #pragma omp parallel num_threads(threads)
   {
-    if (rows_outer) {
-      const int tid = omp_get_thread_num();
-      bool add = false;
-#pragma omp for schedule(static)
-      for (int64_t ch = 0; ch < ceil_div(rows_total, chunk); ++ch) {
-        for (int64_t b = 0; b < blocks; ++b)
-          block_product(b, ch * chunk, std::min(rows_total, (ch + 1) * chunk), part_at(b, tid), add);
-        add = true;
-      }
-      if (!add) std::fill(part_at(0, tid), part_at(0, tid) + blocks * blk, 0.0f);  // no chunk came here
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t item = 0; item < blocks * splits; ++item) {
-        const int64_t b = item / splits, sp = item % splits;
-        block_product(b, rows_total * sp / splits, rows_total * (sp + 1) / splits, part_at(b, sp), false);
-      }
-    }
+    weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);
     // Sum the parts into the plain (K, C/groups, R, S) gradient (the pairs of one group).
     const int64_t gc = g_.group_c(), gk = g_.group_k();
 #pragma omp for schedule(static)

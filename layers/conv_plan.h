@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <omp.h>
 #include <utility>
 #include <vector>
 #include "conv.h"
@@ -193,6 +194,34 @@ struct conv_backward_plan {
 
 // The microkernel for kernels n ≤ 16 wide (conv_plan.cpp), or null for dispatch's choice.
 const char* narrow_ukernel(dtype t, int64_t n);
+
+// The weight gradient's products, called inside a parallel region (its `omp for` binds to the
+// caller's team; the caller's reduction of the parts follows in the same region). Each
+// product(b, r0, r1, part, add) sums result rows [r0, r1) of weight block b into part (adding
+// when `add`). rows_outer: each thread walks chunks of `chunk` rows over every block into its own
+// parts (part(b, thread)); else the rows of each block are split `splits` ways (part(b, split)).
+// A thread that got no chunk zeroes its parts (`blocks`·`blk` floats from part(0, thread)).
+template <class Product, class Part>
+inline void weight_gradient_parts(bool rows_outer, int64_t rows_total, int64_t chunk, int64_t blocks,
+                                  int64_t splits, int64_t blk, Product&& product, Part&& part) {
+  if (rows_outer) {
+    const int tid = omp_get_thread_num();
+    bool add = false;
+#pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < ceil_div(rows_total, chunk); ++ch) {
+      for (int64_t b = 0; b < blocks; ++b)
+        product(b, ch * chunk, std::min(rows_total, (ch + 1) * chunk), part(b, tid), add);
+      add = true;
+    }
+    if (!add) std::fill(part(0, tid), part(0, tid) + blocks * blk, 0.0f);  // no chunk came here
+  } else {
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < blocks * splits; ++item) {
+      const int64_t b = item / splits, sp = item % splits;
+      product(b, rows_total * sp / splits, rows_total * (sp + 1) / splits, part(b, sp), false);
+    }
+  }
+}
 
 // Builds pl for the pass p over result rows `rows` (their row taps) and column runs `runs`:
 // kernels, row classes, offset tables; grows the threads' scratch.
