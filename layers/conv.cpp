@@ -532,22 +532,10 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
         // offsets (the block's part is added to the base addresses).
         const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
         const int64_t row_t = sw * bc_ * wq;
-        pl.row_a.assign(g_.r, {});
-        pl.row_b.assign(g_.r, {});
-        pl.row_at.assign(g_.r, std::vector<int64_t>((size_t)(n * oh + 1), 0));
-        for (int64_t r = 0; r < g_.r; ++r)
-          for (int64_t row = 0; row < n * oh; ++row) {
-            const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
-            pl.row_at[r][row + 1] = pl.row_at[r][row] + (ih >= 0);
-            if (ih < 0) continue;
-            if (narrow) {
-              pl.row_a[r].push_back((i * cb * h + ih) * row_t);
-              pl.row_b[r].push_back(i * kb * plane_y + o * ow * bk_);
-            } else {
-              pl.row_a[r].push_back(i * kb * plane_y + o * ow);
-              pl.row_b[r].push_back(i * cb * plane_x + ih * w * bc_);
-            }
-          }
+        weight_gradient_rows(pl, g_.r, n, oh, along_h, [&](int64_t i, int64_t o, int64_t ih) {
+          return narrow ? std::pair<int64_t, int64_t>{(i * cb * h + ih) * row_t, i * kb * plane_y + o * ow * bk_}
+                        : std::pair<int64_t, int64_t>{i * kb * plane_y + o * ow, i * cb * plane_x + ih * w * bc_};
+        });
         // Per-thread scratch: dZ of a plane (bf16).
         reserve_scratch(threads, {{0, bf16 ? plane_y : 0}, {1, bf16 ? plane_y : 0}});
         return status::ok;

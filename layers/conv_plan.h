@@ -195,6 +195,26 @@ struct conv_backward_plan {
 // The microkernel for kernels n ≤ 16 wide (conv_plan.cpp), or null for dispatch's choice.
 const char* narrow_ukernel(dtype t, int64_t n);
 
+// The weight gradient's batch offsets per kernel row r (pl.row_a / row_b / row_at): over the n·oh
+// output rows, image by image, that read an input row through r, offsets(i, o, ih) gives the
+// row's part of the A and B offsets as a pair (the block's part is added to the base addresses).
+template <class Plan, class Offsets>
+inline void weight_gradient_rows(Plan& pl, int64_t taps, int64_t n, int64_t oh, const forward_axis& along_h,
+                                 Offsets&& offsets) {
+  pl.row_a.assign(taps, {});
+  pl.row_b.assign(taps, {});
+  pl.row_at.assign(taps, std::vector<int64_t>((size_t)(n * oh + 1), 0));
+  for (int64_t r = 0; r < taps; ++r)
+    for (int64_t row = 0; row < n * oh; ++row) {
+      const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
+      pl.row_at[r][row + 1] = pl.row_at[r][row] + (ih >= 0);
+      if (ih < 0) continue;
+      const std::pair<int64_t, int64_t> ab = offsets(i, o, ih);
+      pl.row_a[r].push_back(ab.first);
+      pl.row_b[r].push_back(ab.second);
+    }
+}
+
 // The weight gradient's products, called inside a parallel region (its `omp for` binds to the
 // caller's team; the caller's reduction of the parts follows in the same region). Each
 // product(b, r0, r1, part, add) sums result rows [r0, r1) of weight block b into part (adding

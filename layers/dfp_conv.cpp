@@ -377,17 +377,9 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           if (status st = dispatch(d, &pl.kw_add[s]); st != status::ok) return st;
         }
         const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
-        pl.row_a.assign(g_.r, {});
-        pl.row_b.assign(g_.r, {});
-        pl.row_at.assign(g_.r, std::vector<int64_t>((size_t)(n * oh + 1), 0));
-        for (int64_t r = 0; r < g_.r; ++r)
-          for (int64_t row = 0; row < n * oh; ++row) {
-            const int64_t i = row / oh, o = row % oh, ih = along_h(o, r);
-            pl.row_at[r][row + 1] = pl.row_at[r][row] + (ih >= 0);
-            if (ih < 0) continue;
-            pl.row_a[r].push_back((i * cb * h + ih) * row_t);
-            pl.row_b[r].push_back((i * kb * oh + o) * P * bk_ * 2);
-          }
+        weight_gradient_rows(pl, g_.r, n, oh, along_h, [&](int64_t i, int64_t o, int64_t ih) {
+          return std::pair<int64_t, int64_t>{(i * cb * h + ih) * row_t, (i * kb * oh + o) * P * bk_ * 2};
+        });
         return status::ok;
       });
       st != status::ok)
