@@ -399,19 +399,8 @@ status rnn_layer::backward_plan_for(int64_t N, int threads, std::shared_ptr<cons
       const int64_t rows = key.steps * N, per = in_ / kbx_;
       int64_t kc;
       if (status st = gemm_k_chunk(dtype::f32, rows, in_, ghp, &kc); st != status::ok) return st;
-      const int64_t e = std::gcd(kc, wb);  // entries of e rows of K: none straddles a chunk
-      pl.dx_k = e, pl.dx_chunks = ceil_div(ghp, kc);
-      pl.dx_at.assign(1, 0);
-      for (int64_t q = 0; q < per; ++q)
-        for (int64_t c = 0; c < pl.dx_chunks; ++c) {
-          for (int64_t i = bx_at_[q]; i < bx_at_[q + 1]; ++i)
-            for (int64_t k0 = bx_offs_a_[i]; k0 < bx_offs_a_[i] + wb; k0 += e)  // the kept block's rows of K
-              if (k0 / kc == c) {
-                pl.dx_offs_a.push_back(k0);
-                pl.dx_offs_b.push_back(k0 * kbx_);
-              }
-          pl.dx_at.push_back((int64_t)pl.dx_offs_a.size());
-        }
+      pl.chunk_entries(bx_at_, bx_offs_a_, per, wb, kc, ghp, kbx_);  // the kept blocks' rows of K
+      const int64_t e = pl.dx_k;
       for (int beta = 0; beta < 2; ++beta)
         for (int edge = 0; edge < 2; ++edge)
           if (const int64_t m = edge ? rows % 64 : std::min<int64_t>(rows, 64); m > 0)

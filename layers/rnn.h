@@ -18,6 +18,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <vector>
 #include "brgemm/brgemm.h"
 #include "linear.h"  // sparse_policy
@@ -108,6 +109,25 @@ class rnn_layer {
     const kernel* kdx[2][2] = {};
     int64_t dx_k = 0, dx_chunks = 0;
     std::vector<int64_t> dx_at, dx_offs_a, dx_offs_b;
+    // The dx_* tables (also the sparse input product's) for the kept blocks [at[q], at[q + 1]) of
+    // each of `groups` groups, each block `width` rows of K from its row offs[i]: entries of
+    // gcd(kc, width) rows (none straddles one of gemm's K chunks of kc rows over k), listed per
+    // (group, chunk) in block order; B's offset is the entry's row · ldb.
+    void chunk_entries(const std::vector<int64_t>& at, const std::vector<int64_t>& offs, int64_t groups,
+                       int64_t width, int64_t kc, int64_t k, int64_t ldb) {
+      dx_k = std::gcd(kc, width), dx_chunks = (k + kc - 1) / kc;
+      dx_at.assign(1, 0);
+      for (int64_t q = 0; q < groups; ++q)
+        for (int64_t c = 0; c < dx_chunks; ++c) {
+          for (int64_t i = at[q]; i < at[q + 1]; ++i)
+            for (int64_t k0 = offs[i]; k0 < offs[i] + width; k0 += dx_k)
+              if (k0 / kc == c) {
+                dx_offs_a.push_back(k0);
+                dx_offs_b.push_back(k0 * ldb);
+              }
+          dx_at.push_back((int64_t)dx_offs_a.size());
+        }
+    }
     // backward, sparse weight gradient: [w_hh][edge columns][first chunk][last, shorter chunk],
     // in gemm's K chunks of wkc[w_hh] rows
     const kernel* kw[2][2][2][2] = {};

@@ -218,19 +218,9 @@ status rnn_layer::input_product(int64_t T, int64_t N, const void* x, int threads
   if (status st = xin_plans_.get(key, &plan, [&](step_plan& pl) {
         int64_t kc;
         if (status s = gemm_k_chunk(t_, T * N, ghp, in_, &kc); s != status::ok) return s;
-        const int64_t ek = std::gcd(kc, kbx_);  // entries of ek rows of K: none straddles a chunk
-        pl.dx_k = ek, pl.dx_chunks = ceil_div(in_, kc);
-        pl.dx_at.assign(1, 0);
-        for (int64_t blk = 0; blk < blocks; ++blk)
-          for (int64_t c = 0; c < pl.dx_chunks; ++c) {
-            for (int64_t i = x_at_[blk]; i < x_at_[blk + 1]; ++i)
-              for (int64_t k0 = x_offs_a_[i]; k0 < x_offs_a_[i] + kbx_; k0 += ek)
-                if (k0 / kc == c) {
-                  pl.dx_offs_a.push_back(k0);
-                  pl.dx_offs_b.push_back(k0 * ghp);  // ek rows of W_ihᵀ (whole kp-row groups when packed)
-                }
-            pl.dx_at.push_back((int64_t)pl.dx_offs_a.size());
-          }
+        // ek rows of W_ihᵀ per entry (whole kp-row groups when packed)
+        pl.chunk_entries(x_at_, x_offs_a_, blocks, kbx_, kc, in_, ghp);
+        const int64_t ek = pl.dx_k;
         pl.k.assign(8, nullptr);  // [rb rows, N mod rb][first chunk][last chunk]
         for (int i = 0; i < 2; ++i)
           for (int first = 0; first < 2; ++first)
