@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <omp.h>
 #include "blocks.h"
 #include "brgemm/dfp.h"
@@ -80,6 +81,83 @@ int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, doubl
     }
   }
 }
+
+// int16 copies for the weight gradient's operands, 8 × 8 at a time through SSE2 vector shuffles
+// (GCC/Clang vector extensions, every ISA: pure data movement, so the same bits everywhere).
+typedef int16_t s16x8 __attribute__((vector_size(16)));
+typedef int32_t s32x4 __attribute__((vector_size(16)));
+typedef int64_t s64x2 __attribute__((vector_size(16)));
+#if defined(__clang__)
+#define SHUF8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define SHUF(T, a, b, ...) __builtin_shufflevector((T)(a), (T)(b), __VA_ARGS__)
+#else
+#define SHUF8(a, b, ...) __builtin_shuffle(a, b, s16x8{__VA_ARGS__})
+#define SHUF(T, a, b, ...) __builtin_shuffle((T)(a), (T)(b), decltype((T)(a) - (T)(a)){__VA_ARGS__})
+#endif
+
+inline s16x8 load8(const int16_t* p) {
+  s16x8 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
+inline void store8(int16_t* p, s16x8 v) { std::memcpy(p, &v, 16); }
+
+// Row l < lanes of dst (at dst + l·ld, `width` values): pad_l zeros, then lane l of the `cols`
+// pixels of src (cols × lanes, a blocked image row), then zeros: xt's padded rows.
+void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* dst, int64_t ld, int64_t pad_l,
+                      int64_t width) {
+  const int64_t c8 = cols / 8 * 8, rest = width - c8;  // the scalar part of a row: pads, the last columns
+  auto edges = [&](int64_t l) {
+    int16_t* d = dst + l * ld;
+    for (int64_t t = 0; t < rest; ++t) {  // one loop for both ends (not a memset call per pad)
+      const int64_t j = t < pad_l ? t : t + c8, c = j - pad_l;
+      d[j] = c >= 0 && c < cols ? src[c * lanes + l] : (int16_t)0;
+    }
+  };
+  int64_t l0 = 0;
+  for (; l0 + 8 <= lanes; l0 += 8) {
+    for (int64_t c = 0; c < c8; c += 8) {
+      s16x8 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = load8(src + (c + i) * lanes + l0);
+      s32x4 lo[4], hi[4];  // rows 2i, 2i+1 interleaved: lanes 0-3, 4-7
+      for (int i = 0; i < 4; ++i) {
+        lo[i] = (s32x4)SHUF8(v[2 * i], v[2 * i + 1], 0, 8, 1, 9, 2, 10, 3, 11);
+        hi[i] = (s32x4)SHUF8(v[2 * i], v[2 * i + 1], 4, 12, 5, 13, 6, 14, 7, 15);
+      }
+      s64x2 q[8];  // four rows' values of lanes (0,1), (2,3), (4,5), (6,7), for rows 0-3 and 4-7
+      q[0] = (s64x2)SHUF(s32x4, lo[0], lo[1], 0, 4, 1, 5), q[1] = (s64x2)SHUF(s32x4, lo[2], lo[3], 0, 4, 1, 5);
+      q[2] = (s64x2)SHUF(s32x4, lo[0], lo[1], 2, 6, 3, 7), q[3] = (s64x2)SHUF(s32x4, lo[2], lo[3], 2, 6, 3, 7);
+      q[4] = (s64x2)SHUF(s32x4, hi[0], hi[1], 0, 4, 1, 5), q[5] = (s64x2)SHUF(s32x4, hi[2], hi[3], 0, 4, 1, 5);
+      q[6] = (s64x2)SHUF(s32x4, hi[0], hi[1], 2, 6, 3, 7), q[7] = (s64x2)SHUF(s32x4, hi[2], hi[3], 2, 6, 3, 7);
+      for (int i = 0; i < 4; ++i) {
+        store8(dst + (l0 + 2 * i) * ld + pad_l + c, (s16x8)SHUF(s64x2, q[2 * i], q[2 * i + 1], 0, 2));
+        store8(dst + (l0 + 2 * i + 1) * ld + pad_l + c, (s16x8)SHUF(s64x2, q[2 * i], q[2 * i + 1], 1, 3));
+      }
+    }
+    for (int64_t l = l0; l < l0 + 8; ++l) edges(l);
+  }
+  for (; l0 < lanes; ++l0) {
+    for (int64_t c = 0; c < c8; ++c) dst[l0 * ld + pad_l + c] = src[c * lanes + l0];
+    edges(l0);
+  }
+}
+
+// The VNNI-2 form of rows × cols int16 (rows even): rows 2p and 2p+1 interleaved into row p.
+void interleave_pairs_s16(const int16_t* src, int64_t rows, int64_t cols, int16_t* dst) {
+  const int64_t c8 = cols / 8 * 8;
+  for (int64_t p = 0; p < rows / 2; ++p) {
+    const int16_t *a = src + 2 * p * cols, *b = a + cols;
+    int16_t* d = dst + p * cols * 2;
+    for (int64_t c = 0; c < c8; c += 8) {
+      const s16x8 x = load8(a + c), y = load8(b + c);
+      store8(d + 2 * c, SHUF8(x, y, 0, 8, 1, 9, 2, 10, 3, 11));
+      store8(d + 2 * c + 8, SHUF8(x, y, 4, 12, 5, 13, 6, 14, 7, 15));
+    }
+    for (int64_t c = c8; c < cols; ++c) d[2 * c] = a[c], d[2 * c + 1] = b[c];
+  }
+}
+#undef SHUF8
+#undef SHUF
 
 std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh) {
   std::vector<std::vector<tap>> rows(oh);
@@ -291,18 +369,14 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           for (int64_t c = 0; c < bc_; ++c) std::fill(dst + c * plane, dst + c * plane + wpe, (int16_t)0);
           continue;
         }
-        for (int64_t c = 0; c < bc_; ++c) {
-          std::fill(dst + c * plane, dst + c * plane + g_.pad_l, (int16_t)0);
-          std::fill(dst + c * plane + g_.pad_l + w, dst + c * plane + wpe, (int16_t)0);
-        }
-        transpose(xm + (nq * h + ih) * w * bc_, w, bc_, bc_, dst + g_.pad_l, plane);
+        transpose_padded(xm + (nq * h + ih) * w * bc_, w, bc_, dst, plane, g_.pad_l, wpe);
       }
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < n * kb * oh; ++row) {
         const int16_t* src = dzm + row * ow * bk_;
         int16_t* dst = dzp + row * wpe * bk_;
         const int64_t full = ow / 2;
-        interleave_pairs((const uint16_t*)src, 2 * full, bk_, (uint16_t*)dst);
+        interleave_pairs_s16(src, 2 * full, bk_, dst);
         for (int64_t j = full; j < wpe / 2; ++j)
           for (int64_t l = 0; l < bk_; ++l) {
             dst[(j * bk_ + l) * 2] = 2 * j < ow ? src[2 * j * bk_ + l] : (int16_t)0;
@@ -326,7 +400,7 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
         const int16_t* src = dzm + rr * ow * bk_;
         int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
         const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
-        interleave_pairs((const uint16_t*)src + par * bk_, 2 * full, bk_, (uint16_t*)dst);
+        interleave_pairs_s16(src + par * bk_, 2 * full, bk_, dst);
         for (int64_t j = full; j < P; ++j) {
           const int64_t c0 = par + 2 * j;
           for (int64_t l = 0; l < bk_; ++l) {
@@ -420,6 +494,10 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
     execute(add ? *plan->kw_add[ss] : *plan->kw[ss], batch, out);
   };
   const int32_t e = ex_ + ez_;
+  // v·2^e as one multiplication where 2^e is a normal float: the exact product rounded once, the
+  // same value as ldexp (which rounds once too), without a libm call per element.
+  const bool by_mul = e >= -126 && e <= 127;
+  const float pow2e = by_mul ? std::ldexp(1.0f, e) : 0.0f;
 #pragma omp parallel num_threads(threads)
   {
     weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);
@@ -432,7 +510,7 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           float v = 0.0f;
           for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[cc * bk_ + kk];
           float& gr = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
-          gr = (accumulate ? gr : 0.0f) + std::ldexp(v, e);
+          gr = (accumulate ? gr : 0.0f) + (by_mul ? v * pow2e : std::ldexp(v, e));
         }
     }
   }
