@@ -61,6 +61,38 @@ uint32_t scan(const float* x, int64_t rows, int64_t cols, int64_t lanes, int thr
   return bits;
 }
 
+// Channels [j·bc, j·bc + ch) of one plain image (c × pix, NCHW) as its blocked plane j (pix × bc,
+// lanes past ch zero), as conv_to_blocked.
+void block_plane(const float* x, int64_t c, int64_t pix, int64_t bc, int64_t j, float* plane) {
+  const int64_t ch = std::min(bc, c - j * bc);
+  const uint32_t* src = (const uint32_t*)x + j * bc * pix;
+  transpose(src, ch, pix, pix, (uint32_t*)plane, bc);
+  if (ch < bc)
+    for (int64_t p = 0; p < pix; ++p) std::fill(plane + p * bc + ch, plane + (p + 1) * bc, 0.0f);
+}
+
+// scan() of blocked x (n images of cb planes of `rows` rows) that first writes each plane from
+// the plain (NCHW) x when x_plain is given: the plane is scanned while it is in cache.
+uint32_t block_and_scan(const float* x_plain, float* x, int64_t n, int64_t c, int64_t cb, int64_t rows, int64_t cols,
+                        int64_t lanes, int threads, double& pixel2, double& row2) {
+  if (!x_plain) return scan(x, n * cb * rows, cols, lanes, threads, pixel2, row2);
+  const int64_t pix = rows * cols;
+  uint32_t bits = 0;
+  double pmax = 0.0, rmax = 0.0;
+#pragma omp parallel for num_threads(threads) reduction(max : bits, pmax, rmax) schedule(static)
+  for (int64_t pl = 0; pl < n * cb; ++pl) {
+    float* plane = x + pl * pix * lanes;
+    block_plane(x_plain + pl / cb * c * pix, c, pix, lanes, pl % cb, plane);
+    for (int64_t row = 0; row < rows; ++row) {
+      const float* p = plane + row * cols * lanes;
+      bits = std::max(bits, dfp16_absmax_bits(p, cols * lanes));
+      row_norms(p, cols, lanes, pmax, rmax);
+    }
+  }
+  pixel2 = pmax, row2 = rmax;
+  return bits;
+}
+
 // Mantissas of x (n values) in m with the smallest exponent from e0 up whose slices fit against
 // the other operand's (b2 for the pixel slices, r2 for the row slices; 0: no constraint), found
 // from x's largest squared slice norms p2 and q2 (scan) before converting once: a mantissa lies within 1/2 of x·2^−e (clamping only
@@ -103,20 +135,23 @@ inline s16x8 load8(const int16_t* p) {
 inline void store8(int16_t* p, s16x8 v) { std::memcpy(p, &v, 16); }
 
 // Row l < lanes of dst (at dst + l·ld, `width` values): pad_l zeros, then lane l of the `cols`
-// pixels of src (cols × lanes, a blocked image row), then zeros: xt's padded rows.
+// pixels of src (cols × lanes, a blocked image row), then zeros: xt's padded rows. Columns go
+// 8 at a time (the last 8 overlapping the previous ones when cols is not a multiple of 8), so
+// only the pads are element stores.
 void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* dst, int64_t ld, int64_t pad_l,
                       int64_t width) {
-  const int64_t c8 = cols / 8 * 8, rest = width - c8;  // the scalar part of a row: pads, the last columns
-  auto edges = [&](int64_t l) {
+  const int64_t vec = cols >= 8 ? cols : 0;  // columns the vector part writes
+  auto edges = [&](int64_t l) {  // the pads, and the columns past vec; one loop for both ends
     int16_t* d = dst + l * ld;
-    for (int64_t t = 0; t < rest; ++t) {  // one loop for both ends (not a memset call per pad)
-      const int64_t j = t < pad_l ? t : t + c8, c = j - pad_l;
+    for (int64_t t = 0; t < width - vec; ++t) {
+      const int64_t j = t < pad_l ? t : t + vec, c = j - pad_l;
       d[j] = c >= 0 && c < cols ? src[c * lanes + l] : (int16_t)0;
     }
   };
   int64_t l0 = 0;
   for (; l0 + 8 <= lanes; l0 += 8) {
-    for (int64_t c = 0; c < c8; c += 8) {
+    for (int64_t c0 = 0; c0 < vec; c0 += 8) {
+      const int64_t c = std::min(c0, vec - 8);
       s16x8 v[8];
       for (int i = 0; i < 8; ++i) v[i] = load8(src + (c + i) * lanes + l0);
       s32x4 lo[4], hi[4];  // rows 2i, 2i+1 interleaved: lanes 0-3, 4-7
@@ -137,7 +172,7 @@ void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* 
     for (int64_t l = l0; l < l0 + 8; ++l) edges(l);
   }
   for (; l0 < lanes; ++l0) {
-    for (int64_t c = 0; c < c8; ++c) dst[l0 * ld + pad_l + c] = src[c * lanes + l0];
+    for (int64_t c = 0; c < vec; ++c) dst[l0 * ld + pad_l + c] = src[c * lanes + l0];
     edges(l0);
   }
 }
@@ -224,12 +259,12 @@ bool dfp_conv_layer::refresh(const float* w, const float* b) {
   });
 }
 
-status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* xb, float* yb) {
+status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* x_plain, float* xb, float* yb) {
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
   const int64_t total = n * cb * h * w * bc_;
   double p2, q2;
-  const uint32_t bits = scan(xb, n * cb * h, w, bc_, threads, p2, q2);
+  const uint32_t bits = block_and_scan(x_plain, xb, n, g_.c, cb, h, w, bc_, threads, p2, q2);
   nonfinite_ = bits >= 0x7F800000u;  // the binding names it: x holds an inf or a NaN
   if (nonfinite_) return status::ok;
   int16_t* xm = (int16_t*)aligned(xm_, total * 2);
@@ -265,8 +300,8 @@ status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* xb,
   return status::ok;
 }
 
-status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const float* yb, float* gxb,
-                                float* wg, float* bg, bool accumulate) {
+status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy_plain, float* gyb, const float* yb,
+                                float* gxb, float* wg, float* bg, bool accumulate) {
   nonfinite_ = false;
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_y = pix * bk_, total_y = n * kb * plane_y;
@@ -282,6 +317,7 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
 #pragma omp parallel for num_threads(threads) reduction(max : bits, p2, q2) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
+    if (gy_plain) block_plane(gy_plain + pl / kb * g_.k * pix, g_.k, pix, bk_, pl % kb, gyb + at);  // in cache next
     const float* d = activation_grad(relu_ ? activation::relu : activation::none, gyb, yb, false, nullptr, at,
                                      plane_y, dz + at, 1);
     float* sum = colsum + pl * bk_;

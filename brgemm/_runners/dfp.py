@@ -61,6 +61,10 @@ class DFPLinearRunner:
         return grad_x
 
 
+def _plain_f32(x):
+    return x.ndim == 4 and x.dtype == F32 and x.flags.c_contiguous
+
+
 class DFPConvRunner(ConvRunner):
     """The DFP-16 convolution runner (Conv2d(dtype="dfp16")): ``_core._DFPConv2d`` converts the
     blocked float32 input, the weights (when they change) and ∂y to int16 mantissas with one
@@ -79,6 +83,7 @@ class DFPConvRunner(ConvRunner):
         self.weights = PackedWeights(self.cv.refresh, core=True)
         self.scratch = Scratch(scratch)
         self.lock = threading.Lock()
+        self.gy_plain = None  # a plain ∂y the next backward blocks itself (blocked)
 
     def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, version=None, moments=None):
         """As ConvRunner.forward (float32 x; no residual or moments). Returns (xb, yb, None)."""
@@ -90,11 +95,28 @@ class DFPConvRunner(ConvRunner):
                                                      F32)
         self.scratch.holds.pop("y", None)
         self.refresh(weight, bias, version)
-        xb = self.blocked("x", x, self.bc, F32, x_key)
-        self.cv.forward(n, h, w, xb, yb)
+        if _plain_f32(x):  # blocked by the layer itself, each plane scanned while in cache
+            xb = self.scratch.get("x", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), F32)
+            self.scratch.fill("x", xb, lambda b: self.cv.forward(n, h, w, b, yb, x), x_key)
+        else:
+            xb = self.blocked("x", x, self.bc, F32, x_key)
+            self.cv.forward(n, h, w, xb, yb)
         if y.ndim == 4:
             _core.conv_from_blocked(yb, y)
         return xb, yb, None
+
+    def blocked(self, name, x, block, dtype, key=None, reuse=False):
+        """As ConvRunner.blocked, except for a plain float32 ∂y ("gy"): its blocked array is
+        returned unwritten and the next backward writes it (plane by plane, each plane scanned
+        for the exponent while it is in cache)."""
+        self.gy_plain = None
+        if name == "gy" and _plain_f32(x) and dtype == F32:
+            n, c, h, w = x.shape
+            xb = self.scratch.get(name, blocked_shape(n, c, block, h, w), dtype)
+            self.scratch.holds[name] = None
+            self.gy_plain = x
+            return xb
+        return super().blocked(name, x, block, dtype, key, reuse)
 
     def backward(self, n, h, w, gyb, yb, zb, xb, gx, weight_grad, bias_grad, accumulate):
         """As ConvRunner.backward; x's mantissas are the ones the last forward kept."""
@@ -102,6 +124,7 @@ class DFPConvRunner(ConvRunner):
         if gx is not None:
             gxb = gx if gx.ndim == 5 else self.scratch.get(
                 "gx", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), F32)
-        self.cv.backward(n, h, w, gyb, yb, gxb, weight_grad, bias_grad, accumulate)
+        gy_plain, self.gy_plain = self.gy_plain, None
+        self.cv.backward(n, h, w, gyb, yb, gxb, weight_grad, bias_grad, accumulate, gy_plain)
         if gx is not None and gx.ndim == 4:
             _core.conv_from_blocked(gxb, gx)
