@@ -534,20 +534,36 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
   // same value as ldexp (which rounds once too), without a libm call per element.
   const bool by_mul = e >= -126 && e <= 127;
   const float pow2e = by_mul ? std::ldexp(1.0f, e) : 0.0f;
+  auto finish = [&](int64_t b) {  // the parts of block b summed, scaled, into dW
+    const int64_t k0 = b / (cb * taps) * bk_, c0 = b / taps % cb * bc_, tap = b % taps;
+    const int64_t ks = std::min(bk_, g_.k - k0), cs = std::min(bc_, g_.c - c0);
+    for (int64_t kk = 0; kk < ks; ++kk)
+      for (int64_t cc = 0; cc < cs; ++cc) {
+        float v = 0.0f;
+        for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[cc * bk_ + kk];
+        float& gr = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
+        gr = (accumulate ? gr : 0.0f) + (by_mul ? v * pow2e : std::ldexp(v, e));
+      }
+  };
 #pragma omp parallel num_threads(threads)
   {
-    weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);
+    if (!rows_outer && splits == 1) {
+      // Each block's product is one sum over the whole batch: each thread takes its share of the
+      // blocks (as a static omp for would) and walks the batch elements outside, one at a time,
+      // over all of its blocks (beta 1 after the first). The same additions in the same order as
+      // one call over the batch (a one-element call adds its element's converted sum to C, and
+      // float addition commutes), but an element's operands (a few rows of one image) stay in L2
+      // for all the blocks instead of the whole batch streaming through once per block. A thread
+      // then finishes its own blocks: no barrier.
+      const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+      const int64_t lo = blocks * tid / nt, hi = blocks * (tid + 1) / nt;
+      for (int64_t el = 0; el < rows_total; ++el)
+        for (int64_t b = lo; b < hi; ++b) block_product(b, el, el + 1, part_at(b, 0), el > 0);
+      for (int64_t b = lo; b < hi; ++b) finish(b);
+    } else {
+      weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t k0 = b / (cb * taps) * bk_, c0 = b / taps % cb * bc_, tap = b % taps;
-      const int64_t ks = std::min(bk_, g_.k - k0), cs = std::min(bc_, g_.c - c0);
-      for (int64_t kk = 0; kk < ks; ++kk)
-        for (int64_t cc = 0; cc < cs; ++cc) {
-          float v = 0.0f;
-          for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[cc * bk_ + kk];
-          float& gr = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
-          gr = (accumulate ? gr : 0.0f) + (by_mul ? v * pow2e : std::ldexp(v, e));
-        }
+      for (int64_t b = 0; b < blocks; ++b) finish(b);
     }
   }
   return status::ok;

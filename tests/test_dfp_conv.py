@@ -62,6 +62,7 @@ SHAPES = [  # n, c, k, h, w, kernel, stride, padding, dilation
     (3, 5, 128, 7, 9, 5, 2, 2, 1),
     (1, 130, 17, 4, 4, 2, 1, 0, 1),
     (2, 8, 24, 7, 9, 3, 1, (2, 0, 1, 3), 2),  # stride 1, dilated, an odd padded width
+    (2, 128, 64, 6, 6, 3, 1, 1, 1),  # dW's blocks past 256 KiB: the element-major weight gradient
 ]
 
 
