@@ -259,7 +259,8 @@ bool dfp_conv_layer::refresh(const float* w, const float* b) {
   });
 }
 
-status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* x_plain, float* xb, float* yb) {
+status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* x_plain, float* xb, float* yb,
+                               float* y_plain) {
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
   const int64_t total = n * cb * h * w * bc_;
@@ -295,13 +296,14 @@ status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* x_p
   x.out = yb;
   x.scale = true;
   x.scale_e = e;
+  x.plain = y_plain, x.plain_c = g_.k;
   run_pass(*plan, x);
   saved_n_ = n, saved_h_ = h, saved_w_ = w;
   return status::ok;
 }
 
 status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy_plain, float* gyb, const float* yb,
-                                float* gxb, float* wg, float* bg, bool accumulate) {
+                                float* gxb, float* wg, float* bg, bool accumulate, float* gx_plain) {
   nonfinite_ = false;
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_y = pix * bk_, total_y = n * kb * plane_y;
@@ -368,6 +370,7 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
     x.out = gxb;
     x.scale = true;
     x.scale_e = ez_ + ew_;
+    x.plain = gx_plain, x.plain_c = g_.c;
     run_pass(*plan, x);
   }
 

@@ -95,13 +95,16 @@ class DFPConvRunner(ConvRunner):
                                                      F32)
         self.scratch.holds.pop("y", None)
         self.refresh(weight, bias, version)
-        if _plain_f32(x):  # blocked by the layer itself, each plane scanned while in cache
+        # A plain float32 x is blocked by the layer itself (each plane scanned for the exponent
+        # while in cache), a plain y written by it from each finished group of rows.
+        y_plain = y if _plain_f32(y) else None
+        if _plain_f32(x):
             xb = self.scratch.get("x", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), F32)
-            self.scratch.fill("x", xb, lambda b: self.cv.forward(n, h, w, b, yb, x), x_key)
+            self.scratch.fill("x", xb, lambda b: self.cv.forward(n, h, w, b, yb, x, y_plain), x_key)
         else:
             xb = self.blocked("x", x, self.bc, F32, x_key)
-            self.cv.forward(n, h, w, xb, yb)
-        if y.ndim == 4:
+            self.cv.forward(n, h, w, xb, yb, None, y_plain)
+        if y.ndim == 4 and y_plain is None:
             _core.conv_from_blocked(yb, y)
         return xb, yb, None
 
@@ -125,6 +128,7 @@ class DFPConvRunner(ConvRunner):
             gxb = gx if gx.ndim == 5 else self.scratch.get(
                 "gx", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), F32)
         gy_plain, self.gy_plain = self.gy_plain, None
-        self.cv.backward(n, h, w, gyb, yb, gxb, weight_grad, bias_grad, accumulate, gy_plain)
-        if gx is not None and gx.ndim == 4:
+        gx_plain = gx if gx is not None and _plain_f32(gx) else None
+        self.cv.backward(n, h, w, gyb, yb, gxb, weight_grad, bias_grad, accumulate, gy_plain, gx_plain)
+        if gx is not None and gx.ndim == 4 and gx_plain is None:
             _core.conv_from_blocked(gxb, gx)

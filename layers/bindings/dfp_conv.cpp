@@ -43,7 +43,18 @@ struct py_dfp_conv {
     return (const float*)exact_array(a, name, element::f32, checked_madd(n * c, h * w, 0, name), false).data();
   }
 
-  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle x) {
+  // A writable plain (NCHW) float32 output of n·c·h·w values disjoint from `others`, or null for None.
+  static float* plain_out(py::handle a, const char* name, int64_t n, int64_t c, int64_t h, int64_t w,
+                          std::initializer_list<py::handle> others) {
+    if (a.is_none()) return nullptr;
+    float* p = (float*)exact_array(a, name, element::f32, checked_madd(n * c, h * w, 0, name), true).mutable_data();
+    for (py::handle o : others)
+      if (!o.is_none())
+        require_disjoint(py::reinterpret_borrow<py::array>(a), py::reinterpret_borrow<py::array>(o), name, "an input");
+    return p;
+  }
+
+  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle x, py::handle y) {
     const auto [oh, ow] = out(h, w);
     const auto& g = cv.geometry();
     const float* xplain = plain(x, "x", n, g.c, h, w);
@@ -54,18 +65,19 @@ struct py_dfp_conv {
       require_disjoint(py::reinterpret_borrow<py::array>(xb), py::reinterpret_borrow<py::array>(x), "xb", "x");
       require_disjoint(py::reinterpret_borrow<py::array>(yb), py::reinterpret_borrow<py::array>(x), "yb", "x");
     }
+    float* yplain = plain_out(y, "y", n, g.k, oh, ow, {xb, yb, x});
     if (!cv.weights_finite()) value_error("weight holds an inf or a NaN: DFP-16 has no exponent for it");
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.forward(n, h, w, xplain, xp, yp);
+      s = cv.forward(n, h, w, xplain, xp, yp, yplain);
     }
     check_status(s);
     if (cv.nonfinite()) value_error("x holds an inf or a NaN: DFP-16 has no exponent for it");
   }
 
   void backward(int64_t n, int64_t h, int64_t w, py::handle gyb, py::handle yb, py::handle gxb, py::handle wg,
-                py::handle bg, bool accumulate, py::handle gy) {
+                py::handle bg, bool accumulate, py::handle gy, py::handle gx) {
     if (!cv.ready(n, h, w)) value_error("backward needs a forward of the same size (n, h, w) first");
     const auto [oh, ow] = out(h, w);
     const auto& g = cv.geometry();
@@ -83,10 +95,11 @@ struct py_dfp_conv {
                                      .mutable_data();
     float* wgp = (float*)exact_array(wg, "weight_grad", element::f32, weights(), true).mutable_data();
     float* bgp = bg.is_none() ? nullptr : (float*)exact_array(bg, "bias_grad", element::f32, g.k, true).mutable_data();
+    float* gxplain = gxp ? plain_out(gx, "grad_in_plain", n, g.c, h, w, {gyb, yb, gxb, wg, bg, gy}) : nullptr;
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.backward(n, h, w, gyplain, gyp, yp, gxp, wgp, bgp, accumulate);
+      s = cv.backward(n, h, w, gyplain, gyp, yp, gxp, wgp, bgp, accumulate, gxplain);
     }
     check_status(s);
     if (cv.nonfinite()) value_error("grad_out holds an inf or a NaN: DFP-16 has no exponent for it");
@@ -123,10 +136,10 @@ void register_dfp_conv(py::module_& m) {
       })
       .def("refresh", &py_dfp_conv::refresh, py::arg("weight"), py::arg("bias"))
       .def("forward", &py_dfp_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
-           py::arg("x") = py::none())
+           py::arg("x") = py::none(), py::arg("y") = py::none())
       .def("backward", &py_dfp_conv::backward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("grad_out"),
            py::arg("yb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"), py::arg("accumulate"),
-           py::arg("grad_out_plain") = py::none());
+           py::arg("grad_out_plain") = py::none(), py::arg("grad_in_plain") = py::none());
 }
 
 }  // namespace brgemm::bindings
