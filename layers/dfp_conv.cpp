@@ -98,6 +98,7 @@ uint32_t block_and_scan(const float* x_plain, float* x, int64_t n, int64_t c, in
 // from x's largest squared slice norms p2 and q2 (scan) before converting once: a mantissa lies within 1/2 of x·2^−e (clamping only
 // shrinks it), so a slice of len values has a norm within √len/2 of its values' times 2^−e.
 // pixel2 and row2: those bounds (squared) at the exponent taken. Returns the bits added to e0.
+// m null: only finds the exponent (the caller converts).
 int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, double p2, double q2, int64_t cols,
                         int64_t lanes, int64_t b2, int64_t r2, int threads, int64_t& pixel2, int64_t& row2) {
   const double margin = 1.0 + 1e-9;
@@ -108,7 +109,7 @@ int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, doubl
     pixel2 = (int64_t)std::ceil(bp * bp);
     row2 = (int64_t)std::ceil(br * br);
     if (fits(pixel2, b2) && (r2 == 0 || fits(row2, r2))) {
-      to_dfp16(x, m, n, e0 + s, threads);
+      if (m) to_dfp16(x, m, n, e0 + s, threads);
       return s;
     }
   }
@@ -343,36 +344,10 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
   int16_t* dzm = (int16_t*)aligned(dzm_, total_y * 2);
   int64_t pixel2, row2;
   const int32_t e0 = dfp16_exponent_of(bits);
-  z_shift_ = convert_fitting(dzf, dzm, total_y, e0, p2, q2, ow, bk_, wb_norm2_, std::max<int64_t>(x_row2_, 1),
-                             threads, pixel2, row2);
+  z_shift_ = convert_fitting(dzf, nullptr, total_y, e0, p2, q2, ow, bk_, wb_norm2_, std::max<int64_t>(x_row2_, 1),
+                             threads, pixel2, row2);  // converted below, plane by plane
   ez_ = e0 + z_shift_;
   const int16_t* xm = (const int16_t*)aligned(xm_, 0);
-
-  // Backward data: the forward's passes with Wᵀ (conv.cpp's), then the scale 2^(ez + ew).
-  if (gxb) {
-    conv_plan_key key = zeroed<conv_plan_key>();
-    key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
-    std::shared_ptr<const conv_pass_plan> plan;
-    if (status s = bwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
-          std::vector<std::vector<tap>> rows(h);
-          const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
-          for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
-          pass_shape p{dtype::s16s16f32, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w,
-                       g_.stride_h == 1};
-          p.e.out = out_type::f32;
-          p.threads = threads;
-          return build_pass(pl, p, std::move(rows),
-                            make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}), bs_);
-        });
-        s != status::ok)
-      return s;
-    pass_data x{dzm, aligned(bwd_, 0)};
-    x.out = gxb;
-    x.scale = true;
-    x.scale_e = ez_ + ew_;
-    x.plain = gx_plain, x.plain_c = g_.c;
-    run_pass(*plan, x);
-  }
 
   // Weight gradient: per block (output block, input block, tap) dW (bc × bk) = Xᵀ·dZ over the
   // output pixels. Two layouts of the operands, both with dZ in VNNI pairs of pixels as B:
@@ -411,16 +386,19 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
         transpose_padded(xm + (nq * h + ih) * w * bc_, w, bc_, dst, plane, g_.pad_l, wpe);
       }
 #pragma omp for schedule(static)
-      for (int64_t row = 0; row < n * kb * oh; ++row) {
-        const int16_t* src = dzm + row * ow * bk_;
-        int16_t* dst = dzp + row * wpe * bk_;
-        const int64_t full = ow / 2;
-        interleave_pairs_s16(src, 2 * full, bk_, dst);
-        for (int64_t j = full; j < wpe / 2; ++j)
-          for (int64_t l = 0; l < bk_; ++l) {
-            dst[(j * bk_ + l) * 2] = 2 * j < ow ? src[2 * j * bk_ + l] : (int16_t)0;
-            dst[(j * bk_ + l) * 2 + 1] = 0;
-          }
+      for (int64_t pl = 0; pl < n * kb; ++pl) {  // dZ's mantissas, then its rows in pairs while in cache
+        f32_to_dfp16(dzf + pl * plane_y, dzm + pl * plane_y, plane_y, ez_);
+        for (int64_t row = pl * oh; row < (pl + 1) * oh; ++row) {
+          const int16_t* src = dzm + row * ow * bk_;
+          int16_t* dst = dzp + row * wpe * bk_;
+          const int64_t full = ow / 2;
+          interleave_pairs_s16(src, 2 * full, bk_, dst);
+          for (int64_t j = full; j < wpe / 2; ++j)
+            for (int64_t l = 0; l < bk_; ++l) {
+              dst[(j * bk_ + l) * 2] = 2 * j < ow ? src[2 * j * bk_ + l] : (int16_t)0;
+              dst[(j * bk_ + l) * 2 + 1] = 0;
+            }
+        }
       }
     }
   } else {
@@ -434,21 +412,51 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           transpose(xm + row * w * bc_ + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xt + row * row_t + q * bc_ * wq,
                     wq);
 #pragma omp for schedule(static)
-      for (int64_t row = 0; row < 2 * n * kb * oh; ++row) {
-        const int64_t par = row / (n * kb * oh), rr = row % (n * kb * oh);
-        const int16_t* src = dzm + rr * ow * bk_;
-        int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
-        const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
-        interleave_pairs_s16(src + par * bk_, 2 * full, bk_, dst);
-        for (int64_t j = full; j < P; ++j) {
-          const int64_t c0 = par + 2 * j;
-          for (int64_t l = 0; l < bk_; ++l) {
-            dst[(j * bk_ + l) * 2] = c0 < ow ? src[c0 * bk_ + l] : (int16_t)0;
-            dst[(j * bk_ + l) * 2 + 1] = 0;
+      for (int64_t pl = 0; pl < n * kb; ++pl) {  // dZ's mantissas, then its rows in pairs while in cache
+        f32_to_dfp16(dzf + pl * plane_y, dzm + pl * plane_y, plane_y, ez_);
+        for (int64_t par = 0; par < 2; ++par)
+          for (int64_t rr = pl * oh; rr < (pl + 1) * oh; ++rr) {
+            const int16_t* src = dzm + rr * ow * bk_;
+            int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
+            const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
+            interleave_pairs_s16(src + par * bk_, 2 * full, bk_, dst);
+            for (int64_t j = full; j < P; ++j) {
+              const int64_t c0 = par + 2 * j;
+              for (int64_t l = 0; l < bk_; ++l) {
+                dst[(j * bk_ + l) * 2] = c0 < ow ? src[c0 * bk_ + l] : (int16_t)0;
+                dst[(j * bk_ + l) * 2 + 1] = 0;
+              }
+            }
           }
-        }
       }
     }
+  }
+
+  // Backward data (dZ's mantissas are complete): the forward's passes with Wᵀ (conv.cpp's), then
+  // the scale 2^(ez + ew).
+  if (gxb) {
+    conv_plan_key key = zeroed<conv_plan_key>();
+    key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
+    std::shared_ptr<const conv_pass_plan> plan;
+    if (status s = bwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
+          std::vector<std::vector<tap>> rows(h);
+          const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
+          for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
+          pass_shape p{dtype::s16s16f32, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w,
+                       g_.stride_h == 1};
+          p.e.out = out_type::f32;
+          p.threads = threads;
+          return build_pass(pl, p, std::move(rows),
+                            make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}), bs_);
+        });
+        s != status::ok)
+      return s;
+    pass_data x{dzm, aligned(bwd_, 0)};
+    x.out = gxb;
+    x.scale = true;
+    x.scale_e = ez_ + ew_;
+    x.plain = gx_plain, x.plain_c = g_.c;
+    run_pass(*plan, x);
   }
 
   conv_plan_key key = zeroed<conv_plan_key>();
