@@ -66,8 +66,9 @@ def _plain_f32(x):
 
 
 class DFPConvRunner(ConvRunner):
-    """The DFP-16 convolution runner (Conv2d(dtype="dfp16")): ``_core._DFPConv2d`` converts the
-    blocked float32 input, the weights (when they change) and ∂y to int16 mantissas with one
+    """The DFP-16 convolution runner (Conv2d(dtype="dfp16")): ``_core._DFPConv2d`` blocks a plain
+    float32 x and ∂y itself (and writes a plain y and ∂x), converts the blocked float32 input, the
+    weights (when they change) and ∂y to int16 mantissas with one
     exponent each, and runs forward, ∂x and ∂W as s16s16f32 BRGEMMs (layers/dfp_conv.h).
     ConvRunner's scratch arrays and layout conversions; float32 activations only."""
 
@@ -83,7 +84,7 @@ class DFPConvRunner(ConvRunner):
         self.weights = PackedWeights(self.cv.refresh, core=True)
         self.scratch = Scratch(scratch)
         self.lock = threading.Lock()
-        self.gy_plain = None  # a plain ∂y the next backward blocks itself (blocked)
+        self.gy_plain = None  # a plain ∂y whose blocking is left to the next backward (blocked)
 
     def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, version=None, moments=None):
         """As ConvRunner.forward (float32 x; no residual or moments). Returns (xb, yb, None)."""
