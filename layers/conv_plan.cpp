@@ -348,6 +348,13 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
       const int64_t at = (i * p.res + jl) * res_plane + o0 * p.res_cols * p.bo;
       dfp16_scale_f32((float*)x.out + at, (o1 - o0) * p.res_cols * p.bo, x.scale_e);
     }
+    if (x.plain) {  // the rows' pixels × channels transposed into the plain planes (f32 out, no z)
+      const int64_t at = (i * p.res + jl) * res_plane + o0 * p.res_cols * p.bo, plane = p.res_rows * p.res_cols;
+      const int64_t ch = std::min(p.bo, x.plain_c - jl * p.bo);
+      if (ch > 0)
+        transpose((const uint32_t*)x.out + at, (o1 - o0) * p.res_cols, ch, p.bo,
+                  (uint32_t*)x.plain + (i * x.plain_c + jl * p.bo) * plane + o0 * p.res_cols, plane);
+    }
     if (x.moments) {  // a BatchNorm's statistics of the group's finished rows, while they are in cache
       const bool bf16_out = x.z ? p.t == dtype::bf16 : p.e.out == out_type::bf16;
       const int64_t yb = bf16_out ? 2 : 4, cols = x.moment_cols, per = p.res_cols / cols;

@@ -129,6 +129,8 @@ struct pass_data {
   brgemm::activation act = activation::none;
   bool scale = false;                      // DFP-16 (dfp_conv.h): out ← out·2^scale_e on the
   int32_t scale_e = 0;                     //   group's finished rows, while they are in cache
+  float* plain = nullptr;                  // f32 results: the finished rows also written plain
+  int64_t plain_c = 0;                     //   (NCHW, plain_c channels) while they are in cache
   double* moments = nullptr;               // [n][res][rows][2][bo]: row_moments of each row of
   int64_t moment_cols = 0;                 //   moment_cols pixels (result rows merged: several a row)
 };

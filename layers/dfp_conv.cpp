@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <omp.h>
 #include "blocks.h"
 #include "brgemm/dfp.h"
@@ -60,11 +61,44 @@ uint32_t scan(const float* x, int64_t rows, int64_t cols, int64_t lanes, int thr
   return bits;
 }
 
+// Channels [j·bc, j·bc + ch) of one plain image (c × pix, NCHW) as its blocked plane j (pix × bc,
+// lanes past ch zero), as conv_to_blocked.
+void block_plane(const float* x, int64_t c, int64_t pix, int64_t bc, int64_t j, float* plane) {
+  const int64_t ch = std::min(bc, c - j * bc);
+  const uint32_t* src = (const uint32_t*)x + j * bc * pix;
+  transpose(src, ch, pix, pix, (uint32_t*)plane, bc);
+  if (ch < bc)
+    for (int64_t p = 0; p < pix; ++p) std::fill(plane + p * bc + ch, plane + (p + 1) * bc, 0.0f);
+}
+
+// scan() of blocked x (n images of cb planes of `rows` rows) that first writes each plane from
+// the plain (NCHW) x when x_plain is given: the plane is scanned while it is in cache.
+uint32_t block_and_scan(const float* x_plain, float* x, int64_t n, int64_t c, int64_t cb, int64_t rows, int64_t cols,
+                        int64_t lanes, int threads, double& pixel2, double& row2) {
+  if (!x_plain) return scan(x, n * cb * rows, cols, lanes, threads, pixel2, row2);
+  const int64_t pix = rows * cols;
+  uint32_t bits = 0;
+  double pmax = 0.0, rmax = 0.0;
+#pragma omp parallel for num_threads(threads) reduction(max : bits, pmax, rmax) schedule(static)
+  for (int64_t pl = 0; pl < n * cb; ++pl) {
+    float* plane = x + pl * pix * lanes;
+    block_plane(x_plain + pl / cb * c * pix, c, pix, lanes, pl % cb, plane);
+    for (int64_t row = 0; row < rows; ++row) {
+      const float* p = plane + row * cols * lanes;
+      bits = std::max(bits, dfp16_absmax_bits(p, cols * lanes));
+      row_norms(p, cols, lanes, pmax, rmax);
+    }
+  }
+  pixel2 = pmax, row2 = rmax;
+  return bits;
+}
+
 // Mantissas of x (n values) in m with the smallest exponent from e0 up whose slices fit against
 // the other operand's (b2 for the pixel slices, r2 for the row slices; 0: no constraint), found
 // from x's largest squared slice norms p2 and q2 (scan) before converting once: a mantissa lies within 1/2 of x·2^−e (clamping only
 // shrinks it), so a slice of len values has a norm within √len/2 of its values' times 2^−e.
 // pixel2 and row2: those bounds (squared) at the exponent taken. Returns the bits added to e0.
+// m null: only finds the exponent (the caller converts).
 int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, double p2, double q2, int64_t cols,
                         int64_t lanes, int64_t b2, int64_t r2, int threads, int64_t& pixel2, int64_t& row2) {
   const double margin = 1.0 + 1e-9;
@@ -75,11 +109,91 @@ int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, doubl
     pixel2 = (int64_t)std::ceil(bp * bp);
     row2 = (int64_t)std::ceil(br * br);
     if (fits(pixel2, b2) && (r2 == 0 || fits(row2, r2))) {
-      to_dfp16(x, m, n, e0 + s, threads);
+      if (m) to_dfp16(x, m, n, e0 + s, threads);
       return s;
     }
   }
 }
+
+// int16 copies for the weight gradient's operands, 8 × 8 at a time through SSE2 vector shuffles
+// (GCC/Clang vector extensions, every ISA: pure data movement, so the same bits everywhere).
+typedef int16_t s16x8 __attribute__((vector_size(16)));
+typedef int32_t s32x4 __attribute__((vector_size(16)));
+typedef int64_t s64x2 __attribute__((vector_size(16)));
+#if defined(__clang__)
+#define SHUF8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define SHUF(T, a, b, ...) __builtin_shufflevector((T)(a), (T)(b), __VA_ARGS__)
+#else
+#define SHUF8(a, b, ...) __builtin_shuffle(a, b, s16x8{__VA_ARGS__})
+#define SHUF(T, a, b, ...) __builtin_shuffle((T)(a), (T)(b), decltype((T)(a) - (T)(a)){__VA_ARGS__})
+#endif
+
+inline s16x8 load8(const int16_t* p) {
+  s16x8 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
+inline void store8(int16_t* p, s16x8 v) { std::memcpy(p, &v, 16); }
+
+// Row l < lanes of dst (at dst + l·ld, `width` values): pad_l zeros, then lane l of the `cols`
+// pixels of src (cols × lanes, a blocked image row), then zeros: xt's padded rows. Columns go
+// 8 at a time (the last 8 overlapping the previous ones when cols is not a multiple of 8), so
+// only the pads are element stores.
+void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* dst, int64_t ld, int64_t pad_l,
+                      int64_t width) {
+  const int64_t vec = cols >= 8 ? cols : 0;  // columns the vector part writes
+  auto edges = [&](int64_t l) {  // the pads, and the columns past vec; one loop for both ends
+    int16_t* d = dst + l * ld;
+    for (int64_t t = 0; t < width - vec; ++t) {
+      const int64_t j = t < pad_l ? t : t + vec, c = j - pad_l;
+      d[j] = c >= 0 && c < cols ? src[c * lanes + l] : (int16_t)0;
+    }
+  };
+  int64_t l0 = 0;
+  for (; l0 + 8 <= lanes; l0 += 8) {
+    for (int64_t c0 = 0; c0 < vec; c0 += 8) {
+      const int64_t c = std::min(c0, vec - 8);
+      s16x8 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = load8(src + (c + i) * lanes + l0);
+      s32x4 lo[4], hi[4];  // rows 2i, 2i+1 interleaved: lanes 0-3, 4-7
+      for (int i = 0; i < 4; ++i) {
+        lo[i] = (s32x4)SHUF8(v[2 * i], v[2 * i + 1], 0, 8, 1, 9, 2, 10, 3, 11);
+        hi[i] = (s32x4)SHUF8(v[2 * i], v[2 * i + 1], 4, 12, 5, 13, 6, 14, 7, 15);
+      }
+      s64x2 q[8];  // four rows' values of lanes (0,1), (2,3), (4,5), (6,7), for rows 0-3 and 4-7
+      q[0] = (s64x2)SHUF(s32x4, lo[0], lo[1], 0, 4, 1, 5), q[1] = (s64x2)SHUF(s32x4, lo[2], lo[3], 0, 4, 1, 5);
+      q[2] = (s64x2)SHUF(s32x4, lo[0], lo[1], 2, 6, 3, 7), q[3] = (s64x2)SHUF(s32x4, lo[2], lo[3], 2, 6, 3, 7);
+      q[4] = (s64x2)SHUF(s32x4, hi[0], hi[1], 0, 4, 1, 5), q[5] = (s64x2)SHUF(s32x4, hi[2], hi[3], 0, 4, 1, 5);
+      q[6] = (s64x2)SHUF(s32x4, hi[0], hi[1], 2, 6, 3, 7), q[7] = (s64x2)SHUF(s32x4, hi[2], hi[3], 2, 6, 3, 7);
+      for (int i = 0; i < 4; ++i) {
+        store8(dst + (l0 + 2 * i) * ld + pad_l + c, (s16x8)SHUF(s64x2, q[2 * i], q[2 * i + 1], 0, 2));
+        store8(dst + (l0 + 2 * i + 1) * ld + pad_l + c, (s16x8)SHUF(s64x2, q[2 * i], q[2 * i + 1], 1, 3));
+      }
+    }
+    for (int64_t l = l0; l < l0 + 8; ++l) edges(l);
+  }
+  for (; l0 < lanes; ++l0) {
+    for (int64_t c = 0; c < vec; ++c) dst[l0 * ld + pad_l + c] = src[c * lanes + l0];
+    edges(l0);
+  }
+}
+
+// The VNNI-2 form of rows × cols int16 (rows even): rows 2p and 2p+1 interleaved into row p.
+void interleave_pairs_s16(const int16_t* src, int64_t rows, int64_t cols, int16_t* dst) {
+  const int64_t c8 = cols / 8 * 8;
+  for (int64_t p = 0; p < rows / 2; ++p) {
+    const int16_t *a = src + 2 * p * cols, *b = a + cols;
+    int16_t* d = dst + p * cols * 2;
+    for (int64_t c = 0; c < c8; c += 8) {
+      const s16x8 x = load8(a + c), y = load8(b + c);
+      store8(d + 2 * c, SHUF8(x, y, 0, 8, 1, 9, 2, 10, 3, 11));
+      store8(d + 2 * c + 8, SHUF8(x, y, 4, 12, 5, 13, 6, 14, 7, 15));
+    }
+    for (int64_t c = c8; c < cols; ++c) d[2 * c] = a[c], d[2 * c + 1] = b[c];
+  }
+}
+#undef SHUF8
+#undef SHUF
 
 std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh) {
   std::vector<std::vector<tap>> rows(oh);
@@ -146,12 +260,13 @@ bool dfp_conv_layer::refresh(const float* w, const float* b) {
   });
 }
 
-status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* xb, float* yb) {
+status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* x_plain, float* xb, float* yb,
+                               float* y_plain) {
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int threads = threads_for(2.0 * n * oh * ow * g_.k * g_.c * g_.r * g_.s);
   const int64_t total = n * cb * h * w * bc_;
   double p2, q2;
-  const uint32_t bits = scan(xb, n * cb * h, w, bc_, threads, p2, q2);
+  const uint32_t bits = block_and_scan(x_plain, xb, n, g_.c, cb, h, w, bc_, threads, p2, q2);
   nonfinite_ = bits >= 0x7F800000u;  // the binding names it: x holds an inf or a NaN
   if (nonfinite_) return status::ok;
   int16_t* xm = (int16_t*)aligned(xm_, total * 2);
@@ -182,13 +297,14 @@ status dfp_conv_layer::forward(int64_t n, int64_t h, int64_t w, const float* xb,
   x.out = yb;
   x.scale = true;
   x.scale_e = e;
+  x.plain = y_plain, x.plain_c = g_.k;
   run_pass(*plan, x);
   saved_n_ = n, saved_h_ = h, saved_w_ = w;
   return status::ok;
 }
 
-status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const float* yb, float* gxb,
-                                float* wg, float* bg, bool accumulate) {
+status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy_plain, float* gyb, const float* yb,
+                                float* gxb, float* wg, float* bg, bool accumulate, float* gx_plain) {
   nonfinite_ = false;
   const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
   const int64_t taps = g_.r * g_.s, pix = oh * ow, plane_y = pix * bk_, total_y = n * kb * plane_y;
@@ -204,6 +320,7 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
 #pragma omp parallel for num_threads(threads) reduction(max : bits, p2, q2) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
+    if (gy_plain) block_plane(gy_plain + pl / kb * g_.k * pix, g_.k, pix, bk_, pl % kb, gyb + at);  // in cache next
     const float* d = activation_grad(relu_ ? activation::relu : activation::none, gyb, yb, false, nullptr, at,
                                      plane_y, dz + at, 1);
     float* sum = colsum + pl * bk_;
@@ -227,35 +344,10 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
   int16_t* dzm = (int16_t*)aligned(dzm_, total_y * 2);
   int64_t pixel2, row2;
   const int32_t e0 = dfp16_exponent_of(bits);
-  z_shift_ = convert_fitting(dzf, dzm, total_y, e0, p2, q2, ow, bk_, wb_norm2_, std::max<int64_t>(x_row2_, 1),
-                             threads, pixel2, row2);
+  z_shift_ = convert_fitting(dzf, nullptr, total_y, e0, p2, q2, ow, bk_, wb_norm2_, std::max<int64_t>(x_row2_, 1),
+                             threads, pixel2, row2);  // converted below, plane by plane
   ez_ = e0 + z_shift_;
   const int16_t* xm = (const int16_t*)aligned(xm_, 0);
-
-  // Backward data: the forward's passes with Wᵀ (conv.cpp's), then the scale 2^(ez + ew).
-  if (gxb) {
-    conv_plan_key key = zeroed<conv_plan_key>();
-    key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
-    std::shared_ptr<const conv_pass_plan> plan;
-    if (status s = bwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
-          std::vector<std::vector<tap>> rows(h);
-          const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
-          for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
-          pass_shape p{dtype::s16s16f32, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w,
-                       g_.stride_h == 1};
-          p.e.out = out_type::f32;
-          p.threads = threads;
-          return build_pass(pl, p, std::move(rows),
-                            make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}), bs_);
-        });
-        s != status::ok)
-      return s;
-    pass_data x{dzm, aligned(bwd_, 0)};
-    x.out = gxb;
-    x.scale = true;
-    x.scale_e = ez_ + ew_;
-    run_pass(*plan, x);
-  }
 
   // Weight gradient: per block (output block, input block, tap) dW (bc × bk) = Xᵀ·dZ over the
   // output pixels. Two layouts of the operands, both with dZ in VNNI pairs of pixels as B:
@@ -291,23 +383,22 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           for (int64_t c = 0; c < bc_; ++c) std::fill(dst + c * plane, dst + c * plane + wpe, (int16_t)0);
           continue;
         }
-        for (int64_t c = 0; c < bc_; ++c) {
-          std::fill(dst + c * plane, dst + c * plane + g_.pad_l, (int16_t)0);
-          std::fill(dst + c * plane + g_.pad_l + w, dst + c * plane + wpe, (int16_t)0);
-        }
-        transpose(xm + (nq * h + ih) * w * bc_, w, bc_, bc_, dst + g_.pad_l, plane);
+        transpose_padded(xm + (nq * h + ih) * w * bc_, w, bc_, dst, plane, g_.pad_l, wpe);
       }
 #pragma omp for schedule(static)
-      for (int64_t row = 0; row < n * kb * oh; ++row) {
-        const int16_t* src = dzm + row * ow * bk_;
-        int16_t* dst = dzp + row * wpe * bk_;
-        const int64_t full = ow / 2;
-        interleave_pairs((const uint16_t*)src, 2 * full, bk_, (uint16_t*)dst);
-        for (int64_t j = full; j < wpe / 2; ++j)
-          for (int64_t l = 0; l < bk_; ++l) {
-            dst[(j * bk_ + l) * 2] = 2 * j < ow ? src[2 * j * bk_ + l] : (int16_t)0;
-            dst[(j * bk_ + l) * 2 + 1] = 0;
-          }
+      for (int64_t pl = 0; pl < n * kb; ++pl) {  // dZ's mantissas, then its rows in pairs while in cache
+        f32_to_dfp16(dzf + pl * plane_y, dzm + pl * plane_y, plane_y, ez_);
+        for (int64_t row = pl * oh; row < (pl + 1) * oh; ++row) {
+          const int16_t* src = dzm + row * ow * bk_;
+          int16_t* dst = dzp + row * wpe * bk_;
+          const int64_t full = ow / 2;
+          interleave_pairs_s16(src, 2 * full, bk_, dst);
+          for (int64_t j = full; j < wpe / 2; ++j)
+            for (int64_t l = 0; l < bk_; ++l) {
+              dst[(j * bk_ + l) * 2] = 2 * j < ow ? src[2 * j * bk_ + l] : (int16_t)0;
+              dst[(j * bk_ + l) * 2 + 1] = 0;
+            }
+        }
       }
     }
   } else {
@@ -321,21 +412,51 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           transpose(xm + row * w * bc_ + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xt + row * row_t + q * bc_ * wq,
                     wq);
 #pragma omp for schedule(static)
-      for (int64_t row = 0; row < 2 * n * kb * oh; ++row) {
-        const int64_t par = row / (n * kb * oh), rr = row % (n * kb * oh);
-        const int16_t* src = dzm + rr * ow * bk_;
-        int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
-        const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
-        interleave_pairs((const uint16_t*)src + par * bk_, 2 * full, bk_, (uint16_t*)dst);
-        for (int64_t j = full; j < P; ++j) {
-          const int64_t c0 = par + 2 * j;
-          for (int64_t l = 0; l < bk_; ++l) {
-            dst[(j * bk_ + l) * 2] = c0 < ow ? src[c0 * bk_ + l] : (int16_t)0;
-            dst[(j * bk_ + l) * 2 + 1] = 0;
+      for (int64_t pl = 0; pl < n * kb; ++pl) {  // dZ's mantissas, then its rows in pairs while in cache
+        f32_to_dfp16(dzf + pl * plane_y, dzm + pl * plane_y, plane_y, ez_);
+        for (int64_t par = 0; par < 2; ++par)
+          for (int64_t rr = pl * oh; rr < (pl + 1) * oh; ++rr) {
+            const int16_t* src = dzm + rr * ow * bk_;
+            int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
+            const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
+            interleave_pairs_s16(src + par * bk_, 2 * full, bk_, dst);
+            for (int64_t j = full; j < P; ++j) {
+              const int64_t c0 = par + 2 * j;
+              for (int64_t l = 0; l < bk_; ++l) {
+                dst[(j * bk_ + l) * 2] = c0 < ow ? src[c0 * bk_ + l] : (int16_t)0;
+                dst[(j * bk_ + l) * 2 + 1] = 0;
+              }
+            }
           }
-        }
       }
     }
+  }
+
+  // Backward data (dZ's mantissas are complete): the forward's passes with Wᵀ (conv.cpp's), then
+  // the scale 2^(ez + ew).
+  if (gxb) {
+    conv_plan_key key = zeroed<conv_plan_key>();
+    key.n = n, key.h = h, key.w = w, key.level = (int32_t)active_isa(), key.threads = threads;
+    std::shared_ptr<const conv_pass_plan> plan;
+    if (status s = bwd_plans_.get(key, &plan, [&](conv_pass_plan& pl) {
+          std::vector<std::vector<tap>> rows(h);
+          const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
+          for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
+          pass_shape p{dtype::s16s16f32, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w,
+                       g_.stride_h == 1};
+          p.e.out = out_type::f32;
+          p.threads = threads;
+          return build_pass(pl, p, std::move(rows),
+                            make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}), bs_);
+        });
+        s != status::ok)
+      return s;
+    pass_data x{dzm, aligned(bwd_, 0)};
+    x.out = gxb;
+    x.scale = true;
+    x.scale_e = ez_ + ew_;
+    x.plain = gx_plain, x.plain_c = g_.c;
+    run_pass(*plan, x);
   }
 
   conv_plan_key key = zeroed<conv_plan_key>();
@@ -420,20 +541,40 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
     execute(add ? *plan->kw_add[ss] : *plan->kw[ss], batch, out);
   };
   const int32_t e = ex_ + ez_;
+  // v·2^e as one multiplication where 2^e is a normal float: the exact product rounded once, the
+  // same value as ldexp (which rounds once too), without a libm call per element.
+  const bool by_mul = e >= -126 && e <= 127;
+  const float pow2e = by_mul ? std::ldexp(1.0f, e) : 0.0f;
+  auto finish = [&](int64_t b) {  // the parts of block b summed, scaled, into dW
+    const int64_t k0 = b / (cb * taps) * bk_, c0 = b / taps % cb * bc_, tap = b % taps;
+    const int64_t ks = std::min(bk_, g_.k - k0), cs = std::min(bc_, g_.c - c0);
+    for (int64_t kk = 0; kk < ks; ++kk)
+      for (int64_t cc = 0; cc < cs; ++cc) {
+        float v = 0.0f;
+        for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[cc * bk_ + kk];
+        float& gr = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
+        gr = (accumulate ? gr : 0.0f) + (by_mul ? v * pow2e : std::ldexp(v, e));
+      }
+  };
 #pragma omp parallel num_threads(threads)
   {
-    weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);
+    if (!rows_outer && splits == 1) {
+      // Each block's product is one sum over the whole batch: each thread takes its share of the
+      // blocks (as a static omp for would) and walks the batch elements outside, one at a time,
+      // over all of its blocks (beta 1 after the first). The same additions in the same order as
+      // one call over the batch (a one-element call adds its element's converted sum to C, and
+      // float addition commutes), but an element's operands (a few rows of one image) stay in L2
+      // for all the blocks instead of the whole batch streaming through once per block. A thread
+      // then finishes its own blocks: no barrier.
+      const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+      const int64_t lo = blocks * tid / nt, hi = blocks * (tid + 1) / nt;
+      for (int64_t el = 0; el < rows_total; ++el)
+        for (int64_t b = lo; b < hi; ++b) block_product(b, el, el + 1, part_at(b, 0), el > 0);
+      for (int64_t b = lo; b < hi; ++b) finish(b);
+    } else {
+      weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t k0 = b / (cb * taps) * bk_, c0 = b / taps % cb * bc_, tap = b % taps;
-      const int64_t ks = std::min(bk_, g_.k - k0), cs = std::min(bc_, g_.c - c0);
-      for (int64_t kk = 0; kk < ks; ++kk)
-        for (int64_t cc = 0; cc < cs; ++cc) {
-          float v = 0.0f;
-          for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[cc * bk_ + kk];
-          float& gr = wg[((k0 + kk) * g_.c + c0 + cc) * taps + tap];
-          gr = (accumulate ? gr : 0.0f) + std::ldexp(v, e);
-        }
+      for (int64_t b = 0; b < blocks; ++b) finish(b);
     }
   }
   return status::ok;

@@ -47,12 +47,16 @@ class dfp_conv_layer {
   bool nonfinite() const { return nonfinite_; }
   bool ready(int64_t n, int64_t h, int64_t w) const { return n == saved_n_ && h == saved_h_ && w == saved_w_; }
 
-  // yb = act(conv(xb, W) + b), blocked f32. Keeps x's mantissas for backward.
-  status forward(int64_t n, int64_t h, int64_t w, const float* xb, float* yb);
+  // yb = act(conv(xb, W) + b), blocked f32. Keeps x's mantissas for backward. With x_plain
+  // (NCHW, else null) xb is first written from it, plane by plane, each plane scanned for the
+  // exponent while it is in cache (one pass over x instead of two).
+  status forward(int64_t n, int64_t h, int64_t w, const float* x_plain, float* xb, float* yb, float* y_plain = nullptr);
   // From gyb (blocked f32) and the last forward: gxb (null to skip), dW (K, C, R, S) and db
-  // added to wg, bg when `accumulate`, else written.
-  status backward(int64_t n, int64_t h, int64_t w, const float* gyb, const float* yb, float* gxb, float* wg,
-                  float* bg, bool accumulate);
+  // added to wg, bg when `accumulate`, else written. With gy_plain (NCHW, else null) gyb is
+  // first written from it, as forward's x_plain. y_plain, gx_plain (NCHW, or null): yb and gxb
+  // also written plain, each group of rows while it is in cache (conv_plan.h's pass_data::plain).
+  status backward(int64_t n, int64_t h, int64_t w, const float* gy_plain, float* gyb, const float* yb, float* gxb,
+                  float* wg, float* bg, bool accumulate, float* gx_plain = nullptr);
 
   // The exponents of the last calls (x, W, dZ) and the bits the overflow bound took from x and
   // dZ (0 when none): for tests and the docs' measurements.

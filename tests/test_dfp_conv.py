@@ -10,6 +10,7 @@ weights and the errors."""
 import numpy as np
 import pytest
 
+from brgemm import layout
 from brgemm.nn import Conv2d
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -61,6 +62,7 @@ SHAPES = [  # n, c, k, h, w, kernel, stride, padding, dilation
     (3, 5, 128, 7, 9, 5, 2, 2, 1),
     (1, 130, 17, 4, 4, 2, 1, 0, 1),
     (2, 8, 24, 7, 9, 3, 1, (2, 0, 1, 3), 2),  # stride 1, dilated, an odd padded width
+    (2, 128, 64, 6, 6, 3, 1, 1, 1),  # dW's blocks past 256 KiB: the element-major weight gradient
 ]
 
 
@@ -112,6 +114,27 @@ def test_forward_and_gradients(isa, shape, activation, rng):
     conv.zero_grad()
     conv.backward(gy, input_grad=False)
     assert np.array_equal(conv.weight_grad, wg)
+
+
+@pytest.mark.parametrize("shape", [(2, 70, 20, 6, 5, 1), (3, 128, 64, 9, 9, 1), (2, 21, 40, 7, 8, 2)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_plain_and_blocked_operands_same_bits(isa, shape, rng):
+    # A plain (NCHW) x and ∂y are blocked by the layer itself, plane by plane, each plane scanned
+    # for the exponent while in cache: the same values as blocked operands, so the same bits.
+    n, c, k, h, w, stride = shape
+    a = Conv2d(c, k, 3, stride, 1, activation="relu", dtype="dfp16", seed=5)
+    b = Conv2d(c, k, 3, stride, 1, activation="relu", dtype="dfp16", seed=5)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    y = a(x)
+    g = rng.standard_normal(y.shape, dtype=np.float32)
+    gx = a.backward(g)
+    yb = b(layout.to_blocked(x))
+    np.testing.assert_array_equal(layout.from_blocked(yb, k), y)
+    gxb = b.backward(layout.to_blocked(g))
+    np.testing.assert_array_equal(layout.from_blocked(gxb, c), gx)
+    np.testing.assert_array_equal(a.weight_grad, b.weight_grad)
+    np.testing.assert_array_equal(a.bias_grad, b.bias_grad)
+    assert a.exponents == b.exponents
 
 
 def test_overflow_bound_on_adversarial_data(isa):

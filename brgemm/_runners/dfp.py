@@ -61,9 +61,14 @@ class DFPLinearRunner:
         return grad_x
 
 
+def _plain_f32(x):
+    return x.ndim == 4 and x.dtype == F32 and x.flags.c_contiguous
+
+
 class DFPConvRunner(ConvRunner):
-    """The DFP-16 convolution runner (Conv2d(dtype="dfp16")): ``_core._DFPConv2d`` converts the
-    blocked float32 input, the weights (when they change) and ∂y to int16 mantissas with one
+    """The DFP-16 convolution runner (Conv2d(dtype="dfp16")): ``_core._DFPConv2d`` blocks a plain
+    float32 x and ∂y itself (and writes a plain y and ∂x), converts the blocked float32 input, the
+    weights (when they change) and ∂y to int16 mantissas with one
     exponent each, and runs forward, ∂x and ∂W as s16s16f32 BRGEMMs (layers/dfp_conv.h).
     ConvRunner's scratch arrays and layout conversions; float32 activations only."""
 
@@ -79,6 +84,7 @@ class DFPConvRunner(ConvRunner):
         self.weights = PackedWeights(self.cv.refresh, core=True)
         self.scratch = Scratch(scratch)
         self.lock = threading.Lock()
+        self.gy_plain = None  # a plain ∂y whose blocking is left to the next backward (blocked)
 
     def forward(self, x, y, weight, bias, keep_z=False, x_key=None, add=None, version=None, moments=None):
         """As ConvRunner.forward (float32 x; no residual or moments). Returns (xb, yb, None)."""
@@ -90,11 +96,31 @@ class DFPConvRunner(ConvRunner):
                                                      F32)
         self.scratch.holds.pop("y", None)
         self.refresh(weight, bias, version)
-        xb = self.blocked("x", x, self.bc, F32, x_key)
-        self.cv.forward(n, h, w, xb, yb)
-        if y.ndim == 4:
+        # A plain float32 x is blocked by the layer itself (each plane scanned for the exponent
+        # while in cache), a plain y written by it from each finished group of rows.
+        y_plain = y if _plain_f32(y) else None
+        if _plain_f32(x):
+            xb = self.scratch.get("x", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), F32)
+            self.scratch.fill("x", xb, lambda b: self.cv.forward(n, h, w, b, yb, x, y_plain), x_key)
+        else:
+            xb = self.blocked("x", x, self.bc, F32, x_key)
+            self.cv.forward(n, h, w, xb, yb, None, y_plain)
+        if y.ndim == 4 and y_plain is None:
             _core.conv_from_blocked(yb, y)
         return xb, yb, None
+
+    def blocked(self, name, x, block, dtype, key=None, reuse=False):
+        """As ConvRunner.blocked, except for a plain float32 ∂y ("gy"): its blocked array is
+        returned unwritten and the next backward writes it (plane by plane, each plane scanned
+        for the exponent while it is in cache)."""
+        self.gy_plain = None
+        if name == "gy" and _plain_f32(x) and dtype == F32:
+            n, c, h, w = x.shape
+            xb = self.scratch.get(name, blocked_shape(n, c, block, h, w), dtype)
+            self.scratch.holds[name] = None
+            self.gy_plain = x
+            return xb
+        return super().blocked(name, x, block, dtype, key, reuse)
 
     def backward(self, n, h, w, gyb, yb, zb, xb, gx, weight_grad, bias_grad, accumulate):
         """As ConvRunner.backward; x's mantissas are the ones the last forward kept."""
@@ -102,6 +128,8 @@ class DFPConvRunner(ConvRunner):
         if gx is not None:
             gxb = gx if gx.ndim == 5 else self.scratch.get(
                 "gx", blocked_shape(n, self.geometry.in_channels, self.bc, h, w), F32)
-        self.cv.backward(n, h, w, gyb, yb, gxb, weight_grad, bias_grad, accumulate)
-        if gx is not None and gx.ndim == 4:
+        gy_plain, self.gy_plain = self.gy_plain, None
+        gx_plain = gx if gx is not None and _plain_f32(gx) else None
+        self.cv.backward(n, h, w, gyb, yb, gxb, weight_grad, bias_grad, accumulate, gy_plain, gx_plain)
+        if gx is not None and gx.ndim == 4 and gx_plain is None:
             _core.conv_from_blocked(gxb, gx)

@@ -37,39 +37,69 @@ struct py_dfp_conv {
     return packed;
   }
 
-  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb) {
+  // A plain (NCHW) float32 array of n·c·h·w values, or null for None.
+  static const float* plain(py::handle a, const char* name, int64_t n, int64_t c, int64_t h, int64_t w) {
+    if (a.is_none()) return nullptr;
+    return (const float*)exact_array(a, name, element::f32, checked_madd(n * c, h * w, 0, name), false).data();
+  }
+
+  // A writable plain (NCHW) float32 output of n·c·h·w values disjoint from `others`, or null for None.
+  static float* plain_out(py::handle a, const char* name, int64_t n, int64_t c, int64_t h, int64_t w,
+                          std::initializer_list<py::handle> others) {
+    if (a.is_none()) return nullptr;
+    float* p = (float*)exact_array(a, name, element::f32, checked_madd(n * c, h * w, 0, name), true).mutable_data();
+    for (py::handle o : others)
+      if (!o.is_none())
+        require_disjoint(py::reinterpret_borrow<py::array>(a), py::reinterpret_borrow<py::array>(o), name, "an input");
+    return p;
+  }
+
+  void forward(int64_t n, int64_t h, int64_t w, py::handle xb, py::handle yb, py::handle x, py::handle y) {
     const auto [oh, ow] = out(h, w);
     const auto& g = cv.geometry();
-    const float* xp = (const float*)exact_array(xb, "xb", element::f32, blocked(n, g.c, cv.bc(), h, w), false).data();
+    const float* xplain = plain(x, "x", n, g.c, h, w);
+    float* xp = (float*)exact_array(xb, "xb", element::f32, blocked(n, g.c, cv.bc(), h, w), xplain != nullptr).data();
     float* yp = (float*)exact_array(yb, "yb", element::f32, blocked(n, g.k, cv.bk(), oh, ow), true).mutable_data();
     require_disjoint(py::reinterpret_borrow<py::array>(yb), py::reinterpret_borrow<py::array>(xb), "yb", "xb");
+    if (xplain) {
+      require_disjoint(py::reinterpret_borrow<py::array>(xb), py::reinterpret_borrow<py::array>(x), "xb", "x");
+      require_disjoint(py::reinterpret_borrow<py::array>(yb), py::reinterpret_borrow<py::array>(x), "yb", "x");
+    }
+    float* yplain = plain_out(y, "y", n, g.k, oh, ow, {xb, yb, x});
     if (!cv.weights_finite()) value_error("weight holds an inf or a NaN: DFP-16 has no exponent for it");
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.forward(n, h, w, xp, yp);
+      s = cv.forward(n, h, w, xplain, xp, yp, yplain);
     }
     check_status(s);
     if (cv.nonfinite()) value_error("x holds an inf or a NaN: DFP-16 has no exponent for it");
   }
 
   void backward(int64_t n, int64_t h, int64_t w, py::handle gyb, py::handle yb, py::handle gxb, py::handle wg,
-                py::handle bg, bool accumulate) {
+                py::handle bg, bool accumulate, py::handle gy, py::handle gx) {
     if (!cv.ready(n, h, w)) value_error("backward needs a forward of the same size (n, h, w) first");
     const auto [oh, ow] = out(h, w);
     const auto& g = cv.geometry();
     const int64_t ny = blocked(n, g.k, cv.bk(), oh, ow);
-    const float* gyp = (const float*)exact_array(gyb, "grad_out", element::f32, ny, false).data();
+    const float* gyplain = plain(gy, "grad_out_plain", n, g.k, oh, ow);
+    float* gyp = (float*)exact_array(gyb, "grad_out", element::f32, ny, gyplain != nullptr).data();
+    if (gyplain)
+      for (py::handle other : {yb, gxb, gyb})
+        if (!other.is_none())
+          require_disjoint(py::reinterpret_borrow<py::array>(other), py::reinterpret_borrow<py::array>(gy), "an array",
+                           "grad_out_plain");
     const float* yp = (const float*)exact_array(yb, "yb", element::f32, ny, false).data();
     float* gxp = gxb.is_none() ? nullptr
                                : (float*)exact_array(gxb, "grad_in", element::f32, blocked(n, g.c, cv.bc(), h, w), true)
                                      .mutable_data();
     float* wgp = (float*)exact_array(wg, "weight_grad", element::f32, weights(), true).mutable_data();
     float* bgp = bg.is_none() ? nullptr : (float*)exact_array(bg, "bias_grad", element::f32, g.k, true).mutable_data();
+    float* gxplain = gxp ? plain_out(gx, "grad_in_plain", n, g.c, h, w, {gyb, yb, gxb, wg, bg, gy}) : nullptr;
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.backward(n, h, w, gyp, yp, gxp, wgp, bgp, accumulate);
+      s = cv.backward(n, h, w, gyplain, gyp, yp, gxp, wgp, bgp, accumulate, gxplain);
     }
     check_status(s);
     if (cv.nonfinite()) value_error("grad_out holds an inf or a NaN: DFP-16 has no exponent for it");
@@ -105,9 +135,11 @@ void register_dfp_conv(py::module_& m) {
                         py::arg("x_shift") = l.cv.x_shift(), py::arg("grad_shift") = l.cv.z_shift());
       })
       .def("refresh", &py_dfp_conv::refresh, py::arg("weight"), py::arg("bias"))
-      .def("forward", &py_dfp_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"))
+      .def("forward", &py_dfp_conv::forward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("xb"), py::arg("yb"),
+           py::arg("x") = py::none(), py::arg("y") = py::none())
       .def("backward", &py_dfp_conv::backward, py::arg("n"), py::arg("h"), py::arg("w"), py::arg("grad_out"),
-           py::arg("yb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"), py::arg("accumulate"));
+           py::arg("yb"), py::arg("grad_in"), py::arg("weight_grad"), py::arg("bias_grad"), py::arg("accumulate"),
+           py::arg("grad_out_plain") = py::none(), py::arg("grad_in_plain") = py::none());
 }
 
 }  // namespace brgemm::bindings
