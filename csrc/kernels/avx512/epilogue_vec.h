@@ -20,6 +20,9 @@
 namespace brgemm::kernels {
 namespace {
 
+// 64 zero columns: the int8 tile's absent column offsets (s32) and bias (f32 +0.0).
+alignas(64) const int32_t zeros64[64] = {};
+
 template <bool INT8, out_type OUT, bool SIMPLE>
 struct epilogue16 {
   const int64_t ld_prev, ldc, ld_add;
@@ -104,6 +107,24 @@ struct epilogue16 {
     // dword 4·L + v of b holds vector v's lane L; column order wants it at 4·v + L.
     const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     _mm512_storeu_si512((char*)out + i * ldc, _mm512_permutexvar_epi32(order, b));
+  }
+
+  // The int8 output's usual tile (plain_int8: no prev, row offsets or residual; a column scale;
+  // no activation or ReLU), its stages picked once per tile instead of tested per vector.
+  // Stages 1–5 of requantized(staged(value(s))) in the same operations and order, except that
+  // an absent column offset or bias is a zero added (zeros64): s + 0 is s, and v + 0.0f is v
+  // but for −0.0 → +0.0, which rounds to the same integer.
+  bool plain_int8() const {
+    return !prev && !row_offset && !add && scale_col && (act == activation::none || act == activation::relu);
+  }
+  template <bool RELU, bool UNIT>
+  BRGEMM_EPILOGUE_INLINE __m512i requantized_plain(__m512i s, const int32_t* co, const float* bi, int64_t j) const {
+    __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(s, _mm512_loadu_si512(co + j)));
+    v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_loadu_ps(scale_col + j)), _mm512_loadu_ps(bi + j));
+    if constexpr (RELU) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays, as activation16_simple
+    if constexpr (!UNIT) v = _mm512_div_ps(v, out_scale);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo_z), hi_z);
+    return _mm512_add_epi32(_mm512_cvtps_epi32(v), zp_i);
   }
 
   // Stages 3–4: bias, the residual, the activation.
