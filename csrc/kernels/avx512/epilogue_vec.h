@@ -149,8 +149,22 @@ struct epilogue16 {
 
   // Stages 3–5: bias, the residual, the activation, the store.
   BRGEMM_EPILOGUE_INLINE void finish(__m512 v, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+    store(staged(v, i, j, k, table), i, j, k);
+  }
+
+  // A float accumulator's usual whole-width tile (plain_float: no prev or residual; no
+  // activation or ReLU), its stages picked once per tile: staged() and store() without the tests.
+  bool plain_float() const { return !prev && !add && (act == activation::none || act == activation::relu); }
+  template <bool BIAS, bool RELU>
+  BRGEMM_EPILOGUE_INLINE void put_plain(__m512 v, int64_t i, int64_t j) const {
+    if constexpr (BIAS) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
+    if constexpr (RELU) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // as activation16_simple
+    store(v, i, j, (__mmask16)0xFFFF);
+  }
+
+  // Stage 5: the store of row i, columns j .. j+15 under k.
+  BRGEMM_EPILOGUE_INLINE void store(__m512 v, int64_t i, int64_t j, __mmask16 k) const {
     const bool whole = k == 0xFFFF;
-    v = staged(v, i, j, k, table);
     if constexpr (OUT == out_type::bf16) {
       // Narrowed in a register, then stored (unmasked when whole): the compiler's fused
       // masked vpmov-to-memory measured several times slower on Zen 4.

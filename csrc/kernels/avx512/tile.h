@@ -86,6 +86,15 @@ BRGEMM_KLOOP void finish_int8_64(const E& e, const __m512i (&acc)[MR][4]) {
   }
 }
 
+// A float tile through epilogue16::put_plain (bias and ReLU tested once, not per vector).
+template <bool BIAS, bool RELU, class E, int MR, int NV>
+BRGEMM_KLOOP void finish_float(const E& e, const __m512 (&acc)[MR][NV]) {
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) e.template put_plain<BIAS, RELU>(acc[m][v], m, 16 * v);
+}
+
 // The epilogue on the accumulators themselves (p.et set: a whole-width tile whose activation
 // is none, relu or relu6), one instance per output type the accumulator can have.
 template <bool INT8, out_type OUT, int MR, int NV, typename Acc>
@@ -96,6 +105,12 @@ BRGEMM_KLOOP void finish_as(const ukernel_args& p, const Acc (&acc)[MR][NV]) {
       const bool relu = e.act == activation::relu;
       if (e.unit_scale) return relu ? finish_int8_64<true, true>(e, acc) : finish_int8_64<false, true>(e, acc);
       return relu ? finish_int8_64<true, false>(e, acc) : finish_int8_64<false, false>(e, acc);
+    }
+  if constexpr (!INT8 && (OUT == out_type::bf16 || OUT == out_type::f32))
+    if (e.plain_float()) {
+      const bool relu = e.act == activation::relu;
+      if (e.bias) return relu ? finish_float<true, true>(e, acc) : finish_float<true, false>(e, acc);
+      return relu ? finish_float<false, true>(e, acc) : finish_float<false, false>(e, acc);
     }
 #pragma GCC unroll 32
   for (int m = 0; m < MR; ++m) {
