@@ -239,6 +239,28 @@ def test_gemm_int8_epilogue_is_its_twin(isa, layout, signed, za, zb, name, shape
     assert_same(got, want)
 
 
+@pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("bias, za, activation, out_scale", [
+    (True, 128, None, 1.0), (False, 0, None, 1.0), (True, 0, "relu", 0.37), (False, 128, "relu", 1.0),
+    (True, 7, None, 2.5)], ids=["bias_za", "bare", "bias_relu_scaled", "za_relu", "bias_za_scaled"])
+@pytest.mark.parametrize("shape", [(13, 64, 64), (7, 70, 128), (6, 3, 64)], ids=lambda s: "m{}_k{}_n{}".format(*s))
+def test_int8_64_wide_tiles_in_registers_are_their_twin(isa, shape, bias, za, activation, out_scale, out_dtype, rng):
+    """N a multiple of 64 with a column scale: the AVX-512 kernels' whole-width tiles requantize
+    in registers with their stages picked once per tile (an absent bias or column offset added
+    as zero). Every combination that path takes, with specials in the bias (±inf, NaN, values
+    past the output range, ±0), equal to the twin on every ISA."""
+    m, k, n = shape
+    A, B = _int8_operands(False, m, k, n, rng)
+    spec = dict(out_dtype=out_dtype, scale=rng.uniform(1e-4, 1e-2, n).astype(np.float32), activation=activation,
+                out_scale=out_scale, out_zero_point=3 if out_dtype == "uint8" else -2)
+    if bias:
+        b = rng.standard_normal(n).astype(np.float32)
+        b[:8] = [np.inf, -np.inf, np.nan, 1e9, -1e9, 0.0, -0.0, 300.0]
+        spec["bias"] = b
+    got = brgemm.gemm(A, brgemm.pack_b(B, "u8s8"), epilogue=brgemm.Epilogue(a_zero_point=za, **spec))
+    assert_same(got, twin(_exact(A, B, za), int8=True, **spec))
+
+
 @pytest.mark.parametrize("extreme", [(255, -128), (0, 127), (-128, -128), (127, -128), (-128, 127)], ids=str)
 def test_int8_extremes_every_isa(isa, extreme, rng):
     """Every product at its extreme, with K up to where the s32 sum still fits: the s8 shift

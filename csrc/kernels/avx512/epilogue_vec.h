@@ -20,6 +20,9 @@
 namespace brgemm::kernels {
 namespace {
 
+// 64 zero columns: the int8 tile's absent column offsets (s32) and bias (f32 +0.0).
+alignas(64) const int32_t zeros64[64] = {};
+
 template <bool INT8, out_type OUT, bool SIMPLE>
 struct epilogue16 {
   const int64_t ld_prev, ldc, ld_add;
@@ -106,6 +109,24 @@ struct epilogue16 {
     _mm512_storeu_si512((char*)out + i * ldc, _mm512_permutexvar_epi32(order, b));
   }
 
+  // The int8 output's usual tile (plain_int8: no prev, row offsets or residual; a column scale;
+  // no activation or ReLU), its stages picked once per tile instead of tested per vector.
+  // Stages 1–5 of requantized(staged(value(s))) in the same operations and order, except that
+  // an absent column offset or bias is a zero added (zeros64): s + 0 is s, and v + 0.0f is v
+  // but for −0.0 → +0.0, which rounds to the same integer.
+  bool plain_int8() const {
+    return !prev && !row_offset && !add && scale_col && (act == activation::none || act == activation::relu);
+  }
+  template <bool RELU, bool UNIT>
+  BRGEMM_EPILOGUE_INLINE __m512i requantized_plain(__m512i s, const int32_t* co, const float* bi, int64_t j) const {
+    __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(s, _mm512_loadu_si512(co + j)));
+    v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_loadu_ps(scale_col + j)), _mm512_loadu_ps(bi + j));
+    if constexpr (RELU) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays, as activation16_simple
+    if constexpr (!UNIT) v = _mm512_div_ps(v, out_scale);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo_z), hi_z);
+    return _mm512_add_epi32(_mm512_cvtps_epi32(v), zp_i);
+  }
+
   // Stages 3–4: bias, the residual, the activation.
   BRGEMM_EPILOGUE_INLINE __m512 staged(__m512 v, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + j));
@@ -128,8 +149,22 @@ struct epilogue16 {
 
   // Stages 3–5: bias, the residual, the activation, the store.
   BRGEMM_EPILOGUE_INLINE void finish(__m512 v, int64_t i, int64_t j, __mmask16 k, const ktanh_table32* table) const {
+    store(staged(v, i, j, k, table), i, j, k);
+  }
+
+  // A float accumulator's usual whole-width tile (plain_float: no prev or residual; no
+  // activation or ReLU), its stages picked once per tile: staged() and store() without the tests.
+  bool plain_float() const { return !prev && !add && (act == activation::none || act == activation::relu); }
+  template <bool BIAS, bool RELU>
+  BRGEMM_EPILOGUE_INLINE void put_plain(__m512 v, int64_t i, int64_t j) const {
+    if constexpr (BIAS) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
+    if constexpr (RELU) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // as activation16_simple
+    store(v, i, j, (__mmask16)0xFFFF);
+  }
+
+  // Stage 5: the store of row i, columns j .. j+15 under k.
+  BRGEMM_EPILOGUE_INLINE void store(__m512 v, int64_t i, int64_t j, __mmask16 k) const {
     const bool whole = k == 0xFFFF;
-    v = staged(v, i, j, k, table);
     if constexpr (OUT == out_type::bf16) {
       // Narrowed in a register, then stored (unmasked when whole): the compiler's fused
       // masked vpmov-to-memory measured several times slower on Zen 4.

@@ -27,7 +27,7 @@
 #include "../batch_block.h"
 #include "epilogue_vec.h"
 
-// The k-loop is inlined into its tile so that the accumulators stay in registers.
+// Inlined into the tile (k-loop, register epilogue): a call keeps the accumulators in memory (int8: 2.5x slower).
 #define BRGEMM_KLOOP inline __attribute__((always_inline))
 
 namespace brgemm::kernels::zmm {
@@ -71,11 +71,47 @@ inline void store(const ukernel_args& p, const __m512i (&acc)[MR][NV], __mmask16
   }
 }
 
+// A 64-column int8 tile through epilogue16::requantized_plain: with K = 64 the epilogue tested
+// its stages for each of the 24 vectors (a third of a 1×1 64 → 256 u8 convolution's time).
+template <bool RELU, bool UNIT, class E, int MR>
+BRGEMM_KLOOP void finish_int8_64(const E& e, const __m512i (&acc)[MR][4]) {
+  const int32_t* co = e.col_offset ? e.col_offset : zeros64;
+  const float* bi = e.bias ? e.bias : (const float*)zeros64;
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m) {
+    __m512i q[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) q[v] = e.template requantized_plain<RELU, UNIT>(acc[m][v], co, bi, 16 * v);
+    e.store64(m, q);
+  }
+}
+
+// A float tile through epilogue16::put_plain (bias and ReLU tested once, not per vector).
+template <bool BIAS, bool RELU, class E, int MR, int NV>
+BRGEMM_KLOOP void finish_float(const E& e, const __m512 (&acc)[MR][NV]) {
+#pragma GCC unroll 32
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) e.template put_plain<BIAS, RELU>(acc[m][v], m, 16 * v);
+}
+
 // The epilogue on the accumulators themselves (p.et set: a whole-width tile whose activation
 // is none, relu or relu6), one instance per output type the accumulator can have.
 template <bool INT8, out_type OUT, int MR, int NV, typename Acc>
-inline void finish_as(const ukernel_args& p, const Acc (&acc)[MR][NV]) {
+BRGEMM_KLOOP void finish_as(const ukernel_args& p, const Acc (&acc)[MR][NV]) {
   const epilogue16<INT8, OUT, true> e(*p.ed, *p.et);
+  if constexpr ((OUT == out_type::u8 || OUT == out_type::s8) && NV == 4)
+    if (e.plain_int8()) {
+      const bool relu = e.act == activation::relu;
+      if (e.unit_scale) return relu ? finish_int8_64<true, true>(e, acc) : finish_int8_64<false, true>(e, acc);
+      return relu ? finish_int8_64<true, false>(e, acc) : finish_int8_64<false, false>(e, acc);
+    }
+  if constexpr (!INT8 && (OUT == out_type::bf16 || OUT == out_type::f32))
+    if (e.plain_float()) {
+      const bool relu = e.act == activation::relu;
+      if (e.bias) return relu ? finish_float<true, true>(e, acc) : finish_float<true, false>(e, acc);
+      return relu ? finish_float<false, true>(e, acc) : finish_float<false, false>(e, acc);
+    }
 #pragma GCC unroll 32
   for (int m = 0; m < MR; ++m) {
     const __m512i row_off = e.row_term(m);
@@ -92,12 +128,12 @@ inline void finish_as(const ukernel_args& p, const Acc (&acc)[MR][NV]) {
   }
 }
 template <int MR, int NV>
-inline void finish(const ukernel_args& p, const __m512 (&acc)[MR][NV]) {
+BRGEMM_KLOOP void finish(const ukernel_args& p, const __m512 (&acc)[MR][NV]) {
   if (p.ed->out == out_type::bf16) finish_as<false, out_type::bf16>(p, acc);
   else finish_as<false, out_type::f32>(p, acc);
 }
 template <int MR, int NV>
-inline void finish(const ukernel_args& p, const __m512i (&acc)[MR][NV]) {
+BRGEMM_KLOOP void finish(const ukernel_args& p, const __m512i (&acc)[MR][NV]) {
   switch (p.ed->out) {
     case out_type::u8: return finish_as<true, out_type::u8>(p, acc);
     case out_type::s8: return finish_as<true, out_type::s8>(p, acc);
