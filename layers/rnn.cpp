@@ -63,10 +63,9 @@ GATE_INLINE void tanh_n(bool k, const float* x, float* y, int64_t n) {
 
 GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile,
                               float* y, int64_t ldy, bool train) {
-  const int64_t n = v.n, ghp = v.g * v.hp, wb = v.g * bh, u0 = blk * bh;
-  const bool lstm = v.lstm;
+  const int64_t n = v.n, wb = v.g * bh, u0 = blk * bh;
   const int64_t uh = std::min(bh, v.h - u0);  // real units of the block
-  float pre[4 * bh], a[4 * bh], tc[bh], hv[bh];
+  float pre[4 * bh], a[4 * bh], hv[bh];
   for (int64_t r = 0; r < m; ++r) {
     const int64_t i = r0 + r, t = v.time(s, i);
     const float* gx = v.gx + (t * n + i) * v.gx_ld + blk * wb;
@@ -78,38 +77,7 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
     // unrolled them into scalar code (it cannot rule out aliasing), and the vector load after
     // them waited on 16 scalar stores (GRU forward at H = 256: the gate math 14 % of the time,
     // now under 5 %).
-    if (lstm && !v.k) {
-      // One pass per unit, every value in registers: the four gates, c and h of 16 units are
-      // one vector each (separate passes through pre/act on the stack stalled on their stores:
-      // the gate math was 17 % of a bf16 step at H = 256).
-      const float* cp = v.cs + (s * n + i) * v.hp + u0;
-      float* c = v.cs + ((s + 1) * n + i) * v.hp + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) {
-        const float ig = sigmoid_gate(gx[j] + gh[j]), fg = sigmoid_gate(gx[bh + j] + gh[bh + j]);
-        const float gg = tanh_gate(gx[2 * bh + j] + gh[2 * bh + j]);
-        const float og = sigmoid_gate(gx[3 * bh + j] + gh[3 * bh + j]);
-        const float cv = fg * cp[j] + ig * gg;
-        c[j] = cv;
-        hv[j] = og * tanh_gate(cv);
-        act[j] = ig;
-        act[bh + j] = fg;
-        act[2 * bh + j] = gg;
-        act[3 * bh + j] = og;
-      }
-    } else if (lstm) {
-      for (int64_t j = 0; j < wb; ++j) pre[j] = gx[j] + gh[j];
-      sigmoid_n(v.k, pre, act, 2 * bh);                        // i, f
-      tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);              // g
-      sigmoid_n(v.k, pre + 3 * bh, act + 3 * bh, bh);           // o
-      const float* cp = v.cs + (s * n + i) * v.hp + u0;
-      float* c = v.cs + ((s + 1) * n + i) * v.hp + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) c[j] = act[bh + j] * cp[j] + act[j] * act[2 * bh + j];
-      tanh_n(v.k, c, tc, bh);
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) hv[j] = act[3 * bh + j] * tc[j];
-    } else {
+    {  // GRU (an LSTM's rows: lstm_rows)
       for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
       sigmoid_n(v.k, pre, act, 2 * bh);                                   // r, z
       float* hn = act + 3 * bh;
@@ -132,6 +100,32 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
     float* yo = y + (t * n + i) * ldy + u0;
 #pragma omp simd
     for (int64_t j = 0; j < uh; ++j) yo[j] = hv[j];
+  }
+}
+
+// An LSTM step's rows of one hidden block: the core's gate kernel (brgemm.h: lstm_gates) on
+// each run of rows that share their time (all of them but in a reverse direction over
+// sequences of different lengths).
+void lstm_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, float* y,
+               int64_t ldy, bool train) {
+  const int64_t n = v.n, wb = v.g * bh, u0 = blk * bh, hp = v.hp;
+  for (int64_t r = 0; r < m;) {
+    const int64_t i = r0 + r, t = v.time(s, i);
+    int64_t e = r + 1;
+    while (e < m && v.time(s, r0 + e) == t) ++e;
+    lstm_gate_rows g;
+    g.m = e - r;
+    g.pre = tile + r * wb, g.ld_pre = wb;
+    g.add = v.gx + (t * n + i) * v.gx_ld + blk * wb, g.ld_add = v.gx_ld;
+    g.c_prev = v.cs + (s * n + i) * hp + u0, g.ld_c_prev = hp;
+    g.c = v.cs + ((s + 1) * n + i) * hp + u0, g.ld_c = hp;
+    g.h = v.hs + ((s + 1) * n + i) * hp + u0, g.ld_h = hp;
+    if (v.bf16) g.h16 = v.h16 + (((s + 1) % 2) * n + i) * hp + u0, g.ld_h16 = hp;
+    g.y = y + (t * n + i) * ldy + u0, g.ld_y = ldy, g.y_units = std::min(bh, v.h - u0);
+    if (train) g.act = v.act + (s * n + i) * 4 * hp + blk * 4 * bh, g.ld_act = 4 * hp;
+    g.ktanh = v.k;
+    lstm_gates(g);
+    r = e;
   }
 }
 
@@ -329,7 +323,8 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
               lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
               dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data(), g_ * hp_};         \
   const isa level = plan->level;                                                                           \
-  auto* fwd_rows = level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
+  auto* fwd_rows = cell_ == rnn_cell::lstm ? lstm_rows                                                     \
+                  : level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
   auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
 
