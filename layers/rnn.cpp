@@ -21,7 +21,7 @@ namespace {
 // What the gate math reads and writes, for the per-ISA copies below.
 struct gate_view {
   int64_t n, h, hp, g, steps;
-  bool lstm, k, bf16, reverse;
+  bool lstm, k, bf16, reverse, y16;  // y16: y in bf16
   const int64_t* lengths;  // or null
   const float *gx, *bhn;
   float *hs, *cs, *act, *dgx, *dgh, *dh, *dc;
@@ -62,7 +62,7 @@ GATE_INLINE void tanh_n(bool k, const float* x, float* y, int64_t n) {
 }
 
 GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile,
-                              float* y, int64_t ldy, bool train) {
+                              void* y, int64_t ldy, bool train) {
   const int64_t n = v.n, wb = v.g * bh, u0 = blk * bh;
   const int64_t uh = std::min(bh, v.h - u0);  // real units of the block
   float pre[4 * bh], a[4 * bh], hv[bh];
@@ -97,16 +97,22 @@ GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t
 #pragma omp simd
       for (int64_t j = 0; j < bh; ++j) h16[j] = bf16_rne_bits(hv[j]);
     }
-    float* yo = y + (t * n + i) * ldy + u0;
+    if (v.y16) {
+      uint16_t* yo = (uint16_t*)y + (t * n + i) * ldy + u0;
 #pragma omp simd
-    for (int64_t j = 0; j < uh; ++j) yo[j] = hv[j];
+      for (int64_t j = 0; j < uh; ++j) yo[j] = bf16_rne_bits(hv[j]);
+    } else {
+      float* yo = (float*)y + (t * n + i) * ldy + u0;
+#pragma omp simd
+      for (int64_t j = 0; j < uh; ++j) yo[j] = hv[j];
+    }
   }
 }
 
 // An LSTM step's rows of one hidden block: the core's gate kernel (brgemm.h: lstm_gates) on
 // each run of rows that share their time (all of them but in a reverse direction over
 // sequences of different lengths).
-void lstm_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, float* y,
+void lstm_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, void* y,
                int64_t ldy, bool train) {
   const int64_t n = v.n, wb = v.g * bh, u0 = blk * bh, hp = v.hp;
   for (int64_t r = 0; r < m;) {
@@ -121,7 +127,11 @@ void lstm_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk
     g.c = v.cs + ((s + 1) * n + i) * hp + u0, g.ld_c = hp;
     g.h = v.hs + ((s + 1) * n + i) * hp + u0, g.ld_h = hp;
     if (v.bf16) g.h16 = v.h16 + (((s + 1) % 2) * n + i) * hp + u0, g.ld_h16 = hp;
-    g.y = y + (t * n + i) * ldy + u0, g.ld_y = ldy, g.y_units = std::min(bh, v.h - u0);
+    if (v.y16)
+      g.y16 = (uint16_t*)y + (t * n + i) * ldy + u0;
+    else
+      g.y = (float*)y + (t * n + i) * ldy + u0;
+    g.ld_y = ldy, g.y_units = std::min(bh, v.h - u0);
     if (train) g.act = v.act + (s * n + i) * 4 * hp + blk * 4 * bh, g.ld_act = 4 * hp;
     g.ktanh = v.k;
     lstm_gates(g);
@@ -192,7 +202,7 @@ GATE_INLINE void column_sums(const float* a, int64_t rows, int64_t ld, int64_t w
 // picked by the active ISA so that forcing a level forces them too.
 #define GATE_CLONES(SUFFIX, TARGET)                                                                           \
   TARGET void forward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk,       \
-                                    const float* tile, float* y, int64_t ldy, bool train) {                   \
+                                    const float* tile, void* y, int64_t ldy, bool train) {                    \
     forward_rows(v, s, r0, m, blk, tile, y, ldy, train);                                                      \
   }                                                                                                           \
   TARGET void backward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0,        \
@@ -319,7 +329,7 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
 
 // The gate math's view of a layer, and its copy for the active ISA.
 #define RNN_VIEW                                                                                          \
-  gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_,      \
+  gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_, false, \
               lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
               dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data(), g_ * hp_};         \
   const isa level = plan->level;                                                                           \
@@ -472,7 +482,8 @@ void rnn_layer::set_sequence(int64_t T, int64_t N, const void* x, const int64_t*
 }
 
 status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0,
-                          const float* c0, float* y, int64_t ldy, float* hT, float* cT, bool train, float* ws) {
+                          const float* c0, void* y, bool y_bf16, int64_t ldy, float* hT, float* cT, bool train,
+                          float* ws) {
   set_sequence(T, N, x, lengths, ws, train);
   const int64_t ghp = g_ * hp_, wb = g_ * bh, blocks = hp_ / bh, rb = std::min<int64_t>(N, 64);
   const bool lstm = cell_ == rnn_cell::lstm, b16 = t_ == dtype::bf16;
@@ -511,6 +522,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   RNN_VIEW
   (void)bwd_rows, (void)col_sums;
   if (fused) v.gx = bias_.data(), v.gx_ld = 0;
+  v.y16 = y_bf16;
   const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
   const int64_t xblk_bytes = packed_b_elements(t_, in_, wb) * dtype_b_bytes(t_), xb = b16 ? 2 : 4;
   const char* whh = aligned(whh_, 0);

@@ -51,6 +51,7 @@ static inline void lstm_row(const brgemm::lstm_gate_rows& g, int64_t r) {
     if (g.h) g.h[r * g.ld_h + j] = h;
     if (g.h16) g.h16[r * g.ld_h16 + j] = brgemm::bf16_rne_bits(h);
     if (g.y && j < g.y_units) g.y[r * g.ld_y + j] = h;
+    if (g.y16 && j < g.y_units) g.y16[r * g.ld_y + j] = brgemm::bf16_rne_bits(h);
     if (g.act)
       for (int q = 0; q < 4; ++q) g.act[r * g.ld_act + q * 16 + j] = a[q];
   }

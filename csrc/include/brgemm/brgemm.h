@@ -308,7 +308,7 @@ void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t see
 // i, f, g, o (16 floats each, in that order), then
 //   c = fma(σ(f), c_prev, σ(i)·tanh(g)),   h = σ(o)·tanh(c),
 // written to c and h (f32), to h16 (h rounded to bf16, nearest even; the next step's A), to y
-// (its first y_units values) and to act (σ(i), σ(f), tanh(g), σ(o): what backward reads); every
+// (its first y_units values; or to y16, as h16's values) and to act (σ(i), σ(f), tanh(g), σ(o): what backward reads); every
 // output but c may be null. σ and tanh: the gates' polynomial exponential (rnn_twin.h: x
 // clamped to ±87, e^r by a degree-7 Taylor polynomial in fused multiply-adds, within 2e-7 of
 // the true functions), or with ktanh K-TanH's ksigmoid and ktanh (brgemm.h's activations).
@@ -329,6 +329,7 @@ struct lstm_gate_rows {
   uint16_t* h16 = nullptr;
   int64_t ld_h16 = 0;
   float* y = nullptr;
+  uint16_t* y16 = nullptr;
   int64_t ld_y = 0, y_units = 16;
   float* act = nullptr;
   int64_t ld_act = 0;

@@ -1,5 +1,6 @@
 // The recurrent gates (brgemm.h) with AVX2: a row's 16 units are two vectors per gate. The
 // twin's operations (rnn_twin.h).
+#include <algorithm>
 #include "../ukernels.h"
 #include "../rnn_twin.h"
 #include "activation.h"
@@ -60,6 +61,11 @@ void lstm_rows(const lstm_gate_rows& g) {
       _mm256_storeu_ps(g.c + r * g.ld_c + o8, c);
       if (g.h) _mm256_storeu_ps(g.h + r * g.ld_h + o8, h);
       if (g.h16) _mm_storeu_si128((__m128i*)(g.h16 + r * g.ld_h16 + o8), narrow16(bf16_rne(h)));
+      if (g.y16) {
+        alignas(16) uint16_t lane[8];
+        _mm_store_si128((__m128i*)lane, narrow16(bf16_rne(h)));
+        for (int64_t j = o8; j < std::min<int64_t>(o8 + 8, g.y_units); ++j) g.y16[r * g.ld_y + j] = lane[j - o8];
+      }
       if (g.y) {
         if (o8 + 8 <= g.y_units) {
           _mm256_storeu_ps(g.y + r * g.ld_y + o8, h);

@@ -32,40 +32,62 @@ inline __m512 tanh16(__m512 x) {
   return _mm512_sub_ps(_mm512_div_ps(_mm512_set1_ps(2.0f), d), _mm512_set1_ps(1.0f));
 }
 
-template <bool K>
-void lstm_rows(const lstm_gate_rows& g) {
-  const ktanh_table32 t;
-  const __mmask16 ymask = (__mmask16)((1u << g.y_units) - 1u);
-  for (int64_t r = 0; r < g.m; ++r) {
-    const float* pre = g.pre + r * g.ld_pre;
-    const float* add = g.add + r * g.ld_add;
-    __m512 x[4], a[4];
-    for (int q = 0; q < 4; ++q) x[q] = _mm512_add_ps(_mm512_loadu_ps(pre + 16 * q), _mm512_loadu_ps(add + 16 * q));
+// R rows at once: their loads first, then their math, then their stores, so that the rows'
+// independent chains overlap (the stores could alias the next row's loads, which kept the
+// compiler from interleaving rows one at a time).
+template <bool K, int R>
+inline void lstm_block(const lstm_gate_rows& g, int64_t r0, const ktanh_table32& t, __mmask16 ymask) {
+  __m512 a[R][4], cp[R];
+  for (int i = 0; i < R; ++i) {
+    const float* pre = g.pre + (r0 + i) * g.ld_pre;
+    const float* add = g.add + (r0 + i) * g.ld_add;
+    for (int q = 0; q < 4; ++q) a[i][q] = _mm512_add_ps(_mm512_loadu_ps(pre + 16 * q), _mm512_loadu_ps(add + 16 * q));
+    cp[i] = _mm512_loadu_ps(g.c_prev + (r0 + i) * g.ld_c_prev);
+  }
+  __m512 c[R], h[R];
+  for (int i = 0; i < R; ++i) {
     if (K) {
-      a[0] = k_family16<activation::ksigmoid>(x[0], t);
-      a[1] = k_family16<activation::ksigmoid>(x[1], t);
-      a[2] = k_family16<activation::ktanh>(x[2], t);
-      a[3] = k_family16<activation::ksigmoid>(x[3], t);
+      a[i][0] = k_family16<activation::ksigmoid>(a[i][0], t);
+      a[i][1] = k_family16<activation::ksigmoid>(a[i][1], t);
+      a[i][2] = k_family16<activation::ktanh>(a[i][2], t);
+      a[i][3] = k_family16<activation::ksigmoid>(a[i][3], t);
     } else {
-      a[0] = sigmoid16(x[0]);
-      a[1] = sigmoid16(x[1]);
-      a[2] = tanh16(x[2]);
-      a[3] = sigmoid16(x[3]);
+      a[i][0] = sigmoid16(a[i][0]);
+      a[i][1] = sigmoid16(a[i][1]);
+      a[i][2] = tanh16(a[i][2]);
+      a[i][3] = sigmoid16(a[i][3]);
     }
-    const __m512 c = _mm512_fmadd_ps(a[1], _mm512_loadu_ps(g.c_prev + r * g.ld_c_prev), _mm512_mul_ps(a[0], a[2]));
-    const __m512 h = _mm512_mul_ps(a[3], K ? k_family16<activation::ktanh>(c, t) : tanh16(c));
-    _mm512_storeu_ps(g.c + r * g.ld_c, c);
-    if (g.h) _mm512_storeu_ps(g.h + r * g.ld_h, h);
-    if (g.h16) _mm256_storeu_si256((__m256i*)(g.h16 + r * g.ld_h16), _mm512_cvtepi32_epi16(bf16_rne(h)));
+    c[i] = _mm512_fmadd_ps(a[i][1], cp[i], _mm512_mul_ps(a[i][0], a[i][2]));
+    h[i] = _mm512_mul_ps(a[i][3], K ? k_family16<activation::ktanh>(c[i], t) : tanh16(c[i]));
+  }
+  for (int i = 0; i < R; ++i) {
+    const int64_t r = r0 + i;
+    _mm512_storeu_ps(g.c + r * g.ld_c, c[i]);
+    if (g.h) _mm512_storeu_ps(g.h + r * g.ld_h, h[i]);
+    if (g.h16 || g.y16) {
+      const __m256i b = _mm512_cvtepi32_epi16(bf16_rne(h[i]));
+      if (g.h16) _mm256_storeu_si256((__m256i*)(g.h16 + r * g.ld_h16), b);
+      if (g.y16) _mm256_mask_storeu_epi16(g.y16 + r * g.ld_y, ymask, b);
+    }
     if (g.y) {
       if (g.y_units == 16)
-        _mm512_storeu_ps(g.y + r * g.ld_y, h);
+        _mm512_storeu_ps(g.y + r * g.ld_y, h[i]);
       else
-        _mm512_mask_storeu_ps(g.y + r * g.ld_y, ymask, h);
+        _mm512_mask_storeu_ps(g.y + r * g.ld_y, ymask, h[i]);
     }
     if (g.act)
-      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(g.act + r * g.ld_act + 16 * q, a[q]);
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(g.act + r * g.ld_act + 16 * q, a[i][q]);
   }
+}
+
+template <bool K>
+void lstm_rows(const lstm_gate_rows& args) {
+  const lstm_gate_rows g = args;  // a local copy: the stores cannot change it
+  const ktanh_table32 t;
+  const __mmask16 ymask = (__mmask16)((1u << g.y_units) - 1u);
+  int64_t r = 0;
+  for (; r + 2 <= g.m; r += 2) lstm_block<K, 2>(g, r, t, ymask);
+  if (r < g.m) lstm_block<K, 1>(g, r, t, ymask);
 }
 
 }  // namespace
