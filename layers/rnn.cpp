@@ -61,58 +61,10 @@ GATE_INLINE void tanh_n(bool k, const float* x, float* y, int64_t n) {
   for (int64_t j = 0; j < n; ++j) y[j] = tanh_gate(x[j]);
 }
 
-GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile,
-                              void* y, int64_t ldy, bool train) {
-  const int64_t n = v.n, wb = v.g * bh, u0 = blk * bh;
-  const int64_t uh = std::min(bh, v.h - u0);  // real units of the block
-  float pre[4 * bh], a[4 * bh], hv[bh];
-  for (int64_t r = 0; r < m; ++r) {
-    const int64_t i = r0 + r, t = v.time(s, i);
-    const float* gx = v.gx + (t * n + i) * v.gx_ld + blk * wb;
-    const float* gh = tile + r * wb;
-    const float* hp = v.hs + (s * n + i) * v.hp + u0;
-    float* h = v.hs + ((s + 1) * n + i) * v.hp + u0;
-    float* act = train ? v.act + (s * n + i) * 4 * v.hp + blk * 4 * bh : a;
-    // `omp simd` on the loops whose results a vector loop reads next: left to itself GCC
-    // unrolled them into scalar code (it cannot rule out aliasing), and the vector load after
-    // them waited on 16 scalar stores (GRU forward at H = 256: the gate math 14 % of the time,
-    // now under 5 %).
-    {  // GRU (an LSTM's rows: lstm_rows)
-      for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
-      sigmoid_n(v.k, pre, act, 2 * bh);                                   // r, z
-      float* hn = act + 3 * bh;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) {
-        hn[j] = gh[2 * bh + j] + v.bhn[u0 + j];                           // W_hn·h + b_hn
-        pre[2 * bh + j] = gx[2 * bh + j] + act[j] * hn[j];
-      }
-      tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);                        // n
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) hv[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
-    }
-#pragma omp simd
-    for (int64_t j = 0; j < bh; ++j) h[j] = hv[j];
-    if (v.bf16) {  // the next step's A, from the registers (h read back stalled on its own store)
-      uint16_t* h16 = v.h16 + (((s + 1) % 2) * n + i) * v.hp + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) h16[j] = bf16_rne_bits(hv[j]);
-    }
-    if (v.y16) {
-      uint16_t* yo = (uint16_t*)y + (t * n + i) * ldy + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < uh; ++j) yo[j] = bf16_rne_bits(hv[j]);
-    } else {
-      float* yo = (float*)y + (t * n + i) * ldy + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < uh; ++j) yo[j] = hv[j];
-    }
-  }
-}
-
-// An LSTM step's rows of one hidden block: the core's gate kernel (brgemm.h: lstm_gates) on
-// each run of rows that share their time (all of them but in a reverse direction over
+// A step's rows of one hidden block: the core's gate kernels (brgemm.h: lstm_gates, gru_gates)
+// on each run of rows that share their time (all of them but in a reverse direction over
 // sequences of different lengths).
-void lstm_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, void* y,
+void gate_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, void* y,
                int64_t ldy, bool train) {
   const int64_t n = v.n, wb = v.g * bh, u0 = blk * bh, hp = v.hp;
   for (int64_t r = 0; r < m;) {
@@ -123,8 +75,12 @@ void lstm_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk
     g.m = e - r;
     g.pre = tile + r * wb, g.ld_pre = wb;
     g.add = v.gx + (t * n + i) * v.gx_ld + blk * wb, g.ld_add = v.gx_ld;
-    g.c_prev = v.cs + (s * n + i) * hp + u0, g.ld_c_prev = hp;
-    g.c = v.cs + ((s + 1) * n + i) * hp + u0, g.ld_c = hp;
+    if (v.lstm) {
+      g.c_prev = v.cs + (s * n + i) * hp + u0, g.ld_c_prev = hp;
+      g.c = v.cs + ((s + 1) * n + i) * hp + u0, g.ld_c = hp;
+    } else {  // the GRU reads h before the step
+      g.c_prev = v.hs + (s * n + i) * hp + u0, g.ld_c_prev = hp;
+    }
     g.h = v.hs + ((s + 1) * n + i) * hp + u0, g.ld_h = hp;
     if (v.bf16) g.h16 = v.h16 + (((s + 1) % 2) * n + i) * hp + u0, g.ld_h16 = hp;
     if (v.y16)
@@ -134,7 +90,10 @@ void lstm_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk
     g.ld_y = ldy, g.y_units = std::min(bh, v.h - u0);
     if (train) g.act = v.act + (s * n + i) * 4 * hp + blk * 4 * bh, g.ld_act = 4 * hp;
     g.ktanh = v.k;
-    lstm_gates(g);
+    if (v.lstm)
+      lstm_gates(g);
+    else
+      gru_gates(g, v.bhn + u0);
     r = e;
   }
 }
@@ -201,10 +160,6 @@ GATE_INLINE void column_sums(const float* a, int64_t rows, int64_t ld, int64_t w
 // The gate loops compiled for each vector width (the compiler vectorizes the 16-unit loops),
 // picked by the active ISA so that forcing a level forces them too.
 #define GATE_CLONES(SUFFIX, TARGET)                                                                           \
-  TARGET void forward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk,       \
-                                    const float* tile, void* y, int64_t ldy, bool train) {                    \
-    forward_rows(v, s, r0, m, blk, tile, y, ldy, train);                                                      \
-  }                                                                                                           \
   TARGET void backward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0,        \
                                      int64_t un, const float* dy, int64_t ldy) {                              \
     backward_rows(v, s, r0, m, u0, un, dy, ldy);                                                              \
@@ -333,8 +288,7 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
               lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
               dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data(), g_ * hp_};         \
   const isa level = plan->level;                                                                           \
-  auto* fwd_rows = cell_ == rnn_cell::lstm ? lstm_rows                                                     \
-                  : level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
+  auto* fwd_rows = gate_rows;                                                                              \
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
   auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
 

@@ -315,14 +315,15 @@ def isa_restored():
 @pytest.mark.parametrize("activation", ["exact", "ktanh"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("scale", [1.0, 60.0], ids=["normal", "clamped"])
-def test_lstm_gates_same_bits_on_every_isa(activation, dtype, scale, isa_restored):
-    """The LSTM's gate math is one core kernel per ISA (brgemm.h: lstm_gates) with the scalar
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_gates_same_bits_on_every_isa(cls, activation, dtype, scale, isa_restored):
+    """The forward gate math is one core kernel per ISA (brgemm.h: lstm_gates, gru_gates) with the scalar
     twin's operations, so h, c and y come out bit for bit the same on every ISA where the
     products do: the bf16 ones below AVX512_BF16 (vdpbf16ps rounds its pair sums its own way),
     the f32 ones from AVX2 up (the scalar f32 kernel sums in another order). scale = 60 drives pre-activations past ±87, where the
     exponential clamps. Also ragged lengths and a reverse direction (rows of a step at
     different times), H = 37 (a partial block) and a bf16 y equal to h rounded."""
-    m = LSTM(24, 37, bidirectional=True, dtype=dtype, activation=activation, seed=3)
+    m = cls(24, 37, bidirectional=True, dtype=dtype, activation=activation, seed=3)
     for name, v in m.parameters().items():
         setattr(m, name, v * np.float32(scale))
     x = np.random.default_rng(4).standard_normal((6, 5, 24)).astype(np.float32)
@@ -331,7 +332,8 @@ def test_lstm_gates_same_bits_on_every_isa(activation, dtype, scale, isa_restore
     got = {}
     for level in brgemm.available_isas():
         brgemm.set_isa(level)
-        y, (hT, cT) = m(xi, lengths=lengths)
+        y, state = m(xi, lengths=lengths)
+        hT, cT = state if cls is LSTM else (state, state)
         got[level] = [np.asarray(y).view(np.uint16 if dtype == "bfloat16" else np.uint32), hT.view(np.uint32),
                       cT.view(np.uint32)]
         if dtype == "bfloat16":  # y of the last step is hT rounded to nearest even (forward direction)

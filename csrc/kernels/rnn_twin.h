@@ -57,4 +57,29 @@ static inline void lstm_row(const brgemm::lstm_gate_rows& g, int64_t r) {
   }
 }
 
+// gru_gates on one row of 16 units (brgemm.h).
+static inline void gru_row(const brgemm::lstm_gate_rows& g, const float* bhn, int64_t r) {
+  const float* pre = g.pre + r * g.ld_pre;
+  const float* add = g.add + r * g.ld_add;
+  const float* hp = g.c_prev + r * g.ld_c_prev;
+  constexpr brgemm::activation ktanh = brgemm::activation::ktanh, ksigmoid = brgemm::activation::ksigmoid;
+  for (int64_t j = 0; j < 16; ++j) {
+    const float xr = add[j] + pre[j], xz = add[16 + j] + pre[16 + j];
+    const float rg = g.ktanh ? brgemm_activation(ksigmoid, xr) : gate_sigmoid(xr);
+    const float zg = g.ktanh ? brgemm_activation(ksigmoid, xz) : gate_sigmoid(xz);
+    const float hn = pre[32 + j] + bhn[j];
+    const float xn = std::fma(rg, hn, add[32 + j]);
+    const float ng = g.ktanh ? brgemm_activation(ktanh, xn) : gate_tanh(xn);
+    const float h = std::fma(1.0f - zg, ng, zg * hp[j]);
+    if (g.h) g.h[r * g.ld_h + j] = h;
+    if (g.h16) g.h16[r * g.ld_h16 + j] = brgemm::bf16_rne_bits(h);
+    if (g.y && j < g.y_units) g.y[r * g.ld_y + j] = h;
+    if (g.y16 && j < g.y_units) g.y16[r * g.ld_y + j] = brgemm::bf16_rne_bits(h);
+    if (g.act) {
+      float* a = g.act + r * g.ld_act;
+      a[j] = rg, a[16 + j] = zg, a[32 + j] = ng, a[48 + j] = hn;
+    }
+  }
+}
+
 }  // namespace brgemm_rnn

@@ -63,6 +63,9 @@ void activation_backward_f32__scalar(activation a, const float* g, const float* 
 void lstm_gates__scalar(const lstm_gate_rows& g);
 void lstm_gates__avx2(const lstm_gate_rows& g);
 void lstm_gates__avx512(const lstm_gate_rows& g);
+void gru_gates__scalar(const lstm_gate_rows& g, const float* bhn);
+void gru_gates__avx2(const lstm_gate_rows& g, const float* bhn);
+void gru_gates__avx512(const lstm_gate_rows& g, const float* bhn);
 
 // The softmax family (brgemm.h) on one row, per ISA; the VNNI and BF16 levels use avx512's.
 #define BRGEMM_SOFTMAX_KERNELS(ISA)                                                                       \

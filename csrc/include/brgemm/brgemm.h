@@ -336,6 +336,11 @@ struct lstm_gate_rows {
   bool ktanh = false;
 };
 void lstm_gates(const lstm_gate_rows& r);
+// The GRU's: pre holds the recurrent product's r, z, n (48 floats a row), add Gx's r, z, n, then
+//   r = σ(.), z = σ(.), hn = pre_n + bhn, n = tanh(fma(r, hn, add_n)),
+//   h = fma(1 − z, n, z·h_prev),
+// written as the LSTM's (c, c_prev unused; h_prev read with ld_c_prev; act: r, z, n, hn).
+void gru_gates(const lstm_gate_rows& r, const float* bhn);
 
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 // dot_s16s16: vpdpwssd with VNNI, else vpmaddwd + vpaddd (avx512, then avx2).

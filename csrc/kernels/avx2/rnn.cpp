@@ -33,6 +33,18 @@ inline __m256 tanh8(__m256 x) {
   return _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0f), d), _mm256_set1_ps(1.0f));
 }
 
+// y's 8 values from o8 (f32 or bf16), the units past y_units left alone.
+inline void store_y(const lstm_gate_rows& g, int64_t r, int64_t o8, __m256 h) {
+  if (!g.y && !g.y16) return;
+  if (g.y && o8 + 8 <= g.y_units) return _mm256_storeu_ps(g.y + r * g.ld_y + o8, h);
+  alignas(32) float lane[8];
+  _mm256_store_ps(lane, h);
+  for (int64_t j = o8; j < std::min<int64_t>(o8 + 8, g.y_units); ++j) {
+    if (g.y) g.y[r * g.ld_y + j] = lane[j - o8];
+    if (g.y16) g.y16[r * g.ld_y + j] = brgemm::bf16_rne_bits(lane[j - o8]);
+  }
+}
+
 template <bool K>
 void lstm_rows(const lstm_gate_rows& g) {
   const ktanh_table8 t;
@@ -61,27 +73,50 @@ void lstm_rows(const lstm_gate_rows& g) {
       _mm256_storeu_ps(g.c + r * g.ld_c + o8, c);
       if (g.h) _mm256_storeu_ps(g.h + r * g.ld_h + o8, h);
       if (g.h16) _mm_storeu_si128((__m128i*)(g.h16 + r * g.ld_h16 + o8), narrow16(bf16_rne(h)));
-      if (g.y16) {
-        alignas(16) uint16_t lane[8];
-        _mm_store_si128((__m128i*)lane, narrow16(bf16_rne(h)));
-        for (int64_t j = o8; j < std::min<int64_t>(o8 + 8, g.y_units); ++j) g.y16[r * g.ld_y + j] = lane[j - o8];
-      }
-      if (g.y) {
-        if (o8 + 8 <= g.y_units) {
-          _mm256_storeu_ps(g.y + r * g.ld_y + o8, h);
-        } else if (o8 < g.y_units) {
-          alignas(32) float lane[8];
-          _mm256_store_ps(lane, h);
-          for (int64_t j = o8; j < g.y_units; ++j) g.y[r * g.ld_y + j] = lane[j - o8];
-        }
-      }
+      store_y(g, r, o8, h);
       if (g.act)
         for (int q = 0; q < 4; ++q) _mm256_storeu_ps(g.act + r * g.ld_act + 16 * q + o8, a[q]);
     }
   }
 }
 
+template <bool K>
+void gru_rows(const lstm_gate_rows& g, const float* bhn) {
+  const ktanh_table8 t;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int64_t r = 0; r < g.m; ++r) {
+    const float* pre = g.pre + r * g.ld_pre;
+    const float* add = g.add + r * g.ld_add;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t o8 = 8 * half;
+      const __m256 xr = _mm256_add_ps(_mm256_loadu_ps(add + o8), _mm256_loadu_ps(pre + o8));
+      const __m256 xz = _mm256_add_ps(_mm256_loadu_ps(add + 16 + o8), _mm256_loadu_ps(pre + 16 + o8));
+      const __m256 rg = K ? activation8(activation::ksigmoid, xr, t) : sigmoid8(xr);
+      const __m256 zg = K ? activation8(activation::ksigmoid, xz, t) : sigmoid8(xz);
+      const __m256 hn = _mm256_add_ps(_mm256_loadu_ps(pre + 32 + o8), _mm256_loadu_ps(bhn + o8));
+      const __m256 xn = _mm256_fmadd_ps(rg, hn, _mm256_loadu_ps(add + 32 + o8));
+      const __m256 ng = K ? activation8(activation::ktanh, xn, t) : tanh8(xn);
+      const __m256 h = _mm256_fmadd_ps(_mm256_sub_ps(one, zg), ng,
+                                       _mm256_mul_ps(zg, _mm256_loadu_ps(g.c_prev + r * g.ld_c_prev + o8)));
+      if (g.h) _mm256_storeu_ps(g.h + r * g.ld_h + o8, h);
+      if (g.h16) _mm_storeu_si128((__m128i*)(g.h16 + r * g.ld_h16 + o8), narrow16(bf16_rne(h)));
+      store_y(g, r, o8, h);
+      if (g.act) {
+        float* a = g.act + r * g.ld_act + o8;
+        _mm256_storeu_ps(a, rg);
+        _mm256_storeu_ps(a + 16, zg);
+        _mm256_storeu_ps(a + 32, ng);
+        _mm256_storeu_ps(a + 48, hn);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void gru_gates__avx2(const lstm_gate_rows& g, const float* bhn) {
+  g.ktanh ? gru_rows<true>(g, bhn) : gru_rows<false>(g, bhn);
+}
 
 void lstm_gates__avx2(const lstm_gate_rows& g) { g.ktanh ? lstm_rows<true>(g) : lstm_rows<false>(g); }
 

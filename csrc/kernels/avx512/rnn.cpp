@@ -90,7 +90,51 @@ void lstm_rows(const lstm_gate_rows& args) {
   if (r < g.m) lstm_block<K, 1>(g, r, t, ymask);
 }
 
+template <bool K>
+void gru_rows(const lstm_gate_rows& args, const float* bhn) {
+  const lstm_gate_rows g = args;
+  const ktanh_table32 t;
+  const __mmask16 ymask = (__mmask16)((1u << g.y_units) - 1u);
+  const __m512 bn = _mm512_loadu_ps(bhn), one = _mm512_set1_ps(1.0f);
+  for (int64_t r = 0; r < g.m; ++r) {
+    const float* pre = g.pre + r * g.ld_pre;
+    const float* add = g.add + r * g.ld_add;
+    const __m512 xr = _mm512_add_ps(_mm512_loadu_ps(add), _mm512_loadu_ps(pre));
+    const __m512 xz = _mm512_add_ps(_mm512_loadu_ps(add + 16), _mm512_loadu_ps(pre + 16));
+    const __m512 rg = K ? k_family16<activation::ksigmoid>(xr, t) : sigmoid16(xr);
+    const __m512 zg = K ? k_family16<activation::ksigmoid>(xz, t) : sigmoid16(xz);
+    const __m512 hn = _mm512_add_ps(_mm512_loadu_ps(pre + 32), bn);
+    const __m512 xn = _mm512_fmadd_ps(rg, hn, _mm512_loadu_ps(add + 32));
+    const __m512 ng = K ? k_family16<activation::ktanh>(xn, t) : tanh16(xn);
+    const __m512 h = _mm512_fmadd_ps(_mm512_sub_ps(one, zg), ng,
+                                     _mm512_mul_ps(zg, _mm512_loadu_ps(g.c_prev + r * g.ld_c_prev)));
+    if (g.h) _mm512_storeu_ps(g.h + r * g.ld_h, h);
+    if (g.h16 || g.y16) {
+      const __m256i b = _mm512_cvtepi32_epi16(bf16_rne(h));
+      if (g.h16) _mm256_storeu_si256((__m256i*)(g.h16 + r * g.ld_h16), b);
+      if (g.y16) _mm256_mask_storeu_epi16(g.y16 + r * g.ld_y, ymask, b);
+    }
+    if (g.y) {
+      if (g.y_units == 16)
+        _mm512_storeu_ps(g.y + r * g.ld_y, h);
+      else
+        _mm512_mask_storeu_ps(g.y + r * g.ld_y, ymask, h);
+    }
+    if (g.act) {
+      float* a = g.act + r * g.ld_act;
+      _mm512_storeu_ps(a, rg);
+      _mm512_storeu_ps(a + 16, zg);
+      _mm512_storeu_ps(a + 32, ng);
+      _mm512_storeu_ps(a + 48, hn);
+    }
+  }
+}
+
 }  // namespace
+
+void gru_gates__avx512(const lstm_gate_rows& g, const float* bhn) {
+  g.ktanh ? gru_rows<true>(g, bhn) : gru_rows<false>(g, bhn);
+}
 
 void lstm_gates__avx512(const lstm_gate_rows& g) { g.ktanh ? lstm_rows<true>(g) : lstm_rows<false>(g); }
 

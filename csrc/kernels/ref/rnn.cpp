@@ -9,4 +9,8 @@ void lstm_gates__scalar(const lstm_gate_rows& g) {
   for (int64_t r = 0; r < g.m; ++r) brgemm_rnn::lstm_row(g, r);
 }
 
+void gru_gates__scalar(const lstm_gate_rows& g, const float* bhn) {
+  for (int64_t r = 0; r < g.m; ++r) brgemm_rnn::gru_row(g, bhn, r);
+}
+
 }  // namespace brgemm::kernels
