@@ -21,7 +21,7 @@ namespace {
 // What the gate math reads and writes, for the per-ISA copies below.
 struct gate_view {
   int64_t n, h, hp, g, steps;
-  bool lstm, k, bf16, reverse;
+  bool lstm, k, bf16, reverse, y16;  // y16: y in bf16
   const int64_t* lengths;  // or null
   const float *gx, *bhn;
   float *hs, *cs, *act, *dgx, *dgh, *dh, *dc;
@@ -61,77 +61,40 @@ GATE_INLINE void tanh_n(bool k, const float* x, float* y, int64_t n) {
   for (int64_t j = 0; j < n; ++j) y[j] = tanh_gate(x[j]);
 }
 
-GATE_INLINE void forward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile,
-                              float* y, int64_t ldy, bool train) {
-  const int64_t n = v.n, ghp = v.g * v.hp, wb = v.g * bh, u0 = blk * bh;
-  const bool lstm = v.lstm;
-  const int64_t uh = std::min(bh, v.h - u0);  // real units of the block
-  float pre[4 * bh], a[4 * bh], tc[bh], hv[bh];
-  for (int64_t r = 0; r < m; ++r) {
+// A step's rows of one hidden block: the core's gate kernels (brgemm.h: lstm_gates, gru_gates)
+// on each run of rows that share their time (all of them but in a reverse direction over
+// sequences of different lengths).
+void gate_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk, const float* tile, void* y,
+               int64_t ldy, bool train) {
+  const int64_t n = v.n, wb = v.g * bh, u0 = blk * bh, hp = v.hp;
+  for (int64_t r = 0; r < m;) {
     const int64_t i = r0 + r, t = v.time(s, i);
-    const float* gx = v.gx + (t * n + i) * v.gx_ld + blk * wb;
-    const float* gh = tile + r * wb;
-    const float* hp = v.hs + (s * n + i) * v.hp + u0;
-    float* h = v.hs + ((s + 1) * n + i) * v.hp + u0;
-    float* act = train ? v.act + (s * n + i) * 4 * v.hp + blk * 4 * bh : a;
-    // `omp simd` on the loops whose results a vector loop reads next: left to itself GCC
-    // unrolled them into scalar code (it cannot rule out aliasing), and the vector load after
-    // them waited on 16 scalar stores (GRU forward at H = 256: the gate math 14 % of the time,
-    // now under 5 %).
-    if (lstm && !v.k) {
-      // One pass per unit, every value in registers: the four gates, c and h of 16 units are
-      // one vector each (separate passes through pre/act on the stack stalled on their stores:
-      // the gate math was 17 % of a bf16 step at H = 256).
-      const float* cp = v.cs + (s * n + i) * v.hp + u0;
-      float* c = v.cs + ((s + 1) * n + i) * v.hp + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) {
-        const float ig = sigmoid_gate(gx[j] + gh[j]), fg = sigmoid_gate(gx[bh + j] + gh[bh + j]);
-        const float gg = tanh_gate(gx[2 * bh + j] + gh[2 * bh + j]);
-        const float og = sigmoid_gate(gx[3 * bh + j] + gh[3 * bh + j]);
-        const float cv = fg * cp[j] + ig * gg;
-        c[j] = cv;
-        hv[j] = og * tanh_gate(cv);
-        act[j] = ig;
-        act[bh + j] = fg;
-        act[2 * bh + j] = gg;
-        act[3 * bh + j] = og;
-      }
-    } else if (lstm) {
-      for (int64_t j = 0; j < wb; ++j) pre[j] = gx[j] + gh[j];
-      sigmoid_n(v.k, pre, act, 2 * bh);                        // i, f
-      tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);              // g
-      sigmoid_n(v.k, pre + 3 * bh, act + 3 * bh, bh);           // o
-      const float* cp = v.cs + (s * n + i) * v.hp + u0;
-      float* c = v.cs + ((s + 1) * n + i) * v.hp + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) c[j] = act[bh + j] * cp[j] + act[j] * act[2 * bh + j];
-      tanh_n(v.k, c, tc, bh);
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) hv[j] = act[3 * bh + j] * tc[j];
-    } else {
-      for (int64_t j = 0; j < 2 * bh; ++j) pre[j] = gx[j] + gh[j];
-      sigmoid_n(v.k, pre, act, 2 * bh);                                   // r, z
-      float* hn = act + 3 * bh;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) {
-        hn[j] = gh[2 * bh + j] + v.bhn[u0 + j];                           // W_hn·h + b_hn
-        pre[2 * bh + j] = gx[2 * bh + j] + act[j] * hn[j];
-      }
-      tanh_n(v.k, pre + 2 * bh, act + 2 * bh, bh);                        // n
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) hv[j] = (1.0f - act[bh + j]) * act[2 * bh + j] + act[bh + j] * hp[j];
+    int64_t e = r + 1;
+    while (e < m && v.time(s, r0 + e) == t) ++e;
+    lstm_gate_rows g;
+    g.m = e - r;
+    g.pre = tile + r * wb, g.ld_pre = wb;
+    g.add = v.gx + (t * n + i) * v.gx_ld + blk * wb, g.ld_add = v.gx_ld;
+    if (v.lstm) {
+      g.c_prev = v.cs + (s * n + i) * hp + u0, g.ld_c_prev = hp;
+      g.c = v.cs + ((s + 1) * n + i) * hp + u0, g.ld_c = hp;
+    } else {  // the GRU reads h before the step
+      g.c_prev = v.hs + (s * n + i) * hp + u0, g.ld_c_prev = hp;
     }
-#pragma omp simd
-    for (int64_t j = 0; j < bh; ++j) h[j] = hv[j];
-    if (v.bf16) {  // the next step's A, from the registers (h read back stalled on its own store)
-      uint16_t* h16 = v.h16 + (((s + 1) % 2) * n + i) * v.hp + u0;
-#pragma omp simd
-      for (int64_t j = 0; j < bh; ++j) h16[j] = bf16_rne_bits(hv[j]);
-    }
-    float* yo = y + (t * n + i) * ldy + u0;
-#pragma omp simd
-    for (int64_t j = 0; j < uh; ++j) yo[j] = hv[j];
+    g.h = v.hs + ((s + 1) * n + i) * hp + u0, g.ld_h = hp;
+    if (v.bf16) g.h16 = v.h16 + (((s + 1) % 2) * n + i) * hp + u0, g.ld_h16 = hp;
+    if (v.y16)
+      g.y16 = (uint16_t*)y + (t * n + i) * ldy + u0;
+    else
+      g.y = (float*)y + (t * n + i) * ldy + u0;
+    g.ld_y = ldy, g.y_units = std::min(bh, v.h - u0);
+    if (train) g.act = v.act + (s * n + i) * 4 * hp + blk * 4 * bh, g.ld_act = 4 * hp;
+    g.ktanh = v.k;
+    if (v.lstm)
+      lstm_gates(g);
+    else
+      gru_gates(g, v.bhn + u0);
+    r = e;
   }
 }
 
@@ -197,10 +160,6 @@ GATE_INLINE void column_sums(const float* a, int64_t rows, int64_t ld, int64_t w
 // The gate loops compiled for each vector width (the compiler vectorizes the 16-unit loops),
 // picked by the active ISA so that forcing a level forces them too.
 #define GATE_CLONES(SUFFIX, TARGET)                                                                           \
-  TARGET void forward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk,       \
-                                    const float* tile, float* y, int64_t ldy, bool train) {                   \
-    forward_rows(v, s, r0, m, blk, tile, y, ldy, train);                                                      \
-  }                                                                                                           \
   TARGET void backward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0,        \
                                      int64_t un, const float* dy, int64_t ldy) {                              \
     backward_rows(v, s, r0, m, u0, un, dy, ldy);                                                              \
@@ -325,11 +284,11 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
 
 // The gate math's view of a layer, and its copy for the active ISA.
 #define RNN_VIEW                                                                                          \
-  gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_,      \
+  gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_, false, \
               lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
               dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data(), g_ * hp_};         \
   const isa level = plan->level;                                                                           \
-  auto* fwd_rows = level >= isa::avx512 ? forward_rows_avx512 : level >= isa::avx2 ? forward_rows_avx2 : forward_rows_base; \
+  auto* fwd_rows = gate_rows;                                                                              \
   auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
   auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
 
@@ -477,7 +436,8 @@ void rnn_layer::set_sequence(int64_t T, int64_t N, const void* x, const int64_t*
 }
 
 status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0,
-                          const float* c0, float* y, int64_t ldy, float* hT, float* cT, bool train, float* ws) {
+                          const float* c0, void* y, bool y_bf16, int64_t ldy, float* hT, float* cT, bool train,
+                          float* ws) {
   set_sequence(T, N, x, lengths, ws, train);
   const int64_t ghp = g_ * hp_, wb = g_ * bh, blocks = hp_ / bh, rb = std::min<int64_t>(N, 64);
   const bool lstm = cell_ == rnn_cell::lstm, b16 = t_ == dtype::bf16;
@@ -516,6 +476,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   RNN_VIEW
   (void)bwd_rows, (void)col_sums;
   if (fused) v.gx = bias_.data(), v.gx_ld = 0;
+  v.y16 = y_bf16;
   const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
   const int64_t xblk_bytes = packed_b_elements(t_, in_, wb) * dtype_b_bytes(t_), xb = b16 ? 2 : 4;
   const char* whh = aligned(whh_, 0);

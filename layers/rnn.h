@@ -69,11 +69,12 @@ class rnn_layer {
 
   // T steps of N rows: x (T, N, I) (f32, or bf16 for a bf16 layer), lengths (N, descending,
   // 1..T) or null for all T, h0/c0 (N, H) or null for zeros → y (T, N, ldy) from column 0 of
-  // the pointer, hT/cT (N, H): each row's state after its last step. c0, cT: LSTM only.
+  // the pointer (f32, or with y_bf16 bf16: h rounded to nearest even, written by the gate math),
+  // hT/cT (N, H): each row's state after its last step. c0, cT: LSTM only.
   // With train, keeps what backward needs (x must stay alive until then): in the layer, or in
   // `ws` (workspace_size(T, N) floats) when given, so that the forward's caller can keep it.
   status forward(int64_t T, int64_t N, const void* x, const int64_t* lengths, const float* h0, const float* c0,
-                 float* y, int64_t ldy, float* hT, float* cT, bool train, float* ws = nullptr);
+                 void* y, bool y_bf16, int64_t ldy, float* hT, float* cT, bool train, float* ws = nullptr);
   int64_t workspace_size(int64_t T, int64_t N) const;
   // From dy (T, N, ldy) (null: zero), dhT, dcT (N, H) (null: zero) of the last training
   // forward: dx (T, N, I) written, or added to when dx_add; dh0, dc0 (N, H); the weight and

@@ -11,11 +11,13 @@ whose derivatives are ≤ 1, the outputs stay within 2e-5 (absolute and relative
 below), the gradients within 5e-5 (two passes).
 """
 
+import brgemm
 import ml_dtypes
 import numpy as np
 import pytest
 
 from brgemm.nn import GRU, LSTM, bucket_by_length
+from conftest import restore_isa
 
 BF16 = ml_dtypes.bfloat16
 F32 = 2e-5
@@ -299,3 +301,48 @@ def test_bucket_by_length():
     assert report["padding"] < plain and report["saved"] == pytest.approx(1 - pad / plain)
     with pytest.raises(ValueError, match="positive"):
         bucket_by_length([3, 0], 2)
+
+
+# --- the gate kernels give the same bits on every ISA ---------------------------------------------
+
+
+@pytest.fixture
+def isa_restored():
+    yield
+    restore_isa()
+
+
+@pytest.mark.parametrize("activation", ["exact", "ktanh"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("scale", [1.0, 60.0], ids=["normal", "clamped"])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_gates_same_bits_on_every_isa(cls, activation, dtype, scale, isa_restored):
+    """The forward gate math is one core kernel per ISA (brgemm.h: lstm_gates, gru_gates) with the scalar
+    twin's operations, so h, c and y come out bit for bit the same on every ISA where the
+    products do: the bf16 ones below AVX512_BF16 (vdpbf16ps rounds its pair sums its own way),
+    the f32 ones from AVX2 up (the scalar f32 kernel sums in another order). scale = 60 drives pre-activations past ±87, where the
+    exponential clamps. Also ragged lengths and a reverse direction (rows of a step at
+    different times), H = 37 (a partial block) and a bf16 y equal to h rounded."""
+    m = cls(24, 37, bidirectional=True, dtype=dtype, activation=activation, seed=3)
+    for name, v in m.parameters().items():
+        setattr(m, name, v * np.float32(scale))
+    x = np.random.default_rng(4).standard_normal((6, 5, 24)).astype(np.float32)
+    xi = x.astype(BF16) if dtype == "bfloat16" else x
+    lengths = [6, 5, 5, 3, 1]
+    got = {}
+    for level in brgemm.available_isas():
+        brgemm.set_isa(level)
+        y, state = m(xi, lengths=lengths)
+        hT, cT = state if cls is LSTM else (state, state)
+        got[level] = [np.asarray(y).view(np.uint16 if dtype == "bfloat16" else np.uint32), hT.view(np.uint32),
+                      cT.view(np.uint32)]
+        if dtype == "bfloat16":  # y of the last step is hT rounded to nearest even (forward direction)
+            last = np.asarray(y)[np.array(lengths) - 1, np.arange(5), :37]
+            np.testing.assert_array_equal(last.view(np.uint16), hT[0].astype(BF16).view(np.uint16))
+    levels = [lv for lv in got if lv != ("avx512_bf16" if dtype == "bfloat16" else "scalar")]
+    if len(levels) < 2:
+        pytest.skip("fewer than two ISA levels to compare here")
+    for level in levels[1:]:
+        for what, a, b in zip(("y", "h_T", "c_T"), got[levels[0]], got[level]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{what}: {level} differs from {levels[0]}")
+    assert np.isfinite(np.asarray(got[levels[0]][1].view(np.float32))).all()

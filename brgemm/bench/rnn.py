@@ -10,22 +10,25 @@ RNN_SIZES, RNN_BATCHES, RNN_STEPS = (256, 512, 1024), (1, 16, 64), 50
 GATES = {"lstm": 4, "gru": 3}
 
 
-def _torch_rnn(torch, cell, h, dtype, x):
-    """PyTorch's module (bf16: the module and input in bfloat16) under no_grad."""
+def _torch_rnn(torch, cell, h, dtype, x, autocast=False):
+    """PyTorch's module under no_grad; bf16: the module and input in bfloat16, or (autocast)
+    the f32 module under CPU autocast to bfloat16."""
     m = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(h, h)
     xt = torch.from_numpy(x.astype(np.float32))
-    if dtype == "bfloat16":
+    if dtype == "bfloat16" and not autocast:
         m, xt = m.to(torch.bfloat16), xt.to(torch.bfloat16)
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else torch.no_grad
 
     def call():
-        with torch.no_grad():
+        with torch.no_grad(), cast():
             m(xt)
     return call
 
 
 def forward_case(peers, x, cell, dtype):
     """(callables, FLOPs, bytes, case) for one forward pass (I = H, T and N from x's shape) of
-    our layer in eval mode against PyTorch's module. FLOPs per step: LSTM 8·H·(I+H)·N, GRU 6·…;
+    our layer in eval mode against PyTorch's module (bf16: also under autocast; the harness
+    reports the faster). FLOPs per step: LSTM 8·H·(I+H)·N, GRU 6·…;
     bytes: the weights, read once per step."""
     import ml_dtypes
     from ..nn import GRU, LSTM
@@ -34,8 +37,10 @@ def forward_case(peers, x, cell, dtype):
     m = (LSTM if cell == "lstm" else GRU)(h, h, dtype=dtype, seed=0).eval()
     xi = x if dtype == "float32" else x.astype(ml_dtypes.bfloat16)
     fns = {"brgemm": lambda: m(xi)}
-    if peers.torch is not None:
+    if peers.torch is not None:  # bf16: the faster of PyTorch's two bf16 paths is the row's torch
         fns["torch"] = _torch_rnn(peers.torch, cell, h, dtype, x)
+        if dtype == "bfloat16":
+            fns["torch_autocast"] = _torch_rnn(peers.torch, cell, h, dtype, x, autocast=True)
     return (fns, 2 * gates * h * 2 * h * n * t, (4 if dtype == "float32" else 2) * (2 * gates * h * h),
             f"{cell.upper()} H={h} N={n} {dtype} fwd")
 

@@ -264,7 +264,8 @@ class _RNN:
         cT = np.empty_like(hT) if lstm else None
         inputs, inp = [], np.ascontiguousarray(x, dtype=act)
         for k in range(self.num_layers):
-            y = (np.zeros if ln is not None else np.empty)((t, n, self._dirs * self.hidden_size), np.float32)
+            # bf16: the gate math writes y in bf16 itself (no conversion pass)
+            y = (np.zeros if ln is not None else np.empty)((t, n, self._dirs * self.hidden_size), act)
             for d in range(self._dirs):
                 idx = k * self._dirs + d
                 drv, names = self._drivers[idx], self._names[idx]
@@ -273,7 +274,7 @@ class _RNN:
                 drv.rnn.forward(t, n, inp, ln, None if h0 is None else h0[idx], None if c0 is None else c0[idx],
                                 y, d * self.hidden_size, hT[idx], cT[idx] if lstm else None, self.training)
             inputs.append(inp)
-            inp = y if act == _F32 else y.astype(act)
+            inp = y
         self._saved = (t, n, inputs) if self.training else None
         return inp, ((hT, cT) if lstm else hT)
 

@@ -69,6 +69,30 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
   kernels::f32_to_bf16__scalar(x, y, n);
 }
 
+void lstm_gates(const lstm_gate_rows& g) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::lstm_gates__avx512(g);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::lstm_gates__avx2(g);
+#endif
+  (void)level;
+  kernels::lstm_gates__scalar(g);
+}
+
+void gru_gates(const lstm_gate_rows& g, const float* bhn) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::gru_gates__avx512(g, bhn);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::gru_gates__avx2(g, bhn);
+#endif
+  (void)level;
+  kernels::gru_gates__scalar(g, bhn);
+}
+
 // Unbiased rounding: a uniform 16-bit number added below the kept bits, then truncation, rounds
 // up with probability (the dropped bits)/2¹⁶. The number is a hash of (seed, position), so the
 // result does not depend on how the array is split between threads.

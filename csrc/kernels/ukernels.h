@@ -59,6 +59,14 @@ void activation_backward_f32__avx512(activation a, const float* g, const float* 
 void activation_backward_f32__scalar(activation a, const float* g, const float* x, const float* y, float* out,
                                      int64_t n);
 
+// The recurrent gates (brgemm.h) per ISA; the VNNI and BF16 levels use avx512's.
+void lstm_gates__scalar(const lstm_gate_rows& g);
+void lstm_gates__avx2(const lstm_gate_rows& g);
+void lstm_gates__avx512(const lstm_gate_rows& g);
+void gru_gates__scalar(const lstm_gate_rows& g, const float* bhn);
+void gru_gates__avx2(const lstm_gate_rows& g, const float* bhn);
+void gru_gates__avx512(const lstm_gate_rows& g, const float* bhn);
+
 // The softmax family (brgemm.h) on one row, per ISA; the VNNI and BF16 levels use avx512's.
 #define BRGEMM_SOFTMAX_KERNELS(ISA)                                                                       \
   void softmax_f32__##ISA(int order, const float* x, float* y, int64_t n);                                \

@@ -70,6 +70,18 @@ struct py_rnn {
     *ld = a.shape(2);
     return (float*)a.data() + col;
   }
+  // y of forward: (T, N, cols) float32, or bfloat16 for a bf16 layer (*bf16 says which).
+  void* output(py::handle h, int64_t T, int64_t N, int64_t col, bool* bf16, int64_t* ld) {
+    *bf16 = l.bf16() && py::isinstance<py::array>(h) && is_bf16(py::reinterpret_borrow<py::array>(h).dtype());
+    if (!*bf16) return columns(h, "y", T, N, col, true, ld);
+    py::array a = typed_array(h, "y", element::bf16);
+    if (a.ndim() != 3 || a.shape(0) != T || a.shape(1) != N || col < 0 || col + l.hidden() > a.shape(2))
+      value_error("y must be (T, N, ≥ col + hidden_size) float32 or bfloat16, got " + str(a.attr("shape")));
+    if (!(a.flags() & py::array::c_style)) value_error("y must be C-contiguous");
+    require_writeable(a, "y");
+    *ld = a.shape(2);
+    return (uint16_t*)a.mutable_data() + col;
+  }
   const float* state(py::handle h, const char* name, int64_t N) {
     if (h.is_none()) return nullptr;
     return (const float*)exact_array(h, name, element::f32, N * l.hidden(), false).data();
@@ -107,7 +119,8 @@ struct py_rnn {
     const void* xp = input(x, T, N);
     const std::vector<int64_t> len = lengths_arg(lengths, T, N);
     int64_t ldy;
-    float* yp = columns(y, "y", T, N, col, true, &ldy);
+    bool y16;
+    void* yp = output(y, T, N, col, &y16, &ldy);
     const float* h0p = state(h0, "h0", N);
     const float* c0p = state(c0, "c0", N);
     float* hTp = state_out(hT, "hT", N);
@@ -117,7 +130,7 @@ struct py_rnn {
     status s;
     {
       py::gil_scoped_release nogil;
-      s = l.forward(T, N, xp, len.empty() ? nullptr : len.data(), h0p, c0p, yp, ldy, hTp, cTp, train, wsp);
+      s = l.forward(T, N, xp, len.empty() ? nullptr : len.data(), h0p, c0p, yp, y16, ldy, hTp, cTp, train, wsp);
     }
     check_status(s);
     steps = T, rows = N, trained = train && !wsp;

@@ -302,6 +302,46 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
 // The random bits are a hash of (seed, first + i): reproducible, whatever the threading.
 void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t seed, uint64_t first);
 
+// --- Recurrent gates (csrc/kernels/rnn_twin.h, per-ISA rnn.cpp) ------------------------------
+// One LSTM step's element-wise work on m rows of one block of 16 hidden units, after the step's
+// product: per row, the pre-activations are pre + add (the product's tile; Gx or the bias),
+// i, f, g, o (16 floats each, in that order), then
+//   c = fma(σ(f), c_prev, σ(i)·tanh(g)),   h = σ(o)·tanh(c),
+// written to c and h (f32), to h16 (h rounded to bf16, nearest even; the next step's A), to y
+// (its first y_units values; or to y16, as h16's values) and to act (σ(i), σ(f), tanh(g), σ(o): what backward reads); every
+// output but c may be null. σ and tanh: the gates' polynomial exponential (rnn_twin.h: x
+// clamped to ±87, e^r by a degree-7 Taylor polynomial in fused multiply-adds, within 2e-7 of
+// the true functions), or with ktanh K-TanH's ksigmoid and ktanh (brgemm.h's activations).
+// The same IEEE operations in the same order on every ISA (the scalar twin's bits). Row r of
+// an array starts at its pointer + r × its ld (ld_add = 0: one row for all).
+struct lstm_gate_rows {
+  int64_t m = 0;
+  const float* pre = nullptr;
+  int64_t ld_pre = 0;
+  const float* add = nullptr;
+  int64_t ld_add = 0;
+  const float* c_prev = nullptr;
+  int64_t ld_c_prev = 0;
+  float* c = nullptr;
+  int64_t ld_c = 0;
+  float* h = nullptr;
+  int64_t ld_h = 0;
+  uint16_t* h16 = nullptr;
+  int64_t ld_h16 = 0;
+  float* y = nullptr;
+  uint16_t* y16 = nullptr;
+  int64_t ld_y = 0, y_units = 16;
+  float* act = nullptr;
+  int64_t ld_act = 0;
+  bool ktanh = false;
+};
+void lstm_gates(const lstm_gate_rows& r);
+// The GRU's: pre holds the recurrent product's r, z, n (48 floats a row), add Gx's r, z, n, then
+//   r = σ(.), z = σ(.), hn = pre_n + bhn, n = tanh(fma(r, hn, add_n)),
+//   h = fma(1 − z, n, z·h_prev),
+// written as the LSTM's (c, c_prev unused; h_prev read with ld_c_prev; act: r, z, n, hn).
+void gru_gates(const lstm_gate_rows& r, const float* bhn);
+
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 // dot_s16s16: vpdpwssd with VNNI, else vpmaddwd + vpaddd (avx512, then avx2).
 enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8, dot_s16s16 };

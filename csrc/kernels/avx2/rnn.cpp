@@ -1,0 +1,123 @@
+// The recurrent gates (brgemm.h) with AVX2: a row's 16 units are two vectors per gate. The
+// twin's operations (rnn_twin.h).
+#include <algorithm>
+#include "../ukernels.h"
+#include "../rnn_twin.h"
+#include "activation.h"
+
+namespace brgemm::kernels {
+
+namespace {
+
+using brgemm_rnn::gate_constants;
+
+inline __m256 one_plus_exp8(__m256 x) {
+  using k = gate_constants;
+  x = _mm256_min_ps(_mm256_set1_ps(k::clamp), _mm256_max_ps(_mm256_set1_ps(-k::clamp), x));  // NaN: x
+  const __m256 shifter = _mm256_set1_ps(k::shifter);
+  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(k::log2e), shifter), shifter);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(k::ln2_lo), _mm256_fnmadd_ps(n, _mm256_set1_ps(k::ln2_hi), x));
+  __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(k::c[7]), _mm256_set1_ps(k::c[6]));
+  for (int i = 5; i >= 0; --i) p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(k::c[i]));
+  const __m256i s = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_fmadd_ps(p, _mm256_castsi256_ps(s), _mm256_set1_ps(1.0f));
+}
+
+inline __m256 sigmoid8(__m256 x) {
+  const __m256 neg = _mm256_xor_ps(x, _mm256_set1_ps(-0.0f));
+  return _mm256_div_ps(_mm256_set1_ps(1.0f), one_plus_exp8(neg));
+}
+
+inline __m256 tanh8(__m256 x) {
+  const __m256 d = one_plus_exp8(_mm256_mul_ps(x, _mm256_set1_ps(-2.0f)));
+  return _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0f), d), _mm256_set1_ps(1.0f));
+}
+
+// y's 8 values from o8 (f32 or bf16), the units past y_units left alone.
+inline void store_y(const lstm_gate_rows& g, int64_t r, int64_t o8, __m256 h) {
+  if (!g.y && !g.y16) return;
+  if (g.y && o8 + 8 <= g.y_units) return _mm256_storeu_ps(g.y + r * g.ld_y + o8, h);
+  alignas(32) float lane[8];
+  _mm256_store_ps(lane, h);
+  for (int64_t j = o8; j < std::min<int64_t>(o8 + 8, g.y_units); ++j) {
+    if (g.y) g.y[r * g.ld_y + j] = lane[j - o8];
+    if (g.y16) g.y16[r * g.ld_y + j] = brgemm::bf16_rne_bits(lane[j - o8]);
+  }
+}
+
+template <bool K>
+void lstm_rows(const lstm_gate_rows& g) {
+  const ktanh_table8 t;
+  for (int64_t r = 0; r < g.m; ++r) {
+    const float* pre = g.pre + r * g.ld_pre;
+    const float* add = g.add + r * g.ld_add;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t o8 = 8 * half;
+      __m256 x[4], a[4];
+      for (int q = 0; q < 4; ++q)
+        x[q] = _mm256_add_ps(_mm256_loadu_ps(pre + 16 * q + o8), _mm256_loadu_ps(add + 16 * q + o8));
+      if (K) {
+        a[0] = activation8(activation::ksigmoid, x[0], t);
+        a[1] = activation8(activation::ksigmoid, x[1], t);
+        a[2] = activation8(activation::ktanh, x[2], t);
+        a[3] = activation8(activation::ksigmoid, x[3], t);
+      } else {
+        a[0] = sigmoid8(x[0]);
+        a[1] = sigmoid8(x[1]);
+        a[2] = tanh8(x[2]);
+        a[3] = sigmoid8(x[3]);
+      }
+      const __m256 c =
+          _mm256_fmadd_ps(a[1], _mm256_loadu_ps(g.c_prev + r * g.ld_c_prev + o8), _mm256_mul_ps(a[0], a[2]));
+      const __m256 h = _mm256_mul_ps(a[3], K ? activation8(activation::ktanh, c, t) : tanh8(c));
+      _mm256_storeu_ps(g.c + r * g.ld_c + o8, c);
+      if (g.h) _mm256_storeu_ps(g.h + r * g.ld_h + o8, h);
+      if (g.h16) _mm_storeu_si128((__m128i*)(g.h16 + r * g.ld_h16 + o8), narrow16(bf16_rne(h)));
+      store_y(g, r, o8, h);
+      if (g.act)
+        for (int q = 0; q < 4; ++q) _mm256_storeu_ps(g.act + r * g.ld_act + 16 * q + o8, a[q]);
+    }
+  }
+}
+
+template <bool K>
+void gru_rows(const lstm_gate_rows& g, const float* bhn) {
+  const ktanh_table8 t;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int64_t r = 0; r < g.m; ++r) {
+    const float* pre = g.pre + r * g.ld_pre;
+    const float* add = g.add + r * g.ld_add;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t o8 = 8 * half;
+      const __m256 xr = _mm256_add_ps(_mm256_loadu_ps(add + o8), _mm256_loadu_ps(pre + o8));
+      const __m256 xz = _mm256_add_ps(_mm256_loadu_ps(add + 16 + o8), _mm256_loadu_ps(pre + 16 + o8));
+      const __m256 rg = K ? activation8(activation::ksigmoid, xr, t) : sigmoid8(xr);
+      const __m256 zg = K ? activation8(activation::ksigmoid, xz, t) : sigmoid8(xz);
+      const __m256 hn = _mm256_add_ps(_mm256_loadu_ps(pre + 32 + o8), _mm256_loadu_ps(bhn + o8));
+      const __m256 xn = _mm256_fmadd_ps(rg, hn, _mm256_loadu_ps(add + 32 + o8));
+      const __m256 ng = K ? activation8(activation::ktanh, xn, t) : tanh8(xn);
+      const __m256 h = _mm256_fmadd_ps(_mm256_sub_ps(one, zg), ng,
+                                       _mm256_mul_ps(zg, _mm256_loadu_ps(g.c_prev + r * g.ld_c_prev + o8)));
+      if (g.h) _mm256_storeu_ps(g.h + r * g.ld_h + o8, h);
+      if (g.h16) _mm_storeu_si128((__m128i*)(g.h16 + r * g.ld_h16 + o8), narrow16(bf16_rne(h)));
+      store_y(g, r, o8, h);
+      if (g.act) {
+        float* a = g.act + r * g.ld_act + o8;
+        _mm256_storeu_ps(a, rg);
+        _mm256_storeu_ps(a + 16, zg);
+        _mm256_storeu_ps(a + 32, ng);
+        _mm256_storeu_ps(a + 48, hn);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gru_gates__avx2(const lstm_gate_rows& g, const float* bhn) {
+  g.ktanh ? gru_rows<true>(g, bhn) : gru_rows<false>(g, bhn);
+}
+
+void lstm_gates__avx2(const lstm_gate_rows& g) { g.ktanh ? lstm_rows<true>(g) : lstm_rows<false>(g); }
+
+}  // namespace brgemm::kernels
