@@ -16,8 +16,9 @@ inline __m256i lanes(int64_t n) {
 }
 
 // rows × cols (each ≤ 8) of s transposed into d.
+// `full` (rows = cols = 8) a template argument: the whole tiles' code has no masks or branches.
+template <bool full>
 inline void tile_8x8(const uint32_t* s, int64_t ld_s, uint32_t* d, int64_t ld_d, int64_t rows, int64_t cols) {
-  const bool full = rows == 8 && cols == 8;
   const __m256i cm = lanes(cols), rm = lanes(rows);
   __m256 r[8], t[8], u[8];
   for (int i = 0; i < 8; ++i)
@@ -48,7 +49,8 @@ void transpose_b32__avx2(const uint32_t* src, int64_t rows, int64_t cols, int64_
                          int64_t ld_dst) {
   for (int64_t r = 0; r < rows; r += 8)
     for (int64_t c = 0; c < cols; c += 8)
-      tile_8x8(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst, std::min<int64_t>(8, rows - r),
+      (r + 8 <= rows && c + 8 <= cols ? tile_8x8<true> : tile_8x8<false>)(
+          src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst, std::min<int64_t>(8, rows - r),
                std::min<int64_t>(8, cols - c));
 }
 

@@ -12,8 +12,9 @@ namespace brgemm::kernels {
 namespace {
 
 // rows × cols (each ≤ 16) of s transposed into d.
+// `full` (rows = cols = 16) a template argument: the whole tiles' code has no masks or branches.
+template <bool full>
 inline void tile_16x16(const uint32_t* s, int64_t ld_s, uint32_t* d, int64_t ld_d, int64_t rows, int64_t cols) {
-  const bool full = rows == 16 && cols == 16;
   const __mmask16 cm = (__mmask16)((1u << cols) - 1), rm = (__mmask16)((1u << rows) - 1);
   __m512i r[16], t[16], u[16];
   for (int i = 0; i < 16; ++i)
@@ -52,7 +53,8 @@ void transpose_b32__avx512(const uint32_t* src, int64_t rows, int64_t cols, int6
                            int64_t ld_dst) {
   for (int64_t r = 0; r < rows; r += 16)
     for (int64_t c = 0; c < cols; c += 16)
-      tile_16x16(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst, std::min<int64_t>(16, rows - r),
+      (r + 16 <= rows && c + 16 <= cols ? tile_16x16<true> : tile_16x16<false>)(
+          src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst, std::min<int64_t>(16, rows - r),
                  std::min<int64_t>(16, cols - c));
 }
 
