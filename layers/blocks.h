@@ -42,41 +42,13 @@ inline void convert(const void* src, bool src_bf16, void* dst, bool dst_bf16, in
     f32_to_bf16((const float*)src, (uint16_t*)dst, w);
 }
 
-// dst (cols × rows, row stride ld_dst) = srcᵀ (src: rows × cols, row stride ld_src). 32-bit
-// elements go 4 × 4 at a time through vector shuffles (GCC/Clang vector extensions, plain
-// SSE2: measured 4× faster than element copies), the rest element by element.
-typedef uint32_t u32x4 __attribute__((vector_size(16)));
-#if defined(__clang__)
-#define SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
-#else
-#define SHUFFLE(a, b, i, j, k, l) __builtin_shuffle(a, b, u32x4{i, j, k, l})
-#endif
+// dst (cols × rows, row stride ld_dst) = srcᵀ (src: rows × cols, row stride ld_src): the core's
+// per-ISA transpose (register tiles; the same bytes on every ISA).
 template <class T>
 inline void transpose(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
-  int64_t r0 = 0;
-  if constexpr (sizeof(T) == 4) {
-    for (; r0 + 4 <= rows; r0 += 4) {
-      int64_t c = 0;
-      for (; c + 4 <= cols; c += 4) {
-        u32x4 v[4];
-        for (int i = 0; i < 4; ++i) std::memcpy(&v[i], src + (r0 + i) * ld_src + c, 16);
-        const u32x4 lo01 = SHUFFLE(v[0], v[1], 0, 4, 1, 5), hi01 = SHUFFLE(v[0], v[1], 2, 6, 3, 7);
-        const u32x4 lo23 = SHUFFLE(v[2], v[3], 0, 4, 1, 5), hi23 = SHUFFLE(v[2], v[3], 2, 6, 3, 7);
-        const u32x4 out[4] = {SHUFFLE(lo01, lo23, 0, 1, 4, 5), SHUFFLE(lo01, lo23, 2, 3, 6, 7),
-                              SHUFFLE(hi01, hi23, 0, 1, 4, 5), SHUFFLE(hi01, hi23, 2, 3, 6, 7)};
-        for (int i = 0; i < 4; ++i) std::memcpy(dst + (c + i) * ld_dst + r0, &out[i], 16);
-      }
-      for (; c < cols; ++c)
-        for (int64_t r = r0; r < r0 + 4; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
-    }
-  }
-  for (; r0 < rows; r0 += 8) {
-    const int64_t r1 = std::min(rows, r0 + 8);
-    for (int64_t c = 0; c < cols; ++c)
-      for (int64_t r = r0; r < r1; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
-  }
+  static_assert(sizeof(T) == 4 || sizeof(T) == 2 || sizeof(T) == 1, "4-, 2- or 1-byte elements");
+  transpose_elements(src, rows, cols, ld_src, dst, ld_dst, (int)sizeof(T));
 }
-#undef SHUFFLE
 
 // The VNNI-2 form of a row-major block (rows even): rows 2p and 2p+1 interleaved element by
 // element into row p.

@@ -22,12 +22,7 @@ namespace {
 
 void transpose_elems(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
                      element e) {
-  if (e == element::f32)
-    transpose((const uint32_t*)src, rows, cols, ld_src, (uint32_t*)dst, ld_dst);
-  else if (e == element::bf16)
-    transpose((const uint16_t*)src, rows, cols, ld_src, (uint16_t*)dst, ld_dst);
-  else
-    transpose((const uint8_t*)src, rows, cols, ld_src, (uint8_t*)dst, ld_dst);
+  transpose_elements(src, rows, cols, ld_src, dst, ld_dst, (int)element_bytes(e));
 }
 
 // w values from src to dst, src and dst f32 or bf16, or f32 → u8 quantized (as the epilogue's

@@ -126,8 +126,7 @@ void transpose_s16(const int16_t* src, int64_t r, int64_t c, int64_t ld_src, int
   for (int64_t item = 0; item < items; ++item) {
     const int64_t i0 = item / col_blocks * b, j0 = item % col_blocks * b;
     const int64_t i1 = std::min(r, i0 + b), j1 = std::min(c, j0 + b);
-    for (int64_t j = j0; j < j1; ++j)
-      for (int64_t i = i0; i < i1; ++i) dst[j * ld_dst + i] = src[i * ld_src + j];
+    transpose_elements(src + i0 * ld_src + j0, i1 - i0, j1 - j0, ld_src, dst + j0 * ld_dst + i0, ld_dst, 2);
   }
 }
 

@@ -25,7 +25,8 @@ int32_t dfp16_pack_b(const int16_t* b, int64_t k, int64_t n, int64_t ldb, int16_
 status dfp16_gemm(int64_t m, int64_t n, int64_t k, const int16_t* a, int64_t lda, const int16_t* b, int64_t ldb,
                   int64_t kc, int32_t e, float* c, int64_t ldc);
 
-// dst (c × r, row stride ld_dst) = srcᵀ (r × c, ld_src), int16, in 32 × 32 blocks so that both
+// dst (c × r, row stride ld_dst) = srcᵀ (r × c, ld_src), int16, in 32 × 32 blocks (each the
+// core's per-ISA transpose_elements, threaded over blocks for large ones) so that both
 // sides stay in cache lines: the DFP-16 layers' transposed operands (Wᵀ, ∂yᵀ).
 void transpose_s16(const int16_t* src, int64_t r, int64_t c, int64_t ld_src, int16_t* dst, int64_t ld_dst);
 

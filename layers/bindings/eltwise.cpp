@@ -111,6 +111,32 @@ py::array softmax_backward_py(int order, py::object X, py::object Y, py::handle 
   return o;
 }
 
+// out (cols × rows) = xᵀ (rows × cols) through brgemm.h's transpose_elements (for the tests): 1-,
+// 2- or 4-byte elements; either array may have a row stride (a slice of a wider array) but
+// must have consecutive elements within a row.
+void transpose_py(const py::array& x, py::array out) {
+  const int64_t bytes = x.itemsize();
+  if (bytes != 1 && bytes != 2 && bytes != 4) type_error("x must have 1-, 2- or 4-byte elements, got " + str(x.dtype()));
+  if (x.ndim() != 2) value_error("x must be 2-D, got " + std::to_string(x.ndim()) + " dimensions");
+  if (out.ndim() != 2 || out.shape(0) != x.shape(1) || out.shape(1) != x.shape(0))
+    value_error("out must have x's shape reversed, (" + std::to_string(x.shape(1)) + ", " + std::to_string(x.shape(0)) +
+                "), got " + str(out.attr("shape")));
+  if (out.itemsize() != bytes) type_error("out must have x's element size, " + std::to_string(bytes) + " bytes");
+  require_writeable(out, "out");
+  require_disjoint(out, x, "out", "x");
+  auto row_stride = [&](const py::array& a, const char* name) {
+    if (a.shape(1) > 1 && a.strides(1) != bytes) value_error(std::string(name) + " must have consecutive elements in a row");
+    if (a.shape(0) > 1 && (a.strides(0) <= 0 || a.strides(0) % bytes || a.strides(0) / bytes < a.shape(1)))
+      value_error(std::string(name) + " must have a positive row stride of at least a row's elements");
+    return a.shape(0) > 1 ? a.strides(0) / bytes : a.shape(1);
+  };
+  const int64_t ld_x = row_stride(x, "x"), ld_out = row_stride(out, "out");
+  const void* xp = x.data();
+  void* op = out.mutable_data();
+  py::gil_scoped_release nogil;
+  transpose_elements(xp, x.shape(0), x.shape(1), ld_x, op, ld_out, (int)bytes);
+}
+
 }  // namespace
 
 void register_eltwise(py::module_& m) {
@@ -120,6 +146,7 @@ void register_eltwise(py::module_& m) {
   m.def("softmax", &softmax_py, py::arg("x"), py::arg("order"), py::arg("out") = py::none());
   m.def("softmax_backward", &softmax_backward_py, py::arg("order"), py::arg("x"), py::arg("y"), py::arg("grad_y"),
         py::arg("out") = py::none());
+  m.def("transpose", &transpose_py, py::arg("x"), py::arg("out"));
   m.def("ktanh_table", [] {
     py::list e, sh, b;
     for (int i = 0; i < 32; ++i) {

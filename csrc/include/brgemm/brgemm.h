@@ -301,6 +301,12 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
 // expected result is x (Gupta et al., "Deep Learning with Limited Numerical Precision", 2015).
 // The random bits are a hash of (seed, first + i): reproducible, whatever the threading.
 void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t seed, uint64_t first);
+// dst (cols × rows, row stride ld_dst) = srcᵀ (src: rows × cols, row stride ld_src; strides in
+// elements) for elements of `bytes` = 4, 2 or 1 bytes; src and dst must not overlap. A copy:
+// the same bytes on every ISA (AVX-512 16 × 16 and AVX2 8 × 8 register tiles for 32-bit
+// elements, 8 × 8 for 16-bit ones; 8-bit ones element by element).
+void transpose_elements(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
+                        int bytes);
 
 // --- Recurrent gates (csrc/kernels/rnn_twin.h, per-ISA rnn.cpp) ------------------------------
 // One LSTM step's element-wise work on m rows of one block of 16 hidden units, after the step's
