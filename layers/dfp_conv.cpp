@@ -115,17 +115,25 @@ int32_t convert_fitting(const float* x, int16_t* m, int64_t n, int32_t e0, doubl
   }
 }
 
-// int16 copies for the weight gradient's operands, 8 × 8 at a time through SSE2 vector shuffles
-// (GCC/Clang vector extensions, every ISA: pure data movement, so the same bits everywhere).
+// Row l < lanes of dst (at dst + l·ld, `width` values): pad_l zeros, then lane l of the `cols`
+// pixels of src (cols × lanes, a blocked image row), then zeros: xt's padded rows. The values
+// are the core's per-ISA transpose; only the pads are written here.
+void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* dst, int64_t ld, int64_t pad_l,
+                      int64_t width) {
+  transpose(src, cols, lanes, lanes, dst + pad_l, ld);
+  for (int64_t l = 0; l < lanes; ++l) {
+    std::fill(dst + l * ld, dst + l * ld + pad_l, (int16_t)0);
+    std::fill(dst + l * ld + pad_l + cols, dst + l * ld + width, (int16_t)0);
+  }
+}
+
+// The VNNI-2 pairs of ∂y's rows for the weight gradient, 8 × 8 through SSE2 vector shuffles (GCC/Clang
+// vector extensions, every ISA: pure data movement, so the same bits everywhere).
 typedef int16_t s16x8 __attribute__((vector_size(16)));
-typedef int32_t s32x4 __attribute__((vector_size(16)));
-typedef int64_t s64x2 __attribute__((vector_size(16)));
 #if defined(__clang__)
 #define SHUF8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#define SHUF(T, a, b, ...) __builtin_shufflevector((T)(a), (T)(b), __VA_ARGS__)
 #else
 #define SHUF8(a, b, ...) __builtin_shuffle(a, b, s16x8{__VA_ARGS__})
-#define SHUF(T, a, b, ...) __builtin_shuffle((T)(a), (T)(b), decltype((T)(a) - (T)(a)){__VA_ARGS__})
 #endif
 
 inline s16x8 load8(const int16_t* p) {
@@ -134,49 +142,6 @@ inline s16x8 load8(const int16_t* p) {
   return v;
 }
 inline void store8(int16_t* p, s16x8 v) { std::memcpy(p, &v, 16); }
-
-// Row l < lanes of dst (at dst + l·ld, `width` values): pad_l zeros, then lane l of the `cols`
-// pixels of src (cols × lanes, a blocked image row), then zeros: xt's padded rows. Columns go
-// 8 at a time (the last 8 overlapping the previous ones when cols is not a multiple of 8), so
-// only the pads are element stores.
-void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* dst, int64_t ld, int64_t pad_l,
-                      int64_t width) {
-  const int64_t vec = cols >= 8 ? cols : 0;  // columns the vector part writes
-  auto edges = [&](int64_t l) {  // the pads, and the columns past vec; one loop for both ends
-    int16_t* d = dst + l * ld;
-    for (int64_t t = 0; t < width - vec; ++t) {
-      const int64_t j = t < pad_l ? t : t + vec, c = j - pad_l;
-      d[j] = c >= 0 && c < cols ? src[c * lanes + l] : (int16_t)0;
-    }
-  };
-  int64_t l0 = 0;
-  for (; l0 + 8 <= lanes; l0 += 8) {
-    for (int64_t c0 = 0; c0 < vec; c0 += 8) {
-      const int64_t c = std::min(c0, vec - 8);
-      s16x8 v[8];
-      for (int i = 0; i < 8; ++i) v[i] = load8(src + (c + i) * lanes + l0);
-      s32x4 lo[4], hi[4];  // rows 2i, 2i+1 interleaved: lanes 0-3, 4-7
-      for (int i = 0; i < 4; ++i) {
-        lo[i] = (s32x4)SHUF8(v[2 * i], v[2 * i + 1], 0, 8, 1, 9, 2, 10, 3, 11);
-        hi[i] = (s32x4)SHUF8(v[2 * i], v[2 * i + 1], 4, 12, 5, 13, 6, 14, 7, 15);
-      }
-      s64x2 q[8];  // four rows' values of lanes (0,1), (2,3), (4,5), (6,7), for rows 0-3 and 4-7
-      q[0] = (s64x2)SHUF(s32x4, lo[0], lo[1], 0, 4, 1, 5), q[1] = (s64x2)SHUF(s32x4, lo[2], lo[3], 0, 4, 1, 5);
-      q[2] = (s64x2)SHUF(s32x4, lo[0], lo[1], 2, 6, 3, 7), q[3] = (s64x2)SHUF(s32x4, lo[2], lo[3], 2, 6, 3, 7);
-      q[4] = (s64x2)SHUF(s32x4, hi[0], hi[1], 0, 4, 1, 5), q[5] = (s64x2)SHUF(s32x4, hi[2], hi[3], 0, 4, 1, 5);
-      q[6] = (s64x2)SHUF(s32x4, hi[0], hi[1], 2, 6, 3, 7), q[7] = (s64x2)SHUF(s32x4, hi[2], hi[3], 2, 6, 3, 7);
-      for (int i = 0; i < 4; ++i) {
-        store8(dst + (l0 + 2 * i) * ld + pad_l + c, (s16x8)SHUF(s64x2, q[2 * i], q[2 * i + 1], 0, 2));
-        store8(dst + (l0 + 2 * i + 1) * ld + pad_l + c, (s16x8)SHUF(s64x2, q[2 * i], q[2 * i + 1], 1, 3));
-      }
-    }
-    for (int64_t l = l0; l < l0 + 8; ++l) edges(l);
-  }
-  for (; l0 < lanes; ++l0) {
-    for (int64_t c = 0; c < vec; ++c) dst[l0 * ld + pad_l + c] = src[c * lanes + l0];
-    edges(l0);
-  }
-}
 
 // The VNNI-2 form of rows × cols int16 (rows even): rows 2p and 2p+1 interleaved into row p.
 void interleave_pairs_s16(const int16_t* src, int64_t rows, int64_t cols, int16_t* dst) {
@@ -193,7 +158,6 @@ void interleave_pairs_s16(const int16_t* src, int64_t rows, int64_t cols, int16_
   }
 }
 #undef SHUF8
-#undef SHUF
 
 std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh) {
   std::vector<std::vector<tap>> rows(oh);
