@@ -1,9 +1,10 @@
-// An 8 × 8 tile of 16-bit elements transposed in SSE2 registers (three rounds of unpacks: 16-,
-// 32-, then 64-bit pairs), for the AVX2 and AVX-512 transposes (static: each translation unit
-// keeps its own copy, compiled with its flags).
+// The 16-bit transpose of the AVX2 and AVX-512 levels: 8 × 8 tiles in SSE2 registers (three
+// rounds of unpacks: 16-, 32-, then 64-bit pairs), the edges by the scalar twin (static: each
+// translation unit keeps its own copy, compiled with its flags).
 #pragma once
 #include <immintrin.h>
 #include <cstdint>
+#include "transpose_twin.h"
 
 static inline void brgemm_transpose_8x8_b16(const uint16_t* s, int64_t ld_s, uint16_t* d, int64_t ld_d) {
   __m128i a[8], b[8], c[8];
@@ -22,4 +23,14 @@ static inline void brgemm_transpose_8x8_b16(const uint16_t* s, int64_t ld_s, uin
     _mm_storeu_si128((__m128i*)(d + (2 * j) * ld_d), _mm_unpacklo_epi64(c[j], c[4 + j]));
     _mm_storeu_si128((__m128i*)(d + (2 * j + 1) * ld_d), _mm_unpackhi_epi64(c[j], c[4 + j]));
   }
+}
+
+static inline void brgemm_transpose_b16_tiles(const uint16_t* src, int64_t rows, int64_t cols, int64_t ld_src,
+                                              uint16_t* dst, int64_t ld_dst) {
+  const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+  for (int64_t r = 0; r < r8; r += 8) {
+    for (int64_t c = 0; c < c8; c += 8) brgemm_transpose_8x8_b16(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst);
+    brgemm_transpose_twin(src + r * ld_src + c8, 8, cols - c8, ld_src, dst + c8 * ld_dst + r, ld_dst);
+  }
+  brgemm_transpose_twin(src + r8 * ld_src, rows - r8, cols, ld_src, dst + r8, ld_dst);
 }

@@ -56,12 +56,7 @@ void transpose_b32__avx2(const uint32_t* src, int64_t rows, int64_t cols, int64_
 
 void transpose_b16__avx2(const uint16_t* src, int64_t rows, int64_t cols, int64_t ld_src, uint16_t* dst,
                          int64_t ld_dst) {
-  const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
-  for (int64_t r = 0; r < r8; r += 8) {
-    for (int64_t c = 0; c < c8; c += 8) brgemm_transpose_8x8_b16(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst);
-    brgemm_transpose_twin(src + r * ld_src + c8, 8, cols - c8, ld_src, dst + c8 * ld_dst + r, ld_dst);
-  }
-  brgemm_transpose_twin(src + r8 * ld_src, rows - r8, cols, ld_src, dst + r8, ld_dst);
+  brgemm_transpose_b16_tiles(src, rows, cols, ld_src, dst, ld_dst);
 }
 
 void transpose_b8__avx2(const uint8_t* src, int64_t rows, int64_t cols, int64_t ld_src, uint8_t* dst,
