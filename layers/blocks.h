@@ -51,13 +51,9 @@ inline void transpose(const T* src, int64_t rows, int64_t cols, int64_t ld_src, 
 }
 
 // The VNNI-2 form of a row-major block (rows even): rows 2p and 2p+1 interleaved element by
-// element into row p.
+// element into row p (the core's per-ISA copy).
 inline void interleave_pairs(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst) {
-  for (int64_t p = 0; p < rows / 2; ++p)
-    for (int64_t c = 0; c < cols; ++c) {
-      dst[(p * cols + c) * 2] = src[2 * p * cols + c];
-      dst[(p * cols + c) * 2 + 1] = src[(2 * p + 1) * cols + c];
-    }
+  interleave_pairs_b16(src, rows, cols, dst);
 }
 
 inline char* aligned(std::vector<char>& v, int64_t bytes) {

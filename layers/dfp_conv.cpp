@@ -127,37 +127,6 @@ void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* 
   }
 }
 
-// The VNNI-2 pairs of ∂y's rows for the weight gradient, 8 × 8 through SSE2 vector shuffles (GCC/Clang
-// vector extensions, every ISA: pure data movement, so the same bits everywhere).
-typedef int16_t s16x8 __attribute__((vector_size(16)));
-#if defined(__clang__)
-#define SHUF8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define SHUF8(a, b, ...) __builtin_shuffle(a, b, s16x8{__VA_ARGS__})
-#endif
-
-inline s16x8 load8(const int16_t* p) {
-  s16x8 v;
-  std::memcpy(&v, p, 16);
-  return v;
-}
-inline void store8(int16_t* p, s16x8 v) { std::memcpy(p, &v, 16); }
-
-// The VNNI-2 form of rows × cols int16 (rows even): rows 2p and 2p+1 interleaved into row p.
-void interleave_pairs_s16(const int16_t* src, int64_t rows, int64_t cols, int16_t* dst) {
-  const int64_t c8 = cols / 8 * 8;
-  for (int64_t p = 0; p < rows / 2; ++p) {
-    const int16_t *a = src + 2 * p * cols, *b = a + cols;
-    int16_t* d = dst + p * cols * 2;
-    for (int64_t c = 0; c < c8; c += 8) {
-      const s16x8 x = load8(a + c), y = load8(b + c);
-      store8(d + 2 * c, SHUF8(x, y, 0, 8, 1, 9, 2, 10, 3, 11));
-      store8(d + 2 * c + 8, SHUF8(x, y, 4, 12, 5, 13, 6, 14, 7, 15));
-    }
-    for (int64_t c = c8; c < cols; ++c) d[2 * c] = a[c], d[2 * c + 1] = b[c];
-  }
-}
-#undef SHUF8
 
 std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh) {
   std::vector<std::vector<tap>> rows(oh);
@@ -356,7 +325,7 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           const int16_t* src = dzm + row * ow * bk_;
           int16_t* dst = dzp + row * wpe * bk_;
           const int64_t full = ow / 2;
-          interleave_pairs_s16(src, 2 * full, bk_, dst);
+          interleave_pairs((const uint16_t*)src, 2 * full, bk_, (uint16_t*)dst);
           for (int64_t j = full; j < wpe / 2; ++j)
             for (int64_t l = 0; l < bk_; ++l) {
               dst[(j * bk_ + l) * 2] = 2 * j < ow ? src[2 * j * bk_ + l] : (int16_t)0;
@@ -383,7 +352,7 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
             const int16_t* src = dzm + rr * ow * bk_;
             int16_t* dst = dzp + par * par_size + rr * P * bk_ * 2;
             const int64_t full = (ow - par) / 2;  // pairs of two real columns, then the padded ones
-            interleave_pairs_s16(src + par * bk_, 2 * full, bk_, dst);
+            interleave_pairs((const uint16_t*)(src + par * bk_), 2 * full, bk_, (uint16_t*)dst);
             for (int64_t j = full; j < P; ++j) {
               const int64_t c0 = par + 2 * j;
               for (int64_t l = 0; l < bk_; ++l) {

@@ -1,7 +1,8 @@
 """The core's transpose (brgemm.h transpose_elements, the layers' layout copies) on every ISA:
 a copy, so every ISA must give numpy's transpose exactly, with the bytes around the
 destination untouched. Shapes cover full register tiles (16 × 16 with AVX-512, 8 × 8 with
-AVX2), the edges around them, single rows or columns, and row strides wider than a row."""
+AVX2), the edges around them, single rows or columns, and row strides wider than a row. The
+VNNI-2 pair copy (interleave_pairs_b16, bf16 and int16 operands' packing) likewise against numpy."""
 import numpy as np
 import pytest
 
@@ -42,3 +43,22 @@ def test_transpose_rejects_bad_arrays():
     with pytest.raises(ValueError, match="out overlaps x"):
         buf = np.zeros((5, 5), np.float32)
         _core.transpose(buf[:3, :5], buf[:5, :3])
+
+
+@pytest.mark.parametrize("rows, cols", [(2, 1), (2, 7), (2, 8), (4, 64), (7, 17), (56, 64), (3, 33)])
+def test_interleave_pairs_matches_numpy(isa, rng, rows, cols):
+    x = rng.integers(0, 1 << 16, size=(rows, cols), dtype=np.uint16)
+    out = np.full((rows // 2, 2 * cols), 0xA5A5, np.uint16)
+    _core.interleave_pairs(x, out)
+    pairs = x[: rows // 2 * 2].reshape(rows // 2, 2, cols)  # an odd last row is not read
+    np.testing.assert_array_equal(out, pairs.transpose(0, 2, 1).reshape(rows // 2, 2 * cols))
+
+
+def test_interleave_pairs_rejects_bad_arrays():
+    x = np.zeros((4, 5), np.uint16)
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 10\)"):
+        _core.interleave_pairs(x, np.zeros((4, 5), np.uint16))
+    with pytest.raises(TypeError, match="x must have 2-byte elements"):
+        _core.interleave_pairs(np.zeros((4, 5), np.float32), np.zeros((2, 10), np.uint16))
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        _core.interleave_pairs(np.zeros((5, 4), np.uint16).T, np.zeros((2, 10), np.uint16))

@@ -25,6 +25,21 @@ static inline void brgemm_transpose_8x8_b16(const uint16_t* s, int64_t ld_s, uin
   }
 }
 
+// The VNNI-2 pairs (brgemm_interleave_pairs_twin's result): 8 columns of both rows at a time.
+static inline void brgemm_interleave_pairs_b16_sse(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst) {
+  const int64_t c8 = cols / 8 * 8;
+  for (int64_t p = 0; p < rows / 2; ++p) {
+    const uint16_t *a = src + 2 * p * cols, *b = a + cols;
+    uint16_t* d = dst + p * cols * 2;
+    for (int64_t c = 0; c < c8; c += 8) {
+      const __m128i x = _mm_loadu_si128((const __m128i*)(a + c)), y = _mm_loadu_si128((const __m128i*)(b + c));
+      _mm_storeu_si128((__m128i*)(d + 2 * c), _mm_unpacklo_epi16(x, y));
+      _mm_storeu_si128((__m128i*)(d + 2 * c + 8), _mm_unpackhi_epi16(x, y));
+    }
+  }
+  brgemm_interleave_pairs_twin(src, rows, cols, c8, dst);
+}
+
 static inline void brgemm_transpose_b16_tiles(const uint16_t* src, int64_t rows, int64_t cols, int64_t ld_src,
                                               uint16_t* dst, int64_t ld_dst) {
   const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;

@@ -5,6 +5,17 @@
 #include <algorithm>
 #include <cstdint>
 
+// The VNNI-2 form of rows × cols 16-bit elements (rows even): rows 2p and 2p + 1 interleaved
+// element by element into row p of dst (2·cols elements).
+static inline void brgemm_interleave_pairs_twin(const uint16_t* src, int64_t rows, int64_t cols, int64_t c0,
+                                                uint16_t* dst) {
+  for (int64_t p = 0; p < rows / 2; ++p)
+    for (int64_t c = c0; c < cols; ++c) {
+      dst[(p * cols + c) * 2] = src[2 * p * cols + c];
+      dst[(p * cols + c) * 2 + 1] = src[(2 * p + 1) * cols + c];
+    }
+}
+
 template <class T>
 static inline void brgemm_transpose_twin(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst,
                                          int64_t ld_dst) {

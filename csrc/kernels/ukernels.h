@@ -118,7 +118,8 @@ BRGEMM_DFP_KERNELS(avx2)
 BRGEMM_DFP_KERNELS(avx512)
 #undef BRGEMM_DFP_KERNELS
 
-// The transposes (brgemm.h's transpose_elements) per element size and ISA; the VNNI and BF16
+// The transposes (brgemm.h's transpose_elements) per element size and ISA, and the VNNI-2 pairs
+// (interleave_pairs_b16); the VNNI and BF16
 // levels use avx512's.
 #define BRGEMM_TRANSPOSE_KERNELS(ISA)                                                                         \
   void transpose_b32__##ISA(const uint32_t* src, int64_t rows, int64_t cols, int64_t ld_src, uint32_t* dst,   \
@@ -126,7 +127,8 @@ BRGEMM_DFP_KERNELS(avx512)
   void transpose_b16__##ISA(const uint16_t* src, int64_t rows, int64_t cols, int64_t ld_src, uint16_t* dst,   \
                             int64_t ld_dst);                                                                  \
   void transpose_b8__##ISA(const uint8_t* src, int64_t rows, int64_t cols, int64_t ld_src, uint8_t* dst,      \
-                           int64_t ld_dst);
+                           int64_t ld_dst);                                                                  \
+  void interleave_pairs_b16__##ISA(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst);
 BRGEMM_TRANSPOSE_KERNELS(scalar)
 BRGEMM_TRANSPOSE_KERNELS(avx2)
 BRGEMM_TRANSPOSE_KERNELS(avx512)

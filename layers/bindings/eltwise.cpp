@@ -137,6 +137,26 @@ void transpose_py(const py::array& x, py::array out) {
   transpose_elements(xp, x.shape(0), x.shape(1), ld_x, op, ld_out, (int)bytes);
 }
 
+// out (rows / 2, 2·cols) = x's (rows × cols, 2-byte elements, C-contiguous) rows 2p and 2p + 1
+// interleaved into row p, through brgemm.h's interleave_pairs_b16 (for the tests).
+void interleave_pairs_py(const py::array& x, py::array out) {
+  if (x.itemsize() != 2) type_error("x must have 2-byte elements, got " + str(x.dtype()));
+  if (x.ndim() != 2) value_error("x must be 2-D, got " + std::to_string(x.ndim()) + " dimensions");
+  if (!(x.flags() & py::array::c_style)) value_error("x must be C-contiguous");
+  const int64_t rows = x.shape(0), cols = x.shape(1);
+  if (out.ndim() != 2 || out.shape(0) != rows / 2 || out.shape(1) != 2 * cols)
+    value_error("out must have shape (" + std::to_string(rows / 2) + ", " + std::to_string(2 * cols) + "), got " +
+                str(out.attr("shape")));
+  if (out.itemsize() != 2) type_error("out must have 2-byte elements, got " + str(out.dtype()));
+  if (!(out.flags() & py::array::c_style)) value_error("out must be C-contiguous");
+  require_writeable(out, "out");
+  require_disjoint(out, x, "out", "x");
+  const uint16_t* xp = (const uint16_t*)x.data();
+  uint16_t* op = (uint16_t*)out.mutable_data();
+  py::gil_scoped_release nogil;
+  interleave_pairs_b16(xp, rows, cols, op);
+}
+
 }  // namespace
 
 void register_eltwise(py::module_& m) {
@@ -147,6 +167,7 @@ void register_eltwise(py::module_& m) {
   m.def("softmax_backward", &softmax_backward_py, py::arg("order"), py::arg("x"), py::arg("y"), py::arg("grad_y"),
         py::arg("out") = py::none());
   m.def("transpose", &transpose_py, py::arg("x"), py::arg("out"));
+  m.def("interleave_pairs", &interleave_pairs_py, py::arg("x"), py::arg("out"));
   m.def("ktanh_table", [] {
     py::list e, sh, b;
     for (int i = 0; i < 32; ++i) {

@@ -307,6 +307,10 @@ void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t see
 // elements, 8 × 8 for 16-bit ones; 8-bit ones element by element).
 void transpose_elements(const void* src, int64_t rows, int64_t cols, int64_t ld_src, void* dst, int64_t ld_dst,
                         int bytes);
+// The VNNI-2 form of a row-major rows × cols block of 16-bit elements (rows even; an odd last row
+// is ignored): rows 2p and 2p + 1 interleaved element by element into row p of dst (2·cols
+// elements). A copy, the same bytes on every ISA (8 columns at a time in SSE2 registers).
+void interleave_pairs_b16(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst);
 
 // --- Recurrent gates (csrc/kernels/rnn_twin.h, per-ISA rnn.cpp) ------------------------------
 // One LSTM step's element-wise work on m rows of one block of 16 hidden units, after the step's

@@ -63,6 +63,10 @@ void transpose_b16__avx512(const uint16_t* src, int64_t rows, int64_t cols, int6
   brgemm_transpose_b16_tiles(src, rows, cols, ld_src, dst, ld_dst);
 }
 
+void interleave_pairs_b16__avx512(const uint16_t* src, int64_t rows, int64_t cols, uint16_t* dst) {
+  brgemm_interleave_pairs_b16_sse(src, rows, cols, dst);
+}
+
 void transpose_b8__avx512(const uint8_t* src, int64_t rows, int64_t cols, int64_t ld_src, uint8_t* dst,
                           int64_t ld_dst) {
   brgemm_transpose_twin(src, rows, cols, ld_src, dst, ld_dst);
