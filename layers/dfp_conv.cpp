@@ -46,17 +46,19 @@ void row_norms(const float* p, int64_t cols, int64_t lanes, double& pixel2, doub
   dfp16_slice_norms(p, cols, lanes, &pixel2, &row2);  // the active ISA's kernel, one order on all
 }
 
+// One blocked row (cols pixels × lanes) folded into the running maxima of scan().
+inline void scan_row(const float* p, int64_t cols, int64_t lanes, uint32_t& bits, double& pmax, double& rmax) {
+  bits = std::max(bits, dfp16_absmax_bits(p, cols * lanes));
+  row_norms(p, cols, lanes, pmax, rmax);
+}
+
 // One pass over `rows` such rows: the largest |x| as float bits (brgemm/dfp.h) and row_norms'
 // maxima.
 uint32_t scan(const float* x, int64_t rows, int64_t cols, int64_t lanes, int threads, double& pixel2, double& row2) {
   uint32_t bits = 0;
   double pmax = 0.0, rmax = 0.0;
 #pragma omp parallel for num_threads(threads) reduction(max : bits, pmax, rmax) schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    const float* p = x + row * cols * lanes;
-    bits = std::max(bits, dfp16_absmax_bits(p, cols * lanes));
-    row_norms(p, cols, lanes, pmax, rmax);
-  }
+  for (int64_t row = 0; row < rows; ++row) scan_row(x + row * cols * lanes, cols, lanes, bits, pmax, rmax);
   pixel2 = pmax, row2 = rmax;
   return bits;
 }
@@ -83,11 +85,7 @@ uint32_t block_and_scan(const float* x_plain, float* x, int64_t n, int64_t c, in
   for (int64_t pl = 0; pl < n * cb; ++pl) {
     float* plane = x + pl * pix * lanes;
     block_plane(x_plain + pl / cb * c * pix, c, pix, lanes, pl % cb, plane);
-    for (int64_t row = 0; row < rows; ++row) {
-      const float* p = plane + row * cols * lanes;
-      bits = std::max(bits, dfp16_absmax_bits(p, cols * lanes));
-      row_norms(p, cols, lanes, pmax, rmax);
-    }
+    for (int64_t row = 0; row < rows; ++row) scan_row(plane + row * cols * lanes, cols, lanes, bits, pmax, rmax);
   }
   pixel2 = pmax, row2 = rmax;
   return bits;
