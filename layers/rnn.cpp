@@ -31,36 +31,6 @@ struct gate_view {
 };
 constexpr int64_t bh = rnn_layer::bh;
 
-// e^x for the gates: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts), e^r by its degree-7
-// Taylor polynomial (truncation below 2⁻²⁴ relative there), 2^n from the exponent bits; plain
-// float operations, so the compiler vectorizes the gate loops. x is clamped to ±87 (e^87
-// is finite); NaN stays NaN.
-#define GATE_INLINE inline __attribute__((always_inline))
-GATE_INLINE float exp_gate(float x) {
-  x = x < -87.0f ? -87.0f : x > 87.0f ? 87.0f : x;
-  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (x - n * 0.693145751953125f) - n * 1.42860677e-6f;
-  const float p =
-      1.0f + r * (1.0f + r * (0.5f + r * (1.66666672e-1f + r * (4.16666679e-2f + r * (8.33333377e-3f +
-                                                                   r * (1.38888892e-3f + r * 1.98412701e-4f))))));
-  const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-  float s;
-  std::memcpy(&s, &bits, 4);
-  return p * s;
-}
-GATE_INLINE float sigmoid_gate(float x) { return 1.0f / (1.0f + exp_gate(-x)); }
-GATE_INLINE float tanh_gate(float x) { return 2.0f / (1.0f + exp_gate(-2.0f * x)) - 1.0f; }
-
-// y = sigmoid or tanh of x (n values), exact-path polynomials or the K-TanH family.
-GATE_INLINE void sigmoid_n(bool k, const float* x, float* y, int64_t n) {
-  if (k) return activation_f32(activation::ksigmoid, x, y, n);
-  for (int64_t j = 0; j < n; ++j) y[j] = sigmoid_gate(x[j]);
-}
-GATE_INLINE void tanh_n(bool k, const float* x, float* y, int64_t n) {
-  if (k) return activation_f32(activation::ktanh, x, y, n);
-  for (int64_t j = 0; j < n; ++j) y[j] = tanh_gate(x[j]);
-}
-
 // A step's rows of one hidden block: the core's gate kernels (brgemm.h: lstm_gates, gru_gates)
 // on each run of rows that share their time (all of them but in a reverse direction over
 // sequences of different lengths).
@@ -98,79 +68,36 @@ void gate_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t blk
   }
 }
 
-GATE_INLINE void backward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un,
-                               const float* dy, int64_t ldy) {
+// The backward of a step's rows over the units [u0, u0 + un): the core's gate kernels
+// (lstm_gates_backward, gru_gates_backward) per hidden block, on each run of rows that share
+// their time (as gate_rows).
+void backward_rows(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un, const float* dy,
+                   int64_t ldy) {
   const int64_t n = v.n, ghp = v.g * v.hp, wb = v.g * bh;
-  const bool lstm = v.lstm;
-  for (int64_t r = 0; r < m; ++r) {
+  for (int64_t r = 0; r < m;) {
     const int64_t i = r0 + r, t = v.time(s, i);
+    int64_t e = r + 1;
+    while (e < m && v.time(s, r0 + e) == t) ++e;
     for (int64_t b0 = u0; b0 < u0 + un; b0 += bh) {
-      const int64_t blk = b0 / bh, uh = std::max<int64_t>(0, std::min(bh, v.h - b0));
-      const float* act = v.act + (s * n + i) * 4 * v.hp + blk * 4 * bh;
-      float* dh = v.dh + i * v.hp + b0;
-      float* gx = v.dgx + (t * n + i) * ghp + blk * wb;
-      float* gh = v.dgh + (s * n + i) * ghp + blk * wb;
-      float d[bh];
-      for (int64_t j = 0; j < bh; ++j) d[j] = dh[j];
-      if (dy)
-        for (int64_t j = 0; j < uh; ++j) d[j] += dy[(t * n + i) * ldy + b0 + j];
-      if (lstm) {
-        const float *ig = act, *fg = act + bh, *gg = act + 2 * bh, *og = act + 3 * bh;
-        const float* c = v.cs + ((s + 1) * n + i) * v.hp + b0;
-        const float* cp = v.cs + (s * n + i) * v.hp + b0;
-        float* dc = v.dc + i * v.hp + b0;
-        float tc[bh];
-        tanh_n(v.k, c, tc, bh);
-        for (int64_t j = 0; j < bh; ++j) {
-          const float dct = dc[j] + d[j] * og[j] * (1.0f - tc[j] * tc[j]);
-          gx[j] = dct * gg[j] * ig[j] * (1.0f - ig[j]);                  // i
-          gx[bh + j] = dct * cp[j] * fg[j] * (1.0f - fg[j]);             // f
-          gx[2 * bh + j] = dct * ig[j] * (1.0f - gg[j] * gg[j]);         // g
-          gx[3 * bh + j] = d[j] * tc[j] * og[j] * (1.0f - og[j]);        // o
-          dc[j] = dct * fg[j];
-          dh[j] = 0.0f;
-        }
-        std::copy(gx, gx + wb, gh);
-      } else {
-        const float *rg = act, *zg = act + bh, *ng = act + 2 * bh, *hn = act + 3 * bh;
-        const float* hp = v.hs + (s * n + i) * v.hp + b0;
-        for (int64_t j = 0; j < bh; ++j) {
-          const float dn = d[j] * (1.0f - zg[j]) * (1.0f - ng[j] * ng[j]);
-          gx[j] = dn * hn[j] * rg[j] * (1.0f - rg[j]);                   // r
-          gx[bh + j] = d[j] * (hp[j] - ng[j]) * zg[j] * (1.0f - zg[j]);  // z
-          gx[2 * bh + j] = dn;                                           // n (input side)
-          gh[j] = gx[j];
-          gh[bh + j] = gx[bh + j];
-          gh[2 * bh + j] = dn * rg[j];                                   // n (recurrent side)
-          dh[j] = d[j] * zg[j];
-        }
-      }
+      const int64_t blk = b0 / bh;
+      gate_grad_rows g;
+      g.m = e - r;
+      g.act = v.act + (s * n + i) * 4 * v.hp + blk * 4 * bh, g.ld_act = 4 * v.hp;
+      if (v.lstm) g.c = v.cs + ((s + 1) * n + i) * v.hp + b0, g.ld_c = v.hp;
+      const float* prev = v.lstm ? v.cs : v.hs;  // c_{t−1}, or the GRU's h_{t−1}
+      g.c_prev = prev + (s * n + i) * v.hp + b0, g.ld_c_prev = v.hp;
+      g.dh = v.dh + i * v.hp + b0, g.ld_dh = v.hp;
+      if (dy) g.dy = dy + (t * n + i) * ldy + b0, g.ld_dy = ldy;
+      g.y_units = std::max<int64_t>(0, std::min(bh, v.h - b0));
+      if (v.lstm) g.dc = v.dc + i * v.hp + b0, g.ld_dc = v.hp;
+      g.dgx = v.dgx + (t * n + i) * ghp + blk * wb, g.ld_dgx = ghp;
+      g.dgh = v.dgh + (s * n + i) * ghp + blk * wb, g.ld_dgh = ghp;
+      g.ktanh = v.k;
+      v.lstm ? lstm_gates_backward(g) : gru_gates_backward(g);
     }
+    r = e;
   }
 }
-
-// s[c] += Σ_r a[r·ld + c] for c < w, each column summed in row order (in double).
-GATE_INLINE void column_sums(const float* a, int64_t rows, int64_t ld, int64_t w, double* s) {
-  for (int64_t r = 0; r < rows; ++r) {
-#pragma omp simd
-    for (int64_t c = 0; c < w; ++c) s[c] += a[r * ld + c];
-  }
-}
-
-// The gate loops compiled for each vector width (the compiler vectorizes the 16-unit loops),
-// picked by the active ISA so that forcing a level forces them too.
-#define GATE_CLONES(SUFFIX, TARGET)                                                                           \
-  TARGET void backward_rows_##SUFFIX(const gate_view& v, int64_t s, int64_t r0, int64_t m, int64_t u0,        \
-                                     int64_t un, const float* dy, int64_t ldy) {                              \
-    backward_rows(v, s, r0, m, u0, un, dy, ldy);                                                              \
-  }                                                                                                           \
-  TARGET void column_sums_##SUFFIX(const float* a, int64_t rows, int64_t ld, int64_t w, double* s) {          \
-    column_sums(a, rows, ld, w, s);                                                                           \
-  }
-GATE_CLONES(base, )
-GATE_CLONES(avx2, __attribute__((target("avx2"))))
-GATE_CLONES(avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))))
-#undef GATE_CLONES
 
 // f32 values rounded through bf16 (the weights a bf16 layer multiplies).
 void round_bf16(float* v, int64_t n) {
@@ -282,15 +209,11 @@ bool rnn_layer::refresh(const float* w_ih, const float* w_hh, const float* b_ih,
   return true;
 }
 
-// The gate math's view of a layer, and its copy for the active ISA.
+// The gate math's view of a layer.
 #define RNN_VIEW                                                                                          \
   gate_view v{rows_, h_, hp_, g_, steps_, cell_ == rnn_cell::lstm, ktanh_, t_ == dtype::bf16, reverse_, false, \
               lengths_.empty() ? nullptr : lengths_.data(), gx_.data(), bhn_.data(), hs_p_, cs_p_, act_p_,      \
-              dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data(), g_ * hp_};         \
-  const isa level = plan->level;                                                                           \
-  auto* fwd_rows = gate_rows;                                                                              \
-  auto* bwd_rows = level >= isa::avx512 ? backward_rows_avx512 : level >= isa::avx2 ? backward_rows_avx2 : backward_rows_base; \
-  auto* col_sums = level >= isa::avx512 ? column_sums_avx512 : level >= isa::avx2 ? column_sums_avx2 : column_sums_base;
+              dgx_.data(), dgh_.data(), dh_.data(), dc_.data(), h16_.data(), g_ * hp_};
 
 status rnn_layer::forward_plan_for(int64_t N, int threads, std::shared_ptr<const step_plan>* out) {
   plan_key key = zeroed<plan_key>();
@@ -474,7 +397,6 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   const std::vector<const kernel*>& k = fused ? plan->k1 : plan->k;
   const bool sparse = plan->sparse;
   RNN_VIEW
-  (void)bwd_rows, (void)col_sums;
   if (fused) v.gx = bias_.data(), v.gx_ld = 0;
   v.y16 = y_bf16;
   const int64_t blk_bytes = packed_b_elements(t_, hp_, wb) * dtype_b_bytes(t_);
@@ -520,7 +442,7 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
         batch.offs_b = hh_offs_b_.data() + hh_at_[blk];
       }
       execute(*k[m - 1], batch, tile);
-      fwd_rows(v, s, r0, m, blk, tile, y, ldy, train);
+      gate_rows(v, s, r0, m, blk, tile, y, ldy, train);
     }
   }
   for (int64_t i = 0; i < N; ++i) {
@@ -565,7 +487,6 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
   if (status st = backward_plan_for(N, threads, &plan); st != status::ok) return st;
   const std::vector<const kernel*>& k = plan->k;
   RNN_VIEW
-  (void)fwd_rows;
   // Units [u0, u0 + un) (whole 16-unit blocks) from step s's dGh, one call per panel they touch.
   auto recurrent = [&](int64_t s, int64_t r0, int64_t m, int64_t u0, int64_t un) {
     batch_ref batch;
@@ -616,7 +537,7 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
         else
           part(item % cols, &u0, &un);
         if (m1 > 0) sparse ? recurrent_sparse(s + 1, r0, m1, item % cols) : recurrent(s + 1, r0, m1, u0, un);
-        bwd_rows(v, s, r0, m, u0, un, dy, ldy);
+        backward_rows(v, s, r0, m, u0, un, dy, ldy);
       }
     }
 #pragma omp for schedule(static)
@@ -701,11 +622,11 @@ status rnn_layer::backward(const float* dy, int64_t ldy, const float* dhT, const
     for (int64_t c0 = 0; c0 < ghp; c0 += cw) {
       const int64_t w = std::min(cw, ghp - c0);
       double sx[cw] = {}, sh[cw] = {};
-      col_sums(dgx_.data() + c0, rows_x, ghp, w, sx);
+      column_sums(dgx_.data() + c0, rows_x, ghp, w, sx);
       if (dgh_is_dgx)
         std::copy(sx, sx + w, sh);
       else
-        col_sums(dgh_.data() + c0, rows_h, ghp, w, sh);
+        column_sums(dgh_.data() + c0, rows_h, ghp, w, sh);
       for (int64_t c = 0; c < w; ++c) {
         const int64_t ic = c0 + c, g = ic / bh % g_, u = ic / (g_ * bh) * bh + ic % bh;  // col(g, u) = ic
         if (u >= h_) continue;

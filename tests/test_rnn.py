@@ -346,3 +346,39 @@ def test_gates_same_bits_on_every_isa(cls, activation, dtype, scale, isa_restore
         for what, a, b in zip(("y", "h_T", "c_T"), got[levels[0]], got[level]):
             np.testing.assert_array_equal(a, b, err_msg=f"{what}: {level} differs from {levels[0]}")
     assert np.isfinite(np.asarray(got[levels[0]][1].view(np.float32))).all()
+
+
+@pytest.mark.parametrize("activation", ["exact", "ktanh"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_gate_gradients_same_bits_on_every_isa(cls, activation, dtype, isa_restored):
+    """The backward gate math is one core kernel per ISA as well (brgemm.h: lstm_gates_backward,
+    gru_gates_backward; the bias gradients' column sums: column_sums), so ∂x, ∂h0, ∂c0 and every
+    parameter gradient come out bit for bit the same on every ISA whose products agree. H = 37: the last block's dy covers 5 of its 16 units; ragged lengths and
+    a reverse direction give runs of rows at different times."""
+    m = cls(24, 37, bidirectional=True, dtype=dtype, activation=activation, seed=5)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 5, 24)).astype(np.float32)
+    xi = x.astype(BF16) if dtype == "bfloat16" else x
+    lengths = [6, 5, 5, 3, 1]
+    gy = rng.standard_normal((6, 5, 74)).astype(np.float32)
+    gh = rng.standard_normal((2, 5, 37)).astype(np.float32)
+    gc = rng.standard_normal((2, 5, 37)).astype(np.float32)
+    got = {}
+    for level in brgemm.available_isas():
+        brgemm.set_isa(level)
+        m(xi, lengths=lengths)
+        m.zero_grad()
+        dx, dstate = m.backward(gy, (gh, gc) if cls is LSTM else gh)
+        states = list(dstate) if cls is LSTM else [dstate]
+        grads = [getattr(m, name + "_grad") for name in m.parameters()]
+        got[level] = [np.asarray(a, np.float32).view(np.uint32) for a in [dx, *states, *grads]]
+    # Products that agree: f32 from AVX2 up; bf16 from AVX2 up to below AVX512_BF16 (its own pair sums).
+    levels = [lv for lv in got if lv != "scalar" and not (dtype == "bfloat16" and lv == "avx512_bf16")]
+    if len(levels) < 2:
+        pytest.skip("fewer than two ISA levels to compare here")
+    names = ["dx", "dh0", "dc0"][: 3 if cls is LSTM else 2] + list(m.parameters())
+    for level in levels[1:]:
+        for what, a, b in zip(names, got[levels[0]], got[level]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{what}: {level} differs from {levels[0]}")
+    assert all(np.isfinite(a.view(np.float32)).all() for a in got[levels[0]])

@@ -93,6 +93,42 @@ void gru_gates(const lstm_gate_rows& g, const float* bhn) {
   kernels::gru_gates__scalar(g, bhn);
 }
 
+void lstm_gates_backward(const gate_grad_rows& g) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::lstm_gates_backward__avx512(g);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::lstm_gates_backward__avx2(g);
+#endif
+  (void)level;
+  kernels::lstm_gates_backward__scalar(g);
+}
+
+void gru_gates_backward(const gate_grad_rows& g) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::gru_gates_backward__avx512(g);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::gru_gates_backward__avx2(g);
+#endif
+  (void)level;
+  kernels::gru_gates_backward__scalar(g);
+}
+
+void column_sums(const float* a, int64_t rows, int64_t ld, int64_t w, double* s) {
+  const isa level = active_isa();
+#ifdef BRGEMM_BUILT_AVX512
+  if ((int)level >= (int)isa::avx512) return kernels::column_sums__avx512(a, rows, ld, w, s);
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+  if ((int)level >= (int)isa::avx2) return kernels::column_sums__avx2(a, rows, ld, w, s);
+#endif
+  (void)level;
+  kernels::column_sums__scalar(a, rows, ld, w, s);
+}
+
 // Unbiased rounding: a uniform 16-bit number added below the kept bits, then truncation, rounds
 // up with probability (the dropped bits)/2¹⁶. The number is a hash of (seed, position), so the
 // result does not depend on how the array is split between threads.

@@ -1,4 +1,4 @@
-// The recurrent gates of brgemm.h (lstm_gates) one value at a time: the scalar twin that the
+// The recurrent gates of brgemm.h (lstm_gates and the backward) one value at a time: the scalar twin that the
 // AVX2 and AVX-512 kernels match bit for bit (the same IEEE operations in the same order, the
 // fused multiply-adds written out; the kernels are compiled with -ffp-contract=off).
 // Static, so each ISA translation unit keeps its own copy (see batch_block.h).
@@ -80,6 +80,60 @@ static inline void gru_row(const brgemm::lstm_gate_rows& g, const float* bhn, in
       a[j] = rg, a[16 + j] = zg, a[32 + j] = ng, a[48 + j] = hn;
     }
   }
+}
+
+// lstm_gates_backward on one row of 16 units (brgemm.h).
+static inline void lstm_backward_row(const brgemm::gate_grad_rows& g, int64_t r) {
+  const float* a = g.act + r * g.ld_act;
+  const float* c = g.c + r * g.ld_c;
+  const float* cp = g.c_prev + r * g.ld_c_prev;
+  const float* dy = g.dy ? g.dy + r * g.ld_dy : nullptr;
+  float* dh = g.dh + r * g.ld_dh;
+  float* dc = g.dc + r * g.ld_dc;
+  float* gx = g.dgx + r * g.ld_dgx;
+  float* gh = g.dgh ? g.dgh + r * g.ld_dgh : nullptr;
+  for (int64_t j = 0; j < 16; ++j) {
+    const float d = dy && j < g.y_units ? dh[j] + dy[j] : dh[j];
+    const float ig = a[j], fg = a[16 + j], gg = a[32 + j], og = a[48 + j];
+    const float t = g.ktanh ? brgemm_activation(brgemm::activation::ktanh, c[j]) : gate_tanh(c[j]);
+    const float dct = dc[j] + d * og * (1.0f - t * t);
+    const float q[4] = {dct * gg * ig * (1.0f - ig), dct * cp[j] * fg * (1.0f - fg), dct * ig * (1.0f - gg * gg),
+                        d * t * og * (1.0f - og)};
+    for (int k = 0; k < 4; ++k) {
+      gx[16 * k + j] = q[k];
+      if (gh) gh[16 * k + j] = q[k];
+    }
+    dc[j] = dct * fg;
+    dh[j] = 0.0f;
+  }
+}
+
+// gru_gates_backward on one row of 16 units (brgemm.h).
+static inline void gru_backward_row(const brgemm::gate_grad_rows& g, int64_t r) {
+  const float* a = g.act + r * g.ld_act;
+  const float* hp = g.c_prev + r * g.ld_c_prev;
+  const float* dy = g.dy ? g.dy + r * g.ld_dy : nullptr;
+  float* dh = g.dh + r * g.ld_dh;
+  float* gx = g.dgx + r * g.ld_dgx;
+  float* gh = g.dgh + r * g.ld_dgh;
+  for (int64_t j = 0; j < 16; ++j) {
+    const float d = dy && j < g.y_units ? dh[j] + dy[j] : dh[j];
+    const float rg = a[j], zg = a[16 + j], ng = a[32 + j], hn = a[48 + j];
+    const float dn = d * (1.0f - zg) * (1.0f - ng * ng);
+    gx[j] = dn * hn * rg * (1.0f - rg);
+    gx[16 + j] = d * (hp[j] - ng) * zg * (1.0f - zg);
+    gx[32 + j] = dn;
+    gh[j] = gx[j];
+    gh[16 + j] = gx[16 + j];
+    gh[32 + j] = dn * rg;
+    dh[j] = d * zg;
+  }
+}
+
+// column_sums (brgemm.h) from column c on: each column in double, in row order.
+static inline void column_sums_from(const float* a, int64_t rows, int64_t ld, int64_t c, int64_t w, double* s) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = c; j < w; ++j) s[j] += a[r * ld + j];
 }
 
 }  // namespace brgemm_rnn

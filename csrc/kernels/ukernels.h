@@ -66,6 +66,15 @@ void lstm_gates__avx512(const lstm_gate_rows& g);
 void gru_gates__scalar(const lstm_gate_rows& g, const float* bhn);
 void gru_gates__avx2(const lstm_gate_rows& g, const float* bhn);
 void gru_gates__avx512(const lstm_gate_rows& g, const float* bhn);
+void lstm_gates_backward__scalar(const gate_grad_rows& g);
+void lstm_gates_backward__avx2(const gate_grad_rows& g);
+void lstm_gates_backward__avx512(const gate_grad_rows& g);
+void gru_gates_backward__scalar(const gate_grad_rows& g);
+void gru_gates_backward__avx2(const gate_grad_rows& g);
+void gru_gates_backward__avx512(const gate_grad_rows& g);
+void column_sums__scalar(const float* a, int64_t rows, int64_t ld, int64_t w, double* s);
+void column_sums__avx2(const float* a, int64_t rows, int64_t ld, int64_t w, double* s);
+void column_sums__avx512(const float* a, int64_t rows, int64_t ld, int64_t w, double* s);
 
 // The softmax family (brgemm.h) on one row, per ISA; the VNNI and BF16 levels use avx512's.
 #define BRGEMM_SOFTMAX_KERNELS(ISA)                                                                       \

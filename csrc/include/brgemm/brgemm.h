@@ -352,6 +352,42 @@ void lstm_gates(const lstm_gate_rows& r);
 // written as the LSTM's (c, c_prev unused; h_prev read with ld_c_prev; act: r, z, n, hn).
 void gru_gates(const lstm_gate_rows& r, const float* bhn);
 
+// One step's backward through the gates on m rows of one block of 16 units, from the forward's
+// act (σ(i), σ(f), tanh(g), σ(o); GRU: r, z, n, hn). d = dh + dy (dy: null, or its first y_units
+// values added); then for the LSTM, with t = tanh(c) as the forward computed it,
+//   dc' = dc + d·o·(1 − t·t);  dgx = (dc'·g·i(1−i), dc'·c_prev·f(1−f), dc'·i·(1−g·g), d·t·o(1−o));
+//   dc = dc'·f,  dh = 0,  dgh = dgx (when dgh is not null);
+// for the GRU (h_prev read with ld_c_prev, c unused),
+//   dn = d·(1−z)·(1−n·n);  dgx = (dn·hn·r(1−r), d·(h_prev − n)·z(1−z), dn);  dgh = (dgx_r, dgx_z, dn·r);
+//   dh = d·z.
+// Each product left to right, no fused multiply-adds: the same bits on every ISA.
+struct gate_grad_rows {
+  int64_t m = 0;
+  const float* act = nullptr;
+  int64_t ld_act = 0;
+  const float* c = nullptr;
+  int64_t ld_c = 0;
+  const float* c_prev = nullptr;
+  int64_t ld_c_prev = 0;
+  float* dh = nullptr;
+  int64_t ld_dh = 0;
+  const float* dy = nullptr;
+  int64_t ld_dy = 0, y_units = 16;
+  float* dc = nullptr;
+  int64_t ld_dc = 0;
+  float* dgx = nullptr;
+  int64_t ld_dgx = 0;
+  float* dgh = nullptr;
+  int64_t ld_dgh = 0;
+  bool ktanh = false;
+};
+void lstm_gates_backward(const gate_grad_rows& r);
+void gru_gates_backward(const gate_grad_rows& r);
+
+// s[c] += Σ_r a[r·ld + c] for c < w: each column summed in double, in row order (a bias's
+// gradient; the order makes the result the same on every ISA).
+void column_sums(const float* a, int64_t rows, int64_t ld, int64_t w, double* s);
+
 // --- Peak measurement (csrc/core/peak.cpp) ----------------------------------------------
 // dot_s16s16: vpdpwssd with VNNI, else vpmaddwd + vpaddd (avx512, then avx2).
 enum class peak_op : int { fma_f32 = 0, dot_bf16, dot_u8s8, dot_s16s16 };

@@ -1,5 +1,5 @@
-// The recurrent gates (brgemm.h) with AVX2: a row's 16 units are two vectors per gate. The
-// twin's operations (rnn_twin.h).
+// The recurrent gates and their backward (brgemm.h) with AVX2: a row's 16 units are two vectors
+// per gate. The twin's operations (rnn_twin.h).
 #include <algorithm>
 #include "../ukernels.h"
 #include "../rnn_twin.h"
@@ -112,7 +112,101 @@ void gru_rows(const lstm_gate_rows& g, const float* bhn) {
   }
 }
 
+// Lanes [0, n) of 8 set (n clamped to 0..8), as maskload and blendv want them.
+inline __m256i first_lanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)std::max<int64_t>(0, std::min<int64_t>(8, n))),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// d = dh + dy on the lanes below y_units (the others keep dh: no +0 added to a −0).
+inline __m256 grad_in(const gate_grad_rows& g, int64_t r, int64_t o8) {
+  const __m256 dh = _mm256_loadu_ps(g.dh + r * g.ld_dh + o8);
+  if (!g.dy) return dh;
+  const __m256i m = first_lanes(g.y_units - o8);
+  const __m256 sum = _mm256_add_ps(dh, _mm256_maskload_ps(g.dy + r * g.ld_dy + o8, m));
+  return _mm256_blendv_ps(dh, sum, _mm256_castsi256_ps(m));
+}
+
+template <bool K>
+void lstm_backward_rows(const gate_grad_rows& g) {
+  const ktanh_table8 t;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int64_t r = 0; r < g.m; ++r) {
+    for (int64_t o8 = 0; o8 < 16; o8 += 8) {
+      const float* a = g.act + r * g.ld_act + o8;
+      const __m256 d = grad_in(g, r, o8);
+      const __m256 ig = _mm256_loadu_ps(a), fg = _mm256_loadu_ps(a + 16), gg = _mm256_loadu_ps(a + 32),
+                   og = _mm256_loadu_ps(a + 48);
+      const __m256 c = _mm256_loadu_ps(g.c + r * g.ld_c + o8);
+      const __m256 tc = K ? activation8(activation::ktanh, c, t) : tanh8(c);
+      const __m256 dct = _mm256_add_ps(_mm256_loadu_ps(g.dc + r * g.ld_dc + o8),
+                                       _mm256_mul_ps(_mm256_mul_ps(d, og), _mm256_sub_ps(one, _mm256_mul_ps(tc, tc))));
+      __m256 q[4];
+      q[0] = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dct, gg), ig), _mm256_sub_ps(one, ig));
+      q[1] = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dct, _mm256_loadu_ps(g.c_prev + r * g.ld_c_prev + o8)), fg),
+                           _mm256_sub_ps(one, fg));
+      q[2] = _mm256_mul_ps(_mm256_mul_ps(dct, ig), _mm256_sub_ps(one, _mm256_mul_ps(gg, gg)));
+      q[3] = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(d, tc), og), _mm256_sub_ps(one, og));
+      for (int k = 0; k < 4; ++k) {
+        _mm256_storeu_ps(g.dgx + r * g.ld_dgx + 16 * k + o8, q[k]);
+        if (g.dgh) _mm256_storeu_ps(g.dgh + r * g.ld_dgh + 16 * k + o8, q[k]);
+      }
+      _mm256_storeu_ps(g.dc + r * g.ld_dc + o8, _mm256_mul_ps(dct, fg));
+      _mm256_storeu_ps(g.dh + r * g.ld_dh + o8, _mm256_setzero_ps());
+    }
+  }
+}
+
+void gru_backward_rows(const gate_grad_rows& g) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int64_t r = 0; r < g.m; ++r) {
+    for (int64_t o8 = 0; o8 < 16; o8 += 8) {
+      const float* a = g.act + r * g.ld_act + o8;
+      const __m256 d = grad_in(g, r, o8);
+      const __m256 rg = _mm256_loadu_ps(a), zg = _mm256_loadu_ps(a + 16), ng = _mm256_loadu_ps(a + 32),
+                   hn = _mm256_loadu_ps(a + 48);
+      const __m256 hp = _mm256_loadu_ps(g.c_prev + r * g.ld_c_prev + o8);
+      const __m256 dn =
+          _mm256_mul_ps(_mm256_mul_ps(d, _mm256_sub_ps(one, zg)), _mm256_sub_ps(one, _mm256_mul_ps(ng, ng)));
+      const __m256 dr = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dn, hn), rg), _mm256_sub_ps(one, rg));
+      const __m256 dz =
+          _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(d, _mm256_sub_ps(hp, ng)), zg), _mm256_sub_ps(one, zg));
+      float* gx = g.dgx + r * g.ld_dgx + o8;
+      float* gh = g.dgh + r * g.ld_dgh + o8;
+      _mm256_storeu_ps(gx, dr);
+      _mm256_storeu_ps(gx + 16, dz);
+      _mm256_storeu_ps(gx + 32, dn);
+      _mm256_storeu_ps(gh, dr);
+      _mm256_storeu_ps(gh + 16, dz);
+      _mm256_storeu_ps(gh + 32, _mm256_mul_ps(dn, rg));
+      _mm256_storeu_ps(g.dh + r * g.ld_dh + o8, _mm256_mul_ps(d, zg));
+    }
+  }
+}
+
 }  // namespace
+
+void lstm_gates_backward__avx2(const gate_grad_rows& g) {
+  g.ktanh ? lstm_backward_rows<true>(g) : lstm_backward_rows<false>(g);
+}
+
+void gru_gates_backward__avx2(const gate_grad_rows& g) { gru_backward_rows(g); }
+
+// 32 columns at a time in 8 accumulators of 4 doubles, every row added in order; the last
+// columns one at a time (the twin's loop).
+void column_sums__avx2(const float* a, int64_t rows, int64_t ld, int64_t w, double* s) {
+  int64_t c0 = 0;
+  for (; c0 + 32 <= w; c0 += 32) {
+    __m256d acc[8];
+    for (int k = 0; k < 8; ++k) acc[k] = _mm256_loadu_pd(s + c0 + 4 * k);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = a + r * ld + c0;
+      for (int k = 0; k < 8; ++k) acc[k] = _mm256_add_pd(acc[k], _mm256_cvtps_pd(_mm_loadu_ps(row + 4 * k)));
+    }
+    for (int k = 0; k < 8; ++k) _mm256_storeu_pd(s + c0 + 4 * k, acc[k]);
+  }
+  brgemm_rnn::column_sums_from(a, rows, ld, c0, w, s);
+}
 
 void gru_gates__avx2(const lstm_gate_rows& g, const float* bhn) {
   g.ktanh ? gru_rows<true>(g, bhn) : gru_rows<false>(g, bhn);

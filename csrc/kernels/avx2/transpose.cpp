@@ -35,7 +35,9 @@ inline void tile_8x8(const uint32_t* s, int64_t ld_s, uint32_t* d, int64_t ld_d,
     u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
   }
   for (int j = 0; j < 8; ++j) {
-    const __m256 out = _mm256_permute2f128_ps(u[j % 4], u[4 + j % 4], j < 4 ? 0x20 : 0x31);
+    // Two spelled-out immediates: a computed one compiles only once the loop is unrolled (-O3).
+    const __m256 out = j < 4 ? _mm256_permute2f128_ps(u[j % 4], u[4 + j % 4], 0x20)
+                             : _mm256_permute2f128_ps(u[j % 4], u[4 + j % 4], 0x31);
     if (full)
       _mm256_storeu_ps((float*)d + j * ld_d, out);
     else if (j < cols)

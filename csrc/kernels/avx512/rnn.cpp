@@ -1,5 +1,7 @@
-// The recurrent gates (brgemm.h) with AVX-512: a row's 16 units are one vector per gate, every
-// value stays in registers from the tile to the stores. The twin's operations (rnn_twin.h).
+// The recurrent gates and their backward (brgemm.h) with AVX-512: a row's 16 units are one
+// vector per gate, every value stays in registers from the tile to the stores. The twin's
+// operations (rnn_twin.h).
+#include <algorithm>
 #include "../ukernels.h"
 #include "../rnn_twin.h"
 #include "activation.h"
@@ -130,7 +132,96 @@ void gru_rows(const lstm_gate_rows& args, const float* bhn) {
   }
 }
 
+// d = dh + dy on the first y_units lanes (the others keep dh: no +0 added to a −0).
+inline __m512 grad_in(const gate_grad_rows& g, int64_t r, __mmask16 ymask) {
+  const __m512 dh = _mm512_loadu_ps(g.dh + r * g.ld_dh);
+  if (!g.dy) return dh;
+  return _mm512_mask_add_ps(dh, ymask, dh, _mm512_maskz_loadu_ps(ymask, g.dy + r * g.ld_dy));
+}
+
+template <bool K>
+void lstm_backward_rows(const gate_grad_rows& args) {
+  const gate_grad_rows g = args;
+  const ktanh_table32 t;
+  const __mmask16 ymask = (__mmask16)((1u << g.y_units) - 1u);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t r = 0; r < g.m; ++r) {
+    const float* a = g.act + r * g.ld_act;
+    const __m512 d = grad_in(g, r, ymask);
+    const __m512 ig = _mm512_loadu_ps(a), fg = _mm512_loadu_ps(a + 16), gg = _mm512_loadu_ps(a + 32),
+                 og = _mm512_loadu_ps(a + 48);
+    const __m512 c = _mm512_loadu_ps(g.c + r * g.ld_c);
+    const __m512 tc = K ? k_family16<activation::ktanh>(c, t) : tanh16(c);
+    const __m512 dct = _mm512_add_ps(_mm512_loadu_ps(g.dc + r * g.ld_dc),
+                                     _mm512_mul_ps(_mm512_mul_ps(d, og), _mm512_sub_ps(one, _mm512_mul_ps(tc, tc))));
+    __m512 q[4];
+    q[0] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, gg), ig), _mm512_sub_ps(one, ig));
+    q[1] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, _mm512_loadu_ps(g.c_prev + r * g.ld_c_prev)), fg),
+                         _mm512_sub_ps(one, fg));
+    q[2] = _mm512_mul_ps(_mm512_mul_ps(dct, ig), _mm512_sub_ps(one, _mm512_mul_ps(gg, gg)));
+    q[3] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(d, tc), og), _mm512_sub_ps(one, og));
+    for (int k = 0; k < 4; ++k) {
+      _mm512_storeu_ps(g.dgx + r * g.ld_dgx + 16 * k, q[k]);
+      if (g.dgh) _mm512_storeu_ps(g.dgh + r * g.ld_dgh + 16 * k, q[k]);
+    }
+    _mm512_storeu_ps(g.dc + r * g.ld_dc, _mm512_mul_ps(dct, fg));
+    _mm512_storeu_ps(g.dh + r * g.ld_dh, _mm512_setzero_ps());
+  }
+}
+
+void gru_backward_rows(const gate_grad_rows& args) {
+  const gate_grad_rows g = args;
+  const __mmask16 ymask = (__mmask16)((1u << g.y_units) - 1u);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t r = 0; r < g.m; ++r) {
+    const float* a = g.act + r * g.ld_act;
+    const __m512 d = grad_in(g, r, ymask);
+    const __m512 rg = _mm512_loadu_ps(a), zg = _mm512_loadu_ps(a + 16), ng = _mm512_loadu_ps(a + 32),
+                 hn = _mm512_loadu_ps(a + 48);
+    const __m512 hp = _mm512_loadu_ps(g.c_prev + r * g.ld_c_prev);
+    const __m512 dn = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_sub_ps(one, zg)), _mm512_sub_ps(one, _mm512_mul_ps(ng, ng)));
+    const __m512 dr = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dn, hn), rg), _mm512_sub_ps(one, rg));
+    const __m512 dz = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(d, _mm512_sub_ps(hp, ng)), zg), _mm512_sub_ps(one, zg));
+    float* gx = g.dgx + r * g.ld_dgx;
+    float* gh = g.dgh + r * g.ld_dgh;
+    _mm512_storeu_ps(gx, dr);
+    _mm512_storeu_ps(gx + 16, dz);
+    _mm512_storeu_ps(gx + 32, dn);
+    _mm512_storeu_ps(gh, dr);
+    _mm512_storeu_ps(gh + 16, dz);
+    _mm512_storeu_ps(gh + 32, _mm512_mul_ps(dn, rg));
+    _mm512_storeu_ps(g.dh + r * g.ld_dh, _mm512_mul_ps(d, zg));
+  }
+}
+
 }  // namespace
+
+void lstm_gates_backward__avx512(const gate_grad_rows& g) {
+  g.ktanh ? lstm_backward_rows<true>(g) : lstm_backward_rows<false>(g);
+}
+
+void gru_gates_backward__avx512(const gate_grad_rows& g) { gru_backward_rows(g); }
+
+// 64 columns at a time in 8 accumulators of 8 doubles, every row added in order; the last
+// columns under a mask.
+void column_sums__avx512(const float* a, int64_t rows, int64_t ld, int64_t w, double* s) {
+  for (int64_t c0 = 0; c0 < w; c0 += 64) {
+    const int64_t cw = std::min<int64_t>(64, w - c0);
+    __m512d acc[8];
+    __mmask8 mask[8];
+    for (int k = 0; k < 8; ++k) {
+      const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(8, cw - 8 * k));
+      mask[k] = (__mmask8)((1u << lanes) - 1u);
+      acc[k] = _mm512_maskz_loadu_pd(mask[k], s + c0 + 8 * k);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = a + r * ld + c0;
+      for (int k = 0; k < 8; ++k)
+        acc[k] = _mm512_add_pd(acc[k], _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask[k], row + 8 * k)));
+    }
+    for (int k = 0; k < 8; ++k) _mm512_mask_storeu_pd(s + c0 + 8 * k, mask[k], acc[k]);
+  }
+}
 
 void gru_gates__avx512(const lstm_gate_rows& g, const float* bhn) {
   g.ktanh ? gru_rows<true>(g, bhn) : gru_rows<false>(g, bhn);
