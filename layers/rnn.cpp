@@ -371,7 +371,10 @@ status rnn_layer::forward(int64_t T, int64_t N, const void* x, const int64_t* le
   // h's product adds to it: Gx (T·N·G·H floats) never goes to memory and back (2 × 13 MB at
   // H = 256, N = 64, T = 50). Otherwise one product for every step, biases included. Dense or
   // block-sparse, the sums run in the same order (the kept blocks in place; acc + a·0 = acc).
-  const bool fused = lstm && !(reverse_ && lengths);
+  // Past 8 MiB of packed weights the step would stream W_ih from beyond L2 at every step, and
+  // the one product is faster (one thread, T = 35: LSTM 650 at N = 20 f32 ~53 → ~48 ms, 1024 at
+  // N = 16 ~124 → ~96 ms; at 512 and below fusing wins: 256 at N = 64 f32 34 against 37–48 ms).
+  const bool fused = lstm && !(reverse_ && lengths) && (in_ + hp_) * ghp * dtype_b_bytes(t_) <= (int64_t(8) << 20);
   if (!fused)
     if (status st = input_product(T, N, x, threads); st != status::ok) return st;
 
