@@ -68,16 +68,23 @@ void softmax_backward(int order, bool bf16, const void* x, const void* y, const 
                       int64_t rows, int64_t cols) {
   const int threads = (int)std::min<int64_t>(threads_for(rows * cols), rows);
   const size_t size = bf16 ? 2 : 4;
-  auto row = [&](const void* p, int64_t r) { return p ? (const char*)p + (size_t)(r * cols) * size : nullptr; };
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t r = 0; r < rows; ++r) {
-    char* out = (char*)grad_x + (size_t)(r * cols) * size;
+  auto at = [&](const void* p, int64_t r) { return p ? (const char*)p + (size_t)(r * cols) * size : nullptr; };
+  // one call per thread on its block of rows: the kernel pipelines consecutive rows
+  auto run = [&](int64_t r0, int64_t r1) {
+    if (r1 <= r0) return;
+    char* out = (char*)grad_x + (size_t)(r0 * cols) * size;
     if (bf16)
-      softmax_backward_bf16(order, (const uint16_t*)row(x, r), (const uint16_t*)row(y, r),
-                            (const uint16_t*)row(grad_y, r), (uint16_t*)out, cols);
+      softmax_backward_bf16(order, (const uint16_t*)at(x, r0), (const uint16_t*)at(y, r0),
+                            (const uint16_t*)at(grad_y, r0), (uint16_t*)out, r1 - r0, cols);
     else
-      softmax_backward_f32(order, (const float*)row(x, r), (const float*)row(y, r), (const float*)row(grad_y, r),
-                           (float*)out, cols);
+      softmax_backward_f32(order, (const float*)at(x, r0), (const float*)at(y, r0), (const float*)at(grad_y, r0),
+                           (float*)out, r1 - r0, cols);
+  };
+  if (threads == 1) return run(0, rows);
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+    run(rows * id / nt, rows * (id + 1) / nt);
   }
 }
 

@@ -29,13 +29,14 @@ void softmax_bf16(int order, const uint16_t* x, uint16_t* y, int64_t n, float* w
   BRGEMM_SOFTMAX_CALL(softmax_bf16, order, x, y, n, work);
 }
 
-void softmax_backward_f32(int order, const float* x, const float* y, const float* grad_y, float* grad_x, int64_t n) {
-  BRGEMM_SOFTMAX_CALL(softmax_backward_f32, order, x, y, grad_y, grad_x, n);
+void softmax_backward_f32(int order, const float* x, const float* y, const float* grad_y, float* grad_x, int64_t rows,
+                          int64_t n) {
+  BRGEMM_SOFTMAX_CALL(softmax_backward_f32, order, x, y, grad_y, grad_x, rows, n);
 }
 
 void softmax_backward_bf16(int order, const uint16_t* x, const uint16_t* y, const uint16_t* grad_y, uint16_t* grad_x,
-                           int64_t n) {
-  BRGEMM_SOFTMAX_CALL(softmax_backward_bf16, order, x, y, grad_y, grad_x, n);
+                           int64_t rows, int64_t n) {
+  BRGEMM_SOFTMAX_CALL(softmax_backward_bf16, order, x, y, grad_y, grad_x, rows, n);
 }
 
 #undef BRGEMM_SOFTMAX_CALL

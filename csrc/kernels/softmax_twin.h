@@ -211,16 +211,28 @@ static inline void by_order(int order, F&& f) {
     brgemm_softmax::by_order(order, [&](auto o) { forward<o.value>(x, y, work, n); });                         \
   }                                                                                                               \
   void softmax_backward_f32__##ISA(int order, const float* x, const float* y, const float* g, float* gx,        \
-                                   int64_t n) {                                                                  \
-    if (order == 0) return backward_exact(y, g, gx, n);                                                          \
+                                   int64_t rows, int64_t n) {                                                    \
+    if (order == 0) return backward_exact_rows(y, g, gx, rows, n);                                               \
     brgemm_softmax::by_order(order, [&](auto o) {                                                               \
-      if constexpr (o.value > 0) backward_taylor<o.value>(x, g, gx, n);                                         \
+      if constexpr (o.value > 0) backward_taylor_rows<o.value>(x, g, gx, rows, n);                              \
     });                                                                                                           \
   }                                                                                                               \
   void softmax_backward_bf16__##ISA(int order, const uint16_t* x, const uint16_t* y, const uint16_t* g,         \
-                                    uint16_t* gx, int64_t n) {                                                   \
-    if (order == 0) return backward_exact(y, g, gx, n);                                                          \
+                                    uint16_t* gx, int64_t rows, int64_t n) {                                     \
+    if (order == 0) return backward_exact_rows(y, g, gx, rows, n);                                               \
     brgemm_softmax::by_order(order, [&](auto o) {                                                               \
-      if constexpr (o.value > 0) backward_taylor<o.value>(x, g, gx, n);                                         \
+      if constexpr (o.value > 0) backward_taylor_rows<o.value>(x, g, gx, rows, n);                              \
     });                                                                                                           \
+  }
+
+// For the files whose backward kernels go row by row (inside their unnamed namespace, after
+// backward_exact and backward_taylor): the row loops the entry points above call.
+#define BRGEMM_SOFTMAX_ROW_BY_ROW                                                                   \
+  template <class T>                                                                                \
+  void backward_exact_rows(const T* y, const T* g, T* gx, int64_t rows, int64_t n) {                \
+    for (int64_t r = 0; r < rows; ++r) backward_exact(y + r * n, g + r * n, gx + r * n, n);          \
+  }                                                                                                 \
+  template <int N, class T>                                                                         \
+  void backward_taylor_rows(const T* x, const T* g, T* gx, int64_t rows, int64_t n) {               \
+    for (int64_t r = 0; r < rows; ++r) backward_taylor<N>(x + r * n, g + r * n, gx + r * n, n);      \
   }

@@ -81,9 +81,9 @@ void column_sums__avx512(const float* a, int64_t rows, int64_t ld, int64_t w, do
   void softmax_f32__##ISA(int order, const float* x, float* y, int64_t n);                                \
   void softmax_bf16__##ISA(int order, const uint16_t* x, uint16_t* y, int64_t n, float* work);            \
   void softmax_backward_f32__##ISA(int order, const float* x, const float* y, const float* g, float* gx,  \
-                                   int64_t n);                                                            \
+                                   int64_t rows, int64_t n);                                              \
   void softmax_backward_bf16__##ISA(int order, const uint16_t* x, const uint16_t* y, const uint16_t* g,  \
-                                    uint16_t* gx, int64_t n);
+                                    uint16_t* gx, int64_t rows, int64_t n);
 BRGEMM_SOFTMAX_KERNELS(scalar)
 BRGEMM_SOFTMAX_KERNELS(avx2)
 BRGEMM_SOFTMAX_KERNELS(avx512)

@@ -288,12 +288,15 @@ bool activation_backward_needs_x(activation a);
 // y may be x itself.
 void softmax_f32(int order, const float* x, float* y, int64_t n);
 void softmax_bf16(int order, const uint16_t* x, uint16_t* y, int64_t n, float* work);
-// grad_x of one row given grad_y. Exact (order 0), from the output y: y_j·(g_j − d) with
-// d = Σ g·y (x unused). Taylor, from the input x alone (y unused): S = Σ P_n(x),
-// d = Σ g·P_n(x) / S (= ⟨g, y⟩), grad_x_j = (P_{n−1}(x_j)·(1/S))·(g_j − d). Sums as above.
-void softmax_backward_f32(int order, const float* x, const float* y, const float* grad_y, float* grad_x, int64_t n);
+// grad_x of `rows` consecutive rows of n values given grad_y (a row's result does not depend on
+// the others: several rows at once let the kernel overlap one row's sums with the previous
+// row's update). Exact (order 0), from the output y: y_j·(g_j − d) with d = Σ g·y (x unused).
+// Taylor, from the input x alone (y unused): S = Σ P_n(x), d = Σ g·P_n(x) / S (= ⟨g, y⟩),
+// grad_x_j = (P_{n−1}(x_j)·(1/S))·(g_j − d). Sums as above.
+void softmax_backward_f32(int order, const float* x, const float* y, const float* grad_y, float* grad_x, int64_t rows,
+                          int64_t n);
 void softmax_backward_bf16(int order, const uint16_t* x, const uint16_t* y, const uint16_t* grad_y, uint16_t* grad_x,
-                           int64_t n);
+                           int64_t rows, int64_t n);
 // bf16 bits ↔ f32 arrays (f32 → bf16 rounds to nearest even, NaN stays NaN), as the epilogue does.
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n);
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n);

@@ -216,6 +216,8 @@ void backward_taylor(const T* x, const T* g, T* gx, int64_t n) {
   for (; j < n; ++j) sm::store(gx, j, (sm::taylor_poly<N - 1>(sm::load(x, j)) * inv) * (sm::load(g, j) - d));
 }
 
+BRGEMM_SOFTMAX_ROW_BY_ROW
+
 }  // namespace
 
 BRGEMM_SOFTMAX_ENTRY_POINTS(avx2)

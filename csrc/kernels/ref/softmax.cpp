@@ -7,6 +7,7 @@ namespace brgemm::kernels {
 
 namespace {
 using brgemm_softmax::backward_exact, brgemm_softmax::backward_taylor, brgemm_softmax::forward;
+BRGEMM_SOFTMAX_ROW_BY_ROW
 }  // namespace
 
 BRGEMM_SOFTMAX_ENTRY_POINTS(scalar)
