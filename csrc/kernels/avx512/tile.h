@@ -145,7 +145,7 @@ BRGEMM_KLOOP void finish(const ukernel_args& p, const __m512i (&acc)[MR][NV]) {
 // One MR × 16·NV instance (p.m == MR, 16·(NV-1) < p.n ≤ 16·NV); EP: it may finish through the
 // epilogue in registers (the whole-width instances).
 template <class Loop, int MR, int NV, bool EP = false>
-void tile(const ukernel_args& p) {
+BRGEMM_KLOOP void tile_once(const ukernel_args& p) {
   using ta = typename Loop::ta;
   using tb = typename Loop::tb;
   const Loop loop(p);  // its per-tile constants, computed once as the k-loop's invariants
@@ -176,6 +176,30 @@ void tile(const ukernel_args& p) {
   if constexpr (EP)
     if (p.et) return finish<MR, NV>(p, acc);
   store<MR, NV>(p, acc, last);
+}
+
+// tile_once, or p.tiles of them one below the other (ukernel_args::tiles: register epilogue
+// only). Each tile's output rows are asked for before its sums, as execute() does for one.
+template <class Loop, int MR, int NV, bool EP = false>
+void tile(const ukernel_args& p) {
+  if constexpr (EP) {
+    if (p.et && p.tiles > 1) {
+      constexpr dtype acc_type = std::is_same_v<typename Loop::acc, __m512i> ? dtype::u8s8 : dtype::f32;
+      const int64_t ob = out_type_bytes(acc_type, p.ed->out), row = p.et->ldc * ob;
+      ukernel_args q = p;
+      epilogue_tile t = *p.et;
+      q.et = &t;
+      for (int r = 0; r < p.tiles; ++r) {
+        for (int m = 0; m < MR; ++m)
+          for (int64_t b = 0; b < 16 * NV * ob; b += 64) __builtin_prefetch((const char*)t.out + m * row + b, 1, 3);
+        tile_once<Loop, MR, NV, EP>(q);
+        q.a_off += MR * p.lda;
+        t.out = (char*)t.out + MR * row;
+      }
+      return;
+    }
+  }
+  tile_once<Loop, MR, NV, EP>(p);
 }
 
 // Picks the instance for this tile's m (1..MR) and vector count (1..NV).
