@@ -166,6 +166,7 @@ struct conv_pass_plan {
   std::vector<run> runs;                   // runs of result columns that see the same taps
   int64_t per, chunks, group, groups, ldc;
   bool tile;                               // partial sums in a per-thread tile
+  bool images_outer = false;               // work items image by image (build_pass)
   std::vector<int64_t> merged;             // per run: column taps per batch element (1, or all)
   bool rows_w = false;                     // merged runs read pass_data::wts_rows
   std::vector<chunk_kernels> kr;           // per run (runs differ in M, merged ones in K)

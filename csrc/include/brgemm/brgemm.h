@@ -163,6 +163,12 @@ struct ukernel_args {
   float beta;
   const epilogue_desc* ed = nullptr;
   const epilogue_tile* et = nullptr;
+  // With et (kernel::in_registers: the zmm skeleton): `tiles` tiles of m rows one below the
+  // other, A's rows and et's output m rows further on per tile (the skeleton prefetches each
+  // tile's output rows). execute() asks for more than one only when the epilogue reads nothing
+  // by row (no prev, row offsets or residual): the per-tile set-up of a short reduction (K = 64:
+  // a tile is some 800 cycles) is then paid once per run of tiles.
+  int tiles = 1;
 };
 using ukernel_fn = void (*)(const ukernel_args&);
 

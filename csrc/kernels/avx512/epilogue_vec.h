@@ -41,6 +41,7 @@ struct epilogue16 {
   const __m512 lo_z, hi_z, out_scale, scale1;  // the int8 output's bounds less its zero point
   const __m512i zp_i;
   const bool unit_scale;  // v / 1 is v: skip the division (slow on Zen 4)
+  const bool zero_zp;     // v + 0 is v: skip the add
 
   epilogue16(const epilogue_desc& d, const epilogue_tile& tl)
       : ld_prev(tl.ld_prev), ldc(tl.ldc), ld_add(tl.ep->ld_add), prev(tl.prev), out(tl.out),
@@ -53,7 +54,7 @@ struct epilogue16 {
         out_scale(_mm512_set1_ps(tl.ep->out_scale)),
         scale1(_mm512_set1_ps(d.scale == scale_kind::tensor ? tl.ep->scale[0] : 1.0f)),
         zp_i(_mm512_set1_epi32(tl.ep->out_zero_point)),
-        unit_scale(tl.ep->out_scale == 1.0f) {}
+        unit_scale(tl.ep->out_scale == 1.0f), zero_zp(tl.ep->out_zero_point == 0) {}
 
   // Row i's integer offset, broadcast (int8: stage 2's row term).
   __m512i row_term(int64_t i) const { return _mm512_set1_epi32(row_offset ? row_offset[i] : 0); }
@@ -112,19 +113,20 @@ struct epilogue16 {
   // The int8 output's usual tile (plain_int8: no prev, row offsets or residual; a column scale;
   // no activation or ReLU), its stages picked once per tile instead of tested per vector.
   // Stages 1–5 of requantized(staged(value(s))) in the same operations and order, except that
-  // an absent column offset or bias is a zero added (zeros64): s + 0 is s, and v + 0.0f is v
-  // but for −0.0 → +0.0, which rounds to the same integer.
+  // the column offsets are where the sums started (tile.h: s32 adds in another order, the same
+  // bits), an absent bias is a zero added (zeros64: v + 0.0f is v but for −0.0 → +0.0, which
+  // rounds to the same integer), and a zero point of 0 is not added (ZP false).
   bool plain_int8() const {
     return !prev && !row_offset && !add && scale_col && (act == activation::none || act == activation::relu);
   }
-  template <bool RELU, bool UNIT>
-  BRGEMM_EPILOGUE_INLINE __m512i requantized_plain(__m512i s, const int32_t* co, const float* bi, int64_t j) const {
-    __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(s, _mm512_loadu_si512(co + j)));
+  template <bool RELU, bool UNIT, bool ZP>
+  BRGEMM_EPILOGUE_INLINE __m512i requantized_plain(__m512i s, const float* bi, int64_t j) const {
+    __m512 v = _mm512_cvtepi32_ps(s);
     v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_loadu_ps(scale_col + j)), _mm512_loadu_ps(bi + j));
     if constexpr (RELU) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays, as activation16_simple
     if constexpr (!UNIT) v = _mm512_div_ps(v, out_scale);
     v = _mm512_min_ps(_mm512_max_ps(v, lo_z), hi_z);
-    return _mm512_add_epi32(_mm512_cvtps_epi32(v), zp_i);
+    return ZP ? _mm512_add_epi32(_mm512_cvtps_epi32(v), zp_i) : _mm512_cvtps_epi32(v);
   }
 
   // Stages 3–4: bias, the residual, the activation.

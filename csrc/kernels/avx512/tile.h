@@ -73,17 +73,31 @@ inline void store(const ukernel_args& p, const __m512i (&acc)[MR][NV], __mmask16
 
 // A 64-column int8 tile through epilogue16::requantized_plain: with K = 64 the epilogue tested
 // its stages for each of the 24 vectors (a third of a 1×1 64 → 256 u8 convolution's time).
-template <bool RELU, bool UNIT, class E, int MR>
+// The sums started from the column offsets (plain_int8_start).
+template <bool RELU, bool UNIT, bool ZP, class E, int MR>
 BRGEMM_KLOOP void finish_int8_64(const E& e, const __m512i (&acc)[MR][4]) {
-  const int32_t* co = e.col_offset ? e.col_offset : zeros64;
   const float* bi = e.bias ? e.bias : (const float*)zeros64;
 #pragma GCC unroll 32
   for (int m = 0; m < MR; ++m) {
     __m512i q[4];
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) q[v] = e.template requantized_plain<RELU, UNIT>(acc[m][v], co, bi, 16 * v);
+    for (int v = 0; v < 4; ++v) q[v] = e.template requantized_plain<RELU, UNIT, ZP>(acc[m][v], bi, 16 * v);
     e.store64(m, q);
   }
+}
+template <bool RELU, class E, int MR>
+BRGEMM_KLOOP void finish_int8_64(const E& e, const __m512i (&acc)[MR][4]) {
+  if (e.unit_scale) return e.zero_zp ? finish_int8_64<RELU, true, false>(e, acc) : finish_int8_64<RELU, true, true>(e, acc);
+  return e.zero_zp ? finish_int8_64<RELU, false, false>(e, acc) : finish_int8_64<RELU, false, true>(e, acc);
+}
+
+// Where the sums of a 64-column int8 tile start when it finishes through finish_int8_64 (an
+// int8 output, plain_int8): its column offsets (zeros64 without), added there before (s32
+// adds: the same bits in any order; 24 vector adds fewer per tile). Null: from zero.
+inline const int32_t* plain_int8_start(const ukernel_args& p) {
+  if (p.ed->out != out_type::u8 && p.ed->out != out_type::s8) return nullptr;
+  const epilogue16<true, out_type::u8, true> e(*p.ed, *p.et);
+  return !e.plain_int8() ? nullptr : e.col_offset ? e.col_offset : zeros64;
 }
 
 // A float tile through epilogue16::put_plain (bias and ReLU tested once, not per vector).
@@ -101,11 +115,7 @@ template <bool INT8, out_type OUT, int MR, int NV, typename Acc>
 BRGEMM_KLOOP void finish_as(const ukernel_args& p, const Acc (&acc)[MR][NV]) {
   const epilogue16<INT8, OUT, true> e(*p.ed, *p.et);
   if constexpr ((OUT == out_type::u8 || OUT == out_type::s8) && NV == 4)
-    if (e.plain_int8()) {
-      const bool relu = e.act == activation::relu;
-      if (e.unit_scale) return relu ? finish_int8_64<true, true>(e, acc) : finish_int8_64<false, true>(e, acc);
-      return relu ? finish_int8_64<true, false>(e, acc) : finish_int8_64<false, false>(e, acc);
-    }
+    if (e.plain_int8()) return e.act == activation::relu ? finish_int8_64<true>(e, acc) : finish_int8_64<false>(e, acc);
   if constexpr (!INT8 && (OUT == out_type::bf16 || OUT == out_type::f32))
     if (e.plain_float()) {
       const bool relu = e.act == activation::relu;
@@ -145,17 +155,36 @@ BRGEMM_KLOOP void finish(const ukernel_args& p, const __m512i (&acc)[MR][NV]) {
 // One MR × 16·NV instance (p.m == MR, 16·(NV-1) < p.n ≤ 16·NV); EP: it may finish through the
 // epilogue in registers (the whole-width instances).
 template <class Loop, int MR, int NV, bool EP = false>
-void tile(const ukernel_args& p) {
+BRGEMM_KLOOP void tile_once(const ukernel_args& p) {
   using ta = typename Loop::ta;
   using tb = typename Loop::tb;
   const Loop loop(p);  // its per-tile constants, computed once as the k-loop's invariants
   const int64_t lda = p.lda;
   const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
   typename Loop::acc acc[MR][NV];
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m)
+  const int32_t* start = nullptr;
+  if constexpr (EP && NV == 4 && std::is_same_v<typename Loop::acc, __m512i>)
+    if (p.et) start = plain_int8_start(p);
+  if constexpr (std::is_same_v<typename Loop::acc, __m512i>) {
+    if (start) {
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) set_zero(acc[m][v]);
+      for (int v = 0; v < NV; ++v) {
+        const __m512i s = _mm512_loadu_si512(start + 16 * v);
+#pragma GCC unroll 32
+        for (int m = 0; m < MR; ++m) acc[m][v] = s;
+      }
+    } else {
+#pragma GCC unroll 32
+      for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) set_zero(acc[m][v]);
+    }
+  } else {
+#pragma GCC unroll 32
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) set_zero(acc[m][v]);
+  }
 
   for (int64_t i = 0; i < p.batch->count; ++i) {
     const ta* a = (const ta*)brgemm_block_a(p, i, sizeof(ta));
@@ -176,6 +205,30 @@ void tile(const ukernel_args& p) {
   if constexpr (EP)
     if (p.et) return finish<MR, NV>(p, acc);
   store<MR, NV>(p, acc, last);
+}
+
+// tile_once, or p.tiles of them one below the other (ukernel_args::tiles: register epilogue
+// only). Each tile's output rows are asked for before its sums, as execute() does for one.
+template <class Loop, int MR, int NV, bool EP = false>
+void tile(const ukernel_args& p) {
+  if constexpr (EP) {
+    if (p.et && p.tiles > 1) {
+      constexpr dtype acc_type = std::is_same_v<typename Loop::acc, __m512i> ? dtype::u8s8 : dtype::f32;
+      const int64_t ob = out_type_bytes(acc_type, p.ed->out), row = p.et->ldc * ob;
+      ukernel_args q = p;
+      epilogue_tile t = *p.et;
+      q.et = &t;
+      for (int r = 0; r < p.tiles; ++r) {
+        for (int m = 0; m < MR; ++m)
+          for (int64_t b = 0; b < 16 * NV * ob; b += 64) __builtin_prefetch((const char*)t.out + m * row + b, 1, 3);
+        tile_once<Loop, MR, NV, EP>(q);
+        q.a_off += MR * p.lda;
+        t.out = (char*)t.out + MR * row;
+      }
+      return;
+    }
+  }
+  tile_once<Loop, MR, NV, EP>(p);
 }
 
 // Picks the instance for this tile's m (1..MR) and vector count (1..NV).
