@@ -162,28 +162,17 @@ BRGEMM_KLOOP void tile_once(const ukernel_args& p) {
   const int64_t lda = p.lda;
   const __mmask16 last = (__mmask16)((1u << (p.n - 16 * (NV - 1))) - 1u);
   typename Loop::acc acc[MR][NV];
-  const int32_t* start = nullptr;
+  const int32_t* start = nullptr;  // int8 sums that start from the column offsets (plain_int8_start)
   if constexpr (EP && NV == 4 && std::is_same_v<typename Loop::acc, __m512i>)
     if (p.et) start = plain_int8_start(p);
-  if constexpr (std::is_same_v<typename Loop::acc, __m512i>) {
-    if (start) {
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        const __m512i s = _mm512_loadu_si512(start + 16 * v);
+  for (int v = 0; v < NV; ++v) {
+    typename Loop::acc s;
+    set_zero(s);
+    if constexpr (std::is_same_v<typename Loop::acc, __m512i>)
+      if (start) s = _mm512_loadu_si512(start + 16 * v);
 #pragma GCC unroll 32
-        for (int m = 0; m < MR; ++m) acc[m][v] = s;
-      }
-    } else {
-#pragma GCC unroll 32
-      for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) set_zero(acc[m][v]);
-    }
-  } else {
-#pragma GCC unroll 32
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) set_zero(acc[m][v]);
+    for (int m = 0; m < MR; ++m) acc[m][v] = s;
   }
 
   for (int64_t i = 0; i < p.batch->count; ++i) {
