@@ -73,6 +73,16 @@ inline bool same_bytes(const void* a, const void* b, int64_t n) {
   return same;
 }
 
+// memcpy in parallel chunks (a training step copies every layer's weights once).
+inline void copy_bytes(void* dst, const void* src, int64_t n) {
+  const int threads = n < (int64_t(1) << 20) ? 1 : num_threads();
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t part = 0; part < threads; ++part) {
+    const int64_t lo = n * part / threads, hi = n * (part + 1) / threads;
+    std::memcpy((char*)dst + lo, (const char*)src + lo, (size_t)(hi - lo));
+  }
+}
+
 // dZ = dY ⊙ act'(·) for the `len` values at offset `at` of blocked dY (f32) and of what forward
 // kept: z (the pre-activation, f32) when the derivative needs it, else y (f32, or bf16 widened
 // into scratch `slot`). Writes `out` and returns it; with no activation returns dY itself.

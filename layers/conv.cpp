@@ -195,49 +195,74 @@ void conv_from_blocked_nhwc(const void* xb, element bt, int64_t n, int64_t c, in
 // The weights of a pass as its kernels read them: for result block j (of sp.ko channels), each
 // of its sp.per source blocks (of sp.ki) and each tap, the (ki × ko) block of
 // W(result channel, source channel, tap) in t's B layout; zero outside the counts and between
-// channels of different groups (src/groups and res/groups channels per group). taps_of(r, s)
-// points at the `taps` values of result channel r and source channel s; res_inner: W's input
-// channels are the pass's results (backward data), so they are the inner loop. Each pair is
-// read once, its taps scattered to the taps' blocks (a training step repacks every layer:
-// reading tap by tap, with a division per value, took 11 ms for a 512 → 512 3×3 layer).
-template <class TapsOf>
-void pack_pass(dtype t, const channel_split& sp, int64_t src, int64_t res, int64_t groups, int64_t taps, char* dst,
-               bool res_inner, TapsOf taps_of) {
+// channels of different groups (src/groups and res/groups channels per group). w: the plain
+// (K, C/groups, R, S) weight; res_inner: W's input channels are the pass's results (backward
+// data). A training step repacks every layer on every step, so the blocks are moved by the
+// core's transpose: ungrouped, a block pair is one transpose of the W rows it covers (forward)
+// or one per source channel (backward), the element-by-element scatter it replaces ran at
+// ~1 ns a value (512 → 512 3×3, f32: 5.6 ms of a 7×7 N = 1 forward's 8.8).
+void pack_pass(dtype t, const channel_split& sp, int64_t src, int64_t res, int64_t groups, int64_t gc, int64_t taps,
+               const float* w, char* dst, bool res_inner) {
   const int64_t ki = sp.ki, ko = sp.ko, blk = ki * ko, nj = (int64_t)sp.q0.size();
   const int64_t bytes = packed_b_elements(t, ki, ko) * dtype_b_bytes(t);  // an odd ki: pairs, quads padded
   const int64_t gs = src / groups, gr = res / groups;
+  const bool grouped = groups > 1;
+  // W's values of result channel r and source channel s (their `taps` values are consecutive).
+  auto taps_of = [&](int64_t r, int64_t s) {
+    const int64_t k = res_inner ? s : r, c = res_inner ? r : s;
+    return w + (k * gc + (grouped ? c % gc : c)) * taps;
+  };
 #pragma omp parallel for collapse(2) num_threads(threads_for(8.0 * nj * sp.per * blk * taps)) schedule(static)
   for (int64_t j = 0; j < nj; ++j)
     for (int64_t q = 0; q < sp.per; ++q) {
-      // The taps as plain (ki × ko) f32 blocks, `step` apart: a block of 16 KB would put every
-      // tap's value of one (r, s) pair in the same L1 set (4 KB aliasing), 9 stores to 8 ways.
-      const int64_t step = blk + 16;
-      float* f = scratch(0, taps * step);
-      float* b16 = scratch(1, blk);  // one block in bf16 when that is the weights' type
-      const int64_t c0 = (sp.q0[j] + q) * ki, k0 = j * ko;
-      std::fill(f, f + taps * step, 0.0f);
-      // W is read in its own order, the inner loop along its input channels (the other way a
-      // read steps C·taps values, 4 KB for 1024 channels of a 1×1: every line in one L1 set).
-      auto put = [&](int64_t kk, int64_t cc) {
-        if (groups > 1 && (k0 + kk) / gr != (c0 + cc) / gs) return;
-        const float* v = taps_of(k0 + kk, c0 + cc);
-        for (int64_t tap = 0; tap < taps; ++tap) f[tap * step + cc * ko + kk] = v[tap];
-      };
-      const int64_t kn = std::min(ko, res - k0), cn = std::min(ki, src - c0);
-      if (res_inner) {
-        for (int64_t cc = 0; cc < cn; ++cc)
-          for (int64_t kk = 0; kk < kn; ++kk) put(kk, cc);
-      } else {
-        for (int64_t kk = 0; kk < kn; ++kk)
-          for (int64_t cc = 0; cc < cn; ++cc) put(kk, cc);
+      const int64_t s0 = (sp.q0[j] + q) * ki, r0 = j * ko;
+      const int64_t rn = std::min(ko, res - r0), sn = std::min(ki, src - s0);
+      char* out = dst + (j * sp.per + q) * taps * bytes;
+      // The taps as plain (ki × ko) f32 blocks, `step` apart: f32 ones are the packed blocks
+      // themselves; otherwise a block of 16 KB would put every tap's value of one (r, s) pair in
+      // the same L1 set (4 KB aliasing), so they are spaced.
+      const bool direct = t == dtype::f32;
+      const int64_t step = direct ? blk : blk + 16;
+      float* f = direct ? (float*)out : scratch(0, taps * step);
+      if (grouped || rn < ko || sn < ki) std::fill(f, f + taps * step, 0.0f);
+      if (grouped) {  // value by value, W in its own order (the inner loop along its input channels)
+        auto put = [&](int64_t kk, int64_t cc) {
+          if ((r0 + kk) / gr != (s0 + cc) / gs) return;
+          const float* v = taps_of(r0 + kk, s0 + cc);
+          for (int64_t tap = 0; tap < taps; ++tap) f[tap * step + cc * ko + kk] = v[tap];
+        };
+        if (res_inner) {
+          for (int64_t cc = 0; cc < sn; ++cc)
+            for (int64_t kk = 0; kk < rn; ++kk) put(kk, cc);
+        } else {
+          for (int64_t kk = 0; kk < rn; ++kk)
+            for (int64_t cc = 0; cc < sn; ++cc) put(kk, cc);
+        }
+      } else if (res_inner) {  // source channel cc: rn results × taps, contiguous → taps rows of f
+        for (int64_t cc = 0; cc < sn; ++cc) transpose(taps_of(r0, s0 + cc), rn, taps, taps, f + cc * ko, step);
+      } else if (taps == 1) {  // rn W rows of sn values → the block
+        transpose(taps_of(r0, s0), rn, sn, gc, f, ko);
+      } else {  // rn W rows of sn·taps values → rows (cc, tap), each then moved to its tap's block
+        float* tr = scratch(2, sn * taps * ko);
+        transpose(taps_of(r0, s0), rn, sn * taps, gc * taps, tr, ko);
+        for (int64_t cc = 0; cc < sn; ++cc)
+          for (int64_t tap = 0; tap < taps; ++tap)
+            std::memcpy(f + tap * step + cc * ko, tr + (cc * taps + tap) * ko, (size_t)rn * 4);
       }
+      if (direct) continue;
+      uint16_t* b16 = (uint16_t*)scratch(1, blk);  // one block in bf16 when that is the weights' type
       for (int64_t tap = 0; tap < taps; ++tap) {
         const void* s = f + tap * step;
+        char* o = out + tap * bytes;
         if (t == dtype::bf16) {
-          f32_to_bf16(f + tap * step, (uint16_t*)b16, blk);
+          f32_to_bf16(f + tap * step, b16, blk);
+          if (ki % 2 == 0) {
+            interleave_pairs(b16, ki, ko, (uint16_t*)o);
+            continue;
+          }
           s = b16;
         }
-        pack_b(t, s, ki, ko, ko, dst + ((j * sp.per + q) * taps + tap) * bytes, ko, nullptr);
+        pack_b(t, s, ki, ko, ko, o, ko, nullptr);
       }
     }
 }
@@ -283,12 +308,9 @@ void conv_layer::pack(const float* w) {
   auto blocks = [&](const channel_split& sp) {
     return (int64_t)sp.q0.size() * sp.per * taps * packed_b_elements(t_, sp.ki, sp.ko) * wb;
   };
-  const bool grouped = g_.groups > 1;
-  pack_pass(t_, fs_, g_.c, g_.k, g_.groups, taps, aligned(fwd_, blocks(fs_)), false,
-            [&](int64_t k, int64_t c) { return w + (k * gc + (grouped ? c % gc : c)) * taps; });
-  pack_pass(t_, bs_, g_.k, g_.c, g_.groups, taps, aligned(bwd_, blocks(bs_)), true,
-            [&](int64_t c, int64_t k) { return w + (k * gc + (grouped ? c % gc : c)) * taps; });
-  if (!grouped && packs_rows(t_, fs_.ki, bc_))
+  pack_pass(t_, fs_, g_.c, g_.k, g_.groups, gc, taps, w, aligned(fwd_, blocks(fs_)), false);
+  pack_pass(t_, bs_, g_.k, g_.c, g_.groups, gc, taps, w, aligned(bwd_, blocks(bs_)), true);
+  if (g_.groups == 1 && packs_rows(t_, fs_.ki, bc_))
     pack_rows(t_, g_, fs_.ki, fs_.ko, w,
               aligned(fwd_rows_, ceil_div(g_.k, fs_.ko) * g_.r * packed_b_elements(t_, g_.s * fs_.ki, fs_.ko) * wb));
 }

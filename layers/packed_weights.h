@@ -44,7 +44,7 @@ class packed_weights {
     char* dst = resize(ps);
     for (const weight_part& x : ps)
       if (x.p) {
-        std::memcpy(dst, x.p, (size_t)x.bytes);
+        copy_bytes(dst, x.p, x.bytes);
         dst += x.bytes;
       }
   }
