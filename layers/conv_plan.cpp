@@ -238,10 +238,21 @@ status build_pass(conv_pass_plan& pl, const pass_shape& p, std::vector<std::vect
   return status::ok;
 }
 
+// The result rows and column runs of a forward pass over an input of h × w (merged rows).
+std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh) {
+  std::vector<std::vector<tap>> rows(oh);
+  const forward_axis along_h{h, g.stride_h, g.pad_t, g.dil_h};
+  for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g.r, along_h);
+  return rows;
+}
+std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow) {
+  return make_runs(ow, 1, g.stride_w, g.s, forward_axis{w, g.stride_w, g.pad_l, g.dil_w});
+}
+
 void row_moments(const void* row, bool bf16, int64_t cols, int64_t width, double* m) {
   // Shifted by the row's first value: the sums of d = y − K then lose nothing to cancellation
   // unless the row's first value is many standard deviations from its mean (batch_norm.cpp).
-  double shift[lane_width_max];
+  double shift[lane_width_max] = {};  // (zeroed: gcc cannot see the loop below fill the used part)
   for (int64_t l = 0; l < width; ++l) {
     float v;
     if (bf16) {

@@ -141,6 +141,15 @@ struct pass_data {
 // the taps' blocks, each padded, do not line up as that row's matrix. Ungrouped layers only.
 inline bool packs_rows(dtype t, int64_t ki, int64_t bi) { return ki == bi && bi < 16 && ki % dtype_kpack(t) != 0; }
 
+// The forward weights of an ungrouped layer by kernel row, where packs_rows says a merged run
+// needs them (conv.cpp; T: float for f32 and bf16, int8_t for u8s8).
+template <class T>
+void pack_rows(dtype t, const conv_geometry& g, int64_t ki, int64_t ko, const T* w, char* dst);
+
+// The result rows and column runs of a forward pass over an input of h × w (merged rows).
+std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh);
+std::vector<run> forward_runs(const conv_geometry& g, int64_t w, int64_t ow);
+
 // A row of `cols` pixels of `width` lanes (f32, or bf16 bits) → m[0..width): each lane's mean,
 // m[width..2·width): its Σ (y − mean)², in double (conv.h's moments: a BatchNorm's statistics,
 // combined row by row in a fixed order by batch_norm_statistics_of_rows).

@@ -126,13 +126,6 @@ void transpose_padded(const int16_t* src, int64_t cols, int64_t lanes, int16_t* 
 }
 
 
-std::vector<std::vector<tap>> forward_rows(const conv_geometry& g, int64_t h, int64_t oh) {
-  std::vector<std::vector<tap>> rows(oh);
-  const forward_axis along_h{h, g.stride_h, g.pad_t, g.dil_h};
-  for (int64_t o = 0; o < oh; ++o) rows[o] = taps_at(o, g.r, along_h);
-  return rows;
-}
-
 }  // namespace
 
 dfp_conv_layer::dfp_conv_layer(const conv_geometry& g, bool relu)
