@@ -88,4 +88,15 @@ void softmax_backward(int order, bool bf16, const void* x, const void* y, const 
   }
 }
 
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed) {
+  const int threads = threads_for(n);
+  if (threads == 1) return brgemm::dropout(x, y, n, p, seed, 0);
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t i0 = n * id / nt / 64 * 64, i1 = id + 1 == nt ? n : n * (id + 1) / nt / 64 * 64;
+    brgemm::dropout(x + i0, y + i0, i1 - i0, p, seed, (uint64_t)i0);
+  }
+}
+
 }  // namespace brgemm::layers

@@ -20,4 +20,8 @@ void softmax(int order, bool bf16, const void* x, void* y, int64_t rows, int64_t
 void softmax_backward(int order, bool bf16, const void* x, const void* y, const void* grad_y, void* grad_x,
                       int64_t rows, int64_t cols);
 
+// Dropout over n f32 values (brgemm.h's dropout: the positions 0 … n − 1 of one array), on
+// num_threads() threads; grad_x of it is the same call on grad_y with the same seed.
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed);
+
 }  // namespace brgemm::layers

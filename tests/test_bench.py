@@ -366,13 +366,13 @@ def test_the_torch_group_runs_the_language_model_and_counts_its_decoder(fake_pea
         assert any(line.startswith(r["case"]) for line in out.splitlines())
 
 
-def test_the_language_model_converts_its_lstm_and_decoder_and_keeps_the_embedding():
+def test_the_language_model_converts_its_lstm_decoder_and_dropout_and_keeps_the_embedding():
     torch = pytest.importorskip("torch")
     import brgemm.torch as bt
     model, x, target, *_ = models.torch_model(torch, "lstm_lm")
     assert x.dtype == target.dtype == torch.int64 and tuple(x.shape) == models.TORCH_LM[:2]
     report = bt.convert(model)
-    assert {n for n, *_ in report.swapped} == {"lstm", "decoder"}
+    assert {n for n, *_ in report.swapped} == {"lstm", "decoder", "drop"}
     assert isinstance(model.lstm, bt.LSTM) and model.lstm.dropout == models.TORCH_LM[5]
     assert isinstance(model.encoder, torch.nn.Embedding)
 

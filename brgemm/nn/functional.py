@@ -35,6 +35,12 @@ values (relative error ≤ (min(len, 1024)/16 + 2)·2^-24), and every ISA gives 
 makes its row NaN; a row of only −inf, or holding +inf, is NaN (as torch.softmax); −inf entries
 of a row with a finite maximum give 0. Forward and backward take float32 or bfloat16 (every
 array of a call one dtype, the result too).
+
+Dropout: ``dropout(x, p, seed)`` zeroes each value with probability p and scales the others by
+1/(1 − p) (float32). Whether flat position i is dropped is a hash of (seed, i), so the same seed
+gives the same mask whatever the thread count, and the backward pass is ``dropout(grad_y, p,
+seed)``. The hash is two keyed rounds of a 32-bit integer mix (Wellons' "lowbias32"); the keep
+probability is 1 − p to within 2^-32.
 """
 
 import numpy as np
@@ -188,6 +194,13 @@ def softmax_backward(grad_y, y, axis=-1):
     yr, axis = _rows(y, axis, "y")
     g, _ = _rows(grad_y, axis, "grad_y")
     return np.moveaxis(_core.softmax_backward(0, None, yr, g), -1, axis)
+
+
+def dropout(x, p, seed, out=None):
+    """x · (kept ? 1/(1 − p) : 0) per value of a C-contiguous float32 array, each kept with
+    probability 1 − p (p in [0, 1]) by a hash of (``seed``, its flat position); ∂x is
+    ``dropout(grad_y, p, seed)``. ``out`` may be x itself."""
+    return _core.dropout(x, float(p), int(seed) & (2**64 - 1), out)
 
 
 def cross_entropy(logits, labels):

@@ -18,6 +18,8 @@ are not; bfloat16 tensors are viewed as ml_dtypes.bfloat16, not converted):
 - ``lstm``, ``gru``: one layer and one direction each, returning a workspace tensor that
   their backward operators (``lstm_backward``, ``gru_backward``) read.
 - ``ktanh(x)``, ``taylor_softmax(x, dim=-1, order=2)`` and their backward operators.
+- ``dropout(x, p, seed)`` (float32): the mask a hash of (seed, position), so its backward is the
+  same operator on ∂y and nothing is kept (``_dropout``; the Dropout module draws the seeds).
 - ``quantized_linear``, ``quantized_conv2d``: uint8 activations × int8 weights with one
   scale per output channel (inference only).
 - ``max_pool2d_blocked(input, kernel_size, stride, padding)`` (float32, bfloat16 or uint8) and
@@ -32,21 +34,21 @@ training steps and in-place edits are always seen.
 
 Files: ``_bridge`` (tensor checks, numpy views, the runners per weight tensor), the operators
 by family (``_products``: gemm, batch_reduce, linear; ``_conv``; ``_rnn``; ``_approx``: K-TanH
-and Taylor softmax; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``; whole networks:
+and Taylor softmax; ``_dropout``; ``_int8``), ``_modules`` (the nn.Modules) and ``_convert``; whole networks:
 ``_network`` (optimize), ``_fused`` (its fused convolution), ``_norm``, ``_pool``, ``_layout`` and
 ``_quantize`` (quantize: int8 inference of an optimized network); ``_prune`` (prune: magnitude
 pruning of a model's layers in place, the masks held through training).
 """
 
 # Importing the operator files registers torch.ops.brgemm.*; the modules call them by that name.
-from . import _approx, _conv, _int8, _layout, _norm, _pool, _products, _rnn  # noqa: F401
+from . import _approx, _conv, _dropout, _int8, _layout, _norm, _pool, _products, _rnn  # noqa: F401
 from ._convert import ConversionReport, convert
 from ._network import OptimizationReport, optimize
 from ._quantize import QuantizedConv2d, quantize
-from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax
+from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, Dropout, KTanh, Linear, TaylorSoftmax
 from ._prune import prune, sparsity
 
-__all__ = ["Conv2d", "Linear", "LSTM", "GRU", "KTanh", "TaylorSoftmax", "AdaptiveAvgPool2d", "convert",
+__all__ = ["Conv2d", "Linear", "LSTM", "GRU", "Dropout", "KTanh", "TaylorSoftmax", "AdaptiveAvgPool2d", "convert",
            "ConversionReport", "optimize", "OptimizationReport", "quantize", "QuantizedConv2d", "prune", "sparsity"]
 
 # The public classes say they are brgemm.torch's, as before the package was split: models pickled

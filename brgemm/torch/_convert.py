@@ -4,10 +4,11 @@ epilogues and passes the blocked layout between convolutions; ConversionReport s
 from torch import nn
 
 from ._bridge import _algorithm_arg, _module_algorithm
-from ._modules import GRU, LSTM, AdaptiveAvgPool2d, Conv2d, KTanh, Linear, TaylorSoftmax, _compute_dtype_arg, _global
+from ._modules import (GRU, LSTM, AdaptiveAvgPool2d, Conv2d, Dropout, KTanh, Linear, TaylorSoftmax, _compute_dtype_arg,
+                       _global)
 
 
-_EXACT = (Conv2d, Linear, LSTM, GRU)
+_EXACT = (Conv2d, Linear, LSTM, GRU, Dropout)
 _APPROXIMATE = (KTanh, TaylorSoftmax)
 
 
@@ -54,7 +55,9 @@ _FUSABLE = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 def convert(model, dtype=None, *, approximate=False, fuse=True, blocked=False, algorithm="direct"):
     """Swaps every supported submodule of ``model`` in place for its brgemm.torch version on
     the same parameters (Conv2d with zero padding, grouped and depthwise too, Linear, LSTM without
-    projections, GRU; with ``approximate=True`` also Tanh → KTanh and Softmax → TaylorSoftmax)
+    projections, GRU, Dropout (brgemm's hashed mask in float32 training: the masks differ from
+    PyTorch's, their distribution does not); with ``approximate=True`` also Tanh → KTanh and
+    Softmax → TaylorSoftmax)
     and returns a :class:`ConversionReport`. ``dtype="bfloat16"`` makes the swapped layers
     compute in bf16 (f32 master weights; results in the input's dtype). ``dtype="dfp16"``: the
     swapped Conv2d (groups 1) and Linear layers train in DFP-16 (brgemm.nn's dfp16 layers:

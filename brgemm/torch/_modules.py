@@ -7,6 +7,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .._runners.conv import padding_arg
 from ..nn import functional as _fn
+from ._dropout import train_dropout
 from ._bridge import _BF16, _F32, _algorithm_arg
 
 
@@ -281,7 +282,7 @@ class _Recurrent(nn.Module):
                 hs.append(h)
             x = outs[0] if dirs == 1 else torch.cat(outs, 2)
             if self.dropout and self.training and k + 1 < self.num_layers:
-                x = nn.functional.dropout(x, self.dropout, True)
+                x = train_dropout(x, self.dropout)
         h_n = torch.stack(hs).to(out_dt)
         c_n = torch.stack(cs).to(out_dt) if lstm else None
         y = x.to(out_dt)
@@ -332,6 +333,24 @@ class KTanh(nn.Module):
         if not isinstance(module, nn.Tanh):
             raise TypeError(f"module must be a torch.nn.Tanh, got {type(module).__name__}")
         return cls()
+
+
+class Dropout(_Swap, nn.Dropout):
+    """``torch.nn.Dropout`` with brgemm's mask in training (``torch.ops.brgemm.dropout``, float32:
+    a hash of a per-call seed and each value's position, the seed drawn from PyTorch's default
+    generator, so ``torch.manual_seed`` reproduces it; the masks differ from PyTorch's own). The
+    result is a new tensor even with ``inplace=True``. Other dtypes, and eval mode, as
+    ``torch.nn.Dropout``."""
+
+    _torch_class = nn.Dropout
+
+    def _init_brgemm(self, dtype, activation=None):
+        pass  # nothing to compute in another dtype
+
+    def forward(self, input):
+        if not self.training:
+            return input
+        return train_dropout(input, self.p)
 
 
 class TaylorSoftmax(nn.Module):

@@ -1,6 +1,8 @@
 // The element-wise functions of brgemm.h: each call goes to the active ISA's array kernel
 // (the VNNI and BF16 levels use AVX-512's); the backward pass too (relu and relu6 vectorised,
 // the others the scalar twin's on every ISA).
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include "brgemm/brgemm.h"
 #include "../kernels/ukernels.h"
@@ -148,6 +150,35 @@ void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t see
     // Past the largest finite bf16 the sum can reach infinity's bits, as rounding up does.
     y[i] = (uint16_t)(r >> 16);
   }
+}
+
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t first) {
+  const isa level = active_isa();
+  dropout_key k;
+  const double t = std::nearbyint(p * 4294967296.0);
+  k.threshold = t <= 0.0 ? 0u : t >= 4294967295.0 ? 0xFFFFFFFFu : (uint32_t)t;
+  k.scale = p >= 1.0 ? 0.0f : 1.0f / (float)(1.0 - p);  // PyTorch's factor; p = 1: x·0
+  for (int64_t i = 0; i < n;) {
+    // A run of positions that share their high 32 bits: one key, counters that do not wrap.
+    const uint64_t at = first + (uint64_t)i;
+    const int64_t len = (int64_t)std::min<uint64_t>((uint64_t)(n - i), (uint64_t(1) << 32) - (at & 0xFFFFFFFFu));
+    uint64_t h = seed + (at >> 32) * 0x9e3779b97f4a7c15ull;  // splitmix64 of (seed, high bits)
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    k.lo = (uint32_t)at, k.k0 = (uint32_t)h, k.k1 = (uint32_t)(h >> 32);
+#ifdef BRGEMM_BUILT_AVX512
+    if ((int)level >= (int)isa::avx512) kernels::dropout__avx512(k, x + i, y + i, len);
+    else
+#endif
+#ifdef BRGEMM_BUILT_AVX2
+    if ((int)level >= (int)isa::avx2) kernels::dropout__avx2(k, x + i, y + i, len);
+    else
+#endif
+      kernels::dropout__scalar(k, x + i, y + i, len);
+    i += len;
+  }
+  (void)level;
 }
 
 bool activation_backward_needs_x(activation a) {

@@ -76,6 +76,11 @@ void column_sums__scalar(const float* a, int64_t rows, int64_t ld, int64_t w, do
 void column_sums__avx2(const float* a, int64_t rows, int64_t ld, int64_t w, double* s);
 void column_sums__avx512(const float* a, int64_t rows, int64_t ld, int64_t w, double* s);
 
+// Dropout's mask and scale (brgemm.h) per ISA; the VNNI and BF16 levels use avx512's.
+void dropout__scalar(const dropout_key& k, const float* x, float* y, int64_t n);
+void dropout__avx2(const dropout_key& k, const float* x, float* y, int64_t n);
+void dropout__avx512(const dropout_key& k, const float* x, float* y, int64_t n);
+
 // The softmax family (brgemm.h) on one row, per ISA; the VNNI and BF16 levels use avx512's.
 #define BRGEMM_SOFTMAX_KERNELS(ISA)                                                                       \
   void softmax_f32__##ISA(int order, const float* x, float* y, int64_t n);                                \

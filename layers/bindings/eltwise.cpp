@@ -1,5 +1,5 @@
 // layers/bindings/eltwise.cpp: the element-wise functions over whole arrays (activations and
-// their backward passes, exact and Taylor softmax) and the K-TanH table they use, for
+// their backward passes, exact and Taylor softmax, dropout) and the K-TanH table they use, for
 // brgemm.activation / brgemm.softmax and the layers written in Python.
 #include "arrays.h"
 
@@ -157,6 +157,22 @@ void interleave_pairs_py(const py::array& x, py::array out) {
   interleave_pairs_b16(xp, rows, cols, op);
 }
 
+// Dropout of a C-contiguous float32 array (brgemm.h's dropout): positions are x's flat indices.
+py::array dropout_py(py::handle X, double p, uint64_t seed, py::object out) {
+  if (!(p >= 0.0 && p <= 1.0)) value_error("p must be in [0, 1], got " + std::to_string(p));
+  py::array x = f32_array(X, "x");
+  if (!(x.flags() & py::array::c_style)) value_error("x must be C-contiguous");
+  py::array y = eltwise_out(out, x, {x});
+  const float* xp = (const float*)x.data();
+  float* yp = (float*)y.mutable_data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    layers::dropout(xp, yp, n, p, seed);
+  }
+  return y;
+}
+
 }  // namespace
 
 void register_eltwise(py::module_& m) {
@@ -166,6 +182,7 @@ void register_eltwise(py::module_& m) {
   m.def("softmax", &softmax_py, py::arg("x"), py::arg("order"), py::arg("out") = py::none());
   m.def("softmax_backward", &softmax_backward_py, py::arg("order"), py::arg("x"), py::arg("y"), py::arg("grad_y"),
         py::arg("out") = py::none());
+  m.def("dropout", &dropout_py, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
   m.def("transpose", &transpose_py, py::arg("x"), py::arg("out"));
   m.def("interleave_pairs", &interleave_pairs_py, py::arg("x"), py::arg("out"));
   m.def("ktanh_table", [] {

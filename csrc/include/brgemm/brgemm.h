@@ -310,6 +310,18 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
 // expected result is x (Gupta et al., "Deep Learning with Limited Numerical Precision", 2015).
 // The random bits are a hash of (seed, first + i): reproducible, whatever the threading.
 void f32_to_bf16_stochastic(const float* x, uint16_t* y, int64_t n, uint64_t seed, uint64_t first);
+// Dropout (Srivastava et al., JMLR 2014) over positions first … first + n − 1 of an array:
+// y[i] = x[i] · (kept ? 1/(1 − p) : 0), as PyTorch's (a NaN stays NaN, dropped or not), each
+// value kept with probability 1 − p to within 2⁻³². Whether position j is kept is a hash of
+// (seed, j) alone (dropout_twin.h): reproducible whatever the threading, and the backward pass
+// (the same call on ∂y) drops the same positions. p in [0, 1]; p = 1 drops all. x may be y.
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t first);
+// What a kernel call needs: counters lo … lo + n − 1 (no 32-bit wrap), the keys from (seed, the
+// positions' high 32 bits), the threshold ⌊p·2³²⌉ (kept: hash ≥ threshold) and 1/(1 − p).
+struct dropout_key {
+  uint32_t lo, k0, k1, threshold;
+  float scale;
+};
 // dst (cols × rows, row stride ld_dst) = srcᵀ (src: rows × cols, row stride ld_src; strides in
 // elements) for elements of `bytes` = 4, 2 or 1 bytes; src and dst must not overlap. A copy:
 // the same bytes on every ISA (AVX-512 16 × 16 and AVX2 8 × 8 register tiles for 32-bit
