@@ -5,8 +5,9 @@ parameters written in place; errors.
 
 Tolerances are derived: a sum of n float32 products is within n·2⁻²³·Σ|a||b| of the exact one
 (any order). bfloat16 layers are compared with what their kernels multiply rounded to bfloat16
-first (x and W forward; dZ and W for the input gradient; x for the weight gradient, whose
-products run in f32), plus one bf16 rounding (2⁻⁸ relative) where the output is bfloat16.
+first (x and W forward; dZ and W for the input gradient; x and dZ for the weight gradient, bf16
+products summed in f32; the bias gradient sums the f32 dZ), plus one bf16 rounding (2⁻⁸
+relative) where the output is bfloat16.
 """
 
 import itertools
@@ -118,8 +119,10 @@ def test_conv_matches_float64(isa, rng, case, dtype):
     dx_abs, _, _ = ref_backward(np.abs(xo), np.abs(rnd(conv.weight)), np.abs(rnd(g)), conv)
     red_x = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert_close(dx, dx_ref, (red_x + 1) * EPS * dx_abs, "grad input")
-    _, dw_ref, db_ref = ref_backward(xo, wo, g64, conv)
-    _, dw_abs, db_abs = ref_backward(np.abs(xo), np.abs(wo), np.abs(g64), conv)
+    _, _, db_ref = ref_backward(xo, wo, g64, conv)
+    _, _, db_abs = ref_backward(np.abs(xo), np.abs(wo), np.abs(g64), conv)
+    _, dw_ref, _ = ref_backward(xo, wo, rnd(g), conv)   # the weight gradient's B: dZ rounded, as dx's A
+    _, dw_abs, _ = ref_backward(np.abs(xo), np.abs(wo), np.abs(rnd(g)), conv)
     pixels = n * oh * ow
     assert_close(conv.weight_grad, dw_ref, (pixels + 1) * EPS * dw_abs, "weight grad")
     assert_close(conv.bias_grad, db_ref, (pixels + 1) * EPS * db_abs, "bias grad")
