@@ -115,7 +115,7 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
           return narrow ? std::pair<int64_t, int64_t>{(i * cb * h + ih) * row_t, (i * kb * oh + o) * zrow}
                         : std::pair<int64_t, int64_t>{i * kb * plane_y + o * ow, (i * cb * h + ih) * xrow};
         });
-        reserve_scratch(threads, {{0, plane_y}, {1, plane_y}, {2, std::max(bc_ * sw, plane_y)}});
+        reserve_scratch(threads, {{0, std::max(plane_y, taps * blk)}, {1, plane_y}, {2, std::max(bc_ * sw, plane_y)}});
         return status::ok;
       });
       st != status::ok)
@@ -245,22 +245,44 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
 #pragma omp parallel num_threads(threads)
   {
     weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);
-    // Sum the parts into the plain (K, C/groups, R, S) gradient (the pairs of one group).
+    // Sum the parts into the plain (K, C/groups, R, S) gradient (the pairs of one group), all
+    // taps of a (result block, source block) pair at once: the gradient is written in its own
+    // order (tap by tap, a 3×3 layer's rows would be rewritten 9 times, 9 taps apart).
     const int64_t gc = g_.group_c(), gk = g_.group_k();
+    // One part, written once, ungrouped: copies (the core's transposes) instead of sums.
+    const bool copy = splits == 1 && !accumulate && g_.groups == 1;
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t j = b / (per * taps), k0 = j * ko, c0 = (fs_.q0[j] + b / taps % per) * ki, tap = b % taps;
+    for (int64_t bp = 0; bp < blocks / taps; ++bp) {
+      const int64_t j = bp / per, k0 = j * ko, c0 = (fs_.q0[j] + bp % per) * ki;
       const int64_t ks = std::min(ko, g_.k - k0), cs = std::min(ki, g_.c - c0);
+      if (copy) {
+        // The taps' (ko × ki) blocks, `step` apart (narrow: each (ki × ko) part transposed first);
+        // then per output channel its (taps × cs) values transposed into its (cs × taps) row.
+        const float* src = part_at(bp * taps, 0);
+        int64_t step = blk;
+        if (narrow) {
+          float* t = scratch(0, taps * blk);
+          for (int64_t tap = 0; tap < taps; ++tap) transpose(part_at(bp * taps + tap, 0), cs, ks, ko, t + tap * blk, ki);
+          src = t;
+        } else {
+          if (taps > 1) step = part_at(bp * taps + 1, 0) - src;
+        }
+        for (int64_t kk = 0; kk < ks; ++kk) transpose(src + kk * ki, taps, cs, step, wg + ((k0 + kk) * gc + c0) * taps, taps);
+        continue;
+      }
       for (int64_t kk = 0; kk < ks; ++kk) {
+        // The input channels of output channel k0 + kk's group, as cc in [c_lo, c_hi).
         const int64_t grp = (k0 + kk) / gk, c_lo = std::max<int64_t>(0, grp * gc - c0);
         const int64_t c_hi = std::min(cs, (grp + 1) * gc - c0);
-        const int64_t row = ((k0 + kk) * gc + c0 - grp * gc) * taps + tap;
+        float* row = wg + ((k0 + kk) * gc + c0 - grp * gc) * taps;
         for (int64_t cc = c_lo; cc < c_hi; ++cc) {
-          float v = 0.0f;
           const int64_t at = narrow ? cc * ko + kk : kk * ki + cc;
-          for (int64_t sp = 0; sp < splits; ++sp) v += part_at(b, sp)[at];
-          float& g = wg[row + cc * taps];
-          g = (accumulate ? g : 0.0f) + v;
+          for (int64_t tap = 0; tap < taps; ++tap) {
+            float v = 0.0f;
+            for (int64_t sp = 0; sp < splits; ++sp) v += part_at(bp * taps + tap, sp)[at];
+            float& g = row[cc * taps + tap];
+            g = (accumulate ? g : 0.0f) + v;
+          }
         }
       }
     }
