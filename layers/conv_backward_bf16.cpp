@@ -134,13 +134,13 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
   const int64_t dz_elems = round_up(n * kb * plane_y, 32), sums = n * kb * bk_;
   uint16_t* dz = (uint16_t*)aligned(dz_, dz_elems * 2 + sums * 4);
   float* colsum = (float*)(dz + dz_elems);
+  const bool dz_is_dy = gy16 && act_ == activation::none && !bg;  // dZ = dY, already bf16: read in place
+  const uint16_t* dzr = dz_is_dy ? (const uint16_t*)gyb : dz;
   uint16_t* dzw = (uint16_t*)aligned(dzt_, (narrow ? n * kb * oh * zrow : n * kb * plane_y) * 2);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
-    if (gy16 && act_ == activation::none && !bg) {  // dZ = dY, already bf16
-      std::memcpy(dz + at, (const uint16_t*)gyb + at, (size_t)(plane_y * 2));
-    } else {
+    if (!dz_is_dy) {
       const float* d = (const float*)gyb + at;
       if (gy16) {  // widened exactly: what the f32 dY of the same values gives
         float* g32 = scratch(2, plane_y);
@@ -168,13 +168,13 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
       }
     }
     if (!narrow) {
-      transpose(dz + at, pix, bk_, bk_, dzw + at, pix);
+      transpose(dzr + at, pix, bk_, bk_, dzw + at, pix);
     } else {
       uint16_t* tmp = (uint16_t*)scratch(2, plane_y);  // dY's slot: no longer read
       for (int64_t o = 0; o < oh; ++o)
         for (int64_t par = 0; par < 2; ++par)
           if (parity[par])
-            pair_rows(dz + at + o * ow * bk_, ow * bk_, bk_, par, dzw + (pl * oh + o) * zrow + par * zslot, tmp);
+            pair_rows(dzr + at + o * ow * bk_, ow * bk_, bk_, par, dzw + (pl * oh + o) * zrow + par * zslot, tmp);
     }
   }
   if (bg)
@@ -185,21 +185,33 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
     }
 
   if (gxb) {
-    pass_data x{dz, aligned(bwd_, 0)};
+    pass_data x{dzr, aligned(bwd_, 0)};
     x.out = gxb;
     run_pass(plan->data, x);
   }
 
   // X's form: transposed by stride phase (narrow), xt[n][cb][ih][q][bc][wq] = X[n][cb][ih][j·sw + q][bc],
-  // or in pairs of stride groups per parity (wide).
+  // or in pairs of stride groups per parity (wide); only the rows and phases some tap reads
+  // (a 1×1 stride-2 layer reads a quarter of X).
   const uint16_t* x16 = (const uint16_t*)xb;
   uint16_t* xw = (uint16_t*)aligned(x32_, (narrow ? n * cb * h * row_t : n * cb * h * xrow) * 2);
+  uint64_t phases = sw > 64 ? ~uint64_t(0) : 0;
+  for (int64_t s = 0; s < g_.s && sw <= 64; ++s)
+    if (kw[s]) phases |= uint64_t(1) << (along_w(lo[s], s) % sw);
+  auto row_read = [&](int64_t ih) {
+    for (int64_t r = 0; r < g_.r; ++r)
+      if (const int64_t t = ih + g_.pad_t - r * g_.dil_h; t >= 0 && t % g_.stride_h == 0 && t / g_.stride_h < oh)
+        return true;
+    return false;
+  };
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t row = 0; row < n * cb * h; ++row) {
     const uint16_t* src = x16 + row * w * bc_;
+    if (!row_read(row % h)) continue;
     if (narrow) {
       for (int64_t q = 0; q < std::min(sw, w); ++q)
-        transpose(src + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xw + row * row_t + q * bc_ * wq, wq);
+        if (phases >> std::min<int64_t>(q, 63) & 1)
+          transpose(src + q * bc_, ceil_div(w - q, sw), bc_, sw * bc_, xw + row * row_t + q * bc_ * wq, wq);
     } else {
       uint16_t* tmp = (uint16_t*)scratch(2, sw * bc_);
       for (int64_t par = 0; par < 2; ++par)
