@@ -271,6 +271,14 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
         // The taps' (ko × ki) blocks, `step` apart (narrow: each (ki × ko) part transposed first);
         // then per output channel its (taps × cs) values transposed into its (cs × taps) row.
         const float* src = part_at(bp * taps, 0);
+        float* dst = wg + (k0 * gc + c0) * taps;
+        if (taps == 1) {  // a 1×1 layer: the block is the gradient's (ks × cs) window, transposed when narrow
+          if (narrow)
+            transpose(src, cs, ks, ko, dst, gc);
+          else
+            for (int64_t kk = 0; kk < ks; ++kk) std::memcpy(dst + kk * gc, src + kk * ki, (size_t)(cs * 4));
+          continue;
+        }
         int64_t step = blk;
         if (narrow) {
           float* t = scratch(0, taps * blk);
