@@ -26,11 +26,8 @@ namespace {
 
 // dst ← VNNI-2 pairs of the rows first, first + 1, … of src (rows of `width` elements, `elems`
 // elements in all): pair row p interleaves rows first + 2p and first + 2p + 1 (2·width
-// elements); a last partial row, and the partner of a last single row, read as zero. Writes
-// pair_rows_count(…) pair rows. tmp: 2·width elements of the caller's.
-int64_t pair_rows_count(int64_t elems, int64_t width, int64_t first) {
-  return std::max<int64_t>(0, ceil_div(ceil_div(elems, width) - first, 2));
-}
+// elements); a last partial row, and the partner of a last single row, read as zero: ⌈(rows −
+// first)/2⌉ pair rows for rows = ⌈elems/width⌉. tmp: 2·width elements of the caller's.
 void pair_rows(const uint16_t* src, int64_t elems, int64_t width, int64_t first, uint16_t* dst, uint16_t* tmp) {
   if (ceil_div(elems, width) <= first) return;
   const int64_t full = std::max<int64_t>(0, (elems / width - first) / 2);
