@@ -296,6 +296,7 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
 status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
                             const void* xb, float* gxb, float* wg, float* bg, bool accumulate) {
   if (dw_) return dw_->backward(n, h, w, gyb, yb, zb, xb, gxb, wg, bg, accumulate);
+  if (t_ == dtype::bf16) return backward_bf16(n, h, w, gyb, false, yb, zb, xb, gxb, wg, bg, accumulate);
   // Backward data as Winograd (on dZ, after the weight gradient's pass set it up) where forward
   // would be: the direct pass then skips it.
   const int wm = gxb ? tile_for(n, h, w) : 0;

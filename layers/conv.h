@@ -166,9 +166,16 @@ class conv_layer {
   // skip), and dW (K, C, R, S), db (K) added to wg, bg when `accumulate`, else written.
   status backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
                   const void* xb, float* gxb, float* wg, float* bg, bool accumulate);
+  // The same for a bf16 layer from a bf16 gyb (dY as a bf16 network's backward hands it on).
+  status backward(int64_t n, int64_t h, int64_t w, const uint16_t* gyb, const void* yb, const float* zb,
+                  const void* xb, float* gxb, float* wg, float* bg, bool accumulate);
 
  private:
   void pack(const float* w);
+  // backward of a bf16 layer (conv_backward_bf16.cpp): dZ in bf16, the weight gradient's
+  // products bf16 too; gyb f32, or bf16 when gy16.
+  status backward_bf16(int64_t n, int64_t h, int64_t w, const void* gyb, bool gy16, const void* yb, const float* zb,
+                       const void* xb, float* gxb, float* wg, float* bg, bool accumulate);
 
   dtype t_;
   conv_geometry g_;

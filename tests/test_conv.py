@@ -5,8 +5,9 @@ parameters written in place; errors.
 
 Tolerances are derived: a sum of n float32 products is within n·2⁻²³·Σ|a||b| of the exact one
 (any order). bfloat16 layers are compared with what their kernels multiply rounded to bfloat16
-first (x and W forward; dZ and W for the input gradient; x for the weight gradient, whose
-products run in f32), plus one bf16 rounding (2⁻⁸ relative) where the output is bfloat16.
+first (x and W forward; dZ and W for the input gradient; x and dZ for the weight gradient, bf16
+products summed in f32; the bias gradient sums the f32 dZ), plus one bf16 rounding (2⁻⁸
+relative) where the output is bfloat16.
 """
 
 import itertools
@@ -118,11 +119,43 @@ def test_conv_matches_float64(isa, rng, case, dtype):
     dx_abs, _, _ = ref_backward(np.abs(xo), np.abs(rnd(conv.weight)), np.abs(rnd(g)), conv)
     red_x = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert_close(dx, dx_ref, (red_x + 1) * EPS * dx_abs, "grad input")
-    _, dw_ref, db_ref = ref_backward(xo, wo, g64, conv)
-    _, dw_abs, db_abs = ref_backward(np.abs(xo), np.abs(wo), np.abs(g64), conv)
+    _, _, db_ref = ref_backward(xo, wo, g64, conv)
+    _, _, db_abs = ref_backward(np.abs(xo), np.abs(wo), np.abs(g64), conv)
+    _, dw_ref, _ = ref_backward(xo, wo, rnd(g), conv)   # the weight gradient's B: dZ rounded, as dx's A
+    _, dw_abs, _ = ref_backward(np.abs(xo), np.abs(wo), np.abs(rnd(g)), conv)
     pixels = n * oh * ow
     assert_close(conv.weight_grad, dw_ref, (pixels + 1) * EPS * dw_abs, "weight grad")
     assert_close(conv.bias_grad, db_ref, (pixels + 1) * EPS * db_abs, "bias grad")
+
+
+EMULATING = ["scalar", "avx2", "avx512", "avx512_vnni"]
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[9], CASES[10], CASES[13]], ids=["stride2", "s3d2", "chunks", "stem"])
+def test_bf16_layer_same_bits_on_the_isas_that_widen(rng, case):
+    """Below AVX512_BF16 the bf16 products are widened to f32 and added one at a time, in the same
+    order on every ISA (the scalar twin's): a bf16 layer's output, input gradient and weight
+    gradient (bf16 products too, pairs of pixels) are the same bits on each of them."""
+    from conftest import restore_isa
+    levels = [lv for lv in EMULATING if lv in brgemm.available_isas()]
+    if len(levels) < 2:
+        pytest.skip("fewer than two ISAs without AVX512_BF16 here")
+    c, _, h, w = case[:4]
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    got = {}
+    try:
+        for level in levels:
+            brgemm.set_isa(level)
+            conv, _ = make(case, "bfloat16", activation="relu")
+            y = conv.forward(x)
+            g = np.random.default_rng(7).standard_normal(y.shape).astype(np.float32)
+            dx = conv.backward(g)
+            got[level] = (np.asarray(y, np.float32), dx, conv.weight_grad.copy(), conv.bias_grad.copy())
+    finally:
+        restore_isa()
+    for level in levels[1:]:
+        for name, a, b in zip(("y", "dx", "dW", "db"), got[level], got[levels[0]]):
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), f"{name}: {level} differs from {levels[0]}"
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[7], CASES[8]], ids=["stride2", "7x7s2", "rect_asym"])

@@ -13,10 +13,10 @@ Tolerances are derived as in tests/test_conv.py: a sum of n float32 products is 
 n·2⁻²³·Σ|a||b| of the exact one, in any order (n: the reduction length, C/groups·R·S for the
 output, K/groups·R·S for the input gradient, N·OH·OW for the weight and bias gradients; two
 more terms for the bias and the residual). bfloat16 layers are compared with what they
-multiply rounded to bfloat16 first (x and W forward; x for the weight gradient, whose products
-are f32), plus one bf16 rounding (2⁻⁸ relative) of a bfloat16 output. The input gradient of a
-grouped bf16 layer multiplies dZ rounded to bf16 (the BRGEMM's A) by bf16 W; the depthwise
-stencil multiplies the f32 dZ by the bf16 W.
+multiply rounded to bfloat16 first (x and W forward), plus one bf16 rounding (2⁻⁸ relative) of a
+bfloat16 output. The input gradient of a grouped bf16 layer multiplies dZ rounded to bf16 (the
+BRGEMM's A) by bf16 W, and its weight gradient that dZ by bf16 x (bf16 products summed in f32);
+the depthwise stencil's passes multiply the f32 dZ.
 """
 
 import ml_dtypes
@@ -147,8 +147,10 @@ def test_grouped_conv_matches_float64(isa, rng, case, dtype):
     dx_abs, _, _ = ref_backward(np.abs(xo), np.abs(wo), np.abs(gd), conv)
     red_x = (conv.out_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
     assert_close(dx, dx_ref, (red_x + 1) * EPS * dx_abs, "grad input")
-    _, dw_ref, db_ref = ref_backward(xo, wo, g64, conv)
-    _, dw_abs, db_abs = ref_backward(np.abs(xo), np.abs(wo), np.abs(g64), conv)
+    _, _, db_ref = ref_backward(xo, wo, g64, conv)
+    _, _, db_abs = ref_backward(np.abs(xo), np.abs(wo), np.abs(g64), conv)
+    _, dw_ref, _ = ref_backward(xo, wo, gd, conv)   # the weight gradient's dZ: gd, as backward data's
+    _, dw_abs, _ = ref_backward(np.abs(xo), np.abs(wo), np.abs(gd), conv)
     pixels = n * oh * ow
     assert_close(conv.weight_grad, dw_ref, (pixels + 1) * EPS * dw_abs, "weight grad")
     assert_close(conv.bias_grad, db_ref, (pixels + 1) * EPS * db_abs, "bias grad")

@@ -174,8 +174,8 @@ class ConvRunner:
 
     def backward(self, n, h, w, gyb, yb, zb, xb, gx, weight_grad, bias_grad, accumulate):
         """Weight and bias gradients (added to, or written when not ``accumulate``) and, when gx
-        is not None, ∂x into gx (float32, plain or blocked), from the blocked float32 ∂y and
-        what forward returned."""
+        is not None, ∂x into gx (float32, plain or blocked), from the blocked float32 ∂y (a
+        bfloat16 runner also takes a bfloat16 one, as it is) and what forward returned."""
         gxb = None
         if gx is not None:
             gxb = gx if gx.ndim == 5 else self.scratch.get(

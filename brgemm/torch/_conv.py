@@ -213,7 +213,7 @@ def _conv2d_backward(grad_output, input, weight, bias, output, stride, padding, 
             yb = e.blocked("y", _np(y), e.bk, dt, _identity(y), reuse=True)
         else:  # not read without an activation
             yb = e.scratch.get("y", blocked_shape(n, k, e.bk, oh, ow), dt)
-        gyb = e.blocked("gy", _np(g), e.bk, F32)
+        gyb = e.blocked("gy", _np(g), e.bk, dt if g.dtype == torch.bfloat16 else F32)  # bf16 ∂y as it is
         e.backward(n, h, wd, gyb, yb, None, xb, _np(gx) if input_grad else None, _np(gw),
                    None if b is None else _np(gb), False)
     return gx, gw, gb

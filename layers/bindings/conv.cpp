@@ -300,7 +300,10 @@ struct py_conv {
     sizes(n, h, w);
     const auto& g = cv.geometry();
     const int64_t ye = blocked(n, g.k, cv.bk(), g.out_h(h), g.out_w(w)), xe = blocked(n, g.c, cv.bc(), h, w);
-    const float* gy = (const float*)exact_array(gyb, "grad_out", element::f32, ye, false).data();
+    // A bf16 layer takes a bf16 grad_out as it is (no widened copy), an f32 layer only f32.
+    const bool gy16 = cv.bf16() && py::isinstance<py::array>(gyb) &&
+                      numpy_matches(py::reinterpret_borrow<py::array>(gyb).dtype(), element::bf16);
+    const void* gy = exact_array(gyb, "grad_out", gy16 ? element::bf16 : element::f32, ye, false).data();
     const void* y = cv.needs_z() ? nullptr : exact_array(yb, "yb", act_elem(), ye, false).data();
     const float* z = cv.needs_z() ? (const float*)exact_array(zb, "zb", element::f32, ye, false).data() : nullptr;
     const void* x = exact_array(xb, "xb", act_elem(), xe, false).data();
@@ -315,7 +318,8 @@ struct py_conv {
     status s;
     {
       py::gil_scoped_release nogil;
-      s = cv.backward(n, h, w, gy, y, z, x, gx, wgp, bgp, accumulate);
+      s = gy16 ? cv.backward(n, h, w, (const uint16_t*)gy, y, z, x, gx, wgp, bgp, accumulate)
+               : cv.backward(n, h, w, (const float*)gy, y, z, x, gx, wgp, bgp, accumulate);
     }
     check_status(s);
   }
