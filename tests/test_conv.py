@@ -371,6 +371,41 @@ def test_gradients_accumulate_until_zero_grad(rng):
     np.testing.assert_array_equal(conv.weight_grad, once[0])
 
 
+# Weight gradients whose blocks pass 256 KB with the output rows in one part (conv.cpp's pair
+# order: a result block × source block pair's taps into scratch, then straight into the
+# gradient): (C, K, groups, H, W) of 3 × 3 padded layers.
+PAIR_CASES = [(128, 128, 1, 7, 7),    # 36 dWᵀ blocks of 64 × 64 (512 → 512's 7 × 7 in small)
+              (64, 160, 1, 5, 6),     # C < K: dW blocks (Xᵀ·dZ), 45 of 64 × 32
+              (128, 128, 2, 6, 7)]    # two groups: 18 blocks, each within a group
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", PAIR_CASES, ids=["dwt", "narrow", "groups2"])
+def test_weight_gradient_by_block_pairs(isa, rng, case, threads):
+    c, k, groups, h, w = case
+    conv = Conv2d(c, k, 3, 1, 1, groups=groups, seed=3)
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    g = rng.standard_normal((1, k, h, w)).astype(np.float32)
+    ref, ref_abs = np.zeros(conv.weight.shape), np.zeros(conv.weight.shape)
+    cg, kg = c // groups, k // groups
+    for i in range(groups):  # each group's gradient is an ungrouped layer's
+        xs, gs = x[:, i * cg:(i + 1) * cg].astype(np.float64), g[:, i * kg:(i + 1) * kg].astype(np.float64)
+        ws = conv.weight[i * kg:(i + 1) * kg].astype(np.float64)
+        ref[i * kg:(i + 1) * kg] = ref_backward(xs, ws, gs, conv)[1]
+        ref_abs[i * kg:(i + 1) * kg] = ref_backward(np.abs(xs), ws, np.abs(gs), conv)[1]
+    before = brgemm.get_num_threads()
+    try:
+        brgemm.set_num_threads(threads)
+        conv(x)
+        conv.backward(g, input_grad=False)
+        once = conv.weight_grad.copy()
+        assert_close(once, ref, (h * w + 1) * EPS * ref_abs, "weight grad")
+        conv.backward(g, input_grad=False)  # accumulates: the same sum added once more
+        np.testing.assert_array_equal(conv.weight_grad, once + once)
+    finally:
+        brgemm.set_num_threads(before)
+
+
 def test_no_bias(rng):
     conv = Conv2d(4, 6, 3, padding=1, bias=False, seed=5)
     x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
