@@ -375,4 +375,71 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
   }
 }
 
+status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, int64_t h, int64_t w, int64_t bc,
+                             int64_t bk, int64_t kb, int threads) {
+  const int64_t oh = g.out_h(h), ow = g.out_w(w), pix = oh * ow, taps = g.r * g.s, blk = bc * bk;
+  pl.bc = bc, pl.bk = bk, pl.kb = kb, pl.h = h, pl.w = w, pl.oh = oh, pl.ow = ow, pl.stride = g.stride_w;
+  pl.threads = threads;
+  pl.runs = make_runs(w, g.stride_w, 1, g.s, backward_axis{ow, g.stride_w, g.pad_l, g.dil_w});
+  const backward_axis along_h{oh, g.stride_h, g.pad_t, g.dil_h};
+  std::map<std::vector<std::pair<int64_t, int64_t>>, int64_t> classes;  // (r, output row − base) → class
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> keys;
+  pl.row_class.assign(h, 0);
+  pl.row_base.assign(h, 0);
+  for (int64_t ih = 0; ih < h; ++ih) {
+    const std::vector<tap> rt = taps_at(ih, g.r, along_h);
+    const int64_t base = rt.empty() ? 0 : rt[0].src;
+    std::vector<std::pair<int64_t, int64_t>> key;
+    for (const tap& t : rt) key.push_back({t.t, t.src - base});
+    auto [it, added] = classes.try_emplace(key, (int64_t)keys.size());
+    if (added) keys.push_back(key);
+    pl.row_class[ih] = it->second;
+    pl.row_base[ih] = base;
+  }
+  pl.ldc = 0;
+  for (const run& u : pl.runs) pl.ldc = std::max(pl.ldc, u.m);
+  pl.kern.assign(pl.runs.size(), nullptr);
+  for (size_t u = 0; u < pl.runs.size(); ++u) {
+    const desc d{dtype::f32, bc, pl.runs[u].m, bk, bk, pix, pl.ldc, batch_kind::offset, 0.0f};
+    if (status s = dispatch(d, &pl.kern[u]); s != status::ok) return s;
+  }
+  pl.offs_a.clear();
+  pl.offs_b.clear();
+  pl.table.clear();
+  for (const auto& key : keys)
+    for (const run& u : pl.runs) {
+      const int64_t first = (int64_t)pl.offs_a.size();
+      for (const auto& [r, d] : key)
+        for (const tap& st : u.taps)
+          for (int64_t j = 0; j < kb; ++j) {
+            pl.offs_a.push_back((j * taps + r * g.s + st.t) * blk);
+            pl.offs_b.push_back(j * bk * pix + d * ow + st.src);
+          }
+      pl.table.push_back({first, (int64_t)pl.offs_a.size() - first});
+    }
+  reserve_scratch(threads, {{2, bc * pl.ldc}});
+  return status::ok;
+}
+
+void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wts, const float* dzt, float* gx) {
+  const int64_t runs = (int64_t)pl.runs.size(), pix = pl.oh * pl.ow;
+#pragma omp parallel for num_threads(pl.threads) schedule(static)
+  for (int64_t item = 0; item < n * pl.h; ++item) {
+    const int64_t i = item / pl.h, ih = item % pl.h;
+    float* t = scratch(2, pl.bc * pl.ldc);
+    for (int64_t u = 0; u < runs; ++u) {
+      const run& ru = pl.runs[u];
+      const auto& [first, count] = pl.table[pl.row_class[ih] * runs + u];
+      batch_ref batch;
+      batch.count = count;
+      batch.a = wts;
+      batch.b = dzt + i * pl.kb * pl.bk * pix + pl.row_base[ih] * pl.ow;
+      batch.offs_a = pl.offs_a.data() + first;
+      batch.offs_b = pl.offs_b.data() + first;
+      execute(*pl.kern[u], batch, t);
+      transpose(t, pl.bc, ru.m, pl.ldc, gx + ((i * pl.h + ih) * pl.w + ru.p0) * pl.bc, pl.stride * pl.bc);
+    }
+  }
+}
+
 }  // namespace brgemm::layers

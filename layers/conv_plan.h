@@ -188,8 +188,33 @@ struct conv_pass_plan {
 // one entry per output row that reads inside the input through r; row_at[r][row]: how many of
 // the output rows before `row` do, so rows [first, last) are entries [row_at[first],
 // row_at[last]).
+struct conv_backward_plan;
+
+// Backward data with the input channels fewer than a vector (one block of bc < 16: the stem's
+// RGB), where a result row would fill bc of a kernel row's 16 lanes: transposed, per input row
+// and run of a stride class of its columns,
+//   dXᵀ (bc × run) = Σ_{row taps, column taps, result blocks j} Wᵀ (bc × bk: the forward's block)
+//                    · dZᵀ (bk × run: dZ transposed, pixels along the vector),
+// then transposed into dX's class columns. Input rows with the same taps at the same distances
+// share a class; the B offsets are relative to the row's first tap's output row.
+struct transposed_data_plan {
+  std::vector<run> runs;
+  std::vector<const kernel*> kern;         // per run (runs differ in N)
+  std::vector<int64_t> row_class, row_base;
+  std::vector<int64_t> offs_a, offs_b;
+  std::vector<std::pair<int64_t, int64_t>> table;  // [class·runs + run]: (first, count)
+  int64_t ldc = 0, bc = 0, bk = 0, kb = 0, h = 0, w = 0, oh = 0, ow = 0, stride = 1;
+  int threads = 1;
+};
+// Builds it for an ungrouped layer of geometry g on an h × w input (kb result blocks of bk).
+status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, int64_t h, int64_t w, int64_t bc,
+                             int64_t bk, int64_t kb, int threads);
+// dX (blocked, n images) from dZᵀ ([n][kb][bk][oh·ow]) and the forward's packed f32 weights.
+void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wts, const float* dzt, float* gx);
+
 struct conv_backward_plan {
   conv_pass_plan data;
+  transposed_data_plan data_t;             // instead of data where conv.cpp chooses it
   std::vector<int64_t> lo, len;
   std::vector<const kernel*> kw, kw_add;
   std::vector<std::vector<int64_t>> row_a, row_b, row_at;

@@ -18,6 +18,7 @@ import pytest
 import brgemm
 from brgemm import layout
 from brgemm.nn import Conv2d
+from conftest import restore_isa
 
 BF16 = ml_dtypes.bfloat16
 EPS = 2.0 ** -23
@@ -404,6 +405,41 @@ def test_weight_gradient_by_block_pairs(isa, rng, case, threads):
         np.testing.assert_array_equal(conv.weight_grad, once + once)
     finally:
         brgemm.set_num_threads(before)
+
+
+# Input gradients of layers with a few input channels and stride classes of ≥ 16 columns
+# (conv.cpp's transposed backward data: dXᵀ = Wᵀ·dZᵀ, the vector along pixels).
+DATA_T_CASES = [(3, 16, 12, 40, 7, 2, 3, 1),              # the stem's geometry, small
+                (5, 24, 5, 33, 3, 1, 1, 1),               # stride 1, K not a multiple of 16
+                (4, 70, 6, 20, 1, 1, 0, 1),               # 1 × 1, rows merged; two result blocks
+                (3, 8, 9, 37, (3, 5), (2, 1), (1, 0, 2, 3), (1, 2))]  # dilation, uneven padding
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", DATA_T_CASES, ids=["stem", "s1", "1x1", "rect_dil"])
+def test_input_gradient_transposed(rng, case, threads):
+    conv, (c, h, w) = make(case)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    g = rng.standard_normal((2, conv.out_channels) + conv.output_size(h, w)).astype(np.float32)
+    w64 = conv.weight.astype(np.float64)
+    dx_ref = ref_backward(x.astype(np.float64), w64, g.astype(np.float64), conv)[0]
+    dx_abs = ref_backward(np.abs(x).astype(np.float64), np.abs(w64), np.abs(g).astype(np.float64), conv)[0]
+    red = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    before = brgemm.get_num_threads()
+    got = {}
+    try:
+        brgemm.set_num_threads(threads)
+        for level in brgemm.available_isas():
+            brgemm.set_isa(level)
+            conv(x)
+            got[level] = conv.backward(g)
+            assert_close(got[level], dx_ref, (red + 1) * EPS * dx_abs, f"grad input ({level})")
+    finally:
+        brgemm.set_num_threads(before)
+        restore_isa()
+    vector = [level for level in got if level != "scalar"]  # the scalar kernels differ in bits, as elsewhere
+    for level in vector:  # the same bits on every vector ISA
+        np.testing.assert_array_equal(got[level], got[vector[0]], err_msg=level)
 
 
 def test_no_bias(rng):
