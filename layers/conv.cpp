@@ -291,6 +291,8 @@ void conv_layer::pack(const float* w) {
   if (!grouped && packs_rows(t_, fs_.ki, bc_))
     pack_rows(t_, g_, fs_.ki, fs_.ko, w,
               aligned(fwd_rows_, ceil_div(g_.k, fs_.ko) * g_.r * packed_b_elements(t_, g_.s * fs_.ki, fs_.ko) * wb));
+  if (stacks_rows())
+    stacked_weights(g_, bc_, bk_, w, (float*)aligned(bwd_t_, ceil_div(g_.k, bk_) * g_.s * g_.r * bc_ * bk_ * 4));
 }
 
 // Whether each packed block of `bytes` holds a nonzero bit (−0.0 counts: kept, never wrong).
@@ -484,7 +486,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   const bool grouped = ki != bc_ || ko != bk_ || per != cb;
   // Backward data transposed (conv_plan.h) for a few input channels and rows of ≥ 16 columns per
   // stride class: the stem's ∂x (3 → 64 7×7/2 224², 1 thread) took 12.3 ms at 3 of 16 lanes.
-  const bool data_t = gxb && !bf16 && bc_ < 16 && g_.groups == 1 && !grouped && !sparse_gen_ && wq >= 16;
+  const bool data_t = gxb && stacks_rows() && !grouped && !sparse_gen_ && wq >= 16;
 
   // The weight gradient's blocks and its order (below).
   const int64_t blocks = (int64_t)fs_.q0.size() * per * taps, rows_total = n * oh;
@@ -584,7 +586,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
 
   // Backward data: results are input rows and stride classes of input columns.
   if (data_t)
-    run_transposed_data(plan->data_t, n, (const float*)aligned(fwd_, 0), dz_t, gxb);
+    run_transposed_data(plan->data_t, n, (const float*)aligned(bwd_t_, 0), dz_t, gxb);
   else if (gxb) {
     pass_data x{dz, aligned(bwd_, 0)};
     x.out = gxb;

@@ -375,70 +375,73 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
   }
 }
 
+void stacked_weights(const conv_geometry& g, int64_t bc, int64_t bk, const float* w, float* dst) {
+  const int64_t kb = ceil_div(g.k, bk);
+  std::fill(dst, dst + kb * g.s * g.r * bc * bk, 0.0f);
+  for (int64_t k = 0; k < g.k; ++k)
+    for (int64_t c = 0; c < g.c; ++c)
+      for (int64_t r = 0; r < g.r; ++r)
+        for (int64_t s = 0; s < g.s; ++s)
+          dst[((((k / bk) * g.s + s) * g.r + r) * bc + c) * bk + k % bk] = w[((k * g.c + c) * g.r + r) * g.s + s];
+}
+
 status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, int64_t h, int64_t w, int64_t bc,
                              int64_t bk, int64_t kb, int threads) {
-  const int64_t oh = g.out_h(h), ow = g.out_w(w), pix = oh * ow, taps = g.r * g.s, blk = bc * bk;
-  pl.bc = bc, pl.bk = bk, pl.kb = kb, pl.h = h, pl.w = w, pl.oh = oh, pl.ow = ow, pl.stride = g.stride_w;
-  pl.threads = threads;
-  pl.runs = make_runs(w, g.stride_w, 1, g.s, backward_axis{ow, g.stride_w, g.pad_l, g.dil_w});
-  const backward_axis along_h{oh, g.stride_h, g.pad_t, g.dil_h};
-  std::map<std::vector<std::pair<int64_t, int64_t>>, int64_t> classes;  // (r, output row − base) → class
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> keys;
-  pl.row_class.assign(h, 0);
-  pl.row_base.assign(h, 0);
-  for (int64_t ih = 0; ih < h; ++ih) {
-    const std::vector<tap> rt = taps_at(ih, g.r, along_h);
-    const int64_t base = rt.empty() ? 0 : rt[0].src;
-    std::vector<std::pair<int64_t, int64_t>> key;
-    for (const tap& t : rt) key.push_back({t.t, t.src - base});
-    auto [it, added] = classes.try_emplace(key, (int64_t)keys.size());
-    if (added) keys.push_back(key);
-    pl.row_class[ih] = it->second;
-    pl.row_base[ih] = base;
-  }
-  pl.ldc = 0;
-  for (const run& u : pl.runs) pl.ldc = std::max(pl.ldc, u.m);
-  pl.kern.assign(pl.runs.size(), nullptr);
-  for (size_t u = 0; u < pl.runs.size(); ++u) {
-    const desc d{dtype::f32, bc, pl.runs[u].m, bk, bk, pix, pl.ldc, batch_kind::offset, 0.0f};
-    if (status s = dispatch(d, &pl.kern[u]); s != status::ok) return s;
-  }
+  const int64_t oh = g.out_h(h), ow = g.out_w(w), pix = oh * ow;
+  pl.bc = bc, pl.bk = bk, pl.kb = kb, pl.h = h, pl.w = w, pl.oh = oh, pl.ow = ow, pl.r = g.r;
+  pl.stride_h = g.stride_h, pl.stride_w = g.stride_w, pl.pad_t = g.pad_t, pl.threads = threads;
+  pl.pieces.clear();
   pl.offs_a.clear();
   pl.offs_b.clear();
-  pl.table.clear();
-  for (const auto& key : keys)
-    for (const run& u : pl.runs) {
+  for (const run& u : make_runs(w, g.stride_w, 1, g.s, backward_axis{ow, g.stride_w, g.pad_l, g.dil_w}))
+    for (int64_t m0 = 0; m0 < u.m; m0 += transposed_piece) {
       const int64_t first = (int64_t)pl.offs_a.size();
-      for (const auto& [r, d] : key)
-        for (const tap& st : u.taps)
-          for (int64_t j = 0; j < kb; ++j) {
-            pl.offs_a.push_back((j * taps + r * g.s + st.t) * blk);
-            pl.offs_b.push_back(j * bk * pix + d * ow + st.src);
-          }
-      pl.table.push_back({first, (int64_t)pl.offs_a.size() - first});
+      for (const tap& st : u.taps)
+        for (int64_t j = 0; j < kb; ++j) {
+          pl.offs_a.push_back((j * g.s + st.t) * g.r * bc * bk);
+          pl.offs_b.push_back(j * bk * pix + st.src + m0);
+        }
+      pl.pieces.push_back({u.p0 + m0 * g.stride_w, std::min(transposed_piece, u.m - m0), first,
+                           (int64_t)pl.offs_a.size() - first});
     }
-  reserve_scratch(threads, {{2, bc * pl.ldc}});
+  pl.r_lo.assign(oh, 0);
+  pl.kern.assign(pl.pieces.size() * oh, nullptr);
+  for (int64_t o = 0; o < oh; ++o) {
+    const int64_t top = o * g.stride_h - g.pad_t;  // the input row of row tap 0
+    const int64_t lo = std::max<int64_t>(0, -top), hi = std::min<int64_t>(g.r, h - top);
+    pl.r_lo[o] = lo;
+    if (lo >= hi) continue;
+    for (size_t u = 0; u < pl.pieces.size(); ++u) {
+      const desc d{dtype::f32, (hi - lo) * bc, pl.pieces[u].m, bk, bk, pix, transposed_piece, batch_kind::offset, 1.0f};
+      if (status s = dispatch(d, &pl.kern[u * oh + o]); s != status::ok) return s;
+    }
+  }
+  reserve_scratch(threads, {{2, h * bc * transposed_piece}});
   return status::ok;
 }
 
-void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wts, const float* dzt, float* gx) {
-  const int64_t runs = (int64_t)pl.runs.size(), pix = pl.oh * pl.ow;
+void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wst, const float* dzt, float* gx) {
+  const int64_t pieces = (int64_t)pl.pieces.size(), pix = pl.oh * pl.ow, ld = transposed_piece;
 #pragma omp parallel for num_threads(pl.threads) schedule(static)
-  for (int64_t item = 0; item < n * pl.h; ++item) {
-    const int64_t i = item / pl.h, ih = item % pl.h;
-    float* t = scratch(2, pl.bc * pl.ldc);
-    for (int64_t u = 0; u < runs; ++u) {
-      const run& ru = pl.runs[u];
-      const auto& [first, count] = pl.table[pl.row_class[ih] * runs + u];
+  for (int64_t item = 0; item < n * pieces; ++item) {
+    const int64_t i = item / pieces, u = item % pieces;
+    const transposed_data_plan::piece& pc = pl.pieces[u];
+    float* t = scratch(2, pl.h * pl.bc * ld);  // dXᵀ of the piece: rows (ih, c)
+    std::fill(t, t + pl.h * pl.bc * ld, 0.0f);
+    for (int64_t o = 0; o < pl.oh; ++o) {
+      const kernel* k = pl.kern[u * pl.oh + o];
+      if (!k) continue;
       batch_ref batch;
-      batch.count = count;
-      batch.a = wts;
-      batch.b = dzt + i * pl.kb * pl.bk * pix + pl.row_base[ih] * pl.ow;
-      batch.offs_a = pl.offs_a.data() + first;
-      batch.offs_b = pl.offs_b.data() + first;
-      execute(*pl.kern[u], batch, t);
-      transpose(t, pl.bc, ru.m, pl.ldc, gx + ((i * pl.h + ih) * pl.w + ru.p0) * pl.bc, pl.stride * pl.bc);
+      batch.count = pc.count;
+      batch.a = wst + pl.r_lo[o] * pl.bc * pl.bk;
+      batch.b = dzt + i * pl.kb * pl.bk * pix + o * pl.ow;
+      batch.offs_a = pl.offs_a.data() + pc.first;
+      batch.offs_b = pl.offs_b.data() + pc.first;
+      execute(*k, batch, t + (o * pl.stride_h - pl.pad_t + pl.r_lo[o]) * pl.bc * ld);
     }
+    for (int64_t ih = 0; ih < pl.h; ++ih)
+      transpose(t + ih * pl.bc * ld, pl.bc, pc.m, ld, gx + ((i * pl.h + ih) * pl.w + pc.p0) * pl.bc,
+                pl.stride_w * pl.bc);
   }
 }
 

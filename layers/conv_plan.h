@@ -191,26 +191,34 @@ struct conv_pass_plan {
 struct conv_backward_plan;
 
 // Backward data with the input channels fewer than a vector (one block of bc < 16: the stem's
-// RGB), where a result row would fill bc of a kernel row's 16 lanes: transposed, per input row
-// and run of a stride class of its columns,
-//   dXᵀ (bc × run) = Σ_{row taps, column taps, result blocks j} Wᵀ (bc × bk: the forward's block)
-//                    · dZᵀ (bk × run: dZ transposed, pixels along the vector),
-// then transposed into dX's class columns. Input rows with the same taps at the same distances
-// share a class; the B offsets are relative to the row's first tap's output row.
+// RGB), where a result row would fill bc of a kernel row's 16 lanes: transposed, the vector along
+// pixels. Per output row o and piece of a run of a stride class's columns (≤ 64 of them), the
+// kernel rows (r, c) of every row tap at once (dilation 1: the input rows o·stride − pad + r
+// are consecutive), added into dXᵀ (rows (ih, c), per thread):
+//   dXᵀ[(ih0 + r, c)][piece] += Σ_{column taps s, result blocks j} Wst[j][s][r][c][·] · dZᵀ[j][·][o][cols_s]
+// with Wst (stacked_weights) W by (block, column tap, row tap, input channel) and dZᵀ dZ
+// transposed ([n][kb][bk][oh·ow]); then dXᵀ is transposed into dX's class columns. Border rows
+// stack fewer row taps.
 struct transposed_data_plan {
-  std::vector<run> runs;
-  std::vector<const kernel*> kern;         // per run (runs differ in N)
-  std::vector<int64_t> row_class, row_base;
+  struct piece {
+    int64_t p0, m;                           // first input column, columns (every stride-th)
+    int64_t first, count;                    // its batch in offs_a / offs_b
+  };
+  std::vector<piece> pieces;
+  std::vector<const kernel*> kern;         // [piece·oh + o] (null: no row tap reads inside)
+  std::vector<int64_t> r_lo;               // per output row: its first row tap inside the input
   std::vector<int64_t> offs_a, offs_b;
-  std::vector<std::pair<int64_t, int64_t>> table;  // [class·runs + run]: (first, count)
-  int64_t ldc = 0, bc = 0, bk = 0, kb = 0, h = 0, w = 0, oh = 0, ow = 0, stride = 1;
+  int64_t bc = 0, bk = 0, kb = 0, h = 0, w = 0, oh = 0, ow = 0, r = 0, stride_h = 1, stride_w = 1, pad_t = 0;
   int threads = 1;
 };
-// Builds it for an ungrouped layer of geometry g on an h × w input (kb result blocks of bk).
+constexpr int64_t transposed_piece = 64;
+// Wst for an ungrouped layer's plain (K, C, R, S) f32 weights: [kb][S][R][bc][bk], zero past K.
+void stacked_weights(const conv_geometry& g, int64_t bc, int64_t bk, const float* w, float* dst);
+// Builds it for an ungrouped layer of geometry g (dilation 1 along h) on an h × w input.
 status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, int64_t h, int64_t w, int64_t bc,
                              int64_t bk, int64_t kb, int threads);
-// dX (blocked, n images) from dZᵀ ([n][kb][bk][oh·ow]) and the forward's packed f32 weights.
-void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wts, const float* dzt, float* gx);
+// dX (blocked, n images) from dZᵀ and Wst.
+void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wst, const float* dzt, float* gx);
 
 struct conv_backward_plan {
   conv_pass_plan data;

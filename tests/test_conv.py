@@ -440,6 +440,9 @@ def test_input_gradient_transposed(rng, case, threads):
     vector = [level for level in got if level != "scalar"]  # the scalar kernels differ in bits, as elsewhere
     for level in vector:  # the same bits on every vector ISA
         np.testing.assert_array_equal(got[level], got[vector[0]], err_msg=level)
+    conv.weight[...] *= 2  # repacked in place: the stacked weights too
+    conv(x)
+    np.testing.assert_array_equal(conv.backward(g), 2 * got[brgemm.isa()])
 
 
 def test_no_bias(rng):
