@@ -626,7 +626,9 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // own dW (beta 1 after its first chunk); otherwise each (block, part of the rows) is an item,
   // so that dW blocks stay in cache, and the parts are summed at the end; or, one part, pairs.
   const int64_t row_bytes = (kb * ow * bk_ + cb * g_.stride_h * w * bc_) * 4;
-  const int64_t chunk = std::clamp<int64_t>((512 << 10) / row_bytes, 1, ceil_div(rows_total, threads));
+  // Chunks of equal rows, as many per thread (56 rows by 18 gave one thread 36 and the other 20).
+  const int64_t fit = std::clamp<int64_t>((512 << 10) / row_bytes, 1, ceil_div(rows_total, threads));
+  const int64_t chunk = ceil_div(rows_total, round_up(ceil_div(rows_total, fit), threads));
   const int64_t splits = rows_outer ? threads
                                     : std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
   // Many blocks and one split (short images at N = 1: 7 × 7, 14 × 14): each item is a (result
