@@ -576,7 +576,6 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
       transpose(d, pix, bk_, bk_, dzt + at, pix);
     else if (bf16)
       std::copy(d, d + plane_y, dzt + at);
-    if (data_t) transpose(d, pix, bk_, bk_, dz_t + at, pix);
   }
   if (bg)
     for (int64_t k = 0; k < g_.k; ++k) {
@@ -586,9 +585,14 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     }
 
   // Backward data: results are input rows and stride classes of input columns.
-  if (data_t)
+  if (data_t) {  // dZᵀ in pixel ranges, so that one image's plane (the stem's 3.2 MB) is split too
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t it = 0; it < n * kb * threads; ++it) {
+      const int64_t pl = it / threads, p0 = pix * (it % threads) / threads, p1 = pix * (it % threads + 1) / threads;
+      transpose((const float*)dz + pl * plane_y + p0 * bk_, p1 - p0, bk_, bk_, dz_t + pl * plane_y + p0, pix);
+    }
     run_transposed_data(plan->data_t, n, (const float*)aligned(bwd_t_, 0), dz_t, gxb);
-  else if (gxb) {
+  } else if (gxb) {
     pass_data x{dz, aligned(bwd_, 0)};
     x.out = gxb;
     run_pass(plan->data, x);
