@@ -559,7 +559,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   char* dz = dz_is_dy ? (char*)gyb : aligned(dz_, round_up(dz_bytes, 64) + sums * 4);
   float* colsum = dz_is_dy ? (float*)aligned(dz_, sums * 4) : (float*)(dz + round_up(dz_bytes, 64));
   float* dzt = narrow && !bf16 ? (float*)dz : (float*)aligned(dzt_, n * kb * plane_y * 4);
-  float* dz_t = data_t ? (float*)aligned(dzt_, n * kb * plane_y * 4) : nullptr;  // narrow, f32: free
+  float* dz_t = data_t ? (float*)aligned(dzt_, n * kb * bk_ * oh * plan->data_t.row * 4) : nullptr;  // narrow, f32: free
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
@@ -585,12 +585,8 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     }
 
   // Backward data: results are input rows and stride classes of input columns.
-  if (data_t) {  // dZᵀ in pixel ranges, so that one image's plane (the stem's 3.2 MB) is split too
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t it = 0; it < n * kb * threads; ++it) {
-      const int64_t pl = it / threads, p0 = pix * (it % threads) / threads, p1 = pix * (it % threads + 1) / threads;
-      transpose((const float*)dz + pl * plane_y + p0 * bk_, p1 - p0, bk_, bk_, dz_t + pl * plane_y + p0, pix);
-    }
+  if (data_t) {
+    transposed_data_dz(plan->data_t, n, (const float*)dz, dz_t);
     run_transposed_data(plan->data_t, n, (const float*)aligned(bwd_t_, 0), dz_t, gxb);
   } else if (gxb) {
     pass_data x{dz, aligned(bwd_, 0)};

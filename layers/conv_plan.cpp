@@ -387,23 +387,44 @@ void stacked_weights(const conv_geometry& g, int64_t bc, int64_t bk, const float
 
 status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, int64_t h, int64_t w, int64_t bc,
                              int64_t bk, int64_t kb, int threads) {
-  const int64_t oh = g.out_h(h), ow = g.out_w(w), pix = oh * ow;
+  const int64_t oh = g.out_h(h), ow = g.out_w(w), sw = g.stride_w;
   pl.bc = bc, pl.bk = bk, pl.kb = kb, pl.h = h, pl.w = w, pl.oh = oh, pl.ow = ow, pl.r = g.r;
-  pl.stride_h = g.stride_h, pl.stride_w = g.stride_w, pl.pad_t = g.pad_t, pl.threads = threads;
+  pl.stride_h = g.stride_h, pl.stride_w = sw, pl.pad_t = g.pad_t, pl.threads = threads;
+  // Per stride class q of the input columns: its column taps and the output column each reads
+  // for the class's first column (then one further per column), outside the row too.
+  struct col_tap {
+    int64_t s, ow0;
+  };
+  std::vector<std::vector<col_tap>> cls((size_t)std::min(sw, w));
+  int64_t left = 0, right = 0;
+  for (int64_t q = 0; q < (int64_t)cls.size(); ++q) {
+    const int64_t cols = ceil_div(w - q, sw);
+    for (int64_t s = 0; s < g.s; ++s) {
+      const int64_t at = q + g.pad_l - s * g.dil_w;
+      if (((at % sw) + sw) % sw) continue;
+      cls[q].push_back({s, at / sw});
+      left = std::max(left, -(at / sw));
+      right = std::max(right, at / sw + cols - ow);
+    }
+  }
+  pl.left = left;
+  pl.row = left + ow + right;
+  const int64_t pix = oh * pl.row;
   pl.pieces.clear();
   pl.offs_a.clear();
   pl.offs_b.clear();
-  for (const run& u : make_runs(w, g.stride_w, 1, g.s, backward_axis{ow, g.stride_w, g.pad_l, g.dil_w}))
-    for (int64_t m0 = 0; m0 < u.m; m0 += transposed_piece) {
+  for (int64_t q = 0; q < (int64_t)cls.size(); ++q) {
+    const int64_t cols = ceil_div(w - q, sw);
+    for (int64_t m0 = 0; m0 < cols; m0 += transposed_piece) {
       const int64_t first = (int64_t)pl.offs_a.size();
-      for (const tap& st : u.taps)
+      for (const col_tap& t : cls[q])
         for (int64_t j = 0; j < kb; ++j) {
-          pl.offs_a.push_back((j * g.s + st.t) * g.r * bc * bk);
-          pl.offs_b.push_back(j * bk * pix + st.src + m0);
+          pl.offs_a.push_back((j * g.s + t.s) * g.r * bc * bk);
+          pl.offs_b.push_back(j * bk * pix + left + t.ow0 + m0);
         }
-      pl.pieces.push_back({u.p0 + m0 * g.stride_w, std::min(transposed_piece, u.m - m0), first,
-                           (int64_t)pl.offs_a.size() - first});
+      pl.pieces.push_back({q + m0 * sw, std::min(transposed_piece, cols - m0), first, (int64_t)pl.offs_a.size() - first});
     }
+  }
   pl.r_lo.assign(oh, 0);
   pl.kern.assign(pl.pieces.size() * oh, nullptr);
   for (int64_t o = 0; o < oh; ++o) {
@@ -420,8 +441,22 @@ status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, i
   return status::ok;
 }
 
+void transposed_data_dz(const transposed_data_plan& pl, int64_t n, const float* dz, float* dzt) {
+  const int64_t pix = pl.oh * pl.row;
+#pragma omp parallel for num_threads(pl.threads) schedule(static)
+  for (int64_t it = 0; it < n * pl.kb * pl.oh; ++it) {  // an output row of one result block
+    const int64_t plane = it / pl.oh, o = it % pl.oh;
+    float* d = dzt + plane * pl.bk * pix + o * pl.row;
+    transpose(dz + (plane * pl.oh + o) * pl.ow * pl.bk, pl.ow, pl.bk, pl.bk, d + pl.left, pix);
+    for (int64_t k = 0; k < pl.bk; ++k) {
+      std::fill(d + k * pix, d + k * pix + pl.left, 0.0f);
+      std::fill(d + k * pix + pl.left + pl.ow, d + k * pix + pl.row, 0.0f);
+    }
+  }
+}
+
 void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wst, const float* dzt, float* gx) {
-  const int64_t pieces = (int64_t)pl.pieces.size(), pix = pl.oh * pl.ow, ld = transposed_piece;
+  const int64_t pieces = (int64_t)pl.pieces.size(), pix = pl.oh * pl.row, ld = transposed_piece;
 #pragma omp parallel for num_threads(pl.threads) schedule(static)
   for (int64_t item = 0; item < n * pieces; ++item) {
     const int64_t i = item / pieces, u = item % pieces;
@@ -434,7 +469,7 @@ void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float*
       batch_ref batch;
       batch.count = pc.count;
       batch.a = wst + pl.r_lo[o] * pl.bc * pl.bk;
-      batch.b = dzt + i * pl.kb * pl.bk * pix + o * pl.ow;
+      batch.b = dzt + i * pl.kb * pl.bk * pix + o * pl.row;
       batch.offs_a = pl.offs_a.data() + pc.first;
       batch.offs_b = pl.offs_b.data() + pc.first;
       execute(*k, batch, t + (o * pl.stride_h - pl.pad_t + pl.r_lo[o]) * pl.bc * ld);
