@@ -141,6 +141,8 @@ void conv_layer::pack(const float* w) {
   if (g_.groups == 1 && packs_rows(t_, fs_.ki, bc_))
     pack_rows(t_, g_, fs_.ki, fs_.ko, w,
               aligned(fwd_rows_, ceil_div(g_.k, fs_.ko) * g_.r * packed_b_elements(t_, g_.s * fs_.ki, fs_.ko) * wb));
+  if (stacks_rows())
+    stacked_weights(g_, bc_, bk_, w, (float*)aligned(bwd_t_, ceil_div(g_.k, bk_) * g_.s * g_.r * bc_ * bk_ * 4));
 }
 
 // Whether each packed block of `bytes` holds a nonzero bit (−0.0 counts: kept, never wrong).
@@ -318,6 +320,15 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // few (bc < 16 would fill a fraction of the kernel's 16-lane columns).
   const bool narrow = ki < 16 || g_.c < g_.k;
   const bool grouped = ki != bc_ || ko != bk_ || per != cb;
+  // Backward data transposed (conv_plan.h) for a few input channels and rows of ≥ 16 columns per
+  // stride class: the stem's ∂x (3 → 64 7×7/2 224², 1 thread) took 12.3 ms at 3 of 16 lanes, 2.9
+  // transposed.
+  const bool data_t = gxb && stacks_rows() && !grouped && !sparse_gen_ && wq >= 16;
+
+  // The weight gradient's blocks and its order (below).
+  const int64_t blocks = (int64_t)fs_.q0.size() * per * taps, rows_total = n * oh;
+  const bool rows_outer = blocks * blk * 4 <= (256 << 10);
+  const int64_t pair_scratch = (narrow ? 2 * taps * blk : taps * blk) + ki * taps;
 
   // The plan: backward data's pass, and per kernel column tap s the output columns it reads
   // inside the input [lo, lo + len) and the weight gradient's kernels (beta 0 and 1).
@@ -326,7 +337,9 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   key.sparse = gxb ? sparse_gen_ : 0;
   std::shared_ptr<const conv_backward_plan> plan;
   if (status st = bwd_plans_.get(key, &plan, [&](conv_backward_plan& pl) {
-        if (gxb) {  // results are input rows and stride classes of input columns
+        if (data_t) {
+          if (status s = build_transposed_data(pl.data_t, g_, h, w, bc_, bk_, kb, threads); s != status::ok) return s;
+        } else if (gxb) {  // results are input rows and stride classes of input columns
           std::vector<std::vector<tap>> rows(h);
           const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
           for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
@@ -367,8 +380,8 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
           return narrow ? std::pair<int64_t, int64_t>{(i * cb * h + ih) * row_t, i * kb * plane_y + o * ow * bk_}
                         : std::pair<int64_t, int64_t>{i * kb * plane_y + o * ow, i * cb * plane_x + ih * w * bc_};
         });
-        // Per-thread scratch: dZ of a plane (bf16).
-        reserve_scratch(threads, {{0, bf16 ? plane_y : 0}, {1, bf16 ? plane_y : 0}});
+        // Per-thread scratch: dZ of a plane (bf16); a (result, source) pair's taps' blocks.
+        reserve_scratch(threads, {{0, bf16 ? plane_y : 0}, {1, bf16 ? plane_y : 0}, {2, rows_outer ? 0 : pair_scratch}});
         return status::ok;
       });
       st != status::ok)
@@ -382,6 +395,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   char* dz = dz_is_dy ? (char*)gyb : aligned(dz_, round_up(dz_bytes, 64) + sums * 4);
   float* colsum = dz_is_dy ? (float*)aligned(dz_, sums * 4) : (float*)(dz + round_up(dz_bytes, 64));
   float* dzt = narrow && !bf16 ? (float*)dz : (float*)aligned(dzt_, n * kb * plane_y * 4);
+  float* dz_t = data_t ? (float*)aligned(dzt_, n * kb * bk_ * oh * plan->data_t.row * 4) : nullptr;  // narrow, f32: free
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
@@ -407,7 +421,10 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     }
 
   // Backward data: results are input rows and stride classes of input columns.
-  if (gxb) {
+  if (data_t) {
+    transposed_data_dz(plan->data_t, n, (const float*)dz, dz_t);
+    run_transposed_data(plan->data_t, n, (const float*)aligned(bwd_t_, 0), dz_t, gxb);
+  } else if (gxb) {
     pass_data x{dz, aligned(bwd_, 0)};
     x.out = gxb;
     run_pass(plan->data, x);
@@ -441,17 +458,22 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   const std::vector<int64_t>& lo = plan->lo;
   const std::vector<const kernel*>&kw = plan->kw, &kw_add = plan->kw_add;
   const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
-  // Two orders. Few blocks (all of dW fits in L2 per thread): each thread takes chunks of output
+  // Three orders. Few blocks (all of dW fits in L2 per thread): each thread takes chunks of output
   // rows and runs every block over them while their dZ and X rows are in cache, summing into its
   // own dW (beta 1 after its first chunk); otherwise each (block, part of the rows) is an item,
-  // so that dW blocks stay in cache. Either way the parts are summed at the end.
-  const int64_t blocks = (int64_t)fs_.q0.size() * per * taps, rows_total = n * oh;
-  const bool rows_outer = blocks * blk * 4 <= (256 << 10);
+  // so that dW blocks stay in cache, and the parts are summed at the end; or, one part, pairs.
   const int64_t row_bytes = (kb * ow * bk_ + cb * g_.stride_h * w * bc_) * 4;
-  const int64_t chunk = std::clamp<int64_t>((512 << 10) / row_bytes, 1, ceil_div(rows_total, threads));
+  // Chunks of equal rows, as many per thread (56 rows by 18 gave one thread 36 and the other 20).
+  const int64_t fit = std::clamp<int64_t>((512 << 10) / row_bytes, 1, ceil_div(rows_total, threads));
+  const int64_t chunk = ceil_div(rows_total, round_up(ceil_div(rows_total, fit), threads));
   const int64_t splits = rows_outer ? threads
                                     : std::max<int64_t>(1, std::min<int64_t>(rows_total, ceil_div(8 * (int64_t)threads, blocks)));
-  float* part = (float*)aligned(part_, splits * blocks * blk * 4);
+  // Many blocks and one split (short images at N = 1: 7 × 7, 14 × 14): each item is a (result
+  // block, source block) pair whose taps' blocks go to the thread's scratch, then straight into
+  // the gradient while they are in L2. Through the part buffer, 512 → 512 3×3 7×7 wrote 9.4 MB,
+  // read it back and scattered it tap by tap into the gradient: 6.2 of its 8.5 ms (1 thread).
+  const bool pairs = !rows_outer && splits == 1;
+  float* part = pairs ? nullptr : (float*)aligned(part_, splits * blocks * blk * 4);
   auto part_at = [&](int64_t b, int64_t sp) { return part + (rows_outer ? sp * blocks + b : b * splits + sp) * blk; };
   // One block's product over output rows [first, last) into out (adding when `add`).
   auto block_product = [&](int64_t b, int64_t first, int64_t last, float* out, bool add) {
@@ -479,6 +501,34 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     batch.offs_b = plan->row_b[r].data() + at[first];
     execute(add ? *kw_add[s] : *kw[s], batch, out);
   };
+  if (pairs) {
+    const int64_t gc = g_.group_c(), gk = g_.group_k();
+#pragma omp parallel num_threads(threads)
+    {
+      // The pair's taps' blocks, (narrow) the same as dWᵀ blocks, and one gradient row.
+      float* mine = scratch(2, pair_scratch);
+      float* flip = mine + taps * blk;
+      float* row = narrow ? flip + taps * blk : flip;
+#pragma omp for schedule(static)
+      for (int64_t pr = 0; pr < blocks / taps; ++pr) {
+        for (int64_t tap = 0; tap < taps; ++tap) block_product(pr * taps + tap, 0, rows_total, mine + tap * blk, false);
+        if (narrow)
+          for (int64_t tap = 0; tap < taps; ++tap) transpose(mine + tap * blk, ki, ko, ko, flip + tap * blk, ki);
+        const float* t = narrow ? flip : mine;
+        // As the sum of parts below (one part), a gradient row at a time: its taps side by side.
+        const int64_t j = pr / per, k0 = j * ko, c0 = (fs_.q0[j] + pr % per) * ki;
+        const int64_t ks = std::min(ko, g_.k - k0), cs = std::min(ki, g_.c - c0);
+        for (int64_t kk = 0; kk < ks; ++kk) {
+          const int64_t grp = (k0 + kk) / gk, c_lo = std::max<int64_t>(0, grp * gc - c0);
+          const int64_t c_hi = std::min(cs, (grp + 1) * gc - c0);
+          transpose(t + kk * ki, taps, ki, blk, row, taps);
+          float* g = wg + ((k0 + kk) * gc + c0 - grp * gc) * taps;
+          for (int64_t e = c_lo * taps; e < c_hi * taps; ++e) g[e] = (accumulate ? g[e] : 0.0f) + (0.0f + row[e]);
+        }
+      }
+    }
+    return status::ok;
+  }
 #pragma omp parallel num_threads(threads)
   {
     weight_gradient_parts(rows_outer, rows_total, chunk, blocks, splits, blk, block_product, part_at);

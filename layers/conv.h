@@ -176,6 +176,9 @@ class conv_layer {
   // products bf16 too; gyb f32, or bf16 when gy16.
   status backward_bf16(int64_t n, int64_t h, int64_t w, const void* gyb, bool gy16, const void* yb, const float* zb,
                        const void* xb, float* gxb, float* wg, float* bg, bool accumulate);
+  // Backward data may run transposed (conv_plan.h's transposed_data_plan): f32, ungrouped, few
+  // input channels, dilation 1 along h.
+  bool stacks_rows() const { return t_ == dtype::f32 && bc_ < 16 && g_.groups == 1 && g_.dil_h == 1; }
 
   dtype t_;
   conv_geometry g_;
@@ -186,6 +189,7 @@ class conv_layer {
   packed_weights w_seen_, b_seen_;             // w and b as packed last
   std::vector<float> bias_;                    // the bias padded to K/bk
   std::vector<char> fwd_, bwd_;                // packed weights (64-byte aligned inside)
+  std::vector<char> bwd_t_;                    // f32, bc < 16: stacked_weights (conv_plan.h)
   std::vector<char> fwd_rows_;                 // forward by kernel row, where packs_rows says
   std::vector<char> dz_, dzt_, x32_, part_;    // backward scratch: grown, never shrunk
   plan_cache<conv_plan_key, conv_pass_plan> fwd_plans_;

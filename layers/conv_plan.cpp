@@ -386,4 +386,109 @@ void run_pass(const conv_pass_plan& pl, const pass_data& x) {
   }
 }
 
+void stacked_weights(const conv_geometry& g, int64_t bc, int64_t bk, const float* w, float* dst) {
+  const int64_t kb = ceil_div(g.k, bk);
+  std::fill(dst, dst + kb * g.s * g.r * bc * bk, 0.0f);
+  for (int64_t k = 0; k < g.k; ++k)
+    for (int64_t c = 0; c < g.c; ++c)
+      for (int64_t r = 0; r < g.r; ++r)
+        for (int64_t s = 0; s < g.s; ++s)
+          dst[((((k / bk) * g.s + s) * g.r + r) * bc + c) * bk + k % bk] = w[((k * g.c + c) * g.r + r) * g.s + s];
+}
+
+status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, int64_t h, int64_t w, int64_t bc,
+                             int64_t bk, int64_t kb, int threads) {
+  const int64_t oh = g.out_h(h), ow = g.out_w(w), sw = g.stride_w;
+  pl.bc = bc, pl.bk = bk, pl.kb = kb, pl.h = h, pl.w = w, pl.oh = oh, pl.ow = ow, pl.r = g.r;
+  pl.stride_h = g.stride_h, pl.stride_w = sw, pl.pad_t = g.pad_t, pl.threads = threads;
+  // Per stride class q of the input columns: its column taps and the output column each reads
+  // for the class's first column (then one further per column), outside the row too.
+  struct col_tap {
+    int64_t s, ow0;
+  };
+  std::vector<std::vector<col_tap>> cls((size_t)std::min(sw, w));
+  int64_t left = 0, right = 0;
+  for (int64_t q = 0; q < (int64_t)cls.size(); ++q) {
+    const int64_t cols = ceil_div(w - q, sw);
+    for (int64_t s = 0; s < g.s; ++s) {
+      const int64_t at = q + g.pad_l - s * g.dil_w;
+      if (((at % sw) + sw) % sw) continue;
+      cls[q].push_back({s, at / sw});
+      left = std::max(left, -(at / sw));
+      right = std::max(right, at / sw + cols - ow);
+    }
+  }
+  pl.left = left;
+  pl.row = left + ow + right;
+  const int64_t pix = oh * pl.row;
+  pl.pieces.clear();
+  pl.offs_a.clear();
+  pl.offs_b.clear();
+  for (int64_t q = 0; q < (int64_t)cls.size(); ++q) {
+    const int64_t cols = ceil_div(w - q, sw);
+    for (int64_t m0 = 0; m0 < cols; m0 += transposed_piece) {
+      const int64_t first = (int64_t)pl.offs_a.size();
+      for (const col_tap& t : cls[q])
+        for (int64_t j = 0; j < kb; ++j) {
+          pl.offs_a.push_back((j * g.s + t.s) * g.r * bc * bk);
+          pl.offs_b.push_back(j * bk * pix + left + t.ow0 + m0);
+        }
+      pl.pieces.push_back({q + m0 * sw, std::min(transposed_piece, cols - m0), first, (int64_t)pl.offs_a.size() - first});
+    }
+  }
+  pl.r_lo.assign(oh, 0);
+  pl.kern.assign(pl.pieces.size() * oh, nullptr);
+  for (int64_t o = 0; o < oh; ++o) {
+    const int64_t top = o * g.stride_h - g.pad_t;  // the input row of row tap 0
+    const int64_t lo = std::max<int64_t>(0, -top), hi = std::min<int64_t>(g.r, h - top);
+    pl.r_lo[o] = lo;
+    if (lo >= hi) continue;
+    for (size_t u = 0; u < pl.pieces.size(); ++u) {
+      const desc d{dtype::f32, (hi - lo) * bc, pl.pieces[u].m, bk, bk, pix, transposed_piece, batch_kind::offset, 1.0f};
+      if (status s = dispatch(d, &pl.kern[u * oh + o]); s != status::ok) return s;
+    }
+  }
+  reserve_scratch(threads, {{2, h * bc * transposed_piece}});
+  return status::ok;
+}
+
+void transposed_data_dz(const transposed_data_plan& pl, int64_t n, const float* dz, float* dzt) {
+  const int64_t pix = pl.oh * pl.row;
+#pragma omp parallel for num_threads(pl.threads) schedule(static)
+  for (int64_t it = 0; it < n * pl.kb * pl.oh; ++it) {  // an output row of one result block
+    const int64_t plane = it / pl.oh, o = it % pl.oh;
+    float* d = dzt + plane * pl.bk * pix + o * pl.row;
+    transpose(dz + (plane * pl.oh + o) * pl.ow * pl.bk, pl.ow, pl.bk, pl.bk, d + pl.left, pix);
+    for (int64_t k = 0; k < pl.bk; ++k) {
+      std::fill(d + k * pix, d + k * pix + pl.left, 0.0f);
+      std::fill(d + k * pix + pl.left + pl.ow, d + k * pix + pl.row, 0.0f);
+    }
+  }
+}
+
+void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wst, const float* dzt, float* gx) {
+  const int64_t pieces = (int64_t)pl.pieces.size(), pix = pl.oh * pl.row, ld = transposed_piece;
+#pragma omp parallel for num_threads(pl.threads) schedule(static)
+  for (int64_t item = 0; item < n * pieces; ++item) {
+    const int64_t i = item / pieces, u = item % pieces;
+    const transposed_data_plan::piece& pc = pl.pieces[u];
+    float* t = scratch(2, pl.h * pl.bc * ld);  // dXᵀ of the piece: rows (ih, c)
+    std::fill(t, t + pl.h * pl.bc * ld, 0.0f);
+    for (int64_t o = 0; o < pl.oh; ++o) {
+      const kernel* k = pl.kern[u * pl.oh + o];
+      if (!k) continue;
+      batch_ref batch;
+      batch.count = pc.count;
+      batch.a = wst + pl.r_lo[o] * pl.bc * pl.bk;
+      batch.b = dzt + i * pl.kb * pl.bk * pix + o * pl.row;
+      batch.offs_a = pl.offs_a.data() + pc.first;
+      batch.offs_b = pl.offs_b.data() + pc.first;
+      execute(*k, batch, t + (o * pl.stride_h - pl.pad_t + pl.r_lo[o]) * pl.bc * ld);
+    }
+    for (int64_t ih = 0; ih < pl.h; ++ih)
+      transpose(t + ih * pl.bc * ld, pl.bc, pc.m, ld, gx + ((i * pl.h + ih) * pl.w + pc.p0) * pl.bc,
+                pl.stride_w * pl.bc);
+  }
+}
+
 }  // namespace brgemm::layers

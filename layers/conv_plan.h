@@ -197,8 +197,46 @@ struct conv_pass_plan {
 // one entry per output row that reads inside the input through r; row_at[r][row]: how many of
 // the output rows before `row` do, so rows [first, last) are entries [row_at[first],
 // row_at[last]).
+struct conv_backward_plan;
+
+// Backward data with the input channels fewer than a vector (one block of bc < 16: the stem's
+// RGB), where a result row would fill bc of a kernel row's 16 lanes: transposed, the vector along
+// pixels. Per output row o and piece of a stride class's columns (≤ 64 of them), the kernel
+// rows (r, c) of every row tap at once (dilation 1: the input rows o·stride − pad + r are
+// consecutive), added into dXᵀ (rows (ih, c), per thread):
+//   dXᵀ[(ih0 + r, c)][piece] += Σ_{column taps s, result blocks j} Wst[j][s][r][c][·] · dZᵀ[j][·][o][cols_s]
+// with Wst (stacked_weights) W by (block, column tap, row tap, input channel) and dZᵀ dZ
+// transposed ([n][kb][bk][oh][row]: each output row between `left` and `row − left − ow` zero
+// columns, so that a class is one run of all its column taps: runs split at the borders were
+// pieces of one or two columns, each the cost of a 16-column one). Then dXᵀ is transposed into
+// dX's class columns. Border rows stack fewer row taps.
+struct transposed_data_plan {
+  struct piece {
+    int64_t p0, m;                           // first input column, columns (every stride-th)
+    int64_t first, count;                    // its batch in offs_a / offs_b
+  };
+  std::vector<piece> pieces;
+  std::vector<const kernel*> kern;         // [piece·oh + o] (null: no row tap reads inside)
+  std::vector<int64_t> r_lo;               // per output row: its first row tap inside the input
+  std::vector<int64_t> offs_a, offs_b;
+  int64_t bc = 0, bk = 0, kb = 0, h = 0, w = 0, oh = 0, ow = 0, r = 0, stride_h = 1, stride_w = 1, pad_t = 0;
+  int64_t left = 0, row = 0;               // dZᵀ's output rows: zero columns on the left, width
+  int threads = 1;
+};
+constexpr int64_t transposed_piece = 64;
+// Wst for an ungrouped layer's plain (K, C, R, S) f32 weights: [kb][S][R][bc][bk], zero past K.
+void stacked_weights(const conv_geometry& g, int64_t bc, int64_t bk, const float* w, float* dst);
+// Builds it for an ungrouped layer of geometry g (dilation 1 along h) on an h × w input.
+status build_transposed_data(transposed_data_plan& pl, const conv_geometry& g, int64_t h, int64_t w, int64_t bc,
+                             int64_t bk, int64_t kb, int threads);
+// dZᵀ with its zero columns from dZ (blocked f32, n images): n·kb·bk·oh·row floats.
+void transposed_data_dz(const transposed_data_plan& pl, int64_t n, const float* dz, float* dzt);
+// dX (blocked, n images) from dZᵀ and Wst.
+void run_transposed_data(const transposed_data_plan& pl, int64_t n, const float* wst, const float* dzt, float* gx);
+
 struct conv_backward_plan {
   conv_pass_plan data;
+  transposed_data_plan data_t;             // instead of data where conv.cpp chooses it
   std::vector<int64_t> lo, len;
   std::vector<const kernel*> kw, kw_add;
   std::vector<std::vector<int64_t>> row_a, row_b, row_at;

@@ -19,6 +19,7 @@ import pytest
 import brgemm
 from brgemm import layout
 from brgemm.nn import Conv2d
+from conftest import restore_isa
 
 BF16 = ml_dtypes.bfloat16
 EPS = 2.0 ** -23
@@ -402,6 +403,79 @@ def test_gradients_accumulate_until_zero_grad(rng):
     conv(x)
     conv.backward(g)
     np.testing.assert_array_equal(conv.weight_grad, once[0])
+
+
+# Weight gradients whose blocks pass 256 KB with the output rows in one part (conv.cpp's pair
+# order: a result block × source block pair's taps into scratch, then straight into the
+# gradient): (C, K, groups, H, W) of 3 × 3 padded layers.
+PAIR_CASES = [(128, 128, 1, 7, 7),    # 36 dWᵀ blocks of 64 × 64 (512 → 512's 7 × 7 in small)
+              (64, 160, 1, 5, 6),     # C < K: dW blocks (Xᵀ·dZ), 45 of 64 × 32
+              (128, 128, 2, 6, 7)]    # two groups: 18 blocks, each within a group
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", PAIR_CASES, ids=["dwt", "narrow", "groups2"])
+def test_weight_gradient_by_block_pairs(isa, rng, case, threads):
+    c, k, groups, h, w = case
+    conv = Conv2d(c, k, 3, 1, 1, groups=groups, seed=3)
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    g = rng.standard_normal((1, k, h, w)).astype(np.float32)
+    ref, ref_abs = np.zeros(conv.weight.shape), np.zeros(conv.weight.shape)
+    cg, kg = c // groups, k // groups
+    for i in range(groups):  # each group's gradient is an ungrouped layer's
+        xs, gs = x[:, i * cg:(i + 1) * cg].astype(np.float64), g[:, i * kg:(i + 1) * kg].astype(np.float64)
+        ws = conv.weight[i * kg:(i + 1) * kg].astype(np.float64)
+        ref[i * kg:(i + 1) * kg] = ref_backward(xs, ws, gs, conv)[1]
+        ref_abs[i * kg:(i + 1) * kg] = ref_backward(np.abs(xs), ws, np.abs(gs), conv)[1]
+    before = brgemm.get_num_threads()
+    try:
+        brgemm.set_num_threads(threads)
+        conv(x)
+        conv.backward(g, input_grad=False)
+        once = conv.weight_grad.copy()
+        assert_close(once, ref, (h * w + 1) * EPS * ref_abs, "weight grad")
+        conv.backward(g, input_grad=False)  # accumulates: the same sum added once more
+        np.testing.assert_array_equal(conv.weight_grad, once + once)
+    finally:
+        brgemm.set_num_threads(before)
+
+
+# Input gradients of layers with a few input channels and stride classes of ≥ 16 columns
+# (conv.cpp's transposed backward data: dXᵀ = Wᵀ·dZᵀ, the vector along pixels).
+DATA_T_CASES = [(3, 16, 12, 40, 7, 2, 3, 1),              # the stem's geometry, small
+                (5, 24, 5, 33, 3, 1, 1, 1),               # stride 1, K not a multiple of 16
+                (4, 70, 6, 20, 1, 1, 0, 1),               # 1 × 1, rows merged; two result blocks
+                (3, 8, 9, 37, (3, 5), (2, 1), (1, 0, 2, 3), (1, 2))]  # dilation, uneven padding
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", DATA_T_CASES, ids=["stem", "s1", "1x1", "rect_dil"])
+def test_input_gradient_transposed(rng, case, threads):
+    conv, (c, h, w) = make(case)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    g = rng.standard_normal((2, conv.out_channels) + conv.output_size(h, w)).astype(np.float32)
+    w64 = conv.weight.astype(np.float64)
+    dx_ref = ref_backward(x.astype(np.float64), w64, g.astype(np.float64), conv)[0]
+    dx_abs = ref_backward(np.abs(x).astype(np.float64), np.abs(w64), np.abs(g).astype(np.float64), conv)[0]
+    red = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    before = brgemm.get_num_threads()
+    got = {}
+    try:
+        brgemm.set_num_threads(threads)
+        for level in brgemm.available_isas():
+            brgemm.set_isa(level)
+            conv(x)
+            got[level] = conv.backward(g)
+            assert_close(got[level], dx_ref, (red + 1) * EPS * dx_abs, f"grad input ({level})")
+    finally:
+        brgemm.set_num_threads(before)
+        restore_isa()
+    vector = [level for level in got if level != "scalar"]  # the scalar kernels differ in bits, as elsewhere
+    for level in vector:  # the same bits on every vector ISA
+        np.testing.assert_array_equal(got[level], got[vector[0]], err_msg=level)
+    conv.weight[...] *= 2  # repacked in place: the stacked weights too
+    conv(x)
+    np.testing.assert_array_equal(conv.backward(g), 2 * got[brgemm.isa()])
 
 
 def test_no_bias(rng):
