@@ -599,6 +599,21 @@ def fuzz_softmax(fname):
     return fuzz
 
 
+def fuzz_dropout(draw):
+    shape = tuple(draw(side()) for _ in range(draw(st.integers(1 if MODE[0] == 'valid' else 0, 3))))
+    x = draw(maybe(arrays(shape, good=[np.dtype(np.float32)])))
+    p = draw(maybe(st.one_of(st.floats(0, 1), st.floats(allow_nan=True), st.integers(-1, 2))))
+    seed = draw(maybe(st.one_of(st.integers(0, 2**64 - 1), st.integers(-2**70, 2**70))))
+    kw, check = {}, None
+    if draw(st.integers(0, 2)) == 0:
+        kw["out"], check = guarded(draw(st.sampled_from([shape, (3,)])), np.float32)
+    got = call("brgemm.nn.functional.dropout", F.dropout, x, p, seed, **kw)
+    if check:
+        check("dropout")
+    if got is not REJECTED:
+        assert got.shape == x.shape and got.dtype == np.float32
+
+
 def fuzz_cross_entropy(draw):
     n, c = draw(side()), draw(side())
     logits = draw(maybe(arrays((n, c), good=[np.dtype(np.float32)])))
@@ -1412,6 +1427,10 @@ def fuzz_op(name):
             bc, cb = draw(st.sampled_from([4, 8, 16, 32])), draw(side(3))
             _op(name, draw(maybe_t((n, cb, draw(side(3)), draw(side(3)), bc), lowp)),
                 draw(maybe(pick([cb * bc, (cb - 1) * bc + 1], [0, -1, cb * bc + 1, HUGE[0]]))))
+        elif name == "dropout":
+            x = draw(maybe_t(tuple(draw(side(6)) for _ in range(draw(st.integers(1, 3))))))
+            p = draw(maybe(pick([0.0, 0.1, 0.5, 1.0], [-0.1, 1.5, math.nan, math.inf])))
+            _op(name, x, p, draw(maybe(pick([0, 7, -2**63, 2**63 - 1], [HUGE[0]]))))
         else:
             raise AssertionError(f"no fuzzer for torch.ops.brgemm.{name}")
     return fuzz
@@ -1438,6 +1457,7 @@ SUBJECTS = {
                                                                    Q.quantize_per_channel),
     "brgemm.nn.functional.activation_backward": fuzz_activation_backward,
     "brgemm.nn.functional.cross_entropy": fuzz_cross_entropy,
+    "brgemm.nn.functional.dropout": fuzz_dropout,
     "brgemm.quant.QParams": fuzz_qparams, "brgemm.quant.quantize": fuzz_quantize("quantize"),
     "brgemm.quant.dequantize": fuzz_quantize("dequantize"), "brgemm.quant.choose_qparams": fuzz_choose_qparams,
     "brgemm.quant.MinMaxObserver": fuzz_minmax_observer, "brgemm.quant.HistogramObserver": fuzz_histogram_observer,

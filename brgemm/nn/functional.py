@@ -200,6 +200,10 @@ def dropout(x, p, seed, out=None):
     """x · (kept ? 1/(1 − p) : 0) per value of a C-contiguous float32 array, each kept with
     probability 1 − p (p in [0, 1]) by a hash of (``seed``, its flat position); ∂x is
     ``dropout(grad_y, p, seed)``. ``out`` may be x itself."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"p must be a number in [0, 1], got {type(p).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     return _core.dropout(x, float(p), int(seed) & (2**64 - 1), out)
 
 
