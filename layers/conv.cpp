@@ -310,7 +310,6 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   // The weight gradient's blocks are the forward's: (ko × ki) for result block j and its
   // source blocks q0[j] + t (the channel split of conv.h; without groups bk × bc, every pair).
   const int64_t ki = fs_.ki, ko = fs_.ko, blk = ki * ko, per = fs_.per, ri = bc_ / ki, ro = bk_ / ko;
-  const bool bf16 = t_ == dtype::bf16;
   const int threads = threads_for(2.0 * n * pix * g_.k * g_.group_c() * taps);
   const int64_t sw = g_.stride_w, wq = ceil_div(w, sw);
 
@@ -380,38 +379,33 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
           return narrow ? std::pair<int64_t, int64_t>{(i * cb * h + ih) * row_t, i * kb * plane_y + o * ow * bk_}
                         : std::pair<int64_t, int64_t>{i * kb * plane_y + o * ow, i * cb * plane_x + ih * w * bc_};
         });
-        // Per-thread scratch: dZ of a plane (bf16); a (result, source) pair's taps' blocks.
-        reserve_scratch(threads, {{0, bf16 ? plane_y : 0}, {1, bf16 ? plane_y : 0}, {2, rows_outer ? 0 : pair_scratch}});
+        // Per-thread scratch: a (result, source) pair's taps' blocks.
+        reserve_scratch(threads, {{2, rows_outer ? 0 : pair_scratch}});
         return status::ok;
       });
       st != status::ok)
     return st;
 
-  // dZ = dY ⊙ act'(·) plane by plane: the A of backward data (in the kernel's A type), in f32
-  // for the weight gradient (transposed, or as it is when narrow) and its per-plane column sums
-  // (the bias).
-  const bool dz_is_dy = !bf16 && act_ == activation::none;
-  const int64_t dz_bytes = n * kb * plane_y * (bf16 ? 2 : 4), sums = n * kb * bk_;
+  // dZ = dY ⊙ act'(·) plane by plane: the A of backward data, the weight gradient's (transposed,
+  // or as it is when narrow) and its per-plane column sums (the bias). A bf16 layer's backward is
+  // conv_backward_bf16.cpp's.
+  const bool dz_is_dy = act_ == activation::none;
+  const int64_t dz_bytes = n * kb * plane_y * 4, sums = n * kb * bk_;
   char* dz = dz_is_dy ? (char*)gyb : aligned(dz_, round_up(dz_bytes, 64) + sums * 4);
   float* colsum = dz_is_dy ? (float*)aligned(dz_, sums * 4) : (float*)(dz + round_up(dz_bytes, 64));
-  float* dzt = narrow && !bf16 ? (float*)dz : (float*)aligned(dzt_, n * kb * plane_y * 4);
+  float* dzt = narrow ? (float*)dz : (float*)aligned(dzt_, n * kb * plane_y * 4);
   float* dz_t = data_t ? (float*)aligned(dzt_, n * kb * bk_ * oh * plan->data_t.row * 4) : nullptr;  // narrow, f32: free
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t pl = 0; pl < n * kb; ++pl) {
     const int64_t at = pl * plane_y;
-    const float* d =
-        activation_grad(act_, gyb, yb, bf16, zb, at, plane_y, bf16 ? scratch(0, plane_y) : (float*)dz + at, 1);
-    if (bf16) f32_to_bf16(d, (uint16_t*)dz + at, plane_y);
+    const float* d = activation_grad(act_, gyb, yb, false, zb, at, plane_y, (float*)dz + at, 1);
     if (bg) {  // a pass over the plane: only for a bias (ResNets' convolutions have none)
       float* sum = colsum + pl * bk_;
       std::fill(sum, sum + bk_, 0.0f);
       for (int64_t p = 0; p < pix; ++p)
         for (int64_t q = 0; q < bk_; ++q) sum[q] += d[p * bk_ + q];
     }
-    if (!narrow)
-      transpose(d, pix, bk_, bk_, dzt + at, pix);
-    else if (bf16)
-      std::copy(d, d + plane_y, dzt + at);
+    if (!narrow) transpose(d, pix, bk_, bk_, dzt + at, pix);
   }
   if (bg)
     for (int64_t k = 0; k < g_.k; ++k) {
@@ -432,23 +426,15 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   if (gx_wino)
     if (status s = winograd(wm)->backward_data(n, h, w, (const float*)dz, gx_wino); s != status::ok) return s;
 
-  // Weight gradient, in f32 (bf16 X widened: the products are exact in f32 either way). Each
+  // Weight gradient. Each
   // tap (r, s) is one block product reducing over output rows; the rows are cut into `splits`
   // parts summed afterwards, so that small layers still give every thread work.
   // Narrow: Xᵀ by stride phase, xt[n][cb][ih][q][bc][wq] = X[n][cb][ih][j·stride + q][bc], so that
   // the columns a tap reads (every stride-th) are consecutive in one row of each channel.
   const int64_t row_t = sw * bc_ * wq;
-  const int64_t wide = bf16 ? n * cb * plane_x : 0, trans = narrow ? n * cb * h * row_t : 0;
-  float* buf = (float*)aligned(x32_, (wide + trans) * 4);
   const float* x = (const float*)xb;
-  if (bf16) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t pl = 0; pl < n * cb; ++pl)
-      bf16_to_f32((const uint16_t*)xb + pl * plane_x, buf + pl * plane_x, plane_x);
-    x = buf;
-  }
   if (narrow) {
-    float* xt = buf + wide;
+    float* xt = (float*)aligned(x32_, n * cb * h * row_t * 4);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t row = 0; row < n * cb * h; ++row)
       for (int64_t q = 0; q < std::min(sw, w); ++q)
