@@ -295,6 +295,20 @@ status conv_layer::forward(int64_t n, int64_t h, int64_t w, const void* xb, void
   return status::ok;
 }
 
+// Backward data's pass on merged rows h × w: results are input rows and stride classes of input
+// columns (the f32 and the bf16 backward share it).
+status conv_layer::plan_backward_data(conv_pass_plan& data, int64_t n, int64_t h, int64_t w, int threads) {
+  const int64_t oh = g_.out_h(h), ow = g_.out_w(w), cb = ceil_div(g_.c, bc_), kb = ceil_div(g_.k, bk_);
+  std::vector<std::vector<tap>> rows(h);
+  const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
+  for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
+  pass_shape p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, g_.stride_h == 1};
+  p.threads = threads;
+  return build_pass(data, p, std::move(rows),
+                    make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}), bs_,
+                    sparse_gen_ ? &bwd_kept_ : nullptr);
+}
+
 status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, const void* yb, const float* zb,
                             const void* xb, float* gxb, float* wg, float* bg, bool accumulate) {
   if (dw_) return dw_->backward(n, h, w, gyb, yb, zb, xb, gxb, wg, bg, accumulate);
@@ -338,38 +352,19 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
   if (status st = bwd_plans_.get(key, &plan, [&](conv_backward_plan& pl) {
         if (data_t) {
           if (status s = build_transposed_data(pl.data_t, g_, h, w, bc_, bk_, kb, threads); s != status::ok) return s;
-        } else if (gxb) {  // results are input rows and stride classes of input columns
-          std::vector<std::vector<tap>> rows(h);
-          const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
-          for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
-          pass_shape p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, g_.stride_h == 1};
-          p.threads = threads;
-          if (status s = build_pass(pl.data, p, std::move(rows),
-                                    make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}),
-                                    bs_, sparse_gen_ ? &bwd_kept_ : nullptr);
-              s != status::ok)
-            return s;
+        } else if (gxb) {
+          if (status s = plan_backward_data(pl.data, n, h, w, threads); s != status::ok) return s;
         }
-        pl.lo.assign(g_.s, 0);
-        pl.len.assign(g_.s, 0);
-        pl.kw.assign(g_.s, nullptr);
-        pl.kw_add.assign(g_.s, nullptr);
-        const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
-        for (int64_t s = 0; s < g_.s; ++s) {
-          int64_t& lo = pl.lo[s];
-          int64_t& len = pl.len[s];
-          while (lo < ow && along_w(lo, s) < 0) ++lo;
-          while (lo + len < ow && along_w(lo + len, s) >= 0) ++len;
-          desc d = narrow ? desc{dtype::f32, ki, ko, len, wq, bk_, ko, batch_kind::offset, 0.0f}
-                          : desc{dtype::f32, ko, ki, len, pix, sw * bc_, ki, batch_kind::offset, 0.0f};
-          if (len > 0) {
-            // A grouped layer's narrow blocks: the tall tile, as for its passes (narrow_ukernel).
-            const char* name = grouped ? narrow_ukernel(dtype::f32, d.n) : nullptr;
-            if (status st = dispatch(d, &pl.kw[s], name); st != status::ok) return st;
-            d.beta = 1.0f;
-            if (status st = dispatch(d, &pl.kw_add[s], name); st != status::ok) return st;
-          }
-        }
+        // A grouped layer's narrow blocks take the tall tile, as its passes do (narrow_ukernel).
+        if (status st = weight_gradient_taps(
+                pl, g_.s, ow, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w},
+                [&](int64_t len) {
+                  return narrow ? desc{dtype::f32, ki, ko, len, wq, bk_, ko, batch_kind::offset, 0.0f}
+                                : desc{dtype::f32, ko, ki, len, pix, sw * bc_, ki, batch_kind::offset, 0.0f};
+                },
+                grouped);
+            st != status::ok)
+          return st;
         // The weight gradient's batch offsets, per kernel row r: over the output rows (n·oh of
         // them, image by image) that read an input row through r, the rows' part of the A and B
         // offsets (the block's part is added to the base addresses).

@@ -172,6 +172,7 @@ class conv_layer {
 
  private:
   void pack(const float* w);
+  status plan_backward_data(conv_pass_plan& data, int64_t n, int64_t h, int64_t w, int threads);
   // backward of a bf16 layer (conv_backward_bf16.cpp): dZ in bf16, the weight gradient's
   // products bf16 too; gyb f32, or bf16 when gy16.
   status backward_bf16(int64_t n, int64_t h, int64_t w, const void* gyb, bool gy16, const void* yb, const float* zb,

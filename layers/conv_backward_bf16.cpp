@@ -74,36 +74,15 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
   key.sparse = gxb ? sparse_gen_ : 0;
   std::shared_ptr<const conv_backward_plan> plan;
   if (status st = bwd_plans_.get(key, &plan, [&](conv_backward_plan& pl) {
-        if (gxb) {  // results are input rows and stride classes of input columns
-          std::vector<std::vector<tap>> rows(h);
-          const backward_axis along_h{oh, g_.stride_h, g_.pad_t, g_.dil_h};
-          for (int64_t i = 0; i < h; ++i) rows[i] = taps_at(i, g_.r, along_h);
-          pass_shape p{t_, n, kb, cb, g_.r, g_.s, bk_, bc_, oh, ow, 1, h, w, g_.stride_w, g_.stride_h == 1};
-          p.threads = threads;
-          if (status s = build_pass(pl.data, p, std::move(rows),
-                                    make_runs(w, g_.stride_w, 1, g_.s, backward_axis{ow, g_.stride_w, g_.pad_l, g_.dil_w}),
-                                    bs_, sparse_gen_ ? &bwd_kept_ : nullptr);
-              s != status::ok)
-            return s;
-        }
-        pl.lo.assign(g_.s, 0);
-        pl.len.assign(g_.s, 0);
-        pl.kw.assign(g_.s, nullptr);
-        pl.kw_add.assign(g_.s, nullptr);
-        const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
-        for (int64_t s = 0; s < g_.s; ++s) {
-          int64_t& lo = pl.lo[s];
-          int64_t& len = pl.len[s];
-          while (lo < ow && along_w(lo, s) < 0) ++lo;
-          while (lo + len < ow && along_w(lo + len, s) >= 0) ++len;
-          desc d = narrow ? desc{dtype::bf16, ki, ko, len, wq, bk_, ko, batch_kind::offset, 0.0f}
-                          : desc{dtype::bf16, ko, ki, len, pix, sw * bc_, ki, batch_kind::offset, 0.0f};
-          if (len > 0) {
-            if (status st = dispatch(d, &pl.kw[s]); st != status::ok) return st;
-            d.beta = 1.0f;
-            if (status st = dispatch(d, &pl.kw_add[s]); st != status::ok) return st;
-          }
-        }
+        if (gxb)
+          if (status s = plan_backward_data(pl.data, n, h, w, threads); s != status::ok) return s;
+        if (status st = weight_gradient_taps(
+                pl, g_.s, ow, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w}, [&](int64_t len) {
+                  return narrow ? desc{dtype::bf16, ki, ko, len, wq, bk_, ko, batch_kind::offset, 0.0f}
+                                : desc{dtype::bf16, ko, ki, len, pix, sw * bc_, ki, batch_kind::offset, 0.0f};
+                });
+            st != status::ok)
+          return st;
         // The weight gradient's batch offsets per kernel row r (the rows' part; the block's
         // part goes into the base addresses): narrow A = Xᵀ's row, B = dZ's pair row; wide
         // A = dZᵀ's row, B = X's pair row.

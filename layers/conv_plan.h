@@ -245,6 +245,31 @@ struct conv_backward_plan {
 // The microkernel for kernels n ≤ 16 wide (conv_plan.cpp), or null for dispatch's choice.
 const char* narrow_ukernel(dtype t, int64_t n);
 
+// The weight gradient's column taps (pl.lo / len / kw / kw_add): for kernel column s, the output
+// columns [lo, lo + len) that read an input column through it (along_w), and the block product
+// over them, desc_of(len) (beta 0 writes, beta 1 adds); `narrow`: the tall tile for a kernel of
+// n ≤ 16 (narrow_ukernel), else dispatch's choice.
+template <class Plan, class DescOf>
+inline status weight_gradient_taps(Plan& pl, int64_t taps, int64_t ow, const forward_axis& along_w, DescOf&& desc_of,
+                                   bool narrow = false) {
+  pl.lo.assign(taps, 0);
+  pl.len.assign(taps, 0);
+  pl.kw.assign(taps, nullptr);
+  pl.kw_add.assign(taps, nullptr);
+  for (int64_t s = 0; s < taps; ++s) {
+    int64_t &lo = pl.lo[s], &len = pl.len[s];
+    while (lo < ow && along_w(lo, s) < 0) ++lo;
+    while (lo + len < ow && along_w(lo + len, s) >= 0) ++len;
+    if (len == 0) continue;
+    desc d = desc_of(len);
+    const char* name = narrow ? narrow_ukernel(d.type, d.n) : nullptr;
+    if (status st = dispatch(d, &pl.kw[s], name); st != status::ok) return st;
+    d.beta = 1.0f;
+    if (status st = dispatch(d, &pl.kw_add[s], name); st != status::ok) return st;
+  }
+  return status::ok;
+}
+
 // The weight gradient's batch offsets per kernel row r (pl.row_a / row_b / row_at): over the n·oh
 // output rows, image by image, that read an input row through r, offsets(i, o, ih) gives the
 // row's part of the A and B offsets as a pair (the block's part is added to the base addresses).

@@ -406,21 +406,13 @@ status dfp_conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gy
           }
           return status::ok;
         }
-        pl.lo.assign(g_.s, 0);
-        pl.len.assign(g_.s, 0);
-        pl.kw.assign(g_.s, nullptr);
-        pl.kw_add.assign(g_.s, nullptr);
-        const forward_axis along_w{w, g_.stride_w, g_.pad_l, g_.dil_w};
-        for (int64_t s = 0; s < g_.s; ++s) {
-          int64_t &lo = pl.lo[s], &len = pl.len[s];
-          while (lo < ow && along_w(lo, s) < 0) ++lo;
-          while (lo + len < ow && along_w(lo + len, s) >= 0) ++len;
-          if (len == 0) continue;
-          desc d{dtype::s16s16f32, bc_, bk_, len, wq, bk_, bk_, batch_kind::offset, 0.0f};
-          if (status st = dispatch(d, &pl.kw[s]); st != status::ok) return st;
-          d.beta = 1.0f;
-          if (status st = dispatch(d, &pl.kw_add[s]); st != status::ok) return st;
-        }
+        if (status st = weight_gradient_taps(pl, g_.s, ow, forward_axis{w, g_.stride_w, g_.pad_l, g_.dil_w},
+                                             [&](int64_t len) {
+                                               return desc{dtype::s16s16f32, bc_, bk_, len, wq, bk_, bk_,
+                                                           batch_kind::offset, 0.0f};
+                                             });
+            st != status::ok)
+          return st;
         const forward_axis along_h{h, g_.stride_h, g_.pad_t, g_.dil_h};
         weight_gradient_rows(pl, g_.r, n, oh, along_h, [&](int64_t i, int64_t o, int64_t ih) {
           return std::pair<int64_t, int64_t>{(i * cb * h + ih) * row_t, (i * kb * oh + o) * P * bk_ * 2};
