@@ -402,12 +402,7 @@ status conv_layer::backward(int64_t n, int64_t h, int64_t w, const float* gyb, c
     }
     if (!narrow) transpose(d, pix, bk_, bk_, dzt + at, pix);
   }
-  if (bg)
-    for (int64_t k = 0; k < g_.k; ++k) {
-      float s = 0.0f;
-      for (int64_t i = 0; i < n; ++i) s += colsum[(i * kb + k / bk_) * bk_ + k % bk_];
-      bg[k] = (accumulate ? bg[k] : 0.0f) + s;
-    }
+  if (bg) bias_from_sums(colsum, n, kb, bk_, g_.k, accumulate, bg);
 
   // Backward data: results are input rows and stride classes of input columns.
   if (data_t) {

@@ -153,12 +153,7 @@ status conv_layer::backward_bf16(int64_t n, int64_t h, int64_t w, const void* gy
             pair_rows(dzr + at + o * ow * bk_, ow * bk_, bk_, par, dzw + (pl * oh + o) * zrow + par * zslot, tmp);
     }
   }
-  if (bg)
-    for (int64_t k = 0; k < g_.k; ++k) {
-      float s = 0.0f;
-      for (int64_t i = 0; i < n; ++i) s += colsum[(i * kb + k / bk_) * bk_ + k % bk_];
-      bg[k] = (accumulate ? bg[k] : 0.0f) + s;
-    }
+  if (bg) bias_from_sums(colsum, n, kb, bk_, g_.k, accumulate, bg);
 
   if (gxb) {
     pass_data x{dzr, aligned(bwd_, 0)};

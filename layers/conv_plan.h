@@ -245,6 +245,17 @@ struct conv_backward_plan {
 // The microkernel for kernels n ≤ 16 wide (conv_plan.cpp), or null for dispatch's choice.
 const char* narrow_ukernel(dtype t, int64_t n);
 
+// The bias gradient from per-plane column sums colsum[n][kb][bk]: bg[k] = (accumulate ? bg[k] : 0)
+// + Σ over the images, in image order.
+inline void bias_from_sums(const float* colsum, int64_t n, int64_t kb, int64_t bk, int64_t k, bool accumulate,
+                           float* bg) {
+  for (int64_t c = 0; c < k; ++c) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += colsum[(i * kb + c / bk) * bk + c % bk];
+    bg[c] = (accumulate ? bg[c] : 0.0f) + s;
+  }
+}
+
 // The weight gradient's column taps (pl.lo / len / kw / kw_add): for kernel column s, the output
 // columns [lo, lo + len) that read an input column through it (along_w), and the block product
 // over them, desc_of(len) (beta 0 writes, beta 1 adds); `narrow`: the tall tile for a kernel of
