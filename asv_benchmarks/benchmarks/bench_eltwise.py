@@ -9,7 +9,7 @@ import numpy as np
 
 from brgemm.nn import functional as F
 
-from .common import SEED_A, ThreadPin, import_torch, median_seconds
+from .common import SEED_A, ThreadPin, import_torch, median_seconds, ratio
 
 SIZES = {"1e6": 10 ** 6, "1e7": 10 ** 7}
 
@@ -46,10 +46,7 @@ class KTanh:
     track_ns_per_element.unit = "ns"
 
     def _ratio(self, peer, ours="ktanh"):
-        if peer not in self.fns:
-            return float("nan")
-        t = median_seconds({ours: self.fns[ours], peer: self.fns[peer]})
-        return t[peer] / t[ours]
+        return ratio(self.fns, peer, ours)
 
     def track_ratio_vs_np_tanh(self, n):
         return self._ratio("np.tanh")

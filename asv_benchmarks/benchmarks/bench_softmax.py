@@ -9,7 +9,7 @@ import numpy as np
 
 from brgemm.nn import functional as F
 
-from .common import SEED_A, ThreadPin, import_torch, median_seconds
+from .common import SEED_A, ThreadPin, import_torch, ratio
 
 
 class Softmax:
@@ -48,17 +48,11 @@ class Softmax:
     def time_softmax(self, kind, direction, dtype, threads):
         self.fns["brgemm"]()
 
-    def _ratio(self, peer):
-        if peer not in self.fns:
-            return float("nan")
-        t = median_seconds({"brgemm": self.fns["brgemm"], peer: self.fns[peer]})
-        return t[peer] / t["brgemm"]
-
     def track_ratio_vs_torch(self, kind, direction, dtype, threads):
-        return self._ratio("torch")
+        return ratio(self.fns, "torch")
 
     def track_ratio_vs_copy(self, kind, direction, dtype, threads):
-        return self._ratio("copy")
+        return ratio(self.fns, "copy")
 
     track_ratio_vs_torch.unit = "x"
     track_ratio_vs_copy.unit = "x"

@@ -40,7 +40,7 @@ from brgemm.bench.sparse import (CONV_SHAPE, CONV_SPARSITIES, RNN_SHAPE, RNN_SPA
 from brgemm.nn import Conv2d, Linear
 from brgemm.quant import pack_shared
 
-from .common import SEED_A, SEED_B, ThreadPin, cpu_count, import_torch, median_seconds, percent_of_peak
+from .common import SEED_A, SEED_B, ThreadPin, cpu_count, import_torch, median_seconds, percent_of_peak, ratio
 
 THREADS = sorted({1, cpu_count()})
 
@@ -71,10 +71,7 @@ class _Compared:
     track_percent_of_peak.unit = "%"
 
     def _ratio(self, other):
-        if other not in self.fns:
-            return float("nan")
-        t = median_seconds({k: self.fns[k] for k in ("brgemm", other)})
-        return t[other] / t["brgemm"]
+        return ratio(self.fns, other)
 
     def track_ratio_vs_our_dense(self, *params):
         return self._ratio("brgemm_dense")

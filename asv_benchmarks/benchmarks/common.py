@@ -128,6 +128,15 @@ def median_seconds(fns, repeat=5, min_sample=0.01, pause=PAUSE_S):
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
+def ratio(fns, peer, ours="brgemm"):
+    """fns[peer]'s median time over fns[ours]'s, timed together (NaN when the peer is missing,
+    e.g. torch not installed)."""
+    if peer not in fns:
+        return float("nan")
+    t = median_seconds({ours: fns[ours], peer: fns[peer]})
+    return t[peer] / t[ours]
+
+
 def median_seconds_one(fn, **kwargs):
     return median_seconds({"fn": fn}, **kwargs)["fn"]
 
